@@ -1,0 +1,243 @@
+//! Errors at each boundary of the helper, and the exit code each one maps to.
+//!
+//! Every variant tells the caller (a human reading Codex's error line, or a script) what to do next.
+//! No message ever contains a credential or a token: secrets are held in `SecretString` and the
+//! variants below only carry names, paths, URLs and the broker's own error text.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The documented exit codes (also in `--help` and `helper/README.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// A token was printed (or the subcommand succeeded).
+    Ok = 0,
+    /// Bad flags, environment or config file (`EX_USAGE`).
+    Usage = 64,
+    /// The identity proof could not be produced: no credential, unreadable file… (`EX_DATAERR`).
+    IdentityUnavailable = 65,
+    /// The broker answered and refused the exchange (`EX_NOINPUT`); its reason is printed.
+    BrokerRefused = 66,
+    /// The broker could not be reached, timed out, or answered 5xx (`EX_UNAVAILABLE`).
+    BrokerUnavailable = 69,
+    /// A bug or an unexpected local failure (`EX_SOFTWARE`).
+    Internal = 70,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// Text for `--help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0   token printed on stdout (a cached token is served with a warning when the broker is unreachable)
+  64  usage or configuration error (flags, environment, config file)
+  65  identity unavailable (no credential, unreadable credential file)
+  66  broker refused the exchange (its `error` and `error_description` are printed)
+  69  broker unreachable, timed out, or answered 5xx
+  70  internal error
+
+stdout carries only the token line; every message goes to stderr, prefixed `tollgate-token: `.";
+
+/// Bad flags, environment or configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}, line {line}, column {column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error(
+        "profile `{profile}` is not defined in {path} (add a [profiles.{profile}] table or pick another --profile)"
+    )]
+    UnknownProfile { profile: String, path: PathBuf },
+    #[error("profile `{profile}` was asked for but there is no config file at {path}")]
+    NoConfigForProfile { profile: String, path: PathBuf },
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        what: String,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "no broker configured: pass --broker URL, set TOLLGATE_BROKER, or set `broker` in [profiles.{profile}] of {path}"
+    )]
+    NoBroker { profile: String, path: PathBuf },
+    #[error("cannot locate {what}: neither {vars} nor HOME is set")]
+    NoHome {
+        what: &'static str,
+        vars: &'static str,
+    },
+    #[error("identity `{0}` is not available in this build yet (supported: static)")]
+    IdentityNotBuilt(String),
+    #[error(
+        "unknown identity `{0}` (expected one of: static, aws, vault, azure, oidc-file, chain)"
+    )]
+    UnknownIdentity(String),
+}
+
+/// The identity proof could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Nothing is configured for this source; a chain tries the next one.
+    #[error("{source_name} identity has no credential: {hint}")]
+    NotConfigured {
+        source_name: &'static str,
+        hint: String,
+    },
+    /// The source is configured but failed; a chain stops here.
+    #[error("{source_name} identity: cannot read credential file {path}: {source}")]
+    ReadFile {
+        source_name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{source_name} identity: {reason}")]
+    Invalid {
+        source_name: &'static str,
+        reason: String,
+    },
+}
+
+/// The token exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The broker answered 4xx: the request or the identity was refused. Not retried.
+    #[error("broker refused the token exchange (HTTP {status}): {error}{}", .description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Refused {
+        status: u16,
+        error: String,
+        description: Option<String>,
+    },
+    /// Connection failure, timeout or 5xx: try again later; a valid cached token is still served.
+    #[error("broker {url} is unavailable: {reason}")]
+    Unavailable { url: String, reason: String },
+    /// The broker answered 2xx with something that is not a usable token.
+    #[error("broker {url} sent an invalid token response: {reason} (is the broker URL right?)")]
+    BadResponse { url: String, reason: String },
+}
+
+/// `setup` could not update Codex's config.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is not valid TOML (line {line}, column {column}): {message}; fix it before running setup"
+    )]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: `{key}` is not a table; fix it by hand before running setup")]
+    Shape { path: PathBuf, key: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot find the path of this executable: {0}")]
+    CurrentExe(#[source] std::io::Error),
+}
+
+/// Everything `run` can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl HelperError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            HelperError::Config(_) => Exit::Usage,
+            HelperError::Identity(_) => Exit::IdentityUnavailable,
+            HelperError::Exchange(ExchangeError::Refused { .. }) => Exit::BrokerRefused,
+            HelperError::Exchange(_) => Exit::BrokerUnavailable,
+            HelperError::Setup(SetupError::Parse { .. } | SetupError::Shape { .. }) => Exit::Usage,
+            HelperError::Setup(_) => Exit::Internal,
+            HelperError::Internal(_) => Exit::Internal,
+        }
+    }
+}
+
+/// Turn a byte offset into a 1-based (line, column) for messages.
+pub(crate) fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = &src.as_bytes()[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let col_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let column = String::from_utf8_lossy(&before[col_start..])
+        .chars()
+        .count()
+        + 1;
+    (line, column)
+}
+
+/// Squash a possibly multi-line message into one line.
+pub(crate) fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        let s = "a = 1\nbc = 2\n";
+        assert_eq!(line_col(s, 0), (1, 1));
+        assert_eq!(line_col(s, 6), (2, 1));
+        assert_eq!(line_col(s, 8), (2, 3));
+        assert_eq!(line_col(s, 999), (3, 1));
+    }
+
+    #[test]
+    fn refused_message_carries_reason() {
+        let e = ExchangeError::Refused {
+            status: 400,
+            error: "invalid_grant".into(),
+            description: Some("unknown credential".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "broker refused the token exchange (HTTP 400): invalid_grant: unknown credential"
+        );
+        assert_eq!(HelperError::from(e).exit(), Exit::BrokerRefused);
+    }
+}

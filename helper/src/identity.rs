@@ -1,0 +1,181 @@
+//! Identity sources: something that can prove who we are to the broker.
+//!
+//! Loading a source ([`load`]) is cheap and local: it reads files and environment only, so that the
+//! cache key (which includes [`Identity::fingerprint`]) is known before any network work. Producing
+//! the proof ([`Identity::prove`]) happens only when a mint is needed and may use the network
+//! (Vault, Azure IMDS) through the shared HTTP client in [`ProveContext`].
+//!
+//! Issue 3 adds `aws`, `vault`, `azure`, `oidc-file` and `chain` as further implementations: a chain
+//! tries each source's `load` in order, skipping [`IdentityError::NotConfigured`], and stops at the
+//! first other error.
+
+use crate::config::{IdentityConfig, StaticCredential};
+use crate::error::IdentityError;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::pin::Pin;
+
+/// What the broker receives as `subject_token` / `subject_token_type`.
+pub struct Proof {
+    pub subject_token: SecretString,
+    pub subject_token_type: &'static str,
+}
+
+impl std::fmt::Debug for Proof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proof")
+            .field("subject_token", &"[redacted]")
+            .field("subject_token_type", &self.subject_token_type)
+            .finish()
+    }
+}
+
+/// What a source may use while producing a proof.
+pub struct ProveContext<'a> {
+    pub audience: &'a str,
+    pub http: &'a reqwest::Client,
+}
+
+/// A boxed future, so `Identity` stays object-safe without an extra macro crate.
+pub type ProveFuture<'a> = Pin<Box<dyn Future<Output = Result<Proof, IdentityError>> + Send + 'a>>;
+
+/// One way of proving identity.
+pub trait Identity: Send + Sync {
+    /// The source's name as given to `--identity` (`static`, `aws`, …).
+    fn name(&self) -> &'static str;
+    /// A stable, non-secret digest of what distinguishes this identity (the cache key includes it).
+    /// It must change whenever the identity would mint a different grant, and must never be
+    /// reversible to a secret.
+    fn fingerprint(&self) -> String;
+    /// Produce a fresh proof.
+    fn prove<'a>(&'a self, ctx: &'a ProveContext<'a>) -> ProveFuture<'a>;
+    /// Secrets this source holds, so the error boundary can scrub them from any message.
+    fn secrets(&self) -> Vec<SecretString> {
+        Vec::new()
+    }
+}
+
+/// Load the configured identity.
+pub fn load(config: &IdentityConfig) -> Result<Box<dyn Identity>, IdentityError> {
+    match config {
+        IdentityConfig::Static(cred) => Ok(Box::new(StaticIdentity::load(cred)?)),
+    }
+}
+
+/// A bootstrap credential shared with the broker. For local trials and tests only.
+pub struct StaticIdentity {
+    credential: SecretString,
+}
+
+impl StaticIdentity {
+    const NAME: &'static str = "static";
+
+    pub fn load(source: &StaticCredential) -> Result<Self, IdentityError> {
+        let raw = match source {
+            StaticCredential::Inline(c) => SecretString::from(c.expose_secret().trim()),
+            StaticCredential::File(path) => {
+                let content =
+                    std::fs::read_to_string(path).map_err(|source| IdentityError::ReadFile {
+                        source_name: Self::NAME,
+                        path: path.clone(),
+                        source,
+                    })?;
+                let content = SecretString::from(content);
+                SecretString::from(content.expose_secret().trim())
+            }
+            StaticCredential::None => {
+                return Err(IdentityError::NotConfigured {
+                    source_name: Self::NAME,
+                    hint: "set TOLLGATE_CREDENTIAL, pass --credential-file PATH, or set `credential_file` in the profile"
+                        .into(),
+                });
+            }
+        };
+        let c = raw.expose_secret();
+        if c.is_empty() {
+            return Err(IdentityError::Invalid {
+                source_name: Self::NAME,
+                reason: "the credential is empty".into(),
+            });
+        }
+        if c.chars().any(char::is_control) {
+            return Err(IdentityError::Invalid {
+                source_name: Self::NAME,
+                reason: "the credential contains control characters or several lines".into(),
+            });
+        }
+        Ok(StaticIdentity { credential: raw })
+    }
+}
+
+impl Identity for StaticIdentity {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"tollgate-token static fingerprint v1\0");
+        h.update(self.credential.expose_secret().as_bytes());
+        hex::encode(h.finalize())
+    }
+
+    fn prove<'a>(&'a self, _ctx: &'a ProveContext<'a>) -> ProveFuture<'a> {
+        Box::pin(async move {
+            Ok(Proof {
+                subject_token: self.credential.clone(),
+                subject_token_type: tollgate::exchange::TOKEN_TYPE_STATIC,
+            })
+        })
+    }
+
+    fn secrets(&self) -> Vec<SecretString> {
+        vec![self.credential.clone()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_is_stable_and_not_the_secret() {
+        let a = StaticIdentity::load(&StaticCredential::Inline("s3cret\n".into())).expect("load");
+        let b = StaticIdentity::load(&StaticCredential::Inline("s3cret".into())).expect("load");
+        let c = StaticIdentity::load(&StaticCredential::Inline("other".into())).expect("load");
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+        assert!(!a.fingerprint().contains("s3cret"));
+        assert_eq!(a.fingerprint().len(), 64);
+    }
+
+    #[test]
+    fn missing_and_bad_credentials() {
+        assert!(matches!(
+            StaticIdentity::load(&StaticCredential::None),
+            Err(IdentityError::NotConfigured { .. })
+        ));
+        assert!(matches!(
+            StaticIdentity::load(&StaticCredential::Inline("  ".into())),
+            Err(IdentityError::Invalid { .. })
+        ));
+        let e = StaticIdentity::load(&StaticCredential::Inline("a\nb".into()))
+            .err()
+            .expect("multi-line");
+        assert!(!e.to_string().contains("a\nb"));
+        let e = StaticIdentity::load(&StaticCredential::File("/nonexistent/cred".into()))
+            .err()
+            .expect("missing");
+        assert!(e.to_string().contains("/nonexistent/cred"));
+    }
+
+    #[test]
+    fn file_credential_is_trimmed() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let p = tmp.path().join("cred");
+        std::fs::write(&p, "abc\n").expect("write");
+        let s = StaticIdentity::load(&StaticCredential::File(p)).expect("load");
+        assert_eq!(s.credential.expose_secret(), "abc");
+    }
+}

@@ -1,0 +1,327 @@
+//! `tollgate-token`: the credential helper Codex runs as `[model_providers.<id>.auth] command`.
+//!
+//! It proves the machine's identity to a Tollgate broker, exchanges the proof for a short-lived
+//! token (RFC 8693), caches the token on disk and prints it. The contract with Codex: stdin is
+//! never read, stdout carries exactly one line (the token), everything else goes to stderr, and
+//! the exit code says what went wrong (see [`error::Exit`]).
+//!
+//! Everything that touches the outside world is injected ([`sys::Env`], [`sys::Clock`], the
+//! output streams), so [`run_with`] is testable in-process; `main` only wires the real ones.
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod exchange;
+pub mod identity;
+pub mod setup;
+pub mod status;
+pub mod sys;
+pub mod token;
+
+use crate::config::{Flags, Source};
+use crate::error::{EXIT_CODES_HELP, Exit, HelperError};
+use crate::sys::{Clock, Env};
+use clap::{CommandFactory, Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate-token",
+    version,
+    about = "Print a short-lived Tollgate token for Codex (or any bearer-token client).",
+    long_about = "Print a short-lived Tollgate token for Codex (or any bearer-token client).\n\n\
+        Without a subcommand: prove this machine's identity to the broker, exchange it for a token, cache it \
+        and print it on stdout as one line. A cached token is reused while it has more than the refresh margin \
+        left. Configure with flags, TOLLGATE_* environment variables, or [profiles.<name>] in \
+        $XDG_CONFIG_HOME/tollgate/config.toml (flags > environment > config file > defaults).",
+    after_help = EXIT_CODES_HELP
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub flags: Flags,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the cached token's subject, grant and expiry (not the token itself unless asked).
+    Status {
+        /// Also print the token.
+        #[arg(long)]
+        show_token: bool,
+        /// Ask the broker for the remaining budget (GET /v1/tollgate/usage).
+        #[arg(long)]
+        remote: bool,
+    },
+    /// Add or update the Tollgate provider in Codex's config.toml ($CODEX_HOME or ~/.codex).
+    Setup {
+        /// Provider id under [model_providers].
+        #[arg(long, default_value = "tollgate")]
+        provider_id: String,
+        /// Also set the top-level `model_provider` to this provider.
+        #[arg(long)]
+        set_default: bool,
+        /// With --set-default: also set the top-level `model`.
+        #[arg(long, requires = "set_default")]
+        model: Option<String>,
+        /// Print the change as a diff and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Writes `tollgate-token: …` lines to stderr, scrubbing every secret it has been told about.
+pub struct Reporter<'a> {
+    err: &'a mut dyn Write,
+    secrets: Vec<SecretString>,
+}
+
+impl<'a> Reporter<'a> {
+    pub fn new(err: &'a mut dyn Write) -> Self {
+        Reporter {
+            err,
+            secrets: Vec::new(),
+        }
+    }
+
+    pub fn add_secrets(&mut self, secrets: impl IntoIterator<Item = SecretString>) {
+        self.secrets
+            .extend(secrets.into_iter().filter(|s| s.expose_secret().len() >= 4));
+    }
+
+    fn scrub(&self, msg: &str) -> String {
+        let mut m = msg.to_owned();
+        for s in &self.secrets {
+            if m.contains(s.expose_secret()) {
+                m = m.replace(s.expose_secret(), "[redacted]");
+            }
+        }
+        m
+    }
+
+    pub fn warn(&mut self, msg: &str) {
+        let line = format!("tollgate-token: warning: {}\n", self.scrub(msg));
+        let _ = self.err.write_all(line.as_bytes());
+    }
+
+    pub fn error(&mut self, msg: &str) {
+        let line = format!("tollgate-token: {}\n", self.scrub(msg));
+        let _ = self.err.write_all(line.as_bytes());
+    }
+}
+
+/// The real process: environment, clock, stdout, stderr.
+pub fn run() -> ExitCode {
+    let stdout = io::stdout();
+    let stderr = io::stderr();
+    let exit = run_with(
+        std::env::args_os(),
+        &sys::ProcessEnv,
+        &sys::SystemClock,
+        &mut stdout.lock(),
+        &mut stderr.lock(),
+    );
+    exit.into()
+}
+
+/// Parse arguments and run one command.
+pub fn run_with(
+    args: impl IntoIterator<Item = OsString>,
+    env: &dyn Env,
+    clock: &dyn Clock,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Exit {
+    let started = Instant::now();
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let text = e.render().to_string();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = out.write_all(text.as_bytes());
+                    Exit::Ok
+                }
+                _ => {
+                    let _ = write!(err, "tollgate-token: {text}");
+                    Exit::Usage
+                }
+            };
+        }
+    };
+    let mut report = Reporter::new(err);
+    match dispatch(cli, env, clock, out, &mut report, started) {
+        Ok(exit) => exit,
+        Err(e) => {
+            report.error(&error_line(&e));
+            e.exit()
+        }
+    }
+}
+
+/// One line: the error and its sources that add information.
+fn error_line(e: &HelperError) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !msg.contains(&t) {
+            msg.push_str(": ");
+            msg.push_str(&t);
+        }
+        src = s.source();
+    }
+    error::one_line(&msg)
+}
+
+fn dispatch(
+    cli: Cli,
+    env: &dyn Env,
+    clock: &dyn Clock,
+    out: &mut dyn Write,
+    report: &mut Reporter<'_>,
+    started: Instant,
+) -> Result<Exit, HelperError> {
+    match cli.command {
+        None => {
+            let settings = config::resolve(&cli.flags, env)?;
+            let outcome = token::get_token(&settings, clock, report, started)?;
+            match token::emit_token(out, &outcome.token) {
+                Ok(()) => Ok(Exit::Ok),
+                // Whoever read our stdout went away; nothing useful is left to do.
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Exit::Ok),
+                Err(e) => Err(HelperError::Internal(format!(
+                    "cannot write the token to stdout: {e}"
+                ))),
+            }
+        }
+        Some(Command::Status { show_token, remote }) => {
+            let settings = config::resolve(&cli.flags, env)?;
+            status::status(
+                &settings,
+                clock,
+                status::StatusOptions { show_token, remote },
+                out,
+                report,
+                started,
+            )
+        }
+        Some(Command::Setup {
+            provider_id,
+            set_default,
+            model,
+            dry_run,
+        }) => {
+            let settings = config::resolve(&cli.flags, env)?;
+            run_setup(
+                &settings,
+                env,
+                provider_id,
+                set_default,
+                model,
+                dry_run,
+                out,
+                report,
+            )
+        }
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Cli::command(), "tollgate-token", out);
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_setup(
+    settings: &config::Settings,
+    env: &dyn Env,
+    provider_id: String,
+    set_default: bool,
+    model: Option<String>,
+    dry_run: bool,
+    out: &mut dyn Write,
+    report: &mut Reporter<'_>,
+) -> Result<Exit, HelperError> {
+    if provider_id.is_empty()
+        || !provider_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(error::ConfigError::Invalid {
+            what: "--provider-id".into(),
+            value: provider_id,
+            reason: "use letters, digits, - and _".into(),
+        }
+        .into());
+    }
+    let path = setup::codex_config_path(env).ok_or(error::ConfigError::NoHome {
+        what: "Codex's config.toml",
+        vars: "CODEX_HOME",
+    })?;
+    let exe = std::env::current_exe().map_err(error::SetupError::CurrentExe)?;
+    let mut args = Vec::new();
+    if settings.profile != config::DEFAULT_PROFILE {
+        args.extend(["--profile".to_owned(), settings.profile.clone()]);
+    }
+    // A broker from the config file is read again at run time; one from a flag or the
+    // environment must be pinned, since Codex does not pass our environment reliably.
+    if matches!(settings.broker_source, Source::Flag | Source::Env) {
+        args.extend(["--broker".to_owned(), settings.broker.clone()]);
+    }
+    let plan = setup::SetupPlan {
+        provider_id,
+        broker: settings.broker.clone(),
+        command: exe.to_string_lossy().into_owned(),
+        args,
+        set_default,
+        model,
+    };
+    let old = setup::read_config(&path)?;
+    let (new, notes) = setup::apply(&old, &path, &plan)?;
+    let io_err = |e: io::Error| HelperError::Internal(format!("cannot write to stdout: {e}"));
+    for n in &notes {
+        report.warn(n);
+    }
+    let label = path.display().to_string();
+    if dry_run {
+        if old == new {
+            writeln!(out, "{label} is already up to date; nothing would change").map_err(io_err)?;
+        } else {
+            out.write_all(setup::diff(&old, &new, &label).as_bytes())
+                .map_err(io_err)?;
+            writeln!(out, "(dry run: nothing written)").map_err(io_err)?;
+        }
+        return Ok(Exit::Ok);
+    }
+    if old == new {
+        writeln!(out, "{label} is already up to date").map_err(io_err)?;
+        return Ok(Exit::Ok);
+    }
+    setup::write_config(&path, &new)?;
+    writeln!(
+        out,
+        "updated {label}: provider `{}` -> {}/v1, auth command {}",
+        plan.provider_id, plan.broker, plan.command
+    )
+    .map_err(io_err)?;
+    if !set_default {
+        writeln!(
+            out,
+            "use it with `codex -c model_provider={}` or rerun with --set-default",
+            plan.provider_id
+        )
+        .map_err(io_err)?;
+    }
+    Ok(Exit::Ok)
+}

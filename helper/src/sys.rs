@@ -1,0 +1,83 @@
+//! What the helper reads from the outside world, injected so tests never touch the process
+//! environment and never sleep: environment variables and the wall clock.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Environment variables. An empty value counts as unset (the XDG convention, applied everywhere).
+pub trait Env {
+    fn var_os(&self, key: &str) -> Option<OsString>;
+
+    /// The value as UTF-8, or `None` when unset, empty or not UTF-8.
+    fn var(&self, key: &str) -> Option<String> {
+        self.var_os(key).and_then(|v| v.into_string().ok())
+    }
+
+    /// The value as a path, or `None` when unset or empty.
+    fn path(&self, key: &str) -> Option<PathBuf> {
+        self.var_os(key).map(PathBuf::from)
+    }
+}
+
+/// The real process environment.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var_os(&self, key: &str) -> Option<OsString> {
+        std::env::var_os(key).filter(|v| !v.is_empty())
+    }
+}
+
+/// A fixed map, for tests.
+#[derive(Debug, Default, Clone)]
+pub struct MapEnv(pub HashMap<String, String>);
+
+impl MapEnv {
+    pub fn new<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        MapEnv(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+    }
+}
+
+impl Env for MapEnv {
+    fn var_os(&self, key: &str) -> Option<OsString> {
+        self.0
+            .get(key)
+            .filter(|v| !v.is_empty())
+            .map(OsString::from)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub trait Clock {
+    fn now_unix(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+/// A clock that reads a fixed value, for tests.
+#[derive(Debug, Clone, Copy)]
+pub struct FixedClock(pub u64);
+
+impl Clock for FixedClock {
+    fn now_unix(&self) -> u64 {
+        self.0
+    }
+}
