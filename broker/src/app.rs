@@ -1,0 +1,329 @@
+//! Application state and the HTTP router.
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::error::{ApiError, OAuthFailure};
+use crate::identity::{Verifiers, VerifyError, static_cred::StaticVerifier};
+use crate::keys;
+use crate::ledger::Ledger;
+use crate::policy::{Decision, Policy};
+use crate::router::Router as ModelRouter;
+use crate::token::{KeyRing, TokenService};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tollgate::exchange::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
+use tollgate::{ModelPattern, OAuthErrorCode, TokenExchangeRequest, TokenExchangeResponse};
+
+pub struct AppState {
+    pub tokens: TokenService,
+    pub verifiers: Verifiers,
+    pub policy: RwLock<Arc<Policy>>,
+    pub router: ModelRouter,
+    pub codex_models: BTreeMap<String, serde_json::Value>,
+    pub auth_cache: moka::sync::Cache<[u8; 32], Arc<tollgate::Claims>>,
+    pub ledger: Ledger,
+    pub clock: SharedClock,
+    pub max_body_bytes: usize,
+    pub default_ttl_secs: u64,
+    pub max_ttl_secs: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Keys(#[from] keys::KeyError),
+}
+
+impl AppState {
+    /// Build the state from a validated config: load the policy, load or generate signing keys.
+    pub fn build(config: &Config, clock: SharedClock) -> Result<Arc<Self>, BuildError> {
+        let policy = Policy::load(&config.policy_file)?;
+        let now = clock.now_secs();
+        let key_list = match &config.tokens.signing_key_file {
+            Some(path) => vec![keys::load_file(path, now)?],
+            None => keys::load_or_generate(&config.server.state_dir, now)?,
+        };
+        let mut verifiers = Verifiers::default();
+        verifiers.push(Box::new(StaticVerifier::new(config.credentials.clone())));
+        Ok(Arc::new(AppState {
+            tokens: TokenService {
+                keys: KeyRing::new(key_list),
+                issuer: config.server.public_url.clone(),
+                audience: config.tokens.audience.clone(),
+                leeway_secs: config.tokens.leeway_secs,
+                clock: clock.clone(),
+            },
+            verifiers,
+            policy: RwLock::new(Arc::new(policy)),
+            router: ModelRouter::new(config),
+            codex_models: config.codex_models.clone(),
+            auth_cache: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+            ledger: Ledger::default(),
+            clock,
+            max_body_bytes: config.server.max_body_bytes,
+            default_ttl_secs: config.tokens.default_ttl_secs,
+            max_ttl_secs: config.tokens.max_ttl_secs,
+        }))
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The whole HTTP surface. Every route but the explicit allow-list (health, discovery, JWKS, token
+/// endpoint) requires a valid bearer token.
+pub fn router(state: Arc<AppState>) -> Router {
+    let max_body = state.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/oauth/token", post(token_exchange))
+        .route("/v1/responses", post(crate::proxy::responses))
+        .route("/v1/chat/completions", post(crate::proxy::chat_completions))
+        .route("/v1/models", get(crate::proxy::models))
+        .route("/v1/tollgate/usage", get(self_usage))
+        .fallback(|| async { ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    if app.tokens.keys.active().is_some() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no signing key").into_response()
+    }
+}
+
+async fn jwks(State(app): State<Arc<AppState>>) -> Response {
+    let mut r = axum::Json(app.tokens.keys.jwks()).into_response();
+    r.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("public, max-age=300"),
+    );
+    r
+}
+
+async fn discovery(State(app): State<Arc<AppState>>) -> Response {
+    let iss = &app.tokens.issuer;
+    axum::Json(json!({
+        "issuer": iss,
+        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
+        "token_endpoint": format!("{iss}/oauth/token"),
+        "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
+        "id_token_signing_alg_values_supported": ["ES256"],
+        "token_endpoint_auth_methods_supported": ["none"],
+    }))
+    .into_response()
+}
+
+fn bad_request(code: OAuthErrorCode, d: &str) -> OAuthFailure {
+    OAuthFailure::new(StatusCode::BAD_REQUEST, code, d)
+}
+
+/// `POST /oauth/token`: RFC 8693 token exchange.
+async fn token_exchange(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthFailure> {
+    let ct = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        return Err(bad_request(
+            OAuthErrorCode::InvalidRequest,
+            "content-type must be application/x-www-form-urlencoded",
+        ));
+    }
+    let req: TokenExchangeRequest = serde_urlencoded::from_bytes(&body).map_err(|_| {
+        bad_request(
+            OAuthErrorCode::InvalidRequest,
+            "malformed or incomplete form body",
+        )
+    })?;
+    if req.grant_type != GRANT_TYPE_TOKEN_EXCHANGE {
+        return Err(bad_request(
+            OAuthErrorCode::UnsupportedGrantType,
+            "only token exchange (RFC 8693) is supported",
+        ));
+    }
+    if let Some(t) = &req.requested_token_type
+        && t != TOKEN_TYPE_ACCESS_TOKEN
+        && t != TOKEN_TYPE_JWT
+    {
+        return Err(bad_request(
+            OAuthErrorCode::InvalidRequest,
+            "unsupported requested_token_type",
+        ));
+    }
+    if let Some(aud) = &req.audience
+        && aud != &app.tokens.audience
+    {
+        return Err(bad_request(
+            OAuthErrorCode::InvalidTarget,
+            "unknown audience",
+        ));
+    }
+    if req.subject_token.is_empty() || req.subject_token.len() > 64 * 1024 {
+        return Err(bad_request(
+            OAuthErrorCode::InvalidRequest,
+            "subject_token is empty or too large",
+        ));
+    }
+    let identity = app.verifiers.verify(&req.subject_token_type, &req.subject_token).await.map_err(|e| {
+        tracing::info!(reason = e.reason(), token_type = %req.subject_token_type, "token exchange refused");
+        match e {
+            VerifyError::UnsupportedType => bad_request(OAuthErrorCode::InvalidRequest, "unsupported subject_token_type"),
+            VerifyError::Rejected(_) => bad_request(OAuthErrorCode::InvalidGrant, "the subject token was not accepted"),
+            VerifyError::Unavailable(_) => OAuthFailure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                OAuthErrorCode::TemporarilyUnavailable,
+                "the identity provider could not be reached; try again",
+            ),
+        }
+    })?;
+    let (mut grant, rule_ttl, rule) = match app.policy().decide(&identity) {
+        Decision::Allow {
+            grant,
+            max_ttl_secs,
+            rule,
+        } => (grant, max_ttl_secs, rule),
+        Decision::Deny { rule } => {
+            tracing::info!(kind = %identity.kind, subject = %identity.subject, rule = %rule, "denied by policy rule");
+            return Err(bad_request(
+                OAuthErrorCode::InvalidGrant,
+                "no grant for this identity",
+            ));
+        }
+        Decision::NoMatch => {
+            tracing::info!(kind = %identity.kind, subject = %identity.subject, "no policy rule matched");
+            return Err(bad_request(
+                OAuthErrorCode::InvalidGrant,
+                "no grant for this identity",
+            ));
+        }
+    };
+    if let Some(scope) = &req.scope {
+        grant.models = narrow_models(&grant.models, scope)
+            .map_err(|d| bad_request(OAuthErrorCode::InvalidScope, &d))?;
+    }
+    let ceiling = rule_ttl.unwrap_or(app.max_ttl_secs).min(app.max_ttl_secs);
+    let ttl = req
+        .requested_ttl_secs
+        .unwrap_or(app.default_ttl_secs)
+        .clamp(1, ceiling);
+    let minted = app.tokens.mint(grant, ttl).map_err(|e| {
+        tracing::error!(error = %e, "mint failed");
+        OAuthFailure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            OAuthErrorCode::ServerError,
+            "could not issue a token",
+        )
+    })?;
+    tracing::info!(principal = %minted.claims.sub, kind = %identity.kind, rule = %rule, jti = %minted.claims.jti, ttl, "token minted");
+    let scope = minted
+        .claims
+        .grant
+        .models
+        .iter()
+        .map(|m| format!("model:{m}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let resp = TokenExchangeResponse {
+        access_token: minted.token,
+        issued_token_type: TOKEN_TYPE_ACCESS_TOKEN.into(),
+        token_type: "Bearer".into(),
+        expires_in: ttl,
+        scope: Some(scope),
+    };
+    let mut r = axum::Json(resp).into_response();
+    r.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(r)
+}
+
+/// `scope = "model:gpt-5.5 model:o4-*"` narrows the grant: each requested pattern must be allowed (a
+/// literal must match an allowed glob; a glob must equal an allowed glob). Other scope tokens are refused.
+fn narrow_models(allowed: &[ModelPattern], scope: &str) -> Result<Vec<ModelPattern>, String> {
+    let mut out = Vec::new();
+    for item in scope.split_whitespace() {
+        let Some(m) = item.strip_prefix("model:") else {
+            return Err(format!("unknown scope {item:?} (use model:<name or glob>)"));
+        };
+        let p = ModelPattern::new(m).map_err(|e| e.to_string())?;
+        let ok = if p.is_literal() {
+            allowed.iter().any(|a| a.matches(m))
+        } else {
+            allowed.contains(&p)
+        };
+        if !ok {
+            return Err(format!("scope {item:?} is outside the grant"));
+        }
+        out.push(p);
+    }
+    if out.is_empty() {
+        return Err("empty scope".into());
+    }
+    Ok(out)
+}
+
+/// `GET /v1/tollgate/usage`: the token holder's own usage.
+async fn self_usage(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let claims = crate::proxy::authenticate(&app, &headers)?;
+    let totals = app.ledger.totals(&claims.grant.principal);
+    Ok(axum::Json(json!({
+        "principal": claims.grant.principal,
+        "team": claims.grant.team,
+        "expires_at": claims.exp,
+        "usage": totals,
+    }))
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_narrowing() {
+        let allowed = vec![
+            ModelPattern::new("gpt-5*").expect("p"),
+            ModelPattern::new("demo").expect("p"),
+        ];
+        assert_eq!(
+            narrow_models(&allowed, "model:gpt-5.5").expect("ok"),
+            vec![ModelPattern::new("gpt-5.5").expect("p")]
+        );
+        assert!(narrow_models(&allowed, "model:gpt-5*").is_ok());
+        assert!(narrow_models(&allowed, "model:gpt-*").is_err());
+        assert!(narrow_models(&allowed, "model:o3").is_err());
+        assert!(narrow_models(&allowed, "admin").is_err());
+        assert!(narrow_models(&allowed, "").is_err());
+    }
+}

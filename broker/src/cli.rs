@@ -1,0 +1,150 @@
+//! Command-line interface of `tollgate-broker`.
+
+use crate::app::AppState;
+use crate::clock::SystemClock;
+use crate::config::{Config, ProcessEnv};
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tollgate-broker",
+    version,
+    about = "Identity-bound, short-lived tokens and a governed OpenAI-compatible proxy for coding agents."
+)]
+pub struct Cli {
+    /// Broker config file (TOML).
+    #[arg(long, short, env = "TOLLGATE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Override `server.listen` (use 127.0.0.1:0 for an ephemeral port; the bound address is printed).
+    #[arg(long, global = true)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Validate the config and policy, print a summary, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the broker (the default).
+    Serve,
+    /// Print the SHA-256 to put in `[[credentials]] sha256` for a static credential read from stdin.
+    HashCredential,
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Validate a policy file.
+    Check { file: PathBuf },
+}
+
+/// Exit code for a bad config or usage (sysexits EX_USAGE / EX_CONFIG convention).
+pub const EXIT_CONFIG: u8 = 78;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "tollgate-broker: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Some(Command::HashCredential) => {
+            let mut s = String::new();
+            std::io::stdin().read_line(&mut s)?;
+            println!(
+                "{}",
+                crate::identity::static_cred::hash_credential(s.trim_end_matches(['\n', '\r']))
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Command::Policy {
+            command: PolicyCommand::Check { file },
+        }) => {
+            return Ok(match crate::policy::Policy::load(file) {
+                Ok(p) => {
+                    println!("{}: ok, {} rule(s)", file.display(), p.rules.len());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            });
+        }
+        Some(Command::Serve) | None => {}
+    }
+    let Some(path) = cli.config.clone() else {
+        eprintln!(
+            "tollgate-broker: --config FILE is required (try examples/quickstart/broker.toml)"
+        );
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    };
+    let mut config = match Config::load(&path, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    if let Some(l) = cli.listen {
+        config.server.listen = l;
+    }
+    if cli.check_config {
+        return Ok(match crate::policy::Policy::load(&config.policy_file) {
+            Ok(p) => {
+                println!(
+                    "{}: ok ({} provider(s), {} route(s), {} credential(s); policy {} with {} rule(s))",
+                    path.display(),
+                    config.providers.len(),
+                    config.routes.len(),
+                    config.credentials.len(),
+                    config.policy_file.display(),
+                    p.rules.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        });
+    }
+    crate::server::init_logging(config.server.log_format);
+    for p in config.providers.values().filter(|p| !p.enabled) {
+        tracing::warn!(provider = %p.name, "provider disabled: its API key source is not set");
+    }
+    let state = match AppState::build(&config, Arc::new(SystemClock)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tollgate-broker: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::server::serve(
+        state,
+        config.server.listen,
+        Duration::from_secs(config.server.shutdown_grace_secs),
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,631 @@
+//! Broker configuration: strict raw TOML structs, validated into runtime types.
+//!
+//! Unknown keys are rejected. Every error names the file, line and column, and the field.
+//! Relative paths are resolved against the directory holding the config file.
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use tollgate::ModelPattern;
+use toml::Spanned;
+
+/// A configuration error, located in its file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{col}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+}
+
+/// Where a value sits in a source file, for error messages.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl Source {
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Source {
+            path: path.to_path_buf(),
+            text,
+        })
+    }
+
+    /// 1-based line and column of a byte offset.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+        let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+        (line, col)
+    }
+
+    /// An error at a span, naming the field.
+    pub fn error_at(
+        &self,
+        span: std::ops::Range<usize>,
+        field: &str,
+        message: impl std::fmt::Display,
+    ) -> ConfigError {
+        let (line, col) = self.line_col(span.start);
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            line,
+            col,
+            message: format!("{field}: {message}"),
+        }
+    }
+
+    /// Parse the whole file into `T`, mapping TOML/serde errors to file:line:col.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        toml::from_str(&self.text).map_err(|e| {
+            let (line, col) = e.span().map_or((1, 1), |s| self.line_col(s.start));
+            ConfigError::Invalid {
+                path: self.path.clone(),
+                line,
+                col,
+                message: e.message().trim().to_string(),
+            }
+        })
+    }
+
+    /// Resolve a path from this file against the file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+}
+
+// ---------------------------------------------------------------- raw (as written)
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    tokens: RawTokens,
+    /// Path of the policy file (identity → grant rules). Relative to this file.
+    policy_file: Spanned<PathBuf>,
+    #[serde(default)]
+    credentials: Vec<RawCredential>,
+    #[serde(default)]
+    providers: BTreeMap<String, Spanned<RawProvider>>,
+    #[serde(default)]
+    routes: Vec<Spanned<RawRoute>>,
+    /// Per-model Codex metadata (`GET /v1/models` → `models`): opt-in, see codex-models.md.
+    #[serde(default)]
+    models: BTreeMap<String, RawModelMeta>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+    public_url: Option<Spanned<String>>,
+    state_dir: Option<PathBuf>,
+    max_body_bytes: Option<Spanned<u64>>,
+    log_format: Option<LogFormat>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    audience: Option<String>,
+    default_ttl_secs: Option<Spanned<u64>>,
+    max_ttl_secs: Option<Spanned<u64>>,
+    leeway_secs: Option<Spanned<u64>>,
+    signing_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    subject: Spanned<String>,
+    /// Lower-case hex SHA-256 of the credential. The credential itself is never in config.
+    sha256: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    kind: ProviderKind,
+    base_url: Option<String>,
+    /// Environment variable holding the upstream API key.
+    api_key_env: Option<String>,
+    /// File holding the upstream API key (trimmed).
+    api_key_file: Option<PathBuf>,
+    /// Azure OpenAI `api-version` query value.
+    api_version: Option<String>,
+    /// Total request timeout, milliseconds. Default 600000.
+    timeout_ms: Option<u64>,
+    /// Connect timeout, milliseconds. Default 5000.
+    connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    model: String,
+    targets: Vec<RawTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    provider: String,
+    /// Upstream model id; defaults to the requested model.
+    model: Option<String>,
+    /// A standby target is used only when no other target in the chain is configured (e.g. the demo
+    /// provider stands in while no upstream key is set).
+    #[serde(default)]
+    standby: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModelMeta {
+    /// Codex `ModelInfo` entry, passed through verbatim in `GET /v1/models` → `models`.
+    codex: Option<toml::Table>,
+}
+
+// ---------------------------------------------------------------- validated
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    /// Canned, well-formed answers; for offline trials.
+    Demo,
+    /// OpenAI Responses API (pass-through) and Chat Completions.
+    Openai,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub source: Source,
+    pub server: ServerConfig,
+    pub tokens: TokenConfig,
+    pub policy_file: PathBuf,
+    pub credentials: Vec<StaticCredential>,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub routes: Vec<Route>,
+    /// Codex metadata entries for `GET /v1/models`, keyed by model name.
+    pub codex_models: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Issuer of our tokens and base of discovery; no trailing slash.
+    pub public_url: String,
+    pub state_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct TokenConfig {
+    pub audience: String,
+    pub default_ttl_secs: u64,
+    pub max_ttl_secs: u64,
+    pub leeway_secs: u64,
+    pub signing_key_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StaticCredential {
+    pub subject: String,
+    pub sha256: [u8; 32],
+}
+
+#[derive(Clone, Debug)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    /// `None` when the provider needs no key (demo) or its key source is unset (then `enabled` is false).
+    pub api_key: Option<SecretString>,
+    pub api_version: Option<String>,
+    pub enabled: bool,
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub pattern: ModelPattern,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub provider: String,
+    pub model: Option<String>,
+    pub standby: bool,
+}
+
+/// The environment as the config loader sees it (injected so tests never touch the process env).
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// Absolute ceiling for any token lifetime: 24 h. Short TTLs are the point.
+pub const TTL_CEILING_SECS: u64 = 24 * 3600;
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
+        Self::from_source(Source::read(path)?, env)
+    }
+
+    pub fn from_source(source: Source, env: &dyn Env) -> Result<Self, ConfigError> {
+        let raw: RawConfig = source.parse()?;
+        let s = &source;
+
+        let listen_raw = raw
+            .server
+            .listen
+            .as_ref()
+            .map_or("127.0.0.1:8787", |l| l.get_ref().as_str());
+        let listen: SocketAddr = listen_raw.parse().map_err(|e| match &raw.server.listen {
+            Some(l) => s.error_at(
+                l.span(),
+                "server.listen",
+                format_args!("{listen_raw:?} is not an address:port ({e})"),
+            ),
+            None => s.error_at(0..0, "server.listen", e),
+        })?;
+        let public_url = match &raw.server.public_url {
+            Some(u) => {
+                let v = u.get_ref().trim_end_matches('/').to_string();
+                if !(v.starts_with("http://") || v.starts_with("https://")) {
+                    return Err(s.error_at(
+                        u.span(),
+                        "server.public_url",
+                        "must start with http:// or https://",
+                    ));
+                }
+                v
+            }
+            None => format!("http://{listen}"),
+        };
+        let max_body_bytes = match &raw.server.max_body_bytes {
+            Some(m) if *m.get_ref() < 1024 || *m.get_ref() > 256 * 1024 * 1024 => {
+                return Err(s.error_at(
+                    m.span(),
+                    "server.max_body_bytes",
+                    "must be between 1024 and 268435456",
+                ));
+            }
+            Some(m) => *m.get_ref() as usize,
+            None => 16 * 1024 * 1024,
+        };
+        let server = ServerConfig {
+            listen,
+            public_url,
+            state_dir: s.resolve(
+                raw.server
+                    .state_dir
+                    .as_deref()
+                    .unwrap_or(Path::new(".tollgate")),
+            ),
+            max_body_bytes,
+            log_format: raw.server.log_format.unwrap_or_default(),
+            shutdown_grace_secs: raw.server.shutdown_grace_secs.unwrap_or(30),
+        };
+
+        let ttl =
+            |v: &Option<Spanned<u64>>, field: &str, default: u64| -> Result<u64, ConfigError> {
+                match v {
+                    Some(t) if *t.get_ref() == 0 || *t.get_ref() > TTL_CEILING_SECS => Err(s
+                        .error_at(
+                            t.span(),
+                            field,
+                            format_args!("must be between 1 and {TTL_CEILING_SECS} seconds"),
+                        )),
+                    Some(t) => Ok(*t.get_ref()),
+                    None => Ok(default),
+                }
+            };
+        let max_ttl_secs = ttl(&raw.tokens.max_ttl_secs, "tokens.max_ttl_secs", 3600)?;
+        let default_ttl_secs = ttl(
+            &raw.tokens.default_ttl_secs,
+            "tokens.default_ttl_secs",
+            max_ttl_secs.min(3600),
+        )?;
+        if default_ttl_secs > max_ttl_secs {
+            let span = raw
+                .tokens
+                .default_ttl_secs
+                .as_ref()
+                .map_or(0..0, Spanned::span);
+            return Err(s.error_at(
+                span,
+                "tokens.default_ttl_secs",
+                "must not exceed tokens.max_ttl_secs",
+            ));
+        }
+        let leeway_secs = match &raw.tokens.leeway_secs {
+            Some(l) if *l.get_ref() > 300 => {
+                return Err(s.error_at(l.span(), "tokens.leeway_secs", "must be at most 300"));
+            }
+            Some(l) => *l.get_ref(),
+            None => 30,
+        };
+        let tokens = TokenConfig {
+            audience: raw
+                .tokens
+                .audience
+                .unwrap_or_else(|| "tollgate".to_string()),
+            default_ttl_secs,
+            max_ttl_secs,
+            leeway_secs,
+            signing_key_file: raw.tokens.signing_key_file.as_deref().map(|p| s.resolve(p)),
+        };
+
+        let mut credentials = Vec::new();
+        for c in &raw.credentials {
+            let hexs = c.sha256.get_ref();
+            let mut digest = [0u8; 32];
+            if hexs.len() != 64 || hex::decode_to_slice(hexs, &mut digest).is_err() {
+                return Err(s.error_at(
+                    c.sha256.span(),
+                    "credentials.sha256",
+                    "must be 64 hex characters (sha256 of the credential)",
+                ));
+            }
+            if c.subject.get_ref().trim().is_empty() {
+                return Err(s.error_at(
+                    c.subject.span(),
+                    "credentials.subject",
+                    "must not be empty",
+                ));
+            }
+            credentials.push(StaticCredential {
+                subject: c.subject.get_ref().clone(),
+                sha256: digest,
+            });
+        }
+
+        let mut providers = BTreeMap::new();
+        for (name, p) in &raw.providers {
+            let span = p.span();
+            let p = p.get_ref();
+            let field = format!("providers.{name}");
+            let base_url = match (p.kind, &p.base_url) {
+                (ProviderKind::Demo, _) => String::new(),
+                (_, Some(u)) if u.starts_with("http://") || u.starts_with("https://") => {
+                    u.trim_end_matches('/').to_string()
+                }
+                (_, Some(_)) => {
+                    return Err(s.error_at(
+                        span,
+                        &format!("{field}.base_url"),
+                        "must start with http:// or https://",
+                    ));
+                }
+                (_, None) => {
+                    return Err(s.error_at(
+                        span,
+                        &format!("{field}.base_url"),
+                        "is required for this provider kind",
+                    ));
+                }
+            };
+            let api_key = match (&p.api_key_env, &p.api_key_file) {
+                (Some(_), Some(_)) => {
+                    return Err(s.error_at(
+                        span,
+                        &field,
+                        "set only one of api_key_env and api_key_file",
+                    ));
+                }
+                (Some(var), None) => env.var(var).map(SecretString::from),
+                (None, Some(file)) => {
+                    let path = s.resolve(file);
+                    match std::fs::read_to_string(&path) {
+                        Ok(k) => Some(SecretString::from(k.trim().to_string())),
+                        Err(e) => {
+                            return Err(s.error_at(
+                                span,
+                                &format!("{field}.api_key_file"),
+                                format_args!("cannot read {}: {e}", path.display()),
+                            ));
+                        }
+                    }
+                }
+                (None, None) => None,
+            };
+            let needs_key = p.api_key_env.is_some() || p.api_key_file.is_some();
+            let enabled = !needs_key || api_key.is_some();
+            providers.insert(
+                name.clone(),
+                ProviderConfig {
+                    name: name.clone(),
+                    kind: p.kind,
+                    base_url,
+                    api_key,
+                    api_version: p.api_version.clone(),
+                    enabled,
+                    timeout_ms: p.timeout_ms.unwrap_or(600_000),
+                    connect_timeout_ms: p.connect_timeout_ms.unwrap_or(5_000),
+                },
+            );
+        }
+
+        let mut routes = Vec::new();
+        for r in &raw.routes {
+            let span = r.span();
+            let r = r.get_ref();
+            let pattern = ModelPattern::new(r.model.clone())
+                .map_err(|e| s.error_at(span.clone(), "routes.model", e))?;
+            if r.targets.is_empty() {
+                return Err(s.error_at(
+                    span,
+                    "routes.targets",
+                    "a route needs at least one target",
+                ));
+            }
+            let mut targets = Vec::new();
+            for t in &r.targets {
+                if !providers.contains_key(&t.provider) {
+                    return Err(s.error_at(
+                        span,
+                        "routes.targets.provider",
+                        format_args!("unknown provider {:?}", t.provider),
+                    ));
+                }
+                targets.push(Target {
+                    provider: t.provider.clone(),
+                    model: t.model.clone(),
+                    standby: t.standby,
+                });
+            }
+            routes.push(Route { pattern, targets });
+        }
+
+        let mut codex_models = BTreeMap::new();
+        for (name, meta) in raw.models {
+            if let Some(codex) = meta.codex {
+                let mut v = serde_json::to_value(codex)
+                    .map_err(|e| s.error_at(0..0, &format!("models.{name}.codex"), e))?;
+                if let Some(obj) = v.as_object_mut() {
+                    obj.entry("slug")
+                        .or_insert_with(|| serde_json::Value::String(name.clone()));
+                }
+                codex_models.insert(name, v);
+            }
+        }
+
+        Ok(Config {
+            policy_file: s.resolve(raw.policy_file.get_ref()),
+            source,
+            server,
+            tokens,
+            credentials,
+            providers,
+            routes,
+            codex_models,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let env: BTreeMap<String, String> = [("UP_KEY".to_string(), "sk-test".to_string())].into();
+        Config::from_source(
+            Source {
+                path: "/etc/tollgate/broker.toml".into(),
+                text: text.into(),
+            },
+            &env,
+        )
+    }
+
+    const MIN: &str = "policy_file = \"policy.toml\"\n";
+
+    #[test]
+    fn minimal_config_has_strict_defaults() {
+        let c = load(MIN).expect("valid");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8787");
+        assert_eq!(c.tokens.max_ttl_secs, 3600);
+        assert_eq!(c.policy_file, PathBuf::from("/etc/tollgate/policy.toml"));
+        assert_eq!(c.server.state_dir, PathBuf::from("/etc/tollgate/.tollgate"));
+    }
+
+    #[test]
+    fn unknown_key_names_field_and_line() {
+        let e =
+            load("policy_file = \"p.toml\"\n[server]\nlisten = \"127.0.0.1:1\"\nlistne = \"x\"\n")
+                .expect_err("unknown");
+        let msg = e.to_string();
+        assert!(msg.starts_with("/etc/tollgate/broker.toml:4:"), "{msg}");
+        assert!(msg.contains("listne"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_field_and_line() {
+        let e = load("policy_file = \"p.toml\"\n\n[tokens]\nmax_ttl_secs = 0\n").expect_err("ttl");
+        assert!(
+            e.to_string().contains(":4:") && e.to_string().contains("tokens.max_ttl_secs"),
+            "{e}"
+        );
+        let e =
+            load("policy_file = \"p.toml\"\n[[credentials]]\nsubject = \"a\"\nsha256 = \"zz\"\n")
+                .expect_err("sha");
+        assert!(
+            e.to_string().contains(":4:") && e.to_string().contains("credentials.sha256"),
+            "{e}"
+        );
+        let e = load("policy_file = \"p.toml\"\n[[routes]]\nmodel = \"*\"\ntargets = [{ provider = \"nope\" }]\n").expect_err("route");
+        assert!(e.to_string().contains("unknown provider \"nope\""), "{e}");
+        let e =
+            load("policy_file = \"p.toml\"\n[server]\nlisten = \"nowhere\"\n").expect_err("listen");
+        assert!(
+            e.to_string().contains(":3:") && e.to_string().contains("server.listen"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn provider_key_from_env_enables_it() {
+        let c = load(&format!(
+            "{MIN}[providers.up]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1/\"\napi_key_env = \"UP_KEY\"\n\
+             [providers.off]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"MISSING\"\n"
+        ))
+        .expect("valid");
+        assert!(c.providers["up"].enabled);
+        assert_eq!(c.providers["up"].base_url, "http://127.0.0.1:9/v1");
+        assert!(!c.providers["off"].enabled);
+        // The key is a secret: Debug must not show it.
+        assert!(!format!("{:?}", c.providers["up"]).contains("sk-test"));
+    }
+}

@@ -1,0 +1,228 @@
+//! The one place errors become HTTP responses: OpenAI-shaped on proxy routes, RFC 6749-shaped on the
+//! token route. Internal detail stays in the logs; the body says only what the caller can act on.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tollgate::{OAuthError, OAuthErrorCode, OpenAiError};
+
+/// A proxy-route error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Missing, malformed, expired, revoked or foreign bearer token. 401 makes Codex re-run the helper.
+    #[error("unauthorized ({0})")]
+    Unauthorized(&'static str),
+    #[error("model {0:?} is not allowed by your Tollgate grant")]
+    ModelNotAllowed(String),
+    #[error("model {0:?} is not served by this broker")]
+    ModelNotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("rate limit: {message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
+    #[error("budget: {message}")]
+    BudgetExceeded {
+        message: String,
+        retry_after_secs: Option<u64>,
+    },
+    /// Every upstream target failed before the first byte.
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// An upstream answered with a client error that we relay (status and OpenAI-shaped body kept).
+    #[error("upstream refused the request with {status}")]
+    UpstreamClientError {
+        status: StatusCode,
+        body: bytes::Bytes,
+    },
+    /// The governance store is down and the proxy fails closed.
+    #[error("governance store unavailable")]
+    StoreUnavailable,
+    #[error("not found")]
+    NotFound,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A low-cardinality label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::ModelNotAllowed(_) => "model_not_allowed",
+            ApiError::ModelNotFound(_) => "model_not_found",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::BudgetExceeded { .. } => "budget_exceeded",
+            ApiError::UpstreamUnavailable(_) => "upstream_unavailable",
+            ApiError::UpstreamTimeout => "upstream_timeout",
+            ApiError::UpstreamClientError { .. } => "upstream_client_error",
+            ApiError::StoreUnavailable => "store_unavailable",
+            ApiError::NotFound => "not_found",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            ApiError::ModelNotFound(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::UpstreamClientError { status, .. } => *status,
+            ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn body(&self) -> OpenAiError {
+        match self {
+            ApiError::Unauthorized(_) => OpenAiError::new(
+                "Tollgate: missing, expired or invalid access token. Your credential helper (tollgate-token) will fetch a new one.",
+                "invalid_request_error",
+                Some("invalid_api_key"),
+            ),
+            ApiError::ModelNotAllowed(m) => OpenAiError::new(
+                format!(
+                    "Tollgate: model '{m}' is not allowed by your grant. Ask your platform team, or choose an allowed model (GET /v1/models lists them)."
+                ),
+                "invalid_request_error",
+                Some("model_not_allowed"),
+            ),
+            ApiError::ModelNotFound(m) => OpenAiError::new(
+                format!("Tollgate: model '{m}' is not served by this broker."),
+                "invalid_request_error",
+                Some("model_not_found"),
+            ),
+            ApiError::BadRequest(m) => {
+                OpenAiError::new(format!("Tollgate: {m}"), "invalid_request_error", None)
+            }
+            ApiError::PayloadTooLarge(n) => OpenAiError::new(
+                format!("Tollgate: request body is larger than {n} bytes."),
+                "invalid_request_error",
+                Some("request_too_large"),
+            ),
+            ApiError::RateLimited { message, .. } => OpenAiError::new(
+                format!("Tollgate: {message}"),
+                "rate_limit_error",
+                Some("rate_limit_exceeded"),
+            ),
+            ApiError::BudgetExceeded { message, .. } => OpenAiError::new(
+                format!("Tollgate: {message}"),
+                "insufficient_quota",
+                Some("budget_exceeded"),
+            ),
+            ApiError::UpstreamUnavailable(_) => OpenAiError::new(
+                "Tollgate: every upstream provider for this model failed; try again shortly.",
+                "server_error",
+                Some("upstream_unavailable"),
+            ),
+            ApiError::UpstreamTimeout => OpenAiError::new(
+                "Tollgate: the upstream provider timed out.",
+                "server_error",
+                Some("upstream_timeout"),
+            ),
+            ApiError::UpstreamClientError { .. } => {
+                OpenAiError::new("upstream error", "invalid_request_error", None)
+            }
+            ApiError::StoreUnavailable => OpenAiError::new(
+                "Tollgate: governance store unavailable; requests are refused until it is back.",
+                "server_error",
+                Some("store_unavailable"),
+            ),
+            ApiError::NotFound => OpenAiError::new(
+                "Tollgate: no such route.",
+                "invalid_request_error",
+                Some("not_found"),
+            ),
+            ApiError::Internal(_) => {
+                OpenAiError::new("Tollgate: internal error.", "server_error", None)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::UpstreamClientError { body, .. } = &self {
+            // The upstream's own OpenAI-shaped error: relay it, it is what the user needs to see.
+            let mut r = (status, body.clone()).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return r;
+        }
+        if status.is_server_error() {
+            tracing::warn!(error = %self, kind = self.kind(), "request failed");
+        } else {
+            tracing::debug!(error = %self, kind = self.kind(), "request refused");
+        }
+        let retry_after = match &self {
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            ApiError::BudgetExceeded {
+                retry_after_secs, ..
+            } => *retry_after_secs,
+            _ => None,
+        };
+        let mut r = (status, axum::Json(self.body())).into_response();
+        if let Some(s) = retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s.max(1)));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tollgate\""),
+            );
+        }
+        r.extensions_mut().insert(ErrorKind(self.kind()));
+        r
+    }
+}
+
+/// Attached to error responses so middleware (metrics, audit) can read the kind.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorKind(pub &'static str);
+
+/// A token-route error: RFC 6749 §5.2.
+#[derive(Debug)]
+pub struct OAuthFailure {
+    pub status: StatusCode,
+    pub error: OAuthError,
+}
+
+impl OAuthFailure {
+    pub fn new(status: StatusCode, code: OAuthErrorCode, description: impl Into<String>) -> Self {
+        OAuthFailure {
+            status,
+            error: OAuthError {
+                error: code,
+                error_description: Some(description.into()),
+            },
+        }
+    }
+}
+
+impl IntoResponse for OAuthFailure {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, axum::Json(self.error)).into_response();
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    }
+}

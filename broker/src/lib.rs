@@ -1,0 +1,17 @@
+//! `tollgate-broker`: verifies workload identities, mints short-lived scoped tokens, and governs an
+//! OpenAI-compatible proxy in front of the providers.
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod keys;
+pub mod ledger;
+pub mod policy;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod token;
+pub mod usage;

@@ -1,0 +1,414 @@
+//! The OpenAI-compatible proxy: authenticate, authorise the model, route with failover, stream back
+//! unbuffered while a side decoder reads usage, then account.
+
+pub mod demo;
+pub mod upstream;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::ledger::{Outcome, RequestRecord};
+use crate::usage::{SseUsageDecoder, StreamEnd, Usage, Wire};
+use axum::body::Body;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::Stream;
+use futures::stream::BoxStream;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tollgate::Claims;
+use upstream::{Endpoint, UpstreamError, UpstreamResponse};
+
+/// Verify the bearer token; verified claims are cached by token hash until they expire.
+pub fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Claims>, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(ApiError::Unauthorized("missing"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("malformed"))?;
+    let token = match value.split_once(' ') {
+        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
+        _ => return Err(ApiError::Unauthorized("malformed")),
+    };
+    if token.is_empty() || token.len() > 16 * 1024 {
+        return Err(ApiError::Unauthorized("malformed"));
+    }
+    let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let now = app.clock.now_secs();
+    let claims = match app.auth_cache.get(&key) {
+        Some(c) => c,
+        None => {
+            let c = Arc::new(
+                app.tokens
+                    .verify(token)
+                    .map_err(|e| ApiError::Unauthorized(e.reason()))?,
+            );
+            app.auth_cache.insert(key, c.clone());
+            c
+        }
+    };
+    // The cache holds entries for at most its TTL; expiry is re-checked on every hit with our clock.
+    if claims.exp <= now.saturating_sub(app.tokens.leeway_secs) {
+        app.auth_cache.invalidate(&key);
+        return Err(ApiError::Unauthorized("expired"));
+    }
+    app.ledger.check_revoked(&claims)?;
+    Ok(claims)
+}
+
+/// The few request fields the proxy needs; everything else is forwarded untouched.
+#[derive(Deserialize)]
+struct Probe {
+    model: Option<String>,
+    #[serde(default)]
+    stream: bool,
+}
+
+fn read_body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(app.max_body_bytes)
+        } else {
+            ApiError::BadRequest("could not read the request body".into())
+        }
+    })
+}
+
+fn probe(body: &[u8]) -> Result<(String, bool), ApiError> {
+    let p: Probe = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
+    let model = p
+        .model
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("missing required parameter: 'model'".into()))?;
+    Ok((model, p.stream))
+}
+
+pub async fn responses(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    proxy(app, headers, body, Endpoint::Responses).await
+}
+
+pub async fn chat_completions(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    proxy(app, headers, body, Endpoint::ChatCompletions).await
+}
+
+/// Ask an OpenAI-compatible upstream to report usage on a streamed chat completion, so spend is exact.
+fn ensure_chat_usage(body: Bytes) -> Bytes {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return body;
+    };
+    if v.pointer("/stream_options/include_usage")
+        .and_then(serde_json::Value::as_bool)
+        == Some(true)
+    {
+        return body;
+    }
+    let Some(obj) = v.as_object_mut() else {
+        return body;
+    };
+    let opts = obj
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::json!({}));
+    if let Some(o) = opts.as_object_mut() {
+        o.insert("include_usage".into(), serde_json::Value::Bool(true));
+    }
+    serde_json::to_vec(&v).map(Bytes::from).unwrap_or(body)
+}
+
+fn with_model(body: &Bytes, model: &str) -> Bytes {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return body.clone();
+    };
+    if let Some(o) = v.as_object_mut() {
+        o.insert("model".into(), serde_json::Value::String(model.to_string()));
+    }
+    serde_json::to_vec(&v)
+        .map(Bytes::from)
+        .unwrap_or_else(|_| body.clone())
+}
+
+async fn proxy(
+    app: Arc<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    endpoint: Endpoint,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let claims = authenticate(&app, &headers)?;
+    let body = read_body(&app, body)?;
+    let (model, stream) = probe(&body)?;
+    if !claims.grant.allows_model(&model) {
+        return Err(ApiError::ModelNotAllowed(model));
+    }
+    let chain = app
+        .router
+        .chain(&model)
+        .ok_or_else(|| ApiError::ModelNotFound(model.clone()))?;
+    let body = if endpoint == Endpoint::ChatCompletions && stream {
+        ensure_chat_usage(body)
+    } else {
+        body
+    };
+    let admission = app.ledger.admit(&claims, &model, &body)?;
+
+    let mut last_err: Option<UpstreamError> = None;
+    let mut attempts = 0u32;
+    for target in &chain {
+        attempts += 1;
+        let provider = &target.provider;
+        let upstream_body = match &target.model {
+            Some(m) if m != &model => with_model(&body, m),
+            _ => body.clone(),
+        };
+        match provider
+            .send(
+                endpoint,
+                &headers,
+                upstream_body,
+                Duration::from_millis(target.timeout_ms),
+            )
+            .await
+        {
+            Ok(up) => {
+                let record = RequestRecord {
+                    claims: claims.clone(),
+                    model: model.clone(),
+                    provider: provider.name.clone(),
+                    endpoint,
+                    stream,
+                    started,
+                    admission,
+                };
+                return Ok(relay(app.clone(), up, record, attempts, endpoint, stream).await);
+            }
+            Err(e) => {
+                tracing::warn!(provider = %provider.name, model = %model, error = %e, "upstream attempt failed");
+                if !e.retryable() {
+                    app.ledger.release(admission, Outcome::UpstreamError);
+                    return Err(upstream_error(e));
+                }
+                last_err = Some(e);
+            }
+        }
+    }
+    app.ledger.release(admission, Outcome::UpstreamError);
+    Err(last_err.map_or_else(
+        || ApiError::UpstreamUnavailable("no enabled target".into()),
+        upstream_error,
+    ))
+}
+
+fn upstream_error(e: UpstreamError) -> ApiError {
+    match e {
+        UpstreamError::Timeout => ApiError::UpstreamTimeout,
+        UpstreamError::Status { status, body, .. }
+            if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS =>
+        {
+            // Relay only a well-formed OpenAI error body; anything else could leak upstream internals.
+            if serde_json::from_slice::<tollgate::OpenAiError>(&body).is_ok() {
+                ApiError::UpstreamClientError { status, body }
+            } else {
+                ApiError::BadRequest(format!(
+                    "the upstream provider refused the request ({status})"
+                ))
+            }
+        }
+        other => ApiError::UpstreamUnavailable(other.to_string()),
+    }
+}
+
+async fn relay(
+    app: Arc<AppState>,
+    up: UpstreamResponse,
+    record: RequestRecord,
+    attempts: u32,
+    endpoint: Endpoint,
+    stream: bool,
+) -> Response {
+    let mut builder = Response::builder().status(up.status);
+    let provider_header =
+        HeaderValue::from_str(&record.provider).unwrap_or(HeaderValue::from_static("unknown"));
+    if let Some(h) = builder.headers_mut() {
+        for (name, value) in &up.headers {
+            if upstream::relay_response_header(name) {
+                h.insert(name.clone(), value.clone());
+            }
+        }
+        h.insert("x-tollgate-provider", provider_header);
+        h.insert("x-tollgate-attempts", HeaderValue::from(attempts));
+        if stream {
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        }
+    }
+    let wire = if endpoint == Endpoint::Responses {
+        Wire::Responses
+    } else {
+        Wire::Chat
+    };
+    if stream {
+        let tapped = Tapped {
+            inner: up.body,
+            decoder: SseUsageDecoder::new(wire),
+            pending: Some((app, record)),
+            wire,
+            failed_sent: false,
+        };
+        return builder
+            .body(Body::from_stream(tapped))
+            .unwrap_or_else(|_| ApiError::Internal("response build".into()).into_response());
+    }
+    // Non-streaming: buffer (bounded), read usage from the JSON body.
+    let mut buf = Vec::new();
+    let mut body = up.body;
+    let mut broken = false;
+    use futures::StreamExt;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => buf.extend_from_slice(&c),
+            Err(_) => {
+                broken = true;
+                break;
+            }
+        }
+    }
+    if broken {
+        app.ledger.finish(record, None, StreamEnd::Truncated, 0);
+        return ApiError::UpstreamUnavailable("upstream body ended early".into()).into_response();
+    }
+    let usage = serde_json::from_slice::<serde_json::Value>(&buf)
+        .ok()
+        .and_then(|v| {
+            let u = v.get("usage")?;
+            match wire {
+                Wire::Responses => Usage::from_responses(u),
+                Wire::Chat => Usage::from_chat(u),
+            }
+        });
+    app.ledger.finish(record, usage, StreamEnd::Completed, 0);
+    builder
+        .body(Body::from(buf))
+        .unwrap_or_else(|_| ApiError::Internal("response build".into()).into_response())
+}
+
+/// The upstream byte stream, forwarded unchanged, with a usage decoder on the side. Accounting happens
+/// exactly once: at the end of the stream, on an upstream error, or on drop (client went away).
+struct Tapped {
+    inner: BoxStream<'static, Result<Bytes, std::io::Error>>,
+    decoder: SseUsageDecoder,
+    pending: Option<(Arc<AppState>, RequestRecord)>,
+    wire: Wire,
+    failed_sent: bool,
+}
+
+impl Tapped {
+    fn settle(&mut self) {
+        if let Some((app, record)) = self.pending.take() {
+            let end = self.decoder.finish();
+            app.ledger.finish(
+                record,
+                self.decoder.usage,
+                end,
+                self.decoder.output_text_bytes,
+            );
+        }
+    }
+}
+
+/// A terminal `response.failed` event for a stream the upstream broke after the first byte: the client
+/// sees a clean failure (Codex retries it) instead of a hang.
+fn failed_event() -> Bytes {
+    let v = serde_json::json!({"type":"response.failed","response":{"id":"resp_tollgate_upstream_failed","status":"failed",
+        "error":{"code":"server_error","message":"Tollgate: the upstream stream broke off; please retry."}}});
+    Bytes::from(format!("event: response.failed\ndata: {v}\n\n"))
+}
+
+impl Stream for Tapped {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.failed_sent {
+            return Poll::Ready(None);
+        }
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                self.decoder.feed(&chunk);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tracing::warn!(error = %e, "upstream stream broke after the first byte");
+                self.settle();
+                if self.wire == Wire::Responses {
+                    self.failed_sent = true;
+                    return Poll::Ready(Some(Ok(failed_event())));
+                }
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                self.settle();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Tapped {
+    fn drop(&mut self) {
+        // Client disconnect mid-stream lands here with the record still pending.
+        self.settle();
+    }
+}
+
+/// `GET /v1/models`: what this token may use, in OpenAI's list shape, plus Codex's `models` key, which
+/// holds only operator-supplied Codex metadata (listing a model there replaces Codex's system prompt).
+pub async fn models(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let claims = authenticate(&app, &headers)?;
+    let mut names: Vec<String> = app
+        .router
+        .literal_models()
+        .into_iter()
+        .filter(|m| claims.grant.allows_model(m))
+        .collect();
+    for p in &claims.grant.models {
+        if p.is_literal() && app.router.chain(p.as_str()).is_some() {
+            names.push(p.as_str().to_string());
+        }
+    }
+    for slug in app.codex_models.keys() {
+        if claims.grant.allows_model(slug) && app.router.chain(slug).is_some() {
+            names.push(slug.clone());
+        }
+    }
+    names.sort();
+    names.dedup();
+    let data: Vec<serde_json::Value> =
+        names.iter().map(|n| serde_json::json!({"id": n, "object": "model", "created": 0, "owned_by": "tollgate"})).collect();
+    let codex: Vec<&serde_json::Value> = app
+        .codex_models
+        .iter()
+        .filter(|(slug, _)| names.contains(slug))
+        .map(|(_, v)| v)
+        .collect();
+    Ok(
+        axum::Json(serde_json::json!({"object": "list", "data": data, "models": codex}))
+            .into_response(),
+    )
+}

@@ -1,0 +1,308 @@
+//! Token usage as upstreams report it, and a side decoder that reads it from SSE without touching the bytes.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Usage of one upstream request, normalised across APIs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// All input tokens, including cached ones.
+    pub input_tokens: u64,
+    /// Of which served from the provider's prompt cache.
+    pub cached_input_tokens: u64,
+    /// Of which written to the provider's prompt cache (Anthropic).
+    pub cache_write_tokens: u64,
+    /// All output tokens, including reasoning.
+    pub output_tokens: u64,
+    pub reasoning_tokens: u64,
+}
+
+fn u(v: &Value, path: &[&str]) -> u64 {
+    let mut cur = v;
+    for p in path {
+        match cur.get(p) {
+            Some(n) => cur = n,
+            None => return 0,
+        }
+    }
+    cur.as_u64().unwrap_or(0)
+}
+
+impl Usage {
+    /// From a Responses API `usage` object.
+    pub fn from_responses(v: &Value) -> Option<Self> {
+        if !v.is_object() {
+            return None;
+        }
+        Some(Usage {
+            input_tokens: u(v, &["input_tokens"]),
+            cached_input_tokens: u(v, &["input_tokens_details", "cached_tokens"]),
+            cache_write_tokens: u(v, &["input_tokens_details", "cache_write_tokens"]),
+            output_tokens: u(v, &["output_tokens"]),
+            reasoning_tokens: u(v, &["output_tokens_details", "reasoning_tokens"]),
+        })
+    }
+
+    /// From a Chat Completions `usage` object.
+    pub fn from_chat(v: &Value) -> Option<Self> {
+        if !v.is_object() {
+            return None;
+        }
+        Some(Usage {
+            input_tokens: u(v, &["prompt_tokens"]),
+            cached_input_tokens: u(v, &["prompt_tokens_details", "cached_tokens"]),
+            cache_write_tokens: 0,
+            output_tokens: u(v, &["completion_tokens"]),
+            reasoning_tokens: u(v, &["completion_tokens_details", "reasoning_tokens"]),
+        })
+    }
+
+    pub fn total(&self) -> u64 {
+        self.input_tokens + self.output_tokens
+    }
+}
+
+/// Which wire format a stream speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    Responses,
+    Chat,
+}
+
+/// How a stream ended, as far as the decoder saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamEnd {
+    /// `response.completed` / chat `[DONE]`.
+    Completed,
+    /// `response.incomplete`.
+    Incomplete,
+    /// `response.failed` or an `error` event.
+    Failed,
+    /// The stream stopped without a terminal event.
+    Truncated,
+}
+
+/// Watches SSE bytes on the side. Feed it every chunk exactly as forwarded; it never alters them.
+///
+/// Only events that can carry usage are JSON-parsed (a cheap substring test first), so the cost per delta is
+/// a memchr, not a parse.
+#[derive(Debug)]
+pub struct SseUsageDecoder {
+    wire: Wire,
+    buf: Vec<u8>,
+    pub usage: Option<Usage>,
+    pub end: Option<StreamEnd>,
+    /// Bytes of streamed output text seen (for estimating output tokens if no usage arrives).
+    pub output_text_bytes: u64,
+    pub events: u64,
+}
+
+/// Cap on one buffered SSE event; a larger one is skipped (it cannot be a usage event we need).
+const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
+impl SseUsageDecoder {
+    pub fn new(wire: Wire) -> Self {
+        SseUsageDecoder {
+            wire,
+            buf: Vec::new(),
+            usage: None,
+            end: None,
+            output_text_bytes: 0,
+            events: 0,
+        }
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+        // Process complete events (terminated by a blank line; accept \n\n and \r\n\r\n).
+        loop {
+            let Some((end, sep)) = find_event_end(&self.buf) else {
+                if self.buf.len() > MAX_EVENT_BYTES {
+                    self.buf.clear();
+                }
+                return;
+            };
+            let event: Vec<u8> = self.buf.drain(..end + sep).collect();
+            self.on_event(&event[..end]);
+        }
+    }
+
+    fn on_event(&mut self, event: &[u8]) {
+        self.events += 1;
+        // Concatenate data: lines.
+        let mut data = Vec::new();
+        for line in event.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(d) = line.strip_prefix(b"data:") {
+                if !data.is_empty() {
+                    data.push(b'\n');
+                }
+                data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
+            }
+        }
+        if data.is_empty() {
+            return;
+        }
+        match self.wire {
+            Wire::Responses => self.on_responses(&data),
+            Wire::Chat => self.on_chat(&data),
+        }
+    }
+
+    fn on_responses(&mut self, data: &[u8]) {
+        if contains(data, b"\"response.output_text.delta\"") {
+            if let Ok(v) = serde_json::from_slice::<Value>(data) {
+                self.output_text_bytes += v
+                    .get("delta")
+                    .and_then(Value::as_str)
+                    .map_or(0, |s| s.len() as u64);
+            }
+            return;
+        }
+        let terminal = [
+            (&b"\"response.completed\""[..], StreamEnd::Completed),
+            (b"\"response.incomplete\"", StreamEnd::Incomplete),
+            (b"\"response.failed\"", StreamEnd::Failed),
+        ];
+        for (needle, end) in terminal {
+            if contains(data, needle)
+                && let Ok(v) = serde_json::from_slice::<Value>(data)
+                && v.get("type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t.as_bytes() == &needle[1..needle.len() - 1])
+            {
+                self.end = Some(end);
+                if let Some(u) = v
+                    .get("response")
+                    .and_then(|r| r.get("usage"))
+                    .and_then(Usage::from_responses)
+                {
+                    self.usage = Some(u);
+                }
+                return;
+            }
+        }
+        if contains(data, b"\"type\":\"error\"") || contains(data, b"\"type\": \"error\"") {
+            self.end = Some(StreamEnd::Failed);
+        }
+    }
+
+    fn on_chat(&mut self, data: &[u8]) {
+        if data == b"[DONE]" {
+            self.end = Some(StreamEnd::Completed);
+            return;
+        }
+        if contains(data, b"\"usage\"") {
+            if let Ok(v) = serde_json::from_slice::<Value>(data)
+                && let Some(u) = v.get("usage").and_then(Usage::from_chat)
+            {
+                self.usage = Some(u);
+            }
+        } else if contains(data, b"\"content\"")
+            && let Ok(v) = serde_json::from_slice::<Value>(data)
+        {
+            let n = v.get("choices").and_then(Value::as_array).map_or(0, |cs| {
+                cs.iter()
+                    .filter_map(|c| c.pointer("/delta/content").and_then(Value::as_str))
+                    .map(str::len)
+                    .sum::<usize>()
+            });
+            self.output_text_bytes += n as u64;
+        }
+    }
+
+    /// Call when the byte stream ends: an unterminated stream is truncated.
+    pub fn finish(&mut self) -> StreamEnd {
+        if !self.buf.is_empty() {
+            let rest = std::mem::take(&mut self.buf);
+            self.on_event(&rest);
+        }
+        *self.end.get_or_insert(StreamEnd::Truncated)
+    }
+}
+
+fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while i + 1 < buf.len() {
+        if buf[i] == b'\n' {
+            if buf[i + 1] == b'\n' {
+                return Some((i, 2));
+            }
+            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
+                return Some((i, 3));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &str = concat!(
+        "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\"}}\n\n",
+        "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hello\"}\n\n",
+        "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"usage\":{\"input_tokens\":123,",
+        "\"input_tokens_details\":{\"cached_tokens\":23},\"output_tokens\":45,\"output_tokens_details\":{\"reasoning_tokens\":5},\"total_tokens\":168}}}\n\n"
+    );
+
+    #[test]
+    fn reads_usage_from_any_chunking() {
+        for split in 1..STREAM.len() {
+            let mut d = SseUsageDecoder::new(Wire::Responses);
+            let (a, b) = STREAM.as_bytes().split_at(split);
+            d.feed(a);
+            d.feed(b);
+            assert_eq!(d.finish(), StreamEnd::Completed, "split {split}");
+            assert_eq!(
+                d.usage,
+                Some(Usage {
+                    input_tokens: 123,
+                    cached_input_tokens: 23,
+                    cache_write_tokens: 0,
+                    output_tokens: 45,
+                    reasoning_tokens: 5
+                })
+            );
+            assert_eq!(d.output_text_bytes, 5);
+        }
+    }
+
+    #[test]
+    fn crlf_and_truncation() {
+        let mut d = SseUsageDecoder::new(Wire::Responses);
+        d.feed(b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"abc\"}\r\n\r\ndata: {\"type\":\"resp");
+        assert_eq!(d.finish(), StreamEnd::Truncated);
+        assert_eq!(d.output_text_bytes, 3);
+        assert_eq!(d.usage, None);
+    }
+
+    #[test]
+    fn a_delta_mentioning_completed_is_not_terminal() {
+        let mut d = SseUsageDecoder::new(Wire::Responses);
+        d.feed(b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"\\\"response.completed\\\"\"}\n\n");
+        assert_eq!(d.finish(), StreamEnd::Truncated);
+    }
+
+    #[test]
+    fn chat_usage_chunk_and_done() {
+        let mut d = SseUsageDecoder::new(Wire::Chat);
+        d.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n");
+        d.feed(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":2,\"total_tokens\":12,\"prompt_tokens_details\":{\"cached_tokens\":4}}}\n\n");
+        d.feed(b"data: [DONE]\n\n");
+        assert_eq!(d.finish(), StreamEnd::Completed);
+        assert_eq!(
+            d.usage
+                .map(|u| (u.input_tokens, u.cached_input_tokens, u.output_tokens)),
+            Some((10, 4, 2))
+        );
+        assert_eq!(d.output_text_bytes, 2);
+    }
+}
