@@ -1,1 +1,17 @@
+//! Test peers for Tollgate.
+//!
+//! - [`mock`]: a faithful mock LLM upstream (OpenAI Responses, Chat Completions, Anthropic Messages,
+//!   model list) with scripted, deterministic answers, fault injection and request recording. It runs
+//!   in-process via [`mock::spawn`] or as the `tollgate-mock-upstream` binary, scriptable over
+//!   `/_mock/*` HTTP routes.
+//! - [`sse`]: a small Server-Sent Events parser for asserting on streams.
+//! - [`procs`]: helpers to run the workspace's real binaries from end-to-end tests without leaking
+//!   processes.
+//!
+//! Everything binds to `127.0.0.1:0`: tests never use fixed ports or leave loopback.
 
+pub mod mock;
+pub mod procs;
+pub mod sse;
+
+pub use mock::{Fault, MockConfig, MockHandle, RecordedRequest, ReportedUsage, spawn};

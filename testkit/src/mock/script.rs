@@ -1,0 +1,158 @@
+//! The deterministic script every API follows, and the usage arithmetic.
+//!
+//! 1. The last input is a tool result → `"tool said: <first 200 chars of its output>"`.
+//! 2. Else the latest user text contains `USE_TOOL` → a tool call with `{"cmd": tool_command}`.
+//! 3. Else → `"mock reply to: <first 80 chars of the latest user text>"`.
+//!
+//! Usage: prompt = `ceil(body bytes / 4)` (or the configured override), cached = the configured
+//! value clamped to the prompt, output = whitespace words of the answer + 1 (or the override).
+
+use serde_json::{Value, json};
+
+use super::{MockConfig, ReportedUsage};
+
+/// The trigger word for a tool call.
+pub(crate) const TOOL_TRIGGER: &str = "USE_TOOL";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Reply {
+    Text(String),
+    Tool { name: String, arguments: String },
+}
+
+impl Reply {
+    /// Decides the reply from what the API-specific extractor found.
+    pub(crate) fn decide(
+        tool_output: Option<&str>,
+        user_text: Option<&str>,
+        tool_name: &str,
+        config: &MockConfig,
+    ) -> Self {
+        if let Some(out) = tool_output {
+            return Self::Text(format!("tool said: {}", prefix_chars(out, 200)));
+        }
+        let text = user_text.unwrap_or("");
+        if text.contains(TOOL_TRIGGER) {
+            return Self::Tool {
+                name: tool_name.to_owned(),
+                arguments: json!({"cmd": config.tool_command}).to_string(),
+            };
+        }
+        Self::Text(format!("mock reply to: {}", prefix_chars(text, 80)))
+    }
+
+    fn words(&self) -> u64 {
+        let s = match self {
+            Self::Text(t) => t,
+            Self::Tool { arguments, .. } => arguments,
+        };
+        s.split_whitespace().count() as u64
+    }
+}
+
+fn prefix_chars(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Token counts for one answer; `wire` is filled by the API module.
+pub(crate) fn usage(config: &MockConfig, body_bytes: usize, reply: &Reply) -> ReportedUsage {
+    let input = config
+        .input_tokens
+        .unwrap_or_else(|| (body_bytes as u64).div_ceil(4));
+    let cached = config.cached_tokens.min(input);
+    let cache_creation = config.cache_creation_tokens.min(input - cached);
+    let output = config.output_tokens.unwrap_or_else(|| reply.words() + 1);
+    ReportedUsage {
+        input_tokens: input,
+        cached_tokens: cached,
+        cache_creation_tokens: cache_creation,
+        output_tokens: output,
+        reasoning_tokens: 0,
+        total_tokens: input + output,
+        wire: Value::Null,
+    }
+}
+
+/// Splits text into word-sized deltas (each keeps its trailing whitespace) so that
+/// concatenating them gives the text back.
+pub(crate) fn text_deltas(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_space = false;
+    for c in text.chars() {
+        if !c.is_whitespace() && in_space {
+            out.push(std::mem::take(&mut cur));
+            in_space = false;
+        }
+        if c.is_whitespace() {
+            in_space = true;
+        }
+        cur.push(c);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Splits JSON arguments into fragments of at most 8 chars, as providers stream them.
+pub(crate) fn json_fragments(args: &str) -> Vec<String> {
+    let chars: Vec<char> = args.chars().collect();
+    chars.chunks(8).map(|c| c.iter().collect()).collect()
+}
+
+/// Concatenated text of a content value: a string, or an array of parts with `text` fields
+/// (`input_text`, `output_text`, `text`), or nested `content` (Anthropic `tool_result`).
+pub(crate) fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|p| match p.get("text").and_then(Value::as_str) {
+                Some(t) => t.to_owned(),
+                None => p.get("content").map(content_text).unwrap_or_default(),
+            })
+            .collect(),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_rejoin_to_the_text() {
+        let t = "mock reply to: héllo  wörld\nnext";
+        let d = text_deltas(t);
+        assert_eq!(d.concat(), t);
+        assert_eq!(d.len(), 6);
+    }
+
+    #[test]
+    fn prefix_is_char_based() {
+        assert_eq!(prefix_chars("ééé", 2), "éé");
+        assert_eq!(prefix_chars("ab", 80), "ab");
+    }
+
+    #[test]
+    fn usage_arithmetic() {
+        let cfg = MockConfig {
+            cached_tokens: 100,
+            ..MockConfig::default()
+        };
+        let u = usage(&cfg, 9, &Reply::Text("a b c".into()));
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.cached_tokens,
+                u.output_tokens,
+                u.total_tokens
+            ),
+            (3, 3, 4, 7)
+        );
+    }
+}
