@@ -99,11 +99,26 @@ impl RawConfig {
     pub fn parse(src: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(src).map_err(|e| {
             let (line, column) = e.span().map_or((0, 0), |s| line_col(src, s.start));
+            let mut message = one_line(e.message());
+            // Type errors ("invalid type: …") do not say which field; the key starts the line.
+            if !message.contains('`')
+                && let Some((key, _)) = src
+                    .lines()
+                    .nth(line.saturating_sub(1))
+                    .and_then(|l| l.split_once('='))
+                && let key = key.trim()
+                && !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                message = format!("`{key}`: {message}");
+            }
             ConfigError::Parse {
                 path: path.to_owned(),
                 line,
                 column,
-                message: one_line(e.message()),
+                message,
             }
         })
     }
@@ -558,7 +573,10 @@ mod tests {
         let err = resolve(&Flags::default(), &env)
             .expect_err("must fail")
             .to_string();
-        assert!(err.contains("line 3"), "{err}");
+        assert!(
+            err.contains("line 3, column 12: `ttl_secs`: invalid type"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,7 +6,10 @@ use std::os::unix::fs::MetadataExt;
 use support::{CREDENTIAL, FakeBroker, Reply, Sandbox, dead_url};
 
 fn token_of(run: &support::Run) -> String {
-    assert!(run.stdout.ends_with('\n') && run.stdout.matches('\n').count() == 1, "{run:?}");
+    assert!(
+        run.stdout.ends_with('\n') && run.stdout.matches('\n').count() == 1,
+        "{run:?}"
+    );
     run.stdout.trim_end().to_owned()
 }
 
@@ -22,9 +25,15 @@ fn happy_path_prints_exactly_the_token() {
     assert_eq!(run.stdout, format!("{token}\n"));
     assert_eq!(broker.mints(), 1);
     let form = &broker.forms()[0];
-    assert_eq!(form["grant_type"], "urn:ietf:params:oauth:grant-type:token-exchange");
+    assert_eq!(
+        form["grant_type"],
+        "urn:ietf:params:oauth:grant-type:token-exchange"
+    );
     assert_eq!(form["subject_token"], CREDENTIAL);
-    assert_eq!(form["subject_token_type"], "urn:tollgate:params:token-type:static-credential");
+    assert_eq!(
+        form["subject_token_type"],
+        "urn:tollgate:params:token-type:static-credential"
+    );
     assert_eq!(form["audience"], "tollgate");
     assert_eq!(form["requested_ttl_secs"], "900");
 }
@@ -42,7 +51,10 @@ fn cache_hit_makes_no_network_call() {
     // Same URL, nothing listening any more: still served from the cache, silently.
     broker.stop();
     let third = sb.run(&["--broker", &broker.url]);
-    assert_eq!((third.code, third.stdout.as_str(), third.stderr.as_str()), (0, first.stdout.as_str(), ""));
+    assert_eq!(
+        (third.code, third.stdout.as_str(), third.stderr.as_str()),
+        (0, first.stdout.as_str(), "")
+    );
 }
 
 #[test]
@@ -55,7 +67,11 @@ fn env_and_config_file_configure_the_same_slot() {
     sb.unset("TOLLGATE_BROKER");
     let cfg = sb.home().join(".config/tollgate/config.toml");
     std::fs::create_dir_all(cfg.parent().expect("p")).expect("mkdir");
-    std::fs::write(&cfg, format!("[profiles.default]\nbroker = \"{}/\"\n", broker.url)).expect("write");
+    std::fs::write(
+        &cfg,
+        format!("[profiles.default]\nbroker = \"{}/\"\n", broker.url),
+    )
+    .expect("write");
     let b = sb.run(&[]);
     assert_eq!((b.code, &b.stdout), (0, &a.stdout), "{b:?}");
     assert_eq!(broker.mints(), 1);
@@ -108,7 +124,10 @@ fn a_broker_echoing_the_credential_is_redacted() {
     // `Run::from` asserts that the credential is nowhere in the output.
     let run = sb.run(&["--broker", &broker.url]);
     assert_eq!(run.code, 66);
-    assert!(run.stderr.contains("invalid_client: bad secret [redacted]"), "{run:?}");
+    assert!(
+        run.stderr.contains("invalid_client: bad secret [redacted]"),
+        "{run:?}"
+    );
 }
 
 #[test]
@@ -119,7 +138,9 @@ fn unreachable_without_cache_is_69() {
     assert_eq!(run.code, 69, "{run:?}");
     assert_eq!(run.stdout, "");
     assert!(
-        run.stderr.starts_with(&format!("tollgate-token: broker {url}/oauth/token is unavailable: cannot connect")),
+        run.stderr.starts_with(&format!(
+            "tollgate-token: broker {url}/oauth/token is unavailable: cannot connect"
+        )),
         "{run:?}"
     );
     assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
@@ -127,7 +148,10 @@ fn unreachable_without_cache_is_69() {
 
 #[test]
 fn server_errors_and_dropped_connections_are_69() {
-    let broker = FakeBroker::start(Reply::Status(503, r#"{"error":"temporarily_unavailable"}"#.into()));
+    let broker = FakeBroker::start(Reply::Status(
+        503,
+        r#"{"error":"temporarily_unavailable"}"#.into(),
+    ));
     broker.script([Reply::Close]);
     let sb = Sandbox::new();
     let closed = sb.run(&["--broker", &broker.url]);
@@ -136,7 +160,10 @@ fn server_errors_and_dropped_connections_are_69() {
     assert_eq!(run.code, 69);
     assert_eq!(
         run.stderr,
-        format!("tollgate-token: broker {}/oauth/token is unavailable: HTTP 503 (temporarily_unavailable)\n", broker.url)
+        format!(
+            "tollgate-token: broker {}/oauth/token is unavailable: HTTP 503 (temporarily_unavailable)\n",
+            broker.url
+        )
     );
 }
 
@@ -147,7 +174,11 @@ fn slow_broker_hits_the_deadline() {
     let sb = Sandbox::new();
     let started = std::time::Instant::now();
     let run = sb.run(&["--broker", &broker.url, "--timeout-ms", "300"]);
-    assert!(started.elapsed() < std::time::Duration::from_millis(1800), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1800),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(run.code, 69, "{run:?}");
     assert!(run.stderr.contains("timed out"), "{run:?}");
 }
@@ -163,8 +194,15 @@ fn unreachable_with_valid_cache_serves_and_warns() {
     let run = sb.run(&["--broker", &broker.url]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.stdout, first.stdout);
-    assert!(run.stderr.starts_with("tollgate-token: warning: broker "), "{run:?}");
-    assert!(run.stderr.contains("serving the cached token, which expires in"), "{run:?}");
+    assert!(
+        run.stderr.starts_with("tollgate-token: warning: broker "),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("serving the cached token, which expires in"),
+        "{run:?}"
+    );
     assert_eq!(run.stderr.lines().count(), 1);
 }
 
@@ -173,7 +211,10 @@ fn refused_with_stale_cache_is_still_a_refusal() {
     let broker = FakeBroker::start(Reply::Token { ttl_secs: 200 });
     let sb = Sandbox::new();
     assert_eq!(sb.run(&["--broker", &broker.url]).code, 0);
-    broker.set_default(Reply::Status(400, r#"{"error":"invalid_grant","error_description":"revoked"}"#.into()));
+    broker.set_default(Reply::Status(
+        400,
+        r#"{"error":"invalid_grant","error_description":"revoked"}"#.into(),
+    ));
     let run = sb.run(&["--broker", &broker.url]);
     assert_eq!((run.code, run.stdout.as_str()), (66, ""), "{run:?}");
 }
@@ -183,11 +224,21 @@ fn bad_config_is_64_naming_field_and_line() {
     let sb = Sandbox::new();
     let cfg = sb.home().join(".config/tollgate/config.toml");
     std::fs::create_dir_all(cfg.parent().expect("p")).expect("mkdir");
-    std::fs::write(&cfg, "# mine\n[profiles.default]\nbroker = \"http://x\"\ntimeout = 3\n").expect("write");
+    std::fs::write(
+        &cfg,
+        "# mine\n[profiles.default]\nbroker = \"http://x\"\ntimeout = 3\n",
+    )
+    .expect("write");
     let run = sb.run(&[]);
     assert_eq!(run.code, 64);
     assert_eq!(run.stdout, "");
-    assert!(run.stderr.starts_with(&format!("tollgate-token: config file {}, line 4, column 1: ", cfg.display())), "{run:?}");
+    assert!(
+        run.stderr.starts_with(&format!(
+            "tollgate-token: config file {}, line 4, column 1: ",
+            cfg.display()
+        )),
+        "{run:?}"
+    );
     assert!(run.stderr.contains("unknown field `timeout`"), "{run:?}");
     assert_eq!(run.stderr.lines().count(), 1);
 }
@@ -203,7 +254,10 @@ fn usage_errors_are_64() {
     assert!(run.stderr.contains("no broker configured"), "{run:?}");
     let run = sb.run(&["--broker", "http://127.0.0.1:1", "--identity", "kerberos"]);
     assert_eq!(run.code, 64);
-    assert!(run.stderr.contains("unknown identity `kerberos`"), "{run:?}");
+    assert!(
+        run.stderr.contains("unknown identity `kerberos`"),
+        "{run:?}"
+    );
 }
 
 #[test]
@@ -212,8 +266,17 @@ fn missing_credential_is_65() {
     sb.unset("TOLLGATE_CREDENTIAL");
     let run = sb.run(&["--broker", "http://127.0.0.1:1"]);
     assert_eq!((run.code, run.stdout.as_str()), (65, ""));
-    assert!(run.stderr.starts_with("tollgate-token: static identity has no credential"), "{run:?}");
-    let run = sb.run(&["--broker", "http://127.0.0.1:1", "--credential-file", "/nonexistent/cred"]);
+    assert!(
+        run.stderr
+            .starts_with("tollgate-token: static identity has no credential"),
+        "{run:?}"
+    );
+    let run = sb.run(&[
+        "--broker",
+        "http://127.0.0.1:1",
+        "--credential-file",
+        "/nonexistent/cred",
+    ]);
     assert_eq!(run.code, 65);
     assert!(run.stderr.contains("/nonexistent/cred"), "{run:?}");
 }
@@ -225,7 +288,12 @@ fn credential_file_works() {
     sb.unset("TOLLGATE_CREDENTIAL");
     let path = sb.home().join("cred");
     std::fs::write(&path, format!("{CREDENTIAL}\n")).expect("write");
-    let run = sb.run(&["--broker", &broker.url, "--credential-file", path.to_str().expect("utf8")]);
+    let run = sb.run(&[
+        "--broker",
+        &broker.url,
+        "--credential-file",
+        path.to_str().expect("utf8"),
+    ]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(broker.forms()[0]["subject_token"], CREDENTIAL);
 }
@@ -242,11 +310,18 @@ fn corrupted_cache_recovers() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_ne!(run.stdout, first.stdout);
     assert_eq!(broker.mints(), 2);
-    assert!(run.stderr.starts_with("tollgate-token: warning: ignoring token cache:"), "{run:?}");
+    assert!(
+        run.stderr
+            .starts_with("tollgate-token: warning: ignoring token cache:"),
+        "{run:?}"
+    );
     assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
     // Overwritten with a good entry: the next run is a silent hit.
     let again = sb.run(&["--broker", &broker.url]);
-    assert_eq!((again.stdout.as_str(), again.stderr.as_str()), (run.stdout.as_str(), ""));
+    assert_eq!(
+        (again.stdout.as_str(), again.stderr.as_str()),
+        (run.stdout.as_str(), "")
+    );
     assert_eq!(broker.mints(), 2);
 }
 
@@ -255,12 +330,26 @@ fn cache_file_and_dir_modes() {
     let broker = FakeBroker::start(Reply::Token { ttl_secs: 900 });
     let sb = Sandbox::new();
     assert_eq!(sb.run(&["--broker", &broker.url]).code, 0);
-    assert_eq!(std::fs::metadata(sb.cache_dir()).expect("dir").mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(sb.cache_dir()).expect("dir").mode() & 0o777,
+        0o700
+    );
     for entry in std::fs::read_dir(sb.cache_dir()).expect("ls") {
         let path = entry.expect("entry").path();
-        let name = path.file_name().expect("name").to_string_lossy().into_owned();
-        assert!(name.ends_with(".json") || name.ends_with(".lock"), "stray file {name}");
-        assert_eq!(std::fs::metadata(&path).expect("file").mode() & 0o777, 0o600, "{name}");
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            name.ends_with(".json") || name.ends_with(".lock"),
+            "stray file {name}"
+        );
+        assert_eq!(
+            std::fs::metadata(&path).expect("file").mode() & 0o777,
+            0o600,
+            "{name}"
+        );
         // The file name is a digest, never the credential.
         assert!(!name.contains(CREDENTIAL));
         let content = std::fs::read_to_string(&path).expect("read");
@@ -299,10 +388,16 @@ fn concurrent_cold_runs_mint_once() {
     broker.set_delay_ms(150);
     let sb = Sandbox::new();
     let children: Vec<_> = (0..24)
-        .map(|_| sb.command(&["--broker", &broker.url, "--timeout-ms", "20000"]).spawn().expect("spawn"))
+        .map(|_| {
+            sb.command(&["--broker", &broker.url, "--timeout-ms", "20000"])
+                .spawn()
+                .expect("spawn")
+        })
         .collect();
-    let runs: Vec<support::Run> =
-        children.into_iter().map(|c| support::Run::from(c.wait_with_output().expect("wait"))).collect();
+    let runs: Vec<support::Run> = children
+        .into_iter()
+        .map(|c| support::Run::from(c.wait_with_output().expect("wait")))
+        .collect();
     for r in &runs {
         assert_eq!((r.code, r.stderr.as_str()), (0, ""), "{r:?}");
         assert_eq!(r.stdout, runs[0].stdout);
@@ -315,7 +410,17 @@ fn help_documents_exit_codes_and_env() {
     let sb = Sandbox::new();
     let run = sb.run(&["--help"]);
     assert_eq!(run.code, 0);
-    for needle in ["64", "65", "66", "69", "70", "TOLLGATE_BROKER", "TOLLGATE_CREDENTIAL", "status", "setup"] {
+    for needle in [
+        "64",
+        "65",
+        "66",
+        "69",
+        "70",
+        "TOLLGATE_BROKER",
+        "TOLLGATE_CREDENTIAL",
+        "status",
+        "setup",
+    ] {
         assert!(run.stdout.contains(needle), "help lacks {needle}");
     }
 }

@@ -19,7 +19,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate-token");
 pub const CREDENTIAL: &str = "cred-SENTINEL-7f3a9c";
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
 }
 
 /// What the broker answers to the next `POST /oauth/token`.
@@ -66,7 +69,10 @@ pub fn fake_jwt(exp: u64, jti: usize) -> String {
             principal: "alice".into(),
             team: Some("platform".into()),
             org: None,
-            models: vec![ModelPattern::new("gpt-5*").expect("p"), ModelPattern::new("demo").expect("p")],
+            models: vec![
+                ModelPattern::new("gpt-5*").expect("p"),
+                ModelPattern::new("demo").expect("p"),
+            ],
             budgets: vec![],
             rate: RateLimits::default(),
             identity: Provenance {
@@ -103,7 +109,12 @@ impl FakeBroker {
                 std::thread::spawn(move || handle(conn, &st));
             }
         });
-        FakeBroker { url: format!("http://{addr}"), addr, state, thread: Some(thread) }
+        FakeBroker {
+            url: format!("http://{addr}"),
+            addr,
+            state,
+            thread: Some(thread),
+        }
     }
 
     /// Answers for the next mints, in order, before falling back to the default.
@@ -171,7 +182,10 @@ fn handle(conn: TcpStream, st: &State) {
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
         }
     }
-    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut body = vec![0; len];
     if reader.read_exact(&mut body).is_err() {
         return;
@@ -182,7 +196,8 @@ fn handle(conn: TcpStream, st: &State) {
     match (method, path) {
         ("POST", "/oauth/token") => {
             let n = st.mints.fetch_add(1, Ordering::SeqCst) + 1;
-            let form: BTreeMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+            let form: BTreeMap<String, String> =
+                serde_urlencoded::from_bytes(&body).unwrap_or_default();
             st.forms.lock().expect("lock").push(form);
             let delay = st.delay_ms.load(Ordering::SeqCst);
             if delay > 0 {
@@ -211,8 +226,16 @@ fn handle(conn: TcpStream, st: &State) {
             }
         }
         ("GET", "/v1/tollgate/usage") => {
-            st.usage_auth.lock().expect("lock").push(headers.get("authorization").cloned().unwrap_or_default());
-            let (code, body) = st.usage.lock().expect("lock").clone().unwrap_or((404, "{}".into()));
+            st.usage_auth
+                .lock()
+                .expect("lock")
+                .push(headers.get("authorization").cloned().unwrap_or_default());
+            let (code, body) = st
+                .usage
+                .lock()
+                .expect("lock")
+                .clone()
+                .unwrap_or((404, "{}".into()));
             respond(&mut conn, code, &body);
         }
         _ => respond(&mut conn, 404, r#"{"error":"not_found"}"#),
@@ -275,7 +298,11 @@ impl Sandbox {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
-        c.env_clear().args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.env_clear()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (k, v) in &self.env {
             c.env(k, v);
         }
@@ -288,7 +315,9 @@ impl Sandbox {
 
     /// The cache files (not locks) currently present.
     pub fn cache_files(&self) -> Vec<PathBuf> {
-        let Ok(rd) = std::fs::read_dir(self.cache_dir()) else { return vec![] };
+        let Ok(rd) = std::fs::read_dir(self.cache_dir()) else {
+            return vec![];
+        };
         let mut v: Vec<PathBuf> = rd
             .map(|e| e.expect("entry").path())
             .filter(|p| p.extension().is_some_and(|e| e == "json"))

@@ -1,0 +1,258 @@
+//! Black-box tests of `setup`, `status` and `completions`.
+
+mod support;
+
+use support::{FakeBroker, Reply, Sandbox};
+
+const HAND_WRITTEN: &str = r#"# My Codex config — hand written, keep every byte
+model = "o3"   # keep me
+approval_policy = "on-request"
+
+[mcp_servers.docs]
+command = "docs-mcp"
+args = ["--port", "0"]   # tools
+
+# Other providers
+[model_providers.ollama]
+name = "Ollama"
+base_url = "http://localhost:11434/v1"  # local
+
+[model_providers.azure]
+name = "Azure"
+base_url = "https://example.openai.azure.com/openai"
+env_key = "AZURE_OPENAI_API_KEY"
+query_params = { api-version = "2025-04-01-preview" }
+
+# profiles below
+[profiles.fast]
+model = "gpt-5-mini"  # trailing
+
+[profiles.fast.features]
+x = true
+"#;
+
+fn write_codex_config(sb: &Sandbox, content: &str) -> std::path::PathBuf {
+    let path = sb.home().join(".codex/config.toml");
+    std::fs::create_dir_all(path.parent().expect("p")).expect("mkdir");
+    std::fs::write(&path, content).expect("write");
+    path
+}
+
+#[test]
+fn setup_changes_nothing_else_and_is_idempotent() {
+    let sb = Sandbox::new();
+    let path = write_codex_config(&sb, HAND_WRITTEN);
+    let run = sb.run(&["setup", "--broker", "https://tollgate.corp.example/"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stderr, "");
+    let after = std::fs::read_to_string(&path).expect("read");
+
+    // The only change is one inserted block; everything else is byte-for-byte the same.
+    let exe = std::fs::canonicalize(support::BIN).expect("exe");
+    let block = format!(
+        "[model_providers.tollgate]\nname = \"Tollgate\"\nbase_url = \"https://tollgate.corp.example/v1\"\n\
+         wire_api = \"responses\"\n\n[model_providers.tollgate.auth]\ncommand = \"{}\"\n\
+         args = [\"--broker\", \"https://tollgate.corp.example\"]\ntimeout_ms = 5000\nrefresh_interval_ms = 240000\n\n",
+        exe.display()
+    );
+    assert!(after.contains(&block), "block not found in:\n{after}");
+    assert_eq!(after.replacen(&block, "", 1), HAND_WRITTEN);
+
+    // Codex would parse it; the provider is complete.
+    let doc: toml::Table = toml::from_str(&after).expect("valid toml");
+    assert_eq!(
+        doc["model_providers"]["tollgate"]["auth"]["timeout_ms"].as_integer(),
+        Some(5000)
+    );
+    assert!(
+        doc.get("model_provider").is_none(),
+        "--set-default was not given"
+    );
+
+    let again = sb.run(&["setup", "--broker", "https://tollgate.corp.example/"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(again.stdout.contains("already up to date"), "{again:?}");
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), after);
+}
+
+#[test]
+fn setup_dry_run_writes_nothing() {
+    let sb = Sandbox::new();
+    let path = write_codex_config(&sb, HAND_WRITTEN);
+    let run = sb.run(&[
+        "setup",
+        "--broker",
+        "https://b.example",
+        "--dry-run",
+        "--set-default",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), HAND_WRITTEN);
+    assert!(
+        run.stdout.contains("+model_provider = \"tollgate\"\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("+[model_providers.tollgate.auth]\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.ends_with("(dry run: nothing written)\n"));
+    // Only additions.
+    assert!(
+        !run.stdout
+            .lines()
+            .any(|l| l.starts_with('-') && !l.starts_with("---")),
+        "{}",
+        run.stdout
+    );
+
+    // No config at all: dry run does not create one either.
+    let empty = Sandbox::new();
+    let run = empty.run(&["setup", "--broker", "https://b.example", "--dry-run"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!empty.home().join(".codex").exists());
+}
+
+#[test]
+fn setup_updates_an_existing_block_in_place() {
+    let sb = Sandbox::new();
+    let src = "[model_providers.tollgate]\n# ours\nname = \"Corp\"\nbase_url = \"https://old/v1\"\nenv_key = \"K\"\n\
+               request_max_retries = 2\n\n[model_providers.tollgate.auth]\ncommand = \"old\"\ncwd = \"/tmp\"\n";
+    let path = write_codex_config(&sb, src);
+    let run = sb.run(&[
+        "setup",
+        "--broker",
+        "https://new.example",
+        "--set-default",
+        "--model",
+        "gpt-5.5",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("removed `env_key`"), "{run:?}");
+    let doc: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&path).expect("read")).expect("toml");
+    let p = &doc["model_providers"]["tollgate"];
+    assert_eq!(p["name"].as_str(), Some("Corp"), "user's name kept");
+    assert_eq!(p["base_url"].as_str(), Some("https://new.example/v1"));
+    assert_eq!(p["request_max_retries"].as_integer(), Some(2));
+    assert!(p.get("env_key").is_none());
+    assert_eq!(p["auth"]["cwd"].as_str(), Some("/tmp"));
+    assert_eq!(doc["model_provider"].as_str(), Some("tollgate"));
+    assert_eq!(doc["model"].as_str(), Some("gpt-5.5"));
+}
+
+#[test]
+fn setup_pins_profile_and_broker_only_when_needed() {
+    let sb = Sandbox::new();
+    let cfg = sb.home().join(".config/tollgate/config.toml");
+    std::fs::create_dir_all(cfg.parent().expect("p")).expect("mkdir");
+    std::fs::write(&cfg, "[profiles.work]\nbroker = \"https://work.example\"\n").expect("write");
+    let run = sb.run(&["setup", "--profile", "work", "--provider-id", "corp"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let doc: toml::Table = toml::from_str(
+        &std::fs::read_to_string(sb.home().join(".codex/config.toml")).expect("read"),
+    )
+    .expect("toml");
+    let auth = &doc["model_providers"]["corp"]["auth"];
+    assert_eq!(
+        auth["args"],
+        toml::Value::Array(vec!["--profile".into(), "work".into()])
+    );
+    assert_eq!(
+        doc["model_providers"]["corp"]["base_url"].as_str(),
+        Some("https://work.example/v1")
+    );
+}
+
+#[test]
+fn setup_refuses_broken_codex_config() {
+    let sb = Sandbox::new();
+    let path = write_codex_config(&sb, "model = \n[x]\n");
+    let run = sb.run(&["setup", "--broker", "https://b.example"]);
+    assert_eq!(run.code, 64, "{run:?}");
+    assert!(run.stderr.contains("line 1"), "{run:?}");
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("read"),
+        "model = \n[x]\n"
+    );
+}
+
+#[test]
+fn status_shows_grant_but_not_the_token() {
+    let broker = FakeBroker::start(Reply::Token { ttl_secs: 900 });
+    let sb = Sandbox::new();
+    let none = sb.run(&["--broker", &broker.url, "status"]);
+    assert_eq!(none.code, 0, "{none:?}");
+    assert!(none.stdout.contains("none cached"), "{none:?}");
+
+    let minted = sb.run(&["--broker", &broker.url]);
+    let token = minted.stdout.trim_end();
+    let run = sb.run(&["status", "--broker", &broker.url]);
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "{run:?}");
+    for needle in [
+        "profile:    default",
+        "identity:   static",
+        "subject:    static:alice",
+        "principal:  alice",
+        "team:       platform",
+        "models:     gpt-5*, demo",
+        "valid for 1",
+    ] {
+        assert!(
+            run.stdout.contains(needle),
+            "missing {needle:?} in\n{}",
+            run.stdout
+        );
+    }
+    assert!(!run.stdout.contains(token));
+    // Reading the status never mints.
+    assert_eq!(broker.mints(), 1);
+
+    let shown = sb.run(&["status", "--broker", &broker.url, "--show-token"]);
+    assert!(
+        shown.stdout.contains(&format!("token:      {token}\n")),
+        "{shown:?}"
+    );
+}
+
+#[test]
+fn status_remote_prints_usage_and_tolerates_404() {
+    let broker = FakeBroker::start(Reply::Token { ttl_secs: 900 });
+    let sb = Sandbox::new();
+    let minted = sb.run(&["--broker", &broker.url]);
+    let token = minted.stdout.trim_end().to_owned();
+
+    let run = sb.run(&["status", "--remote", "--broker", &broker.url]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("usage:\n  not available on this broker (HTTP 404)"),
+        "{run:?}"
+    );
+
+    broker.set_usage(
+        200,
+        r#"{"budgets":[{"id":"team","remaining_usd":"12.50"}]}"#,
+    );
+    let run = sb.run(&["status", "--remote", "--broker", &broker.url]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("\"remaining_usd\": \"12.50\""),
+        "{run:?}"
+    );
+    assert!(!run.stdout.contains(&token));
+    assert_eq!(
+        broker.usage_auth().last().map(String::as_str),
+        Some(format!("Bearer {token}").as_str())
+    );
+}
+
+#[test]
+fn completions_are_printed() {
+    let sb = Sandbox::new();
+    let run = sb.run(&["completions", "bash"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("tollgate-token"), "{run:?}");
+}
