@@ -793,6 +793,14 @@ async fn recording_keeps_headers_query_and_sums_usage() {
     )
     .await;
     assert_eq!(r.status, 200);
+    assert_eq!(r.json()["models"], json!([]), "Codex's models key");
+    assert_eq!(
+        send(client().get(h.url("/v1/models")))
+            .await
+            .json()
+            .get("models"),
+        None
+    );
     let mut totals = 0;
     for text in ["one", "two words"] {
         let r = send(
@@ -806,15 +814,15 @@ async fn recording_keeps_headers_query_and_sums_usage() {
         totals += done["response"]["usage"]["total_tokens"].as_u64().unwrap();
     }
     assert!(
-        h.wait_until(Duration::from_secs(2), |r| r.len() == 3 && r[2].completed)
+        h.wait_until(Duration::from_secs(2), |r| r.len() == 4 && r[3].completed)
             .await
     );
     let recs = h.requests();
     assert_eq!(recs[0].query.as_deref(), Some("client_version=0.169.0"));
     assert_eq!(recs[0].header("Originator"), Some("codex_exec"));
     assert_eq!(recs[0].header("x-custom"), Some("a"));
-    assert_eq!(recs[1].header("session-id"), Some("s-1"));
-    assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(recs[2].header("session-id"), Some("s-1"));
+    assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1, 2, 3]);
     assert_eq!(h.total_reported_usage().total_tokens, totals);
     assert_eq!(h.requests_to("/v1/responses").len(), 2);
 }

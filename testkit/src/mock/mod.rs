@@ -812,7 +812,7 @@ async fn inference(State(state): State<MockState>, req: Request) -> Response {
         Api::Chat => chat::answer(&ctx, stream),
         Api::Messages => anthropic::answer(&ctx, stream),
         Api::Models => Answer::Json {
-            value: models_list(&config),
+            value: models_list(&config, parts.uri.query()),
             usage: None,
         },
         Api::Unknown => unreachable_answer(),
@@ -827,13 +827,19 @@ fn unreachable_answer() -> Answer {
     }
 }
 
-fn models_list(config: &MockConfig) -> Value {
+/// OpenAI's list shape. Codex asks with `?client_version=…` and parses `{"models":[…]}`
+/// (an empty list is accepted silently), so that key is added for such callers only.
+fn models_list(config: &MockConfig, query: Option<&str>) -> Value {
     let data: Vec<Value> = config
         .models
         .iter()
         .map(|id| json!({"id": id, "object": "model", "created": 1_700_000_000, "owned_by": "tollgate-mock"}))
         .collect();
-    json!({"object": "list", "data": data})
+    let mut list = json!({"object": "list", "data": data});
+    if query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("client_version="))) {
+        list["models"] = json!([]);
+    }
+    list
 }
 
 fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
