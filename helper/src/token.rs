@@ -203,3 +203,86 @@ fn mint(
     )
     .map_err(|e| HelperError::Internal(format!("cannot start the async runtime: {e}")))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, Flags};
+    use crate::sys::{FixedClock, MapEnv};
+
+    /// Settings for a dead broker, a static credential and a cache under `home`.
+    fn settings(home: &std::path::Path) -> Settings {
+        // A loopback port nobody listens on any more.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let broker = format!("http://{}", dead.local_addr().expect("addr"));
+        drop(dead);
+        let env = MapEnv::new([
+            ("HOME", home.to_str().expect("utf8")),
+            ("TOLLGATE_BROKER", broker.as_str()),
+            ("TOLLGATE_CREDENTIAL", "unit-test-credential"),
+            ("TOLLGATE_TIMEOUT_MS", "2000"),
+        ]);
+        config::resolve(&Flags::default(), &env).expect("resolve")
+    }
+
+    fn seed(s: &Settings, expires_at: u64) {
+        let identity = identity::load(&s.identity).expect("identity");
+        let fp = identity.fingerprint();
+        let key = CacheKey {
+            broker: &s.broker,
+            audience: &s.audience,
+            identity: identity.name(),
+            fingerprint: &fp,
+            profile: &s.profile,
+        };
+        let cache = Cache::new(s.cache_dir.as_deref().expect("cache on"), &key);
+        cache
+            .write(&CachedToken {
+                access_token: SecretString::from("cached.token.sig"),
+                expires_at,
+                minted_at: 0,
+                broker: s.broker.clone(),
+                audience: s.audience.clone(),
+                profile: s.profile.clone(),
+                identity: "static".into(),
+                scope: None,
+            })
+            .expect("seed");
+    }
+
+    #[test]
+    fn fake_clock_decides_between_hit_fallback_and_failure() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let s = settings(tmp.path());
+        seed(&s, 1000);
+        let mut err = Vec::new();
+
+        // 500 s left > 300 s margin: a silent hit, no network.
+        let mut report = Reporter::new(&mut err);
+        let got = get_token(&s, &FixedClock(500), &mut report, Instant::now()).expect("hit");
+        assert_eq!(got.token.expose_secret(), "cached.token.sig");
+        assert!(err.is_empty());
+
+        // 200 s left: a mint is attempted, the broker is dead, the cached token is served with a warning.
+        let mut report = Reporter::new(&mut err);
+        let got = get_token(&s, &FixedClock(800), &mut report, Instant::now()).expect("fallback");
+        assert_eq!(got.token.expose_secret(), "cached.token.sig");
+        let text = String::from_utf8(std::mem::take(&mut err)).expect("utf8");
+        assert!(
+            text.contains("serving the cached token, which expires in 3m 20s"),
+            "{text}"
+        );
+
+        // Expired: nothing to fall back on.
+        let mut report = Reporter::new(&mut err);
+        let e = get_token(&s, &FixedClock(1000), &mut report, Instant::now()).expect_err("expired");
+        assert_eq!(e.exit(), crate::error::Exit::BrokerUnavailable);
+    }
+
+    #[test]
+    fn emit_token_writes_one_line() {
+        let mut out = Vec::new();
+        emit_token(&mut out, &SecretString::from("a.b.c")).expect("write");
+        assert_eq!(out, b"a.b.c\n");
+    }
+}
