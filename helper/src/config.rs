@@ -70,6 +70,11 @@ pub struct Flags {
     /// Neither read nor write the token cache [env: TOLLGATE_NO_CACHE=1]
     #[arg(long, global = true)]
     pub no_cache: bool,
+    /// If the same parent process asks again within this many seconds of being handed a cached token,
+    /// treat that token as rejected (Codex re-runs its auth command after a 401) and mint a new one.
+    /// 0 disables. [env: TOLLGATE_RERUN_WINDOW_SECS] [default: 120 when the parent is Codex, else 0]
+    #[arg(long = "rerun-window", global = true, value_name = "SECS")]
+    pub rerun_window_secs: Option<u64>,
 }
 
 /// One `[profiles.<name>]` table.
@@ -84,6 +89,7 @@ pub struct RawProfile {
     pub ttl_secs: Option<u64>,
     pub refresh_margin_secs: Option<u64>,
     pub timeout_ms: Option<u64>,
+    pub rerun_window_secs: Option<u64>,
 }
 
 /// The whole config file.
@@ -178,6 +184,8 @@ pub struct Settings {
     pub timeout_ms: u64,
     /// `None` when caching is off.
     pub cache_dir: Option<PathBuf>,
+    /// `None`: decide by the parent process (see `rerun`).
+    pub rerun_window_secs: Option<u64>,
 }
 
 /// Pick the first present value, remembering where it came from.
@@ -432,6 +440,13 @@ pub fn resolve(flags: &Flags, env: &dyn Env) -> Result<Settings, ConfigError> {
         )
     };
 
+    let rerun_window_secs = pick(
+        flags.rerun_window_secs,
+        env_u64(env, "TOLLGATE_RERUN_WINDOW_SECS")?,
+        file.rerun_window_secs,
+    )
+    .map(|(v, _)| v);
+
     Ok(Settings {
         profile,
         config_path,
@@ -443,6 +458,7 @@ pub fn resolve(flags: &Flags, env: &dyn Env) -> Result<Settings, ConfigError> {
         refresh_margin_secs,
         timeout_ms,
         cache_dir,
+        rerun_window_secs,
     })
 }
 

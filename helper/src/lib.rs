@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod exchange;
 pub mod identity;
+pub mod rerun;
 pub mod setup;
 pub mod status;
 pub mod sys;
@@ -196,7 +197,8 @@ fn dispatch(
     match cli.command {
         None => {
             let settings = config::resolve(&cli.flags, env)?;
-            let outcome = token::get_token(&settings, clock, report, started)?;
+            let parent = rerun::Parent::current();
+            let outcome = token::get_token(&settings, clock, report, started, parent.as_ref())?;
             match token::emit_token(out, &outcome.token) {
                 Ok(()) => Ok(Exit::Ok),
                 // Whoever read our stdout went away; nothing useful is left to do.

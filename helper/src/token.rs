@@ -9,6 +9,7 @@ use crate::config::Settings;
 use crate::error::{ExchangeError, HelperError};
 use crate::exchange::{self, MintRequest};
 use crate::identity::{self, Identity};
+use crate::rerun::{self, Parent};
 use crate::sys::Clock;
 use secrecy::{ExposeSecret, SecretString};
 use std::io::{self, Write};
@@ -35,6 +36,7 @@ pub fn get_token(
     clock: &dyn Clock,
     report: &mut Reporter<'_>,
     started: Instant,
+    parent: Option<&Parent>,
 ) -> Result<Outcome, HelperError> {
     let deadline = started + Duration::from_millis(settings.timeout_ms);
     let identity = identity::load(&settings.identity)?;
@@ -56,13 +58,38 @@ pub fn get_token(
     // A still-valid token we may fall back to if the broker is unreachable.
     let mut fallback: Option<CachedToken> = None;
     let mut lock = None;
+    // Re-run detection (see `rerun`): the fingerprint of a cached token this parent just had refused.
+    let window = parent.map_or(0, |p| p.window(settings.rerun_window_secs));
+    let marker = cache
+        .as_ref()
+        .map(|c| c.file_path().with_extension("served"));
+    let mut refused_fp: Option<String> = None;
+    let serve = |t: CachedToken| -> Outcome {
+        if let (Some(p), Some(m), true) = (parent, &marker, window > 0) {
+            rerun::record(
+                m,
+                p,
+                &rerun::token_fingerprint(t.access_token.expose_secret()),
+                clock.now_unix(),
+            );
+        }
+        Outcome {
+            token: t.access_token,
+        }
+    };
     if let Some(cache) = &cache {
         let mut warned_corrupt = false;
         match cache.read() {
             Lookup::Hit(t) if t.is_fresh(clock.now_unix(), margin) => {
-                return Ok(Outcome {
-                    token: t.access_token,
-                });
+                let fp = rerun::token_fingerprint(t.access_token.expose_secret());
+                match (parent, &marker) {
+                    (Some(p), Some(m)) if rerun::is_rerun(m, p, &fp, clock.now_unix(), window) => {
+                        report.warn("the same process asked again right away: treating the cached token as refused and minting a new one");
+                        refused_fp = Some(fp);
+                        fallback = Some(t);
+                    }
+                    _ => return Ok(serve(t)),
+                }
             }
             Lookup::Hit(t) => fallback = Some(t),
             Lookup::Miss => {}
@@ -78,10 +105,14 @@ pub fn get_token(
                 lock = Some(l);
                 // Another process may have minted while we waited for the lock.
                 match cache.read() {
-                    Lookup::Hit(t) if t.is_fresh(clock.now_unix(), margin) => {
-                        return Ok(Outcome {
-                            token: t.access_token,
-                        });
+                    Lookup::Hit(t)
+                        if t.is_fresh(clock.now_unix(), margin)
+                            && refused_fp.as_deref()
+                                != Some(&rerun::token_fingerprint(
+                                    t.access_token.expose_secret(),
+                                )) =>
+                    {
+                        return Ok(serve(t));
                     }
                     Lookup::Hit(t) => fallback = Some(t),
                     Lookup::Miss => {}
@@ -135,6 +166,14 @@ pub fn get_token(
                 }
             }
             drop(lock);
+            if let (Some(p), Some(m), true) = (parent, &marker, window > 0) {
+                rerun::record(
+                    m,
+                    p,
+                    &rerun::token_fingerprint(minted.access_token.expose_secret()),
+                    now,
+                );
+            }
             Ok(Outcome {
                 token: minted.access_token,
             })
@@ -259,13 +298,14 @@ mod tests {
 
         // 500 s left > 300 s margin: a silent hit, no network.
         let mut report = Reporter::new(&mut err);
-        let got = get_token(&s, &FixedClock(500), &mut report, Instant::now()).expect("hit");
+        let got = get_token(&s, &FixedClock(500), &mut report, Instant::now(), None).expect("hit");
         assert_eq!(got.token.expose_secret(), "cached.token.sig");
         assert!(err.is_empty());
 
         // 200 s left: a mint is attempted, the broker is dead, the cached token is served with a warning.
         let mut report = Reporter::new(&mut err);
-        let got = get_token(&s, &FixedClock(800), &mut report, Instant::now()).expect("fallback");
+        let got =
+            get_token(&s, &FixedClock(800), &mut report, Instant::now(), None).expect("fallback");
         assert_eq!(got.token.expose_secret(), "cached.token.sig");
         let text = String::from_utf8(std::mem::take(&mut err)).expect("utf8");
         assert!(
@@ -275,7 +315,8 @@ mod tests {
 
         // Expired: nothing to fall back on.
         let mut report = Reporter::new(&mut err);
-        let e = get_token(&s, &FixedClock(1000), &mut report, Instant::now()).expect_err("expired");
+        let e = get_token(&s, &FixedClock(1000), &mut report, Instant::now(), None)
+            .expect_err("expired");
         assert_eq!(e.exit(), crate::error::Exit::BrokerUnavailable);
     }
 
