@@ -1,0 +1,297 @@
+//! End-to-end harness: the real broker and helper binaries, the mock upstream, the real Codex CLI.
+//!
+//! Binaries come from the same target dir as the test (`cargo build --workspace --bins` first; the README's
+//! test command does it). Test peers come from `.test-tools/` (`scripts/install-test-tools.sh`).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+use tollgate_testkit::procs::{ChildGuard, target_bin, wait_for_line};
+
+pub const CREDENTIAL: &str = "e2e-static-credential-5f1c";
+pub const UPSTREAM_KEY: &str = "sk-upstream-e2e-DO-NOT-LEAK-7d3a";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A pinned test tool, or a panic that says how to install it (the README's test command does).
+pub fn tool(rel: &str) -> PathBuf {
+    let root = std::env::var_os("TOLLGATE_TEST_TOOLS").map_or_else(|| repo_root().join(".test-tools"), PathBuf::from);
+    let p = root.join(rel);
+    assert!(p.exists(), "{} is missing: run scripts/install-test-tools.sh (the README's test command does)", p.display());
+    p
+}
+
+pub fn codex_bin() -> PathBuf {
+    tool("node/node_modules/.bin/codex")
+}
+
+pub fn python_bin() -> PathBuf {
+    tool("venv/bin/python")
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = target_bin(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first", p.display());
+    p
+}
+
+/// Hex SHA-256, as the broker config wants for static credentials.
+pub fn sha256_hex(s: &str) -> String {
+    use std::fmt::Write;
+    // Tiny local SHA-256 via the broker binary would be slower; use the std-only approach through `sha2`
+    // re-exported by nothing — so shell out once to the broker's own hasher for exactness.
+    let out = std::process::Command::new(bin("tollgate-broker"))
+        .arg("hash-credential")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write as _;
+            c.stdin.take().expect("stdin").write_all(s.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("hash-credential");
+    let mut h = String::new();
+    let _ = write!(h, "{}", String::from_utf8_lossy(&out.stdout).trim());
+    h
+}
+
+/// What a test broker is configured with.
+pub struct BrokerSpec {
+    /// Extra TOML appended to the broker config (providers, routes, …).
+    pub extra_config: String,
+    /// The policy file.
+    pub policy: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl BrokerSpec {
+    /// One static identity `dev` allowed `models`, the mock upstream as an `openai` provider for every model.
+    pub fn with_mock(upstream_base: &str, models: &[&str]) -> Self {
+        let models = models.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>().join(", ");
+        BrokerSpec {
+            extra_config: format!(
+                "[providers.mock]\nkind = \"openai\"\nbase_url = \"{upstream_base}\"\napi_key_env = \"E2E_UPSTREAM_KEY\"\n\n\
+                 [[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"mock\" }}]\n"
+            ),
+            policy: format!(
+                "[[rule]]\nname = \"dev\"\nmatch = {{ kind = \"static\", subject = \"dev\" }}\nteam = \"e2e\"\nmodels = [{models}]\nmax_ttl_secs = 3600\n"
+            ),
+            env: vec![("E2E_UPSTREAM_KEY".into(), UPSTREAM_KEY.into())],
+        }
+    }
+}
+
+/// A running broker process with its files in a temp dir.
+pub struct Broker {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    child: Option<ChildGuard>,
+    spec_env: Vec<(String, String)>,
+}
+
+impl Broker {
+    pub async fn start(spec: BrokerSpec) -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = format!(
+            "policy_file = \"policy.toml\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state\"\n\n\
+             [tokens]\naudience = \"tollgate\"\nmax_ttl_secs = 3600\n\n[[credentials]]\nsubject = \"dev\"\nsha256 = \"{}\"\n\n{}",
+            sha256_hex(CREDENTIAL),
+            spec.extra_config
+        );
+        std::fs::write(dir.path().join("broker.toml"), config).expect("write config");
+        std::fs::write(dir.path().join("policy.toml"), spec.policy).expect("write policy");
+        let mut b = Broker { url: String::new(), dir, child: None, spec_env: spec.env };
+        b.spawn("127.0.0.1:0").await;
+        b
+    }
+
+    async fn spawn(&mut self, listen: &str) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let mut cmd = tokio::process::Command::new(bin("tollgate-broker"));
+        cmd.arg("--config")
+            .arg(self.dir.path().join("broker.toml"))
+            .arg("--listen")
+            .arg(listen)
+            .env("RUST_LOG", "info")
+            .envs(self.spec_env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        let mut child = ChildGuard::spawn(cmd).expect("spawn broker");
+        let stdout = child.take_stdout().expect("stdout");
+        let mut reader = tokio::io::BufReader::new(stdout);
+        let line = wait_for_line(&mut reader, "listening ", Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("broker did not start: {e}\n{}", self.log()));
+        tollgate_testkit::procs::drain_in_background(reader);
+        self.url = line.trim_start_matches("listening ").trim().to_string();
+        self.child = Some(child);
+    }
+
+    /// Stop and start again on the same port; `fresh_keys` wipes the signing keys first, so every token the
+    /// old process issued is signed by a key the new one no longer trusts.
+    pub async fn restart(&mut self, fresh_keys: bool) {
+        if let Some(mut c) = self.child.take() {
+            c.kill_group();
+            let _ = c.wait_timeout(Duration::from_secs(5)).await;
+        }
+        if fresh_keys {
+            let _ = std::fs::remove_dir_all(self.dir.path().join("state"));
+        }
+        let addr = self.url.trim_start_matches("http://").to_string();
+        // The port was just released; rebinding may need a moment on a busy machine.
+        for _ in 0..50 {
+            if std::net::TcpListener::bind(&addr).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.spawn(&addr).await;
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("broker.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// How many tokens this broker (all its runs) has minted, from its structured log.
+    pub fn mints(&self) -> usize {
+        self.log().lines().filter(|l| l.contains("token minted")).count()
+    }
+
+    /// Mint a token directly (as the helper would).
+    pub async fn token(&self) -> String {
+        let r = reqwest::Client::new()
+            .post(format!("{}/oauth/token", self.url))
+            .form(&[
+                ("grant_type", tollgate::exchange::GRANT_TYPE_TOKEN_EXCHANGE),
+                ("subject_token", CREDENTIAL),
+                ("subject_token_type", tollgate::exchange::TOKEN_TYPE_STATIC),
+            ])
+            .send()
+            .await
+            .expect("token request");
+        assert_eq!(r.status(), 200, "mint failed: {}", r.text().await.unwrap_or_default());
+        let v: serde_json::Value = r.json().await.expect("json");
+        v["access_token"].as_str().expect("access_token").to_string()
+    }
+
+    pub async fn usage(&self, token: &str) -> serde_json::Value {
+        let r = reqwest::Client::new().get(format!("{}/v1/tollgate/usage", self.url)).bearer_auth(token).send().await.expect("usage");
+        assert_eq!(r.status(), 200);
+        r.json().await.expect("json")
+    }
+}
+
+/// A fresh Codex home pointing at a broker through the real helper.
+pub struct CodexEnv {
+    pub home: tempfile::TempDir,
+    pub cache_dir: PathBuf,
+    pub credential_file: PathBuf,
+}
+
+pub struct CodexRun {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CodexRun {
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+impl CodexEnv {
+    /// `extra_provider` is appended to the provider table (e.g. `request_max_retries = 0`).
+    pub fn new(broker_url: &str, model: &str, extra_provider: &str) -> CodexEnv {
+        let home = tempfile::tempdir().expect("tempdir");
+        let cache_dir = home.path().join("tollgate-cache");
+        let credential_file = home.path().join("credential");
+        std::fs::write(&credential_file, format!("{CREDENTIAL}\n")).expect("credential");
+        let codex_home = home.path().join("codex");
+        std::fs::create_dir_all(&codex_home).expect("codex home");
+        let helper = bin("tollgate-token");
+        let config = format!(
+            "model = {model:?}\nmodel_provider = \"tollgate\"\n\n[model_providers.tollgate]\nname = \"Tollgate\"\n\
+             base_url = \"{broker_url}/v1\"\nwire_api = \"responses\"\n{extra_provider}\n\n\
+             [model_providers.tollgate.auth]\ncommand = {helper:?}\nargs = [\"--broker\", {broker_url:?}, \"--credential-file\", {cred:?}, \"--cache-dir\", {cache:?}]\n\
+             timeout_ms = 5000\nrefresh_interval_ms = 240000\n",
+            helper = helper.display().to_string(),
+            cred = credential_file.display().to_string(),
+            cache = cache_dir.display().to_string(),
+        );
+        std::fs::write(codex_home.join("config.toml"), config).expect("codex config");
+        CodexEnv { home, cache_dir, credential_file }
+    }
+
+    pub fn codex_home(&self) -> PathBuf {
+        self.home.path().join("codex")
+    }
+
+    /// `codex exec` one turn, bounded by `timeout`; the whole process group is killed on timeout.
+    pub async fn exec(&self, prompt: &str, timeout: Duration) -> CodexRun {
+        let workdir = self.home.path().join("work");
+        std::fs::create_dir_all(&workdir).expect("workdir");
+        let mut cmd = tokio::process::Command::new(codex_bin());
+        cmd.args(["exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox", "--color", "never", "-C"])
+            .arg(&workdir)
+            .arg(prompt)
+            .current_dir(&workdir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.home.path())
+            .env("CODEX_HOME", self.codex_home())
+            .env("XDG_CONFIG_HOME", self.home.path().join("xdg-config"))
+            .env("XDG_CACHE_HOME", self.home.path().join("xdg-cache"))
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = ChildGuard::spawn(cmd).expect("spawn codex");
+        let out = child.take_stdout().expect("stdout");
+        let err = child.take_stderr().expect("stderr");
+        let collect = |r: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(r).lines();
+                let mut s = String::new();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    s.push_str(&l);
+                    s.push('\n');
+                }
+                s
+            })
+        };
+        let (o, e) = (collect(Box::new(out)), collect(Box::new(err)));
+        let status = match child.wait_timeout(timeout).await {
+            Ok(Some(s)) => s.code(),
+            _ => {
+                child.kill_group();
+                None
+            }
+        };
+        drop(child);
+        let stdout = tokio::time::timeout(Duration::from_secs(5), o).await.ok().and_then(Result::ok).unwrap_or_default();
+        let stderr = tokio::time::timeout(Duration::from_secs(5), e).await.ok().and_then(Result::ok).unwrap_or_default();
+        CodexRun { status, stdout, stderr }
+    }
+}
+
+pub fn assert_no_secret(haystack: &str, secrets: &[&str], what: &str) {
+    for s in secrets {
+        assert!(!haystack.contains(s), "{what} leaked a secret ({}…)", &s[..6.min(s.len())]);
+    }
+}
+
+pub fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
