@@ -156,18 +156,29 @@ async fn token_exchange(
             "content-type must be application/x-www-form-urlencoded",
         ));
     }
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
+        .map_err(|_| bad_request(OAuthErrorCode::InvalidRequest, "malformed form body"))?;
+    // RFC 6749 §3.2: parameters must not repeat (a repeated subject_token could smuggle a second proof).
+    let mut seen = std::collections::BTreeSet::new();
+    if pairs.iter().any(|(k, _)| !seen.insert(k.as_str())) {
+        return Err(bad_request(OAuthErrorCode::InvalidRequest, "a parameter is repeated"));
+    }
+    match pairs.iter().find(|(k, _)| k == "grant_type") {
+        Some((_, g)) if g == GRANT_TYPE_TOKEN_EXCHANGE => {}
+        Some(_) => {
+            return Err(bad_request(
+                OAuthErrorCode::UnsupportedGrantType,
+                "only token exchange (RFC 8693) is supported",
+            ));
+        }
+        None => return Err(bad_request(OAuthErrorCode::InvalidRequest, "missing grant_type")),
+    }
     let req: TokenExchangeRequest = serde_urlencoded::from_bytes(&body).map_err(|_| {
         bad_request(
             OAuthErrorCode::InvalidRequest,
-            "malformed or incomplete form body",
+            "missing or malformed parameter (subject_token, subject_token_type)",
         )
     })?;
-    if req.grant_type != GRANT_TYPE_TOKEN_EXCHANGE {
-        return Err(bad_request(
-            OAuthErrorCode::UnsupportedGrantType,
-            "only token exchange (RFC 8693) is supported",
-        ));
-    }
     if let Some(t) = &req.requested_token_type
         && t != TOKEN_TYPE_ACCESS_TOKEN
         && t != TOKEN_TYPE_JWT
