@@ -228,6 +228,7 @@ fn dispatch(
             let settings = config::resolve(&cli.flags, env)?;
             run_setup(
                 &settings,
+                cli.flags.credential_file.as_deref(),
                 env,
                 provider_id,
                 set_default,
@@ -247,6 +248,7 @@ fn dispatch(
 #[allow(clippy::too_many_arguments)]
 fn run_setup(
     settings: &config::Settings,
+    credential_file: Option<&std::path::Path>,
     env: &dyn Env,
     provider_id: String,
     set_default: bool,
@@ -280,6 +282,16 @@ fn run_setup(
     // environment must be pinned, since Codex does not pass our environment reliably.
     if matches!(settings.broker_source, Source::Flag | Source::Env) {
         args.extend(["--broker".to_owned(), settings.broker.clone()]);
+    }
+    // A credential file given on the setup command line is pinned too, as an absolute path: Codex runs the
+    // helper from whatever directory Codex was launched in.
+    if let Some(f) = credential_file {
+        let abs = std::path::absolute(f)
+            .map_err(|e| HelperError::Internal(format!("cannot resolve {}: {e}", f.display())))?;
+        args.extend([
+            "--credential-file".to_owned(),
+            abs.to_string_lossy().into_owned(),
+        ]);
     }
     let plan = setup::SetupPlan {
         provider_id,

@@ -167,6 +167,36 @@ fn setup_pins_profile_and_broker_only_when_needed() {
 }
 
 #[test]
+fn setup_pins_a_credential_file_as_an_absolute_path() {
+    let sb = Sandbox::new();
+    let cred = sb.home().join("cred");
+    std::fs::write(&cred, "secret-credential").expect("write");
+    let run = sb.run(&[
+        "--credential-file",
+        cred.to_str().expect("utf8"),
+        "setup",
+        "--broker",
+        "https://b.example",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let text = std::fs::read_to_string(sb.home().join(".codex/config.toml")).expect("read");
+    assert!(
+        !text.contains("secret-credential"),
+        "the credential itself never goes into Codex's config"
+    );
+    let doc: toml::Table = toml::from_str(&text).expect("toml");
+    let args = doc["model_providers"]["tollgate"]["auth"]["args"]
+        .as_array()
+        .expect("args")
+        .clone();
+    let pos = args
+        .iter()
+        .position(|a| a.as_str() == Some("--credential-file"))
+        .expect("pinned");
+    assert_eq!(args[pos + 1].as_str(), cred.to_str());
+}
+
+#[test]
 fn setup_refuses_broken_codex_config() {
     let sb = Sandbox::new();
     let path = write_codex_config(&sb, "model = \n[x]\n");
