@@ -219,7 +219,7 @@ async fn token_exchange(
             grant,
             max_ttl_secs,
             rule,
-        } => (grant, max_ttl_secs, rule),
+        } => (*grant, max_ttl_secs, rule),
         Decision::Deny { rule } => {
             tracing::info!(kind = %identity.kind, subject = %identity.subject, rule = %rule, "denied by policy rule");
             return Err(bad_request(

@@ -99,7 +99,7 @@ pub struct Policy {
 #[derive(Clone, Debug)]
 pub enum Decision {
     Allow {
-        grant: Grant,
+        grant: Box<Grant>,
         max_ttl_secs: Option<u64>,
         rule: String,
     },
@@ -124,7 +124,7 @@ impl Template {
             let var = &rest[open + 1..close];
             if var != "subject"
                 && var != "issuer"
-                && !var.strip_prefix("attr.").is_some_and(|a| !a.is_empty())
+                && var.strip_prefix("attr.").is_none_or(str::is_empty)
             {
                 return Err(format!(
                     "unknown variable {{{var}}} in template {t:?} (use {{subject}}, {{issuer}} or {{attr.NAME}})"
@@ -309,7 +309,7 @@ impl Policy {
                 attributes: BTreeMap::new(),
             };
             return Decision::Allow {
-                grant,
+                grant: Box::new(grant),
                 max_ttl_secs: rule.max_ttl_secs,
                 rule: rule.name.clone(),
             };
