@@ -161,7 +161,10 @@ async fn token_exchange(
     // RFC 6749 §3.2: parameters must not repeat (a repeated subject_token could smuggle a second proof).
     let mut seen = std::collections::BTreeSet::new();
     if pairs.iter().any(|(k, _)| !seen.insert(k.as_str())) {
-        return Err(bad_request(OAuthErrorCode::InvalidRequest, "a parameter is repeated"));
+        return Err(bad_request(
+            OAuthErrorCode::InvalidRequest,
+            "a parameter is repeated",
+        ));
     }
     match pairs.iter().find(|(k, _)| k == "grant_type") {
         Some((_, g)) if g == GRANT_TYPE_TOKEN_EXCHANGE => {}
@@ -171,7 +174,12 @@ async fn token_exchange(
                 "only token exchange (RFC 8693) is supported",
             ));
         }
-        None => return Err(bad_request(OAuthErrorCode::InvalidRequest, "missing grant_type")),
+        None => {
+            return Err(bad_request(
+                OAuthErrorCode::InvalidRequest,
+                "missing grant_type",
+            ));
+        }
     }
     let req: TokenExchangeRequest = serde_urlencoded::from_bytes(&body).map_err(|_| {
         bad_request(

@@ -22,13 +22,17 @@ struct Harness {
 }
 
 fn harness() -> Harness {
+    harness_with("")
+}
+
+fn harness_with(extra: &str) -> Harness {
     let dir = tempfile::tempdir().expect("tmp");
     let sha = tollgate_broker::identity::static_cred::hash_credential(CRED);
     let cfg = format!(
         "policy_file = \"policy.toml\"\n[server]\nstate_dir = \"state\"\nmax_body_bytes = 4096\n\
          [tokens]\nmax_ttl_secs = 600\n[[credentials]]\nsubject = \"dev\"\nsha256 = \"{sha}\"\n\
          [providers.demo]\nkind = \"demo\"\n[[routes]]\nmodel = \"gpt-5.5\"\ntargets = [{{ provider = \"demo\" }}]\n\
-         [[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"demo\" }}]\n"
+         [[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"demo\" }}]\n{extra}"
     );
     std::fs::write(dir.path().join("broker.toml"), &cfg).expect("cfg");
     std::fs::write(
@@ -37,18 +41,36 @@ fn harness() -> Harness {
     )
     .expect("policy");
     let env: BTreeMap<String, String> = BTreeMap::new();
-    let config = Config::from_source(Source { path: dir.path().join("broker.toml"), text: cfg }, &env).expect("config");
+    let config = Config::from_source(
+        Source {
+            path: dir.path().join("broker.toml"),
+            text: cfg,
+        },
+        &env,
+    )
+    .expect("config");
     let clock = FakeClock::new(NOW);
     let state = AppState::build(&config, Arc::new(clock.clone())).expect("state");
-    Harness { _dir: dir, state, clock }
+    Harness {
+        _dir: dir,
+        state,
+        clock,
+    }
 }
 
-async fn call(h: &Harness, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
-    let resp = router(h.state.clone()).oneshot(req).await.expect("infallible");
+async fn call(
+    h: &Harness,
+    req: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    let resp = router(h.state.clone())
+        .oneshot(req)
+        .await
+        .expect("infallible");
     let status = resp.status();
     let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
     (status, headers, v)
 }
 
@@ -71,7 +93,10 @@ async fn token(h: &Harness) -> String {
     );
     let (s, _, v) = call(h, exchange_req(&body)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v["expires_in"], 600, "TTL is clamped to the configured maximum");
+    assert_eq!(
+        v["expires_in"], 600,
+        "TTL is clamped to the configured maximum"
+    );
     v["access_token"].as_str().expect("token").to_string()
 }
 
@@ -84,27 +109,60 @@ fn post(path: &str, token: Option<&str>, body: impl Into<Body>) -> Request<Body>
 }
 
 fn assert_openai_error(v: &serde_json::Value) {
-    assert!(v["error"]["message"].is_string(), "not an OpenAI error body: {v}");
-    assert!(v["error"]["type"].is_string(), "not an OpenAI error body: {v}");
-    assert!(v["error"].get("code").is_some(), "not an OpenAI error body: {v}");
+    assert!(
+        v["error"]["message"].is_string(),
+        "not an OpenAI error body: {v}"
+    );
+    assert!(
+        v["error"]["type"].is_string(),
+        "not an OpenAI error body: {v}"
+    );
+    assert!(
+        v["error"].get("code").is_some(),
+        "not an OpenAI error body: {v}"
+    );
 }
 
 #[tokio::test]
 async fn exchange_then_proxy_then_models() {
     let h = harness();
     let t = token(&h).await;
-    let (s, headers, v) = call(&h, post("/v1/responses", Some(&t), r#"{"model":"gpt-5.5","input":"hi","extra_field":{"kept":true}}"#)).await;
+    let (s, headers, v) = call(
+        &h,
+        post(
+            "/v1/responses",
+            Some(&t),
+            r#"{"model":"gpt-5.5","input":"hi","extra_field":{"kept":true}}"#,
+        ),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["status"], "completed");
     assert_eq!(headers["x-tollgate-provider"], "demo");
 
-    let req = Request::get("/v1/models").header(header::AUTHORIZATION, format!("Bearer {t}")).body(Body::empty()).expect("req");
+    let req = Request::get("/v1/models")
+        .header(header::AUTHORIZATION, format!("Bearer {t}"))
+        .body(Body::empty())
+        .expect("req");
     let (s, _, v) = call(&h, req).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["object"], "list");
-    let ids: Vec<&str> = v["data"].as_array().expect("data").iter().filter_map(|m| m["id"].as_str()).collect();
-    assert_eq!(ids, vec!["demo", "gpt-5.5"], "literal routes and grant models the token may use");
-    assert_eq!(v["models"], serde_json::json!([]), "no invented Codex metadata");
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["demo", "gpt-5.5"],
+        "literal routes and grant models the token may use"
+    );
+    assert_eq!(
+        v["models"],
+        serde_json::json!([]),
+        "no invented Codex metadata"
+    );
 }
 
 #[tokio::test]
@@ -113,12 +171,21 @@ async fn bad_tokens_are_401_openai_shaped() {
     let good = token(&h).await;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let parts: Vec<&str> = good.split('.').collect();
-    let alg_none = format!("{}.{}.", b64.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
+    let alg_none = format!(
+        "{}.{}.",
+        b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        parts[1]
+    );
     // A token signed by a different broker's key.
     let other = harness();
     let foreign = token(&other).await;
     // A tampered payload under a valid signature.
-    let tampered = format!("{}.{}.{}", parts[0], b64.encode(r#"{"sub":"root"}"#), parts[2]);
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64.encode(r#"{"sub":"root"}"#),
+        parts[2]
+    );
     let body = r#"{"model":"gpt-5.5","input":"x"}"#;
     for (name, tok) in [
         ("missing", None),
@@ -133,7 +200,10 @@ async fn bad_tokens_are_401_openai_shaped() {
         assert_eq!(v["error"]["code"], "invalid_api_key", "{name}");
         assert!(headers.contains_key(header::WWW_AUTHENTICATE));
         // Nothing about why: the same message for every failure.
-        assert!(!v.to_string().contains("kid") && !v.to_string().contains("signature"), "{name}: {v}");
+        assert!(
+            !v.to_string().contains("kid") && !v.to_string().contains("signature"),
+            "{name}: {v}"
+        );
     }
     // Expired, by moving the fake clock past exp + leeway — even though the token is cached as verified.
     let (s, _, _) = call(&h, post("/v1/responses", Some(&good), body)).await;
@@ -149,11 +219,36 @@ async fn bad_requests_are_openai_shaped() {
     let t = token(&h).await;
     let too_large = format!(r#"{{"model":"gpt-5.5","input":"{}"}}"#, "x".repeat(5000));
     let cases: Vec<(&str, Body, StatusCode, Option<&str>)> = vec![
-        ("malformed json", Body::from("{\"model\": "), StatusCode::BAD_REQUEST, None),
-        ("not an object", Body::from("[1,2]"), StatusCode::BAD_REQUEST, None),
-        ("missing model", Body::from(r#"{"input":"x"}"#), StatusCode::BAD_REQUEST, None),
-        ("too large", Body::from(too_large), StatusCode::PAYLOAD_TOO_LARGE, Some("request_too_large")),
-        ("model not allowed", Body::from(r#"{"model":"o3","input":"x"}"#), StatusCode::FORBIDDEN, Some("model_not_allowed")),
+        (
+            "malformed json",
+            Body::from("{\"model\": "),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "not an object",
+            Body::from("[1,2]"),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "missing model",
+            Body::from(r#"{"input":"x"}"#),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "too large",
+            Body::from(too_large),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Some("request_too_large"),
+        ),
+        (
+            "model not allowed",
+            Body::from(r#"{"model":"o3","input":"x"}"#),
+            StatusCode::FORBIDDEN,
+            Some("model_not_allowed"),
+        ),
     ];
     for (name, body, status, code) in cases {
         let (s, _, v) = call(&h, post("/v1/responses", Some(&t), body)).await;
@@ -163,9 +258,27 @@ async fn bad_requests_are_openai_shaped() {
             assert_eq!(v["error"]["code"], c, "{name}");
         }
     }
-    let (_, _, v) = call(&h, post("/v1/chat/completions", Some(&t), r#"{"model":"o3","messages":[]}"#)).await;
-    assert!(v["error"]["message"].as_str().unwrap_or_default().contains("'o3'"), "the message names the model: {v}");
-    let (s, _, v) = call(&h, Request::get("/v1/nope").body(Body::empty()).expect("req")).await;
+    let (_, _, v) = call(
+        &h,
+        post(
+            "/v1/chat/completions",
+            Some(&t),
+            r#"{"model":"o3","messages":[]}"#,
+        ),
+    )
+    .await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("'o3'"),
+        "the message names the model: {v}"
+    );
+    let (s, _, v) = call(
+        &h,
+        Request::get("/v1/nope").body(Body::empty()).expect("req"),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_openai_error(&v);
 }
@@ -176,11 +289,28 @@ async fn token_endpoint_errors_are_rfc6749() {
     let gt = urlenc(tollgate::exchange::GRANT_TYPE_TOKEN_EXCHANGE);
     let st = urlenc(tollgate::exchange::TOKEN_TYPE_STATIC);
     let cases = [
-        ("grant_type=password&username=a".to_string(), "unsupported_grant_type"),
-        (format!("grant_type={gt}&subject_token=wrong&subject_token_type={st}"), "invalid_grant"),
-        (format!("grant_type={gt}&subject_token={CRED}&subject_token_type=urn%3Ax"), "invalid_request"),
-        (format!("grant_type={gt}&subject_token={CRED}&subject_token_type={st}&audience=other"), "invalid_target"),
-        (format!("grant_type={gt}&subject_token={CRED}&subject_token_type={st}&scope=model%3Ao3"), "invalid_scope"),
+        (
+            "grant_type=password&username=a".to_string(),
+            "unsupported_grant_type",
+        ),
+        (
+            format!("grant_type={gt}&subject_token=wrong&subject_token_type={st}"),
+            "invalid_grant",
+        ),
+        (
+            format!("grant_type={gt}&subject_token={CRED}&subject_token_type=urn%3Ax"),
+            "invalid_request",
+        ),
+        (
+            format!("grant_type={gt}&subject_token={CRED}&subject_token_type={st}&audience=other"),
+            "invalid_target",
+        ),
+        (
+            format!(
+                "grant_type={gt}&subject_token={CRED}&subject_token_type={st}&scope=model%3Ao3"
+            ),
+            "invalid_scope",
+        ),
         (format!("grant_type={gt}"), "invalid_request"),
     ];
     for (body, code) in cases {
@@ -190,22 +320,45 @@ async fn token_endpoint_errors_are_rfc6749() {
         assert_eq!(headers[header::CACHE_CONTROL], "no-store");
         assert!(!v.to_string().contains(CRED));
     }
-    let req = Request::post("/oauth/token").header(header::CONTENT_TYPE, "application/json").body(Body::from("{}")).expect("req");
+    let req = Request::post("/oauth/token")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{}"))
+        .expect("req");
     let (s, _, v) = call(&h, req).await;
-    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")));
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
 }
 
 #[tokio::test]
 async fn discovery_and_jwks_publish_public_keys_only() {
     let h = harness();
-    let (s, _, v) = call(&h, Request::get("/.well-known/jwks.json").body(Body::empty()).expect("req")).await;
+    let (s, _, v) = call(
+        &h,
+        Request::get("/.well-known/jwks.json")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     let keys = v["keys"].as_array().expect("keys");
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0]["alg"], "ES256");
     assert!(keys[0].get("d").is_none());
-    let (_, _, d) = call(&h, Request::get("/.well-known/openid-configuration").body(Body::empty()).expect("req")).await;
-    assert!(d["jwks_uri"].as_str().unwrap_or_default().ends_with("/.well-known/jwks.json"));
+    let (_, _, d) = call(
+        &h,
+        Request::get("/.well-known/openid-configuration")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert!(
+        d["jwks_uri"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("/.well-known/jwks.json")
+    );
     let t = token(&h).await;
     let header = jsonwebtoken::decode_header(&t).expect("header");
     assert_eq!(header.kid.as_deref(), keys[0]["kid"].as_str());
@@ -215,13 +368,50 @@ async fn discovery_and_jwks_publish_public_keys_only() {
 async fn streaming_passes_sse_through_and_records_usage() {
     let h = harness();
     let t = token(&h).await;
-    let (s, headers, v) = call(&h, post("/v1/responses", Some(&t), r#"{"model":"gpt-5.5","stream":true,"input":"stream me"}"#)).await;
+    let (s, headers, v) = call(
+        &h,
+        post(
+            "/v1/responses",
+            Some(&t),
+            r#"{"model":"gpt-5.5","stream":true,"input":"stream me"}"#,
+        ),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(headers[header::CONTENT_TYPE], "text/event-stream");
     let text = v.as_str().expect("sse text");
     let events = tollgate_testkit::sse::parse(text.as_bytes());
-    assert_eq!(events.last().and_then(|e| e.event.clone()).as_deref(), Some("response.completed"));
+    assert_eq!(
+        events.last().and_then(|e| e.event.clone()).as_deref(),
+        Some("response.completed")
+    );
     let totals = h.state.ledger.totals("dev");
     assert_eq!(totals.requests, 1);
-    assert!(totals.input_tokens > 0 && totals.output_tokens > 0, "{totals:?}");
+    assert!(
+        totals.input_tokens > 0 && totals.output_tokens > 0,
+        "{totals:?}"
+    );
+}
+
+#[tokio::test]
+async fn operator_supplied_codex_metadata_is_listed_only_for_allowed_models() {
+    let h = harness_with(
+        "[models.\"gpt-5.5\".codex]\ndisplay_name = \"GPT-5.5 via Tollgate\"\nbase_instructions = \"B\"\npriority = 1\n\
+         [models.\"o3\".codex]\ndisplay_name = \"o3\"\nbase_instructions = \"B\"\npriority = 2\n",
+    );
+    let t = token(&h).await;
+    let req = Request::get("/v1/models?client_version=0.169.0")
+        .header(header::AUTHORIZATION, format!("Bearer {t}"))
+        .body(Body::empty())
+        .expect("req");
+    let (s, _, v) = call(&h, req).await;
+    assert_eq!(s, StatusCode::OK);
+    let models = v["models"].as_array().expect("models");
+    assert_eq!(models.len(), 1, "o3 is outside the grant: {v}");
+    assert_eq!(
+        models[0]["slug"], "gpt-5.5",
+        "slug defaults to the table name"
+    );
+    assert_eq!(models[0]["display_name"], "GPT-5.5 via Tollgate");
+    assert_eq!(models[0]["priority"], 1);
 }
