@@ -469,12 +469,12 @@ fn refusal(b: &BudgetConfig, subject: &str, spent: i64, reserved: i64, need: i64
     };
     ApiError::BudgetExceeded {
         message: format!(
-            "{} budget '{}' for {whose} is used up: {} of {} spent{in_flight}, {} left; this request needs up to {}. {reset}",
+            "{} budget '{}' for {whose} cannot cover this request: {} left of {} ({} spent{in_flight}); the request needs up to {}. {reset}",
             b.window.as_str(),
             b.id,
-            usd(spent),
-            usd(b.amount.0),
             usd(left),
+            usd(b.amount.0),
+            usd(spent),
             usd(need),
         ),
         retry_after_secs: None,

@@ -1,0 +1,208 @@
+//! Store arithmetic under random operation sequences (proptest, fake clock), checked against a model:
+//! reservations are all-or-nothing, a refusal happens exactly when some counter would go over, settlement
+//! moves the reserved amount out and the real cost in, releases and lease expiry return the reservation,
+//! and a settlement after expiry still charges the cost.
+
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tollgate_broker::clock::{Clock, FakeClock};
+use tollgate_broker::config::{Config, Source, StoreConfig, StoreKind};
+use tollgate_broker::governance::store::{self, CounterKey, ReserveItem, ReserveOutcome, SpendRecord, Store};
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Reserve `amount` on the budgets selected by the bit mask.
+    Reserve { mask: u8, amount: i64 },
+    /// Settle the n-th live reservation at `cost`.
+    Settle { n: usize, cost: i64 },
+    Release { n: usize },
+    /// Advance the fake clock; then expire.
+    Advance { secs: u64 },
+    /// Renew this owner's leases.
+    Renew,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (1u8..8, 0i64..400).prop_map(|(mask, amount)| Op::Reserve { mask, amount }),
+        3 => (0usize..8, 0i64..600).prop_map(|(n, cost)| Op::Settle { n, cost }),
+        1 => (0usize..8).prop_map(|n| Op::Release { n }),
+        1 => (0u64..20).prop_map(|secs| Op::Advance { secs }),
+        1 => Just(Op::Renew),
+    ]
+}
+
+const LIMITS: [i64; 3] = [1000, 1500, 700];
+const LEASE: i64 = 10;
+
+fn key(i: usize) -> CounterKey {
+    CounterKey { budget_id: format!("b{i}"), subject: "s".into(), period_start: 0 }
+}
+
+async fn open_sqlite(dir: &std::path::Path) -> Arc<dyn Store> {
+    store::open(&StoreConfig {
+        kind: StoreKind::Sqlite,
+        sqlite_path: dir.join("g.db"),
+        url: None,
+        schema: None,
+        fail_open: false,
+        reservation_lease_secs: LEASE as u64,
+        poll_interval_ms: 250,
+        max_connections: 4,
+    })
+    .await
+    .expect("open")
+}
+
+struct Live {
+    id: String,
+    keys: Vec<usize>,
+    amount: i64,
+    expires: i64,
+}
+
+async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().expect("tmp");
+    let st = open_sqlite(dir.path()).await;
+    let clock = FakeClock::new(1_000);
+    let mut spent = [0i64; 3];
+    let mut reserved = [0i64; 3];
+    let mut live: Vec<Live> = Vec::new();
+    let mut settled_total = 0i64;
+    for (step, op) in ops.into_iter().enumerate() {
+        let now = clock.now_secs() as i64;
+        match op {
+            Op::Reserve { mask, amount } => {
+                let keys: Vec<usize> = (0..3).filter(|i| mask & (1 << i) != 0).collect();
+                let items: Vec<ReserveItem> = keys
+                    .iter()
+                    .map(|&i| ReserveItem { key: key(i), amount, limit: LIMITS[i] })
+                    .collect();
+                let id = format!("r{step}");
+                let got = st.reserve(&id, "me", now, now + LEASE, &items).await.expect("reserve");
+                let fits = keys.iter().all(|&i| spent[i] + reserved[i] + amount <= LIMITS[i]);
+                match got {
+                    ReserveOutcome::Admitted => {
+                        prop_assert!(fits, "admitted over a limit");
+                        for &i in &keys {
+                            reserved[i] += amount;
+                        }
+                        live.push(Live { id, keys, amount, expires: now + LEASE });
+                    }
+                    ReserveOutcome::Refused { index, spent: s, reserved: r } => {
+                        prop_assert!(!fits, "refused although it fits");
+                        let i = keys[index];
+                        prop_assert_eq!((s, r), (spent[i], reserved[i]));
+                        prop_assert!(s + r + amount > LIMITS[i]);
+                    }
+                }
+            }
+            Op::Settle { .. } | Op::Release { .. } if live.is_empty() => {}
+            Op::Settle { n, cost } => {
+                let l = live.remove(n % live.len());
+                let keys: Vec<CounterKey> = l.keys.iter().map(|&i| key(i)).collect();
+                let rec = SpendRecord { id: l.id.clone(), cost, ..SpendRecord::default() };
+                st.settle(&l.id, &keys, Some(&rec)).await.expect("settle");
+                for &i in &l.keys {
+                    spent[i] += cost;
+                    reserved[i] -= l.amount;
+                }
+                settled_total += cost;
+            }
+            Op::Release { n } => {
+                let l = live.remove(n % live.len());
+                let keys: Vec<CounterKey> = l.keys.iter().map(|&i| key(i)).collect();
+                st.settle(&l.id, &keys, None).await.expect("release");
+                for &i in &l.keys {
+                    reserved[i] -= l.amount;
+                }
+            }
+            Op::Advance { secs } => {
+                clock.advance(secs);
+                let now = clock.now_secs() as i64;
+                let n = st.expire(now).await.expect("expire");
+                let (gone, keep): (Vec<Live>, Vec<Live>) = live.drain(..).partition(|l| l.expires < now);
+                prop_assert_eq!(n as usize, gone.len());
+                for l in &gone {
+                    for &i in &l.keys {
+                        reserved[i] -= l.amount;
+                    }
+                    // A late settlement of an expired reservation still charges, and releases nothing twice.
+                    let keys: Vec<CounterKey> = l.keys.iter().map(|&i| key(i)).collect();
+                    let rec = SpendRecord { id: l.id.clone(), cost: 5, ..SpendRecord::default() };
+                    st.settle(&l.id, &keys, Some(&rec)).await.expect("late settle");
+                    for &i in &l.keys {
+                        spent[i] += 5;
+                    }
+                    settled_total += 5;
+                }
+                live = keep;
+            }
+            Op::Renew => {
+                let n = st.renew("me", now + LEASE).await.expect("renew");
+                prop_assert_eq!(n as usize, live.len());
+                for l in &mut live {
+                    l.expires = now + LEASE;
+                }
+            }
+        }
+        let got = st.counters(&[key(0), key(1), key(2)]).await.expect("counters");
+        for i in 0..3 {
+            prop_assert_eq!(got[i], (spent[i], reserved[i]), "counter {} after step {}", i, step);
+            prop_assert!(reserved[i] >= 0);
+        }
+        prop_assert_eq!(st.spend_total().await.expect("total").1, settled_total);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn governance_store_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        rt.block_on(run(ops))?;
+    }
+}
+
+fn config(text: &str) -> Config {
+    let dir = tempfile::tempdir().expect("tmp").keep();
+    Config::from_source(
+        Source { path: dir.join("broker.toml"), text: text.into() },
+        &BTreeMap::<String, String>::new(),
+    )
+    .expect("config")
+}
+
+fn claims(principal: &str, iat: u64, jti: &str) -> tollgate::Claims {
+    serde_json::from_value(serde_json::json!({
+        "iss": "i", "aud": "a", "sub": principal, "iat": iat, "nbf": iat, "exp": iat + 3600, "jti": jti,
+        "tollgate": {"principal": principal, "team": "t", "models": ["*"],
+                     "identity": {"kind": "static", "subject": principal, "rule": "r"}}
+    }))
+    .expect("claims")
+}
+
+/// Principal revocation refuses tokens issued up to the revocation (iat is backdated by 30 s at mint) and
+/// accepts tokens minted afterwards; a jti revocation refuses only that token. Fake clock, no sleeping.
+#[tokio::test]
+async fn governance_revocation_window_on_fake_clock() {
+    use tollgate_broker::governance::{Governance, store::RevocationKind};
+    let c = config("policy_file = \"p.toml\"\n");
+    let clock = FakeClock::new(10_000);
+    let st = open_sqlite(&c.server.state_dir).await;
+    let g = Governance::with_store(st, &c, Arc::new(clock.clone()), None);
+    let skew = tollgate_broker::token::SKEW_SECS;
+    let old = claims("alice", 9_000 - skew, "j1");
+    let same_second = claims("alice", 10_000 - skew, "j2");
+    let later = claims("alice", 10_001 - skew, "j3");
+    assert!(g.check_revoked(&old).is_ok());
+    g.revoke(RevocationKind::Principal, "alice").await.expect("revoke");
+    assert!(g.check_revoked(&old).is_err());
+    assert!(g.check_revoked(&same_second).is_err());
+    assert!(g.check_revoked(&later).is_ok());
+    assert!(g.check_revoked(&claims("bob", 9_000, "j4")).is_ok());
+    g.revoke(RevocationKind::Jti, "j3").await.expect("revoke jti");
+    assert!(g.check_revoked(&later).is_err());
+}
