@@ -102,3 +102,37 @@ async fn governance_kill9_sqlite() {
 async fn governance_kill9_postgres() {
     scenario(Some(&unique_schema("gov_kill"))).await;
 }
+
+/// The store goes away (its schema is dropped under the broker): the proxy fails closed with 503 and says
+/// so in the log; with `on_unavailable = "allow"` it lets requests through instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn governance_store_down_fails_closed() {
+    let upstream = mock::spawn(MockConfig::default()).await;
+    let c = client();
+    for (mode, want) in [("refuse", 503u16), ("allow", 200u16)] {
+        let schema = unique_schema("gov_down");
+        let dir = tempfile::tempdir().expect("tmp");
+        let extra = format!(
+            "{}on_unavailable = \"{mode}\"\n[pricing]\ndefaults = false\n[pricing.models.\"gpt-test\"]\ninput = \"1\"\noutput = \"1\"\n\
+             [[budgets]]\nid = \"p\"\nscope = \"principal\"\namount_usd = \"100\"\nwindow = \"daily\"\n",
+            store_toml(Some(&schema), 30)
+        );
+        let cfg = write_config(dir.path(), upstream.base_url().trim_end_matches("/v1"), &["alice"], &extra);
+        let broker = Broker::start(&cfg, "broker").await;
+        let (token, _) = mint(&c, &broker.url, "alice").await;
+        assert_eq!(stream(&c, &broker.url, &token, "gpt-test", "hi", None).await.0, 200);
+        let Db::Pg(pool) = Db::pg(&schema).await else { unreachable!() };
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
+            .execute(&pool)
+            .await
+            .expect("drop");
+        let (s, body) = stream(&c, &broker.url, &token, "gpt-test", "hi", None).await;
+        assert_eq!(s, want, "{mode}: {body}");
+        if want == 503 {
+            assert!(body.contains("store_unavailable"), "{body}");
+        }
+        let log = std::fs::read_to_string(dir.path().join("broker.log")).expect("log");
+        assert!(log.contains("governance store unavailable"), "{log}");
+    }
+    upstream.shutdown().await;
+}

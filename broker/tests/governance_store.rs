@@ -206,3 +206,42 @@ async fn governance_revocation_window_on_fake_clock() {
     g.revoke(RevocationKind::Jti, "j3").await.expect("revoke jti");
     assert!(g.check_revoked(&later).is_err());
 }
+
+/// Keys rotate by generation: the current and the next key are published, the current one signs, and a
+/// retired key stays until every token it could have signed has expired. Fake clock.
+#[tokio::test]
+async fn governance_signing_keys_rotate_through_the_store() {
+    use tollgate_broker::governance::keys::KeyManager;
+    use tollgate_broker::token::KeyRing;
+    let dir = tempfile::tempdir().expect("tmp");
+    let st = open_sqlite(dir.path()).await;
+    // Rotate every 100 s; tokens live up to 150 s (ttl + leeway).
+    let (a, b) = (KeyManager::new(100, 150), KeyManager::new(100, 150));
+    let (ring_a, ring_b) = (KeyRing::default(), KeyRing::default());
+    a.sync(st.as_ref(), &ring_a, 1_050).await.expect("sync a");
+    b.sync(st.as_ref(), &ring_b, 1_050).await.expect("sync b");
+    let kids = |r: &KeyRing| {
+        let mut v: Vec<String> = r.jwks()["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .map(|k| k["kid"].as_str().expect("kid").to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(kids(&ring_a).len(), 2, "this and the next generation");
+    assert_eq!(kids(&ring_a), kids(&ring_b), "replicas agree on one key per generation");
+    let signer_10 = ring_a.active_at(1_050).expect("active").kid.clone();
+    assert_eq!(ring_b.active_at(1_050).expect("active").kid, signer_10);
+    // Generation 11 starts: the pre-published key signs, generation 10's key stays for its tokens.
+    a.sync(st.as_ref(), &ring_a, 1_120).await.expect("sync");
+    let signer_11 = ring_a.active_at(1_120).expect("active").kid.clone();
+    assert_ne!(signer_11, signer_10);
+    assert!(kids(&ring_a).contains(&signer_10));
+    assert_eq!(kids(&ring_a).len(), 3);
+    // At 1_260 generation 10's last token (signed before 1_100, living ≤ 150 s) has expired.
+    a.sync(st.as_ref(), &ring_a, 1_260).await.expect("sync");
+    assert!(!kids(&ring_a).contains(&signer_10), "retired key dropped after its tokens expired");
+    assert!(kids(&ring_a).contains(&signer_11));
+}

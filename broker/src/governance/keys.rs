@@ -31,10 +31,11 @@ impl KeyManager {
         i64::try_from(now / self.rotate_secs).unwrap_or(i64::MAX)
     }
 
-    /// Oldest generation whose tokens may still be valid at `now`.
+    /// Oldest generation whose tokens may still be valid at `now`: generation `k` signed until `(k+1)·R`, so
+    /// its last token lives until `(k+1)·R + retain`; it is needed while that is after `now`, i.e. for
+    /// `k ≥ floor((now − retain) / R)`.
     fn min_generation(&self, now: u64) -> i64 {
-        let g = i64::try_from(now.saturating_sub(self.retain_secs) / self.rotate_secs).unwrap_or(0);
-        (g - 1).max(0)
+        i64::try_from(now.saturating_sub(self.retain_secs) / self.rotate_secs).unwrap_or(0)
     }
 
     /// Make sure this and the next generation have keys, then load every key still needed into `ring`.
