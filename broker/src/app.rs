@@ -3,12 +3,11 @@
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::error::{ApiError, OAuthFailure};
-use crate::identity::{Verifiers, VerifyError, static_cred::StaticVerifier};
-use crate::keys;
 use crate::governance::Governance;
 use crate::governance::store::RevocationKind;
+use crate::identity::{Verifiers, VerifyError, static_cred::StaticVerifier};
+use crate::keys;
 use crate::ledger::Ledger;
-use sha2::Digest;
 use crate::policy::{Decision, Policy};
 use crate::router::Router as ModelRouter;
 use crate::token::{KeyRing, TokenService};
@@ -19,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::json;
+use sha2::Digest;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -117,7 +117,10 @@ impl AppState {
                     && last_keys.elapsed() >= Duration::from_secs(1)
                 {
                     last_keys = std::time::Instant::now();
-                    if let Err(e) = km.sync(g.store.as_ref(), &app.tokens.keys, app.clock.now_secs()).await {
+                    if let Err(e) = km
+                        .sync(g.store.as_ref(), &app.tokens.keys, app.clock.now_secs())
+                        .await
+                    {
                         tracing::warn!(error = %e, "could not sync signing keys");
                     }
                 }
@@ -406,8 +409,9 @@ async fn admin_revoke(
     if !admin_authorized(&app, &headers) {
         return Err(ApiError::Unauthorized("admin"));
     }
-    let req: RevokeRequest = serde_json::from_slice(&body)
-        .map_err(|_| ApiError::BadRequest("expected {\"jti\": ...} or {\"principal\": ...}".into()))?;
+    let req: RevokeRequest = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::BadRequest("expected {\"jti\": ...} or {\"principal\": ...}".into())
+    })?;
     let (kind, value) = match (req.jti, req.principal) {
         (Some(j), None) if !j.is_empty() => (RevocationKind::Jti, j),
         (None, Some(p)) if !p.is_empty() => (RevocationKind::Principal, p),

@@ -3,13 +3,13 @@
 //! Unknown keys are rejected. Every error names the file, line and column, and the field.
 //! Relative paths are resolved against the directory holding the config file.
 
+use crate::governance::pricing::{Estimator, ModelPrice, PriceTable, Unpriced};
+use crate::governance::window::Window;
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use crate::governance::pricing::{Estimator, ModelPrice, PriceTable, Unpriced};
-use crate::governance::window::Window;
 use tollgate::{ModelPattern, Nanos, Price};
 use toml::Spanned;
 
@@ -751,7 +751,8 @@ impl Config {
                 None => None,
                 Some(h) => {
                     let mut d = [0u8; 32];
-                    if h.get_ref().len() != 64 || hex::decode_to_slice(h.get_ref(), &mut d).is_err() {
+                    if h.get_ref().len() != 64 || hex::decode_to_slice(h.get_ref(), &mut d).is_err()
+                    {
                         return Err(s.error_at(
                             h.span(),
                             "admin.key_sha256",
@@ -826,7 +827,9 @@ fn store_config(
         let v = schema.get_ref();
         if v.is_empty()
             || v.len() > 63
-            || !v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         {
             return Err(s.error_at(
                 schema.span(),
@@ -860,7 +863,11 @@ fn store_config(
     };
     let max_connections = match &raw.max_connections {
         Some(x) if !(1..=256).contains(x.get_ref()) => {
-            return Err(s.error_at(x.span(), "store.max_connections", "must be between 1 and 256"));
+            return Err(s.error_at(
+                x.span(),
+                "store.max_connections",
+                "must be between 1 and 256",
+            ));
         }
         Some(x) => *x.get_ref(),
         None => 8,
@@ -878,12 +885,23 @@ fn store_config(
             86_400,
             30,
         )?,
-        poll_interval_ms: ranged(&raw.poll_interval_ms, "store.poll_interval_ms", 50, 60_000, 250)?,
+        poll_interval_ms: ranged(
+            &raw.poll_interval_ms,
+            "store.poll_interval_ms",
+            50,
+            60_000,
+            250,
+        )?,
         max_connections,
     })
 }
 
-fn price_of(s: &Source, span: std::ops::Range<usize>, field: &str, raw: &RawPrice) -> Result<ModelPrice, ConfigError> {
+fn price_of(
+    s: &Source,
+    span: std::ops::Range<usize>,
+    field: &str,
+    raw: &RawPrice,
+) -> Result<ModelPrice, ConfigError> {
     let one = |d: &RawDecimal, name: &str| {
         Price::parse_usd_per_mtok(&d.text())
             .map_err(|e| s.error_at(span.clone(), &format!("{field}.{name}"), e))
@@ -891,8 +909,14 @@ fn price_of(s: &Source, span: std::ops::Range<usize>, field: &str, raw: &RawPric
     let input = one(&raw.input, "input")?;
     Ok(ModelPrice {
         input,
-        cached_input: raw.cached_input.as_ref().map_or(Ok(input), |d| one(d, "cached_input"))?,
-        cache_write: raw.cache_write.as_ref().map_or(Ok(input), |d| one(d, "cache_write"))?,
+        cached_input: raw
+            .cached_input
+            .as_ref()
+            .map_or(Ok(input), |d| one(d, "cached_input"))?,
+        cache_write: raw
+            .cache_write
+            .as_ref()
+            .map_or(Ok(input), |d| one(d, "cache_write"))?,
         output: one(&raw.output, "output")?,
     })
 }
@@ -901,13 +925,23 @@ fn pricing_config(s: &Source, raw: &RawPricing) -> Result<PricingConfig, ConfigE
     let mut overrides = Vec::new();
     for (name, p) in &raw.models {
         let field = format!("pricing.models.{name}");
-        let pattern = ModelPattern::new(name.clone()).map_err(|e| s.error_at(p.span(), &field, e))?;
+        let pattern =
+            ModelPattern::new(name.clone()).map_err(|e| s.error_at(p.span(), &field, e))?;
         overrides.push((pattern, price_of(s, p.span(), &field, p.get_ref())?));
     }
-    let unpriced = match raw.unpriced.as_ref().map(|u| (u.span(), u.get_ref().as_str())) {
+    let unpriced = match raw
+        .unpriced
+        .as_ref()
+        .map(|u| (u.span(), u.get_ref().as_str()))
+    {
         None | Some((_, "refuse")) => Unpriced::Refuse,
         Some((span, "charge")) => match &raw.unpriced_price {
-            Some(p) => Unpriced::Charge(price_of(s, p.span(), "pricing.unpriced_price", p.get_ref())?),
+            Some(p) => Unpriced::Charge(price_of(
+                s,
+                p.span(),
+                "pricing.unpriced_price",
+                p.get_ref(),
+            )?),
             None => {
                 return Err(s.error_at(
                     span,
@@ -927,7 +961,11 @@ fn pricing_config(s: &Source, raw: &RawPricing) -> Result<PricingConfig, ConfigE
     let mut estimator = Estimator::default();
     if let Some(b) = &raw.input_bytes_per_token {
         if !(1..=16).contains(b.get_ref()) {
-            return Err(s.error_at(b.span(), "pricing.input_bytes_per_token", "must be between 1 and 16"));
+            return Err(s.error_at(
+                b.span(),
+                "pricing.input_bytes_per_token",
+                "must be between 1 and 16",
+            ));
         }
         estimator.input_bytes_per_token = *b.get_ref();
     }
@@ -947,19 +985,32 @@ fn pricing_config(s: &Source, raw: &RawPricing) -> Result<PricingConfig, ConfigE
     })
 }
 
-fn budget_configs(s: &Source, raw: &[Spanned<RawBudget>]) -> Result<Vec<BudgetConfig>, ConfigError> {
+fn budget_configs(
+    s: &Source,
+    raw: &[Spanned<RawBudget>],
+) -> Result<Vec<BudgetConfig>, ConfigError> {
     let mut out: Vec<BudgetConfig> = Vec::new();
     for b in raw {
         let b = b.get_ref();
         let id = b.id.get_ref();
         if id.is_empty()
             || id.len() > 64
-            || !id.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+            || !id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
         {
-            return Err(s.error_at(b.id.span(), "budgets.id", "must be 1-64 characters of A-Z a-z 0-9 - _ ."));
+            return Err(s.error_at(
+                b.id.span(),
+                "budgets.id",
+                "must be 1-64 characters of A-Z a-z 0-9 - _ .",
+            ));
         }
         if out.iter().any(|o| &o.id == id) {
-            return Err(s.error_at(b.id.span(), "budgets.id", format_args!("duplicate budget id {id:?}")));
+            return Err(s.error_at(
+                b.id.span(),
+                "budgets.id",
+                format_args!("duplicate budget id {id:?}"),
+            ));
         }
         let scope = match b.scope.get_ref().as_str() {
             "token" => Scope::Token,
@@ -1015,7 +1066,10 @@ fn limits_config(s: &Source, raw: &RawLimits) -> Result<LimitsConfig, ConfigErro
     Ok(LimitsConfig {
         requests_per_minute: one(&raw.requests_per_minute, "limits.requests_per_minute")?,
         tokens_per_minute: one(&raw.tokens_per_minute, "limits.tokens_per_minute")?,
-        team_requests_per_minute: one(&raw.team_requests_per_minute, "limits.team_requests_per_minute")?,
+        team_requests_per_minute: one(
+            &raw.team_requests_per_minute,
+            "limits.team_requests_per_minute",
+        )?,
         team_tokens_per_minute: one(&raw.team_tokens_per_minute, "limits.team_tokens_per_minute")?,
     })
 }
@@ -1107,29 +1161,74 @@ mod tests {
         assert_eq!(c.store.reservation_lease_secs, 5);
         assert_eq!(c.budgets[0].amount, Nanos(50_000_000_000));
         assert_eq!(c.budgets[0].window, Window::Daily);
-        assert_eq!(c.pricing.table.lookup("my-model").map(|p| p.input), Some(Price(1_250_000)));
-        assert_eq!(c.pricing.table.lookup("unknown").map(|p| p.output), Some(Price(8_000_000)));
+        assert_eq!(
+            c.pricing.table.lookup("my-model").map(|p| p.input),
+            Some(Price(1_250_000))
+        );
+        assert_eq!(
+            c.pricing.table.lookup("unknown").map(|p| p.output),
+            Some(Price(8_000_000))
+        );
         assert_eq!(c.limits.requests_per_minute, Some(60));
     }
 
     #[test]
     fn bad_budgets_name_field_and_line() {
         let cases = [
-            ("[[budgets]]\nid = \"b\"\nscope = \"team\"\namount_usd = \"-5\"\nwindow = \"daily\"\n", ":5:", "budgets.amount_usd"),
-            ("[[budgets]]\nid = \"b\"\nscope = \"team\"\namount_usd = -5\nwindow = \"daily\"\n", ":5:", "negative"),
-            ("[[budgets]]\nid = \"b\"\nscope = \"team\"\namount_usd = \"1e12\"\nwindow = \"daily\"\n", ":5:", "budgets.amount_usd"),
-            ("[[budgets]]\nid = \"b\"\nscope = \"team\"\namount_usd = \"5000000000\"\nwindow = \"daily\"\n", ":5:", "too large"),
-            ("[[budgets]]\nid = \"b\"\nscope = \"team\"\namount_usd = \"5\"\nwindow = \"hourly\"\n", ":6:", "unknown window \"hourly\""),
-            ("[[budgets]]\nid = \"b\"\namount_usd = \"5\"\nwindow = \"daily\"\n", ":2:", "missing field `scope`"),
-            ("[[budgets]]\nid = \"b\"\nscope = \"galaxy\"\namount_usd = \"5\"\nwindow = \"daily\"\n", ":4:", "budgets.scope"),
+            (
+                "[[budgets]]\nid = \"b\"\nscope = \"team\"\namount_usd = \"-5\"\nwindow = \"daily\"\n",
+                ":5:",
+                "budgets.amount_usd",
+            ),
+            (
+                "[[budgets]]\nid = \"b\"\nscope = \"team\"\namount_usd = -5\nwindow = \"daily\"\n",
+                ":5:",
+                "negative",
+            ),
+            (
+                "[[budgets]]\nid = \"b\"\nscope = \"team\"\namount_usd = \"1e12\"\nwindow = \"daily\"\n",
+                ":5:",
+                "budgets.amount_usd",
+            ),
+            (
+                "[[budgets]]\nid = \"b\"\nscope = \"team\"\namount_usd = \"5000000000\"\nwindow = \"daily\"\n",
+                ":5:",
+                "too large",
+            ),
+            (
+                "[[budgets]]\nid = \"b\"\nscope = \"team\"\namount_usd = \"5\"\nwindow = \"hourly\"\n",
+                ":6:",
+                "unknown window \"hourly\"",
+            ),
+            (
+                "[[budgets]]\nid = \"b\"\namount_usd = \"5\"\nwindow = \"daily\"\n",
+                ":2:",
+                "missing field `scope`",
+            ),
+            (
+                "[[budgets]]\nid = \"b\"\nscope = \"galaxy\"\namount_usd = \"5\"\nwindow = \"daily\"\n",
+                ":4:",
+                "budgets.scope",
+            ),
             ("[store]\nkind = \"mysql\"\n", ":3:", "store.kind"),
-            ("[limits]\nrequests_per_minute = 0\n", ":3:", "limits.requests_per_minute"),
-            ("[pricing.models.m]\ninput = \"-1\"\noutput = \"1\"\n", ":2:", "pricing.models.m.input"),
+            (
+                "[limits]\nrequests_per_minute = 0\n",
+                ":3:",
+                "limits.requests_per_minute",
+            ),
+            (
+                "[pricing.models.m]\ninput = \"-1\"\noutput = \"1\"\n",
+                ":2:",
+                "pricing.models.m.input",
+            ),
         ];
         for (text, line, needle) in cases {
             let e = load(&format!("{MIN}{text}")).expect_err(text);
             let msg = e.to_string();
-            assert!(msg.contains(line) && msg.contains(needle), "{text:?} gave {msg}");
+            assert!(
+                msg.contains(line) && msg.contains(needle),
+                "{text:?} gave {msg}"
+            );
         }
     }
 }

@@ -4,7 +4,7 @@
 //! `Drop` (client disconnect) and never delays the response.
 
 use crate::error::ApiError;
-use crate::governance::{Governance, Reservation};
+use crate::governance::{Finished, Governance, Reservation};
 use crate::proxy::upstream::Endpoint;
 use crate::usage::{StreamEnd, Usage};
 use std::sync::Arc;
@@ -44,7 +44,9 @@ fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) {
         Ok(h) => {
             h.spawn(f);
         }
-        Err(_) => tracing::error!("no runtime to settle on; the reservation will expire with its lease"),
+        Err(_) => {
+            tracing::error!("no runtime to settle on; the reservation will expire with its lease")
+        }
     }
 }
 
@@ -57,7 +59,12 @@ impl Ledger {
         self.governance.check_revoked(claims)
     }
 
-    pub async fn admit(&self, claims: &Claims, model: &str, body: &[u8]) -> Result<Admission, ApiError> {
+    pub async fn admit(
+        &self,
+        claims: &Claims,
+        model: &str,
+        body: &[u8],
+    ) -> Result<Admission, ApiError> {
         let reservation = self.governance.admit(claims, model, body).await?;
         Ok(Admission {
             id: reservation.id.clone(),
@@ -71,7 +78,13 @@ impl Ledger {
         spawn(async move { g.release(admission.reservation).await });
     }
 
-    pub fn finish(&self, record: RequestRecord, usage: Option<Usage>, end: StreamEnd, streamed_text_bytes: u64) {
+    pub fn finish(
+        &self,
+        record: RequestRecord,
+        usage: Option<Usage>,
+        end: StreamEnd,
+        streamed_text_bytes: u64,
+    ) {
         let g = self.governance.clone();
         spawn(async move {
             let RequestRecord {
@@ -89,9 +102,14 @@ impl Ledger {
                 StreamEnd::Truncated => "truncated",
             };
             let u = usage.unwrap_or_default();
-            let cost = g
-                .settle(&claims, &model, &provider, admission.reservation, usage, end_s, streamed_text_bytes)
-                .await;
+            let finished = Finished {
+                model: &model,
+                provider: &provider,
+                usage,
+                end: end_s,
+                streamed_text_bytes,
+            };
+            let cost = g.settle(&claims, admission.reservation, finished).await;
             tracing::info!(
                 principal = %claims.grant.principal,
                 model = %model,

@@ -11,7 +11,8 @@ use tollgate_testkit::mock::{self, MockConfig};
 use tollgate_testkit::procs::ChildGuard;
 
 fn codex_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.test-tools/node/node_modules/.bin/codex");
+    let p =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.test-tools/node/node_modules/.bin/codex");
     assert!(
         p.exists(),
         "{} is missing: run scripts/install-test-tools.sh (in a worktree: ln -s /work/main/.test-tools .test-tools)",
@@ -53,8 +54,15 @@ async fn codex(home: &Path, broker: &str, token: &str, prompt: &str) -> (bool, S
     let (a, b) = tokio::time::timeout(Duration::from_secs(90), read)
         .await
         .expect("codex timed out");
-    let status = guard.wait_timeout(Duration::from_secs(10)).await.expect("wait");
-    (status.is_some_and(|s| s.success()), format!("{a}\n{b}"), t0.elapsed())
+    let status = guard
+        .wait_timeout(Duration::from_secs(10))
+        .await
+        .expect("wait");
+    (
+        status.is_some_and(|s| s.success()),
+        format!("{a}\n{b}"),
+        t0.elapsed(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +75,12 @@ async fn governance_codex_shows_budget_refusal_and_waits_out_rate_limit() {
          [limits]\nrequests_per_minute = 20\n",
         store_toml(None, 30)
     );
-    let cfg = write_config(dir.path(), upstream.base_url().trim_end_matches("/v1"), &["alice", "bob"], &extra);
+    let cfg = write_config(
+        dir.path(),
+        upstream.base_url().trim_end_matches("/v1"),
+        &["alice", "bob"],
+        &extra,
+    );
     let broker = Broker::start(&cfg, "broker").await;
     let c = client();
 
@@ -76,10 +89,17 @@ async fn governance_codex_shows_budget_refusal_and_waits_out_rate_limit() {
     let (ok, out, _) = codex(&dir.path().join("home-a"), &broker.url, &alice, "hi").await;
     eprintln!("--- codex (budget) ---\n{out}");
     assert!(!ok, "codex must fail the turn");
-    assert!(out.contains("budget 'alice-daily' for principal alice cannot cover this request"), "{out}");
+    assert!(
+        out.contains("budget 'alice-daily' for principal alice cannot cover this request"),
+        "{out}"
+    );
     assert!(out.contains("$0.01 left of $0.01 ($0.00 spent)"), "{out}");
     assert!(out.contains("It resets at 20"), "{out}");
-    assert_eq!(upstream.requests_to("/v1/responses").len(), 0, "nothing reached the provider");
+    assert_eq!(
+        upstream.requests_to("/v1/responses").len(),
+        0,
+        "nothing reached the provider"
+    );
     let usage: serde_json::Value = c
         .get(format!("{}/v1/tollgate/usage", broker.url))
         .bearer_auth(&alice)
@@ -91,7 +111,11 @@ async fn governance_codex_shows_budget_refusal_and_waits_out_rate_limit() {
         .expect("json");
     assert_eq!(usage["budgets"][0]["id"], "alice-daily");
     assert_eq!(usage["budgets"][0]["amount_usd"], "$0.01");
-    assert!(usage["budgets"][0]["resets_at"].as_str().is_some_and(|s| s.ends_with("T00:00:00Z")));
+    assert!(
+        usage["budgets"][0]["resets_at"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("T00:00:00Z"))
+    );
 
     // Rate limit: bob spends his 20-request burst, so Codex's POST gets 429 + Retry-After (3 s at 20/min);
     // Codex waits exactly that and retries, and the turn succeeds.
@@ -106,11 +130,18 @@ async fn governance_codex_shows_budget_refusal_and_waits_out_rate_limit() {
             .await
             .expect("send");
         if r.status() == 429 {
-            limited = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+            limited = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             break;
         }
     }
-    let retry_after: u64 = limited.expect("the burst must run out").parse().expect("seconds");
+    let retry_after: u64 = limited
+        .expect("the burst must run out")
+        .parse()
+        .expect("seconds");
     assert!((1..=3).contains(&retry_after), "retry-after {retry_after}");
     let before = upstream.requests_to("/v1/responses").len();
     let (ok, out, took) = codex(&dir.path().join("home-b"), &broker.url, &bob, "hello there").await;
@@ -118,6 +149,9 @@ async fn governance_codex_shows_budget_refusal_and_waits_out_rate_limit() {
     assert!(ok, "codex should succeed after waiting: {out}");
     assert!(out.contains("mock reply to: hello there"), "{out}");
     assert_eq!(upstream.requests_to("/v1/responses").len(), before + 1);
-    assert!(took >= Duration::from_secs(1), "codex waited for Retry-After ({took:?})");
+    assert!(
+        took >= Duration::from_secs(1),
+        "codex waited for Retry-After ({took:?})"
+    );
     upstream.shutdown().await;
 }

@@ -56,7 +56,12 @@ async fn fire(brokers: &[String], token: &str, max_out: Option<u64>) -> Run {
             stream(&c, &url, &token, "gpt-test", &input, max_out).await
         }));
     }
-    let mut run = Run { ok: 0, refused_budget: 0, other: Vec::new(), elapsed: Duration::ZERO };
+    let mut run = Run {
+        ok: 0,
+        refused_budget: 0,
+        other: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
     for t in tasks {
         let (status, body) = t.await.expect("task");
         if status == 200 && body.contains("response.completed") {
@@ -110,18 +115,41 @@ async fn scenario(pg_schema: Option<&str>, replicas: usize) {
     let per_request = IN_TOKENS as i64 * IN_NANOS + OUT_TOKENS as i64 * OUT_NANOS;
     eprintln!(
         "[{}] exact: {} ok, {} refused for budget, other {:?}; spent {} of {} n$, reserved {}, {:?}",
-        pg_schema.unwrap_or("sqlite"), r1.ok, r1.refused_budget, r1.other, spent1, BUDGET_NANOS, reserved1, r1.elapsed
+        pg_schema.unwrap_or("sqlite"),
+        r1.ok,
+        r1.refused_budget,
+        r1.other,
+        spent1,
+        BUDGET_NANOS,
+        reserved1,
+        r1.elapsed
     );
     assert!(r1.other.is_empty(), "unexpected answers: {:?}", r1.other);
     assert_eq!(r1.ok + r1.refused_budget, N);
-    assert!(r1.refused_budget > 0, "the budget must have refused some of the {N} requests");
+    assert!(
+        r1.refused_budget > 0,
+        "the budget must have refused some of the {N} requests"
+    );
     assert_eq!(reserved1, 0, "every reservation settled or released");
     assert_eq!(excess1, 0, "no request cost more than it reserved");
-    assert!(spent1 <= BUDGET_NANOS, "spent {spent1} > budget {BUDGET_NANOS}");
+    assert!(
+        spent1 <= BUDGET_NANOS,
+        "spent {spent1} > budget {BUDGET_NANOS}"
+    );
     assert_eq!(n1 as usize, r1.ok);
     assert_eq!(spent1, cost1, "counter == Σ recorded spend");
-    assert_eq!(cost1, r1.ok as i64 * per_request, "recorded spend == Σ usage × price");
-    assert_eq!((in1, out1), (r1.ok as i64 * IN_TOKENS as i64, r1.ok as i64 * OUT_TOKENS as i64));
+    assert_eq!(
+        cost1,
+        r1.ok as i64 * per_request,
+        "recorded spend == Σ usage × price"
+    );
+    assert_eq!(
+        (in1, out1),
+        (
+            r1.ok as i64 * IN_TOKENS as i64,
+            r1.ok as i64 * OUT_TOKENS as i64
+        )
+    );
 
     // Phase 2: no max_output_tokens, so the reserve is the cap (256) while the upstream really produces 400:
     // each request can overspend by (400 − 256) × 50_000 n$. Bound: Σ over the requests in flight at the
@@ -134,8 +162,16 @@ async fn scenario(pg_schema: Option<&str>, replicas: usize) {
     let per_request_excess = (OUT2_TOKENS - CAP) as i64 * OUT_NANOS;
     eprintln!(
         "[{}] capped: {} ok, {} refused, other {:?}; spent {} of {} n$ (overspend {} ≤ Σ excess {} ≤ {}), {:?}",
-        pg_schema.unwrap_or("sqlite"), r2.ok, r2.refused_budget, r2.other, spent2, BUDGET_NANOS,
-        spent2 - BUDGET_NANOS, excess2, N as i64 * per_request_excess, r2.elapsed
+        pg_schema.unwrap_or("sqlite"),
+        r2.ok,
+        r2.refused_budget,
+        r2.other,
+        spent2,
+        BUDGET_NANOS,
+        spent2 - BUDGET_NANOS,
+        excess2,
+        N as i64 * per_request_excess,
+        r2.elapsed
     );
     assert!(r2.other.is_empty(), "unexpected answers: {:?}", r2.other);
     assert!(r2.refused_budget > 0);
@@ -144,7 +180,10 @@ async fn scenario(pg_schema: Option<&str>, replicas: usize) {
     assert_eq!(spent2, cost2);
     assert_eq!(cost2, r2.ok as i64 * per_request2);
     assert!(excess2 > 0 && excess2 <= r2.ok as i64 * per_request_excess);
-    assert!(spent2 <= BUDGET_NANOS + excess2, "spent {spent2} beyond budget + Σ excess {excess2}");
+    assert!(
+        spent2 <= BUDGET_NANOS + excess2,
+        "spent {spent2} beyond budget + Σ excess {excess2}"
+    );
     assert!(spent2 <= BUDGET_NANOS + N as i64 * per_request_excess);
 
     // Σ reported usage at the mock × price == everything recorded.

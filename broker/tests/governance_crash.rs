@@ -22,7 +22,12 @@ async fn scenario(pg_schema: Option<&str>) {
          [[budgets]]\nid = \"alice\"\nscope = \"principal\"\namount_usd = \"100\"\nwindow = \"lifetime\"\n",
         store_toml(pg_schema, LEASE_SECS)
     );
-    let cfg = write_config(dir.path(), upstream.base_url().trim_end_matches("/v1"), &["alice"], &extra);
+    let cfg = write_config(
+        dir.path(),
+        upstream.base_url().trim_end_matches("/v1"),
+        &["alice"],
+        &extra,
+    );
     let db = match pg_schema {
         Some(s) => {
             let b = Broker::start(&cfg, "first").await;
@@ -56,9 +61,13 @@ async fn scenario(pg_schema: Option<&str>) {
     for _ in 0..30 {
         let c = c.clone();
         let (url, token) = (broker.url.clone(), token.clone());
-        inflight.push(tokio::spawn(async move { stream(&c, &url, &token, "gpt-test", "slow", Some(10)).await }));
+        inflight.push(tokio::spawn(async move {
+            stream(&c, &url, &token, "gpt-test", "slow", Some(10)).await
+        }));
     }
-    upstream.wait_for_requests(20 + 30, Duration::from_secs(20)).await;
+    upstream
+        .wait_for_requests(20 + 30, Duration::from_secs(20))
+        .await;
     let (_, reserved) = db.counter("alice").await;
     assert!(reserved > 0, "the in-flight requests hold reservations");
     assert_eq!(db.live_reservations().await, 30);
@@ -78,8 +87,13 @@ async fn scenario(pg_schema: Option<&str>) {
     // Restart: the dead broker's reservations expire with their lease.
     let t0 = Instant::now();
     let broker2 = Broker::start(&cfg, "restarted").await;
-    let (spent, reserved) = db.wait_settled("alice", Duration::from_secs(4 * LEASE_SECS)).await;
-    eprintln!("stale reservations released {:?} after restart", t0.elapsed());
+    let (spent, reserved) = db
+        .wait_settled("alice", Duration::from_secs(4 * LEASE_SECS))
+        .await;
+    eprintln!(
+        "stale reservations released {:?} after restart",
+        t0.elapsed()
+    );
     assert_eq!(reserved, 0, "stale reservations must expire");
     assert_eq!(db.live_reservations().await, 0);
     assert_eq!(spent, spent_before, "no settled spend lost");
@@ -117,15 +131,29 @@ async fn governance_store_down_fails_closed() {
              [[budgets]]\nid = \"p\"\nscope = \"principal\"\namount_usd = \"100\"\nwindow = \"daily\"\n",
             store_toml(Some(&schema), 30)
         );
-        let cfg = write_config(dir.path(), upstream.base_url().trim_end_matches("/v1"), &["alice"], &extra);
+        let cfg = write_config(
+            dir.path(),
+            upstream.base_url().trim_end_matches("/v1"),
+            &["alice"],
+            &extra,
+        );
         let broker = Broker::start(&cfg, "broker").await;
         let (token, _) = mint(&c, &broker.url, "alice").await;
-        assert_eq!(stream(&c, &broker.url, &token, "gpt-test", "hi", None).await.0, 200);
-        let Db::Pg(pool) = Db::pg(&schema).await else { unreachable!() };
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
-            .execute(&pool)
-            .await
-            .expect("drop");
+        assert_eq!(
+            stream(&c, &broker.url, &token, "gpt-test", "hi", None)
+                .await
+                .0,
+            200
+        );
+        let Db::Pg(pool) = Db::pg(&schema).await else {
+            unreachable!()
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA \"{schema}\" CASCADE"
+        )))
+        .execute(&pool)
+        .await
+        .expect("drop");
         let (s, body) = stream(&c, &broker.url, &token, "gpt-test", "hi", None).await;
         assert_eq!(s, want, "{mode}: {body}");
         if want == 503 {

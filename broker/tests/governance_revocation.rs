@@ -32,7 +32,10 @@ async fn revoke(c: &reqwest::Client, broker: &str, key: &str, body: serde_json::
 async fn until_refused(c: &reqwest::Client, broker: &str, token: &str) -> Duration {
     let t0 = Instant::now();
     while status(c, broker, token).await != 401 {
-        assert!(t0.elapsed() < Duration::from_secs(5), "never refused on the other replica");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "never refused on the other replica"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     t0.elapsed()
@@ -65,8 +68,26 @@ async fn governance_revocation_reaches_second_replica_within_1s() {
         let (_, claims) = mint(&c, &a.url, "alice").await;
         claims
     };
-    assert_eq!(revoke(&c, &a.url, "wrong-key", serde_json::json!({"principal": "alice"})).await, 401);
-    assert_eq!(revoke(&c, &a.url, ADMIN_KEY, serde_json::json!({"jti": "x", "principal": "y"})).await, 400);
+    assert_eq!(
+        revoke(
+            &c,
+            &a.url,
+            "wrong-key",
+            serde_json::json!({"principal": "alice"})
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        revoke(
+            &c,
+            &a.url,
+            ADMIN_KEY,
+            serde_json::json!({"jti": "x", "principal": "y"})
+        )
+        .await,
+        400
+    );
     let _ = claims1;
 
     // One token by jti.
@@ -74,24 +95,50 @@ async fn governance_revocation_reaches_second_replica_within_1s() {
         use base64::Engine;
         let payload = t1.split('.').nth(1).expect("jwt");
         let v: serde_json::Value = serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("b64"),
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .expect("b64"),
         )
         .expect("json");
         v["jti"].as_str().expect("jti").to_string()
     };
-    assert_eq!(revoke(&c, &a.url, ADMIN_KEY, serde_json::json!({"jti": jti})).await, 200);
-    assert_eq!(status(&c, &a.url, &t1).await, 401, "effective at once on the replica that took it");
+    assert_eq!(
+        revoke(&c, &a.url, ADMIN_KEY, serde_json::json!({"jti": jti})).await,
+        200
+    );
+    assert_eq!(
+        status(&c, &a.url, &t1).await,
+        401,
+        "effective at once on the replica that took it"
+    );
     let seen = until_refused(&c, &b.url, &t1).await;
     eprintln!("jti revocation seen by the second replica after {seen:?}");
     assert!(seen < Duration::from_secs(1), "took {seen:?}");
-    assert_eq!(status(&c, &b.url, &t2).await, 200, "other tokens of the principal still work");
+    assert_eq!(
+        status(&c, &b.url, &t2).await,
+        200,
+        "other tokens of the principal still work"
+    );
 
     // A whole principal (every token issued before now).
-    assert_eq!(revoke(&c, &b.url, ADMIN_KEY, serde_json::json!({"principal": "alice"})).await, 200);
+    assert_eq!(
+        revoke(
+            &c,
+            &b.url,
+            ADMIN_KEY,
+            serde_json::json!({"principal": "alice"})
+        )
+        .await,
+        200
+    );
     assert_eq!(status(&c, &b.url, &t2).await, 401);
     let seen = until_refused(&c, &a.url, &t2).await;
     eprintln!("principal revocation seen by the other replica after {seen:?}");
     assert!(seen < Duration::from_secs(1), "took {seen:?}");
-    assert_eq!(status(&c, &a.url, &carol).await, 200, "other principals unaffected");
+    assert_eq!(
+        status(&c, &a.url, &carol).await,
+        200,
+        "other principals unaffected"
+    );
     upstream.shutdown().await;
 }

@@ -8,17 +8,29 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tollgate_broker::clock::{Clock, FakeClock};
 use tollgate_broker::config::{Config, Source, StoreConfig, StoreKind};
-use tollgate_broker::governance::store::{self, CounterKey, ReserveItem, ReserveOutcome, SpendRecord, Store};
+use tollgate_broker::governance::store::{
+    self, CounterKey, ReserveItem, ReserveOutcome, SpendRecord, Store,
+};
 
 #[derive(Clone, Debug)]
 enum Op {
     /// Reserve `amount` on the budgets selected by the bit mask.
-    Reserve { mask: u8, amount: i64 },
+    Reserve {
+        mask: u8,
+        amount: i64,
+    },
     /// Settle the n-th live reservation at `cost`.
-    Settle { n: usize, cost: i64 },
-    Release { n: usize },
+    Settle {
+        n: usize,
+        cost: i64,
+    },
+    Release {
+        n: usize,
+    },
     /// Advance the fake clock; then expire.
-    Advance { secs: u64 },
+    Advance {
+        secs: u64,
+    },
     /// Renew this owner's leases.
     Renew,
 }
@@ -37,7 +49,11 @@ const LIMITS: [i64; 3] = [1000, 1500, 700];
 const LEASE: i64 = 10;
 
 fn key(i: usize) -> CounterKey {
-    CounterKey { budget_id: format!("b{i}"), subject: "s".into(), period_start: 0 }
+    CounterKey {
+        budget_id: format!("b{i}"),
+        subject: "s".into(),
+        period_start: 0,
+    }
 }
 
 async fn open_sqlite(dir: &std::path::Path) -> Arc<dyn Store> {
@@ -77,20 +93,38 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let keys: Vec<usize> = (0..3).filter(|i| mask & (1 << i) != 0).collect();
                 let items: Vec<ReserveItem> = keys
                     .iter()
-                    .map(|&i| ReserveItem { key: key(i), amount, limit: LIMITS[i] })
+                    .map(|&i| ReserveItem {
+                        key: key(i),
+                        amount,
+                        limit: LIMITS[i],
+                    })
                     .collect();
                 let id = format!("r{step}");
-                let got = st.reserve(&id, "me", now, now + LEASE, &items).await.expect("reserve");
-                let fits = keys.iter().all(|&i| spent[i] + reserved[i] + amount <= LIMITS[i]);
+                let got = st
+                    .reserve(&id, "me", now, now + LEASE, &items)
+                    .await
+                    .expect("reserve");
+                let fits = keys
+                    .iter()
+                    .all(|&i| spent[i] + reserved[i] + amount <= LIMITS[i]);
                 match got {
                     ReserveOutcome::Admitted => {
                         prop_assert!(fits, "admitted over a limit");
                         for &i in &keys {
                             reserved[i] += amount;
                         }
-                        live.push(Live { id, keys, amount, expires: now + LEASE });
+                        live.push(Live {
+                            id,
+                            keys,
+                            amount,
+                            expires: now + LEASE,
+                        });
                     }
-                    ReserveOutcome::Refused { index, spent: s, reserved: r } => {
+                    ReserveOutcome::Refused {
+                        index,
+                        spent: s,
+                        reserved: r,
+                    } => {
                         prop_assert!(!fits, "refused although it fits");
                         let i = keys[index];
                         prop_assert_eq!((s, r), (spent[i], reserved[i]));
@@ -102,7 +136,11 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Settle { n, cost } => {
                 let l = live.remove(n % live.len());
                 let keys: Vec<CounterKey> = l.keys.iter().map(|&i| key(i)).collect();
-                let rec = SpendRecord { id: l.id.clone(), cost, ..SpendRecord::default() };
+                let rec = SpendRecord {
+                    id: l.id.clone(),
+                    cost,
+                    ..SpendRecord::default()
+                };
                 st.settle(&l.id, &keys, Some(&rec)).await.expect("settle");
                 for &i in &l.keys {
                     spent[i] += cost;
@@ -122,7 +160,8 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 clock.advance(secs);
                 let now = clock.now_secs() as i64;
                 let n = st.expire(now).await.expect("expire");
-                let (gone, keep): (Vec<Live>, Vec<Live>) = live.drain(..).partition(|l| l.expires < now);
+                let (gone, keep): (Vec<Live>, Vec<Live>) =
+                    live.drain(..).partition(|l| l.expires < now);
                 prop_assert_eq!(n as usize, gone.len());
                 for l in &gone {
                     for &i in &l.keys {
@@ -130,8 +169,14 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                     // A late settlement of an expired reservation still charges, and releases nothing twice.
                     let keys: Vec<CounterKey> = l.keys.iter().map(|&i| key(i)).collect();
-                    let rec = SpendRecord { id: l.id.clone(), cost: 5, ..SpendRecord::default() };
-                    st.settle(&l.id, &keys, Some(&rec)).await.expect("late settle");
+                    let rec = SpendRecord {
+                        id: l.id.clone(),
+                        cost: 5,
+                        ..SpendRecord::default()
+                    };
+                    st.settle(&l.id, &keys, Some(&rec))
+                        .await
+                        .expect("late settle");
                     for &i in &l.keys {
                         spent[i] += 5;
                     }
@@ -147,9 +192,18 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
         }
-        let got = st.counters(&[key(0), key(1), key(2)]).await.expect("counters");
+        let got = st
+            .counters(&[key(0), key(1), key(2)])
+            .await
+            .expect("counters");
         for i in 0..3 {
-            prop_assert_eq!(got[i], (spent[i], reserved[i]), "counter {} after step {}", i, step);
+            prop_assert_eq!(
+                got[i],
+                (spent[i], reserved[i]),
+                "counter {} after step {}",
+                i,
+                step
+            );
             prop_assert!(reserved[i] >= 0);
         }
         prop_assert_eq!(st.spend_total().await.expect("total").1, settled_total);
@@ -169,7 +223,10 @@ proptest! {
 fn config(text: &str) -> Config {
     let dir = tempfile::tempdir().expect("tmp").keep();
     Config::from_source(
-        Source { path: dir.join("broker.toml"), text: text.into() },
+        Source {
+            path: dir.join("broker.toml"),
+            text: text.into(),
+        },
         &BTreeMap::<String, String>::new(),
     )
     .expect("config")
@@ -198,12 +255,16 @@ async fn governance_revocation_window_on_fake_clock() {
     let same_second = claims("alice", 10_000 - skew, "j2");
     let later = claims("alice", 10_001 - skew, "j3");
     assert!(g.check_revoked(&old).is_ok());
-    g.revoke(RevocationKind::Principal, "alice").await.expect("revoke");
+    g.revoke(RevocationKind::Principal, "alice")
+        .await
+        .expect("revoke");
     assert!(g.check_revoked(&old).is_err());
     assert!(g.check_revoked(&same_second).is_err());
     assert!(g.check_revoked(&later).is_ok());
     assert!(g.check_revoked(&claims("bob", 9_000, "j4")).is_ok());
-    g.revoke(RevocationKind::Jti, "j3").await.expect("revoke jti");
+    g.revoke(RevocationKind::Jti, "j3")
+        .await
+        .expect("revoke jti");
     assert!(g.check_revoked(&later).is_err());
 }
 
@@ -231,7 +292,11 @@ async fn governance_signing_keys_rotate_through_the_store() {
         v
     };
     assert_eq!(kids(&ring_a).len(), 2, "this and the next generation");
-    assert_eq!(kids(&ring_a), kids(&ring_b), "replicas agree on one key per generation");
+    assert_eq!(
+        kids(&ring_a),
+        kids(&ring_b),
+        "replicas agree on one key per generation"
+    );
     let signer_10 = ring_a.active_at(1_050).expect("active").kid.clone();
     assert_eq!(ring_b.active_at(1_050).expect("active").kid, signer_10);
     // Generation 11 starts: the pre-published key signs, generation 10's key stays for its tokens.
@@ -242,6 +307,9 @@ async fn governance_signing_keys_rotate_through_the_store() {
     assert_eq!(kids(&ring_a).len(), 3);
     // At 1_260 generation 10's last token (signed before 1_100, living ≤ 150 s) has expired.
     a.sync(st.as_ref(), &ring_a, 1_260).await.expect("sync");
-    assert!(!kids(&ring_a).contains(&signer_10), "retired key dropped after its tokens expired");
+    assert!(
+        !kids(&ring_a).contains(&signer_10),
+        "retired key dropped after its tokens expired"
+    );
     assert!(kids(&ring_a).contains(&signer_11));
 }

@@ -265,7 +265,9 @@ fn budget_lines(v: &serde_json::Value) -> Option<String> {
     if budgets.is_empty() {
         return Some("no budgets apply to this token".to_owned());
     }
-    let s = |b: &serde_json::Value, k: &str| b.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_owned();
+    let s = |b: &serde_json::Value, k: &str| {
+        b.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_owned()
+    };
     Some(
         budgets
             .iter()
@@ -302,7 +304,9 @@ mod tests {
             "reserved_usd": "$0.00", "resets_at": "2026-11-26T00:00:00Z"}]});
         assert_eq!(
             budget_lines(&v).as_deref(),
-            Some("d (principal alice, daily): $19.95 left of $20.00 ($0.05 spent, $0.00 in flight); resets 2026-11-26T00:00:00Z")
+            Some(
+                "d (principal alice, daily): $19.95 left of $20.00 ($0.05 spent, $0.00 in flight); resets 2026-11-26T00:00:00Z"
+            )
         );
         assert_eq!(budget_lines(&serde_json::json!({"usage": {}})), None);
     }

@@ -39,7 +39,12 @@ impl KeyManager {
     }
 
     /// Make sure this and the next generation have keys, then load every key still needed into `ring`.
-    pub async fn sync(&self, store: &dyn Store, ring: &KeyRing, now: u64) -> Result<(), StoreError> {
+    pub async fn sync(
+        &self,
+        store: &dyn Store,
+        ring: &KeyRing,
+        now: u64,
+    ) -> Result<(), StoreError> {
         let g = self.generation(now);
         let have: Vec<i64> = self
             .loaded
@@ -64,7 +69,10 @@ impl KeyManager {
         }
         let rows = store.keys_since(self.min_generation(now)).await?;
         let ids: Vec<(i64, String)> = rows.iter().map(|k| (k.generation, k.kid.clone())).collect();
-        let mut loaded = self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *loaded == ids {
             return Ok(());
         }
@@ -72,10 +80,16 @@ impl KeyManager {
         for k in rows {
             match SigningKey::from_pkcs8(&k.pkcs8, u64::try_from(k.created).unwrap_or(0)) {
                 Ok(sk) => keys.push(sk),
-                Err(e) => tracing::error!(generation = k.generation, error = %e, "unusable signing key in store"),
+                Err(e) => {
+                    tracing::error!(generation = k.generation, error = %e, "unusable signing key in store")
+                }
             }
         }
-        tracing::info!(keys = keys.len(), generation = g, "signing keys loaded from the store");
+        tracing::info!(
+            keys = keys.len(),
+            generation = g,
+            "signing keys loaded from the store"
+        );
         ring.replace(keys);
         *loaded = ids;
         Ok(())

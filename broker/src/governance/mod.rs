@@ -21,7 +21,9 @@ use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use store::{CounterKey, ReserveItem, ReserveOutcome, RevocationKind, SpendRecord, Store, StoreError};
+use store::{
+    CounterKey, ReserveItem, ReserveOutcome, RevocationKind, SpendRecord, Store, StoreError,
+};
 use tollgate::{Claims, Nanos};
 use window::rfc3339;
 
@@ -60,8 +62,23 @@ pub struct Governance {
     fail_open: bool,
     clock: SharedClock,
     /// Settlements the store refused, retried by the background loop until they land.
-    retry: Mutex<Vec<(String, Vec<CounterKey>, Option<SpendRecord>)>>,
+    retry: Mutex<Vec<PendingSettlement>>,
     pub keys: Option<keys::KeyManager>,
+}
+
+/// A settlement the store refused: reservation id, its counters, the spend to record (none = release).
+type PendingSettlement = (String, Vec<CounterKey>, Option<SpendRecord>);
+
+/// How a forwarded request ended, for settlement.
+#[derive(Clone, Copy, Debug)]
+pub struct Finished<'a> {
+    pub model: &'a str,
+    pub provider: &'a str,
+    /// Usage as the upstream reported it; `None` when the stream ended without it.
+    pub usage: Option<Usage>,
+    /// `completed`, `incomplete`, `failed` or `truncated`.
+    pub end: &'a str,
+    pub streamed_text_bytes: u64,
 }
 
 /// One budget as the token holder sees it.
@@ -163,7 +180,10 @@ impl Governance {
 
     /// Refuse revoked tokens. Purely local: the background poller keeps the set current.
     pub fn check_revoked(&self, claims: &Claims) -> Result<(), ApiError> {
-        let r = self.revoked.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let r = self
+            .revoked
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if r.jtis.contains(&claims.jti) {
             return Err(ApiError::Unauthorized("revoked"));
         }
@@ -181,7 +201,10 @@ impl Governance {
         if rows.is_empty() {
             return;
         }
-        let mut r = self.revoked.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut r = self
+            .revoked
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for row in rows {
             r.seq = r.seq.max(row.seq);
             match row.kind {
@@ -214,7 +237,9 @@ impl Governance {
         let g = &claims.grant;
         let mut v = vec![(
             format!("principal {}", g.principal),
-            g.rate.requests_per_minute.or(self.limits.requests_per_minute),
+            g.rate
+                .requests_per_minute
+                .or(self.limits.requests_per_minute),
             g.rate.tokens_per_minute.or(self.limits.tokens_per_minute),
         )];
         if let Some(t) = &g.team {
@@ -228,7 +253,12 @@ impl Governance {
     }
 
     /// Rate limits, then the budget reservation. `body` is the request as the client sent it.
-    pub async fn admit(&self, claims: &Claims, model: &str, body: &[u8]) -> Result<Reservation, ApiError> {
+    pub async fn admit(
+        &self,
+        claims: &Claims,
+        model: &str,
+        body: &[u8],
+    ) -> Result<Reservation, ApiError> {
         for (key, rpm, tpm) in self.rate_keys(claims) {
             if let Some(tpm) = tpm {
                 self.rates.check_tokens(&key, tpm).map_err(limited)?;
@@ -245,7 +275,11 @@ impl Governance {
         })?;
         let max_out = serde_json::from_slice::<MaxOutput>(body)
             .ok()
-            .and_then(|m| m.max_output_tokens.or(m.max_completion_tokens).or(m.max_tokens));
+            .and_then(|m| {
+                m.max_output_tokens
+                    .or(m.max_completion_tokens)
+                    .or(m.max_tokens)
+            });
         let estimate = self.estimator.estimate(&price, body.len() as u64, max_out);
         let scope = self.in_scope(claims)?;
         let now = self.now();
@@ -264,17 +298,47 @@ impl Governance {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let keys: Vec<CounterKey> = items.iter().map(|i| i.key.clone()).collect();
         if items.is_empty() {
-            return Ok(Reservation { id, keys, estimate, price, held: false });
+            return Ok(Reservation {
+                id,
+                keys,
+                estimate,
+                price,
+                held: false,
+            });
         }
         let expires = now + i64::try_from(self.lease_secs).unwrap_or(30);
-        match self.store.reserve(&id, &self.owner, now, expires, &items).await {
-            Ok(ReserveOutcome::Admitted) => Ok(Reservation { id, keys, estimate, price, held: true }),
-            Ok(ReserveOutcome::Refused { index, spent, reserved }) => {
+        match self
+            .store
+            .reserve(&id, &self.owner, now, expires, &items)
+            .await
+        {
+            Ok(ReserveOutcome::Admitted) => Ok(Reservation {
+                id,
+                keys,
+                estimate,
+                price,
+                held: true,
+            }),
+            Ok(ReserveOutcome::Refused {
+                index,
+                spent,
+                reserved,
+            }) => {
                 let (b, subject) = &scope[index];
-                metrics::counter!("tollgate_budget_refusals_total", "scope" => b.scope.as_str()).increment(1);
+                metrics::counter!("tollgate_budget_refusals_total", "scope" => b.scope.as_str())
+                    .increment(1);
                 Err(refusal(b, subject, spent, reserved, estimate.cost.0, now))
             }
-            Err(e) => self.store_down(e, Reservation { id, keys, estimate, price, held: false }),
+            Err(e) => self.store_down(
+                e,
+                Reservation {
+                    id,
+                    keys,
+                    estimate,
+                    price,
+                    held: false,
+                },
+            ),
         }
     }
 
@@ -298,26 +362,17 @@ impl Governance {
 
     /// Settle: charge the reported usage (or, without usage, the input estimate plus the streamed output),
     /// release the rest of the reservation, record the spend, and charge tokens-per-minute.
-    pub async fn settle(
-        &self,
-        claims: &Claims,
-        model: &str,
-        provider: &str,
-        r: Reservation,
-        usage: Option<Usage>,
-        end: &str,
-        streamed_text_bytes: u64,
-    ) -> Nanos {
-        let reported = usage.is_some();
-        let u = usage.unwrap_or_else(|| self.estimator.partial_usage(&r.estimate, streamed_text_bytes));
+    pub async fn settle(&self, claims: &Claims, r: Reservation, f: Finished<'_>) -> Nanos {
+        let reported = f.usage.is_some();
+        let u = f.usage.unwrap_or_else(|| {
+            self.estimator
+                .partial_usage(&r.estimate, f.streamed_text_bytes)
+        });
         let cost = r.price.cost(&u);
         for (key, _, tpm) in self.rate_keys(claims) {
             if let Some(tpm) = tpm {
                 self.rates.charge_tokens(&key, tpm, u.total());
             }
-        }
-        if r.keys.is_empty() && !r.held {
-            // No budget in scope: nothing to count against, but the spend is still recorded.
         }
         let g = &claims.grant;
         let record = SpendRecord {
@@ -327,8 +382,8 @@ impl Governance {
             team: g.team.clone(),
             org: g.org.clone(),
             jti: claims.jti.clone(),
-            model: model.to_string(),
-            provider: provider.to_string(),
+            model: f.model.to_string(),
+            provider: f.provider.to_string(),
             input_tokens: u.input_tokens as i64,
             cached_input_tokens: u.cached_input_tokens as i64,
             cache_write_tokens: u.cache_write_tokens as i64,
@@ -337,14 +392,19 @@ impl Governance {
             cost: cost.0,
             reserved: if r.held { r.estimate.cost.0 } else { 0 },
             usage_reported: reported,
-            end_reason: end.to_string(),
+            end_reason: f.end.to_string(),
         };
         metrics::counter!("tollgate_spend_nanos_total").increment(cost.0.max(0) as u64);
         self.write_settlement(r.id, r.keys, Some(record)).await;
         cost
     }
 
-    async fn write_settlement(&self, id: String, keys: Vec<CounterKey>, record: Option<SpendRecord>) {
+    async fn write_settlement(
+        &self,
+        id: String,
+        keys: Vec<CounterKey>,
+        record: Option<SpendRecord>,
+    ) {
         if let Err(e) = self.store.settle(&id, &keys, record.as_ref()).await {
             metrics::counter!("tollgate_store_errors_total", "op" => "settle").increment(1);
             tracing::error!(error = %e, reservation = %id, "could not settle; will retry");
@@ -380,7 +440,11 @@ impl Governance {
                 BudgetView {
                     id: b.id.clone(),
                     scope: b.scope,
-                    subject: if b.scope == Scope::Token { "this token".into() } else { subject.clone() },
+                    subject: if b.scope == Scope::Token {
+                        "this token".into()
+                    } else {
+                        subject.clone()
+                    },
                     window: b.window.as_str(),
                     amount_usd: usd(b.amount.0),
                     spent_usd: usd(spent),
@@ -409,17 +473,27 @@ impl Governance {
         if expire {
             match self.store.expire(now).await {
                 Ok(0) => {}
-                Ok(n) => tracing::warn!(released = n, "released expired reservations (a broker stopped without settling)"),
+                Ok(n) => tracing::warn!(
+                    released = n,
+                    "released expired reservations (a broker stopped without settling)"
+                ),
                 Err(e) => tracing::warn!(error = %e, "could not expire reservations"),
             }
         }
-        let seq = self.revoked.read().unwrap_or_else(std::sync::PoisonError::into_inner).seq;
+        let seq = self
+            .revoked
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .seq;
         match self.store.revocations_since(seq).await {
             Ok(rows) => self.apply_revocations(rows),
             Err(e) => tracing::warn!(error = %e, "could not poll revocations"),
         }
         let pending: Vec<_> = std::mem::take(
-            &mut *self.retry.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            &mut *self
+                .retry
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         for (id, keys, record) in pending {
             self.write_settlement(id, keys, record).await;
@@ -451,7 +525,14 @@ fn limited(l: ratelimit::Limited) -> ApiError {
 }
 
 /// The refusal a person reads in Codex: which budget, what is left, when it resets.
-fn refusal(b: &BudgetConfig, subject: &str, spent: i64, reserved: i64, need: i64, now: i64) -> ApiError {
+fn refusal(
+    b: &BudgetConfig,
+    subject: &str,
+    spent: i64,
+    reserved: i64,
+    need: i64,
+    now: i64,
+) -> ApiError {
     let (_, end) = b.window.period(now as u64);
     let left = (b.amount.0 - spent - reserved).max(0);
     let whose = match b.scope {

@@ -65,31 +65,103 @@ pub const DEFAULT_PRICES_DATE: &str = "2025-11-01";
 /// extends them. Values are micro-USD per million tokens.
 pub const DEFAULT_PRICES: &[(&str, ModelPrice)] = &[
     // OpenAI
-    ("gpt-5", ModelPrice::usd_micro(1_250_000, 125_000, 1_250_000, 10_000_000)),
-    ("gpt-5-20*", ModelPrice::usd_micro(1_250_000, 125_000, 1_250_000, 10_000_000)),
-    ("gpt-5-codex", ModelPrice::usd_micro(1_250_000, 125_000, 1_250_000, 10_000_000)),
-    ("gpt-5.1", ModelPrice::usd_micro(1_250_000, 125_000, 1_250_000, 10_000_000)),
-    ("gpt-5.1-codex", ModelPrice::usd_micro(1_250_000, 125_000, 1_250_000, 10_000_000)),
-    ("gpt-5-mini*", ModelPrice::usd_micro(250_000, 25_000, 250_000, 2_000_000)),
-    ("gpt-5.1-codex-mini", ModelPrice::usd_micro(250_000, 25_000, 250_000, 2_000_000)),
-    ("gpt-5-nano*", ModelPrice::usd_micro(50_000, 5_000, 50_000, 400_000)),
-    ("gpt-4.1", ModelPrice::usd_micro(2_000_000, 500_000, 2_000_000, 8_000_000)),
-    ("gpt-4.1-mini", ModelPrice::usd_micro(400_000, 100_000, 400_000, 1_600_000)),
-    ("gpt-4.1-nano", ModelPrice::usd_micro(100_000, 25_000, 100_000, 400_000)),
-    ("gpt-4o", ModelPrice::usd_micro(2_500_000, 1_250_000, 2_500_000, 10_000_000)),
-    ("gpt-4o-mini", ModelPrice::usd_micro(150_000, 75_000, 150_000, 600_000)),
-    ("o3", ModelPrice::usd_micro(2_000_000, 500_000, 2_000_000, 8_000_000)),
-    ("o4-mini", ModelPrice::usd_micro(1_100_000, 275_000, 1_100_000, 4_400_000)),
-    ("codex-mini-latest", ModelPrice::usd_micro(1_500_000, 375_000, 1_500_000, 6_000_000)),
+    (
+        "gpt-5",
+        ModelPrice::usd_micro(1_250_000, 125_000, 1_250_000, 10_000_000),
+    ),
+    (
+        "gpt-5-20*",
+        ModelPrice::usd_micro(1_250_000, 125_000, 1_250_000, 10_000_000),
+    ),
+    (
+        "gpt-5-codex",
+        ModelPrice::usd_micro(1_250_000, 125_000, 1_250_000, 10_000_000),
+    ),
+    (
+        "gpt-5.1",
+        ModelPrice::usd_micro(1_250_000, 125_000, 1_250_000, 10_000_000),
+    ),
+    (
+        "gpt-5.1-codex",
+        ModelPrice::usd_micro(1_250_000, 125_000, 1_250_000, 10_000_000),
+    ),
+    (
+        "gpt-5-mini*",
+        ModelPrice::usd_micro(250_000, 25_000, 250_000, 2_000_000),
+    ),
+    (
+        "gpt-5.1-codex-mini",
+        ModelPrice::usd_micro(250_000, 25_000, 250_000, 2_000_000),
+    ),
+    (
+        "gpt-5-nano*",
+        ModelPrice::usd_micro(50_000, 5_000, 50_000, 400_000),
+    ),
+    (
+        "gpt-4.1",
+        ModelPrice::usd_micro(2_000_000, 500_000, 2_000_000, 8_000_000),
+    ),
+    (
+        "gpt-4.1-mini",
+        ModelPrice::usd_micro(400_000, 100_000, 400_000, 1_600_000),
+    ),
+    (
+        "gpt-4.1-nano",
+        ModelPrice::usd_micro(100_000, 25_000, 100_000, 400_000),
+    ),
+    (
+        "gpt-4o",
+        ModelPrice::usd_micro(2_500_000, 1_250_000, 2_500_000, 10_000_000),
+    ),
+    (
+        "gpt-4o-mini",
+        ModelPrice::usd_micro(150_000, 75_000, 150_000, 600_000),
+    ),
+    (
+        "o3",
+        ModelPrice::usd_micro(2_000_000, 500_000, 2_000_000, 8_000_000),
+    ),
+    (
+        "o4-mini",
+        ModelPrice::usd_micro(1_100_000, 275_000, 1_100_000, 4_400_000),
+    ),
+    (
+        "codex-mini-latest",
+        ModelPrice::usd_micro(1_500_000, 375_000, 1_500_000, 6_000_000),
+    ),
     // Anthropic
-    ("claude-opus-4-1*", ModelPrice::usd_micro(15_000_000, 1_500_000, 18_750_000, 75_000_000)),
-    ("claude-opus-4-0*", ModelPrice::usd_micro(15_000_000, 1_500_000, 18_750_000, 75_000_000)),
-    ("claude-opus-4-2*", ModelPrice::usd_micro(15_000_000, 1_500_000, 18_750_000, 75_000_000)),
-    ("claude-sonnet-4-5*", ModelPrice::usd_micro(3_000_000, 300_000, 3_750_000, 15_000_000)),
-    ("claude-sonnet-4-0*", ModelPrice::usd_micro(3_000_000, 300_000, 3_750_000, 15_000_000)),
-    ("claude-sonnet-4-2*", ModelPrice::usd_micro(3_000_000, 300_000, 3_750_000, 15_000_000)),
-    ("claude-haiku-4-5*", ModelPrice::usd_micro(1_000_000, 100_000, 1_250_000, 5_000_000)),
-    ("claude-3-5-haiku*", ModelPrice::usd_micro(800_000, 80_000, 1_000_000, 4_000_000)),
+    (
+        "claude-opus-4-1*",
+        ModelPrice::usd_micro(15_000_000, 1_500_000, 18_750_000, 75_000_000),
+    ),
+    (
+        "claude-opus-4-0*",
+        ModelPrice::usd_micro(15_000_000, 1_500_000, 18_750_000, 75_000_000),
+    ),
+    (
+        "claude-opus-4-2*",
+        ModelPrice::usd_micro(15_000_000, 1_500_000, 18_750_000, 75_000_000),
+    ),
+    (
+        "claude-sonnet-4-5*",
+        ModelPrice::usd_micro(3_000_000, 300_000, 3_750_000, 15_000_000),
+    ),
+    (
+        "claude-sonnet-4-0*",
+        ModelPrice::usd_micro(3_000_000, 300_000, 3_750_000, 15_000_000),
+    ),
+    (
+        "claude-sonnet-4-2*",
+        ModelPrice::usd_micro(3_000_000, 300_000, 3_750_000, 15_000_000),
+    ),
+    (
+        "claude-haiku-4-5*",
+        ModelPrice::usd_micro(1_000_000, 100_000, 1_250_000, 5_000_000),
+    ),
+    (
+        "claude-3-5-haiku*",
+        ModelPrice::usd_micro(800_000, 80_000, 1_000_000, 4_000_000),
+    ),
 ];
 
 /// Prices by model pattern: an exact name wins, then the longest matching glob.
@@ -101,7 +173,11 @@ pub struct PriceTable {
 
 impl PriceTable {
     /// The built-in table with `overrides` on top (an override for the same pattern replaces it).
-    pub fn new(overrides: Vec<(ModelPattern, ModelPrice)>, unpriced: Unpriced, defaults: bool) -> Self {
+    pub fn new(
+        overrides: Vec<(ModelPattern, ModelPrice)>,
+        unpriced: Unpriced,
+        defaults: bool,
+    ) -> Self {
         let mut entries: Vec<(ModelPattern, ModelPrice)> = Vec::new();
         if defaults {
             for (p, price) in DEFAULT_PRICES {
@@ -227,9 +303,13 @@ mod tests {
             true,
         );
         assert_eq!(t.lookup("gpt-5"), Some(p(1, 1, 1, 1)));
-        assert_eq!(t.lookup("gpt-5-mini-2025-08-07").map(|x| x.output), Some(Price(2_000_000)));
         assert_eq!(
-            t.lookup("claude-sonnet-4-5-20250929").map(|x| x.cache_write),
+            t.lookup("gpt-5-mini-2025-08-07").map(|x| x.output),
+            Some(Price(2_000_000))
+        );
+        assert_eq!(
+            t.lookup("claude-sonnet-4-5-20250929")
+                .map(|x| x.cache_write),
             Some(Price(3_750_000))
         );
         assert_eq!(t.lookup("no-such-model"), None);
@@ -253,11 +333,17 @@ mod tests {
 
     #[test]
     fn estimate_caps_output_reserve() {
-        let e = Estimator { input_bytes_per_token: 3, output_reserve_cap_tokens: 4096 };
+        let e = Estimator {
+            input_bytes_per_token: 3,
+            output_reserve_cap_tokens: 4096,
+        };
         let price = p(1_000_000, 0, 0, 10_000_000);
         let x = e.estimate(&price, 40_000, Some(128_000));
         assert_eq!((x.input_tokens, x.output_tokens), (13_334, 4096));
-        assert_eq!(x.cost, Nanos(13_334_000 + 40_960_000 + ROUNDING_SLACK_NANOS));
+        assert_eq!(
+            x.cost,
+            Nanos(13_334_000 + 40_960_000 + ROUNDING_SLACK_NANOS)
+        );
         assert_eq!(e.estimate(&price, 3, Some(10)).output_tokens, 10);
         assert_eq!(e.estimate(&price, 3, None).output_tokens, 4096);
         assert_eq!(

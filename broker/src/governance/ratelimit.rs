@@ -65,7 +65,10 @@ impl RateLimits {
     /// Count one request against `key` (e.g. `principal:alice`) limited to `rpm`.
     pub fn check_request(&self, key: &str, rpm: u32) -> Result<(), Limited> {
         let limiter = {
-            let mut m = self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut m = self
+                .requests
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             m.entry((key.to_string(), rpm))
                 .or_insert_with(|| {
                     let n = NonZeroU32::new(rpm.max(1)).unwrap_or(NonZeroU32::MIN);
@@ -81,7 +84,10 @@ impl RateLimits {
 
     pub fn check_tokens(&self, key: &str, tpm: u32) -> Result<(), Limited> {
         let now = Instant::now();
-        let m = self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let m = self
+            .tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match m.get(&(key.to_string(), tpm)) {
             Some(b) => b.check(now).map_err(|wait| Limited {
                 what: format!("{key}: {tpm} tokens per minute"),
@@ -93,7 +99,10 @@ impl RateLimits {
 
     pub fn charge_tokens(&self, key: &str, tpm: u32, tokens: u64) {
         let now = Instant::now();
-        let mut m = self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = self
+            .tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         m.entry((key.to_string(), tpm))
             .or_insert_with(|| TokenBucket::new(now))
             .charge(now, tokens, tpm);
@@ -122,7 +131,10 @@ mod tests {
         assert!(r.check_request("principal:a", 2).is_ok());
         assert!(r.check_request("principal:a", 2).is_ok());
         let e = r.check_request("principal:a", 2).expect_err("third");
-        assert!(e.retry_after > Duration::from_secs(20) && e.retry_after <= Duration::from_secs(30), "{e:?}");
+        assert!(
+            e.retry_after > Duration::from_secs(20) && e.retry_after <= Duration::from_secs(30),
+            "{e:?}"
+        );
         assert!(r.check_request("principal:b", 2).is_ok());
     }
 }

@@ -53,7 +53,11 @@ pub struct ReserveItem {
 pub enum ReserveOutcome {
     Admitted,
     /// `items[index]` would go over: its counter as it stood.
-    Refused { index: usize, spent: i64, reserved: i64 },
+    Refused {
+        index: usize,
+        spent: i64,
+        reserved: i64,
+    },
 }
 
 /// A settled request, as recorded in `spend`.
@@ -205,7 +209,10 @@ pub async fn open(cfg: &StoreConfig) -> Result<std::sync::Arc<dyn Store>, StoreE
                 .map_err(|_| StoreError::Setup("the postgres url is not valid".into()))?;
             if let Some(schema) = &cfg.schema {
                 // Validated at config load: [a-z0-9_]{1,63}.
-                let admin = PgPoolOptions::new().max_connections(1).connect_with(opts.clone()).await?;
+                let admin = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts.clone())
+                    .await?;
                 let sql = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
                 if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await {
                     // A concurrent replica may have created it between the check and the insert.

@@ -102,26 +102,41 @@ mod tests {
         let now = ts("2026-11-25T16:22:37Z");
         assert_eq!(
             Window::Daily.period(now),
-            (ts("2026-11-25T00:00:00Z") as i64, Some(ts("2026-11-26T00:00:00Z") as i64))
+            (
+                ts("2026-11-25T00:00:00Z") as i64,
+                Some(ts("2026-11-26T00:00:00Z") as i64)
+            )
         );
         assert_eq!(
             Window::Weekly.period(now),
-            (ts("2026-11-23T00:00:00Z") as i64, Some(ts("2026-11-30T00:00:00Z") as i64))
+            (
+                ts("2026-11-23T00:00:00Z") as i64,
+                Some(ts("2026-11-30T00:00:00Z") as i64)
+            )
         );
         assert_eq!(
             Window::Monthly.period(now),
-            (ts("2026-11-01T00:00:00Z") as i64, Some(ts("2026-12-01T00:00:00Z") as i64))
+            (
+                ts("2026-11-01T00:00:00Z") as i64,
+                Some(ts("2026-12-01T00:00:00Z") as i64)
+            )
         );
         assert_eq!(
             Window::Monthly.period(ts("2026-12-31T23:59:59Z")),
-            (ts("2026-12-01T00:00:00Z") as i64, Some(ts("2027-01-01T00:00:00Z") as i64))
+            (
+                ts("2026-12-01T00:00:00Z") as i64,
+                Some(ts("2027-01-01T00:00:00Z") as i64)
+            )
         );
         assert_eq!(
             Window::Monthly.period(ts("2028-02-29T12:00:00Z")).1,
             Some(ts("2028-03-01T00:00:00Z") as i64)
         );
         assert_eq!(Window::Lifetime.period(now), (0, None));
-        assert_eq!(rfc3339(ts("2026-11-26T00:00:00Z") as i64), "2026-11-26T00:00:00Z");
+        assert_eq!(
+            rfc3339(ts("2026-11-26T00:00:00Z") as i64),
+            "2026-11-26T00:00:00Z"
+        );
     }
 
     proptest! {

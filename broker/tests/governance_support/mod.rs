@@ -70,7 +70,8 @@ pub struct Broker {
 
 impl Broker {
     pub async fn start(config: &Path, log_name: &str) -> Broker {
-        let log = std::fs::File::create(config.with_file_name(format!("{log_name}.log"))).expect("log");
+        let log =
+            std::fs::File::create(config.with_file_name(format!("{log_name}.log"))).expect("log");
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate-broker"));
         cmd.arg("--config")
             .arg(config)
@@ -106,13 +107,23 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
-pub async fn mint(c: &reqwest::Client, broker: &str, principal: &str) -> (String, serde_json::Value) {
+pub async fn mint(
+    c: &reqwest::Client,
+    broker: &str,
+    principal: &str,
+) -> (String, serde_json::Value) {
     let r = c
         .post(format!("{broker}/oauth/token"))
         .form(&[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
             ("subject_token", credential(principal).as_str()),
-            ("subject_token_type", "urn:tollgate:params:token-type:static-credential"),
+            (
+                "subject_token_type",
+                "urn:tollgate:params:token-type:static-credential",
+            ),
         ])
         .send()
         .await
@@ -124,7 +135,9 @@ pub async fn mint(c: &reqwest::Client, broker: &str, principal: &str) -> (String
     let payload = token.split('.').nth(1).expect("jwt");
     use base64::Engine;
     let claims: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("b64"),
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("b64"),
     )
     .expect("claims");
     (token, claims)
@@ -182,8 +195,16 @@ impl Db {
     pub async fn counter(&self, budget: &str) -> (i64, i64) {
         const Q: &str = "SELECT CAST(COALESCE(SUM(spent),0) AS BIGINT), CAST(COALESCE(SUM(reserved),0) AS BIGINT) FROM budget_counters WHERE budget_id = $1";
         match self {
-            Db::Sqlite(p) => sqlx::query_as(Q).bind(budget).fetch_one(p).await.expect("q"),
-            Db::Pg(p) => sqlx::query_as(Q).bind(budget).fetch_one(p).await.expect("q"),
+            Db::Sqlite(p) => sqlx::query_as(Q)
+                .bind(budget)
+                .fetch_one(p)
+                .await
+                .expect("q"),
+            Db::Pg(p) => sqlx::query_as(Q)
+                .bind(budget)
+                .fetch_one(p)
+                .await
+                .expect("q"),
         }
     }
 
@@ -194,8 +215,16 @@ impl Db {
             CAST(COALESCE(SUM(input_tokens),0) AS BIGINT), CAST(COALESCE(SUM(output_tokens),0) AS BIGINT) \
             FROM spend WHERE principal = $1";
         match self {
-            Db::Sqlite(p) => sqlx::query_as(Q).bind(principal).fetch_one(p).await.expect("q"),
-            Db::Pg(p) => sqlx::query_as(Q).bind(principal).fetch_one(p).await.expect("q"),
+            Db::Sqlite(p) => sqlx::query_as(Q)
+                .bind(principal)
+                .fetch_one(p)
+                .await
+                .expect("q"),
+            Db::Pg(p) => sqlx::query_as(Q)
+                .bind(principal)
+                .fetch_one(p)
+                .await
+                .expect("q"),
         }
     }
 
