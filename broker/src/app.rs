@@ -372,6 +372,8 @@ async fn self_usage(
         "org": claims.grant.org,
         "expires_at": claims.exp,
         "budgets": budgets,
+        // Token counts of this principal through this broker process since it started.
+        "usage": app.ledger.totals(&claims.grant.principal),
     }))
     .into_response())
 }

@@ -7,7 +7,8 @@ use crate::error::ApiError;
 use crate::governance::{Finished, Governance, Reservation};
 use crate::proxy::upstream::Endpoint;
 use crate::usage::{StreamEnd, Usage};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tollgate::Claims;
 
@@ -35,8 +36,20 @@ pub struct RequestRecord {
     pub admission: Admission,
 }
 
+/// In-memory totals for one principal since this process started (logs, tests); the store is the record.
+#[derive(Clone, Debug, Default, serde::Serialize, PartialEq, Eq)]
+pub struct Totals {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub incomplete_streams: u64,
+}
+
 pub struct Ledger {
     pub governance: Arc<Governance>,
+    totals: Mutex<HashMap<String, Totals>>,
 }
 
 fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) {
@@ -52,7 +65,20 @@ fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) {
 
 impl Ledger {
     pub fn new(governance: Arc<Governance>) -> Self {
-        Ledger { governance }
+        Ledger {
+            governance,
+            totals: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// This process's totals for `principal` (updated synchronously at finish).
+    pub fn totals(&self, principal: &str) -> Totals {
+        self.totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(principal)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn check_revoked(&self, claims: &Claims) -> Result<(), ApiError> {
@@ -85,6 +111,24 @@ impl Ledger {
         end: StreamEnd,
         streamed_text_bytes: u64,
     ) {
+        {
+            let u = usage.unwrap_or_default();
+            let mut totals = self
+                .totals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let t = totals
+                .entry(record.claims.grant.principal.clone())
+                .or_default();
+            t.requests += 1;
+            t.input_tokens += u.input_tokens;
+            t.cached_input_tokens += u.cached_input_tokens;
+            t.output_tokens += u.output_tokens;
+            t.reasoning_tokens += u.reasoning_tokens;
+            if end != StreamEnd::Completed {
+                t.incomplete_streams += 1;
+            }
+        }
         let g = self.governance.clone();
         spawn(async move {
             let RequestRecord {
