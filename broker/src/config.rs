@@ -223,6 +223,10 @@ struct RawLimits {
     /// Per team (all principals of a team together). Default: unlimited.
     team_requests_per_minute: Option<Spanned<u32>>,
     team_tokens_per_minute: Option<Spanned<u32>>,
+    /// `redis://host:port`: share the limits between replicas. Default: per process.
+    redis_url: Option<Spanned<String>>,
+    /// Key prefix in Redis. Default `tollgate:`.
+    redis_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -397,12 +401,14 @@ pub struct BudgetConfig {
     pub window: Window,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct LimitsConfig {
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u32>,
     pub team_requests_per_minute: Option<u32>,
     pub team_tokens_per_minute: Option<u32>,
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -1071,6 +1077,24 @@ fn limits_config(s: &Source, raw: &RawLimits) -> Result<LimitsConfig, ConfigErro
             "limits.team_requests_per_minute",
         )?,
         team_tokens_per_minute: one(&raw.team_tokens_per_minute, "limits.team_tokens_per_minute")?,
+        redis_url: match &raw.redis_url {
+            Some(u)
+                if !u.get_ref().starts_with("redis://")
+                    || u.get_ref().len() <= "redis://".len() =>
+            {
+                return Err(s.error_at(
+                    u.span(),
+                    "limits.redis_url",
+                    "must look like redis://host:port",
+                ));
+            }
+            Some(u) => Some(u.get_ref().clone()),
+            None => None,
+        },
+        redis_prefix: raw
+            .redis_prefix
+            .clone()
+            .unwrap_or_else(|| "tollgate:".into()),
     })
 }
 

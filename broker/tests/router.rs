@@ -367,7 +367,10 @@ async fn discovery_and_jwks_publish_public_keys_only() {
     );
     let t = token(&h).await;
     let header = jsonwebtoken::decode_header(&t).expect("header");
-    assert!(keys.iter().any(|k| k["kid"].as_str() == header.kid.as_deref()));
+    assert!(
+        keys.iter()
+            .any(|k| k["kid"].as_str() == header.kid.as_deref())
+    );
 }
 
 #[tokio::test]

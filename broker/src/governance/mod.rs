@@ -54,6 +54,7 @@ pub struct Governance {
     budgets: Vec<BudgetConfig>,
     limits: LimitsConfig,
     rates: RateLimits,
+    redis: Option<ratelimit::RedisLimits>,
     revoked: RwLock<Revoked>,
     /// This process, as the owner of its reservations (leases are renewed per owner).
     owner: String,
@@ -130,8 +131,13 @@ impl Governance {
             prices: config.pricing.table.clone(),
             estimator: config.pricing.estimator,
             budgets: config.budgets.clone(),
-            limits: config.limits,
+            limits: config.limits.clone(),
             rates: RateLimits::default(),
+            redis: config
+                .limits
+                .redis_url
+                .as_deref()
+                .and_then(|u| ratelimit::RedisLimits::new(u, &config.limits.redis_prefix)),
             revoked: RwLock::new(Revoked::default()),
             owner: uuid::Uuid::new_v4().simple().to_string(),
             lease_secs: config.store.reservation_lease_secs,
@@ -261,10 +267,22 @@ impl Governance {
     ) -> Result<Reservation, ApiError> {
         for (key, rpm, tpm) in self.rate_keys(claims) {
             if let Some(tpm) = tpm {
-                self.rates.check_tokens(&key, tpm).map_err(limited)?;
+                let shared = match &self.redis {
+                    Some(r) => redis_or_local(r.check_tokens(&key, tpm).await),
+                    None => None,
+                };
+                shared
+                    .unwrap_or_else(|| self.rates.check_tokens(&key, tpm))
+                    .map_err(limited)?;
             }
             if let Some(rpm) = rpm {
-                self.rates.check_request(&key, rpm).map_err(limited)?;
+                let shared = match &self.redis {
+                    Some(r) => redis_or_local(r.check_request(&key, rpm).await),
+                    None => None,
+                };
+                shared
+                    .unwrap_or_else(|| self.rates.check_request(&key, rpm))
+                    .map_err(limited)?;
             }
         }
         let price = self.prices.lookup(model).ok_or_else(|| {
@@ -371,7 +389,13 @@ impl Governance {
         let cost = r.price.cost(&u);
         for (key, _, tpm) in self.rate_keys(claims) {
             if let Some(tpm) = tpm {
-                self.rates.charge_tokens(&key, tpm, u.total());
+                let shared = match &self.redis {
+                    Some(r) => redis_or_local(r.charge_tokens(&key, tpm, u.total()).await),
+                    None => None,
+                };
+                if shared.is_none() {
+                    self.rates.charge_tokens(&key, tpm, u.total());
+                }
             }
         }
         let g = &claims.grant;
@@ -514,6 +538,18 @@ struct MaxOutput {
     max_output_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
     max_tokens: Option<u64>,
+}
+
+/// A Redis answer, or `None` (logged, counted) to fall back to the in-process limiter.
+fn redis_or_local<T>(r: std::io::Result<T>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            metrics::counter!("tollgate_redis_errors_total").increment(1);
+            tracing::warn!(error = %e, "redis unavailable; using this process's rate limits");
+            None
+        }
+    }
 }
 
 fn limited(l: ratelimit::Limited) -> ApiError {
