@@ -249,3 +249,22 @@ impl Db {
         }
     }
 }
+
+impl Db {
+    /// (usage_reported, end_reason, input_tokens, output_tokens, cost, reserved) of every spend row of a principal.
+    pub async fn spend_rows(&self, principal: &str) -> Vec<(i64, String, i64, i64, i64, i64)> {
+        const Q: &str = "SELECT usage_reported, end_reason, input_tokens, output_tokens, cost, reserved FROM spend WHERE principal = $1";
+        match self {
+            Db::Sqlite(p) => sqlx::query_as(Q)
+                .bind(principal)
+                .fetch_all(p)
+                .await
+                .expect("q"),
+            Db::Pg(p) => sqlx::query_as(Q)
+                .bind(principal)
+                .fetch_all(p)
+                .await
+                .expect("q"),
+        }
+    }
+}
