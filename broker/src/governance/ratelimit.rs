@@ -109,36 +109,6 @@ impl RateLimits {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_bucket_admits_big_request_then_waits_off_the_debt() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(t0);
-        assert!(b.check(t0).is_ok());
-        // 100k tokens at 10k/min: admitted (not in debt yet), then 10 minutes of debt.
-        b.charge(t0, 100_000, 10_000);
-        let wait = b.check(t0).expect_err("in debt");
-        assert_eq!(wait, Duration::from_secs(9 * 60));
-        assert!(b.check(t0 + Duration::from_secs(9 * 60)).is_ok());
-    }
-
-    #[test]
-    fn requests_per_minute_refuses_with_wait() {
-        let r = RateLimits::default();
-        assert!(r.check_request("principal:a", 2).is_ok());
-        assert!(r.check_request("principal:a", 2).is_ok());
-        let e = r.check_request("principal:a", 2).expect_err("third");
-        assert!(
-            e.retry_after > Duration::from_secs(20) && e.retry_after <= Duration::from_secs(30),
-            "{e:?}"
-        );
-        assert!(r.check_request("principal:b", 2).is_ok());
-    }
-}
-
 /// The same two limiters kept in Redis, so that every replica counts against one bucket. Scripts run
 /// atomically on the server and use the server's clock (`TIME`). A minimal RESP client over one pooled
 /// connection: `EVAL` with integer replies is all it needs. If Redis cannot be reached the caller falls back
@@ -298,5 +268,35 @@ impl RedisLimits {
         )
         .await
         .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_admits_big_request_then_waits_off_the_debt() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(t0);
+        assert!(b.check(t0).is_ok());
+        // 100k tokens at 10k/min: admitted (not in debt yet), then 10 minutes of debt.
+        b.charge(t0, 100_000, 10_000);
+        let wait = b.check(t0).expect_err("in debt");
+        assert_eq!(wait, Duration::from_secs(9 * 60));
+        assert!(b.check(t0 + Duration::from_secs(9 * 60)).is_ok());
+    }
+
+    #[test]
+    fn requests_per_minute_refuses_with_wait() {
+        let r = RateLimits::default();
+        assert!(r.check_request("principal:a", 2).is_ok());
+        assert!(r.check_request("principal:a", 2).is_ok());
+        let e = r.check_request("principal:a", 2).expect_err("third");
+        assert!(
+            e.retry_after > Duration::from_secs(20) && e.retry_after <= Duration::from_secs(30),
+            "{e:?}"
+        );
+        assert!(r.check_request("principal:b", 2).is_ok());
     }
 }
