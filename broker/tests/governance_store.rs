@@ -78,9 +78,28 @@ struct Live {
     expires: i64,
 }
 
-async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+async fn open_pg() -> Arc<dyn Store> {
+    store::open(&StoreConfig {
+        kind: StoreKind::Postgres,
+        sqlite_path: "unused".into(),
+        url: Some("postgres://postgres@127.0.0.1:5432/test".to_string().into()),
+        schema: Some(format!("gov_prop_{}", uuid::Uuid::new_v4().simple())),
+        fail_open: false,
+        reservation_lease_secs: LEASE as u64,
+        poll_interval_ms: 250,
+        max_connections: 2,
+    })
+    .await
+    .expect("open pg")
+}
+
+async fn run(ops: Vec<Op>, pg: bool) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().expect("tmp");
-    let st = open_sqlite(dir.path()).await;
+    let st = if pg {
+        open_pg().await
+    } else {
+        open_sqlite(dir.path()).await
+    };
     let clock = FakeClock::new(1_000);
     let mut spent = [0i64; 3];
     let mut reserved = [0i64; 3];
@@ -216,7 +235,17 @@ proptest! {
     #[test]
     fn governance_store_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-        rt.block_on(run(ops))?;
+        rt.block_on(run(ops, false))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    /// The same model check against PostgreSQL (same SQL, other engine), one fresh schema per case.
+    #[test]
+    fn governance_store_matches_model_postgres(ops in proptest::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        rt.block_on(run(ops, true))?;
     }
 }
 
