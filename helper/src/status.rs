@@ -265,6 +265,23 @@ fn budget_lines(v: &serde_json::Value) -> Option<String> {
     if budgets.is_empty() {
         return Some("no budgets apply to this token".to_owned());
     }
+    // Only a report in the shape we know is summarised; anything else is shown as the JSON it is.
+    let known = [
+        "id",
+        "scope",
+        "window",
+        "amount_usd",
+        "spent_usd",
+        "reserved_usd",
+        "remaining_usd",
+    ];
+    if !budgets.iter().all(|b| {
+        known
+            .iter()
+            .all(|k| b.get(*k).is_some_and(|v| v.is_string()))
+    }) {
+        return None;
+    }
     let s = |b: &serde_json::Value, k: &str| {
         b.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_owned()
     };
@@ -309,6 +326,11 @@ mod tests {
             )
         );
         assert_eq!(budget_lines(&serde_json::json!({"usage": {}})), None);
+        assert_eq!(
+            budget_lines(&serde_json::json!({"budgets": [{"id": "x", "remaining_usd": "1"}]})),
+            None,
+            "an unknown shape is shown as JSON"
+        );
     }
 
     #[test]
