@@ -197,6 +197,9 @@ async fn scenario(pg_schema: Option<&str>, replicas: usize) {
     assert_eq!(team_spent, cost1 + cost2);
     drop(brokers);
     upstream.shutdown().await;
+    if let Some(s) = pg_schema {
+        drop_schema(s).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -104,7 +104,11 @@ async fn scenario(pg_schema: Option<&str>) {
     assert_eq!(s, 200, "{body}");
     let (spent, _) = db.wait_settled("alice", Duration::from_secs(10)).await;
     assert_eq!(spent, 21 * (100 * 10_000 + 10 * 50_000));
+    drop(broker2);
     upstream.shutdown().await;
+    if let Some(s) = pg_schema {
+        drop_schema(s).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,5 +140,7 @@ async fn governance_revocation_reaches_second_replica_within_1s() {
         200,
         "other principals unaffected"
     );
+    drop((a, b));
     upstream.shutdown().await;
+    drop_schema(&schema).await;
 }

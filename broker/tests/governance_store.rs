@@ -78,12 +78,12 @@ struct Live {
     expires: i64,
 }
 
-async fn open_pg() -> Arc<dyn Store> {
+async fn open_pg(schema: &str) -> Arc<dyn Store> {
     store::open(&StoreConfig {
         kind: StoreKind::Postgres,
         sqlite_path: "unused".into(),
         url: Some("postgres://postgres@127.0.0.1:5432/test".to_string().into()),
-        schema: Some(format!("gov_prop_{}", uuid::Uuid::new_v4().simple())),
+        schema: Some(schema.to_string()),
         fail_open: false,
         reservation_lease_secs: LEASE as u64,
         poll_interval_ms: 250,
@@ -95,11 +95,21 @@ async fn open_pg() -> Arc<dyn Store> {
 
 async fn run(ops: Vec<Op>, pg: bool) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().expect("tmp");
+    let schema = format!("gov_prop_{}", uuid::Uuid::new_v4().simple());
     let st = if pg {
-        open_pg().await
+        open_pg(&schema).await
     } else {
         open_sqlite(dir.path()).await
     };
+    let result = run_on(st.clone(), ops).await;
+    if let store::StorePool::Postgres(pool) = st.pool() {
+        let drop = format!("DROP SCHEMA \"{schema}\" CASCADE");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&pool).await;
+    }
+    result
+}
+
+async fn run_on(st: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let clock = FakeClock::new(1_000);
     let mut spent = [0i64; 3];
     let mut reserved = [0i64; 3];

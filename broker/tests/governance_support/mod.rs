@@ -268,3 +268,13 @@ impl Db {
         }
     }
 }
+
+/// Remove a test run's PostgreSQL schema (after its brokers are gone).
+pub async fn drop_schema(schema: &str) {
+    if let Db::Pg(pool) = Db::pg(schema).await {
+        let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await {
+            eprintln!("could not drop schema {schema}: {e}");
+        }
+    }
+}
