@@ -14,4 +14,6 @@ pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod token;
+pub mod translate;
 pub mod usage;
+pub mod vault;
