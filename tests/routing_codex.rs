@@ -24,16 +24,43 @@ fn spec(kind: &str, upstream: &str, model: &str, upstream_model: &str) -> Broker
 /// models it knows, so the alias is a bundled slug routed to a non-OpenAI upstream model.
 ///
 /// Runs one Codex turn that makes the mock ask for `echo tool-ran-ok`, and returns the upstream requests.
-async fn tool_turn(kind: &str, path: &str, model: &str, upstream_model: &str) -> Vec<tollgate_testkit::RecordedRequest> {
-    let mock = spawn(MockConfig { api_key: Some(UPSTREAM_KEY.into()), ..MockConfig::default() }).await;
+async fn tool_turn(
+    kind: &str,
+    path: &str,
+    model: &str,
+    upstream_model: &str,
+) -> Vec<tollgate_testkit::RecordedRequest> {
+    let mock = spawn(MockConfig {
+        api_key: Some(UPSTREAM_KEY.into()),
+        ..MockConfig::default()
+    })
+    .await;
     let broker = Broker::start(spec(kind, &mock.base_url(), model, upstream_model)).await;
-    let codex = CodexEnv::new(&broker.url, model, "request_max_retries = 0\nstream_max_retries = 0");
+    let codex = CodexEnv::new(
+        &broker.url,
+        model,
+        "request_max_retries = 0\nstream_max_retries = 0",
+    );
     let run = codex.exec("please USE_TOOL now", TURN).await;
-    assert_eq!(run.status, Some(0), "codex failed:\n{}\n--- broker log ---\n{}", run.all(), broker.log());
+    assert_eq!(
+        run.status,
+        Some(0),
+        "codex failed:\n{}\n--- broker log ---\n{}",
+        run.all(),
+        broker.log()
+    );
     // The mock answered the tool output with "tool said: …"; Codex printed it as the final message.
-    assert!(run.stdout.contains("tool said:") && run.all().contains("tool-ran-ok"), "{}", run.all());
+    assert!(
+        run.stdout.contains("tool said:") && run.all().contains("tool-ran-ok"),
+        "{}",
+        run.all()
+    );
     let posts = mock.requests_to(path);
-    assert!(posts.len() >= 2, "expected the follow-up request with the tool output, got {}", posts.len());
+    assert!(
+        posts.len() >= 2,
+        "expected the follow-up request with the tool output, got {}",
+        posts.len()
+    );
     for p in &posts {
         assert_eq!(p.body["model"], upstream_model);
     }
@@ -43,22 +70,49 @@ async fn tool_turn(kind: &str, path: &str, model: &str, upstream_model: &str) ->
 
 #[tokio::test(flavor = "multi_thread")]
 async fn codex_tool_call_through_openai_chat() {
-    let posts = tool_turn("openai-chat", "/v1/chat/completions", "gpt-5.5", "qwen2.5-coder").await;
+    let posts = tool_turn(
+        "openai-chat",
+        "/v1/chat/completions",
+        "gpt-5.5",
+        "qwen2.5-coder",
+    )
+    .await;
     let first = &posts[0];
-    assert_eq!(first.header("authorization"), Some(format!("Bearer {UPSTREAM_KEY}").as_str()));
+    assert_eq!(
+        first.header("authorization"),
+        Some(format!("Bearer {UPSTREAM_KEY}").as_str())
+    );
     // Codex's tools arrive as chat functions; apply_patch is a function with one string argument.
     let tools = first.body["tools"].as_array().expect("tools");
     assert!(tools.iter().all(|t| t["type"] == "function"), "{tools:?}");
-    let patch = tools.iter().find(|t| t["function"]["name"] == "apply_patch").expect("apply_patch");
-    assert_eq!(patch["function"]["parameters"]["required"], serde_json::json!(["input"]));
+    let patch = tools
+        .iter()
+        .find(|t| t["function"]["name"] == "apply_patch")
+        .expect("apply_patch");
+    assert_eq!(
+        patch["function"]["parameters"]["required"],
+        serde_json::json!(["input"])
+    );
     assert_eq!(first.body["messages"][0]["role"], "system");
     // The follow-up carries the assistant tool call and the tool message with Codex's output.
     let msgs = posts[1].body["messages"].as_array().expect("messages");
-    let call = msgs.iter().find(|m| m["tool_calls"].is_array()).expect("assistant tool_calls");
+    let call = msgs
+        .iter()
+        .find(|m| m["tool_calls"].is_array())
+        .expect("assistant tool_calls");
     let call_id = call["tool_calls"][0]["id"].as_str().expect("id");
-    let tool = msgs.iter().find(|m| m["role"] == "tool").expect("tool message");
+    let tool = msgs
+        .iter()
+        .find(|m| m["role"] == "tool")
+        .expect("tool message");
     assert_eq!(tool["tool_call_id"], call_id);
-    assert!(tool["content"].as_str().unwrap_or("").contains("tool-ran-ok"), "{tool}");
+    assert!(
+        tool["content"]
+            .as_str()
+            .unwrap_or("")
+            .contains("tool-ran-ok"),
+        "{tool}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -66,14 +120,33 @@ async fn codex_tool_call_through_anthropic() {
     let posts = tool_turn("anthropic", "/v1/messages", "gpt-5.5", "claude-sonnet-4-5").await;
     let first = &posts[0];
     assert_eq!(first.header("x-api-key"), Some(UPSTREAM_KEY));
-    assert!(first.body["system"].as_array().is_some_and(|s| !s.is_empty()));
+    assert!(
+        first.body["system"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty())
+    );
     let tools = first.body["tools"].as_array().expect("tools");
     assert!(tools.iter().any(|t| t["name"] == "apply_patch"));
-    assert!(tools.iter().all(|t| t["input_schema"].is_object()), "only translatable tools: {tools:?}");
+    assert!(
+        tools.iter().all(|t| t["input_schema"].is_object()),
+        "only translatable tools: {tools:?}"
+    );
     let msgs = posts[1].body["messages"].as_array().expect("messages");
     let (use_msg, result_msg) = (&msgs[msgs.len() - 2], &msgs[msgs.len() - 1]);
-    let tool_use = use_msg["content"].as_array().and_then(|b| b.iter().find(|b| b["type"] == "tool_use")).expect("tool_use");
-    let result = result_msg["content"].as_array().and_then(|b| b.iter().find(|b| b["type"] == "tool_result")).expect("tool_result");
+    let tool_use = use_msg["content"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["type"] == "tool_use"))
+        .expect("tool_use");
+    let result = result_msg["content"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["type"] == "tool_result"))
+        .expect("tool_result");
     assert_eq!(result["tool_use_id"], tool_use["id"]);
-    assert!(result["content"].as_str().unwrap_or("").contains("tool-ran-ok"), "{result}");
+    assert!(
+        result["content"]
+            .as_str()
+            .unwrap_or("")
+            .contains("tool-ran-ok"),
+        "{result}"
+    );
 }

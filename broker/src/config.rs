@@ -726,7 +726,11 @@ impl Config {
                 let span = v.span();
                 let v = v.get_ref();
                 if !(v.address.starts_with("http://") || v.address.starts_with("https://")) {
-                    return Err(s.error_at(span, "vault.address", "must start with http:// or https://"));
+                    return Err(s.error_at(
+                        span,
+                        "vault.address",
+                        "must start with http:// or https://",
+                    ));
                 }
                 let token = match (&v.token_env, &v.token_file) {
                     (Some(var), None) => env.var(var),
@@ -849,5 +853,58 @@ mod tests {
         assert!(!c.providers["off"].enabled);
         // The key is a secret: Debug must not show it.
         assert!(!format!("{:?}", c.providers["up"]).contains("sk-test"));
+    }
+
+    #[test]
+    fn routing_providers_and_key_sources_are_validated() {
+        let e = load(&format!("{MIN}[providers.a]\nkind = \"anthropic\"\nbase_url = \"http://x/v1\"\napi_key_vault = {{ path = \"p\" }}\n"))
+            .expect_err("vault needs [vault]");
+        assert!(e.to_string().contains("needs a top-level [vault]"), "{e}");
+        let e = load(&format!("{MIN}[providers.a]\nkind = \"azure-openai\"\nbase_url = \"http://x\"\nazure_path = \"deployments\"\n"))
+            .expect_err("deployments need api_version");
+        assert!(e.to_string().contains("api_version"), "{e}");
+        let e = load(&format!("{MIN}[routing]\nbreaker_failures = 0\n")).expect_err("0");
+        assert!(
+            e.to_string().contains(":3:") && e.to_string().contains("routing.breaker_failures"),
+            "{e}"
+        );
+        let e = load(&format!("{MIN}[providers.a]\nkind = \"openai\"\nbase_url = \"http://x\"\napi_key_env = \"UP_KEY\"\napi_key_file = \"k\"\n"))
+            .expect_err("two sources");
+        assert!(e.to_string().contains("only one of"), "{e}");
+        let e = load(&format!(
+            "{MIN}[vault]\naddress = \"http://127.0.0.1:8200\"\ntoken_env = \"NOPE\"\n"
+        ))
+        .expect_err("token");
+        assert!(e.to_string().contains("vault.token_env"), "{e}");
+        let c = load(&format!(
+            "{MIN}[vault]\naddress = \"http://127.0.0.1:8200/\"\ntoken_env = \"UP_KEY\"\n\
+             [providers.a]\nkind = \"anthropic\"\nbase_url = \"http://x/v1\"\napi_key_vault = {{ path = \"tollgate/a\" }}\n\
+             [[routes]]\nmodel = \"m\"\ntargets = [{{ provider = \"a\", weight = 2, priority = 5, first_byte_timeout_ms = 100 }}]\n"
+        ))
+        .expect("valid");
+        assert!(
+            c.providers["a"].enabled,
+            "a vault-keyed provider is enabled"
+        );
+        assert_eq!(
+            c.providers["a"]
+                .api_key_vault
+                .as_ref()
+                .map(|v| (v.mount.as_str(), v.field.as_str())),
+            Some(("secret", "api_key"))
+        );
+        assert_eq!(
+            c.vault.as_ref().map(|v| v.address.as_str()),
+            Some("http://127.0.0.1:8200")
+        );
+        assert!(
+            !format!("{:?}", c.vault).contains("sk-test"),
+            "the vault token is redacted"
+        );
+        let t = &c.routes[0].targets[0];
+        assert_eq!(
+            (t.weight, t.priority, t.first_byte_timeout_ms),
+            (2, 5, Some(100))
+        );
     }
 }

@@ -8,7 +8,7 @@
 //! Time comes from the injected [`Clock`](crate::clock::Clock), so tests move it instead of sleeping.
 
 use crate::clock::SharedClock;
-use crate::config::{Config, RoutingConfig, Route};
+use crate::config::{Config, Route, RoutingConfig};
 use crate::proxy::upstream::{KeyCell, Provider, http_client};
 use rand::Rng;
 use std::collections::BTreeMap;
@@ -101,7 +101,9 @@ impl TargetHealth {
             Some(t) if now < t => Availability::Unavailable(t),
             Some(_) => match s.probe_started {
                 // A probe is in flight; a lost probe (request cancelled) expires after a cooldown.
-                Some(p) if now < p + cooldown.max(1) => Availability::Unavailable(p + cooldown.max(1)),
+                Some(p) if now < p + cooldown.max(1) => {
+                    Availability::Unavailable(p + cooldown.max(1))
+                }
                 _ => Availability::HalfOpen,
             },
             None => Availability::Closed,
@@ -183,8 +185,10 @@ impl Router {
         for route in &config.routes {
             let mut targets = Vec::new();
             for t in &route.targets {
-                let (Some(p), Some(pc)) = (providers.get(&t.provider), config.providers.get(&t.provider))
-                else {
+                let (Some(p), Some(pc)) = (
+                    providers.get(&t.provider),
+                    config.providers.get(&t.provider),
+                ) else {
                     continue;
                 };
                 let label = match &t.model {
@@ -193,7 +197,13 @@ impl Router {
                 };
                 let h = health
                     .entry(label.clone())
-                    .or_insert_with(|| Arc::new(TargetHealth::new(label.clone(), clock.clone(), &config.routing)))
+                    .or_insert_with(|| {
+                        Arc::new(TargetHealth::new(
+                            label.clone(),
+                            clock.clone(),
+                            &config.routing,
+                        ))
+                    })
                     .clone();
                 let total = t.timeout_ms.unwrap_or(pc.timeout_ms);
                 targets.push((
@@ -203,7 +213,9 @@ impl Router {
                         label,
                         client: client_for(t.connect_timeout_ms.unwrap_or(pc.connect_timeout_ms)),
                         first_byte_timeout: Duration::from_millis(
-                            t.first_byte_timeout_ms.unwrap_or(pc.first_byte_timeout_ms).min(total),
+                            t.first_byte_timeout_ms
+                                .unwrap_or(pc.first_byte_timeout_ms)
+                                .min(total),
                         ),
                         total_timeout: Duration::from_millis(total),
                         health: h,
@@ -234,7 +246,11 @@ impl Router {
                 .collect()
         };
         let regular = pick(false);
-        let chain = if regular.is_empty() { pick(true) } else { regular };
+        let chain = if regular.is_empty() {
+            pick(true)
+        } else {
+            regular
+        };
         (!chain.is_empty()).then_some(chain)
     }
 
@@ -254,7 +270,11 @@ impl Router {
     }
 
     /// [`plan`](Self::plan) with a given random source (tests).
-    pub fn plan_with(&self, model: &str, rng: &mut impl Rng) -> Result<Vec<ResolvedTarget>, PlanError> {
+    pub fn plan_with(
+        &self,
+        model: &str,
+        rng: &mut impl Rng,
+    ) -> Result<Vec<ResolvedTarget>, PlanError> {
         let targets = self.configured(model).ok_or(PlanError::NoRoute)?;
         let now = self.clock.now_secs();
         let mut earliest = u64::MAX;
@@ -353,7 +373,9 @@ mod tests {
 
     #[test]
     fn default_is_an_ordered_chain() {
-        let (r, _) = router("[[routes]]\nmodel = \"m\"\ntargets = [{provider=\"a\"},{provider=\"b\", model=\"x\"},{provider=\"c\"}]\n");
+        let (r, _) = router(
+            "[[routes]]\nmodel = \"m\"\ntargets = [{provider=\"a\"},{provider=\"b\", model=\"x\"},{provider=\"c\"}]\n",
+        );
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         for _ in 0..20 {
             assert_eq!(labels(&r, &mut rng), ["a", "b/x", "c"]);
@@ -362,7 +384,9 @@ mod tests {
 
     #[test]
     fn equal_priority_shares_by_weight() {
-        let (r, _) = router("[[routes]]\nmodel = \"m\"\ntargets = [{provider=\"a\", priority=0, weight=3},{provider=\"b\", priority=0, weight=1},{provider=\"c\", priority=1}]\n");
+        let (r, _) = router(
+            "[[routes]]\nmodel = \"m\"\ntargets = [{provider=\"a\", priority=0, weight=3},{provider=\"b\", priority=0, weight=1},{provider=\"c\", priority=1}]\n",
+        );
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut first_a = 0;
         for _ in 0..4000 {
@@ -379,11 +403,16 @@ mod tests {
 
     #[test]
     fn breaker_opens_parks_and_half_opens() {
-        let (r, clock) = router("[[routes]]\nmodel = \"m\"\ntargets = [{provider=\"a\"},{provider=\"b\"}]\n");
+        let (r, clock) =
+            router("[[routes]]\nmodel = \"m\"\ntargets = [{provider=\"a\"},{provider=\"b\"}]\n");
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let a = r.plan_with("m", &mut rng).expect("plan")[0].health.clone();
         a.on_failure();
-        assert_eq!(labels(&r, &mut rng), ["a", "b"], "one failure keeps it closed");
+        assert_eq!(
+            labels(&r, &mut rng),
+            ["a", "b"],
+            "one failure keeps it closed"
+        );
         a.on_failure();
         assert_eq!(labels(&r, &mut rng), ["b"], "open after 2");
         clock.advance(29);
@@ -409,10 +438,15 @@ mod tests {
         a.park(7);
         assert_eq!(
             r.plan_with("m", &mut rng).err(),
-            Some(PlanError::AllUnavailable { retry_after_secs: 7 })
+            Some(PlanError::AllUnavailable {
+                retry_after_secs: 7
+            })
         );
         clock.advance(7);
         assert_eq!(labels(&r, &mut rng), ["a"]);
-        assert_eq!(r.plan_with("nope", &mut rng).err(), Some(PlanError::NoRoute));
+        assert_eq!(
+            r.plan_with("nope", &mut rng).err(),
+            Some(PlanError::NoRoute)
+        );
     }
 }

@@ -80,11 +80,15 @@ impl KeyRefresher {
         for (provider, key, cell) in &self.keys {
             match self.read(key).await {
                 Ok(secret) => {
-                    *cell.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(secret);
+                    *cell
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(secret);
                     ok += 1;
                     tracing::debug!(provider = %provider, "upstream key loaded from vault");
                 }
-                Err(e) => tracing::warn!(provider = %provider, error = %e, "cannot load upstream key from vault; keeping the previous one"),
+                Err(e) => {
+                    tracing::warn!(provider = %provider, error = %e, "cannot load upstream key from vault; keeping the previous one")
+                }
             }
         }
         ok

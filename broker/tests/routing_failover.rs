@@ -23,7 +23,10 @@ fn completed(ans: &routing_support::Answer) -> bool {
 
 #[tokio::test]
 async fn server_errors_fail_over_to_the_next_target() {
-    let (a, b) = (spawn(MockConfig::default()).await, spawn(MockConfig::default()).await);
+    let (a, b) = (
+        spawn(MockConfig::default()).await,
+        spawn(MockConfig::default()).await,
+    );
     let broker = start(&two_openai(&a.base_url(), &b.base_url(), ""), &[]).await;
     a.push_faults([Fault::status(500)]);
     let ans = broker.responses("gpt-5.5", "hello").await;
@@ -34,7 +37,10 @@ async fn server_errors_fail_over_to_the_next_target() {
     assert!(completed(&ans));
     // The next request goes to `a` again (one failure does not open the breaker).
     let ans = broker.responses("gpt-5.5", "again").await;
-    assert_eq!((ans.attempts(), ans.header("x-tollgate-target")), (1, Some("a")));
+    assert_eq!(
+        (ans.attempts(), ans.header("x-tollgate-target")),
+        (1, Some("a"))
+    );
     assert_eq!(a.requests_to("/v1/responses").len(), 2);
 }
 
@@ -70,37 +76,65 @@ async fn connection_refused_fails_over() {
 
 #[tokio::test]
 async fn slow_first_byte_fails_over_within_the_ttfb_budget() {
-    let (a, b) = (spawn(MockConfig::default()).await, spawn(MockConfig::default()).await);
-    let broker = start(&two_openai(&a.base_url(), &b.base_url(), "first_byte_timeout_ms = 300"), &[]).await;
+    let (a, b) = (
+        spawn(MockConfig::default()).await,
+        spawn(MockConfig::default()).await,
+    );
+    let broker = start(
+        &two_openai(&a.base_url(), &b.base_url(), "first_byte_timeout_ms = 300"),
+        &[],
+    )
+    .await;
     a.push_fault(Fault::first_byte_delay_ms(5_000));
     let t = Instant::now();
     let ans = broker.responses("gpt-5.5", "hi").await;
     assert_eq!((ans.status, ans.attempts()), (200, 2), "{}", ans.body);
-    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
     assert!(completed(&ans));
 }
 
 #[tokio::test]
 async fn mid_stream_drop_is_committed_and_ends_with_response_failed() {
-    let (a, b) = (spawn(MockConfig::default()).await, spawn(MockConfig::default()).await);
+    let (a, b) = (
+        spawn(MockConfig::default()).await,
+        spawn(MockConfig::default()).await,
+    );
     let broker = start(&two_openai(&a.base_url(), &b.base_url(), ""), &[]).await;
     a.push_fault(Fault::drop_after_events(3));
     let ans = broker.responses("gpt-5.5", "hello there").await;
     assert_eq!((ans.status, ans.attempts()), (200, 1));
-    assert_eq!(ans.event_types().last().map(String::as_str), Some("response.failed"), "{}", ans.body);
+    assert_eq!(
+        ans.event_types().last().map(String::as_str),
+        Some("response.failed"),
+        "{}",
+        ans.body
+    );
     assert!(b.requests().is_empty(), "no failover after the first byte");
 }
 
 #[tokio::test]
 async fn rate_limit_parks_the_target_and_honours_retry_after() {
-    let (a, b) = (spawn(MockConfig::default()).await, spawn(MockConfig::default()).await);
+    let (a, b) = (
+        spawn(MockConfig::default()).await,
+        spawn(MockConfig::default()).await,
+    );
     let broker = start(&two_openai(&a.base_url(), &b.base_url(), ""), &[]).await;
     a.push_fault(Fault::rate_limited(60));
     let ans = broker.responses("gpt-5.5", "1").await;
-    assert_eq!((ans.status, ans.attempts(), ans.header("x-tollgate-target")), (200, 2, Some("b")));
+    assert_eq!(
+        (ans.status, ans.attempts(), ans.header("x-tollgate-target")),
+        (200, 2, Some("b"))
+    );
     // `a` is parked for 60 s: straight to `b`.
     let ans = broker.responses("gpt-5.5", "2").await;
-    assert_eq!((ans.attempts(), ans.header("x-tollgate-target")), (1, Some("b")));
+    assert_eq!(
+        (ans.attempts(), ans.header("x-tollgate-target")),
+        (1, Some("b"))
+    );
     assert_eq!(a.requests_to("/v1/responses").len(), 1);
     broker.clock.advance(60);
     let ans = broker.responses("gpt-5.5", "3").await;
@@ -150,9 +184,16 @@ async fn a_short_retry_after_is_waited_out() {
 
 #[tokio::test]
 async fn other_client_errors_are_not_retried() {
-    let (a, b) = (spawn(MockConfig::default()).await, spawn(MockConfig::default()).await);
+    let (a, b) = (
+        spawn(MockConfig::default()).await,
+        spawn(MockConfig::default()).await,
+    );
     let broker = start(&two_openai(&a.base_url(), &b.base_url(), ""), &[]).await;
-    a.push_fault(Fault { status: Some(400), message: Some("bad tool schema".into()), ..Fault::default() });
+    a.push_fault(Fault {
+        status: Some(400),
+        message: Some("bad tool schema".into()),
+        ..Fault::default()
+    });
     let ans = broker.responses("gpt-5.5", "x").await;
     assert_eq!((ans.status, ans.attempts()), (400, 1));
     assert!(ans.body.contains("bad tool schema"), "{}", ans.body);
@@ -161,16 +202,25 @@ async fn other_client_errors_are_not_retried() {
 
 #[tokio::test]
 async fn breaker_opens_after_repeated_failures_and_probes_after_cooldown() {
-    let (a, b) = (spawn(MockConfig::default()).await, spawn(MockConfig::default()).await);
+    let (a, b) = (
+        spawn(MockConfig::default()).await,
+        spawn(MockConfig::default()).await,
+    );
     let broker = start(&two_openai(&a.base_url(), &b.base_url(), ""), &[]).await;
     a.push_faults([Fault::status(503), Fault::status(500)]);
     for _ in 0..2 {
         let ans = broker.responses("gpt-5.5", "x").await;
-        assert_eq!((ans.status, ans.attempts(), ans.header("x-tollgate-target")), (200, 2, Some("b")));
+        assert_eq!(
+            (ans.status, ans.attempts(), ans.header("x-tollgate-target")),
+            (200, 2, Some("b"))
+        );
     }
     // Open: `a` is skipped without a request.
     let ans = broker.responses("gpt-5.5", "x").await;
-    assert_eq!((ans.attempts(), ans.header("x-tollgate-target")), (1, Some("b")));
+    assert_eq!(
+        (ans.attempts(), ans.header("x-tollgate-target")),
+        (1, Some("b"))
+    );
     assert_eq!(a.requests().len(), 2);
     broker.clock.advance(29);
     let ans = broker.responses("gpt-5.5", "x").await;
@@ -178,7 +228,10 @@ async fn breaker_opens_after_repeated_failures_and_probes_after_cooldown() {
     // Cooldown over: one probe goes to `a`; it succeeds and closes the breaker.
     broker.clock.advance(1);
     let ans = broker.responses("gpt-5.5", "x").await;
-    assert_eq!((ans.attempts(), ans.header("x-tollgate-target")), (1, Some("a")));
+    assert_eq!(
+        (ans.attempts(), ans.header("x-tollgate-target")),
+        (1, Some("a"))
+    );
     let ans = broker.responses("gpt-5.5", "x").await;
     assert_eq!(ans.header("x-tollgate-target"), Some("a"));
     assert_eq!(a.requests().len(), 4);
@@ -186,7 +239,10 @@ async fn breaker_opens_after_repeated_failures_and_probes_after_cooldown() {
 
 #[tokio::test]
 async fn weighted_targets_share_the_load() {
-    let (a, b) = (spawn(MockConfig::default()).await, spawn(MockConfig::default()).await);
+    let (a, b) = (
+        spawn(MockConfig::default()).await,
+        spawn(MockConfig::default()).await,
+    );
     let cfg = format!(
         "[providers.a]\nkind = \"openai\"\nbase_url = \"{}\"\n[providers.b]\nkind = \"openai\"\nbase_url = \"{}\"\n\
          [[routes]]\nmodel = \"m\"\ntargets = [{{ provider = \"a\", priority = 0, weight = 3 }}, {{ provider = \"b\", priority = 0, weight = 1 }}]\n",
@@ -195,7 +251,9 @@ async fn weighted_targets_share_the_load() {
     );
     let broker = start(&cfg, &[]).await;
     for _ in 0..80 {
-        let ans = broker.post("/v1/responses", codex_body("m", "x", false)).await;
+        let ans = broker
+            .post("/v1/responses", codex_body("m", "x", false))
+            .await;
         assert_eq!(ans.status, 200);
     }
     let (na, nb) = (a.requests().len(), b.requests().len());
@@ -207,7 +265,11 @@ async fn weighted_targets_share_the_load() {
 
 #[tokio::test]
 async fn openai_chat_provider_streams_a_tool_call_codex_can_run() {
-    let up = spawn(MockConfig { cached_tokens: 7, ..MockConfig::default() }).await;
+    let up = spawn(MockConfig {
+        cached_tokens: 7,
+        ..MockConfig::default()
+    })
+    .await;
     let cfg = format!(
         "[providers.local]\nkind = \"openai-chat\"\nbase_url = \"{}\"\napi_key_env = \"LOCAL_KEY\"\n\
          [[routes]]\nmodel = \"local-coder\"\ntargets = [{{ provider = \"local\", model = \"qwen2.5-coder\" }}]\n",
@@ -220,29 +282,50 @@ async fn openai_chat_provider_streams_a_tool_call_codex_can_run() {
     let evs = ans.events();
     let done = evs.last().unwrap();
     assert_eq!(done["type"], "response.completed", "{}", ans.body);
-    let call = done["response"]["output"].as_array().unwrap().iter().find(|i| i["type"] == "function_call").expect("call");
+    let call = done["response"]["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"] == "function_call")
+        .expect("call");
     assert_eq!(call["name"], "exec_command");
     assert_eq!(call["arguments"], "{\"cmd\":\"echo tool-ran-ok\"}");
-    assert_eq!(done["response"]["usage"]["input_tokens_details"]["cached_tokens"], 7);
+    assert_eq!(
+        done["response"]["usage"]["input_tokens_details"]["cached_tokens"],
+        7
+    );
     // What the upstream saw: a chat request, Codex's hosted tools dropped, apply_patch as a function.
     let req = &up.requests_to("/v1/chat/completions")[0];
     assert_eq!(req.header("authorization"), Some("Bearer sk-local-test"));
     assert_eq!(req.body["model"], "qwen2.5-coder");
-    let tools: Vec<&str> = req.body["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+    let tools: Vec<&str> = req.body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(tools, ["exec_command", "apply_patch"]);
     assert!(req.header("session-id").is_none());
 }
 
 #[tokio::test]
 async fn anthropic_provider_streams_a_tool_call_with_cache_usage() {
-    let up = spawn(MockConfig { cached_tokens: 100, cache_creation_tokens: 20, input_tokens: Some(500), ..MockConfig::default() }).await;
+    let up = spawn(MockConfig {
+        cached_tokens: 100,
+        cache_creation_tokens: 20,
+        input_tokens: Some(500),
+        ..MockConfig::default()
+    })
+    .await;
     let cfg = format!(
         "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key_env = \"ANTHROPIC_KEY\"\n\
          [[routes]]\nmodel = \"claude-*\"\ntargets = [{{ provider = \"claude\" }}]\n",
         up.base_url()
     );
     let broker = start(&cfg, &[("ANTHROPIC_KEY", "sk-ant-test")]).await;
-    let ans = broker.responses("claude-sonnet-4-5", "USE_TOOL please").await;
+    let ans = broker
+        .responses("claude-sonnet-4-5", "USE_TOOL please")
+        .await;
     assert_eq!(ans.status, 200, "{}", ans.body);
     let evs = ans.events();
     let done = evs.last().unwrap();
@@ -269,12 +352,18 @@ async fn anthropic_provider_streams_a_tool_call_with_cache_usage() {
     assert_eq!(ans.status, 200, "{}", ans.body);
     let v: serde_json::Value = serde_json::from_str(&ans.body).unwrap();
     assert_eq!(v["object"], "response");
-    assert_eq!(v["output"][0]["content"][0]["text"], "tool said: tool-ran-ok\n");
+    assert_eq!(
+        v["output"][0]["content"][0]["text"],
+        "tool said: tool-ran-ok\n"
+    );
 }
 
 #[tokio::test]
 async fn anthropic_errors_are_relayed_in_openai_shape_and_5xx_fails_over() {
-    let (up, backup) = (spawn(MockConfig::default()).await, spawn(MockConfig::default()).await);
+    let (up, backup) = (
+        spawn(MockConfig::default()).await,
+        spawn(MockConfig::default()).await,
+    );
     let cfg = format!(
         "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{}\"\n\
          [providers.chat]\nkind = \"openai-chat\"\nbase_url = \"{}\"\n\
@@ -285,9 +374,19 @@ async fn anthropic_errors_are_relayed_in_openai_shape_and_5xx_fails_over() {
     let broker = start(&cfg, &[]).await;
     up.push_fault(Fault::status(529));
     let ans = broker.responses("m", "hi").await;
-    assert_eq!((ans.status, ans.attempts(), ans.header("x-tollgate-target")), (200, 2, Some("chat/llama")));
-    assert_eq!(ans.event_types().last().map(String::as_str), Some("response.completed"));
-    up.push_fault(Fault { status: Some(400), message: Some("messages: roles must alternate".into()), ..Fault::default() });
+    assert_eq!(
+        (ans.status, ans.attempts(), ans.header("x-tollgate-target")),
+        (200, 2, Some("chat/llama"))
+    );
+    assert_eq!(
+        ans.event_types().last().map(String::as_str),
+        Some("response.completed")
+    );
+    up.push_fault(Fault {
+        status: Some(400),
+        message: Some("messages: roles must alternate".into()),
+        ..Fault::default()
+    });
     let ans = broker.responses("m", "hi").await;
     assert_eq!(ans.status, 400);
     let v: serde_json::Value = serde_json::from_str(&ans.body).unwrap();
@@ -306,5 +405,10 @@ async fn translated_mid_stream_drop_becomes_response_failed() {
     up.push_fault(Fault::drop_after_events(4));
     let ans = broker.responses("m", "hello there friend").await;
     assert_eq!(ans.status, 200);
-    assert_eq!(ans.event_types().last().map(String::as_str), Some("response.failed"), "{}", ans.body);
+    assert_eq!(
+        ans.event_types().last().map(String::as_str),
+        Some("response.failed"),
+        "{}",
+        ans.body
+    );
 }

@@ -7,9 +7,7 @@
 
 use serde_json::Value;
 use std::path::PathBuf;
-use tollgate_broker::translate::{
-    SeqIds, StreamTranslator, ToolContext, anthropic, chat,
-};
+use tollgate_broker::translate::{SeqIds, StreamTranslator, ToolContext, anthropic, chat};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/routing")
@@ -58,7 +56,9 @@ fn events(sse: &str) -> Vec<Value> {
 }
 
 fn types(evs: &[Value]) -> Vec<&str> {
-    evs.iter().map(|e| e["type"].as_str().unwrap_or("?")).collect()
+    evs.iter()
+        .map(|e| e["type"].as_str().unwrap_or("?"))
+        .collect()
 }
 
 fn ctx_with_apply_patch() -> ToolContext {
@@ -77,9 +77,15 @@ fn codex_request_to_chat() {
     assert!(ctx.custom_tools.contains("apply_patch"));
     // Only function tools survive; apply_patch is a function with one string argument.
     let tools = out["tools"].as_array().expect("tools");
-    let names: Vec<&str> = tools.iter().map(|t| t["function"]["name"].as_str().unwrap_or("")).collect();
+    let names: Vec<&str> = tools
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(names, ["exec_command", "apply_patch"]);
-    assert_eq!(tools[1]["function"]["parameters"]["required"], serde_json::json!(["input"]));
+    assert_eq!(
+        tools[1]["function"]["parameters"]["required"],
+        serde_json::json!(["input"])
+    );
     // Both developer messages became one leading system message.
     let msgs = out["messages"].as_array().expect("messages");
     assert_eq!(msgs[0]["role"], "system");
@@ -88,22 +94,38 @@ fn codex_request_to_chat() {
     let tool_msgs: Vec<&Value> = msgs.iter().filter(|m| m["role"] == "tool").collect();
     assert_eq!(tool_msgs.len(), 2);
     assert_eq!(tool_msgs[1]["tool_call_id"], "call_patch_1");
-    assert!(out.get("reasoning").is_none() && out.get("store").is_none() && out.get("include").is_none());
+    assert!(
+        out.get("reasoning").is_none()
+            && out.get("store").is_none()
+            && out.get("include").is_none()
+    );
     assert_eq!(out["stream_options"]["include_usage"], true);
 }
 
 #[test]
 fn codex_request_to_anthropic() {
-    let (out, _) = anthropic::request(&json("codex_request.json"), "claude-sonnet-4-5", anthropic::Options::default())
-        .expect("translate");
+    let (out, _) = anthropic::request(
+        &json("codex_request.json"),
+        "claude-sonnet-4-5",
+        anthropic::Options::default(),
+    )
+    .expect("translate");
     golden("anthropic_request.golden.json", &pretty(&out));
     assert_eq!(out["system"].as_array().map(Vec::len), Some(2));
-    let names: Vec<&str> = out["tools"].as_array().expect("tools").iter().map(|t| t["name"].as_str().unwrap_or("")).collect();
+    let names: Vec<&str> = out["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| t["name"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(names, ["exec_command", "apply_patch"]);
     // Roles alternate: every tool_use is answered in the next user turn.
     let msgs = out["messages"].as_array().expect("messages");
     for w in msgs.windows(2) {
-        assert_ne!(w[0]["role"], w[1]["role"], "consecutive turns must be merged");
+        assert_ne!(
+            w[0]["role"], w[1]["role"],
+            "consecutive turns must be merged"
+        );
     }
     assert_eq!(out["thinking"]["budget_tokens"], 8192);
     assert!(out["max_tokens"].as_u64().expect("max_tokens") > 8192);
@@ -111,18 +133,31 @@ fn codex_request_to_anthropic() {
 
 #[test]
 fn anthropic_followup_keeps_thinking_images_and_tool_results() {
-    let (out, _) = anthropic::request(&json("anthropic_followup_request.json"), "claude-sonnet-4-5", anthropic::Options::default())
-        .expect("translate");
+    let (out, _) = anthropic::request(
+        &json("anthropic_followup_request.json"),
+        "claude-sonnet-4-5",
+        anthropic::Options::default(),
+    )
+    .expect("translate");
     golden("anthropic_followup_request.golden.json", &pretty(&out));
     let assistant = &out["messages"][1]["content"];
     assert_eq!(assistant[0]["type"], "thinking");
-    assert_eq!(assistant[0]["signature"], "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds");
+    assert_eq!(
+        assistant[0]["signature"],
+        "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"
+    );
     assert_eq!(assistant[2]["type"], "tool_use");
     assert_eq!(assistant[2]["input"]["cmd"], "cargo test");
     assert_eq!(out["messages"][2]["content"][0]["type"], "tool_result");
-    assert_eq!(out["messages"][0]["content"][1]["source"]["media_type"], "image/png");
+    assert_eq!(
+        out["messages"][0]["content"][1]["source"]["media_type"],
+        "image/png"
+    );
     assert_eq!(out["tool_choice"]["disable_parallel_tool_use"], true);
-    assert!(out.get("temperature").is_none(), "no sampling params with thinking");
+    assert!(
+        out.get("temperature").is_none(),
+        "no sampling params with thinking"
+    );
 }
 
 // ------------------------------------------------------------------ streamed answers
@@ -134,18 +169,28 @@ fn chat_stream(name: &str, golden_name: &str) -> Vec<Value> {
     golden(golden_name, &whole);
     // Any chunking gives the same bytes.
     for size in [1, 7, 64] {
-        assert_eq!(run_stream(&mut mk(), input.as_bytes(), size).expect("stream"), whole, "chunk {size}");
+        assert_eq!(
+            run_stream(&mut mk(), input.as_bytes(), size).expect("stream"),
+            whole,
+            "chunk {size}"
+        );
     }
     events(&whole)
 }
 
 fn anthropic_stream(name: &str, golden_name: &str) -> Vec<Value> {
     let input = read(name);
-    let mk = || anthropic::MessagesStream::new(ctx_with_apply_patch(), Box::new(SeqIds::default()), CREATED);
+    let mk = || {
+        anthropic::MessagesStream::new(ctx_with_apply_patch(), Box::new(SeqIds::default()), CREATED)
+    };
     let whole = run_stream(&mut mk(), input.as_bytes(), usize::MAX).expect("stream");
     golden(golden_name, &whole);
     for size in [1, 5, 100] {
-        assert_eq!(run_stream(&mut mk(), input.as_bytes(), size).expect("stream"), whole, "chunk {size}");
+        assert_eq!(
+            run_stream(&mut mk(), input.as_bytes(), size).expect("stream"),
+            whole,
+            "chunk {size}"
+        );
     }
     events(&whole)
 }
@@ -155,12 +200,22 @@ fn anthropic_stream(name: &str, golden_name: &str) -> Vec<Value> {
 fn assert_codex_shape(evs: &[Value]) -> &Value {
     let t = types(evs);
     assert_eq!(t[0], "response.created");
-    let added = t.iter().filter(|x| **x == "response.output_item.added").count();
-    let done = t.iter().filter(|x| **x == "response.output_item.done").count();
+    let added = t
+        .iter()
+        .filter(|x| **x == "response.output_item.added")
+        .count();
+    let done = t
+        .iter()
+        .filter(|x| **x == "response.output_item.done")
+        .count();
     assert_eq!(added, done, "{t:?}");
     let last = evs.last().expect("events");
     assert_eq!(last["type"], "response.completed", "{t:?}");
-    assert!(last["response"]["id"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(
+        last["response"]["id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
     let u = &last["response"]["usage"];
     for k in ["input_tokens", "output_tokens", "total_tokens"] {
         assert!(u[k].is_u64(), "usage.{k}: {u}");
@@ -183,31 +238,49 @@ fn chat_stream_with_tool_call() {
     assert_eq!(out[1]["call_id"], "call_abc123");
     assert_eq!(out[1]["arguments"], "{\"cmd\":\"cargo test\"}");
     let u = &done["response"]["usage"];
-    assert_eq!((u["input_tokens"].as_u64(), u["input_tokens_details"]["cached_tokens"].as_u64()), (Some(9120), Some(8960)));
+    assert_eq!(
+        (
+            u["input_tokens"].as_u64(),
+            u["input_tokens_details"]["cached_tokens"].as_u64()
+        ),
+        (Some(9120), Some(8960))
+    );
     assert_eq!(u["total_tokens"], 9144);
 }
 
 #[test]
 fn chat_stream_with_apply_patch_and_reasoning() {
-    let evs = chat_stream("chat_stream_apply_patch.sse", "chat_stream_apply_patch.golden.sse");
+    let evs = chat_stream(
+        "chat_stream_apply_patch.sse",
+        "chat_stream_apply_patch.golden.sse",
+    );
     let done = assert_codex_shape(&evs);
     let out = done["response"]["output"].as_array().expect("output");
     assert_eq!(out[0]["type"], "reasoning");
     assert_eq!(out[1]["type"], "custom_tool_call");
     assert_eq!(out[1]["name"], "apply_patch");
-    assert_eq!(out[1]["input"], "*** Begin Patch\n*** Update File: README.md\n@@\n-teh\n+the\n*** End Patch\n");
+    assert_eq!(
+        out[1]["input"],
+        "*** Begin Patch\n*** Update File: README.md\n@@\n-teh\n+the\n*** End Patch\n"
+    );
     assert_eq!(out[2]["type"], "function_call", "a second, parallel call");
     assert_eq!(out[2]["arguments"], "{\"cmd\":\"git diff\"}");
 }
 
 #[test]
 fn anthropic_stream_with_thinking_text_and_tool_use() {
-    let evs = anthropic_stream("anthropic_stream_tool.sse", "anthropic_stream_tool.golden.sse");
+    let evs = anthropic_stream(
+        "anthropic_stream_tool.sse",
+        "anthropic_stream_tool.golden.sse",
+    );
     let done = assert_codex_shape(&evs);
     let out = done["response"]["output"].as_array().expect("output");
     assert_eq!(out[0]["type"], "reasoning");
     assert_eq!(out[0]["summary"][0]["text"], "I should run the test suite.");
-    assert_eq!(out[0]["encrypted_content"], "tollgate.anthropic.thinking:EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds");
+    assert_eq!(
+        out[0]["encrypted_content"],
+        "tollgate.anthropic.thinking:EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"
+    );
     assert_eq!(out[1]["content"][0]["text"], "Running the tests now.");
     assert_eq!(out[2]["type"], "function_call");
     assert_eq!(out[2]["call_id"], "toolu_01T1x1fJ34qAmk2tNTrN7Up6");
@@ -223,17 +296,27 @@ fn anthropic_stream_with_thinking_text_and_tool_use() {
 
 #[test]
 fn anthropic_stream_with_apply_patch() {
-    let evs = anthropic_stream("anthropic_stream_apply_patch.sse", "anthropic_stream_apply_patch.golden.sse");
+    let evs = anthropic_stream(
+        "anthropic_stream_apply_patch.sse",
+        "anthropic_stream_apply_patch.golden.sse",
+    );
     let done = assert_codex_shape(&evs);
     let item = &done["response"]["output"][0];
     assert_eq!(item["type"], "custom_tool_call");
-    assert_eq!(item["input"], "*** Begin Patch\n*** Add File: hello.txt\n+hello\n*** End Patch\n");
+    assert_eq!(
+        item["input"],
+        "*** Begin Patch\n*** Add File: hello.txt\n+hello\n*** End Patch\n"
+    );
 }
 
 #[test]
 fn anthropic_stream_error_becomes_response_failed() {
     let input = read("anthropic_stream_error.sse");
-    let mut tr = anthropic::MessagesStream::new(ctx_with_apply_patch(), Box::new(SeqIds::default()), CREATED);
+    let mut tr = anthropic::MessagesStream::new(
+        ctx_with_apply_patch(),
+        Box::new(SeqIds::default()),
+        CREATED,
+    );
     let out = run_stream(&mut tr, input.as_bytes(), usize::MAX).expect("stream");
     golden("anthropic_stream_error.golden.sse", &out);
     let evs = events(&out);
@@ -244,11 +327,16 @@ fn anthropic_stream_error_becomes_response_failed() {
 fn truncated_streams_are_errors_not_silent_ends() {
     let input = read("anthropic_stream_tool.sse");
     let cut = &input.as_bytes()[..input.len() / 2];
-    let mut tr = anthropic::MessagesStream::new(ToolContext::default(), Box::new(SeqIds::default()), CREATED);
+    let mut tr = anthropic::MessagesStream::new(
+        ToolContext::default(),
+        Box::new(SeqIds::default()),
+        CREATED,
+    );
     assert!(run_stream(&mut tr, cut, usize::MAX).is_err());
     let input = read("chat_stream_tool.sse");
     let cut = &input.as_bytes()[..input.len() / 2];
-    let mut tr = chat::ChatStream::new(ToolContext::default(), Box::new(SeqIds::default()), CREATED);
+    let mut tr =
+        chat::ChatStream::new(ToolContext::default(), Box::new(SeqIds::default()), CREATED);
     assert!(run_stream(&mut tr, cut, usize::MAX).is_err());
 }
 
@@ -256,7 +344,12 @@ fn truncated_streams_are_errors_not_silent_ends() {
 
 #[test]
 fn chat_response_to_responses() {
-    let out = chat::response(&json("chat_response.json"), &ctx_with_apply_patch(), &mut SeqIds::default(), CREATED);
+    let out = chat::response(
+        &json("chat_response.json"),
+        &ctx_with_apply_patch(),
+        &mut SeqIds::default(),
+        CREATED,
+    );
     golden("chat_response.golden.json", &pretty(&out));
     assert_eq!(out["output"][1]["type"], "function_call");
     assert_eq!(out["output"][2]["type"], "custom_tool_call");
@@ -265,10 +358,18 @@ fn chat_response_to_responses() {
 
 #[test]
 fn anthropic_response_to_responses() {
-    let out = anthropic::response(&json("anthropic_response.json"), &ctx_with_apply_patch(), &mut SeqIds::default(), CREATED);
+    let out = anthropic::response(
+        &json("anthropic_response.json"),
+        &ctx_with_apply_patch(),
+        &mut SeqIds::default(),
+        CREATED,
+    );
     golden("anthropic_response.golden.json", &pretty(&out));
     assert_eq!(out["usage"]["input_tokens"], 1150);
-    assert_eq!(out["usage"]["input_tokens_details"]["cache_write_tokens"], 100);
+    assert_eq!(
+        out["usage"]["input_tokens_details"]["cache_write_tokens"],
+        100
+    );
     assert_eq!(out["output"][3]["type"], "custom_tool_call");
 }
 
@@ -319,21 +420,51 @@ mod fuzz {
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(|n| Value::from(n)),
-            prop_oneof![Just("message"), Just("function_call"), Just("custom_tool_call"), Just("reasoning"),
-                Just("function_call_output"), Just("user"), Just("assistant"), Just("developer"), Just("custom"),
-                Just("function"), Just("input_text"), Just("input_image"), Just("x")]
-                .prop_map(|s| Value::String(s.to_string())),
+            prop_oneof![
+                Just("message"),
+                Just("function_call"),
+                Just("custom_tool_call"),
+                Just("reasoning"),
+                Just("function_call_output"),
+                Just("user"),
+                Just("assistant"),
+                Just("developer"),
+                Just("custom"),
+                Just("function"),
+                Just("input_text"),
+                Just("input_image"),
+                Just("x")
+            ]
+            .prop_map(|s| Value::String(s.to_string())),
         ];
         leaf.prop_recursive(4, 64, 8, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
                 proptest::collection::btree_map(
-                    prop_oneof![Just("type"), Just("role"), Just("content"), Just("input"), Just("tools"),
-                        Just("name"), Just("arguments"), Just("call_id"), Just("output"), Just("text"),
-                        Just("model"), Just("reasoning"), Just("effort"), Just("format"), Just("image_url"),
-                        Just("encrypted_content"), Just("summary")].prop_map(str::to_string),
-                    inner, 0..6)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                    prop_oneof![
+                        Just("type"),
+                        Just("role"),
+                        Just("content"),
+                        Just("input"),
+                        Just("tools"),
+                        Just("name"),
+                        Just("arguments"),
+                        Just("call_id"),
+                        Just("output"),
+                        Just("text"),
+                        Just("model"),
+                        Just("reasoning"),
+                        Just("effort"),
+                        Just("format"),
+                        Just("image_url"),
+                        Just("encrypted_content"),
+                        Just("summary")
+                    ]
+                    .prop_map(str::to_string),
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
     }

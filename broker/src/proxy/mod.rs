@@ -212,7 +212,16 @@ async fn proxy(
                         started,
                         admission,
                     };
-                    return Ok(relay(app.clone(), up, record, attempts, &target.label, endpoint, stream).await);
+                    return Ok(relay(
+                        app.clone(),
+                        up,
+                        record,
+                        attempts,
+                        &target.label,
+                        endpoint,
+                        stream,
+                    )
+                    .await);
                 }
                 Err(e) => {
                     tracing::warn!(provider = %provider.name, target_label = %target.label, model = %model, attempt = attempts, error = %e, "upstream attempt failed");
@@ -251,10 +260,13 @@ async fn proxy(
     app.ledger.release(admission, Outcome::UpstreamError);
     let err = match (rate_limited_secs, last_err) {
         (Some(secs), Some(UpstreamError::Status { status, .. }))
-            if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE =>
+            if status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::SERVICE_UNAVAILABLE =>
         {
             ApiError::RateLimited {
-                message: format!("the upstream providers for this model are rate limited; retry in {secs} s"),
+                message: format!(
+                    "the upstream providers for this model are rate limited; retry in {secs} s"
+                ),
                 retry_after_secs: secs,
             }
         }
@@ -277,6 +289,15 @@ fn with_attempts(mut r: Response, attempts: u32) -> Response {
 fn upstream_error(e: UpstreamError) -> ApiError {
     match e {
         UpstreamError::Timeout => ApiError::UpstreamTimeout,
+        // The upstream refused *our* key: a broker misconfiguration, never the client's token. Relaying a 401
+        // would make Codex re-run its credential helper in a loop.
+        UpstreamError::Status { status, .. }
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN =>
+        {
+            tracing::error!(%status, "the upstream refused the broker's API key; check the provider's key source");
+            ApiError::UpstreamUnavailable(format!("upstream refused our credentials ({status})"))
+        }
+        UpstreamError::BadRequest(m) => ApiError::BadRequest(m),
         UpstreamError::Status { status, body, .. }
             if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS =>
         {

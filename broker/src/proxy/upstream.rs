@@ -59,7 +59,9 @@ impl UpstreamError {
     /// Whether this failure counts against the target's circuit breaker.
     pub fn is_target_fault(&self) -> bool {
         match self {
-            UpstreamError::Connect(_) | UpstreamError::Timeout | UpstreamError::Transport(_) => true,
+            UpstreamError::Connect(_) | UpstreamError::Timeout | UpstreamError::Transport(_) => {
+                true
+            }
             UpstreamError::Status { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
@@ -162,7 +164,10 @@ impl Provider {
 
     /// Replace the upstream key (Vault refresh).
     pub fn set_key(&self, key: SecretString) {
-        *self.key.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(key);
+        *self
+            .key
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(key);
     }
 
     fn current_key(&self) -> Option<SecretString> {
@@ -182,7 +187,9 @@ impl Provider {
                     .map(|v| format!("?api-version={}", urlencode(v)))
                     .unwrap_or_default();
                 match self.azure_path {
-                    AzurePath::V1 => format!("{}/openai/v1{}{query}", self.base_url, endpoint.path()),
+                    AzurePath::V1 => {
+                        format!("{}/openai/v1{}{query}", self.base_url, endpoint.path())
+                    }
                     AzurePath::Deployments => format!(
                         "{}/openai/deployments/{}{}{query}",
                         self.base_url,
@@ -224,7 +231,9 @@ impl Provider {
                         .boxed();
                     Ok(up)
                 }
-                Some(Err(e)) => Err(UpstreamError::Transport(format!("before the first byte: {e}"))),
+                Some(Err(e)) => Err(UpstreamError::Transport(format!(
+                    "before the first byte: {e}"
+                ))),
                 None => Err(UpstreamError::Transport("empty stream".into())),
             }
         })
@@ -240,7 +249,9 @@ impl Provider {
         target: &ResolvedTarget,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let translation = match (self.kind, endpoint) {
-            (ProviderKind::OpenaiChat, Endpoint::Responses) => Translation::Chat(ToolContext::default()),
+            (ProviderKind::OpenaiChat, Endpoint::Responses) => {
+                Translation::Chat(ToolContext::default())
+            }
             (ProviderKind::Anthropic, Endpoint::Responses) => {
                 Translation::Anthropic(ToolContext::default())
             }
@@ -255,12 +266,18 @@ impl Provider {
                 (body, Translation::None, model)
             }
             t => {
-                let v: Value = serde_json::from_slice(&body)
-                    .map_err(|_| UpstreamError::BadRequest("request body is not valid JSON".into()))?;
-                let model = v.get("model").and_then(Value::as_str).unwrap_or_default().to_string();
+                let v: Value = serde_json::from_slice(&body).map_err(|_| {
+                    UpstreamError::BadRequest("request body is not valid JSON".into())
+                })?;
+                let model = v
+                    .get("model")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
                 let (out, t) = match t {
                     Translation::Chat(_) => {
-                        let (o, c) = chat::request(&v, &model).map_err(|e| UpstreamError::BadRequest(e.to_string()))?;
+                        let (o, c) = chat::request(&v, &model)
+                            .map_err(|e| UpstreamError::BadRequest(e.to_string()))?;
                         (o, Translation::Chat(c))
                     }
                     _ => {
@@ -357,14 +374,24 @@ impl Provider {
                 } else {
                     chat::response(&v, &ctx, &mut RandomIds, created_at)
                 };
-                headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 let bytes = Bytes::from(out.to_string());
                 futures::stream::once(async move { Ok(bytes) }).boxed()
             }
-            Translation::Chat(ctx) => Translated::boxed(raw, Box::new(chat::ChatStream::new(ctx, Box::new(RandomIds), created_at))),
+            Translation::Chat(ctx) => Translated::boxed(
+                raw,
+                Box::new(chat::ChatStream::new(ctx, Box::new(RandomIds), created_at)),
+            ),
             Translation::Anthropic(ctx) => Translated::boxed(
                 raw,
-                Box::new(anthropic::MessagesStream::new(ctx, Box::new(RandomIds), created_at)),
+                Box::new(anthropic::MessagesStream::new(
+                    ctx,
+                    Box::new(RandomIds),
+                    created_at,
+                )),
             ),
         };
         Ok(UpstreamResponse {
@@ -510,4 +537,48 @@ pub fn http_client(connect_timeout: Duration) -> reqwest::Client {
         .tcp_nodelay(true)
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Source};
+
+    fn provider(toml: &str) -> Provider {
+        let cfg = Config::from_source(
+            Source {
+                path: "/etc/t/broker.toml".into(),
+                text: format!("policy_file = \"p.toml\"\n[providers.p]\n{toml}"),
+            },
+            &std::collections::BTreeMap::<String, String>::new(),
+        )
+        .expect("config");
+        Provider::new(&cfg.providers["p"])
+    }
+
+    #[test]
+    fn azure_urls() {
+        let v1 = provider("kind = \"azure-openai\"\nbase_url = \"https://r.openai.azure.com/\"\n");
+        assert_eq!(
+            v1.url(Endpoint::Responses, "dep"),
+            "https://r.openai.azure.com/openai/v1/responses"
+        );
+        let dep = provider(
+            "kind = \"azure-openai\"\nbase_url = \"https://r.openai.azure.com\"\nazure_path = \"deployments\"\napi_version = \"2024-10-21\"\n",
+        );
+        assert_eq!(
+            dep.url(Endpoint::ChatCompletions, "gpt 4o/x"),
+            "https://r.openai.azure.com/openai/deployments/gpt%204o%2Fx/chat/completions?api-version=2024-10-21"
+        );
+        let chat = provider("kind = \"openai-chat\"\nbase_url = \"http://127.0.0.1:11434/v1\"\n");
+        assert_eq!(
+            chat.url(Endpoint::Responses, "m"),
+            "http://127.0.0.1:11434/v1/chat/completions"
+        );
+        let ant = provider("kind = \"anthropic\"\nbase_url = \"https://api.anthropic.com/v1\"\n");
+        assert_eq!(
+            ant.url(Endpoint::Responses, "m"),
+            "https://api.anthropic.com/v1/messages"
+        );
+    }
 }

@@ -69,7 +69,12 @@ pub fn request(
     };
 
     let mut tools = Vec::new();
-    for t in req.get("tools").and_then(Value::as_array).into_iter().flatten() {
+    for t in req
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         match t.get("type").and_then(Value::as_str) {
             Some("function") => {
                 let mut o = Map::new();
@@ -121,7 +126,10 @@ pub fn request(
         .first()
         .is_some_and(|m| m.get("role").and_then(Value::as_str) != Some("user"))
     {
-        messages.insert(0, json!({"role": "user", "content": [text_block("(continue)")]}));
+        messages.insert(
+            0,
+            json!({"role": "user", "content": [text_block("(continue)")]}),
+        );
     }
 
     let budget = thinking_budget(body.pointer("/reasoning/effort").and_then(Value::as_str));
@@ -146,10 +154,12 @@ pub fn request(
     // Cache breakpoint on the newest turn, so the whole history is read from cache next time.
     if let Some(last) = messages.last_mut()
         && let Some(Value::Array(blocks)) = last.get_mut("content")
-        && let Some(b) = blocks
-            .iter_mut()
-            .rev()
-            .find(|b| !matches!(b.get("type").and_then(Value::as_str), Some("thinking" | "redacted_thinking")))
+        && let Some(b) = blocks.iter_mut().rev().find(|b| {
+            !matches!(
+                b.get("type").and_then(Value::as_str),
+                Some("thinking" | "redacted_thinking")
+            )
+        })
     {
         b["cache_control"] = json!({"type": "ephemeral"});
     }
@@ -174,7 +184,10 @@ pub fn request(
         out.insert("tool_choice".into(), tc);
     }
     if let Some(b) = budget {
-        out.insert("thinking".into(), json!({"type": "enabled", "budget_tokens": b}));
+        out.insert(
+            "thinking".into(),
+            json!({"type": "enabled", "budget_tokens": b}),
+        );
     } else {
         // Sampling parameters are not allowed together with extended thinking.
         for key in ["temperature", "top_p"] {
@@ -212,7 +225,9 @@ fn image_block(url: &str) -> Option<Value> {
     if let Some(rest) = url.strip_prefix("data:") {
         let (meta, data) = rest.split_once(',')?;
         let media_type = meta.strip_suffix(";base64")?;
-        return Some(json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}));
+        return Some(
+            json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}),
+        );
     }
     Some(json!({"type": "image", "source": {"type": "url", "url": url}}))
 }
@@ -228,7 +243,10 @@ fn content_blocks(content: Option<&Value>) -> Vec<Value> {
                     .and_then(Value::as_str)
                     .filter(|t| !t.is_empty())
                     .map(text_block),
-                Some("input_image") => p.get("image_url").and_then(Value::as_str).and_then(image_block),
+                Some("input_image") => p
+                    .get("image_url")
+                    .and_then(Value::as_str)
+                    .and_then(image_block),
                 _ => None,
             })
             .collect(),
@@ -237,7 +255,10 @@ fn content_blocks(content: Option<&Value>) -> Vec<Value> {
 }
 
 fn input_item(messages: &mut Vec<Value>, system: &mut Vec<String>, item: &Value) {
-    let kind = item.get("type").and_then(Value::as_str).unwrap_or("message");
+    let kind = item
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("message");
     match kind {
         "message" => match item.get("role").and_then(Value::as_str).unwrap_or("user") {
             "developer" | "system" => {
@@ -253,7 +274,10 @@ fn input_item(messages: &mut Vec<Value>, system: &mut Vec<String>, item: &Value)
             let input = if kind == "custom_tool_call" {
                 json!({"input": item.get("input").and_then(Value::as_str).unwrap_or_default()})
             } else {
-                let args = item.get("arguments").and_then(Value::as_str).unwrap_or("{}");
+                let args = item
+                    .get("arguments")
+                    .and_then(Value::as_str)
+                    .unwrap_or("{}");
                 match serde_json::from_str::<Value>(args) {
                     Ok(v @ Value::Object(_)) => v,
                     // tool_use.input must be an object; keep what the model sent.
@@ -273,17 +297,31 @@ fn input_item(messages: &mut Vec<Value>, system: &mut Vec<String>, item: &Value)
             push_blocks(messages, "user", vec![block]);
         }
         "reasoning" => {
-            let enc = item.get("encrypted_content").and_then(Value::as_str).unwrap_or_default();
+            let enc = item
+                .get("encrypted_content")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if let Some(sig) = enc.strip_prefix(THINKING_PREFIX) {
                 let text = reasoning_text(item);
-                push_blocks(messages, "assistant", vec![json!({"type": "thinking", "thinking": text, "signature": sig})]);
+                push_blocks(
+                    messages,
+                    "assistant",
+                    vec![json!({"type": "thinking", "thinking": text, "signature": sig})],
+                );
             } else if let Some(data) = enc.strip_prefix(REDACTED_PREFIX) {
-                push_blocks(messages, "assistant", vec![json!({"type": "redacted_thinking", "data": data})]);
+                push_blocks(
+                    messages,
+                    "assistant",
+                    vec![json!({"type": "redacted_thinking", "data": data})],
+                );
             } else {
                 tracing::debug!("dropping a reasoning item that did not come from Anthropic");
             }
         }
-        other => tracing::debug!(item_type = other, "dropping an input item Anthropic cannot take"),
+        other => tracing::debug!(
+            item_type = other,
+            "dropping an input item Anthropic cannot take"
+        ),
     }
 }
 
@@ -334,7 +372,13 @@ fn incomplete_reason(stop_reason: Option<&str>) -> Option<&'static str> {
     }
 }
 
-fn tool_item(ids: &mut dyn IdSource, ctx: &ToolContext, call_id: &str, name: &str, arguments: &str) -> Value {
+fn tool_item(
+    ids: &mut dyn IdSource,
+    ctx: &ToolContext,
+    call_id: &str,
+    name: &str,
+    arguments: &str,
+) -> Value {
     if ctx.custom_tools.contains(name) {
         json!({"type": "custom_tool_call", "id": ids.id("ctc_"), "status": "completed",
             "call_id": call_id, "name": name, "input": custom_input_from_arguments(arguments)})
@@ -348,7 +392,12 @@ fn tool_item(ids: &mut dyn IdSource, ctx: &ToolContext, call_id: &str, name: &st
 pub fn response(msg: &Value, ctx: &ToolContext, ids: &mut dyn IdSource, created_at: u64) -> Value {
     let mut output: Vec<Value> = Vec::new();
     let mut text_item: Option<usize> = None;
-    for b in msg.get("content").and_then(Value::as_array).into_iter().flatten() {
+    for b in msg
+        .get("content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         match b.get("type").and_then(Value::as_str) {
             Some("text") => {
                 let t = b.get("text").and_then(Value::as_str).unwrap_or_default();
@@ -361,14 +410,18 @@ pub fn response(msg: &Value, ctx: &ToolContext, ids: &mut dyn IdSource, created_
                     }
                     None => {
                         text_item = Some(output.len());
-                        output.push(json!({"type": "message", "id": ids.id("msg_"), "status": "completed",
-                            "role": "assistant", "content": [part]}));
+                        output.push(
+                            json!({"type": "message", "id": ids.id("msg_"), "status": "completed",
+                            "role": "assistant", "content": [part]}),
+                        );
                     }
                 }
             }
             Some("tool_use") => {
                 text_item = None;
-                let args = b.get("input").map_or_else(|| "{}".to_string(), Value::to_string);
+                let args = b
+                    .get("input")
+                    .map_or_else(|| "{}".to_string(), Value::to_string);
                 output.push(tool_item(
                     ids,
                     ctx,
@@ -381,8 +434,12 @@ pub fn response(msg: &Value, ctx: &ToolContext, ids: &mut dyn IdSource, created_
                 text_item = None;
                 output.push(reasoning_item(
                     ids.id("rs_"),
-                    b.get("thinking").and_then(Value::as_str).unwrap_or_default(),
-                    b.get("signature").and_then(Value::as_str).unwrap_or_default(),
+                    b.get("thinking")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                    b.get("signature")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
                 ));
             }
             Some("redacted_thinking") => {
@@ -418,15 +475,37 @@ pub fn error_body(body: &[u8]) -> Option<Value> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let e = v.get("error")?;
     let message = e.get("message").and_then(Value::as_str)?;
-    let kind = e.get("type").and_then(Value::as_str).unwrap_or("invalid_request_error");
+    let kind = e
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("invalid_request_error");
     Some(json!({"error": {"message": message, "type": kind, "param": null, "code": null}}))
 }
 
 enum Block {
-    Text { index: usize, id: String, text: String },
-    Tool { index: usize, id: String, call_id: String, name: String, json: String },
-    Thinking { index: usize, id: String, text: String, signature: String },
-    Redacted { index: usize, id: String, data: String },
+    Text {
+        index: usize,
+        id: String,
+        text: String,
+    },
+    Tool {
+        index: usize,
+        id: String,
+        call_id: String,
+        name: String,
+        json: String,
+    },
+    Thinking {
+        index: usize,
+        id: String,
+        text: String,
+        signature: String,
+    },
+    Redacted {
+        index: usize,
+        id: String,
+        data: String,
+    },
 }
 
 /// Streamed Messages events → Responses events.
@@ -476,17 +555,35 @@ impl MessagesStream {
         let block = match b.get("type").and_then(Value::as_str) {
             Some("text") => {
                 let id = self.ids.id("msg_");
-                self.em.item_added(index, &json!({"type": "message", "id": id, "status": "in_progress",
-                    "role": "assistant", "content": []}));
-                self.em.event("response.content_part.added", obj(json!({"item_id": id,
+                self.em.item_added(
+                    index,
+                    &json!({"type": "message", "id": id, "status": "in_progress",
+                    "role": "assistant", "content": []}),
+                );
+                self.em.event(
+                    "response.content_part.added",
+                    obj(json!({"item_id": id,
                     "output_index": index, "content_index": 0,
-                    "part": {"type": "output_text", "text": "", "annotations": []}})));
-                let text = b.get("text").and_then(Value::as_str).unwrap_or_default().to_string();
+                    "part": {"type": "output_text", "text": "", "annotations": []}})),
+                );
+                let text = b
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
                 Block::Text { index, id, text }
             }
             Some("tool_use") => {
-                let name = b.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-                let call_id = b.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+                let name = b
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let call_id = b
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
                 let custom = self.ctx.custom_tools.contains(&name);
                 let id = self.ids.id(if custom { "ctc_" } else { "fc_" });
                 let item = if custom {
@@ -497,23 +594,47 @@ impl MessagesStream {
                         "call_id": call_id, "name": name, "arguments": ""})
                 };
                 self.em.item_added(index, &item);
-                Block::Tool { index, id, call_id, name, json: String::new() }
+                Block::Tool {
+                    index,
+                    id,
+                    call_id,
+                    name,
+                    json: String::new(),
+                }
             }
             Some("thinking") => {
                 let id = self.ids.id("rs_");
-                self.em.item_added(index, &json!({"type": "reasoning", "id": id, "summary": []}));
+                self.em.item_added(
+                    index,
+                    &json!({"type": "reasoning", "id": id, "summary": []}),
+                );
                 self.em.event("response.reasoning_summary_part.added", obj(json!({"item_id": id,
                     "output_index": index, "summary_index": 0, "part": {"type": "summary_text", "text": ""}})));
-                Block::Thinking { index, id, text: String::new(), signature: String::new() }
+                Block::Thinking {
+                    index,
+                    id,
+                    text: String::new(),
+                    signature: String::new(),
+                }
             }
             Some("redacted_thinking") => {
                 let id = self.ids.id("rs_");
-                self.em.item_added(index, &json!({"type": "reasoning", "id": id, "summary": []}));
-                let data = b.get("data").and_then(Value::as_str).unwrap_or_default().to_string();
+                self.em.item_added(
+                    index,
+                    &json!({"type": "reasoning", "id": id, "summary": []}),
+                );
+                let data = b
+                    .get("data")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
                 Block::Redacted { index, id, data }
             }
             other => {
-                tracing::debug!(block_type = other.unwrap_or("?"), "ignoring an Anthropic content block type");
+                tracing::debug!(
+                    block_type = other.unwrap_or("?"),
+                    "ignoring an Anthropic content block type"
+                );
                 return;
             }
         };
@@ -529,20 +650,43 @@ impl MessagesStream {
         match (block, d.get("type").and_then(Value::as_str)) {
             (Block::Text { index, id, text }, Some("text_delta")) => {
                 text.push_str(s("text"));
-                self.em.event("response.output_text.delta", obj(json!({"item_id": id,
-                    "output_index": index, "content_index": 0, "delta": s("text")})));
+                self.em.event(
+                    "response.output_text.delta",
+                    obj(json!({"item_id": id,
+                    "output_index": index, "content_index": 0, "delta": s("text")})),
+                );
             }
-            (Block::Tool { index, id, name, json, .. }, Some("input_json_delta")) => {
+            (
+                Block::Tool {
+                    index,
+                    id,
+                    name,
+                    json,
+                    ..
+                },
+                Some("input_json_delta"),
+            ) => {
                 json.push_str(s("partial_json"));
                 if !self.ctx.custom_tools.contains(name.as_str()) && !s("partial_json").is_empty() {
-                    self.em.event("response.function_call_arguments.delta", obj(json!({"item_id": id,
-                        "output_index": index, "delta": s("partial_json")})));
+                    self.em.event(
+                        "response.function_call_arguments.delta",
+                        obj(json!({"item_id": id,
+                        "output_index": index, "delta": s("partial_json")})),
+                    );
                 }
             }
-            (Block::Thinking { index, id, text, .. }, Some("thinking_delta")) => {
+            (
+                Block::Thinking {
+                    index, id, text, ..
+                },
+                Some("thinking_delta"),
+            ) => {
                 text.push_str(s("thinking"));
-                self.em.event("response.reasoning_summary_text.delta", obj(json!({"item_id": id,
-                    "output_index": index, "summary_index": 0, "delta": s("thinking")})));
+                self.em.event(
+                    "response.reasoning_summary_text.delta",
+                    obj(json!({"item_id": id,
+                    "output_index": index, "summary_index": 0, "delta": s("thinking")})),
+                );
             }
             (Block::Thinking { signature, .. }, Some("signature_delta")) => {
                 signature.push_str(s("signature"));
@@ -562,33 +706,69 @@ impl MessagesStream {
     fn close_block(&mut self, block: Block) {
         match block {
             Block::Text { index, id, text } => {
-                self.em.event("response.output_text.done", obj(json!({"item_id": id,
-                    "output_index": index, "content_index": 0, "text": text})));
+                self.em.event(
+                    "response.output_text.done",
+                    obj(json!({"item_id": id,
+                    "output_index": index, "content_index": 0, "text": text})),
+                );
                 let part = json!({"type": "output_text", "text": text, "annotations": []});
-                self.em.event("response.content_part.done", obj(json!({"item_id": id,
-                    "output_index": index, "content_index": 0, "part": part})));
-                self.em.item_done(index, json!({"type": "message", "id": id, "status": "completed",
-                    "role": "assistant", "content": [part]}));
+                self.em.event(
+                    "response.content_part.done",
+                    obj(json!({"item_id": id,
+                    "output_index": index, "content_index": 0, "part": part})),
+                );
+                self.em.item_done(
+                    index,
+                    json!({"type": "message", "id": id, "status": "completed",
+                    "role": "assistant", "content": [part]}),
+                );
             }
-            Block::Tool { index, id, call_id, name, json } => {
-                let args = if json.trim().is_empty() { "{}".to_string() } else { json };
-                if self.ctx.custom_tools.contains(&name) {
-                    self.em.item_done(index, json!({"type": "custom_tool_call", "id": id,
-                        "status": "completed", "call_id": call_id, "name": name,
-                        "input": custom_input_from_arguments(&args)}));
+            Block::Tool {
+                index,
+                id,
+                call_id,
+                name,
+                json,
+            } => {
+                let args = if json.trim().is_empty() {
+                    "{}".to_string()
                 } else {
-                    self.em.event("response.function_call_arguments.done", obj(json!({"item_id": id,
-                        "output_index": index, "arguments": args})));
+                    json
+                };
+                if self.ctx.custom_tools.contains(&name) {
+                    self.em.item_done(
+                        index,
+                        json!({"type": "custom_tool_call", "id": id,
+                        "status": "completed", "call_id": call_id, "name": name,
+                        "input": custom_input_from_arguments(&args)}),
+                    );
+                } else {
+                    self.em.event(
+                        "response.function_call_arguments.done",
+                        obj(json!({"item_id": id,
+                        "output_index": index, "arguments": args})),
+                    );
                     self.em.item_done(index, json!({"type": "function_call", "id": id,
                         "status": "completed", "call_id": call_id, "name": name, "arguments": args}));
                 }
             }
-            Block::Thinking { index, id, text, signature } => {
-                self.em.event("response.reasoning_summary_text.done", obj(json!({"item_id": id,
-                    "output_index": index, "summary_index": 0, "text": text})));
-                self.em.item_done(index, reasoning_item(id, &text, &signature));
+            Block::Thinking {
+                index,
+                id,
+                text,
+                signature,
+            } => {
+                self.em.event(
+                    "response.reasoning_summary_text.done",
+                    obj(json!({"item_id": id,
+                    "output_index": index, "summary_index": 0, "text": text})),
+                );
+                self.em
+                    .item_done(index, reasoning_item(id, &text, &signature));
             }
-            Block::Redacted { index, id, data } => self.em.item_done(index, redacted_item(id, &data)),
+            Block::Redacted { index, id, data } => {
+                self.em.item_done(index, redacted_item(id, &data))
+            }
         }
     }
 
@@ -603,7 +783,8 @@ impl MessagesStream {
             u["output_tokens"] = json!(o);
         }
         let usage = usage(&u);
-        self.em.finished(Some(usage), incomplete_reason(self.stop_reason.as_deref()));
+        self.em
+            .finished(Some(usage), incomplete_reason(self.stop_reason.as_deref()));
     }
 
     fn on_event(&mut self, data: &str) -> Result<(), StreamError> {
@@ -638,7 +819,11 @@ impl MessagesStream {
                     if let Some(o) = u.get("output_tokens").and_then(Value::as_u64) {
                         self.output_tokens = Some(o);
                     }
-                    for k in ["input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"] {
+                    for k in [
+                        "input_tokens",
+                        "cache_read_input_tokens",
+                        "cache_creation_input_tokens",
+                    ] {
                         if let Some(n) = u.get(k).filter(|n| n.is_u64()) {
                             self.start_usage[k] = n.clone();
                         }
@@ -647,10 +832,14 @@ impl MessagesStream {
             }
             Some("message_stop") => self.complete(),
             Some("error") => {
-                let kind = v.pointer("/error/type").and_then(Value::as_str).unwrap_or("error");
+                let kind = v
+                    .pointer("/error/type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("error");
                 tracing::warn!(error_type = kind, "upstream Messages stream error");
                 self.start();
-                self.em.failed("Tollgate: the upstream reported an error mid-stream; please retry.");
+                self.em
+                    .failed("Tollgate: the upstream reported an error mid-stream; please retry.");
                 self.done = true;
             }
             _ => {} // ping and future event types

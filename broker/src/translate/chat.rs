@@ -28,7 +28,12 @@ pub fn request(body: &Value, upstream_model: &str) -> Result<(Value, ToolContext
 
     // Tools first: which names are custom matters for the history.
     let mut tools = Vec::new();
-    for t in req.get("tools").and_then(Value::as_array).into_iter().flatten() {
+    for t in req
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         match t.get("type").and_then(Value::as_str) {
             Some("function") => {
                 let mut f = Map::new();
@@ -177,7 +182,10 @@ fn user_content(content: Option<&Value>) -> Value {
 }
 
 fn input_item(messages: &mut Vec<Value>, item: &Value) {
-    let kind = item.get("type").and_then(Value::as_str).unwrap_or("message");
+    let kind = item
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("message");
     match kind {
         "message" => {
             let role = item.get("role").and_then(Value::as_str).unwrap_or("user");
@@ -187,11 +195,15 @@ fn input_item(messages: &mut Vec<Value>, item: &Value) {
                     let text = content_text(item.get("content"));
                     messages.push(json!({"role": "assistant", "content": text}));
                 }
-                _ => messages.push(json!({"role": "user", "content": user_content(item.get("content"))})),
+                _ => messages
+                    .push(json!({"role": "user", "content": user_content(item.get("content"))})),
             }
         }
         "function_call" | "custom_tool_call" => {
-            let call_id = item.get("call_id").and_then(Value::as_str).unwrap_or_default();
+            let call_id = item
+                .get("call_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let name = item.get("name").and_then(Value::as_str).unwrap_or_default();
             let arguments = if kind == "custom_tool_call" {
                 json!({"input": item.get("input").and_then(Value::as_str).unwrap_or_default()})
@@ -214,13 +226,19 @@ fn input_item(messages: &mut Vec<Value>, item: &Value) {
             }
         }
         "function_call_output" | "custom_tool_call_output" => {
-            let call_id = item.get("call_id").and_then(Value::as_str).unwrap_or_default();
+            let call_id = item
+                .get("call_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             messages.push(json!({"role": "tool", "tool_call_id": call_id,
                 "content": output_text(item.get("output"))}));
         }
         other => {
             // reasoning (cannot go back to a chat endpoint), hosted-tool calls, references, compaction.
-            tracing::debug!(item_type = other, "dropping an input item a chat endpoint cannot take");
+            tracing::debug!(
+                item_type = other,
+                "dropping an input item a chat endpoint cannot take"
+            );
         }
     }
 }
@@ -236,7 +254,13 @@ fn usage_from_chat(u: &Value) -> ResponsesUsage {
     }
 }
 
-fn call_item(ids: &mut dyn IdSource, ctx: &ToolContext, call_id: &str, name: &str, arguments: &str) -> Value {
+fn call_item(
+    ids: &mut dyn IdSource,
+    ctx: &ToolContext,
+    call_id: &str,
+    name: &str,
+    arguments: &str,
+) -> Value {
     if ctx.custom_tools.contains(name) {
         json!({"type": "custom_tool_call", "id": ids.id("ctc_"), "status": "completed",
             "call_id": call_id, "name": name, "input": custom_input_from_arguments(arguments)})
@@ -256,8 +280,10 @@ pub fn response(chat: &Value, ctx: &ToolContext, ids: &mut dyn IdSource, created
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
     {
-        output.push(json!({"type": "reasoning", "id": ids.id("rs_"), "summary": [],
-            "content": [{"type": "reasoning_text", "text": r}]}));
+        output.push(
+            json!({"type": "reasoning", "id": ids.id("rs_"), "summary": [],
+            "content": [{"type": "reasoning_text", "text": r}]}),
+        );
     }
     if let Some(t) = msg
         .and_then(|m| m.get("content"))
@@ -274,8 +300,14 @@ pub fn response(chat: &Value, ctx: &ToolContext, ids: &mut dyn IdSource, created
         .flatten()
     {
         let call_id = tc.get("id").and_then(Value::as_str).unwrap_or_default();
-        let name = tc.pointer("/function/name").and_then(Value::as_str).unwrap_or_default();
-        let args = tc.pointer("/function/arguments").and_then(Value::as_str).unwrap_or("{}");
+        let name = tc
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let args = tc
+            .pointer("/function/arguments")
+            .and_then(Value::as_str)
+            .unwrap_or("{}");
         output.push(call_item(ids, ctx, call_id, name, args));
     }
     let finish = choice
@@ -300,8 +332,16 @@ pub fn response(chat: &Value, ctx: &ToolContext, ids: &mut dyn IdSource, created
 
 /// One open output item of a streamed response.
 enum Open {
-    Message { index: usize, id: String, text: String },
-    Reasoning { index: usize, id: String, text: String },
+    Message {
+        index: usize,
+        id: String,
+        text: String,
+    },
+    Reasoning {
+        index: usize,
+        id: String,
+        text: String,
+    },
 }
 
 struct OpenCall {
@@ -357,19 +397,34 @@ impl ChatStream {
     fn close_open(&mut self) {
         match self.open.take() {
             Some(Open::Message { index, id, text }) => {
-                self.em.event("response.output_text.done", obj(json!({
-                    "item_id": id, "output_index": index, "content_index": 0, "text": text})));
+                self.em.event(
+                    "response.output_text.done",
+                    obj(json!({
+                    "item_id": id, "output_index": index, "content_index": 0, "text": text})),
+                );
                 let part = json!({"type": "output_text", "text": text, "annotations": []});
-                self.em.event("response.content_part.done", obj(json!({
-                    "item_id": id, "output_index": index, "content_index": 0, "part": part})));
-                self.em.item_done(index, json!({"type": "message", "id": id, "status": "completed",
-                    "role": "assistant", "content": [part]}));
+                self.em.event(
+                    "response.content_part.done",
+                    obj(json!({
+                    "item_id": id, "output_index": index, "content_index": 0, "part": part})),
+                );
+                self.em.item_done(
+                    index,
+                    json!({"type": "message", "id": id, "status": "completed",
+                    "role": "assistant", "content": [part]}),
+                );
             }
             Some(Open::Reasoning { index, id, text }) => {
-                self.em.event("response.reasoning_text.done", obj(json!({
-                    "item_id": id, "output_index": index, "content_index": 0, "text": text})));
-                self.em.item_done(index, json!({"type": "reasoning", "id": id, "summary": [],
-                    "content": [{"type": "reasoning_text", "text": text}]}));
+                self.em.event(
+                    "response.reasoning_text.done",
+                    obj(json!({
+                    "item_id": id, "output_index": index, "content_index": 0, "text": text})),
+                );
+                self.em.item_done(
+                    index,
+                    json!({"type": "reasoning", "id": id, "summary": [],
+                    "content": [{"type": "reasoning_text", "text": text}]}),
+                );
             }
             None => {}
         }
@@ -381,16 +436,28 @@ impl ChatStream {
             let index = self.next_index;
             self.next_index += 1;
             let id = self.ids.id("msg_");
-            self.em.item_added(index, &json!({"type": "message", "id": id, "status": "in_progress",
-                "role": "assistant", "content": []}));
-            self.em.event("response.content_part.added", obj(json!({"item_id": id,
+            self.em.item_added(
+                index,
+                &json!({"type": "message", "id": id, "status": "in_progress",
+                "role": "assistant", "content": []}),
+            );
+            self.em.event(
+                "response.content_part.added",
+                obj(json!({"item_id": id,
                 "output_index": index, "content_index": 0,
-                "part": {"type": "output_text", "text": "", "annotations": []}})));
-            self.open = Some(Open::Message { index, id, text: String::new() });
+                "part": {"type": "output_text", "text": "", "annotations": []}})),
+            );
+            self.open = Some(Open::Message {
+                index,
+                id,
+                text: String::new(),
+            });
         }
         if let Some(Open::Message { index, id, text }) = &mut self.open {
             text.push_str(delta);
-            let ev = obj(json!({"item_id": id, "output_index": index, "content_index": 0, "delta": delta}));
+            let ev = obj(
+                json!({"item_id": id, "output_index": index, "content_index": 0, "delta": delta}),
+            );
             self.em.event("response.output_text.delta", ev);
         }
     }
@@ -401,12 +468,21 @@ impl ChatStream {
             let index = self.next_index;
             self.next_index += 1;
             let id = self.ids.id("rs_");
-            self.em.item_added(index, &json!({"type": "reasoning", "id": id, "summary": []}));
-            self.open = Some(Open::Reasoning { index, id, text: String::new() });
+            self.em.item_added(
+                index,
+                &json!({"type": "reasoning", "id": id, "summary": []}),
+            );
+            self.open = Some(Open::Reasoning {
+                index,
+                id,
+                text: String::new(),
+            });
         }
         if let Some(Open::Reasoning { index, id, text }) = &mut self.open {
             text.push_str(delta);
-            let ev = obj(json!({"item_id": id, "output_index": index, "content_index": 0, "delta": delta}));
+            let ev = obj(
+                json!({"item_id": id, "output_index": index, "content_index": 0, "delta": delta}),
+            );
             self.em.event("response.reasoning_text.delta", ev);
         }
     }
@@ -420,7 +496,10 @@ impl ChatStream {
                 self.close_open();
                 let output_index = self.next_index;
                 self.next_index += 1;
-                let name = tc.pointer("/function/name").and_then(Value::as_str).unwrap_or_default();
+                let name = tc
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 let call_id = tc
                     .get("id")
                     .and_then(Value::as_str)
@@ -435,13 +514,16 @@ impl ChatStream {
                         "call_id": call_id, "name": name, "arguments": ""})
                 };
                 self.em.item_added(output_index, &item);
-                self.calls.push((idx, OpenCall {
-                    output_index,
-                    item_id,
-                    call_id,
-                    name: name.to_string(),
-                    arguments: String::new(),
-                }));
+                self.calls.push((
+                    idx,
+                    OpenCall {
+                        output_index,
+                        item_id,
+                        call_id,
+                        name: name.to_string(),
+                        arguments: String::new(),
+                    },
+                ));
                 self.calls.len() - 1
             }
         };
@@ -457,7 +539,9 @@ impl ChatStream {
             call.arguments.push_str(frag);
             // A custom tool's input is only known once its JSON is complete; function arguments stream.
             if !self.ctx.custom_tools.contains(&call.name) {
-                let ev = obj(json!({"item_id": call.item_id, "output_index": call.output_index, "delta": frag}));
+                let ev = obj(
+                    json!({"item_id": call.item_id, "output_index": call.output_index, "delta": frag}),
+                );
                 self.em.event("response.function_call_arguments.delta", ev);
             }
         }
@@ -465,14 +549,24 @@ impl ChatStream {
 
     fn close_calls(&mut self) {
         for (_, c) in std::mem::take(&mut self.calls) {
-            let args = if c.arguments.is_empty() { "{}".to_string() } else { c.arguments };
+            let args = if c.arguments.is_empty() {
+                "{}".to_string()
+            } else {
+                c.arguments
+            };
             if self.ctx.custom_tools.contains(&c.name) {
                 let input = custom_input_from_arguments(&args);
-                self.em.item_done(c.output_index, json!({"type": "custom_tool_call", "id": c.item_id,
-                    "status": "completed", "call_id": c.call_id, "name": c.name, "input": input}));
+                self.em.item_done(
+                    c.output_index,
+                    json!({"type": "custom_tool_call", "id": c.item_id,
+                    "status": "completed", "call_id": c.call_id, "name": c.name, "input": input}),
+                );
             } else {
-                self.em.event("response.function_call_arguments.done", obj(json!({
-                    "item_id": c.item_id, "output_index": c.output_index, "arguments": args})));
+                self.em.event(
+                    "response.function_call_arguments.done",
+                    obj(json!({
+                    "item_id": c.item_id, "output_index": c.output_index, "arguments": args})),
+                );
                 self.em.item_done(c.output_index, json!({"type": "function_call", "id": c.item_id,
                     "status": "completed", "call_id": c.call_id, "name": c.name, "arguments": args}));
             }
@@ -503,10 +597,14 @@ impl ChatStream {
         let v: Value = serde_json::from_str(data)
             .map_err(|_| StreamError::Protocol("a chat chunk is not JSON"))?;
         if let Some(err) = v.get("error") {
-            let message = err.get("message").and_then(Value::as_str).unwrap_or_default();
+            let message = err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             tracing::warn!(error = %message, "upstream chat stream error");
             self.start();
-            self.em.failed("Tollgate: the upstream reported an error mid-stream; please retry.");
+            self.em
+                .failed("Tollgate: the upstream reported an error mid-stream; please retry.");
             self.done = true;
             return Ok(());
         }
@@ -514,7 +612,12 @@ impl ChatStream {
         if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
             self.usage = Some(usage_from_chat(u));
         }
-        for choice in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+        for choice in v
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if choice.get("index").and_then(Value::as_u64).unwrap_or(0) != 0 {
                 continue;
             }

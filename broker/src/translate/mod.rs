@@ -57,7 +57,10 @@ pub(crate) fn custom_tool_description(tool: &Value) -> String {
     if let Some(fmt) = tool.get("format")
         && let Some(def) = fmt.get("definition").and_then(Value::as_str)
     {
-        let syntax = fmt.get("syntax").and_then(Value::as_str).unwrap_or("grammar");
+        let syntax = fmt
+            .get("syntax")
+            .and_then(Value::as_str)
+            .unwrap_or("grammar");
         d.push_str(&format!(
             "\n\nPass the raw input as the single string argument `input`. It must follow this {syntax} grammar:\n{def}"
         ));
@@ -216,8 +219,9 @@ impl Emitter {
         data.insert("type".into(), Value::String(kind.into()));
         data.insert("sequence_number".into(), json!(self.seq));
         self.seq += 1;
-        self.out
-            .extend_from_slice(format!("event: {kind}\ndata: {}\n\n", Value::Object(data)).as_bytes());
+        self.out.extend_from_slice(
+            format!("event: {kind}\ndata: {}\n\n", Value::Object(data)).as_bytes(),
+        );
     }
 
     pub(crate) fn created(&mut self) {
@@ -395,7 +399,10 @@ mod tests {
 
     #[test]
     fn custom_input_is_recovered_leniently() {
-        assert_eq!(custom_input_from_arguments(r#"{"input":"*** Begin Patch"}"#), "*** Begin Patch");
+        assert_eq!(
+            custom_input_from_arguments(r#"{"input":"*** Begin Patch"}"#),
+            "*** Begin Patch"
+        );
         assert_eq!(custom_input_from_arguments(r#""raw""#), "raw");
         assert_eq!(custom_input_from_arguments("not json"), "not json");
         assert_eq!(custom_input_from_arguments(r#"{"patch":"p"}"#), "p");

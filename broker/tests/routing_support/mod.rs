@@ -35,8 +35,12 @@ pub async fn start(providers_and_routes: &str, env: &[(&str, &str)]) -> Broker {
     );
     let path = dir.path().join("broker.toml");
     std::fs::write(&path, &text).unwrap();
-    let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let config = Config::from_source(Source { path, text }, &env).unwrap_or_else(|e| panic!("config: {e}"));
+    let env: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let config =
+        Config::from_source(Source { path, text }, &env).unwrap_or_else(|e| panic!("config: {e}"));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -54,9 +58,15 @@ pub async fn start(providers_and_routes: &str, env: &[(&str, &str)]) -> Broker {
     let resp: serde_json::Value = http
         .post(format!("{url}/oauth/token"))
         .form(&[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
             ("subject_token", CREDENTIAL),
-            ("subject_token_type", "urn:tollgate:params:token-type:static-credential"),
+            (
+                "subject_token_type",
+                "urn:tollgate:params:token-type:static-credential",
+            ),
         ])
         .send()
         .await
@@ -64,8 +74,18 @@ pub async fn start(providers_and_routes: &str, env: &[(&str, &str)]) -> Broker {
         .json()
         .await
         .unwrap();
-    let token = resp["access_token"].as_str().unwrap_or_else(|| panic!("token: {resp}")).to_string();
-    Broker { url, token, clock, state, http, _dir: dir }
+    let token = resp["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("token: {resp}"))
+        .to_string();
+    Broker {
+        url,
+        token,
+        clock,
+        state,
+        http,
+        _dir: dir,
+    }
 }
 
 pub struct Answer {
@@ -79,7 +99,9 @@ impl Answer {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
     pub fn attempts(&self) -> u32 {
-        self.header("x-tollgate-attempts").and_then(|v| v.parse().ok()).unwrap_or(0)
+        self.header("x-tollgate-attempts")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
     /// The `data:` payloads of an SSE body.
     pub fn events(&self) -> Vec<serde_json::Value> {
@@ -89,7 +111,10 @@ impl Answer {
             .collect()
     }
     pub fn event_types(&self) -> Vec<String> {
-        self.events().iter().map(|e| e["type"].as_str().unwrap_or("").to_string()).collect()
+        self.events()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap_or("").to_string())
+            .collect()
     }
 }
 
@@ -106,12 +131,17 @@ impl Broker {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let body = r.text().await.unwrap_or_default();
-        Answer { status, headers, body }
+        Answer {
+            status,
+            headers,
+            body,
+        }
     }
 
     /// A Codex-like streamed Responses request.
     pub async fn responses(&self, model: &str, prompt: &str) -> Answer {
-        self.post("/v1/responses", codex_body(model, prompt, true)).await
+        self.post("/v1/responses", codex_body(model, prompt, true))
+            .await
     }
 }
 
