@@ -181,7 +181,7 @@ async fn keys_come_from_openbao_kv_and_follow_rotation() {
         path: "tollgate/anthropic".into(),
         field: "nope".into(),
     };
-    let e = refresher.read(&bad).await.err().expect("missing field");
+    let e = refresher.read(&bad).await.expect_err("missing field");
     assert!(
         e.to_string().contains("tollgate/anthropic") && !e.to_string().contains(KEY_2),
         "{e}"
