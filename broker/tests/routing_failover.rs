@@ -114,6 +114,15 @@ async fn mid_stream_drop_is_committed_and_ends_with_response_failed() {
         ans.body
     );
     assert!(b.requests().is_empty(), "no failover after the first byte");
+    // The break counts against `a`'s breaker (2 failures open it in this config).
+    a.push_fault(Fault::drop_after_events(3));
+    let _ = broker.responses("gpt-5.5", "again").await;
+    let ans = broker.responses("gpt-5.5", "third").await;
+    assert_eq!(
+        (ans.attempts(), ans.header("x-tollgate-target")),
+        (1, Some("b")),
+        "a is parked"
+    );
 }
 
 #[tokio::test]

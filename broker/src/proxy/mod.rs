@@ -7,7 +7,7 @@ pub mod upstream;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ledger::{Outcome, RequestRecord};
-use crate::router::PlanError;
+use crate::router::{PlanError, ResolvedTarget, TargetHealth};
 use crate::usage::{SseUsageDecoder, StreamEnd, Usage, Wire};
 use axum::body::Body;
 use axum::extract::State;
@@ -202,7 +202,7 @@ async fn proxy(
                 .await
             {
                 Ok(up) => {
-                    target.health.on_success();
+                    // Health is settled by the relay: success when the answer ends well.
                     let record = RequestRecord {
                         claims: claims.clone(),
                         model: model.clone(),
@@ -212,16 +212,9 @@ async fn proxy(
                         started,
                         admission,
                     };
-                    return Ok(relay(
-                        app.clone(),
-                        up,
-                        record,
-                        attempts,
-                        &target.label,
-                        endpoint,
-                        stream,
-                    )
-                    .await);
+                    return Ok(
+                        relay(app.clone(), up, record, attempts, target, endpoint, stream).await,
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(provider = %provider.name, target_label = %target.label, model = %model, attempt = attempts, error = %e, "upstream attempt failed");
@@ -319,7 +312,7 @@ async fn relay(
     up: UpstreamResponse,
     record: RequestRecord,
     attempts: u32,
-    target_label: &str,
+    target: &ResolvedTarget,
     endpoint: Endpoint,
     stream: bool,
 ) -> Response {
@@ -334,7 +327,7 @@ async fn relay(
         }
         h.insert("x-tollgate-provider", provider_header);
         h.insert("x-tollgate-attempts", HeaderValue::from(attempts));
-        if let Ok(v) = HeaderValue::from_str(target_label) {
+        if let Ok(v) = HeaderValue::from_str(&target.label) {
             h.insert("x-tollgate-target", v);
         }
         if stream {
@@ -353,6 +346,7 @@ async fn relay(
             pending: Some((app, record)),
             wire,
             failed_sent: false,
+            health: Some(target.health.clone()),
         };
         return builder
             .body(Body::from_stream(tapped))
@@ -371,6 +365,11 @@ async fn relay(
                 break;
             }
         }
+    }
+    if broken {
+        target.health.on_failure();
+    } else {
+        target.health.on_success();
     }
     if broken {
         app.ledger.finish(record, None, StreamEnd::Truncated, 0);
@@ -399,6 +398,8 @@ struct Tapped {
     pending: Option<(Arc<AppState>, RequestRecord)>,
     wire: Wire,
     failed_sent: bool,
+    /// The serving target: a mid-stream break counts against its circuit breaker.
+    health: Option<Arc<TargetHealth>>,
 }
 
 impl Tapped {
@@ -437,6 +438,9 @@ impl Stream for Tapped {
             }
             Poll::Ready(Some(Err(e))) => {
                 tracing::warn!(error = %e, "upstream stream broke after the first byte");
+                if let Some(h) = self.health.take() {
+                    h.on_failure();
+                }
                 self.settle();
                 if self.wire == Wire::Responses {
                     self.failed_sent = true;
@@ -445,6 +449,9 @@ impl Stream for Tapped {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
+                if let Some(h) = self.health.take() {
+                    h.on_success();
+                }
                 self.settle();
                 Poll::Ready(None)
             }
@@ -455,7 +462,11 @@ impl Stream for Tapped {
 
 impl Drop for Tapped {
     fn drop(&mut self) {
-        // Client disconnect mid-stream lands here with the record still pending.
+        // Client disconnect mid-stream lands here with the record still pending. Not the target's fault: the
+        // bytes it sent were fine.
+        if let Some(h) = self.health.take() {
+            h.on_success();
+        }
         self.settle();
     }
 }
