@@ -421,3 +421,23 @@ async fn translated_mid_stream_drop_becomes_response_failed() {
         ans.body
     );
 }
+
+#[tokio::test]
+async fn chat_completions_on_an_anthropic_only_route_is_a_clear_400() {
+    let up = spawn(MockConfig::default()).await;
+    let cfg = format!(
+        "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{}\"\n\
+         [[routes]]\nmodel = \"m\"\ntargets = [{{ provider = \"claude\" }}]\n",
+        up.base_url()
+    );
+    let broker = start(&cfg, &[]).await;
+    let ans = broker
+        .post(
+            "/v1/chat/completions",
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(ans.status, 400, "{}", ans.body);
+    assert!(ans.body.contains("/v1/responses"), "{}", ans.body);
+    assert!(up.requests().is_empty());
+}

@@ -303,6 +303,9 @@ fn upstream_error(e: UpstreamError) -> ApiError {
                 ))
             }
         }
+        UpstreamError::Unsupported => ApiError::BadRequest(
+            "this model is not served on this endpoint; use /v1/responses".into(),
+        ),
         other => ApiError::UpstreamUnavailable(other.to_string()),
     }
 }
