@@ -178,6 +178,10 @@ pub fn request(
             }
             _ => json!({"type": "auto"}),
         };
+        // Extended thinking only allows `auto` and `none`.
+        if budget.is_some() && (tc["type"] == "any" || tc["type"] == "tool") {
+            tc = json!({"type": "auto"});
+        }
         if parallel == Some(false) && tc["type"] != "none" {
             tc["disable_parallel_tool_use"] = Value::Bool(true);
         }
