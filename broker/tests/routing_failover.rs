@@ -441,3 +441,62 @@ async fn chat_completions_on_an_anthropic_only_route_is_a_clear_400() {
     assert!(ans.body.contains("/v1/responses"), "{}", ans.body);
     assert!(up.requests().is_empty());
 }
+
+#[tokio::test]
+async fn translated_providers_fail_over_on_every_fault_kind() {
+    // anthropic → openai-chat → openai, each a separate mock so faults are per provider.
+    let (ant, chat, oa) = (
+        spawn(MockConfig::default()).await,
+        spawn(MockConfig::default()).await,
+        spawn(MockConfig::default()).await,
+    );
+    let cfg = format!(
+        "[routing]\nbreaker_failures = 100\nretry_after_max_wait_secs = 0\n\
+         [providers.ant]\nkind = \"anthropic\"\nbase_url = \"{}\"\nfirst_byte_timeout_ms = 300\n\
+         [providers.chat]\nkind = \"openai-chat\"\nbase_url = \"{}\"\nfirst_byte_timeout_ms = 300\n\
+         [providers.oa]\nkind = \"openai\"\nbase_url = \"{}\"\n\
+         [[routes]]\nmodel = \"m\"\ntargets = [{{ provider = \"ant\" }}, {{ provider = \"chat\" }}, {{ provider = \"oa\" }}]\n",
+        ant.base_url(),
+        chat.base_url(),
+        oa.base_url()
+    );
+    let broker = start(&cfg, &[]).await;
+    let cases: [(Fault, Fault); 4] = [
+        (Fault::status(500), Fault::status(503)),
+        (Fault::close(), Fault::close()),
+        (
+            Fault::first_byte_delay_ms(3_000),
+            Fault::first_byte_delay_ms(3_000),
+        ),
+        (Fault::rate_limited(1), Fault::status(502)),
+    ];
+    for (i, (fa, fc)) in cases.into_iter().enumerate() {
+        ant.push_fault(fa);
+        chat.push_fault(fc);
+        let ans = broker.responses("m", "hi").await;
+        assert_eq!(
+            (ans.status, ans.attempts(), ans.header("x-tollgate-target")),
+            (200, 3, Some("oa")),
+            "case {i}: {}",
+            ans.body
+        );
+        assert!(completed(&ans), "case {i}");
+        broker.clock.advance(1);
+    }
+    // Mid-stream drop on the translated chat stream: committed, ends in response.failed.
+    let cfg = format!(
+        "[providers.chat]\nkind = \"openai-chat\"\nbase_url = \"{}\"\n\
+         [[routes]]\nmodel = \"m\"\ntargets = [{{ provider = \"chat\" }}]\n",
+        chat.base_url()
+    );
+    let broker = start(&cfg, &[]).await;
+    chat.push_fault(Fault::drop_after_events(3));
+    let ans = broker.responses("m", "hello there my friend").await;
+    assert_eq!((ans.status, ans.attempts()), (200, 1));
+    assert_eq!(
+        ans.event_types().last().map(String::as_str),
+        Some("response.failed"),
+        "{}",
+        ans.body
+    );
+}
