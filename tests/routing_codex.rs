@@ -16,7 +16,11 @@ fn spec(kind: &str, upstream: &str, model: &str, upstream_model: &str) -> Broker
              [[routes]]\nmodel = \"{model}\"\ntargets = [{{ provider = \"up\", model = \"{upstream_model}\" }}]\n"
         ),
         policy: "[[rule]]\nname = \"dev\"\nmatch = { kind = \"static\", subject = \"dev\" }\nteam = \"e2e\"\nmodels = [\"*\"]\nmax_ttl_secs = 3600\n".into(),
-        env: vec![("E2E_UPSTREAM_KEY".into(), UPSTREAM_KEY.into())],
+        env: vec![
+            ("E2E_UPSTREAM_KEY".into(), UPSTREAM_KEY.into()),
+            // Debug for the translations, so the log shows which Codex tools were dropped.
+            ("RUST_LOG".into(), "info,tollgate_broker::translate=debug".into()),
+        ],
     }
 }
 
@@ -65,6 +69,14 @@ async fn tool_turn(
         assert_eq!(p.body["model"], upstream_model);
     }
     assert_no_secret(&broker.log(), &[UPSTREAM_KEY, CREDENTIAL], "broker log");
+    // Codex sent its hosted tools; they were dropped deliberately (and logged), not answered with a 400.
+    let log = broker.log();
+    for kind in ["web_search", "tool_search"] {
+        assert!(
+            log.lines().any(|l| l.contains("dropping a tool") && l.contains(&format!("tool_type=\"{kind}\""))),
+            "expected {kind} to be dropped:\n{log}"
+        );
+    }
     posts
 }
 
