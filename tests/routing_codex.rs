@@ -73,7 +73,9 @@ async fn tool_turn(
     let log = broker.log();
     for kind in ["web_search", "tool_search"] {
         assert!(
-            log.lines().any(|l| l.contains("dropping a tool") && l.contains(&format!("tool_type=\"{kind}\""))),
+            log.lines()
+                .any(|l| l.contains("dropping a tool")
+                    && l.contains(&format!("tool_type=\"{kind}\""))),
             "expected {kind} to be dropped:\n{log}"
         );
     }
