@@ -60,6 +60,9 @@ pub struct TargetHealth {
     state: Mutex<HealthState>,
 }
 
+/// Longest a `Retry-After` parks a target: an upstream asking for a day is not taken at its word.
+pub const MAX_PARK_SECS: u64 = 3600;
+
 /// Whether a target may be tried now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Availability {
@@ -149,8 +152,9 @@ impl TargetHealth {
         }
     }
 
-    /// The upstream asked us to come back after `secs` (`Retry-After`).
+    /// The upstream asked us to come back after `secs` (`Retry-After`), capped at [`MAX_PARK_SECS`].
     pub fn park(&self, secs: u64) {
+        let secs = secs.min(MAX_PARK_SECS);
         let now = self.clock.now_secs();
         let mut s = self.lock();
         s.parked_until = s.parked_until.max(now + secs);

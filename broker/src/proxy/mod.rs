@@ -227,7 +227,8 @@ async fn proxy(
                             || *status == StatusCode::SERVICE_UNAVAILABLE =>
                         {
                             target.health.park(*secs);
-                            rate_limited_secs = Some(rate_limited_secs.unwrap_or(0).max(*secs));
+                            let secs = (*secs).min(crate::router::MAX_PARK_SECS);
+                            rate_limited_secs = Some(rate_limited_secs.unwrap_or(0).max(secs));
                         }
                         _ if e.is_target_fault() => target.health.on_failure(),
                         _ => {}

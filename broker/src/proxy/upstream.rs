@@ -217,7 +217,13 @@ impl Provider {
         if self.kind == ProviderKind::Demo {
             return Ok(super::demo::respond(endpoint, &body));
         }
-        let deadline = tokio::time::Instant::now() + target.first_byte_timeout;
+        // A non-streamed answer's first byte comes when the whole answer is ready: only the total applies.
+        let first_byte = if stream {
+            target.first_byte_timeout
+        } else {
+            target.total_timeout
+        };
+        let deadline = tokio::time::Instant::now() + first_byte;
         let first = tokio::time::timeout_at(deadline, async {
             let mut up = self.send_http(endpoint, headers, body, target).await?;
             if !stream {
