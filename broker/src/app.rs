@@ -30,6 +30,8 @@ pub struct AppState {
     pub verifiers: Verifiers,
     pub policy: RwLock<Arc<Policy>>,
     pub router: ModelRouter,
+    /// Longest `Retry-After` the proxy waits out itself.
+    pub retry_after_max_wait_secs: u64,
     pub codex_models: BTreeMap<String, serde_json::Value>,
     pub auth_cache: moka::sync::Cache<[u8; 32], Arc<tollgate::Claims>>,
     pub ledger: Ledger,
@@ -76,7 +78,8 @@ impl AppState {
             },
             verifiers,
             policy: RwLock::new(Arc::new(policy)),
-            router: ModelRouter::new(config),
+            router: ModelRouter::new(config, clock.clone()),
+            retry_after_max_wait_secs: config.routing.retry_after_max_wait_secs,
             codex_models: config.codex_models.clone(),
             auth_cache: moka::sync::Cache::builder()
                 .max_capacity(100_000)
