@@ -160,11 +160,18 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
-    if app.tokens.keys.active().is_some() {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no signing key").into_response()
+    if app.tokens.keys.active().is_none() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no signing key").into_response();
     }
+    if let Err(e) = app.ledger.governance.store.ping().await {
+        tracing::warn!(error = %e, "not ready: governance store unavailable");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "governance store unavailable",
+        )
+            .into_response();
+    }
+    (StatusCode::OK, "ready").into_response()
 }
 
 async fn jwks(State(app): State<Arc<AppState>>) -> Response {
