@@ -3,7 +3,7 @@
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::error::{ApiError, OAuthFailure};
-use crate::identity::{Verifiers, VerifyError, static_cred::StaticVerifier};
+use crate::identity::{Verifiers, VerifyError};
 use crate::keys;
 use crate::ledger::Ledger;
 use crate::policy::{Decision, Policy};
@@ -42,6 +42,8 @@ pub enum BuildError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Keys(#[from] keys::KeyError),
+    #[error("identity verifiers: {0}")]
+    Identity(String),
 }
 
 impl AppState {
@@ -53,8 +55,8 @@ impl AppState {
             Some(path) => vec![keys::load_file(path, now)?],
             None => keys::load_or_generate(&config.server.state_dir, now)?,
         };
-        let mut verifiers = Verifiers::default();
-        verifiers.push(Box::new(StaticVerifier::new(config.credentials.clone())));
+        let verifiers = Verifiers::from_config(config, clock.clone())
+            .map_err(|e| BuildError::Identity(e.to_string()))?;
         Ok(Arc::new(AppState {
             tokens: TokenService {
                 keys: KeyRing::new(key_list),

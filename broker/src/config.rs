@@ -116,6 +116,9 @@ struct RawConfig {
     /// Per-model Codex metadata (`GET /v1/models` → `models`): opt-in, see codex-models.md.
     #[serde(default)]
     models: BTreeMap<String, RawModelMeta>,
+    /// Workload-identity verifiers (`[identity.aws]`, `[[identity.oidc]]`, `[[identity.azure]]`).
+    #[serde(default)]
+    identity: crate::identity::config::RawIdentity,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -220,6 +223,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Codex metadata entries for `GET /v1/models`, keyed by model name.
     pub codex_models: BTreeMap<String, serde_json::Value>,
+    /// Workload-identity verifiers.
+    pub identity: crate::identity::config::IdentityConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -542,7 +547,10 @@ impl Config {
             }
         }
 
+        let identity = crate::identity::config::IdentityConfig::validate(&raw.identity, s)?;
+
         Ok(Config {
+            identity,
             policy_file: s.resolve(raw.policy_file.get_ref()),
             source,
             server,

@@ -1,0 +1,114 @@
+//! The AWS identity proof: a SigV4-signed `sts:GetCallerIdentity` request that the helper signs but never
+//! sends, and the broker replays to an allow-listed STS endpoint (the Vault `iam` auth method's design).
+//!
+//! On the wire (`subject_token` with `subject_token_type` =
+//! [`TOKEN_TYPE_AWS_SIGV4`](crate::exchange::TOKEN_TYPE_AWS_SIGV4)) it is the base64url (no padding) of
+//! the JSON form of [`SignedCallerIdentity`].
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The only body the broker accepts.
+pub const GET_CALLER_IDENTITY_BODY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
+
+/// The header that binds a signed request to one broker (anti confused-deputy). It must be covered by
+/// the signature (`SignedHeaders`), and its value must be the broker's configured server ID.
+pub const SERVER_ID_HEADER: &str = "x-tollgate-server-id";
+
+/// The content type the helper signs.
+pub const FORM_CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
+
+/// A signed, unsent `sts:GetCallerIdentity` request.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedCallerIdentity {
+    /// Always `POST`.
+    pub method: String,
+    /// The STS URL the request was signed for, e.g. `https://sts.eu-west-1.amazonaws.com/`.
+    pub url: String,
+    /// Header name → values (Go `http.Header` shape, as Vault's `iam_request_headers`). `Host` may be
+    /// left out: it is the URL's authority.
+    pub headers: BTreeMap<String, Vec<String>>,
+    /// Always [`GET_CALLER_IDENTITY_BODY`].
+    pub body: String,
+}
+
+impl std::fmt::Debug for SignedCallerIdentity {
+    /// The signed request is a bearer credential for ~15 minutes: show only where it points.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedCallerIdentity")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a subject token is not a [`SignedCallerIdentity`].
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not base64url")]
+    Base64,
+    #[error("not a signed caller identity document")]
+    Json,
+}
+
+impl SignedCallerIdentity {
+    /// The `subject_token` form: base64url (no padding) of the JSON.
+    pub fn encode(&self) -> String {
+        // Serialising a struct of strings cannot fail.
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        URL_SAFE_NO_PAD.encode(json)
+    }
+
+    pub fn decode(token: &str) -> Result<Self, DecodeError> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token.trim_end_matches('=').as_bytes())
+            .map_err(|_| DecodeError::Base64)?;
+        serde_json::from_slice(&bytes).map_err(|_| DecodeError::Json)
+    }
+
+    /// The single value of a header, looked up case-insensitively. `None` if absent; `Some(Err(()))` if
+    /// present more than once or with several values (ambiguous, so refused).
+    pub fn header(&self, name: &str) -> Option<Result<&str, ()>> {
+        let mut found: Option<Result<&str, ()>> = None;
+        for (k, vs) in &self.headers {
+            if k.eq_ignore_ascii_case(name) {
+                found = Some(match (found, vs.as_slice()) {
+                    (None, [v]) => Ok(v.as_str()),
+                    _ => Err(()),
+                });
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_debug_hides_signature() {
+        let s = SignedCallerIdentity {
+            method: "POST".into(),
+            url: "https://sts.amazonaws.com/".into(),
+            headers: [(
+                "Authorization".to_string(),
+                vec!["AWS4-HMAC-SHA256 Signature=deadbeef".to_string()],
+            )]
+            .into(),
+            body: GET_CALLER_IDENTITY_BODY.into(),
+        };
+        let t = s.encode();
+        assert!(!t.contains('='));
+        assert_eq!(SignedCallerIdentity::decode(&t).expect("decode"), s);
+        assert!(!format!("{s:?}").contains("deadbeef"));
+        assert_eq!(s.header("authorization").map(|r| r.is_ok()), Some(true));
+        assert!(s.header("x-amz-date").is_none());
+        assert!(SignedCallerIdentity::decode("!!").is_err());
+        assert!(SignedCallerIdentity::decode(&URL_SAFE_NO_PAD.encode("{}")).is_err());
+    }
+}
