@@ -86,6 +86,115 @@ impl SignedCallerIdentity {
     }
 }
 
+/// AWS credentials to sign with.
+#[cfg(feature = "aws-sign")]
+pub struct AwsCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+#[cfg(feature = "aws-sign")]
+impl std::fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to sign: the server ID to bind, extra headers to sign, the signing time.
+#[cfg(feature = "aws-sign")]
+pub struct SignOptions<'a> {
+    /// Value of [`SERVER_ID_HEADER`]; `None` leaves the header out (tests of the broker's refusal).
+    pub server_id: Option<&'a str>,
+    /// More headers to sign (tests: an extra `X-Amz-*` header).
+    pub extra_headers: &'a [(&'a str, &'a str)],
+    pub time: std::time::SystemTime,
+}
+
+/// Why signing failed.
+#[cfg(feature = "aws-sign")]
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("invalid STS URL {0:?}")]
+    Url(String),
+    #[error("cannot sign: {0}")]
+    Sign(String),
+}
+
+/// Sign a `sts:GetCallerIdentity` POST to `url` (e.g. `https://sts.eu-west-1.amazonaws.com/`) for
+/// `region`, binding it to a broker with the server-ID header. Pure: nothing is sent.
+#[cfg(feature = "aws-sign")]
+pub fn sign_get_caller_identity(
+    creds: &AwsCredentials,
+    region: &str,
+    url: &str,
+    opts: &SignOptions<'_>,
+) -> Result<SignedCallerIdentity, SignError> {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    use aws_sigv4::sign::v4;
+
+    let identity = aws_credential_types::Credentials::new(
+        &creds.access_key_id,
+        &creds.secret_access_key,
+        creds.session_token.clone(),
+        None,
+        "tollgate",
+    )
+    .into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("sts")
+        .time(opts.time)
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| SignError::Sign(e.to_string()))?
+        .into();
+    let mut builder = http::Request::builder()
+        .method("POST")
+        .uri(url)
+        .header("content-type", FORM_CONTENT_TYPE);
+    if let Some(sid) = opts.server_id {
+        builder = builder.header(SERVER_ID_HEADER, sid);
+    }
+    for (k, v) in opts.extra_headers {
+        builder = builder.header(*k, *v);
+    }
+    let mut req = builder
+        .body(GET_CALLER_IDENTITY_BODY.to_string())
+        .map_err(|_| SignError::Url(url.to_string()))?;
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let signable = SignableRequest::new(
+        "POST",
+        url,
+        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        SignableBody::Bytes(GET_CALLER_IDENTITY_BODY.as_bytes()),
+    )
+    .map_err(|e| SignError::Sign(e.to_string()))?;
+    let (instructions, _signature) = sign(signable, &params)
+        .map_err(|e| SignError::Sign(e.to_string()))?
+        .into_parts();
+    instructions.apply_to_request_http1x(&mut req);
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        map.entry(k.as_str().to_string())
+            .or_default()
+            .push(v.to_str().map_err(|e| SignError::Sign(e.to_string()))?.to_string());
+    }
+    Ok(SignedCallerIdentity {
+        method: "POST".into(),
+        url: url.to_string(),
+        headers: map,
+        body: GET_CALLER_IDENTITY_BODY.into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
