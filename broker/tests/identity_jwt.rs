@@ -104,28 +104,45 @@ async fn bad_oidc_tokens_are_refused_without_detail() {
         f(&mut r);
         idp.mint(&r).expect("mint")
     };
-    let cases: Vec<(&str, String)> = vec![
-        ("alg none", with(&|r| r.defect = Some("none".into()))),
+    let cases: Vec<(&str, &str, String)> = vec![
+        (
+            "alg none",
+            "malformed_jwt",
+            with(&|r| r.defect = Some("none".into())),
+        ),
         (
             "HS256 keyed with the RSA public key",
+            "alg_not_allowed",
             with(&|r| r.defect = Some("hs256-public-key".into())),
         ),
         (
             "unknown kid (key not in the JWKS)",
+            "unknown_kid",
             with(&|r| r.defect = Some("unpublished-key".into())),
         ),
-        ("tampered payload", with(&|r| r.defect = Some("tampered".into()))),
-        ("wrong aud", with(&|r| r.aud = Some(json!("someone-else")))),
+        (
+            "tampered payload",
+            "bad_signature",
+            with(&|r| r.defect = Some("tampered".into())),
+        ),
+        (
+            "wrong aud",
+            "wrong_audience",
+            with(&|r| r.aud = Some(json!("someone-else"))),
+        ),
         (
             "wrong aud list",
+            "wrong_audience",
             with(&|r| r.aud = Some(json!(["a", "b"]))),
         ),
         (
             "unknown iss",
+            "unknown_issuer",
             with(&|r| r.iss = Some("http://127.0.0.1:1/other-issuer".into())),
         ),
         (
             "expired beyond leeway",
+            "expired",
             with(&|r| {
                 r.iat_offset_secs = -3600;
                 r.ttl_secs = Some(600);
@@ -133,17 +150,25 @@ async fn bad_oidc_tokens_are_refused_without_detail() {
         ),
         (
             "nbf in the future",
+            "not_yet_valid",
             with(&|r| r.nbf_offset_secs = Some(3600)),
         ),
         (
             "iat in the future",
+            "issued_in_future",
             with(&|r| r.iat_offset_secs = 3600),
         ),
-        ("bound claim mismatch", idp.mint(&k8s("prod", "runner")).expect("mint")),
-        ("not a JWT", "not-a-jwt".to_string()),
+        (
+            "bound claim mismatch",
+            "claim_mismatch",
+            idp.mint(&k8s("prod", "runner")).expect("mint"),
+        ),
+        ("not a JWT", "malformed_jwt", "not-a-jwt".to_string()),
     ];
-    for (what, token) in &cases {
-        broker.expect_refused(what, TOKEN_TYPE_JWT, token).await;
+    for (what, reason, token) in &cases {
+        broker
+            .expect_refused_because(what, reason, TOKEN_TYPE_JWT, token)
+            .await;
     }
     // A verified identity an explicit deny rule matches gets no grant.
     let admin = with(&|r| {
@@ -240,8 +265,9 @@ async fn azure_tokens_for_another_tenant_or_audience_are_refused() {
     let other = "99999999-2222-3333-4444-555555555555";
     let before = idp.discovery_fetches();
     broker
-        .expect_refused(
+        .expect_refused_because(
             "another tenant",
+            "tenant_not_allowed",
             TOKEN_TYPE_JWT,
             &idp.mint(&azure(other, "api://tollgate", None)).expect("mint"),
         )
@@ -249,15 +275,17 @@ async fn azure_tokens_for_another_tenant_or_audience_are_refused() {
     // A tenant not on the allowlist is refused before any fetch.
     assert_eq!(idp.discovery_fetches(), before);
     broker
-        .expect_refused(
+        .expect_refused_because(
             "another audience",
+            "wrong_audience",
             TOKEN_TYPE_JWT,
             &managed_identity_token(&idp, "https://management.azure.com/").await,
         )
         .await;
     broker
-        .expect_refused(
+        .expect_refused_because(
             "issuer of another tenant, tid of ours",
+            "wrong_issuer",
             TOKEN_TYPE_JWT,
             &idp.mint(&azure(
                 &mi.tenant,
@@ -270,7 +298,7 @@ async fn azure_tokens_for_another_tenant_or_audience_are_refused() {
     let mut hs = azure(&mi.tenant, "api://tollgate", None);
     hs.defect = Some("hs256-public-key".into());
     broker
-        .expect_refused("HS256 confusion", TOKEN_TYPE_JWT, &idp.mint(&hs).expect("mint"))
+        .expect_refused_because("HS256 confusion", "alg_not_allowed", TOKEN_TYPE_JWT, &idp.mint(&hs).expect("mint"))
         .await;
     // The well-formed one works, so the refusals above are about the defects.
     broker

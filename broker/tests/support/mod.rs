@@ -125,6 +125,23 @@ impl Broker {
             .await;
     }
 
+    /// Like [`expect_refused`](Self::expect_refused), then asks the verifiers directly for the internal
+    /// reason (what logs and metrics see), so a test proves *which* check refused the proof.
+    pub async fn expect_refused_because(
+        &self,
+        what: &str,
+        reason: &str,
+        token_type: &str,
+        subject_token: &str,
+    ) {
+        self.expect_refused(what, token_type, subject_token).await;
+        let got = match self.state.verifiers.verify(token_type, subject_token).await {
+            Ok(_) => "accepted",
+            Err(e) => e.reason(),
+        };
+        assert_eq!(got, reason, "{what}: refused for the wrong reason");
+    }
+
     /// A verified identity the policy gives nothing (deny rule or no match): also `invalid_grant`.
     pub async fn expect_no_grant(&self, what: &str, token_type: &str, subject_token: &str) {
         self.expect_refused_as(what, token_type, subject_token, "no grant for this identity")
