@@ -183,9 +183,11 @@ pub fn sign_get_caller_identity(
     instructions.apply_to_request_http1x(&mut req);
     let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in req.headers() {
-        map.entry(k.as_str().to_string())
-            .or_default()
-            .push(v.to_str().map_err(|e| SignError::Sign(e.to_string()))?.to_string());
+        map.entry(k.as_str().to_string()).or_default().push(
+            v.to_str()
+                .map_err(|e| SignError::Sign(e.to_string()))?
+                .to_string(),
+        );
     }
     Ok(SignedCallerIdentity {
         method: "POST".into(),

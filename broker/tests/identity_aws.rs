@@ -120,8 +120,17 @@ async fn iam_user_and_assumed_role_get_grants_and_proxied_answers() {
     let aws = setup_moto();
     let b = broker(&aws.moto.base_url);
     let now = SystemTime::now();
-    let proof = sign(&aws.user, "us-east-1", &url(&aws.moto.base_url), Some(SERVER_ID), &[], now);
-    let claims = b.grant_and_proxy(TOKEN_TYPE_AWS_SIGV4, &proof.encode()).await;
+    let proof = sign(
+        &aws.user,
+        "us-east-1",
+        &url(&aws.moto.base_url),
+        Some(SERVER_ID),
+        &[],
+        now,
+    );
+    let claims = b
+        .grant_and_proxy(TOKEN_TYPE_AWS_SIGV4, &proof.encode())
+        .await;
     assert_eq!(claims["sub"], "aws-user:builder");
     assert_eq!(claims["tollgate"]["team"], "123456789012");
     assert_eq!(
@@ -131,9 +140,18 @@ async fn iam_user_and_assumed_role_get_grants_and_proxied_answers() {
     assert_eq!(claims["tollgate"]["identity"]["issuer"], aws.moto.base_url);
 
     // Assumed role: canonicalised to the role, the session kept for the principal name.
-    let proof = sign(&aws.role, "us-east-1", &url(&aws.moto.base_url), Some(SERVER_ID), &[], now);
+    let proof = sign(
+        &aws.role,
+        "us-east-1",
+        &url(&aws.moto.base_url),
+        Some(SERVER_ID),
+        &[],
+        now,
+    );
     assert!(proof.header("x-amz-security-token").is_some());
-    let claims = b.grant_and_proxy(TOKEN_TYPE_AWS_SIGV4, &proof.encode()).await;
+    let claims = b
+        .grant_and_proxy(TOKEN_TYPE_AWS_SIGV4, &proof.encode())
+        .await;
     assert_eq!(claims["sub"], "aws-role:workload/sess1");
     assert_eq!(
         claims["tollgate"]["identity"]["subject"],
@@ -149,12 +167,15 @@ async fn iam_user_and_assumed_role_get_grants_and_proxied_answers() {
         &[],
         now - Duration::from_secs(600),
     );
-    b.grant_and_proxy(TOKEN_TYPE_AWS_SIGV4, &proof.encode()).await;
+    b.grant_and_proxy(TOKEN_TYPE_AWS_SIGV4, &proof.encode())
+        .await;
 }
 
 /// A loopback listener that counts connections: a proof pointing here must never make the broker call.
 async fn trap() -> (String, Arc<AtomicU64>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = l.local_addr().expect("addr");
     let hits = Arc::new(AtomicU64::new(0));
     let h = hits.clone();
@@ -174,33 +195,89 @@ async fn bad_aws_proofs_are_refused_without_detail() {
     let now = SystemTime::now();
     let t = TOKEN_TYPE_AWS_SIGV4;
 
-    let other_sid = sign(&aws.user, "us-east-1", &moto, Some("another-broker"), &[], now);
-    b.expect_refused_because("another server ID", "server_id_mismatch", t, &other_sid.encode()).await;
+    let other_sid = sign(
+        &aws.user,
+        "us-east-1",
+        &moto,
+        Some("another-broker"),
+        &[],
+        now,
+    );
+    b.expect_refused_because(
+        "another server ID",
+        "server_id_mismatch",
+        t,
+        &other_sid.encode(),
+    )
+    .await;
 
     let mut unsigned_sid = sign(&aws.user, "us-east-1", &moto, None, &[], now);
     unsigned_sid
         .headers
         .insert(SERVER_ID_HEADER.into(), vec![SERVER_ID.into()]);
-    b.expect_refused_because("server ID not signed", "server_id_unsigned", t, &unsigned_sid.encode()).await;
+    b.expect_refused_because(
+        "server ID not signed",
+        "server_id_unsigned",
+        t,
+        &unsigned_sid.encode(),
+    )
+    .await;
 
     let no_sid = sign(&aws.user, "us-east-1", &moto, None, &[], now);
-    b.expect_refused_because("no server ID", "server_id_missing", t, &no_sid.encode()).await;
+    b.expect_refused_because("no server ID", "server_id_missing", t, &no_sid.encode())
+        .await;
 
-    let stale = sign(&aws.user, "us-east-1", &moto, Some(SERVER_ID), &[], now - Duration::from_secs(16 * 60));
-    b.expect_refused_because("X-Amz-Date 16 min old", "stale_date", t, &stale.encode()).await;
-    let future = sign(&aws.user, "us-east-1", &moto, Some(SERVER_ID), &[], now + Duration::from_secs(16 * 60));
-    b.expect_refused_because("X-Amz-Date 16 min ahead", "stale_date", t, &future.encode()).await;
+    let stale = sign(
+        &aws.user,
+        "us-east-1",
+        &moto,
+        Some(SERVER_ID),
+        &[],
+        now - Duration::from_secs(16 * 60),
+    );
+    b.expect_refused_because("X-Amz-Date 16 min old", "stale_date", t, &stale.encode())
+        .await;
+    let future = sign(
+        &aws.user,
+        "us-east-1",
+        &moto,
+        Some(SERVER_ID),
+        &[],
+        now + Duration::from_secs(16 * 60),
+    );
+    b.expect_refused_because("X-Amz-Date 16 min ahead", "stale_date", t, &future.encode())
+        .await;
 
-    let extra = sign(&aws.user, "us-east-1", &moto, Some(SERVER_ID), &[("x-amz-foo", "bar")], now);
-    b.expect_refused_because("extra X-Amz-* header", "header_not_allowed", t, &extra.encode()).await;
+    let extra = sign(
+        &aws.user,
+        "us-east-1",
+        &moto,
+        Some(SERVER_ID),
+        &[("x-amz-foo", "bar")],
+        now,
+    );
+    b.expect_refused_because(
+        "extra X-Amz-* header",
+        "header_not_allowed",
+        t,
+        &extra.encode(),
+    )
+    .await;
 
     let mut tampered = sign(&aws.user, "us-east-1", &moto, Some(SERVER_ID), &[], now);
     tampered.body = "Action=GetCallerIdentity&Version=2011-06-15&Foo=1".into();
-    b.expect_refused_because("other body", "not_get_caller_identity", t, &tampered.encode()).await;
+    b.expect_refused_because(
+        "other body",
+        "not_get_caller_identity",
+        t,
+        &tampered.encode(),
+    )
+    .await;
 
     let mut query = sign(&aws.user, "us-east-1", &moto, Some(SERVER_ID), &[], now);
     query.url = format!("{moto}?Action=GetCallerIdentity");
-    b.expect_refused_because("query string", "bad_url", t, &query.encode()).await;
+    b.expect_refused_because("query string", "bad_url", t, &query.encode())
+        .await;
 
     // Bad signatures: moto (enforcing SigV4) rejects them; the broker says only invalid_grant.
     let wrong_secret = AwsCredentials {
@@ -209,44 +286,113 @@ async fn bad_aws_proofs_are_refused_without_detail() {
         session_token: None,
     };
     let bad = sign(&wrong_secret, "us-east-1", &moto, Some(SERVER_ID), &[], now);
-    b.expect_refused_because("bad signature", "sts_rejected", t, &bad.encode()).await;
+    b.expect_refused_because("bad signature", "sts_rejected", t, &bad.encode())
+        .await;
     let unknown_key = AwsCredentials {
         access_key_id: "AKIAUNKNOWNKEY000000".into(),
         secret_access_key: "x".into(),
         session_token: None,
     };
     let bad = sign(&unknown_key, "us-east-1", &moto, Some(SERVER_ID), &[], now);
-    b.expect_refused_because("unknown access key", "sts_rejected", t, &bad.encode()).await;
+    b.expect_refused_because("unknown access key", "sts_rejected", t, &bad.encode())
+        .await;
     let mut no_token = sign(&aws.role, "us-east-1", &moto, Some(SERVER_ID), &[], now);
-    no_token.headers.retain(|k, _| !k.eq_ignore_ascii_case("x-amz-security-token"));
-    b.expect_refused_because("signed session token dropped", "bad_authorization", t, &no_token.encode()).await;
+    no_token
+        .headers
+        .retain(|k, _| !k.eq_ignore_ascii_case("x-amz-security-token"));
+    b.expect_refused_because(
+        "signed session token dropped",
+        "bad_authorization",
+        t,
+        &no_token.encode(),
+    )
+    .await;
 
     // A proof pointing anywhere but the allow-listed endpoint never makes the broker connect there.
     let (trap_url, hits) = trap().await;
-    let elsewhere = sign(&aws.user, "us-east-1", &url(&trap_url), Some(SERVER_ID), &[], now);
-    b.expect_refused_because("URL of a non-STS host", "endpoint_not_allowed", t, &elsewhere.encode()).await;
-    let other_region = sign(&aws.user, "eu-west-1", &url(&trap_url), Some(SERVER_ID), &[], now);
-    b.expect_refused_because("region not allow-listed", "endpoint_not_allowed", t, &other_region.encode()).await;
+    let elsewhere = sign(
+        &aws.user,
+        "us-east-1",
+        &url(&trap_url),
+        Some(SERVER_ID),
+        &[],
+        now,
+    );
+    b.expect_refused_because(
+        "URL of a non-STS host",
+        "endpoint_not_allowed",
+        t,
+        &elsewhere.encode(),
+    )
+    .await;
+    let other_region = sign(
+        &aws.user,
+        "eu-west-1",
+        &url(&trap_url),
+        Some(SERVER_ID),
+        &[],
+        now,
+    );
+    b.expect_refused_because(
+        "region not allow-listed",
+        "endpoint_not_allowed",
+        t,
+        &other_region.encode(),
+    )
+    .await;
     let mut host_header = sign(&aws.user, "us-east-1", &moto, Some(SERVER_ID), &[], now);
     host_header.headers.insert(
         "Host".into(),
         vec![trap_url.trim_start_matches("http://").to_string()],
     );
-    b.expect_refused_because("Host header of another host", "endpoint_not_allowed", t, &host_header.encode()).await;
+    b.expect_refused_because(
+        "Host header of another host",
+        "endpoint_not_allowed",
+        t,
+        &host_header.encode(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(hits.load(Ordering::SeqCst), 0, "the broker contacted a non-STS host");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "the broker contacted a non-STS host"
+    );
 
     // Replay: the first use is fine, the second is refused.
-    let once = sign(&aws.user, "us-east-1", &moto, Some(SERVER_ID), &[], now - Duration::from_secs(1));
+    let once = sign(
+        &aws.user,
+        "us-east-1",
+        &moto,
+        Some(SERVER_ID),
+        &[],
+        now - Duration::from_secs(1),
+    );
     b.grant_and_proxy(t, &once.encode()).await;
-    b.expect_refused_because("replayed signature", "replayed", t, &once.encode()).await;
+    b.expect_refused_because("replayed signature", "replayed", t, &once.encode())
+        .await;
 
     // The broker's clock, not the client's, decides freshness.
-    let fresh = sign(&aws.user, "us-east-1", &moto, Some(SERVER_ID), &[], now - Duration::from_secs(2));
+    let fresh = sign(
+        &aws.user,
+        "us-east-1",
+        &moto,
+        Some(SERVER_ID),
+        &[],
+        now - Duration::from_secs(2),
+    );
     b.clock.advance(20 * 60);
-    b.expect_refused_because("fresh proof, broker clock 20 min later", "stale_date", t, &fresh.encode()).await;
+    b.expect_refused_because(
+        "fresh proof, broker clock 20 min later",
+        "stale_date",
+        t,
+        &fresh.encode(),
+    )
+    .await;
 
     // Garbage.
-    b.expect_refused_because("not base64", "malformed_proof", t, "%%%").await;
-    b.expect_refused_because("not the document", "malformed_proof", t, "e30").await;
+    b.expect_refused_because("not base64", "malformed_proof", t, "%%%")
+        .await;
+    b.expect_refused_because("not the document", "malformed_proof", t, "e30")
+        .await;
 }

@@ -172,7 +172,8 @@ async fn bad_oidc_tokens_are_refused_without_detail() {
     }
     // A verified identity an explicit deny rule matches gets no grant.
     let admin = with(&|r| {
-        r.claims.insert("groups".into(), json!(["runners", "admins"]));
+        r.claims
+            .insert("groups".into(), json!(["runners", "admins"]));
     });
     broker
         .expect_no_grant("explicit deny rule", TOKEN_TYPE_JWT, &admin)
@@ -197,7 +198,11 @@ async fn unknown_kid_refreshes_the_jwks_at_most_once_per_interval() {
     idp.rotate().expect("rotate");
     let rotated = idp.mint(&k8s("ci", "runner")).expect("mint");
     broker
-        .expect_refused("new kid inside the refresh interval", TOKEN_TYPE_JWT, &rotated)
+        .expect_refused(
+            "new kid inside the refresh interval",
+            TOKEN_TYPE_JWT,
+            &rotated,
+        )
         .await;
     assert_eq!(idp.jwks_fetches(), 1);
 
@@ -212,7 +217,9 @@ async fn unknown_kid_refreshes_the_jwks_at_most_once_per_interval() {
     bad.defect = Some("unpublished-key".into());
     for _ in 0..10 {
         let t = idp.mint(&bad).expect("mint");
-        broker.expect_refused("unpublished kid", TOKEN_TYPE_JWT, &t).await;
+        broker
+            .expect_refused("unpublished kid", TOKEN_TYPE_JWT, &t)
+            .await;
     }
     assert_eq!(idp.jwks_fetches(), 3);
 }
@@ -269,7 +276,8 @@ async fn azure_tokens_for_another_tenant_or_audience_are_refused() {
             "another tenant",
             "tenant_not_allowed",
             TOKEN_TYPE_JWT,
-            &idp.mint(&azure(other, "api://tollgate", None)).expect("mint"),
+            &idp.mint(&azure(other, "api://tollgate", None))
+                .expect("mint"),
         )
         .await;
     // A tenant not on the allowlist is refused before any fetch.
@@ -298,7 +306,12 @@ async fn azure_tokens_for_another_tenant_or_audience_are_refused() {
     let mut hs = azure(&mi.tenant, "api://tollgate", None);
     hs.defect = Some("hs256-public-key".into());
     broker
-        .expect_refused_because("HS256 confusion", "alg_not_allowed", TOKEN_TYPE_JWT, &idp.mint(&hs).expect("mint"))
+        .expect_refused_because(
+            "HS256 confusion",
+            "alg_not_allowed",
+            TOKEN_TYPE_JWT,
+            &idp.mint(&hs).expect("mint"),
+        )
         .await;
     // The well-formed one works, so the refusals above are about the defects.
     broker

@@ -15,7 +15,13 @@ struct Bao {
 }
 
 impl Bao {
-    async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> Value {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Value {
         let mut req = self
             .http
             .request(method, format!("{}/v1/{path}", self.base))
@@ -30,14 +36,16 @@ impl Bao {
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
     async fn post(&self, path: &str, body: Value) -> Value {
-        self.call(reqwest::Method::POST, path, "root", Some(body)).await
+        self.call(reqwest::Method::POST, path, "root", Some(body))
+            .await
     }
 }
 
 /// Configure OpenBao: userpass user `alice` in group `ml-team`, identity OIDC key + roles `tollgate`
 /// (client_id `tollgate`) and `other` (client_id `other-service`). Returns alice's Vault token.
 async fn configure(bao: &Bao) -> String {
-    bao.post("sys/auth/userpass", json!({"type": "userpass"})).await;
+    bao.post("sys/auth/userpass", json!({"type": "userpass"}))
+        .await;
     bao.post(
         "sys/policies/acl/tollgate-id",
         json!({"policy": "path \"identity/oidc/token/*\" { capabilities = [\"read\"] }"}),
@@ -48,13 +56,15 @@ async fn configure(bao: &Bao) -> String {
         json!({"password": "pw", "token_policies": "tollgate-id"}),
     )
     .await;
-    bao.post("identity/oidc/config", json!({"issuer": bao.base})).await;
+    bao.post("identity/oidc/config", json!({"issuer": bao.base}))
+        .await;
     bao.post(
         "identity/oidc/key/tollgate",
         json!({"allowed_client_ids": "*", "algorithm": "RS256"}),
     )
     .await;
-    let template = r#"{"entity_name": {{identity.entity.name}}, "groups": {{identity.entity.groups.names}}}"#;
+    let template =
+        r#"{"entity_name": {{identity.entity.name}}, "groups": {{identity.entity.groups.names}}}"#;
     for (role, client_id) in [("tollgate", "tollgate"), ("other", "other-service")] {
         bao.post(
             &format!("identity/oidc/role/{role}"),
@@ -70,10 +80,19 @@ async fn configure(bao: &Bao) -> String {
             Some(json!({"password": "pw"})),
         )
         .await;
-    let token = login["auth"]["client_token"].as_str().expect("token").to_string();
-    let entity = login["auth"]["entity_id"].as_str().expect("entity").to_string();
-    bao.post(&format!("identity/entity/id/{entity}"), json!({"name": "alice"}))
-        .await;
+    let token = login["auth"]["client_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let entity = login["auth"]["entity_id"]
+        .as_str()
+        .expect("entity")
+        .to_string();
+    bao.post(
+        &format!("identity/entity/id/{entity}"),
+        json!({"name": "alice"}),
+    )
+    .await;
     bao.post(
         "identity/group",
         json!({"name": "ml-team", "member_entity_ids": [entity]}),
@@ -133,17 +152,33 @@ async fn vault_identity_token_gets_a_grant_and_bad_ones_are_refused() {
     // A Vault identity token minted for another service.
     let other = identity_token(&bao, &user_token, "other").await;
     broker
-        .expect_refused_because("audience of another service", "wrong_audience", TOKEN_TYPE_JWT, &other)
+        .expect_refused_because(
+            "audience of another service",
+            "wrong_audience",
+            TOKEN_TYPE_JWT,
+            &other,
+        )
         .await;
     // A token whose signature does not verify.
     let mut parts: Vec<&str> = jwt.split('.').collect();
     let sig: String = parts[2]
         .char_indices()
-        .map(|(i, c)| if i == 10 { if c == 'A' { 'B' } else { 'A' } } else { c })
+        .map(|(i, c)| {
+            if i == 10 {
+                if c == 'A' { 'B' } else { 'A' }
+            } else {
+                c
+            }
+        })
         .collect();
     parts[2] = &sig;
     broker
-        .expect_refused_because("bad signature", "bad_signature", TOKEN_TYPE_JWT, &parts.join("."))
+        .expect_refused_because(
+            "bad signature",
+            "bad_signature",
+            TOKEN_TYPE_JWT,
+            &parts.join("."),
+        )
         .await;
     // Past its 15 min lifetime (by the broker's clock, plus the 60 s leeway).
     broker.clock.advance(15 * 60 + 61);

@@ -296,7 +296,10 @@ pub async fn spawn(cfg: IdpConfig) -> anyhow::Result<IdpHandle> {
 
 /// Start on a given loopback address (the binary's `--port`).
 pub async fn spawn_on(cfg: IdpConfig, addr: SocketAddr) -> anyhow::Result<IdpHandle> {
-    anyhow::ensure!(addr.ip().is_loopback(), "the fake IdP only listens on loopback");
+    anyhow::ensure!(
+        addr.ip().is_loopback(),
+        "the fake IdP only listens on loopback"
+    );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let state = Arc::new(IdpState {

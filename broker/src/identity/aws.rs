@@ -360,7 +360,8 @@ impl AwsVerifier {
                 return Err(VerifyError::Rejected("sts_unexpected"));
             }
         }
-        let xml = std::str::from_utf8(&body).map_err(|_| VerifyError::Rejected("sts_unexpected"))?;
+        let xml =
+            std::str::from_utf8(&body).map_err(|_| VerifyError::Rejected("sts_unexpected"))?;
         let head = xml.trim_start();
         if !(head.starts_with("<?xml") || head.starts_with("<GetCallerIdentityResponse")) {
             return Err(VerifyError::Rejected("sts_unexpected"));
@@ -472,12 +473,7 @@ mod tests {
         assert_eq!(u.attributes["path"], vec!["/team/a/"]);
         assert!(canonicalise("arn:aws:s3:::bucket", "x", "123456789012").is_none());
         assert!(
-            canonicalise(
-                "arn:aws:iam::123456789012:user/x",
-                "AIDA1",
-                "999999999999"
-            )
-            .is_none(),
+            canonicalise("arn:aws:iam::123456789012:user/x", "AIDA1", "999999999999").is_none(),
             "account must agree with the ARN"
         );
         assert!(

@@ -37,7 +37,8 @@ impl AzureVerifier {
     fn looks_mine(&self, u: &Unverified) -> bool {
         u.str_claim("tid").is_some()
             && u.str_claim("iss").is_some_and(|iss| {
-                iss.starts_with(V1_ISSUER_PREFIX) || iss.starts_with(&format!("{}/", self.cfg.authority))
+                iss.starts_with(V1_ISSUER_PREFIX)
+                    || iss.starts_with(&format!("{}/", self.cfg.authority))
             })
     }
 }

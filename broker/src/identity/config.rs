@@ -196,8 +196,8 @@ impl IdentityConfig {
             }
             let mut endpoints = Vec::new();
             for e in &a.endpoints {
-                let url = reqwest::Url::parse(&e.url)
-                    .map_err(|_| err("endpoints.url", "not a URL"))?;
+                let url =
+                    reqwest::Url::parse(&e.url).map_err(|_| err("endpoints.url", "not a URL"))?;
                 if !matches!(url.scheme(), "https" | "http")
                     || url.query().is_some()
                     || !url.username().is_empty()
@@ -259,9 +259,8 @@ impl IdentityConfig {
         for (i, o) in raw.oidc.iter().enumerate() {
             let span = o.span();
             let o = o.get_ref();
-            let err = |f: &str, m: &str| {
-                s.error_at(span.clone(), &format!("identity.oidc[{i}].{f}"), m)
-            };
+            let err =
+                |f: &str, m: &str| s.error_at(span.clone(), &format!("identity.oidc[{i}].{f}"), m);
             let kind = match o.kind.as_deref().unwrap_or("oidc") {
                 "oidc" => IdentityKind::Oidc,
                 "vault" => IdentityKind::Vault,
@@ -287,8 +286,8 @@ impl IdentityConfig {
                     "list at least one audience: a token for another service must not work here",
                 ));
             }
-            let algorithms = parse_algorithms(o.algorithms.as_deref())
-                .map_err(|m| err("algorithms", &m))?;
+            let algorithms =
+                parse_algorithms(o.algorithms.as_deref()).map_err(|m| err("algorithms", &m))?;
             let leeway_secs = leeway(o.leeway_secs).map_err(|m| err("leeway_secs", m))?;
             let bound_claims_type = match o.bound_claims_type.as_deref().unwrap_or("exact") {
                 "exact" => BoundClaimsType::Exact,
@@ -324,9 +323,8 @@ impl IdentityConfig {
         for (i, a) in raw.azure.iter().enumerate() {
             let span = a.span();
             let a = a.get_ref();
-            let err = |f: &str, m: &str| {
-                s.error_at(span.clone(), &format!("identity.azure[{i}].{f}"), m)
-            };
+            let err =
+                |f: &str, m: &str| s.error_at(span.clone(), &format!("identity.azure[{i}].{f}"), m);
             let authority = a
                 .authority
                 .as_deref()
@@ -443,7 +441,8 @@ audiences = ["api://tollgate"]
 
     #[test]
     fn errors_name_field_and_line() {
-        let e = load("\n[[identity.oidc]]\nissuer = \"http://x\"\naudiences = []\n").expect_err("aud");
+        let e =
+            load("\n[[identity.oidc]]\nissuer = \"http://x\"\naudiences = []\n").expect_err("aud");
         assert!(
             e.to_string().contains(":3:") && e.to_string().contains("identity.oidc[0].audiences"),
             "{e}"
@@ -455,10 +454,12 @@ audiences = ["api://tollgate"]
         assert!(e.to_string().contains("algorithms"), "{e}");
         let e = load("[identity.aws]\nserver_id = \"x\"\nendpoints = [{ region = \"us-east-1\", url = \"http://127.0.0.1:1/?a=b\" }]\n").expect_err("url");
         assert!(e.to_string().contains("identity.aws.endpoints.url"), "{e}");
-        let e = load("[identity.aws]\nserver_id = \"x\"\nendpoints = []\nbogus = 1\n").expect_err("unknown");
+        let e = load("[identity.aws]\nserver_id = \"x\"\nendpoints = []\nbogus = 1\n")
+            .expect_err("unknown");
         assert!(e.to_string().contains("bogus"), "{e}");
-        let e = load("[[identity.oidc]]\nissuer = \"http://x\"\naudiences = [\"a\"]\njwks_cache = 1\n")
-            .expect_err("unknown flattened");
+        let e =
+            load("[[identity.oidc]]\nissuer = \"http://x\"\naudiences = [\"a\"]\njwks_cache = 1\n")
+                .expect_err("unknown flattened");
         assert!(e.to_string().contains("jwks_cache"), "{e}");
     }
 }

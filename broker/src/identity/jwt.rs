@@ -203,8 +203,8 @@ pub struct Unverified {
 impl Unverified {
     pub fn parse(token: &str) -> Result<Self, VerifyError> {
         // `alg: none` and unknown algorithms fail here.
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Rejected("malformed_jwt"))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| VerifyError::Rejected("malformed_jwt"))?;
         let claims = jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Value>>(token)
             .map_err(|_| VerifyError::Rejected("malformed_jwt"))?;
         Ok(Unverified { header, claims })

@@ -86,7 +86,10 @@ impl Verifiers {
             v.push(Box::new(oidc::OidcVerifier::new(o.clone(), clock.clone())?));
         }
         for a in &config.identity.azure {
-            v.push(Box::new(azure::AzureVerifier::new(a.clone(), clock.clone())?));
+            v.push(Box::new(azure::AzureVerifier::new(
+                a.clone(),
+                clock.clone(),
+            )?));
         }
         Ok(v)
     }

@@ -69,10 +69,7 @@ impl Broker {
     /// POST /oauth/token; returns status and JSON body.
     pub async fn exchange(&self, token_type: &str, subject_token: &str) -> (StatusCode, Value) {
         let body = serde_urlencoded::to_string([
-            (
-                "grant_type",
-                tollgate::exchange::GRANT_TYPE_TOKEN_EXCHANGE,
-            ),
+            ("grant_type", tollgate::exchange::GRANT_TYPE_TOKEN_EXCHANGE),
             ("subject_token", subject_token),
             ("subject_token_type", token_type),
             ("audience", "tollgate"),
@@ -82,12 +79,18 @@ impl Broker {
             .header("content-type", "application/x-www-form-urlencoded")
             .body(Body::from(body))
             .expect("request");
-        let resp = router(self.state.clone()).oneshot(req).await.expect("serve");
+        let resp = router(self.state.clone())
+            .oneshot(req)
+            .await
+            .expect("serve");
         let status = resp.status();
         let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
             .await
             .expect("body");
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     /// A non-streaming Responses call with the minted token, answered by the demo provider.
@@ -99,12 +102,18 @@ impl Broker {
                 r#"{"model":"gpt-5.5","input":"say hello","stream":false}"#,
             ))
             .expect("request");
-        let resp = router(self.state.clone()).oneshot(req).await.expect("serve");
+        let resp = router(self.state.clone())
+            .oneshot(req)
+            .await
+            .expect("serve");
         let status = resp.status();
         let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
             .await
             .expect("body");
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     /// Exchange, expect a grant, and complete a proxied request with it. Returns the grant claims.
@@ -121,8 +130,13 @@ impl Broker {
 
     /// Exchange and expect the one generic refusal: 400 `invalid_grant`, no hint of which check failed.
     pub async fn expect_refused(&self, what: &str, token_type: &str, subject_token: &str) {
-        self.expect_refused_as(what, token_type, subject_token, "the subject token was not accepted")
-            .await;
+        self.expect_refused_as(
+            what,
+            token_type,
+            subject_token,
+            "the subject token was not accepted",
+        )
+        .await;
     }
 
     /// Like [`expect_refused`](Self::expect_refused), then asks the verifiers directly for the internal
@@ -144,8 +158,13 @@ impl Broker {
 
     /// A verified identity the policy gives nothing (deny rule or no match): also `invalid_grant`.
     pub async fn expect_no_grant(&self, what: &str, token_type: &str, subject_token: &str) {
-        self.expect_refused_as(what, token_type, subject_token, "no grant for this identity")
-            .await;
+        self.expect_refused_as(
+            what,
+            token_type,
+            subject_token,
+            "no grant for this identity",
+        )
+        .await;
     }
 
     async fn expect_refused_as(
@@ -190,7 +209,9 @@ pub fn workspace_root() -> PathBuf {
 
 /// A test peer binary from `.test-tools/venv/bin`; fails loudly if it is not installed.
 pub fn peer_bin(name: &str) -> PathBuf {
-    let p = workspace_root().join(".test-tools/venv/bin").join(name);
+    let root = std::env::var_os("TOLLGATE_TEST_TOOLS")
+        .map_or_else(|| workspace_root().join(".test-tools"), PathBuf::from);
+    let p = root.join("venv/bin").join(name);
     assert!(
         p.exists(),
         "test peer {} is not installed: run scripts/install-test-tools.sh (it installs moto and \
@@ -239,7 +260,10 @@ fn wait_http(url: &str, deadline: Duration, child: &mut Child, what: &str) {
                 return;
             }
         }
-        assert!(start.elapsed() < deadline, "{what} did not start in {deadline:?}");
+        assert!(
+            start.elapsed() < deadline,
+            "{what} did not start in {deadline:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -256,7 +280,12 @@ pub fn start_moto(no_auth_actions: u32) -> Peer {
         .spawn()
         .expect("spawn moto_server");
     let base_url = format!("127.0.0.1:{port}");
-    wait_http(&base_url, Duration::from_secs(20), &mut child, "moto_server");
+    wait_http(
+        &base_url,
+        Duration::from_secs(20),
+        &mut child,
+        "moto_server",
+    );
     Peer {
         child,
         base_url: format!("http://{base_url}"),

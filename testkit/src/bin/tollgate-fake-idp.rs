@@ -9,7 +9,10 @@ use std::process::ExitCode;
 use tollgate_testkit::idp::{self, IdpConfig, ManagedIdentity};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Fake OIDC / Entra / managed-identity provider on loopback")]
+#[command(
+    version,
+    about = "Fake OIDC / Entra / managed-identity provider on loopback"
+)]
 struct Args {
     /// Port on 127.0.0.1; 0 picks a free one.
     #[arg(long, default_value_t = 0)]
