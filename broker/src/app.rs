@@ -26,6 +26,8 @@ pub struct AppState {
     pub tokens: TokenService,
     pub verifiers: Verifiers,
     pub policy: RwLock<Arc<Policy>>,
+    /// Where the policy is (re)loaded from.
+    pub policy_file: std::path::PathBuf,
     pub router: ModelRouter,
     pub codex_models: BTreeMap<String, serde_json::Value>,
     pub auth_cache: moka::sync::Cache<[u8; 32], Arc<tollgate::Claims>>,
@@ -67,6 +69,7 @@ impl AppState {
             },
             verifiers,
             policy: RwLock::new(Arc::new(policy)),
+            policy_file: config.policy_file.clone(),
             router: ModelRouter::new(config),
             codex_models: config.codex_models.clone(),
             auth_cache: moka::sync::Cache::builder()
@@ -79,6 +82,27 @@ impl AppState {
             default_ttl_secs: config.tokens.default_ttl_secs,
             max_ttl_secs: config.tokens.max_ttl_secs,
         }))
+    }
+
+    /// Load the policy file again and swap it in. Requests in flight keep the policy they started with
+    /// (each holds its own `Arc`); an invalid file is rejected, logged with its line and column, and the
+    /// old policy stays in force.
+    pub fn reload_policy(&self) -> Result<usize, crate::config::ConfigError> {
+        match Policy::load(&self.policy_file) {
+            Ok(p) => {
+                let n = p.rules.len();
+                *self
+                    .policy
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(p);
+                tracing::info!(file = %self.policy_file.display(), rules = n, "policy reloaded");
+                Ok(n)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
+                Err(e)
+            }
+        }
     }
 
     pub fn policy(&self) -> Arc<Policy> {

@@ -177,6 +177,12 @@ impl Broker {
         self.spawn(&addr).await;
     }
 
+    /// Send a signal to the broker process (e.g. SIGHUP to reload the policy).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = self.child.as_ref().and_then(|c| c.id()).expect("broker pid");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).expect("kill");
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("broker.log")
     }
