@@ -17,6 +17,10 @@ pub const GET_CALLER_IDENTITY_BODY: &str = "Action=GetCallerIdentity&Version=201
 /// the signature (`SignedHeaders`), and its value must be the broker's configured server ID.
 pub const SERVER_ID_HEADER: &str = "x-tollgate-server-id";
 
+/// A signed per-request nonce: two proofs made in the same second with the same credentials would
+/// otherwise be byte-identical, and the broker's replay cache would refuse the second.
+pub const NONCE_HEADER: &str = "x-tollgate-nonce";
+
 /// The content type the helper signs.
 pub const FORM_CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
 
@@ -108,7 +112,7 @@ impl std::fmt::Debug for AwsCredentials {
 pub struct SignOptions<'a> {
     /// Value of [`SERVER_ID_HEADER`]; `None` leaves the header out (tests of the broker's refusal).
     pub server_id: Option<&'a str>,
-    /// More headers to sign (tests: an extra `X-Amz-*` header).
+    /// More headers to sign (the helper: [`NONCE_HEADER`]; tests: an extra `X-Amz-*` header).
     pub extra_headers: &'a [(&'a str, &'a str)],
     pub time: std::time::SystemTime,
 }

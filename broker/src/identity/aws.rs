@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tollgate::IdentityKind;
-use tollgate::aws::{GET_CALLER_IDENTITY_BODY, SERVER_ID_HEADER, SignedCallerIdentity};
+use tollgate::aws::{GET_CALLER_IDENTITY_BODY, NONCE_HEADER, SERVER_ID_HEADER, SignedCallerIdentity};
 use tollgate::exchange::TOKEN_TYPE_AWS_SIGV4;
 
 /// `X-Amz-*` headers SigV4 itself uses (Vault's default `allowed_sts_header_values`).
@@ -38,7 +38,13 @@ const SIGV4_AMZ_HEADERS: &[&str] = &[
 ];
 
 /// Other headers a signed GetCallerIdentity may carry.
-const OTHER_HEADERS: &[&str] = &["authorization", "content-type", "host", SERVER_ID_HEADER];
+const OTHER_HEADERS: &[&str] = &[
+    "authorization",
+    "content-type",
+    "host",
+    SERVER_ID_HEADER,
+    NONCE_HEADER,
+];
 
 /// Largest STS answer we read.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;

@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::time::Duration;
-use tollgate::aws::{AwsCredentials, SignOptions, sign_get_caller_identity};
+use tollgate::aws::{AwsCredentials, NONCE_HEADER, SignOptions, sign_get_caller_identity};
 
 const NAME: &str = "aws";
 /// How long an instance-metadata probe may take before we call it "not on EC2".
@@ -225,6 +225,19 @@ impl AwsIdentity {
     }
 }
 
+/// A unique (not secret) value per proof: process ID, time, and std's per-process random hash keys.
+fn nonce() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}", h.finish())
+}
+
 impl Identity for AwsIdentity {
     fn name(&self) -> &'static str {
         NAME
@@ -251,13 +264,14 @@ impl Identity for AwsIdentity {
     fn prove<'a>(&'a self, ctx: &'a ProveContext<'a>) -> ProveFuture<'a> {
         Box::pin(async move {
             let creds = self.credentials(ctx.http).await?;
+            let nonce = nonce();
             let signed = sign_get_caller_identity(
                 &creds,
                 &self.settings.region,
                 &self.settings.sts_url,
                 &SignOptions {
                     server_id: Some(&self.settings.server_id),
-                    extra_headers: &[],
+                    extra_headers: &[(NONCE_HEADER, nonce.as_str())],
                     time: std::time::SystemTime::now(),
                 },
             )
