@@ -35,10 +35,11 @@ async fn codex_turn_with_an_oidc_identity() {
     let jwt = idp
         .mint(&MintRequest {
             sub: Some("system:serviceaccount:ci:runner".into()),
-            claims: json!({"kubernetes.io": {"namespace": "ci", "serviceaccount": {"name": "runner"}}})
-                .as_object()
-                .cloned()
-                .expect("obj"),
+            claims:
+                json!({"kubernetes.io": {"namespace": "ci", "serviceaccount": {"name": "runner"}}})
+                    .as_object()
+                    .cloned()
+                    .expect("obj"),
             ..MintRequest::default()
         })
         .expect("mint");
@@ -65,7 +66,8 @@ async fn codex_turn_with_an_oidc_identity() {
         broker.log()
     );
     assert!(
-        run.stdout.contains("mock reply to: say hello from the workload"),
+        run.stdout
+            .contains("mock reply to: say hello from the workload"),
         "{}",
         run.all()
     );

@@ -86,9 +86,19 @@ fn claims(token: &str) -> Value {
 
 /// The helper printed a token; a proxied request with it succeeds. Returns the token's claims.
 async fn token_works(b: &Broker, run: &HelperRun) -> Value {
-    assert_eq!(run.code, Some(0), "helper failed: {}\nbroker log:\n{}", run.stderr, b.log());
+    assert_eq!(
+        run.code,
+        Some(0),
+        "helper failed: {}\nbroker log:\n{}",
+        run.stderr,
+        b.log()
+    );
     let token = run.stdout.trim_end_matches('\n');
-    assert!(!token.contains('\n') && !token.is_empty(), "stdout must be one token line: {:?}", run.stdout);
+    assert!(
+        !token.contains('\n') && !token.is_empty(),
+        "stdout must be one token line: {:?}",
+        run.stdout
+    );
     let r = reqwest::Client::new()
         .post(format!("{}/v1/responses", b.url))
         .bearer_auth(token)
@@ -130,7 +140,11 @@ async fn oidc_file_and_azure_managed_identity_through_helper_and_broker() {
 
     // oidc-file: a projected service-account token.
     let jwt_file = home.path().join("sa-token");
-    std::fs::write(&jwt_file, idp.mint(&k8s_claims("ci", "runner")).expect("mint")).expect("write");
+    std::fs::write(
+        &jwt_file,
+        idp.mint(&k8s_claims("ci", "runner")).expect("mint"),
+    )
+    .expect("write");
     let run = helper(
         &b.url,
         home.path(),
@@ -171,8 +185,17 @@ async fn oidc_file_and_azure_managed_identity_through_helper_and_broker() {
     )
     .await;
     assert_eq!(run.code, Some(65), "{}", run.stderr);
-    assert!(run.stderr.contains("App Service managed identity endpoint: HTTP 401"), "{}", run.stderr);
-    assert!(!run.stderr.contains("wrong"), "the header value is a secret: {}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("App Service managed identity endpoint: HTTP 401"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("wrong"),
+        "the header value is a secret: {}",
+        run.stderr
+    );
 
     // A token the broker refuses (namespace outside the policy): exit 66 with the broker's reason.
     std::fs::write(&jwt_file, idp.mint(&k8s_claims("prod", "x")).expect("mint")).expect("write");
@@ -196,7 +219,11 @@ async fn chain_falls_through_stops_on_real_failures_and_lists_attempts() {
     let b = broker(&oidc_section(&idp)).await;
     let home = tempfile::tempdir().expect("tmp");
     let jwt_file = home.path().join("sa-token");
-    std::fs::write(&jwt_file, idp.mint(&k8s_claims("ci", "chained")).expect("mint")).expect("write");
+    std::fs::write(
+        &jwt_file,
+        idp.mint(&k8s_claims("ci", "chained")).expect("mint"),
+    )
+    .expect("write");
 
     // aws (no credentials, IMDS disabled) and azure (no managed identity) do not apply: oidc-file does.
     let run = helper(
@@ -224,7 +251,11 @@ async fn chain_falls_through_stops_on_real_failures_and_lists_attempts() {
     .await;
     assert_eq!(run.code, Some(65), "{}", run.stderr);
     for who in ["aws:", "azure:", "vault:"] {
-        assert!(run.stderr.contains(who), "attempt {who} not listed: {}", run.stderr);
+        assert!(
+            run.stderr.contains(who),
+            "attempt {who} not listed: {}",
+            run.stderr
+        );
     }
 
     // A source that applies but fails stops the chain (no silent fall-through to the next).
@@ -243,7 +274,11 @@ async fn chain_falls_through_stops_on_real_failures_and_lists_attempts() {
     )
     .await;
     assert_eq!(run.code, Some(65), "{}", run.stderr);
-    assert!(run.stderr.contains("identity chain stopped"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("identity chain stopped"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test]
@@ -252,7 +287,11 @@ async fn cache_hit_makes_no_network_call_and_a_cold_cache_mints_once_for_20_runs
     let b = broker(&oidc_section(&idp)).await;
     let home = tempfile::tempdir().expect("tmp");
     let jwt_file = home.path().join("sa-token");
-    std::fs::write(&jwt_file, idp.mint(&k8s_claims("ci", "many")).expect("mint")).expect("write");
+    std::fs::write(
+        &jwt_file,
+        idp.mint(&k8s_claims("ci", "many")).expect("mint"),
+    )
+    .expect("write");
     let env = [
         ("TOLLGATE_IDENTITY", "azure".to_string()),
         ("TOLLGATE_AZURE_RESOURCE", "api://tollgate".to_string()),
@@ -264,9 +303,17 @@ async fn cache_hit_makes_no_network_call_and_a_cold_cache_mints_once_for_20_runs
     let first = runs[0].stdout.clone();
     for r in &runs {
         assert_eq!(r.code, Some(0), "{}", r.stderr);
-        assert_eq!(r.stdout, first, "every concurrent run prints the same token");
+        assert_eq!(
+            r.stdout, first,
+            "every concurrent run prints the same token"
+        );
     }
-    assert_eq!(b.mints() - before, 1, "20 cold runs must mint once:\n{}", b.log());
+    assert_eq!(
+        b.mints() - before,
+        1,
+        "20 cold runs must mint once:\n{}",
+        b.log()
+    );
     assert_eq!(idp.mi_tokens(), 1, "and ask the identity endpoint once");
 
     // Cache hit: the identity endpoint and the broker are unreachable, yet the token is served, silently.
@@ -280,7 +327,10 @@ async fn cache_hit_makes_no_network_call_and_a_cold_cache_mints_once_for_20_runs
     let run = helper(&b.url, home.path(), &env_dead).await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(run.stdout, first);
-    assert_eq!(run.stderr, "", "a cache hit touches nothing and says nothing");
+    assert_eq!(
+        run.stderr, "",
+        "a cache hit touches nothing and says nothing"
+    );
     let _ = std::fs::remove_file(&jwt_file);
 }
 
@@ -296,7 +346,11 @@ impl Drop for PeerProc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 fn venv_bin(name: &str) -> PathBuf {
@@ -305,7 +359,10 @@ fn venv_bin(name: &str) -> PathBuf {
 
 async fn wait_port(port: u16, what: &str) {
     for _ in 0..400 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             tokio::time::sleep(Duration::from_millis(100)).await;
             return;
         }
@@ -354,7 +411,11 @@ print(json.dumps({"ak": key["AccessKeyId"], "sk": key["SecretAccessKey"]}))
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
         .expect("python");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let keys: Value = serde_json::from_slice(&out.stdout).expect("json");
     let b = broker(&format!(
         "[identity.aws]\nserver_id = \"tollgate-e2e\"\nendpoints = [{{ region = \"us-east-1\", url = \"{}\" }}]\n",
@@ -373,7 +434,10 @@ print(json.dumps({"ak": key["AccessKeyId"], "sk": key["SecretAccessKey"]}))
     let run = helper(&b.url, home.path(), &env).await;
     let c = token_works(&b, &run).await;
     assert_eq!(c["sub"], "aws:builder");
-    assert_eq!(c["tollgate"]["identity"]["subject"], "arn:aws:iam::123456789012:user/builder");
+    assert_eq!(
+        c["tollgate"]["identity"]["subject"],
+        "arn:aws:iam::123456789012:user/builder"
+    );
 
     // Signed for another broker: refused (exit 66), and the secret key never shows up.
     env[2].1 = "another-broker".into();
@@ -386,7 +450,10 @@ print(json.dumps({"ak": key["AccessKeyId"], "sk": key["SecretAccessKey"]}))
     let creds = home.path().join("aws-credentials");
     std::fs::write(
         &creds,
-        format!("[ci]\naws_access_key_id = {}\naws_secret_access_key = {sk}\n", keys["ak"].as_str().expect("ak")),
+        format!(
+            "[ci]\naws_access_key_id = {}\naws_secret_access_key = {sk}\n",
+            keys["ak"].as_str().expect("ak")
+        ),
     )
     .expect("write");
     let run = helper(
@@ -405,7 +472,13 @@ print(json.dumps({"ak": key["AccessKeyId"], "sk": key["SecretAccessKey"]}))
     assert_eq!(token_works(&b, &run).await["sub"], "aws:builder");
 }
 
-async fn bao_call(base: &str, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> Value {
+async fn bao_call(
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Value {
     let mut req = reqwest::Client::new()
         .request(method, format!("{base}/v1/{path}"))
         .header("x-vault-token", token);
@@ -423,7 +496,12 @@ async fn bao_call(base: &str, method: reqwest::Method, path: &str, token: &str, 
 async fn vault_identity_token_and_approle_through_helper_and_broker() {
     let port = free_port();
     let child = std::process::Command::new(venv_bin("bao"))
-        .args(["server", "-dev", "-dev-root-token-id=root", &format!("-dev-listen-address=127.0.0.1:{port}")])
+        .args([
+            "server",
+            "-dev",
+            "-dev-root-token-id=root",
+            &format!("-dev-listen-address=127.0.0.1:{port}"),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -442,27 +520,72 @@ async fn vault_identity_token_and_approle_through_helper_and_broker() {
         json!({"policy": "path \"identity/oidc/token/*\" { capabilities = [\"read\"] }"}),
     )
     .await;
-    post("auth/userpass/users/alice", json!({"password": "pw", "token_policies": "tollgate-id"})).await;
-    post("auth/approle/role/ci", json!({"token_policies": "tollgate-id"})).await;
+    post(
+        "auth/userpass/users/alice",
+        json!({"password": "pw", "token_policies": "tollgate-id"}),
+    )
+    .await;
+    post(
+        "auth/approle/role/ci",
+        json!({"token_policies": "tollgate-id"}),
+    )
+    .await;
     post("identity/oidc/config", json!({"issuer": base})).await;
-    post("identity/oidc/key/tollgate", json!({"allowed_client_ids": "*"})).await;
+    post(
+        "identity/oidc/key/tollgate",
+        json!({"allowed_client_ids": "*"}),
+    )
+    .await;
     post(
         "identity/oidc/role/tollgate",
         json!({"key": "tollgate", "ttl": "15m", "client_id": "tollgate",
                "template": r#"{"entity_name": {{identity.entity.name}}, "groups": {{identity.entity.groups.names}}}"#}),
     )
     .await;
-    let login = bao_call(&base, reqwest::Method::POST, "auth/userpass/login/alice", "", Some(json!({"password": "pw"}))).await;
-    let user_token = login["auth"]["client_token"].as_str().expect("token").to_string();
-    let entity = login["auth"]["entity_id"].as_str().expect("entity").to_string();
-    bao_call(&base, reqwest::Method::POST, &format!("identity/entity/id/{entity}"), "root", Some(json!({"name": "alice"}))).await;
+    let login = bao_call(
+        &base,
+        reqwest::Method::POST,
+        "auth/userpass/login/alice",
+        "",
+        Some(json!({"password": "pw"})),
+    )
+    .await;
+    let user_token = login["auth"]["client_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let entity = login["auth"]["entity_id"]
+        .as_str()
+        .expect("entity")
+        .to_string();
+    bao_call(
+        &base,
+        reqwest::Method::POST,
+        &format!("identity/entity/id/{entity}"),
+        "root",
+        Some(json!({"name": "alice"})),
+    )
+    .await;
     // The AppRole's entity is created at its first login; put it in the group afterwards via its alias.
-    let role_id = bao_call(&base, reqwest::Method::GET, "auth/approle/role/ci/role-id", "root", None).await["data"]["role_id"]
+    let role_id = bao_call(
+        &base,
+        reqwest::Method::GET,
+        "auth/approle/role/ci/role-id",
+        "root",
+        None,
+    )
+    .await["data"]["role_id"]
         .as_str()
         .expect("role_id")
         .to_string();
-    let secret_id = bao_call(&base, reqwest::Method::POST, "auth/approle/role/ci/secret-id", "root", Some(json!({}))).await["data"]
-        ["secret_id"]
+    let secret_id = bao_call(
+        &base,
+        reqwest::Method::POST,
+        "auth/approle/role/ci/secret-id",
+        "root",
+        Some(json!({})),
+    )
+    .await["data"]["secret_id"]
         .as_str()
         .expect("secret_id")
         .to_string();
@@ -474,9 +597,23 @@ async fn vault_identity_token_and_approle_through_helper_and_broker() {
         Some(json!({"role_id": role_id, "secret_id": secret_id})),
     )
     .await;
-    let ci_entity = ci_login["auth"]["entity_id"].as_str().expect("entity").to_string();
-    bao_call(&base, reqwest::Method::POST, &format!("identity/entity/id/{ci_entity}"), "root", Some(json!({"name": "ci-bot"}))).await;
-    post("identity/group", json!({"name": "ml-team", "member_entity_ids": [entity, ci_entity]})).await;
+    let ci_entity = ci_login["auth"]["entity_id"]
+        .as_str()
+        .expect("entity")
+        .to_string();
+    bao_call(
+        &base,
+        reqwest::Method::POST,
+        &format!("identity/entity/id/{ci_entity}"),
+        "root",
+        Some(json!({"name": "ci-bot"})),
+    )
+    .await;
+    post(
+        "identity/group",
+        json!({"name": "ml-team", "member_entity_ids": [entity, ci_entity]}),
+    )
+    .await;
 
     let b = broker(&format!(
         "[[identity.oidc]]\nkind = \"vault\"\nissuer = \"{base}/v1/identity/oidc\"\naudiences = [\"tollgate\"]\n"
@@ -496,7 +633,10 @@ async fn vault_identity_token_and_approle_through_helper_and_broker() {
     )
     .await;
     assert_eq!(token_works(&b, &run).await["sub"], "vault:alice");
-    assert!(!b.log().contains(&user_token), "the Vault token must never reach the broker");
+    assert!(
+        !b.log().contains(&user_token),
+        "the Vault token must never reach the broker"
+    );
 
     // AppRole login.
     let run = helper(
@@ -531,5 +671,9 @@ async fn vault_identity_token_and_approle_through_helper_and_broker() {
     .await;
     assert_eq!(run.code, Some(65), "{}", run.stderr);
     assert!(run.stderr.contains("auth/approle/login"), "{}", run.stderr);
-    assert!(!run.stderr.contains("00000000-not-the-secret"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("00000000-not-the-secret"),
+        "{}",
+        run.stderr
+    );
 }

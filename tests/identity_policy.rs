@@ -36,7 +36,10 @@ async fn team(b: &Broker) -> Result<String, String> {
         .decode(tok.split('.').nth(1).expect("jwt"))
         .expect("b64");
     let claims: serde_json::Value = serde_json::from_slice(&payload).expect("claims");
-    Ok(claims["tollgate"]["team"].as_str().unwrap_or_default().to_string())
+    Ok(claims["tollgate"]["team"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
 }
 
 async fn eventually(b: &Broker, want: Result<String, String>, within: Duration) {
@@ -77,7 +80,11 @@ async fn policy_reloads_on_sighup_and_on_change_and_keeps_the_old_one_when_inval
     b.signal(nix::sys::signal::Signal::SIGHUP);
     let start = Instant::now();
     while !b.log().contains("policy reload rejected") {
-        assert!(start.elapsed() < Duration::from_secs(5), "no rejection logged:\n{}", b.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no rejection logged:\n{}",
+            b.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let log = b.log();
@@ -126,23 +133,49 @@ max_ttl_secs = 600
             .output()
             .expect("run")
     };
-    let out = run(&["--kind", "oidc", "--subject", "runner", "--attr", "kubernetes.io/namespace=ci"]);
+    let out = run(&[
+        "--kind",
+        "oidc",
+        "--subject",
+        "runner",
+        "--attr",
+        "kubernetes.io/namespace=ci",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("rule \"no-interns\" (line 1, deny): skipped: subject \"runner\" does not match intern-*"), "{text}");
-    assert!(text.contains("rule \"ci\" (line 6, allow): MATCHES"), "{text}");
-    assert!(text.contains("decision: ALLOW by rule \"ci\": principal \"k8s:runner\""), "{text}");
+    assert!(
+        text.contains("rule \"ci\" (line 6, allow): MATCHES"),
+        "{text}"
+    );
+    assert!(
+        text.contains("decision: ALLOW by rule \"ci\": principal \"k8s:runner\""),
+        "{text}"
+    );
 
-    let out = run(&["--kind", "oidc", "--subject", "runner", "--attr", "kubernetes.io/namespace=prod"]);
+    let out = run(&[
+        "--kind",
+        "oidc",
+        "--subject",
+        "runner",
+        "--attr",
+        "kubernetes.io/namespace=prod",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("attribute kubernetes.io/namespace = [\"prod\"] matches none of"), "{text}");
+    assert!(
+        text.contains("attribute kubernetes.io/namespace = [\"prod\"] matches none of"),
+        "{text}"
+    );
     assert!(text.contains("decision: DENY: no rule matched"), "{text}");
 
     let out = run(&["--kind", "oidc", "--subject", "intern-7"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("decision: DENY by rule \"no-interns\""), "{text}");
+    assert!(
+        text.contains("decision: DENY by rule \"no-interns\""),
+        "{text}"
+    );
 
     let out = run(&["--kind", "kerberos", "--subject", "x"]);
     assert_eq!(out.status.code(), Some(78));

@@ -128,7 +128,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 },
                 (None, None) => {
-                    eprintln!("tollgate-broker: policy explain needs --file POLICY or --config FILE");
+                    eprintln!(
+                        "tollgate-broker: policy explain needs --file POLICY or --config FILE"
+                    );
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 }
             };
@@ -154,7 +156,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     eprintln!("tollgate-broker: --attr wants NAME=VALUE, got {a:?}");
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 };
-                attributes.entry(k.to_string()).or_default().push(v.to_string());
+                attributes
+                    .entry(k.to_string())
+                    .or_default()
+                    .push(v.to_string());
             }
             let id = crate::identity::VerifiedIdentity {
                 kind,

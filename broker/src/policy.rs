@@ -395,10 +395,18 @@ pub fn explain_text(policy: &Policy, path: &Path, id: &VerifiedIdentity) -> Expl
         };
         match &s.outcome {
             StepOutcome::Skipped(why) => {
-                let _ = writeln!(t, "  rule {:?} (line {}, {effect}): skipped: {why}", s.rule, s.line);
+                let _ = writeln!(
+                    t,
+                    "  rule {:?} (line {}, {effect}): skipped: {why}",
+                    s.rule, s.line
+                );
             }
             StepOutcome::Decided => {
-                let _ = writeln!(t, "  rule {:?} (line {}, {effect}): MATCHES", s.rule, s.line);
+                let _ = writeln!(
+                    t,
+                    "  rule {:?} (line {}, {effect}): MATCHES",
+                    s.rule, s.line
+                );
             }
         }
     }

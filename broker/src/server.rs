@@ -51,7 +51,9 @@ const POLICY_POLL: Duration = Duration::from_secs(2);
 /// A digest of the policy file's content (`None` if unreadable): reload when it changes.
 fn policy_digest(path: &std::path::Path) -> Option<[u8; 32]> {
     use sha2::Digest;
-    std::fs::read(path).ok().map(|b| sha2::Sha256::digest(&b).into())
+    std::fs::read(path)
+        .ok()
+        .map(|b| sha2::Sha256::digest(&b).into())
 }
 
 /// Reload the policy on SIGHUP, and when the file's content changes (polled: no platform watcher, works

@@ -35,7 +35,12 @@ async fn reloads_do_not_drop_requests_and_invalid_files_are_rejected() {
                 let (status, body) = b.exchange(TOKEN_TYPE_STATIC, "cred").await;
                 assert_eq!(status, 200, "{body}");
                 let claims = support::decode_claims(body["access_token"].as_str().expect("t"));
-                teams.push(claims["tollgate"]["team"].as_str().expect("team").to_string());
+                teams.push(
+                    claims["tollgate"]["team"]
+                        .as_str()
+                        .expect("team")
+                        .to_string(),
+                );
             }
             teams
         }));

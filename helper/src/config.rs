@@ -572,7 +572,11 @@ fn resolve_identity(
             };
             IdentityConfig::Static(cred)
         }
-        "oidc-file" => IdentityConfig::OidcFile(path_from(None, "TOLLGATE_OIDC_FILE", file.oidc_file.as_ref())),
+        "oidc-file" => IdentityConfig::OidcFile(path_from(
+            None,
+            "TOLLGATE_OIDC_FILE",
+            file.oidc_file.as_ref(),
+        )),
         "aws" => {
             let raw = file.aws.clone().unwrap_or_default();
             let region = env
@@ -633,7 +637,9 @@ fn resolve_identity(
                 .var("TOLLGATE_VAULT_AUTH")
                 .or(raw.auth.clone())
                 .unwrap_or_else(|| "token".into());
-            let login_role = env.var("TOLLGATE_VAULT_LOGIN_ROLE").or(raw.login_role.clone());
+            let login_role = env
+                .var("TOLLGATE_VAULT_LOGIN_ROLE")
+                .or(raw.login_role.clone());
             let auth = match method.as_str() {
                 "token" => vault::VaultAuth::Token {
                     token: env
@@ -649,7 +655,11 @@ fn resolve_identity(
                 "approle" => vault::VaultAuth::AppRole {
                     role_id: env.var("TOLLGATE_VAULT_ROLE_ID").or(raw.role_id.clone()),
                     secret_id: env.var("TOLLGATE_VAULT_SECRET_ID").map(SecretString::from),
-                    secret_id_file: path_from(None, "TOLLGATE_VAULT_SECRET_ID_FILE", raw.secret_id_file.as_ref()),
+                    secret_id_file: path_from(
+                        None,
+                        "TOLLGATE_VAULT_SECRET_ID_FILE",
+                        raw.secret_id_file.as_ref(),
+                    ),
                 },
                 "kubernetes" => vault::VaultAuth::Kubernetes {
                     role: login_role,
@@ -701,7 +711,11 @@ fn resolve_identity(
         }
         "chain" if allow_chain => {
             let names: Vec<String> = match env.var("TOLLGATE_CHAIN") {
-                Some(v) => v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+                Some(v) => v
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
                 None => file
                     .chain
                     .clone()

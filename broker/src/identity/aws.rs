@@ -23,7 +23,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tollgate::IdentityKind;
-use tollgate::aws::{GET_CALLER_IDENTITY_BODY, NONCE_HEADER, SERVER_ID_HEADER, SignedCallerIdentity};
+use tollgate::aws::{
+    GET_CALLER_IDENTITY_BODY, NONCE_HEADER, SERVER_ID_HEADER, SignedCallerIdentity,
+};
 use tollgate::exchange::TOKEN_TYPE_AWS_SIGV4;
 
 /// `X-Amz-*` headers SigV4 itself uses (Vault's default `allowed_sts_header_values`).

@@ -73,7 +73,8 @@ fn read_profile(path: &PathBuf, profile: &str) -> Result<Option<AwsCredentials>,
         }
         if let Some(sec) = l.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
             let sec = sec.trim();
-            in_section = sec == profile || sec.strip_prefix("profile ").map(str::trim) == Some(profile);
+            in_section =
+                sec == profile || sec.strip_prefix("profile ").map(str::trim) == Some(profile);
             continue;
         }
         if !in_section {
@@ -103,7 +104,8 @@ impl AwsIdentity {
     /// Pick the credential source (local reads only).
     pub fn load(s: &AwsSettings) -> Result<Self, IdentityError> {
         let mut secrets = Vec::new();
-        let source = if let (Some(ak), Some(sk)) = (&s.env_access_key_id, &s.env_secret_access_key) {
+        let source = if let (Some(ak), Some(sk)) = (&s.env_access_key_id, &s.env_secret_access_key)
+        {
             secrets.push(sk.clone());
             secrets.extend(s.env_session_token.clone());
             Source::Static(AwsCredentials {
@@ -168,17 +170,21 @@ impl AwsIdentity {
                 if let Some(t) = &self.settings.container_token {
                     req = req.header("authorization", t.expose_secret());
                 }
-                let r = req
-                    .send()
-                    .await
-                    .map_err(|e| unavailable(format!("container credentials endpoint: {}", crate::exchange::transport_reason(&e))))?;
+                let r = req.send().await.map_err(|e| {
+                    unavailable(format!(
+                        "container credentials endpoint: {}",
+                        crate::exchange::transport_reason(&e)
+                    ))
+                })?;
                 if !r.status().is_success() {
-                    return Err(unavailable(format!("container credentials endpoint answered {}", r.status())));
+                    return Err(unavailable(format!(
+                        "container credentials endpoint answered {}",
+                        r.status()
+                    )));
                 }
-                r.json::<Creds>()
-                    .await
-                    .map(into)
-                    .map_err(|_| unavailable("container credentials endpoint sent malformed JSON".into()))
+                r.json::<Creds>().await.map(into).map_err(|_| {
+                    unavailable("container credentials endpoint sent malformed JSON".into())
+                })
             }
             Source::Imds(ep) => {
                 let ep = ep.trim_end_matches('/');
@@ -194,7 +200,10 @@ impl AwsIdentity {
                         hint: "no AWS credentials in the environment or profile, and no instance metadata service answered".into(),
                     })?;
                 if !token.status().is_success() {
-                    return Err(unavailable(format!("instance metadata token: HTTP {}", token.status())));
+                    return Err(unavailable(format!(
+                        "instance metadata token: HTTP {}",
+                        token.status()
+                    )));
                 }
                 let token = token.text().await.map_err(|e| unavailable(e.to_string()))?;
                 let get = |path: String| {
@@ -254,7 +263,11 @@ impl Identity for AwsIdentity {
         match &self.source {
             Source::Static(c) => h.update(format!("static\0{}", c.access_key_id).as_bytes()),
             Source::Container => h.update(
-                format!("container\0{}", s.container_uri.as_deref().unwrap_or_default()).as_bytes(),
+                format!(
+                    "container\0{}",
+                    s.container_uri.as_deref().unwrap_or_default()
+                )
+                .as_bytes(),
             ),
             Source::Imds(ep) => h.update(format!("imds\0{ep}").as_bytes()),
         }
@@ -309,6 +322,10 @@ mod tests {
         let dev = read_profile(&p, "dev").expect("read").expect("dev");
         assert_eq!(dev.session_token.as_deref(), Some("t2"));
         assert!(read_profile(&p, "nope").expect("read").is_none());
-        assert!(read_profile(&dir.path().join("missing"), "default").expect("ok").is_none());
+        assert!(
+            read_profile(&dir.path().join("missing"), "default")
+                .expect("ok")
+                .is_none()
+        );
     }
 }

@@ -53,7 +53,13 @@ impl AzureIdentity {
             source_name: NAME,
             hint: "set TOLLGATE_AZURE_RESOURCE or `[azure] resource` (the broker's application ID URI)".into(),
         })?;
-        let source = match (&s.federated_token_file, &s.tenant_id, &s.client_id, &s.identity_endpoint, &s.identity_header) {
+        let source = match (
+            &s.federated_token_file,
+            &s.tenant_id,
+            &s.client_id,
+            &s.identity_endpoint,
+            &s.identity_header,
+        ) {
             (Some(f), Some(t), Some(c), _, _) => Source::Workload {
                 tenant: t.clone(),
                 client_id: c.clone(),
@@ -88,8 +94,12 @@ fn unavailable(reason: String) -> IdentityError {
     }
 }
 
-async fn token_from(resp: Result<reqwest::Response, reqwest::Error>, what: &str) -> Result<String, IdentityError> {
-    let resp = resp.map_err(|e| unavailable(format!("{what}: {}", crate::exchange::transport_reason(&e))))?;
+async fn token_from(
+    resp: Result<reqwest::Response, reqwest::Error>,
+    what: &str,
+) -> Result<String, IdentityError> {
+    let resp = resp
+        .map_err(|e| unavailable(format!("{what}: {}", crate::exchange::transport_reason(&e))))?;
     let status = resp.status();
     let v: Value = resp.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
@@ -133,7 +143,9 @@ impl Identity for AzureIdentity {
             Source::Workload { tenant, file, .. } => {
                 h.update(format!("workload\0{tenant}\0{}", file.display()).as_bytes())
             }
-            Source::AppService { endpoint, .. } => h.update(format!("app-service\0{endpoint}").as_bytes()),
+            Source::AppService { endpoint, .. } => {
+                h.update(format!("app-service\0{endpoint}").as_bytes())
+            }
             Source::Imds(ep) => h.update(format!("imds\0{ep}").as_bytes()),
         }
         hex::encode(h.finalize())
@@ -148,10 +160,12 @@ impl Identity for AzureIdentity {
                     client_id,
                     file,
                 } => {
-                    let assertion = std::fs::read_to_string(file).map_err(|source| IdentityError::ReadFile {
-                        source_name: NAME,
-                        path: file.clone(),
-                        source,
+                    let assertion = std::fs::read_to_string(file).map_err(|source| {
+                        IdentityError::ReadFile {
+                            source_name: NAME,
+                            path: file.clone(),
+                            source,
+                        }
                     })?;
                     let scope = format!("{}/.default", resource.trim_end_matches('/'));
                     let url = format!(
@@ -160,19 +174,29 @@ impl Identity for AzureIdentity {
                     );
                     let form = [
                         ("client_id", client_id.as_str()),
-                        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                        (
+                            "client_assertion_type",
+                            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                        ),
                         ("client_assertion", assertion.trim()),
                         ("grant_type", "client_credentials"),
                         ("scope", scope.as_str()),
                     ];
-                    token_from(ctx.http.post(url).form(&form).send().await, "workload identity token endpoint").await?
+                    token_from(
+                        ctx.http.post(url).form(&form).send().await,
+                        "workload identity token endpoint",
+                    )
+                    .await?
                 }
                 Source::AppService { endpoint, header } => {
                     let mut q = vec![("api-version", "2019-08-01"), ("resource", resource)];
                     if let Some(c) = &self.s.client_id {
                         q.push(("client_id", c.as_str()));
                     }
-                    let url = format!("{endpoint}?{}", serde_urlencoded::to_string(&q).unwrap_or_default());
+                    let url = format!(
+                        "{endpoint}?{}",
+                        serde_urlencoded::to_string(&q).unwrap_or_default()
+                    );
                     token_from(
                         ctx.http
                             .get(url)

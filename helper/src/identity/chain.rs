@@ -14,13 +14,17 @@ pub struct ChainIdentity {
 
 impl ChainIdentity {
     /// `loaded`: each source's load result, in order.
-    pub fn new(loaded: Vec<(String, Result<Box<dyn Identity>, IdentityError>)>) -> Result<Self, IdentityError> {
+    pub fn new(
+        loaded: Vec<(String, Result<Box<dyn Identity>, IdentityError>)>,
+    ) -> Result<Self, IdentityError> {
         let mut members = Vec::new();
         let mut skipped = Vec::new();
         for (name, r) in loaded {
             match r {
                 Ok(i) => members.push(i),
-                Err(e @ IdentityError::NotConfigured { .. }) => skipped.push(format!("{name}: {e}")),
+                Err(e @ IdentityError::NotConfigured { .. }) => {
+                    skipped.push(format!("{name}: {e}"))
+                }
                 // A source that is configured but broken stops the chain: silently falling through to a
                 // weaker identity would hide the problem.
                 Err(e) => return Err(e),

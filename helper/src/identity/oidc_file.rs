@@ -39,11 +39,12 @@ impl Identity for OidcFileIdentity {
 
     fn prove<'a>(&'a self, _ctx: &'a ProveContext<'a>) -> ProveFuture<'a> {
         Box::pin(async move {
-            let text = std::fs::read_to_string(&self.path).map_err(|source| IdentityError::ReadFile {
-                source_name: NAME,
-                path: self.path.clone(),
-                source,
-            })?;
+            let text =
+                std::fs::read_to_string(&self.path).map_err(|source| IdentityError::ReadFile {
+                    source_name: NAME,
+                    path: self.path.clone(),
+                    source,
+                })?;
             let jwt = text.trim();
             if jwt.split('.').count() != 3 || jwt.chars().any(|c| c.is_whitespace()) {
                 return Err(IdentityError::Invalid {

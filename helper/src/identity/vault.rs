@@ -89,7 +89,11 @@ impl VaultIdentity {
                 let t = match (token, token_file) {
                     (Some(t), _) => t.clone(),
                     (None, Some(f)) if f.exists() => read_secret(f)?,
-                    _ => return Err(not_configured("no Vault token (VAULT_TOKEN or ~/.vault-token)")),
+                    _ => {
+                        return Err(not_configured(
+                            "no Vault token (VAULT_TOKEN or ~/.vault-token)",
+                        ));
+                    }
                 };
                 secrets.push(t.clone());
                 Some(t)
@@ -108,7 +112,9 @@ impl VaultIdentity {
                 None
             }
             VaultAuth::Kubernetes { role, .. } | VaultAuth::Jwt { role, .. } if role.is_none() => {
-                return Err(not_configured("set TOLLGATE_VAULT_LOGIN_ROLE (the auth method's role)"));
+                return Err(not_configured(
+                    "set TOLLGATE_VAULT_LOGIN_ROLE (the auth method's role)",
+                ));
             }
             VaultAuth::Jwt { jwt_file: None, .. } => {
                 return Err(not_configured("set TOLLGATE_VAULT_JWT_FILE"));
@@ -152,7 +158,12 @@ impl VaultIdentity {
         if !status.is_success() {
             let errors = v["errors"]
                 .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "))
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
                 .unwrap_or_default();
             let reason = format!("{path}: HTTP {status}: {errors}");
             return Err(if status.is_server_error() {
@@ -177,7 +188,9 @@ impl VaultIdentity {
         let (method, body) = match &self.s.auth {
             // `load` keeps the token of method `token`, so this is only reached without one.
             VaultAuth::Token { .. } => {
-                return Err(not_configured("no Vault token (VAULT_TOKEN or ~/.vault-token)"));
+                return Err(not_configured(
+                    "no Vault token (VAULT_TOKEN or ~/.vault-token)",
+                ));
             }
             VaultAuth::AppRole {
                 role_id,
@@ -199,13 +212,24 @@ impl VaultIdentity {
                 json!({"role": role, "jwt": read_secret(jwt_file)?.expose_secret()}),
             ),
             VaultAuth::Jwt { role, jwt_file } => {
-                let f = jwt_file.as_ref().ok_or_else(|| not_configured("no JWT file"))?;
-                ("jwt", json!({"role": role, "jwt": read_secret(f)?.expose_secret()}))
+                let f = jwt_file
+                    .as_ref()
+                    .ok_or_else(|| not_configured("no JWT file"))?;
+                (
+                    "jwt",
+                    json!({"role": role, "jwt": read_secret(f)?.expose_secret()}),
+                )
             }
         };
         let mount = self.s.mount.as_deref().unwrap_or(method);
         let v = self
-            .call(http, reqwest::Method::POST, &format!("auth/{mount}/login"), None, Some(body))
+            .call(
+                http,
+                reqwest::Method::POST,
+                &format!("auth/{mount}/login"),
+                None,
+                Some(body),
+            )
             .await?;
         v["auth"]["client_token"]
             .as_str()
@@ -237,7 +261,11 @@ impl Identity for VaultIdentity {
         match &self.s.auth {
             VaultAuth::Token { .. } => {
                 // A digest of the token, so another login mints anew (never the token itself).
-                let t = self.token.as_ref().map(|t| t.expose_secret().to_string()).unwrap_or_default();
+                let t = self
+                    .token
+                    .as_ref()
+                    .map(|t| t.expose_secret().to_string())
+                    .unwrap_or_default();
                 h.update(b"token\0");
                 h.update(Sha256::digest(t.as_bytes()));
             }
@@ -245,14 +273,21 @@ impl Identity for VaultIdentity {
                 h.update(format!("approle\0{}", role_id.as_deref().unwrap_or("")).as_bytes())
             }
             VaultAuth::Kubernetes { role, jwt_file } => h.update(
-                format!("kubernetes\0{}\0{}", role.as_deref().unwrap_or(""), jwt_file.display())
-                    .as_bytes(),
+                format!(
+                    "kubernetes\0{}\0{}",
+                    role.as_deref().unwrap_or(""),
+                    jwt_file.display()
+                )
+                .as_bytes(),
             ),
             VaultAuth::Jwt { role, jwt_file } => h.update(
                 format!(
                     "jwt\0{}\0{}",
                     role.as_deref().unwrap_or(""),
-                    jwt_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+                    jwt_file
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
                 )
                 .as_bytes(),
             ),
