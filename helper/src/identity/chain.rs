@@ -6,6 +6,9 @@ use crate::error::IdentityError;
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
+/// A chain member's name and what loading it gave.
+pub type Loaded = (String, Result<Box<dyn Identity>, IdentityError>);
+
 pub struct ChainIdentity {
     members: Vec<Box<dyn Identity>>,
     /// Sources skipped at load time, with why.
@@ -14,9 +17,7 @@ pub struct ChainIdentity {
 
 impl ChainIdentity {
     /// `loaded`: each source's load result, in order.
-    pub fn new(
-        loaded: Vec<(String, Result<Box<dyn Identity>, IdentityError>)>,
-    ) -> Result<Self, IdentityError> {
+    pub fn new(loaded: Vec<Loaded>) -> Result<Self, IdentityError> {
         let mut members = Vec::new();
         let mut skipped = Vec::new();
         for (name, r) in loaded {
