@@ -26,6 +26,12 @@ principal = "vault:{attr.entity_name}"
 models = ["*"]
 
 [[rule]]
+name = "vault-entities"
+match = { kind = "vault", subject = "*" }
+principal = "vault-entity:{subject}"
+models = ["*"]
+
+[[rule]]
 name = "azure"
 match = { kind = "azure" }
 principal = "azure:{subject}"
@@ -653,6 +659,66 @@ async fn vault_identity_token_and_approle_through_helper_and_broker() {
     )
     .await;
     assert_eq!(token_works(&b, &run).await["sub"], "vault:ci-bot");
+
+    // JWT auth: OpenBao verifies a CI/Kubernetes-style JWT (from the fake IdP, via its discovery), the
+    // helper then reads the identity token for the resulting entity.
+    let idp = idp::spawn(IdpConfig::default()).await.expect("idp");
+    post("sys/auth/jwt", json!({"type": "jwt"})).await;
+    bao_call(
+        &base,
+        reqwest::Method::POST,
+        "auth/jwt/config",
+        "root",
+        Some(json!({"oidc_discovery_url": idp.base_url(), "bound_issuer": idp.base_url()})),
+    )
+    .await;
+    post(
+        "auth/jwt/role/ci",
+        json!({"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault"],
+               "bound_claims": {"repo": "acme/app"}, "token_policies": "tollgate-id"}),
+    )
+    .await;
+    let ci_jwt = home.path().join("ci-jwt");
+    let mint = |repo: &str| {
+        idp.mint(&MintRequest {
+            sub: Some("repo:acme/app:ref:main".into()),
+            aud: Some(json!("vault")),
+            claims: json!({"repo": repo}).as_object().cloned().expect("obj"),
+            ..MintRequest::default()
+        })
+        .expect("mint")
+    };
+    std::fs::write(&ci_jwt, mint("acme/app")).expect("write");
+    let jwt_env = |extra: Option<(&'static str, String)>| {
+        let mut v = vec![
+            ("TOLLGATE_IDENTITY", "vault".to_string()),
+            ("VAULT_ADDR", base.clone()),
+            ("TOLLGATE_VAULT_AUTH", "jwt".into()),
+            ("TOLLGATE_VAULT_LOGIN_ROLE", "ci".into()),
+            ("TOLLGATE_VAULT_JWT_FILE", ci_jwt.display().to_string()),
+            ("TOLLGATE_VAULT_ROLE", "tollgate".into()),
+        ];
+        v.extend(extra);
+        v
+    };
+    let run = helper(&b.url, home.path(), &jwt_env(None)).await;
+    let c = token_works(&b, &run).await;
+    assert!(
+        c["sub"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("vault-entity:")),
+        "{c}"
+    );
+    // A JWT OpenBao's role does not accept (bound claim): the login fails, exit 65.
+    std::fs::write(&ci_jwt, mint("evil/app")).expect("write");
+    let run = helper(
+        &b.url,
+        home.path(),
+        &jwt_env(Some(("TOLLGATE_NO_CACHE", "1".into()))),
+    )
+    .await;
+    assert_eq!(run.code, Some(65), "{}", run.stderr);
+    assert!(run.stderr.contains("auth/jwt/login"), "{}", run.stderr);
 
     // A wrong secret_id: Vault refuses the login (exit 65), the secret is not echoed.
     let run = helper(

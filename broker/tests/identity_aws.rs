@@ -390,6 +390,20 @@ async fn bad_aws_proofs_are_refused_without_detail() {
     )
     .await;
 
+    let mut crlf = sign(&aws.user, "us-east-1", &moto, Some(SERVER_ID), &[], now);
+    crlf.headers.insert(
+        "Content-Type".into(),
+        vec!["text/plain\r\nX-Evil: 1".into()],
+    );
+    crlf.headers.remove("content-type");
+    b.expect_refused_because(
+        "CR/LF in a header value",
+        "malformed_proof",
+        t,
+        &crlf.encode(),
+    )
+    .await;
+
     // Garbage.
     b.expect_refused_because("not base64", "malformed_proof", t, "%%%")
         .await;

@@ -254,7 +254,12 @@ impl AwsVerifier {
             if !allowed {
                 return Err(rej("header_not_allowed"));
             }
-            if values.len() != 1 {
+            // One value each, printable ASCII only (a CR/LF would otherwise fail later, at send time).
+            if values.len() != 1
+                || !values[0].bytes().all(|b| (0x20..0x7f).contains(&b))
+                || name.is_empty()
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
                 return Err(rej("malformed_proof"));
             }
         }
