@@ -178,6 +178,45 @@ async fn oidc_file_and_azure_managed_identity_through_helper_and_broker() {
     assert_eq!(c["sub"], format!("azure:{}", idp.managed_identity().oid));
     assert_eq!(idp.mi_tokens(), 1);
 
+    // azure: workload identity (a federated token file exchanged at the tenant's token endpoint; a v2
+    // token whose issuer comes from the tenant's discovery document).
+    let federated = home.path().join("azure-federated-token");
+    std::fs::write(
+        &federated,
+        idp.mint(&MintRequest {
+            sub: Some("system:serviceaccount:apps:web".into()),
+            aud: Some(json!("api://AzureADTokenExchange")),
+            ..MintRequest::default()
+        })
+        .expect("mint"),
+    )
+    .expect("write");
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "azure".into()),
+            ("TOLLGATE_AZURE_RESOURCE", "api://tollgate".into()),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                federated.display().to_string(),
+            ),
+            ("AZURE_TENANT_ID", idp.managed_identity().tenant.clone()),
+            (
+                "AZURE_CLIENT_ID",
+                "cccccccc-0000-0000-0000-000000000003".into(),
+            ),
+            ("AZURE_AUTHORITY_HOST", idp.authority()),
+        ],
+    )
+    .await;
+    let c = token_works(&b, &run).await;
+    assert_eq!(c["sub"], format!("azure:{}", idp.managed_identity().oid));
+    assert_eq!(
+        c["tollgate"]["identity"]["issuer"],
+        idp.tenant_issuer(&idp.managed_identity().tenant)
+    );
+
     // A wrong identity header: the managed-identity endpoint refuses, the helper says so (exit 65).
     let run = helper(
         &b.url,

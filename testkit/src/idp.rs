@@ -12,6 +12,9 @@
 //!   `{base}/msi/token`, header `X-IDENTITY-HEADER` = `IDENTITY_HEADER`), which `azure_identity`'s
 //!   `ManagedIdentityCredential` uses when those two variables are set;
 //! - `GET /metadata/identity/oauth2/token` — the VM IMDS shape (header `Metadata: true`);
+//! - `POST /{tenant}/oauth2/v2.0/token` — Entra's client-credentials grant with a federated
+//!   `client_assertion` (workload identity): the assertion must be one of our own JWTs with
+//!   `aud = api://AzureADTokenExchange`; the answer is a v2 token (issuer `{base}/{tenant}/v2.0`);
 //! - `POST /_idp/rotate` — publish a new signing key and make it the active one;
 //! - `GET /_idp/stats` — how many times discovery and JWKS were fetched.
 //!
@@ -320,6 +323,7 @@ pub async fn spawn_on(cfg: IdpConfig, addr: SocketAddr) -> anyhow::Result<IdpHan
             get(tenant_discovery),
         )
         .route("/{tenant}/discovery/v2.0/keys", get(jwks))
+        .route("/{tenant}/oauth2/v2.0/token", post(workload_token))
         .route("/msi/token", get(app_service_token))
         .route("/metadata/identity/oauth2/token", get(imds_token))
         .route("/_idp/rotate", post(rotate_route))
@@ -439,6 +443,77 @@ fn mi_answer(s: &IdpState, q: &BTreeMap<String, String>) -> Response {
             "client_id": s.cfg.managed_identity.appid,
         }))
         .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ClientCredentials {
+    grant_type: String,
+    client_id: String,
+    client_assertion_type: String,
+    client_assertion: String,
+    scope: String,
+}
+
+async fn workload_token(
+    State(s): S,
+    Path(tenant): Path<String>,
+    axum::Form(f): axum::Form<ClientCredentials>,
+) -> Response {
+    let bad = |d: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_client", "error_description": d})),
+        )
+            .into_response()
+    };
+    if f.grant_type != "client_credentials"
+        || f.client_assertion_type != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    {
+        return bad("unsupported grant");
+    }
+    // The federated assertion must be ours, for the token-exchange audience.
+    let key = {
+        let keys = s.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.iter()
+            .map(|k| (k.kid.clone(), k.jwk.clone()))
+            .collect::<Vec<_>>()
+    };
+    let header = match jsonwebtoken::decode_header(&f.client_assertion) {
+        Ok(h) => h,
+        Err(_) => return bad("malformed assertion"),
+    };
+    let Some((_, jwk)) = key.iter().find(|(kid, _)| Some(kid) == header.kid.as_ref()) else {
+        return bad("assertion signed by an unknown key");
+    };
+    let Ok(dk) = jsonwebtoken::DecodingKey::from_jwk(jwk) else {
+        return bad("bad key");
+    };
+    let mut v = jsonwebtoken::Validation::new(Algorithm::RS256);
+    v.set_audience(&["api://AzureADTokenExchange"]);
+    if jsonwebtoken::decode::<Value>(&f.client_assertion, &dk, &v).is_err() {
+        return bad("AADSTS700211: assertion rejected");
+    }
+    let resource = f.scope.trim_end_matches("/.default").to_string();
+    let mi = &s.cfg.managed_identity;
+    let claims = json!({"tid": tenant, "oid": mi.oid, "azp": f.client_id, "idtyp": "app"});
+    match mint(
+        &s,
+        &MintRequest {
+            iss: Some(format!("{}/{tenant}/v2.0", s.base)),
+            sub: Some(mi.oid.clone()),
+            aud: Some(json!(resource)),
+            ttl_secs: Some(3600),
+            claims: claims.as_object().cloned().unwrap_or_default(),
+            ..MintRequest::default()
+        },
+    ) {
+        Ok(t) => {
+            s.mi_tokens.fetch_add(1, Ordering::SeqCst);
+            Json(json!({"access_token": t, "token_type": "Bearer", "expires_in": 3600}))
+                .into_response()
+        }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
