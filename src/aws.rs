@@ -136,6 +136,38 @@ pub fn sign_get_caller_identity(
     url: &str,
     opts: &SignOptions<'_>,
 ) -> Result<SignedCallerIdentity, SignError> {
+    let mut extra: Vec<(&str, &str)> = Vec::new();
+    if let Some(sid) = opts.server_id {
+        extra.push((SERVER_ID_HEADER, sid));
+    }
+    extra.extend_from_slice(opts.extra_headers);
+    let headers = sign_sts_post(
+        creds,
+        region,
+        url,
+        GET_CALLER_IDENTITY_BODY,
+        &extra,
+        opts.time,
+    )?;
+    Ok(SignedCallerIdentity {
+        method: "POST".into(),
+        url: url.to_string(),
+        headers,
+        body: GET_CALLER_IDENTITY_BODY.into(),
+    })
+}
+
+/// SigV4-sign a form POST of `body` to an STS `url`; returns every header to send (Go `http.Header`
+/// shape). Also used by the helper for `AssumeRole`.
+#[cfg(feature = "aws-sign")]
+pub fn sign_sts_post(
+    creds: &AwsCredentials,
+    region: &str,
+    url: &str,
+    body: &str,
+    extra_headers: &[(&str, &str)],
+    time: std::time::SystemTime,
+) -> Result<BTreeMap<String, Vec<String>>, SignError> {
     use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
     use aws_sigv4::sign::v4;
 
@@ -151,7 +183,7 @@ pub fn sign_get_caller_identity(
         .identity(&identity)
         .region(region)
         .name("sts")
-        .time(opts.time)
+        .time(time)
         .settings(SigningSettings::default())
         .build()
         .map_err(|e| SignError::Sign(e.to_string()))?
@@ -160,14 +192,11 @@ pub fn sign_get_caller_identity(
         .method("POST")
         .uri(url)
         .header("content-type", FORM_CONTENT_TYPE);
-    if let Some(sid) = opts.server_id {
-        builder = builder.header(SERVER_ID_HEADER, sid);
-    }
-    for (k, v) in opts.extra_headers {
+    for (k, v) in extra_headers {
         builder = builder.header(*k, *v);
     }
     let mut req = builder
-        .body(GET_CALLER_IDENTITY_BODY.to_string())
+        .body(body.to_string())
         .map_err(|_| SignError::Url(url.to_string()))?;
     let headers: Vec<(String, String)> = req
         .headers()
@@ -178,7 +207,7 @@ pub fn sign_get_caller_identity(
         "POST",
         url,
         headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        SignableBody::Bytes(GET_CALLER_IDENTITY_BODY.as_bytes()),
+        SignableBody::Bytes(body.as_bytes()),
     )
     .map_err(|e| SignError::Sign(e.to_string()))?;
     let (instructions, _signature) = sign(signable, &params)
@@ -193,12 +222,7 @@ pub fn sign_get_caller_identity(
                 .to_string(),
         );
     }
-    Ok(SignedCallerIdentity {
-        method: "POST".into(),
-        url: url.to_string(),
-        headers: map,
-        body: GET_CALLER_IDENTITY_BODY.into(),
-    })
+    Ok(map)
 }
 
 #[cfg(test)]

@@ -20,6 +20,12 @@ principal = "aws:{attr.user}"
 models = ["*"]
 
 [[rule]]
+name = "aws-roles"
+match = { kind = "aws", subject = "arn:aws:iam::123456789012:role/*" }
+principal = "aws-role:{attr.role}/{attr.session}"
+models = ["*"]
+
+[[rule]]
 name = "vault"
 match = { kind = "vault", attributes = { groups = "ml-team" } }
 principal = "vault:{attr.entity_name}"
@@ -443,6 +449,7 @@ kw = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="bootstra
 iam = boto3.client("iam", **kw)
 iam.create_user(UserName="builder")
 key = iam.create_access_key(UserName="builder")["AccessKey"]
+iam.put_user_policy(UserName="builder", PolicyName="sts", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:*", "Resource": "*"}]}))
 bogus = boto3.client("sts", **kw)
 for _ in range(10):
     try:
@@ -515,6 +522,31 @@ print(json.dumps({"ak": key["AccessKeyId"], "sk": key["SecretAccessKey"]}))
     )
     .await;
     assert_eq!(token_works(&b, &run).await["sub"], "aws:builder");
+
+    // Optional role assumption first: the proof is signed as the role session.
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "aws".to_string()),
+            ("TOLLGATE_AWS_STS_URL", format!("{}/", moto.1)),
+            ("TOLLGATE_AWS_SERVER_ID", "tollgate-e2e".into()),
+            ("AWS_ACCESS_KEY_ID", keys["ak"].as_str().expect("ak").into()),
+            ("AWS_SECRET_ACCESS_KEY", sk.clone()),
+            (
+                "TOLLGATE_AWS_ROLE_ARN",
+                "arn:aws:iam::123456789012:role/workload".into(),
+            ),
+            ("TOLLGATE_NO_CACHE", "1".into()),
+        ],
+    )
+    .await;
+    let c = token_works(&b, &run).await;
+    assert_eq!(c["sub"], "aws-role:workload/tollgate-token");
+    assert_eq!(
+        c["tollgate"]["identity"]["subject"],
+        "arn:aws:iam::123456789012:role/workload"
+    );
 }
 
 async fn bao_call(

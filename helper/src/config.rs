@@ -111,6 +111,10 @@ pub struct RawAws {
     pub server_id: Option<String>,
     /// Shared-credentials profile (default AWS_PROFILE, else `default`).
     pub profile: Option<String>,
+    /// Assume this role first (`sts:AssumeRole`), and prove as it.
+    pub role_arn: Option<String>,
+    /// Session name for the assumed role (default `tollgate-token`).
+    pub role_session_name: Option<String>,
 }
 
 /// `[profiles.<name>.vault]`.
@@ -629,6 +633,11 @@ fn resolve_identity(
                     .var("AWS_CONTAINER_AUTHORIZATION_TOKEN")
                     .map(SecretString::from),
                 imds_endpoint,
+                role_arn: env.var("TOLLGATE_AWS_ROLE_ARN").or(raw.role_arn),
+                role_session_name: env
+                    .var("TOLLGATE_AWS_ROLE_SESSION_NAME")
+                    .or(raw.role_session_name)
+                    .unwrap_or_else(|| "tollgate-token".into()),
             })
         }
         "vault" => {

@@ -7,6 +7,8 @@
 //! and `AWS_EC2_METADATA_SERVICE_ENDPOINT` honoured). We sign with `aws-sigv4` directly instead of
 //! pulling in `aws-config` (see helper/README.md: a 3× larger binary and 4× the build for a chain we
 //! mostly need one link of). Not supported: SSO and `credential_process` profiles, web identity.
+//! With a role ARN configured, the helper first calls `sts:AssumeRole` (signed the same way; this is the
+//! only AWS call the helper itself makes) and proves as the role session.
 
 use super::{Identity, Proof, ProveContext, ProveFuture};
 use crate::error::IdentityError;
@@ -38,6 +40,9 @@ pub struct AwsSettings {
     pub container_token: Option<SecretString>,
     /// `None` when disabled.
     pub imds_endpoint: Option<String>,
+    /// Assume this role first (signed `sts:AssumeRole` to `sts_url`), then prove as the role.
+    pub role_arn: Option<String>,
+    pub role_session_name: String,
 }
 
 enum Source {
@@ -247,6 +252,91 @@ fn nonce() -> String {
     format!("{:016x}", h.finish())
 }
 
+/// The text of `<tag>…</tag>` (STS answers are flat and entity-free where we read them).
+fn xml_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&format!("</{tag}>"))?;
+    Some(xml[start..end].trim())
+}
+
+impl AwsIdentity {
+    async fn assume_role(
+        &self,
+        http: &reqwest::Client,
+        creds: &AwsCredentials,
+        role_arn: &str,
+    ) -> Result<AwsCredentials, IdentityError> {
+        let unavailable = |reason: String| IdentityError::Unavailable {
+            source_name: NAME,
+            reason,
+        };
+        let body = serde_urlencoded::to_string([
+            ("Action", "AssumeRole"),
+            ("Version", "2011-06-15"),
+            ("RoleArn", role_arn),
+            ("RoleSessionName", self.settings.role_session_name.as_str()),
+            ("DurationSeconds", "900"),
+        ])
+        .map_err(|e| unavailable(e.to_string()))?;
+        let url = &self.settings.sts_url;
+        let headers = tollgate::aws::sign_sts_post(
+            creds,
+            &self.settings.region,
+            url,
+            &body,
+            &[],
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| IdentityError::Invalid {
+            source_name: NAME,
+            reason: e.to_string(),
+        })?;
+        let mut req = http.post(url.as_str()).body(body);
+        for (k, vs) in &headers {
+            for v in vs {
+                req = req.header(k.as_str(), v.as_str());
+            }
+        }
+        let resp = req.send().await.map_err(|e| {
+            unavailable(format!(
+                "sts:AssumeRole at {url}: {}",
+                crate::exchange::transport_reason(&e)
+            ))
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            let code = xml_text(&text, "Code").unwrap_or("");
+            let reason = format!("sts:AssumeRole {role_arn}: HTTP {status} {code}");
+            return Err(if status.is_server_error() {
+                unavailable(reason)
+            } else {
+                IdentityError::Invalid {
+                    source_name: NAME,
+                    reason,
+                }
+            });
+        }
+        let c = xml_text(&text, "Credentials")
+            .ok_or_else(|| unavailable("sts:AssumeRole answered without credentials".into()))?;
+        match (
+            xml_text(c, "AccessKeyId"),
+            xml_text(c, "SecretAccessKey"),
+            xml_text(c, "SessionToken"),
+        ) {
+            (Some(a), Some(s), Some(t)) => Ok(AwsCredentials {
+                access_key_id: a.to_string(),
+                secret_access_key: s.to_string(),
+                session_token: Some(t.to_string()),
+            }),
+            _ => Err(unavailable(
+                "sts:AssumeRole answered with incomplete credentials".into(),
+            )),
+        }
+    }
+}
+
 impl Identity for AwsIdentity {
     fn name(&self) -> &'static str {
         NAME
@@ -256,7 +346,14 @@ impl Identity for AwsIdentity {
         let s = &self.settings;
         let mut h = Sha256::new();
         h.update(b"tollgate-token aws fingerprint v1\0");
-        for part in [&s.region, &s.sts_url, &s.server_id] {
+        let role = s.role_arn.clone().unwrap_or_default();
+        for part in [
+            &s.region,
+            &s.sts_url,
+            &s.server_id,
+            &role,
+            &s.role_session_name,
+        ] {
             h.update(part.as_bytes());
             h.update(b"\0");
         }
@@ -276,7 +373,10 @@ impl Identity for AwsIdentity {
 
     fn prove<'a>(&'a self, ctx: &'a ProveContext<'a>) -> ProveFuture<'a> {
         Box::pin(async move {
-            let creds = self.credentials(ctx.http).await?;
+            let mut creds = self.credentials(ctx.http).await?;
+            if let Some(role) = &self.settings.role_arn {
+                creds = self.assume_role(ctx.http, &creds, role).await?;
+            }
             let nonce = nonce();
             let signed = sign_get_caller_identity(
                 &creds,
