@@ -967,4 +967,80 @@ mod tests {
             None
         );
     }
+
+    #[test]
+    fn identity_sources_resolve_from_environment() {
+        let base = [("HOME", "/h"), ("TOLLGATE_BROKER", "https://x")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut v: Vec<(&str, &str)> = base.to_vec();
+            v.extend_from_slice(extra);
+            resolve(&Flags::default(), &MapEnv::new(v))
+        };
+        match with(&[("TOLLGATE_IDENTITY", "aws"), ("AWS_REGION", "eu-west-1")])
+            .expect("aws")
+            .identity
+        {
+            IdentityConfig::Aws(a) => {
+                assert_eq!(a.region, "eu-west-1");
+                assert_eq!(a.sts_url, "https://sts.eu-west-1.amazonaws.com/");
+                assert_eq!(a.server_id, "tollgate", "defaults to the audience");
+                assert!(a.imds_endpoint.is_some());
+                assert_eq!(
+                    a.credentials_file,
+                    Some(PathBuf::from("/h/.aws/credentials"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match with(&[
+            ("TOLLGATE_IDENTITY", "aws"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ])
+        .expect("aws")
+        .identity
+        {
+            IdentityConfig::Aws(a) => assert!(a.imds_endpoint.is_none()),
+            other => panic!("{other:?}"),
+        }
+        match with(&[("TOLLGATE_IDENTITY", "chain")])
+            .expect("chain")
+            .identity
+        {
+            IdentityConfig::Chain(m) => assert_eq!(
+                m.iter().map(IdentityConfig::name).collect::<Vec<_>>(),
+                DEFAULT_CHAIN
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            with(&[
+                ("TOLLGATE_IDENTITY", "chain"),
+                ("TOLLGATE_CHAIN", "aws,chain")
+            ])
+            .is_err()
+        );
+        assert!(
+            with(&[
+                ("TOLLGATE_IDENTITY", "vault"),
+                ("TOLLGATE_VAULT_AUTH", "ldap")
+            ])
+            .is_err()
+        );
+        match with(&[("TOLLGATE_IDENTITY", "azure")])
+            .expect("azure")
+            .identity
+        {
+            IdentityConfig::Azure(a) => {
+                assert!(a.imds_endpoint.is_none(), "VM IMDS is opt-in");
+                assert!(a.resource.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not configured here: a chain member that does not apply is NotConfigured, not an error.
+        let s = with(&[("TOLLGATE_IDENTITY", "azure")]).expect("azure");
+        assert!(matches!(
+            crate::identity::load(&s.identity),
+            Err(crate::error::IdentityError::NotConfigured { .. })
+        ));
+    }
 }
