@@ -462,4 +462,16 @@ audiences = ["api://tollgate"]
                 .expect_err("unknown flattened");
         assert!(e.to_string().contains("jwks_cache"), "{e}");
     }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/identity");
+        let env: BTreeMap<String, String> = BTreeMap::new();
+        let c = Config::load(&dir.join("broker.toml"), &env).expect("example config");
+        assert!(c.identity.aws.is_some());
+        assert_eq!(c.identity.oidc.len(), 3);
+        assert_eq!(c.identity.azure.len(), 1);
+        let p = crate::policy::Policy::load(&c.policy_file).expect("example policy");
+        assert_eq!(p.rules.len(), 6);
+    }
 }
