@@ -3,6 +3,7 @@
 //! Both `tollgate-token` (the helper Codex runs) and `tollgate-broker` (the service) depend on this crate.
 //! It holds wire types and pure logic only: no I/O, no HTTP server, no async runtime.
 
+pub mod aws;
 pub mod exchange;
 pub mod grant;
 pub mod money;

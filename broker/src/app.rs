@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::error::{ApiError, OAuthFailure};
 use crate::governance::Governance;
 use crate::governance::store::RevocationKind;
-use crate::identity::{Verifiers, VerifyError, static_cred::StaticVerifier};
+use crate::identity::{Verifiers, VerifyError};
 use crate::keys;
 use crate::ledger::Ledger;
 use crate::policy::{Decision, Policy};
@@ -29,6 +29,8 @@ pub struct AppState {
     pub tokens: TokenService,
     pub verifiers: Verifiers,
     pub policy: RwLock<Arc<Policy>>,
+    /// Where the policy is (re)loaded from.
+    pub policy_file: std::path::PathBuf,
     pub router: ModelRouter,
     /// Longest `Retry-After` the proxy waits out itself.
     pub retry_after_max_wait_secs: u64,
@@ -49,6 +51,8 @@ pub enum BuildError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Keys(#[from] keys::KeyError),
+    #[error("identity verifiers: {0}")]
+    Identity(String),
     #[error(transparent)]
     Store(#[from] crate::governance::store::StoreError),
 }
@@ -66,8 +70,8 @@ impl AppState {
             (None, Some(km)) => km.sync(governance.store.as_ref(), &ring, now).await?,
             (None, None) => ring.replace(keys::load_or_generate(&config.server.state_dir, now)?),
         }
-        let mut verifiers = Verifiers::default();
-        verifiers.push(Box::new(StaticVerifier::new(config.credentials.clone())));
+        let verifiers = Verifiers::from_config(config, clock.clone())
+            .map_err(|e| BuildError::Identity(e.to_string()))?;
         Ok(Arc::new(AppState {
             tokens: TokenService {
                 keys: ring,
@@ -78,6 +82,7 @@ impl AppState {
             },
             verifiers,
             policy: RwLock::new(Arc::new(policy)),
+            policy_file: config.policy_file.clone(),
             router: ModelRouter::new(config, clock.clone()),
             retry_after_max_wait_secs: config.routing.retry_after_max_wait_secs,
             codex_models: config.codex_models.clone(),
@@ -129,6 +134,27 @@ impl AppState {
                 }
             }
         });
+    }
+
+    /// Load the policy file again and swap it in. Requests in flight keep the policy they started with
+    /// (each holds its own `Arc`); an invalid file is rejected, logged with its line and column, and the
+    /// old policy stays in force.
+    pub fn reload_policy(&self) -> Result<usize, crate::config::ConfigError> {
+        match Policy::load(&self.policy_file) {
+            Ok(p) => {
+                let n = p.rules.len();
+                *self
+                    .policy
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(p);
+                tracing::info!(file = %self.policy_file.display(), rules = n, "policy reloaded");
+                Ok(n)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
+                Err(e)
+            }
+        }
     }
 
     pub fn policy(&self) -> Arc<Policy> {

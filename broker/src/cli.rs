@@ -47,6 +47,25 @@ pub enum Command {
 pub enum PolicyCommand {
     /// Validate a policy file.
     Check { file: PathBuf },
+    /// Show which rule decides for an identity, and why each earlier rule does not apply. Exits 0 when
+    /// the identity gets a grant, 1 when it is denied.
+    Explain {
+        /// Policy file [default: the `policy_file` of --config].
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Identity kind: static, aws, vault, azure, oidc.
+        #[arg(long)]
+        kind: String,
+        /// The verified subject (canonical ARN, OIDC `sub`, Azure object ID…).
+        #[arg(long)]
+        subject: String,
+        /// The issuer (OIDC `iss`, STS endpoint).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// An attribute, repeatable (`--attr groups=eng --attr groups=ops`).
+        #[arg(long = "attr", value_name = "NAME=VALUE")]
+        attrs: Vec<String>,
+    },
 }
 
 /// Exit code for a bad config or usage (sysexits EX_USAGE / EX_CONFIG convention).
@@ -87,6 +106,73 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     eprintln!("{e}");
                     ExitCode::from(EXIT_CONFIG)
                 }
+            });
+        }
+        Some(Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    file,
+                    kind,
+                    subject,
+                    issuer,
+                    attrs,
+                },
+        }) => {
+            let path = match (file, &cli.config) {
+                (Some(f), _) => f.clone(),
+                (None, Some(c)) => match Config::load(c, &ProcessEnv) {
+                    Ok(c) => c.policy_file,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return Ok(ExitCode::from(EXIT_CONFIG));
+                    }
+                },
+                (None, None) => {
+                    eprintln!(
+                        "tollgate-broker: policy explain needs --file POLICY or --config FILE"
+                    );
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            };
+            let policy = match crate::policy::Policy::load(&path) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            };
+            let Some(kind) = tollgate::IdentityKind::ALL
+                .into_iter()
+                .find(|k| k.as_str() == kind)
+            else {
+                eprintln!(
+                    "tollgate-broker: unknown --kind {kind:?} (static, aws, vault, azure, oidc)"
+                );
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            };
+            let mut attributes = std::collections::BTreeMap::<String, Vec<String>>::new();
+            for a in attrs {
+                let Some((k, v)) = a.split_once('=') else {
+                    eprintln!("tollgate-broker: --attr wants NAME=VALUE, got {a:?}");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                };
+                attributes
+                    .entry(k.to_string())
+                    .or_default()
+                    .push(v.to_string());
+            }
+            let id = crate::identity::VerifiedIdentity {
+                kind,
+                subject: subject.clone(),
+                issuer: issuer.clone(),
+                attributes,
+            };
+            let text = crate::policy::explain_text(&policy, &path, &id);
+            print!("{}", text.text);
+            return Ok(if text.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             });
         }
         Some(Command::Serve) | None => {}

@@ -118,6 +118,9 @@ struct RawConfig {
     /// Per-model Codex metadata (`GET /v1/models` → `models`): opt-in, see codex-models.md.
     #[serde(default)]
     models: BTreeMap<String, RawModelMeta>,
+    /// Workload-identity verifiers (`[identity.aws]`, `[[identity.oidc]]`, `[[identity.azure]]`).
+    #[serde(default)]
+    identity: crate::identity::config::RawIdentity,
     #[serde(default)]
     routing: RawRouting,
     /// Vault (or OpenBao) for upstream keys held in KV v2.
@@ -412,6 +415,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Codex metadata entries for `GET /v1/models`, keyed by model name.
     pub codex_models: BTreeMap<String, serde_json::Value>,
+    /// Workload-identity verifiers.
+    pub identity: crate::identity::config::IdentityConfig,
     pub routing: RoutingConfig,
     pub vault: Option<VaultConfig>,
     pub store: StoreConfig,
@@ -994,7 +999,10 @@ impl Config {
             }
         };
 
+        let identity = crate::identity::config::IdentityConfig::validate(&raw.identity, s)?;
+
         Ok(Config {
+            identity,
             routing,
             vault,
             store,

@@ -96,6 +96,8 @@ pub struct Policy {
 }
 
 /// What the policy decided for an identity.
+// Decided once per exchange and consumed at once: boxing the grant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Decision {
     Allow {
@@ -107,6 +109,23 @@ pub enum Decision {
     Deny { rule: String },
     /// No rule matched: deny by default.
     NoMatch,
+}
+
+/// One rule's part in an explanation.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub rule: String,
+    pub line: usize,
+    pub effect: Effect,
+    pub outcome: StepOutcome,
+}
+
+#[derive(Clone, Debug)]
+pub enum StepOutcome {
+    /// The rule did not apply, and why.
+    Skipped(String),
+    /// The rule matched and decided.
+    Decided,
 }
 
 /// A `{subject}` / `{attr.NAME}` template, validated at load.
@@ -277,6 +296,36 @@ impl Policy {
         Ok(())
     }
 
+    /// Walk the rules as [`decide`](Self::decide) does and say, for each rule up to the deciding one,
+    /// why it did or did not apply (`tollgate-broker policy explain`).
+    pub fn explain(&self, id: &VerifiedIdentity) -> (Vec<Step>, Decision) {
+        let mut steps = Vec::new();
+        for rule in &self.rules {
+            let outcome = match Self::check_rule(rule, id) {
+                Err(why) => StepOutcome::Skipped(why),
+                Ok(()) if rule.effect == Effect::Deny => StepOutcome::Decided,
+                Ok(()) => match rule.principal.render(id) {
+                    None => StepOutcome::Skipped(format!(
+                        "matched, but principal template {:?} names an attribute the identity lacks",
+                        rule.principal.0
+                    )),
+                    Some(_) => StepOutcome::Decided,
+                },
+            };
+            let decided = matches!(outcome, StepOutcome::Decided);
+            steps.push(Step {
+                rule: rule.name.clone(),
+                line: rule.line,
+                effect: rule.effect,
+                outcome,
+            });
+            if decided {
+                break;
+            }
+        }
+        (steps, self.decide(id))
+    }
+
     /// Decide for a verified identity.
     pub fn decide(&self, id: &VerifiedIdentity) -> Decision {
         for rule in &self.rules {
@@ -316,6 +365,80 @@ impl Policy {
         }
         Decision::NoMatch
     }
+}
+
+/// `policy explain` output.
+pub struct Explained {
+    pub text: String,
+    pub allowed: bool,
+}
+
+/// Render an explanation for humans.
+pub fn explain_text(policy: &Policy, path: &Path, id: &VerifiedIdentity) -> Explained {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "policy {} ({} rule(s)); identity kind={} subject={:?} issuer={} attributes={:?}",
+        path.display(),
+        policy.rules.len(),
+        id.kind,
+        id.subject,
+        id.issuer.as_deref().unwrap_or("-"),
+        id.attributes
+    );
+    let (steps, decision) = policy.explain(id);
+    for s in &steps {
+        let effect = match s.effect {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+        };
+        match &s.outcome {
+            StepOutcome::Skipped(why) => {
+                let _ = writeln!(
+                    t,
+                    "  rule {:?} (line {}, {effect}): skipped: {why}",
+                    s.rule, s.line
+                );
+            }
+            StepOutcome::Decided => {
+                let _ = writeln!(
+                    t,
+                    "  rule {:?} (line {}, {effect}): MATCHES",
+                    s.rule, s.line
+                );
+            }
+        }
+    }
+    let allowed = match decision {
+        Decision::Allow {
+            grant,
+            max_ttl_secs,
+            rule,
+        } => {
+            let models: Vec<&str> = grant.models.iter().map(ModelPattern::as_str).collect();
+            let _ = writeln!(
+                t,
+                "decision: ALLOW by rule {rule:?}: principal {:?}, team {}, org {}, models [{}], budgets [{}], max_ttl_secs {}",
+                grant.principal,
+                grant.team.as_deref().unwrap_or("-"),
+                grant.org.as_deref().unwrap_or("-"),
+                models.join(", "),
+                grant.budgets.join(", "),
+                max_ttl_secs.map_or("-".to_string(), |v| v.to_string()),
+            );
+            true
+        }
+        Decision::Deny { rule } => {
+            let _ = writeln!(t, "decision: DENY by rule {rule:?}");
+            false
+        }
+        Decision::NoMatch => {
+            let _ = writeln!(t, "decision: DENY: no rule matched (deny by default)");
+            false
+        }
+    };
+    Explained { text: t, allowed }
 }
 
 #[cfg(test)]
@@ -394,6 +517,26 @@ requests_per_minute = 30
             p.decide(&id(IdentityKind::Aws, "alice", &[("group", "ops")])),
             Decision::NoMatch
         ));
+    }
+
+    #[test]
+    fn explain_says_why_each_earlier_rule_did_not_apply() {
+        let p = policy(P).expect("valid");
+        let (steps, d) = p.explain(&id(IdentityKind::Static, "alice", &[("group", "eng-core")]));
+        assert_eq!(steps.len(), 2);
+        match &steps[0].outcome {
+            StepOutcome::Skipped(why) => assert!(why.contains("intern-*"), "{why}"),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(steps[0].line, 2);
+        assert!(matches!(steps[1].outcome, StepOutcome::Decided));
+        assert!(matches!(d, Decision::Allow { .. }));
+        let (steps, d) = p.explain(&id(IdentityKind::Static, "carol", &[("group", "sales")]));
+        assert!(matches!(d, Decision::NoMatch));
+        match &steps[1].outcome {
+            StepOutcome::Skipped(why) => assert!(why.contains("attribute group"), "{why}"),
+            o => panic!("{o:?}"),
+        }
     }
 
     #[test]

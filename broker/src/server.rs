@@ -24,6 +24,7 @@ pub async fn serve(
         let _ = out.flush();
     }
     tracing::info!(%addr, "tollgate-broker listening");
+    tokio::spawn(watch_policy(state.clone()));
     let app = router(state);
     // SSE is many small writes: without TCP_NODELAY, Nagle plus the client's delayed ACK adds ~40 ms per
     // streamed answer (measured with broker/tests/routing_overhead.rs).
@@ -47,6 +48,45 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// How often the policy file is checked for changes.
+const POLICY_POLL: Duration = Duration::from_secs(2);
+
+/// A digest of the policy file's content (`None` if unreadable): reload when it changes.
+fn policy_digest(path: &std::path::Path) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    std::fs::read(path)
+        .ok()
+        .map(|b| sha2::Sha256::digest(&b).into())
+}
+
+/// Reload the policy on SIGHUP, and when the file's content changes (polled: no platform watcher, works
+/// the same on bind mounts and Kubernetes ConfigMaps, whose updates are symlink swaps).
+async fn watch_policy(state: Arc<AppState>) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut last = policy_digest(&state.policy_file);
+    let mut tick = tokio::time::interval(POLICY_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let by_signal = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+        };
+        let now = policy_digest(&state.policy_file);
+        if by_signal || (now.is_some() && now != last) {
+            if by_signal {
+                tracing::info!("SIGHUP: reloading the policy");
+            }
+            last = now;
+            let _ = state.reload_policy();
+        }
+    }
 }
 
 async fn shutdown_signal() {

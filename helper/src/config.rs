@@ -90,6 +90,63 @@ pub struct RawProfile {
     pub refresh_margin_secs: Option<u64>,
     pub timeout_ms: Option<u64>,
     pub rerun_window_secs: Option<u64>,
+    /// `identity = "oidc-file"`: the JWT file (relative to the config file's directory).
+    pub oidc_file: Option<PathBuf>,
+    /// `identity = "chain"`: the sources to try, in order.
+    pub chain: Option<Vec<String>>,
+    pub aws: Option<RawAws>,
+    pub vault: Option<RawVault>,
+    pub azure: Option<RawAzure>,
+}
+
+/// `[profiles.<name>.aws]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAws {
+    /// Region to sign for (default: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1).
+    pub region: Option<String>,
+    /// STS URL to sign for (default https://sts.{region}.amazonaws.com/); must be on the broker's list.
+    pub sts_url: Option<String>,
+    /// The broker's `[identity.aws] server_id` (default: the audience).
+    pub server_id: Option<String>,
+    /// Shared-credentials profile (default AWS_PROFILE, else `default`).
+    pub profile: Option<String>,
+    /// Assume this role first (`sts:AssumeRole`), and prove as it.
+    pub role_arn: Option<String>,
+    /// Session name for the assumed role (default `tollgate-token`).
+    pub role_session_name: Option<String>,
+}
+
+/// `[profiles.<name>.vault]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVault {
+    pub addr: Option<String>,
+    pub namespace: Option<String>,
+    /// Identity token role: `identity/oidc/token/<role>`.
+    pub role: Option<String>,
+    /// `token` (default), `approle`, `kubernetes` or `jwt`.
+    pub auth: Option<String>,
+    /// Auth mount (default: the method's name).
+    pub mount: Option<String>,
+    /// Role of the kubernetes/jwt auth method.
+    pub login_role: Option<String>,
+    pub role_id: Option<String>,
+    pub secret_id_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub jwt_file: Option<PathBuf>,
+}
+
+/// `[profiles.<name>.azure]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAzure {
+    /// The broker's application ID URI.
+    pub resource: Option<String>,
+    /// User-assigned identity / workload identity client ID (default AZURE_CLIENT_ID).
+    pub client_id: Option<String>,
+    /// Use the VM instance metadata service (default false).
+    pub imds: Option<bool>,
 }
 
 /// The whole config file.
@@ -134,6 +191,11 @@ impl RawConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentityKindSpec {
     Static,
+    Aws,
+    Vault,
+    Azure,
+    OidcFile,
+    Chain,
 }
 
 /// Where the static credential comes from.
@@ -149,12 +211,34 @@ pub enum StaticCredential {
 #[derive(Debug, Clone)]
 pub enum IdentityConfig {
     Static(StaticCredential),
+    Aws(crate::identity::aws::AwsSettings),
+    Vault(crate::identity::vault::VaultSettings),
+    Azure(crate::identity::azure::AzureSettings),
+    OidcFile(Option<PathBuf>),
+    Chain(Vec<IdentityConfig>),
 }
 
 impl IdentityConfig {
     pub fn kind(&self) -> IdentityKindSpec {
         match self {
             IdentityConfig::Static(_) => IdentityKindSpec::Static,
+            IdentityConfig::Aws(_) => IdentityKindSpec::Aws,
+            IdentityConfig::Vault(_) => IdentityKindSpec::Vault,
+            IdentityConfig::Azure(_) => IdentityKindSpec::Azure,
+            IdentityConfig::OidcFile(_) => IdentityKindSpec::OidcFile,
+            IdentityConfig::Chain(_) => IdentityKindSpec::Chain,
+        }
+    }
+
+    /// The name as given to `--identity`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            IdentityConfig::Static(_) => "static",
+            IdentityConfig::Aws(_) => "aws",
+            IdentityConfig::Vault(_) => "vault",
+            IdentityConfig::Azure(_) => "azure",
+            IdentityConfig::OidcFile(_) => "oidc-file",
+            IdentityConfig::Chain(_) => "chain",
         }
     }
 }
@@ -343,6 +427,7 @@ pub fn resolve(flags: &Flags, env: &dyn Env) -> Result<Settings, ConfigError> {
         }
         None => RawProfile::default(),
     };
+    let identity_file = file.clone();
     let config_dir = config_path.parent().map(Path::to_owned);
 
     let (broker_raw, broker_source) = pick(
@@ -370,27 +455,14 @@ pub fn resolve(flags: &Flags, env: &dyn Env) -> Result<Settings, ConfigError> {
         file.identity,
     )
     .map_or_else(|| "static".to_owned(), |(v, _)| v);
-    let identity = match identity_name.as_str() {
-        "static" => {
-            // The most specific source wins: a flag, then the credential itself, then a path.
-            let cred = if let Some(p) = &flags.credential_file {
-                StaticCredential::File(expand_path(p, None, env))
-            } else if let Some(v) = env.var("TOLLGATE_CREDENTIAL") {
-                StaticCredential::Inline(SecretString::from(v))
-            } else if let Some(p) = env.path("TOLLGATE_CREDENTIAL_FILE") {
-                StaticCredential::File(expand_path(&p, None, env))
-            } else if let Some(p) = &file.credential_file {
-                StaticCredential::File(expand_path(p, config_dir.as_deref(), env))
-            } else {
-                StaticCredential::None
-            };
-            IdentityConfig::Static(cred)
-        }
-        "aws" | "vault" | "azure" | "oidc-file" | "chain" => {
-            return Err(ConfigError::IdentityNotBuilt(identity_name));
-        }
-        _ => return Err(ConfigError::UnknownIdentity(identity_name)),
+    let ctx = IdentityCtx {
+        flags,
+        env,
+        file: &identity_file,
+        config_dir: config_dir.as_deref(),
+        audience: &audience,
     };
+    let identity = resolve_identity(&identity_name, &ctx, true)?;
 
     let ttl_secs = pick(
         flags.ttl_secs,
@@ -459,6 +531,227 @@ pub fn resolve(flags: &Flags, env: &dyn Env) -> Result<Settings, ConfigError> {
         timeout_ms,
         cache_dir,
         rerun_window_secs,
+    })
+}
+
+/// What identity resolution reads.
+struct IdentityCtx<'a> {
+    flags: &'a Flags,
+    env: &'a dyn Env,
+    file: &'a RawProfile,
+    config_dir: Option<&'a Path>,
+    audience: &'a str,
+}
+
+/// The sources a chain tries when none are listed.
+const DEFAULT_CHAIN: &[&str] = &["oidc-file", "vault", "azure", "aws"];
+
+fn resolve_identity(
+    name: &str,
+    c: &IdentityCtx<'_>,
+    allow_chain: bool,
+) -> Result<IdentityConfig, ConfigError> {
+    use crate::identity::{aws::AwsSettings, azure::AzureSettings, vault};
+    let env = c.env;
+    let file = c.file;
+    let path_from = |flag: Option<&PathBuf>, var: &str, file_val: Option<&PathBuf>| {
+        flag.map(|p| expand_path(p, None, env))
+            .or_else(|| env.path(var).map(|p| expand_path(&p, None, env)))
+            .or_else(|| file_val.map(|p| expand_path(p, c.config_dir, env)))
+    };
+    let home = |rel: &str| env.path("HOME").map(|h| h.join(rel));
+    Ok(match name {
+        "static" => {
+            // The most specific source wins: a flag, then the credential itself, then a path.
+            let cred = if let Some(p) = &c.flags.credential_file {
+                StaticCredential::File(expand_path(p, None, env))
+            } else if let Some(v) = env.var("TOLLGATE_CREDENTIAL") {
+                StaticCredential::Inline(SecretString::from(v))
+            } else if let Some(p) = env.path("TOLLGATE_CREDENTIAL_FILE") {
+                StaticCredential::File(expand_path(&p, None, env))
+            } else if let Some(p) = &file.credential_file {
+                StaticCredential::File(expand_path(p, c.config_dir, env))
+            } else {
+                StaticCredential::None
+            };
+            IdentityConfig::Static(cred)
+        }
+        "oidc-file" => IdentityConfig::OidcFile(path_from(
+            None,
+            "TOLLGATE_OIDC_FILE",
+            file.oidc_file.as_ref(),
+        )),
+        "aws" => {
+            let raw = file.aws.clone().unwrap_or_default();
+            let region = env
+                .var("TOLLGATE_AWS_REGION")
+                .or(raw.region)
+                .or_else(|| env.var("AWS_REGION"))
+                .or_else(|| env.var("AWS_DEFAULT_REGION"))
+                .unwrap_or_else(|| "us-east-1".into());
+            check_name("AWS region", &region)?;
+            let sts_url = env
+                .var("TOLLGATE_AWS_STS_URL")
+                .or(raw.sts_url)
+                .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com/"));
+            let sts_url = normalize_broker(&sts_url).map_err(|_| ConfigError::Invalid {
+                what: "AWS STS URL".into(),
+                value: sts_url.clone(),
+                reason: "must be an http(s) URL with no query".into(),
+            })? + "/";
+            let container_uri = env.var("AWS_CONTAINER_CREDENTIALS_FULL_URI").or_else(|| {
+                env.var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+                    .map(|r| format!("http://169.254.170.2{r}"))
+            });
+            let imds_endpoint = if env_bool(env, "AWS_EC2_METADATA_DISABLED") {
+                None
+            } else {
+                Some(
+                    env.var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+                        .unwrap_or_else(|| "http://169.254.169.254".into()),
+                )
+            };
+            IdentityConfig::Aws(AwsSettings {
+                region,
+                sts_url,
+                server_id: env
+                    .var("TOLLGATE_AWS_SERVER_ID")
+                    .or(raw.server_id)
+                    .unwrap_or_else(|| c.audience.to_string()),
+                env_access_key_id: env.var("AWS_ACCESS_KEY_ID"),
+                env_secret_access_key: env.var("AWS_SECRET_ACCESS_KEY").map(SecretString::from),
+                env_session_token: env.var("AWS_SESSION_TOKEN").map(SecretString::from),
+                profile: env
+                    .var("AWS_PROFILE")
+                    .or(raw.profile)
+                    .unwrap_or_else(|| "default".into()),
+                credentials_file: env
+                    .path("AWS_SHARED_CREDENTIALS_FILE")
+                    .or_else(|| home(".aws/credentials")),
+                container_uri,
+                container_token: env
+                    .var("AWS_CONTAINER_AUTHORIZATION_TOKEN")
+                    .map(SecretString::from),
+                imds_endpoint,
+                role_arn: env.var("TOLLGATE_AWS_ROLE_ARN").or(raw.role_arn),
+                role_session_name: env
+                    .var("TOLLGATE_AWS_ROLE_SESSION_NAME")
+                    .or(raw.role_session_name)
+                    .unwrap_or_else(|| "tollgate-token".into()),
+            })
+        }
+        "vault" => {
+            let raw = file.vault.clone().unwrap_or_default();
+            let method = env
+                .var("TOLLGATE_VAULT_AUTH")
+                .or(raw.auth.clone())
+                .unwrap_or_else(|| "token".into());
+            let login_role = env
+                .var("TOLLGATE_VAULT_LOGIN_ROLE")
+                .or(raw.login_role.clone());
+            let auth = match method.as_str() {
+                "token" => vault::VaultAuth::Token {
+                    token: env
+                        .var("VAULT_TOKEN")
+                        .or_else(|| env.var("BAO_TOKEN"))
+                        .map(SecretString::from),
+                    token_file: raw
+                        .token_file
+                        .as_ref()
+                        .map(|p| expand_path(p, c.config_dir, env))
+                        .or_else(|| home(".vault-token")),
+                },
+                "approle" => vault::VaultAuth::AppRole {
+                    role_id: env.var("TOLLGATE_VAULT_ROLE_ID").or(raw.role_id.clone()),
+                    secret_id: env.var("TOLLGATE_VAULT_SECRET_ID").map(SecretString::from),
+                    secret_id_file: path_from(
+                        None,
+                        "TOLLGATE_VAULT_SECRET_ID_FILE",
+                        raw.secret_id_file.as_ref(),
+                    ),
+                },
+                "kubernetes" => vault::VaultAuth::Kubernetes {
+                    role: login_role,
+                    jwt_file: path_from(None, "TOLLGATE_VAULT_JWT_FILE", raw.jwt_file.as_ref())
+                        .unwrap_or_else(|| PathBuf::from(vault::K8S_TOKEN_FILE)),
+                },
+                "jwt" => vault::VaultAuth::Jwt {
+                    role: login_role,
+                    jwt_file: path_from(None, "TOLLGATE_VAULT_JWT_FILE", raw.jwt_file.as_ref()),
+                },
+                other => {
+                    return Err(ConfigError::Invalid {
+                        what: "Vault auth method".into(),
+                        value: other.into(),
+                        reason: "expected token, approle, kubernetes or jwt".into(),
+                    });
+                }
+            };
+            IdentityConfig::Vault(vault::VaultSettings {
+                addr: env
+                    .var("TOLLGATE_VAULT_ADDR")
+                    .or(raw.addr)
+                    .or_else(|| env.var("VAULT_ADDR"))
+                    .or_else(|| env.var("BAO_ADDR")),
+                namespace: env.var("VAULT_NAMESPACE").or(raw.namespace),
+                identity_role: env.var("TOLLGATE_VAULT_ROLE").or(raw.role),
+                auth,
+                mount: env.var("TOLLGATE_VAULT_AUTH_MOUNT").or(raw.mount),
+            })
+        }
+        "azure" => {
+            let raw = file.azure.clone().unwrap_or_default();
+            let imds = env_bool(env, "TOLLGATE_AZURE_IMDS") || raw.imds == Some(true);
+            IdentityConfig::Azure(AzureSettings {
+                resource: env.var("TOLLGATE_AZURE_RESOURCE").or(raw.resource),
+                client_id: raw.client_id.or_else(|| env.var("AZURE_CLIENT_ID")),
+                tenant_id: env.var("AZURE_TENANT_ID"),
+                federated_token_file: env.path("AZURE_FEDERATED_TOKEN_FILE"),
+                authority_host: env
+                    .var("AZURE_AUTHORITY_HOST")
+                    .unwrap_or_else(|| "https://login.microsoftonline.com".into()),
+                identity_endpoint: env.var("IDENTITY_ENDPOINT"),
+                identity_header: env.var("IDENTITY_HEADER").map(SecretString::from),
+                imds_endpoint: imds.then(|| {
+                    env.var("TOLLGATE_AZURE_IMDS_ENDPOINT")
+                        .unwrap_or_else(|| "http://169.254.169.254".into())
+                }),
+            })
+        }
+        "chain" if allow_chain => {
+            let names: Vec<String> = match env.var("TOLLGATE_CHAIN") {
+                Some(v) => v
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+                None => file
+                    .chain
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_CHAIN.iter().map(|s| s.to_string()).collect()),
+            };
+            if names.is_empty() {
+                return Err(ConfigError::Invalid {
+                    what: "chain".into(),
+                    value: String::new(),
+                    reason: "list at least one identity source".into(),
+                });
+            }
+            IdentityConfig::Chain(
+                names
+                    .iter()
+                    .map(|n| resolve_identity(n, c, false))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        "chain" => {
+            return Err(ConfigError::Invalid {
+                what: "chain".into(),
+                value: "chain".into(),
+                reason: "a chain cannot contain a chain".into(),
+            });
+        }
+        _ => return Err(ConfigError::UnknownIdentity(name.to_string())),
     })
 }
 
@@ -649,11 +942,11 @@ mod tests {
         let env = MapEnv::new([
             ("HOME", "/h"),
             ("TOLLGATE_BROKER", "https://x"),
-            ("TOLLGATE_IDENTITY", "aws"),
+            ("TOLLGATE_IDENTITY", "kerberos"),
         ]);
         assert!(matches!(
             resolve(&Flags::default(), &env),
-            Err(ConfigError::IdentityNotBuilt(_))
+            Err(ConfigError::UnknownIdentity(_))
         ));
         let env = MapEnv::new([("HOME", "/h")]);
         assert!(matches!(
@@ -673,5 +966,81 @@ mod tests {
             resolve(&Flags::default(), &env).expect("ok").cache_dir,
             None
         );
+    }
+
+    #[test]
+    fn identity_sources_resolve_from_environment() {
+        let base = [("HOME", "/h"), ("TOLLGATE_BROKER", "https://x")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut v: Vec<(&str, &str)> = base.to_vec();
+            v.extend_from_slice(extra);
+            resolve(&Flags::default(), &MapEnv::new(v))
+        };
+        match with(&[("TOLLGATE_IDENTITY", "aws"), ("AWS_REGION", "eu-west-1")])
+            .expect("aws")
+            .identity
+        {
+            IdentityConfig::Aws(a) => {
+                assert_eq!(a.region, "eu-west-1");
+                assert_eq!(a.sts_url, "https://sts.eu-west-1.amazonaws.com/");
+                assert_eq!(a.server_id, "tollgate", "defaults to the audience");
+                assert!(a.imds_endpoint.is_some());
+                assert_eq!(
+                    a.credentials_file,
+                    Some(PathBuf::from("/h/.aws/credentials"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match with(&[
+            ("TOLLGATE_IDENTITY", "aws"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ])
+        .expect("aws")
+        .identity
+        {
+            IdentityConfig::Aws(a) => assert!(a.imds_endpoint.is_none()),
+            other => panic!("{other:?}"),
+        }
+        match with(&[("TOLLGATE_IDENTITY", "chain")])
+            .expect("chain")
+            .identity
+        {
+            IdentityConfig::Chain(m) => assert_eq!(
+                m.iter().map(IdentityConfig::name).collect::<Vec<_>>(),
+                DEFAULT_CHAIN
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            with(&[
+                ("TOLLGATE_IDENTITY", "chain"),
+                ("TOLLGATE_CHAIN", "aws,chain")
+            ])
+            .is_err()
+        );
+        assert!(
+            with(&[
+                ("TOLLGATE_IDENTITY", "vault"),
+                ("TOLLGATE_VAULT_AUTH", "ldap")
+            ])
+            .is_err()
+        );
+        match with(&[("TOLLGATE_IDENTITY", "azure")])
+            .expect("azure")
+            .identity
+        {
+            IdentityConfig::Azure(a) => {
+                assert!(a.imds_endpoint.is_none(), "VM IMDS is opt-in");
+                assert!(a.resource.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not configured here: a chain member that does not apply is NotConfigured, not an error.
+        let s = with(&[("TOLLGATE_IDENTITY", "azure")]).expect("azure");
+        assert!(matches!(
+            crate::identity::load(&s.identity),
+            Err(crate::error::IdentityError::NotConfigured { .. })
+        ));
     }
 }

@@ -80,8 +80,6 @@ pub enum ConfigError {
         what: &'static str,
         vars: &'static str,
     },
-    #[error("identity `{0}` is not available in this build yet (supported: static)")]
-    IdentityNotBuilt(String),
     #[error(
         "unknown identity `{0}` (expected one of: static, aws, vault, azure, oidc-file, chain)"
     )]
@@ -110,6 +108,18 @@ pub enum IdentityError {
         source_name: &'static str,
         reason: String,
     },
+    /// The identity provider (Vault, a metadata endpoint) could not be reached or failed.
+    #[error("{source_name} identity: unavailable: {reason}")]
+    Unavailable {
+        source_name: &'static str,
+        reason: String,
+    },
+    /// A chain where no source applies here.
+    #[error("no identity source in the chain applies here: {}", .attempts.join("; "))]
+    Chain { attempts: Vec<String> },
+    /// A chain stopped at a source that applies but failed.
+    #[error("identity chain stopped: {}", .attempts.join("; "))]
+    ChainStopped { attempts: Vec<String> },
 }
 
 /// The token exchange failed.

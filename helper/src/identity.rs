@@ -5,9 +5,14 @@
 //! the proof ([`Identity::prove`]) happens only when a mint is needed and may use the network
 //! (Vault, Azure IMDS) through the shared HTTP client in [`ProveContext`].
 //!
-//! Issue 3 adds `aws`, `vault`, `azure`, `oidc-file` and `chain` as further implementations: a chain
-//! tries each source's `load` in order, skipping [`IdentityError::NotConfigured`], and stops at the
-//! first other error.
+//! Sources: `static`, [`aws`], [`vault`], [`azure`], [`oidc_file`], and [`chain`], which tries sources in
+//! order, moving on at [`IdentityError::NotConfigured`] and stopping at any other error.
+
+pub mod aws;
+pub mod azure;
+pub mod chain;
+pub mod oidc_file;
+pub mod vault;
 
 use crate::config::{IdentityConfig, StaticCredential};
 use crate::error::IdentityError;
@@ -60,6 +65,16 @@ pub trait Identity: Send + Sync {
 pub fn load(config: &IdentityConfig) -> Result<Box<dyn Identity>, IdentityError> {
     match config {
         IdentityConfig::Static(cred) => Ok(Box::new(StaticIdentity::load(cred)?)),
+        IdentityConfig::Aws(s) => Ok(Box::new(aws::AwsIdentity::load(s)?)),
+        IdentityConfig::Vault(s) => Ok(Box::new(vault::VaultIdentity::load(s)?)),
+        IdentityConfig::Azure(s) => Ok(Box::new(azure::AzureIdentity::load(s)?)),
+        IdentityConfig::OidcFile(p) => Ok(Box::new(oidc_file::OidcFileIdentity::load(p.as_ref())?)),
+        IdentityConfig::Chain(members) => Ok(Box::new(chain::ChainIdentity::new(
+            members
+                .iter()
+                .map(|m| (m.name().to_string(), load(m)))
+                .collect(),
+        )?)),
     }
 }
 

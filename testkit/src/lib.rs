@@ -10,6 +10,7 @@
 //!
 //! Everything binds to `127.0.0.1:0`: tests never use fixed ports or leave loopback.
 
+pub mod idp;
 pub mod mock;
 pub mod procs;
 pub mod sse;

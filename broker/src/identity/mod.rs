@@ -1,5 +1,10 @@
 //! Identity verification: one verifier per proof kind behind one interface.
 
+pub mod aws;
+pub mod azure;
+pub mod config;
+pub mod jwt;
+pub mod oidc;
 pub mod static_cred;
 
 use async_trait::async_trait;
@@ -64,6 +69,31 @@ pub struct Verifiers {
 }
 
 impl Verifiers {
+    /// Every verifier the config asks for. Clients are built here; nothing is fetched until a proof
+    /// arrives.
+    pub fn from_config(
+        config: &crate::config::Config,
+        clock: crate::clock::SharedClock,
+    ) -> Result<Self, VerifyError> {
+        let mut v = Verifiers::default();
+        v.push(Box::new(static_cred::StaticVerifier::new(
+            config.credentials.clone(),
+        )));
+        if let Some(a) = &config.identity.aws {
+            v.push(Box::new(aws::AwsVerifier::new(a.clone(), clock.clone())?));
+        }
+        for o in &config.identity.oidc {
+            v.push(Box::new(oidc::OidcVerifier::new(o.clone(), clock.clone())?));
+        }
+        for a in &config.identity.azure {
+            v.push(Box::new(azure::AzureVerifier::new(
+                a.clone(),
+                clock.clone(),
+            )?));
+        }
+        Ok(v)
+    }
+
     pub fn push(&mut self, v: Box<dyn Verifier>) {
         self.verifiers.push(v);
     }
@@ -73,8 +103,10 @@ impl Verifiers {
         token_type: &str,
         subject_token: &str,
     ) -> Result<VerifiedIdentity, VerifyError> {
+        let mut taken = false;
         for v in &self.verifiers {
             if v.token_types().contains(&token_type) {
+                taken = true;
                 match v.verify(token_type, subject_token).await {
                     // Several verifiers may take JWTs (Vault, OIDC issuers, Azure): try the next on a
                     // "not mine" rejection only.
@@ -83,6 +115,11 @@ impl Verifiers {
                 }
             }
         }
-        Err(VerifyError::UnsupportedType)
+        if taken {
+            // A JWT from an issuer nobody trusts is a bad grant, not an unsupported type.
+            Err(VerifyError::Rejected("unknown_issuer"))
+        } else {
+            Err(VerifyError::UnsupportedType)
+        }
     }
 }

@@ -1,0 +1,817 @@
+//! Every identity kind end to end across binaries: the real `tollgate-token` helper proves an identity to
+//! the real `tollgate-broker`, which verifies it against a real peer (moto for AWS, OpenBao for Vault, the
+//! fake IdP for Azure and OIDC), maps it to a grant by policy; the token then completes a proxied request
+//! through the demo provider. Plus the helper's chain, cache-hit and single-flight behaviour.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use support::{Broker, BrokerSpec, bin, python_bin};
+use tollgate_testkit::idp::{self, IdpConfig, IdpHandle, MintRequest};
+
+const POLICY: &str = r#"
+[[rule]]
+name = "aws"
+match = { kind = "aws", subject = "arn:aws:iam::123456789012:user/*" }
+principal = "aws:{attr.user}"
+models = ["*"]
+
+[[rule]]
+name = "aws-roles"
+match = { kind = "aws", subject = "arn:aws:iam::123456789012:role/*" }
+principal = "aws-role:{attr.role}/{attr.session}"
+models = ["*"]
+
+[[rule]]
+name = "vault"
+match = { kind = "vault", attributes = { groups = "ml-team" } }
+principal = "vault:{attr.entity_name}"
+models = ["*"]
+
+[[rule]]
+name = "vault-entities"
+match = { kind = "vault", subject = "*" }
+principal = "vault-entity:{subject}"
+models = ["*"]
+
+[[rule]]
+name = "azure"
+match = { kind = "azure" }
+principal = "azure:{subject}"
+models = ["*"]
+
+[[rule]]
+name = "k8s"
+match = { kind = "oidc", attributes = { "kubernetes.io/namespace" = "ci" } }
+principal = "k8s:{attr.kubernetes.io/serviceaccount/name}"
+models = ["*"]
+"#;
+
+/// A broker with the demo provider and the given `[identity]` sections.
+async fn broker(identity: &str) -> Broker {
+    Broker::start(BrokerSpec {
+        extra_config: format!(
+            "[providers.demo]\nkind = \"demo\"\n\n[[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"demo\" }}]\n\n\
+             [pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"1\", output = \"2\" }}\n\n{identity}"
+        ),
+        policy: POLICY.into(),
+        env: vec![],
+    })
+    .await
+}
+
+struct HelperRun {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Run the helper with exactly `env` (plus HOME, a cache dir and the broker URL).
+async fn helper(broker: &str, home: &Path, env: &[(&str, String)]) -> HelperRun {
+    let out = tokio::process::Command::new(bin("tollgate-token"))
+        .env_clear()
+        .env("HOME", home)
+        .env("TOLLGATE_BROKER", broker)
+        .env("TOLLGATE_CACHE_DIR", home.join("cache"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run helper");
+    HelperRun {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn claims(token: &str) -> Value {
+    use base64::Engine;
+    let p = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.split('.').nth(1).expect("jwt"))
+        .expect("b64");
+    serde_json::from_slice(&p).expect("claims")
+}
+
+/// The helper printed a token; a proxied request with it succeeds. Returns the token's claims.
+async fn token_works(b: &Broker, run: &HelperRun) -> Value {
+    assert_eq!(
+        run.code,
+        Some(0),
+        "helper failed: {}\nbroker log:\n{}",
+        run.stderr,
+        b.log()
+    );
+    let token = run.stdout.trim_end_matches('\n');
+    assert!(
+        !token.contains('\n') && !token.is_empty(),
+        "stdout must be one token line: {:?}",
+        run.stdout
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/responses", b.url))
+        .bearer_auth(token)
+        .json(&json!({"model": "gpt-5.5", "input": "hello", "stream": false}))
+        .send()
+        .await
+        .expect("proxy");
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["status"], "completed", "{v}");
+    claims(token)
+}
+
+fn k8s_claims(ns: &str, sa: &str) -> MintRequest {
+    MintRequest {
+        sub: Some(format!("system:serviceaccount:{ns}:{sa}")),
+        claims: json!({"kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa}}})
+            .as_object()
+            .cloned()
+            .expect("obj"),
+        ..MintRequest::default()
+    }
+}
+
+fn oidc_section(idp: &IdpHandle) -> String {
+    format!(
+        "[[identity.oidc]]\nissuer = \"{}\"\naudiences = [\"tollgate\"]\n\n[[identity.azure]]\nauthority = \"{}\"\ntenants = [\"{}\"]\naudiences = [\"api://tollgate\"]\n",
+        idp.base_url(),
+        idp.authority(),
+        idp.managed_identity().tenant
+    )
+}
+
+#[tokio::test]
+async fn oidc_file_and_azure_managed_identity_through_helper_and_broker() {
+    let idp = idp::spawn(IdpConfig::default()).await.expect("idp");
+    let b = broker(&oidc_section(&idp)).await;
+    let home = tempfile::tempdir().expect("tmp");
+
+    // oidc-file: a projected service-account token.
+    let jwt_file = home.path().join("sa-token");
+    std::fs::write(
+        &jwt_file,
+        idp.mint(&k8s_claims("ci", "runner")).expect("mint"),
+    )
+    .expect("write");
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "oidc-file".into()),
+            ("TOLLGATE_OIDC_FILE", jwt_file.display().to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(token_works(&b, &run).await["sub"], "k8s:runner");
+
+    // azure: App Service managed identity (IDENTITY_ENDPOINT + IDENTITY_HEADER).
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "azure".into()),
+            ("TOLLGATE_AZURE_RESOURCE", "api://tollgate".into()),
+            ("IDENTITY_ENDPOINT", idp.identity_endpoint()),
+            ("IDENTITY_HEADER", idp.identity_header().to_string()),
+        ],
+    )
+    .await;
+    let c = token_works(&b, &run).await;
+    assert_eq!(c["sub"], format!("azure:{}", idp.managed_identity().oid));
+    assert_eq!(idp.mi_tokens(), 1);
+
+    // azure: workload identity (a federated token file exchanged at the tenant's token endpoint; a v2
+    // token whose issuer comes from the tenant's discovery document).
+    let federated = home.path().join("azure-federated-token");
+    std::fs::write(
+        &federated,
+        idp.mint(&MintRequest {
+            sub: Some("system:serviceaccount:apps:web".into()),
+            aud: Some(json!("api://AzureADTokenExchange")),
+            ..MintRequest::default()
+        })
+        .expect("mint"),
+    )
+    .expect("write");
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "azure".into()),
+            ("TOLLGATE_AZURE_RESOURCE", "api://tollgate".into()),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                federated.display().to_string(),
+            ),
+            ("AZURE_TENANT_ID", idp.managed_identity().tenant.clone()),
+            (
+                "AZURE_CLIENT_ID",
+                "cccccccc-0000-0000-0000-000000000003".into(),
+            ),
+            ("AZURE_AUTHORITY_HOST", idp.authority()),
+        ],
+    )
+    .await;
+    let c = token_works(&b, &run).await;
+    assert_eq!(c["sub"], format!("azure:{}", idp.managed_identity().oid));
+    assert_eq!(
+        c["tollgate"]["identity"]["issuer"],
+        idp.tenant_issuer(&idp.managed_identity().tenant)
+    );
+
+    // A wrong identity header: the managed-identity endpoint refuses, the helper says so (exit 65).
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "azure".into()),
+            ("TOLLGATE_AZURE_RESOURCE", "api://tollgate-other".into()),
+            ("IDENTITY_ENDPOINT", idp.identity_endpoint()),
+            ("IDENTITY_HEADER", "wrong".into()),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(65), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("App Service managed identity endpoint: HTTP 401"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("wrong"),
+        "the header value is a secret: {}",
+        run.stderr
+    );
+
+    // A token the broker refuses (namespace outside the policy): exit 66 with the broker's reason.
+    std::fs::write(&jwt_file, idp.mint(&k8s_claims("prod", "x")).expect("mint")).expect("write");
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "oidc-file".into()),
+            ("TOLLGATE_OIDC_FILE", jwt_file.display().to_string()),
+            ("TOLLGATE_NO_CACHE", "1".into()),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(66), "{}", run.stderr);
+    assert!(run.stderr.contains("invalid_grant"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn chain_falls_through_stops_on_real_failures_and_lists_attempts() {
+    let idp = idp::spawn(IdpConfig::default()).await.expect("idp");
+    let b = broker(&oidc_section(&idp)).await;
+    let home = tempfile::tempdir().expect("tmp");
+    let jwt_file = home.path().join("sa-token");
+    std::fs::write(
+        &jwt_file,
+        idp.mint(&k8s_claims("ci", "chained")).expect("mint"),
+    )
+    .expect("write");
+
+    // aws (no credentials, IMDS disabled) and azure (no managed identity) do not apply: oidc-file does.
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "chain".into()),
+            ("TOLLGATE_CHAIN", "aws,azure,oidc-file".into()),
+            ("TOLLGATE_AZURE_RESOURCE", "api://tollgate".into()),
+            ("TOLLGATE_OIDC_FILE", jwt_file.display().to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(token_works(&b, &run).await["sub"], "k8s:chained");
+
+    // Nothing applies: exit 65, every attempt listed.
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "chain".into()),
+            ("TOLLGATE_CHAIN", "aws,azure,vault".into()),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(65), "{}", run.stderr);
+    for who in ["aws:", "azure:", "vault:"] {
+        assert!(
+            run.stderr.contains(who),
+            "attempt {who} not listed: {}",
+            run.stderr
+        );
+    }
+
+    // A source that applies but fails stops the chain (no silent fall-through to the next).
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "chain".into()),
+            ("TOLLGATE_CHAIN", "azure,oidc-file".into()),
+            ("TOLLGATE_AZURE_RESOURCE", "api://tollgate".into()),
+            ("IDENTITY_ENDPOINT", idp.identity_endpoint()),
+            ("IDENTITY_HEADER", "wrong".into()),
+            ("TOLLGATE_OIDC_FILE", jwt_file.display().to_string()),
+            ("TOLLGATE_NO_CACHE", "1".into()),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(65), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("identity chain stopped"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn cache_hit_makes_no_network_call_and_a_cold_cache_mints_once_for_20_runs() {
+    let idp = idp::spawn(IdpConfig::default()).await.expect("idp");
+    let b = broker(&oidc_section(&idp)).await;
+    let home = tempfile::tempdir().expect("tmp");
+    let jwt_file = home.path().join("sa-token");
+    std::fs::write(
+        &jwt_file,
+        idp.mint(&k8s_claims("ci", "many")).expect("mint"),
+    )
+    .expect("write");
+    let env = [
+        ("TOLLGATE_IDENTITY", "azure".to_string()),
+        ("TOLLGATE_AZURE_RESOURCE", "api://tollgate".to_string()),
+        ("IDENTITY_ENDPOINT", idp.identity_endpoint()),
+        ("IDENTITY_HEADER", idp.identity_header().to_string()),
+    ];
+    let before = b.mints();
+    let runs = futures::future::join_all((0..20).map(|_| helper(&b.url, home.path(), &env))).await;
+    let first = runs[0].stdout.clone();
+    for r in &runs {
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        assert_eq!(
+            r.stdout, first,
+            "every concurrent run prints the same token"
+        );
+    }
+    assert_eq!(
+        b.mints() - before,
+        1,
+        "20 cold runs must mint once:\n{}",
+        b.log()
+    );
+    assert_eq!(idp.mi_tokens(), 1, "and ask the identity endpoint once");
+
+    // Cache hit: the identity endpoint and the broker are unreachable, yet the token is served, silently.
+    let env_dead = [
+        ("TOLLGATE_IDENTITY", "azure".to_string()),
+        ("TOLLGATE_AZURE_RESOURCE", "api://tollgate".to_string()),
+        ("IDENTITY_ENDPOINT", idp.identity_endpoint()),
+        ("IDENTITY_HEADER", idp.identity_header().to_string()),
+    ];
+    drop(idp);
+    let run = helper(&b.url, home.path(), &env_dead).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout, first);
+    assert_eq!(
+        run.stderr, "",
+        "a cache hit touches nothing and says nothing"
+    );
+    let _ = std::fs::remove_file(&jwt_file);
+}
+
+// ------------------------------------------------------------------ AWS (moto) and Vault (OpenBao)
+
+struct PeerProc(std::process::Child, String);
+
+impl Drop for PeerProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn venv_bin(name: &str) -> PathBuf {
+    python_bin().with_file_name(name)
+}
+
+async fn wait_port(port: u16, what: &str) {
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not start on 127.0.0.1:{port}");
+}
+
+async fn moto() -> PeerProc {
+    let port = free_port();
+    let child = std::process::Command::new(venv_bin("moto_server"))
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .env("INITIAL_NO_AUTH_ACTION_COUNT", "5")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server (run scripts/install-test-tools.sh)");
+    wait_port(port, "moto_server").await;
+    PeerProc(child, format!("http://127.0.0.1:{port}"))
+}
+
+#[tokio::test]
+async fn aws_identity_through_helper_and_broker() {
+    let moto = moto().await;
+    let out = std::process::Command::new(python_bin())
+        .arg("-c")
+        .arg(
+            r#"
+import boto3, json, os
+url = os.environ["MOTO_URL"]
+kw = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+iam = boto3.client("iam", **kw)
+iam.create_user(UserName="builder")
+key = iam.create_access_key(UserName="builder")["AccessKey"]
+iam.put_user_policy(UserName="builder", PolicyName="sts", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:*", "Resource": "*"}]}))
+bogus = boto3.client("sts", **kw)
+for _ in range(10):
+    try:
+        bogus.get_caller_identity()
+    except Exception:
+        break
+print(json.dumps({"ak": key["AccessKeyId"], "sk": key["SecretAccessKey"]}))
+"#,
+        )
+        .env("MOTO_URL", &moto.1)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let b = broker(&format!(
+        "[identity.aws]\nserver_id = \"tollgate-e2e\"\nendpoints = [{{ region = \"us-east-1\", url = \"{}\" }}]\n",
+        moto.1
+    ))
+    .await;
+    let home = tempfile::tempdir().expect("tmp");
+    let sk = keys["sk"].as_str().expect("sk").to_string();
+    let mut env = vec![
+        ("TOLLGATE_IDENTITY", "aws".to_string()),
+        ("TOLLGATE_AWS_STS_URL", format!("{}/", moto.1)),
+        ("TOLLGATE_AWS_SERVER_ID", "tollgate-e2e".into()),
+        ("AWS_ACCESS_KEY_ID", keys["ak"].as_str().expect("ak").into()),
+        ("AWS_SECRET_ACCESS_KEY", sk.clone()),
+    ];
+    let run = helper(&b.url, home.path(), &env).await;
+    let c = token_works(&b, &run).await;
+    assert_eq!(c["sub"], "aws:builder");
+    assert_eq!(
+        c["tollgate"]["identity"]["subject"],
+        "arn:aws:iam::123456789012:user/builder"
+    );
+
+    // Signed for another broker: refused (exit 66), and the secret key never shows up.
+    env[2].1 = "another-broker".into();
+    env.push(("TOLLGATE_NO_CACHE", "1".into()));
+    let run = helper(&b.url, home.path(), &env).await;
+    assert_eq!(run.code, Some(66), "{}", run.stderr);
+    assert!(!run.stderr.contains(&sk) && !b.log().contains(&sk));
+
+    // The same credentials from a shared credentials file (profile), instead of the environment.
+    let creds = home.path().join("aws-credentials");
+    std::fs::write(
+        &creds,
+        format!(
+            "[ci]\naws_access_key_id = {}\naws_secret_access_key = {sk}\n",
+            keys["ak"].as_str().expect("ak")
+        ),
+    )
+    .expect("write");
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "aws".to_string()),
+            ("TOLLGATE_AWS_STS_URL", format!("{}/", moto.1)),
+            ("TOLLGATE_AWS_SERVER_ID", "tollgate-e2e".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE", creds.display().to_string()),
+            ("AWS_PROFILE", "ci".into()),
+            ("TOLLGATE_NO_CACHE", "1".into()),
+        ],
+    )
+    .await;
+    assert_eq!(token_works(&b, &run).await["sub"], "aws:builder");
+
+    // Optional role assumption first: the proof is signed as the role session.
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "aws".to_string()),
+            ("TOLLGATE_AWS_STS_URL", format!("{}/", moto.1)),
+            ("TOLLGATE_AWS_SERVER_ID", "tollgate-e2e".into()),
+            ("AWS_ACCESS_KEY_ID", keys["ak"].as_str().expect("ak").into()),
+            ("AWS_SECRET_ACCESS_KEY", sk.clone()),
+            (
+                "TOLLGATE_AWS_ROLE_ARN",
+                "arn:aws:iam::123456789012:role/workload".into(),
+            ),
+            ("TOLLGATE_NO_CACHE", "1".into()),
+        ],
+    )
+    .await;
+    let c = token_works(&b, &run).await;
+    assert_eq!(c["sub"], "aws-role:workload/tollgate-token");
+    assert_eq!(
+        c["tollgate"]["identity"]["subject"],
+        "arn:aws:iam::123456789012:role/workload"
+    );
+}
+
+async fn bao_call(
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Value {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{base}/v1/{path}"))
+        .header("x-vault-token", token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.expect("openbao");
+    let status = r.status();
+    let text = r.text().await.expect("text");
+    assert!(status.is_success(), "{path}: {status} {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn vault_identity_token_and_approle_through_helper_and_broker() {
+    let port = free_port();
+    let child = std::process::Command::new(venv_bin("bao"))
+        .args([
+            "server",
+            "-dev",
+            "-dev-root-token-id=root",
+            &format!("-dev-listen-address=127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bao (run scripts/install-test-tools.sh)");
+    let bao = PeerProc(child, format!("http://127.0.0.1:{port}"));
+    wait_port(port, "bao").await;
+    let base = bao.1.clone();
+    let post = |path: &'static str, body: Value| {
+        let base = base.clone();
+        async move { bao_call(&base, reqwest::Method::POST, path, "root", Some(body)).await }
+    };
+    post("sys/auth/userpass", json!({"type": "userpass"})).await;
+    post("sys/auth/approle", json!({"type": "approle"})).await;
+    post(
+        "sys/policies/acl/tollgate-id",
+        json!({"policy": "path \"identity/oidc/token/*\" { capabilities = [\"read\"] }"}),
+    )
+    .await;
+    post(
+        "auth/userpass/users/alice",
+        json!({"password": "pw", "token_policies": "tollgate-id"}),
+    )
+    .await;
+    post(
+        "auth/approle/role/ci",
+        json!({"token_policies": "tollgate-id"}),
+    )
+    .await;
+    post("identity/oidc/config", json!({"issuer": base})).await;
+    post(
+        "identity/oidc/key/tollgate",
+        json!({"allowed_client_ids": "*"}),
+    )
+    .await;
+    post(
+        "identity/oidc/role/tollgate",
+        json!({"key": "tollgate", "ttl": "15m", "client_id": "tollgate",
+               "template": r#"{"entity_name": {{identity.entity.name}}, "groups": {{identity.entity.groups.names}}}"#}),
+    )
+    .await;
+    let login = bao_call(
+        &base,
+        reqwest::Method::POST,
+        "auth/userpass/login/alice",
+        "",
+        Some(json!({"password": "pw"})),
+    )
+    .await;
+    let user_token = login["auth"]["client_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let entity = login["auth"]["entity_id"]
+        .as_str()
+        .expect("entity")
+        .to_string();
+    bao_call(
+        &base,
+        reqwest::Method::POST,
+        &format!("identity/entity/id/{entity}"),
+        "root",
+        Some(json!({"name": "alice"})),
+    )
+    .await;
+    // The AppRole's entity is created at its first login; put it in the group afterwards via its alias.
+    let role_id = bao_call(
+        &base,
+        reqwest::Method::GET,
+        "auth/approle/role/ci/role-id",
+        "root",
+        None,
+    )
+    .await["data"]["role_id"]
+        .as_str()
+        .expect("role_id")
+        .to_string();
+    let secret_id = bao_call(
+        &base,
+        reqwest::Method::POST,
+        "auth/approle/role/ci/secret-id",
+        "root",
+        Some(json!({})),
+    )
+    .await["data"]["secret_id"]
+        .as_str()
+        .expect("secret_id")
+        .to_string();
+    let ci_login = bao_call(
+        &base,
+        reqwest::Method::POST,
+        "auth/approle/login",
+        "",
+        Some(json!({"role_id": role_id, "secret_id": secret_id})),
+    )
+    .await;
+    let ci_entity = ci_login["auth"]["entity_id"]
+        .as_str()
+        .expect("entity")
+        .to_string();
+    bao_call(
+        &base,
+        reqwest::Method::POST,
+        &format!("identity/entity/id/{ci_entity}"),
+        "root",
+        Some(json!({"name": "ci-bot"})),
+    )
+    .await;
+    post(
+        "identity/group",
+        json!({"name": "ml-team", "member_entity_ids": [entity, ci_entity]}),
+    )
+    .await;
+
+    let b = broker(&format!(
+        "[[identity.oidc]]\nkind = \"vault\"\nissuer = \"{base}/v1/identity/oidc\"\naudiences = [\"tollgate\"]\n"
+    ))
+    .await;
+    let home = tempfile::tempdir().expect("tmp");
+    // Token auth (VAULT_TOKEN): the helper reads an identity token; the Vault token stays here.
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "vault".to_string()),
+            ("VAULT_ADDR", base.clone()),
+            ("VAULT_TOKEN", user_token.clone()),
+            ("TOLLGATE_VAULT_ROLE", "tollgate".into()),
+        ],
+    )
+    .await;
+    assert_eq!(token_works(&b, &run).await["sub"], "vault:alice");
+    assert!(
+        !b.log().contains(&user_token),
+        "the Vault token must never reach the broker"
+    );
+
+    // AppRole login.
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "vault".to_string()),
+            ("VAULT_ADDR", base.clone()),
+            ("TOLLGATE_VAULT_AUTH", "approle".into()),
+            ("TOLLGATE_VAULT_ROLE_ID", role_id.clone()),
+            ("TOLLGATE_VAULT_SECRET_ID", secret_id.clone()),
+            ("TOLLGATE_VAULT_ROLE", "tollgate".into()),
+        ],
+    )
+    .await;
+    assert_eq!(token_works(&b, &run).await["sub"], "vault:ci-bot");
+
+    // JWT auth: OpenBao verifies a CI/Kubernetes-style JWT (from the fake IdP, via its discovery), the
+    // helper then reads the identity token for the resulting entity.
+    let idp = idp::spawn(IdpConfig::default()).await.expect("idp");
+    post("sys/auth/jwt", json!({"type": "jwt"})).await;
+    bao_call(
+        &base,
+        reqwest::Method::POST,
+        "auth/jwt/config",
+        "root",
+        Some(json!({"oidc_discovery_url": idp.base_url(), "bound_issuer": idp.base_url()})),
+    )
+    .await;
+    post(
+        "auth/jwt/role/ci",
+        json!({"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault"],
+               "bound_claims": {"repo": "acme/app"}, "token_policies": "tollgate-id"}),
+    )
+    .await;
+    let ci_jwt = home.path().join("ci-jwt");
+    let mint = |repo: &str| {
+        idp.mint(&MintRequest {
+            sub: Some("repo:acme/app:ref:main".into()),
+            aud: Some(json!("vault")),
+            claims: json!({"repo": repo}).as_object().cloned().expect("obj"),
+            ..MintRequest::default()
+        })
+        .expect("mint")
+    };
+    std::fs::write(&ci_jwt, mint("acme/app")).expect("write");
+    let jwt_env = |extra: Option<(&'static str, String)>| {
+        let mut v = vec![
+            ("TOLLGATE_IDENTITY", "vault".to_string()),
+            ("VAULT_ADDR", base.clone()),
+            ("TOLLGATE_VAULT_AUTH", "jwt".into()),
+            ("TOLLGATE_VAULT_LOGIN_ROLE", "ci".into()),
+            ("TOLLGATE_VAULT_JWT_FILE", ci_jwt.display().to_string()),
+            ("TOLLGATE_VAULT_ROLE", "tollgate".into()),
+        ];
+        v.extend(extra);
+        v
+    };
+    let run = helper(&b.url, home.path(), &jwt_env(None)).await;
+    let c = token_works(&b, &run).await;
+    assert!(
+        c["sub"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("vault-entity:")),
+        "{c}"
+    );
+    // A JWT OpenBao's role does not accept (bound claim): the login fails, exit 65.
+    std::fs::write(&ci_jwt, mint("evil/app")).expect("write");
+    let run = helper(
+        &b.url,
+        home.path(),
+        &jwt_env(Some(("TOLLGATE_NO_CACHE", "1".into()))),
+    )
+    .await;
+    assert_eq!(run.code, Some(65), "{}", run.stderr);
+    assert!(run.stderr.contains("auth/jwt/login"), "{}", run.stderr);
+
+    // A wrong secret_id: Vault refuses the login (exit 65), the secret is not echoed.
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "vault".to_string()),
+            ("VAULT_ADDR", base.clone()),
+            ("TOLLGATE_VAULT_AUTH", "approle".into()),
+            ("TOLLGATE_VAULT_ROLE_ID", role_id),
+            ("TOLLGATE_VAULT_SECRET_ID", "00000000-not-the-secret".into()),
+            ("TOLLGATE_VAULT_ROLE", "tollgate".into()),
+            ("TOLLGATE_NO_CACHE", "1".into()),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(65), "{}", run.stderr);
+    assert!(run.stderr.contains("auth/approle/login"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("00000000-not-the-secret"),
+        "{}",
+        run.stderr
+    );
+}
