@@ -54,7 +54,8 @@ models = ["*"]
 async fn broker(identity: &str) -> Broker {
     Broker::start(BrokerSpec {
         extra_config: format!(
-            "[providers.demo]\nkind = \"demo\"\n\n[[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"demo\" }}]\n\n{identity}"
+            "[providers.demo]\nkind = \"demo\"\n\n[[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"demo\" }}]\n\n\
+             [pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"1.25\", output = \"10\" }}\n\n{identity}"
         ),
         policy: POLICY.into(),
         env: vec![],

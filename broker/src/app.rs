@@ -3,6 +3,8 @@
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::error::{ApiError, OAuthFailure};
+use crate::governance::Governance;
+use crate::governance::store::RevocationKind;
 use crate::identity::{Verifiers, VerifyError};
 use crate::keys;
 use crate::ledger::Ledger;
@@ -16,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::json;
+use sha2::Digest;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -36,6 +39,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub default_ttl_secs: u64,
     pub max_ttl_secs: u64,
+    /// SHA-256 of the admin key; `None` disables `/admin/*`.
+    pub admin_key_sha256: Option<[u8; 32]>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,22 +51,28 @@ pub enum BuildError {
     Keys(#[from] keys::KeyError),
     #[error("identity verifiers: {0}")]
     Identity(String),
+    #[error(transparent)]
+    Store(#[from] crate::governance::store::StoreError),
 }
 
 impl AppState {
-    /// Build the state from a validated config: load the policy, load or generate signing keys.
-    pub fn build(config: &Config, clock: SharedClock) -> Result<Arc<Self>, BuildError> {
+    /// Build the state from a validated config: load the policy, open (and migrate) the governance store,
+    /// load signing keys from the key file or from the store (generating and rotating them there).
+    pub async fn build(config: &Config, clock: SharedClock) -> Result<Arc<Self>, BuildError> {
         let policy = Policy::load(&config.policy_file)?;
         let now = clock.now_secs();
-        let key_list = match &config.tokens.signing_key_file {
-            Some(path) => vec![keys::load_file(path, now)?],
-            None => keys::load_or_generate(&config.server.state_dir, now)?,
-        };
+        let governance = Governance::open(config, clock.clone()).await?;
+        let ring = KeyRing::default();
+        match (&config.tokens.signing_key_file, &governance.keys) {
+            (Some(path), _) => ring.replace(vec![keys::load_file(path, now)?]),
+            (None, Some(km)) => km.sync(governance.store.as_ref(), &ring, now).await?,
+            (None, None) => ring.replace(keys::load_or_generate(&config.server.state_dir, now)?),
+        }
         let verifiers = Verifiers::from_config(config, clock.clone())
             .map_err(|e| BuildError::Identity(e.to_string()))?;
         Ok(Arc::new(AppState {
             tokens: TokenService {
-                keys: KeyRing::new(key_list),
+                keys: ring,
                 issuer: config.server.public_url.clone(),
                 audience: config.tokens.audience.clone(),
                 leeway_secs: config.tokens.leeway_secs,
@@ -76,7 +87,8 @@ impl AppState {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(300))
                 .build(),
-            ledger: Ledger::default(),
+            ledger: Ledger::new(Arc::new(governance)),
+            admin_key_sha256: config.admin.key_sha256,
             clock,
             max_body_bytes: config.server.max_body_bytes,
             default_ttl_secs: config.tokens.default_ttl_secs,
@@ -105,6 +117,43 @@ impl AppState {
         }
     }
 
+    /// Background governance work: revocation and key polling, lease renewal, expiry of dead brokers'
+    /// reservations, settlement retries. Stops when the state is dropped.
+    pub fn spawn_background(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let g = self.ledger.governance.clone();
+        tokio::spawn(async move {
+            let lease = Duration::from_secs(g.lease_secs());
+            let mut last_renew = std::time::Instant::now();
+            let mut last_expire = std::time::Instant::now();
+            let mut last_keys = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(g.poll_interval()).await;
+                let Some(app) = weak.upgrade() else { return };
+                let renew = last_renew.elapsed() >= lease / 3;
+                let expire = last_expire.elapsed() >= lease / 2;
+                if renew {
+                    last_renew = std::time::Instant::now();
+                }
+                if expire {
+                    last_expire = std::time::Instant::now();
+                }
+                g.tick(renew, expire).await;
+                if let Some(km) = &g.keys
+                    && last_keys.elapsed() >= Duration::from_secs(1)
+                {
+                    last_keys = std::time::Instant::now();
+                    if let Err(e) = km
+                        .sync(g.store.as_ref(), &app.tokens.keys, app.clock.now_secs())
+                        .await
+                    {
+                        tracing::warn!(error = %e, "could not sync signing keys");
+                    }
+                }
+            }
+        });
+    }
+
     pub fn policy(&self) -> Arc<Policy> {
         self.policy
             .read()
@@ -127,6 +176,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(crate::proxy::chat_completions))
         .route("/v1/models", get(crate::proxy::models))
         .route("/v1/tollgate/usage", get(self_usage))
+        .route("/admin/v1/revoke", post(admin_revoke))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -341,14 +391,75 @@ async fn self_usage(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let claims = crate::proxy::authenticate(&app, &headers)?;
-    let totals = app.ledger.totals(&claims.grant.principal);
+    let budgets = app.ledger.governance.report(&claims).await?;
     Ok(axum::Json(json!({
         "principal": claims.grant.principal,
         "team": claims.grant.team,
+        "org": claims.grant.org,
         "expires_at": claims.exp,
-        "usage": totals,
+        "budgets": budgets,
+        // Token counts of this principal through this broker process since it started.
+        "usage": app.ledger.totals(&claims.grant.principal),
     }))
     .into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    jti: Option<String>,
+    principal: Option<String>,
+}
+
+/// Is `headers` carrying the admin key? Compares SHA-256 digests in constant time.
+fn admin_authorized(app: &AppState, headers: &HeaderMap) -> bool {
+    let Some(want) = app.admin_key_sha256 else {
+        return false;
+    };
+    let Some(got) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let digest: [u8; 32] = sha2::Sha256::digest(got.trim().as_bytes()).into();
+    bool::from(subtle::ConstantTimeEq::ct_eq(&digest[..], &want[..]))
+}
+
+/// `POST /admin/v1/revoke` `{"jti": "..."}` or `{"principal": "..."}`: effective here at once, on other
+/// replicas within one poll interval.
+async fn admin_revoke(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if !admin_authorized(&app, &headers) {
+        return Err(ApiError::Unauthorized("admin"));
+    }
+    let req: RevokeRequest = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::BadRequest("expected {\"jti\": ...} or {\"principal\": ...}".into())
+    })?;
+    let (kind, value) = match (req.jti, req.principal) {
+        (Some(j), None) if !j.is_empty() => (RevocationKind::Jti, j),
+        (None, Some(p)) if !p.is_empty() => (RevocationKind::Principal, p),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of jti and principal".into(),
+            ));
+        }
+    };
+    let seq = app
+        .ledger
+        .governance
+        .revoke(kind, &value)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "revocation could not be stored");
+            ApiError::StoreUnavailable
+        })?;
+    tracing::info!(kind = kind.as_str(), value = %value, seq, "revocation by admin");
+    Ok(axum::Json(json!({"revoked": {kind.as_str(): value}, "seq": seq})).into_response())
 }
 
 #[cfg(test)]

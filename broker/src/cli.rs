@@ -217,16 +217,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     for p in config.providers.values().filter(|p| !p.enabled) {
         tracing::warn!(provider = %p.name, "provider disabled: its API key source is not set");
     }
-    let state = match AppState::build(&config, Arc::new(SystemClock)) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let state = match rt.block_on(AppState::build(&config, Arc::new(SystemClock))) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("tollgate-broker: {e}");
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    rt.block_on(async { state.spawn_background() });
     rt.block_on(crate::server::serve(
         state,
         config.server.listen,

@@ -3,12 +3,14 @@
 //! Unknown keys are rejected. Every error names the file, line and column, and the field.
 //! Relative paths are resolved against the directory holding the config file.
 
+use crate::governance::pricing::{Estimator, ModelPrice, PriceTable, Unpriced};
+use crate::governance::window::Window;
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use tollgate::ModelPattern;
+use tollgate::{ModelPattern, Nanos, Price};
 use toml::Spanned;
 
 /// A configuration error, located in its file.
@@ -119,6 +121,122 @@ struct RawConfig {
     /// Workload-identity verifiers (`[identity.aws]`, `[[identity.oidc]]`, `[[identity.azure]]`).
     #[serde(default)]
     identity: crate::identity::config::RawIdentity,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    pricing: RawPricing,
+    #[serde(default)]
+    budgets: Vec<Spanned<RawBudget>>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+/// A number written as a decimal string (exact) or a TOML number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawDecimal {
+    Text(String),
+    Int(i64),
+    Float(f64),
+}
+
+impl RawDecimal {
+    fn text(&self) -> String {
+        match self {
+            RawDecimal::Text(s) => s.clone(),
+            RawDecimal::Int(i) => i.to_string(),
+            RawDecimal::Float(f) => format!("{f}"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    /// `sqlite` (default) or `postgres`.
+    kind: Option<Spanned<String>>,
+    /// SQLite file, relative to `server.state_dir`. Default `governance.db`.
+    path: Option<PathBuf>,
+    /// PostgreSQL URL; default from the environment variable named by `url_env`.
+    url: Option<Spanned<String>>,
+    /// Environment variable holding the PostgreSQL URL. Default `TOLLGATE_DATABASE_URL`.
+    url_env: Option<String>,
+    /// PostgreSQL schema to use (created if missing). Default: the server's search_path.
+    schema: Option<Spanned<String>>,
+    /// `refuse` (default: fail closed with 503) or `allow` when the store cannot be reached.
+    on_unavailable: Option<Spanned<String>>,
+    /// Lifetime of a reservation without renewal, seconds. Default 30.
+    reservation_lease_secs: Option<Spanned<u64>>,
+    /// How often to poll for revocations and new signing keys, milliseconds. Default 250.
+    poll_interval_ms: Option<Spanned<u64>>,
+    /// Connection pool size. Default 8.
+    max_connections: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPricing {
+    /// Include the built-in dated price table. Default true.
+    defaults: Option<bool>,
+    /// `refuse` (default) or `charge` (use `unpriced_price`).
+    unpriced: Option<Spanned<String>>,
+    unpriced_price: Option<Spanned<RawPrice>>,
+    /// Default 3.
+    input_bytes_per_token: Option<Spanned<u64>>,
+    /// Default 4096.
+    output_reserve_cap_tokens: Option<Spanned<u64>>,
+    #[serde(default)]
+    models: BTreeMap<String, Spanned<RawPrice>>,
+}
+
+/// USD per million tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    input: RawDecimal,
+    /// Default: the input price.
+    cached_input: Option<RawDecimal>,
+    /// Default: the input price.
+    cache_write: Option<RawDecimal>,
+    output: RawDecimal,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    id: Spanned<String>,
+    /// `token`, `principal`, `team` or `org`.
+    scope: Spanned<String>,
+    /// Only this principal/team/org (or jti); default: every one separately.
+    #[serde(rename = "match")]
+    matches: Option<String>,
+    amount_usd: Spanned<RawDecimal>,
+    /// `daily`, `weekly`, `monthly` (UTC calendar) or `lifetime`.
+    window: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    /// Per principal, unless the grant sets its own. Default: unlimited.
+    requests_per_minute: Option<Spanned<u32>>,
+    tokens_per_minute: Option<Spanned<u32>>,
+    /// Per team (all principals of a team together). Default: unlimited.
+    team_requests_per_minute: Option<Spanned<u32>>,
+    team_tokens_per_minute: Option<Spanned<u32>>,
+    /// `redis://host:port`: share the limits between replicas. Default: per process.
+    redis_url: Option<Spanned<String>>,
+    /// Key prefix in Redis. Default `tollgate:`.
+    redis_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    /// Lower-case hex SHA-256 of the admin key. No admin API without it.
+    key_sha256: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -140,6 +258,8 @@ struct RawTokens {
     max_ttl_secs: Option<Spanned<u64>>,
     leeway_secs: Option<Spanned<u64>>,
     signing_key_file: Option<PathBuf>,
+    /// Signing keys (kept in the store) rotate every this many seconds. Default 86400.
+    rotate_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +345,80 @@ pub struct Config {
     pub codex_models: BTreeMap<String, serde_json::Value>,
     /// Workload-identity verifiers.
     pub identity: crate::identity::config::IdentityConfig,
+    pub store: StoreConfig,
+    pub pricing: PricingConfig,
+    pub budgets: Vec<BudgetConfig>,
+    pub limits: LimitsConfig,
+    pub admin: AdminConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    pub sqlite_path: PathBuf,
+    pub url: Option<SecretString>,
+    pub schema: Option<String>,
+    /// Let requests through (unbudgeted, logged) when the store is down, instead of 503.
+    pub fail_open: bool,
+    pub reservation_lease_secs: u64,
+    pub poll_interval_ms: u64,
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct PricingConfig {
+    pub table: PriceTable,
+    pub estimator: Estimator,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Token,
+    Principal,
+    Team,
+    Org,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Token => "token",
+            Scope::Principal => "principal",
+            Scope::Team => "team",
+            Scope::Org => "org",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BudgetConfig {
+    pub id: String,
+    pub scope: Scope,
+    pub matches: Option<String>,
+    pub amount: Nanos,
+    pub window: Window,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LimitsConfig {
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    pub team_requests_per_minute: Option<u32>,
+    pub team_tokens_per_minute: Option<u32>,
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AdminConfig {
+    pub key_sha256: Option<[u8; 32]>,
 }
 
 #[derive(Clone, Debug)]
@@ -245,6 +439,7 @@ pub struct TokenConfig {
     pub max_ttl_secs: u64,
     pub leeway_secs: u64,
     pub signing_key_file: Option<PathBuf>,
+    pub rotate_secs: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -411,6 +606,17 @@ impl Config {
             max_ttl_secs,
             leeway_secs,
             signing_key_file: raw.tokens.signing_key_file.as_deref().map(|p| s.resolve(p)),
+            rotate_secs: match &raw.tokens.rotate_secs {
+                Some(r) if !(10..=365 * 86_400).contains(r.get_ref()) => {
+                    return Err(s.error_at(
+                        r.span(),
+                        "tokens.rotate_secs",
+                        "must be between 10 and 31536000",
+                    ));
+                }
+                Some(r) => *r.get_ref(),
+                None => 86_400,
+            },
         };
 
         let mut credentials = Vec::new();
@@ -547,10 +753,37 @@ impl Config {
             }
         }
 
+        let store = store_config(s, &raw.store, &server.state_dir, env)?;
+        let pricing = pricing_config(s, &raw.pricing)?;
+        let budgets = budget_configs(s, &raw.budgets)?;
+        let limits = limits_config(s, &raw.limits)?;
+        let admin = AdminConfig {
+            key_sha256: match &raw.admin.key_sha256 {
+                None => None,
+                Some(h) => {
+                    let mut d = [0u8; 32];
+                    if h.get_ref().len() != 64 || hex::decode_to_slice(h.get_ref(), &mut d).is_err()
+                    {
+                        return Err(s.error_at(
+                            h.span(),
+                            "admin.key_sha256",
+                            "must be 64 hex characters (sha256 of the admin key)",
+                        ));
+                    }
+                    Some(d)
+                }
+            },
+        };
+
         let identity = crate::identity::config::IdentityConfig::validate(&raw.identity, s)?;
 
         Ok(Config {
             identity,
+            store,
+            pricing,
+            budgets,
+            limits,
+            admin,
             policy_file: s.resolve(raw.policy_file.get_ref()),
             source,
             server,
@@ -561,6 +794,316 @@ impl Config {
             codex_models,
         })
     }
+}
+
+fn store_config(
+    s: &Source,
+    raw: &RawStore,
+    state_dir: &Path,
+    env: &dyn Env,
+) -> Result<StoreConfig, ConfigError> {
+    let kind = match &raw.kind {
+        None => StoreKind::Sqlite,
+        Some(k) => match k.get_ref().as_str() {
+            "sqlite" => StoreKind::Sqlite,
+            "postgres" | "postgresql" => StoreKind::Postgres,
+            other => {
+                return Err(s.error_at(
+                    k.span(),
+                    "store.kind",
+                    format_args!("unknown store {other:?} (use \"sqlite\" or \"postgres\")"),
+                ));
+            }
+        },
+    };
+    let url = match &raw.url {
+        Some(u) => Some(u.get_ref().clone()),
+        None => env.var(raw.url_env.as_deref().unwrap_or("TOLLGATE_DATABASE_URL")),
+    };
+    if kind == StoreKind::Postgres {
+        match &url {
+            None => {
+                let span = raw.kind.as_ref().map_or(0..0, Spanned::span);
+                return Err(s.error_at(
+                    span,
+                    "store.url",
+                    "a postgres store needs `url` or the environment variable named by `url_env` (default TOLLGATE_DATABASE_URL)",
+                ));
+            }
+            Some(u) if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) => {
+                let span = raw.url.as_ref().map_or(0..0, Spanned::span);
+                return Err(s.error_at(span, "store.url", "must start with postgres://"));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(schema) = &raw.schema {
+        let v = schema.get_ref();
+        if v.is_empty()
+            || v.len() > 63
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(s.error_at(
+                schema.span(),
+                "store.schema",
+                "must be 1-63 characters of a-z, 0-9 and _",
+            ));
+        }
+    }
+    let fail_open = match &raw.on_unavailable {
+        None => false,
+        Some(v) => match v.get_ref().as_str() {
+            "refuse" => false,
+            "allow" => true,
+            other => {
+                return Err(s.error_at(
+                    v.span(),
+                    "store.on_unavailable",
+                    format_args!("unknown value {other:?} (use \"refuse\" or \"allow\")"),
+                ));
+            }
+        },
+    };
+    let ranged = |v: &Option<Spanned<u64>>, field: &str, lo: u64, hi: u64, default: u64| match v {
+        Some(x) if !(lo..=hi).contains(x.get_ref()) => Err(s.error_at(
+            x.span(),
+            field,
+            format_args!("must be between {lo} and {hi}"),
+        )),
+        Some(x) => Ok(*x.get_ref()),
+        None => Ok(default),
+    };
+    let max_connections = match &raw.max_connections {
+        Some(x) if !(1..=256).contains(x.get_ref()) => {
+            return Err(s.error_at(
+                x.span(),
+                "store.max_connections",
+                "must be between 1 and 256",
+            ));
+        }
+        Some(x) => *x.get_ref(),
+        None => 8,
+    };
+    Ok(StoreConfig {
+        kind,
+        sqlite_path: state_dir.join(raw.path.as_deref().unwrap_or(Path::new("governance.db"))),
+        url: url.map(SecretString::from),
+        schema: raw.schema.as_ref().map(|x| x.get_ref().clone()),
+        fail_open,
+        reservation_lease_secs: ranged(
+            &raw.reservation_lease_secs,
+            "store.reservation_lease_secs",
+            2,
+            86_400,
+            30,
+        )?,
+        poll_interval_ms: ranged(
+            &raw.poll_interval_ms,
+            "store.poll_interval_ms",
+            50,
+            60_000,
+            250,
+        )?,
+        max_connections,
+    })
+}
+
+fn price_of(
+    s: &Source,
+    span: std::ops::Range<usize>,
+    field: &str,
+    raw: &RawPrice,
+) -> Result<ModelPrice, ConfigError> {
+    let one = |d: &RawDecimal, name: &str| {
+        Price::parse_usd_per_mtok(&d.text())
+            .map_err(|e| s.error_at(span.clone(), &format!("{field}.{name}"), e))
+    };
+    let input = one(&raw.input, "input")?;
+    Ok(ModelPrice {
+        input,
+        cached_input: raw
+            .cached_input
+            .as_ref()
+            .map_or(Ok(input), |d| one(d, "cached_input"))?,
+        cache_write: raw
+            .cache_write
+            .as_ref()
+            .map_or(Ok(input), |d| one(d, "cache_write"))?,
+        output: one(&raw.output, "output")?,
+    })
+}
+
+fn pricing_config(s: &Source, raw: &RawPricing) -> Result<PricingConfig, ConfigError> {
+    let mut overrides = Vec::new();
+    for (name, p) in &raw.models {
+        let field = format!("pricing.models.{name}");
+        let pattern =
+            ModelPattern::new(name.clone()).map_err(|e| s.error_at(p.span(), &field, e))?;
+        overrides.push((pattern, price_of(s, p.span(), &field, p.get_ref())?));
+    }
+    let unpriced = match raw
+        .unpriced
+        .as_ref()
+        .map(|u| (u.span(), u.get_ref().as_str()))
+    {
+        None | Some((_, "refuse")) => Unpriced::Refuse,
+        Some((span, "charge")) => match &raw.unpriced_price {
+            Some(p) => Unpriced::Charge(price_of(
+                s,
+                p.span(),
+                "pricing.unpriced_price",
+                p.get_ref(),
+            )?),
+            None => {
+                return Err(s.error_at(
+                    span,
+                    "pricing.unpriced_price",
+                    "unpriced = \"charge\" needs unpriced_price = { input = \"...\", output = \"...\" }",
+                ));
+            }
+        },
+        Some((span, other)) => {
+            return Err(s.error_at(
+                span,
+                "pricing.unpriced",
+                format_args!("unknown value {other:?} (use \"refuse\" or \"charge\")"),
+            ));
+        }
+    };
+    let mut estimator = Estimator::default();
+    if let Some(b) = &raw.input_bytes_per_token {
+        if !(1..=16).contains(b.get_ref()) {
+            return Err(s.error_at(
+                b.span(),
+                "pricing.input_bytes_per_token",
+                "must be between 1 and 16",
+            ));
+        }
+        estimator.input_bytes_per_token = *b.get_ref();
+    }
+    if let Some(c) = &raw.output_reserve_cap_tokens {
+        if !(1..=1_000_000).contains(c.get_ref()) {
+            return Err(s.error_at(
+                c.span(),
+                "pricing.output_reserve_cap_tokens",
+                "must be between 1 and 1000000",
+            ));
+        }
+        estimator.output_reserve_cap_tokens = *c.get_ref();
+    }
+    Ok(PricingConfig {
+        table: PriceTable::new(overrides, unpriced, raw.defaults.unwrap_or(true)),
+        estimator,
+    })
+}
+
+fn budget_configs(
+    s: &Source,
+    raw: &[Spanned<RawBudget>],
+) -> Result<Vec<BudgetConfig>, ConfigError> {
+    let mut out: Vec<BudgetConfig> = Vec::new();
+    for b in raw {
+        let b = b.get_ref();
+        let id = b.id.get_ref();
+        if id.is_empty()
+            || id.len() > 64
+            || !id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+        {
+            return Err(s.error_at(
+                b.id.span(),
+                "budgets.id",
+                "must be 1-64 characters of A-Z a-z 0-9 - _ .",
+            ));
+        }
+        if out.iter().any(|o| &o.id == id) {
+            return Err(s.error_at(
+                b.id.span(),
+                "budgets.id",
+                format_args!("duplicate budget id {id:?}"),
+            ));
+        }
+        let scope = match b.scope.get_ref().as_str() {
+            "token" => Scope::Token,
+            "principal" => Scope::Principal,
+            "team" => Scope::Team,
+            "org" => Scope::Org,
+            other => {
+                return Err(s.error_at(
+                    b.scope.span(),
+                    "budgets.scope",
+                    format_args!("unknown scope {other:?} (use token, principal, team or org)"),
+                ));
+            }
+        };
+        let window = Window::parse(b.window.get_ref()).ok_or_else(|| {
+            s.error_at(
+                b.window.span(),
+                "budgets.window",
+                format_args!(
+                    "unknown window {:?} (use daily, weekly, monthly or lifetime)",
+                    b.window.get_ref()
+                ),
+            )
+        })?;
+        let amount = Nanos::parse_usd(&b.amount_usd.get_ref().text())
+            .map_err(|e| s.error_at(b.amount_usd.span(), "budgets.amount_usd", e))?;
+        if let Some(m) = &b.matches
+            && m.trim().is_empty()
+        {
+            return Err(s.error_at(b.id.span(), "budgets.match", "must not be empty"));
+        }
+        out.push(BudgetConfig {
+            id: id.clone(),
+            scope,
+            matches: b.matches.clone(),
+            amount,
+            window,
+        });
+    }
+    Ok(out)
+}
+
+fn limits_config(s: &Source, raw: &RawLimits) -> Result<LimitsConfig, ConfigError> {
+    let one = |v: &Option<Spanned<u32>>, field: &str| match v {
+        Some(x) if *x.get_ref() == 0 => Err(s.error_at(
+            x.span(),
+            field,
+            "0 would refuse everything; remove the limit or deny by policy",
+        )),
+        Some(x) => Ok(Some(*x.get_ref())),
+        None => Ok(None),
+    };
+    Ok(LimitsConfig {
+        requests_per_minute: one(&raw.requests_per_minute, "limits.requests_per_minute")?,
+        tokens_per_minute: one(&raw.tokens_per_minute, "limits.tokens_per_minute")?,
+        team_requests_per_minute: one(
+            &raw.team_requests_per_minute,
+            "limits.team_requests_per_minute",
+        )?,
+        team_tokens_per_minute: one(&raw.team_tokens_per_minute, "limits.team_tokens_per_minute")?,
+        redis_url: match &raw.redis_url {
+            Some(u)
+                if !u.get_ref().starts_with("redis://")
+                    || u.get_ref().len() <= "redis://".len() =>
+            {
+                return Err(s.error_at(
+                    u.span(),
+                    "limits.redis_url",
+                    "must look like redis://host:port",
+                ));
+            }
+            Some(u) => Some(u.get_ref().clone()),
+            None => None,
+        },
+        redis_prefix: raw
+            .redis_prefix
+            .clone()
+            .unwrap_or_else(|| "tollgate:".into()),
+    })
 }
 
 #[cfg(test)]
@@ -635,5 +1178,89 @@ mod tests {
         assert!(!c.providers["off"].enabled);
         // The key is a secret: Debug must not show it.
         assert!(!format!("{:?}", c.providers["up"]).contains("sk-test"));
+    }
+
+    #[test]
+    fn governance_sections_parse() {
+        let c = load(&format!(
+            "{MIN}[store]\nkind = \"sqlite\"\nreservation_lease_secs = 5\n\
+             [pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"2\", output = \"8\" }}\n\
+             [pricing.models.\"my-model\"]\ninput = 1.25\noutput = \"10\"\n\
+             [[budgets]]\nid = \"team-daily\"\nscope = \"team\"\nmatch = \"platform\"\namount_usd = \"50.00\"\nwindow = \"daily\"\n\
+             [limits]\nrequests_per_minute = 60\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.store.reservation_lease_secs, 5);
+        assert_eq!(c.budgets[0].amount, Nanos(50_000_000_000));
+        assert_eq!(c.budgets[0].window, Window::Daily);
+        assert_eq!(
+            c.pricing.table.lookup("my-model").map(|p| p.input),
+            Some(Price(1_250_000))
+        );
+        assert_eq!(
+            c.pricing.table.lookup("unknown").map(|p| p.output),
+            Some(Price(8_000_000))
+        );
+        assert_eq!(c.limits.requests_per_minute, Some(60));
+    }
+
+    #[test]
+    fn bad_budgets_name_field_and_line() {
+        let cases = [
+            (
+                "[[budgets]]\nid = \"b\"\nscope = \"team\"\namount_usd = \"-5\"\nwindow = \"daily\"\n",
+                ":5:",
+                "budgets.amount_usd",
+            ),
+            (
+                "[[budgets]]\nid = \"b\"\nscope = \"team\"\namount_usd = -5\nwindow = \"daily\"\n",
+                ":5:",
+                "negative",
+            ),
+            (
+                "[[budgets]]\nid = \"b\"\nscope = \"team\"\namount_usd = \"1e12\"\nwindow = \"daily\"\n",
+                ":5:",
+                "budgets.amount_usd",
+            ),
+            (
+                "[[budgets]]\nid = \"b\"\nscope = \"team\"\namount_usd = \"5000000000\"\nwindow = \"daily\"\n",
+                ":5:",
+                "too large",
+            ),
+            (
+                "[[budgets]]\nid = \"b\"\nscope = \"team\"\namount_usd = \"5\"\nwindow = \"hourly\"\n",
+                ":6:",
+                "unknown window \"hourly\"",
+            ),
+            (
+                "[[budgets]]\nid = \"b\"\namount_usd = \"5\"\nwindow = \"daily\"\n",
+                ":2:",
+                "missing field `scope`",
+            ),
+            (
+                "[[budgets]]\nid = \"b\"\nscope = \"galaxy\"\namount_usd = \"5\"\nwindow = \"daily\"\n",
+                ":4:",
+                "budgets.scope",
+            ),
+            ("[store]\nkind = \"mysql\"\n", ":3:", "store.kind"),
+            (
+                "[limits]\nrequests_per_minute = 0\n",
+                ":3:",
+                "limits.requests_per_minute",
+            ),
+            (
+                "[pricing.models.m]\ninput = \"-1\"\noutput = \"1\"\n",
+                ":2:",
+                "pricing.models.m.input",
+            ),
+        ];
+        for (text, line, needle) in cases {
+            let e = load(&format!("{MIN}{text}")).expect_err(text);
+            let msg = e.to_string();
+            assert!(
+                msg.contains(line) && msg.contains(needle),
+                "{text:?} gave {msg}"
+            );
+        }
     }
 }

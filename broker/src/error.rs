@@ -77,7 +77,10 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            // Not 429: Codex drops a 429's body (and shows a fixed text for `insufficient_quota`), and it
+            // retries 402/403 as stream errors before showing them. A 400 is shown at once, body included,
+            // and not retried — a budget does not come back in seconds. See docs/governance.md.
+            ApiError::BudgetExceeded { .. } => StatusCode::BAD_REQUEST,
             ApiError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::UpstreamClientError { status, .. } => *status,
@@ -120,7 +123,7 @@ impl ApiError {
             ),
             ApiError::BudgetExceeded { message, .. } => OpenAiError::new(
                 format!("Tollgate: {message}"),
-                "insufficient_quota",
+                "invalid_request_error",
                 Some("budget_exceeded"),
             ),
             ApiError::UpstreamUnavailable(_) => OpenAiError::new(

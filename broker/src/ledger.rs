@@ -1,22 +1,22 @@
 //! Accounting hooks on the request path: admit (before forwarding), release (failed before the first byte),
-//! finish (settle real usage), and the revocation check.
-//!
-//! This first version keeps per-principal totals in memory; the governance store replaces the internals
-//! behind the same calls.
+//! finish (settle real usage, exactly once), and the revocation check. The work is done by
+//! [`crate::governance::Governance`]; settlement runs on a spawned task so that it also happens from
+//! `Drop` (client disconnect) and never delays the response.
 
 use crate::error::ApiError;
+use crate::governance::{Finished, Governance, Reservation};
 use crate::proxy::upstream::Endpoint;
 use crate::usage::{StreamEnd, Usage};
-use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tollgate::Claims;
 
-/// A request admitted by governance (later: its budget reservations).
+/// A request admitted by governance: its budget reservation.
 #[derive(Debug)]
 pub struct Admission {
-    pub id: u64,
+    pub id: String,
+    reservation: Reservation,
 }
 
 /// Why an admitted request ended without a settled response.
@@ -36,8 +36,8 @@ pub struct RequestRecord {
     pub admission: Admission,
 }
 
-/// Totals for one principal.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+/// In-memory totals for one principal since this process started (logs, tests); the store is the record.
+#[derive(Clone, Debug, Default, serde::Serialize, PartialEq, Eq)]
 pub struct Totals {
     pub requests: u64,
     pub input_tokens: u64,
@@ -47,31 +47,62 @@ pub struct Totals {
     pub incomplete_streams: u64,
 }
 
-#[derive(Default)]
 pub struct Ledger {
-    next_id: std::sync::atomic::AtomicU64,
+    pub governance: Arc<Governance>,
     totals: Mutex<HashMap<String, Totals>>,
 }
 
+fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => {
+            h.spawn(f);
+        }
+        Err(_) => {
+            tracing::error!("no runtime to settle on; the reservation will expire with its lease")
+        }
+    }
+}
+
 impl Ledger {
-    pub fn check_revoked(&self, _claims: &Claims) -> Result<(), ApiError> {
-        Ok(())
+    pub fn new(governance: Arc<Governance>) -> Self {
+        Ledger {
+            governance,
+            totals: Mutex::new(HashMap::new()),
+        }
     }
 
-    pub fn admit(
+    /// This process's totals for `principal` (updated synchronously at finish).
+    pub fn totals(&self, principal: &str) -> Totals {
+        self.totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(principal)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn check_revoked(&self, claims: &Claims) -> Result<(), ApiError> {
+        self.governance.check_revoked(claims)
+    }
+
+    pub async fn admit(
         &self,
-        _claims: &Claims,
-        _model: &str,
-        _body: &[u8],
+        claims: &Claims,
+        model: &str,
+        body: &[u8],
     ) -> Result<Admission, ApiError> {
+        let reservation = self.governance.admit(claims, model, body).await?;
         Ok(Admission {
-            id: self
-                .next_id
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: reservation.id.clone(),
+            reservation,
         })
     }
 
-    pub fn release(&self, _admission: Admission, _outcome: Outcome) {}
+    pub fn release(&self, admission: Admission, outcome: Outcome) {
+        let g = self.governance.clone();
+        tracing::debug!(reservation = %admission.id, ?outcome, "released");
+        spawn(async move { g.release(admission.reservation).await });
+    }
 
     pub fn finish(
         &self,
@@ -80,42 +111,63 @@ impl Ledger {
         end: StreamEnd,
         streamed_text_bytes: u64,
     ) {
-        let u = usage.unwrap_or_default();
-        tracing::info!(
-            principal = %record.claims.grant.principal,
-            model = %record.model,
-            provider = %record.provider,
-            input_tokens = u.input_tokens,
-            cached_input_tokens = u.cached_input_tokens,
-            output_tokens = u.output_tokens,
-            end = ?end,
-            streamed_text_bytes,
-            latency_ms = record.started.elapsed().as_millis() as u64,
-            "request finished"
-        );
-        let mut totals = self
-            .totals
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let t = totals
-            .entry(record.claims.grant.principal.clone())
-            .or_default();
-        t.requests += 1;
-        t.input_tokens += u.input_tokens;
-        t.cached_input_tokens += u.cached_input_tokens;
-        t.output_tokens += u.output_tokens;
-        t.reasoning_tokens += u.reasoning_tokens;
-        if end != StreamEnd::Completed {
-            t.incomplete_streams += 1;
+        {
+            let u = usage.unwrap_or_default();
+            let mut totals = self
+                .totals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let t = totals
+                .entry(record.claims.grant.principal.clone())
+                .or_default();
+            t.requests += 1;
+            t.input_tokens += u.input_tokens;
+            t.cached_input_tokens += u.cached_input_tokens;
+            t.output_tokens += u.output_tokens;
+            t.reasoning_tokens += u.reasoning_tokens;
+            if end != StreamEnd::Completed {
+                t.incomplete_streams += 1;
+            }
         }
-    }
-
-    pub fn totals(&self, principal: &str) -> Totals {
-        self.totals
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(principal)
-            .cloned()
-            .unwrap_or_default()
+        let g = self.governance.clone();
+        spawn(async move {
+            let RequestRecord {
+                claims,
+                model,
+                provider,
+                started,
+                admission,
+                ..
+            } = record;
+            let end_s = match end {
+                StreamEnd::Completed => "completed",
+                StreamEnd::Incomplete => "incomplete",
+                StreamEnd::Failed => "failed",
+                StreamEnd::Truncated => "truncated",
+            };
+            let u = usage.unwrap_or_default();
+            let finished = Finished {
+                model: &model,
+                provider: &provider,
+                usage,
+                end: end_s,
+                streamed_text_bytes,
+            };
+            let cost = g.settle(&claims, admission.reservation, finished).await;
+            tracing::info!(
+                principal = %claims.grant.principal,
+                model = %model,
+                provider = %provider,
+                input_tokens = u.input_tokens,
+                cached_input_tokens = u.cached_input_tokens,
+                output_tokens = u.output_tokens,
+                usage_reported = usage.is_some(),
+                end = end_s,
+                streamed_text_bytes,
+                cost_nanos = cost.0,
+                latency_ms = started.elapsed().as_millis() as u64,
+                "request finished"
+            );
+        });
     }
 }

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod governance;
 pub mod identity;
 pub mod keys;
 pub mod ledger;

@@ -68,9 +68,19 @@ impl KeyRing {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The key that signs new tokens.
+    /// A key that can sign (readiness).
     pub fn active(&self) -> Option<Arc<SigningKey>> {
         self.read().iter().find(|k| k.encoding().is_some()).cloned()
+    }
+
+    /// The key that signs at `now`: the newest whose `created` is not in the future (keys of the next
+    /// rotation generation are published ahead of use). Falls back to the oldest signing key.
+    pub fn active_at(&self, now: u64) -> Option<Arc<SigningKey>> {
+        let keys = self.read();
+        keys.iter()
+            .find(|k| k.encoding().is_some() && k.created <= now)
+            .or_else(|| keys.iter().rev().find(|k| k.encoding().is_some()))
+            .cloned()
     }
 
     pub fn find(&self, kid: &str) -> Option<Arc<SigningKey>> {
@@ -111,9 +121,9 @@ pub struct Minted {
 impl TokenService {
     /// Sign a grant for `ttl_secs`.
     pub fn mint(&self, grant: Grant, ttl_secs: u64) -> Result<Minted, MintError> {
-        let key = self.keys.active().ok_or(MintError::NoKey)?;
-        let enc = key.encoding().ok_or(MintError::NoKey)?;
         let now = self.clock.now_secs();
+        let key = self.keys.active_at(now).ok_or(MintError::NoKey)?;
+        let enc = key.encoding().ok_or(MintError::NoKey)?;
         let claims = Claims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),

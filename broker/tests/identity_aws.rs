@@ -81,13 +81,14 @@ print(json.dumps({"ak": key["AccessKeyId"], "sk": key["SecretAccessKey"], "rak":
     }
 }
 
-fn broker(moto_url: &str) -> Broker {
+async fn broker(moto_url: &str) -> Broker {
     Broker::new(
         &format!(
             "[identity.aws]\nserver_id = \"{SERVER_ID}\"\nendpoints = [{{ region = \"us-east-1\", url = \"{moto_url}\" }}]\n"
         ),
         POLICY,
     )
+    .await
 }
 
 fn sign(
@@ -118,7 +119,7 @@ fn url(peer_base: &str) -> String {
 #[tokio::test]
 async fn iam_user_and_assumed_role_get_grants_and_proxied_answers() {
     let aws = setup_moto();
-    let b = broker(&aws.moto.base_url);
+    let b = broker(&aws.moto.base_url).await;
     let now = SystemTime::now();
     let proof = sign(
         &aws.user,
@@ -190,7 +191,7 @@ async fn trap() -> (String, Arc<AtomicU64>) {
 #[tokio::test]
 async fn bad_aws_proofs_are_refused_without_detail() {
     let aws = setup_moto();
-    let b = broker(&aws.moto.base_url);
+    let b = broker(&aws.moto.base_url).await;
     let moto = url(&aws.moto.base_url);
     let now = SystemTime::now();
     let t = TOKEN_TYPE_AWS_SIGV4;

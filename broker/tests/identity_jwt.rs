@@ -69,7 +69,7 @@ fn k8s(ns: &str, sa: &str) -> MintRequest {
 
 async fn setup() -> (IdpHandle, Broker) {
     let idp = idp::spawn(IdpConfig::default()).await.expect("fake idp");
-    let broker = Broker::new(&identity_toml(&idp), POLICY);
+    let broker = Broker::new(&identity_toml(&idp), POLICY).await;
     (idp, broker)
 }
 

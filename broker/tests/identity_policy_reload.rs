@@ -18,13 +18,16 @@ fn policy(team: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_do_not_drop_requests_and_invalid_files_are_rejected() {
-    let b = Arc::new(Broker::new(
-        &format!(
-            "[[credentials]]\nsubject = \"dev\"\nsha256 = \"{}\"\n",
-            hash_credential("cred")
-        ),
-        &policy("a"),
-    ));
+    let b = Arc::new(
+        Broker::new(
+            &format!(
+                "[[credentials]]\nsubject = \"dev\"\nsha256 = \"{}\"\n",
+                hash_credential("cred")
+            ),
+            &policy("a"),
+        )
+        .await,
+    );
     let path = b.state.policy_file.clone();
     let mut tasks = Vec::new();
     for _ in 0..8 {

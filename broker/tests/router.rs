@@ -21,18 +21,19 @@ struct Harness {
     clock: FakeClock,
 }
 
-fn harness() -> Harness {
-    harness_with("")
+async fn harness() -> Harness {
+    harness_with("").await
 }
 
-fn harness_with(extra: &str) -> Harness {
+async fn harness_with(extra: &str) -> Harness {
     let dir = tempfile::tempdir().expect("tmp");
     let sha = tollgate_broker::identity::static_cred::hash_credential(CRED);
     let cfg = format!(
         "policy_file = \"policy.toml\"\n[server]\nstate_dir = \"state\"\nmax_body_bytes = 4096\n\
          [tokens]\nmax_ttl_secs = 600\n[[credentials]]\nsubject = \"dev\"\nsha256 = \"{sha}\"\n\
          [providers.demo]\nkind = \"demo\"\n[[routes]]\nmodel = \"gpt-5.5\"\ntargets = [{{ provider = \"demo\" }}]\n\
-         [[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"demo\" }}]\n{extra}"
+         [[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"demo\" }}]\n\
+         [pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"1.25\", output = \"10\" }}\n{extra}"
     );
     std::fs::write(dir.path().join("broker.toml"), &cfg).expect("cfg");
     std::fs::write(
@@ -50,7 +51,9 @@ fn harness_with(extra: &str) -> Harness {
     )
     .expect("config");
     let clock = FakeClock::new(NOW);
-    let state = AppState::build(&config, Arc::new(clock.clone())).expect("state");
+    let state = AppState::build(&config, Arc::new(clock.clone()))
+        .await
+        .expect("state");
     Harness {
         _dir: dir,
         state,
@@ -125,7 +128,7 @@ fn assert_openai_error(v: &serde_json::Value) {
 
 #[tokio::test]
 async fn exchange_then_proxy_then_models() {
-    let h = harness();
+    let h = harness().await;
     let t = token(&h).await;
     let (s, headers, v) = call(
         &h,
@@ -167,7 +170,7 @@ async fn exchange_then_proxy_then_models() {
 
 #[tokio::test]
 async fn bad_tokens_are_401_openai_shaped() {
-    let h = harness();
+    let h = harness().await;
     let good = token(&h).await;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let parts: Vec<&str> = good.split('.').collect();
@@ -177,7 +180,7 @@ async fn bad_tokens_are_401_openai_shaped() {
         parts[1]
     );
     // A token signed by a different broker's key.
-    let other = harness();
+    let other = harness().await;
     let foreign = token(&other).await;
     // A tampered payload under a valid signature.
     let tampered = format!(
@@ -215,7 +218,7 @@ async fn bad_tokens_are_401_openai_shaped() {
 
 #[tokio::test]
 async fn bad_requests_are_openai_shaped() {
-    let h = harness();
+    let h = harness().await;
     let t = token(&h).await;
     let too_large = format!(r#"{{"model":"gpt-5.5","input":"{}"}}"#, "x".repeat(5000));
     let cases: Vec<(&str, Body, StatusCode, Option<&str>)> = vec![
@@ -285,7 +288,7 @@ async fn bad_requests_are_openai_shaped() {
 
 #[tokio::test]
 async fn token_endpoint_errors_are_rfc6749() {
-    let h = harness();
+    let h = harness().await;
     let gt = urlenc(tollgate::exchange::GRANT_TYPE_TOKEN_EXCHANGE);
     let st = urlenc(tollgate::exchange::TOKEN_TYPE_STATIC);
     let cases = [
@@ -333,7 +336,7 @@ async fn token_endpoint_errors_are_rfc6749() {
 
 #[tokio::test]
 async fn discovery_and_jwks_publish_public_keys_only() {
-    let h = harness();
+    let h = harness().await;
     let (s, _, v) = call(
         &h,
         Request::get("/.well-known/jwks.json")
@@ -343,9 +346,12 @@ async fn discovery_and_jwks_publish_public_keys_only() {
     .await;
     assert_eq!(s, StatusCode::OK);
     let keys = v["keys"].as_array().expect("keys");
-    assert_eq!(keys.len(), 1);
-    assert_eq!(keys[0]["alg"], "ES256");
-    assert!(keys[0].get("d").is_none());
+    // The signing key and the next rotation's key, published ahead of use (docs/governance.md).
+    assert_eq!(keys.len(), 2);
+    for k in keys {
+        assert_eq!(k["alg"], "ES256");
+        assert!(k.get("d").is_none());
+    }
     let (_, _, d) = call(
         &h,
         Request::get("/.well-known/openid-configuration")
@@ -361,12 +367,15 @@ async fn discovery_and_jwks_publish_public_keys_only() {
     );
     let t = token(&h).await;
     let header = jsonwebtoken::decode_header(&t).expect("header");
-    assert_eq!(header.kid.as_deref(), keys[0]["kid"].as_str());
+    assert!(
+        keys.iter()
+            .any(|k| k["kid"].as_str() == header.kid.as_deref())
+    );
 }
 
 #[tokio::test]
 async fn streaming_passes_sse_through_and_records_usage() {
-    let h = harness();
+    let h = harness().await;
     let t = token(&h).await;
     let (s, headers, v) = call(
         &h,
@@ -398,7 +407,7 @@ async fn operator_supplied_codex_metadata_is_listed_only_for_allowed_models() {
     let h = harness_with(
         "[models.\"gpt-5.5\".codex]\ndisplay_name = \"GPT-5.5 via Tollgate\"\nbase_instructions = \"B\"\npriority = 1\n\
          [models.\"o3\".codex]\ndisplay_name = \"o3\"\nbase_instructions = \"B\"\npriority = 2\n",
-    );
+    ).await;
     let t = token(&h).await;
     let req = Request::get("/v1/models?client_version=0.169.0")
         .header(header::AUTHORIZATION, format!("Bearer {t}"))

@@ -234,7 +234,8 @@ fn remote_usage(
     let (status, body) = fetched;
     let text = match status.as_u16() {
         200..=299 => match serde_json::from_slice::<serde_json::Value>(&body) {
-            Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
+            Ok(v) => budget_lines(&v)
+                .unwrap_or_else(|| serde_json::to_string_pretty(&v).unwrap_or_default()),
             Err(_) => "(the broker answered with something that is not JSON)".to_owned(),
         },
         404 => "not available on this broker (HTTP 404)".to_owned(),
@@ -258,9 +259,79 @@ fn remote_usage(
     Ok(Exit::Ok)
 }
 
+/// One line per budget from the broker's usage report, or `None` if the report has no `budgets` list.
+fn budget_lines(v: &serde_json::Value) -> Option<String> {
+    let budgets = v.get("budgets")?.as_array()?;
+    if budgets.is_empty() {
+        return Some("no budgets apply to this token".to_owned());
+    }
+    // Only a report in the shape we know is summarised; anything else is shown as the JSON it is.
+    let known = [
+        "id",
+        "scope",
+        "window",
+        "amount_usd",
+        "spent_usd",
+        "reserved_usd",
+        "remaining_usd",
+    ];
+    if !budgets.iter().all(|b| {
+        known
+            .iter()
+            .all(|k| b.get(*k).is_some_and(|v| v.is_string()))
+    }) {
+        return None;
+    }
+    let s = |b: &serde_json::Value, k: &str| {
+        b.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_owned()
+    };
+    Some(
+        budgets
+            .iter()
+            .map(|b| {
+                let reset = match b.get("resets_at").and_then(|x| x.as_str()) {
+                    Some(r) => format!("resets {r}"),
+                    None => "lifetime".to_owned(),
+                };
+                format!(
+                    "{} ({} {}, {}): {} left of {} ({} spent, {} in flight); {reset}",
+                    s(b, "id"),
+                    s(b, "scope"),
+                    s(b, "subject"),
+                    s(b, "window"),
+                    s(b, "remaining_usd"),
+                    s(b, "amount_usd"),
+                    s(b, "spent_usd"),
+                    s(b, "reserved_usd"),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budget_report_lines() {
+        let v = serde_json::json!({"budgets": [{"id": "d", "scope": "principal", "subject": "alice",
+            "window": "daily", "remaining_usd": "$19.95", "amount_usd": "$20.00", "spent_usd": "$0.05",
+            "reserved_usd": "$0.00", "resets_at": "2026-11-26T00:00:00Z"}]});
+        assert_eq!(
+            budget_lines(&v).as_deref(),
+            Some(
+                "d (principal alice, daily): $19.95 left of $20.00 ($0.05 spent, $0.00 in flight); resets 2026-11-26T00:00:00Z"
+            )
+        );
+        assert_eq!(budget_lines(&serde_json::json!({"usage": {}})), None);
+        assert_eq!(
+            budget_lines(&serde_json::json!({"budgets": [{"id": "x", "remaining_usd": "1"}]})),
+            None,
+            "an unknown shape is shown as JSON"
+        );
+    }
 
     #[test]
     fn time_formatting() {

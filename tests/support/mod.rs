@@ -77,7 +77,8 @@ impl BrokerSpec {
         BrokerSpec {
             extra_config: format!(
                 "[providers.mock]\nkind = \"openai\"\nbase_url = \"{upstream_base}\"\napi_key_env = \"E2E_UPSTREAM_KEY\"\n\n\
-                 [[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"mock\" }}]\n"
+                 [[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"mock\" }}]\n\n\
+                 [pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"1.25\", output = \"10\" }}\n"
             ),
             policy: format!(
                 "[[rule]]\nname = \"dev\"\nmatch = {{ kind = \"static\", subject = \"dev\" }}\nteam = \"e2e\"\nmodels = [{models}]\nmax_ttl_secs = 3600\n"

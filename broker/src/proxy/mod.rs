@@ -164,7 +164,7 @@ async fn proxy(
     } else {
         body
     };
-    let admission = app.ledger.admit(&claims, &model, &body)?;
+    let admission = app.ledger.admit(&claims, &model, &body).await?;
 
     let mut last_err: Option<UpstreamError> = None;
     let mut attempts = 0u32;

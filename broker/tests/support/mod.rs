@@ -41,10 +41,13 @@ kind = "demo"
 [[routes]]
 model = "*"
 targets = [{ provider = "demo" }]
+[pricing]
+unpriced = "charge"
+unpriced_price = { input = "1.25", output = "10" }
 "#;
 
 impl Broker {
-    pub fn new(identity_toml: &str, policy_toml: &str) -> Self {
+    pub async fn new(identity_toml: &str, policy_toml: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("policy.toml"), policy_toml).expect("policy");
         let path = dir.path().join("broker.toml");
@@ -53,7 +56,9 @@ impl Broker {
         let env: std::collections::BTreeMap<String, String> = Default::default();
         let config = Config::from_source(Source { path, text }, &env).expect("valid config");
         let clock = FakeClock::new(now_secs());
-        let state = AppState::build(&config, Arc::new(clock.clone())).expect("state");
+        let state = AppState::build(&config, Arc::new(clock.clone()))
+            .await
+            .expect("state");
         Broker {
             state,
             clock,

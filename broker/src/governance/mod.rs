@@ -1,0 +1,599 @@
+//! Governance: prices, budgets with reservations, rate limits, revocation — backed by a [`store::Store`].
+//!
+//! The request path calls [`Governance::admit`] before forwarding and [`Governance::settle`] exactly once
+//! afterwards (through [`crate::ledger`]). Background work (lease renewal, expiry of dead brokers'
+//! reservations, revocation and key polling, retrying settlements the store refused) runs in
+//! [`Governance::spawn_background`].
+
+pub mod keys;
+pub mod pricing;
+pub mod ratelimit;
+pub mod store;
+pub mod window;
+
+use crate::clock::SharedClock;
+use crate::config::{BudgetConfig, Config, LimitsConfig, Scope};
+use crate::error::ApiError;
+use crate::usage::Usage;
+use pricing::{Estimate, Estimator, ModelPrice, PriceTable};
+use ratelimit::RateLimits;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use store::{
+    CounterKey, ReserveItem, ReserveOutcome, RevocationKind, SpendRecord, Store, StoreError,
+};
+use tollgate::{Claims, Nanos};
+use window::rfc3339;
+
+/// What an admitted request holds until it settles.
+#[derive(Debug)]
+pub struct Reservation {
+    pub id: String,
+    pub keys: Vec<CounterKey>,
+    pub estimate: Estimate,
+    pub price: ModelPrice,
+    /// False when the store was down and `on_unavailable = "allow"` let the request through.
+    pub held: bool,
+}
+
+/// Revocations as this replica knows them.
+#[derive(Default)]
+struct Revoked {
+    seq: i64,
+    jtis: HashSet<String>,
+    /// principal → revoked_at: tokens issued at or before it are refused.
+    principals: HashMap<String, i64>,
+}
+
+pub struct Governance {
+    pub store: Arc<dyn Store>,
+    pub prices: PriceTable,
+    pub estimator: Estimator,
+    budgets: Vec<BudgetConfig>,
+    limits: LimitsConfig,
+    rates: RateLimits,
+    redis: Option<ratelimit::RedisLimits>,
+    revoked: RwLock<Revoked>,
+    /// This process, as the owner of its reservations (leases are renewed per owner).
+    owner: String,
+    lease_secs: u64,
+    poll_interval: Duration,
+    fail_open: bool,
+    clock: SharedClock,
+    /// Settlements the store refused, retried by the background loop until they land.
+    retry: Mutex<Vec<PendingSettlement>>,
+    pub keys: Option<keys::KeyManager>,
+}
+
+/// A settlement the store refused: reservation id, its counters, the spend to record (none = release).
+type PendingSettlement = (String, Vec<CounterKey>, Option<SpendRecord>);
+
+/// How a forwarded request ended, for settlement.
+#[derive(Clone, Copy, Debug)]
+pub struct Finished<'a> {
+    pub model: &'a str,
+    pub provider: &'a str,
+    /// Usage as the upstream reported it; `None` when the stream ended without it.
+    pub usage: Option<Usage>,
+    /// `completed`, `incomplete`, `failed` or `truncated`.
+    pub end: &'a str,
+    pub streamed_text_bytes: u64,
+}
+
+/// One budget as the token holder sees it.
+#[derive(Debug, Serialize)]
+pub struct BudgetView {
+    pub id: String,
+    pub scope: Scope,
+    pub subject: String,
+    pub window: &'static str,
+    pub amount_usd: String,
+    pub spent_usd: String,
+    pub reserved_usd: String,
+    pub remaining_usd: String,
+    pub amount_nanos: i64,
+    pub spent_nanos: i64,
+    pub reserved_nanos: i64,
+    pub remaining_nanos: i64,
+    pub period_start: String,
+    /// `None` for a lifetime budget.
+    pub resets_at: Option<String>,
+}
+
+fn usd(n: i64) -> String {
+    Nanos(n).to_string()
+}
+
+impl Governance {
+    pub async fn open(config: &Config, clock: SharedClock) -> Result<Self, StoreError> {
+        let store = store::open(&config.store).await?;
+        let keys = if config.tokens.signing_key_file.is_none() {
+            Some(keys::KeyManager::new(
+                config.tokens.rotate_secs,
+                config.tokens.max_ttl_secs + config.tokens.leeway_secs,
+            ))
+        } else {
+            None
+        };
+        Ok(Self::with_store(store, config, clock, keys))
+    }
+
+    pub fn with_store(
+        store: Arc<dyn Store>,
+        config: &Config,
+        clock: SharedClock,
+        keys: Option<keys::KeyManager>,
+    ) -> Self {
+        Governance {
+            store,
+            prices: config.pricing.table.clone(),
+            estimator: config.pricing.estimator,
+            budgets: config.budgets.clone(),
+            limits: config.limits.clone(),
+            rates: RateLimits::default(),
+            redis: config
+                .limits
+                .redis_url
+                .as_deref()
+                .and_then(|u| ratelimit::RedisLimits::new(u, &config.limits.redis_prefix)),
+            revoked: RwLock::new(Revoked::default()),
+            owner: uuid::Uuid::new_v4().simple().to_string(),
+            lease_secs: config.store.reservation_lease_secs,
+            poll_interval: Duration::from_millis(config.store.poll_interval_ms),
+            fail_open: config.store.fail_open,
+            clock,
+            retry: Mutex::new(Vec::new()),
+            keys,
+        }
+    }
+
+    fn now(&self) -> i64 {
+        i64::try_from(self.clock.now_secs()).unwrap_or(i64::MAX)
+    }
+
+    /// The budgets that apply to these claims, with the subject each is counted for.
+    fn in_scope(&self, claims: &Claims) -> Result<Vec<(&BudgetConfig, String)>, ApiError> {
+        let g = &claims.grant;
+        for id in &g.budgets {
+            if !self.budgets.iter().any(|b| &b.id == id) {
+                tracing::error!(budget = %id, principal = %g.principal, "grant names a budget this broker does not configure");
+                return Err(ApiError::BudgetExceeded {
+                    message: format!(
+                        "your grant is charged to budget '{id}', which this broker does not configure; ask your platform team."
+                    ),
+                    retry_after_secs: None,
+                });
+            }
+        }
+        let mut out = Vec::new();
+        for b in &self.budgets {
+            let subject = match b.scope {
+                Scope::Token => Some(claims.jti.clone()),
+                Scope::Principal => Some(g.principal.clone()),
+                Scope::Team => g.team.clone(),
+                Scope::Org => g.org.clone(),
+            };
+            let Some(subject) = subject else { continue };
+            let listed = g.budgets.contains(&b.id);
+            if listed || b.matches.as_ref().is_none_or(|m| m == &subject) {
+                out.push((b, subject));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Refuse revoked tokens. Purely local: the background poller keeps the set current.
+    pub fn check_revoked(&self, claims: &Claims) -> Result<(), ApiError> {
+        let r = self
+            .revoked
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if r.jtis.contains(&claims.jti) {
+            return Err(ApiError::Unauthorized("revoked"));
+        }
+        if let Some(at) = r.principals.get(&claims.grant.principal) {
+            // Tokens are minted with iat backdated by SKEW_SECS; the real issue time is iat + SKEW_SECS.
+            let issued = i64::try_from(claims.iat + crate::token::SKEW_SECS).unwrap_or(i64::MAX);
+            if issued <= *at {
+                return Err(ApiError::Unauthorized("revoked"));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_revocations(&self, rows: Vec<store::Revocation>) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut r = self
+            .revoked
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for row in rows {
+            r.seq = r.seq.max(row.seq);
+            match row.kind {
+                RevocationKind::Jti => {
+                    r.jtis.insert(row.value);
+                }
+                RevocationKind::Principal => {
+                    let e = r.principals.entry(row.value).or_insert(row.revoked_at);
+                    *e = (*e).max(row.revoked_at);
+                }
+            }
+        }
+    }
+
+    /// Revoke a token or a principal: recorded in the store (other replicas poll it), effective here at once.
+    pub async fn revoke(&self, kind: RevocationKind, value: &str) -> Result<i64, StoreError> {
+        let now = self.now();
+        let seq = self.store.revoke(kind, value, now).await?;
+        self.apply_revocations(vec![store::Revocation {
+            seq: 0,
+            kind,
+            value: value.to_string(),
+            revoked_at: now,
+        }]);
+        tracing::info!(kind = kind.as_str(), seq, "revoked");
+        Ok(seq)
+    }
+
+    fn rate_keys(&self, claims: &Claims) -> Vec<(String, Option<u32>, Option<u32>)> {
+        let g = &claims.grant;
+        let mut v = vec![(
+            format!("principal {}", g.principal),
+            g.rate
+                .requests_per_minute
+                .or(self.limits.requests_per_minute),
+            g.rate.tokens_per_minute.or(self.limits.tokens_per_minute),
+        )];
+        if let Some(t) = &g.team {
+            v.push((
+                format!("team {t}"),
+                self.limits.team_requests_per_minute,
+                self.limits.team_tokens_per_minute,
+            ));
+        }
+        v
+    }
+
+    /// Rate limits, then the budget reservation. `body` is the request as the client sent it.
+    pub async fn admit(
+        &self,
+        claims: &Claims,
+        model: &str,
+        body: &[u8],
+    ) -> Result<Reservation, ApiError> {
+        for (key, rpm, tpm) in self.rate_keys(claims) {
+            if let Some(tpm) = tpm {
+                let shared = match &self.redis {
+                    Some(r) => redis_or_local(r.check_tokens(&key, tpm).await),
+                    None => None,
+                };
+                shared
+                    .unwrap_or_else(|| self.rates.check_tokens(&key, tpm))
+                    .map_err(limited)?;
+            }
+            if let Some(rpm) = rpm {
+                let shared = match &self.redis {
+                    Some(r) => redis_or_local(r.check_request(&key, rpm).await),
+                    None => None,
+                };
+                shared
+                    .unwrap_or_else(|| self.rates.check_request(&key, rpm))
+                    .map_err(limited)?;
+            }
+        }
+        let price = self.prices.lookup(model).ok_or_else(|| {
+            tracing::warn!(model, "refused: model has no price");
+            ApiError::BadRequest(format!(
+                "model '{model}' has no price configured on this broker, so it cannot be budgeted; ask your platform team to add it under [pricing.models]."
+            ))
+        })?;
+        let max_out = serde_json::from_slice::<MaxOutput>(body)
+            .ok()
+            .and_then(|m| {
+                m.max_output_tokens
+                    .or(m.max_completion_tokens)
+                    .or(m.max_tokens)
+            });
+        let estimate = self.estimator.estimate(&price, body.len() as u64, max_out);
+        let scope = self.in_scope(claims)?;
+        let now = self.now();
+        let items: Vec<ReserveItem> = scope
+            .iter()
+            .map(|(b, subject)| ReserveItem {
+                key: CounterKey {
+                    budget_id: b.id.clone(),
+                    subject: subject.clone(),
+                    period_start: b.window.period(now as u64).0,
+                },
+                amount: estimate.cost.0,
+                limit: b.amount.0,
+            })
+            .collect();
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let keys: Vec<CounterKey> = items.iter().map(|i| i.key.clone()).collect();
+        if items.is_empty() {
+            return Ok(Reservation {
+                id,
+                keys,
+                estimate,
+                price,
+                held: false,
+            });
+        }
+        let expires = now + i64::try_from(self.lease_secs).unwrap_or(30);
+        match self
+            .store
+            .reserve(&id, &self.owner, now, expires, &items)
+            .await
+        {
+            Ok(ReserveOutcome::Admitted) => Ok(Reservation {
+                id,
+                keys,
+                estimate,
+                price,
+                held: true,
+            }),
+            Ok(ReserveOutcome::Refused {
+                index,
+                spent,
+                reserved,
+            }) => {
+                let (b, subject) = &scope[index];
+                metrics::counter!("tollgate_budget_refusals_total", "scope" => b.scope.as_str())
+                    .increment(1);
+                Err(refusal(b, subject, spent, reserved, estimate.cost.0, now))
+            }
+            Err(e) => self.store_down(
+                e,
+                Reservation {
+                    id,
+                    keys,
+                    estimate,
+                    price,
+                    held: false,
+                },
+            ),
+        }
+    }
+
+    fn store_down(&self, e: StoreError, r: Reservation) -> Result<Reservation, ApiError> {
+        metrics::counter!("tollgate_store_errors_total", "op" => "reserve").increment(1);
+        if self.fail_open {
+            tracing::error!(error = %e, "governance store unavailable; admitting WITHOUT a budget reservation (store.on_unavailable = \"allow\")");
+            Ok(r)
+        } else {
+            tracing::error!(error = %e, "governance store unavailable; refusing (fail closed)");
+            Err(ApiError::StoreUnavailable)
+        }
+    }
+
+    /// Release a reservation without charging (every attempt failed before the first byte).
+    pub async fn release(&self, r: Reservation) {
+        if r.held {
+            self.write_settlement(r.id, r.keys, None).await;
+        }
+    }
+
+    /// Settle: charge the reported usage (or, without usage, the input estimate plus the streamed output),
+    /// release the rest of the reservation, record the spend, and charge tokens-per-minute.
+    pub async fn settle(&self, claims: &Claims, r: Reservation, f: Finished<'_>) -> Nanos {
+        let reported = f.usage.is_some();
+        let u = f.usage.unwrap_or_else(|| {
+            self.estimator
+                .partial_usage(&r.estimate, f.streamed_text_bytes)
+        });
+        let cost = r.price.cost(&u);
+        for (key, _, tpm) in self.rate_keys(claims) {
+            if let Some(tpm) = tpm {
+                let shared = match &self.redis {
+                    Some(r) => redis_or_local(r.charge_tokens(&key, tpm, u.total()).await),
+                    None => None,
+                };
+                if shared.is_none() {
+                    self.rates.charge_tokens(&key, tpm, u.total());
+                }
+            }
+        }
+        let g = &claims.grant;
+        let record = SpendRecord {
+            id: r.id.clone(),
+            settled_at: self.now(),
+            principal: g.principal.clone(),
+            team: g.team.clone(),
+            org: g.org.clone(),
+            jti: claims.jti.clone(),
+            model: f.model.to_string(),
+            provider: f.provider.to_string(),
+            input_tokens: u.input_tokens as i64,
+            cached_input_tokens: u.cached_input_tokens as i64,
+            cache_write_tokens: u.cache_write_tokens as i64,
+            output_tokens: u.output_tokens as i64,
+            reasoning_tokens: u.reasoning_tokens as i64,
+            cost: cost.0,
+            reserved: if r.held { r.estimate.cost.0 } else { 0 },
+            usage_reported: reported,
+            end_reason: f.end.to_string(),
+        };
+        metrics::counter!("tollgate_spend_nanos_total").increment(cost.0.max(0) as u64);
+        self.write_settlement(r.id, r.keys, Some(record)).await;
+        cost
+    }
+
+    async fn write_settlement(
+        &self,
+        id: String,
+        keys: Vec<CounterKey>,
+        record: Option<SpendRecord>,
+    ) {
+        if let Err(e) = self.store.settle(&id, &keys, record.as_ref()).await {
+            metrics::counter!("tollgate_store_errors_total", "op" => "settle").increment(1);
+            tracing::error!(error = %e, reservation = %id, "could not settle; will retry");
+            self.retry
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((id, keys, record));
+        }
+    }
+
+    /// The token holder's budgets: amount, spent, reserved, remaining and when each resets.
+    pub async fn report(&self, claims: &Claims) -> Result<Vec<BudgetView>, ApiError> {
+        let scope = self.in_scope(claims)?;
+        let now = self.now();
+        let keys: Vec<CounterKey> = scope
+            .iter()
+            .map(|(b, s)| CounterKey {
+                budget_id: b.id.clone(),
+                subject: s.clone(),
+                period_start: b.window.period(now as u64).0,
+            })
+            .collect();
+        let counters = self.store.counters(&keys).await.map_err(|e| {
+            tracing::error!(error = %e, "governance store unavailable (usage report)");
+            ApiError::StoreUnavailable
+        })?;
+        Ok(scope
+            .iter()
+            .zip(counters)
+            .map(|((b, subject), (spent, reserved))| {
+                let (start, end) = b.window.period(now as u64);
+                let remaining = (b.amount.0 - spent - reserved).max(0);
+                BudgetView {
+                    id: b.id.clone(),
+                    scope: b.scope,
+                    subject: if b.scope == Scope::Token {
+                        "this token".into()
+                    } else {
+                        subject.clone()
+                    },
+                    window: b.window.as_str(),
+                    amount_usd: usd(b.amount.0),
+                    spent_usd: usd(spent),
+                    reserved_usd: usd(reserved),
+                    remaining_usd: usd(remaining),
+                    amount_nanos: b.amount.0,
+                    spent_nanos: spent,
+                    reserved_nanos: reserved,
+                    remaining_nanos: remaining,
+                    period_start: rfc3339(start),
+                    resets_at: end.map(rfc3339),
+                }
+            })
+            .collect())
+    }
+
+    /// One round of background work. Public so tests can drive it without timers.
+    pub async fn tick(&self, renew: bool, expire: bool) {
+        let now = self.now();
+        if renew {
+            let until = now + i64::try_from(self.lease_secs).unwrap_or(30);
+            if let Err(e) = self.store.renew(&self.owner, until).await {
+                tracing::warn!(error = %e, "could not renew reservation leases");
+            }
+        }
+        if expire {
+            match self.store.expire(now).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    released = n,
+                    "released expired reservations (a broker stopped without settling)"
+                ),
+                Err(e) => tracing::warn!(error = %e, "could not expire reservations"),
+            }
+        }
+        let seq = self
+            .revoked
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .seq;
+        match self.store.revocations_since(seq).await {
+            Ok(rows) => self.apply_revocations(rows),
+            Err(e) => tracing::warn!(error = %e, "could not poll revocations"),
+        }
+        let pending: Vec<_> = std::mem::take(
+            &mut *self
+                .retry
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for (id, keys, record) in pending {
+            self.write_settlement(id, keys, record).await;
+        }
+    }
+
+    pub fn lease_secs(&self) -> u64 {
+        self.lease_secs
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct MaxOutput {
+    max_output_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    max_tokens: Option<u64>,
+}
+
+/// A Redis answer, or `None` (logged, counted) to fall back to the in-process limiter.
+fn redis_or_local<T>(r: std::io::Result<T>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            metrics::counter!("tollgate_redis_errors_total").increment(1);
+            tracing::warn!(error = %e, "redis unavailable; using this process's rate limits");
+            None
+        }
+    }
+}
+
+fn limited(l: ratelimit::Limited) -> ApiError {
+    let secs = l.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    ApiError::RateLimited {
+        message: format!("rate limit reached ({}); retry in {secs} s.", l.what),
+        retry_after_secs: secs,
+    }
+}
+
+/// The refusal a person reads in Codex: which budget, what is left, when it resets.
+fn refusal(
+    b: &BudgetConfig,
+    subject: &str,
+    spent: i64,
+    reserved: i64,
+    need: i64,
+    now: i64,
+) -> ApiError {
+    let (_, end) = b.window.period(now as u64);
+    let left = (b.amount.0 - spent - reserved).max(0);
+    let whose = match b.scope {
+        Scope::Token => "this token".to_string(),
+        s => format!("{} {subject}", s.as_str()),
+    };
+    let in_flight = if reserved > 0 {
+        format!(" ({} held by requests in flight)", usd(reserved))
+    } else {
+        String::new()
+    };
+    let reset = match end {
+        Some(e) => format!("It resets at {}.", rfc3339(e)),
+        None => "It is a lifetime budget and does not reset.".to_string(),
+    };
+    ApiError::BudgetExceeded {
+        message: format!(
+            "{} budget '{}' for {whose} cannot cover this request: {} left of {} ({} spent{in_flight}); the request needs up to {}. {reset}",
+            b.window.as_str(),
+            b.id,
+            usd(left),
+            usd(b.amount.0),
+            usd(spent),
+            usd(need),
+        ),
+        retry_after_secs: None,
+    }
+}

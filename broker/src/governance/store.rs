@@ -1,0 +1,558 @@
+//! The governance store: budget counters, reservations (with leases), settled spend, revocations and
+//! signing keys. Two implementations share one body of SQL: SQLite (embedded default, WAL, one file) and
+//! PostgreSQL (several replicas).
+//!
+//! Every write that admits spend is a conditional `UPDATE … WHERE spent + reserved + $est <= $amount` inside
+//! one transaction over all budgets in scope: there is no read-then-write window. In PostgreSQL a concurrent
+//! updater of the same row blocks on the row lock and then re-evaluates the `WHERE` against the committed
+//! row; SQLite serialises writers. Counter rows are touched in a fixed (sorted) order, so two transactions
+//! never wait on each other in a cycle.
+
+use crate::config::{StoreConfig, StoreKind};
+use async_trait::async_trait;
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("store migration failed: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("store setup: {0}")]
+    Setup(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(e)
+    }
+}
+
+/// One budget counter: a budget, for one subject (jti, principal, team or org), in one window instance.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CounterKey {
+    pub budget_id: String,
+    pub subject: String,
+    pub period_start: i64,
+}
+
+/// One line of a reservation: reserve `amount` on `key` if the counter stays within `limit`.
+#[derive(Clone, Debug)]
+pub struct ReserveItem {
+    pub key: CounterKey,
+    pub amount: i64,
+    pub limit: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    Admitted,
+    /// `items[index]` would go over: its counter as it stood.
+    Refused {
+        index: usize,
+        spent: i64,
+        reserved: i64,
+    },
+}
+
+/// A settled request, as recorded in `spend`.
+#[derive(Clone, Debug, Default)]
+pub struct SpendRecord {
+    pub id: String,
+    pub settled_at: i64,
+    pub principal: String,
+    pub team: Option<String>,
+    pub org: Option<String>,
+    pub jti: String,
+    pub model: String,
+    pub provider: String,
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost: i64,
+    pub reserved: i64,
+    pub usage_reported: bool,
+    pub end_reason: String,
+}
+
+/// A revocation: of one token (`jti`) or of every token of a principal issued at or before `revoked_at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    pub seq: i64,
+    pub kind: RevocationKind,
+    pub value: String,
+    pub revoked_at: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevocationKind {
+    Jti,
+    Principal,
+}
+
+impl RevocationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationKind::Jti => "jti",
+            RevocationKind::Principal => "principal",
+        }
+    }
+}
+
+/// A signing key as stored (PKCS#8 DER; the store is as sensitive as the state directory).
+#[derive(Clone)]
+pub struct StoredKey {
+    pub generation: i64,
+    pub kid: String,
+    pub created: i64,
+    pub pkcs8: Vec<u8>,
+}
+
+/// The pool behind a store, for other subsystems that keep their own tables (e.g. the audit log).
+#[derive(Clone, Debug)]
+pub enum StorePool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reserve every item or none (one transaction; conditional updates in sorted key order).
+    async fn reserve(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        expires_at: i64,
+        items: &[ReserveItem],
+    ) -> Result<ReserveOutcome, StoreError>;
+
+    /// Settle a reservation: drop it (if its lease has not already expired it), move its amounts out of
+    /// `reserved`, add `record.cost` to `spent` on every key, and record the spend — one transaction.
+    /// `record: None` releases without charging.
+    async fn settle(
+        &self,
+        id: &str,
+        keys: &[CounterKey],
+        record: Option<&SpendRecord>,
+    ) -> Result<(), StoreError>;
+
+    /// Extend the lease of every live reservation of `owner` (this process).
+    async fn renew(&self, owner: &str, expires_at: i64) -> Result<u64, StoreError>;
+
+    /// Release reservations whose lease ran out (their broker died). Returns how many.
+    async fn expire(&self, now: i64) -> Result<u64, StoreError>;
+
+    /// `(spent, reserved)` of each counter (zeros for a counter that does not exist yet).
+    async fn counters(&self, keys: &[CounterKey]) -> Result<Vec<(i64, i64)>, StoreError>;
+
+    async fn revoke(&self, kind: RevocationKind, value: &str, now: i64) -> Result<i64, StoreError>;
+    async fn revocations_since(&self, seq: i64) -> Result<Vec<Revocation>, StoreError>;
+
+    /// Insert the key of `generation` unless one exists; return the keys of generations ≥ `min_generation`.
+    async fn ensure_key(&self, key: &StoredKey) -> Result<(), StoreError>;
+    async fn keys_since(&self, min_generation: i64) -> Result<Vec<StoredKey>, StoreError>;
+
+    /// Total settled cost in `spend` (operators, tests).
+    async fn spend_total(&self) -> Result<(i64, i64), StoreError>;
+
+    async fn ping(&self) -> Result<(), StoreError>;
+    fn pool(&self) -> StorePool;
+}
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// Open (and migrate) the configured store.
+pub async fn open(cfg: &StoreConfig) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    match cfg.kind {
+        StoreKind::Sqlite => {
+            if let Some(dir) = cfg.sqlite_path.parent() {
+                crate::keys::create_private_dir(dir)
+                    .map_err(|e| StoreError::Setup(format!("{}: {e}", dir.display())))?;
+            }
+            let opts = SqliteConnectOptions::new()
+                .filename(&cfg.sqlite_path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(cfg.max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
+            sqlx::migrate!("./migrations/sqlite")
+                .run(&pool)
+                .await
+                .map_err(StoreError::Migrate)?;
+            Ok(std::sync::Arc::new(SqliteStore { pool }))
+        }
+        StoreKind::Postgres => {
+            let url = cfg
+                .url
+                .as_ref()
+                .ok_or_else(|| StoreError::Setup("no postgres url".into()))?;
+            let mut opts = PgConnectOptions::from_str(url.expose_secret())
+                .map_err(|_| StoreError::Setup("the postgres url is not valid".into()))?;
+            if let Some(schema) = &cfg.schema {
+                // Validated at config load: [a-z0-9_]{1,63}.
+                let admin = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts.clone())
+                    .await?;
+                let sql = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+                if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await {
+                    // A concurrent replica may have created it between the check and the insert.
+                    tracing::debug!(error = %e, "create schema");
+                }
+                admin.close().await;
+                opts = opts.options([("search_path", schema.as_str())]);
+            }
+            let pool = PgPoolOptions::new()
+                .max_connections(cfg.max_connections)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(opts)
+                .await?;
+            sqlx::migrate!("./migrations/postgres")
+                .run(&pool)
+                .await
+                .map_err(StoreError::Migrate)?;
+            Ok(std::sync::Arc::new(PgStore { pool }))
+        }
+    }
+}
+
+macro_rules! impl_store {
+    ($ty:ident, $db:ty, $variant:ident) => {
+        #[async_trait]
+        impl Store for $ty {
+            async fn reserve(
+                &self,
+                id: &str,
+                owner: &str,
+                now: i64,
+                expires_at: i64,
+                items: &[ReserveItem],
+            ) -> Result<ReserveOutcome, StoreError> {
+                let mut order: Vec<usize> = (0..items.len()).collect();
+                order.sort_by(|a, b| items[*a].key.cmp(&items[*b].key));
+                let mut tx = self.pool.begin().await?;
+                for &i in &order {
+                    let it = &items[i];
+                    sqlx::query::<$db>(
+                        "INSERT INTO budget_counters (budget_id, subject, period_start, spent, reserved) \
+                         VALUES ($1, $2, $3, 0, 0) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&it.key.budget_id)
+                    .bind(&it.key.subject)
+                    .bind(it.key.period_start)
+                    .execute(&mut *tx)
+                    .await?;
+                    let done = sqlx::query::<$db>(
+                        "UPDATE budget_counters SET reserved = reserved + $4 \
+                         WHERE budget_id = $1 AND subject = $2 AND period_start = $3 \
+                         AND spent + reserved + $4 <= $5",
+                    )
+                    .bind(&it.key.budget_id)
+                    .bind(&it.key.subject)
+                    .bind(it.key.period_start)
+                    .bind(it.amount)
+                    .bind(it.limit)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if done == 0 {
+                        let (spent, reserved) = sqlx::query_as::<$db, (i64, i64)>(
+                            "SELECT spent, reserved FROM budget_counters \
+                             WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
+                        )
+                        .bind(&it.key.budget_id)
+                        .bind(&it.key.subject)
+                        .bind(it.key.period_start)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        tx.rollback().await?;
+                        return Ok(ReserveOutcome::Refused { index: i, spent, reserved });
+                    }
+                }
+                sqlx::query::<$db>(
+                    "INSERT INTO reservations (id, owner, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(id)
+                .bind(owner)
+                .bind(now)
+                .bind(expires_at)
+                .execute(&mut *tx)
+                .await?;
+                for it in items {
+                    sqlx::query::<$db>(
+                        "INSERT INTO reservation_items (reservation_id, budget_id, subject, period_start, amount) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(id)
+                    .bind(&it.key.budget_id)
+                    .bind(&it.key.subject)
+                    .bind(it.key.period_start)
+                    .bind(it.amount)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(ReserveOutcome::Admitted)
+            }
+
+            async fn settle(
+                &self,
+                id: &str,
+                keys: &[CounterKey],
+                record: Option<&SpendRecord>,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let live = sqlx::query::<$db>("DELETE FROM reservations WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                let mut items: Vec<(String, String, i64, i64)> = if live {
+                    sqlx::query_as::<$db, (String, String, i64, i64)>(
+                        "SELECT budget_id, subject, period_start, amount FROM reservation_items \
+                         WHERE reservation_id = $1",
+                    )
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?
+                } else {
+                    Vec::new()
+                };
+                if live {
+                    sqlx::query::<$db>("DELETE FROM reservation_items WHERE reservation_id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let cost = record.map_or(0, |r| r.cost);
+                let mut sorted: Vec<&CounterKey> = keys.iter().collect();
+                sorted.sort();
+                for k in sorted {
+                    let pos = items.iter().position(|(b, s, p, _)| {
+                        b == &k.budget_id && s == &k.subject && *p == k.period_start
+                    });
+                    let release = pos.map_or(0, |i| items.swap_remove(i).3);
+                    if release == 0 && cost == 0 {
+                        continue;
+                    }
+                    sqlx::query::<$db>(
+                        "UPDATE budget_counters SET spent = spent + $4, reserved = reserved - $5 \
+                         WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
+                    )
+                    .bind(&k.budget_id)
+                    .bind(&k.subject)
+                    .bind(k.period_start)
+                    .bind(cost)
+                    .bind(release)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if let Some(r) = record {
+                    sqlx::query::<$db>(
+                        "INSERT INTO spend (id, settled_at, principal, team, org, jti, model, provider, \
+                         input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, \
+                         cost, reserved, usage_reported, end_reason) \
+                         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17) \
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&r.id)
+                    .bind(r.settled_at)
+                    .bind(&r.principal)
+                    .bind(&r.team)
+                    .bind(&r.org)
+                    .bind(&r.jti)
+                    .bind(&r.model)
+                    .bind(&r.provider)
+                    .bind(r.input_tokens)
+                    .bind(r.cached_input_tokens)
+                    .bind(r.cache_write_tokens)
+                    .bind(r.output_tokens)
+                    .bind(r.reasoning_tokens)
+                    .bind(r.cost)
+                    .bind(r.reserved)
+                    .bind(i64::from(r.usage_reported))
+                    .bind(&r.end_reason)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn renew(&self, owner: &str, expires_at: i64) -> Result<u64, StoreError> {
+                Ok(sqlx::query::<$db>("UPDATE reservations SET expires_at = $2 WHERE owner = $1")
+                    .bind(owner)
+                    .bind(expires_at)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
+            }
+
+            async fn expire(&self, now: i64) -> Result<u64, StoreError> {
+                let ids = sqlx::query_as::<$db, (String,)>(
+                    "SELECT id FROM reservations WHERE expires_at < $1 ORDER BY expires_at LIMIT 500",
+                )
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut n = 0;
+                for (id,) in ids {
+                    let mut tx = self.pool.begin().await?;
+                    let gone = sqlx::query::<$db>("DELETE FROM reservations WHERE id = $1 AND expires_at < $2")
+                        .bind(&id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if gone == 1 {
+                        let mut items = sqlx::query_as::<$db, (String, String, i64, i64)>(
+                            "SELECT budget_id, subject, period_start, amount FROM reservation_items \
+                             WHERE reservation_id = $1",
+                        )
+                        .bind(&id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        items.sort();
+                        for (b, s, p, amount) in items {
+                            sqlx::query::<$db>(
+                                "UPDATE budget_counters SET reserved = reserved - $4 \
+                                 WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
+                            )
+                            .bind(b)
+                            .bind(s)
+                            .bind(p)
+                            .bind(amount)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        sqlx::query::<$db>("DELETE FROM reservation_items WHERE reservation_id = $1")
+                            .bind(&id)
+                            .execute(&mut *tx)
+                            .await?;
+                        n += 1;
+                    }
+                    tx.commit().await?;
+                }
+                Ok(n)
+            }
+
+            async fn counters(&self, keys: &[CounterKey]) -> Result<Vec<(i64, i64)>, StoreError> {
+                let mut out = Vec::with_capacity(keys.len());
+                for k in keys {
+                    let row = sqlx::query_as::<$db, (i64, i64)>(
+                        "SELECT spent, reserved FROM budget_counters \
+                         WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
+                    )
+                    .bind(&k.budget_id)
+                    .bind(&k.subject)
+                    .bind(k.period_start)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    out.push(row.unwrap_or((0, 0)));
+                }
+                Ok(out)
+            }
+
+            async fn revoke(&self, kind: RevocationKind, value: &str, now: i64) -> Result<i64, StoreError> {
+                let (seq,) = sqlx::query_as::<$db, (i64,)>(
+                    "INSERT INTO revocations (kind, value, revoked_at) VALUES ($1, $2, $3) RETURNING seq",
+                )
+                .bind(kind.as_str())
+                .bind(value)
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(seq)
+            }
+
+            async fn revocations_since(&self, seq: i64) -> Result<Vec<Revocation>, StoreError> {
+                let rows = sqlx::query_as::<$db, (i64, String, String, i64)>(
+                    "SELECT seq, kind, value, revoked_at FROM revocations WHERE seq > $1 ORDER BY seq",
+                )
+                .bind(seq)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .filter_map(|(seq, kind, value, revoked_at)| {
+                        let kind = match kind.as_str() {
+                            "jti" => RevocationKind::Jti,
+                            "principal" => RevocationKind::Principal,
+                            _ => return None,
+                        };
+                        Some(Revocation { seq, kind, value, revoked_at })
+                    })
+                    .collect())
+            }
+
+            async fn ensure_key(&self, key: &StoredKey) -> Result<(), StoreError> {
+                sqlx::query::<$db>(
+                    "INSERT INTO signing_keys (generation, kid, created, pkcs8) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(key.generation)
+                .bind(&key.kid)
+                .bind(key.created)
+                .bind(&key.pkcs8)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn keys_since(&self, min_generation: i64) -> Result<Vec<StoredKey>, StoreError> {
+                let rows = sqlx::query_as::<$db, (i64, String, i64, Vec<u8>)>(
+                    "SELECT generation, kid, created, pkcs8 FROM signing_keys WHERE generation >= $1 \
+                     ORDER BY generation DESC",
+                )
+                .bind(min_generation)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(generation, kid, created, pkcs8)| StoredKey { generation, kid, created, pkcs8 })
+                    .collect())
+            }
+
+            async fn spend_total(&self) -> Result<(i64, i64), StoreError> {
+                let (n, total) = sqlx::query_as::<$db, (i64, Option<i64>)>(
+                    "SELECT COUNT(*), CAST(SUM(cost) AS BIGINT) FROM spend",
+                )
+                .fetch_one(&self.pool)
+                .await?;
+                Ok((n, total.unwrap_or(0)))
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query::<$db>("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            fn pool(&self) -> StorePool {
+                StorePool::$variant(self.pool.clone())
+            }
+        }
+    };
+}
+
+impl_store!(SqliteStore, sqlx::Sqlite, Sqlite);
+impl_store!(PgStore, sqlx::Postgres, Postgres);

@@ -1,0 +1,170 @@
+//! `kill -9` of a broker under load, then restart: no settled spend is lost, and the killed requests'
+//! reservations expire with their lease (3 s here) instead of pinning the budget.
+
+mod governance_support;
+
+use governance_support::*;
+use std::time::{Duration, Instant};
+use tollgate_testkit::mock::{self, MockConfig};
+
+const LEASE_SECS: u64 = 3;
+
+async fn scenario(pg_schema: Option<&str>) {
+    let upstream = mock::spawn(MockConfig {
+        input_tokens: Some(100),
+        output_tokens: Some(10),
+        ..MockConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let extra = format!(
+        "{}[pricing]\ndefaults = false\n[pricing.models.\"gpt-test\"]\ninput = \"10\"\noutput = \"50\"\n\
+         [[budgets]]\nid = \"alice\"\nscope = \"principal\"\namount_usd = \"100\"\nwindow = \"lifetime\"\n",
+        store_toml(pg_schema, LEASE_SECS)
+    );
+    let cfg = write_config(
+        dir.path(),
+        upstream.base_url().trim_end_matches("/v1"),
+        &["alice"],
+        &extra,
+    );
+    let db = match pg_schema {
+        Some(s) => {
+            let b = Broker::start(&cfg, "first").await;
+            drop(b);
+            Db::pg(s).await
+        }
+        None => {
+            let b = Broker::start(&cfg, "first").await;
+            drop(b);
+            Db::sqlite(&dir.path().join("state/governance.db")).await
+        }
+    };
+    let mut broker = Broker::start(&cfg, "broker").await;
+    let c = client();
+    let (token, _) = mint(&c, &broker.url, "alice").await;
+
+    // 20 requests that complete and settle.
+    for _ in 0..20 {
+        let (s, body) = stream(&c, &broker.url, &token, "gpt-test", "hello", Some(10)).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let (spent_before, _) = db.wait_settled("alice", Duration::from_secs(10)).await;
+    let (n_before, cost_before, ..) = db.spend("alice").await;
+    assert_eq!(n_before, 20);
+    assert_eq!(spent_before, cost_before);
+    assert_eq!(spent_before, 20 * (100 * 10_000 + 10 * 50_000));
+
+    // 30 slow requests in flight, then SIGKILL.
+    upstream.set_latency_ms(30_000);
+    let mut inflight = Vec::new();
+    for _ in 0..30 {
+        let c = c.clone();
+        let (url, token) = (broker.url.clone(), token.clone());
+        inflight.push(tokio::spawn(async move {
+            stream(&c, &url, &token, "gpt-test", "slow", Some(10)).await
+        }));
+    }
+    upstream
+        .wait_for_requests(20 + 30, Duration::from_secs(20))
+        .await;
+    let (_, reserved) = db.counter("alice").await;
+    assert!(reserved > 0, "the in-flight requests hold reservations");
+    assert_eq!(db.live_reservations().await, 30);
+    broker.guard.kill_group();
+    let _ = broker.guard.wait_timeout(Duration::from_secs(5)).await;
+    for t in inflight {
+        let (s, _) = t.await.expect("task");
+        assert_ne!(s, 200, "a killed broker cannot have completed a stream");
+    }
+    upstream.set_latency_ms(0);
+
+    // Settled spend survived the crash.
+    let (spent_after_kill, reserved_after_kill) = db.counter("alice").await;
+    assert_eq!(spent_after_kill, spent_before);
+    assert_eq!(reserved_after_kill, reserved);
+
+    // Restart: the dead broker's reservations expire with their lease.
+    let t0 = Instant::now();
+    let broker2 = Broker::start(&cfg, "restarted").await;
+    let (spent, reserved) = db
+        .wait_settled("alice", Duration::from_secs(4 * LEASE_SECS))
+        .await;
+    eprintln!(
+        "stale reservations released {:?} after restart",
+        t0.elapsed()
+    );
+    assert_eq!(reserved, 0, "stale reservations must expire");
+    assert_eq!(db.live_reservations().await, 0);
+    assert_eq!(spent, spent_before, "no settled spend lost");
+    assert_eq!(db.spend("alice").await.0, 20);
+
+    // The restarted broker still verifies the token (keys are in the store) and settles new requests.
+    let (s, body) = stream(&c, &broker2.url, &token, "gpt-test", "again", Some(10)).await;
+    assert_eq!(s, 200, "{body}");
+    let (spent, _) = db.wait_settled("alice", Duration::from_secs(10)).await;
+    assert_eq!(spent, 21 * (100 * 10_000 + 10 * 50_000));
+    drop(broker2);
+    upstream.shutdown().await;
+    if let Some(s) = pg_schema {
+        drop_schema(s).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn governance_kill9_sqlite() {
+    scenario(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn governance_kill9_postgres() {
+    scenario(Some(&unique_schema("gov_kill"))).await;
+}
+
+/// The store goes away (its schema is dropped under the broker): the proxy fails closed with 503 and says
+/// so in the log; with `on_unavailable = "allow"` it lets requests through instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn governance_store_down_fails_closed() {
+    let upstream = mock::spawn(MockConfig::default()).await;
+    let c = client();
+    for (mode, want) in [("refuse", 503u16), ("allow", 200u16)] {
+        let schema = unique_schema("gov_down");
+        let dir = tempfile::tempdir().expect("tmp");
+        let extra = format!(
+            "{}on_unavailable = \"{mode}\"\n[pricing]\ndefaults = false\n[pricing.models.\"gpt-test\"]\ninput = \"1\"\noutput = \"1\"\n\
+             [[budgets]]\nid = \"p\"\nscope = \"principal\"\namount_usd = \"100\"\nwindow = \"daily\"\n",
+            store_toml(Some(&schema), 30)
+        );
+        let cfg = write_config(
+            dir.path(),
+            upstream.base_url().trim_end_matches("/v1"),
+            &["alice"],
+            &extra,
+        );
+        let broker = Broker::start(&cfg, "broker").await;
+        let (token, _) = mint(&c, &broker.url, "alice").await;
+        assert_eq!(
+            stream(&c, &broker.url, &token, "gpt-test", "hi", None)
+                .await
+                .0,
+            200
+        );
+        let Db::Pg(pool) = Db::pg(&schema).await else {
+            unreachable!()
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA \"{schema}\" CASCADE"
+        )))
+        .execute(&pool)
+        .await
+        .expect("drop");
+        let (s, body) = stream(&c, &broker.url, &token, "gpt-test", "hi", None).await;
+        assert_eq!(s, want, "{mode}: {body}");
+        if want == 503 {
+            assert!(body.contains("store_unavailable"), "{body}");
+        }
+        let log = std::fs::read_to_string(dir.path().join("broker.log")).expect("log");
+        assert!(log.contains("governance store unavailable"), "{log}");
+    }
+    upstream.shutdown().await;
+}

@@ -1,0 +1,354 @@
+//! Store arithmetic under random operation sequences (proptest, fake clock), checked against a model:
+//! reservations are all-or-nothing, a refusal happens exactly when some counter would go over, settlement
+//! moves the reserved amount out and the real cost in, releases and lease expiry return the reservation,
+//! and a settlement after expiry still charges the cost.
+
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tollgate_broker::clock::{Clock, FakeClock};
+use tollgate_broker::config::{Config, Source, StoreConfig, StoreKind};
+use tollgate_broker::governance::store::{
+    self, CounterKey, ReserveItem, ReserveOutcome, SpendRecord, Store,
+};
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Reserve `amount` on the budgets selected by the bit mask.
+    Reserve {
+        mask: u8,
+        amount: i64,
+    },
+    /// Settle the n-th live reservation at `cost`.
+    Settle {
+        n: usize,
+        cost: i64,
+    },
+    Release {
+        n: usize,
+    },
+    /// Advance the fake clock; then expire.
+    Advance {
+        secs: u64,
+    },
+    /// Renew this owner's leases.
+    Renew,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (1u8..8, 0i64..400).prop_map(|(mask, amount)| Op::Reserve { mask, amount }),
+        3 => (0usize..8, 0i64..600).prop_map(|(n, cost)| Op::Settle { n, cost }),
+        1 => (0usize..8).prop_map(|n| Op::Release { n }),
+        1 => (0u64..20).prop_map(|secs| Op::Advance { secs }),
+        1 => Just(Op::Renew),
+    ]
+}
+
+const LIMITS: [i64; 3] = [1000, 1500, 700];
+const LEASE: i64 = 10;
+
+fn key(i: usize) -> CounterKey {
+    CounterKey {
+        budget_id: format!("b{i}"),
+        subject: "s".into(),
+        period_start: 0,
+    }
+}
+
+async fn open_sqlite(dir: &std::path::Path) -> Arc<dyn Store> {
+    store::open(&StoreConfig {
+        kind: StoreKind::Sqlite,
+        sqlite_path: dir.join("g.db"),
+        url: None,
+        schema: None,
+        fail_open: false,
+        reservation_lease_secs: LEASE as u64,
+        poll_interval_ms: 250,
+        max_connections: 4,
+    })
+    .await
+    .expect("open")
+}
+
+struct Live {
+    id: String,
+    keys: Vec<usize>,
+    amount: i64,
+    expires: i64,
+}
+
+async fn open_pg(schema: &str) -> Arc<dyn Store> {
+    store::open(&StoreConfig {
+        kind: StoreKind::Postgres,
+        sqlite_path: "unused".into(),
+        url: Some("postgres://postgres@127.0.0.1:5432/test".to_string().into()),
+        schema: Some(schema.to_string()),
+        fail_open: false,
+        reservation_lease_secs: LEASE as u64,
+        poll_interval_ms: 250,
+        max_connections: 2,
+    })
+    .await
+    .expect("open pg")
+}
+
+async fn run(ops: Vec<Op>, pg: bool) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().expect("tmp");
+    let schema = format!("gov_prop_{}", uuid::Uuid::new_v4().simple());
+    let st = if pg {
+        open_pg(&schema).await
+    } else {
+        open_sqlite(dir.path()).await
+    };
+    let result = run_on(st.clone(), ops).await;
+    if let store::StorePool::Postgres(pool) = st.pool() {
+        let drop = format!("DROP SCHEMA \"{schema}\" CASCADE");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&pool).await;
+    }
+    result
+}
+
+async fn run_on(st: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let clock = FakeClock::new(1_000);
+    let mut spent = [0i64; 3];
+    let mut reserved = [0i64; 3];
+    let mut live: Vec<Live> = Vec::new();
+    let mut settled_total = 0i64;
+    for (step, op) in ops.into_iter().enumerate() {
+        let now = clock.now_secs() as i64;
+        match op {
+            Op::Reserve { mask, amount } => {
+                let keys: Vec<usize> = (0..3).filter(|i| mask & (1 << i) != 0).collect();
+                let items: Vec<ReserveItem> = keys
+                    .iter()
+                    .map(|&i| ReserveItem {
+                        key: key(i),
+                        amount,
+                        limit: LIMITS[i],
+                    })
+                    .collect();
+                let id = format!("r{step}");
+                let got = st
+                    .reserve(&id, "me", now, now + LEASE, &items)
+                    .await
+                    .expect("reserve");
+                let fits = keys
+                    .iter()
+                    .all(|&i| spent[i] + reserved[i] + amount <= LIMITS[i]);
+                match got {
+                    ReserveOutcome::Admitted => {
+                        prop_assert!(fits, "admitted over a limit");
+                        for &i in &keys {
+                            reserved[i] += amount;
+                        }
+                        live.push(Live {
+                            id,
+                            keys,
+                            amount,
+                            expires: now + LEASE,
+                        });
+                    }
+                    ReserveOutcome::Refused {
+                        index,
+                        spent: s,
+                        reserved: r,
+                    } => {
+                        prop_assert!(!fits, "refused although it fits");
+                        let i = keys[index];
+                        prop_assert_eq!((s, r), (spent[i], reserved[i]));
+                        prop_assert!(s + r + amount > LIMITS[i]);
+                    }
+                }
+            }
+            Op::Settle { .. } | Op::Release { .. } if live.is_empty() => {}
+            Op::Settle { n, cost } => {
+                let l = live.remove(n % live.len());
+                let keys: Vec<CounterKey> = l.keys.iter().map(|&i| key(i)).collect();
+                let rec = SpendRecord {
+                    id: l.id.clone(),
+                    cost,
+                    ..SpendRecord::default()
+                };
+                st.settle(&l.id, &keys, Some(&rec)).await.expect("settle");
+                for &i in &l.keys {
+                    spent[i] += cost;
+                    reserved[i] -= l.amount;
+                }
+                settled_total += cost;
+            }
+            Op::Release { n } => {
+                let l = live.remove(n % live.len());
+                let keys: Vec<CounterKey> = l.keys.iter().map(|&i| key(i)).collect();
+                st.settle(&l.id, &keys, None).await.expect("release");
+                for &i in &l.keys {
+                    reserved[i] -= l.amount;
+                }
+            }
+            Op::Advance { secs } => {
+                clock.advance(secs);
+                let now = clock.now_secs() as i64;
+                let n = st.expire(now).await.expect("expire");
+                let (gone, keep): (Vec<Live>, Vec<Live>) =
+                    live.drain(..).partition(|l| l.expires < now);
+                prop_assert_eq!(n as usize, gone.len());
+                for l in &gone {
+                    for &i in &l.keys {
+                        reserved[i] -= l.amount;
+                    }
+                    // A late settlement of an expired reservation still charges, and releases nothing twice.
+                    let keys: Vec<CounterKey> = l.keys.iter().map(|&i| key(i)).collect();
+                    let rec = SpendRecord {
+                        id: l.id.clone(),
+                        cost: 5,
+                        ..SpendRecord::default()
+                    };
+                    st.settle(&l.id, &keys, Some(&rec))
+                        .await
+                        .expect("late settle");
+                    for &i in &l.keys {
+                        spent[i] += 5;
+                    }
+                    settled_total += 5;
+                }
+                live = keep;
+            }
+            Op::Renew => {
+                let n = st.renew("me", now + LEASE).await.expect("renew");
+                prop_assert_eq!(n as usize, live.len());
+                for l in &mut live {
+                    l.expires = now + LEASE;
+                }
+            }
+        }
+        let got = st
+            .counters(&[key(0), key(1), key(2)])
+            .await
+            .expect("counters");
+        for i in 0..3 {
+            prop_assert_eq!(
+                got[i],
+                (spent[i], reserved[i]),
+                "counter {} after step {}",
+                i,
+                step
+            );
+            prop_assert!(reserved[i] >= 0);
+        }
+        prop_assert_eq!(st.spend_total().await.expect("total").1, settled_total);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn governance_store_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        rt.block_on(run(ops, false))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    /// The same model check against PostgreSQL (same SQL, other engine), one fresh schema per case.
+    #[test]
+    fn governance_store_matches_model_postgres(ops in proptest::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        rt.block_on(run(ops, true))?;
+    }
+}
+
+fn config(text: &str) -> Config {
+    let dir = tempfile::tempdir().expect("tmp").keep();
+    Config::from_source(
+        Source {
+            path: dir.join("broker.toml"),
+            text: text.into(),
+        },
+        &BTreeMap::<String, String>::new(),
+    )
+    .expect("config")
+}
+
+fn claims(principal: &str, iat: u64, jti: &str) -> tollgate::Claims {
+    serde_json::from_value(serde_json::json!({
+        "iss": "i", "aud": "a", "sub": principal, "iat": iat, "nbf": iat, "exp": iat + 3600, "jti": jti,
+        "tollgate": {"principal": principal, "team": "t", "models": ["*"],
+                     "identity": {"kind": "static", "subject": principal, "rule": "r"}}
+    }))
+    .expect("claims")
+}
+
+/// Principal revocation refuses tokens issued up to the revocation (iat is backdated by 30 s at mint) and
+/// accepts tokens minted afterwards; a jti revocation refuses only that token. Fake clock, no sleeping.
+#[tokio::test]
+async fn governance_revocation_window_on_fake_clock() {
+    use tollgate_broker::governance::{Governance, store::RevocationKind};
+    let c = config("policy_file = \"p.toml\"\n");
+    let clock = FakeClock::new(10_000);
+    let st = open_sqlite(&c.server.state_dir).await;
+    let g = Governance::with_store(st, &c, Arc::new(clock.clone()), None);
+    let skew = tollgate_broker::token::SKEW_SECS;
+    let old = claims("alice", 9_000 - skew, "j1");
+    let same_second = claims("alice", 10_000 - skew, "j2");
+    let later = claims("alice", 10_001 - skew, "j3");
+    assert!(g.check_revoked(&old).is_ok());
+    g.revoke(RevocationKind::Principal, "alice")
+        .await
+        .expect("revoke");
+    assert!(g.check_revoked(&old).is_err());
+    assert!(g.check_revoked(&same_second).is_err());
+    assert!(g.check_revoked(&later).is_ok());
+    assert!(g.check_revoked(&claims("bob", 9_000, "j4")).is_ok());
+    g.revoke(RevocationKind::Jti, "j3")
+        .await
+        .expect("revoke jti");
+    assert!(g.check_revoked(&later).is_err());
+}
+
+/// Keys rotate by generation: the current and the next key are published, the current one signs, and a
+/// retired key stays until every token it could have signed has expired. Fake clock.
+#[tokio::test]
+async fn governance_signing_keys_rotate_through_the_store() {
+    use tollgate_broker::governance::keys::KeyManager;
+    use tollgate_broker::token::KeyRing;
+    let dir = tempfile::tempdir().expect("tmp");
+    let st = open_sqlite(dir.path()).await;
+    // Rotate every 100 s; tokens live up to 150 s (ttl + leeway).
+    let (a, b) = (KeyManager::new(100, 150), KeyManager::new(100, 150));
+    let (ring_a, ring_b) = (KeyRing::default(), KeyRing::default());
+    a.sync(st.as_ref(), &ring_a, 1_050).await.expect("sync a");
+    b.sync(st.as_ref(), &ring_b, 1_050).await.expect("sync b");
+    let kids = |r: &KeyRing| {
+        let mut v: Vec<String> = r.jwks()["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .map(|k| k["kid"].as_str().expect("kid").to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(kids(&ring_a).len(), 2, "this and the next generation");
+    assert_eq!(
+        kids(&ring_a),
+        kids(&ring_b),
+        "replicas agree on one key per generation"
+    );
+    let signer_10 = ring_a.active_at(1_050).expect("active").kid.clone();
+    assert_eq!(ring_b.active_at(1_050).expect("active").kid, signer_10);
+    // Generation 11 starts: the pre-published key signs, generation 10's key stays for its tokens.
+    a.sync(st.as_ref(), &ring_a, 1_120).await.expect("sync");
+    let signer_11 = ring_a.active_at(1_120).expect("active").kid.clone();
+    assert_ne!(signer_11, signer_10);
+    assert!(kids(&ring_a).contains(&signer_10));
+    assert_eq!(kids(&ring_a).len(), 3);
+    // At 1_260 generation 10's last token (signed before 1_100, living ≤ 150 s) has expired.
+    a.sync(st.as_ref(), &ring_a, 1_260).await.expect("sync");
+    assert!(
+        !kids(&ring_a).contains(&signer_10),
+        "retired key dropped after its tokens expired"
+    );
+    assert!(kids(&ring_a).contains(&signer_11));
+}
