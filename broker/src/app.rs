@@ -32,6 +32,8 @@ pub struct AppState {
     /// Where the policy is (re)loaded from.
     pub policy_file: std::path::PathBuf,
     pub router: ModelRouter,
+    /// Longest `Retry-After` the proxy waits out itself.
+    pub retry_after_max_wait_secs: u64,
     pub codex_models: BTreeMap<String, serde_json::Value>,
     pub auth_cache: moka::sync::Cache<[u8; 32], Arc<tollgate::Claims>>,
     pub ledger: Ledger,
@@ -81,7 +83,8 @@ impl AppState {
             verifiers,
             policy: RwLock::new(Arc::new(policy)),
             policy_file: config.policy_file.clone(),
-            router: ModelRouter::new(config),
+            router: ModelRouter::new(config, clock.clone()),
+            retry_after_max_wait_secs: config.routing.retry_after_max_wait_secs,
             codex_models: config.codex_models.clone(),
             auth_cache: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -183,11 +186,18 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
-    if app.tokens.keys.active().is_some() {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no signing key").into_response()
+    if app.tokens.keys.active().is_none() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no signing key").into_response();
     }
+    if let Err(e) = app.ledger.governance.store.ping().await {
+        tracing::warn!(error = %e, "not ready: governance store unavailable");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "governance store unavailable",
+        )
+            .into_response();
+    }
+    (StatusCode::OK, "ready").into_response()
 }
 
 async fn jwks(State(app): State<Arc<AppState>>) -> Response {

@@ -228,6 +228,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     };
     rt.block_on(async { state.spawn_background() });
+    if let Some(vault) = &config.vault {
+        let keys = state.router.vault_keys();
+        if !keys.is_empty() {
+            let refresher = match crate::vault::KeyRefresher::new(vault, keys) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("tollgate-broker: {e}");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            };
+            let loaded = rt.block_on(refresher.refresh_all());
+            tracing::info!(loaded, "upstream keys read from vault");
+            rt.spawn(refresher.run());
+        }
+    }
     rt.block_on(crate::server::serve(
         state,
         config.server.listen,

@@ -122,6 +122,10 @@ struct RawConfig {
     #[serde(default)]
     identity: crate::identity::config::RawIdentity,
     #[serde(default)]
+    routing: RawRouting,
+    /// Vault (or OpenBao) for upstream keys held in KV v2.
+    vault: Option<Spanned<RawVault>>,
+    #[serde(default)]
     store: RawStore,
     #[serde(default)]
     pricing: RawPricing,
@@ -131,6 +135,42 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     admin: RawAdmin,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    /// Consecutive failures that open a target's circuit breaker. Default 3.
+    breaker_failures: Option<Spanned<u32>>,
+    /// Seconds an open breaker parks its target before one probe is let through. Default 30.
+    breaker_cooldown_secs: Option<u64>,
+    /// Longest `Retry-After` the broker waits out itself when every target is parked. Default 2 s;
+    /// anything longer goes back to the client as 429 with `Retry-After`.
+    retry_after_max_wait_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVault {
+    /// `http(s)://host:port` of the Vault/OpenBao server.
+    address: String,
+    /// Environment variable holding the Vault token.
+    token_env: Option<String>,
+    /// File holding the Vault token (trimmed).
+    token_file: Option<PathBuf>,
+    /// How often keys are re-read, seconds. Default 300.
+    refresh_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVaultKey {
+    /// KV v2 mount. Default `secret`.
+    mount: Option<String>,
+    /// Secret path under the mount.
+    path: String,
+    /// Field of the secret holding the key. Default `api_key`.
+    field: Option<String>,
 }
 
 /// A number written as a decimal string (exact) or a TOML number.
@@ -279,12 +319,21 @@ struct RawProvider {
     api_key_env: Option<String>,
     /// File holding the upstream API key (trimmed).
     api_key_file: Option<PathBuf>,
-    /// Azure OpenAI `api-version` query value.
+    /// Vault KV v2 secret holding the upstream API key (needs a top-level `[vault]`).
+    api_key_vault: Option<RawVaultKey>,
+    /// Azure OpenAI `api-version` query value (required for `azure_path = "deployments"`).
     api_version: Option<String>,
+    /// Azure OpenAI URL style: `v1` (`{base}/openai/v1/...`, default) or `deployments`
+    /// (`{base}/openai/deployments/{deployment}/...`; the target's `model` is the deployment).
+    azure_path: Option<AzurePath>,
+    /// `max_tokens` for Anthropic when the request sets none. Default 32000.
+    max_tokens: Option<u64>,
     /// Total request timeout, milliseconds. Default 600000.
     timeout_ms: Option<u64>,
     /// Connect timeout, milliseconds. Default 5000.
     connect_timeout_ms: Option<u64>,
+    /// Time to the first byte of the answer, milliseconds. Default 60000.
+    first_byte_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,6 +353,15 @@ struct RawTarget {
     /// provider stands in while no upstream key is set).
     #[serde(default)]
     standby: bool,
+    /// Share of traffic among targets of equal priority. Default 1; 0 = only when the others are down.
+    weight: Option<u32>,
+    /// Lower is tried first; targets of equal priority share load by weight. Default: the target's
+    /// position in the list (a plain ordered chain).
+    priority: Option<u32>,
+    /// Overrides the provider's timeouts for this target, milliseconds.
+    connect_timeout_ms: Option<u64>,
+    first_byte_timeout_ms: Option<u64>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -330,6 +388,20 @@ pub enum ProviderKind {
     Demo,
     /// OpenAI Responses API (pass-through) and Chat Completions.
     Openai,
+    /// Azure OpenAI: deployment or v1 URLs, `api-version` query, `api-key` header.
+    AzureOpenai,
+    /// Any OpenAI-compatible Chat Completions endpoint; Responses requests are translated.
+    OpenaiChat,
+    /// Anthropic Messages; Responses requests are translated.
+    Anthropic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AzurePath {
+    #[default]
+    V1,
+    Deployments,
 }
 
 #[derive(Debug)]
@@ -345,11 +417,45 @@ pub struct Config {
     pub codex_models: BTreeMap<String, serde_json::Value>,
     /// Workload-identity verifiers.
     pub identity: crate::identity::config::IdentityConfig,
+    pub routing: RoutingConfig,
+    pub vault: Option<VaultConfig>,
     pub store: StoreConfig,
     pub pricing: PricingConfig,
     pub budgets: Vec<BudgetConfig>,
     pub limits: LimitsConfig,
     pub admin: AdminConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct RoutingConfig {
+    pub breaker_failures: u32,
+    pub breaker_cooldown_secs: u64,
+    pub retry_after_max_wait_secs: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            breaker_failures: 3,
+            breaker_cooldown_secs: 30,
+            retry_after_max_wait_secs: 2,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct VaultConfig {
+    pub address: String,
+    pub token: SecretString,
+    pub refresh_secs: u64,
+}
+
+/// Where in Vault KV v2 a provider's key lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VaultKeyRef {
+    pub mount: String,
+    pub path: String,
+    pub field: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -455,10 +561,15 @@ pub struct ProviderConfig {
     pub base_url: String,
     /// `None` when the provider needs no key (demo) or its key source is unset (then `enabled` is false).
     pub api_key: Option<SecretString>,
+    /// Read from Vault KV v2 at start-up and refreshed periodically.
+    pub api_key_vault: Option<VaultKeyRef>,
     pub api_version: Option<String>,
+    pub azure_path: AzurePath,
+    pub max_tokens: Option<u64>,
     pub enabled: bool,
     pub timeout_ms: u64,
     pub connect_timeout_ms: u64,
+    pub first_byte_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -472,6 +583,11 @@ pub struct Target {
     pub provider: String,
     pub model: Option<String>,
     pub standby: bool,
+    pub weight: u32,
+    pub priority: u32,
+    pub connect_timeout_ms: Option<u64>,
+    pub first_byte_timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
 }
 
 /// The environment as the config loader sees it (injected so tests never touch the process env).
@@ -668,14 +784,35 @@ impl Config {
                     ));
                 }
             };
+            let sources = usize::from(p.api_key_env.is_some())
+                + usize::from(p.api_key_file.is_some())
+                + usize::from(p.api_key_vault.is_some());
+            if sources > 1 {
+                return Err(s.error_at(
+                    span,
+                    &field,
+                    "set only one of api_key_env, api_key_file and api_key_vault",
+                ));
+            }
+            if p.api_key_vault.is_some() && raw.vault.is_none() {
+                return Err(s.error_at(
+                    span,
+                    &format!("{field}.api_key_vault"),
+                    "needs a top-level [vault] section",
+                ));
+            }
+            if p.kind == ProviderKind::AzureOpenai
+                && p.azure_path == Some(AzurePath::Deployments)
+                && p.api_version.is_none()
+            {
+                return Err(s.error_at(
+                    span,
+                    &format!("{field}.api_version"),
+                    "is required with azure_path = \"deployments\"",
+                ));
+            }
             let api_key = match (&p.api_key_env, &p.api_key_file) {
-                (Some(_), Some(_)) => {
-                    return Err(s.error_at(
-                        span,
-                        &field,
-                        "set only one of api_key_env and api_key_file",
-                    ));
-                }
+                (Some(_), Some(_)) => None,
                 (Some(var), None) => env.var(var).map(SecretString::from),
                 (None, Some(file)) => {
                     let path = s.resolve(file);
@@ -692,6 +829,11 @@ impl Config {
                 }
                 (None, None) => None,
             };
+            let api_key_vault = p.api_key_vault.as_ref().map(|v| VaultKeyRef {
+                mount: v.mount.clone().unwrap_or_else(|| "secret".into()),
+                path: v.path.clone(),
+                field: v.field.clone().unwrap_or_else(|| "api_key".into()),
+            });
             let needs_key = p.api_key_env.is_some() || p.api_key_file.is_some();
             let enabled = !needs_key || api_key.is_some();
             providers.insert(
@@ -701,10 +843,14 @@ impl Config {
                     kind: p.kind,
                     base_url,
                     api_key,
+                    api_key_vault,
                     api_version: p.api_version.clone(),
+                    azure_path: p.azure_path.unwrap_or_default(),
+                    max_tokens: p.max_tokens,
                     enabled,
                     timeout_ms: p.timeout_ms.unwrap_or(600_000),
                     connect_timeout_ms: p.connect_timeout_ms.unwrap_or(5_000),
+                    first_byte_timeout_ms: p.first_byte_timeout_ms.unwrap_or(60_000),
                 },
             );
         }
@@ -723,7 +869,7 @@ impl Config {
                 ));
             }
             let mut targets = Vec::new();
-            for t in &r.targets {
+            for (position, t) in r.targets.iter().enumerate() {
                 if !providers.contains_key(&t.provider) {
                     return Err(s.error_at(
                         span,
@@ -735,6 +881,13 @@ impl Config {
                     provider: t.provider.clone(),
                     model: t.model.clone(),
                     standby: t.standby,
+                    weight: t.weight.unwrap_or(1),
+                    priority: t
+                        .priority
+                        .unwrap_or_else(|| u32::try_from(position).unwrap_or(u32::MAX)),
+                    connect_timeout_ms: t.connect_timeout_ms,
+                    first_byte_timeout_ms: t.first_byte_timeout_ms,
+                    timeout_ms: t.timeout_ms,
                 });
             }
             routes.push(Route { pattern, targets });
@@ -775,10 +928,83 @@ impl Config {
             },
         };
 
+        let routing = {
+            let d = RoutingConfig::default();
+            let breaker_failures = match &raw.routing.breaker_failures {
+                Some(f) if *f.get_ref() == 0 => {
+                    return Err(s.error_at(
+                        f.span(),
+                        "routing.breaker_failures",
+                        "must be at least 1",
+                    ));
+                }
+                Some(f) => *f.get_ref(),
+                None => d.breaker_failures,
+            };
+            RoutingConfig {
+                breaker_failures,
+                breaker_cooldown_secs: raw
+                    .routing
+                    .breaker_cooldown_secs
+                    .unwrap_or(d.breaker_cooldown_secs),
+                retry_after_max_wait_secs: raw
+                    .routing
+                    .retry_after_max_wait_secs
+                    .unwrap_or(d.retry_after_max_wait_secs),
+            }
+        };
+        let vault = match &raw.vault {
+            None => None,
+            Some(v) => {
+                let span = v.span();
+                let v = v.get_ref();
+                if !(v.address.starts_with("http://") || v.address.starts_with("https://")) {
+                    return Err(s.error_at(
+                        span,
+                        "vault.address",
+                        "must start with http:// or https://",
+                    ));
+                }
+                let token = match (&v.token_env, &v.token_file) {
+                    (Some(var), None) => env.var(var),
+                    (None, Some(file)) => {
+                        let path = s.resolve(file);
+                        match std::fs::read_to_string(&path) {
+                            Ok(t) => Some(t.trim().to_string()),
+                            Err(e) => {
+                                return Err(s.error_at(
+                                    span,
+                                    "vault.token_file",
+                                    format_args!("cannot read {}: {e}", path.display()),
+                                ));
+                            }
+                        }
+                    }
+                    _ => {
+                        return Err(s.error_at(
+                            span,
+                            "vault",
+                            "set exactly one of token_env and token_file",
+                        ));
+                    }
+                };
+                let Some(token) = token.filter(|t| !t.is_empty()) else {
+                    return Err(s.error_at(span, "vault.token_env", "the Vault token is not set"));
+                };
+                Some(VaultConfig {
+                    address: v.address.trim_end_matches('/').to_string(),
+                    token: SecretString::from(token),
+                    refresh_secs: v.refresh_secs.unwrap_or(300).max(1),
+                })
+            }
+        };
+
         let identity = crate::identity::config::IdentityConfig::validate(&raw.identity, s)?;
 
         Ok(Config {
             identity,
+            routing,
+            vault,
             store,
             pricing,
             budgets,
@@ -1262,5 +1488,58 @@ mod tests {
                 "{text:?} gave {msg}"
             );
         }
+    }
+
+    #[test]
+    fn routing_providers_and_key_sources_are_validated() {
+        let e = load(&format!("{MIN}[providers.a]\nkind = \"anthropic\"\nbase_url = \"http://x/v1\"\napi_key_vault = {{ path = \"p\" }}\n"))
+            .expect_err("vault needs [vault]");
+        assert!(e.to_string().contains("needs a top-level [vault]"), "{e}");
+        let e = load(&format!("{MIN}[providers.a]\nkind = \"azure-openai\"\nbase_url = \"http://x\"\nazure_path = \"deployments\"\n"))
+            .expect_err("deployments need api_version");
+        assert!(e.to_string().contains("api_version"), "{e}");
+        let e = load(&format!("{MIN}[routing]\nbreaker_failures = 0\n")).expect_err("0");
+        assert!(
+            e.to_string().contains(":3:") && e.to_string().contains("routing.breaker_failures"),
+            "{e}"
+        );
+        let e = load(&format!("{MIN}[providers.a]\nkind = \"openai\"\nbase_url = \"http://x\"\napi_key_env = \"UP_KEY\"\napi_key_file = \"k\"\n"))
+            .expect_err("two sources");
+        assert!(e.to_string().contains("only one of"), "{e}");
+        let e = load(&format!(
+            "{MIN}[vault]\naddress = \"http://127.0.0.1:8200\"\ntoken_env = \"NOPE\"\n"
+        ))
+        .expect_err("token");
+        assert!(e.to_string().contains("vault.token_env"), "{e}");
+        let c = load(&format!(
+            "{MIN}[vault]\naddress = \"http://127.0.0.1:8200/\"\ntoken_env = \"UP_KEY\"\n\
+             [providers.a]\nkind = \"anthropic\"\nbase_url = \"http://x/v1\"\napi_key_vault = {{ path = \"tollgate/a\" }}\n\
+             [[routes]]\nmodel = \"m\"\ntargets = [{{ provider = \"a\", weight = 2, priority = 5, first_byte_timeout_ms = 100 }}]\n"
+        ))
+        .expect("valid");
+        assert!(
+            c.providers["a"].enabled,
+            "a vault-keyed provider is enabled"
+        );
+        assert_eq!(
+            c.providers["a"]
+                .api_key_vault
+                .as_ref()
+                .map(|v| (v.mount.as_str(), v.field.as_str())),
+            Some(("secret", "api_key"))
+        );
+        assert_eq!(
+            c.vault.as_ref().map(|v| v.address.as_str()),
+            Some("http://127.0.0.1:8200")
+        );
+        assert!(
+            !format!("{:?}", c.vault).contains("sk-test"),
+            "the vault token is redacted"
+        );
+        let t = &c.routes[0].targets[0];
+        assert_eq!(
+            (t.weight, t.priority, t.first_byte_timeout_ms),
+            (2, 5, Some(100))
+        );
     }
 }

@@ -15,4 +15,6 @@ pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod token;
+pub mod translate;
 pub mod usage;
+pub mod vault;

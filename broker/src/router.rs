@@ -1,9 +1,18 @@
-//! Model → ordered chain of upstream targets.
+//! Model → ordered chain of upstream targets, with per-target health.
+//!
+//! A route's targets are grouped by priority (lower first); within a group the order is a weighted random
+//! permutation, so traffic spreads by weight while every healthy target stays available for failover.
+//! Each target (provider + upstream model) has a circuit breaker: `breaker_failures` consecutive failures
+//! open it for `breaker_cooldown_secs`, then one probe is let through (half-open); the probe's success
+//! closes it, its failure re-opens it. A `Retry-After` from the upstream parks the target until then.
+//! Time comes from the injected [`Clock`](crate::clock::Clock), so tests move it instead of sleeping.
 
-use crate::config::{Config, Route};
-use crate::proxy::upstream::{Provider, http_client};
+use crate::clock::SharedClock;
+use crate::config::{Config, Route, RoutingConfig};
+use crate::proxy::upstream::{KeyCell, Provider, http_client};
+use rand::Rng;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One hop of a chain, resolved.
@@ -12,56 +21,302 @@ pub struct ResolvedTarget {
     pub provider: Arc<Provider>,
     /// Upstream model id when it differs from the requested one.
     pub model: Option<String>,
-    pub timeout_ms: u64,
+    /// `provider/model` (or just `provider`), for headers and logs.
+    pub label: String,
+    pub client: reqwest::Client,
+    pub first_byte_timeout: Duration,
+    pub total_timeout: Duration,
+    pub health: Arc<TargetHealth>,
+    weight: u32,
+    priority: u32,
+}
+
+/// Why no chain can be planned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PlanError {
+    /// No route matches, or no target of the matching route is configured.
+    NoRoute,
+    /// Every target is parked or its breaker is open; the earliest comes back in this many seconds.
+    AllUnavailable { retry_after_secs: u64 },
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    consecutive_failures: u32,
+    /// Breaker open until (clock seconds).
+    open_until: Option<u64>,
+    /// A half-open probe started at (clock seconds).
+    probe_started: Option<u64>,
+    /// Parked by `Retry-After` until (clock seconds).
+    parked_until: u64,
+}
+
+/// Health of one target: circuit breaker and `Retry-After` parking.
+pub struct TargetHealth {
+    label: String,
+    clock: SharedClock,
+    failures_to_open: u32,
+    cooldown_secs: u64,
+    state: Mutex<HealthState>,
+}
+
+/// Longest a `Retry-After` parks a target: an upstream asking for a day is not taken at its word.
+pub const MAX_PARK_SECS: u64 = 3600;
+
+/// Whether a target may be tried now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Availability {
+    Closed,
+    /// The breaker's cooldown is over: one probe may go.
+    HalfOpen,
+    /// Not before this clock second.
+    Unavailable(u64),
+}
+
+impl TargetHealth {
+    fn new(label: String, clock: SharedClock, cfg: &RoutingConfig) -> Self {
+        TargetHealth {
+            label,
+            clock,
+            failures_to_open: cfg.breaker_failures.max(1),
+            cooldown_secs: cfg.breaker_cooldown_secs,
+            state: Mutex::new(HealthState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn availability(&self) -> Availability {
+        let now = self.clock.now_secs();
+        let s = self.lock();
+        Self::avail(&s, now, self.cooldown_secs)
+    }
+
+    fn avail(s: &HealthState, now: u64, cooldown: u64) -> Availability {
+        if s.parked_until > now {
+            return Availability::Unavailable(s.parked_until);
+        }
+        match s.open_until {
+            Some(t) if now < t => Availability::Unavailable(t),
+            Some(_) => match s.probe_started {
+                // A probe is in flight; a lost probe (request cancelled) expires after a cooldown.
+                Some(p) if now < p + cooldown.max(1) => {
+                    Availability::Unavailable(p + cooldown.max(1))
+                }
+                _ => Availability::HalfOpen,
+            },
+            None => Availability::Closed,
+        }
+    }
+
+    /// Claim the right to send one attempt now (the probe slot when half-open).
+    pub fn begin_attempt(&self) -> bool {
+        let now = self.clock.now_secs();
+        let mut s = self.lock();
+        match Self::avail(&s, now, self.cooldown_secs) {
+            Availability::Closed => true,
+            Availability::HalfOpen => {
+                s.probe_started = Some(now);
+                tracing::info!(target_label = %self.label, "circuit half-open: probing");
+                true
+            }
+            Availability::Unavailable(_) => false,
+        }
+    }
+
+    pub fn on_success(&self) {
+        let mut s = self.lock();
+        if s.open_until.is_some() {
+            tracing::info!(target_label = %self.label, "circuit closed: probe succeeded");
+        }
+        *s = HealthState {
+            parked_until: s.parked_until,
+            ..HealthState::default()
+        };
+    }
+
+    pub fn on_failure(&self) {
+        let now = self.clock.now_secs();
+        let mut s = self.lock();
+        s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+        let half_open_probe = s.open_until.is_some();
+        if half_open_probe || s.consecutive_failures >= self.failures_to_open {
+            s.open_until = Some(now + self.cooldown_secs);
+            s.probe_started = None;
+            tracing::warn!(target_label = %self.label, failures = s.consecutive_failures,
+                cooldown_secs = self.cooldown_secs, "circuit open: target parked");
+        }
+    }
+
+    /// The upstream asked us to come back after `secs` (`Retry-After`), capped at [`MAX_PARK_SECS`].
+    pub fn park(&self, secs: u64) {
+        let secs = secs.min(MAX_PARK_SECS);
+        let now = self.clock.now_secs();
+        let mut s = self.lock();
+        s.parked_until = s.parked_until.max(now + secs);
+        // A rate limit is not a fault of the target, but a half-open probe that got one is over.
+        s.probe_started = None;
+    }
 }
 
 pub struct Router {
     routes: Vec<Route>,
-    providers: BTreeMap<String, (Arc<Provider>, u64)>,
+    providers: BTreeMap<String, Arc<Provider>>,
+    /// Resolved targets per route, in config order.
+    resolved: Vec<Vec<(ResolvedTarget, bool)>>,
+    clock: SharedClock,
 }
 
 impl Router {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, clock: SharedClock) -> Self {
+        let mut clients: BTreeMap<u64, reqwest::Client> = BTreeMap::new();
+        let mut client_for = |ms: u64| {
+            clients
+                .entry(ms)
+                .or_insert_with(|| http_client(Duration::from_millis(ms)))
+                .clone()
+        };
         let mut providers = BTreeMap::new();
         for (name, p) in &config.providers {
-            let client = http_client(Duration::from_millis(p.connect_timeout_ms));
-            providers.insert(
-                name.clone(),
-                (Arc::new(Provider::new(p, client)), p.timeout_ms),
-            );
+            providers.insert(name.clone(), Arc::new(Provider::new(p)));
+        }
+        let mut health: BTreeMap<String, Arc<TargetHealth>> = BTreeMap::new();
+        let mut resolved = Vec::new();
+        for route in &config.routes {
+            let mut targets = Vec::new();
+            for t in &route.targets {
+                let (Some(p), Some(pc)) = (
+                    providers.get(&t.provider),
+                    config.providers.get(&t.provider),
+                ) else {
+                    continue;
+                };
+                let label = match &t.model {
+                    Some(m) => format!("{}/{m}", t.provider),
+                    None => t.provider.clone(),
+                };
+                let h = health
+                    .entry(label.clone())
+                    .or_insert_with(|| {
+                        Arc::new(TargetHealth::new(
+                            label.clone(),
+                            clock.clone(),
+                            &config.routing,
+                        ))
+                    })
+                    .clone();
+                let total = t.timeout_ms.unwrap_or(pc.timeout_ms);
+                targets.push((
+                    ResolvedTarget {
+                        provider: p.clone(),
+                        model: t.model.clone(),
+                        label,
+                        client: client_for(t.connect_timeout_ms.unwrap_or(pc.connect_timeout_ms)),
+                        first_byte_timeout: Duration::from_millis(
+                            t.first_byte_timeout_ms
+                                .unwrap_or(pc.first_byte_timeout_ms)
+                                .min(total),
+                        ),
+                        total_timeout: Duration::from_millis(total),
+                        health: h,
+                        weight: t.weight,
+                        priority: t.priority,
+                    },
+                    t.standby,
+                ));
+            }
+            resolved.push(targets);
         }
         Router {
             routes: config.routes.clone(),
             providers,
+            resolved,
+            clock,
         }
     }
 
-    /// The chain for a model: the first route whose pattern matches, its enabled targets in order. Standby
-    /// targets are used only when no regular target is enabled. `None` when nothing can serve the model.
-    pub fn chain(&self, model: &str) -> Option<Vec<ResolvedTarget>> {
-        let route = self.routes.iter().find(|r| r.pattern.matches(model))?;
-        let resolve = |standby: bool| -> Vec<ResolvedTarget> {
-            route
-                .targets
+    fn configured(&self, model: &str) -> Option<Vec<ResolvedTarget>> {
+        let idx = self.routes.iter().position(|r| r.pattern.matches(model))?;
+        let targets = &self.resolved[idx];
+        let pick = |standby: bool| -> Vec<ResolvedTarget> {
+            targets
                 .iter()
-                .filter(|t| t.standby == standby)
-                .filter_map(|t| {
-                    let (p, timeout_ms) = self.providers.get(&t.provider)?;
-                    p.enabled.then(|| ResolvedTarget {
-                        provider: p.clone(),
-                        model: t.model.clone(),
-                        timeout_ms: *timeout_ms,
-                    })
-                })
+                .filter(|(t, s)| *s == standby && t.provider.enabled)
+                .map(|(t, _)| t.clone())
                 .collect()
         };
-        let regular = resolve(false);
+        let regular = pick(false);
         let chain = if regular.is_empty() {
-            resolve(true)
+            pick(true)
         } else {
             regular
         };
         (!chain.is_empty()).then_some(chain)
+    }
+
+    /// Whether anything can serve the model (ignoring health).
+    pub fn serves(&self, model: &str) -> bool {
+        self.configured(model).is_some()
+    }
+
+    /// The chain for a model, health and weights applied. Standby targets are used only when no regular
+    /// target is enabled.
+    pub fn chain(&self, model: &str) -> Option<Vec<ResolvedTarget>> {
+        self.plan(model).ok()
+    }
+
+    pub fn plan(&self, model: &str) -> Result<Vec<ResolvedTarget>, PlanError> {
+        self.plan_with(model, &mut rand::rng())
+    }
+
+    /// [`plan`](Self::plan) with a given random source (tests).
+    pub fn plan_with(
+        &self,
+        model: &str,
+        rng: &mut impl Rng,
+    ) -> Result<Vec<ResolvedTarget>, PlanError> {
+        let targets = self.configured(model).ok_or(PlanError::NoRoute)?;
+        let now = self.clock.now_secs();
+        let mut earliest = u64::MAX;
+        let mut by_priority: BTreeMap<u32, Vec<ResolvedTarget>> = BTreeMap::new();
+        for t in targets {
+            match t.health.availability() {
+                Availability::Unavailable(until) => earliest = earliest.min(until),
+                _ => by_priority.entry(t.priority).or_default().push(t),
+            }
+        }
+        if by_priority.is_empty() {
+            return Err(PlanError::AllUnavailable {
+                retry_after_secs: earliest.saturating_sub(now).max(1),
+            });
+        }
+        let mut out = Vec::new();
+        for (_, mut group) in by_priority {
+            // Weighted random permutation; weight-0 targets go last, in config order.
+            while !group.is_empty() {
+                let total: u64 = group.iter().map(|t| u64::from(t.weight)).sum();
+                if total == 0 {
+                    out.append(&mut group);
+                    break;
+                }
+                let mut r = rng.random_range(0..total);
+                let mut idx = 0;
+                for (i, t) in group.iter().enumerate() {
+                    let w = u64::from(t.weight);
+                    if r < w {
+                        idx = i;
+                        break;
+                    }
+                    r -= w;
+                }
+                out.push(group.remove(idx));
+            }
+        }
+        Ok(out)
     }
 
     /// Route patterns that name exactly one model (listed by `GET /v1/models`).
@@ -74,6 +329,128 @@ impl Router {
     }
 
     pub fn providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
-        self.providers.values().map(|(p, _)| p)
+        self.providers.values()
+    }
+
+    /// Providers whose key comes from Vault: their key cells, for the refresher.
+    pub fn vault_keys(&self) -> Vec<(String, crate::config::VaultKeyRef, KeyCell)> {
+        self.providers
+            .values()
+            .filter_map(|p| Some((p.name.clone(), p.vault_key.clone()?, p.key.clone())))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::config::{Config, Source};
+    use rand::SeedableRng;
+
+    fn router(extra: &str) -> (Router, FakeClock) {
+        let text = format!(
+            "policy_file = \"p.toml\"\n[routing]\nbreaker_failures = 2\nbreaker_cooldown_secs = 30\n\
+             [providers.a]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+             [providers.b]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+             [providers.c]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n{extra}"
+        );
+        let cfg = Config::from_source(
+            Source {
+                path: "/etc/t/broker.toml".into(),
+                text,
+            },
+            &std::collections::BTreeMap::<String, String>::new(),
+        )
+        .expect("config");
+        let clock = FakeClock::new(1_000);
+        (Router::new(&cfg, Arc::new(clock.clone())), clock)
+    }
+
+    fn labels(r: &Router, rng: &mut rand::rngs::StdRng) -> Vec<String> {
+        r.plan_with("m", rng)
+            .expect("plan")
+            .into_iter()
+            .map(|t| t.label)
+            .collect()
+    }
+
+    #[test]
+    fn default_is_an_ordered_chain() {
+        let (r, _) = router(
+            "[[routes]]\nmodel = \"m\"\ntargets = [{provider=\"a\"},{provider=\"b\", model=\"x\"},{provider=\"c\"}]\n",
+        );
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for _ in 0..20 {
+            assert_eq!(labels(&r, &mut rng), ["a", "b/x", "c"]);
+        }
+    }
+
+    #[test]
+    fn equal_priority_shares_by_weight() {
+        let (r, _) = router(
+            "[[routes]]\nmodel = \"m\"\ntargets = [{provider=\"a\", priority=0, weight=3},{provider=\"b\", priority=0, weight=1},{provider=\"c\", priority=1}]\n",
+        );
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut first_a = 0;
+        for _ in 0..4000 {
+            let l = labels(&r, &mut rng);
+            assert_eq!(l.len(), 3);
+            assert_eq!(l[2], "c", "lower priority always last");
+            if l[0] == "a" {
+                first_a += 1;
+            }
+        }
+        // Expect 75 %; allow a generous band.
+        assert!((2800..3200).contains(&first_a), "a first {first_a}/4000");
+    }
+
+    #[test]
+    fn breaker_opens_parks_and_half_opens() {
+        let (r, clock) =
+            router("[[routes]]\nmodel = \"m\"\ntargets = [{provider=\"a\"},{provider=\"b\"}]\n");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let a = r.plan_with("m", &mut rng).expect("plan")[0].health.clone();
+        a.on_failure();
+        assert_eq!(
+            labels(&r, &mut rng),
+            ["a", "b"],
+            "one failure keeps it closed"
+        );
+        a.on_failure();
+        assert_eq!(labels(&r, &mut rng), ["b"], "open after 2");
+        clock.advance(29);
+        assert_eq!(labels(&r, &mut rng), ["b"]);
+        clock.advance(1);
+        assert_eq!(a.availability(), Availability::HalfOpen);
+        assert!(a.begin_attempt(), "one probe");
+        assert!(!a.begin_attempt(), "only one probe at a time");
+        a.on_failure();
+        assert_eq!(labels(&r, &mut rng), ["b"], "failed probe re-opens");
+        clock.advance(30);
+        assert!(a.begin_attempt());
+        a.on_success();
+        assert_eq!(a.availability(), Availability::Closed);
+        assert_eq!(labels(&r, &mut rng), ["a", "b"]);
+    }
+
+    #[test]
+    fn retry_after_parks_and_all_parked_reports_the_wait() {
+        let (r, clock) = router("[[routes]]\nmodel = \"m\"\ntargets = [{provider=\"a\"}]\n");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let a = r.plan_with("m", &mut rng).expect("plan")[0].health.clone();
+        a.park(7);
+        assert_eq!(
+            r.plan_with("m", &mut rng).err(),
+            Some(PlanError::AllUnavailable {
+                retry_after_secs: 7
+            })
+        );
+        clock.advance(7);
+        assert_eq!(labels(&r, &mut rng), ["a"]);
+        assert_eq!(
+            r.plan_with("nope", &mut rng).err(),
+            Some(PlanError::NoRoute)
+        );
     }
 }

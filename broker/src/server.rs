@@ -26,6 +26,11 @@ pub async fn serve(
     tracing::info!(%addr, "tollgate-broker listening");
     tokio::spawn(watch_policy(state.clone()));
     let app = router(state);
+    // SSE is many small writes: without TCP_NODELAY, Nagle plus the client's delayed ACK adds ~40 ms per
+    // streamed answer (measured with broker/tests/routing_overhead.rs).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let (tx, rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;

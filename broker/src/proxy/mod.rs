@@ -7,6 +7,7 @@ pub mod upstream;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ledger::{Outcome, RequestRecord};
+use crate::router::{PlanError, ResolvedTarget, TargetHealth};
 use crate::usage::{SseUsageDecoder, StreamEnd, Usage, Wire};
 use axum::body::Body;
 use axum::extract::State;
@@ -155,10 +156,9 @@ async fn proxy(
     if !claims.grant.allows_model(&model) {
         return Err(ApiError::ModelNotAllowed(model));
     }
-    let chain = app
-        .router
-        .chain(&model)
-        .ok_or_else(|| ApiError::ModelNotFound(model.clone()))?;
+    if !app.router.serves(&model) {
+        return Err(ApiError::ModelNotFound(model.clone()));
+    }
     let body = if endpoint == Endpoint::ChatCompletions && stream {
         ensure_chat_usage(body)
     } else {
@@ -168,54 +168,130 @@ async fn proxy(
 
     let mut last_err: Option<UpstreamError> = None;
     let mut attempts = 0u32;
-    for target in &chain {
-        attempts += 1;
-        let provider = &target.provider;
-        let upstream_body = match &target.model {
-            Some(m) if m != &model => with_model(&body, m),
-            _ => body.clone(),
-        };
-        match provider
-            .send(
-                endpoint,
-                &headers,
-                upstream_body,
-                Duration::from_millis(target.timeout_ms),
-            )
-            .await
-        {
-            Ok(up) => {
-                let record = RequestRecord {
-                    claims: claims.clone(),
-                    model: model.clone(),
-                    provider: provider.name.clone(),
-                    endpoint,
-                    stream,
-                    started,
-                    admission,
-                };
-                return Ok(relay(app.clone(), up, record, attempts, endpoint, stream).await);
-            }
-            Err(e) => {
-                tracing::warn!(provider = %provider.name, model = %model, error = %e, "upstream attempt failed");
-                if !e.retryable() {
-                    app.ledger.release(admission, Outcome::UpstreamError);
-                    return Err(upstream_error(e));
+    let mut rate_limited_secs: Option<u64> = None;
+    let mut waited = false;
+    loop {
+        let chain = match app.router.plan(&model) {
+            Ok(c) => c,
+            Err(PlanError::NoRoute) => Vec::new(),
+            Err(PlanError::AllUnavailable { retry_after_secs }) => {
+                // Everything is parked: wait it out if that is short, else tell the client when to retry.
+                if !waited && retry_after_secs <= app.retry_after_max_wait_secs {
+                    waited = true;
+                    tokio::time::sleep(Duration::from_secs(retry_after_secs)).await;
+                    continue;
                 }
-                last_err = Some(e);
+                rate_limited_secs = Some(rate_limited_secs.unwrap_or(0).max(retry_after_secs));
+                Vec::new()
+            }
+        };
+        let mut tried_any = false;
+        for target in &chain {
+            if !target.health.begin_attempt() {
+                continue;
+            }
+            tried_any = true;
+            attempts += 1;
+            let provider = &target.provider;
+            let upstream_body = match &target.model {
+                Some(m) if m != &model => with_model(&body, m),
+                _ => body.clone(),
+            };
+            match provider
+                .send(endpoint, &headers, upstream_body, target, stream)
+                .await
+            {
+                Ok(up) => {
+                    // Health is settled by the relay: success when the answer ends well.
+                    let record = RequestRecord {
+                        claims: claims.clone(),
+                        model: model.clone(),
+                        provider: provider.name.clone(),
+                        endpoint,
+                        stream,
+                        started,
+                        admission,
+                    };
+                    return Ok(
+                        relay(app.clone(), up, record, attempts, target, endpoint, stream).await,
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %provider.name, target_label = %target.label, model = %model, attempt = attempts, error = %e, "upstream attempt failed");
+                    match &e {
+                        UpstreamError::Status {
+                            retry_after_secs: Some(secs),
+                            status,
+                            ..
+                        } if *status == StatusCode::TOO_MANY_REQUESTS
+                            || *status == StatusCode::SERVICE_UNAVAILABLE =>
+                        {
+                            target.health.park(*secs);
+                            let secs = (*secs).min(crate::router::MAX_PARK_SECS);
+                            rate_limited_secs = Some(rate_limited_secs.unwrap_or(0).max(secs));
+                        }
+                        _ if e.is_target_fault() => target.health.on_failure(),
+                        _ => {}
+                    }
+                    if !e.retryable() {
+                        app.ledger.release(admission, Outcome::UpstreamError);
+                        return Ok(with_attempts(upstream_error(e).into_response(), attempts));
+                    }
+                    last_err = Some(e);
+                }
             }
         }
+        // The chain is exhausted. If the only thing in the way is a short Retry-After, wait once and retry.
+        if tried_any
+            && !waited
+            && matches!(app.router.plan(&model),
+                Err(PlanError::AllUnavailable { retry_after_secs }) if retry_after_secs <= app.retry_after_max_wait_secs)
+        {
+            continue;
+        }
+        break;
     }
     app.ledger.release(admission, Outcome::UpstreamError);
-    Err(last_err.map_or_else(
-        || ApiError::UpstreamUnavailable("no enabled target".into()),
-        upstream_error,
-    ))
+    let err = match (rate_limited_secs, last_err) {
+        (Some(secs), Some(UpstreamError::Status { status, .. }))
+            if status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::SERVICE_UNAVAILABLE =>
+        {
+            ApiError::RateLimited {
+                message: format!(
+                    "the upstream providers for this model are rate limited; retry in {secs} s"
+                ),
+                retry_after_secs: secs,
+            }
+        }
+        (Some(secs), None) => ApiError::RateLimited {
+            message: format!("every upstream provider for this model is parked; retry in {secs} s"),
+            retry_after_secs: secs,
+        },
+        (_, Some(e)) => upstream_error(e),
+        (None, None) => ApiError::UpstreamUnavailable("no enabled target".into()),
+    };
+    Ok(with_attempts(err.into_response(), attempts))
+}
+
+fn with_attempts(mut r: Response, attempts: u32) -> Response {
+    r.headers_mut()
+        .insert("x-tollgate-attempts", HeaderValue::from(attempts));
+    r
 }
 
 fn upstream_error(e: UpstreamError) -> ApiError {
     match e {
         UpstreamError::Timeout => ApiError::UpstreamTimeout,
+        // The upstream refused *our* key: a broker misconfiguration, never the client's token. Relaying a 401
+        // would make Codex re-run its credential helper in a loop.
+        UpstreamError::Status { status, .. }
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN =>
+        {
+            tracing::error!(%status, "the upstream refused the broker's API key; check the provider's key source");
+            ApiError::UpstreamUnavailable(format!("upstream refused our credentials ({status})"))
+        }
+        UpstreamError::BadRequest(m) => ApiError::BadRequest(m),
         UpstreamError::Status { status, body, .. }
             if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS =>
         {
@@ -228,6 +304,9 @@ fn upstream_error(e: UpstreamError) -> ApiError {
                 ))
             }
         }
+        UpstreamError::Unsupported => ApiError::BadRequest(
+            "this model is not served on this endpoint; use /v1/responses".into(),
+        ),
         other => ApiError::UpstreamUnavailable(other.to_string()),
     }
 }
@@ -237,6 +316,7 @@ async fn relay(
     up: UpstreamResponse,
     record: RequestRecord,
     attempts: u32,
+    target: &ResolvedTarget,
     endpoint: Endpoint,
     stream: bool,
 ) -> Response {
@@ -251,6 +331,9 @@ async fn relay(
         }
         h.insert("x-tollgate-provider", provider_header);
         h.insert("x-tollgate-attempts", HeaderValue::from(attempts));
+        if let Ok(v) = HeaderValue::from_str(&target.label) {
+            h.insert("x-tollgate-target", v);
+        }
         if stream {
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         }
@@ -267,6 +350,7 @@ async fn relay(
             pending: Some((app, record)),
             wire,
             failed_sent: false,
+            health: Some(target.health.clone()),
         };
         return builder
             .body(Body::from_stream(tapped))
@@ -285,6 +369,11 @@ async fn relay(
                 break;
             }
         }
+    }
+    if broken {
+        target.health.on_failure();
+    } else {
+        target.health.on_success();
     }
     if broken {
         app.ledger.finish(record, None, StreamEnd::Truncated, 0);
@@ -313,6 +402,8 @@ struct Tapped {
     pending: Option<(Arc<AppState>, RequestRecord)>,
     wire: Wire,
     failed_sent: bool,
+    /// The serving target: a mid-stream break counts against its circuit breaker.
+    health: Option<Arc<TargetHealth>>,
 }
 
 impl Tapped {
@@ -351,6 +442,9 @@ impl Stream for Tapped {
             }
             Poll::Ready(Some(Err(e))) => {
                 tracing::warn!(error = %e, "upstream stream broke after the first byte");
+                if let Some(h) = self.health.take() {
+                    h.on_failure();
+                }
                 self.settle();
                 if self.wire == Wire::Responses {
                     self.failed_sent = true;
@@ -359,6 +453,9 @@ impl Stream for Tapped {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
+                if let Some(h) = self.health.take() {
+                    h.on_success();
+                }
                 self.settle();
                 Poll::Ready(None)
             }
@@ -369,7 +466,11 @@ impl Stream for Tapped {
 
 impl Drop for Tapped {
     fn drop(&mut self) {
-        // Client disconnect mid-stream lands here with the record still pending.
+        // Client disconnect mid-stream lands here with the record still pending. Not the target's fault: the
+        // bytes it sent were fine.
+        if let Some(h) = self.health.take() {
+            h.on_success();
+        }
         self.settle();
     }
 }
@@ -388,12 +489,12 @@ pub async fn models(
         .filter(|m| claims.grant.allows_model(m))
         .collect();
     for p in &claims.grant.models {
-        if p.is_literal() && app.router.chain(p.as_str()).is_some() {
+        if p.is_literal() && app.router.serves(p.as_str()) {
             names.push(p.as_str().to_string());
         }
     }
     for slug in app.codex_models.keys() {
-        if claims.grant.allows_model(slug) && app.router.chain(slug).is_some() {
+        if claims.grant.allows_model(slug) && app.router.serves(slug) {
             names.push(slug.clone());
         }
     }

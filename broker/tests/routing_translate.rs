@@ -1,0 +1,471 @@
+//! Golden fixtures for every translation: Responses requests → Chat / Messages requests, and streamed and
+//! non-streamed Chat / Messages answers → Responses. Inputs in `testdata/routing/` follow the providers'
+//! documented wire formats; the expected outputs are `*.golden.*` beside them.
+//!
+//! Regenerate after an intended change with `TOLLGATE_BLESS=1 cargo test -p tollgate-broker --test
+//! routing_translate` and review the diff.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use tollgate_broker::translate::{SeqIds, StreamTranslator, ToolContext, anthropic, chat};
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/routing")
+}
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn json(name: &str) -> Value {
+    serde_json::from_str(&read(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = dir().join(name);
+    if std::env::var_os("TOLLGATE_BLESS").is_some() {
+        std::fs::write(&path, actual).expect("write golden");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{name}: {e} (run with TOLLGATE_BLESS=1 to create it)"));
+    assert_eq!(actual, expected, "{name} differs from its golden file");
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).expect("json") + "\n"
+}
+
+const CREATED: u64 = 1_764_000_000;
+
+fn run_stream(tr: &mut dyn StreamTranslator, input: &[u8], chunk: usize) -> Result<String, String> {
+    let mut out = Vec::new();
+    for c in input.chunks(chunk.max(1)) {
+        out.extend(tr.feed(c).map_err(|e| e.to_string())?);
+    }
+    out.extend(tr.finish().map_err(|e| e.to_string())?);
+    Ok(String::from_utf8(out).expect("utf8"))
+}
+
+/// The `data:` payloads of an SSE text, parsed.
+fn events(sse: &str) -> Vec<Value> {
+    sse.split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str(d).expect("event json"))
+        .collect()
+}
+
+fn types(evs: &[Value]) -> Vec<&str> {
+    evs.iter()
+        .map(|e| e["type"].as_str().unwrap_or("?"))
+        .collect()
+}
+
+fn ctx_with_apply_patch() -> ToolContext {
+    ToolContext {
+        custom_tools: ["apply_patch".to_string()].into(),
+        model: "team-model".into(),
+    }
+}
+
+// ------------------------------------------------------------------ requests
+
+#[test]
+fn codex_request_to_chat() {
+    let (out, ctx) = chat::request(&json("codex_request.json"), "llama3.1").expect("translate");
+    golden("chat_request.golden.json", &pretty(&out));
+    assert!(ctx.custom_tools.contains("apply_patch"));
+    // Only function tools survive; apply_patch is a function with one string argument.
+    let tools = out["tools"].as_array().expect("tools");
+    let names: Vec<&str> = tools
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(names, ["exec_command", "apply_patch"]);
+    assert_eq!(
+        tools[1]["function"]["parameters"]["required"],
+        serde_json::json!(["input"])
+    );
+    // Both developer messages became one leading system message.
+    let msgs = out["messages"].as_array().expect("messages");
+    assert_eq!(msgs[0]["role"], "system");
+    assert_eq!(msgs.iter().filter(|m| m["role"] == "system").count(), 1);
+    // Tool calls are attached to an assistant message and answered by tool messages with the same id.
+    let tool_msgs: Vec<&Value> = msgs.iter().filter(|m| m["role"] == "tool").collect();
+    assert_eq!(tool_msgs.len(), 2);
+    assert_eq!(tool_msgs[1]["tool_call_id"], "call_patch_1");
+    assert!(
+        out.get("reasoning").is_none()
+            && out.get("store").is_none()
+            && out.get("include").is_none()
+    );
+    assert_eq!(out["stream_options"]["include_usage"], true);
+}
+
+#[test]
+fn codex_request_to_anthropic() {
+    let (out, _) = anthropic::request(
+        &json("codex_request.json"),
+        "claude-sonnet-4-5",
+        anthropic::Options::default(),
+    )
+    .expect("translate");
+    golden("anthropic_request.golden.json", &pretty(&out));
+    assert_eq!(out["system"].as_array().map(Vec::len), Some(2));
+    let names: Vec<&str> = out["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| t["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(names, ["exec_command", "apply_patch"]);
+    // Roles alternate: every tool_use is answered in the next user turn.
+    let msgs = out["messages"].as_array().expect("messages");
+    for w in msgs.windows(2) {
+        assert_ne!(
+            w[0]["role"], w[1]["role"],
+            "consecutive turns must be merged"
+        );
+    }
+    assert_eq!(out["thinking"]["budget_tokens"], 8192);
+    assert!(out["max_tokens"].as_u64().expect("max_tokens") > 8192);
+}
+
+#[test]
+fn anthropic_followup_keeps_thinking_images_and_tool_results() {
+    let (out, _) = anthropic::request(
+        &json("anthropic_followup_request.json"),
+        "claude-sonnet-4-5",
+        anthropic::Options::default(),
+    )
+    .expect("translate");
+    golden("anthropic_followup_request.golden.json", &pretty(&out));
+    let assistant = &out["messages"][1]["content"];
+    assert_eq!(assistant[0]["type"], "thinking");
+    assert_eq!(
+        assistant[0]["signature"],
+        "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"
+    );
+    assert_eq!(assistant[2]["type"], "tool_use");
+    assert_eq!(assistant[2]["input"]["cmd"], "cargo test");
+    assert_eq!(out["messages"][2]["content"][0]["type"], "tool_result");
+    assert_eq!(
+        out["messages"][0]["content"][1]["source"]["media_type"],
+        "image/png"
+    );
+    assert_eq!(out["tool_choice"]["disable_parallel_tool_use"], true);
+    assert!(
+        out.get("temperature").is_none(),
+        "no sampling params with thinking"
+    );
+}
+
+// ------------------------------------------------------------------ streamed answers
+
+fn chat_stream(name: &str, golden_name: &str) -> Vec<Value> {
+    let input = read(name);
+    let mk = || chat::ChatStream::new(ctx_with_apply_patch(), Box::new(SeqIds::default()), CREATED);
+    let whole = run_stream(&mut mk(), input.as_bytes(), usize::MAX).expect("stream");
+    golden(golden_name, &whole);
+    // Any chunking gives the same bytes.
+    for size in [1, 7, 64] {
+        assert_eq!(
+            run_stream(&mut mk(), input.as_bytes(), size).expect("stream"),
+            whole,
+            "chunk {size}"
+        );
+    }
+    events(&whole)
+}
+
+fn anthropic_stream(name: &str, golden_name: &str) -> Vec<Value> {
+    let input = read(name);
+    let mk = || {
+        anthropic::MessagesStream::new(ctx_with_apply_patch(), Box::new(SeqIds::default()), CREATED)
+    };
+    let whole = run_stream(&mut mk(), input.as_bytes(), usize::MAX).expect("stream");
+    golden(golden_name, &whole);
+    for size in [1, 5, 100] {
+        assert_eq!(
+            run_stream(&mut mk(), input.as_bytes(), size).expect("stream"),
+            whole,
+            "chunk {size}"
+        );
+    }
+    events(&whole)
+}
+
+/// What Codex needs (codex-client.md §7/§8): every item added is done, and the response completes with
+/// an id and full usage.
+fn assert_codex_shape(evs: &[Value]) -> &Value {
+    let t = types(evs);
+    assert_eq!(t[0], "response.created");
+    let added = t
+        .iter()
+        .filter(|x| **x == "response.output_item.added")
+        .count();
+    let done = t
+        .iter()
+        .filter(|x| **x == "response.output_item.done")
+        .count();
+    assert_eq!(added, done, "{t:?}");
+    let last = evs.last().expect("events");
+    assert_eq!(last["type"], "response.completed", "{t:?}");
+    assert!(
+        last["response"]["id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
+    let u = &last["response"]["usage"];
+    for k in ["input_tokens", "output_tokens", "total_tokens"] {
+        assert!(u[k].is_u64(), "usage.{k}: {u}");
+    }
+    assert!(u["input_tokens_details"]["cached_tokens"].is_u64(), "{u}");
+    for (i, e) in evs.iter().enumerate() {
+        assert_eq!(e["sequence_number"], i as u64);
+    }
+    last
+}
+
+#[test]
+fn chat_stream_with_tool_call() {
+    let evs = chat_stream("chat_stream_tool.sse", "chat_stream_tool.golden.sse");
+    let done = assert_codex_shape(&evs);
+    let out = done["response"]["output"].as_array().expect("output");
+    assert_eq!(out[0]["type"], "message");
+    assert_eq!(out[0]["content"][0]["text"], "Running the tests.");
+    assert_eq!(out[1]["type"], "function_call");
+    assert_eq!(out[1]["call_id"], "call_abc123");
+    assert_eq!(out[1]["arguments"], "{\"cmd\":\"cargo test\"}");
+    let u = &done["response"]["usage"];
+    assert_eq!(
+        (
+            u["input_tokens"].as_u64(),
+            u["input_tokens_details"]["cached_tokens"].as_u64()
+        ),
+        (Some(9120), Some(8960))
+    );
+    assert_eq!(u["total_tokens"], 9144);
+}
+
+#[test]
+fn chat_stream_with_apply_patch_and_reasoning() {
+    let evs = chat_stream(
+        "chat_stream_apply_patch.sse",
+        "chat_stream_apply_patch.golden.sse",
+    );
+    let done = assert_codex_shape(&evs);
+    let out = done["response"]["output"].as_array().expect("output");
+    assert_eq!(out[0]["type"], "reasoning");
+    assert_eq!(out[1]["type"], "custom_tool_call");
+    assert_eq!(out[1]["name"], "apply_patch");
+    assert_eq!(
+        out[1]["input"],
+        "*** Begin Patch\n*** Update File: README.md\n@@\n-teh\n+the\n*** End Patch\n"
+    );
+    assert_eq!(out[2]["type"], "function_call", "a second, parallel call");
+    assert_eq!(out[2]["arguments"], "{\"cmd\":\"git diff\"}");
+}
+
+#[test]
+fn anthropic_stream_with_thinking_text_and_tool_use() {
+    let evs = anthropic_stream(
+        "anthropic_stream_tool.sse",
+        "anthropic_stream_tool.golden.sse",
+    );
+    let done = assert_codex_shape(&evs);
+    let out = done["response"]["output"].as_array().expect("output");
+    assert_eq!(out[0]["type"], "reasoning");
+    assert_eq!(out[0]["summary"][0]["text"], "I should run the test suite.");
+    assert_eq!(
+        out[0]["encrypted_content"],
+        "tollgate.anthropic.thinking:EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"
+    );
+    assert_eq!(out[1]["content"][0]["text"], "Running the tests now.");
+    assert_eq!(out[2]["type"], "function_call");
+    assert_eq!(out[2]["call_id"], "toolu_01T1x1fJ34qAmk2tNTrN7Up6");
+    assert_eq!(out[2]["arguments"], "{\"cmd\": \"cargo test\"}");
+    // input = 12 uncached + 8000 cache reads + 2048 cache writes.
+    let u = &done["response"]["usage"];
+    assert_eq!(u["input_tokens"], 10_060);
+    assert_eq!(u["input_tokens_details"]["cached_tokens"], 8000);
+    assert_eq!(u["input_tokens_details"]["cache_write_tokens"], 2048);
+    assert_eq!(u["output_tokens"], 89);
+    assert_eq!(u["total_tokens"], 10_149);
+}
+
+#[test]
+fn anthropic_stream_with_apply_patch() {
+    let evs = anthropic_stream(
+        "anthropic_stream_apply_patch.sse",
+        "anthropic_stream_apply_patch.golden.sse",
+    );
+    let done = assert_codex_shape(&evs);
+    let item = &done["response"]["output"][0];
+    assert_eq!(item["type"], "custom_tool_call");
+    assert_eq!(
+        item["input"],
+        "*** Begin Patch\n*** Add File: hello.txt\n+hello\n*** End Patch\n"
+    );
+}
+
+#[test]
+fn anthropic_stream_error_becomes_response_failed() {
+    let input = read("anthropic_stream_error.sse");
+    let mut tr = anthropic::MessagesStream::new(
+        ctx_with_apply_patch(),
+        Box::new(SeqIds::default()),
+        CREATED,
+    );
+    let out = run_stream(&mut tr, input.as_bytes(), usize::MAX).expect("stream");
+    golden("anthropic_stream_error.golden.sse", &out);
+    let evs = events(&out);
+    assert_eq!(evs.last().expect("events")["type"], "response.failed");
+}
+
+#[test]
+fn truncated_streams_are_errors_not_silent_ends() {
+    let input = read("anthropic_stream_tool.sse");
+    let cut = &input.as_bytes()[..input.len() / 2];
+    let mut tr = anthropic::MessagesStream::new(
+        ToolContext::default(),
+        Box::new(SeqIds::default()),
+        CREATED,
+    );
+    assert!(run_stream(&mut tr, cut, usize::MAX).is_err());
+    let input = read("chat_stream_tool.sse");
+    let cut = &input.as_bytes()[..input.len() / 2];
+    let mut tr =
+        chat::ChatStream::new(ToolContext::default(), Box::new(SeqIds::default()), CREATED);
+    assert!(run_stream(&mut tr, cut, usize::MAX).is_err());
+}
+
+// ------------------------------------------------------------------ non-streamed answers
+
+#[test]
+fn chat_response_to_responses() {
+    let out = chat::response(
+        &json("chat_response.json"),
+        &ctx_with_apply_patch(),
+        &mut SeqIds::default(),
+        CREATED,
+    );
+    golden("chat_response.golden.json", &pretty(&out));
+    assert_eq!(out["output"][1]["type"], "function_call");
+    assert_eq!(out["output"][2]["type"], "custom_tool_call");
+    assert_eq!(out["usage"]["input_tokens_details"]["cached_tokens"], 64);
+}
+
+#[test]
+fn anthropic_response_to_responses() {
+    let out = anthropic::response(
+        &json("anthropic_response.json"),
+        &ctx_with_apply_patch(),
+        &mut SeqIds::default(),
+        CREATED,
+    );
+    golden("anthropic_response.golden.json", &pretty(&out));
+    assert_eq!(out["usage"]["input_tokens"], 1150);
+    assert_eq!(
+        out["usage"]["input_tokens_details"]["cache_write_tokens"],
+        100
+    );
+    assert_eq!(out["output"][3]["type"], "custom_tool_call");
+}
+
+// ------------------------------------------------------------------ fuzz
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn stream_translators_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut c = chat::ChatStream::new(ToolContext::default(), Box::new(SeqIds::default()), 0);
+            let _ = c.feed(&bytes);
+            let _ = c.finish();
+            let mut a = anthropic::MessagesStream::new(ToolContext::default(), Box::new(SeqIds::default()), 0);
+            let _ = a.feed(&bytes);
+            let _ = a.finish();
+        }
+
+        #[test]
+        fn mutated_fixtures_never_panic(cut in 0usize..4000, junk in "[{}\\[\\]\":,a-z0-9 \n]{0,40}") {
+            for name in ["chat_stream_tool.sse", "anthropic_stream_tool.sse", "chat_stream_apply_patch.sse"] {
+                let mut s = read(name);
+                let at = cut.min(s.len());
+                let at = (0..=at).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+                s.insert_str(at, &junk);
+                let mut c = chat::ChatStream::new(ctx_with_apply_patch(), Box::new(SeqIds::default()), 0);
+                let _ = c.feed(s.as_bytes());
+                let _ = c.finish();
+                let mut a = anthropic::MessagesStream::new(ctx_with_apply_patch(), Box::new(SeqIds::default()), 0);
+                let _ = a.feed(s.as_bytes());
+                let _ = a.finish();
+            }
+        }
+
+        #[test]
+        fn request_translation_never_panics(v in arb_json()) {
+            let _ = chat::request(&v, "m");
+            let _ = anthropic::request(&v, "m", anthropic::Options::default());
+        }
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            prop_oneof![
+                Just("message"),
+                Just("function_call"),
+                Just("custom_tool_call"),
+                Just("reasoning"),
+                Just("function_call_output"),
+                Just("user"),
+                Just("assistant"),
+                Just("developer"),
+                Just("custom"),
+                Just("function"),
+                Just("input_text"),
+                Just("input_image"),
+                Just("x")
+            ]
+            .prop_map(|s| Value::String(s.to_string())),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("type"),
+                        Just("role"),
+                        Just("content"),
+                        Just("input"),
+                        Just("tools"),
+                        Just("name"),
+                        Just("arguments"),
+                        Just("call_id"),
+                        Just("output"),
+                        Just("text"),
+                        Just("model"),
+                        Just("reasoning"),
+                        Just("effort"),
+                        Just("format"),
+                        Just("image_url"),
+                        Just("encrypted_content"),
+                        Just("summary")
+                    ]
+                    .prop_map(str::to_string),
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}
