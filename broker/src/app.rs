@@ -318,7 +318,8 @@ async fn token_exchange(
         } => (*grant, max_ttl_secs, rule),
         Decision::Deny { rule } => {
             tracing::info!(kind = %identity.kind, subject = %identity.subject, rule = %rule, "denied by policy rule");
-            metrics::counter!("tollgate_identity_refusals_total", "reason" => "policy_deny").increment(1);
+            metrics::counter!("tollgate_identity_refusals_total", "reason" => "policy_deny")
+                .increment(1);
             return Err(bad_request(
                 OAuthErrorCode::InvalidGrant,
                 "no grant for this identity",
@@ -326,7 +327,8 @@ async fn token_exchange(
         }
         Decision::NoMatch => {
             tracing::info!(kind = %identity.kind, subject = %identity.subject, "no policy rule matched");
-            metrics::counter!("tollgate_identity_refusals_total", "reason" => "policy_no_match").increment(1);
+            metrics::counter!("tollgate_identity_refusals_total", "reason" => "policy_no_match")
+                .increment(1);
             return Err(bad_request(
                 OAuthErrorCode::InvalidGrant,
                 "no grant for this identity",
