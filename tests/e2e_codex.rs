@@ -10,7 +10,11 @@ use tollgate_testkit::{MockConfig, spawn};
 const TURN: Duration = Duration::from_secs(90);
 
 async fn setup(models: &[&str]) -> (tollgate_testkit::MockHandle, Broker) {
-    let mock = spawn(MockConfig { api_key: Some(UPSTREAM_KEY.into()), ..MockConfig::default() }).await;
+    let mock = spawn(MockConfig {
+        api_key: Some(UPSTREAM_KEY.into()),
+        ..MockConfig::default()
+    })
+    .await;
     let broker = Broker::start(BrokerSpec::with_mock(&mock.base_url(), models)).await;
     (mock, broker)
 }
@@ -20,17 +24,37 @@ async fn plain_turn_completes_and_usage_is_recorded() {
     let (mock, broker) = setup(&["gpt-5*"]).await;
     let codex = CodexEnv::new(&broker.url, "gpt-5.5", "");
     let run = codex.exec("say hello to the e2e test", TURN).await;
-    assert_eq!(run.status, Some(0), "codex failed:\n{}\n--- broker log ---\n{}", run.all(), broker.log());
-    assert!(run.stdout.contains("mock reply to: say hello to the e2e test"), "{}", run.all());
+    assert_eq!(
+        run.status,
+        Some(0),
+        "codex failed:\n{}\n--- broker log ---\n{}",
+        run.all(),
+        broker.log()
+    );
+    assert!(
+        run.stdout
+            .contains("mock reply to: say hello to the e2e test"),
+        "{}",
+        run.all()
+    );
 
     // The upstream saw our key, never the Tollgate token; Codex's body went through with its fields.
     let posts = mock.requests_to("/v1/responses");
     assert!(!posts.is_empty());
     for p in &posts {
-        assert_eq!(p.header("authorization"), Some(format!("Bearer {UPSTREAM_KEY}").as_str()));
+        assert_eq!(
+            p.header("authorization"),
+            Some(format!("Bearer {UPSTREAM_KEY}").as_str())
+        );
         assert_eq!(p.body["model"], "gpt-5.5");
-        assert!(p.body.get("prompt_cache_key").is_some(), "unknown fields must survive the proxy");
-        assert!(p.body.get("client_metadata").is_some(), "unknown fields must survive the proxy");
+        assert!(
+            p.body.get("prompt_cache_key").is_some(),
+            "unknown fields must survive the proxy"
+        );
+        assert!(
+            p.body.get("client_metadata").is_some(),
+            "unknown fields must survive the proxy"
+        );
     }
 
     // Usage recorded by the broker equals what the upstream reported.
@@ -39,12 +63,22 @@ async fn plain_turn_completes_and_usage_is_recorded() {
     let token = broker.token().await;
     let usage = broker.usage(&token).await;
     assert_eq!(usage["principal"], "dev");
-    assert_eq!(usage["usage"]["input_tokens"], reported.input_tokens, "{usage}");
-    assert_eq!(usage["usage"]["output_tokens"], reported.output_tokens, "{usage}");
+    assert_eq!(
+        usage["usage"]["input_tokens"], reported.input_tokens,
+        "{usage}"
+    );
+    assert_eq!(
+        usage["usage"]["output_tokens"], reported.output_tokens,
+        "{usage}"
+    );
     assert_eq!(usage["usage"]["requests"], posts.len() as u64, "{usage}");
 
     // No secret in the broker's log: the upstream key, the static credential, any issued token.
-    assert_no_secret(&broker.log(), &[UPSTREAM_KEY, CREDENTIAL, &token], "broker log");
+    assert_no_secret(
+        &broker.log(),
+        &[UPSTREAM_KEY, CREDENTIAL, &token],
+        "broker log",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -52,14 +86,33 @@ async fn tool_call_turn_completes() {
     let (mock, broker) = setup(&["gpt-5*"]).await;
     let codex = CodexEnv::new(&broker.url, "gpt-5.5", "");
     let run = codex.exec("please USE_TOOL now", TURN).await;
-    assert_eq!(run.status, Some(0), "codex failed:\n{}\n--- broker log ---\n{}", run.all(), broker.log());
+    assert_eq!(
+        run.status,
+        Some(0),
+        "codex failed:\n{}\n--- broker log ---\n{}",
+        run.all(),
+        broker.log()
+    );
     // The mock asked Codex to run `echo tool-ran-ok`; Codex ran it and sent the output back.
     let posts = mock.requests_to("/v1/responses");
-    assert!(posts.len() >= 2, "expected the follow-up POST with the tool output, got {}", posts.len());
+    assert!(
+        posts.len() >= 2,
+        "expected the follow-up POST with the tool output, got {}",
+        posts.len()
+    );
     let last = &posts[posts.len() - 1].body;
     let input = last["input"].as_array().expect("input array");
-    let output = input.iter().find(|i| i["type"] == "function_call_output").expect("function_call_output item");
-    assert!(output["output"].as_str().unwrap_or_default().contains("tool-ran-ok"), "{output}");
+    let output = input
+        .iter()
+        .find(|i| i["type"] == "function_call_output")
+        .expect("function_call_output item");
+    assert!(
+        output["output"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tool-ran-ok"),
+        "{output}"
+    );
     assert!(run.stdout.contains("tool said:"), "{}", run.all());
 }
 
@@ -77,8 +130,19 @@ async fn refused_token_gets_401_then_helper_reruns_and_turn_completes() {
     broker.restart(true).await;
     mock.reset();
     let run = codex.exec("second turn after key loss", TURN).await;
-    assert_eq!(run.status, Some(0), "codex failed:\n{}\n--- broker log ---\n{}", run.all(), broker.log());
-    assert!(run.stdout.contains("mock reply to: second turn after key loss"), "{}", run.all());
+    assert_eq!(
+        run.status,
+        Some(0),
+        "codex failed:\n{}\n--- broker log ---\n{}",
+        run.all(),
+        broker.log()
+    );
+    assert!(
+        run.stdout
+            .contains("mock reply to: second turn after key loss"),
+        "{}",
+        run.all()
+    );
     assert_eq!(broker.mints(), 2, "exactly one new mint after the 401");
 }
 
@@ -90,19 +154,41 @@ async fn second_codex_process_reuses_the_helper_cache() {
         let run = codex.exec(&format!("turn {i}"), TURN).await;
         assert_eq!(run.status, Some(0), "{}", run.all());
     }
-    assert_eq!(broker.mints(), 1, "the second Codex process must be served from the helper's disk cache");
-    let cached: Vec<_> = std::fs::read_dir(&codex.cache_dir).expect("cache dir").flatten().collect();
-    assert!(cached.iter().any(|e| e.path().extension().is_some_and(|x| x == "json")));
+    assert_eq!(
+        broker.mints(),
+        1,
+        "the second Codex process must be served from the helper's disk cache"
+    );
+    let cached: Vec<_> = std::fs::read_dir(&codex.cache_dir)
+        .expect("cache dir")
+        .flatten()
+        .collect();
+    assert!(
+        cached
+            .iter()
+            .any(|e| e.path().extension().is_some_and(|x| x == "json"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn model_outside_the_grant_fails_with_a_message_naming_it() {
     let (mock, broker) = setup(&["gpt-5*"]).await;
     // Keep Codex's retries short: a 403 is not retried by the transport, only once by the stream layer.
-    let codex = CodexEnv::new(&broker.url, "o3-forbidden", "stream_max_retries = 0\nrequest_max_retries = 0");
+    let codex = CodexEnv::new(
+        &broker.url,
+        "o3-forbidden",
+        "stream_max_retries = 0\nrequest_max_retries = 0",
+    );
     let run = codex.exec("this must be refused", TURN).await;
     assert_ne!(run.status, Some(0), "{}", run.all());
-    assert!(run.stderr.contains("o3-forbidden") && run.stderr.contains("not allowed"), "{}", run.all());
+    assert!(
+        run.stderr.contains("o3-forbidden") && run.stderr.contains("not allowed"),
+        "{}",
+        run.all()
+    );
     assert!(run.stderr.contains("403"), "{}", run.all());
-    assert!(mock.requests_to("/v1/responses").is_empty(), "a refused model must never reach the upstream");
+    assert!(
+        mock.requests_to("/v1/responses").is_empty(),
+        "a refused model must never reach the upstream"
+    );
 }

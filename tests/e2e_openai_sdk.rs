@@ -48,7 +48,11 @@ print(json.dumps(out))
 
 #[tokio::test(flavor = "multi_thread")]
 async fn openai_python_sdk_streams_and_chats_through_the_proxy() {
-    let mock = spawn(MockConfig { api_key: Some(UPSTREAM_KEY.into()), ..MockConfig::default() }).await;
+    let mock = spawn(MockConfig {
+        api_key: Some(UPSTREAM_KEY.into()),
+        ..MockConfig::default()
+    })
+    .await;
     let broker = Broker::start(BrokerSpec::with_mock(&mock.base_url(), &["gpt-5*"])).await;
     let token = broker.token().await;
     let out = tokio::process::Command::new(python_bin())
@@ -62,22 +66,61 @@ async fn openai_python_sdk_streams_and_chats_through_the_proxy() {
         .await
         .expect("python");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "sdk script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "sdk script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
 
-    let events: Vec<&str> = v["stream_events"].as_array().expect("events").iter().filter_map(|e| e.as_str()).collect();
+    let events: Vec<&str> = v["stream_events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect();
     assert_eq!(events.first(), Some(&"response.created"), "{events:?}");
     assert_eq!(events.last(), Some(&"response.completed"), "{events:?}");
     assert!(events.contains(&"response.output_text.delta"));
-    assert!(v["stream_text"].as_str().unwrap_or_default().contains("sdk streaming hello"), "{v}");
+    assert!(
+        v["stream_text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("sdk streaming hello"),
+        "{v}"
+    );
     assert!(v["stream_usage"].as_u64().unwrap_or_default() > 0);
-    assert_eq!(v["raw_events"].as_array().and_then(|a| a.last()).and_then(|e| e.as_str()), Some("response.completed"));
-    assert!(v["chat_text"].as_str().unwrap_or_default().contains("sdk chat hello"), "{v}");
+    assert_eq!(
+        v["raw_events"]
+            .as_array()
+            .and_then(|a| a.last())
+            .and_then(|e| e.as_str()),
+        Some("response.completed")
+    );
+    assert!(
+        v["chat_text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("sdk chat hello"),
+        "{v}"
+    );
     assert!(v["chat_usage"].as_u64().unwrap_or_default() > 0);
-    assert!(v["chat_stream_text"].as_str().unwrap_or_default().contains("sdk chat stream"), "{v}");
+    assert!(
+        v["chat_stream_text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("sdk chat stream"),
+        "{v}"
+    );
     assert_eq!(v["forbidden"][0], "PermissionDeniedError", "{v}");
     assert_eq!(v["forbidden"][1], 403);
-    assert!(v["forbidden"][2].as_str().unwrap_or_default().contains("'o3' is not allowed"), "{v}");
+    assert!(
+        v["forbidden"][2]
+            .as_str()
+            .unwrap_or_default()
+            .contains("'o3' is not allowed"),
+        "{v}"
+    );
     assert_eq!(v["unauthorized"][0], "AuthenticationError", "{v}");
     assert_eq!(v["unauthorized"][1], 401);
 
@@ -86,5 +129,9 @@ async fn openai_python_sdk_streams_and_chats_through_the_proxy() {
     let streamed = chat_posts.iter().find(|r| r.stream).expect("streamed chat");
     assert_eq!(streamed.body["stream_options"]["include_usage"], true);
     let usage = broker.usage(&token).await;
-    assert_eq!(usage["usage"]["input_tokens"], mock.total_reported_usage().input_tokens, "{usage}");
+    assert_eq!(
+        usage["usage"]["input_tokens"],
+        mock.total_reported_usage().input_tokens,
+        "{usage}"
+    );
 }

@@ -99,27 +99,6 @@ impl AppState {
         }))
     }
 
-    /// Load the policy file again and swap it in. Requests in flight keep the policy they started with
-    /// (each holds its own `Arc`); an invalid file is rejected, logged with its line and column, and the
-    /// old policy stays in force.
-    pub fn reload_policy(&self) -> Result<usize, crate::config::ConfigError> {
-        match Policy::load(&self.policy_file) {
-            Ok(p) => {
-                let n = p.rules.len();
-                *self
-                    .policy
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(p);
-                tracing::info!(file = %self.policy_file.display(), rules = n, "policy reloaded");
-                Ok(n)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
-                Err(e)
-            }
-        }
-    }
-
     /// Background governance work: revocation and key polling, lease renewal, expiry of dead brokers'
     /// reservations, settlement retries. Stops when the state is dropped.
     pub fn spawn_background(self: &Arc<Self>) {
@@ -155,6 +134,27 @@ impl AppState {
                 }
             }
         });
+    }
+
+    /// Load the policy file again and swap it in. Requests in flight keep the policy they started with
+    /// (each holds its own `Arc`); an invalid file is rejected, logged with its line and column, and the
+    /// old policy stays in force.
+    pub fn reload_policy(&self) -> Result<usize, crate::config::ConfigError> {
+        match Policy::load(&self.policy_file) {
+            Ok(p) => {
+                let n = p.rules.len();
+                *self
+                    .policy
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(p);
+                tracing::info!(file = %self.policy_file.display(), rules = n, "policy reloaded");
+                Ok(n)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
+                Err(e)
+            }
+        }
     }
 
     pub fn policy(&self) -> Arc<Policy> {

@@ -87,8 +87,7 @@ async fn broker(moto_url: &str) -> Broker {
             "[identity.aws]\nserver_id = \"{SERVER_ID}\"\nendpoints = [{{ region = \"us-east-1\", url = \"{moto_url}\" }}]\n"
         ),
         POLICY,
-    )
-    .await
+    ).await
 }
 
 fn sign(

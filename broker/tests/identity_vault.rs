@@ -136,8 +136,7 @@ async fn vault_identity_token_gets_a_grant_and_bad_ones_are_refused() {
             bao.base
         ),
         POLICY,
-    )
-    .await;
+    ).await;
 
     let jwt = identity_token(&bao, &user_token, "tollgate").await;
     let claims = broker.grant_and_proxy(TOKEN_TYPE_JWT, &jwt).await;

@@ -20,9 +20,14 @@ pub fn repo_root() -> PathBuf {
 
 /// A pinned test tool, or a panic that says how to install it (the README's test command does).
 pub fn tool(rel: &str) -> PathBuf {
-    let root = std::env::var_os("TOLLGATE_TEST_TOOLS").map_or_else(|| repo_root().join(".test-tools"), PathBuf::from);
+    let root = std::env::var_os("TOLLGATE_TEST_TOOLS")
+        .map_or_else(|| repo_root().join(".test-tools"), PathBuf::from);
     let p = root.join(rel);
-    assert!(p.exists(), "{} is missing: run scripts/install-test-tools.sh (the README's test command does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/install-test-tools.sh (the README's test command does)",
+        p.display()
+    );
     p
 }
 
@@ -36,7 +41,11 @@ pub fn python_bin() -> PathBuf {
 
 pub fn bin(name: &str) -> PathBuf {
     let p = target_bin(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
     p
 }
 
@@ -73,7 +82,11 @@ pub struct BrokerSpec {
 impl BrokerSpec {
     /// One static identity `dev` allowed `models`, the mock upstream as an `openai` provider for every model.
     pub fn with_mock(upstream_base: &str, models: &[&str]) -> Self {
-        let models = models.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>().join(", ");
+        let models = models
+            .iter()
+            .map(|m| format!("{m:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         BrokerSpec {
             extra_config: format!(
                 "[providers.mock]\nkind = \"openai\"\nbase_url = \"{upstream_base}\"\napi_key_env = \"E2E_UPSTREAM_KEY\"\n\n\
@@ -107,13 +120,22 @@ impl Broker {
         );
         std::fs::write(dir.path().join("broker.toml"), config).expect("write config");
         std::fs::write(dir.path().join("policy.toml"), spec.policy).expect("write policy");
-        let mut b = Broker { url: String::new(), dir, child: None, spec_env: spec.env };
+        let mut b = Broker {
+            url: String::new(),
+            dir,
+            child: None,
+            spec_env: spec.env,
+        };
         b.spawn("127.0.0.1:0").await;
         b
     }
 
     async fn spawn(&mut self, listen: &str) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
         let mut cmd = tokio::process::Command::new(bin("tollgate-broker"));
         cmd.arg("--config")
             .arg(self.dir.path().join("broker.toml"))
@@ -158,7 +180,11 @@ impl Broker {
 
     /// Send a signal to the broker process (e.g. SIGHUP to reload the policy).
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        let pid = self.child.as_ref().and_then(|c| c.id()).expect("broker pid");
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(|c| c.id())
+            .expect("broker pid");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).expect("kill");
     }
 
@@ -172,7 +198,10 @@ impl Broker {
 
     /// How many tokens this broker (all its runs) has minted, from its structured log.
     pub fn mints(&self) -> usize {
-        self.log().lines().filter(|l| l.contains("token minted")).count()
+        self.log()
+            .lines()
+            .filter(|l| l.contains("token minted"))
+            .count()
     }
 
     /// Mint a token directly (as the helper would).
@@ -187,13 +216,26 @@ impl Broker {
             .send()
             .await
             .expect("token request");
-        assert_eq!(r.status(), 200, "mint failed: {}", r.text().await.unwrap_or_default());
+        assert_eq!(
+            r.status(),
+            200,
+            "mint failed: {}",
+            r.text().await.unwrap_or_default()
+        );
         let v: serde_json::Value = r.json().await.expect("json");
-        v["access_token"].as_str().expect("access_token").to_string()
+        v["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
     }
 
     pub async fn usage(&self, token: &str) -> serde_json::Value {
-        let r = reqwest::Client::new().get(format!("{}/v1/tollgate/usage", self.url)).bearer_auth(token).send().await.expect("usage");
+        let r = reqwest::Client::new()
+            .get(format!("{}/v1/tollgate/usage", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("usage");
         assert_eq!(r.status(), 200);
         r.json().await.expect("json")
     }
@@ -238,7 +280,11 @@ impl CodexEnv {
             cache = cache_dir.display().to_string(),
         );
         std::fs::write(codex_home.join("config.toml"), config).expect("codex config");
-        CodexEnv { home, cache_dir, credential_file }
+        CodexEnv {
+            home,
+            cache_dir,
+            credential_file,
+        }
     }
 
     pub fn codex_home(&self) -> PathBuf {
@@ -250,20 +296,27 @@ impl CodexEnv {
         let workdir = self.home.path().join("work");
         std::fs::create_dir_all(&workdir).expect("workdir");
         let mut cmd = tokio::process::Command::new(codex_bin());
-        cmd.args(["exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox", "--color", "never", "-C"])
-            .arg(&workdir)
-            .arg(prompt)
-            .current_dir(&workdir)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", self.home.path())
-            .env("CODEX_HOME", self.codex_home())
-            .env("XDG_CONFIG_HOME", self.home.path().join("xdg-config"))
-            .env("XDG_CACHE_HOME", self.home.path().join("xdg-cache"))
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "exec",
+            "--skip-git-repo-check",
+            "--dangerously-bypass-approvals-and-sandbox",
+            "--color",
+            "never",
+            "-C",
+        ])
+        .arg(&workdir)
+        .arg(prompt)
+        .current_dir(&workdir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", self.home.path())
+        .env("CODEX_HOME", self.codex_home())
+        .env("XDG_CONFIG_HOME", self.home.path().join("xdg-config"))
+        .env("XDG_CACHE_HOME", self.home.path().join("xdg-cache"))
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = ChildGuard::spawn(cmd).expect("spawn codex");
         let out = child.take_stdout().expect("stdout");
         let err = child.take_stderr().expect("stderr");
@@ -287,15 +340,31 @@ impl CodexEnv {
             }
         };
         drop(child);
-        let stdout = tokio::time::timeout(Duration::from_secs(5), o).await.ok().and_then(Result::ok).unwrap_or_default();
-        let stderr = tokio::time::timeout(Duration::from_secs(5), e).await.ok().and_then(Result::ok).unwrap_or_default();
-        CodexRun { status, stdout, stderr }
+        let stdout = tokio::time::timeout(Duration::from_secs(5), o)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let stderr = tokio::time::timeout(Duration::from_secs(5), e)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        CodexRun {
+            status,
+            stdout,
+            stderr,
+        }
     }
 }
 
 pub fn assert_no_secret(haystack: &str, secrets: &[&str], what: &str) {
     for s in secrets {
-        assert!(!haystack.contains(s), "{what} leaked a secret ({}…)", &s[..6.min(s.len())]);
+        assert!(
+            !haystack.contains(s),
+            "{what} leaked a secret ({}…)",
+            &s[..6.min(s.len())]
+        );
     }
 }
 

@@ -47,7 +47,9 @@ pub async fn start(providers_and_routes: &str, env: &[(&str, &str)]) -> Broker {
         .unwrap()
         .as_secs();
     let clock = FakeClock::new(now);
-    let state = AppState::build(&config, Arc::new(clock.clone())).await.unwrap();
+    let state = AppState::build(&config, Arc::new(clock.clone()))
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = router(state.clone());

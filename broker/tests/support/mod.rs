@@ -43,7 +43,7 @@ model = "*"
 targets = [{ provider = "demo" }]
 [pricing]
 unpriced = "charge"
-unpriced_price = { input = "1.25", output = "10" }
+unpriced_price = { input = "1", output = "2" }
 "#;
 
 impl Broker {
