@@ -55,7 +55,7 @@ async fn broker(identity: &str) -> Broker {
     Broker::start(BrokerSpec {
         extra_config: format!(
             "[providers.demo]\nkind = \"demo\"\n\n[[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"demo\" }}]\n\n\
-             [pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"1.25\", output = \"10\" }}\n\n{identity}"
+             [pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"1\", output = \"2\" }}\n\n{identity}"
         ),
         policy: POLICY.into(),
         env: vec![],
