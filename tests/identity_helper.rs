@@ -168,6 +168,11 @@ async fn oidc_file_and_azure_managed_identity_through_helper_and_broker() {
     )
     .await;
     assert_eq!(token_works(&b, &run).await["sub"], "k8s:runner");
+    let proof = std::fs::read_to_string(&jwt_file).expect("read");
+    assert!(
+        !b.log().contains(proof.trim()),
+        "the subject token must never be logged"
+    );
 
     // azure: App Service managed identity (IDENTITY_ENDPOINT + IDENTITY_HEADER).
     let run = helper(
@@ -424,10 +429,18 @@ async fn wait_port(port: u16, what: &str) {
 }
 
 async fn moto() -> PeerProc {
+    moto_with_auth(Some(5)).await
+}
+
+/// moto; `no_auth_actions: None` = no SigV4 enforcement (then it also answers for any key).
+async fn moto_with_auth(no_auth_actions: Option<u32>) -> PeerProc {
     let port = free_port();
-    let child = std::process::Command::new(venv_bin("moto_server"))
+    let mut cmd = std::process::Command::new(venv_bin("moto_server"));
+    if let Some(n) = no_auth_actions {
+        cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n.to_string());
+    }
+    let child = cmd
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .env("INITIAL_NO_AUTH_ACTION_COUNT", "5")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -548,6 +561,39 @@ print(json.dumps({"ak": key["AccessKeyId"], "sk": key["SecretAccessKey"]}))
         c["tollgate"]["identity"]["subject"],
         "arn:aws:iam::123456789012:role/workload"
     );
+}
+
+#[tokio::test]
+async fn aws_instance_metadata_credentials_through_helper_and_broker() {
+    // moto also emulates EC2 instance metadata (IMDSv2); without SigV4 enforcement its STS accepts the
+    // metadata's test credentials and answers as `user/moto`.
+    let moto = moto_with_auth(None).await;
+    let b = broker(&format!(
+        "[identity.aws]\nserver_id = \"tollgate-e2e\"\nendpoints = [{{ region = \"us-east-1\", url = \"{}\" }}]\n",
+        moto.1
+    ))
+    .await;
+    let home = tempfile::tempdir().expect("tmp");
+    let out = tokio::process::Command::new(bin("tollgate-token"))
+        .env_clear()
+        .env("HOME", home.path())
+        .env("TOLLGATE_BROKER", &b.url)
+        .env("TOLLGATE_NO_CACHE", "1")
+        .env("TOLLGATE_IDENTITY", "aws")
+        .env("TOLLGATE_AWS_STS_URL", format!("{}/", moto.1))
+        .env("TOLLGATE_AWS_SERVER_ID", "tollgate-e2e")
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &moto.1)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("helper");
+    let run = HelperRun {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    let c = token_works(&b, &run).await;
+    assert_eq!(c["sub"], "aws:moto");
 }
 
 async fn bao_call(

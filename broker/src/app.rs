@@ -298,6 +298,8 @@ async fn token_exchange(
     }
     let identity = app.verifiers.verify(&req.subject_token_type, &req.subject_token).await.map_err(|e| {
         tracing::info!(reason = e.reason(), token_type = %req.subject_token_type, "token exchange refused");
+        // Reasons are a fixed set of static strings: a low-cardinality label.
+        metrics::counter!("tollgate_identity_refusals_total", "reason" => e.reason()).increment(1);
         match e {
             VerifyError::UnsupportedType => bad_request(OAuthErrorCode::InvalidRequest, "unsupported subject_token_type"),
             VerifyError::Rejected(_) => bad_request(OAuthErrorCode::InvalidGrant, "the subject token was not accepted"),
@@ -316,6 +318,8 @@ async fn token_exchange(
         } => (*grant, max_ttl_secs, rule),
         Decision::Deny { rule } => {
             tracing::info!(kind = %identity.kind, subject = %identity.subject, rule = %rule, "denied by policy rule");
+            metrics::counter!("tollgate_identity_refusals_total", "reason" => "policy_deny")
+                .increment(1);
             return Err(bad_request(
                 OAuthErrorCode::InvalidGrant,
                 "no grant for this identity",
@@ -323,6 +327,8 @@ async fn token_exchange(
         }
         Decision::NoMatch => {
             tracing::info!(kind = %identity.kind, subject = %identity.subject, "no policy rule matched");
+            metrics::counter!("tollgate_identity_refusals_total", "reason" => "policy_no_match")
+                .increment(1);
             return Err(bad_request(
                 OAuthErrorCode::InvalidGrant,
                 "no grant for this identity",
@@ -347,6 +353,7 @@ async fn token_exchange(
         )
     })?;
     tracing::info!(principal = %minted.claims.sub, kind = %identity.kind, rule = %rule, jti = %minted.claims.jti, ttl, "token minted");
+    metrics::counter!("tollgate_mints_total", "identity" => identity.kind.as_str()).increment(1);
     let scope = minted
         .claims
         .grant

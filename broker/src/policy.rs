@@ -96,8 +96,6 @@ pub struct Policy {
 }
 
 /// What the policy decided for an identity.
-// Decided once per exchange and consumed at once: boxing the grant would buy nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Decision {
     Allow {
