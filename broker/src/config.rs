@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use tollgate::{ModelPattern, Nanos, Price};
 use toml::Spanned;
 
+pub mod ops;
+
 /// A configuration error, located in its file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -135,6 +137,12 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    metrics: ops::RawMetricsConfig,
+    #[serde(default)]
+    telemetry: ops::RawTelemetry,
+    #[serde(default)]
+    audit: ops::RawAudit,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -288,6 +296,7 @@ struct RawServer {
     max_body_bytes: Option<Spanned<u64>>,
     log_format: Option<LogFormat>,
     shutdown_grace_secs: Option<u64>,
+    tls: Option<ops::RawTls>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -424,6 +433,9 @@ pub struct Config {
     pub budgets: Vec<BudgetConfig>,
     pub limits: LimitsConfig,
     pub admin: AdminConfig,
+    pub metrics: ops::MetricsConfig,
+    pub telemetry: ops::TelemetryConfig,
+    pub audit: ops::AuditConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -536,6 +548,7 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub shutdown_grace_secs: u64,
+    pub tls: Option<ops::TlsConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -673,6 +686,7 @@ impl Config {
             max_body_bytes,
             log_format: raw.server.log_format.unwrap_or_default(),
             shutdown_grace_secs: raw.server.shutdown_grace_secs.unwrap_or(30),
+            tls: ops::tls(s, &raw.server.tls)?,
         };
 
         let ttl =
@@ -1001,7 +1015,13 @@ impl Config {
 
         let identity = crate::identity::config::IdentityConfig::validate(&raw.identity, s)?;
 
+        let metrics = ops::MetricsConfig::from(&raw.metrics);
+        let telemetry = ops::telemetry(s, &raw.telemetry)?;
+        let audit = ops::audit(s, &raw.audit, &server.state_dir);
         Ok(Config {
+            metrics,
+            telemetry,
+            audit,
             identity,
             routing,
             vault,

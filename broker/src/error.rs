@@ -69,6 +69,19 @@ impl ApiError {
         }
     }
 
+    /// Governance refusals, for `tollgate_refusals_total{reason}`.
+    pub fn refusal_reason(&self) -> Option<crate::metrics::RefusalReason> {
+        use crate::metrics::RefusalReason as R;
+        match self {
+            ApiError::Unauthorized("revoked") => Some(R::Revoked),
+            ApiError::Unauthorized(_) => Some(R::BadToken),
+            ApiError::ModelNotAllowed(_) | ApiError::ModelNotFound(_) => Some(R::Model),
+            ApiError::BudgetExceeded { .. } => Some(R::Budget),
+            ApiError::RateLimited { .. } => Some(R::Rate),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -194,6 +207,9 @@ impl IntoResponse for ApiError {
             );
         }
         r.extensions_mut().insert(ErrorKind(self.kind()));
+        if let Some(reason) = self.refusal_reason() {
+            r.extensions_mut().insert(reason);
+        }
         r
     }
 }
@@ -226,6 +242,66 @@ impl IntoResponse for OAuthFailure {
         let mut r = (self.status, axum::Json(self.error)).into_response();
         r.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    }
+}
+
+/// An admin-route error (`/admin/*`). OpenAI-style JSON body; store details stay in the logs.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// No admin key configured: the admin surface does not exist.
+    #[error("admin API disabled")]
+    Disabled,
+    #[error("admin credential missing or wrong")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request was well-formed but its content is invalid (e.g. a policy file with an error).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(&'static str),
+    #[error("store error")]
+    Store(String),
+}
+
+impl AdminError {
+    pub fn store(e: impl std::fmt::Display) -> Self {
+        AdminError::Store(e.to_string())
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            AdminError::Disabled => (StatusCode::NOT_FOUND, "not_found"),
+            AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            AdminError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AdminError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            AdminError::Store(e) => {
+                tracing::error!(error = %e, "admin: store error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "store_error")
+            }
+        };
+        let message = match &self {
+            AdminError::Disabled => "Tollgate: no such route.".to_string(),
+            other => format!("Tollgate admin: {other}"),
+        };
+        let mut r = (
+            status,
+            axum::Json(OpenAiError::new(message, "admin_error", Some(code))),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tollgate-admin\""),
+            );
+        }
         r
     }
 }

@@ -34,7 +34,14 @@ pub struct RequestRecord {
     pub stream: bool,
     pub started: Instant,
     pub admission: Admission,
+    /// Upstream HTTP status of the relayed response.
+    pub status: u16,
+    /// Request id, timings and trace span (see `crate::observe`).
+    pub obs: crate::observe::RequestObs,
 }
+
+/// Called with the settled cost once governance has recorded it (metrics, audit).
+pub type AfterSettle = Box<dyn FnOnce(tollgate::Nanos) + Send + 'static>;
 
 /// In-memory totals for one principal since this process started (logs, tests); the store is the record.
 #[derive(Clone, Debug, Default, serde::Serialize, PartialEq, Eq)]
@@ -110,6 +117,7 @@ impl Ledger {
         usage: Option<Usage>,
         end: StreamEnd,
         streamed_text_bytes: u64,
+        after: AfterSettle,
     ) {
         {
             let u = usage.unwrap_or_default();
@@ -168,6 +176,7 @@ impl Ledger {
                 latency_ms = started.elapsed().as_millis() as u64,
                 "request finished"
             );
+            after(cost);
         });
     }
 }

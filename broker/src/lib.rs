@@ -1,7 +1,9 @@
 //! `tollgate-broker`: verifies workload identities, mints short-lived scoped tokens, and governs an
 //! OpenAI-compatible proxy in front of the providers.
 
+pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -10,10 +12,15 @@ pub mod governance;
 pub mod identity;
 pub mod keys;
 pub mod ledger;
+pub mod metrics;
+pub mod observe;
+pub mod opscli;
 pub mod policy;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod telemetry;
+pub mod tls;
 pub mod token;
 pub mod translate;
 pub mod usage;

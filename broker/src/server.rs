@@ -7,33 +7,89 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Serve until SIGINT/SIGTERM, then stop accepting and give in-flight requests `grace` to finish.
+/// Serve until SIGINT/SIGTERM, then stop accepting (new connections are refused) and give in-flight
+/// requests, streams included, `grace` to finish. With `tls`, serve HTTPS (see [`crate::tls`]).
 pub async fn serve(
     state: Arc<AppState>,
     listen: SocketAddr,
     grace: Duration,
+    tls: Option<crate::config::ops::TlsConfig>,
+) -> anyhow::Result<()> {
+    serve_until(state, listen, grace, tls, shutdown_signal()).await
+}
+
+/// [`serve`] with the shutdown trigger given (tests pass their own future).
+pub async fn serve_until(
+    state: Arc<AppState>,
+    listen: SocketAddr,
+    grace: Duration,
+    tls: Option<crate::config::ops::TlsConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    serve_on(state, listener, grace, tls, shutdown).await
+}
+
+/// [`serve_until`] on a bound listener.
+pub async fn serve_on(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    grace: Duration,
+    tls: Option<crate::config::ops::TlsConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    tokio::spawn(watch_policy(state.clone()));
+    let app = router(state.clone());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let result = match tls {
+        None => {
+            announce(scheme, addr);
+            // SSE is many small writes: without TCP_NODELAY, Nagle plus the client's delayed ACK adds ~40 ms
+            // per streamed answer (measured with broker/tests/routing_overhead.rs).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            drain(listener, app, grace, shutdown).await
+        }
+        Some(cfg) => {
+            let reloader = Arc::new(crate::tls::TlsReloader::new(cfg)?);
+            let tls_listener = crate::tls::TlsListener::new(listener, reloader)?;
+            announce(scheme, addr);
+            drain(tls_listener, app, grace, shutdown).await
+        }
+    };
+    if let Some(audit) = &state.audit {
+        audit.flush().await;
+    }
+    result
+}
+
+fn announce(scheme: &str, addr: SocketAddr) {
     // One machine-readable line on stdout so scripts and tests can find a port-0 listener.
     {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "listening http://{addr}");
+        let _ = writeln!(out, "listening {scheme}://{addr}");
         let _ = out.flush();
     }
-    tracing::info!(%addr, "tollgate-broker listening");
-    tokio::spawn(watch_policy(state.clone()));
-    let app = router(state);
-    // SSE is many small writes: without TCP_NODELAY, Nagle plus the client's delayed ACK adds ~40 ms per
-    // streamed answer (measured with broker/tests/routing_overhead.rs).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    tracing::info!(%addr, scheme, "tollgate-broker listening");
+}
+
+async fn drain<L>(
+    listener: L,
+    app: axum::Router,
+    grace: Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let (tx, rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
+        shutdown.await;
         tracing::info!("shutdown requested; draining in-flight requests");
         let _ = tx.send(true);
     });
@@ -102,20 +158,4 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-}
-
-/// Install the tracing subscriber: text or JSON, filter from `RUST_LOG` (default `info`), to stderr.
-pub fn init_logging(format: crate::config::LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let ansi = std::io::stderr().is_terminal();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    let _ = match format {
-        crate::config::LogFormat::Json => builder.json().try_init(),
-        crate::config::LogFormat::Text => builder.try_init(),
-    };
 }

@@ -203,6 +203,18 @@ impl Governance {
         Ok(())
     }
 
+    /// Is a token (by id, principal and real issue time) revoked? For admin listings.
+    pub fn is_revoked(&self, jti: &str, principal: &str, issued_at: i64) -> bool {
+        let r = self
+            .revoked
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        r.jtis.contains(jti)
+            || r.principals
+                .get(principal)
+                .is_some_and(|at| issued_at <= *at)
+    }
+
     fn apply_revocations(&self, rows: Vec<store::Revocation>) {
         if rows.is_empty() {
             return;

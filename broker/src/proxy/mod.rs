@@ -165,6 +165,12 @@ async fn proxy(
         body
     };
     let admission = app.ledger.admit(&claims, &model, &body).await?;
+    let obs = crate::observe::RequestObs::start(
+        &app,
+        &format!("/v1{}", endpoint.path()),
+        &model,
+        started,
+    );
 
     let mut last_err: Option<UpstreamError> = None;
     let mut attempts = 0u32;
@@ -211,6 +217,8 @@ async fn proxy(
                         stream,
                         started,
                         admission,
+                        status: up.status.as_u16(),
+                        obs,
                     };
                     return Ok(
                         relay(app.clone(), up, record, attempts, target, endpoint, stream).await,
@@ -218,6 +226,10 @@ async fn proxy(
                 }
                 Err(e) => {
                     tracing::warn!(provider = %provider.name, target_label = %target.label, model = %model, attempt = attempts, error = %e, "upstream attempt failed");
+                    if e.retryable() {
+                        app.metrics
+                            .failover(&provider.name, crate::metrics::failover_reason(&e));
+                    }
                     match &e {
                         UpstreamError::Status {
                             retry_after_secs: Some(secs),
@@ -320,7 +332,12 @@ async fn relay(
     endpoint: Endpoint,
     stream: bool,
 ) -> Response {
-    let mut builder = Response::builder().status(up.status);
+    let mut builder = Response::builder()
+        .status(up.status)
+        .extension(crate::metrics::ProxyTags {
+            model: record.model.clone(),
+            provider: record.provider.clone(),
+        });
     let provider_header =
         HeaderValue::from_str(&record.provider).unwrap_or(HeaderValue::from_static("unknown"));
     if let Some(h) = builder.headers_mut() {
@@ -375,8 +392,10 @@ async fn relay(
     } else {
         target.health.on_success();
     }
+    let mut record = record;
+    record.obs.mark_first_byte();
     if broken {
-        app.ledger.finish(record, None, StreamEnd::Truncated, 0);
+        crate::observe::finish(&app, record, None, StreamEnd::Truncated, 0);
         return ApiError::UpstreamUnavailable("upstream body ended early".into()).into_response();
     }
     let usage = serde_json::from_slice::<serde_json::Value>(&buf)
@@ -388,7 +407,7 @@ async fn relay(
                 Wire::Chat => Usage::from_chat(u),
             }
         });
-    app.ledger.finish(record, usage, StreamEnd::Completed, 0);
+    crate::observe::finish(&app, record, usage, StreamEnd::Completed, 0);
     builder
         .body(Body::from(buf))
         .unwrap_or_else(|_| ApiError::Internal("response build".into()).into_response())
@@ -410,7 +429,8 @@ impl Tapped {
     fn settle(&mut self) {
         if let Some((app, record)) = self.pending.take() {
             let end = self.decoder.finish();
-            app.ledger.finish(
+            crate::observe::finish(
+                &app,
                 record,
                 self.decoder.usage,
                 end,
@@ -437,6 +457,9 @@ impl Stream for Tapped {
         }
         match self.inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
+                if let Some((_, record)) = self.pending.as_mut() {
+                    record.obs.mark_first_byte();
+                }
                 self.decoder.feed(&chunk);
                 Poll::Ready(Some(Ok(chunk)))
             }

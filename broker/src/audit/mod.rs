@@ -1,0 +1,431 @@
+//! The append-only, hash-chained audit trail.
+//!
+//! One record per mint, revocation, policy reload, admin action and proxied request. Each record carries
+//! the hash of the previous one; its own hash is SHA-256 over a canonical encoding of everything else in
+//! the record (see [`canonical`]), so editing, deleting or reordering records breaks the chain and
+//! [`verify`] finds the first broken link. Prompt and response bodies are never recorded.
+//!
+//! Storage sits behind [`AuditSink`] (SQLite here; the governance `Store` can implement it for
+//! PostgreSQL). Appends are optimistic: a sink refuses a record whose `seq` already exists
+//! ([`AuditError::Conflict`]) and the writer re-reads the head and re-chains, so several replicas sharing
+//! one database still produce one linear chain.
+//!
+//! Records are written by one background task per process so the request path never waits on the disk.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// `prev_hash` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Mint,
+    Revocation,
+    PolicyReload,
+    Admin,
+    Request,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Mint => "mint",
+            EventKind::Revocation => "revocation",
+            EventKind::PolicyReload => "policy_reload",
+            EventKind::Admin => "admin",
+            EventKind::Request => "request",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            EventKind::Mint,
+            EventKind::Revocation,
+            EventKind::PolicyReload,
+            EventKind::Admin,
+            EventKind::Request,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// What happened. The indexed fields are columns in the store (for spend and grant queries); everything
+/// else sits in `detail`. Both are covered by the hash.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Unix seconds.
+    pub ts: i64,
+    pub kind: Option<EventKind>,
+    /// Who acted: a principal, `admin`, or `system`.
+    pub actor: String,
+    pub principal: Option<String>,
+    pub team: Option<String>,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub status: Option<i64>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub cost_nanos: Option<i64>,
+    pub request_id: Option<String>,
+    pub jti: Option<String>,
+    pub expires_at: Option<i64>,
+    /// Provenance, cached tokens, latency, reasons… (never prompt or response bodies).
+    pub detail: serde_json::Value,
+}
+
+/// A stored record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub prev_hash: String,
+    pub hash: String,
+    #[serde(flatten)]
+    pub event: AuditEvent,
+}
+
+/// The canonical encoding that is hashed: a JSON object of `seq`, `prev_hash` and every event field,
+/// keys sorted (serde_json's map is ordered), no insignificant whitespace, integers only.
+pub fn canonical(seq: i64, prev_hash: &str, ev: &AuditEvent) -> Vec<u8> {
+    let mut v = serde_json::to_value(ev).unwrap_or(serde_json::Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("seq".into(), seq.into());
+        o.insert("prev_hash".into(), prev_hash.into());
+    }
+    // Re-serialising a Value sorts object keys recursively (BTreeMap-backed map).
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+pub fn hash_record(seq: i64, prev_hash: &str, ev: &AuditEvent) -> String {
+    hex::encode(Sha256::digest(canonical(seq, prev_hash, ev)))
+}
+
+impl AuditRecord {
+    pub fn chain(seq: i64, prev_hash: String, event: AuditEvent) -> Self {
+        let hash = hash_record(seq, &prev_hash, &event);
+        AuditRecord {
+            seq,
+            prev_hash,
+            hash,
+            event,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// Another writer appended this `seq` first: re-read the head and re-chain.
+    #[error("audit sequence {0} already taken")]
+    Conflict(i64),
+    #[error("audit store: {0}")]
+    Store(String),
+}
+
+/// Spend grouping for [`AuditSink::spend`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    Principal,
+    Team,
+    Model,
+    Provider,
+}
+
+impl GroupBy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "principal" => Some(GroupBy::Principal),
+            "team" => Some(GroupBy::Team),
+            "model" => Some(GroupBy::Model),
+            "provider" => Some(GroupBy::Provider),
+            _ => None,
+        }
+    }
+    pub fn column(self) -> &'static str {
+        match self {
+            GroupBy::Principal => "principal",
+            GroupBy::Team => "team",
+            GroupBy::Model => "model",
+            GroupBy::Provider => "provider",
+        }
+    }
+}
+
+/// Spend of one group on one UTC day.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendRow {
+    /// Start of the UTC day, Unix seconds.
+    pub day: i64,
+    pub key: String,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_nanos: i64,
+}
+
+/// A minted token still within its lifetime.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRow {
+    pub jti: String,
+    pub principal: String,
+    pub team: Option<String>,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub identity_kind: Option<String>,
+}
+
+/// Where audit records live.
+#[async_trait]
+pub trait AuditSink: Send + Sync {
+    /// Highest `(seq, hash)`, or `None` when empty.
+    async fn head(&self) -> Result<Option<(i64, String)>, AuditError>;
+    /// Append one record; [`AuditError::Conflict`] when its `seq` exists.
+    async fn append(&self, record: &AuditRecord) -> Result<(), AuditError>;
+    /// Records with `seq > after`, ascending, at most `limit`.
+    async fn scan(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, AuditError>;
+    /// Request spend in `[since, until)` grouped by UTC day and `by`.
+    async fn spend(&self, by: GroupBy, since: i64, until: i64)
+    -> Result<Vec<SpendRow>, AuditError>;
+    /// Mints whose token has not expired at `now`.
+    async fn live_grants(&self, now: i64) -> Result<Vec<GrantRow>, AuditError>;
+    /// Revocation events whose effect may still matter at `now` (for restoring the revocation list).
+    async fn revocations(&self, now: i64) -> Result<Vec<AuditRecord>, AuditError>;
+}
+
+/// Where the chain first breaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Break {
+    pub seq: i64,
+    pub problem: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    pub records: u64,
+    pub head: Option<String>,
+    pub first_break: Option<Break>,
+}
+
+/// Walk the whole chain. Detects any edited record (its hash no longer matches its content), a deleted
+/// record (a gap in `seq`, and the next record's `prev_hash` points at nothing), and reordering (each
+/// hash covers the record's `seq` and its predecessor's hash).
+///
+/// Truncating the tail cannot be seen from the chain alone: compare `head` with a copy kept elsewhere
+/// (the `tollgate_audit_head_seq` gauge, a log line per reload, or an external notary).
+pub async fn verify(sink: &dyn AuditSink) -> Result<Verification, AuditError> {
+    let mut after = 0i64;
+    let mut prev = GENESIS.to_string();
+    let mut expect_seq = 1i64;
+    let mut n = 0u64;
+    loop {
+        let batch = sink.scan(after, 1000).await?;
+        if batch.is_empty() {
+            break;
+        }
+        for r in &batch {
+            let problem = if r.seq != expect_seq {
+                Some("sequence gap or reordering (a record was deleted or moved)")
+            } else if r.prev_hash != prev {
+                Some("prev_hash does not match the previous record's hash")
+            } else if hash_record(r.seq, &r.prev_hash, &r.event) != r.hash {
+                Some("record content does not match its hash (edited)")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Ok(Verification {
+                    records: n,
+                    head: Some(prev),
+                    first_break: Some(Break {
+                        seq: r.seq,
+                        problem,
+                    }),
+                });
+            }
+            prev = r.hash.clone();
+            expect_seq = r.seq + 1;
+            after = r.seq;
+            n += 1;
+        }
+    }
+    Ok(Verification {
+        records: n,
+        head: (n > 0).then_some(prev),
+        first_break: None,
+    })
+}
+
+/// Write every record as one JSON line.
+pub async fn export(sink: &dyn AuditSink, out: &mut dyn std::io::Write) -> anyhow::Result<u64> {
+    let mut after = 0;
+    let mut n = 0;
+    loop {
+        let batch = sink.scan(after, 1000).await?;
+        if batch.is_empty() {
+            return Ok(n);
+        }
+        for r in &batch {
+            serde_json::to_writer(&mut *out, r)?;
+            out.write_all(b"\n")?;
+            after = r.seq;
+            n += 1;
+        }
+    }
+}
+
+/// Records that may wait for the store before new ones are dropped.
+pub const QUEUE: usize = 16_384;
+
+enum Msg {
+    Event(Box<AuditEvent>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The process's audit writer: callers enqueue, one task chains and appends.
+pub struct AuditLog {
+    sink: Arc<dyn AuditSink>,
+    tx: mpsc::Sender<Msg>,
+    rx: Mutex<Option<mpsc::Receiver<Msg>>>,
+    errors: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl AuditLog {
+    pub fn new(sink: Arc<dyn AuditSink>) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        AuditLog {
+            sink,
+            tx,
+            rx: Mutex::new(Some(rx)),
+            errors: Arc::default(),
+        }
+    }
+
+    pub fn sink(&self) -> &Arc<dyn AuditSink> {
+        &self.sink
+    }
+
+    /// Records lost: appends that failed for good, or events dropped because the queue was full (logged,
+    /// and exported as `tollgate_audit_failures`).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Enqueue an event. Never blocks the request path: when the store falls [`QUEUE`] records behind,
+    /// the event is dropped and counted. The writer starts on the first call inside a Tokio runtime.
+    pub fn record(&self, ev: AuditEvent) {
+        self.start();
+        if let Err(e) = self.tx.try_send(Msg::Event(Box::new(ev))) {
+            self.errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let kind = match &e {
+                mpsc::error::TrySendError::Full(Msg::Event(ev))
+                | mpsc::error::TrySendError::Closed(Msg::Event(ev)) => ev.kind,
+                _ => None,
+            };
+            tracing::error!(?kind, "audit: queue full or writer gone; record dropped");
+        }
+    }
+
+    /// Wait until everything enqueued so far is stored.
+    pub async fn flush(&self) {
+        self.start();
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    fn start(&self) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let rx = self
+            .rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(rx) = rx {
+            tokio::spawn(writer(self.sink.clone(), rx, self.errors.clone()));
+        }
+    }
+}
+
+async fn writer(
+    sink: Arc<dyn AuditSink>,
+    mut rx: mpsc::Receiver<Msg>,
+    errors: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut head: Option<(i64, String)> = None;
+    while let Some(msg) = rx.recv().await {
+        let ev = match msg {
+            Msg::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+            Msg::Event(ev) => ev,
+        };
+        let mut stored = false;
+        for attempt in 0..8u32 {
+            if head.is_none() {
+                match sink.head().await {
+                    Ok(h) => head = Some(h.unwrap_or((0, GENESIS.to_string()))),
+                    Err(e) => {
+                        tracing::error!(error = %e, "audit: cannot read the chain head");
+                        tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+                        continue;
+                    }
+                }
+            }
+            let (seq, prev) = head.clone().unwrap_or((0, GENESIS.to_string()));
+            let rec = AuditRecord::chain(seq + 1, prev, (*ev).clone());
+            match sink.append(&rec).await {
+                Ok(()) => {
+                    head = Some((rec.seq, rec.hash));
+                    stored = true;
+                    break;
+                }
+                Err(AuditError::Conflict(_)) => head = None,
+                Err(e) => {
+                    tracing::error!(error = %e, "audit: append failed");
+                    head = None;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+                }
+            }
+        }
+        if !stored {
+            errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(kind = ?ev.kind, "audit: record dropped after retries");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_is_stable_and_sorted() {
+        let ev = AuditEvent {
+            ts: 5,
+            kind: Some(EventKind::Mint),
+            actor: "alice".into(),
+            detail: serde_json::json!({"z": 1, "a": {"y": 2, "b": 3}}),
+            ..Default::default()
+        };
+        let c = String::from_utf8(canonical(1, GENESIS, &ev)).expect("utf8");
+        assert!(c.starts_with("{\"actor\":\"alice\","), "{c}");
+        assert!(
+            c.contains("\"detail\":{\"a\":{\"b\":3,\"y\":2},\"z\":1}"),
+            "{c}"
+        );
+        assert_eq!(hash_record(1, GENESIS, &ev), hash_record(1, GENESIS, &ev));
+        assert_ne!(hash_record(1, GENESIS, &ev), hash_record(2, GENESIS, &ev));
+    }
+}

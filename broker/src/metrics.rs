@@ -1,0 +1,490 @@
+//! Prometheus metrics, one recorder per [`crate::app::AppState`] (no process-global recorder, so tests that
+//! build several states in one process stay isolated), rendered by our own `/metrics` route.
+//!
+//! Label cardinality is bounded by construction: `model` is a configured route model (or the route's glob,
+//! or `other`), `provider` is a configured provider name, `route` is the matched route template, `status`
+//! an HTTP status code, `reason`/`kind` a fixed vocabulary. Principals appear as a label only when
+//! `[metrics] per_principal = true`. Secrets never reach a label.
+
+use crate::config::Route;
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use tollgate::ModelPattern;
+
+/// `[metrics]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetricsConfig {
+    /// Serve `/metrics` at all. Default true.
+    pub enabled: Option<bool>,
+    /// Serve `/metrics` without credentials. Default false: scrapes need the admin key as a bearer token.
+    pub public: Option<bool>,
+    /// Add a `principal` label to spend and token counters. Default false (unbounded cardinality).
+    pub per_principal: Option<bool>,
+}
+
+/// `[metrics]`, validated.
+#[derive(Clone, Debug)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub public: bool,
+    pub per_principal: bool,
+}
+
+impl From<&RawMetricsConfig> for MetricsConfig {
+    fn from(r: &RawMetricsConfig) -> Self {
+        MetricsConfig {
+            enabled: r.enabled.unwrap_or(true),
+            public: r.public.unwrap_or(false),
+            per_principal: r.per_principal.unwrap_or(false),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        (&RawMetricsConfig::default()).into()
+    }
+}
+
+/// Latency buckets in seconds: 5 ms … 10 min (LLM streams are long).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+/// Tollgate's own added time is small; finer buckets: 0.1 ms … 1 s.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+static META: Metadata<'static> = Metadata::new(
+    "tollgate_broker::metrics",
+    metrics::Level::INFO,
+    Some(module_path!()),
+);
+
+/// Why a request was refused, as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalReason {
+    BadToken,
+    Revoked,
+    Model,
+    Budget,
+    Rate,
+}
+
+impl RefusalReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::BadToken => "bad_token",
+            RefusalReason::Revoked => "revoked",
+            RefusalReason::Model => "model",
+            RefusalReason::Budget => "budget",
+            RefusalReason::Rate => "rate",
+        }
+    }
+}
+
+/// Set by the proxy on its response so the HTTP middleware can label the request with what was served.
+#[derive(Clone, Debug)]
+pub struct ProxyTags {
+    pub model: String,
+    pub provider: String,
+}
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    pub config: MetricsConfig,
+    literal_models: BTreeSet<String>,
+    route_patterns: Vec<ModelPattern>,
+}
+
+impl Metrics {
+    pub fn new(config: MetricsConfig, routes: &[Route]) -> Self {
+        let builder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "tollgate_added_latency_seconds".into(),
+                    ),
+                    OVERHEAD_BUCKETS,
+                )
+            });
+        // Both calls only fail on an empty bucket list, which ours are not.
+        let recorder = match builder {
+            Ok(b) => b.build_recorder(),
+            Err(_) => PrometheusBuilder::new().build_recorder(),
+        };
+        let handle = recorder.handle();
+        let literal_models = routes
+            .iter()
+            .filter(|r| r.pattern.is_literal())
+            .map(|r| r.pattern.as_str().to_string())
+            .collect();
+        let route_patterns = routes
+            .iter()
+            .filter(|r| !r.pattern.is_literal())
+            .map(|r| r.pattern.clone())
+            .collect();
+        let m = Metrics {
+            recorder,
+            handle,
+            config,
+            literal_models,
+            route_patterns,
+        };
+        m.describe();
+        m
+    }
+
+    fn describe(&self) {
+        use metrics::Unit;
+        let d = |name: &'static str, unit: Option<Unit>, help: &'static str| {
+            self.recorder
+                .describe_counter(name.into(), unit, help.into());
+        };
+        d(
+            "tollgate_requests_total",
+            None,
+            "Proxy requests by route, model, provider and HTTP status.",
+        );
+        d(
+            "tollgate_http_requests_total",
+            None,
+            "All HTTP requests by matched route and status.",
+        );
+        d(
+            "tollgate_input_tokens_total",
+            None,
+            "Input tokens reported by upstreams (cached included).",
+        );
+        d(
+            "tollgate_cached_input_tokens_total",
+            None,
+            "Input tokens served from the provider's prompt cache.",
+        );
+        d(
+            "tollgate_output_tokens_total",
+            None,
+            "Output tokens reported by upstreams.",
+        );
+        d(
+            "tollgate_cost_nanodollars_total",
+            None,
+            "Settled cost in nano-USD (1e-9 USD).",
+        );
+        d(
+            "tollgate_failovers_total",
+            None,
+            "Upstream attempts that failed before the first byte and moved to the next target.",
+        );
+        d(
+            "tollgate_mints_total",
+            None,
+            "Token-exchange outcomes by identity kind.",
+        );
+        d(
+            "tollgate_refusals_total",
+            None,
+            "Requests refused by governance, by reason.",
+        );
+        d(
+            "tollgate_stream_ends_total",
+            None,
+            "How proxied responses ended (completed, truncated, client_gone...).",
+        );
+        d(
+            "tollgate_audit_failures_total",
+            None,
+            "Audit records lost (store failing for good, or the write queue full).",
+        );
+        self.recorder.describe_gauge(
+            "tollgate_breaker_open".into(),
+            None,
+            "1 while a target's circuit breaker is open.".into(),
+        );
+        for (name, help) in [
+            (
+                "tollgate_upstream_latency_seconds",
+                "Upstream time from dispatch to the end of the response body.",
+            ),
+            (
+                "tollgate_ttfb_seconds",
+                "Time from request arrival to the first response byte relayed to the client.",
+            ),
+            (
+                "tollgate_added_latency_seconds",
+                "Tollgate's own added time: request arrival to upstream dispatch (auth, policy, budget, routing).",
+            ),
+            (
+                "tollgate_http_request_duration_seconds",
+                "Time to response headers, by matched route.",
+            ),
+        ] {
+            self.recorder
+                .describe_histogram(name.into(), Some(Unit::Seconds), help.into());
+        }
+    }
+
+    fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        let labels: Vec<Label> = labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, v.to_string()))
+            .collect();
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &META)
+    }
+
+    fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        let labels: Vec<Label> = labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, v.to_string()))
+            .collect();
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &META)
+    }
+
+    fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
+        let labels: Vec<Label> = labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, v.to_string()))
+            .collect();
+        self.recorder
+            .register_histogram(&Key::from_parts(name, labels), &META)
+    }
+
+    /// The `model` label for a requested model: a configured literal route model as is, otherwise the glob
+    /// of the route that serves it, otherwise `other`. Clients choose model names; labels must not let them
+    /// grow the series count.
+    pub fn model_label(&self, model: &str) -> String {
+        if self.literal_models.contains(model) {
+            return model.to_string();
+        }
+        self.route_patterns
+            .iter()
+            .find(|p| p.matches(model))
+            .map_or_else(|| "other".to_string(), |p| p.as_str().to_string())
+    }
+
+    /// Every HTTP response (middleware).
+    pub fn http(&self, route: &str, status: u16, secs: f64) {
+        let status = status.to_string();
+        self.counter(
+            "tollgate_http_requests_total",
+            &[("route", route), ("status", &status)],
+        )
+        .increment(1);
+        self.histogram(
+            "tollgate_http_request_duration_seconds",
+            &[("route", route)],
+        )
+        .record(secs);
+    }
+
+    /// A proxy-route response; `model`/`provider` are `none` when the request was refused before routing.
+    pub fn request(&self, route: &str, model: &str, provider: &str, status: u16) {
+        let status = status.to_string();
+        self.counter(
+            "tollgate_requests_total",
+            &[
+                ("route", route),
+                ("model", model),
+                ("provider", provider),
+                ("status", &status),
+            ],
+        )
+        .increment(1);
+    }
+
+    pub fn refusal(&self, reason: RefusalReason) {
+        self.counter("tollgate_refusals_total", &[("reason", reason.as_str())])
+            .increment(1);
+    }
+
+    /// `outcome`: `minted`, `denied`, `rejected` (identity proof refused), `error`.
+    pub fn mint(&self, identity_kind: &str, outcome: &str) {
+        self.counter(
+            "tollgate_mints_total",
+            &[("identity_kind", identity_kind), ("outcome", outcome)],
+        )
+        .increment(1);
+    }
+
+    pub fn failover(&self, provider: &str, reason: &str) {
+        self.counter(
+            "tollgate_failovers_total",
+            &[("provider", provider), ("reason", reason)],
+        )
+        .increment(1);
+    }
+
+    /// Circuit-breaker state of a target (routing calls this on every transition).
+    pub fn breaker(&self, provider: &str, open: bool) {
+        self.gauge("tollgate_breaker_open", &[("provider", provider)])
+            .set(if open { 1.0 } else { 0.0 });
+    }
+
+    pub fn added_latency(&self, route: &str, secs: f64) {
+        self.histogram("tollgate_added_latency_seconds", &[("route", route)])
+            .record(secs);
+    }
+
+    /// Accounting for a finished proxied request.
+    pub fn settled(&self, s: &Settled<'_>) {
+        let model = self.model_label(s.model);
+        let base: [(&'static str, &str); 2] = [("model", &model), ("provider", s.provider)];
+        let with_principal = |extra: bool| -> Vec<(&'static str, &str)> {
+            let mut v = base.to_vec();
+            if extra && self.config.per_principal {
+                v.push(("principal", s.principal));
+            }
+            v
+        };
+        self.counter("tollgate_input_tokens_total", &with_principal(true))
+            .increment(s.input_tokens);
+        self.counter("tollgate_cached_input_tokens_total", &with_principal(true))
+            .increment(s.cached_input_tokens);
+        self.counter("tollgate_output_tokens_total", &with_principal(true))
+            .increment(s.output_tokens);
+        if let Some(c) = s.cost_nanos {
+            self.counter("tollgate_cost_nanodollars_total", &with_principal(true))
+                .increment(c);
+        }
+        self.counter("tollgate_stream_ends_total", &[("end", s.end)])
+            .increment(1);
+        self.histogram("tollgate_upstream_latency_seconds", &base)
+            .record(s.upstream_secs);
+        if let Some(t) = s.ttfb_secs {
+            self.histogram("tollgate_ttfb_seconds", &base).record(t);
+        }
+    }
+
+    /// Audit records lost so far (set at scrape time).
+    pub fn audit_failures(&self, n: u64) {
+        self.counter("tollgate_audit_failures_total", &[])
+            .absolute(n);
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+/// A low-cardinality label for a failed upstream attempt.
+pub fn failover_reason(e: &crate::proxy::upstream::UpstreamError) -> &'static str {
+    use crate::proxy::upstream::UpstreamError as E;
+    match e {
+        E::Connect(_) => "connect",
+        E::Timeout => "timeout",
+        E::Status { status, .. } if status.as_u16() == 429 => "status_429",
+        E::Status { .. } => "status_5xx",
+        E::Transport(_) => "transport",
+        E::Unsupported => "unsupported",
+        E::KeyUnavailable => "key_unavailable",
+        E::BadRequest(_) => "bad_request",
+    }
+}
+
+/// What [`Metrics::settled`] needs about one finished proxied request.
+pub struct Settled<'a> {
+    pub model: &'a str,
+    pub provider: &'a str,
+    pub principal: &'a str,
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_nanos: Option<u64>,
+    pub end: &'a str,
+    pub upstream_secs: f64,
+    pub ttfb_secs: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes() -> Vec<Route> {
+        ["gpt-5.5", "claude-*"]
+            .iter()
+            .map(|m| Route {
+                pattern: ModelPattern::new(*m).expect("pattern"),
+                targets: vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn model_label_is_bounded() {
+        let m = Metrics::new(MetricsConfig::default(), &routes());
+        assert_eq!(m.model_label("gpt-5.5"), "gpt-5.5");
+        assert_eq!(m.model_label("claude-opus-9"), "claude-*");
+        assert_eq!(m.model_label("anything-a-client-sends"), "other");
+    }
+
+    #[test]
+    fn recorders_are_isolated() {
+        let a = Metrics::new(MetricsConfig::default(), &routes());
+        let b = Metrics::new(MetricsConfig::default(), &routes());
+        a.refusal(RefusalReason::Budget);
+        assert!(
+            a.render()
+                .contains("tollgate_refusals_total{reason=\"budget\"} 1")
+        );
+        assert!(!b.render().contains("tollgate_refusals_total{"));
+    }
+}
+
+/// Routes the process-global `metrics::counter!` macros (used deep inside governance for store errors,
+/// budget refusals and spend) into the broker's own recorder, so they appear on `/metrics` too. Installed
+/// once by the binary; tests that build several states keep their recorders separate and skip it.
+pub struct GlobalForwarder(pub std::sync::Arc<crate::app::AppState>);
+
+impl Recorder for GlobalForwarder {
+    fn describe_counter(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        description: metrics::SharedString,
+    ) {
+        self.0
+            .metrics
+            .recorder
+            .describe_counter(key, unit, description);
+    }
+    fn describe_gauge(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        description: metrics::SharedString,
+    ) {
+        self.0
+            .metrics
+            .recorder
+            .describe_gauge(key, unit, description);
+    }
+    fn describe_histogram(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        description: metrics::SharedString,
+    ) {
+        self.0
+            .metrics
+            .recorder
+            .describe_histogram(key, unit, description);
+    }
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        self.0.metrics.recorder.register_counter(key, metadata)
+    }
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        self.0.metrics.recorder.register_gauge(key, metadata)
+    }
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        self.0.metrics.recorder.register_histogram(key, metadata)
+    }
+}
