@@ -404,41 +404,6 @@ pub struct Settled<'a> {
     pub ttfb_secs: Option<f64>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn routes() -> Vec<Route> {
-        ["gpt-5.5", "claude-*"]
-            .iter()
-            .map(|m| Route {
-                pattern: ModelPattern::new(*m).expect("pattern"),
-                targets: vec![],
-            })
-            .collect()
-    }
-
-    #[test]
-    fn model_label_is_bounded() {
-        let m = Metrics::new(MetricsConfig::default(), &routes());
-        assert_eq!(m.model_label("gpt-5.5"), "gpt-5.5");
-        assert_eq!(m.model_label("claude-opus-9"), "claude-*");
-        assert_eq!(m.model_label("anything-a-client-sends"), "other");
-    }
-
-    #[test]
-    fn recorders_are_isolated() {
-        let a = Metrics::new(MetricsConfig::default(), &routes());
-        let b = Metrics::new(MetricsConfig::default(), &routes());
-        a.refusal(RefusalReason::Budget);
-        assert!(
-            a.render()
-                .contains("tollgate_refusals_total{reason=\"budget\"} 1")
-        );
-        assert!(!b.render().contains("tollgate_refusals_total{"));
-    }
-}
-
 /// Routes the process-global `metrics::counter!` macros (used deep inside governance for store errors,
 /// budget refusals and spend) into the broker's own recorder, so they appear on `/metrics` too. Installed
 /// once by the binary; tests that build several states keep their recorders separate and skip it.
@@ -486,5 +451,40 @@ impl Recorder for GlobalForwarder {
     }
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
         self.0.metrics.recorder.register_histogram(key, metadata)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes() -> Vec<Route> {
+        ["gpt-5.5", "claude-*"]
+            .iter()
+            .map(|m| Route {
+                pattern: ModelPattern::new(*m).expect("pattern"),
+                targets: vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn model_label_is_bounded() {
+        let m = Metrics::new(MetricsConfig::default(), &routes());
+        assert_eq!(m.model_label("gpt-5.5"), "gpt-5.5");
+        assert_eq!(m.model_label("claude-opus-9"), "claude-*");
+        assert_eq!(m.model_label("anything-a-client-sends"), "other");
+    }
+
+    #[test]
+    fn recorders_are_isolated() {
+        let a = Metrics::new(MetricsConfig::default(), &routes());
+        let b = Metrics::new(MetricsConfig::default(), &routes());
+        a.refusal(RefusalReason::Budget);
+        assert!(
+            a.render()
+                .contains("tollgate_refusals_total{reason=\"budget\"} 1")
+        );
+        assert!(!b.render().contains("tollgate_refusals_total{"));
     }
 }

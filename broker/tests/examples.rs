@@ -70,10 +70,18 @@ fn production_config_and_configmap_are_valid() {
             path: "/etc/tollgate/broker.toml".into(),
             text: block("broker.toml"),
         },
-        &no_env(),
+        &BTreeMap::from([(
+            "TOLLGATE_DATABASE_URL".to_string(),
+            "postgres://tollgate@db/tollgate".to_string(),
+        )]),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.policy_file, PathBuf::from("/etc/tollgate/policy.toml"));
+    assert!(
+        format!("{:?}", c.store).to_lowercase().contains("postgres"),
+        "{:?}",
+        c.store
+    );
     Policy::from_source(&Source {
         path: "policy.toml".into(),
         text: block("policy.toml"),

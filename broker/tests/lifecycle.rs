@@ -322,6 +322,19 @@ async fn admin_and_audit_subcommands() {
     assert_eq!(code, 0);
     assert!(out.contains("\"first_break\": null"), "{out}");
 
+    // The binary's /metrics also carries governance's counters (global `metrics` macros, forwarded).
+    let text = http
+        .get(format!("{url}/metrics"))
+        .bearer_auth(common::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("tollgate_requests_total{"), "{text}");
+    assert!(text.contains("tollgate_spend_nanos_total"), "{text}");
+
     b.child.signal_group(Signal::SIGTERM).unwrap();
     assert!(
         b.child
