@@ -31,11 +31,6 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
     });
     let (tx, rx) = tokio::sync::watch::channel(false);
-    // TCP_NODELAY: without it Nagle holds back the small SSE frames that follow the first one until the
-    // client's delayed ACK (~40 ms on Linux), which the benchmark showed on every streamed answer.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        let _ = tcp.set_nodelay(true);
-    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested; draining in-flight requests");

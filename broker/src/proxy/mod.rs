@@ -379,15 +379,7 @@ async fn relay(
         app.ledger.finish(record, None, StreamEnd::Truncated, 0);
         return ApiError::UpstreamUnavailable("upstream body ended early".into()).into_response();
     }
-    let usage = serde_json::from_slice::<serde_json::Value>(&buf)
-        .ok()
-        .and_then(|v| {
-            let u = v.get("usage")?;
-            match wire {
-                Wire::Responses => Usage::from_responses(u),
-                Wire::Chat => Usage::from_chat(u),
-            }
-        });
+    let usage = crate::usage::usage_from_body(&buf, wire);
     app.ledger.finish(record, usage, StreamEnd::Completed, 0);
     builder
         .body(Body::from(buf))
