@@ -109,6 +109,26 @@ api_key_env = "BENCH_UPSTREAM_KEY"
 [[routes]]
 model = "*"
 targets = [{ provider = "bench" }]
+[store]
+kind = "${BENCH_STORE:-sqlite}"
+[pricing]
+unpriced = "charge"
+unpriced_price = { input = "5", output = "30" }
+[[budgets]]
+id = "principal-daily"
+scope = "principal"
+amount_usd = "100000000"
+window = "daily"
+[[budgets]]
+id = "team-monthly"
+scope = "team"
+amount_usd = "100000000"
+window = "monthly"
+[[budgets]]
+id = "org-monthly"
+scope = "org"
+amount_usd = "100000000"
+window = "monthly"
 EOF
 export BENCH_UPSTREAM_KEY="sk-bench-upstream"
 RUST_LOG="${RUST_LOG:-info}" start broker "$BIN/tollgate-broker" --config "$WORK/broker.toml" --listen 127.0.0.1:0

@@ -56,6 +56,7 @@ name = "soak"
 match = { kind = "static", subject = "soak" }
 principal = "{subject}"
 team = "soak"
+org = "soak"
 models = ["*"]
 EOF
 cat >"$WORK/broker.toml" <<EOF
@@ -75,6 +76,26 @@ api_key_env = "BENCH_UPSTREAM_KEY"
 [[routes]]
 model = "*"
 targets = [{ provider = "bench" }]
+[store]
+kind = "${BENCH_STORE:-sqlite}"
+[pricing]
+unpriced = "charge"
+unpriced_price = { input = "5", output = "30" }
+[[budgets]]
+id = "principal-daily"
+scope = "principal"
+amount_usd = "100000000"
+window = "daily"
+[[budgets]]
+id = "team-monthly"
+scope = "team"
+amount_usd = "100000000"
+window = "monthly"
+[[budgets]]
+id = "org-monthly"
+scope = "org"
+amount_usd = "100000000"
+window = "monthly"
 EOF
 export BENCH_UPSTREAM_KEY="sk-soak-upstream"
 RUST_LOG=warn start broker "$BIN/tollgate-broker" --config "$WORK/broker.toml" --listen 127.0.0.1:0

@@ -44,13 +44,13 @@ async fn start_broker(upstream: &str, dir: &std::path::Path) -> (String, String)
     .unwrap();
     let text = format!(
         "policy_file = \"policy.toml\"\n[server]\nstate_dir = \"state\"\n[tokens]\naudience = \"tollgate\"\n\
-         [[credentials]]\nsubject = \"s\"\nsha256 = \"{sha}\"\n[providers.up]\nkind = \"openai\"\nbase_url = \"{upstream}/v1\"\napi_key_env = \"K\"\n\
+         [[credentials]]\nsubject = \"s\"\nsha256 = \"{sha}\"\n[store]\nkind = \"sqlite\"\n[pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"5\", output = \"30\" }}\n[[budgets]]\nid = \"d\"\nscope = \"principal\"\namount_usd = \"1000000\"\nwindow = \"daily\"\n[providers.up]\nkind = \"openai\"\nbase_url = \"{upstream}/v1\"\napi_key_env = \"K\"\n\
          [[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"up\" }}]\n"
     );
     let path = dir.join("broker.toml");
     let env: BTreeMap<String, String> = [("K".to_string(), "sk-smoke".to_string())].into();
     let config = Config::from_source(Source { path, text }, &env).expect("config");
-    let state = AppState::build(&config, Arc::new(SystemClock)).expect("state");
+    let state = AppState::build(&config, Arc::new(SystemClock)).await.expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {

@@ -38,18 +38,20 @@ fn harness() -> &'static Harness {
         .expect("write policy");
         let text = format!(
             "policy_file = \"policy.toml\"\n[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state\"\n[tokens]\naudience = \"tollgate\"\n\
-             [[credentials]]\nsubject = \"dev\"\nsha256 = \"{sha}\"\n[providers.demo]\nkind = \"demo\"\n[[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"demo\" }}]\n"
+             [[credentials]]\nsubject = \"dev\"\nsha256 = \"{sha}\"\n[store]\nkind = \"sqlite\"\n[pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"5\", output = \"30\" }}\n[[budgets]]\nid = \"d\"\nscope = \"principal\"\namount_usd = \"1000000\"\nwindow = \"daily\"\n[providers.demo]\nkind = \"demo\"\n[[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"demo\" }}]\n"
         );
         let path = dir.path().join("broker.toml");
         std::fs::write(&path, &text).expect("write config");
         let env: BTreeMap<String, String> = BTreeMap::new();
         let config = Config::from_source(Source { path, text }, &env).expect("harness config");
-        let state: Arc<AppState> = AppState::build(&config, Arc::new(SystemClock)).expect("state");
-        let app = router(state);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
+        let state: Arc<AppState> = rt
+            .block_on(AppState::build(&config, Arc::new(SystemClock)))
+            .expect("state");
+        let app = router(state);
         let form = format!(
             "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token={CREDENTIAL}&subject_token_type={}",
             urlencode(tollgate::exchange::TOKEN_TYPE_STATIC)

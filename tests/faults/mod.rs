@@ -32,7 +32,9 @@ pub fn write_config(dir: &Path, providers: &[ProviderSpec<'_>]) -> PathBuf {
     let mut text = format!(
         "policy_file = \"policy.toml\"\n[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state\"\n\
          [tokens]\naudience = \"tollgate\"\ndefault_ttl_secs = 600\nmax_ttl_secs = 3600\n\
-         [[credentials]]\nsubject = \"dev\"\nsha256 = \"{sha}\"\n"
+         [[credentials]]\nsubject = \"dev\"\nsha256 = \"{sha}\"\n\
+         [store]\nkind = \"sqlite\"\n[pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"5\", output = \"30\" }}\n\
+         [[budgets]]\nid = \"principal-daily\"\nscope = \"principal\"\namount_usd = \"1000\"\nwindow = \"daily\"\n"
     );
     let mut targets = Vec::new();
     for p in providers {
@@ -83,7 +85,7 @@ impl Broker {
         clock: SharedClock,
         wrap: impl FnOnce(axum::Router) -> axum::Router,
     ) -> Broker {
-        let state = AppState::build(config, clock).expect("app state");
+        let state = AppState::build(config, clock).await.expect("app state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -8,7 +8,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ledger::{Outcome, RequestRecord};
 use crate::router::{PlanError, ResolvedTarget, TargetHealth};
-use crate::usage::{SseUsageDecoder, StreamEnd, Usage, Wire};
+use crate::usage::{SseUsageDecoder, StreamEnd, Wire};
 use axum::body::Body;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
