@@ -21,7 +21,11 @@ struct Counted {
     mints: Arc<AtomicUsize>,
 }
 
-async fn counted_broker(dir: &Path, upstream: String, clock: tollgate_broker::clock::SharedClock) -> Counted {
+async fn counted_broker(
+    dir: &Path,
+    upstream: String,
+    clock: tollgate_broker::clock::SharedClock,
+) -> Counted {
     let cfg = write_config(
         dir,
         &[ProviderSpec {
@@ -105,13 +109,22 @@ async fn corrupted_cache_file_is_replaced_by_a_fresh_mint() {
     let files = cache_files(home.path());
     assert_eq!(files.len(), 1, "{files:?}");
 
-    for garbage in [&b"\x00\xff{not json"[..], b"", b"{\"version\":1}", b"{\"version\":99,\"x\":1}"] {
+    for garbage in [
+        &b"\x00\xff{not json"[..],
+        b"",
+        b"{\"version\":1}",
+        b"{\"version\":99,\"x\":1}",
+    ] {
         std::fs::write(&files[0], garbage).unwrap();
         let (code, out, err) = run_helper(&b.broker.base(), home.path()).await;
         assert_eq!(code, 0, "stderr: {err}");
         let token = out.strip_suffix('\n').expect("one line");
         assert!(!token.is_empty() && !token.contains('\n'));
-        assert_ne!(token, first.trim_end(), "a fresh token replaces the unreadable cache");
+        assert_ne!(
+            token,
+            first.trim_end(),
+            "a fresh token replaces the unreadable cache"
+        );
         // The minted token works on the proxy.
         let (status, _, body) = responses(&b.broker.base(), token, false).await;
         assert_eq!(status, 200, "{body}");
@@ -173,13 +186,8 @@ async fn helper_at(broker: String, cache: PathBuf, helper_now: u64) -> (u8, Stri
         ]);
         let clock = tollgate_token::sys::FixedClock(helper_now);
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let exit = tollgate_token::run_with(
-            ["tollgate-token".into()],
-            &env,
-            &clock,
-            &mut out,
-            &mut err,
-        );
+        let exit =
+            tollgate_token::run_with(["tollgate-token".into()], &env, &clock, &mut out, &mut err);
         (
             exit as u8,
             String::from_utf8_lossy(&out).into_owned(),
@@ -213,7 +221,11 @@ async fn skew_case(skew_secs: i64) {
     let (code, t2, err) = helper_at(base.clone(), cache.clone(), T0 + 100).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(t2, t1, "skew {skew_secs}: the cached token is reused");
-    assert_eq!(b.mints.load(Ordering::SeqCst), 1, "skew {skew_secs}: no mint at t=100");
+    assert_eq!(
+        b.mints.load(Ordering::SeqCst),
+        1,
+        "skew {skew_secs}: no mint at t=100"
+    );
     let (status, _, _) = responses(&base, t2.trim_end(), false).await;
     assert_eq!(status, 200);
 
@@ -221,7 +233,10 @@ async fn skew_case(skew_secs: i64) {
     clock.advance(600);
     let (code, t3, err) = helper_at(base.clone(), cache.clone(), T0 + 700).await;
     assert_eq!(code, 0, "{err}");
-    assert_ne!(t3, t1, "skew {skew_secs}: an expired token was served from the cache");
+    assert_ne!(
+        t3, t1,
+        "skew {skew_secs}: an expired token was served from the cache"
+    );
     let (status, _, body) = responses(&base, t3.trim_end(), false).await;
     assert_eq!(status, 200, "skew {skew_secs}: {body}");
     assert_eq!(b.mints.load(Ordering::SeqCst), 2);

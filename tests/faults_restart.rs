@@ -143,7 +143,11 @@ async fn kill_9_under_load_then_restart() {
     let errors = outcomes.transport_errors.load(Ordering::SeqCst);
     assert!(complete >= 50, "load never built up: {complete}");
     assert!(errors >= 1, "the kill was not observed by any client");
-    assert_eq!(outcomes.bad.load(Ordering::SeqCst), 0, "a cut answer looked whole");
+    assert_eq!(
+        outcomes.bad.load(Ordering::SeqCst),
+        0,
+        "a cut answer looked whole"
+    );
     let _ = broker.wait_timeout(Duration::from_secs(5)).await;
 
     // Restart on the same state: the old token is still good, and minting works.
@@ -159,5 +163,8 @@ async fn kill_9_under_load_then_restart() {
     let (status, _, _) = responses(&base2, &fresh, false).await;
     assert_eq!(status, 200);
     let u = usage(&base2, &fresh).await;
-    assert_eq!(u["requests"], 3, "requests after the restart are accounted: {u}");
+    assert_eq!(
+        u["requests"], 3,
+        "requests after the restart are accounted: {u}"
+    );
 }

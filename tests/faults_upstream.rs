@@ -49,7 +49,12 @@ async fn one_target_broker(dir: &std::path::Path, base: String, timeout_ms: u64)
 }
 
 /// Usage the broker accounted equals what the mock reported for completed answers.
-async fn assert_accounted(broker: &Broker, token: &str, mocks: &[&mock::MockHandle], requests: u64) {
+async fn assert_accounted(
+    broker: &Broker,
+    token: &str,
+    mocks: &[&mock::MockHandle],
+    requests: u64,
+) {
     let u = usage(&broker.base(), token).await;
     let (mut input, mut output) = (0, 0);
     for m in mocks {
@@ -110,10 +115,7 @@ async fn upstream_429_fails_over_and_alone_is_not_charged() {
     a.push_fault(Fault::rate_limited(7));
     b.push_fault(Fault::rate_limited(7));
     let (status, _, body) = responses(&broker.base(), &token, false).await;
-    assert!(
-        [429, 502, 503].contains(&status),
-        "status {status}: {body}"
-    );
+    assert!([429, 502, 503].contains(&status), "status {status}: {body}");
     assert_openai_error(&body);
     assert_accounted(&broker, &token, &[&a, &b], 1).await;
 }
@@ -130,7 +132,11 @@ async fn connection_refused_fails_over_fast() {
     let (status, headers, body) = responses(&broker.base(), &token, false).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["x-tollgate-attempts"], "2");
-    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_accounted(&broker, &token, &[&b], 1).await;
 
     let dir2 = tempfile::tempdir().unwrap();
@@ -154,7 +160,11 @@ async fn upstream_timeout_fails_over_then_504_when_alone() {
     let (status, headers, body) = responses(&broker.base(), &token, false).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["x-tollgate-provider"], "secondary");
-    assert!(t.elapsed() < Duration::from_millis(2_500), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(2_500),
+        "took {:?}",
+        t.elapsed()
+    );
 
     let dir2 = tempfile::tempdir().unwrap();
     let c = mock::spawn(MockConfig::default()).await;
@@ -178,7 +188,11 @@ async fn stream_cut_mid_way_ends_with_response_failed_and_is_accounted() {
     let t = Instant::now();
     let (status, _, body) = responses(&broker.base(), &token, true).await;
     assert_eq!(status, 200, "the first byte was already relayed");
-    assert!(t.elapsed() < Duration::from_secs(5), "hung for {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "hung for {:?}",
+        t.elapsed()
+    );
     // The events that arrived were relayed unchanged, then a clean terminal failure for the client.
     assert!(body.contains("event: response.created"), "{body}");
     assert!(body.trim_end().ends_with('}'), "{body}");
@@ -187,7 +201,10 @@ async fn stream_cut_mid_way_ends_with_response_failed_and_is_accounted() {
         .filter(|e| !e.trim().is_empty())
         .last()
         .unwrap_or("");
-    assert!(last.contains("event: response.failed"), "last event: {last}");
+    assert!(
+        last.contains("event: response.failed"),
+        "last event: {last}"
+    );
     assert!(!body.contains("response.completed"));
 
     // The request is accounted once, as an incomplete stream (no usage reached us).
@@ -201,7 +218,11 @@ async fn stream_cut_mid_way_ends_with_response_failed_and_is_accounted() {
     assert!(body.contains("response.completed"));
     let u = usage(&broker.base(), &token).await;
     assert_eq!(u["requests"], 2, "{u}");
-    assert_eq!(u["input_tokens"], a.total_reported_usage().input_tokens, "{u}");
+    assert_eq!(
+        u["input_tokens"],
+        a.total_reported_usage().input_tokens,
+        "{u}"
+    );
 }
 
 #[tokio::test]

@@ -19,7 +19,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
-#[command(name = "tollgate-bench", about = "Tollgate benchmark tools (loopback only)")]
+#[command(
+    name = "tollgate-bench",
+    about = "Tollgate benchmark tools (loopback only)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -175,8 +178,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok((k, Base::parse(&v)?))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let bearers: Vec<(String, String)> =
-                bearers.iter().map(|b| kv(b)).collect::<anyhow::Result<_>>()?;
+            let bearers: Vec<(String, String)> = bearers
+                .iter()
+                .map(|b| kv(b))
+                .collect::<anyhow::Result<_>>()?;
             let body = if path.ends_with("/chat/completions") {
                 chat_body(&model, stream, pad_bytes)
             } else {
@@ -185,7 +190,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let reqs: Vec<Vec<u8>> = targets
                 .iter()
                 .map(|(name, base)| {
-                    let tok = bearers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+                    let tok = bearers
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.as_str());
                     client::post_request(base, &path, tok, &[], &body)
                 })
                 .collect();
@@ -272,27 +280,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let base = base.clone();
                 let req = req.clone();
                 let stop = stop_rx.clone();
-                handles.push(
-                    std::thread::Builder::new()
-                        .stack_size(128 * 1024)
-                        .spawn(move || {
-                            let r = Conn::connect(&base).and_then(|mut c| {
-                                let s = c.open(&req)?;
-                                Ok((c, s))
-                            });
-                            match r {
-                                Ok((c, s)) => {
-                                    let _ = tx.send(Ok(s));
-                                    // Hold the connection until told to stop.
-                                    let _ = stop.lock().map(|g| g.recv());
-                                    drop(c);
-                                }
-                                Err(e) => {
-                                    let _ = tx.send(Err(e));
-                                }
+                handles.push(std::thread::Builder::new().stack_size(128 * 1024).spawn(
+                    move || {
+                        let r = Conn::connect(&base).and_then(|mut c| {
+                            let s = c.open(&req)?;
+                            Ok((c, s))
+                        });
+                        match r {
+                            Ok((c, s)) => {
+                                let _ = tx.send(Ok(s));
+                                // Hold the connection until told to stop.
+                                let _ = stop.lock().map(|g| g.recv());
+                                drop(c);
                             }
-                        })?,
-                );
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                            }
+                        }
+                    },
+                )?);
             }
             drop(tx);
             let mut ok = 0usize;

@@ -84,12 +84,7 @@ pub fn latency_report(targets: &[(String, Base)], runs: &[Vec<Value>], stream: b
                 .iter()
                 .map(|r| get(r, i, m, "p99_us") - get(r, 0, m, "p99_us"))
                 .collect();
-            let (s50, s99, sa50, sa99) = (
-                spread(p50),
-                spread(p99),
-                spread(a50),
-                spread(a99),
-            );
+            let (s50, s99, sa50, sa99) = (spread(p50), spread(p99), spread(a50), spread(a99));
             let f = |v: &Value| format!("{} [{}..{}]", v["median"], v["min"], v["max"]);
             eprintln!(
                 "{:<12} {:<10} {:>28} {:>28} {:>24} {:>24}",
@@ -122,7 +117,9 @@ pub fn proc_sample(pid: u32) -> anyhow::Result<Value> {
             .unwrap_or(0)
     };
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
-    Ok(json!({"rss_kb": field("VmRSS:"), "hwm_kb": field("VmHWM:"), "threads": field("Threads:"), "fds": fds}))
+    Ok(
+        json!({"rss_kb": field("VmRSS:"), "hwm_kb": field("VmHWM:"), "threads": field("Threads:"), "fds": fds}),
+    )
 }
 
 #[cfg(test)]

@@ -62,7 +62,12 @@ fn responses_events() -> Vec<String> {
         );
     }
     let text = DELTAS.concat();
-    push("response.output_text.done", format!(r#"{{"type":"response.output_text.done","sequence_number":10,"item_id":"msg_bench","output_index":0,"content_index":0,"text":"{text}","logprobs":[]}}"#));
+    push(
+        "response.output_text.done",
+        format!(
+            r#"{{"type":"response.output_text.done","sequence_number":10,"item_id":"msg_bench","output_index":0,"content_index":0,"text":"{text}","logprobs":[]}}"#
+        ),
+    );
     let item = format!(
         r#"{{"type":"message","id":"msg_bench","status":"completed","role":"assistant","content":[{{"type":"output_text","text":"{text}","annotations":[]}}]}}"#
     );
@@ -193,8 +198,8 @@ async fn conn(mut sock: TcpStream, canned: Arc<Canned>) -> anyhow::Result<()> {
             buf.extend_from_slice(&tmp[..n]);
         }
         let body = &buf[head_end..head_end + len];
-        let stream = find(body, b"\"stream\":true").is_some()
-            || find(body, b"\"stream\": true").is_some();
+        let stream =
+            find(body, b"\"stream\":true").is_some() || find(body, b"\"stream\": true").is_some();
         let path = head.split(' ').nth(1).unwrap_or("");
         let chat = path.ends_with("/chat/completions");
         if !chat && !path.ends_with("/responses") {

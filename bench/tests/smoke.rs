@@ -31,7 +31,11 @@ fn start_upstream() -> (Kill, String) {
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("read");
-    let url = line.trim().strip_prefix("listening ").expect("announce").to_string();
+    let url = line
+        .trim()
+        .strip_prefix("listening ")
+        .expect("announce")
+        .to_string();
     (Kill(child), url)
 }
 
@@ -50,7 +54,9 @@ async fn start_broker(upstream: &str, dir: &std::path::Path) -> (String, String)
     let path = dir.join("broker.toml");
     let env: BTreeMap<String, String> = [("K".to_string(), "sk-smoke".to_string())].into();
     let config = Config::from_source(Source { path, text }, &env).expect("config");
-    let state = AppState::build(&config, Arc::new(SystemClock)).await.expect("state");
+    let state = AppState::build(&config, Arc::new(SystemClock))
+        .await
+        .expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -64,9 +70,15 @@ async fn state_token(base: &str) -> String {
     let resp = reqwest::Client::new()
         .post(format!("{base}/oauth/token"))
         .form(&[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
             ("subject_token", "smoke"),
-            ("subject_token_type", "urn:tollgate:params:token-type:static-credential"),
+            (
+                "subject_token_type",
+                "urn:tollgate:params:token-type:static-credential",
+            ),
         ])
         .send()
         .await
@@ -97,7 +109,10 @@ async fn latency_and_streams_smoke() {
         let d = format!("direct={up2}");
         let b = format!("tollgate={broker2}");
         [false, true].map(|stream| {
-            let mut args = vec!["latency", "--n", "30", "--warmup", "5", "--runs", "2", "--target", &d, "--target", &b, "--bearer", &t];
+            let mut args = vec![
+                "latency", "--n", "30", "--warmup", "5", "--runs", "2", "--target", &d, "--target",
+                &b, "--bearer", &t,
+            ];
             if stream {
                 args.push("--stream");
             }
@@ -114,11 +129,30 @@ async fn latency_and_streams_smoke() {
         assert!(p50 > 0.0 && p50 < 1_000_000.0, "p50 {p50}");
         assert_eq!(r["per_run"].as_array().unwrap().len(), 2);
     }
-    assert!(lat[1]["summary"][1]["first_byte"]["p50_us"]["median"].as_f64().unwrap() > 0.0);
+    assert!(
+        lat[1]["summary"][1]["first_byte"]["p50_us"]["median"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
 
     let pid = std::process::id().to_string();
     let st = tokio::task::spawn_blocking(move || {
-        bench(&["streams", "--url", &broker, "--bearer", &token, "--n", "20", "--hold-ms", "3000", "--pid", &pid, "--settle-secs", "0"])
+        bench(&[
+            "streams",
+            "--url",
+            &broker,
+            "--bearer",
+            &token,
+            "--n",
+            "20",
+            "--hold-ms",
+            "3000",
+            "--pid",
+            &pid,
+            "--settle-secs",
+            "0",
+        ])
     })
     .await
     .unwrap();

@@ -294,7 +294,10 @@ mod tests {
     fn usage_from_whole_bodies() {
         let r = br#"{"id":"r","output":[{"type":"message","content":[{"text":"hi \"usage\""}]}],"usage":{"input_tokens":7,"input_tokens_details":{"cached_tokens":2},"output_tokens":3}}"#;
         let u = usage_from_body(r, Wire::Responses).expect("usage");
-        assert_eq!((u.input_tokens, u.cached_input_tokens, u.output_tokens), (7, 2, 3));
+        assert_eq!(
+            (u.input_tokens, u.cached_input_tokens, u.output_tokens),
+            (7, 2, 3)
+        );
         let c = br#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1}}"#;
         assert_eq!(usage_from_body(c, Wire::Chat).map(|u| u.total()), Some(6));
         assert_eq!(usage_from_body(br#"{"usage":null}"#, Wire::Chat), None);

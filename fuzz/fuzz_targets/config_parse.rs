@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let env: BTreeMap<String, String> = BTreeMap::new();
     if let Err(ConfigError::Invalid { line, col, .. }) = Config::from_source(source, &env) {
-        assert!(line >= 1 && line <= lines + 1, "line {line} outside 1..={lines}");
+        assert!(
+            line >= 1 && line <= lines + 1,
+            "line {line} outside 1..={lines}"
+        );
         assert!(col >= 1);
     }
 });

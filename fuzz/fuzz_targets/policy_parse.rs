@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
     match Policy::from_source(&source) {
         Ok(policy) => tollgate_fuzz::decide_some(&policy),
         Err(ConfigError::Invalid { line, col, .. }) => {
-            assert!(line >= 1 && line <= lines + 1, "line {line} outside 1..={lines}");
+            assert!(
+                line >= 1 && line <= lines + 1,
+                "line {line} outside 1..={lines}"
+            );
             assert!(col >= 1);
         }
         Err(_) => {}

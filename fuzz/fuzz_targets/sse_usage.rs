@@ -9,7 +9,11 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
     }
-    let wire = if data[0] & 1 == 0 { Wire::Responses } else { Wire::Chat };
+    let wire = if data[0] & 1 == 0 {
+        Wire::Responses
+    } else {
+        Wire::Chat
+    };
     let split_seed = data[1] as usize;
     let bytes = &data[2..];
 

@@ -67,7 +67,9 @@ fn harness() -> &'static Harness {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -106,12 +108,19 @@ pub fn token_exchange(data: &[u8]) {
         None,
         data.to_vec(),
     ));
-    let v: serde_json::Value = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| panic!("non-JSON answer {status}: {:?}", String::from_utf8_lossy(&body)));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
+        panic!(
+            "non-JSON answer {status}: {:?}",
+            String::from_utf8_lossy(&body)
+        )
+    });
     match status {
         StatusCode::OK => assert!(v["access_token"].is_string(), "200 without a token: {v}"),
         StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::SERVICE_UNAVAILABLE => {
-            assert!(v["error"].is_string(), "error answer without an RFC 6749 code: {v}");
+            assert!(
+                v["error"].is_string(),
+                "error answer without an RFC 6749 code: {v}"
+            );
         }
         other => panic!("unexpected status {other}: {v}"),
     }
@@ -136,13 +145,18 @@ pub fn proxy_request(data: &[u8]) {
         body.to_vec(),
     ));
     assert!(
-        !status.is_server_error() || status == StatusCode::BAD_GATEWAY || status == StatusCode::SERVICE_UNAVAILABLE,
+        !status.is_server_error()
+            || status == StatusCode::BAD_GATEWAY
+            || status == StatusCode::SERVICE_UNAVAILABLE,
         "server error {status} for input: {:?}",
         String::from_utf8_lossy(body)
     );
     if !status.is_success() {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_else(|_| {
-            panic!("non-JSON error {status}: {:?}", String::from_utf8_lossy(&out))
+            panic!(
+                "non-JSON error {status}: {:?}",
+                String::from_utf8_lossy(&out)
+            )
         });
         assert!(v["error"]["message"].is_string(), "not OpenAI-shaped: {v}");
     }
@@ -151,7 +165,10 @@ pub fn proxy_request(data: &[u8]) {
 /// Run a parsed policy against a few identities (decide must not panic on any rule set).
 pub fn decide_some(policy: &Policy) {
     let mut attrs = BTreeMap::new();
-    attrs.insert("groups".to_string(), vec!["eng".to_string(), "".to_string()]);
+    attrs.insert(
+        "groups".to_string(),
+        vec!["eng".to_string(), "".to_string()],
+    );
     let ids = [
         VerifiedIdentity {
             kind: IdentityKind::Static,

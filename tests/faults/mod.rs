@@ -129,10 +129,7 @@ pub async fn mint(base: &str) -> String {
                 "urn:ietf:params:oauth:grant-type:token-exchange",
             ),
             ("subject_token", CREDENTIAL),
-            (
-                "subject_token_type",
-                tollgate::exchange::TOKEN_TYPE_STATIC,
-            ),
+            ("subject_token_type", tollgate::exchange::TOKEN_TYPE_STATIC),
         ])
         .send()
         .await
