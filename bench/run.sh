@@ -149,7 +149,7 @@ TOKEN="$(mint)"
 lat() { # label args...
     local label="$1"; shift
     log "latency: $label"
-    "$BIN/tollgate-bench" latency --label "$label" --runs "$LAT_RUNS" --warmup "$LAT_WARM" "$@" \
+    "$BIN/tollgate-bench" latency --label "$label" --runs "$LAT_RUNS" --warmup "${WARM:-$LAT_WARM}" "$@" \
         >"$OUT/latency-$label.json" 2> >(tee "$OUT/latency-$label.txt" >&2)
 }
 
@@ -197,11 +197,11 @@ EOF
         done
         LL="http://127.0.0.1:$LPORT"
         LL_RSS_IDLE="$(rss_kb "$LL_PID")"
-        lat litellm-responses --n "$SLOW_N" --warmup 30 --target direct="$UP" --target tollgate="$BROKER" --target litellm="$LL" \
+        WARM=30 lat litellm-responses --n "$SLOW_N" --target direct="$UP" --target tollgate="$BROKER" --target litellm="$LL" \
             --bearer tollgate="$TOKEN" --bearer litellm="$MASTER"
-        lat litellm-chat --n "$SLOW_N" --warmup 30 --path /v1/chat/completions --target direct="$UP" --target tollgate="$BROKER" --target litellm="$LL" \
+        WARM=30 lat litellm-chat --n "$SLOW_N" --path /v1/chat/completions --target direct="$UP" --target tollgate="$BROKER" --target litellm="$LL" \
             --bearer tollgate="$TOKEN" --bearer litellm="$MASTER"
-        lat litellm-chat-stream --stream --n "$SLOW_N" --warmup 30 --path /v1/chat/completions --target direct="$UP" --target tollgate="$BROKER" --target litellm="$LL" \
+        WARM=30 lat litellm-chat-stream --stream --n "$SLOW_N" --path /v1/chat/completions --target direct="$UP" --target tollgate="$BROKER" --target litellm="$LL" \
             --bearer tollgate="$TOKEN" --bearer litellm="$MASTER"
         echo "{\"litellm_rss_idle_kb\": $LL_RSS_IDLE, \"litellm_rss_after_kb\": $(rss_kb "$LL_PID")}" >"$OUT/litellm-rss.json"
         kill "$LL_PID" 2>/dev/null || true
