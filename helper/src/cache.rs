@@ -56,7 +56,7 @@ impl CacheKey<'_> {
 #[derive(Debug, Clone)]
 pub struct CachedToken {
     pub access_token: SecretString,
-    /// Unix seconds: the JWT's `exp` if readable, else mint time + `expires_in`.
+    /// Unix seconds on the local clock: mint time + `expires_in`.
     pub expires_at: u64,
     /// Unix seconds, local clock at mint time.
     pub minted_at: u64,

@@ -21,7 +21,7 @@ const MAX_CONNECT: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Minted {
     pub access_token: SecretString,
-    /// Unix seconds: the token's `exp` if readable, else now + `expires_in`.
+    /// Unix seconds on the local clock: now + `expires_in` (the token's `exp` only if that is missing).
     pub expires_at: u64,
     pub expires_in: u64,
     pub scope: Option<String>,
@@ -286,9 +286,16 @@ pub async fn exchange(
             ),
         });
     }
-    let exp_from_token = jwt_payload(access_token.expose_secret())
-        .and_then(|v| v.get("exp").and_then(serde_json::Value::as_u64));
-    let expires_at = exp_from_token.unwrap_or_else(|| now.saturating_add(parsed.expires_in));
+    // Lifetime is counted on our own clock from `expires_in`: the JWT's `exp` is on the broker's clock,
+    // and with the clocks apart (skew) it would make us serve a token the broker has already expired,
+    // or throw away one it still accepts. `exp` is only the fallback when `expires_in` is missing.
+    let expires_at = if parsed.expires_in > 0 {
+        now.saturating_add(parsed.expires_in)
+    } else {
+        jwt_payload(access_token.expose_secret())
+            .and_then(|v| v.get("exp").and_then(serde_json::Value::as_u64))
+            .unwrap_or(now)
+    };
     Ok(Minted {
         access_token,
         expires_at,

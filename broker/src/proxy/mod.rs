@@ -8,7 +8,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ledger::{Outcome, RequestRecord};
 use crate::router::{PlanError, ResolvedTarget, TargetHealth};
-use crate::usage::{SseUsageDecoder, StreamEnd, Usage, Wire};
+use crate::usage::{SseUsageDecoder, StreamEnd, Wire};
 use axum::body::Body;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
@@ -398,15 +398,7 @@ async fn relay(
         crate::observe::finish(&app, record, None, StreamEnd::Truncated, 0);
         return ApiError::UpstreamUnavailable("upstream body ended early".into()).into_response();
     }
-    let usage = serde_json::from_slice::<serde_json::Value>(&buf)
-        .ok()
-        .and_then(|v| {
-            let u = v.get("usage")?;
-            match wire {
-                Wire::Responses => Usage::from_responses(u),
-                Wire::Chat => Usage::from_chat(u),
-            }
-        });
+    let usage = crate::usage::usage_from_body(&buf, wire);
     crate::observe::finish(&app, record, usage, StreamEnd::Completed, 0);
     builder
         .body(Body::from(buf))

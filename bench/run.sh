@@ -1,0 +1,293 @@
+#!/usr/bin/env bash
+# Tollgate benchmark harness. Loopback only, release builds, load from separate processes.
+# See docs/benchmarks.md for what each number means and the results on the reference machine.
+#
+#   bench/run.sh                 # everything (about 6-8 minutes)
+#   bench/run.sh --quick         # tiny counts: checks the harness works (about 1 minute)
+#   bench/run.sh latency throughput   # only some sections
+#
+# Sections: latency stream pad litellm throughput memory mint helper (default: all).
+# Needs: wrk, hyperfine (Debian), curl, python3. LiteLLM (optional, for the side-by-side): a venv at
+# .test-tools/litellm-venv with `litellm[proxy]` (bench/install-litellm.sh).
+# Results: JSON files and summary.md under $BENCH_OUT (default target/bench/<timestamp>).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+QUICK=0
+SECTIONS=()
+for a in "$@"; do
+    case "$a" in
+        --quick) QUICK=1 ;;
+        -h|--help) sed -n 2,13p "$0"; exit 0 ;;
+        *) SECTIONS+=("$a") ;;
+    esac
+done
+[[ ${#SECTIONS[@]} -eq 0 ]] && SECTIONS=(latency stream pad litellm throughput memory mint helper)
+want() { local s; for s in "${SECTIONS[@]}"; do [[ "$s" == "$1" ]] && return 0; done; return 1; }
+
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+BIN="$TARGET_DIR/release"
+OUT="${BENCH_OUT:-$TARGET_DIR/bench/$(date -u +%Y%m%dT%H%M%SZ)}"
+mkdir -p "$OUT"
+WORK="$(mktemp -d /tmp/tollgate-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+if [[ $QUICK -eq 1 ]]; then
+    LAT_N=200; LAT_RUNS=2; LAT_WARM=50; SLOW_N=30; TP_SECS=2; TP_RUNS=1; STREAMS=100; HF_RUNS=20
+else
+    LAT_N=3000; LAT_RUNS=5; LAT_WARM=300; SLOW_N=300; TP_SECS=10; TP_RUNS=3; STREAMS=1000; HF_RUNS=300
+fi
+
+log "building release binaries"
+cargo build --release -q -p tollgate-broker -p tollgate-token -p tollgate-bench -p tollgate-testkit
+
+# --- processes --------------------------------------------------------------------------------
+# start NAME CMD...: run in background, wait for "listening http://..." on stdout, set $ADDR and $PID.
+start() {
+    local name="$1"; shift
+    "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    PID=$!
+    PIDS+=("$PID")
+    local i
+    for i in $(seq 1 600); do
+        ADDR="$(grep -m1 -o 'http://127\.0\.0\.1:[0-9]*' "$WORK/$name.out" 2>/dev/null || true)"
+        [[ -n "$ADDR" ]] && return 0
+        kill -0 "$PID" 2>/dev/null || { cat "$WORK/$name.err" >&2; echo "$name died" >&2; exit 1; }
+        sleep 0.05
+    done
+    echo "$name did not start" >&2; exit 1
+}
+rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+fds() { ls "/proc/$1/fd" | wc -l; }
+
+start upstream "$BIN/tollgate-bench" upstream --threads 1
+UP="$ADDR"; UP_PID="$PID"
+log "canned upstream at $UP"
+
+CRED="bench-credential-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+SHA="$(printf '%s' "$CRED" | "$BIN/tollgate-broker" hash-credential)"
+mkdir -p "$WORK/state"
+cat >"$WORK/policy.toml" <<EOF
+[[rule]]
+name = "bench"
+match = { kind = "static", subject = "bench" }
+principal = "{subject}"
+team = "bench"
+org = "bench"
+models = ["*"]
+max_ttl_secs = 3600
+EOF
+# Full governance on: token verification, model check, accounting of every request (budgets, audit
+# and metrics are added here as they land; see docs/benchmarks.md "What is on the request path").
+cat >"$WORK/broker.toml" <<EOF
+policy_file = "policy.toml"
+[server]
+listen = "127.0.0.1:0"
+state_dir = "state"
+[tokens]
+audience = "tollgate"
+default_ttl_secs = 3600
+max_ttl_secs = 3600
+[[credentials]]
+subject = "bench"
+sha256 = "$SHA"
+[providers.bench]
+kind = "openai"
+base_url = "$UP/v1"
+api_key_env = "BENCH_UPSTREAM_KEY"
+[[routes]]
+model = "*"
+targets = [{ provider = "bench" }]
+[store]
+kind = "${BENCH_STORE:-sqlite}"
+[pricing]
+unpriced = "charge"
+unpriced_price = { input = "5", output = "30" }
+[[budgets]]
+id = "principal-daily"
+scope = "principal"
+amount_usd = "100000000"
+window = "daily"
+[[budgets]]
+id = "team-monthly"
+scope = "team"
+amount_usd = "100000000"
+window = "monthly"
+[[budgets]]
+id = "org-monthly"
+scope = "org"
+amount_usd = "100000000"
+window = "monthly"
+EOF
+export BENCH_UPSTREAM_KEY="sk-bench-upstream"
+RUST_LOG="${RUST_LOG:-info}" start broker "$BIN/tollgate-broker" --config "$WORK/broker.toml" --listen 127.0.0.1:0
+BROKER="$ADDR"; BROKER_PID="$PID"
+log "broker at $BROKER (pid $BROKER_PID)"
+sleep 1
+IDLE_RSS_FRESH="$(rss_kb "$BROKER_PID")"
+
+mint() {
+    curl -fsS "$BROKER/oauth/token" \
+        --data-urlencode "grant_type=urn:ietf:params:oauth:grant-type:token-exchange" \
+        --data-urlencode "subject_token=$CRED" \
+        --data-urlencode "subject_token_type=urn:tollgate:params:token-type:static-credential" \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'
+}
+TOKEN="$(mint)"
+
+lat() { # label args...
+    local label="$1"; shift
+    log "latency: $label"
+    "$BIN/tollgate-bench" latency --label "$label" --runs "$LAT_RUNS" --warmup "${WARM:-$LAT_WARM}" "$@" \
+        >"$OUT/latency-$label.json" 2> >(tee "$OUT/latency-$label.txt" >&2)
+}
+
+if want latency; then
+    lat responses --n "$LAT_N" --target direct="$UP" --target tollgate="$BROKER" --bearer tollgate="$TOKEN"
+    lat chat --n "$LAT_N" --path /v1/chat/completions --target direct="$UP" --target tollgate="$BROKER" --bearer tollgate="$TOKEN"
+fi
+if want stream; then
+    lat responses-stream --stream --n "$LAT_N" --target direct="$UP" --target tollgate="$BROKER" --bearer tollgate="$TOKEN"
+fi
+if want pad; then
+    # A Codex-sized request (~40 KB of instructions, tools and history).
+    lat responses-40k --pad-bytes 40000 --n "$((LAT_N / 3))" --target direct="$UP" --target tollgate="$BROKER" --bearer tollgate="$TOKEN"
+fi
+
+# --- LiteLLM side by side --------------------------------------------------------------------
+LITELLM_VENV="${LITELLM_VENV:-$ROOT/.test-tools/litellm-venv}"
+if want litellm; then
+    if [[ -x "$LITELLM_VENV/bin/litellm" ]]; then
+        LPORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+        MASTER="sk-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+        cat >"$WORK/litellm.yaml" <<EOF
+model_list:
+  - model_name: gpt-bench
+    litellm_params:
+      model: openai/gpt-bench
+      api_base: $UP/v1
+      api_key: sk-bench-upstream
+      num_retries: 0
+litellm_settings:
+  num_retries: 0
+  request_timeout: 30
+general_settings:
+  master_key: $MASTER
+EOF
+        log "starting LiteLLM $("$LITELLM_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("litellm"))') on 127.0.0.1:$LPORT"
+        LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_LOG=ERROR LITELLM_TELEMETRY=False \
+            "$LITELLM_VENV/bin/litellm" --config "$WORK/litellm.yaml" --host 127.0.0.1 --port "$LPORT" --num_workers 1 \
+            >"$WORK/litellm.out" 2>"$WORK/litellm.err" &
+        LL_PID=$!; PIDS+=("$LL_PID")
+        for i in $(seq 1 240); do
+            curl -fsS "http://127.0.0.1:$LPORT/health/liveliness" >/dev/null 2>&1 && break
+            kill -0 "$LL_PID" 2>/dev/null || { tail -20 "$WORK/litellm.err" >&2; exit 1; }
+            sleep 0.5
+        done
+        LL="http://127.0.0.1:$LPORT"
+        LL_RSS_IDLE="$(rss_kb "$LL_PID")"
+        WARM=30 lat litellm-responses --n "$SLOW_N" --target direct="$UP" --target tollgate="$BROKER" --target litellm="$LL" \
+            --bearer tollgate="$TOKEN" --bearer litellm="$MASTER"
+        WARM=30 lat litellm-chat --n "$SLOW_N" --path /v1/chat/completions --target direct="$UP" --target tollgate="$BROKER" --target litellm="$LL" \
+            --bearer tollgate="$TOKEN" --bearer litellm="$MASTER"
+        WARM=30 lat litellm-chat-stream --stream --n "$SLOW_N" --path /v1/chat/completions --target direct="$UP" --target tollgate="$BROKER" --target litellm="$LL" \
+            --bearer tollgate="$TOKEN" --bearer litellm="$MASTER"
+        echo "{\"litellm_rss_idle_kb\": $LL_RSS_IDLE, \"litellm_rss_after_kb\": $(rss_kb "$LL_PID")}" >"$OUT/litellm-rss.json"
+        kill "$LL_PID" 2>/dev/null || true
+    else
+        log "skipping LiteLLM: no $LITELLM_VENV (run bench/install-litellm.sh)"
+    fi
+fi
+
+# --- throughput --------------------------------------------------------------------------------
+wrk_lua() { # path body-json bearer
+    cat <<EOF
+wrk.method = "POST"
+wrk.path = "$1"
+wrk.body = [[$2]]
+wrk.headers["Content-Type"] = "application/json"
+${3:+wrk.headers["Authorization"] = "Bearer $3"}
+done = function(summary, latency, requests)
+  io.write(string.format("JSON {\"requests\":%d,\"duration_us\":%d,\"rps\":%.1f,\"errors_status\":%d,\"errors_connect\":%d,\"errors_read\":%d,\"errors_timeout\":%d,\"p50_us\":%d,\"p99_us\":%d}\n",
+    summary.requests, summary.duration, summary.requests / (summary.duration / 1e6), summary.errors.status,
+    summary.errors.connect, summary.errors.read, summary.errors.timeout, latency:percentile(50), latency:percentile(99)))
+end
+EOF
+}
+BODY='{"model":"gpt-bench","instructions":"You are a helpful assistant.","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"Say hello to the benchmark."}]}],"stream":false,"store":false}'
+SBODY="${BODY/\"stream\":false/\"stream\":true}"
+if want throughput; then
+    wrk_lua /v1/responses "$BODY" "" >"$WORK/direct.lua"
+    wrk_lua /v1/responses "$BODY" "$TOKEN" >"$WORK/proxy.lua"
+    wrk_lua /v1/responses "$SBODY" "$TOKEN" >"$WORK/proxy-stream.lua"
+    : >"$OUT/throughput.jsonl"
+    for c in 16 64; do
+        for r in $(seq 1 "$TP_RUNS"); do
+            for t in direct proxy proxy-stream; do
+                url="$BROKER"; [[ $t == direct ]] && url="$UP"
+                line="$(wrk -t1 -c"$c" -d"${TP_SECS}s" -s "$WORK/$t.lua" "$url" | grep '^JSON ' | sed 's/^JSON //')"
+                echo "{\"target\":\"$t\",\"connections\":$c,\"run\":$r,\"result\":$line}" | tee -a "$OUT/throughput.jsonl" >&2
+            done
+        done
+    done
+fi
+
+# --- memory ----------------------------------------------------------------------------------
+if want memory; then
+    sleep 2
+    IDLE_RSS_AFTER="$(rss_kb "$BROKER_PID")"
+    log "open streams: $STREAMS"
+    "$BIN/tollgate-bench" streams --url "$BROKER" --bearer "$TOKEN" --n "$STREAMS" --hold-ms 60000 --pid "$BROKER_PID" \
+        >"$OUT/streams.json"
+    cat "$OUT/streams.json" >&2
+    sleep 3
+    echo "{\"idle_fresh_kb\": $IDLE_RSS_FRESH, \"idle_after_load_kb\": $IDLE_RSS_AFTER, \"after_streams_closed_kb\": $(rss_kb "$BROKER_PID"), \"fds_after\": $(fds "$BROKER_PID")}" \
+        | tee "$OUT/memory.json" >&2
+fi
+
+# --- mint throughput -------------------------------------------------------------------------
+if want mint; then
+    FORM="grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=$CRED&subject_token_type=urn%3Atollgate%3Aparams%3Atoken-type%3Astatic-credential"
+    cat >"$WORK/mint.lua" <<EOF
+wrk.method = "POST"
+wrk.path = "/oauth/token"
+wrk.body = "$FORM"
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+done = function(summary, latency, requests)
+  io.write(string.format("JSON {\"requests\":%d,\"rps\":%.1f,\"errors_status\":%d,\"p50_us\":%d,\"p99_us\":%d}\n",
+    summary.requests, summary.requests / (summary.duration / 1e6), summary.errors.status, latency:percentile(50), latency:percentile(99)))
+end
+EOF
+    : >"$OUT/mint.jsonl"
+    for r in $(seq 1 "$TP_RUNS"); do
+        line="$(wrk -t1 -c16 -d"${TP_SECS}s" -s "$WORK/mint.lua" "$BROKER" | grep '^JSON ' | sed 's/^JSON //')"
+        echo "{\"run\":$r,\"result\":$line}" | tee -a "$OUT/mint.jsonl" >&2
+    done
+fi
+
+# --- the helper ------------------------------------------------------------------------------
+if want helper; then
+    printf '%s' "$CRED" >"$WORK/cred"; chmod 600 "$WORK/cred"
+    export TOLLGATE_BROKER="$BROKER" TOLLGATE_CREDENTIAL_FILE="$WORK/cred" TOLLGATE_CACHE_DIR="$WORK/cache" \
+        XDG_CONFIG_HOME="$WORK/xdg-config" TOLLGATE_RERUN_WINDOW_SECS=0
+    "$BIN/tollgate-token" >/dev/null
+    log "helper warm (cached)"
+    hyperfine -N --warmup 20 --runs "$HF_RUNS" --export-json "$OUT/helper-warm.json" "$BIN/tollgate-token" >&2
+    log "helper cold (mint every run)"
+    hyperfine -N --warmup 5 --runs "$((HF_RUNS / 3))" --prepare "rm -rf $WORK/cache" --export-json "$OUT/helper-cold.json" "$BIN/tollgate-token" >&2
+fi
+
+python3 "$ROOT/bench/summarize.py" "$OUT" "$IDLE_RSS_FRESH" >"$OUT/summary.md"
+cat "$OUT/summary.md"
+log "results in $OUT"

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Bounded soak of the broker on loopback: sustained mixed load (non-streaming and streaming requests,
+# plus waves of long-held streams that open and close), while RSS and open fds are sampled.
+# Passes when: zero unexpected errors, RSS flat (last fifth vs second fifth of the run), fds back to
+# the idle count once the load stops.
+#
+#   bench/soak.sh            # 5 minutes
+#   SOAK_SECS=60 bench/soak.sh
+#
+# Results: $BENCH_OUT (default target/bench/soak-<timestamp>): samples.csv, wrk outputs, verdict.json.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+SOAK_SECS="${SOAK_SECS:-300}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+BIN="$TARGET_DIR/release"
+OUT="${BENCH_OUT:-$TARGET_DIR/bench/soak-$(date -u +%Y%m%dT%H%M%SZ)}"
+mkdir -p "$OUT"
+WORK="$(mktemp -d /tmp/tollgate-soak.XXXXXX)"
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+log() { printf '[soak %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+cargo build --release -q -p tollgate-broker -p tollgate-bench
+
+start() {
+    local name="$1"; shift
+    "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    PID=$!; PIDS+=("$PID")
+    for _ in $(seq 1 600); do
+        ADDR="$(grep -m1 -o 'http://127\.0\.0\.1:[0-9]*' "$WORK/$name.out" 2>/dev/null || true)"
+        [[ -n "$ADDR" ]] && return 0
+        kill -0 "$PID" 2>/dev/null || { cat "$WORK/$name.err" >&2; exit 1; }
+        sleep 0.05
+    done
+    exit 1
+}
+rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+fds() { ls "/proc/$1/fd" | wc -l; }
+
+start upstream "$BIN/tollgate-bench" upstream --threads 1
+UP="$ADDR"
+CRED="soak-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+SHA="$(printf '%s' "$CRED" | "$BIN/tollgate-broker" hash-credential)"
+cat >"$WORK/policy.toml" <<EOF
+[[rule]]
+name = "soak"
+match = { kind = "static", subject = "soak" }
+principal = "{subject}"
+team = "soak"
+org = "soak"
+models = ["*"]
+EOF
+cat >"$WORK/broker.toml" <<EOF
+policy_file = "policy.toml"
+[server]
+listen = "127.0.0.1:0"
+state_dir = "state"
+[tokens]
+audience = "tollgate"
+[[credentials]]
+subject = "soak"
+sha256 = "$SHA"
+[providers.bench]
+kind = "openai"
+base_url = "$UP/v1"
+api_key_env = "BENCH_UPSTREAM_KEY"
+[[routes]]
+model = "*"
+targets = [{ provider = "bench" }]
+[store]
+kind = "${BENCH_STORE:-sqlite}"
+[pricing]
+unpriced = "charge"
+unpriced_price = { input = "5", output = "30" }
+[[budgets]]
+id = "principal-daily"
+scope = "principal"
+amount_usd = "100000000"
+window = "daily"
+[[budgets]]
+id = "team-monthly"
+scope = "team"
+amount_usd = "100000000"
+window = "monthly"
+[[budgets]]
+id = "org-monthly"
+scope = "org"
+amount_usd = "100000000"
+window = "monthly"
+EOF
+export BENCH_UPSTREAM_KEY="sk-soak-upstream"
+RUST_LOG=warn start broker "$BIN/tollgate-broker" --config "$WORK/broker.toml" --listen 127.0.0.1:0
+BROKER="$ADDR"; BROKER_PID="$PID"
+TOKEN="$(curl -fsS "$BROKER/oauth/token" \
+    --data-urlencode "grant_type=urn:ietf:params:oauth:grant-type:token-exchange" \
+    --data-urlencode "subject_token=$CRED" \
+    --data-urlencode "subject_token_type=urn:tollgate:params:token-type:static-credential" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')"
+sleep 1
+IDLE_FDS="$(fds "$BROKER_PID")"; IDLE_RSS="$(rss_kb "$BROKER_PID")"
+log "broker $BROKER pid $BROKER_PID: idle ${IDLE_RSS} kB, ${IDLE_FDS} fds; soaking ${SOAK_SECS}s"
+
+BODY='{"model":"gpt-bench","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"Say hello."}]}],"stream":false}'
+for kind in plain stream; do
+    b="$BODY"; [[ $kind == stream ]] && b="${BODY/\"stream\":false/\"stream\":true}"
+    cat >"$WORK/$kind.lua" <<EOF
+wrk.method = "POST"
+wrk.path = "/v1/responses"
+wrk.body = [[$b]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $TOKEN"
+done = function(summary, latency, requests)
+  io.write(string.format("JSON {\"requests\":%d,\"status_errors\":%d,\"connect\":%d,\"read\":%d,\"write\":%d,\"timeout\":%d}\n",
+    summary.requests, summary.errors.status, summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout))
+end
+EOF
+    # Closed-loop load: 16 connections each, as fast as the broker answers.
+    wrk -t1 -c16 -d"${SOAK_SECS}s" -s "$WORK/$kind.lua" "$BROKER" >"$OUT/wrk-$kind.txt" 2>&1 &
+    PIDS+=("$!")
+done
+# Waves of 200 long-held streams (open, hold 3 s, close) for the whole run.
+(
+    end=$((SECONDS + SOAK_SECS - 5)); waves=0; failed=0
+    while (( SECONDS < end )); do
+        if "$BIN/tollgate-bench" streams --url "$BROKER" --bearer "$TOKEN" --n 200 --hold-ms 3000 \
+            --pid "$BROKER_PID" --settle-secs 1 >>"$OUT/waves.jsonl" 2>>"$OUT/waves.err"; then
+            waves=$((waves + 1))
+        else
+            failed=$((failed + 1))
+        fi
+        sleep 2
+    done
+    echo "{\"waves\":$waves,\"failed\":$failed}" >"$OUT/waves-summary.json"
+) &
+WAVES_PID=$!; PIDS+=("$WAVES_PID")
+
+echo "t_secs,rss_kb,fds,threads" >"$OUT/samples.csv"
+t0=$SECONDS
+while (( SECONDS - t0 < SOAK_SECS )); do
+    echo "$((SECONDS - t0)),$(rss_kb "$BROKER_PID"),$(fds "$BROKER_PID"),$(awk '/^Threads:/{print $2}' "/proc/$BROKER_PID/status")" >>"$OUT/samples.csv"
+    sleep 5
+done
+wait "$WAVES_PID" 2>/dev/null || true
+sleep 3
+# Let in-flight streams end and idle keep-alive sockets close.
+for _ in $(seq 1 30); do
+    [[ "$(fds "$BROKER_PID")" -le "$((IDLE_FDS + 2))" ]] && break
+    sleep 1
+done
+END_FDS="$(fds "$BROKER_PID")"; END_RSS="$(rss_kb "$BROKER_PID")"
+kill -0 "$BROKER_PID" || { echo "broker died" >&2; exit 1; }
+
+python3 - "$OUT" "$IDLE_RSS" "$IDLE_FDS" "$END_RSS" "$END_FDS" "$SOAK_SECS" <<'EOF' | tee "$OUT/verdict.json"
+import csv, json, re, statistics, sys, os
+out, idle_rss, idle_fds, end_rss, end_fds, secs = sys.argv[1], *map(int, sys.argv[2:])
+rows = list(csv.DictReader(open(os.path.join(out, "samples.csv"))))
+rss = [int(r["rss_kb"]) for r in rows]
+n = len(rss)
+second = rss[n // 5: 2 * n // 5] or rss
+last = rss[4 * n // 5:] or rss
+growth = statistics.median(last) - statistics.median(second)
+errors, requests = 0, 0
+for kind in ("plain", "stream"):
+    text = open(os.path.join(out, f"wrk-{kind}.txt")).read()
+    m = re.search(r"^JSON (.*)$", text, re.M)
+    d = json.loads(m.group(1)) if m else {}
+    requests += d.get("requests", 0)
+    errors += sum(d.get(k, 0) for k in ("status_errors", "connect", "read", "write", "timeout")) if m else 1
+waves = json.load(open(os.path.join(out, "waves-summary.json")))
+ok = errors == 0 and waves["failed"] == 0 and growth < max(2048, 0.10 * statistics.median(second)) and end_fds <= idle_fds + 2
+print(json.dumps({
+    "ok": ok, "secs": secs, "requests": requests, "rps": round(requests / secs), "errors": errors,
+    "stream_waves": waves, "rss_idle_kb": idle_rss, "rss_second_fifth_median_kb": statistics.median(second),
+    "rss_last_fifth_median_kb": statistics.median(last), "rss_growth_kb": growth, "rss_max_kb": max(rss),
+    "rss_end_kb": end_rss, "fds_idle": idle_fds, "fds_max": max(int(r["fds"]) for r in rows), "fds_end": end_fds,
+}, indent=1))
+sys.exit(0 if ok else 1)
+EOF
