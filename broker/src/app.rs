@@ -79,7 +79,7 @@ impl AppState {
         }
         let verifiers = Verifiers::from_config(config, clock.clone())
             .map_err(|e| BuildError::Identity(e.to_string()))?;
-        Ok(Arc::new(AppState {
+        let state = Arc::new(AppState {
             tokens: TokenService {
                 keys: ring,
                 issuer: config.server.public_url.clone(),
@@ -111,7 +111,9 @@ impl AppState {
             max_body_bytes: config.server.max_body_bytes,
             default_ttl_secs: config.tokens.default_ttl_secs,
             max_ttl_secs: config.tokens.max_ttl_secs,
-        }))
+        });
+        state.router.attach_metrics(&state.metrics);
+        Ok(state)
     }
 
     /// Background governance work: revocation and key polling, lease renewal, expiry of dead brokers'

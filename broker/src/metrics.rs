@@ -321,10 +321,12 @@ impl Metrics {
         .increment(1);
     }
 
-    /// Circuit-breaker state of a target (routing calls this on every transition).
-    pub fn breaker(&self, provider: &str, open: bool) {
-        self.gauge("tollgate_breaker_open", &[("provider", provider)])
-            .set(if open { 1.0 } else { 0.0 });
+    /// The circuit-breaker gauge of one target (1 = open); the router sets it on every transition.
+    pub fn breaker_gauge(&self, provider: &str, target: &str) -> Gauge {
+        self.gauge(
+            "tollgate_breaker_open",
+            &[("provider", provider), ("target", target)],
+        )
     }
 
     pub fn added_latency(&self, route: &str, secs: f64) {

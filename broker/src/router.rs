@@ -58,6 +58,8 @@ pub struct TargetHealth {
     failures_to_open: u32,
     cooldown_secs: u64,
     state: Mutex<HealthState>,
+    /// `tollgate_breaker_open{provider,target}`, attached once metrics exist (see `Router::attach_metrics`).
+    gauge: std::sync::OnceLock<metrics::Gauge>,
 }
 
 /// Longest a `Retry-After` parks a target: an upstream asking for a day is not taken at its word.
@@ -81,6 +83,13 @@ impl TargetHealth {
             failures_to_open: cfg.breaker_failures.max(1),
             cooldown_secs: cfg.breaker_cooldown_secs,
             state: Mutex::new(HealthState::default()),
+            gauge: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn publish(&self, open: bool) {
+        if let Some(g) = self.gauge.get() {
+            g.set(if open { 1.0 } else { 0.0 });
         }
     }
 
@@ -137,6 +146,8 @@ impl TargetHealth {
             parked_until: s.parked_until,
             ..HealthState::default()
         };
+        drop(s);
+        self.publish(false);
     }
 
     pub fn on_failure(&self) {
@@ -149,6 +160,8 @@ impl TargetHealth {
             s.probe_started = None;
             tracing::warn!(target_label = %self.label, failures = s.consecutive_failures,
                 cooldown_secs = self.cooldown_secs, "circuit open: target parked");
+            drop(s);
+            self.publish(true);
         }
     }
 
@@ -172,6 +185,20 @@ pub struct Router {
 }
 
 impl Router {
+    /// Give every target's breaker its gauge in `metrics` (starting closed). Labels are configured names only.
+    pub fn attach_metrics(&self, metrics: &crate::metrics::Metrics) {
+        for (target, _) in self.resolved.iter().flatten() {
+            let h = &target.health;
+            let provider = h.label.split('/').next().unwrap_or(&h.label);
+            if h.gauge
+                .set(metrics.breaker_gauge(provider, &h.label))
+                .is_ok()
+            {
+                h.publish(false);
+            }
+        }
+    }
+
     pub fn new(config: &Config, clock: SharedClock) -> Self {
         let mut clients: BTreeMap<u64, reqwest::Client> = BTreeMap::new();
         let mut client_for = |ms: u64| {

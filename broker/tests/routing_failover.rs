@@ -231,6 +231,16 @@ async fn breaker_opens_after_repeated_failures_and_probes_after_cooldown() {
         (1, Some("b"))
     );
     assert_eq!(a.requests().len(), 2);
+    let gauge = |open: u8| format!("tollgate_breaker_open{{provider=\"a\",target=\"a\"}} {open}");
+    let text = broker.state.metrics.render();
+    assert!(
+        text.contains(&gauge(1)),
+        "breaker gauge shows open:\n{text}"
+    );
+    assert!(
+        text.contains("tollgate_breaker_open{provider=\"b\",target=\"b\"} 0"),
+        "{text}"
+    );
     broker.clock.advance(29);
     let ans = broker.responses("gpt-5.5", "x").await;
     assert_eq!(ans.header("x-tollgate-target"), Some("b"));
@@ -244,6 +254,11 @@ async fn breaker_opens_after_repeated_failures_and_probes_after_cooldown() {
     let ans = broker.responses("gpt-5.5", "x").await;
     assert_eq!(ans.header("x-tollgate-target"), Some("a"));
     assert_eq!(a.requests().len(), 4);
+    let text = broker.state.metrics.render();
+    assert!(
+        text.contains(&gauge(0)),
+        "breaker gauge shows closed again:\n{text}"
+    );
 }
 
 #[tokio::test]
