@@ -212,12 +212,14 @@ fi
 
 # --- throughput --------------------------------------------------------------------------------
 wrk_lua() { # path body-json bearer
+    local auth=""
+    [[ -n "$3" ]] && auth="wrk.headers[\"Authorization\"] = \"Bearer $3\""
     cat <<EOF
 wrk.method = "POST"
 wrk.path = "$1"
 wrk.body = [[$2]]
 wrk.headers["Content-Type"] = "application/json"
-${3:+wrk.headers["Authorization"] = "Bearer $3"}
+$auth
 done = function(summary, latency, requests)
   io.write(string.format("JSON {\"requests\":%d,\"duration_us\":%d,\"rps\":%.1f,\"errors_status\":%d,\"errors_connect\":%d,\"errors_read\":%d,\"errors_timeout\":%d,\"p50_us\":%d,\"p99_us\":%d}\n",
     summary.requests, summary.duration, summary.requests / (summary.duration / 1e6), summary.errors.status,

@@ -42,7 +42,8 @@ def sh(cmd):
 print("## Results", sh("date -u +%Y-%m-%dT%H:%MZ"))
 print()
 cpu = sh("lscpu | sed -n 's/^Model name: *//p'")
-print(f"Machine: {cpu}, {os.cpu_count()} vCPU, kernel {platform.release()}, load average now {sh('cut -d\" \" -f1-3 /proc/loadavg')}.")
+loadavg = open("/proc/loadavg").read().split()[:3]
+print(f"Machine: {cpu}, {os.cpu_count()} vCPU, kernel {platform.release()}, load average at the end {' '.join(loadavg)}.")
 print()
 print("Latency in µs: median over runs [min–max over runs]; \"added\" = target minus direct, computed per run.")
 print()
