@@ -372,13 +372,18 @@ async fn writer(
             Msg::Event(ev) => ev,
         };
         let mut stored = false;
-        for attempt in 0..8u32 {
+        // Store errors are retried 8 times with backoff. A conflict means another writer extended the chain
+        // first — progress, not failure — so it re-reads the head and tries again (with a little jitter so
+        // two writers do not keep colliding), up to a generous bound.
+        let (mut failures, mut conflicts) = (0u32, 0u32);
+        while failures < 8 && conflicts < 1000 {
             if head.is_none() {
                 match sink.head().await {
                     Ok(h) => head = Some(h.unwrap_or((0, GENESIS.to_string()))),
                     Err(e) => {
                         tracing::error!(error = %e, "audit: cannot read the chain head");
-                        tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+                        tokio::time::sleep(std::time::Duration::from_millis(50 << failures)).await;
+                        failures += 1;
                         continue;
                     }
                 }
@@ -391,11 +396,17 @@ async fn writer(
                     stored = true;
                     break;
                 }
-                Err(AuditError::Conflict(_)) => head = None,
+                Err(AuditError::Conflict(_)) => {
+                    head = None;
+                    conflicts += 1;
+                    let jitter_us = rand::random::<u64>() % 2000;
+                    tokio::time::sleep(std::time::Duration::from_micros(jitter_us)).await;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "audit: append failed");
                     head = None;
-                    tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 << failures)).await;
+                    failures += 1;
                 }
             }
         }
