@@ -118,7 +118,7 @@ async fn kill_9_under_load_then_restart() {
         workers.push(tokio::spawn(async move {
             let mut i = 0u32;
             while !stop.load(Ordering::SeqCst) {
-                one_request(&base, &token, (w + i) % 2 == 0, &o).await;
+                one_request(&base, &token, (w + i).is_multiple_of(2), &o).await;
                 i += 1;
             }
         }));
