@@ -49,25 +49,10 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// Hex SHA-256, as the broker config wants for static credentials.
+/// Hex SHA-256, as the broker config wants for static credentials (`tollgate-broker hash-credential`).
 pub fn sha256_hex(s: &str) -> String {
-    use std::fmt::Write;
-    // Tiny local SHA-256 via the broker binary would be slower; use the std-only approach through `sha2`
-    // re-exported by nothing — so shell out once to the broker's own hasher for exactness.
-    let out = std::process::Command::new(bin("tollgate-broker"))
-        .arg("hash-credential")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write as _;
-            c.stdin.take().expect("stdin").write_all(s.as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("hash-credential");
-    let mut h = String::new();
-    let _ = write!(h, "{}", String::from_utf8_lossy(&out.stdout).trim());
-    h
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
 }
 
 /// What a test broker is configured with.
