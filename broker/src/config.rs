@@ -1017,7 +1017,12 @@ impl Config {
 
         let metrics = ops::MetricsConfig::from(&raw.metrics);
         let telemetry = ops::telemetry(s, &raw.telemetry)?;
-        let audit = ops::audit(s, &raw.audit, &server.state_dir);
+        let audit = ops::audit(
+            s,
+            &raw.audit,
+            &server.state_dir,
+            store.kind == StoreKind::Postgres,
+        )?;
         Ok(Config {
             metrics,
             telemetry,

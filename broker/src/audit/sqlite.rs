@@ -1,14 +1,9 @@
 //! The SQLite audit sink: one table, append-only by trigger (defence in depth; the hash chain is what
 //! makes tampering visible to `audit verify`).
 
-use super::{
-    AuditError, AuditEvent, AuditRecord, AuditSink, EventKind, GrantRow, GroupBy, SpendRow,
-};
-use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-};
-use sqlx::{Row, SqlitePool as Pool};
+use super::AuditError;
+use sqlx::SqlitePool as Pool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -37,10 +32,6 @@ const SCHEMA: &[&str] = &[
 pub struct SqliteAudit {
     opts: SqliteConnectOptions,
     pool: OnceCell<SqlitePool>,
-}
-
-fn store_err(e: sqlx::Error) -> AuditError {
-    AuditError::Store(e.to_string())
 }
 
 impl SqliteAudit {
@@ -78,174 +69,7 @@ impl SqliteAudit {
     }
 }
 
-fn record_from_row(r: &SqliteRow) -> Result<AuditRecord, AuditError> {
-    let g = |e: sqlx::Error| AuditError::Store(e.to_string());
-    let kind: String = r.try_get("kind").map_err(g)?;
-    let detail: String = r.try_get("detail").map_err(g)?;
-    Ok(AuditRecord {
-        seq: r.try_get("seq").map_err(g)?,
-        prev_hash: r.try_get("prev_hash").map_err(g)?,
-        hash: r.try_get("hash").map_err(g)?,
-        event: AuditEvent {
-            ts: r.try_get("ts").map_err(g)?,
-            kind: EventKind::parse(&kind),
-            actor: r.try_get("actor").map_err(g)?,
-            principal: r.try_get("principal").map_err(g)?,
-            team: r.try_get("team").map_err(g)?,
-            model: r.try_get("model").map_err(g)?,
-            provider: r.try_get("provider").map_err(g)?,
-            status: r.try_get("status").map_err(g)?,
-            input_tokens: r.try_get("input_tokens").map_err(g)?,
-            output_tokens: r.try_get("output_tokens").map_err(g)?,
-            cost_nanos: r.try_get("cost_nanos").map_err(g)?,
-            request_id: r.try_get("request_id").map_err(g)?,
-            jti: r.try_get("jti").map_err(g)?,
-            expires_at: r.try_get("expires_at").map_err(g)?,
-            // Unparseable detail (tampering) stays visible as a string and fails the hash check.
-            detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
-        },
-    })
-}
-
-#[async_trait]
-impl AuditSink for SqliteAudit {
-    async fn head(&self) -> Result<Option<(i64, String)>, AuditError> {
-        let pool = self.pool().await?;
-        let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(pool)
-            .await
-            .map_err(store_err)?;
-        row.map(|r| Ok((r.try_get("seq")?, r.try_get("hash")?)))
-            .transpose()
-            .map_err(store_err)
-    }
-
-    async fn append(&self, rec: &AuditRecord) -> Result<(), AuditError> {
-        let pool = self.pool().await?;
-        let e = &rec.event;
-        let res = sqlx::query(
-            "INSERT INTO audit_log (seq, ts, kind, actor, principal, team, model, provider, status,
-                input_tokens, output_tokens, cost_nanos, request_id, jti, expires_at, detail, prev_hash, hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(rec.seq)
-        .bind(e.ts)
-        .bind(e.kind.map_or("", EventKind::as_str))
-        .bind(&e.actor)
-        .bind(&e.principal)
-        .bind(&e.team)
-        .bind(&e.model)
-        .bind(&e.provider)
-        .bind(e.status)
-        .bind(e.input_tokens)
-        .bind(e.output_tokens)
-        .bind(e.cost_nanos)
-        .bind(&e.request_id)
-        .bind(&e.jti)
-        .bind(e.expires_at)
-        .bind(e.detail.to_string())
-        .bind(&rec.prev_hash)
-        .bind(&rec.hash)
-        .execute(pool)
-        .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                Err(AuditError::Conflict(rec.seq))
-            }
-            Err(e) => Err(store_err(e)),
-        }
-    }
-
-    async fn scan(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, AuditError> {
-        let pool = self.pool().await?;
-        let rows = sqlx::query("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq ASC LIMIT ?")
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await
-            .map_err(store_err)?;
-        rows.iter().map(record_from_row).collect()
-    }
-
-    async fn spend(
-        &self,
-        by: GroupBy,
-        since: i64,
-        until: i64,
-    ) -> Result<Vec<SpendRow>, AuditError> {
-        let pool = self.pool().await?;
-        // `by.column()` is one of four fixed column names, never user text.
-        let sql = format!(
-            "SELECT (ts / 86400) * 86400 AS day, COALESCE({col}, '(none)') AS key, COUNT(*) AS requests,
-                    COALESCE(SUM(input_tokens), 0) AS input_tokens, COALESCE(SUM(output_tokens), 0) AS output_tokens,
-                    COALESCE(SUM(cost_nanos), 0) AS cost_nanos
-             FROM audit_log WHERE kind = 'request' AND ts >= ? AND ts < ?
-             GROUP BY day, key ORDER BY day, key",
-            col = by.column()
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(since)
-            .bind(until)
-            .fetch_all(pool)
-            .await
-            .map_err(store_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok(SpendRow {
-                    day: r.try_get("day")?,
-                    key: r.try_get("key")?,
-                    requests: r.try_get("requests")?,
-                    input_tokens: r.try_get("input_tokens")?,
-                    output_tokens: r.try_get("output_tokens")?,
-                    cost_nanos: r.try_get("cost_nanos")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(store_err)
-    }
-
-    async fn live_grants(&self, now: i64) -> Result<Vec<GrantRow>, AuditError> {
-        let pool = self.pool().await?;
-        let rows = sqlx::query(
-            "SELECT * FROM audit_log WHERE kind = 'mint' AND expires_at > ? ORDER BY seq DESC LIMIT 10000",
-        )
-        .bind(now)
-        .fetch_all(pool)
-        .await
-        .map_err(store_err)?;
-        let mut out = Vec::new();
-        for r in &rows {
-            let rec = record_from_row(r)?;
-            let e = rec.event;
-            out.push(GrantRow {
-                jti: e.jti.unwrap_or_default(),
-                principal: e.principal.unwrap_or_default(),
-                team: e.team,
-                issued_at: e.ts,
-                expires_at: e.expires_at.unwrap_or_default(),
-                identity_kind: e
-                    .detail
-                    .pointer("/identity/kind")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string),
-            });
-        }
-        Ok(out)
-    }
-
-    async fn revocations(&self, now: i64) -> Result<Vec<AuditRecord>, AuditError> {
-        let pool = self.pool().await?;
-        let rows = sqlx::query(
-            "SELECT * FROM audit_log WHERE kind = 'revocation' AND (expires_at IS NULL OR expires_at > ?) ORDER BY seq",
-        )
-        .bind(now)
-        .fetch_all(pool)
-        .await
-        .map_err(store_err)?;
-        rows.iter().map(record_from_row).collect()
-    }
-}
+super::sql::impl_audit_sink!(SqliteAudit, sqlx::Sqlite, sqlx::sqlite::SqliteRow);
 
 #[cfg(test)]
 mod tests {
