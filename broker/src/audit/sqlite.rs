@@ -74,7 +74,7 @@ super::sql::impl_audit_sink!(SqliteAudit, sqlx::Sqlite, sqlx::sqlite::SqliteRow)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{AuditLog, verify};
+    use crate::audit::{AuditEvent, AuditLog, AuditSink, EventKind, GroupBy, verify};
     use std::sync::Arc;
 
     fn ev(i: i64) -> AuditEvent {
