@@ -195,4 +195,111 @@ mod tests {
         let v = verify(a.as_ref()).await.expect("verify");
         assert_eq!((v.records, v.first_break), (40, None));
     }
+
+    fn signer(
+        clock: &crate::clock::FakeClock,
+        every: u64,
+        interval_secs: u64,
+        sink: Arc<SqliteAudit>,
+    ) -> (AuditLog, Arc<crate::token::KeyRing>) {
+        let ring = Arc::new(crate::token::KeyRing::new(vec![
+            crate::keys::SigningKey::generate(1).expect("key").0,
+        ]));
+        let log = AuditLog::new(sink).with_checkpoints(
+            crate::audit::checkpoint::CheckpointConfig {
+                every,
+                interval_secs,
+            },
+            Arc::new(crate::audit::checkpoint::RingSigner {
+                keys: ring.clone(),
+                issuer: "http://broker".into(),
+            }),
+            Arc::new(clock.clone()),
+        );
+        (log, ring)
+    }
+
+    /// Count- and time-triggered checkpoints; deleting the newest records passes plain verification (a
+    /// chain cannot see it) but not verification against a checkpoint; a re-hashed rewrite is caught too.
+    #[tokio::test]
+    async fn checkpoints_catch_truncation_and_rewrites() {
+        use crate::audit::checkpoint::{extract, verify_checkpoints};
+        let dir = tempfile::tempdir().expect("tmp");
+        let sink = Arc::new(SqliteAudit::open(&dir.path().join("audit.sqlite")));
+        let clock = crate::clock::FakeClock::new(1_000);
+        let (log, ring) = signer(&clock, 5, 60, sink.clone());
+        for i in 1..=9 {
+            log.record(ev(i));
+        }
+        log.flush().await;
+        // seq 5 is checkpointed (record 6), events 6..9 are seqs 7..10; 10 is a multiple of 5 → record 11.
+        let recs = sink.scan(0, 100).await.expect("scan");
+        let cps: Vec<i64> = recs
+            .iter()
+            .filter(|r| r.event.kind == Some(EventKind::Checkpoint))
+            .map(|r| r.event.detail["seq"].as_i64().expect("seq"))
+            .collect();
+        assert_eq!(cps, [5, 10]);
+        // Time: nothing new → no checkpoint; one more record and 60 s → one (of seq 12).
+        clock.advance(61);
+        log.flush().await;
+        assert_eq!(sink.head().await.expect("h").expect("h").0, 11);
+        log.record(ev(10));
+        log.flush().await;
+        assert_eq!(sink.head().await.expect("h").expect("h").0, 12, "interval restarted");
+        clock.advance(60);
+        log.flush().await;
+        let head = sink.scan(12, 10).await.expect("scan");
+        assert_eq!(head.len(), 1);
+        assert_eq!(head[0].event.kind, Some(EventKind::Checkpoint));
+        assert_eq!(head[0].event.detail["seq"], 12);
+        clock.advance(600);
+        log.flush().await;
+        assert_eq!(sink.head().await.expect("h").expect("h").0, 13, "idle: no checkpoint of a checkpoint");
+
+        // Every checkpoint, as extracted from log text, checks out.
+        let log_text: String = sink
+            .scan(0, 100)
+            .await
+            .expect("scan")
+            .iter()
+            .filter(|r| r.event.kind == Some(EventKind::Checkpoint))
+            .map(|r| format!("INFO audit checkpoint seq={} checkpoint={}\n", r.event.detail["seq"], r.event.detail["jws"].as_str().expect("jws")))
+            .collect();
+        let jws = extract(&log_text);
+        assert_eq!(jws.len(), 3);
+        let (v, checks) = verify_checkpoints(sink.as_ref(), &jws, &ring).await.expect("v");
+        assert_eq!(v.first_break, None);
+        assert!(checks.iter().all(|c| c.problem.is_none()), "{checks:?}");
+
+        // Truncate below the newest checkpoint.
+        raw(&sink, "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq > 9").await;
+        let plain = verify(sink.as_ref()).await.expect("v");
+        assert_eq!((plain.records, plain.first_break), (9, None), "plain verify cannot see it");
+        let (_, checks) = verify_checkpoints(sink.as_ref(), &jws, &ring).await.expect("v");
+        assert_eq!(checks[0].problem, None, "seq 5 is still there");
+        for c in &checks[1..] {
+            let p = c.problem.as_deref().expect("truncation found");
+            assert!(p.starts_with("TRUNCATED: the chain ends at seq 9"), "{p}");
+        }
+
+        // Rewrite record 3 and re-hash everything after it: a valid chain, but not the signed one.
+        let mut recs = sink.scan(0, 100).await.expect("scan");
+        raw(&sink, "DROP TRIGGER audit_log_no_update; DELETE FROM audit_log WHERE seq >= 3").await;
+        recs[2].event.cost_nanos = Some(0);
+        let mut prev = recs[1].hash.clone();
+        for r in &recs[2..] {
+            let re = crate::audit::AuditRecord::chain(r.seq, prev, r.event.clone());
+            prev = re.hash.clone();
+            sink.append(&re).await.expect("append");
+        }
+        assert_eq!(verify(sink.as_ref()).await.expect("v").first_break, None);
+        let (_, checks) = verify_checkpoints(sink.as_ref(), &jws[..1], &ring).await.expect("v");
+        assert!(
+            checks[0].problem.as_deref().is_some_and(|p| p.starts_with("REWRITTEN: record 5")),
+            "{checks:?}"
+        );
+        // An access-token-shaped JWS is not a checkpoint.
+        assert!(extract("eyJhbGciOiJFUzI1NiJ9.e30.sig").is_empty());
+    }
 }
