@@ -115,7 +115,7 @@ impl AppState {
             metrics: crate::metrics::Metrics::new(config.metrics.clone(), &config.routes),
             audit: audit_sink.map(|sink| {
                 crate::audit::AuditLog::new(sink).with_checkpoints(
-                    config.audit.checkpoints.clone(),
+                    config.audit.checkpoints,
                     Arc::new(crate::audit::checkpoint::RingSigner {
                         keys: ring.clone(),
                         issuer: config.server.public_url.clone(),

@@ -193,9 +193,9 @@ pub async fn open_sink(
     if config.store.kind == crate::config::StoreKind::Postgres {
         let store = crate::governance::store::open(&config.store).await?;
         return match store.pool() {
-            StorePool::Postgres(pool) => {
-                Ok(std::sync::Arc::new(crate::audit::postgres::PgAudit::new(pool)))
-            }
+            StorePool::Postgres(pool) => Ok(std::sync::Arc::new(
+                crate::audit::postgres::PgAudit::new(pool),
+            )),
             StorePool::Sqlite(_) => anyhow::bail!("expected a PostgreSQL store"),
         };
     }
@@ -205,9 +205,9 @@ pub async fn open_sink(
             config.audit.sqlite_path.display()
         );
     }
-    Ok(std::sync::Arc::new(crate::audit::sqlite::SqliteAudit::open(
-        &config.audit.sqlite_path,
-    )))
+    Ok(std::sync::Arc::new(
+        crate::audit::sqlite::SqliteAudit::open(&config.audit.sqlite_path),
+    ))
 }
 
 /// Keys to check checkpoints with: a JWKS file, the key file, or every key the store holds.
@@ -217,8 +217,8 @@ async fn verification_keys(
 ) -> anyhow::Result<crate::token::KeyRing> {
     let mut keys = Vec::new();
     if let Some(path) = jwks {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", path.display()))?;
         for k in v["keys"].as_array().into_iter().flatten() {

@@ -183,7 +183,10 @@ async fn revoke_grants_spend_reload_rotate_and_audit() {
     );
     // Published before it signs: in the JWKS now, but tokens are still signed with the old key.
     let kids = jwks_kids().await;
-    assert!(kids.contains(&new_kid) && kids.contains(&old_kid), "{kids:?}");
+    assert!(
+        kids.contains(&new_kid) && kids.contains(&old_kid),
+        "{kids:?}"
+    );
     assert_eq!(kid_of(&b.mint(CREDENTIAL).await), old_kid);
     b.clock.advance(lead);
     b.state.sync_keys().await.unwrap();
@@ -194,7 +197,10 @@ async fn revoke_grants_spend_reload_rotate_and_audit() {
     assert_eq!(b.responses(&after, "gpt-5.5", false).await.0, 200);
     assert_eq!(b.responses(&alive, "gpt-5.5", false).await.0, 200);
     let kids = jwks_kids().await;
-    assert!(kids.contains(&new_kid) && kids.contains(&old_kid), "{kids:?}");
+    assert!(
+        kids.contains(&new_kid) && kids.contains(&old_kid),
+        "{kids:?}"
+    );
 
     // Everything above is in the audit trail, and the chain verifies.
     let (s, v) = b.admin_get("/admin/v1/audit/verify").await;

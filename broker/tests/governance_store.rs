@@ -374,16 +374,30 @@ async fn forced_rotation_composes_with_the_schedule() {
     assert_ne!(gen10, gen11);
 
     let r = a.rotate(st.as_ref(), &ring_a, 1_030).await.expect("rotate");
-    assert_eq!((r.activates_at, r.previous_kid.as_deref()), (1_035, Some(gen10.as_str())));
+    assert_eq!(
+        (r.activates_at, r.previous_kid.as_deref()),
+        (1_035, Some(gen10.as_str()))
+    );
     assert!(ring_a.find(&r.kid).is_some(), "published on A at once");
     assert!(ring_b.find(&r.kid).is_none());
     b.sync(st.as_ref(), &ring_b, 1_031).await.expect("poll");
-    assert!(ring_b.find(&r.kid).is_some(), "published on B by its next poll");
+    assert!(
+        ring_b.find(&r.kid).is_some(),
+        "published on B by its next poll"
+    );
     for ring in [&ring_a, &ring_b] {
-        assert_eq!(ring.active_at(1_034).expect("k").kid, gen10, "not before activation");
+        assert_eq!(
+            ring.active_at(1_034).expect("k").kid,
+            gen10,
+            "not before activation"
+        );
         assert_eq!(ring.active_at(1_035).expect("k").kid, r.kid);
         assert_eq!(ring.active_at(1_099).expect("k").kid, r.kid);
-        assert_eq!(ring.active_at(1_100).expect("k").kid, gen11, "the schedule takes over");
+        assert_eq!(
+            ring.active_at(1_100).expect("k").kid,
+            gen11,
+            "the schedule takes over"
+        );
     }
     // Generation 10 (and the forced key in it) signed until 1_100: kept until 1_250, gone after.
     b.sync(st.as_ref(), &ring_b, 1_249).await.expect("sync");
@@ -402,5 +416,8 @@ async fn forced_rotation_composes_with_the_schedule() {
     assert_eq!(ring_b.active_at(1_399).expect("k").kid, late.kid);
     b.sync(st.as_ref(), &ring_b, 1_400).await.expect("sync");
     assert_ne!(ring_b.active_at(1_400).expect("k").kid, late.kid);
-    assert!(ring_b.find(&late.kid).is_some(), "still verifying its tokens");
+    assert!(
+        ring_b.find(&late.kid).is_some(),
+        "still verifying its tokens"
+    );
 }

@@ -435,7 +435,10 @@ async fn logged_checkpoints_expose_truncation_and_rotate_keys_cli() {
     );
     let log = b.dir.path().join("broker.log");
     let text = std::fs::read_to_string(&log).unwrap();
-    let cp_lines = text.lines().filter(|l| l.contains("audit checkpoint")).count();
+    let cp_lines = text
+        .lines()
+        .filter(|l| l.contains("audit checkpoint"))
+        .count();
     assert!(cp_lines >= 2, "{text}");
     let config = b.dir.path().join("broker.toml");
     let config = config.to_str().unwrap();
@@ -446,7 +449,11 @@ async fn logged_checkpoints_expose_truncation_and_rotate_keys_cli() {
     )
     .await;
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(out.matches(": ok, the chain reaches it").count(), cp_lines, "{out}");
+    assert_eq!(
+        out.matches(": ok, the chain reaches it").count(),
+        cp_lines,
+        "{out}"
+    );
 
     // Cut the tail: the records from seq 4 on.
     let sink =
@@ -459,16 +466,29 @@ async fn logged_checkpoints_expose_truncation_and_rotate_keys_cli() {
     pool.close().await;
     let (code, out, _) = cli(&["audit", "verify", "--config", config], None).await;
     assert_eq!(code, 0, "a chain alone cannot see a cut tail: {out}");
-    assert!(out.contains("audit chain intact: 3 record(s)") && out.contains("--checkpoint"), "{out}");
+    assert!(
+        out.contains("audit chain intact: 3 record(s)") && out.contains("--checkpoint"),
+        "{out}"
+    );
     let (code, out, _) = cli(
         &["audit", "verify", "--config", config, "--checkpoint", log],
         None,
     )
     .await;
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("FAILED: TRUNCATED: the chain ends at seq 3"), "{out}");
+    assert!(
+        out.contains("FAILED: TRUNCATED: the chain ends at seq 3"),
+        "{out}"
+    );
     let (code, _, err) = cli(
-        &["audit", "verify", "--config", config, "--checkpoint", "not a checkpoint"],
+        &[
+            "audit",
+            "verify",
+            "--config",
+            config,
+            "--checkpoint",
+            "not a checkpoint",
+        ],
         None,
     )
     .await;

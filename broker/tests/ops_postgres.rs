@@ -170,16 +170,16 @@ async fn forced_rotation_reaches_the_other_replica() {
     let v: serde_json::Value = r.json().await.unwrap();
     let new = v["kid"].as_str().unwrap().to_string();
     let lead = v["publish_lead_secs"].as_u64().unwrap();
-    assert_eq!(
-        v["activates_at"].as_u64().unwrap(),
-        clock.now_secs() + lead
-    );
+    assert_eq!(v["activates_at"].as_u64().unwrap(), clock.now_secs() + lead);
     assert!(kids(&ua).await.contains(&new), "A publishes it at once");
     assert!(!kids(&ub).await.contains(&new), "B has not polled yet");
     // Publish before sign: nobody signs with it yet.
     assert_eq!(kid_of(&mint(&ua).await), old);
     b.sync_keys().await.unwrap();
-    assert!(kids(&ub).await.contains(&new), "B publishes it after its poll");
+    assert!(
+        kids(&ub).await.contains(&new),
+        "B publishes it after its poll"
+    );
     assert_eq!(kid_of(&mint(&ub).await), old, "not yet active on B");
 
     clock.advance(lead);
@@ -384,7 +384,10 @@ async fn checkpoints_expose_a_truncated_tail_on_postgres() {
     ])
     .await;
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains(&format!("checkpoint seq {cp_seq}")) && out.contains(": ok"), "{out}");
+    assert!(
+        out.contains(&format!("checkpoint seq {cp_seq}")) && out.contains(": ok"),
+        "{out}"
+    );
 
     // Truncate: delete everything from the checkpointed record on.
     let pool = raw_pool(&s.name).await;
@@ -396,7 +399,10 @@ async fn checkpoints_expose_a_truncated_tail_on_postgres() {
     .await
     .unwrap();
     let plain = verify(x.as_ref()).await.unwrap();
-    assert_eq!(plain.first_break, None, "a chain alone cannot see a cut tail");
+    assert_eq!(
+        plain.first_break, None,
+        "a chain alone cannot see a cut tail"
+    );
     let (code, out, err) = cli(&["audit", "verify", "--config", cfg]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("audit chain intact"), "{out}");

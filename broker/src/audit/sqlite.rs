@@ -246,7 +246,11 @@ mod tests {
         assert_eq!(sink.head().await.expect("h").expect("h").0, 11);
         log.record(ev(10));
         log.flush().await;
-        assert_eq!(sink.head().await.expect("h").expect("h").0, 12, "interval restarted");
+        assert_eq!(
+            sink.head().await.expect("h").expect("h").0,
+            12,
+            "interval restarted"
+        );
         clock.advance(60);
         log.flush().await;
         let head = sink.scan(12, 10).await.expect("scan");
@@ -255,7 +259,11 @@ mod tests {
         assert_eq!(head[0].event.detail["seq"], 12);
         clock.advance(600);
         log.flush().await;
-        assert_eq!(sink.head().await.expect("h").expect("h").0, 13, "idle: no checkpoint of a checkpoint");
+        assert_eq!(
+            sink.head().await.expect("h").expect("h").0,
+            13,
+            "idle: no checkpoint of a checkpoint"
+        );
 
         // Every checkpoint, as extracted from log text, checks out.
         let log_text: String = sink
@@ -264,19 +272,37 @@ mod tests {
             .expect("scan")
             .iter()
             .filter(|r| r.event.kind == Some(EventKind::Checkpoint))
-            .map(|r| format!("INFO audit checkpoint seq={} checkpoint={}\n", r.event.detail["seq"], r.event.detail["jws"].as_str().expect("jws")))
+            .map(|r| {
+                format!(
+                    "INFO audit checkpoint seq={} checkpoint={}\n",
+                    r.event.detail["seq"],
+                    r.event.detail["jws"].as_str().expect("jws")
+                )
+            })
             .collect();
         let jws = extract(&log_text);
         assert_eq!(jws.len(), 3);
-        let (v, checks) = verify_checkpoints(sink.as_ref(), &jws, &ring).await.expect("v");
+        let (v, checks) = verify_checkpoints(sink.as_ref(), &jws, &ring)
+            .await
+            .expect("v");
         assert_eq!(v.first_break, None);
         assert!(checks.iter().all(|c| c.problem.is_none()), "{checks:?}");
 
         // Truncate below the newest checkpoint.
-        raw(&sink, "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq > 9").await;
+        raw(
+            &sink,
+            "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq > 9",
+        )
+        .await;
         let plain = verify(sink.as_ref()).await.expect("v");
-        assert_eq!((plain.records, plain.first_break), (9, None), "plain verify cannot see it");
-        let (_, checks) = verify_checkpoints(sink.as_ref(), &jws, &ring).await.expect("v");
+        assert_eq!(
+            (plain.records, plain.first_break),
+            (9, None),
+            "plain verify cannot see it"
+        );
+        let (_, checks) = verify_checkpoints(sink.as_ref(), &jws, &ring)
+            .await
+            .expect("v");
         assert_eq!(checks[0].problem, None, "seq 5 is still there");
         for c in &checks[1..] {
             let p = c.problem.as_deref().expect("truncation found");
@@ -285,7 +311,11 @@ mod tests {
 
         // Rewrite record 3 and re-hash everything after it: a valid chain, but not the signed one.
         let mut recs = sink.scan(0, 100).await.expect("scan");
-        raw(&sink, "DROP TRIGGER audit_log_no_update; DELETE FROM audit_log WHERE seq >= 3").await;
+        raw(
+            &sink,
+            "DROP TRIGGER audit_log_no_update; DELETE FROM audit_log WHERE seq >= 3",
+        )
+        .await;
         recs[2].event.cost_nanos = Some(0);
         let mut prev = recs[1].hash.clone();
         for r in &recs[2..] {
@@ -294,9 +324,14 @@ mod tests {
             sink.append(&re).await.expect("append");
         }
         assert_eq!(verify(sink.as_ref()).await.expect("v").first_break, None);
-        let (_, checks) = verify_checkpoints(sink.as_ref(), &jws[..1], &ring).await.expect("v");
+        let (_, checks) = verify_checkpoints(sink.as_ref(), &jws[..1], &ring)
+            .await
+            .expect("v");
         assert!(
-            checks[0].problem.as_deref().is_some_and(|p| p.starts_with("REWRITTEN: record 5")),
+            checks[0]
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.starts_with("REWRITTEN: record 5")),
             "{checks:?}"
         );
         // An access-token-shaped JWS is not a checkpoint.

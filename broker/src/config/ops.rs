@@ -135,7 +135,11 @@ pub fn audit(
             |p| s.resolve(p.get_ref()),
         ),
         checkpoints: crate::audit::checkpoint::CheckpointConfig {
-            every: cap(&r.checkpoint_every, "audit.checkpoint_every", defaults.every)?,
+            every: cap(
+                &r.checkpoint_every,
+                "audit.checkpoint_every",
+                defaults.every,
+            )?,
             interval_secs: cap(
                 &r.checkpoint_interval_secs,
                 "audit.checkpoint_interval_secs",
