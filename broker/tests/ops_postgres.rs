@@ -351,7 +351,8 @@ async fn checkpoints_expose_a_truncated_tail_on_postgres() {
     for c in &cps {
         let seq = c.event.detail["seq"].as_i64().unwrap();
         assert_eq!(seq % 4, 0);
-        assert_eq!(c.seq, seq + 1, "a checkpoint follows the record it covers");
+        // After the record it covers (the other writer may have appended in between).
+        assert!(c.seq > seq, "{c:?}");
         let covered = recs.iter().find(|r| r.seq == seq).unwrap();
         assert_eq!(c.event.detail["hash"], covered.hash.as_str());
     }
