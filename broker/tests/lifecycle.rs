@@ -372,7 +372,15 @@ async fn admin_and_audit_subcommands() {
         .collect();
     let mut kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
     kinds.sort();
-    assert_eq!(kinds, ["mint", "request", "revocation"], "{lines:?}");
+    // The graceful shutdown signed a checkpoint of the last record.
+    assert_eq!(
+        kinds,
+        ["checkpoint", "mint", "request", "revocation"],
+        "{lines:?}"
+    );
+    let cp = lines.iter().find(|l| l["kind"] == "checkpoint").unwrap();
+    assert_eq!(cp["detail"]["seq"], 3);
+    assert_eq!(cp["detail"]["hash"], lines[2]["hash"]);
     assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
     let rev = lines.iter().find(|l| l["kind"] == "revocation").unwrap();
     assert_eq!(rev["detail"]["reason"], "laptop lost");

@@ -249,6 +249,55 @@ async fn concurrent_writers_make_one_contiguous_chain() {
     for i in [1, 40, 101, 140] {
         assert!(recs.iter().any(|r| r.event.ts == 1_800_000_000 + i), "{i}");
     }
+    // The admin queries run on PostgreSQL: spend per day and principal, live grants, revocations.
+    let spend = x
+        .spend(tollgate_broker::audit::GroupBy::Principal, 0, i64::MAX)
+        .await
+        .unwrap();
+    let total = |p: &str| -> (i64, i64) {
+        spend
+            .iter()
+            .filter(|r| r.key == p)
+            .fold((0, 0), |(n, c), r| (n + r.requests, c + r.cost_nanos))
+    };
+    let odd: i64 = (1..=40)
+        .chain(101..=140)
+        .filter(|i| i % 2 == 1)
+        .map(|i| 1000 * i)
+        .sum();
+    assert_eq!(total("p1"), (40, odd));
+    assert!(
+        spend
+            .iter()
+            .all(|r| r.day % 86_400 == 0 && r.input_tokens == 10 * r.requests)
+    );
+    lx.record(AuditEvent {
+        ts: 1_800_000_500,
+        kind: Some(EventKind::Mint),
+        actor: "alice".into(),
+        principal: Some("alice".into()),
+        jti: Some("j1".into()),
+        expires_at: Some(1_800_003_600),
+        detail: json!({"identity": {"kind": "static"}}),
+        ..Default::default()
+    });
+    lx.record(AuditEvent {
+        ts: 1_800_000_600,
+        kind: Some(EventKind::Revocation),
+        actor: "admin".into(),
+        jti: Some("j1".into()),
+        detail: json!({"kind": "jti", "value": "j1"}),
+        ..Default::default()
+    });
+    lx.flush().await;
+    let grants = y.live_grants(1_800_001_000).await.unwrap();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(
+        (grants[0].jti.as_str(), grants[0].identity_kind.as_deref()),
+        ("j1", Some("static"))
+    );
+    assert!(y.live_grants(1_800_003_600).await.unwrap().is_empty());
+    assert_eq!(y.revocations(1_800_001_000).await.unwrap().len(), 1);
     drop_schema(&s.name).await;
 }
 

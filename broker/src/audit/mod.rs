@@ -328,6 +328,8 @@ pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
     rx: Mutex<Option<mpsc::Receiver<Msg>>>,
     checkpoints: Mutex<Option<Checkpoints>>,
+    /// A checkpoint trigger is on (`checkpoint_every` or `checkpoint_interval_secs` non-zero).
+    checkpointing: bool,
     errors: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -339,6 +341,7 @@ impl AuditLog {
             tx,
             rx: Mutex::new(Some(rx)),
             checkpoints: Mutex::new(None),
+            checkpointing: false,
             errors: Arc::default(),
         }
     }
@@ -346,11 +349,12 @@ impl AuditLog {
     /// Sign checkpoints of the chain head (see [`checkpoint`]). Takes effect when the writer starts (the
     /// first record).
     pub fn with_checkpoints(
-        self,
+        mut self,
         config: checkpoint::CheckpointConfig,
         signer: Arc<dyn checkpoint::CheckpointSigner>,
         clock: crate::clock::SharedClock,
     ) -> Self {
+        self.checkpointing = config.every > 0 || config.interval_secs > 0;
         *self
             .checkpoints
             .lock()
@@ -360,6 +364,11 @@ impl AuditLog {
             clock,
         });
         self
+    }
+
+    /// Checkpoints are set up with at least one trigger on (then the broker also checkpoints at shutdown).
+    pub fn checkpoints_enabled(&self) -> bool {
+        self.checkpointing
     }
 
     pub fn sink(&self) -> &Arc<dyn AuditSink> {
