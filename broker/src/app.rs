@@ -71,17 +71,30 @@ impl AppState {
         let policy = Policy::load(&config.policy_file)?;
         let now = clock.now_secs();
         let governance = Governance::open(config, clock.clone()).await?;
-        let ring = KeyRing::default();
+        let ring = Arc::new(KeyRing::default());
         match (&config.tokens.signing_key_file, &governance.keys) {
             (Some(path), _) => ring.replace(vec![keys::load_file(path, now)?]),
             (None, Some(km)) => km.sync(governance.store.as_ref(), &ring, now).await?,
             (None, None) => ring.replace(keys::load_or_generate(&config.server.state_dir, now)?),
         }
+        let audit_sink: Option<Arc<dyn crate::audit::AuditSink>> = if config.audit.enabled {
+            Some(match governance.store.pool() {
+                // Replicas sharing PostgreSQL share one chain in it.
+                crate::governance::store::StorePool::Postgres(pool) => {
+                    Arc::new(crate::audit::postgres::PgAudit::new(pool))
+                }
+                crate::governance::store::StorePool::Sqlite(_) => Arc::new(
+                    crate::audit::sqlite::SqliteAudit::open(&config.audit.sqlite_path),
+                ),
+            })
+        } else {
+            None
+        };
         let verifiers = Verifiers::from_config(config, clock.clone())
             .map_err(|e| BuildError::Identity(e.to_string()))?;
         let state = Arc::new(AppState {
             tokens: TokenService {
-                keys: ring,
+                keys: ring.clone(),
                 issuer: config.server.public_url.clone(),
                 audience: config.tokens.audience.clone(),
                 leeway_secs: config.tokens.leeway_secs,
@@ -100,10 +113,15 @@ impl AppState {
             ledger: Ledger::new(Arc::new(governance)),
             admin_key_sha256: config.admin.key_sha256,
             metrics: crate::metrics::Metrics::new(config.metrics.clone(), &config.routes),
-            audit: config.audit.enabled.then(|| {
-                crate::audit::AuditLog::new(Arc::new(crate::audit::sqlite::SqliteAudit::open(
-                    &config.audit.sqlite_path,
-                )))
+            audit: audit_sink.map(|sink| {
+                crate::audit::AuditLog::new(sink).with_checkpoints(
+                    config.audit.checkpoints,
+                    Arc::new(crate::audit::checkpoint::RingSigner {
+                        keys: ring.clone(),
+                        issuer: config.server.public_url.clone(),
+                    }),
+                    clock.clone(),
+                )
             }),
             admin: crate::admin::AdminAuth::new(config.admin.key_sha256),
             budgets: config.budgets.clone(),
@@ -138,19 +156,27 @@ impl AppState {
                     last_expire = std::time::Instant::now();
                 }
                 g.tick(renew, expire).await;
-                if let Some(km) = &g.keys
-                    && last_keys.elapsed() >= Duration::from_secs(1)
-                {
+                if last_keys.elapsed() >= Duration::from_secs(1) {
                     last_keys = std::time::Instant::now();
-                    if let Err(e) = km
-                        .sync(g.store.as_ref(), &app.tokens.keys, app.clock.now_secs())
-                        .await
-                    {
+                    if let Err(e) = app.sync_keys().await {
                         tracing::warn!(error = %e, "could not sync signing keys");
                     }
                 }
             }
         });
+    }
+
+    /// One key poll: publish keys other replicas created (scheduled or forced) and drop retired ones.
+    /// The background loop calls it every second; public so tests drive it without timers.
+    pub async fn sync_keys(&self) -> Result<(), crate::governance::store::StoreError> {
+        let g = &self.ledger.governance;
+        match &g.keys {
+            Some(km) => {
+                km.sync(g.store.as_ref(), &self.tokens.keys, self.clock.now_secs())
+                    .await
+            }
+            None => Ok(()),
+        }
     }
 
     /// Load the policy file again and swap it in. Requests in flight keep the policy they started with

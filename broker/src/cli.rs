@@ -101,7 +101,9 @@ fn run_ops(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Audit { command }) => {
             let Some(config) = config else {
-                eprintln!("tollgate-broker: audit needs --config FILE (for [audit] sqlite_path)");
+                eprintln!(
+                    "tollgate-broker: audit needs --config FILE (it names the audit database: [audit] sqlite_path, or the PostgreSQL [store])"
+                );
                 return Ok(ExitCode::from(EXIT_CONFIG));
             };
             runtime()?.block_on(crate::opscli::audit(command, &config))

@@ -1017,7 +1017,12 @@ impl Config {
 
         let metrics = ops::MetricsConfig::from(&raw.metrics);
         let telemetry = ops::telemetry(s, &raw.telemetry)?;
-        let audit = ops::audit(s, &raw.audit, &server.state_dir);
+        let audit = ops::audit(
+            s,
+            &raw.audit,
+            &server.state_dir,
+            store.kind == StoreKind::Postgres,
+        )?;
         Ok(Config {
             metrics,
             telemetry,
@@ -1561,5 +1566,30 @@ mod tests {
             (t.weight, t.priority, t.first_byte_timeout_ms),
             (2, 5, Some(100))
         );
+    }
+
+    #[test]
+    fn audit_section_checkpoints_and_postgres() {
+        let c = load("policy_file = \"p.toml\"\n").expect("defaults");
+        assert_eq!(c.audit.checkpoints.every, 1000);
+        assert_eq!(c.audit.checkpoints.interval_secs, 60);
+        let c = load("policy_file = \"p.toml\"\n[audit]\ncheckpoint_every = 0\ncheckpoint_interval_secs = 5\n")
+            .expect("set");
+        assert_eq!(
+            (c.audit.checkpoints.every, c.audit.checkpoints.interval_secs),
+            (0, 5)
+        );
+        let e = load(
+            "policy_file = \"p.toml\"\n[store]\nkind = \"postgres\"\nurl = \"postgres://x@h/db\"\n[audit]\nsqlite_path = \"a.sqlite\"\n",
+        )
+        .expect_err("sqlite_path with postgres");
+        let m = e.to_string();
+        assert!(
+            m.contains(":6:") && m.contains("audit.sqlite_path") && m.contains("PostgreSQL"),
+            "{m}"
+        );
+        let e = load("policy_file = \"p.toml\"\n[audit]\ncheckpoint_evry = 3\n")
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("checkpoint_evry"), "{e}");
     }
 }

@@ -66,6 +66,28 @@ impl SigningKey {
         })
     }
 
+    /// A public key from a JWK (`kty` EC, `crv` P-256): verifies, cannot sign.
+    pub fn from_jwk(jwk: &serde_json::Value) -> Result<Self, String> {
+        let field = |k: &str| {
+            jwk.get(k)
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| format!("JWK without {k:?}"))
+        };
+        if field("kty")? != "EC" || field("crv")? != "P-256" {
+            return Err("only EC P-256 JWKs are supported".into());
+        }
+        let (x, y) = (field("x")?.to_string(), field("y")?.to_string());
+        let decoding = DecodingKey::from_ec_components(&x, &y).map_err(|e| e.to_string())?;
+        Ok(SigningKey {
+            kid: field("kid")?.to_string(),
+            created: 0,
+            encoding: None,
+            decoding,
+            x,
+            y,
+        })
+    }
+
     /// A new random key.
     pub fn generate(created: u64) -> Result<(Self, Vec<u8>), String> {
         let doc =

@@ -62,8 +62,20 @@ pub enum AdminCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
-    /// Walk the hash chain; exit 0 when intact, 2 at the first broken record.
-    Verify,
+    /// Walk the hash chain; exit 0 when intact, 2 at the first broken record or a failed checkpoint.
+    ///
+    /// The chain alone cannot show that its newest records were deleted; give the signed checkpoints the
+    /// broker logged (`--checkpoint`) to prove it still reaches each of them.
+    Verify {
+        /// Signed checkpoints: a file (log lines as the broker wrote them, an export, one JWS per line;
+        /// `-` for stdin) or the checkpoint text itself. Repeatable; every checkpoint found is checked.
+        #[arg(long = "checkpoint", value_name = "FILE_OR_JSON")]
+        checkpoints: Vec<String>,
+        /// Keys to check checkpoint signatures with: a JWKS file (e.g. a saved /.well-known/jwks.json).
+        /// Default: every signing key in the store, or `tokens.signing_key_file`.
+        #[arg(long, value_name = "FILE")]
+        jwks: Option<PathBuf>,
+    },
     /// Write every record as JSON Lines.
     Export {
         /// Output file (default: stdout).
@@ -173,47 +185,153 @@ pub async fn admin(args: AdminArgs, default_url: Option<String>) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
-#[allow(clippy::print_stdout)]
-pub async fn audit(cmd: AuditCommand, config: &crate::config::Config) -> anyhow::Result<ExitCode> {
-    let sink = crate::audit::sqlite::SqliteAudit::open(&config.audit.sqlite_path);
+/// The audit sink a config names: PostgreSQL when the store is, else the SQLite file.
+pub async fn open_sink(
+    config: &crate::config::Config,
+) -> anyhow::Result<std::sync::Arc<dyn crate::audit::AuditSink>> {
+    use crate::governance::store::StorePool;
+    if config.store.kind == crate::config::StoreKind::Postgres {
+        let store = crate::governance::store::open(&config.store).await?;
+        return match store.pool() {
+            StorePool::Postgres(pool) => Ok(std::sync::Arc::new(
+                crate::audit::postgres::PgAudit::new(pool),
+            )),
+            StorePool::Sqlite(_) => anyhow::bail!("expected a PostgreSQL store"),
+        };
+    }
     if !config.audit.sqlite_path.exists() {
         anyhow::bail!(
             "no audit database at {}",
             config.audit.sqlite_path.display()
         );
     }
+    Ok(std::sync::Arc::new(
+        crate::audit::sqlite::SqliteAudit::open(&config.audit.sqlite_path),
+    ))
+}
+
+/// Keys to check checkpoints with: a JWKS file, the key file, or every key the store holds.
+async fn verification_keys(
+    config: &crate::config::Config,
+    jwks: Option<&std::path::Path>,
+) -> anyhow::Result<crate::token::KeyRing> {
+    let mut keys = Vec::new();
+    if let Some(path) = jwks {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", path.display()))?;
+        for k in v["keys"].as_array().into_iter().flatten() {
+            keys.push(
+                crate::keys::SigningKey::from_jwk(k)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            );
+        }
+    } else if let Some(path) = &config.tokens.signing_key_file {
+        keys.push(crate::keys::load_file(path, 0)?);
+    } else {
+        let store = crate::governance::store::open(&config.store).await?;
+        let mut rows = store.keys_since(i64::MIN).await?;
+        rows.extend(store.rotated_keys_since(i64::MIN).await?);
+        for k in rows {
+            match crate::keys::SigningKey::from_pkcs8(&k.pkcs8, 0) {
+                Ok(sk) => keys.push(sk),
+                Err(e) => eprintln!("skipping unusable key {} in the store: {e}", k.kid),
+            }
+        }
+    }
+    Ok(crate::token::KeyRing::new(keys))
+}
+
+/// Checkpoint JWSs from `--checkpoint` arguments (files, `-`, or literal text).
+fn read_checkpoints(args: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for a in args {
+        let text = if a == "-" {
+            std::io::read_to_string(std::io::stdin())?
+        } else if std::path::Path::new(a).is_file() {
+            std::fs::read_to_string(a).map_err(|e| anyhow::anyhow!("{a}: {e}"))?
+        } else {
+            a.clone()
+        };
+        let found = crate::audit::checkpoint::extract(&text);
+        if found.is_empty() {
+            anyhow::bail!("--checkpoint {a:.60}: no audit checkpoint found in it");
+        }
+        for f in found {
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[allow(clippy::print_stdout)]
+pub async fn audit(cmd: AuditCommand, config: &crate::config::Config) -> anyhow::Result<ExitCode> {
+    let sink = open_sink(config).await?;
     match cmd {
-        AuditCommand::Verify => {
-            let v = crate::audit::verify(&sink).await?;
-            match v.first_break {
-                None => {
-                    println!(
-                        "audit chain intact: {} record(s), head {}",
-                        v.records,
-                        v.head.as_deref().unwrap_or("(empty)")
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
+        AuditCommand::Verify { checkpoints, jwks } => {
+            let jws = read_checkpoints(&checkpoints)?;
+            let (v, checks) = if jws.is_empty() {
+                (crate::audit::verify(sink.as_ref()).await?, Vec::new())
+            } else {
+                let keys = verification_keys(config, jwks.as_deref()).await?;
+                crate::audit::checkpoint::verify_checkpoints(sink.as_ref(), &jws, &keys).await?
+            };
+            let mut failed = false;
+            match &v.first_break {
+                None => println!(
+                    "audit chain intact: {} record(s), head {}",
+                    v.records,
+                    v.head.as_deref().unwrap_or("(empty)")
+                ),
                 Some(b) => {
+                    failed = true;
                     println!(
                         "audit chain BROKEN at seq {}: {} ({} record(s) verified before it)",
                         b.seq, b.problem, v.records
                     );
-                    Ok(ExitCode::from(EXIT_TAMPERED))
                 }
             }
+            for c in &checks {
+                let what = match (c.seq, c.ts, &c.kid) {
+                    (Some(seq), Some(ts), Some(kid)) => {
+                        format!("checkpoint seq {seq} (signed at {ts} by key {kid})")
+                    }
+                    _ => "checkpoint".to_string(),
+                };
+                match &c.problem {
+                    None => println!("{what}: ok, the chain reaches it with the attested hash"),
+                    Some(p) => {
+                        failed = true;
+                        println!("{what}: FAILED: {p}");
+                    }
+                }
+            }
+            if jws.is_empty() && v.first_break.is_none() {
+                println!(
+                    "note: a chain alone cannot show that its newest records were deleted; \
+                     pass the logged checkpoints with --checkpoint"
+                );
+            }
+            Ok(if failed {
+                ExitCode::from(EXIT_TAMPERED)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         AuditCommand::Export { output } => {
             let n = match output {
                 Some(p) => {
                     let mut f = std::io::BufWriter::new(std::fs::File::create(&p)?);
-                    let n = crate::audit::export(&sink, &mut f).await?;
+                    let n = crate::audit::export(sink.as_ref(), &mut f).await?;
                     f.flush()?;
                     n
                 }
                 None => {
                     let mut out = std::io::stdout().lock();
-                    crate::audit::export(&sink, &mut out).await?
+                    crate::audit::export(sink.as_ref(), &mut out).await?
                 }
             };
             eprintln!("exported {n} record(s)");

@@ -63,6 +63,10 @@ pub async fn serve_on(
     };
     if let Some(audit) = &state.audit {
         audit.flush().await;
+        // Cover the last records with a signed checkpoint (logged) before the process goes.
+        if audit.checkpoints_enabled() {
+            audit.checkpoint().await;
+        }
     }
     result
 }

@@ -63,7 +63,7 @@ pub enum TelemetryError {
 }
 
 /// Install the global tracing subscriber: logs to stderr (text or JSON, filter from `RUST_LOG`, default
-/// `info`), plus an OpenTelemetry layer exporting spans over OTLP/HTTP when configured.
+/// `info`; audit checkpoints always at `info` unless `RUST_LOG` names their target), plus an OpenTelemetry layer exporting spans over OTLP/HTTP when configured.
 ///
 /// Call outside any Tokio runtime: the exporter uses a blocking HTTP client on the batch processor's
 /// own thread.
@@ -75,7 +75,15 @@ pub fn init(cfg: &TelemetryConfig, format: LogFormat) -> Result<(), TelemetryErr
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer};
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Audit checkpoints are the copy of the chain head that leaves the database: logged even with a quieter
+    // RUST_LOG, unless RUST_LOG names their target itself.
+    let target = crate::audit::checkpoint::LOG_TARGET;
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains(target))
+        && let Ok(d) = format!("{target}=info").parse()
+    {
+        filter = filter.add_directive(d);
+    }
     let ansi = std::io::stderr().is_terminal();
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)

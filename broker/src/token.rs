@@ -105,7 +105,7 @@ impl KeyRing {
 
 /// Mints and verifies our own tokens.
 pub struct TokenService {
-    pub keys: KeyRing,
+    pub keys: Arc<KeyRing>,
     pub issuer: String,
     pub audience: String,
     pub leeway_secs: u64,
@@ -199,7 +199,7 @@ mod tests {
 
     fn svc(clock: &FakeClock) -> TokenService {
         TokenService {
-            keys: KeyRing::new(vec![SigningKey::generate(1).expect("key").0]),
+            keys: Arc::new(KeyRing::new(vec![SigningKey::generate(1).expect("key").0])),
             issuer: "http://broker".into(),
             audience: "tollgate".into(),
             leeway_secs: 5,

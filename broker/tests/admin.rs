@@ -149,14 +149,58 @@ async fn revoke_grants_spend_reload_rotate_and_audit() {
         .unwrap();
     assert_eq!(r.status(), 400, "bob is denied after the reload");
 
-    // Store-backed keys rotate on their schedule; an on-demand rotation is refused with the reason.
+    // Forced rotation of store-backed keys: the new key is published at once and signs after the lead.
+    let kid_of = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid.unwrap();
+    let jwks_kids = || async {
+        let v: serde_json::Value = b
+            .http
+            .get(format!("{}/.well-known/jwks.json", b.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let before = b.mint(CREDENTIAL).await;
+    let old_kid = kid_of(&before);
     let (s, v) = b.admin_post("/admin/v1/keys/rotate", json!({})).await;
-    assert_eq!(s, 409, "{v}");
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("rotate"),
-        "{v}"
+    assert_eq!(s, 200, "{v}");
+    let new_kid = v["kid"].as_str().unwrap().to_string();
+    assert_ne!(new_kid, old_kid);
+    assert_eq!(v["previous_kid"], old_kid.as_str());
+    let lead = v["publish_lead_secs"].as_u64().unwrap();
+    assert!(lead >= 1);
+    assert_eq!(
+        v["activates_at"].as_i64().unwrap(),
+        i64::try_from(tollgate_broker::clock::Clock::now_secs(&b.clock) + lead).unwrap()
     );
+    // Published before it signs: in the JWKS now, but tokens are still signed with the old key.
+    let kids = jwks_kids().await;
+    assert!(
+        kids.contains(&new_kid) && kids.contains(&old_kid),
+        "{kids:?}"
+    );
+    assert_eq!(kid_of(&b.mint(CREDENTIAL).await), old_kid);
+    b.clock.advance(lead);
+    b.state.sync_keys().await.unwrap();
+    let after = b.mint(CREDENTIAL).await;
+    assert_eq!(kid_of(&after), new_kid, "new tokens carry the new kid");
+    // Tokens minted before the rotation still verify; the JWKS lists both keys.
+    assert_eq!(b.responses(&before, "gpt-5.5", false).await.0, 200);
+    assert_eq!(b.responses(&after, "gpt-5.5", false).await.0, 200);
     assert_eq!(b.responses(&alive, "gpt-5.5", false).await.0, 200);
+    let kids = jwks_kids().await;
+    assert!(
+        kids.contains(&new_kid) && kids.contains(&old_kid),
+        "{kids:?}"
+    );
 
     // Everything above is in the audit trail, and the chain verifies.
     let (s, v) = b.admin_get("/admin/v1/audit/verify").await;
@@ -183,7 +227,13 @@ async fn revoke_grants_spend_reload_rotate_and_audit() {
         .collect();
     assert!(actions.contains(&"policy_reload_failed".to_string()));
     assert!(actions.contains(&"policy_reload".to_string()));
-    assert!(actions.contains(&"rotate_keys_refused".to_string()));
+    let rot = recs
+        .iter()
+        .find(|r| r.event.detail["action"] == "rotate_keys")
+        .expect("the rotation is audited");
+    assert_eq!(rot.event.actor, "admin");
+    assert_eq!(rot.event.detail["detail"]["kid"], new_kid.as_str());
+    assert_eq!(rot.event.detail["detail"]["previous_kid"], old_kid.as_str());
     let req = recs
         .iter()
         .find(|r| r.event.kind.map(|k| k.as_str()) == Some("request"))
@@ -199,4 +249,45 @@ async fn revoke_grants_spend_reload_rotate_and_audit() {
     // Prompt bodies and tokens never reach the trail.
     let all = serde_json::to_string(&recs).unwrap();
     assert!(!all.contains("\"hi\"") && !all.contains(&alice) && !all.contains(ADMIN_KEY));
+}
+
+/// With `tokens.signing_key_file` the key is the operator's: rotate answers 409 saying what to do, the key
+/// keeps signing, and the refusal is audited.
+#[tokio::test]
+async fn rotate_with_a_key_file_is_refused_with_instructions() {
+    let keydir = tempfile::tempdir().unwrap();
+    let (key, der) = tollgate_broker::keys::SigningKey::generate(1).unwrap();
+    let path = keydir.path().join("signing.pem");
+    std::fs::write(&path, tollgate_broker::keys::to_pem(&der)).unwrap();
+    let b = common::start(&format!(
+        "[tokens]\nsigning_key_file = \"{}\"\n",
+        path.display()
+    ))
+    .await;
+    let (s, v) = b.admin_post("/admin/v1/keys/rotate", json!({})).await;
+    assert_eq!(s, 409, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("signing_key_file") && msg.contains("restart"),
+        "{msg}"
+    );
+    let t = b.mint(CREDENTIAL).await;
+    assert_eq!(
+        jsonwebtoken::decode_header(&t).unwrap().kid.unwrap(),
+        key.kid
+    );
+    b.state.audit.as_ref().unwrap().flush().await;
+    let recs = b
+        .state
+        .audit
+        .as_ref()
+        .unwrap()
+        .sink()
+        .scan(0, 100)
+        .await
+        .unwrap();
+    assert!(
+        recs.iter()
+            .any(|r| r.event.detail["action"] == "rotate_keys_refused")
+    );
 }

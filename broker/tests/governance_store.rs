@@ -352,3 +352,72 @@ async fn governance_signing_keys_rotate_through_the_store() {
     );
     assert!(kids(&ring_a).contains(&signer_11));
 }
+
+/// Forced rotations compose with the schedule: the forced key is published by every replica before it
+/// signs, signs from its activation until the next generation's (pre-published) key takes over, stays
+/// published until its last token expired, and a rotation requested near a boundary signs through the next
+/// generation. Fake clock.
+#[tokio::test]
+async fn forced_rotation_composes_with_the_schedule() {
+    use tollgate_broker::governance::keys::KeyManager;
+    use tollgate_broker::token::KeyRing;
+    let dir = tempfile::tempdir().expect("tmp");
+    let st = open_sqlite(dir.path()).await;
+    // Generations of 100 s, tokens live ≤ 150 s, forced keys sign 5 s after the request.
+    let a = KeyManager::new(100, 150).with_publish_lead(5);
+    let b = KeyManager::new(100, 150).with_publish_lead(5);
+    let (ring_a, ring_b) = (KeyRing::default(), KeyRing::default());
+    a.sync(st.as_ref(), &ring_a, 1_020).await.expect("sync");
+    b.sync(st.as_ref(), &ring_b, 1_020).await.expect("sync");
+    let gen10 = ring_a.active_at(1_020).expect("k").kid.clone();
+    let gen11 = ring_a.active_at(1_100).expect("k").kid.clone();
+    assert_ne!(gen10, gen11);
+
+    let r = a.rotate(st.as_ref(), &ring_a, 1_030).await.expect("rotate");
+    assert_eq!(
+        (r.activates_at, r.previous_kid.as_deref()),
+        (1_035, Some(gen10.as_str()))
+    );
+    assert!(ring_a.find(&r.kid).is_some(), "published on A at once");
+    assert!(ring_b.find(&r.kid).is_none());
+    b.sync(st.as_ref(), &ring_b, 1_031).await.expect("poll");
+    assert!(
+        ring_b.find(&r.kid).is_some(),
+        "published on B by its next poll"
+    );
+    for ring in [&ring_a, &ring_b] {
+        assert_eq!(
+            ring.active_at(1_034).expect("k").kid,
+            gen10,
+            "not before activation"
+        );
+        assert_eq!(ring.active_at(1_035).expect("k").kid, r.kid);
+        assert_eq!(ring.active_at(1_099).expect("k").kid, r.kid);
+        assert_eq!(
+            ring.active_at(1_100).expect("k").kid,
+            gen11,
+            "the schedule takes over"
+        );
+    }
+    // Generation 10 (and the forced key in it) signed until 1_100: kept until 1_250, gone after.
+    b.sync(st.as_ref(), &ring_b, 1_249).await.expect("sync");
+    assert!(ring_b.find(&r.kid).is_some() && ring_b.find(&gen10).is_some());
+    b.sync(st.as_ref(), &ring_b, 1_260).await.expect("sync");
+    assert!(ring_b.find(&r.kid).is_none() && ring_b.find(&gen10).is_none());
+
+    // Near a boundary: requested at 1_298, signs from 1_303 — past generation 13's start — until 1_400.
+    let gen13 = {
+        b.sync(st.as_ref(), &ring_b, 1_298).await.expect("sync");
+        ring_b.active_at(1_300).expect("k").kid.clone()
+    };
+    let late = b.rotate(st.as_ref(), &ring_b, 1_298).await.expect("rotate");
+    assert_eq!(ring_b.active_at(1_302).expect("k").kid, gen13);
+    assert_eq!(ring_b.active_at(1_303).expect("k").kid, late.kid);
+    assert_eq!(ring_b.active_at(1_399).expect("k").kid, late.kid);
+    b.sync(st.as_ref(), &ring_b, 1_400).await.expect("sync");
+    assert_ne!(ring_b.active_at(1_400).expect("k").kid, late.kid);
+    assert!(
+        ring_b.find(&late.kid).is_some(),
+        "still verifying its tokens"
+    );
+}

@@ -36,9 +36,10 @@ async fn spawn_broker(extra: &str) -> Running {
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.path().join("broker.log")).unwrap(),
+        ));
     let mut child = ChildGuard::spawn(cmd).unwrap();
-    drain_in_background(child.take_stderr().unwrap());
     let mut out = BufReader::new(child.take_stdout().unwrap());
     let line = wait_for_line(&mut out, "listening ", Duration::from_secs(30))
         .await
@@ -371,7 +372,15 @@ async fn admin_and_audit_subcommands() {
         .collect();
     let mut kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
     kinds.sort();
-    assert_eq!(kinds, ["mint", "request", "revocation"], "{lines:?}");
+    // The graceful shutdown signed a checkpoint of the last record.
+    assert_eq!(
+        kinds,
+        ["checkpoint", "mint", "request", "revocation"],
+        "{lines:?}"
+    );
+    let cp = lines.iter().find(|l| l["kind"] == "checkpoint").unwrap();
+    assert_eq!(cp["detail"]["seq"], 3);
+    assert_eq!(cp["detail"]["hash"], lines[2]["hash"]);
     assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
     let rev = lines.iter().find(|l| l["kind"] == "revocation").unwrap();
     assert_eq!(rev["detail"]["reason"], "laptop lost");
@@ -397,4 +406,100 @@ async fn admin_and_audit_subcommands() {
         out.contains("tollgate-broker") && out.contains("verify-audit"),
         "completions"
     );
+}
+
+/// The binary logs signed checkpoints; fed back to `audit verify --checkpoint`, they expose a truncated
+/// tail that the chain alone cannot show. `admin rotate-keys` forces a rotation over the admin API.
+#[tokio::test]
+async fn logged_checkpoints_expose_truncation_and_rotate_keys_cli() {
+    let mut b = spawn_broker("[audit]\ncheckpoint_every = 2\n").await;
+    let http = reqwest::Client::new();
+    let token = mint(&http, &b.url).await;
+    let _ = mint(&http, &b.url).await;
+    let r = http
+        .post(format!("{}/v1/responses", b.url))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"model": "gpt-5.5", "input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (code, out, err) = cli(
+        &["admin", "--url", &b.url, "rotate-keys"],
+        Some(common::ADMIN_KEY),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["kid"].is_string() && v["activates_at"].is_i64(), "{v}");
+    assert_ne!(v["kid"], v["previous_kid"]);
+    b.child.signal_group(Signal::SIGTERM).unwrap();
+    assert!(
+        b.child
+            .wait_timeout(Duration::from_secs(20))
+            .await
+            .unwrap()
+            .is_some_and(|s| s.success())
+    );
+    let log = b.dir.path().join("broker.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let cp_lines = text
+        .lines()
+        .filter(|l| l.contains("audit checkpoint"))
+        .count();
+    assert!(cp_lines >= 2, "{text}");
+    let config = b.dir.path().join("broker.toml");
+    let config = config.to_str().unwrap();
+    let log = log.to_str().unwrap();
+    let (code, out, err) = cli(
+        &["audit", "verify", "--config", config, "--checkpoint", log],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.matches(": ok, the chain reaches it").count(),
+        cp_lines,
+        "{out}"
+    );
+
+    // Cut the tail: the records from seq 4 on.
+    let sink =
+        tollgate_broker::audit::sqlite::SqliteAudit::open(&b.dir.path().join("state/audit.sqlite"));
+    let pool = sink.pool().await.unwrap();
+    sqlx::raw_sql("DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq >= 4")
+        .execute(pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (code, out, _) = cli(&["audit", "verify", "--config", config], None).await;
+    assert_eq!(code, 0, "a chain alone cannot see a cut tail: {out}");
+    assert!(
+        out.contains("audit chain intact: 3 record(s)") && out.contains("--checkpoint"),
+        "{out}"
+    );
+    let (code, out, _) = cli(
+        &["audit", "verify", "--config", config, "--checkpoint", log],
+        None,
+    )
+    .await;
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("FAILED: TRUNCATED: the chain ends at seq 3"),
+        "{out}"
+    );
+    let (code, _, err) = cli(
+        &[
+            "audit",
+            "verify",
+            "--config",
+            config,
+            "--checkpoint",
+            "not a checkpoint",
+        ],
+        None,
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no audit checkpoint found"), "{err}");
 }

@@ -266,25 +266,55 @@ async fn reload_policy(
     Ok(Json(json!({"reloaded": true, "rules": rules})).into_response())
 }
 
-/// `POST /admin/v1/keys/rotate`. Keys in the store rotate on a schedule (`tokens.rotate_secs`, the next
-/// key published a generation ahead); a key file is rotated by replacing the file. An out-of-schedule
-/// emergency rotation needs store support that is not there yet, so this answers 409 with the schedule.
+/// `POST /admin/v1/keys/rotate`: force a signing-key rotation.
+///
+/// Store-backed keys (the default): a new key is written to the store and published here at once; every
+/// replica publishes it on its next key poll and all of them sign with it from `activates_at` (a few key
+/// polls from now — publish before sign). Earlier keys stay in the JWKS until every token they signed has
+/// expired, so no token stops verifying. Scheduled rotation (`tokens.rotate_secs`) carries on: the next
+/// generation's key takes over at its boundary.
+///
+/// A key file (`tokens.signing_key_file`) is the operator's: 409, replace the file and restart.
 async fn rotate_keys(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, AdminError> {
     require(&app, &headers)?;
-    let active = app.tokens.keys.active().map(|k| k.kid.clone());
-    audit_admin(&app, "rotate_keys_refused", json!({"active_kid": active}));
-    let msg = match &app.ledger.governance.keys {
-        Some(km) => format!(
-            "signing keys rotate automatically every {} s (tokens.rotate_secs); on-demand rotation is not supported yet",
-            km.rotate_secs
-        ),
-        None => "the signing key comes from tokens.signing_key_file; replace that file and restart"
-            .into(),
+    let g = &app.ledger.governance;
+    let Some(km) = &g.keys else {
+        let active = app.tokens.keys.active().map(|k| k.kid.clone());
+        audit_admin(&app, "rotate_keys_refused", json!({"active_kid": active}));
+        return Err(AdminError::Conflict(
+            "the signing key comes from tokens.signing_key_file, which the broker does not write: put a new \
+             key in that file and restart each replica (tokens signed with the old key stop verifying), or \
+             remove signing_key_file to keep keys in the store, where they rotate on a schedule and on demand"
+                .into(),
+        ));
     };
-    Err(AdminError::Conflict(msg))
+    let rotated = km
+        .rotate(g.store.as_ref(), &app.tokens.keys, app.clock.now_secs())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "forced key rotation failed");
+            AdminError::store(e)
+        })?;
+    audit_admin(
+        &app,
+        "rotate_keys",
+        json!({
+            "kid": rotated.kid,
+            "previous_kid": rotated.previous_kid,
+            "activates_at": rotated.activates_at,
+        }),
+    );
+    Ok(Json(json!({
+        "rotated": true,
+        "kid": rotated.kid,
+        "previous_kid": rotated.previous_kid,
+        "activates_at": rotated.activates_at,
+        "publish_lead_secs": km.publish_lead_secs,
+    }))
+    .into_response())
 }
 
 /// `GET /admin/v1/audit/verify`: walk the chain.

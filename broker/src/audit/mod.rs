@@ -5,13 +5,19 @@
 //! the record (see [`canonical`]), so editing, deleting or reordering records breaks the chain and
 //! [`verify`] finds the first broken link. Prompt and response bodies are never recorded.
 //!
-//! Storage sits behind [`AuditSink`] (SQLite here; the governance `Store` can implement it for
-//! PostgreSQL). Appends are optimistic: a sink refuses a record whose `seq` already exists
-//! ([`AuditError::Conflict`]) and the writer re-reads the head and re-chains, so several replicas sharing
-//! one database still produce one linear chain.
+//! Storage sits behind [`AuditSink`]: SQLite ([`sqlite`], its own file, for a broker on the SQLite store)
+//! or PostgreSQL ([`postgres`], in the governance store, shared by every replica). Appends are optimistic:
+//! a sink refuses a record whose `seq` already exists ([`AuditError::Conflict`]) and the writer re-reads the
+//! head and re-chains, so several replicas sharing one database still produce one linear chain.
+//!
+//! The writer also signs [`checkpoint`]s of the head, which is what makes deleting the newest records
+//! visible (a chain alone cannot show it).
 //!
 //! Records are written by one background task per process so the request path never waits on the disk.
 
+pub mod checkpoint;
+pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -31,6 +37,8 @@ pub enum EventKind {
     PolicyReload,
     Admin,
     Request,
+    /// A signed checkpoint of the chain head (see [`checkpoint`]).
+    Checkpoint,
 }
 
 impl EventKind {
@@ -41,6 +49,7 @@ impl EventKind {
             EventKind::PolicyReload => "policy_reload",
             EventKind::Admin => "admin",
             EventKind::Request => "request",
+            EventKind::Checkpoint => "checkpoint",
         }
     }
 
@@ -51,6 +60,7 @@ impl EventKind {
             EventKind::PolicyReload,
             EventKind::Admin,
             EventKind::Request,
+            EventKind::Checkpoint,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -217,9 +227,20 @@ pub struct Verification {
 /// record (a gap in `seq`, and the next record's `prev_hash` points at nothing), and reordering (each
 /// hash covers the record's `seq` and its predecessor's hash).
 ///
-/// Truncating the tail cannot be seen from the chain alone: compare `head` with a copy kept elsewhere
-/// (the `tollgate_audit_head_seq` gauge, a log line per reload, or an external notary).
+/// Truncating the tail cannot be seen from the chain alone — what is left is a valid chain. Signed
+/// checkpoints kept outside the database show it: [`checkpoint::verify_checkpoints`].
 pub async fn verify(sink: &dyn AuditSink) -> Result<Verification, AuditError> {
+    Ok(verify_collect(sink, &std::collections::BTreeSet::new())
+        .await?
+        .0)
+}
+
+/// [`verify`], also returning the hashes of the records in `wanted` (up to the first break).
+pub async fn verify_collect(
+    sink: &dyn AuditSink,
+    wanted: &std::collections::BTreeSet<i64>,
+) -> Result<(Verification, std::collections::BTreeMap<i64, String>), AuditError> {
+    let mut hashes = std::collections::BTreeMap::new();
     let mut after = 0i64;
     let mut prev = GENESIS.to_string();
     let mut expect_seq = 1i64;
@@ -240,14 +261,18 @@ pub async fn verify(sink: &dyn AuditSink) -> Result<Verification, AuditError> {
                 None
             };
             if let Some(problem) = problem {
-                return Ok(Verification {
+                let v = Verification {
                     records: n,
                     head: Some(prev),
                     first_break: Some(Break {
                         seq: r.seq,
                         problem,
                     }),
-                });
+                };
+                return Ok((v, hashes));
+            }
+            if wanted.contains(&r.seq) {
+                hashes.insert(r.seq, r.hash.clone());
             }
             prev = r.hash.clone();
             expect_seq = r.seq + 1;
@@ -255,11 +280,12 @@ pub async fn verify(sink: &dyn AuditSink) -> Result<Verification, AuditError> {
             n += 1;
         }
     }
-    Ok(Verification {
+    let v = Verification {
         records: n,
         head: (n > 0).then_some(prev),
         first_break: None,
-    })
+    };
+    Ok((v, hashes))
 }
 
 /// Write every record as one JSON line.
@@ -286,13 +312,24 @@ pub const QUEUE: usize = 16_384;
 enum Msg {
     Event(Box<AuditEvent>),
     Flush(oneshot::Sender<()>),
+    Checkpoint(oneshot::Sender<Option<checkpoint::Signed>>),
 }
 
-/// The process's audit writer: callers enqueue, one task chains and appends.
+/// Checkpointing set-up of a writer.
+struct Checkpoints {
+    config: checkpoint::CheckpointConfig,
+    signer: Arc<dyn checkpoint::CheckpointSigner>,
+    clock: crate::clock::SharedClock,
+}
+
+/// The process's audit writer: callers enqueue, one task chains and appends (and checkpoints).
 pub struct AuditLog {
     sink: Arc<dyn AuditSink>,
     tx: mpsc::Sender<Msg>,
     rx: Mutex<Option<mpsc::Receiver<Msg>>>,
+    checkpoints: Mutex<Option<Checkpoints>>,
+    /// A checkpoint trigger is on (`checkpoint_every` or `checkpoint_interval_secs` non-zero).
+    checkpointing: bool,
     errors: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -303,8 +340,35 @@ impl AuditLog {
             sink,
             tx,
             rx: Mutex::new(Some(rx)),
+            checkpoints: Mutex::new(None),
+            checkpointing: false,
             errors: Arc::default(),
         }
+    }
+
+    /// Sign checkpoints of the chain head (see [`checkpoint`]). Takes effect when the writer starts (the
+    /// first record).
+    pub fn with_checkpoints(
+        mut self,
+        config: checkpoint::CheckpointConfig,
+        signer: Arc<dyn checkpoint::CheckpointSigner>,
+        clock: crate::clock::SharedClock,
+    ) -> Self {
+        self.checkpointing = config.every > 0 || config.interval_secs > 0;
+        *self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Checkpoints {
+            config,
+            signer,
+            clock,
+        });
+        self
+    }
+
+    /// Checkpoints are set up with at least one trigger on (then the broker also checkpoints at shutdown).
+    pub fn checkpoints_enabled(&self) -> bool {
+        self.checkpointing
     }
 
     pub fn sink(&self) -> &Arc<dyn AuditSink> {
@@ -333,13 +397,22 @@ impl AuditLog {
         }
     }
 
-    /// Wait until everything enqueued so far is stored.
+    /// Wait until everything enqueued so far is stored (and a checkpoint that fell due is written).
     pub async fn flush(&self) {
         self.start();
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Msg::Flush(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Checkpoint the current head now (after everything enqueued so far). `None` when checkpoints are not
+    /// set up, the chain is empty or its head is already a checkpoint, or signing failed (logged).
+    pub async fn checkpoint(&self) -> Option<checkpoint::Signed> {
+        self.start();
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::Checkpoint(tx)).await.ok()?;
+        rx.await.ok().flatten()
     }
 
     fn start(&self) {
@@ -352,34 +425,86 @@ impl AuditLog {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some(rx) = rx {
-            tokio::spawn(writer(self.sink.clone(), rx, self.errors.clone()));
+            let cps = self
+                .checkpoints
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let w = Writer {
+                sink: self.sink.clone(),
+                errors: self.errors.clone(),
+                head: None,
+                cps,
+                last_cp: None,
+            };
+            tokio::spawn(w.run(rx));
         }
     }
 }
 
-async fn writer(
+/// How often an idle writer looks at the clock for a due checkpoint.
+const IDLE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+struct Writer {
     sink: Arc<dyn AuditSink>,
-    mut rx: mpsc::Receiver<Msg>,
     errors: Arc<std::sync::atomic::AtomicU64>,
-) {
-    let mut head: Option<(i64, String)> = None;
-    while let Some(msg) = rx.recv().await {
-        let ev = match msg {
-            Msg::Flush(done) => {
-                let _ = done.send(());
-                continue;
+    /// Cached chain head; `None` = re-read it.
+    head: Option<(i64, String)>,
+    cps: Option<Checkpoints>,
+    /// (time, seq) of this process's last checkpoint (or of its start).
+    last_cp: Option<(u64, i64)>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        loop {
+            let msg = match tokio::time::timeout(IDLE_TICK, rx.recv()).await {
+                Ok(Some(m)) => Some(m),
+                Ok(None) => return,
+                Err(_) => None,
+            };
+            match msg {
+                None => self.timed_checkpoint().await,
+                Some(Msg::Flush(done)) => {
+                    self.timed_checkpoint().await;
+                    let _ = done.send(());
+                }
+                Some(Msg::Checkpoint(done)) => {
+                    let r = self.checkpoint_head().await;
+                    let _ = done.send(r);
+                }
+                Some(Msg::Event(ev)) => {
+                    let is_cp = ev.kind == Some(EventKind::Checkpoint);
+                    match self.append(*ev).await {
+                        Some((seq, hash)) => {
+                            let every = self.cps.as_ref().map_or(0, |c| c.config.every);
+                            let every = i64::try_from(every).unwrap_or(0);
+                            if !is_cp && every > 0 && seq % every == 0 {
+                                self.checkpoint(seq, hash).await;
+                            } else {
+                                self.timed_checkpoint().await;
+                            }
+                        }
+                        None => {
+                            self.errors
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
             }
-            Msg::Event(ev) => ev,
-        };
-        let mut stored = false;
+        }
+    }
+
+    /// Chain and append one event; `(seq, hash)` once stored, `None` when it was dropped (logged).
+    async fn append(&mut self, ev: AuditEvent) -> Option<(i64, String)> {
         // Store errors are retried 8 times with backoff. A conflict means another writer extended the chain
         // first — progress, not failure — so it re-reads the head and tries again (with a little jitter so
         // two writers do not keep colliding), up to a generous bound.
         let (mut failures, mut conflicts) = (0u32, 0u32);
         while failures < 8 && conflicts < 1000 {
-            if head.is_none() {
-                match sink.head().await {
-                    Ok(h) => head = Some(h.unwrap_or((0, GENESIS.to_string()))),
+            if self.head.is_none() {
+                match self.sink.head().await {
+                    Ok(h) => self.head = Some(h.unwrap_or((0, GENESIS.to_string()))),
                     Err(e) => {
                         tracing::error!(error = %e, "audit: cannot read the chain head");
                         tokio::time::sleep(std::time::Duration::from_millis(50 << failures)).await;
@@ -388,32 +513,117 @@ async fn writer(
                     }
                 }
             }
-            let (seq, prev) = head.clone().unwrap_or((0, GENESIS.to_string()));
-            let rec = AuditRecord::chain(seq + 1, prev, (*ev).clone());
-            match sink.append(&rec).await {
+            let (seq, prev) = self.head.clone().unwrap_or((0, GENESIS.to_string()));
+            let rec = AuditRecord::chain(seq + 1, prev, ev.clone());
+            match self.sink.append(&rec).await {
                 Ok(()) => {
-                    head = Some((rec.seq, rec.hash));
-                    stored = true;
-                    break;
+                    self.head = Some((rec.seq, rec.hash.clone()));
+                    return Some((rec.seq, rec.hash));
                 }
                 Err(AuditError::Conflict(_)) => {
-                    head = None;
+                    self.head = None;
                     conflicts += 1;
                     let jitter_us = rand::random::<u64>() % 2000;
                     tokio::time::sleep(std::time::Duration::from_micros(jitter_us)).await;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "audit: append failed");
-                    head = None;
+                    self.head = None;
                     tokio::time::sleep(std::time::Duration::from_millis(50 << failures)).await;
                     failures += 1;
                 }
             }
         }
-        if !stored {
-            errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(kind = ?ev.kind, "audit: record dropped after retries");
+        tracing::error!(kind = ?ev.kind, "audit: record dropped after retries");
+        None
+    }
+
+    /// Checkpoint when the interval has passed since the last one and the chain grew since (other
+    /// replicas' checkpoints alone do not count, so idle replicas do not checkpoint each other forever).
+    async fn timed_checkpoint(&mut self) {
+        let Some(c) = &self.cps else { return };
+        let now = c.clock.now_secs();
+        let interval = c.config.interval_secs;
+        let Some((at, _)) = self.last_cp else {
+            // Start the interval at the first look, from the head as it stands.
+            let seq = self.sink.head().await.ok().flatten().map_or(0, |h| h.0);
+            self.last_cp = Some((now, seq));
+            return;
+        };
+        if interval == 0 || now.saturating_sub(at) < interval {
+            return;
         }
+        self.checkpoint_head().await;
+    }
+
+    /// Checkpoint the current head unless it is already a checkpoint (or the chain is empty).
+    async fn checkpoint_head(&mut self) -> Option<checkpoint::Signed> {
+        let c = self.cps.as_ref()?;
+        let now = c.clock.now_secs();
+        let head = match self.sink.head().await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "audit: cannot read the chain head for a checkpoint");
+                return None;
+            }
+        };
+        let Some((seq, hash)) = head else {
+            self.last_cp = Some((now, 0));
+            return None;
+        };
+        let head_is_cp = match self.sink.scan(seq - 1, 1).await {
+            Ok(r) => r
+                .first()
+                .is_some_and(|r| r.event.kind == Some(EventKind::Checkpoint)),
+            Err(_) => false,
+        };
+        if head_is_cp {
+            self.last_cp = Some((now, seq));
+            return None;
+        }
+        self.checkpoint(seq, hash).await
+    }
+
+    /// Sign `(seq, hash, now)`, log it, and append it as a `checkpoint` record.
+    async fn checkpoint(&mut self, seq: i64, hash: String) -> Option<checkpoint::Signed> {
+        let c = self.cps.as_ref()?;
+        let now = c.clock.now_secs();
+        let ts = i64::try_from(now).unwrap_or(i64::MAX);
+        let signed = match c.signer.sign(seq, &hash, ts) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, seq, "audit: could not sign a checkpoint");
+                self.last_cp = Some((now, seq));
+                return None;
+            }
+        };
+        // The copy that leaves the database: ship logs elsewhere and feed these lines to
+        // `audit verify --checkpoint`.
+        tracing::info!(
+            target: checkpoint::LOG_TARGET,
+            seq,
+            hash = %hash,
+            ts,
+            kid = %signed.kid,
+            checkpoint = %signed.jws,
+            "audit checkpoint"
+        );
+        let ev = AuditEvent {
+            ts,
+            kind: Some(EventKind::Checkpoint),
+            actor: "system".into(),
+            detail: serde_json::json!({"seq": seq, "hash": hash, "kid": signed.kid, "jws": signed.jws}),
+            ..Default::default()
+        };
+        match self.append(ev).await {
+            Some((cp_seq, _)) => self.last_cp = Some((now, cp_seq)),
+            None => {
+                self.errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.last_cp = Some((now, seq));
+            }
+        }
+        Some(signed)
     }
 }
 

@@ -1,14 +1,9 @@
 //! The SQLite audit sink: one table, append-only by trigger (defence in depth; the hash chain is what
 //! makes tampering visible to `audit verify`).
 
-use super::{
-    AuditError, AuditEvent, AuditRecord, AuditSink, EventKind, GrantRow, GroupBy, SpendRow,
-};
-use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-};
-use sqlx::{Row, SqlitePool as Pool};
+use super::AuditError;
+use sqlx::SqlitePool as Pool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -37,10 +32,6 @@ const SCHEMA: &[&str] = &[
 pub struct SqliteAudit {
     opts: SqliteConnectOptions,
     pool: OnceCell<SqlitePool>,
-}
-
-fn store_err(e: sqlx::Error) -> AuditError {
-    AuditError::Store(e.to_string())
 }
 
 impl SqliteAudit {
@@ -78,179 +69,12 @@ impl SqliteAudit {
     }
 }
 
-fn record_from_row(r: &SqliteRow) -> Result<AuditRecord, AuditError> {
-    let g = |e: sqlx::Error| AuditError::Store(e.to_string());
-    let kind: String = r.try_get("kind").map_err(g)?;
-    let detail: String = r.try_get("detail").map_err(g)?;
-    Ok(AuditRecord {
-        seq: r.try_get("seq").map_err(g)?,
-        prev_hash: r.try_get("prev_hash").map_err(g)?,
-        hash: r.try_get("hash").map_err(g)?,
-        event: AuditEvent {
-            ts: r.try_get("ts").map_err(g)?,
-            kind: EventKind::parse(&kind),
-            actor: r.try_get("actor").map_err(g)?,
-            principal: r.try_get("principal").map_err(g)?,
-            team: r.try_get("team").map_err(g)?,
-            model: r.try_get("model").map_err(g)?,
-            provider: r.try_get("provider").map_err(g)?,
-            status: r.try_get("status").map_err(g)?,
-            input_tokens: r.try_get("input_tokens").map_err(g)?,
-            output_tokens: r.try_get("output_tokens").map_err(g)?,
-            cost_nanos: r.try_get("cost_nanos").map_err(g)?,
-            request_id: r.try_get("request_id").map_err(g)?,
-            jti: r.try_get("jti").map_err(g)?,
-            expires_at: r.try_get("expires_at").map_err(g)?,
-            // Unparseable detail (tampering) stays visible as a string and fails the hash check.
-            detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
-        },
-    })
-}
-
-#[async_trait]
-impl AuditSink for SqliteAudit {
-    async fn head(&self) -> Result<Option<(i64, String)>, AuditError> {
-        let pool = self.pool().await?;
-        let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(pool)
-            .await
-            .map_err(store_err)?;
-        row.map(|r| Ok((r.try_get("seq")?, r.try_get("hash")?)))
-            .transpose()
-            .map_err(store_err)
-    }
-
-    async fn append(&self, rec: &AuditRecord) -> Result<(), AuditError> {
-        let pool = self.pool().await?;
-        let e = &rec.event;
-        let res = sqlx::query(
-            "INSERT INTO audit_log (seq, ts, kind, actor, principal, team, model, provider, status,
-                input_tokens, output_tokens, cost_nanos, request_id, jti, expires_at, detail, prev_hash, hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(rec.seq)
-        .bind(e.ts)
-        .bind(e.kind.map_or("", EventKind::as_str))
-        .bind(&e.actor)
-        .bind(&e.principal)
-        .bind(&e.team)
-        .bind(&e.model)
-        .bind(&e.provider)
-        .bind(e.status)
-        .bind(e.input_tokens)
-        .bind(e.output_tokens)
-        .bind(e.cost_nanos)
-        .bind(&e.request_id)
-        .bind(&e.jti)
-        .bind(e.expires_at)
-        .bind(e.detail.to_string())
-        .bind(&rec.prev_hash)
-        .bind(&rec.hash)
-        .execute(pool)
-        .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                Err(AuditError::Conflict(rec.seq))
-            }
-            Err(e) => Err(store_err(e)),
-        }
-    }
-
-    async fn scan(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, AuditError> {
-        let pool = self.pool().await?;
-        let rows = sqlx::query("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq ASC LIMIT ?")
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await
-            .map_err(store_err)?;
-        rows.iter().map(record_from_row).collect()
-    }
-
-    async fn spend(
-        &self,
-        by: GroupBy,
-        since: i64,
-        until: i64,
-    ) -> Result<Vec<SpendRow>, AuditError> {
-        let pool = self.pool().await?;
-        // `by.column()` is one of four fixed column names, never user text.
-        let sql = format!(
-            "SELECT (ts / 86400) * 86400 AS day, COALESCE({col}, '(none)') AS key, COUNT(*) AS requests,
-                    COALESCE(SUM(input_tokens), 0) AS input_tokens, COALESCE(SUM(output_tokens), 0) AS output_tokens,
-                    COALESCE(SUM(cost_nanos), 0) AS cost_nanos
-             FROM audit_log WHERE kind = 'request' AND ts >= ? AND ts < ?
-             GROUP BY day, key ORDER BY day, key",
-            col = by.column()
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(since)
-            .bind(until)
-            .fetch_all(pool)
-            .await
-            .map_err(store_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok(SpendRow {
-                    day: r.try_get("day")?,
-                    key: r.try_get("key")?,
-                    requests: r.try_get("requests")?,
-                    input_tokens: r.try_get("input_tokens")?,
-                    output_tokens: r.try_get("output_tokens")?,
-                    cost_nanos: r.try_get("cost_nanos")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(store_err)
-    }
-
-    async fn live_grants(&self, now: i64) -> Result<Vec<GrantRow>, AuditError> {
-        let pool = self.pool().await?;
-        let rows = sqlx::query(
-            "SELECT * FROM audit_log WHERE kind = 'mint' AND expires_at > ? ORDER BY seq DESC LIMIT 10000",
-        )
-        .bind(now)
-        .fetch_all(pool)
-        .await
-        .map_err(store_err)?;
-        let mut out = Vec::new();
-        for r in &rows {
-            let rec = record_from_row(r)?;
-            let e = rec.event;
-            out.push(GrantRow {
-                jti: e.jti.unwrap_or_default(),
-                principal: e.principal.unwrap_or_default(),
-                team: e.team,
-                issued_at: e.ts,
-                expires_at: e.expires_at.unwrap_or_default(),
-                identity_kind: e
-                    .detail
-                    .pointer("/identity/kind")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string),
-            });
-        }
-        Ok(out)
-    }
-
-    async fn revocations(&self, now: i64) -> Result<Vec<AuditRecord>, AuditError> {
-        let pool = self.pool().await?;
-        let rows = sqlx::query(
-            "SELECT * FROM audit_log WHERE kind = 'revocation' AND (expires_at IS NULL OR expires_at > ?) ORDER BY seq",
-        )
-        .bind(now)
-        .fetch_all(pool)
-        .await
-        .map_err(store_err)?;
-        rows.iter().map(record_from_row).collect()
-    }
-}
+super::sql::impl_audit_sink!(SqliteAudit, sqlx::Sqlite, sqlx::sqlite::SqliteRow);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{AuditLog, verify};
+    use crate::audit::{AuditEvent, AuditLog, AuditSink, EventKind, GroupBy, verify};
     use std::sync::Arc;
 
     fn ev(i: i64) -> AuditEvent {
@@ -370,5 +194,147 @@ mod tests {
         lb.flush().await;
         let v = verify(a.as_ref()).await.expect("verify");
         assert_eq!((v.records, v.first_break), (40, None));
+    }
+
+    fn signer(
+        clock: &crate::clock::FakeClock,
+        every: u64,
+        interval_secs: u64,
+        sink: Arc<SqliteAudit>,
+    ) -> (AuditLog, Arc<crate::token::KeyRing>) {
+        let ring = Arc::new(crate::token::KeyRing::new(vec![
+            crate::keys::SigningKey::generate(1).expect("key").0,
+        ]));
+        let log = AuditLog::new(sink).with_checkpoints(
+            crate::audit::checkpoint::CheckpointConfig {
+                every,
+                interval_secs,
+            },
+            Arc::new(crate::audit::checkpoint::RingSigner {
+                keys: ring.clone(),
+                issuer: "http://broker".into(),
+            }),
+            Arc::new(clock.clone()),
+        );
+        (log, ring)
+    }
+
+    /// Count- and time-triggered checkpoints; deleting the newest records passes plain verification (a
+    /// chain cannot see it) but not verification against a checkpoint; a re-hashed rewrite is caught too.
+    #[tokio::test]
+    async fn checkpoints_catch_truncation_and_rewrites() {
+        use crate::audit::checkpoint::{extract, verify_checkpoints};
+        let dir = tempfile::tempdir().expect("tmp");
+        let sink = Arc::new(SqliteAudit::open(&dir.path().join("audit.sqlite")));
+        let clock = crate::clock::FakeClock::new(1_000);
+        let (log, ring) = signer(&clock, 5, 60, sink.clone());
+        for i in 1..=9 {
+            log.record(ev(i));
+        }
+        log.flush().await;
+        // seq 5 is checkpointed (record 6), events 6..9 are seqs 7..10; 10 is a multiple of 5 → record 11.
+        let recs = sink.scan(0, 100).await.expect("scan");
+        let cps: Vec<i64> = recs
+            .iter()
+            .filter(|r| r.event.kind == Some(EventKind::Checkpoint))
+            .map(|r| r.event.detail["seq"].as_i64().expect("seq"))
+            .collect();
+        assert_eq!(cps, [5, 10]);
+        // Time: nothing new → no checkpoint; one more record and 60 s → one (of seq 12).
+        clock.advance(61);
+        log.flush().await;
+        assert_eq!(sink.head().await.expect("h").expect("h").0, 11);
+        log.record(ev(10));
+        log.flush().await;
+        assert_eq!(
+            sink.head().await.expect("h").expect("h").0,
+            12,
+            "interval restarted"
+        );
+        clock.advance(60);
+        log.flush().await;
+        let head = sink.scan(12, 10).await.expect("scan");
+        assert_eq!(head.len(), 1);
+        assert_eq!(head[0].event.kind, Some(EventKind::Checkpoint));
+        assert_eq!(head[0].event.detail["seq"], 12);
+        clock.advance(600);
+        log.flush().await;
+        assert_eq!(
+            sink.head().await.expect("h").expect("h").0,
+            13,
+            "idle: no checkpoint of a checkpoint"
+        );
+
+        // Every checkpoint, as extracted from log text, checks out.
+        let log_text: String = sink
+            .scan(0, 100)
+            .await
+            .expect("scan")
+            .iter()
+            .filter(|r| r.event.kind == Some(EventKind::Checkpoint))
+            .map(|r| {
+                format!(
+                    "INFO audit checkpoint seq={} checkpoint={}\n",
+                    r.event.detail["seq"],
+                    r.event.detail["jws"].as_str().expect("jws")
+                )
+            })
+            .collect();
+        let jws = extract(&log_text);
+        assert_eq!(jws.len(), 3);
+        let (v, checks) = verify_checkpoints(sink.as_ref(), &jws, &ring)
+            .await
+            .expect("v");
+        assert_eq!(v.first_break, None);
+        assert!(checks.iter().all(|c| c.problem.is_none()), "{checks:?}");
+
+        // Truncate below the newest checkpoint.
+        raw(
+            &sink,
+            "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq > 9",
+        )
+        .await;
+        let plain = verify(sink.as_ref()).await.expect("v");
+        assert_eq!(
+            (plain.records, plain.first_break),
+            (9, None),
+            "plain verify cannot see it"
+        );
+        let (_, checks) = verify_checkpoints(sink.as_ref(), &jws, &ring)
+            .await
+            .expect("v");
+        assert_eq!(checks[0].problem, None, "seq 5 is still there");
+        for c in &checks[1..] {
+            let p = c.problem.as_deref().expect("truncation found");
+            assert!(p.starts_with("TRUNCATED: the chain ends at seq 9"), "{p}");
+        }
+
+        // Rewrite record 3 and re-hash everything after it: a valid chain, but not the signed one.
+        let mut recs = sink.scan(0, 100).await.expect("scan");
+        raw(
+            &sink,
+            "DROP TRIGGER audit_log_no_update; DELETE FROM audit_log WHERE seq >= 3",
+        )
+        .await;
+        recs[2].event.cost_nanos = Some(0);
+        let mut prev = recs[1].hash.clone();
+        for r in &recs[2..] {
+            let re = crate::audit::AuditRecord::chain(r.seq, prev, r.event.clone());
+            prev = re.hash.clone();
+            sink.append(&re).await.expect("append");
+        }
+        assert_eq!(verify(sink.as_ref()).await.expect("v").first_break, None);
+        let (_, checks) = verify_checkpoints(sink.as_ref(), &jws[..1], &ring)
+            .await
+            .expect("v");
+        assert!(
+            checks[0]
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.starts_with("REWRITTEN: record 5")),
+            "{checks:?}"
+        );
+        // An access-token-shaped JWS is not a checkpoint.
+        assert!(extract("eyJhbGciOiJFUzI1NiJ9.e30.sig").is_empty());
     }
 }

@@ -35,14 +35,23 @@ pub struct TelemetryConfig {
 pub struct RawAudit {
     /// Record the audit trail. Default true.
     pub enabled: Option<bool>,
-    /// SQLite file of the trail. Default `<server.state_dir>/audit.sqlite`. Relative to this file.
-    pub sqlite_path: Option<PathBuf>,
+    /// SQLite file of the trail when the store is SQLite. Default `<server.state_dir>/audit.sqlite`.
+    /// Relative to this file. With `[store] kind = "postgres"` the trail is in PostgreSQL (one chain for
+    /// all replicas) and setting this is an error.
+    pub sqlite_path: Option<Spanned<PathBuf>>,
+    /// Sign a checkpoint after every record whose sequence number is a multiple of this. Default 1000;
+    /// 0 turns this trigger off.
+    pub checkpoint_every: Option<Spanned<u64>>,
+    /// Also sign one when this many seconds passed since the last and the chain grew. Default 60; 0 off.
+    pub checkpoint_interval_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Clone, Debug)]
 pub struct AuditConfig {
     pub enabled: bool,
+    /// The SQLite trail (SQLite store only; PostgreSQL keeps the trail in the store).
     pub sqlite_path: PathBuf,
+    pub checkpoints: crate::audit::checkpoint::CheckpointConfig,
 }
 
 /// `[server.tls]` as written.
@@ -96,14 +105,48 @@ pub fn telemetry(s: &Source, r: &RawTelemetry) -> Result<TelemetryConfig, Config
     })
 }
 
-pub fn audit(s: &Source, r: &RawAudit, state_dir: &Path) -> AuditConfig {
-    AuditConfig {
-        enabled: r.enabled.unwrap_or(true),
-        sqlite_path: r
-            .sqlite_path
-            .as_deref()
-            .map_or_else(|| state_dir.join("audit.sqlite"), |p| s.resolve(p)),
+pub fn audit(
+    s: &Source,
+    r: &RawAudit,
+    state_dir: &Path,
+    postgres_store: bool,
+) -> Result<AuditConfig, ConfigError> {
+    if let (Some(p), true) = (&r.sqlite_path, postgres_store) {
+        return Err(s.error_at(
+            p.span(),
+            "audit.sqlite_path",
+            "with [store] kind = \"postgres\" the audit trail is kept in PostgreSQL (one chain for all replicas); remove this key",
+        ));
     }
+    let defaults = crate::audit::checkpoint::CheckpointConfig::default();
+    let cap = |v: &Option<Spanned<u64>>, field: &str, default: u64| match v {
+        Some(x) if *x.get_ref() > 1_000_000_000 => Err(s.error_at(
+            x.span(),
+            field,
+            "must be at most 1000000000 (0 turns it off)",
+        )),
+        Some(x) => Ok(*x.get_ref()),
+        None => Ok(default),
+    };
+    Ok(AuditConfig {
+        enabled: r.enabled.unwrap_or(true),
+        sqlite_path: r.sqlite_path.as_ref().map_or_else(
+            || state_dir.join("audit.sqlite"),
+            |p| s.resolve(p.get_ref()),
+        ),
+        checkpoints: crate::audit::checkpoint::CheckpointConfig {
+            every: cap(
+                &r.checkpoint_every,
+                "audit.checkpoint_every",
+                defaults.every,
+            )?,
+            interval_secs: cap(
+                &r.checkpoint_interval_secs,
+                "audit.checkpoint_interval_secs",
+                defaults.interval_secs,
+            )?,
+        },
+    })
 }
 
 pub fn tls(s: &Source, r: &Option<RawTls>) -> Result<Option<TlsConfig>, ConfigError> {

@@ -1,21 +1,53 @@
-//! Signing keys shared through the store and rotated on a schedule.
+//! Signing keys shared through the store: rotated on a schedule, and on demand.
 //!
-//! Time is cut into generations of `rotate_secs`; generation `g` signs during `[g·R, (g+1)·R)`. Every replica
-//! makes sure the keys of the current **and the next** generation exist (`INSERT … ON CONFLICT DO NOTHING`
-//! on the generation, so concurrent replicas agree on one key per generation). The next key is therefore in
-//! every replica's JWKS a whole generation before anyone signs with it. A retired key stays published until
-//! the last token it could have signed has expired: `(g+1)·R + max_ttl + leeway`.
+//! **Scheduled.** Time is cut into generations of `rotate_secs`; generation `g` signs during `[g·R, (g+1)·R)`.
+//! Every replica makes sure the keys of the current **and the next** generation exist (`INSERT … ON
+//! CONFLICT DO NOTHING` on the generation, so concurrent replicas agree on one key per generation). The next
+//! key is therefore in every replica's JWKS a whole generation before anyone signs with it.
+//!
+//! **Forced** (`POST /admin/v1/keys/rotate`). The replica that takes the call writes a new key to
+//! `signing_key_rotations` with `created = now + publish_lead`, and loads it at once. Every replica reloads
+//! the key set every second (`publish_lead` is several of those polls), so by `created` every replica
+//! publishes the key; only then does it sign — the same "publish before sign" rule as the next generation,
+//! with a lead of seconds instead of a generation. A replica cut off from the store for longer than the lead
+//! keeps signing with the old key (which everyone can verify) and picks the new one up when it reconnects.
+//!
+//! **Which key signs.** Each replica signs with the newest key whose `created` is not in the future
+//! ([`KeyRing::active_at`]): a forced key takes over from the generation key at its `created`, and the next
+//! generation's key (created at `(g+1)·R`) takes over from it at the boundary. Schedule and forced rotations
+//! compose without coordination because the rule only depends on `created` and the clock.
+//!
+//! **Retention.** A key signs at most until the end of the generation its `created` falls in, so it stays
+//! published until the last token it could have signed has expired: `(g+1)·R + max_ttl + leeway`.
 
 use super::store::{Store, StoreError, StoredKey};
 use crate::keys::SigningKey;
 use crate::token::KeyRing;
 use std::sync::Mutex;
 
+/// Default lead between recording a forced rotation and signing with the new key.
+pub const DEFAULT_PUBLISH_LEAD_SECS: u64 = 5;
+
 pub struct KeyManager {
     pub rotate_secs: u64,
     /// max token TTL + leeway.
     pub retain_secs: u64,
-    loaded: Mutex<Vec<(i64, String)>>,
+    /// Seconds between a forced rotation and the new key signing (must exceed the key poll interval).
+    pub publish_lead_secs: u64,
+    /// kids loaded into the ring, to skip rebuilding it when nothing changed.
+    loaded: Mutex<Vec<String>>,
+    /// Generations whose key this process has made sure exists.
+    ensured: Mutex<Vec<i64>>,
+}
+
+/// The answer to a forced rotation.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Rotated {
+    pub kid: String,
+    /// Unix seconds from which every replica signs with `kid`.
+    pub activates_at: i64,
+    /// The key signing until then.
+    pub previous_kid: Option<String>,
 }
 
 impl KeyManager {
@@ -23,8 +55,16 @@ impl KeyManager {
         KeyManager {
             rotate_secs: rotate_secs.max(1),
             retain_secs,
+            publish_lead_secs: DEFAULT_PUBLISH_LEAD_SECS,
             loaded: Mutex::new(Vec::new()),
+            ensured: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Set the forced-rotation lead (at least 1 s).
+    pub fn with_publish_lead(mut self, secs: u64) -> Self {
+        self.publish_lead_secs = secs.max(1);
+        self
     }
 
     fn generation(&self, now: u64) -> i64 {
@@ -38,7 +78,8 @@ impl KeyManager {
         i64::try_from(now.saturating_sub(self.retain_secs) / self.rotate_secs).unwrap_or(0)
     }
 
-    /// Make sure this and the next generation have keys, then load every key still needed into `ring`.
+    /// Make sure this and the next generation have keys, then load every key still needed (scheduled and
+    /// forced) into `ring`.
     pub async fn sync(
         &self,
         store: &dyn Store,
@@ -47,12 +88,10 @@ impl KeyManager {
     ) -> Result<(), StoreError> {
         let g = self.generation(now);
         let have: Vec<i64> = self
-            .loaded
+            .ensured
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|(g, _)| *g)
-            .collect();
+            .clone();
         for gen_ in [g, g + 1] {
             if !have.contains(&gen_) {
                 let created = gen_.saturating_mul(i64::try_from(self.rotate_secs).unwrap_or(1));
@@ -67,8 +106,20 @@ impl KeyManager {
                     .await?;
             }
         }
-        let rows = store.keys_since(self.min_generation(now)).await?;
-        let ids: Vec<(i64, String)> = rows.iter().map(|k| (k.generation, k.kid.clone())).collect();
+        let min = self.min_generation(now);
+        let mut rows = store.keys_since(min).await?;
+        // Only scheduled keys count as a generation's key (a forced key's generation is for retention).
+        *self
+            .ensured
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = rows
+            .iter()
+            .map(|k| k.generation)
+            .filter(|x| *x >= g)
+            .collect();
+        rows.extend(store.rotated_keys_since(min).await?);
+        let mut ids: Vec<String> = rows.iter().map(|k| k.kid.clone()).collect();
+        ids.sort();
         let mut loaded = self
             .loaded
             .lock()
@@ -81,7 +132,7 @@ impl KeyManager {
             match SigningKey::from_pkcs8(&k.pkcs8, u64::try_from(k.created).unwrap_or(0)) {
                 Ok(sk) => keys.push(sk),
                 Err(e) => {
-                    tracing::error!(generation = k.generation, error = %e, "unusable signing key in store")
+                    tracing::error!(generation = k.generation, kid = %k.kid, error = %e, "unusable signing key in store")
                 }
             }
         }
@@ -93,5 +144,37 @@ impl KeyManager {
         ring.replace(keys);
         *loaded = ids;
         Ok(())
+    }
+
+    /// Force a rotation: store a new key that signs from `now + publish_lead` on every replica, and load it
+    /// here at once (the other replicas load it on their next poll, well before it signs).
+    pub async fn rotate(
+        &self,
+        store: &dyn Store,
+        ring: &KeyRing,
+        now: u64,
+    ) -> Result<Rotated, StoreError> {
+        let previous_kid = ring.active_at(now).map(|k| k.kid.clone());
+        let activates = now.saturating_add(self.publish_lead_secs);
+        let (key, der) = SigningKey::generate(activates).map_err(StoreError::Setup)?;
+        let activates_at = i64::try_from(activates).unwrap_or(i64::MAX);
+        store
+            .add_rotated_key(
+                &StoredKey {
+                    generation: self.generation(activates),
+                    kid: key.kid.clone(),
+                    created: activates_at,
+                    pkcs8: der,
+                },
+                i64::try_from(now).unwrap_or(i64::MAX),
+            )
+            .await?;
+        self.sync(store, ring, now).await?;
+        tracing::warn!(kid = %key.kid, activates_at, previous_kid = ?previous_kid, "signing key rotation forced");
+        Ok(Rotated {
+            kid: key.kid,
+            activates_at,
+            previous_kid,
+        })
     }
 }

@@ -110,10 +110,15 @@ impl Governance {
     pub async fn open(config: &Config, clock: SharedClock) -> Result<Self, StoreError> {
         let store = store::open(&config.store).await?;
         let keys = if config.tokens.signing_key_file.is_none() {
-            Some(keys::KeyManager::new(
-                config.tokens.rotate_secs,
-                config.tokens.max_ttl_secs + config.tokens.leeway_secs,
-            ))
+            // Keys are polled every max(1 s, poll interval); a forced rotation waits several polls.
+            let poll_secs = config.store.poll_interval_ms.max(1000).div_ceil(1000);
+            Some(
+                keys::KeyManager::new(
+                    config.tokens.rotate_secs,
+                    config.tokens.max_ttl_secs + config.tokens.leeway_secs,
+                )
+                .with_publish_lead((3 * poll_secs).max(keys::DEFAULT_PUBLISH_LEAD_SECS)),
+            )
         } else {
             None
         };

@@ -159,6 +159,11 @@ pub trait Store: Send + Sync + 'static {
     /// Insert the key of `generation` unless one exists; return the keys of generations ≥ `min_generation`.
     async fn ensure_key(&self, key: &StoredKey) -> Result<(), StoreError>;
     async fn keys_since(&self, min_generation: i64) -> Result<Vec<StoredKey>, StoreError>;
+    /// Record a forced rotation: `key` signs from `key.created`; `key.generation` is the generation
+    /// `created` falls in (for retention).
+    async fn add_rotated_key(&self, key: &StoredKey, requested_at: i64) -> Result<(), StoreError>;
+    /// Forced-rotation keys of generations ≥ `min_generation`.
+    async fn rotated_keys_since(&self, min_generation: i64) -> Result<Vec<StoredKey>, StoreError>;
 
     /// Total settled cost in `spend` (operators, tests).
     async fn spend_total(&self) -> Result<(i64, i64), StoreError>;
@@ -527,6 +532,35 @@ macro_rules! impl_store {
                 let rows = sqlx::query_as::<$db, (i64, String, i64, Vec<u8>)>(
                     "SELECT generation, kid, created, pkcs8 FROM signing_keys WHERE generation >= $1 \
                      ORDER BY generation DESC",
+                )
+                .bind(min_generation)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(generation, kid, created, pkcs8)| StoredKey { generation, kid, created, pkcs8 })
+                    .collect())
+            }
+
+            async fn add_rotated_key(&self, key: &StoredKey, requested_at: i64) -> Result<(), StoreError> {
+                sqlx::query::<$db>(
+                    "INSERT INTO signing_key_rotations (generation, kid, requested_at, created, pkcs8) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(key.generation)
+                .bind(&key.kid)
+                .bind(requested_at)
+                .bind(key.created)
+                .bind(&key.pkcs8)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn rotated_keys_since(&self, min_generation: i64) -> Result<Vec<StoredKey>, StoreError> {
+                let rows = sqlx::query_as::<$db, (i64, String, i64, Vec<u8>)>(
+                    "SELECT generation, kid, created, pkcs8 FROM signing_key_rotations \
+                     WHERE generation >= $1 ORDER BY created DESC, id DESC",
                 )
                 .bind(min_generation)
                 .fetch_all(&self.pool)
