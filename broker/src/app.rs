@@ -77,7 +77,7 @@ impl AppState {
             (None, Some(km)) => km.sync(governance.store.as_ref(), &ring, now).await?,
             (None, None) => ring.replace(keys::load_or_generate(&config.server.state_dir, now)?),
         }
-        let verifiers = Verifiers::from_config(config, clock.clone())
+        let verifiers = Verifiers::from_config(config, clock.clone(), governance.store.clone())
             .map_err(|e| BuildError::Identity(e.to_string()))?;
         let state = Arc::new(AppState {
             tokens: TokenService {
