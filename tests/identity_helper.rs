@@ -755,9 +755,16 @@ async fn vault_kubernetes_auth_through_helper_and_broker() {
     let bao = Bao::start().await;
     bao.enable_identity_tokens().await;
     bao.enable_auth("kubernetes").await;
+    // OpenBao wants a cluster CA unless it runs in a pod; the API is plain http on loopback here, so the CA
+    // is never used for a handshake, only parsed.
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().expect("key"))
+        .expect("ca");
     bao.post(
         "auth/kubernetes/config",
-        json!({"kubernetes_host": idp.base_url(), "disable_local_ca_jwt": true}),
+        json!({"kubernetes_host": idp.base_url(), "disable_local_ca_jwt": true,
+               "kubernetes_ca_cert": ca.pem()}),
     )
     .await;
     bao.post(
