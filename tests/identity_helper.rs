@@ -639,6 +639,7 @@ async fn vault_identity_token_and_approle_through_helper_and_broker() {
     )
     .await;
     assert_eq!(token_works(&b, &run).await["sub"], "vault:alice");
+    let first_token = run.stdout.clone();
     assert!(
         !b.log().contains(&user_token),
         "the Vault token must never reach the broker"
@@ -741,6 +742,28 @@ async fn vault_identity_token_and_approle_through_helper_and_broker() {
         !run.stderr.contains("00000000-not-the-secret"),
         "{}",
         run.stderr
+    );
+
+    // A cache hit never builds a Vault client: with OpenBao gone, the token-auth run above is served from
+    // the cache, silently.
+    let first = first_token;
+    drop(bao);
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "vault".to_string()),
+            ("VAULT_ADDR", base.clone()),
+            ("VAULT_TOKEN", user_token.clone()),
+            ("TOLLGATE_VAULT_ROLE", "tollgate".into()),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout, first);
+    assert_eq!(
+        run.stderr, "",
+        "a cache hit touches nothing and says nothing"
     );
 }
 
