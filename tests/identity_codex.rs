@@ -78,3 +78,214 @@ async fn codex_turn_with_an_oidc_identity() {
     );
     assert!(!mock.requests_to("/v1/responses").is_empty());
 }
+
+// ------------------------------------------------------------------ aws, vault and azure turns
+//
+// Codex runs its auth command with its own environment, unchanged (codex-client.md §4), so the identity
+// the machine has reaches the helper as environment variables passed to Codex (`CodexEnv::pass_env`;
+// the harness clears everything else).
+
+/// A broker fronting the mock upstream, with `identity` appended to its config and `policy` as its policy.
+async fn broker_with(mock: &tollgate_testkit::MockHandle, identity: &str, policy: &str) -> Broker {
+    let mut spec = BrokerSpec::with_mock(&mock.base_url(), &["gpt-5*"]);
+    spec.extra_config.push('\n');
+    spec.extra_config.push_str(identity);
+    spec.policy = policy.into();
+    Broker::start(spec).await
+}
+
+async fn mock_upstream() -> tollgate_testkit::MockHandle {
+    spawn(MockConfig {
+        api_key: Some(UPSTREAM_KEY.into()),
+        ..MockConfig::default()
+    })
+    .await
+}
+
+/// One Codex turn that must have gone through the broker on the grant `rule` gives `principal`: the
+/// answer is the mock's, the broker minted for that principal by that rule, proxied the request for it,
+/// and the token the helper handed Codex reports that principal with the request counted.
+async fn turn_through_broker(
+    broker: &Broker,
+    codex: &CodexEnv,
+    prompt: &str,
+    principal: &str,
+    kind: &str,
+    rule: &str,
+) -> CodexRun {
+    let run = codex.exec(prompt, Duration::from_secs(90)).await;
+    assert_eq!(
+        run.status,
+        Some(0),
+        "codex failed:\n{}\n--- broker log ---\n{}",
+        run.all(),
+        broker.log()
+    );
+    assert!(
+        run.stdout.contains(&format!("mock reply to: {prompt}")),
+        "{}",
+        run.all()
+    );
+    let log = broker.log();
+    assert!(
+        log.contains(&format!(
+            "token minted principal={principal} kind={kind} rule={rule}"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(
+            |l| l.contains("request finished") && l.contains(&format!("principal={principal}"))
+        ),
+        "{log}"
+    );
+    let usage = broker.usage(&codex.cached_token()).await;
+    assert_eq!(usage["principal"], principal, "{usage}");
+    assert!(
+        usage["usage"]["requests"].as_u64().unwrap_or(0) >= 1,
+        "{usage}"
+    );
+    run
+}
+
+const AWS_POLICY: &str = "[[rule]]\nname = \"aws-users\"\nmatch = { kind = \"aws\", subject = \"arn:aws:iam::123456789012:user/*\" }\n\
+    principal = \"aws:{attr.user}\"\nteam = \"builders\"\nmodels = [\"gpt-5*\"]\n\n\
+    [[rule]]\nname = \"aws-roles\"\nmatch = { kind = \"aws\", subject = \"arn:aws:iam::123456789012:role/*\" }\n\
+    principal = \"aws-role:{attr.role}/{attr.session}\"\nteam = \"workloads\"\nmodels = [\"gpt-5*\"]\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_turns_with_aws_identities_user_keys_and_assumed_role() {
+    let moto = support::peers::moto().await;
+    let user = support::peers::moto_iam_user(&moto.1);
+    let mock = mock_upstream().await;
+    let broker = broker_with(
+        &mock,
+        &format!(
+            "[identity.aws]\nserver_id = \"tollgate-e2e\"\nendpoints = [{{ region = \"us-east-1\", url = \"{}\" }}]\n",
+            moto.1
+        ),
+        AWS_POLICY,
+    )
+    .await;
+    let aws_env = |codex: &mut CodexEnv| {
+        codex
+            .pass_env("TOLLGATE_IDENTITY", "aws")
+            .pass_env("TOLLGATE_AWS_STS_URL", format!("{}/", moto.1))
+            .pass_env("TOLLGATE_AWS_SERVER_ID", "tollgate-e2e")
+            .pass_env("AWS_ACCESS_KEY_ID", user.access_key_id.clone())
+            .pass_env("AWS_SECRET_ACCESS_KEY", user.secret_access_key.clone());
+    };
+
+    // IAM user keys: the helper signs GetCallerIdentity, the broker replays it to moto.
+    let mut codex = CodexEnv::new(&broker.url, "gpt-5.5", "");
+    aws_env(&mut codex);
+    let run = turn_through_broker(
+        &broker,
+        &codex,
+        "hello as an IAM user",
+        "aws:builder",
+        "aws",
+        "aws-users",
+    )
+    .await;
+    assert_no_secret(&run.all(), &[&user.secret_access_key], "codex output");
+
+    // An assumed role: the helper calls sts:AssumeRole first and proves as the role session.
+    let mut codex = CodexEnv::new(&broker.url, "gpt-5.5", "");
+    aws_env(&mut codex);
+    codex.pass_env(
+        "TOLLGATE_AWS_ROLE_ARN",
+        "arn:aws:iam::123456789012:role/workload",
+    );
+    let run = turn_through_broker(
+        &broker,
+        &codex,
+        "hello as an assumed role",
+        "aws-role:workload/tollgate-token",
+        "aws",
+        "aws-roles",
+    )
+    .await;
+    assert_no_secret(&run.all(), &[&user.secret_access_key], "codex output");
+    assert_no_secret(&broker.log(), &[&user.secret_access_key], "broker log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_turn_with_a_vault_identity_token_from_approle() {
+    let bao = support::peers::Bao::start().await;
+    bao.enable_identity_tokens().await;
+    let (role_id, secret_id) = bao.approle("ci", "ci-bot").await;
+    let mock = mock_upstream().await;
+    let broker = broker_with(
+        &mock,
+        &format!(
+            "[[identity.oidc]]\nkind = \"vault\"\nissuer = \"{}\"\naudiences = [\"tollgate\"]\n",
+            bao.issuer()
+        ),
+        "[[rule]]\nname = \"vault\"\nmatch = { kind = \"vault\", subject = \"*\" }\n\
+         principal = \"vault:{attr.entity_name}\"\nteam = \"ci\"\nmodels = [\"gpt-5*\"]\n",
+    )
+    .await;
+    let mut codex = CodexEnv::new(&broker.url, "gpt-5.5", "");
+    codex
+        .pass_env("TOLLGATE_IDENTITY", "vault")
+        .pass_env("VAULT_ADDR", bao.base())
+        .pass_env("TOLLGATE_VAULT_AUTH", "approle")
+        .pass_env("TOLLGATE_VAULT_ROLE_ID", role_id)
+        .pass_env("TOLLGATE_VAULT_SECRET_ID", secret_id.clone())
+        .pass_env("TOLLGATE_VAULT_ROLE", "tollgate");
+    let run = turn_through_broker(
+        &broker,
+        &codex,
+        "hello from vault",
+        "vault:ci-bot",
+        "vault",
+        "vault",
+    )
+    .await;
+    assert_no_secret(&run.all(), &[&secret_id], "codex output");
+    assert_no_secret(&broker.log(), &[&secret_id], "broker log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_turn_with_an_azure_app_service_managed_identity() {
+    let idp = idp::spawn(IdpConfig::default()).await.expect("idp");
+    let mock = mock_upstream().await;
+    let mi = idp.managed_identity().clone();
+    let broker = broker_with(
+        &mock,
+        &format!(
+            "[[identity.azure]]\nauthority = \"{}\"\ntenants = [\"{}\"]\naudiences = [\"api://tollgate\"]\n",
+            idp.authority(),
+            mi.tenant
+        ),
+        &format!(
+            "[[rule]]\nname = \"azure-mi\"\nmatch = {{ kind = \"azure\", subject = \"{}\" }}\n\
+             principal = \"azure:{{subject}}\"\nteam = \"apps\"\nmodels = [\"gpt-5*\"]\n",
+            mi.oid
+        ),
+    )
+    .await;
+    let mut codex = CodexEnv::new(&broker.url, "gpt-5.5", "");
+    codex
+        .pass_env("TOLLGATE_IDENTITY", "azure")
+        .pass_env("TOLLGATE_AZURE_RESOURCE", "api://tollgate")
+        .pass_env("IDENTITY_ENDPOINT", idp.identity_endpoint())
+        .pass_env("IDENTITY_HEADER", idp.identity_header());
+    let run = turn_through_broker(
+        &broker,
+        &codex,
+        "hello from app service",
+        &format!("azure:{}", mi.oid),
+        "azure",
+        "azure-mi",
+    )
+    .await;
+    assert_eq!(
+        idp.mi_tokens(),
+        1,
+        "one managed-identity token for the turn"
+    );
+    assert_no_secret(&run.all(), &[idp.identity_header()], "codex output");
+    assert_no_secret(&broker.log(), &[idp.identity_header()], "broker log");
+}

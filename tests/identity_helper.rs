@@ -6,10 +6,10 @@
 mod support;
 
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
-use support::{Broker, BrokerSpec, bin, python_bin};
+use support::peers::{Bao, bao_call, moto, moto_iam_user, moto_with_auth};
+use support::{Broker, BrokerSpec, bin};
 use tollgate_testkit::idp::{self, IdpConfig, IdpHandle, MintRequest};
 
 const POLICY: &str = r#"
@@ -393,96 +393,11 @@ async fn cache_hit_makes_no_network_call_and_a_cold_cache_mints_once_for_20_runs
 
 // ------------------------------------------------------------------ AWS (moto) and Vault (OpenBao)
 
-struct PeerProc(std::process::Child, String);
-
-impl Drop for PeerProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn venv_bin(name: &str) -> PathBuf {
-    python_bin().with_file_name(name)
-}
-
-async fn wait_port(port: u16, what: &str) {
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} did not start on 127.0.0.1:{port}");
-}
-
-async fn moto() -> PeerProc {
-    moto_with_auth(Some(5)).await
-}
-
-/// moto; `no_auth_actions: None` = no SigV4 enforcement (then it also answers for any key).
-async fn moto_with_auth(no_auth_actions: Option<u32>) -> PeerProc {
-    let port = free_port();
-    let mut cmd = std::process::Command::new(venv_bin("moto_server"));
-    if let Some(n) = no_auth_actions {
-        cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n.to_string());
-    }
-    let child = cmd
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("moto_server (run scripts/install-test-tools.sh)");
-    wait_port(port, "moto_server").await;
-    PeerProc(child, format!("http://127.0.0.1:{port}"))
-}
-
 #[tokio::test]
 async fn aws_identity_through_helper_and_broker() {
     let moto = moto().await;
-    let out = std::process::Command::new(python_bin())
-        .arg("-c")
-        .arg(
-            r#"
-import boto3, json, os
-url = os.environ["MOTO_URL"]
-kw = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
-iam = boto3.client("iam", **kw)
-iam.create_user(UserName="builder")
-key = iam.create_access_key(UserName="builder")["AccessKey"]
-iam.put_user_policy(UserName="builder", PolicyName="sts", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:*", "Resource": "*"}]}))
-bogus = boto3.client("sts", **kw)
-for _ in range(10):
-    try:
-        bogus.get_caller_identity()
-    except Exception:
-        break
-print(json.dumps({"ak": key["AccessKeyId"], "sk": key["SecretAccessKey"]}))
-"#,
-        )
-        .env("MOTO_URL", &moto.1)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let keys: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let user = moto_iam_user(&moto.1);
+    let keys = json!({"ak": user.access_key_id, "sk": user.secret_access_key});
     let b = broker(&format!(
         "[identity.aws]\nserver_id = \"tollgate-e2e\"\nendpoints = [{{ region = \"us-east-1\", url = \"{}\" }}]\n",
         moto.1
@@ -596,43 +511,10 @@ async fn aws_instance_metadata_credentials_through_helper_and_broker() {
     assert_eq!(c["sub"], "aws:moto");
 }
 
-async fn bao_call(
-    base: &str,
-    method: reqwest::Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> Value {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{base}/v1/{path}"))
-        .header("x-vault-token", token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.expect("openbao");
-    let status = r.status();
-    let text = r.text().await.expect("text");
-    assert!(status.is_success(), "{path}: {status} {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
-
 #[tokio::test]
 async fn vault_identity_token_and_approle_through_helper_and_broker() {
-    let port = free_port();
-    let child = std::process::Command::new(venv_bin("bao"))
-        .args([
-            "server",
-            "-dev",
-            "-dev-root-token-id=root",
-            &format!("-dev-listen-address=127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("bao (run scripts/install-test-tools.sh)");
-    let bao = PeerProc(child, format!("http://127.0.0.1:{port}"));
-    wait_port(port, "bao").await;
-    let base = bao.1.clone();
+    let bao = Bao::start().await;
+    let base = bao.base().to_string();
     let post = |path: &'static str, body: Value| {
         let base = base.clone();
         async move { bao_call(&base, reqwest::Method::POST, path, "root", Some(body)).await }
@@ -757,6 +639,7 @@ async fn vault_identity_token_and_approle_through_helper_and_broker() {
     )
     .await;
     assert_eq!(token_works(&b, &run).await["sub"], "vault:alice");
+    let first_token = run.stdout.clone();
     assert!(
         !b.log().contains(&user_token),
         "the Vault token must never reach the broker"
@@ -860,4 +743,265 @@ async fn vault_identity_token_and_approle_through_helper_and_broker() {
         "{}",
         run.stderr
     );
+
+    // A cache hit never builds a Vault client: with OpenBao gone, the token-auth run above is served from
+    // the cache, silently.
+    let first = first_token;
+    drop(bao);
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "vault".to_string()),
+            ("VAULT_ADDR", base.clone()),
+            ("VAULT_TOKEN", user_token.clone()),
+            ("TOLLGATE_VAULT_ROLE", "tollgate".into()),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout, first);
+    assert_eq!(
+        run.stderr, "",
+        "a cache hit touches nothing and says nothing"
+    );
+}
+
+// ------------------------------------------------------------------ sources without a cloud: Kubernetes auth
+// in Vault, AWS container credentials, Azure VM instance metadata (all served on loopback by the fake IdP)
+
+#[tokio::test]
+async fn vault_kubernetes_auth_through_helper_and_broker() {
+    // OpenBao's kubernetes auth method calls the TokenReview API at `kubernetes_host`: the fake IdP
+    // answers it for the service-account tokens it minted.
+    let idp = idp::spawn(IdpConfig::default()).await.expect("idp");
+    let bao = Bao::start().await;
+    bao.enable_identity_tokens().await;
+    bao.enable_auth("kubernetes").await;
+    // OpenBao wants a cluster CA unless it runs in a pod; the API is plain http on loopback here, so the CA
+    // is never used for a handshake, only parsed.
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().expect("key"))
+        .expect("ca");
+    bao.post(
+        "auth/kubernetes/config",
+        json!({"kubernetes_host": idp.base_url(), "disable_local_ca_jwt": true,
+               "kubernetes_ca_cert": ca.pem()}),
+    )
+    .await;
+    bao.post(
+        "auth/kubernetes/role/ci",
+        json!({"bound_service_account_names": ["runner"], "bound_service_account_namespaces": ["ci"],
+               "token_policies": "tollgate-id"}),
+    )
+    .await;
+    let b = broker(&format!(
+        "[[identity.oidc]]\nkind = \"vault\"\nissuer = \"{}\"\naudiences = [\"tollgate\"]\n",
+        bao.issuer()
+    ))
+    .await;
+    let home = tempfile::tempdir().expect("tmp");
+    let sa_token = home.path().join("sa-token");
+    let sa = |ns: &str, name: &str| {
+        idp.mint(&MintRequest {
+            sub: Some(format!("system:serviceaccount:{ns}:{name}")),
+            aud: Some(json!(["https://kubernetes.default.svc"])),
+            claims: json!({"kubernetes.io": {"namespace": ns,
+                "serviceaccount": {"name": name, "uid": "5a1b2c3d-0000-4000-8000-00000000c1c1"}}})
+            .as_object()
+            .cloned()
+            .expect("obj"),
+            ..MintRequest::default()
+        })
+        .expect("mint")
+    };
+    std::fs::write(&sa_token, sa("ci", "runner")).expect("write");
+    let env = |extra: Option<(&'static str, String)>| {
+        let mut v = vec![
+            ("TOLLGATE_IDENTITY", "vault".to_string()),
+            ("VAULT_ADDR", bao.base().to_string()),
+            ("TOLLGATE_VAULT_AUTH", "kubernetes".into()),
+            ("TOLLGATE_VAULT_LOGIN_ROLE", "ci".into()),
+            ("TOLLGATE_VAULT_JWT_FILE", sa_token.display().to_string()),
+            ("TOLLGATE_VAULT_ROLE", "tollgate".into()),
+        ];
+        v.extend(extra);
+        v
+    };
+    let run = helper(&b.url, home.path(), &env(None)).await;
+    let c = token_works(&b, &run).await;
+    // The Kubernetes login made an entity (no name given, so the `vault-entities` rule names it by id).
+    assert!(
+        c["sub"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("vault-entity:")),
+        "{c}"
+    );
+    assert!(
+        idp.token_reviews() >= 1,
+        "OpenBao asked the TokenReview API"
+    );
+    let sa_jwt = std::fs::read_to_string(&sa_token).expect("read");
+    assert!(
+        !b.log().contains(sa_jwt.trim()),
+        "the service-account token never reaches the broker"
+    );
+
+    // A service account the Vault role does not bind: the login fails (exit 65), nothing minted.
+    let before = b.mints();
+    std::fs::write(&sa_token, sa("ci", "intruder")).expect("write");
+    let run = helper(
+        &b.url,
+        home.path(),
+        &env(Some(("TOLLGATE_NO_CACHE", "1".into()))),
+    )
+    .await;
+    assert_eq!(run.code, Some(65), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("auth/kubernetes/login"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(b.mints(), before);
+
+    // A token the TokenReview API does not authenticate (not signed by the cluster's key).
+    std::fs::write(
+        &sa_token,
+        idp.mint(&MintRequest {
+            defect: Some("unpublished-key".into()),
+            ..k8s_claims("ci", "runner")
+        })
+        .expect("mint"),
+    )
+    .expect("write");
+    let run = helper(
+        &b.url,
+        home.path(),
+        &env(Some(("TOLLGATE_NO_CACHE", "1".into()))),
+    )
+    .await;
+    assert_eq!(run.code, Some(65), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn aws_container_credentials_through_helper_and_broker() {
+    // ECS task roles and EKS Pod Identity: `AWS_CONTAINER_CREDENTIALS_FULL_URI` (loopback here, served by
+    // the fake IdP) hands out keys — real IAM keys moto created, so moto's SigV4 check really runs.
+    let moto = moto().await;
+    let user = moto_iam_user(&moto.1);
+    let idp = idp::spawn(IdpConfig::default()).await.expect("idp");
+    let auth_token = "container-auth-token-3f9e";
+    idp.set_container_credentials(tollgate_testkit::idp::ContainerCredentials {
+        access_key_id: user.access_key_id.clone(),
+        secret_access_key: user.secret_access_key.clone(),
+        session_token: None,
+        authorization: auth_token.into(),
+    });
+    let b = broker(&format!(
+        "[identity.aws]\nserver_id = \"tollgate-e2e\"\nendpoints = [{{ region = \"us-east-1\", url = \"{}\" }}]\n",
+        moto.1
+    ))
+    .await;
+    let home = tempfile::tempdir().expect("tmp");
+    let base = |token: &str| {
+        vec![
+            ("TOLLGATE_IDENTITY", "aws".to_string()),
+            ("TOLLGATE_AWS_STS_URL", format!("{}/", moto.1)),
+            ("TOLLGATE_AWS_SERVER_ID", "tollgate-e2e".into()),
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                idp.container_credentials_uri(),
+            ),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", token.to_string()),
+            ("TOLLGATE_NO_CACHE", "1".into()),
+        ]
+    };
+    let run = helper(&b.url, home.path(), &base(auth_token)).await;
+    let c = token_works(&b, &run).await;
+    assert_eq!(c["sub"], "aws:builder");
+    assert_eq!(idp.container_fetches(), 1);
+    assert!(
+        !run.stderr.contains(&user.secret_access_key) && !b.log().contains(&user.secret_access_key)
+    );
+
+    // EKS Pod Identity reads the authorization token from a file (it rotates), on every run.
+    let token_file = home.path().join("eks-pod-identity-token");
+    std::fs::write(&token_file, format!("{auth_token}\n")).expect("write");
+    let mut env = base("");
+    env.retain(|(k, _)| *k != "AWS_CONTAINER_AUTHORIZATION_TOKEN");
+    env.push((
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        token_file.display().to_string(),
+    ));
+    let run = helper(&b.url, home.path(), &env).await;
+    assert_eq!(token_works(&b, &run).await["sub"], "aws:builder");
+    assert_eq!(idp.container_fetches(), 2);
+
+    // A wrong authorization token: the endpoint refuses; the helper says so (exit 65) without the token.
+    let run = helper(&b.url, home.path(), &base("wrong-token-value")).await;
+    assert_eq!(run.code, Some(65), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("container credentials endpoint answered 401"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("wrong-token-value"), "{}", run.stderr);
+
+    // Plain http to anything but loopback or the ECS/EKS link-local agents is refused at load, before any
+    // connection (the SDKs' rule: credentials must not cross a network in clear text).
+    let mut env = base(auth_token);
+    env.retain(|(k, _)| *k != "AWS_CONTAINER_CREDENTIALS_FULL_URI");
+    env.push((
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "http://192.0.2.10/creds".into(),
+    ));
+    let run = helper(&b.url, home.path(), &env).await;
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn azure_vm_instance_metadata_through_helper_and_broker() {
+    // The real IMDS address (169.254.169.254) is never called in tests: the helper's documented override
+    // `TOLLGATE_AZURE_IMDS_ENDPOINT` points it at the fake IdP, which checks the request shape (the
+    // `Metadata: true` header, `api-version`, `resource`) and answers like IMDS.
+    let idp = idp::spawn(IdpConfig::default()).await.expect("idp");
+    let b = broker(&oidc_section(&idp)).await;
+    let home = tempfile::tempdir().expect("tmp");
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "azure".into()),
+            ("TOLLGATE_AZURE_RESOURCE", "api://tollgate".into()),
+            ("TOLLGATE_AZURE_IMDS", "1".into()),
+            ("TOLLGATE_AZURE_IMDS_ENDPOINT", idp.base_url()),
+        ],
+    )
+    .await;
+    let c = token_works(&b, &run).await;
+    assert_eq!(c["sub"], format!("azure:{}", idp.managed_identity().oid));
+    assert_eq!(idp.mi_tokens(), 1);
+
+    // Without the opt-in, a machine with no other Azure identity is "not here" (exit 65), and nothing is
+    // asked of any metadata address.
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "azure".into()),
+            ("TOLLGATE_AZURE_RESOURCE", "api://tollgate".into()),
+            ("TOLLGATE_AZURE_IMDS_ENDPOINT", idp.base_url()),
+            ("TOLLGATE_NO_CACHE", "1".into()),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(65), "{}", run.stderr);
+    assert_eq!(idp.mi_tokens(), 1);
 }

@@ -90,7 +90,7 @@ impl AppState {
         } else {
             None
         };
-        let verifiers = Verifiers::from_config(config, clock.clone())
+        let verifiers = Verifiers::from_config(config, clock.clone(), governance.store.clone())
             .map_err(|e| BuildError::Identity(e.to_string()))?;
         let state = Arc::new(AppState {
             tokens: TokenService {

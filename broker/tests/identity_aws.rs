@@ -410,3 +410,137 @@ async fn bad_aws_proofs_are_refused_without_detail() {
     b.expect_refused_because("not the document", "malformed_proof", t, "e30")
         .await;
 }
+
+/// A unique PostgreSQL schema for one test (the store creates and migrates it).
+fn pg_store_toml(schema: &str) -> String {
+    format!(
+        "[store]\nkind = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:5432/test\"\nschema = \"{schema}\"\n"
+    )
+}
+
+async fn drop_pg_schema(schema: &str) {
+    use sqlx::Executor;
+    if let Ok(pool) = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test").await {
+        let _ = pool
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+            )))
+            .await;
+        pool.close().await;
+    }
+}
+
+/// A proof signed now with a nonce of its own (as the helper does), so two proofs made in the same
+/// second differ.
+fn unique(creds: &AwsCredentials, moto: &str, nonce: &str) -> SignedCallerIdentity {
+    sign(
+        creds,
+        "us-east-1",
+        moto,
+        Some(SERVER_ID),
+        &[(tollgate::aws::NONCE_HEADER, nonce)],
+        SystemTime::now(),
+    )
+}
+
+/// Two replicas behind a load balancer share the governance store, and with it the replay guard: a
+/// signed request one replica accepted is refused by the other. With the store unreachable, the replay
+/// check cannot be made, and the exchange is refused (`temporarily_unavailable`), never waved through.
+#[tokio::test]
+async fn a_signature_is_accepted_once_across_replicas_sharing_postgres() {
+    let aws = setup_moto();
+    let schema = format!(
+        "replay_{}_{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("time")
+            .subsec_nanos()
+    );
+    let identity = format!(
+        "[identity.aws]\nserver_id = \"{SERVER_ID}\"\nendpoints = [{{ region = \"us-east-1\", url = \"{}\" }}]\n\n{}",
+        aws.moto.base_url,
+        pg_store_toml(&schema)
+    );
+    let a = Broker::new(&identity, POLICY).await;
+    let b = Broker::new(&identity, POLICY).await;
+    let moto = url(&aws.moto.base_url);
+    let t = TOKEN_TYPE_AWS_SIGV4;
+
+    let once = unique(&aws.user, &moto, "once");
+    a.grant_and_proxy(t, &once.encode()).await;
+    b.expect_refused_because("replayed on another replica", "replayed", t, &once.encode())
+        .await;
+    a.expect_refused_because(
+        "replayed on the same replica",
+        "replayed",
+        t,
+        &once.encode(),
+    )
+    .await;
+
+    // Concurrent first uses of one signature on both replicas: exactly one wins.
+    let twice = unique(&aws.user, &moto, "twice");
+    let enc = twice.encode();
+    let (ra, rb) = tokio::join!(a.exchange(t, &enc), b.exchange(t, &enc));
+    let ok = [ra.0, rb.0]
+        .iter()
+        .filter(|s| **s == http::StatusCode::OK)
+        .count();
+    assert_eq!(ok, 1, "exactly one replica accepts: {ra:?} {rb:?}");
+
+    // A proof STS refused (bad signature) is not spent: the claim is given back, so it is refused for
+    // what it is on the other replica too, not as a replay.
+    let wrong = AwsCredentials {
+        access_key_id: aws.user.access_key_id.clone(),
+        secret_access_key: "not-the-secret".into(),
+        session_token: None,
+    };
+    let bad = unique(&wrong, &moto, "bad");
+    a.expect_refused_because("bad signature", "sts_rejected", t, &bad.encode())
+        .await;
+    b.expect_refused_because(
+        "bad signature, other replica",
+        "sts_rejected",
+        t,
+        &bad.encode(),
+    )
+    .await;
+
+    // The background tick prunes claims once they can no longer be fresh.
+    a.clock.advance(30 * 60);
+    a.state.ledger.governance.tick(false, true).await;
+    let left: i64 = {
+        let pool = match a.state.ledger.governance.store.pool() {
+            tollgate_broker::governance::store::StorePool::Postgres(p) => p,
+            tollgate_broker::governance::store::StorePool::Sqlite(_) => panic!("postgres expected"),
+        };
+        sqlx::query_scalar("SELECT COUNT(*) FROM replay_guard")
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+    };
+    assert_eq!(left, 0, "expired claims are pruned");
+
+    // Fail closed: replica B loses its store. A fresh, valid proof is refused with 503
+    // temporarily_unavailable (nothing about why), and STS is not asked.
+    if let tollgate_broker::governance::store::StorePool::Postgres(p) =
+        b.state.ledger.governance.store.pool()
+    {
+        p.close().await;
+    }
+    let fresh = unique(&aws.user, &moto, "fresh");
+    let (status, body) = b.exchange(t, &fresh.encode()).await;
+    assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    assert!(
+        !body.to_string().contains("replay") && !body.to_string().contains("postgres"),
+        "no detail: {body}"
+    );
+    // The refusal did not spend the proof: replica A (store fine) still accepts it.
+    drop(b);
+    let a2 = Broker::new(&identity, POLICY).await;
+    a2.grant_and_proxy(t, &fresh.encode()).await;
+    drop((a, a2));
+    drop_pg_schema(&schema).await;
+}

@@ -294,6 +294,44 @@ fn env_u64(env: &dyn Env, key: &str) -> Result<Option<u64>, ConfigError> {
     }
 }
 
+/// `AWS_CONTAINER_CREDENTIALS_FULL_URI`, checked the way the AWS SDKs do: `https` anywhere, plain `http`
+/// only to loopback or the ECS (169.254.170.2) and EKS Pod Identity (169.254.170.23, fd00:ec2::23)
+/// agents, so credentials never cross a network in clear text.
+fn check_container_uri(uri: &str) -> Result<String, ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        what: "AWS_CONTAINER_CREDENTIALS_FULL_URI".into(),
+        value: uri.to_string(),
+        reason: reason.into(),
+    };
+    let url = reqwest::Url::parse(uri).map_err(|_| invalid("not a URL"))?;
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let allowed_http = host.eq_ignore_ascii_case("localhost")
+        || match host.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => {
+                ip.is_loopback()
+                    || ip == std::net::Ipv4Addr::new(169, 254, 170, 2)
+                    || ip == std::net::Ipv4Addr::new(169, 254, 170, 23)
+            }
+            Ok(std::net::IpAddr::V6(ip)) => {
+                ip.is_loopback()
+                    || ip == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23)
+            }
+            Err(_) => false,
+        };
+    match url.scheme() {
+        "https" => Ok(uri.to_string()),
+        "http" if allowed_http => Ok(uri.to_string()),
+        "http" => Err(invalid(
+            "plain http is allowed only to loopback or the ECS/EKS credential agents",
+        )),
+        _ => Err(invalid("must be an http(s) URL")),
+    }
+}
+
 fn env_bool(env: &dyn Env, key: &str) -> bool {
     env.var(key).is_some_and(|v| {
         matches!(
@@ -599,10 +637,12 @@ fn resolve_identity(
                 value: sts_url.clone(),
                 reason: "must be an http(s) URL with no query".into(),
             })? + "/";
-            let container_uri = env.var("AWS_CONTAINER_CREDENTIALS_FULL_URI").or_else(|| {
-                env.var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
-                    .map(|r| format!("http://169.254.170.2{r}"))
-            });
+            let container_uri = match env.var("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
+                Some(full) => Some(check_container_uri(&full)?),
+                None => env
+                    .var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+                    .map(|r| format!("http://169.254.170.2{r}")),
+            };
             let imds_endpoint = if env_bool(env, "AWS_EC2_METADATA_DISABLED") {
                 None
             } else {
@@ -632,6 +672,7 @@ fn resolve_identity(
                 container_token: env
                     .var("AWS_CONTAINER_AUTHORIZATION_TOKEN")
                     .map(SecretString::from),
+                container_token_file: env.path("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
                 imds_endpoint,
                 role_arn: env.var("TOLLGATE_AWS_ROLE_ARN").or(raw.role_arn),
                 role_session_name: env
@@ -766,6 +807,31 @@ mod tests {
         std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
         std::fs::write(&p, body).expect("write");
         p
+    }
+
+    #[test]
+    fn container_credentials_uri_follows_the_sdks_rule() {
+        for ok in [
+            "http://127.0.0.1:8080/creds",
+            "http://localhost/creds",
+            "http://169.254.170.2/v2/credentials/x",
+            "http://169.254.170.23/v1/credentials",
+            "http://[fd00:ec2::23]/v1/credentials",
+            "http://[::1]:9/c",
+            "https://creds.internal.example/c",
+        ] {
+            assert_eq!(check_container_uri(ok).expect(ok), ok);
+        }
+        for bad in [
+            "http://192.0.2.10/creds",
+            "http://169.254.169.254/latest",
+            "http://creds.internal.example/c",
+            "ftp://127.0.0.1/c",
+            "not a url",
+        ] {
+            let e = check_container_uri(bad).expect_err(bad).to_string();
+            assert!(e.contains("AWS_CONTAINER_CREDENTIALS_FULL_URI"), "{e}");
+        }
     }
 
     #[test]

@@ -15,6 +15,13 @@
 //! - `POST /{tenant}/oauth2/v2.0/token` — Entra's client-credentials grant with a federated
 //!   `client_assertion` (workload identity): the assertion must be one of our own JWTs with
 //!   `aud = api://AzureADTokenExchange`; the answer is a v2 token (issuer `{base}/{tenant}/v2.0`);
+//! - `POST /apis/authentication.k8s.io/v1/tokenreviews` — the Kubernetes TokenReview API (what Vault's
+//!   and OpenBao's `kubernetes` auth method calls at `kubernetes_host`): a token this IdP signed (valid
+//!   signature, not expired) is `authenticated`, its user `sub` with uid
+//!   `kubernetes.io.serviceaccount.uid`; anything else is not;
+//! - `GET /aws/container-credentials` — the ECS/EKS container credentials endpoint
+//!   (`AWS_CONTAINER_CREDENTIALS_FULL_URI`), answering with the keys set by
+//!   [`IdpHandle::set_container_credentials`] when `Authorization` carries the configured token;
 //! - `POST /_idp/rotate` — publish a new signing key and make it the active one;
 //! - `GET /_idp/stats` — how many times discovery and JWKS were fetched.
 //!
@@ -145,6 +152,18 @@ struct IdpState {
     discovery_fetches: AtomicU64,
     jwks_fetches: AtomicU64,
     mi_tokens: AtomicU64,
+    token_reviews: AtomicU64,
+    container_credentials: Mutex<Option<ContainerCredentials>>,
+    container_fetches: AtomicU64,
+}
+
+/// What the container credentials endpoint hands out, and the token it wants in `Authorization`.
+#[derive(Clone, Debug)]
+pub struct ContainerCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+    pub authorization: String,
 }
 
 impl IdpState {
@@ -225,6 +244,30 @@ impl IdpHandle {
     /// How many managed-identity tokens were handed out.
     pub fn mi_tokens(&self) -> u64 {
         self.state.mi_tokens.load(Ordering::SeqCst)
+    }
+
+    /// How many TokenReviews were answered (authenticated or not).
+    pub fn token_reviews(&self) -> u64 {
+        self.state.token_reviews.load(Ordering::SeqCst)
+    }
+
+    /// `AWS_CONTAINER_CREDENTIALS_FULL_URI` for the container credentials endpoint.
+    pub fn container_credentials_uri(&self) -> String {
+        format!("{}/aws/container-credentials", self.state.base)
+    }
+
+    /// Serve these keys at the container credentials endpoint.
+    pub fn set_container_credentials(&self, c: ContainerCredentials) {
+        *self
+            .state
+            .container_credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(c);
+    }
+
+    /// How many times the container credentials endpoint answered with keys.
+    pub fn container_fetches(&self) -> u64 {
+        self.state.container_fetches.load(Ordering::SeqCst)
     }
 }
 
@@ -313,6 +356,9 @@ pub async fn spawn_on(cfg: IdpConfig, addr: SocketAddr) -> anyhow::Result<IdpHan
         discovery_fetches: AtomicU64::new(0),
         jwks_fetches: AtomicU64::new(0),
         mi_tokens: AtomicU64::new(0),
+        token_reviews: AtomicU64::new(0),
+        container_credentials: Mutex::new(None),
+        container_fetches: AtomicU64::new(0),
     });
     let app = Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
@@ -326,6 +372,11 @@ pub async fn spawn_on(cfg: IdpConfig, addr: SocketAddr) -> anyhow::Result<IdpHan
         .route("/{tenant}/oauth2/v2.0/token", post(workload_token))
         .route("/msi/token", get(app_service_token))
         .route("/metadata/identity/oauth2/token", get(imds_token))
+        .route(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            post(token_review),
+        )
+        .route("/aws/container-credentials", get(container_credentials))
         .route("/_idp/rotate", post(rotate_route))
         .route("/_idp/stats", get(stats))
         .with_state(state.clone());
@@ -394,7 +445,121 @@ async fn stats(State(s): S) -> Json<Value> {
         "discovery_fetches": s.discovery_fetches.load(Ordering::SeqCst),
         "jwks_fetches": s.jwks_fetches.load(Ordering::SeqCst),
         "mi_tokens": s.mi_tokens.load(Ordering::SeqCst),
+        "token_reviews": s.token_reviews.load(Ordering::SeqCst),
     }))
+}
+
+/// Claims of a token this IdP signed with a published key and that has not expired (any audience).
+fn verify_own(s: &IdpState, token: &str) -> Option<Map<String, Value>> {
+    let header = jsonwebtoken::decode_header(token).ok()?;
+    let jwk = {
+        let keys = s.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.iter()
+            .find(|k| Some(&k.kid) == header.kid.as_ref())
+            .map(|k| k.jwk.clone())?
+    };
+    let dk = jsonwebtoken::DecodingKey::from_jwk(&jwk).ok()?;
+    let mut v = jsonwebtoken::Validation::new(Algorithm::RS256);
+    v.validate_aud = false;
+    jsonwebtoken::decode::<Map<String, Value>>(token, &dk, &v)
+        .ok()
+        .map(|d| d.claims)
+}
+
+/// The Kubernetes TokenReview API, for tokens this IdP minted as service-account tokens.
+async fn token_review(State(s): S, Json(review): Json<Value>) -> Response {
+    s.token_reviews.fetch_add(1, Ordering::SeqCst);
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let wanted: Vec<Value> = review["spec"]["audiences"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let status = match verify_own(&s, token) {
+        Some(c)
+            if c.get("sub")
+                .and_then(Value::as_str)
+                .is_some_and(|u| u.starts_with("system:serviceaccount:")) =>
+        {
+            let auds = match c.get("aud") {
+                Some(Value::Array(a)) => a.clone(),
+                Some(v) => vec![v.clone()],
+                None => Vec::new(),
+            };
+            json!({
+                "authenticated": true,
+                "user": {
+                    "username": c["sub"],
+                    "uid": c.get("kubernetes.io").map_or(Value::Null, |k| k["serviceaccount"]["uid"].clone()),
+                    "groups": ["system:serviceaccounts", "system:authenticated"],
+                },
+                "audiences": if wanted.is_empty() { auds } else { wanted.into_iter().filter(|w| auds.contains(w)).collect() },
+            })
+        }
+        _ => json!({"authenticated": false, "error": "invalid bearer token"}),
+    };
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": review["spec"],
+            "status": status,
+        })),
+    )
+        .into_response()
+}
+
+/// The container credentials endpoint (ECS task role / EKS Pod Identity shape).
+async fn container_credentials(State(s): S, headers: HeaderMap) -> Response {
+    let Some(c) = s
+        .container_credentials
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+    else {
+        return (StatusCode::NOT_FOUND, "no container credentials configured").into_response();
+    };
+    let ok = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == c.authorization);
+    if !ok {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"code": "AccessDenied", "message": "bad authorization token"})),
+        )
+            .into_response();
+    }
+    s.container_fetches.fetch_add(1, Ordering::SeqCst);
+    let expiration = time_rfc3339(now() + 3600);
+    Json(json!({
+        "AccessKeyId": c.access_key_id,
+        "SecretAccessKey": c.secret_access_key,
+        "Token": c.session_token,
+        "Expiration": expiration,
+        "RoleArn": "arn:aws:iam::123456789012:role/container",
+    }))
+    .into_response()
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (civil-from-days; no date crate needed here).
+fn time_rfc3339(t: i64) -> String {
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 /// A managed-identity access token for `resource`, shaped like Entra's v1 tokens.
@@ -550,4 +715,14 @@ async fn imds_token(
             .into_response();
     }
     mi_answer(&s, &q)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_from_unix() {
+        assert_eq!(super::time_rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::time_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::time_rfc3339(1_795_618_861), "2026-11-25T15:01:01Z");
+    }
 }

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod peers;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -231,6 +233,9 @@ pub struct CodexEnv {
     pub home: tempfile::TempDir,
     pub cache_dir: PathBuf,
     pub credential_file: PathBuf,
+    /// Variables passed through to Codex (and so to the helper it runs as its auth command, which
+    /// inherits Codex's environment unchanged — codex-client.md §4). Everything else is cleared.
+    pub env: Vec<(String, String)>,
 }
 
 pub struct CodexRun {
@@ -269,7 +274,31 @@ impl CodexEnv {
             home,
             cache_dir,
             credential_file,
+            env: Vec::new(),
         }
+    }
+
+    /// Pass `name=value` to Codex, and through it to the helper (e.g. `AWS_ACCESS_KEY_ID`,
+    /// `VAULT_ADDR`, `IDENTITY_ENDPOINT`, `TOLLGATE_IDENTITY`). Only the named variables pass.
+    pub fn pass_env(&mut self, name: &str, value: impl Into<String>) -> &mut Self {
+        self.env.push((name.to_string(), value.into()));
+        self
+    }
+
+    /// The access token the helper cached during the turn (there is exactly one cache file).
+    pub fn cached_token(&self) -> String {
+        let files: Vec<_> = std::fs::read_dir(&self.cache_dir)
+            .expect("cache dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        assert_eq!(files.len(), 1, "one cached token expected: {files:?}");
+        let v: serde_json::Value = serde_json::from_str(&read(&files[0])).expect("cache file json");
+        v["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
     }
 
     pub fn codex_home(&self) -> PathBuf {
@@ -299,6 +328,9 @@ impl CodexEnv {
         .env("XDG_CONFIG_HOME", self.home.path().join("xdg-config"))
         .env("XDG_CACHE_HOME", self.home.path().join("xdg-cache"))
         .env("RUST_LOG", "error")
+        // Never let an AWS credential chain probe the (non-loopback) instance metadata address.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(self.env.iter().cloned())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

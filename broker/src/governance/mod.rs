@@ -520,6 +520,9 @@ impl Governance {
                 ),
                 Err(e) => tracing::warn!(error = %e, "could not expire reservations"),
             }
+            if let Err(e) = self.store.prune_claims(now).await {
+                tracing::warn!(error = %e, "could not prune expired replay claims");
+            }
         }
         let seq = self
             .revoked

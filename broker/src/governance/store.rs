@@ -165,6 +165,17 @@ pub trait Store: Send + Sync + 'static {
     /// Forced-rotation keys of generations ≥ `min_generation`.
     async fn rotated_keys_since(&self, min_generation: i64) -> Result<Vec<StoredKey>, StoreError>;
 
+    /// Claim a single-use key (e.g. a hashed AWS signature) until `expires_at`: `true` if it was free (absent,
+    /// or only held by an expired claim), `false` if another request — on any replica — holds it. Atomic:
+    /// of two concurrent claims exactly one wins.
+    async fn claim_once(&self, key: &str, now: i64, expires_at: i64) -> Result<bool, StoreError>;
+
+    /// Give a claim back (the proof turned out not to be usable, so it was never really spent).
+    async fn release_claim(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Drop claims that expired before `now`. Returns how many.
+    async fn prune_claims(&self, now: i64) -> Result<u64, StoreError>;
+
     /// Total settled cost in `spend` (operators, tests).
     async fn spend_total(&self) -> Result<(i64, i64), StoreError>;
 
@@ -569,6 +580,40 @@ macro_rules! impl_store {
                     .into_iter()
                     .map(|(generation, kid, created, pkcs8)| StoredKey { generation, kid, created, pkcs8 })
                     .collect())
+            }
+
+            async fn claim_once(&self, key: &str, now: i64, expires_at: i64) -> Result<bool, StoreError> {
+                // Insert, or take over a row whose claim has run out; a live row is left alone, and then
+                // no row is affected. One statement, so the row lock (PostgreSQL) or the single writer
+                // (SQLite) makes it atomic.
+                let n = sqlx::query::<$db>(
+                    "INSERT INTO replay_guard (claim_key, expires_at) VALUES ($1, $2) \
+                     ON CONFLICT (claim_key) DO UPDATE SET expires_at = excluded.expires_at \
+                     WHERE replay_guard.expires_at < $3",
+                )
+                .bind(key)
+                .bind(expires_at)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn release_claim(&self, key: &str) -> Result<(), StoreError> {
+                sqlx::query::<$db>("DELETE FROM replay_guard WHERE claim_key = $1")
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn prune_claims(&self, now: i64) -> Result<u64, StoreError> {
+                Ok(sqlx::query::<$db>("DELETE FROM replay_guard WHERE expires_at < $1")
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
             }
 
             async fn spend_total(&self) -> Result<(i64, i64), StoreError> {

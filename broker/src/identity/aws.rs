@@ -10,7 +10,11 @@
 //! - only SigV4's own `X-Amz-*` headers (plus configured extras), and no other unexpected header;
 //! - `X-Amz-Date` within ±`max_skew_secs` (≤ 15 min) of the broker's clock (STS and moto do not bound
 //!   replays of a signed request for you);
-//! - each signature is accepted once (replay cache);
+//! - each signature is accepted once, across every replica sharing the governance store (a claim on
+//!   the signature's SHA-256 in the store's `replay_guard` table, with a per-process moka front so a
+//!   replay to the same replica is refused without a store round-trip). If the store cannot be asked, the
+//!   exchange is refused as `temporarily_unavailable` (fail closed: a replay check that cannot be made
+//!   is not skipped);
 //!
 //! and after it: no redirects followed; only a `200` with `Content-Type: text/xml` is parsed. The ARN is
 //! canonicalised (`assumed-role/R/S` → `role/R`, paths dropped), the session kept as an attribute.
@@ -18,8 +22,11 @@
 use super::config::{AwsConfig, StsEndpoint};
 use super::{VerifiedIdentity, Verifier, VerifyError};
 use crate::clock::SharedClock;
+use crate::governance::store::Store;
 use async_trait::async_trait;
+use sha2::Digest;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tollgate::IdentityKind;
@@ -54,10 +61,17 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 pub struct AwsVerifier {
     cfg: AwsConfig,
     http: reqwest::Client,
-    /// Signatures already presented (lower-case hex). Kept for twice the skew window.
+    /// Local front of the replay guard: signature digests this process has claimed. Kept for twice the
+    /// skew window.
     seen: moka::future::Cache<String, ()>,
+    /// The replay guard every replica shares (the governance store).
+    store: Arc<dyn Store>,
     clock: SharedClock,
 }
+
+/// How long past its `X-Amz-Date` a claimed signature is kept in the store, beyond the skew window: room
+/// for replicas whose clocks disagree a little.
+const CLAIM_MARGIN_SECS: i64 = 300;
 
 /// The parts of a SigV4 `Authorization` header we check.
 #[derive(Debug, PartialEq, Eq)]
@@ -200,7 +214,11 @@ fn canonicalise(arn: &str, user_id: &str, account: &str) -> Option<Caller> {
 }
 
 impl AwsVerifier {
-    pub fn new(cfg: AwsConfig, clock: SharedClock) -> Result<Self, VerifyError> {
+    pub fn new(
+        cfg: AwsConfig,
+        clock: SharedClock,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, VerifyError> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             // Environment proxies could send the replay elsewhere; STS is reached directly.
@@ -215,15 +233,16 @@ impl AwsVerifier {
                 .build(),
             cfg,
             http,
+            store,
             clock,
         })
     }
 
-    /// Every local check. Returns the endpoint to replay to and the signature.
+    /// Every local check. Returns the endpoint to replay to, the signature and the signed time.
     fn check<'a>(
         &'a self,
         p: &'a SignedCallerIdentity,
-    ) -> Result<(&'a StsEndpoint, &'a str), VerifyError> {
+    ) -> Result<(&'a StsEndpoint, &'a str, i64), VerifyError> {
         let rej = VerifyError::Rejected;
         if p.method != "POST" || p.body != GET_CALLER_IDENTITY_BODY {
             return Err(rej("not_get_caller_identity"));
@@ -317,7 +336,43 @@ impl AwsVerifier {
         if now.abs_diff(t) > self.cfg.max_skew_secs {
             return Err(rej("stale_date"));
         }
-        Ok((endpoint, auth.signature))
+        Ok((endpoint, auth.signature, t))
+    }
+
+    /// Claim the signature: locally first (a replay to this replica costs no store round-trip), then in
+    /// the shared store. `Ok(key)` = first use; the key is needed to give the claim back.
+    async fn claim(&self, signature: &str, signed_at: i64) -> Result<String, VerifyError> {
+        let key = hex::encode(sha2::Sha256::digest(signature.as_bytes()));
+        if !self.seen.entry(key.clone()).or_insert(()).await.is_fresh() {
+            return Err(VerifyError::Rejected("replayed"));
+        }
+        let now = i64::try_from(self.clock.now_secs()).unwrap_or(i64::MAX);
+        let skew = i64::try_from(self.cfg.max_skew_secs).unwrap_or(900);
+        let until = signed_at
+            .saturating_add(skew)
+            .saturating_add(CLAIM_MARGIN_SECS);
+        match self
+            .store
+            .claim_once(&format!("aws:{key}"), now, until)
+            .await
+        {
+            Ok(true) => Ok(key),
+            // Another replica took it; keep the local entry so the next replay here is refused early.
+            Ok(false) => Err(VerifyError::Rejected("replayed")),
+            Err(e) => {
+                self.seen.invalidate(&key).await;
+                Err(VerifyError::Unavailable(format!("replay guard: {e}")))
+            }
+        }
+    }
+
+    /// Give a claim back: the proof was not spent (STS refused it or could not be reached).
+    async fn release(&self, key: &str) {
+        self.seen.invalidate(key).await;
+        if let Err(e) = self.store.release_claim(&format!("aws:{key}")).await {
+            // The signature stays claimed until it would be stale anyway: safe, only less forgiving.
+            tracing::warn!(error = %e, "could not release a replay claim");
+        }
     }
 
     async fn replay(
@@ -412,17 +467,15 @@ impl Verifier for AwsVerifier {
     ) -> Result<VerifiedIdentity, VerifyError> {
         let proof = SignedCallerIdentity::decode(subject_token)
             .map_err(|_| VerifyError::Rejected("malformed_proof"))?;
-        let (endpoint, signature) = self.check(&proof)?;
-        // Claim the signature before the replay so two concurrent uses cannot both pass. Only
-        // signatures STS accepted stay in the cache, so garbage cannot evict real entries.
-        let key = signature.to_string();
-        if !self.seen.entry(key.clone()).or_insert(()).await.is_fresh() {
-            return Err(VerifyError::Rejected("replayed"));
-        }
+        let (endpoint, signature, signed_at) = self.check(&proof)?;
+        // Claim the signature before the replay so two concurrent uses (here or on another replica)
+        // cannot both pass. Only signatures STS accepted stay claimed, so garbage cannot crowd out real
+        // entries.
+        let key = self.claim(signature, signed_at).await?;
         let (arn, user_id, account) = match self.replay(endpoint, &proof).await {
             Ok(r) => r,
             Err(e) => {
-                self.seen.invalidate(&key).await;
+                self.release(&key).await;
                 return Err(e);
             }
         };

@@ -71,16 +71,22 @@ pub struct Verifiers {
 impl Verifiers {
     /// Every verifier the config asks for. Clients are built here; nothing is fetched until a proof
     /// arrives.
+    /// `store` is the governance store: the AWS verifier keeps its replay guard there, shared by replicas.
     pub fn from_config(
         config: &crate::config::Config,
         clock: crate::clock::SharedClock,
+        store: std::sync::Arc<dyn crate::governance::store::Store>,
     ) -> Result<Self, VerifyError> {
         let mut v = Verifiers::default();
         v.push(Box::new(static_cred::StaticVerifier::new(
             config.credentials.clone(),
         )));
         if let Some(a) = &config.identity.aws {
-            v.push(Box::new(aws::AwsVerifier::new(a.clone(), clock.clone())?));
+            v.push(Box::new(aws::AwsVerifier::new(
+                a.clone(),
+                clock.clone(),
+                store,
+            )?));
         }
         for o in &config.identity.oidc {
             v.push(Box::new(oidc::OidcVerifier::new(o.clone(), clock.clone())?));

@@ -38,6 +38,8 @@ pub struct AwsSettings {
     /// Container credentials endpoint and its authorization token.
     pub container_uri: Option<String>,
     pub container_token: Option<SecretString>,
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` (EKS Pod Identity): read on every mint, it rotates.
+    pub container_token_file: Option<PathBuf>,
     /// `None` when disabled.
     pub imds_endpoint: Option<String>,
     /// Assume this role first (signed `sts:AssumeRole` to `sts_url`), then prove as the role.
@@ -172,7 +174,21 @@ impl AwsIdentity {
             Source::Container => {
                 let uri = self.settings.container_uri.as_deref().unwrap_or_default();
                 let mut req = http.get(uri);
-                if let Some(t) = &self.settings.container_token {
+                // The file wins over the variable, as in the SDKs.
+                let token = match &self.settings.container_token_file {
+                    Some(path) => Some(SecretString::from(
+                        std::fs::read_to_string(path)
+                            .map_err(|source| IdentityError::ReadFile {
+                                source_name: NAME,
+                                path: path.clone(),
+                                source,
+                            })?
+                            .trim()
+                            .to_string(),
+                    )),
+                    None => self.settings.container_token.clone(),
+                };
+                if let Some(t) = &token {
                     req = req.header("authorization", t.expose_secret());
                 }
                 let r = req.send().await.map_err(|e| {

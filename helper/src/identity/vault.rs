@@ -2,15 +2,19 @@
 //! then read a Vault identity token (`identity/oidc/token/<role>`), a JWT the broker verifies against
 //! Vault's discovery and JWKS. The Vault token itself never leaves the machine.
 //!
-//! Plain HTTP calls through the helper's shared client (four endpoints) rather than `vaultrs`: same
-//! reqwest underneath, fewer crates in a binary that must start fast.
+//! The logins and the identity-token read go through `vaultrs` (same reqwest 0.13 + rustls underneath as
+//! the helper's own client, so it adds little; it brings `VAULT_CACERT`/`VAULT_CAPATH`,
+//! `VAULT_SKIP_VERIFY` and `VAULT_CLIENT_CERT`/`_KEY` handling). Its client is built in `prove`, i.e. only
+//! when the cache says a mint is needed; the cache-hit path never touches it. `vaultrs` has no endpoint
+//! for `identity/oidc/token/:name`, so that one is a small `rustify::Endpoint` here.
 
 use super::{Identity, Proof, ProveContext, ProveFuture};
 use crate::error::IdentityError;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
 
 const NAME: &str = "vault";
 /// Where Kubernetes projects the service-account token.
@@ -130,62 +134,42 @@ impl VaultIdentity {
         })
     }
 
-    async fn call(
-        &self,
-        http: &reqwest::Client,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&SecretString>,
-        body: Option<Value>,
-    ) -> Result<Value, IdentityError> {
-        let url = format!("{}/v1/{path}", self.addr);
-        let mut req = http.request(method, &url);
-        if let Some(t) = token {
-            req = req.header("x-vault-token", t.expose_secret());
-        }
-        if let Some(ns) = &self.s.namespace {
-            req = req.header("x-vault-namespace", ns);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.map_err(|e| IdentityError::Unavailable {
+    /// A Vault client for `addr` with `token` (empty for a login). Built per mint, never on a cache hit.
+    fn client(&self, token: &str) -> Result<VaultClient, IdentityError> {
+        // `vaultrs`' address setter panics on a bad URL: check it first.
+        reqwest::Url::parse(&self.addr).map_err(|_| IdentityError::Invalid {
             source_name: NAME,
-            reason: format!("{url}: {}", crate::exchange::transport_reason(&e)),
+            reason: format!("VAULT_ADDR {:?} is not a URL", self.addr),
         })?;
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let errors = v["errors"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })
-                .unwrap_or_default();
-            let reason = format!("{path}: HTTP {status}: {errors}");
-            return Err(if status.is_server_error() {
-                IdentityError::Unavailable {
-                    source_name: NAME,
-                    reason,
-                }
-            } else {
-                IdentityError::Invalid {
-                    source_name: NAME,
-                    reason,
-                }
-            });
+        let mut b = VaultClientSettingsBuilder::default();
+        b.address(&self.addr).token(token);
+        if let Some(ns) = &self.s.namespace {
+            b.set_namespace(ns.clone());
         }
-        Ok(v)
+        let settings = b.build().map_err(|e| IdentityError::Invalid {
+            source_name: NAME,
+            reason: format!("Vault client settings: {e}"),
+        })?;
+        VaultClient::new(settings).map_err(|e| IdentityError::Invalid {
+            source_name: NAME,
+            reason: format!("Vault client: {e}"),
+        })
     }
 
-    async fn login(&self, http: &reqwest::Client) -> Result<SecretString, IdentityError> {
+    async fn login(&self) -> Result<SecretString, IdentityError> {
         if let Some(t) = &self.token {
             return Ok(t.clone());
         }
-        let (method, body) = match &self.s.auth {
+        let client = self.client("")?;
+        let method = match &self.s.auth {
+            VaultAuth::Token { .. } => "token",
+            VaultAuth::AppRole { .. } => "approle",
+            VaultAuth::Kubernetes { .. } => "kubernetes",
+            VaultAuth::Jwt { .. } => "jwt",
+        };
+        let mount = self.s.mount.as_deref().unwrap_or(method);
+        let path = format!("auth/{mount}/login");
+        let auth = match &self.s.auth {
             // `load` keeps the token of method `token`, so this is only reached without one.
             VaultAuth::Token { .. } => {
                 return Err(not_configured(
@@ -202,42 +186,106 @@ impl VaultIdentity {
                     (None, Some(f)) => read_secret(f)?,
                     (None, None) => return Err(not_configured("no AppRole secret_id")),
                 };
-                (
-                    "approle",
-                    json!({"role_id": role_id, "secret_id": sid.expose_secret()}),
+                vaultrs::auth::approle::login(
+                    &client,
+                    mount,
+                    role_id.as_deref().unwrap_or_default(),
+                    sid.expose_secret(),
                 )
+                .await
             }
-            VaultAuth::Kubernetes { role, jwt_file } => (
-                "kubernetes",
-                json!({"role": role, "jwt": read_secret(jwt_file)?.expose_secret()}),
-            ),
+            VaultAuth::Kubernetes { role, jwt_file } => {
+                vaultrs::auth::kubernetes::login(
+                    &client,
+                    mount,
+                    role.as_deref().unwrap_or_default(),
+                    read_secret(jwt_file)?.expose_secret(),
+                )
+                .await
+            }
             VaultAuth::Jwt { role, jwt_file } => {
                 let f = jwt_file
                     .as_ref()
                     .ok_or_else(|| not_configured("no JWT file"))?;
-                (
-                    "jwt",
-                    json!({"role": role, "jwt": read_secret(f)?.expose_secret()}),
+                vaultrs::auth::oidc::login(
+                    &client,
+                    mount,
+                    read_secret(f)?.expose_secret(),
+                    role.clone(),
                 )
+                .await
             }
-        };
-        let mount = self.s.mount.as_deref().unwrap_or(method);
-        let v = self
-            .call(
-                http,
-                reqwest::Method::POST,
-                &format!("auth/{mount}/login"),
-                None,
-                Some(body),
-            )
-            .await?;
-        v["auth"]["client_token"]
-            .as_str()
-            .map(SecretString::from)
-            .ok_or(IdentityError::Invalid {
+        }
+        .map_err(|e| vault_error(&path, e))?;
+        if auth.client_token.is_empty() {
+            return Err(IdentityError::Invalid {
                 source_name: NAME,
-                reason: format!("auth/{mount}/login answered without a client token"),
-            })
+                reason: format!("{path} answered without a client token"),
+            });
+        }
+        Ok(SecretString::from(auth.client_token))
+    }
+}
+
+/// Map a `vaultrs` error to ours: Vault's own error list for an API answer (4xx = invalid, 5xx =
+/// unavailable), the transport reason otherwise. `vaultrs` errors carry no request body, so no secret.
+fn vault_error(path: &str, e: ClientError) -> IdentityError {
+    match e {
+        ClientError::APIError { code, errors } => {
+            let reason = format!("{path}: HTTP {code}: {}", errors.join("; "));
+            if code >= 500 {
+                IdentityError::Unavailable {
+                    source_name: NAME,
+                    reason,
+                }
+            } else {
+                IdentityError::Invalid {
+                    source_name: NAME,
+                    reason,
+                }
+            }
+        }
+        ClientError::RestClientError { source } => IdentityError::Unavailable {
+            source_name: NAME,
+            reason: format!("{path}: {}", transport_reason(&source)),
+        },
+        other => IdentityError::Invalid {
+            source_name: NAME,
+            reason: format!("{path}: {other}"),
+        },
+    }
+}
+
+/// The innermost cause of a transport failure (connection refused, TLS…), without any URL query.
+fn transport_reason(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: &dyn std::error::Error = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// `GET identity/oidc/token/:name` (not in `vaultrs`): the identity token of the calling entity.
+struct ReadIdentityToken {
+    name: String,
+}
+
+#[derive(serde::Deserialize)]
+struct IdentityTokenResponse {
+    token: String,
+}
+
+impl rustify::Endpoint for ReadIdentityToken {
+    type Response = IdentityTokenResponse;
+    const REQUEST_BODY_TYPE: rustify::enums::RequestType = rustify::enums::RequestType::JSON;
+    const RESPONSE_BODY_TYPE: rustify::enums::ResponseType = rustify::enums::ResponseType::JSON;
+
+    fn path(&self) -> String {
+        format!("identity/oidc/token/{}", self.name)
+    }
+
+    fn method(&self) -> rustify::enums::RequestMethod {
+        rustify::enums::RequestMethod::GET
     }
 }
 
@@ -295,24 +343,21 @@ impl Identity for VaultIdentity {
         hex::encode(h.finalize())
     }
 
-    fn prove<'a>(&'a self, ctx: &'a ProveContext<'a>) -> ProveFuture<'a> {
+    fn prove<'a>(&'a self, _ctx: &'a ProveContext<'a>) -> ProveFuture<'a> {
         Box::pin(async move {
-            let token = self.login(ctx.http).await?;
-            let v = self
-                .call(
-                    ctx.http,
-                    reqwest::Method::GET,
-                    &format!("identity/oidc/token/{}", self.role),
-                    Some(&token),
-                    None,
-                )
-                .await?;
-            let jwt = v["data"]["token"].as_str().ok_or(IdentityError::Invalid {
-                source_name: NAME,
-                reason: "identity/oidc/token answered without a token".into(),
-            })?;
+            let token = self.login().await?;
+            let client = self.client(token.expose_secret())?;
+            let path = format!("identity/oidc/token/{}", self.role);
+            let r = vaultrs::api::exec_with_result(
+                &client,
+                ReadIdentityToken {
+                    name: self.role.clone(),
+                },
+            )
+            .await
+            .map_err(|e| vault_error(&path, e))?;
             Ok(Proof {
-                subject_token: SecretString::from(jwt),
+                subject_token: SecretString::from(r.token),
                 subject_token_type: tollgate::exchange::TOKEN_TYPE_JWT,
             })
         })
