@@ -57,8 +57,10 @@ impl Usage {
         })
     }
 
+    /// Input plus output tokens (what token rate limits charge). Saturates: the counts come from the
+    /// upstream and an absurd pair must not overflow.
     pub fn total(&self) -> u64 {
-        self.input_tokens + self.output_tokens
+        self.input_tokens.saturating_add(self.output_tokens)
     }
 }
 
@@ -166,40 +168,46 @@ impl SseUsageDecoder {
     }
 
     fn on_responses(&mut self, data: &[u8]) {
-        if contains(data, b"\"response.output_text.delta\"") {
-            if let Ok(v) = serde_json::from_slice::<Value>(data) {
+        // Cheap substring tests pick the events worth parsing; the parsed `type` decides what an event is.
+        // (Deciding by substring alone misread a `response.completed` whose output text or tool name
+        // happened to be "response.output_text.delta" as a delta, and lost the terminal event and usage.)
+        const NEEDLES: [&[u8]; 5] = [
+            b"\"response.output_text.delta\"",
+            b"\"response.completed\"",
+            b"\"response.incomplete\"",
+            b"\"response.failed\"",
+            b"\"error\"",
+        ];
+        if !NEEDLES.iter().any(|n| contains(data, n)) {
+            return;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(data) else {
+            // An unparseable error event still ends the stream as failed.
+            if contains(data, b"\"type\":\"error\"") || contains(data, b"\"type\": \"error\"") {
+                self.end = Some(StreamEnd::Failed);
+            }
+            return;
+        };
+        let end = match v.get("type").and_then(Value::as_str) {
+            Some("response.output_text.delta") => {
                 self.output_text_bytes += v
                     .get("delta")
                     .and_then(Value::as_str)
                     .map_or(0, |s| s.len() as u64);
-            }
-            return;
-        }
-        let terminal = [
-            (&b"\"response.completed\""[..], StreamEnd::Completed),
-            (b"\"response.incomplete\"", StreamEnd::Incomplete),
-            (b"\"response.failed\"", StreamEnd::Failed),
-        ];
-        for (needle, end) in terminal {
-            if contains(data, needle)
-                && let Ok(v) = serde_json::from_slice::<Value>(data)
-                && v.get("type")
-                    .and_then(Value::as_str)
-                    .is_some_and(|t| t.as_bytes() == &needle[1..needle.len() - 1])
-            {
-                self.end = Some(end);
-                if let Some(u) = v
-                    .get("response")
-                    .and_then(|r| r.get("usage"))
-                    .and_then(Usage::from_responses)
-                {
-                    self.usage = Some(u);
-                }
                 return;
             }
-        }
-        if contains(data, b"\"type\":\"error\"") || contains(data, b"\"type\": \"error\"") {
-            self.end = Some(StreamEnd::Failed);
+            Some("response.completed") => StreamEnd::Completed,
+            Some("response.incomplete") => StreamEnd::Incomplete,
+            Some("response.failed" | "error") => StreamEnd::Failed,
+            _ => return,
+        };
+        self.end = Some(end);
+        if let Some(u) = v
+            .get("response")
+            .and_then(|r| r.get("usage"))
+            .and_then(Usage::from_responses)
+        {
+            self.usage = Some(u);
         }
     }
 
@@ -208,23 +216,24 @@ impl SseUsageDecoder {
             self.end = Some(StreamEnd::Completed);
             return;
         }
-        if contains(data, b"\"usage\"") {
-            if let Ok(v) = serde_json::from_slice::<Value>(data)
-                && let Some(u) = v.get("usage").and_then(Usage::from_chat)
-            {
-                self.usage = Some(u);
-            }
-        } else if contains(data, b"\"content\"")
-            && let Ok(v) = serde_json::from_slice::<Value>(data)
-        {
-            let n = v.get("choices").and_then(Value::as_array).map_or(0, |cs| {
-                cs.iter()
-                    .filter_map(|c| c.pointer("/delta/content").and_then(Value::as_str))
-                    .map(str::len)
-                    .sum::<usize>()
-            });
-            self.output_text_bytes += n as u64;
+        // One parse serves both: servers asked for `include_usage` send `"usage":null` on every content
+        // chunk, and some send the usage together with the last content.
+        if !contains(data, b"\"usage\"") && !contains(data, b"\"content\"") {
+            return;
         }
+        let Ok(v) = serde_json::from_slice::<Value>(data) else {
+            return;
+        };
+        if let Some(u) = v.get("usage").and_then(Usage::from_chat) {
+            self.usage = Some(u);
+        }
+        let n = v.get("choices").and_then(Value::as_array).map_or(0, |cs| {
+            cs.iter()
+                .filter_map(|c| c.pointer("/delta/content").and_then(Value::as_str))
+                .map(str::len)
+                .sum::<usize>()
+        });
+        self.output_text_bytes += n as u64;
     }
 
     /// Call when the byte stream ends: an unterminated stream is truncated.
@@ -319,6 +328,42 @@ mod tests {
         let mut d = SseUsageDecoder::new(Wire::Responses);
         d.feed(b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"\\\"response.completed\\\"\"}\n\n");
         assert_eq!(d.finish(), StreamEnd::Truncated);
+    }
+
+    #[test]
+    fn usage_total_saturates_on_absurd_upstream_counts() {
+        let u = Usage::from_chat(&serde_json::json!({
+            "prompt_tokens": u64::MAX, "completion_tokens": 5
+        }))
+        .expect("usage");
+        assert_eq!(u.total(), u64::MAX);
+    }
+
+    #[test]
+    fn terminal_event_whose_text_is_a_delta_event_name_is_still_terminal() {
+        // A completed response whose output text is exactly the delta event's name (found by the
+        // translate_stream fuzz target's decoder-agreement property).
+        let mut d = SseUsageDecoder::new(Wire::Responses);
+        d.feed(b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"response.output_text.delta\"}\n\n");
+        d.feed(b"data: {\"type\":\"response.completed\",\"response\":{\"output\":[{\"type\":\"message\",\"content\":[{\"type\":\"output_text\",\"text\":\"response.output_text.delta\"}]}],\"usage\":{\"input_tokens\":4,\"output_tokens\":6}}}\n\n");
+        assert_eq!(d.finish(), StreamEnd::Completed);
+        assert_eq!(
+            d.usage.map(|u| (u.input_tokens, u.output_tokens)),
+            Some((4, 6))
+        );
+        assert_eq!(d.output_text_bytes, 26);
+    }
+
+    #[test]
+    fn chat_content_is_counted_when_chunks_carry_null_usage() {
+        // `stream_options.include_usage` makes OpenAI send `"usage":null` on every content chunk; the
+        // text must still count (it is the estimate when the stream is cut before the usage chunk).
+        let mut d = SseUsageDecoder::new(Wire::Chat);
+        d.feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"}}],\"usage\":null}\n\n");
+        d.feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"}}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n");
+        assert_eq!(d.finish(), StreamEnd::Truncated);
+        assert_eq!(d.output_text_bytes, 6);
+        assert_eq!(d.usage.map(|u| u.total()), Some(5));
     }
 
     #[test]

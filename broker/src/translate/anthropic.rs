@@ -112,7 +112,8 @@ pub fn request(
     }
     let mut messages: Vec<Value> = Vec::new();
     match req.get("input") {
-        Some(Value::String(s)) => push_blocks(&mut messages, "user", vec![text_block(s)]),
+        // Through `content_blocks`, like array content: Anthropic rejects an empty text block with a 400.
+        Some(s @ Value::String(_)) => push_blocks(&mut messages, "user", content_blocks(Some(s))),
         Some(Value::Array(items)) => {
             for item in items {
                 input_item(&mut messages, &mut system, item);
@@ -360,7 +361,8 @@ fn usage(u: &Value) -> ResponsesUsage {
         n("cache_creation_input_tokens"),
     );
     ResponsesUsage {
-        input_tokens: input + read + write,
+        // Untrusted counts: saturate instead of overflowing.
+        input_tokens: input.saturating_add(read).saturating_add(write),
         cached_tokens: read,
         cache_write_tokens: write,
         output_tokens: n("output_tokens"),
@@ -873,5 +875,33 @@ impl StreamTranslator for MessagesStream {
             return Err(StreamError::Truncated);
         }
         Ok(self.em.take())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::SeqIds;
+
+    #[test]
+    fn huge_cache_counts_saturate_input_tokens() {
+        let msg = json!({"content": [], "usage": {"input_tokens": u64::MAX,
+            "cache_read_input_tokens": u64::MAX, "cache_creation_input_tokens": 1, "output_tokens": 2}});
+        let r = response(&msg, &ToolContext::default(), &mut SeqIds::default(), 0);
+        assert_eq!(r["usage"]["input_tokens"], json!(u64::MAX));
+        assert_eq!(r["usage"]["total_tokens"], json!(u64::MAX));
+    }
+
+    #[test]
+    fn empty_string_input_makes_no_empty_text_block() {
+        let (out, _) = request(&json!({"input": ""}), "m", Options::default()).expect("translates");
+        assert_eq!(out["messages"], json!([]));
+        let (out, _) =
+            request(&json!({"input": "hi"}), "m", Options::default()).expect("translates");
+        assert_eq!(
+            out["messages"],
+            json!([{"role": "user", "content": [
+                {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}])
+        );
     }
 }

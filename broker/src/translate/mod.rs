@@ -145,7 +145,9 @@ impl ResponsesUsage {
             "input_tokens_details": details,
             "output_tokens": self.output_tokens,
             "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
-            "total_tokens": self.input_tokens + self.output_tokens
+            // Upstream counts are untrusted: absurd ones saturate rather than overflow (a panic in a
+            // debug build, a wrapped total in release).
+            "total_tokens": self.input_tokens.saturating_add(self.output_tokens)
         })
     }
 }
@@ -395,6 +397,16 @@ mod tests {
             assert_eq!(ev[0].data, "{\"x\":1}");
             assert_eq!(ev[1].data, "line1\nline2");
         }
+    }
+
+    #[test]
+    fn usage_total_tokens_saturate_instead_of_overflowing() {
+        let u = ResponsesUsage {
+            input_tokens: u64::MAX,
+            output_tokens: 1,
+            ..ResponsesUsage::default()
+        };
+        assert_eq!(u.to_json()["total_tokens"], json!(u64::MAX));
     }
 
     #[test]
