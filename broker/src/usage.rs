@@ -107,7 +107,7 @@ pub enum StreamEnd {
 #[derive(Debug)]
 pub struct SseUsageDecoder {
     wire: Wire,
-    buf: Vec<u8>,
+    buf: crate::sse::EventBuffer,
     pub usage: Option<Usage>,
     pub end: Option<StreamEnd>,
     /// Bytes of streamed output text seen (for estimating output tokens if no usage arrives).
@@ -122,7 +122,7 @@ impl SseUsageDecoder {
     pub fn new(wire: Wire) -> Self {
         SseUsageDecoder {
             wire,
-            buf: Vec::new(),
+            buf: crate::sse::EventBuffer::default(),
             usage: None,
             end: None,
             output_text_bytes: 0,
@@ -131,18 +131,12 @@ impl SseUsageDecoder {
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
-        self.buf.extend_from_slice(chunk);
-        // Process complete events (terminated by a blank line; accept \n\n and \r\n\r\n).
-        loop {
-            let Some((end, sep)) = find_event_end(&self.buf) else {
-                if self.buf.len() > MAX_EVENT_BYTES {
-                    self.buf.clear();
-                }
-                return;
-            };
-            let event: Vec<u8> = self.buf.drain(..end + sep).collect();
-            self.on_event(&event[..end]);
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.feed(chunk, |event| self.on_event(event));
+        if buf.pending() > MAX_EVENT_BYTES {
+            buf.clear();
         }
+        self.buf = buf;
     }
 
     fn on_event(&mut self, event: &[u8]) {
@@ -238,33 +232,15 @@ impl SseUsageDecoder {
 
     /// Call when the byte stream ends: an unterminated stream is truncated.
     pub fn finish(&mut self) -> StreamEnd {
-        if !self.buf.is_empty() {
-            let rest = std::mem::take(&mut self.buf);
+        let rest = self.buf.take();
+        if !rest.is_empty() {
             self.on_event(&rest);
         }
         *self.end.get_or_insert(StreamEnd::Truncated)
     }
 }
 
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' {
-            if buf[i + 1] == b'\n' {
-                return Some((i, 2));
-            }
-            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
-                return Some((i, 3));
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
+use crate::sse::contains;
 
 #[cfg(test)]
 mod tests {

@@ -289,7 +289,7 @@ pub(crate) fn obj(v: Value) -> Map<String, Value> {
 /// Splits an SSE byte stream into events (`event:` name, joined `data:`), across any chunking.
 #[derive(Default)]
 pub(crate) struct SseSplitter {
-    buf: Vec<u8>,
+    buf: crate::sse::EventBuffer,
 }
 
 /// Cap on one buffered upstream event.
@@ -303,43 +303,23 @@ pub(crate) struct SseEvent {
 
 impl SseSplitter {
     pub(crate) fn push(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, StreamError> {
-        self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
-        loop {
-            let Some((end, sep)) = find_event_end(&self.buf) else {
-                if self.buf.len() > MAX_EVENT_BYTES {
-                    return Err(StreamError::Protocol("an upstream SSE event is too large"));
-                }
-                return Ok(out);
-            };
-            let raw: Vec<u8> = self.buf.drain(..end + sep).collect();
-            if let Some(e) = parse_event(&raw[..end]) {
+        self.buf.feed(chunk, |raw| {
+            if let Some(e) = parse_event(raw) {
                 out.push(e);
             }
+        });
+        if self.buf.pending() > MAX_EVENT_BYTES {
+            return Err(StreamError::Protocol("an upstream SSE event is too large"));
         }
+        Ok(out)
     }
 
     /// The trailing event of a stream that ended without a blank line.
     pub(crate) fn finish(&mut self) -> Option<SseEvent> {
-        let raw = std::mem::take(&mut self.buf);
+        let raw = self.buf.take();
         parse_event(&raw)
     }
-}
-
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' {
-            if buf[i + 1] == b'\n' {
-                return Some((i, 2));
-            }
-            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
-                return Some((i, 3));
-            }
-        }
-        i += 1;
-    }
-    None
 }
 
 fn parse_event(raw: &[u8]) -> Option<SseEvent> {
