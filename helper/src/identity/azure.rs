@@ -288,7 +288,6 @@ impl Identity for AzureIdentity {
                     let options = ManagedIdentityCredentialOptions {
                         user_assigned_id: self.s.client_id.clone().map(UserAssignedId::ClientId),
                         client_options: client_options(ctx),
-                        ..Default::default()
                     };
                     let cred = ManagedIdentityCredential::new(Some(options)).map_err(|e| {
                         invalid(format!("App Service managed identity: {}", short(&e)))
@@ -330,5 +329,24 @@ impl Identity for AzureIdentity {
             Source::AppService { header, .. } => vec![header.clone()],
             _ => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_service_credential_is_not_built_unless_the_process_env_selects_app_service() {
+        // The test process has no IDENTITY_ENDPOINT: `ManagedIdentityCredential` would pick the VM IMDS
+        // (169.254.169.254), so the guard must refuse before it is constructed.
+        assert!(std::env::var_os("IDENTITY_ENDPOINT").is_none());
+        let e = app_service_env_ok(
+            "http://127.0.0.1:9/msi/token",
+            &SecretString::from("hdr-secret"),
+        )
+        .expect_err("refused");
+        assert!(matches!(e, IdentityError::Invalid { .. }), "{e}");
+        assert!(!e.to_string().contains("hdr-secret"));
     }
 }
