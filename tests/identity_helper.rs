@@ -190,9 +190,12 @@ async fn oidc_file_and_azure_managed_identity_through_helper_and_broker() {
     assert_eq!(c["sub"], format!("azure:{}", idp.managed_identity().oid));
     assert_eq!(idp.mi_tokens(), 1);
 
-    // azure: workload identity (a federated token file exchanged at the tenant's token endpoint; a v2
-    // token whose issuer comes from the tenant's discovery document).
+    // azure: workload identity through `azure_identity` (a federated token file exchanged at the tenant's
+    // token endpoint; a v2 token whose issuer comes from the tenant's discovery document). The crate only
+    // accepts an https authority: the fake IdP's TLS listener, trusted through `SSL_CERT_FILE`.
     let federated = home.path().join("azure-federated-token");
+    let ca_file = home.path().join("idp-ca.pem");
+    std::fs::write(&ca_file, idp.ca_pem()).expect("write CA");
     std::fs::write(
         &federated,
         idp.mint(&MintRequest {
@@ -218,7 +221,8 @@ async fn oidc_file_and_azure_managed_identity_through_helper_and_broker() {
                 "AZURE_CLIENT_ID",
                 "cccccccc-0000-0000-0000-000000000003".into(),
             ),
-            ("AZURE_AUTHORITY_HOST", idp.authority()),
+            ("AZURE_AUTHORITY_HOST", idp.https_base_url()),
+            ("SSL_CERT_FILE", ca_file.display().to_string()),
         ],
     )
     .await;
@@ -228,6 +232,62 @@ async fn oidc_file_and_azure_managed_identity_through_helper_and_broker() {
         c["tollgate"]["identity"]["issuer"],
         idp.tenant_issuer(&idp.managed_identity().tenant)
     );
+    assert_eq!(idp.mi_tokens(), 2);
+
+    // The same over plain http, or without the test CA: refused on the helper's side (exit 65), no token
+    // asked for.
+    let workload = |authority: String, tenant: &str, extra: Vec<(&'static str, String)>| {
+        let mut env = vec![
+            ("TOLLGATE_IDENTITY", "azure".to_string()),
+            ("TOLLGATE_AZURE_RESOURCE", "api://tollgate".into()),
+            ("TOLLGATE_NO_CACHE", "1".into()),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                federated.display().to_string(),
+            ),
+            ("AZURE_TENANT_ID", tenant.to_string()),
+            (
+                "AZURE_CLIENT_ID",
+                "cccccccc-0000-0000-0000-000000000003".into(),
+            ),
+            ("AZURE_AUTHORITY_HOST", authority),
+        ];
+        env.extend(extra);
+        env
+    };
+    let tenant = idp.managed_identity().tenant.clone();
+    let env = workload(
+        idp.authority(),
+        &tenant,
+        vec![("SSL_CERT_FILE", ca_file.display().to_string())],
+    );
+    let run = helper(&b.url, home.path(), &env).await;
+    assert_eq!(run.code, Some(65), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("must be an https URL"),
+        "{}",
+        run.stderr
+    );
+    let env = workload(idp.https_base_url(), &tenant, vec![]);
+    let run = helper(&b.url, home.path(), &env).await;
+    assert_eq!(run.code, Some(65), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("workload identity token endpoint: ")
+            && run.stderr.contains("unavailable"),
+        "an untrusted certificate is a failure to reach the endpoint: {}",
+        run.stderr
+    );
+    assert_eq!(idp.mi_tokens(), 2);
+
+    // A workload identity in another tenant gets an Entra token, which the broker refuses (exit 66).
+    let env = workload(
+        idp.https_base_url(),
+        "99999999-8888-7777-6666-555555555555",
+        vec![("SSL_CERT_FILE", ca_file.display().to_string())],
+    );
+    let run = helper(&b.url, home.path(), &env).await;
+    assert_eq!(run.code, Some(66), "{}", run.stderr);
+    assert!(run.stderr.contains("invalid_grant"), "{}", run.stderr);
 
     // A wrong identity header: the managed-identity endpoint refuses, the helper says so (exit 65).
     let run = helper(

@@ -3,7 +3,9 @@
 //! produce the negative cases (expired, future `nbf`, wrong `aud`, unknown `kid`, `alg: none`,
 //! HS256-with-the-public-key…).
 //!
-//! Routes (all on `http://127.0.0.1:PORT`):
+//! Routes (all on `http://127.0.0.1:PORT`, and the same routes over TLS on `https://127.0.0.1:TLS_PORT`
+//! with a certificate from a CA generated at start — [`IdpHandle::https_base_url`],
+//! [`IdpHandle::ca_pem`]; `azure_identity` only accepts an https authority for workload identity):
 //! - `GET /.well-known/openid-configuration`, `GET /jwks` — a generic OIDC issuer (issuer = base URL);
 //! - `POST /mint` — a JWT with chosen claims and defects ([`MintRequest`]), as text;
 //! - `GET /{tenant}/v2.0/.well-known/openid-configuration`, `GET /{tenant}/discovery/v2.0/keys` —
@@ -176,16 +178,76 @@ impl IdpState {
 /// A running fake IdP. Dropping it stops the server.
 pub struct IdpHandle {
     pub addr: SocketAddr,
+    /// The TLS listener (same routes).
+    pub tls_addr: SocketAddr,
+    ca_pem: String,
     state: Arc<IdpState>,
     shutdown: Option<oneshot::Sender<()>>,
+    tls_shutdown: Option<oneshot::Sender<()>>,
 }
 
 impl Drop for IdpHandle {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
+        for tx in [self.shutdown.take(), self.tls_shutdown.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = tx.send(());
         }
     }
+}
+
+/// A TCP listener that completes a TLS handshake before handing the connection to axum. A failed
+/// handshake drops that connection and waits for the next one.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, peer)) = self.tcp.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// A throw-away CA and a leaf for `127.0.0.1` / `localhost` signed by it: (CA PEM, server config).
+fn test_tls() -> anyhow::Result<(String, rustls::ServerConfig)> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "tollgate fake IdP test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "tollgate fake IdP");
+    let key = KeyPair::generate()?;
+    let cert = leaf.signed_by(&key, &ca)?;
+    let chain = vec![cert.der().clone(), ca.der().clone()];
+    let key = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| anyhow::anyhow!("leaf key: {e}"))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    Ok((ca.pem(), config))
 }
 
 fn now() -> i64 {
@@ -198,6 +260,16 @@ impl IdpHandle {
     /// `http://127.0.0.1:PORT` — also the generic issuer.
     pub fn base_url(&self) -> String {
         self.state.base.clone()
+    }
+
+    /// `https://127.0.0.1:TLS_PORT`: the same routes over TLS, trusted through [`IdpHandle::ca_pem`].
+    pub fn https_base_url(&self) -> String {
+        format!("https://{}", self.tls_addr)
+    }
+
+    /// The PEM of the CA that signed the TLS listener's certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
     }
 
     /// The Entra authority to configure the broker with (tenants live under it).
@@ -348,6 +420,9 @@ pub async fn spawn_on(cfg: IdpConfig, addr: SocketAddr) -> anyhow::Result<IdpHan
     );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
+    let tls_tcp = tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0)).await?;
+    let tls_addr = tls_tcp.local_addr()?;
+    let (ca_pem, tls_config) = test_tls()?;
     let state = Arc::new(IdpState {
         base: format!("http://{addr}"),
         cfg,
@@ -381,6 +456,7 @@ pub async fn spawn_on(cfg: IdpConfig, addr: SocketAddr) -> anyhow::Result<IdpHan
         .route("/_idp/stats", get(stats))
         .with_state(state.clone());
     let (tx, rx) = oneshot::channel::<()>();
+    let tls_app = app.clone();
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -388,10 +464,25 @@ pub async fn spawn_on(cfg: IdpConfig, addr: SocketAddr) -> anyhow::Result<IdpHan
             })
             .await;
     });
+    let (tls_tx, tls_rx) = oneshot::channel::<()>();
+    let tls_listener = TlsListener {
+        tcp: tls_tcp,
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls_config)),
+    };
+    tokio::spawn(async move {
+        let _ = axum::serve(tls_listener, tls_app)
+            .with_graceful_shutdown(async move {
+                let _ = tls_rx.await;
+            })
+            .await;
+    });
     Ok(IdpHandle {
         addr,
+        tls_addr,
+        ca_pem,
         state,
         shutdown: Some(tx),
+        tls_shutdown: Some(tls_tx),
     })
 }
 

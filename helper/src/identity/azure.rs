@@ -1,16 +1,29 @@
 //! `azure`: an Entra access token for the broker's application ID URI, from workload identity
 //! (`AZURE_FEDERATED_TOKEN_FILE`, `AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_AUTHORITY_HOST`), App
 //! Service managed identity (`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`), or — opted in with
-//! `TOLLGATE_AZURE_IMDS=1` — the VM instance metadata service. These are the same wire protocols
-//! `azure_identity`'s `WorkloadIdentityCredential` and `ManagedIdentityCredential` speak; spoken directly
-//! so the helper carries no Azure SDK (and its authority is not forced to https, which the tests need).
+//! `TOLLGATE_AZURE_IMDS=1` — the VM instance metadata service.
+//!
+//! Workload identity and App Service managed identity go through `azure_identity`
+//! (`WorkloadIdentityCredential`, `ManagedIdentityCredential`), built only on a mint and sending through
+//! the helper's own HTTP client (no redirects, the run's deadline). `ManagedIdentityCredential` falls back
+//! to the VM IMDS at the constant address 169.254.169.254 whenever `IDENTITY_ENDPOINT` is unset, and the
+//! crate does not expose its App Service credential on its own, so it is constructed only after checking
+//! that the process environment selects App Service ([`app_service_env_ok`]). The VM IMDS request stays
+//! hand-written here: opt-in, with an overridable endpoint.
 
 use super::{Identity, Proof, ProveContext, ProveFuture};
 use crate::error::IdentityError;
+use azure_core::credentials::TokenCredential;
+use azure_core::http::{ClientOptions, RetryOptions, Transport};
+use azure_identity::{
+    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
+    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 const NAME: &str = "azure";
 
@@ -127,6 +140,80 @@ async fn token_from(
         .ok_or_else(|| unavailable(format!("{what}: no access_token in the answer")))
 }
 
+fn invalid(reason: String) -> IdentityError {
+    IdentityError::Invalid {
+        source_name: NAME,
+        reason,
+    }
+}
+
+/// The pipeline options for `azure_identity`: the helper's own client as the transport (no redirects,
+/// bounded by the run's deadline) and no retries (a failed mint is reported, the cache serves meanwhile).
+fn client_options(ctx: &ProveContext<'_>) -> ClientOptions {
+    ClientOptions {
+        transport: Some(Transport::new(Arc::new(ctx.http.clone()))),
+        retry: RetryOptions::none(),
+        ..Default::default()
+    }
+}
+
+/// `ManagedIdentityCredential` reads the process environment itself and, when `IDENTITY_ENDPOINT` is
+/// absent, silently targets the VM IMDS at 169.254.169.254. Construct it only when the process
+/// environment selects App Service — the same endpoint and header this source was loaded with — and not
+/// Service Fabric (which the crate refuses anyway).
+pub fn app_service_env_ok(endpoint: &str, header: &SecretString) -> Result<(), IdentityError> {
+    let ep = std::env::var("IDENTITY_ENDPOINT").ok();
+    let hd = std::env::var("IDENTITY_HEADER").ok();
+    if ep.as_deref() != Some(endpoint) || hd.as_deref() != Some(header.expose_secret()) {
+        return Err(invalid(
+            "App Service managed identity: IDENTITY_ENDPOINT/IDENTITY_HEADER are not set in this process's environment".into(),
+        ));
+    }
+    if std::env::var_os("IDENTITY_SERVER_THUMBPRINT").is_some() {
+        return Err(invalid(
+            "Service Fabric managed identity (IDENTITY_SERVER_THUMBPRINT) is not supported".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// An `azure_core` error, on one line and bounded (it may quote an error body).
+fn short(e: &azure_core::Error) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("To troubleshoot"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(300)
+        .collect()
+}
+
+/// Map a failed `get_token`: the identity provider answered 4xx → the identity is refused (`Invalid`);
+/// anything else (connection, TLS, timeout, 5xx, a malformed answer) → `Unavailable`.
+fn from_azure(what: &str, e: &azure_core::Error) -> IdentityError {
+    let mut status = None;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(az) = err.downcast_ref::<azure_core::Error>()
+            && let azure_core::error::ErrorKind::HttpResponse { status: s, .. } = az.kind()
+        {
+            status = Some(*s);
+            break;
+        }
+        cur = err.source();
+    }
+    let reason = match status {
+        Some(s) => format!("{what}: HTTP {} {}", u16::from(s), short(e)),
+        None => format!("{what}: {}", short(e)),
+    };
+    match status {
+        Some(s) if s.is_client_error() => invalid(reason),
+        _ => unavailable(reason),
+    }
+}
+
 impl Identity for AzureIdentity {
     fn name(&self) -> &'static str {
         NAME
@@ -160,52 +247,58 @@ impl Identity for AzureIdentity {
                     client_id,
                     file,
                 } => {
-                    let assertion = std::fs::read_to_string(file).map_err(|source| {
-                        IdentityError::ReadFile {
+                    // Read here first so an unreadable file is the same typed error as elsewhere.
+                    std::fs::metadata(file)
+                        .and_then(|_| std::fs::File::open(file).map(drop))
+                        .map_err(|source| IdentityError::ReadFile {
                             source_name: NAME,
                             path: file.clone(),
                             source,
-                        }
-                    })?;
+                        })?;
+                    let authority = &self.s.authority_host;
+                    if !authority.starts_with("https://") {
+                        return Err(IdentityError::Invalid {
+                            source_name: NAME,
+                            reason: format!(
+                                "AZURE_AUTHORITY_HOST must be an https URL (got {authority:?})"
+                            ),
+                        });
+                    }
+                    let mut cloud = azure_core::cloud::CustomConfiguration::default();
+                    cloud.authority_host = authority.trim_end_matches('/').to_owned();
+                    let mut client_options = client_options(ctx);
+                    client_options.cloud = Some(Arc::new(cloud.into()));
+                    let mut options = WorkloadIdentityCredentialOptions::default();
+                    options.credential_options.client_options = client_options;
+                    options.client_id = Some(client_id.clone());
+                    options.tenant_id = Some(tenant.clone());
+                    options.token_file_path = Some(file.clone());
+                    let cred = WorkloadIdentityCredential::new(Some(options))
+                        .map_err(|e| invalid(format!("workload identity: {}", short(&e))))?;
                     let scope = format!("{}/.default", resource.trim_end_matches('/'));
-                    let url = format!(
-                        "{}/{tenant}/oauth2/v2.0/token",
-                        self.s.authority_host.trim_end_matches('/')
-                    );
-                    let form = [
-                        ("client_id", client_id.as_str()),
-                        (
-                            "client_assertion_type",
-                            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                        ),
-                        ("client_assertion", assertion.trim()),
-                        ("grant_type", "client_credentials"),
-                        ("scope", scope.as_str()),
-                    ];
-                    token_from(
-                        ctx.http.post(url).form(&form).send().await,
-                        "workload identity token endpoint",
-                    )
-                    .await?
+                    cred.get_token(&[scope.as_str()], None)
+                        .await
+                        .map_err(|e| from_azure("workload identity token endpoint", &e))?
+                        .token
+                        .secret()
+                        .to_owned()
                 }
                 Source::AppService { endpoint, header } => {
-                    let mut q = vec![("api-version", "2019-08-01"), ("resource", resource)];
-                    if let Some(c) = &self.s.client_id {
-                        q.push(("client_id", c.as_str()));
-                    }
-                    let url = format!(
-                        "{endpoint}?{}",
-                        serde_urlencoded::to_string(&q).unwrap_or_default()
-                    );
-                    token_from(
-                        ctx.http
-                            .get(url)
-                            .header("x-identity-header", header.expose_secret())
-                            .send()
-                            .await,
-                        "App Service managed identity endpoint",
-                    )
-                    .await?
+                    app_service_env_ok(endpoint, header)?;
+                    let options = ManagedIdentityCredentialOptions {
+                        user_assigned_id: self.s.client_id.clone().map(UserAssignedId::ClientId),
+                        client_options: client_options(ctx),
+                    };
+                    let cred = ManagedIdentityCredential::new(Some(options)).map_err(|e| {
+                        invalid(format!("App Service managed identity: {}", short(&e)))
+                    })?;
+                    let scope = format!("{}/.default", resource.trim_end_matches('/'));
+                    cred.get_token(&[scope.as_str()], None)
+                        .await
+                        .map_err(|e| from_azure("App Service managed identity endpoint", &e))?
+                        .token
+                        .secret()
+                        .to_owned()
                 }
                 Source::Imds(ep) => {
                     let mut q = vec![("api-version", "2018-02-01"), ("resource", resource)];
@@ -236,5 +329,24 @@ impl Identity for AzureIdentity {
             Source::AppService { header, .. } => vec![header.clone()],
             _ => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_service_credential_is_not_built_unless_the_process_env_selects_app_service() {
+        // The test process has no IDENTITY_ENDPOINT: `ManagedIdentityCredential` would pick the VM IMDS
+        // (169.254.169.254), so the guard must refuse before it is constructed.
+        assert!(std::env::var_os("IDENTITY_ENDPOINT").is_none());
+        let e = app_service_env_ok(
+            "http://127.0.0.1:9/msi/token",
+            &SecretString::from("hdr-secret"),
+        )
+        .expect_err("refused");
+        assert!(matches!(e, IdentityError::Invalid { .. }), "{e}");
+        assert!(!e.to_string().contains("hdr-secret"));
     }
 }

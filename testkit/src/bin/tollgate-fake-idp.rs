@@ -1,6 +1,7 @@
 //! `tollgate-fake-idp`: the fake identity provider as a process (OIDC issuer, Entra tenant discovery,
-//! App Service / IMDS managed-identity endpoints). Prints `listening http://127.0.0.1:PORT` on stdout
-//! once bound, then serves until killed. See `tollgate_testkit::idp`.
+//! App Service / IMDS managed-identity endpoints). Prints `listening http://127.0.0.1:PORT` and
+//! `listening https://127.0.0.1:TLS_PORT` on stdout once bound (the CA of the TLS listener is written to
+//! `--ca-file` when given), then serves until killed. See `tollgate_testkit::idp`.
 
 use clap::Parser;
 use std::io::Write;
@@ -29,6 +30,9 @@ struct Args {
     /// Client (app) ID of the managed identity.
     #[arg(long)]
     appid: Option<String>,
+    /// Write the PEM of the CA that signed the TLS listener's certificate here.
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -54,9 +58,13 @@ async fn run() -> anyhow::Result<()> {
         },
     };
     let handle = idp::spawn_on(cfg, SocketAddr::from(([127, 0, 0, 1], args.port))).await?;
+    if let Some(path) = &args.ca_file {
+        std::fs::write(path, handle.ca_pem())?;
+    }
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening http://{}", handle.addr)?;
+        writeln!(out, "listening {}", handle.https_base_url())?;
         out.flush()?;
     }
     tokio::signal::ctrl_c().await?;
