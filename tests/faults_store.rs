@@ -90,6 +90,26 @@ async fn spent_nanos(base: &str, token: &str) -> i64 {
         .unwrap_or_else(|| panic!("no principal-daily budget in {v}"))
 }
 
+/// Wait (up to 10 s) until the schema's `spend` table has `n` rows: `(rows, Σ cost)`.
+async fn wait_spend_rows(schema: &str, n: i64) -> (i64, i64) {
+    let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
+        .await
+        .expect("connect");
+    let sql =
+        format!("SELECT COUNT(*), CAST(COALESCE(SUM(cost), 0) AS BIGINT) FROM \"{schema}\".spend");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_one(&pool)
+            .await
+            .expect("spend rows");
+        if got.0 >= n || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_goes_away_and_comes_back() {
     if TcpStream::connect(PG).await.is_err() {
@@ -139,7 +159,11 @@ async fn store_goes_away_and_comes_back() {
         assert_eq!(s, 200, "{body}");
         served += 1;
     }
-    let per_answer = spent_nanos(&base, &token).await / served;
+    // Settlements are written behind the response: wait until the three have landed.
+    let (n, total) = wait_spend_rows(&schema, served).await;
+    assert_eq!(n, served);
+    let per_answer = total / served;
+    assert_eq!(spent_nanos(&base, &token).await, total);
     assert!(per_answer > 0, "answers are charged");
 
     // Away: requests the broker's allotment already backs (reserved in the store before it went away) are

@@ -11,6 +11,9 @@
 //! one database still produce one linear chain.
 //!
 //! Records are written by one background task per process so the request path never waits on the disk.
+//! The task group-commits: whatever is queued (up to [`BATCH`]) is chained in order and appended in one
+//! transaction ([`AuditSink::append_batch`], all or nothing), so one commit (one fsync) serves many records;
+//! a conflict rolls the whole batch back and it is re-chained on the new head.
 
 pub mod sqlite;
 
@@ -188,6 +191,9 @@ pub trait AuditSink: Send + Sync {
     async fn head(&self) -> Result<Option<(i64, String)>, AuditError>;
     /// Append one record; [`AuditError::Conflict`] when its `seq` exists.
     async fn append(&self, record: &AuditRecord) -> Result<(), AuditError>;
+    /// Append consecutive records (each chained on the one before) all or none, in one transaction;
+    /// [`AuditError::Conflict`] (nothing stored) when any `seq` exists.
+    async fn append_batch(&self, records: &[AuditRecord]) -> Result<(), AuditError>;
     /// Records with `seq > after`, ascending, at most `limit`.
     async fn scan(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, AuditError>;
     /// Request spend in `[since, until)` grouped by UTC day and `by`.
@@ -282,6 +288,8 @@ pub async fn export(sink: &dyn AuditSink, out: &mut dyn std::io::Write) -> anyho
 
 /// Records that may wait for the store before new ones are dropped.
 pub const QUEUE: usize = 16_384;
+/// Records per transaction, at most.
+pub const BATCH: usize = 256;
 
 enum Msg {
     Event(Box<AuditEvent>),
@@ -363,58 +371,85 @@ async fn writer(
     errors: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut head: Option<(i64, String)> = None;
-    while let Some(msg) = rx.recv().await {
-        let ev = match msg {
-            Msg::Flush(done) => {
-                let _ = done.send(());
-                continue;
+    let mut events: Vec<AuditEvent> = Vec::new();
+    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        // Take what is queued, up to BATCH events, in order.
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Event(ev) => events.push(*ev),
+                Msg::Flush(done) => flushes.push(done),
             }
-            Msg::Event(ev) => ev,
-        };
-        let mut stored = false;
-        // Store errors are retried 8 times with backoff. A conflict means another writer extended the chain
-        // first — progress, not failure — so it re-reads the head and tries again (with a little jitter so
-        // two writers do not keep colliding), up to a generous bound.
-        let (mut failures, mut conflicts) = (0u32, 0u32);
-        while failures < 8 && conflicts < 1000 {
-            if head.is_none() {
-                match sink.head().await {
-                    Ok(h) => head = Some(h.unwrap_or((0, GENESIS.to_string()))),
-                    Err(e) => {
-                        tracing::error!(error = %e, "audit: cannot read the chain head");
-                        tokio::time::sleep(std::time::Duration::from_millis(50 << failures)).await;
-                        failures += 1;
-                        continue;
-                    }
-                }
-            }
-            let (seq, prev) = head.clone().unwrap_or((0, GENESIS.to_string()));
-            let rec = AuditRecord::chain(seq + 1, prev, (*ev).clone());
-            match sink.append(&rec).await {
-                Ok(()) => {
-                    head = Some((rec.seq, rec.hash));
-                    stored = true;
-                    break;
-                }
-                Err(AuditError::Conflict(_)) => {
-                    head = None;
-                    conflicts += 1;
-                    let jitter_us = rand::random::<u64>() % 2000;
-                    tokio::time::sleep(std::time::Duration::from_micros(jitter_us)).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "audit: append failed");
-                    head = None;
-                    tokio::time::sleep(std::time::Duration::from_millis(50 << failures)).await;
-                    failures += 1;
-                }
+            if events.len() < BATCH {
+                next = rx.try_recv().ok();
             }
         }
-        if !stored {
-            errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(kind = ?ev.kind, "audit: record dropped after retries");
+        if !events.is_empty() {
+            store_batch(sink.as_ref(), &mut head, &events, &errors).await;
+            events.clear();
+        }
+        for f in flushes.drain(..) {
+            let _ = f.send(());
         }
     }
+}
+
+/// Chain `events` on the head and append them in one transaction. Store errors are retried 8 times with
+/// backoff. A conflict means another writer extended the chain first — progress, not failure — so the
+/// head is re-read and the batch re-chained (with a little jitter so two writers do not keep colliding), up
+/// to a generous bound.
+async fn store_batch(
+    sink: &dyn AuditSink,
+    head: &mut Option<(i64, String)>,
+    events: &[AuditEvent],
+    errors: &std::sync::atomic::AtomicU64,
+) {
+    let (mut failures, mut conflicts) = (0u32, 0u32);
+    while failures < 8 && conflicts < 1000 {
+        if head.is_none() {
+            match sink.head().await {
+                Ok(h) => *head = Some(h.unwrap_or((0, GENESIS.to_string()))),
+                Err(e) => {
+                    tracing::error!(error = %e, "audit: cannot read the chain head");
+                    tokio::time::sleep(std::time::Duration::from_millis(50 << failures)).await;
+                    failures += 1;
+                    continue;
+                }
+            }
+        }
+        let (mut seq, mut prev) = head.clone().unwrap_or((0, GENESIS.to_string()));
+        let mut records = Vec::with_capacity(events.len());
+        for ev in events {
+            seq += 1;
+            let rec = AuditRecord::chain(seq, prev, ev.clone());
+            prev = rec.hash.clone();
+            records.push(rec);
+        }
+        match sink.append_batch(&records).await {
+            Ok(()) => {
+                *head = Some((seq, prev));
+                return;
+            }
+            Err(AuditError::Conflict(_)) => {
+                *head = None;
+                conflicts += 1;
+                let jitter_us = rand::random::<u64>() % 2000;
+                tokio::time::sleep(std::time::Duration::from_micros(jitter_us)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit: append failed");
+                *head = None;
+                tokio::time::sleep(std::time::Duration::from_millis(50 << failures)).await;
+                failures += 1;
+            }
+        }
+    }
+    errors.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    tracing::error!(
+        records = events.len(),
+        "audit: records dropped after retries"
+    );
 }
 
 #[cfg(test)]

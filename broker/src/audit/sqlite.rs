@@ -107,6 +107,46 @@ fn record_from_row(r: &SqliteRow) -> Result<AuditRecord, AuditError> {
     })
 }
 
+/// Insert one record inside `tx`; a taken `seq` is a [`AuditError::Conflict`].
+async fn insert(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    rec: &AuditRecord,
+) -> Result<(), AuditError> {
+    let e = &rec.event;
+    let res = sqlx::query(
+        "INSERT INTO audit_log (seq, ts, kind, actor, principal, team, model, provider, status,
+            input_tokens, output_tokens, cost_nanos, request_id, jti, expires_at, detail, prev_hash, hash)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(rec.seq)
+    .bind(e.ts)
+    .bind(e.kind.map_or("", EventKind::as_str))
+    .bind(&e.actor)
+    .bind(&e.principal)
+    .bind(&e.team)
+    .bind(&e.model)
+    .bind(&e.provider)
+    .bind(e.status)
+    .bind(e.input_tokens)
+    .bind(e.output_tokens)
+    .bind(e.cost_nanos)
+    .bind(&e.request_id)
+    .bind(&e.jti)
+    .bind(e.expires_at)
+    .bind(e.detail.to_string())
+    .bind(&rec.prev_hash)
+    .bind(&rec.hash)
+    .execute(&mut **tx)
+    .await;
+    match res {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+            Err(AuditError::Conflict(rec.seq))
+        }
+        Err(e) => Err(store_err(e)),
+    }
+}
+
 #[async_trait]
 impl AuditSink for SqliteAudit {
     async fn head(&self) -> Result<Option<(i64, String)>, AuditError> {
@@ -121,40 +161,16 @@ impl AuditSink for SqliteAudit {
     }
 
     async fn append(&self, rec: &AuditRecord) -> Result<(), AuditError> {
+        self.append_batch(std::slice::from_ref(rec)).await
+    }
+
+    async fn append_batch(&self, records: &[AuditRecord]) -> Result<(), AuditError> {
         let pool = self.pool().await?;
-        let e = &rec.event;
-        let res = sqlx::query(
-            "INSERT INTO audit_log (seq, ts, kind, actor, principal, team, model, provider, status,
-                input_tokens, output_tokens, cost_nanos, request_id, jti, expires_at, detail, prev_hash, hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(rec.seq)
-        .bind(e.ts)
-        .bind(e.kind.map_or("", EventKind::as_str))
-        .bind(&e.actor)
-        .bind(&e.principal)
-        .bind(&e.team)
-        .bind(&e.model)
-        .bind(&e.provider)
-        .bind(e.status)
-        .bind(e.input_tokens)
-        .bind(e.output_tokens)
-        .bind(e.cost_nanos)
-        .bind(&e.request_id)
-        .bind(&e.jti)
-        .bind(e.expires_at)
-        .bind(e.detail.to_string())
-        .bind(&rec.prev_hash)
-        .bind(&rec.hash)
-        .execute(pool)
-        .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                Err(AuditError::Conflict(rec.seq))
-            }
-            Err(e) => Err(store_err(e)),
+        let mut tx = pool.begin().await.map_err(store_err)?;
+        for rec in records {
+            insert(&mut tx, rec).await?;
         }
+        tx.commit().await.map_err(store_err)
     }
 
     async fn scan(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, AuditError> {
@@ -352,6 +368,26 @@ mod tests {
                 .unwrap_or_else(|| panic!("{case}: tampering not detected"));
             assert_eq!(b.seq, bad_seq, "{case}: {b:?}");
         }
+    }
+
+    /// A batch is all or nothing: one taken `seq` rolls back the records before it in the batch too.
+    #[tokio::test]
+    async fn batch_with_a_taken_seq_stores_nothing() {
+        use crate::audit::GENESIS;
+        let dir = tempfile::tempdir().expect("tmp");
+        let sink = filled(dir.path(), 2).await;
+        let (seq, hash) = sink.head().await.expect("head").expect("some");
+        assert_eq!(seq, 2);
+        let r3 = AuditRecord::chain(3, hash, ev(3));
+        let dup = AuditRecord::chain(2, GENESIS.to_string(), ev(9));
+        match sink.append_batch(&[r3.clone(), dup]).await {
+            Err(AuditError::Conflict(2)) => {}
+            other => panic!("expected a conflict on seq 2, got {other:?}"),
+        }
+        assert_eq!(sink.head().await.expect("head").map(|h| h.0), Some(2));
+        sink.append_batch(&[r3]).await.expect("alone it fits");
+        let v = verify(sink.as_ref()).await.expect("verify");
+        assert_eq!((v.records, v.first_break), (3, None));
     }
 
     #[tokio::test]
