@@ -138,6 +138,7 @@ impl AppState {
                     last_expire = std::time::Instant::now();
                 }
                 g.tick(renew, expire).await;
+                app.metrics.upkeep();
                 if let Some(km) = &g.keys
                     && last_keys.elapsed() >= Duration::from_secs(1)
                 {

@@ -11,9 +11,12 @@
 //! holds at least this much, more while settlements are queued), `used` the estimates of admitted requests
 //! not yet settled. Invariants: `0 ≤ used ≤ held`.
 //!
-//! Settling a request with estimate `e` and cost `c` frees `e` and consumes `m = min(c, e)` of the allotment
-//! (`held −= m`), which the store moves from `reserved` to `spent` (plus any overage `c − e`). Releasing (no
-//! charge) only frees `e`. Free allotment of idle counters and of past windows goes back to the store.
+//! Settling a request with estimate `e` and cost `c` frees `e` and consumes `m = min(c, free)` of the
+//! allotment (`held −= m`; `free ≥ e` once `e` is freed, so `m ≥ min(c, e)`), which the store moves from
+//! `reserved` to `spent` (plus `c − m`). An overage (`c > e`) is thus paid from the free allotment while
+//! there is any, so later admissions see it exactly as a store check would; only what the allotment cannot
+//! cover goes beyond. Releasing (no charge) only frees `e`. Free allotment of idle counters and of past
+//! windows goes back to the store.
 //!
 //! The epoch changes when the pool is lost (another replica expired it, taking its amounts back): all local
 //! allotments are void; requests admitted under the old epoch still settle (their spend is charged; their
@@ -88,20 +91,32 @@ impl Allotments {
         s.last_used = now;
     }
 
-    /// A request admitted under `epoch` with `estimate` ended: `consumed` (≤ estimate) of the allotment is
-    /// now spent. Requests of an older epoch change nothing here.
-    pub fn settle(&mut self, epoch: u64, keys: &[CounterKey], estimate: i64, consumed: i64) {
+    /// A request admitted under `epoch` with `estimate` ended costing `cost` (0 for a release): frees the
+    /// estimate and consumes `min(cost, free)` of each key's allotment. Returns what was consumed per key
+    /// (what the store must move from `reserved` to `spent`). Requests of an older epoch change nothing
+    /// here (their pool is gone): zeros.
+    pub fn settle(
+        &mut self,
+        epoch: u64,
+        keys: &[CounterKey],
+        estimate: i64,
+        cost: i64,
+    ) -> Vec<i64> {
         if epoch != self.epoch {
-            return;
+            return vec![0; keys.len()];
         }
-        let consumed = consumed.clamp(0, estimate);
-        for k in keys {
-            if let Some(s) = self.slots.get_mut(k) {
-                s.used -= estimate;
-                s.held -= consumed;
-                debug_assert!(0 <= s.used && s.used <= s.held, "{s:?}");
-            }
-        }
+        keys.iter()
+            .map(|k| match self.slots.get_mut(k) {
+                Some(s) => {
+                    s.used -= estimate;
+                    let m = cost.clamp(0, s.held - s.used);
+                    s.held -= m;
+                    debug_assert!(0 <= s.used && s.used <= s.held, "{s:?}");
+                    m
+                }
+                None => 0,
+            })
+            .collect()
     }
 
     /// Take the free allotment of every key for which `give_back(key, slot)` holds out of the allotments
@@ -251,17 +266,21 @@ mod tests {
                     Op::Settle { n, cost } => {
                         let (idx, e, epoch) = live.remove(n % live.len());
                         let keys: Vec<CounterKey> = idx.iter().map(|&i| key(i)).collect();
-                        let consumed = cost.min(e);
                         let current = epoch == a.epoch;
-                        a.settle(epoch, &keys, e, consumed);
+                        let consumed = a.settle(epoch, &keys, e, cost);
                         m.costs += cost;
-                        for &i in &idx {
+                        for (j, &i) in idx.iter().enumerate() {
+                            prop_assert!(consumed[j] <= cost);
                             m.spent[i] += cost;
-                            m.excess[i] += if current { (cost - e).max(0) } else { cost };
                             if current {
-                                m.item[i] -= consumed;
-                                m.reserved[i] -= consumed;
+                                prop_assert!(consumed[j] >= cost.min(e));
+                                m.excess[i] += cost - consumed[j];
+                                m.item[i] -= consumed[j];
+                                m.reserved[i] -= consumed[j];
                                 m.in_flight[i] -= e;
+                            } else {
+                                prop_assert_eq!(consumed[j], 0);
+                                m.excess[i] += cost;
                             }
                         }
                     }
@@ -269,7 +288,7 @@ mod tests {
                         let (idx, e, epoch) = live.remove(n % live.len());
                         let keys: Vec<CounterKey> = idx.iter().map(|&i| key(i)).collect();
                         let current = epoch == a.epoch;
-                        a.settle(epoch, &keys, e, 0);
+                        let _ = a.settle(epoch, &keys, e, 0);
                         if current {
                             for &i in &idx {
                                 m.in_flight[i] -= e;
@@ -308,14 +327,12 @@ mod tests {
             // Quiescence: settle everything, return all.
             for (idx, e, epoch) in live.drain(..) {
                 let keys: Vec<CounterKey> = idx.iter().map(|&i| key(i)).collect();
-                a.settle(epoch, &keys, e, e);
+                let consumed = a.settle(epoch, &keys, e, e);
                 m.costs += e;
-                for &i in &idx {
+                for (j, &i) in idx.iter().enumerate() {
                     m.spent[i] += e;
-                    if epoch == a.epoch {
-                        m.item[i] -= e;
-                        m.reserved[i] -= e;
-                    }
+                    m.item[i] -= consumed[j];
+                    m.reserved[i] -= consumed[j];
                 }
             }
             for (k, amt) in a.take_free(|_, _| true) {

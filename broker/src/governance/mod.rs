@@ -632,7 +632,7 @@ impl Governance {
     /// Purely local: the estimate goes back to this process's free allotment.
     pub async fn release(&self, r: Reservation) {
         if r.held {
-            self.allot().settle(r.epoch, &r.keys, r.estimate.cost.0, 0);
+            let _ = self.allot().settle(r.epoch, &r.keys, r.estimate.cost.0, 0);
         }
     }
 
@@ -677,20 +677,17 @@ impl Governance {
             end_reason: f.end.to_string(),
         };
         metrics::counter!("tollgate_spend_nanos_total").increment(cost.0.max(0) as u64);
-        // The allotment consumed: the cost, up to the estimate (any excess is overage, charged to spent).
-        let consumed = if r.held {
-            cost.0.clamp(0, r.estimate.cost.0)
-        } else {
-            0
-        };
-        if r.held {
+        // The allotment consumed: the cost, as far as the free allotment covers it (≥ min(cost, estimate)).
+        let releases = if r.held {
             self.allot()
-                .settle(r.epoch, &r.keys, r.estimate.cost.0, consumed);
-        }
+                .settle(r.epoch, &r.keys, r.estimate.cost.0, cost.0)
+        } else {
+            vec![0; r.keys.len()]
+        };
         self.enqueue(Apply::Spend {
             pool: r.held.then(|| self.pool_id(r.epoch)),
             keys: r.keys,
-            release: consumed,
+            releases,
             record,
         });
         cost

@@ -99,13 +99,13 @@ pub enum GrowOutcome {
 /// One queued write of the settlement writer (applied in batches by [`Store::apply`]).
 #[derive(Clone, Debug)]
 pub enum Apply {
-    /// A settled request: `spent += record.cost` on every key; `release` moves out of the pool's item and
-    /// `reserved` on every key — only where that item still exists (a pool expired by another replica has
+    /// A settled request: `spent += record.cost` on every key; `releases[i]` moves out of the pool's item
+    /// and `reserved` on `keys[i]` — only where that item still exists (a pool expired by another replica has
     /// already given its amounts back). Applied once per `record.id` (a retried batch is not re-applied).
     Spend {
         pool: Option<String>,
         keys: Vec<CounterKey>,
-        release: i64,
+        releases: Vec<i64>,
         record: SpendRecord,
     },
     /// Give `amount` of unused allotment on `key` back to the budget.
@@ -682,18 +682,21 @@ macro_rules! impl_store {
                             .push_bind(r.end_reason.clone());
                     });
                     qb.push(" ON CONFLICT DO NOTHING RETURNING id");
-                    let rows: Vec<(String,)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+                    // Not cached: the text differs with the row count, and each size cached per connection (up
+                    // to 100) held megabytes of prepared statements.
+                    let rows: Vec<(String,)> =
+                        qb.build_query_as().persistent(false).fetch_all(&mut *tx).await?;
                     new_ids.extend(rows.into_iter().map(|(id,)| id));
                 }
                 let mut items: BTreeMap<(&str, &CounterKey), i64> = BTreeMap::new();
                 let mut spent: BTreeMap<&CounterKey, i64> = BTreeMap::new();
                 for a in batch {
                     match a {
-                        Apply::Spend { pool, keys, release, record } => {
+                        Apply::Spend { pool, keys, releases, record } => {
                             if !new_ids.contains(&record.id) {
                                 continue;
                             }
-                            for k in keys {
+                            for (k, release) in keys.iter().zip(releases) {
                                 *spent.entry(k).or_default() += record.cost;
                                 if let Some(p) = pool
                                     && *release > 0
