@@ -688,7 +688,7 @@ impl Governance {
             pool: r.held.then(|| self.pool_id(r.epoch)),
             keys: r.keys,
             releases,
-            record,
+            record: Box::new(record),
         });
         cost
     }

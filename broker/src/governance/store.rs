@@ -106,7 +106,7 @@ pub enum Apply {
         pool: Option<String>,
         keys: Vec<CounterKey>,
         releases: Vec<i64>,
-        record: SpendRecord,
+        record: Box<SpendRecord>,
     },
     /// Give `amount` of unused allotment on `key` back to the budget.
     Return {
@@ -651,7 +651,7 @@ macro_rules! impl_store {
                 let records: Vec<&SpendRecord> = batch
                     .iter()
                     .filter_map(|a| match a {
-                        Apply::Spend { record, .. } => Some(record),
+                        Apply::Spend { record, .. } => Some(record.as_ref()),
                         Apply::Return { .. } => None,
                     })
                     .collect();
