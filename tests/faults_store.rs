@@ -2,7 +2,8 @@
 //!
 //! The shared server is never stopped: the broker reaches it through a TCP proxy owned by this test,
 //! which cuts every connection and refuses new ones ("away"), then forwards again ("back").
-//! Documented behaviour: while away the proxy fails closed (503 `store_unavailable`, never a hang and
+//! Documented behaviour: while away the proxy serves what its budget allotment (reserved in the store
+//! before it went away) covers, then fails closed (503 `store_unavailable`, never a hang and
 //! never an ungoverned request); once back it serves again without a restart; nothing lost: the spend
 //! recorded equals the cost of the answers that were served, exactly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -89,6 +90,26 @@ async fn spent_nanos(base: &str, token: &str) -> i64 {
         .unwrap_or_else(|| panic!("no principal-daily budget in {v}"))
 }
 
+/// Wait (up to 10 s) until the schema's `spend` table has `n` rows: `(rows, Σ cost)`.
+async fn wait_spend_rows(schema: &str, n: i64) -> (i64, i64) {
+    let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
+        .await
+        .expect("connect");
+    let sql =
+        format!("SELECT COUNT(*), CAST(COALESCE(SUM(cost), 0) AS BIGINT) FROM \"{schema}\".spend");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_one(&pool)
+            .await
+            .expect("spend rows");
+        if got.0 >= n || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_goes_away_and_comes_back() {
     if TcpStream::connect(PG).await.is_err() {
@@ -138,23 +159,46 @@ async fn store_goes_away_and_comes_back() {
         assert_eq!(s, 200, "{body}");
         served += 1;
     }
-    let per_answer = spent_nanos(&base, &token).await / served;
+    // Settlements are written behind the response: wait until the three have landed.
+    let (n, total) = wait_spend_rows(&schema, served).await;
+    assert_eq!(n, served);
+    let per_answer = total / served;
+    assert_eq!(spent_nanos(&base, &token).await, total);
     assert!(per_answer > 0, "answers are charged");
 
-    // Away: fail closed, fast.
+    // Away: requests the broker's allotment already backs (reserved in the store before it went away) are
+    // served; the first that needs more fails closed, fast — and so does every one after it.
     switch.down();
-    for stream in [false, true] {
+    let mut refused = 0;
+    for i in 0..60 {
+        let stream = i % 2 == 1;
         let t = Instant::now();
         let (s, _, body) = responses(&base, &token, stream).await;
-        assert_eq!(s, 503, "an ungoverned answer slipped through: {body}");
-        assert!(body.contains("store_unavailable"), "{body}");
-        assert_openai_error(&body);
         assert!(
             t.elapsed() < Duration::from_secs(15),
             "took {:?}",
             t.elapsed()
         );
+        if s == 200 {
+            assert_eq!(
+                refused, 0,
+                "served after a refusal: an ungoverned answer slipped through"
+            );
+            served += 1;
+            continue;
+        }
+        assert_eq!(s, 503, "{body}");
+        assert!(body.contains("store_unavailable"), "{body}");
+        assert_openai_error(&body);
+        refused += 1;
+        if refused == 2 {
+            break;
+        }
     }
+    assert_eq!(
+        refused, 2,
+        "the allotment ran out and the broker failed closed"
+    );
 
     // Back: serves again without a restart.
     switch.up();

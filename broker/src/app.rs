@@ -156,6 +156,7 @@ impl AppState {
                     last_expire = std::time::Instant::now();
                 }
                 g.tick(renew, expire).await;
+                app.metrics.upkeep();
                 if last_keys.elapsed() >= Duration::from_secs(1) {
                     last_keys = std::time::Instant::now();
                     if let Err(e) = app.sync_keys().await {

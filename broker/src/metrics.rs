@@ -370,6 +370,13 @@ impl Metrics {
             .absolute(n);
     }
 
+    /// Fold recorded histogram samples into their buckets. The exporter keeps every sample until this
+    /// runs (at each scrape, and from the background loop), so without it an unscraped broker's memory
+    /// grows with every request.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
         self.handle.run_upkeep();

@@ -61,6 +61,12 @@ pub async fn serve_on(
             drain(tls_listener, app, grace, shutdown).await
         }
     };
+    // Queued settlements land, then this process's budget allotments go back to the store.
+    state
+        .ledger
+        .governance
+        .shutdown(Duration::from_secs(10))
+        .await;
     if let Some(audit) = &state.audit {
         audit.flush().await;
         // Cover the last records with a signed checkpoint (logged) before the process goes.

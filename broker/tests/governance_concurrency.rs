@@ -110,7 +110,11 @@ async fn scenario(pg_schema: Option<&str>, replicas: usize) {
     // Phase 1: max_output_tokens = 200 ≥ real output, input estimate ≥ real input: the reservation covers
     // every request, so the bound is exactly the budget.
     let r1 = fire(&urls, &alice, Some(OUT_TOKENS)).await;
-    let (spent1, reserved1) = db.wait_settled("exact", Duration::from_secs(20)).await;
+    db.wait_spend("alice", r1.ok as i64, Duration::from_secs(20))
+        .await;
+    let (spent1, reserved1) = db.counter("exact").await;
+    // Settled: what is still reserved is only the brokers' free allotments (nothing in flight).
+    let reserved1 = reserved1 - db.pool_held("exact").await;
     let (n1, cost1, excess1, in1, out1) = db.spend("alice").await;
     let per_request = IN_TOKENS as i64 * IN_NANOS + OUT_TOKENS as i64 * OUT_NANOS;
     eprintln!(
@@ -157,7 +161,10 @@ async fn scenario(pg_schema: Option<&str>, replicas: usize) {
     upstream.update_config(|c| c.output_tokens = Some(OUT2_TOKENS));
     let per_request2 = IN_TOKENS as i64 * IN_NANOS + OUT2_TOKENS as i64 * OUT_NANOS;
     let r2 = fire(&urls, &bob, None).await;
-    let (spent2, reserved2) = db.wait_settled("capped", Duration::from_secs(20)).await;
+    db.wait_spend("bob", r2.ok as i64, Duration::from_secs(20))
+        .await;
+    let (spent2, reserved2) = db.counter("capped").await;
+    let reserved2 = reserved2 - db.pool_held("capped").await;
     let (n2, cost2, excess2, ..) = db.spend("bob").await;
     let per_request_excess = (OUT2_TOKENS - CAP) as i64 * OUT_NANOS;
     eprintln!(
@@ -195,7 +202,18 @@ async fn scenario(pg_schema: Option<&str>, replicas: usize) {
     // The team budget saw both principals' spend.
     let (team_spent, _) = db.counter("team").await;
     assert_eq!(team_spent, cost1 + cost2);
-    drop(brokers);
+    // Graceful stops give every allotment back: nothing stays reserved.
+    for b in brokers {
+        b.terminate().await;
+    }
+    for budget in ["exact", "capped", "team"] {
+        assert_eq!(
+            db.counter(budget).await.1,
+            0,
+            "{budget}: reserved after stop"
+        );
+    }
+    assert_eq!(db.live_reservations().await, 0);
     upstream.shutdown().await;
     if let Some(s) = pg_schema {
         drop_schema(s).await;

@@ -421,3 +421,176 @@ async fn forced_rotation_composes_with_the_schedule() {
         "still verifying its tokens"
     );
 }
+
+/// What the two-replica test saw, updated atomically with each admission and settlement.
+#[derive(Default)]
+struct Tally {
+    in_flight: i64,
+    settled_cost: i64,
+    /// Σ (cost − estimate)⁺: the documented overage.
+    excess: i64,
+    admitted: u64,
+    settled: u64,
+    refused: u64,
+}
+
+/// Two replicas (two `Governance` instances, each with its own connection pool, as two processes would
+/// have) share one PostgreSQL store and hammer one small budget concurrently, admitting from their
+/// allotments and growing them in the store. At every admission: Σ settled costs + Σ estimates in flight ≤
+/// amount + Σ overage. At the end: spent == Σ settled costs, everything still reserved is the replicas'
+/// free allotments (the usage report does not count a replica's own as in flight), and after both give
+/// their allotments back nothing is reserved. Fake clock; no sleeping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn governance_two_replicas_share_one_budget_postgres() {
+    use tollgate_broker::governance::{Finished, Governance};
+    use tollgate_broker::usage::Usage;
+    const AMOUNT: i64 = 50_000_000; // $0.05
+    let c = config(
+        "policy_file = \"p.toml\"\n\
+         [pricing]\ndefaults = false\n[pricing.models.\"gpt-test\"]\ninput = \"1\"\noutput = \"10\"\n\
+         [[budgets]]\nid = \"small\"\nscope = \"principal\"\namount_usd = \"0.05\"\nwindow = \"daily\"\n",
+    );
+    let schema = format!("gov_two_{}", uuid::Uuid::new_v4().simple());
+    let clock = FakeClock::new(1_800_000_000);
+    let (s1, s2) = (open_pg(&schema).await, open_pg(&schema).await);
+    let g1 = Arc::new(Governance::with_store(
+        s1.clone(),
+        &c,
+        Arc::new(clock.clone()),
+        None,
+    ));
+    let g2 = Arc::new(Governance::with_store(
+        s2,
+        &c,
+        Arc::new(clock.clone()),
+        None,
+    ));
+    let alice = Arc::new(claims("alice", 1_800_000_000, "j1"));
+    let tally = Arc::new(std::sync::Mutex::new(Tally::default()));
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let g = if t % 2 == 0 { g1.clone() } else { g2.clone() };
+        let (alice, tally) = (alice.clone(), tally.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..60u64 {
+                let max_out = 50 + (t * 7 + i * 13) % 150;
+                let body = serde_json::json!({"model": "gpt-test", "input": "hello there", "max_output_tokens": max_out});
+                let body = serde_json::to_vec(&body).expect("json");
+                match g.admit(&alice, "gpt-test", &body).await {
+                    Ok(r) => {
+                        let e = r.estimate.cost.0;
+                        {
+                            let mut tl = tally.lock().expect("tally");
+                            tl.in_flight += e;
+                            tl.admitted += 1;
+                            assert!(
+                                tl.settled_cost + tl.in_flight <= AMOUNT + tl.excess,
+                                "admitted beyond the budget: settled {} + in flight {} > {} + excess {}",
+                                tl.settled_cost,
+                                tl.in_flight,
+                                AMOUNT,
+                                tl.excess
+                            );
+                        }
+                        tokio::task::yield_now().await;
+                        if i % 11 == 5 {
+                            tally.lock().expect("tally").in_flight -= e;
+                            g.release(r).await;
+                            continue;
+                        }
+                        // Real output from 0 to 120 % of the limit: some requests beat their estimate.
+                        let out = (max_out * ((t + i) % 13)) / 10;
+                        let usage = Usage {
+                            input_tokens: 4,
+                            output_tokens: out,
+                            ..Usage::default()
+                        };
+                        let cost = r.price.cost(&usage).0;
+                        {
+                            let mut tl = tally.lock().expect("tally");
+                            tl.in_flight -= e;
+                            tl.settled_cost += cost;
+                            tl.excess += (cost - e).max(0);
+                            tl.settled += 1;
+                        }
+                        let f = Finished {
+                            model: "gpt-test",
+                            provider: "mock",
+                            usage: Some(usage),
+                            end: "completed",
+                            streamed_text_bytes: 0,
+                        };
+                        assert_eq!(g.settle(&alice, r, f).await.0, cost);
+                    }
+                    Err(e) => {
+                        let msg = format!("{e:?}");
+                        assert!(msg.contains("BudgetExceeded"), "unexpected refusal: {msg}");
+                        tally.lock().expect("tally").refused += 1;
+                    }
+                }
+            }
+        }));
+    }
+    // Background rounds meanwhile (renewal, expiry, idle return) without moving the clock.
+    for _ in 0..5 {
+        g1.tick(true, true).await;
+        g2.tick(true, true).await;
+        tokio::task::yield_now().await;
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    assert!(g1.flush(std::time::Duration::from_secs(30)).await);
+    assert!(g2.flush(std::time::Duration::from_secs(30)).await);
+    let tl = std::mem::take(&mut *tally.lock().expect("tally"));
+    eprintln!(
+        "two replicas: {} admitted, {} refused, settled {} of {} n$ (excess {})",
+        tl.admitted, tl.refused, tl.settled_cost, AMOUNT, tl.excess
+    );
+    assert!(tl.refused > 0, "the budget must have run out");
+    assert!(tl.settled_cost <= AMOUNT + tl.excess);
+    let day = 1_800_000_000 / 86_400 * 86_400;
+    let k = CounterKey {
+        budget_id: "small".into(),
+        subject: "alice".into(),
+        period_start: day,
+    };
+    let (spent, reserved) = s1
+        .counters(std::slice::from_ref(&k))
+        .await
+        .expect("counters")[0];
+    assert_eq!(spent, tl.settled_cost, "spent == Σ settled costs");
+    let (held1, used1) = g1.allotment_totals();
+    let (held2, used2) = g2.allotment_totals();
+    assert_eq!((used1, used2), (0, 0), "nothing in flight");
+    assert_eq!(
+        reserved,
+        held1 + held2,
+        "reserved == Σ the replicas' allotments"
+    );
+    let report = g1.report(&alice).await.expect("report");
+    assert_eq!(
+        report[0].reserved_nanos,
+        reserved - held1,
+        "own free allotment is not in flight"
+    );
+    assert_eq!(report[0].spent_nanos, spent);
+    let (n, total) = s1.spend_total().await.expect("total");
+    assert_eq!(total, tl.settled_cost);
+    assert_eq!(n as u64, tl.settled, "one spend row per settled request");
+    g1.shutdown(std::time::Duration::from_secs(10)).await;
+    g2.shutdown(std::time::Duration::from_secs(10)).await;
+    let (spent_end, reserved_end) = s1
+        .counters(std::slice::from_ref(&k))
+        .await
+        .expect("counters")[0];
+    assert_eq!(
+        (spent_end, reserved_end),
+        (tl.settled_cost, 0),
+        "all allotments given back"
+    );
+    if let store::StorePool::Postgres(pool) = s1.pool() {
+        let drop = format!("DROP SCHEMA \"{schema}\" CASCADE");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&pool).await;
+    }
+}

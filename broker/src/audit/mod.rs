@@ -14,6 +14,9 @@
 //! visible (a chain alone cannot show it).
 //!
 //! Records are written by one background task per process so the request path never waits on the disk.
+//! The task group-commits: whatever is queued (up to [`BATCH`]) is chained in order and appended in one
+//! transaction ([`AuditSink::append_batch`], all or nothing), so one commit (one fsync) serves many records;
+//! a conflict rolls the whole batch back and it is re-chained on the new head.
 
 pub mod checkpoint;
 pub mod postgres;
@@ -198,6 +201,9 @@ pub trait AuditSink: Send + Sync {
     async fn head(&self) -> Result<Option<(i64, String)>, AuditError>;
     /// Append one record; [`AuditError::Conflict`] when its `seq` exists.
     async fn append(&self, record: &AuditRecord) -> Result<(), AuditError>;
+    /// Append consecutive records (each chained on the one before) all or none, in one transaction;
+    /// [`AuditError::Conflict`] (nothing stored) when any `seq` exists.
+    async fn append_batch(&self, records: &[AuditRecord]) -> Result<(), AuditError>;
     /// Records with `seq > after`, ascending, at most `limit`.
     async fn scan(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, AuditError>;
     /// Request spend in `[since, until)` grouped by UTC day and `by`.
@@ -308,6 +314,8 @@ pub async fn export(sink: &dyn AuditSink, out: &mut dyn std::io::Write) -> anyho
 
 /// Records that may wait for the store before new ones are dropped.
 pub const QUEUE: usize = 16_384;
+/// Records per transaction, at most.
+pub const BATCH: usize = 256;
 
 enum Msg {
     Event(Box<AuditEvent>),
@@ -455,13 +463,22 @@ struct Writer {
     last_cp: Option<(u64, i64)>,
 }
 
+/// A stored record: `(seq, hash, is a checkpoint)`.
+type Stored = (i64, String, bool);
+
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        // A control message met while collecting a batch waits here, so that it is handled after the
+        // events queued before it (a flush answers only once they are stored).
+        let mut held: Option<Msg> = None;
         loop {
-            let msg = match tokio::time::timeout(IDLE_TICK, rx.recv()).await {
-                Ok(Some(m)) => Some(m),
-                Ok(None) => return,
-                Err(_) => None,
+            let msg = match held.take() {
+                Some(m) => Some(m),
+                None => match tokio::time::timeout(IDLE_TICK, rx.recv()).await {
+                    Ok(Some(m)) => Some(m),
+                    Ok(None) => return,
+                    Err(_) => None,
+                },
             };
             match msg {
                 None => self.timed_checkpoint().await,
@@ -474,20 +491,44 @@ impl Writer {
                     let _ = done.send(r);
                 }
                 Some(Msg::Event(ev)) => {
-                    let is_cp = ev.kind == Some(EventKind::Checkpoint);
-                    match self.append(*ev).await {
-                        Some((seq, hash)) => {
+                    // Group commit: whatever else is queued, up to BATCH events, in order.
+                    let mut events = vec![*ev];
+                    while events.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(Msg::Event(ev)) => events.push(*ev),
+                            Ok(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let n = events.len() as u64;
+                    match self.append_batch(events).await {
+                        Some(stored) => {
                             let every = self.cps.as_ref().map_or(0, |c| c.config.every);
                             let every = i64::try_from(every).unwrap_or(0);
-                            if !is_cp && every > 0 && seq % every == 0 {
-                                self.checkpoint(seq, hash).await;
-                            } else {
-                                self.timed_checkpoint().await;
+                            // The newest record of the batch at a multiple of `every` is checkpointed,
+                            // exactly as if the records had been stored one by one.
+                            let due = (every > 0)
+                                .then(|| {
+                                    stored
+                                        .iter()
+                                        .rev()
+                                        .find(|(seq, _, is_cp)| !is_cp && seq % every == 0)
+                                })
+                                .flatten()
+                                .map(|(seq, hash, _)| (*seq, hash.clone()));
+                            match due {
+                                Some((seq, hash)) => {
+                                    self.checkpoint(seq, hash).await;
+                                }
+                                None => self.timed_checkpoint().await,
                             }
                         }
                         None => {
                             self.errors
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
                 }
@@ -497,9 +538,16 @@ impl Writer {
 
     /// Chain and append one event; `(seq, hash)` once stored, `None` when it was dropped (logged).
     async fn append(&mut self, ev: AuditEvent) -> Option<(i64, String)> {
-        // Store errors are retried 8 times with backoff. A conflict means another writer extended the chain
-        // first — progress, not failure — so it re-reads the head and tries again (with a little jitter so
-        // two writers do not keep colliding), up to a generous bound.
+        let stored = self.append_batch(vec![ev]).await?;
+        stored.into_iter().next().map(|(seq, hash, _)| (seq, hash))
+    }
+
+    /// Chain `events` on the head and append them in one transaction (all or nothing); the stored records,
+    /// or `None` when they were dropped (logged). Store errors are retried 8 times with backoff. A conflict
+    /// means another writer extended the chain first — progress, not failure — so the head is re-read and
+    /// the whole batch re-chained (with a little jitter so two writers do not keep colliding), up to a
+    /// generous bound.
+    async fn append_batch(&mut self, events: Vec<AuditEvent>) -> Option<Vec<Stored>> {
         let (mut failures, mut conflicts) = (0u32, 0u32);
         while failures < 8 && conflicts < 1000 {
             if self.head.is_none() {
@@ -513,12 +561,26 @@ impl Writer {
                     }
                 }
             }
-            let (seq, prev) = self.head.clone().unwrap_or((0, GENESIS.to_string()));
-            let rec = AuditRecord::chain(seq + 1, prev, ev.clone());
-            match self.sink.append(&rec).await {
+            let (mut seq, mut prev) = self.head.clone().unwrap_or((0, GENESIS.to_string()));
+            let mut records = Vec::with_capacity(events.len());
+            for ev in &events {
+                seq += 1;
+                let rec = AuditRecord::chain(seq, prev, ev.clone());
+                prev = rec.hash.clone();
+                records.push(rec);
+            }
+            match self.sink.append_batch(&records).await {
                 Ok(()) => {
-                    self.head = Some((rec.seq, rec.hash.clone()));
-                    return Some((rec.seq, rec.hash));
+                    self.head = Some((seq, prev));
+                    return Some(
+                        records
+                            .into_iter()
+                            .map(|r| {
+                                let is_cp = r.event.kind == Some(EventKind::Checkpoint);
+                                (r.seq, r.hash, is_cp)
+                            })
+                            .collect(),
+                    );
                 }
                 Err(AuditError::Conflict(_)) => {
                     self.head = None;
@@ -534,7 +596,10 @@ impl Writer {
                 }
             }
         }
-        tracing::error!(kind = ?ev.kind, "audit: record dropped after retries");
+        tracing::error!(
+            records = events.len(),
+            "audit: records dropped after retries"
+        );
         None
     }
 

@@ -40,6 +40,46 @@ macro_rules! impl_audit_sink {
             $crate::audit::AuditError::Store(e.to_string())
         }
 
+        /// Insert one record inside `tx`; a taken `seq` is a [`AuditError::Conflict`](crate::audit::AuditError).
+        async fn insert_record(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            rec: &$crate::audit::AuditRecord,
+        ) -> Result<(), $crate::audit::AuditError> {
+            let e = &rec.event;
+            let res = sqlx::query::<$db>(
+                "INSERT INTO audit_log (seq, ts, kind, actor, principal, team, model, provider, status,
+                    input_tokens, output_tokens, cost_nanos, request_id, jti, expires_at, detail, prev_hash, hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+            )
+            .bind(rec.seq)
+            .bind(e.ts)
+            .bind(e.kind.map_or("", $crate::audit::EventKind::as_str))
+            .bind(&e.actor)
+            .bind(&e.principal)
+            .bind(&e.team)
+            .bind(&e.model)
+            .bind(&e.provider)
+            .bind(e.status)
+            .bind(e.input_tokens)
+            .bind(e.output_tokens)
+            .bind(e.cost_nanos)
+            .bind(&e.request_id)
+            .bind(&e.jti)
+            .bind(e.expires_at)
+            .bind(e.detail.to_string())
+            .bind(&rec.prev_hash)
+            .bind(&rec.hash)
+            .execute(&mut **tx)
+            .await;
+            match res {
+                Ok(_) => Ok(()),
+                Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                    Err($crate::audit::AuditError::Conflict(rec.seq))
+                }
+                Err(e) => Err(store_err(e)),
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::audit::AuditSink for $ty {
             async fn head(&self) -> Result<Option<(i64, String)>, $crate::audit::AuditError> {
@@ -57,40 +97,19 @@ macro_rules! impl_audit_sink {
                 &self,
                 rec: &$crate::audit::AuditRecord,
             ) -> Result<(), $crate::audit::AuditError> {
+                self.append_batch(std::slice::from_ref(rec)).await
+            }
+
+            async fn append_batch(
+                &self,
+                records: &[$crate::audit::AuditRecord],
+            ) -> Result<(), $crate::audit::AuditError> {
                 let pool = self.pool().await?;
-                let e = &rec.event;
-                let res = sqlx::query::<$db>(
-                    "INSERT INTO audit_log (seq, ts, kind, actor, principal, team, model, provider, status,
-                        input_tokens, output_tokens, cost_nanos, request_id, jti, expires_at, detail, prev_hash, hash)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-                )
-                .bind(rec.seq)
-                .bind(e.ts)
-                .bind(e.kind.map_or("", $crate::audit::EventKind::as_str))
-                .bind(&e.actor)
-                .bind(&e.principal)
-                .bind(&e.team)
-                .bind(&e.model)
-                .bind(&e.provider)
-                .bind(e.status)
-                .bind(e.input_tokens)
-                .bind(e.output_tokens)
-                .bind(e.cost_nanos)
-                .bind(&e.request_id)
-                .bind(&e.jti)
-                .bind(e.expires_at)
-                .bind(e.detail.to_string())
-                .bind(&rec.prev_hash)
-                .bind(&rec.hash)
-                .execute(pool)
-                .await;
-                match res {
-                    Ok(_) => Ok(()),
-                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                        Err($crate::audit::AuditError::Conflict(rec.seq))
-                    }
-                    Err(e) => Err(store_err(e)),
+                let mut tx = pool.begin().await.map_err(store_err)?;
+                for rec in records {
+                    insert_record(&mut tx, rec).await?;
                 }
+                tx.commit().await.map_err(store_err)
             }
 
             async fn scan(

@@ -178,6 +178,26 @@ mod tests {
         }
     }
 
+    /// A batch is all or nothing: one taken `seq` rolls back the records before it in the batch too.
+    #[tokio::test]
+    async fn batch_with_a_taken_seq_stores_nothing() {
+        use crate::audit::{AuditRecord, GENESIS};
+        let dir = tempfile::tempdir().expect("tmp");
+        let sink = filled(dir.path(), 2).await;
+        let (seq, hash) = sink.head().await.expect("head").expect("some");
+        assert_eq!(seq, 2);
+        let r3 = AuditRecord::chain(3, hash, ev(3));
+        let dup = AuditRecord::chain(2, GENESIS.to_string(), ev(9));
+        match sink.append_batch(&[r3.clone(), dup]).await {
+            Err(AuditError::Conflict(2)) => {}
+            other => panic!("expected a conflict on seq 2, got {other:?}"),
+        }
+        assert_eq!(sink.head().await.expect("head").map(|h| h.0), Some(2));
+        sink.append_batch(&[r3]).await.expect("alone it fits");
+        let v = verify(sink.as_ref()).await.expect("verify");
+        assert_eq!((v.records, v.first_break), (3, None));
+    }
+
     #[tokio::test]
     async fn concurrent_writers_share_one_chain() {
         let dir = tempfile::tempdir().expect("tmp");

@@ -1,10 +1,13 @@
 //! Governance: prices, budgets with reservations, rate limits, revocation — backed by a [`store::Store`].
 //!
 //! The request path calls [`Governance::admit`] before forwarding and [`Governance::settle`] exactly once
-//! afterwards (through [`crate::ledger`]). Background work (lease renewal, expiry of dead brokers'
-//! reservations, revocation and key polling, retrying settlements the store refused) runs in
-//! [`Governance::spawn_background`].
+//! afterwards (through [`crate::ledger`]). Admission is in memory against this process's allotments
+//! ([`allot`]) and goes to the store only to grow one; settlements are queued to one writer task that
+//! group-commits them (retrying until they land). Background work (lease renewal, expiry of dead brokers'
+//! reservations, revocation and key polling, giving idle allotments back) runs from [`Governance::tick`];
+//! [`Governance::shutdown`] flushes the writer and gives every allotment back.
 
+pub mod allot;
 pub mod keys;
 pub mod pricing;
 pub mod ratelimit;
@@ -22,8 +25,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use store::{
-    CounterKey, ReserveItem, ReserveOutcome, RevocationKind, SpendRecord, Store, StoreError,
+    Apply, CounterKey, GrowItem, GrowOutcome, PoolRef, RevocationKind, SpendRecord, Store,
+    StoreError,
 };
+use tokio::sync::{mpsc, oneshot};
 use tollgate::{Claims, Nanos};
 use window::rfc3339;
 
@@ -34,8 +39,11 @@ pub struct Reservation {
     pub keys: Vec<CounterKey>,
     pub estimate: Estimate,
     pub price: ModelPrice,
-    /// False when the store was down and `on_unavailable = "allow"` let the request through.
+    /// False when no budget applies, or the store was down and `on_unavailable = "allow"` let the request
+    /// through: then nothing of an allotment backs it.
     pub held: bool,
+    /// The allotment epoch it was admitted under (see [`allot`]).
+    pub epoch: u64,
 }
 
 /// Revocations as this replica knows them.
@@ -62,13 +70,84 @@ pub struct Governance {
     poll_interval: Duration,
     fail_open: bool,
     clock: SharedClock,
-    /// Settlements the store refused, retried by the background loop until they land.
-    retry: Mutex<Vec<PendingSettlement>>,
+    /// This process's allotments (in memory; backed by the pool reservation in the store).
+    allot: Mutex<allot::Allotments>,
+    /// Serialises grows, pool resets and the pool's release (one store round trip at a time per process;
+    /// requests waiting for it re-check the allotment another request just grew).
+    grow_lock: tokio::sync::Mutex<()>,
+    /// The settlement writer's queue (the writer starts on first use inside a runtime).
+    writer_tx: mpsc::UnboundedSender<WriterMsg>,
+    writer_rx: Mutex<Option<mpsc::UnboundedReceiver<WriterMsg>>>,
+    /// False after a store write failed (a settlement or a grow) until one succeeds: then every admission
+    /// goes to the store (fail closed, or `allow`) instead of the allotment, so a broker that cannot record
+    /// spend stops serving on credit.
+    store_ok: Arc<std::sync::atomic::AtomicBool>,
     pub keys: Option<keys::KeyManager>,
 }
 
-/// A settlement the store refused: reservation id, its counters, the spend to record (none = release).
-type PendingSettlement = (String, Vec<CounterKey>, Option<SpendRecord>);
+enum WriterMsg {
+    Apply(Apply),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Settlements per transaction, at most.
+const WRITER_BATCH: usize = 512;
+/// Grow attempts per admission before giving up (only reached when concurrent admissions keep taking the
+/// allotment just grown).
+const MAX_GROWS: usize = 32;
+/// Each grow asks for this many estimates beyond the need (capped at an eighth of the headroom).
+const CHUNK_ESTIMATES: i64 = 16;
+
+/// Why admission could not take its estimate.
+enum TakeError {
+    Refused {
+        key: usize,
+        spent: i64,
+        reserved: i64,
+    },
+    Store(StoreError),
+    Contended,
+}
+
+/// The settlement writer: applies whatever is queued as one transaction (bounded), retries store errors
+/// with backoff until they land, and answers flushes once everything queued before them is stored.
+async fn run_writer(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::UnboundedReceiver<WriterMsg>,
+    store_ok: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut batch: Vec<Apply> = Vec::new();
+    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+    loop {
+        let Some(first) = rx.recv().await else { return };
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                WriterMsg::Apply(a) => batch.push(a),
+                WriterMsg::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < WRITER_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let mut delay = Duration::from_millis(50);
+            while let Err(e) = store.apply(&batch).await {
+                store_ok.store(false, Relaxed);
+                metrics::counter!("tollgate_store_errors_total", "op" => "settle").increment(1);
+                tracing::error!(error = %e, settlements = batch.len(), "could not settle; will retry");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            store_ok.store(true, Relaxed);
+            batch.clear();
+        }
+        for f in flushes.drain(..) {
+            let _ = f.send(());
+        }
+    }
+}
 
 /// How a forwarded request ended, for settlement.
 #[derive(Clone, Copy, Debug)]
@@ -131,6 +210,7 @@ impl Governance {
         clock: SharedClock,
         keys: Option<keys::KeyManager>,
     ) -> Self {
+        let (writer_tx, writer_rx) = mpsc::unbounded_channel();
         Governance {
             store,
             prices: config.pricing.table.clone(),
@@ -149,9 +229,174 @@ impl Governance {
             poll_interval: Duration::from_millis(config.store.poll_interval_ms),
             fail_open: config.store.fail_open,
             clock,
-            retry: Mutex::new(Vec::new()),
+            allot: Mutex::new(allot::Allotments::default()),
+            grow_lock: tokio::sync::Mutex::new(()),
+            writer_tx,
+            writer_rx: Mutex::new(Some(writer_rx)),
+            store_ok: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             keys,
         }
+    }
+
+    fn allot(&self) -> std::sync::MutexGuard<'_, allot::Allotments> {
+        self.allot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn pool_id(&self, epoch: u64) -> String {
+        format!("pool-{}-{epoch}", self.owner)
+    }
+
+    fn enqueue(&self, a: Apply) {
+        self.start_writer();
+        if self.writer_tx.send(WriterMsg::Apply(a)).is_err() {
+            tracing::error!("settlement writer gone; a settlement is lost");
+        }
+    }
+
+    fn start_writer(&self) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let rx = self
+            .writer_rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(rx) = rx {
+            tokio::spawn(run_writer(self.store.clone(), rx, self.store_ok.clone()));
+        }
+    }
+
+    /// Wait until every settlement queued so far is in the store (or `timeout` passes: false).
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        self.start_writer();
+        let (tx, rx) = oneshot::channel();
+        if self.writer_tx.send(WriterMsg::Flush(tx)).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
+    }
+
+    /// Graceful shutdown: store every queued settlement, then give this process's allotments back (delete
+    /// its pool). Requests still in flight afterwards settle their spend without an allotment.
+    pub async fn shutdown(&self, timeout: Duration) {
+        if !self.flush(timeout).await {
+            tracing::error!(
+                "settlements still queued at shutdown could not be stored in time; their spend is lost"
+            );
+        }
+        let _g = self.grow_lock.lock().await;
+        let (id, exists) = {
+            let mut a = self.allot();
+            let out = (self.pool_id(a.epoch), a.pool_exists);
+            a.reset();
+            out
+        };
+        if exists {
+            match self.store.release_pool(&id).await {
+                Ok(_) => tracing::info!("budget allotments given back"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not give budget allotments back; they expire with their lease")
+                }
+            }
+        }
+    }
+
+    /// This process's free allotment on a counter (shown as not in flight in reports).
+    pub fn free_allotment(&self, key: &CounterKey) -> i64 {
+        self.allot().free(key)
+    }
+
+    /// Σ held and Σ used over this process's allotments.
+    pub fn allotment_totals(&self) -> (i64, i64) {
+        self.allot().totals()
+    }
+
+    /// Take `estimate` on every key from the allotments, growing them in the store when short.
+    async fn take(
+        &self,
+        keys: &[CounterKey],
+        limits: &[i64],
+        estimate: i64,
+        now: i64,
+    ) -> Result<u64, TakeError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.store_ok.load(Relaxed)
+            && let Ok(epoch) = self.allot().try_take(keys, estimate, now)
+        {
+            return Ok(epoch);
+        }
+        let _g = self.grow_lock.lock().await;
+        for _ in 0..MAX_GROWS {
+            let probe = !self.store_ok.load(Relaxed);
+            let (short, epoch, exists) = {
+                let mut a = self.allot();
+                match a.try_take(keys, estimate, now) {
+                    Ok(epoch) if !probe => return Ok(epoch),
+                    Ok(epoch) => {
+                        // The store failed a write: prove it works (a write to the pool row) first.
+                        a.settle(epoch, keys, estimate, 0);
+                        (Vec::new(), a.epoch, a.pool_exists)
+                    }
+                    Err(short) => (short, a.epoch, a.pool_exists),
+                }
+            };
+            let items: Vec<GrowItem> = short
+                .iter()
+                .map(|&(i, free)| GrowItem {
+                    key: keys[i].clone(),
+                    need: estimate - free,
+                    chunk: estimate.saturating_mul(CHUNK_ESTIMATES),
+                    limit: limits[i],
+                })
+                .collect();
+            let id = self.pool_id(epoch);
+            let pool = PoolRef {
+                id: &id,
+                owner: &self.owner,
+                now,
+                expires_at: now + i64::try_from(self.lease_secs).unwrap_or(30),
+                exists,
+            };
+            let grown = self.store.grow(pool, &items).await;
+            self.store_ok.store(grown.is_ok(), Relaxed);
+            match grown {
+                Ok(GrowOutcome::Granted(amounts)) => {
+                    metrics::counter!("tollgate_allotment_grows_total").increment(1);
+                    let mut a = self.allot();
+                    if a.epoch == epoch {
+                        a.pool_exists = true;
+                    }
+                    for (it, amount) in items.iter().zip(amounts) {
+                        a.add(epoch, &it.key, amount, now);
+                    }
+                    if let Ok(epoch) = a.try_take(keys, estimate, now) {
+                        return Ok(epoch);
+                    }
+                }
+                Ok(GrowOutcome::Refused {
+                    index,
+                    spent,
+                    reserved,
+                }) => {
+                    return Err(TakeError::Refused {
+                        key: short[index].0,
+                        spent,
+                        reserved,
+                    });
+                }
+                Ok(GrowOutcome::PoolLost) => {
+                    tracing::warn!(
+                        "this broker's budget allotments were expired by another replica (it was presumed dead); starting over"
+                    );
+                    self.allot().reset();
+                }
+                Err(e) => return Err(TakeError::Store(e)),
+            }
+        }
+        Err(TakeError::Contended)
     }
 
     fn now(&self) -> i64 {
@@ -318,53 +563,52 @@ impl Governance {
         let estimate = self.estimator.estimate(&price, body.len() as u64, max_out);
         let scope = self.in_scope(claims)?;
         let now = self.now();
-        let items: Vec<ReserveItem> = scope
+        let keys: Vec<CounterKey> = scope
             .iter()
-            .map(|(b, subject)| ReserveItem {
-                key: CounterKey {
-                    budget_id: b.id.clone(),
-                    subject: subject.clone(),
-                    period_start: b.window.period(now as u64).0,
-                },
-                amount: estimate.cost.0,
-                limit: b.amount.0,
+            .map(|(b, subject)| CounterKey {
+                budget_id: b.id.clone(),
+                subject: subject.clone(),
+                period_start: b.window.period(now as u64).0,
             })
             .collect();
         let id = uuid::Uuid::now_v7().simple().to_string();
-        let keys: Vec<CounterKey> = items.iter().map(|i| i.key.clone()).collect();
-        if items.is_empty() {
+        if keys.is_empty() {
             return Ok(Reservation {
                 id,
                 keys,
                 estimate,
                 price,
                 held: false,
+                epoch: 0,
             });
         }
-        let expires = now + i64::try_from(self.lease_secs).unwrap_or(30);
-        match self
-            .store
-            .reserve(&id, &self.owner, now, expires, &items)
-            .await
-        {
-            Ok(ReserveOutcome::Admitted) => Ok(Reservation {
+        let limits: Vec<i64> = scope.iter().map(|(b, _)| b.amount.0).collect();
+        match self.take(&keys, &limits, estimate.cost.0, now).await {
+            Ok(epoch) => Ok(Reservation {
                 id,
                 keys,
                 estimate,
                 price,
                 held: true,
+                epoch,
             }),
-            Ok(ReserveOutcome::Refused {
-                index,
+            Err(TakeError::Refused {
+                key,
                 spent,
                 reserved,
             }) => {
-                let (b, subject) = &scope[index];
+                let (b, subject) = &scope[key];
                 metrics::counter!("tollgate_budget_refusals_total", "scope" => b.scope.as_str())
                     .increment(1);
+                // This replica's own free allotment is not held by requests in flight.
+                let reserved = (reserved - self.free_allotment(&keys[key])).max(0);
                 Err(refusal(b, subject, spent, reserved, estimate.cost.0, now))
             }
-            Err(e) => self.store_down(
+            Err(TakeError::Contended) => {
+                tracing::error!("could not take a budget allotment after {MAX_GROWS} grows");
+                Err(ApiError::StoreUnavailable)
+            }
+            Err(TakeError::Store(e)) => self.store_down(
                 e,
                 Reservation {
                     id,
@@ -372,6 +616,7 @@ impl Governance {
                     estimate,
                     price,
                     held: false,
+                    epoch: 0,
                 },
             ),
         }
@@ -389,9 +634,10 @@ impl Governance {
     }
 
     /// Release a reservation without charging (every attempt failed before the first byte).
+    /// Purely local: the estimate goes back to this process's free allotment.
     pub async fn release(&self, r: Reservation) {
         if r.held {
-            self.write_settlement(r.id, r.keys, None).await;
+            let _ = self.allot().settle(r.epoch, &r.keys, r.estimate.cost.0, 0);
         }
     }
 
@@ -436,24 +682,20 @@ impl Governance {
             end_reason: f.end.to_string(),
         };
         metrics::counter!("tollgate_spend_nanos_total").increment(cost.0.max(0) as u64);
-        self.write_settlement(r.id, r.keys, Some(record)).await;
+        // The allotment consumed: the cost, as far as the free allotment covers it (≥ min(cost, estimate)).
+        let releases = if r.held {
+            self.allot()
+                .settle(r.epoch, &r.keys, r.estimate.cost.0, cost.0)
+        } else {
+            vec![0; r.keys.len()]
+        };
+        self.enqueue(Apply::Spend {
+            pool: r.held.then(|| self.pool_id(r.epoch)),
+            keys: r.keys,
+            releases,
+            record: Box::new(record),
+        });
         cost
-    }
-
-    async fn write_settlement(
-        &self,
-        id: String,
-        keys: Vec<CounterKey>,
-        record: Option<SpendRecord>,
-    ) {
-        if let Err(e) = self.store.settle(&id, &keys, record.as_ref()).await {
-            metrics::counter!("tollgate_store_errors_total", "op" => "settle").increment(1);
-            tracing::error!(error = %e, reservation = %id, "could not settle; will retry");
-            self.retry
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push((id, keys, record));
-        }
     }
 
     /// The token holder's budgets: amount, spent, reserved, remaining and when each resets.
@@ -474,9 +716,12 @@ impl Governance {
         })?;
         Ok(scope
             .iter()
-            .zip(counters)
-            .map(|((b, subject), (spent, reserved))| {
+            .zip(keys.iter().zip(counters))
+            .map(|((b, subject), (key, (spent, reserved)))| {
                 let (start, end) = b.window.period(now as u64);
+                // This replica's free allotment is not in flight (other replicas' free allotments still
+                // show as reserved: this process cannot see them).
+                let reserved = (reserved - self.free_allotment(key)).max(0);
                 let remaining = (b.amount.0 - spent - reserved).max(0);
                 BudgetView {
                     id: b.id.clone(),
@@ -507,10 +752,19 @@ impl Governance {
         let now = self.now();
         if renew {
             let until = now + i64::try_from(self.lease_secs).unwrap_or(30);
-            if let Err(e) = self.store.renew(&self.owner, until).await {
-                tracing::warn!(error = %e, "could not renew reservation leases");
+            let _g = self.grow_lock.lock().await;
+            match self.store.renew(&self.owner, until).await {
+                Ok(0) if self.allot().pool_exists => {
+                    tracing::warn!(
+                        "this broker's budget allotments were expired by another replica (it was presumed dead); starting over"
+                    );
+                    self.allot().reset();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not renew reservation leases"),
             }
         }
+        self.return_idle(now);
         if expire {
             match self.store.expire(now).await {
                 Ok(0) => {}
@@ -533,14 +787,29 @@ impl Governance {
             Ok(rows) => self.apply_revocations(rows),
             Err(e) => tracing::warn!(error = %e, "could not poll revocations"),
         }
-        let pending: Vec<_> = std::mem::take(
-            &mut *self
-                .retry
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        for (id, keys, record) in pending {
-            self.write_settlement(id, keys, record).await;
+    }
+
+    /// Give back the free allotment of counters unused for a lease period and of past windows.
+    pub fn return_idle(&self, now: i64) {
+        let idle = i64::try_from(self.lease_secs).unwrap_or(30);
+        let (epoch, back) = {
+            let mut a = self.allot();
+            let back = a.take_free(|k, s| {
+                let current = self
+                    .budgets
+                    .iter()
+                    .find(|b| b.id == k.budget_id)
+                    .is_some_and(|b| b.window.period(now as u64).0 == k.period_start);
+                !current || s.last_used + idle <= now
+            });
+            (a.epoch, back)
+        };
+        for (key, amount) in back {
+            self.enqueue(Apply::Return {
+                pool: self.pool_id(epoch),
+                key,
+                amount,
+            });
         }
     }
 

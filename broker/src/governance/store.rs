@@ -60,6 +60,62 @@ pub enum ReserveOutcome {
     },
 }
 
+/// This process's allotment reservation ("pool"): one row in `reservations` whose items are the allotments
+/// this process holds per counter. `exists` is what the process believes; a grow that finds a pool it
+/// believed in gone reports [`GrowOutcome::PoolLost`] (another replica expired it).
+#[derive(Clone, Copy, Debug)]
+pub struct PoolRef<'a> {
+    pub id: &'a str,
+    pub owner: &'a str,
+    pub now: i64,
+    pub expires_at: i64,
+    pub exists: bool,
+}
+
+/// Grow the allotment on `key` by `need`, plus up to `chunk` more while the counter has headroom: the extra
+/// is `min(chunk, (limit − spent − reserved − need) / 8)`, so it shrinks as the budget nears its limit.
+#[derive(Clone, Debug)]
+pub struct GrowItem {
+    pub key: CounterKey,
+    pub need: i64,
+    pub chunk: i64,
+    pub limit: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrowOutcome {
+    /// Amount added to each item's allotment, in the order given.
+    Granted(Vec<i64>),
+    /// `items[index]` cannot take even its `need`: its counter as it stood.
+    Refused {
+        index: usize,
+        spent: i64,
+        reserved: i64,
+    },
+    /// The pool this process believed in is gone (expired by another replica); nothing was changed.
+    PoolLost,
+}
+
+/// One queued write of the settlement writer (applied in batches by [`Store::apply`]).
+#[derive(Clone, Debug)]
+pub enum Apply {
+    /// A settled request: `spent += record.cost` on every key; `releases[i]` moves out of the pool's item
+    /// and `reserved` on `keys[i]` — only where that item still exists (a pool expired by another replica has
+    /// already given its amounts back). Applied once per `record.id` (a retried batch is not re-applied).
+    Spend {
+        pool: Option<String>,
+        keys: Vec<CounterKey>,
+        releases: Vec<i64>,
+        record: Box<SpendRecord>,
+    },
+    /// Give `amount` of unused allotment on `key` back to the budget.
+    Return {
+        pool: String,
+        key: CounterKey,
+        amount: i64,
+    },
+}
+
 /// A settled request, as recorded in `spend`.
 #[derive(Clone, Debug, Default)]
 pub struct SpendRecord {
@@ -143,6 +199,16 @@ pub trait Store: Send + Sync + 'static {
         keys: &[CounterKey],
         record: Option<&SpendRecord>,
     ) -> Result<(), StoreError>;
+
+    /// Grow this process's allotments (one transaction over all items; items and counters in sorted order).
+    /// Creates the pool row when `pool.exists` is false, and extends its lease.
+    async fn grow(&self, pool: PoolRef<'_>, items: &[GrowItem]) -> Result<GrowOutcome, StoreError>;
+
+    /// Apply a batch of settlements and returns in one transaction (group commit).
+    async fn apply(&self, batch: &[Apply]) -> Result<(), StoreError>;
+
+    /// Give back everything a pool holds and delete it (graceful shutdown). Returns whether it existed.
+    async fn release_pool(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Extend the lease of every live reservation of `owner` (this process).
     async fn renew(&self, owner: &str, expires_at: i64) -> Result<u64, StoreError>;
@@ -257,6 +323,52 @@ pub async fn open(cfg: &StoreConfig) -> Result<std::sync::Arc<dyn Store>, StoreE
 
 macro_rules! impl_store {
     ($ty:ident, $db:ty, $variant:ident) => {
+        impl $ty {
+            /// Delete a reservation (only if expired at `now`, when given) and give its items back, one
+            /// transaction. The items are deleted with `RETURNING`, so an item a concurrent settlement is
+            /// updating is read after that settlement commits: nothing is released twice.
+            async fn drop_reservation(&self, id: &str, now: Option<i64>) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let gone = sqlx::query::<$db>(
+                    "DELETE FROM reservations WHERE id = $1 AND ($2 IS NULL OR expires_at < $2)",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if gone != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                let mut items = sqlx::query_as::<$db, (String, String, i64, i64)>(
+                    "DELETE FROM reservation_items WHERE reservation_id = $1 \
+                     RETURNING budget_id, subject, period_start, amount",
+                )
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+                items.sort();
+                for (b, s, p, amount) in items {
+                    if amount == 0 {
+                        continue;
+                    }
+                    sqlx::query::<$db>(
+                        "UPDATE budget_counters SET reserved = reserved - $4 \
+                         WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
+                    )
+                    .bind(b)
+                    .bind(s)
+                    .bind(p)
+                    .bind(amount)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+        }
+
         #[async_trait]
         impl Store for $ty {
             async fn reserve(
@@ -419,6 +531,262 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn grow(&self, pool: PoolRef<'_>, items: &[GrowItem]) -> Result<GrowOutcome, StoreError> {
+                let mut order: Vec<usize> = (0..items.len()).collect();
+                order.sort_by(|a, b| items[*a].key.cmp(&items[*b].key));
+                // First with the chunk, then (if that would go over) with exactly the need.
+                let rounds: &[bool] = if items.iter().any(|it| it.chunk > 0) { &[false, true] } else { &[true] };
+                for &exact in rounds {
+                    let mut tx = self.pool.begin().await?;
+                    // Lock order everywhere: the pool row, its items (sorted), the counters (sorted).
+                    let renewed = sqlx::query::<$db>("UPDATE reservations SET expires_at = $2 WHERE id = $1")
+                        .bind(pool.id)
+                        .bind(pool.expires_at)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    match (renewed, pool.exists) {
+                        (0, true) => {
+                            tx.rollback().await?;
+                            return Ok(GrowOutcome::PoolLost);
+                        }
+                        (0, false) => {
+                            sqlx::query::<$db>(
+                                "INSERT INTO reservations (id, owner, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+                            )
+                            .bind(pool.id)
+                            .bind(pool.owner)
+                            .bind(pool.now)
+                            .bind(pool.expires_at)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        _ => {}
+                    }
+                    let mut grant = vec![0i64; items.len()];
+                    for &i in &order {
+                        let it = &items[i];
+                        grant[i] = it.need;
+                        if !exact && it.chunk > 0 {
+                            let row = sqlx::query_as::<$db, (i64, i64)>(
+                                "SELECT spent, reserved FROM budget_counters \
+                                 WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
+                            )
+                            .bind(&it.key.budget_id)
+                            .bind(&it.key.subject)
+                            .bind(it.key.period_start)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                            let (spent, reserved) = row.unwrap_or((0, 0));
+                            let headroom = it.limit - spent - reserved - it.need;
+                            grant[i] += it.chunk.min(headroom / 8).max(0);
+                        }
+                    }
+                    for &i in &order {
+                        let it = &items[i];
+                        sqlx::query::<$db>(
+                            "INSERT INTO reservation_items (reservation_id, budget_id, subject, period_start, amount) \
+                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (reservation_id, budget_id, subject, period_start) \
+                             DO UPDATE SET amount = reservation_items.amount + excluded.amount",
+                        )
+                        .bind(pool.id)
+                        .bind(&it.key.budget_id)
+                        .bind(&it.key.subject)
+                        .bind(it.key.period_start)
+                        .bind(grant[i])
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    let mut refused = None;
+                    for &i in &order {
+                        let it = &items[i];
+                        sqlx::query::<$db>(
+                            "INSERT INTO budget_counters (budget_id, subject, period_start, spent, reserved) \
+                             VALUES ($1, $2, $3, 0, 0) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(&it.key.budget_id)
+                        .bind(&it.key.subject)
+                        .bind(it.key.period_start)
+                        .execute(&mut *tx)
+                        .await?;
+                        let done = sqlx::query::<$db>(
+                            "UPDATE budget_counters SET reserved = reserved + $4 \
+                             WHERE budget_id = $1 AND subject = $2 AND period_start = $3 \
+                             AND spent + reserved + $4 <= $5",
+                        )
+                        .bind(&it.key.budget_id)
+                        .bind(&it.key.subject)
+                        .bind(it.key.period_start)
+                        .bind(grant[i])
+                        .bind(it.limit)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        if done == 0 {
+                            refused = Some(i);
+                            break;
+                        }
+                    }
+                    match refused {
+                        None => {
+                            tx.commit().await?;
+                            return Ok(GrowOutcome::Granted(grant));
+                        }
+                        Some(i) => {
+                            tx.rollback().await?;
+                            if !exact && grant[i] > items[i].need {
+                                continue;
+                            }
+                            let it = &items[i];
+                            let (spent, reserved) = sqlx::query_as::<$db, (i64, i64)>(
+                                "SELECT spent, reserved FROM budget_counters \
+                                 WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
+                            )
+                            .bind(&it.key.budget_id)
+                            .bind(&it.key.subject)
+                            .bind(it.key.period_start)
+                            .fetch_optional(&self.pool)
+                            .await?
+                            .unwrap_or((0, 0));
+                            return Ok(GrowOutcome::Refused { index: i, spent, reserved });
+                        }
+                    }
+                }
+                // The exact round always returns; this is reached only with no rounds at all.
+                Ok(GrowOutcome::Granted(vec![0; items.len()]))
+            }
+
+            async fn apply(&self, batch: &[Apply]) -> Result<(), StoreError> {
+                use std::collections::{BTreeMap, HashSet};
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.pool.begin().await?;
+                // The spend rows first: only rows inserted now are applied (a batch retried after a commit
+                // whose answer was lost is not applied twice).
+                let records: Vec<&SpendRecord> = batch
+                    .iter()
+                    .filter_map(|a| match a {
+                        Apply::Spend { record, .. } => Some(record.as_ref()),
+                        Apply::Return { .. } => None,
+                    })
+                    .collect();
+                let mut new_ids: HashSet<String> = HashSet::new();
+                for chunk in records.chunks(256) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO spend (id, settled_at, principal, team, org, jti, model, provider, \
+                         input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, \
+                         cost, reserved, usage_reported, end_reason) ",
+                    );
+                    qb.push_values(chunk, |mut b, r| {
+                        b.push_bind(r.id.clone())
+                            .push_bind(r.settled_at)
+                            .push_bind(r.principal.clone())
+                            .push_bind(r.team.clone())
+                            .push_bind(r.org.clone())
+                            .push_bind(r.jti.clone())
+                            .push_bind(r.model.clone())
+                            .push_bind(r.provider.clone())
+                            .push_bind(r.input_tokens)
+                            .push_bind(r.cached_input_tokens)
+                            .push_bind(r.cache_write_tokens)
+                            .push_bind(r.output_tokens)
+                            .push_bind(r.reasoning_tokens)
+                            .push_bind(r.cost)
+                            .push_bind(r.reserved)
+                            .push_bind(i64::from(r.usage_reported))
+                            .push_bind(r.end_reason.clone());
+                    });
+                    qb.push(" ON CONFLICT DO NOTHING RETURNING id");
+                    // Not cached: the text differs with the row count, and each size cached per connection (up
+                    // to 100) held megabytes of prepared statements.
+                    let rows: Vec<(String,)> =
+                        qb.build_query_as().persistent(false).fetch_all(&mut *tx).await?;
+                    new_ids.extend(rows.into_iter().map(|(id,)| id));
+                }
+                let mut items: BTreeMap<(&str, &CounterKey), i64> = BTreeMap::new();
+                let mut spent: BTreeMap<&CounterKey, i64> = BTreeMap::new();
+                for a in batch {
+                    match a {
+                        Apply::Spend { pool, keys, releases, record } => {
+                            if !new_ids.contains(&record.id) {
+                                continue;
+                            }
+                            for (k, release) in keys.iter().zip(releases) {
+                                *spent.entry(k).or_default() += record.cost;
+                                if let Some(p) = pool
+                                    && *release > 0
+                                {
+                                    *items.entry((p.as_str(), k)).or_default() += *release;
+                                }
+                            }
+                        }
+                        Apply::Return { pool, key, amount } => {
+                            if *amount > 0 {
+                                *items.entry((pool.as_str(), key)).or_default() += *amount;
+                            }
+                        }
+                    }
+                }
+                let mut released: BTreeMap<&CounterKey, i64> = BTreeMap::new();
+                for ((pool, k), amount) in &items {
+                    // Only amounts whose item still exists move out of `reserved`: an expired pool gave its
+                    // items back already.
+                    let hit = sqlx::query::<$db>(
+                        "UPDATE reservation_items SET amount = amount - $5 \
+                         WHERE reservation_id = $1 AND budget_id = $2 AND subject = $3 AND period_start = $4",
+                    )
+                    .bind(*pool)
+                    .bind(&k.budget_id)
+                    .bind(&k.subject)
+                    .bind(k.period_start)
+                    .bind(*amount)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if hit == 1 {
+                        *released.entry(*k).or_default() += *amount;
+                        sqlx::query::<$db>(
+                            "DELETE FROM reservation_items WHERE reservation_id = $1 AND budget_id = $2 \
+                             AND subject = $3 AND period_start = $4 AND amount <= 0",
+                        )
+                        .bind(*pool)
+                        .bind(&k.budget_id)
+                        .bind(&k.subject)
+                        .bind(k.period_start)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                let mut touched: Vec<&CounterKey> = spent.keys().chain(released.keys()).copied().collect();
+                touched.sort();
+                touched.dedup();
+                for k in touched {
+                    let s = spent.get(k).copied().unwrap_or(0);
+                    let r = released.get(k).copied().unwrap_or(0);
+                    if s == 0 && r == 0 {
+                        continue;
+                    }
+                    sqlx::query::<$db>(
+                        "UPDATE budget_counters SET spent = spent + $4, reserved = reserved - $5 \
+                         WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
+                    )
+                    .bind(&k.budget_id)
+                    .bind(&k.subject)
+                    .bind(k.period_start)
+                    .bind(s)
+                    .bind(r)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn release_pool(&self, id: &str) -> Result<bool, StoreError> {
+                self.drop_reservation(id, None).await
+            }
+
             async fn renew(&self, owner: &str, expires_at: i64) -> Result<u64, StoreError> {
                 Ok(sqlx::query::<$db>("UPDATE reservations SET expires_at = $2 WHERE owner = $1")
                     .bind(owner)
@@ -437,41 +805,9 @@ macro_rules! impl_store {
                 .await?;
                 let mut n = 0;
                 for (id,) in ids {
-                    let mut tx = self.pool.begin().await?;
-                    let gone = sqlx::query::<$db>("DELETE FROM reservations WHERE id = $1 AND expires_at < $2")
-                        .bind(&id)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    if gone == 1 {
-                        let mut items = sqlx::query_as::<$db, (String, String, i64, i64)>(
-                            "SELECT budget_id, subject, period_start, amount FROM reservation_items \
-                             WHERE reservation_id = $1",
-                        )
-                        .bind(&id)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                        items.sort();
-                        for (b, s, p, amount) in items {
-                            sqlx::query::<$db>(
-                                "UPDATE budget_counters SET reserved = reserved - $4 \
-                                 WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
-                            )
-                            .bind(b)
-                            .bind(s)
-                            .bind(p)
-                            .bind(amount)
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                        sqlx::query::<$db>("DELETE FROM reservation_items WHERE reservation_id = $1")
-                            .bind(&id)
-                            .execute(&mut *tx)
-                            .await?;
+                    if self.drop_reservation(&id, Some(now)).await? {
                         n += 1;
                     }
-                    tx.commit().await?;
                 }
                 Ok(n)
             }

@@ -99,6 +99,24 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Graceful stop (SIGTERM): drains, stores queued settlements, gives its allotments back.
+    pub async fn terminate(mut self) {
+        self.guard
+            .signal_group(nix::sys::signal::Signal::SIGTERM)
+            .expect("SIGTERM");
+        let status = self
+            .guard
+            .wait_timeout(Duration::from_secs(30))
+            .await
+            .expect("wait");
+        assert!(
+            status.is_some(),
+            "broker did not stop within 30 s of SIGTERM"
+        );
+    }
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(256)
@@ -237,7 +255,39 @@ impl Db {
         n
     }
 
-    /// Wait until no reservation of `budget` is held (every request settled), up to `timeout`.
+    /// Σ of the allotments brokers hold on `budget` (their pool reservations' items).
+    pub async fn pool_held(&self, budget: &str) -> i64 {
+        const Q: &str = "SELECT CAST(COALESCE(SUM(amount),0) AS BIGINT) FROM reservation_items WHERE budget_id = $1";
+        let (n,): (i64,) = match self {
+            Db::Sqlite(p) => sqlx::query_as(Q)
+                .bind(budget)
+                .fetch_one(p)
+                .await
+                .expect("q"),
+            Db::Pg(p) => sqlx::query_as(Q)
+                .bind(budget)
+                .fetch_one(p)
+                .await
+                .expect("q"),
+        };
+        n
+    }
+
+    /// Wait until `principal` has `n` spend rows (every request settled), up to `timeout`; returns the
+    /// count seen.
+    pub async fn wait_spend(&self, principal: &str, n: i64, timeout: Duration) -> i64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got = self.spend(principal).await.0;
+            if got >= n || tokio::time::Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until no reservation of `budget` is held (every request settled, every allotment given back),
+    /// up to `timeout`.
     pub async fn wait_settled(&self, budget: &str, timeout: Duration) -> (i64, i64) {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
