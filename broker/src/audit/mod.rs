@@ -503,51 +503,57 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    let n = events.len() as u64;
-                    match self.append_batch(events).await {
-                        Some(stored) => {
-                            let every = self.cps.as_ref().map_or(0, |c| c.config.every);
-                            let every = i64::try_from(every).unwrap_or(0);
-                            // The newest record of the batch at a multiple of `every` is checkpointed,
-                            // exactly as if the records had been stored one by one.
-                            let due = (every > 0)
-                                .then(|| {
-                                    stored
-                                        .iter()
-                                        .rev()
-                                        .find(|(seq, _, is_cp)| !is_cp && seq % every == 0)
-                                })
-                                .flatten()
-                                .map(|(seq, hash, _)| (*seq, hash.clone()));
-                            match due {
-                                Some((seq, hash)) => {
-                                    self.checkpoint(seq, hash).await;
-                                }
-                                None => self.timed_checkpoint().await,
-                            }
-                        }
-                        None => {
-                            self.errors
-                                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
+                    self.store_events(events).await;
                 }
             }
         }
     }
 
+    /// Store `events` in order, in as few transactions as possible, and sign a checkpoint after every
+    /// record whose seq is a multiple of `every` — exactly as if they had been stored one by one: a batch
+    /// is cut after such a record, so the checkpoint record follows the record it covers.
+    async fn store_events(&mut self, events: Vec<AuditEvent>) {
+        let every = self.cps.as_ref().map_or(0, |c| c.config.every);
+        let every = i64::try_from(every).unwrap_or(0);
+        let mut i = 0;
+        let mut checkpointed_last = false;
+        while i < events.len() {
+            let Some(stored) = self.append_batch(&events[i..], every).await else {
+                self.errors.fetch_add(
+                    (events.len() - i) as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                return;
+            };
+            i += stored.len();
+            checkpointed_last = false;
+            if let Some((seq, hash, is_cp)) = stored.last().cloned()
+                && every > 0
+                && !is_cp
+                && seq % every == 0
+            {
+                self.checkpoint(seq, hash).await;
+                checkpointed_last = true;
+            }
+        }
+        if !checkpointed_last {
+            self.timed_checkpoint().await;
+        }
+    }
+
     /// Chain and append one event; `(seq, hash)` once stored, `None` when it was dropped (logged).
     async fn append(&mut self, ev: AuditEvent) -> Option<(i64, String)> {
-        let stored = self.append_batch(vec![ev]).await?;
+        let stored = self.append_batch(std::slice::from_ref(&ev), 0).await?;
         stored.into_iter().next().map(|(seq, hash, _)| (seq, hash))
     }
 
-    /// Chain `events` on the head and append them in one transaction (all or nothing); the stored records,
-    /// or `None` when they were dropped (logged). Store errors are retried 8 times with backoff. A conflict
+    /// Chain `events` on the head and append them in one transaction (all or nothing) — only up to the first
+    /// record whose seq is a multiple of `every` (> 0), which is where a checkpoint is due; the stored
+    /// records, or `None` when they were dropped (logged). Store errors are retried 8 times with backoff. A conflict
     /// means another writer extended the chain first — progress, not failure — so the head is re-read and
     /// the whole batch re-chained (with a little jitter so two writers do not keep colliding), up to a
     /// generous bound.
-    async fn append_batch(&mut self, events: Vec<AuditEvent>) -> Option<Vec<Stored>> {
+    async fn append_batch(&mut self, events: &[AuditEvent], every: i64) -> Option<Vec<Stored>> {
         let (mut failures, mut conflicts) = (0u32, 0u32);
         while failures < 8 && conflicts < 1000 {
             if self.head.is_none() {
@@ -562,8 +568,14 @@ impl Writer {
                 }
             }
             let (mut seq, mut prev) = self.head.clone().unwrap_or((0, GENESIS.to_string()));
-            let mut records = Vec::with_capacity(events.len());
-            for ev in &events {
+            let take = if every > 0 {
+                // Records up to and including the next multiple of `every`.
+                usize::try_from(every - seq.rem_euclid(every)).unwrap_or(events.len())
+            } else {
+                events.len()
+            };
+            let mut records = Vec::with_capacity(take.min(events.len()));
+            for ev in events.iter().take(take) {
                 seq += 1;
                 let rec = AuditRecord::chain(seq, prev, ev.clone());
                 prev = rec.hash.clone();
