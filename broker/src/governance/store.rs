@@ -324,6 +324,57 @@ pub async fn open(cfg: &StoreConfig) -> Result<std::sync::Arc<dyn Store>, StoreE
 macro_rules! impl_store {
     ($ty:ident, $db:ty, $variant:ident) => {
         impl $ty {
+            /// The one conditional write every admission goes through: make sure the counter row exists,
+            /// then add `amount` to its `reserved` only if `spent + reserved + amount <= limit`. False: it
+            /// would go over (nothing written).
+            async fn reserve_on_counter(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                key: &CounterKey,
+                amount: i64,
+                limit: i64,
+            ) -> Result<bool, StoreError> {
+                sqlx::query::<$db>(
+                    "INSERT INTO budget_counters (budget_id, subject, period_start, spent, reserved) \
+                     VALUES ($1, $2, $3, 0, 0) ON CONFLICT DO NOTHING",
+                )
+                .bind(&key.budget_id)
+                .bind(&key.subject)
+                .bind(key.period_start)
+                .execute(&mut *conn)
+                .await?;
+                let done = sqlx::query::<$db>(
+                    "UPDATE budget_counters SET reserved = reserved + $4 \
+                     WHERE budget_id = $1 AND subject = $2 AND period_start = $3 \
+                     AND spent + reserved + $4 <= $5",
+                )
+                .bind(&key.budget_id)
+                .bind(&key.subject)
+                .bind(key.period_start)
+                .bind(amount)
+                .bind(limit)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                Ok(done == 1)
+            }
+
+            /// `(spent, reserved)` of one counter; zeros when it does not exist yet.
+            async fn counter_row<'e, E>(exec: E, key: &CounterKey) -> Result<(i64, i64), StoreError>
+            where
+                E: sqlx::Executor<'e, Database = $db>,
+            {
+                Ok(sqlx::query_as::<$db, (i64, i64)>(
+                    "SELECT spent, reserved FROM budget_counters \
+                     WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
+                )
+                .bind(&key.budget_id)
+                .bind(&key.subject)
+                .bind(key.period_start)
+                .fetch_optional(exec)
+                .await?
+                .unwrap_or((0, 0)))
+            }
+
             /// Delete a reservation (only if expired at `now`, when given) and give its items back, one
             /// transaction. The items are deleted with `RETURNING`, so an item a concurrent settlement is
             /// updating is read after that settlement commits: nothing is released twice.
@@ -384,38 +435,8 @@ macro_rules! impl_store {
                 let mut tx = self.pool.begin().await?;
                 for &i in &order {
                     let it = &items[i];
-                    sqlx::query::<$db>(
-                        "INSERT INTO budget_counters (budget_id, subject, period_start, spent, reserved) \
-                         VALUES ($1, $2, $3, 0, 0) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(&it.key.budget_id)
-                    .bind(&it.key.subject)
-                    .bind(it.key.period_start)
-                    .execute(&mut *tx)
-                    .await?;
-                    let done = sqlx::query::<$db>(
-                        "UPDATE budget_counters SET reserved = reserved + $4 \
-                         WHERE budget_id = $1 AND subject = $2 AND period_start = $3 \
-                         AND spent + reserved + $4 <= $5",
-                    )
-                    .bind(&it.key.budget_id)
-                    .bind(&it.key.subject)
-                    .bind(it.key.period_start)
-                    .bind(it.amount)
-                    .bind(it.limit)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if done == 0 {
-                        let (spent, reserved) = sqlx::query_as::<$db, (i64, i64)>(
-                            "SELECT spent, reserved FROM budget_counters \
-                             WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
-                        )
-                        .bind(&it.key.budget_id)
-                        .bind(&it.key.subject)
-                        .bind(it.key.period_start)
-                        .fetch_one(&mut *tx)
-                        .await?;
+                    if !Self::reserve_on_counter(&mut tx, &it.key, it.amount, it.limit).await? {
+                        let (spent, reserved) = Self::counter_row(&mut *tx, &it.key).await?;
                         tx.rollback().await?;
                         return Ok(ReserveOutcome::Refused { index: i, spent, reserved });
                     }
@@ -568,16 +589,7 @@ macro_rules! impl_store {
                         let it = &items[i];
                         grant[i] = it.need;
                         if !exact && it.chunk > 0 {
-                            let row = sqlx::query_as::<$db, (i64, i64)>(
-                                "SELECT spent, reserved FROM budget_counters \
-                                 WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
-                            )
-                            .bind(&it.key.budget_id)
-                            .bind(&it.key.subject)
-                            .bind(it.key.period_start)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                            let (spent, reserved) = row.unwrap_or((0, 0));
+                            let (spent, reserved) = Self::counter_row(&mut *tx, &it.key).await?;
                             let headroom = it.limit - spent - reserved - it.need;
                             grant[i] += it.chunk.min(headroom / 8).max(0);
                         }
@@ -600,29 +612,7 @@ macro_rules! impl_store {
                     let mut refused = None;
                     for &i in &order {
                         let it = &items[i];
-                        sqlx::query::<$db>(
-                            "INSERT INTO budget_counters (budget_id, subject, period_start, spent, reserved) \
-                             VALUES ($1, $2, $3, 0, 0) ON CONFLICT DO NOTHING",
-                        )
-                        .bind(&it.key.budget_id)
-                        .bind(&it.key.subject)
-                        .bind(it.key.period_start)
-                        .execute(&mut *tx)
-                        .await?;
-                        let done = sqlx::query::<$db>(
-                            "UPDATE budget_counters SET reserved = reserved + $4 \
-                             WHERE budget_id = $1 AND subject = $2 AND period_start = $3 \
-                             AND spent + reserved + $4 <= $5",
-                        )
-                        .bind(&it.key.budget_id)
-                        .bind(&it.key.subject)
-                        .bind(it.key.period_start)
-                        .bind(grant[i])
-                        .bind(it.limit)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                        if done == 0 {
+                        if !Self::reserve_on_counter(&mut tx, &it.key, grant[i], it.limit).await? {
                             refused = Some(i);
                             break;
                         }
@@ -638,16 +628,7 @@ macro_rules! impl_store {
                                 continue;
                             }
                             let it = &items[i];
-                            let (spent, reserved) = sqlx::query_as::<$db, (i64, i64)>(
-                                "SELECT spent, reserved FROM budget_counters \
-                                 WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
-                            )
-                            .bind(&it.key.budget_id)
-                            .bind(&it.key.subject)
-                            .bind(it.key.period_start)
-                            .fetch_optional(&self.pool)
-                            .await?
-                            .unwrap_or((0, 0));
+                            let (spent, reserved) = Self::counter_row(&self.pool, &it.key).await?;
                             return Ok(GrowOutcome::Refused { index: i, spent, reserved });
                         }
                     }
