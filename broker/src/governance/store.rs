@@ -358,6 +358,27 @@ macro_rules! impl_store {
                 Ok(done == 1)
             }
 
+            /// Move a counter: `spent += spent`, `reserved -= released` (settlements and releases).
+            async fn charge_counter(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                key: &CounterKey,
+                spent: i64,
+                released: i64,
+            ) -> Result<(), StoreError> {
+                sqlx::query::<$db>(
+                    "UPDATE budget_counters SET spent = spent + $4, reserved = reserved - $5 \
+                     WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
+                )
+                .bind(&key.budget_id)
+                .bind(&key.subject)
+                .bind(key.period_start)
+                .bind(spent)
+                .bind(released)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            }
+
             /// `(spent, reserved)` of one counter; zeros when it does not exist yet.
             async fn counter_row<'e, E>(exec: E, key: &CounterKey) -> Result<(i64, i64), StoreError>
             where
@@ -400,20 +421,12 @@ macro_rules! impl_store {
                 .fetch_all(&mut *tx)
                 .await?;
                 items.sort();
-                for (b, s, p, amount) in items {
+                for (budget_id, subject, period_start, amount) in items {
                     if amount == 0 {
                         continue;
                     }
-                    sqlx::query::<$db>(
-                        "UPDATE budget_counters SET reserved = reserved - $4 \
-                         WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
-                    )
-                    .bind(b)
-                    .bind(s)
-                    .bind(p)
-                    .bind(amount)
-                    .execute(&mut *tx)
-                    .await?;
+                    let key = CounterKey { budget_id, subject, period_start };
+                    Self::charge_counter(&mut tx, &key, 0, amount).await?;
                 }
                 tx.commit().await?;
                 Ok(true)
@@ -508,17 +521,7 @@ macro_rules! impl_store {
                     if release == 0 && cost == 0 {
                         continue;
                     }
-                    sqlx::query::<$db>(
-                        "UPDATE budget_counters SET spent = spent + $4, reserved = reserved - $5 \
-                         WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
-                    )
-                    .bind(&k.budget_id)
-                    .bind(&k.subject)
-                    .bind(k.period_start)
-                    .bind(cost)
-                    .bind(release)
-                    .execute(&mut *tx)
-                    .await?;
+                    Self::charge_counter(&mut tx, k, cost, release).await?;
                 }
                 if let Some(r) = record {
                     sqlx::query::<$db>(
@@ -748,17 +751,7 @@ macro_rules! impl_store {
                     if s == 0 && r == 0 {
                         continue;
                     }
-                    sqlx::query::<$db>(
-                        "UPDATE budget_counters SET spent = spent + $4, reserved = reserved - $5 \
-                         WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
-                    )
-                    .bind(&k.budget_id)
-                    .bind(&k.subject)
-                    .bind(k.period_start)
-                    .bind(s)
-                    .bind(r)
-                    .execute(&mut *tx)
-                    .await?;
+                    Self::charge_counter(&mut tx, k, s, r).await?;
                 }
                 tx.commit().await?;
                 Ok(())
