@@ -51,6 +51,7 @@ fi
 
 log "building release binaries"
 cargo build --release -q -p tollgate-broker -p tollgate-token -p tollgate-bench -p tollgate-testkit
+cargo build --release -q -p tollgate-bench --example floor_proxy
 
 # --- processes --------------------------------------------------------------------------------
 # start NAME CMD...: run in background, wait for "listening http://..." on stdout, set $ADDR and $PID.
@@ -74,6 +75,11 @@ fds() { ls "/proc/$1/fd" | wc -l; }
 start upstream "$BIN/tollgate-bench" upstream --threads 1
 UP="$ADDR"; UP_PID="$PID"
 log "canned upstream at $UP"
+# The floor: the smallest forwarder on the broker's own HTTP stack (axum + reqwest + tokio), no governance.
+# What it adds over "direct" is what any proxy on this stack pays on this machine (bench/examples/floor_proxy.rs).
+start floor "$BIN/examples/floor_proxy" "$UP"
+FLOOR="$ADDR"
+log "floor proxy at $FLOOR"
 
 CRED="bench-credential-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 SHA="$(printf '%s' "$CRED" | "$BIN/tollgate-broker" hash-credential)"
@@ -154,11 +160,11 @@ lat() { # label args...
 }
 
 if want latency; then
-    lat responses --n "$LAT_N" --target direct="$UP" --target tollgate="$BROKER" --bearer tollgate="$TOKEN"
-    lat chat --n "$LAT_N" --path /v1/chat/completions --target direct="$UP" --target tollgate="$BROKER" --bearer tollgate="$TOKEN"
+    lat responses --n "$LAT_N" --target direct="$UP" --target floor="$FLOOR" --target tollgate="$BROKER" --bearer tollgate="$TOKEN"
+    lat chat --n "$LAT_N" --path /v1/chat/completions --target direct="$UP" --target floor="$FLOOR" --target tollgate="$BROKER" --bearer tollgate="$TOKEN"
 fi
 if want stream; then
-    lat responses-stream --stream --n "$LAT_N" --target direct="$UP" --target tollgate="$BROKER" --bearer tollgate="$TOKEN"
+    lat responses-stream --stream --n "$LAT_N" --target direct="$UP" --target floor="$FLOOR" --target tollgate="$BROKER" --bearer tollgate="$TOKEN"
 fi
 if want pad; then
     # A Codex-sized request (~40 KB of instructions, tools and history).
@@ -231,13 +237,14 @@ BODY='{"model":"gpt-bench","instructions":"You are a helpful assistant.","input"
 SBODY="${BODY/\"stream\":false/\"stream\":true}"
 if want throughput; then
     wrk_lua /v1/responses "$BODY" "" >"$WORK/direct.lua"
+    cp "$WORK/direct.lua" "$WORK/floor.lua"
     wrk_lua /v1/responses "$BODY" "$TOKEN" >"$WORK/proxy.lua"
     wrk_lua /v1/responses "$SBODY" "$TOKEN" >"$WORK/proxy-stream.lua"
     : >"$OUT/throughput.jsonl"
     for c in 16 64; do
         for r in $(seq 1 "$TP_RUNS"); do
-            for t in direct proxy proxy-stream; do
-                url="$BROKER"; [[ $t == direct ]] && url="$UP"
+            for t in direct floor proxy proxy-stream; do
+                url="$BROKER"; [[ $t == direct ]] && url="$UP"; [[ $t == floor ]] && url="$FLOOR"
                 line="$(wrk -t1 -c"$c" -d"${TP_SECS}s" -s "$WORK/$t.lua" "$url" | grep '^JSON ' | sed 's/^JSON //')"
                 echo "{\"target\":\"$t\",\"connections\":$c,\"run\":$r,\"result\":$line}" | tee -a "$OUT/throughput.jsonl" >&2
             done

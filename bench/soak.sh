@@ -2,8 +2,9 @@
 # Bounded soak of the broker on loopback: sustained mixed load (non-streaming and streaming requests,
 # plus waves of long-held streams that open and close), while RSS and open fds are sampled.
 # Passes when: zero unexpected errors (wrk errors and timeouts, failed stream waves, WARN/ERROR lines in
-# the broker's log), RSS flat (last fifth vs second fifth of the run), fds back to the idle count once
-# the load stops (after the upstream connection pool's 90 s idle timeout).
+# the broker's log), RSS flat (last fifth vs second fifth of the run), open sockets back to the idle
+# count once the load stops (after the upstream connection pool's 90 s idle timeout). Total fds are
+# reported too; they also count the database files the store's pools keep open while idle.
 #
 #   bench/soak.sh            # 5 minutes
 #   SOAK_SECS=60 bench/soak.sh
@@ -47,6 +48,9 @@ start() {
 }
 rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 fds() { ls "/proc/$1/fd" | wc -l; }
+# Open sockets only: database files the store's pools open (up to their configured size, kept while
+# idle) are not what leaks; connections are.
+sockets() { find "/proc/$1/fd" -lname 'socket:*' 2>/dev/null | wc -l; }
 
 start upstream "$BIN/tollgate-bench" upstream --threads 1
 UP="$ADDR"
@@ -108,8 +112,8 @@ TOKEN="$(curl -fsS "$BROKER/oauth/token" \
     --data-urlencode "subject_token_type=urn:tollgate:params:token-type:static-credential" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')"
 sleep 1
-IDLE_FDS="$(fds "$BROKER_PID")"; IDLE_RSS="$(rss_kb "$BROKER_PID")"
-log "broker $BROKER pid $BROKER_PID: idle ${IDLE_RSS} kB, ${IDLE_FDS} fds; soaking ${SOAK_SECS}s"
+IDLE_FDS="$(fds "$BROKER_PID")"; IDLE_RSS="$(rss_kb "$BROKER_PID")"; IDLE_SOCKETS="$(sockets "$BROKER_PID")"
+log "broker $BROKER pid $BROKER_PID: idle ${IDLE_RSS} kB, ${IDLE_FDS} fds (${IDLE_SOCKETS} sockets); soaking ${SOAK_SECS}s"
 
 BODY='{"model":"gpt-bench","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"Say hello."}]}],"stream":false}'
 for kind in plain stream; do
@@ -146,10 +150,10 @@ done
 ) &
 WAVES_PID=$!; PIDS+=("$WAVES_PID")
 
-echo "t_secs,rss_kb,fds,threads,load1" >"$OUT/samples.csv"
+echo "t_secs,rss_kb,fds,sockets,threads,load1" >"$OUT/samples.csv"
 t0=$SECONDS
 while (( SECONDS - t0 < SOAK_SECS )); do
-    echo "$((SECONDS - t0)),$(rss_kb "$BROKER_PID"),$(fds "$BROKER_PID"),$(awk '/^Threads:/{print $2}' "/proc/$BROKER_PID/status"),$(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/samples.csv"
+    echo "$((SECONDS - t0)),$(rss_kb "$BROKER_PID"),$(fds "$BROKER_PID"),$(sockets "$BROKER_PID"),$(awk '/^Threads:/{print $2}' "/proc/$BROKER_PID/status"),$(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/samples.csv"
     sleep 5
 done
 wait "$WAVES_PID" 2>/dev/null || true
@@ -157,16 +161,16 @@ sleep 3
 # Let in-flight streams end and idle keep-alive sockets close: the broker's pooled upstream connections
 # close after the pool's 90 s idle timeout.
 for _ in $(seq 1 120); do
-    [[ "$(fds "$BROKER_PID")" -le "$((IDLE_FDS + 2))" ]] && break
+    [[ "$(sockets "$BROKER_PID")" -le "$((IDLE_SOCKETS + 2))" ]] && break
     sleep 1
 done
-END_FDS="$(fds "$BROKER_PID")"; END_RSS="$(rss_kb "$BROKER_PID")"
+END_FDS="$(fds "$BROKER_PID")"; END_RSS="$(rss_kb "$BROKER_PID")"; END_SOCKETS="$(sockets "$BROKER_PID")"
 kill -0 "$BROKER_PID" || { echo "broker died" >&2; exit 1; }
 
 cp "$WORK/broker.err" "$OUT/broker.log"
-python3 - "$OUT" "$IDLE_RSS" "$IDLE_FDS" "$END_RSS" "$END_FDS" "$SOAK_SECS" <<'EOF' | tee "$OUT/verdict.json"
+python3 - "$OUT" "$IDLE_RSS" "$IDLE_FDS" "$END_RSS" "$END_FDS" "$SOAK_SECS" "$IDLE_SOCKETS" "$END_SOCKETS" <<'EOF' | tee "$OUT/verdict.json"
 import csv, json, re, statistics, sys, os
-out, idle_rss, idle_fds, end_rss, end_fds, secs = sys.argv[1], *map(int, sys.argv[2:])
+out, idle_rss, idle_fds, end_rss, end_fds, secs, idle_sockets, end_sockets = sys.argv[1], *map(int, sys.argv[2:])
 rows = list(csv.DictReader(open(os.path.join(out, "samples.csv"))))
 rss = [int(r["rss_kb"]) for r in rows]
 n = len(rss)
@@ -191,7 +195,7 @@ mx, my = statistics.mean(xs), statistics.mean(ys)
 slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / (sum((x - mx) ** 2 for x in xs) or 1)
 loads = [float(r["load1"]) for r in rows]
 ok = (errors == 0 and log_errors == 0 and waves["failed"] == 0
-      and growth < max(2048, 0.10 * statistics.median(second)) and end_fds <= idle_fds + 2)
+      and growth < max(2048, 0.10 * statistics.median(second)) and end_sockets <= idle_sockets + 2)
 print(json.dumps({
     "ok": ok, "secs": secs, "requests": requests, "rps": round(requests / secs), "errors": errors,
     "broker_log_warn_error_lines": log_errors, "rss_second_half_slope_kb_per_min": round(slope),
@@ -199,6 +203,7 @@ print(json.dumps({
     "stream_waves": waves, "rss_idle_kb": idle_rss, "rss_second_fifth_median_kb": statistics.median(second),
     "rss_last_fifth_median_kb": statistics.median(last), "rss_growth_kb": growth, "rss_max_kb": max(rss),
     "rss_end_kb": end_rss, "fds_idle": idle_fds, "fds_max": max(int(r["fds"]) for r in rows), "fds_end": end_fds,
+    "sockets_idle": idle_sockets, "sockets_max": max(int(r["sockets"]) for r in rows), "sockets_end": end_sockets,
 }, indent=1))
 sys.exit(0 if ok else 1)
 EOF

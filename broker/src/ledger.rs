@@ -1,7 +1,8 @@
 //! Accounting hooks on the request path: admit (before forwarding), release (failed before the first byte),
 //! finish (settle real usage, exactly once), and the revocation check. The work is done by
-//! [`crate::governance::Governance`]; settlement runs on a spawned task so that it also happens from
-//! `Drop` (client disconnect) and never delays the response.
+//! [`crate::governance::Governance`]. Settlement never awaits the store (its write is queued for the
+//! group-committing writer), so it runs in place — also from `Drop` (client disconnect); only with Redis
+//! rate limits, whose token charge is a network call, does it run on a spawned task.
 
 use crate::error::ApiError;
 use crate::governance::{Finished, Governance, Reservation};
@@ -92,13 +93,18 @@ impl Ledger {
         self.governance.check_revoked(claims)
     }
 
+    /// Admit a request of `body_len` bytes asking for at most `max_out` output tokens.
     pub async fn admit(
         &self,
         claims: &Claims,
         model: &str,
-        body: &[u8],
+        body_len: usize,
+        max_out: Option<u64>,
     ) -> Result<Admission, ApiError> {
-        let reservation = self.governance.admit(claims, model, body).await?;
+        let reservation = self
+            .governance
+            .admit_sized(claims, model, body_len as u64, max_out)
+            .await?;
         Ok(Admission {
             id: reservation.id.clone(),
             reservation,
@@ -137,46 +143,86 @@ impl Ledger {
                 t.incomplete_streams += 1;
             }
         }
-        let g = self.governance.clone();
+        let RequestRecord {
+            claims,
+            model,
+            provider,
+            started,
+            admission,
+            ..
+        } = record;
+        let end_s = match end {
+            StreamEnd::Completed => "completed",
+            StreamEnd::Incomplete => "incomplete",
+            StreamEnd::Failed => "failed",
+            StreamEnd::Truncated => "truncated",
+        };
+        let settled = Settled {
+            claims,
+            model,
+            provider,
+            started,
+            usage,
+            end: end_s,
+            streamed_text_bytes,
+        };
+        let g = &self.governance;
+        if g.settles_locally() {
+            // Nothing to await: settle in place (a spawned task would wake another worker thread).
+            let cost = g.settle_now(&settled.claims, admission.reservation, settled.finished());
+            settled.log(cost);
+            after(cost);
+            return;
+        }
+        let g = g.clone();
         spawn(async move {
-            let RequestRecord {
-                claims,
-                model,
-                provider,
-                started,
-                admission,
-                ..
-            } = record;
-            let end_s = match end {
-                StreamEnd::Completed => "completed",
-                StreamEnd::Incomplete => "incomplete",
-                StreamEnd::Failed => "failed",
-                StreamEnd::Truncated => "truncated",
-            };
-            let u = usage.unwrap_or_default();
-            let finished = Finished {
-                model: &model,
-                provider: &provider,
-                usage,
-                end: end_s,
-                streamed_text_bytes,
-            };
-            let cost = g.settle(&claims, admission.reservation, finished).await;
-            tracing::info!(
-                principal = %claims.grant.principal,
-                model = %model,
-                provider = %provider,
-                input_tokens = u.input_tokens,
-                cached_input_tokens = u.cached_input_tokens,
-                output_tokens = u.output_tokens,
-                usage_reported = usage.is_some(),
-                end = end_s,
-                streamed_text_bytes,
-                cost_nanos = cost.0,
-                latency_ms = started.elapsed().as_millis() as u64,
-                "request finished"
-            );
+            let cost = g
+                .settle(&settled.claims, admission.reservation, settled.finished())
+                .await;
+            settled.log(cost);
             after(cost);
         });
+    }
+}
+
+/// A finished request on its way to settlement.
+struct Settled {
+    claims: Arc<Claims>,
+    model: String,
+    provider: String,
+    started: Instant,
+    usage: Option<Usage>,
+    end: &'static str,
+    streamed_text_bytes: u64,
+}
+
+impl Settled {
+    fn finished(&self) -> Finished<'_> {
+        Finished {
+            model: &self.model,
+            provider: &self.provider,
+            usage: self.usage,
+            end: self.end,
+            streamed_text_bytes: self.streamed_text_bytes,
+        }
+    }
+
+    /// The one log line per request.
+    fn log(&self, cost: tollgate::Nanos) {
+        let u = self.usage.unwrap_or_default();
+        tracing::info!(
+            principal = %self.claims.grant.principal,
+            model = %self.model,
+            provider = %self.provider,
+            input_tokens = u.input_tokens,
+            cached_input_tokens = u.cached_input_tokens,
+            output_tokens = u.output_tokens,
+            usage_reported = self.usage.is_some(),
+            end = self.end,
+            streamed_text_bytes = self.streamed_text_bytes,
+            cost_nanos = cost.0,
+            latency_ms = self.started.elapsed().as_millis() as u64,
+            "request finished"
+        );
     }
 }

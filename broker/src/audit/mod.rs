@@ -134,8 +134,9 @@ impl AuditRecord {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    /// Another writer appended this `seq` first: re-read the head and re-chain.
-    #[error("audit sequence {0} already taken")]
+    /// Another writer appended first: a `seq` in the multi-row statement starting at this `seq` is taken.
+    /// Re-read the head and re-chain.
+    #[error("audit sequence already taken (in the records from {0})")]
     Conflict(i64),
     #[error("audit store: {0}")]
     Store(String),
@@ -316,6 +317,8 @@ pub async fn export(sink: &dyn AuditSink, out: &mut dyn std::io::Write) -> anyho
 pub const QUEUE: usize = 16_384;
 /// Records per transaction, at most.
 pub const BATCH: usize = 256;
+/// How long the writer lets records gather after the first of a batch arrives before it commits them.
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
 enum Msg {
     Event(Box<AuditEvent>),
@@ -491,7 +494,9 @@ impl Writer {
                     let _ = done.send(r);
                 }
                 Some(Msg::Event(ev)) => {
-                    // Group commit: whatever else is queued, up to BATCH events, in order.
+                    // Group commit: let events gather for LINGER (one transaction and one fsync per batch,
+                    // not per request), then take whatever is queued, up to BATCH events, in order.
+                    tokio::time::sleep(LINGER).await;
                     let mut events = vec![*ev];
                     while events.len() < BATCH {
                         match rx.try_recv() {

@@ -3,6 +3,9 @@
 
 /// Implement [`AuditSink`](super::AuditSink) for `$ty`, which has `async fn pool(&self) ->
 /// Result<&Pool<$db>, AuditError>`.
+/// Records per multi-row `INSERT` (18 parameters each: well under SQLite's and PostgreSQL's limits).
+pub const INSERT_CHUNK: usize = 64;
+
 macro_rules! impl_audit_sink {
     ($ty:ty, $db:ty, $row:ty) => {
         fn record_from_row(r: &$row) -> Result<$crate::audit::AuditRecord, $crate::audit::AuditError> {
@@ -40,44 +43,50 @@ macro_rules! impl_audit_sink {
             $crate::audit::AuditError::Store(e.to_string())
         }
 
-        /// Insert one record inside `tx`; a taken `seq` is a [`AuditError::Conflict`](crate::audit::AuditError).
-        async fn insert_record(
+        /// Insert `recs` inside `tx` with one multi-row statement per [`INSERT_CHUNK`](crate::audit::sql::INSERT_CHUNK)
+        /// records (each statement is one round trip to the database, and for SQLite one hand-off to its
+        /// connection thread); a taken `seq` is a [`AuditError::Conflict`](crate::audit::AuditError).
+        async fn insert_records(
             tx: &mut sqlx::Transaction<'_, $db>,
-            rec: &$crate::audit::AuditRecord,
+            recs: &[$crate::audit::AuditRecord],
         ) -> Result<(), $crate::audit::AuditError> {
-            let e = &rec.event;
-            let res = sqlx::query::<$db>(
-                "INSERT INTO audit_log (seq, ts, kind, actor, principal, team, model, provider, status,
-                    input_tokens, output_tokens, cost_nanos, request_id, jti, expires_at, detail, prev_hash, hash)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-            )
-            .bind(rec.seq)
-            .bind(e.ts)
-            .bind(e.kind.map_or("", $crate::audit::EventKind::as_str))
-            .bind(&e.actor)
-            .bind(&e.principal)
-            .bind(&e.team)
-            .bind(&e.model)
-            .bind(&e.provider)
-            .bind(e.status)
-            .bind(e.input_tokens)
-            .bind(e.output_tokens)
-            .bind(e.cost_nanos)
-            .bind(&e.request_id)
-            .bind(&e.jti)
-            .bind(e.expires_at)
-            .bind(e.detail.to_string())
-            .bind(&rec.prev_hash)
-            .bind(&rec.hash)
-            .execute(&mut **tx)
-            .await;
-            match res {
-                Ok(_) => Ok(()),
-                Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                    Err($crate::audit::AuditError::Conflict(rec.seq))
+            for chunk in recs.chunks($crate::audit::sql::INSERT_CHUNK) {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO audit_log (seq, ts, kind, actor, principal, team, model, provider, status,
+                        input_tokens, output_tokens, cost_nanos, request_id, jti, expires_at, detail, prev_hash, hash) ",
+                );
+                q.push_values(chunk, |mut b, rec| {
+                    let e = &rec.event;
+                    b.push_bind(rec.seq)
+                        .push_bind(e.ts)
+                        .push_bind(e.kind.map_or("", $crate::audit::EventKind::as_str))
+                        .push_bind(&e.actor)
+                        .push_bind(&e.principal)
+                        .push_bind(&e.team)
+                        .push_bind(&e.model)
+                        .push_bind(&e.provider)
+                        .push_bind(e.status)
+                        .push_bind(e.input_tokens)
+                        .push_bind(e.output_tokens)
+                        .push_bind(e.cost_nanos)
+                        .push_bind(&e.request_id)
+                        .push_bind(&e.jti)
+                        .push_bind(e.expires_at)
+                        .push_bind(e.detail.to_string())
+                        .push_bind(&rec.prev_hash)
+                        .push_bind(&rec.hash);
+                });
+                // One SQL text per chunk length: not kept in the connection's statement cache.
+                let res = q.build().persistent(false).execute(&mut **tx).await;
+                match res {
+                    Ok(_) => {}
+                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                        return Err($crate::audit::AuditError::Conflict(chunk[0].seq));
+                    }
+                    Err(e) => return Err(store_err(e)),
                 }
-                Err(e) => Err(store_err(e)),
             }
+            Ok(())
         }
 
         #[async_trait::async_trait]
@@ -106,9 +115,7 @@ macro_rules! impl_audit_sink {
             ) -> Result<(), $crate::audit::AuditError> {
                 let pool = self.pool().await?;
                 let mut tx = pool.begin().await.map_err(store_err)?;
-                for rec in records {
-                    insert_record(&mut tx, rec).await?;
-                }
+                insert_records(&mut tx, records).await?;
                 tx.commit().await.map_err(store_err)
             }
 

@@ -188,9 +188,10 @@ mod tests {
         assert_eq!(seq, 2);
         let r3 = AuditRecord::chain(3, hash, ev(3));
         let dup = AuditRecord::chain(2, GENESIS.to_string(), ev(9));
+        // One multi-row statement: the conflict names the first seq of that statement.
         match sink.append_batch(&[r3.clone(), dup]).await {
-            Err(AuditError::Conflict(2)) => {}
-            other => panic!("expected a conflict on seq 2, got {other:?}"),
+            Err(AuditError::Conflict(3)) => {}
+            other => panic!("expected a conflict in the records from seq 3, got {other:?}"),
         }
         assert_eq!(sink.head().await.expect("head").map(|h| h.0), Some(2));
         sink.append_batch(&[r3]).await.expect("alone it fits");

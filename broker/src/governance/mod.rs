@@ -92,6 +92,11 @@ enum WriterMsg {
 
 /// Settlements per transaction, at most.
 const WRITER_BATCH: usize = 512;
+/// How long the writer lets settlements gather after the first one of a batch arrives (group commit with
+/// a linger, as Kafka's `linger.ms`): one transaction — and one wake-up of the store's thread — per
+/// batch instead of per request, at a few milliseconds' delay before spend is visible in the store.
+/// A flush does not wait for it.
+pub const WRITER_LINGER: Duration = Duration::from_millis(5);
 /// Grow attempts per admission before giving up (only reached when concurrent admissions keep taking the
 /// allotment just grown).
 const MAX_GROWS: usize = 32;
@@ -121,6 +126,10 @@ async fn run_writer(
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         let Some(first) = rx.recv().await else { return };
+        if matches!(first, WriterMsg::Apply(_)) {
+            // While the writer sleeps here no receiver is registered, so senders do not wake it.
+            tokio::time::sleep(WRITER_LINGER).await;
+        }
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
@@ -147,6 +156,12 @@ async fn run_writer(
             let _ = f.send(());
         }
     }
+}
+
+/// The usage a request is charged for: as reported, else estimated from what was streamed.
+fn settled_usage(estimator: &Estimator, r: &Reservation, f: &Finished<'_>) -> Usage {
+    f.usage
+        .unwrap_or_else(|| estimator.partial_usage(&r.estimate, f.streamed_text_bytes))
 }
 
 /// How a forwarded request ended, for settlement.
@@ -527,6 +542,19 @@ impl Governance {
         model: &str,
         body: &[u8],
     ) -> Result<Reservation, ApiError> {
+        self.admit_sized(claims, model, body.len() as u64, max_output_tokens(body))
+            .await
+    }
+
+    /// [`Governance::admit`] for a request whose size and output cap the caller already read (the proxy
+    /// reads them in its one parse of the body).
+    pub async fn admit_sized(
+        &self,
+        claims: &Claims,
+        model: &str,
+        body_len: u64,
+        max_out: Option<u64>,
+    ) -> Result<Reservation, ApiError> {
         for (key, rpm, tpm) in self.rate_keys(claims) {
             if let Some(tpm) = tpm {
                 let shared = match &self.redis {
@@ -553,14 +581,7 @@ impl Governance {
                 "model '{model}' has no price configured on this broker, so it cannot be budgeted; ask your platform team to add it under [pricing.models]."
             ))
         })?;
-        let max_out = serde_json::from_slice::<MaxOutput>(body)
-            .ok()
-            .and_then(|m| {
-                m.max_output_tokens
-                    .or(m.max_completion_tokens)
-                    .or(m.max_tokens)
-            });
-        let estimate = self.estimator.estimate(&price, body.len() as u64, max_out);
+        let estimate = self.estimator.estimate(&price, body_len, max_out);
         let scope = self.in_scope(claims)?;
         let now = self.now();
         let keys: Vec<CounterKey> = scope
@@ -644,23 +665,48 @@ impl Governance {
     /// Settle: charge the reported usage (or, without usage, the input estimate plus the streamed output),
     /// release the rest of the reservation, record the spend, and charge tokens-per-minute.
     pub async fn settle(&self, claims: &Claims, r: Reservation, f: Finished<'_>) -> Nanos {
-        let reported = f.usage.is_some();
-        let u = f.usage.unwrap_or_else(|| {
-            self.estimator
-                .partial_usage(&r.estimate, f.streamed_text_bytes)
-        });
-        let cost = r.price.cost(&u);
+        let Some(redis) = &self.redis else {
+            return self.settle_now(claims, r, f);
+        };
+        let u = settled_usage(&self.estimator, &r, &f);
         for (key, _, tpm) in self.rate_keys(claims) {
-            if let Some(tpm) = tpm {
-                let shared = match &self.redis {
-                    Some(r) => redis_or_local(r.charge_tokens(&key, tpm, u.total()).await),
-                    None => None,
-                };
-                if shared.is_none() {
-                    self.rates.charge_tokens(&key, tpm, u.total());
-                }
+            if let Some(tpm) = tpm
+                && redis_or_local(redis.charge_tokens(&key, tpm, u.total()).await).is_none()
+            {
+                self.rates.charge_tokens(&key, tpm, u.total());
             }
         }
+        self.record_settlement(claims, r, f, u)
+    }
+
+    /// Whether [`Governance::settle_now`] may be used: nothing to settle is remote (no Redis).
+    pub fn settles_locally(&self) -> bool {
+        self.redis.is_none()
+    }
+
+    /// [`Governance::settle`] without awaiting anything, for a broker without Redis: the token-rate
+    /// charge is local and the store write is queued. Lets the request path settle in place instead of
+    /// spawning a task (a spawn wakes another worker thread).
+    pub fn settle_now(&self, claims: &Claims, r: Reservation, f: Finished<'_>) -> Nanos {
+        let u = settled_usage(&self.estimator, &r, &f);
+        for (key, _, tpm) in self.rate_keys(claims) {
+            if let Some(tpm) = tpm {
+                self.rates.charge_tokens(&key, tpm, u.total());
+            }
+        }
+        self.record_settlement(claims, r, f, u)
+    }
+
+    /// The settled request's spend record, its allotment consumed, the store write queued.
+    fn record_settlement(
+        &self,
+        claims: &Claims,
+        r: Reservation,
+        f: Finished<'_>,
+        u: Usage,
+    ) -> Nanos {
+        let reported = f.usage.is_some();
+        let cost = r.price.cost(&u);
         let g = &claims.grant;
         let record = SpendRecord {
             id: r.id.clone(),
@@ -827,6 +873,17 @@ struct MaxOutput {
     max_output_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
     max_tokens: Option<u64>,
+}
+
+/// The output cap of a request body, whichever API's name it uses (`None` when absent or not JSON).
+fn max_output_tokens(body: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<MaxOutput>(body)
+        .ok()
+        .and_then(|m| {
+            m.max_output_tokens
+                .or(m.max_completion_tokens)
+                .or(m.max_tokens)
+        })
 }
 
 /// A Redis answer, or `None` (logged, counted) to fall back to the in-process limiter.

@@ -64,12 +64,25 @@ pub fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Claims>, 
     Ok(claims)
 }
 
-/// The few request fields the proxy needs; everything else is forwarded untouched.
+/// The few request fields the proxy needs, read in its one parse of the body; everything else is
+/// forwarded untouched.
 #[derive(Deserialize)]
 struct Probe {
     model: Option<String>,
     #[serde(default)]
     stream: bool,
+    // Output caps, whichever API's name the request uses (not `flatten`: that would buffer every other
+    // field of the body).
+    max_output_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    max_tokens: Option<u64>,
+}
+
+/// What the proxy read from a request body.
+struct Probed {
+    model: String,
+    stream: bool,
+    max_out: Option<u64>,
 }
 
 fn read_body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -82,14 +95,21 @@ fn read_body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Byte
     })
 }
 
-fn probe(body: &[u8]) -> Result<(String, bool), ApiError> {
+fn probe(body: &[u8]) -> Result<Probed, ApiError> {
     let p: Probe = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
     let model = p
         .model
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::BadRequest("missing required parameter: 'model'".into()))?;
-    Ok((model, p.stream))
+    Ok(Probed {
+        model,
+        stream: p.stream,
+        max_out: p
+            .max_output_tokens
+            .or(p.max_completion_tokens)
+            .or(p.max_tokens),
+    })
 }
 
 pub async fn responses(
@@ -152,7 +172,11 @@ async fn proxy(
     let started = Instant::now();
     let claims = authenticate(&app, &headers)?;
     let body = read_body(&app, body)?;
-    let (model, stream) = probe(&body)?;
+    let Probed {
+        model,
+        stream,
+        max_out,
+    } = probe(&body)?;
     if !claims.grant.allows_model(&model) {
         return Err(ApiError::ModelNotAllowed(model));
     }
@@ -164,7 +188,10 @@ async fn proxy(
     } else {
         body
     };
-    let admission = app.ledger.admit(&claims, &model, &body).await?;
+    let admission = app
+        .ledger
+        .admit(&claims, &model, body.len(), max_out)
+        .await?;
     let obs = crate::observe::RequestObs::start(
         &app,
         &format!("/v1{}", endpoint.path()),
@@ -199,12 +226,19 @@ async fn proxy(
             tried_any = true;
             attempts += 1;
             let provider = &target.provider;
-            let upstream_body = match &target.model {
-                Some(m) if m != &model => with_model(&body, m),
-                _ => body.clone(),
+            let (upstream_body, upstream_model) = match &target.model {
+                Some(m) if m != &model => (with_model(&body, m), m.as_str()),
+                _ => (body.clone(), model.as_str()),
             };
             match provider
-                .send(endpoint, &headers, upstream_body, target, stream)
+                .send(
+                    endpoint,
+                    &headers,
+                    upstream_body,
+                    upstream_model,
+                    target,
+                    stream,
+                )
                 .await
             {
                 Ok(up) => {

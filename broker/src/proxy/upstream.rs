@@ -106,6 +106,9 @@ pub struct Provider {
     api_version: Option<String>,
     azure_path: AzurePath,
     max_tokens: Option<u64>,
+    /// The URLs of the two endpoints, parsed once, when they do not depend on the model (all but Azure
+    /// deployment paths): parsing a URL per request showed in the profile.
+    urls: [Option<reqwest::Url>; 2],
 }
 
 /// Request headers never forwarded upstream: hop-by-hop, our credentials, and anything that would
@@ -149,7 +152,7 @@ enum Translation {
 impl Provider {
     pub fn new(cfg: &ProviderConfig) -> Self {
         let vault_key = cfg.api_key_vault.clone();
-        Provider {
+        let mut p = Provider {
             name: cfg.name.clone(),
             kind: cfg.kind,
             enabled: cfg.enabled,
@@ -159,7 +162,23 @@ impl Provider {
             api_version: cfg.api_version.clone(),
             azure_path: cfg.azure_path,
             max_tokens: cfg.max_tokens,
+            urls: [None, None],
+        };
+        let per_model =
+            p.kind == ProviderKind::AzureOpenai && p.azure_path == AzurePath::Deployments;
+        if !per_model {
+            for (i, e) in [Endpoint::Responses, Endpoint::ChatCompletions]
+                .into_iter()
+                .enumerate()
+            {
+                p.urls[i] = reqwest::Url::parse(&p.url(e, "")).ok();
+            }
         }
+        p
+    }
+
+    fn parsed_url(&self, endpoint: Endpoint) -> Option<&reqwest::Url> {
+        self.urls[endpoint as usize].as_ref()
     }
 
     /// Replace the upstream key (Vault refresh).
@@ -206,11 +225,13 @@ impl Provider {
 
     /// Send one attempt to `target`: until the first byte of the (possibly translated) answer, within the
     /// target's time-to-first-byte; the whole exchange within its total timeout.
+    /// `model` is the model named in `body` (the proxy has read it already).
     pub async fn send(
         &self,
         endpoint: Endpoint,
         headers: &HeaderMap,
         body: Bytes,
+        model: &str,
         target: &ResolvedTarget,
         stream: bool,
     ) -> Result<UpstreamResponse, UpstreamError> {
@@ -225,7 +246,9 @@ impl Provider {
         };
         let deadline = tokio::time::Instant::now() + first_byte;
         let first = tokio::time::timeout_at(deadline, async {
-            let mut up = self.send_http(endpoint, headers, body, target).await?;
+            let mut up = self
+                .send_http(endpoint, headers, body, model, target)
+                .await?;
             if !stream {
                 return Ok(up);
             }
@@ -252,6 +275,7 @@ impl Provider {
         endpoint: Endpoint,
         headers: &HeaderMap,
         body: Bytes,
+        model: &str,
         target: &ResolvedTarget,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let translation = match (self.kind, endpoint) {
@@ -266,23 +290,15 @@ impl Provider {
             }
             _ => Translation::None,
         };
-        let (body, translation, model) = match translation {
-            Translation::None => {
-                let model = body_model(&body).unwrap_or_default();
-                (body, Translation::None, model)
-            }
+        let (body, translation) = match translation {
+            Translation::None => (body, Translation::None),
             t => {
                 let v: Value = serde_json::from_slice(&body).map_err(|_| {
                     UpstreamError::BadRequest("request body is not valid JSON".into())
                 })?;
-                let model = v
-                    .get("model")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
                 let (out, t) = match t {
                     Translation::Chat(_) => {
-                        let (o, c) = chat::request(&v, &model)
+                        let (o, c) = chat::request(&v, model)
                             .map_err(|e| UpstreamError::BadRequest(e.to_string()))?;
                         (o, Translation::Chat(c))
                     }
@@ -292,18 +308,21 @@ impl Provider {
                                 .max_tokens
                                 .unwrap_or(anthropic::Options::default().default_max_tokens),
                         };
-                        let (o, c) = anthropic::request(&v, &model, opts)
+                        let (o, c) = anthropic::request(&v, model, opts)
                             .map_err(|e| UpstreamError::BadRequest(e.to_string()))?;
                         (o, Translation::Anthropic(c))
                     }
                 };
                 let bytes = serde_json::to_vec(&out)
                     .map_err(|e| UpstreamError::Transport(format!("serialize: {e}")))?;
-                (Bytes::from(bytes), t, model)
+                (Bytes::from(bytes), t)
             }
         };
-        let url = self.url(endpoint, &model);
-        let mut req = target.client.post(url).timeout(target.total_timeout);
+        let mut req = match self.parsed_url(endpoint) {
+            Some(url) => target.client.post(url.clone()),
+            None => target.client.post(self.url(endpoint, model)),
+        }
+        .timeout(target.total_timeout);
         if matches!(translation, Translation::None) {
             for (name, value) in headers {
                 if !DROP_REQUEST_HEADERS.contains(&name.as_str())
@@ -406,14 +425,6 @@ impl Provider {
             body,
         })
     }
-}
-
-fn body_model(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct M {
-        model: Option<String>,
-    }
-    serde_json::from_slice::<M>(body).ok()?.model
 }
 
 fn unix_now() -> u64 {
