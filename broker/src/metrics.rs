@@ -99,6 +99,75 @@ pub struct Metrics {
     pub config: MetricsConfig,
     literal_models: BTreeSet<String>,
     route_patterns: Vec<ModelPattern>,
+    counters: Handles<Counter>,
+    gauges: Handles<Gauge>,
+    histograms: Handles<Histogram>,
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.to_string()))
+        .collect();
+    Key::from_parts(name, labels)
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Registered handles by name and labels. Registering a series allocates its labels and looks it up in
+/// the recorder's registry; the request path asks for the same few series on every request, so the
+/// handles are kept here and found by a hash of the borrowed name and labels, without allocating. As
+/// bounded as the series themselves (see the module docs).
+struct Handles<H> {
+    map: std::sync::RwLock<std::collections::HashMap<u64, Vec<(&'static str, Labels, H)>>>,
+}
+
+impl<H: Clone> Handles<H> {
+    fn new() -> Self {
+        Handles {
+            map: std::sync::RwLock::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn get(
+        &self,
+        name: &'static str,
+        labels: &[(&'static str, &str)],
+        register: impl FnOnce() -> H,
+    ) -> H {
+        use std::hash::{Hash, Hasher};
+        let same = |n: &str, l: &Labels| {
+            n == name
+                && l.len() == labels.len()
+                && l.iter()
+                    .zip(labels)
+                    .all(|((k1, v1), (k2, v2))| k1 == k2 && v1 == v2)
+        };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut hasher);
+        labels.hash(&mut hasher);
+        let h = hasher.finish();
+        if let Some(found) = self
+            .map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&h)
+            .and_then(|b| b.iter().find(|(n, l, _)| same(n, l)))
+        {
+            return found.2.clone();
+        }
+        let handle = register();
+        let mut map = self
+            .map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bucket = map.entry(h).or_default();
+        if !bucket.iter().any(|(n, l, _)| same(n, l)) {
+            let owned = labels.iter().map(|(k, v)| (*k, (*v).to_string())).collect();
+            bucket.push((name, owned, handle.clone()));
+        }
+        handle
+    }
 }
 
 impl Metrics {
@@ -135,6 +204,9 @@ impl Metrics {
             config,
             literal_models,
             route_patterns,
+            counters: Handles::new(),
+            gauges: Handles::new(),
+            histograms: Handles::new(),
         };
         m.describe();
         m
@@ -230,30 +302,21 @@ impl Metrics {
     }
 
     fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
-        let labels: Vec<Label> = labels
-            .iter()
-            .map(|(k, v)| Label::new(*k, v.to_string()))
-            .collect();
-        self.recorder
-            .register_counter(&Key::from_parts(name, labels), &META)
+        self.counters.get(name, labels, || {
+            self.recorder.register_counter(&key(name, labels), &META)
+        })
     }
 
     fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
-        let labels: Vec<Label> = labels
-            .iter()
-            .map(|(k, v)| Label::new(*k, v.to_string()))
-            .collect();
-        self.recorder
-            .register_gauge(&Key::from_parts(name, labels), &META)
+        self.gauges.get(name, labels, || {
+            self.recorder.register_gauge(&key(name, labels), &META)
+        })
     }
 
     fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
-        let labels: Vec<Label> = labels
-            .iter()
-            .map(|(k, v)| Label::new(*k, v.to_string()))
-            .collect();
-        self.recorder
-            .register_histogram(&Key::from_parts(name, labels), &META)
+        self.histograms.get(name, labels, || {
+            self.recorder.register_histogram(&key(name, labels), &META)
+        })
     }
 
     /// The `model` label for a requested model: a configured literal route model as is, otherwise the glob
@@ -483,6 +546,36 @@ mod tests {
         assert_eq!(m.model_label("gpt-5.5"), "gpt-5.5");
         assert_eq!(m.model_label("claude-opus-9"), "claude-*");
         assert_eq!(m.model_label("anything-a-client-sends"), "other");
+    }
+
+    #[test]
+    fn cached_handles_keep_series_apart_and_count_into_the_same_one() {
+        let m = Metrics::new(MetricsConfig::default(), &routes());
+        for _ in 0..3 {
+            m.request("/v1/responses", "gpt-5.5", "openai", 200);
+        }
+        m.request("/v1/responses", "gpt-5.5", "openai", 429);
+        m.request("/v1/responses", "gpt-5.5", "azure", 200);
+        m.request("/v1/chat/completions", "gpt-5.5", "openai", 200);
+        let out = m.render();
+        for line in [
+            "tollgate_requests_total{route=\"/v1/responses\",model=\"gpt-5.5\",provider=\"openai\",status=\"200\"} 3",
+            "tollgate_requests_total{route=\"/v1/responses\",model=\"gpt-5.5\",provider=\"openai\",status=\"429\"} 1",
+            "tollgate_requests_total{route=\"/v1/responses\",model=\"gpt-5.5\",provider=\"azure\",status=\"200\"} 1",
+            "tollgate_requests_total{route=\"/v1/chat/completions\",model=\"gpt-5.5\",provider=\"openai\",status=\"200\"} 1",
+        ] {
+            assert!(out.contains(line), "missing {line} in\n{out}");
+        }
+        // One cached handle per series.
+        let cached: usize = m
+            .counters
+            .map
+            .read()
+            .expect("lock")
+            .values()
+            .map(Vec::len)
+            .sum();
+        assert_eq!(cached, 4);
     }
 
     #[test]
