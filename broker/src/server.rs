@@ -62,6 +62,7 @@ pub async fn serve_on(
         }
     };
     // Queued settlements land, then this process's budget allotments go back to the store.
+    state.ledger.drain_settlements();
     state
         .ledger
         .governance
