@@ -113,13 +113,15 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
 }
 
 type Labels = Vec<(&'static str, String)>;
+/// A registered series: its name, its labels and its handle.
+type Series<H> = (&'static str, Labels, H);
 
 /// Registered handles by name and labels. Registering a series allocates its labels and looks it up in
 /// the recorder's registry; the request path asks for the same few series on every request, so the
 /// handles are kept here and found by a hash of the borrowed name and labels, without allocating. As
 /// bounded as the series themselves (see the module docs).
 struct Handles<H> {
-    map: std::sync::RwLock<std::collections::HashMap<u64, Vec<(&'static str, Labels, H)>>>,
+    map: std::sync::RwLock<std::collections::HashMap<u64, Vec<Series<H>>>>,
 }
 
 impl<H: Clone> Handles<H> {
