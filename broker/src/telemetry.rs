@@ -91,12 +91,7 @@ pub fn init(cfg: &TelemetryConfig, format: LogFormat) -> Result<(), TelemetryErr
     let fmt = match format {
         LogFormat::Json => fmt.json().boxed(),
         LogFormat::Text => fmt.boxed(),
-    }
-    // The per-request `gen_ai` spans are for the trace exporter; the log has its one line per request.
-    // Kept out of the fmt layer, they cost nothing when no exporter is configured (the span is disabled).
-    .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-        !(m.is_span() && m.name().starts_with("gen_ai"))
-    }));
+    };
     let otel = match &cfg.otlp_traces_url {
         None => None,
         Some(url) => {
