@@ -3,7 +3,7 @@
 # plus waves of long-held streams that open and close), while RSS and open fds are sampled.
 # Passes when: zero unexpected errors (wrk errors and timeouts, failed stream waves, WARN/ERROR lines in
 # the broker's log), RSS flat (last fifth vs second fifth of the run), open sockets back to the idle
-# count once the load stops (after the upstream connection pool's 90 s idle timeout). Total fds are
+# count once the load stops (after the upstream connection pool's 90 s idle timeout, reaped on a 90 s interval). Total fds are
 # reported too; they also count the database files the store's pools keep open while idle.
 #
 #   bench/soak.sh            # 5 minutes
@@ -160,10 +160,14 @@ wait "$WAVES_PID" 2>/dev/null || true
 sleep 3
 # Let in-flight streams end and idle keep-alive sockets close: the broker's pooled upstream connections
 # close after the pool's 90 s idle timeout.
-for _ in $(seq 1 120); do
+# hyper's pool reaps idle connections on an interval as long as the idle timeout, so one can live up to
+# twice that: wait up to 200 s.
+for _ in $(seq 1 200); do
     [[ "$(sockets "$BROKER_PID")" -le "$((IDLE_SOCKETS + 2))" ]] && break
     sleep 1
 done
+# What is still open, by peer port (the upstream's, the broker's own listener, or other).
+ss -tnp 2>/dev/null | grep "pid=$BROKER_PID," >"$OUT/sockets-end.txt" || true
 END_FDS="$(fds "$BROKER_PID")"; END_RSS="$(rss_kb "$BROKER_PID")"; END_SOCKETS="$(sockets "$BROKER_PID")"
 kill -0 "$BROKER_PID" || { echo "broker died" >&2; exit 1; }
 
