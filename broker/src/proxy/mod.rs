@@ -96,8 +96,14 @@ fn read_body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Byte
 }
 
 fn probe(body: &[u8]) -> Result<Probed, ApiError> {
-    let p: Probe = serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
+    let p: Probe = serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(if e.is_data() {
+            // Valid JSON, a known field of the wrong type (e.g. a string `max_tokens`).
+            format!("invalid request body: {e}")
+        } else {
+            format!("request body is not valid JSON: {e}")
+        })
+    })?;
     let model = p
         .model
         .filter(|m| !m.is_empty())
@@ -561,4 +567,54 @@ pub async fn models(
         axum::Json(serde_json::json!({"object": "list", "data": data, "models": codex}))
             .into_response(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(body: &str) -> String {
+        match probe(body.as_bytes()) {
+            Err(ApiError::BadRequest(m)) => m,
+            Err(e) => panic!("expected a bad request, got {e:?}"),
+            Ok(_) => panic!("expected a bad request for {body}"),
+        }
+    }
+
+    #[test]
+    fn one_parse_reads_model_stream_and_the_output_cap_of_either_api() {
+        let p =
+            probe(br#"{"model":"m","stream":true,"input":"x","max_output_tokens":7}"#).expect("ok");
+        assert_eq!(
+            (p.model.as_str(), p.stream, p.max_out),
+            ("m", true, Some(7))
+        );
+        let p = probe(br#"{"model":"m","messages":[],"max_completion_tokens":9,"max_tokens":3}"#)
+            .expect("ok");
+        assert_eq!((p.stream, p.max_out), (false, Some(9)));
+        assert_eq!(
+            probe(br#"{"model":"m","max_tokens":3}"#)
+                .expect("ok")
+                .max_out,
+            Some(3)
+        );
+        assert_eq!(
+            probe(br#"{"model":"m","max_tokens":null}"#)
+                .expect("ok")
+                .max_out,
+            None
+        );
+    }
+
+    #[test]
+    fn a_wrongly_typed_cap_is_an_invalid_body_not_invalid_json() {
+        let m = message(r#"{"model":"m","max_tokens":"lots"}"#);
+        assert!(m.starts_with("invalid request body: invalid type"), "{m}");
+        let m = message(r#"{"model":"m","#);
+        assert!(m.starts_with("request body is not valid JSON"), "{m}");
+        assert_eq!(
+            message(r#"{"stream":true}"#),
+            "missing required parameter: 'model'"
+        );
+    }
 }
