@@ -101,7 +101,7 @@ impl Settlements {
         }
     }
 
-    /// Run everything queued so far, here.
+    /// Run everything queued so far, here (each job isolated: a panic is logged, the rest still run).
     fn drain(&self) -> usize {
         let jobs = std::mem::take(
             &mut *self
@@ -111,7 +111,10 @@ impl Settlements {
         );
         let n = jobs.len();
         for job in jobs {
-            job();
+            // One settlement that panics must not take the others (or the settler task) with it.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                tracing::error!("a settlement panicked; its spend is not recorded");
+            }
         }
         n
     }
@@ -303,5 +306,32 @@ impl Settled {
             latency_ms = self.finished.duration_since(self.started).as_millis() as u64,
             "request finished"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_panicking_settlement_does_not_take_the_rest_of_its_batch() {
+        // `started` set: no settler task, so the drain below is the only consumer (no clock involved).
+        let s = Arc::new(Settlements {
+            jobs: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+            started: std::sync::atomic::AtomicBool::new(true),
+        });
+        let done = Arc::new(AtomicUsize::new(0));
+        for i in 0..10 {
+            let done = done.clone();
+            s.push(Box::new(move || {
+                assert_ne!(i, 3, "job 3 panics");
+                done.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        assert_eq!(s.drain(), 10);
+        assert_eq!(done.load(Ordering::SeqCst), 9, "every other job ran");
+        assert_eq!(s.drain(), 0, "each job runs once");
     }
 }
