@@ -19,6 +19,7 @@ pub mod policy;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod sqlbatch;
 pub mod sse;
 pub mod telemetry;
 pub mod tls;

@@ -43,14 +43,15 @@ macro_rules! impl_audit_sink {
             $crate::audit::AuditError::Store(e.to_string())
         }
 
-        /// Insert `recs` inside `tx` with one multi-row statement per [`INSERT_CHUNK`](crate::audit::sql::INSERT_CHUNK)
-        /// records (each statement is one round trip to the database, and for SQLite one hand-off to its
-        /// connection thread); a taken `seq` is a [`AuditError::Conflict`](crate::audit::AuditError).
+        /// Insert `recs` inside `tx` with one multi-row statement per power-of-two chunk of at most
+        /// [`INSERT_CHUNK`](crate::audit::sql::INSERT_CHUNK) records (each statement is one round trip to
+        /// the database, and for SQLite one hand-off to its connection thread; the few shapes stay prepared,
+        /// see [`crate::sqlbatch`]); a taken `seq` is a [`AuditError::Conflict`](crate::audit::AuditError).
         async fn insert_records(
             tx: &mut sqlx::Transaction<'_, $db>,
             recs: &[$crate::audit::AuditRecord],
         ) -> Result<(), $crate::audit::AuditError> {
-            for chunk in recs.chunks($crate::audit::sql::INSERT_CHUNK) {
+            for chunk in $crate::sqlbatch::pow2_chunks(recs, $crate::audit::sql::INSERT_CHUNK) {
                 let mut q = sqlx::QueryBuilder::<$db>::new(
                     "INSERT INTO audit_log (seq, ts, kind, actor, principal, team, model, provider, status,
                         input_tokens, output_tokens, cost_nanos, request_id, jti, expires_at, detail, prev_hash, hash) ",
@@ -76,8 +77,7 @@ macro_rules! impl_audit_sink {
                         .push_bind(&rec.prev_hash)
                         .push_bind(&rec.hash);
                 });
-                // One SQL text per chunk length: not kept in the connection's statement cache.
-                let res = q.build().persistent(false).execute(&mut **tx).await;
+                let res = q.build().execute(&mut **tx).await;
                 match res {
                     Ok(_) => {}
                     Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {

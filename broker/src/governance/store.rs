@@ -656,7 +656,7 @@ macro_rules! impl_store {
                     })
                     .collect();
                 let mut new_ids: HashSet<String> = HashSet::new();
-                for chunk in records.chunks(256) {
+                for chunk in crate::sqlbatch::pow2_chunks(&records, 256) {
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO spend (id, settled_at, principal, team, org, jti, model, provider, \
                          input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, \
@@ -682,10 +682,8 @@ macro_rules! impl_store {
                             .push_bind(r.end_reason.clone());
                     });
                     qb.push(" ON CONFLICT DO NOTHING RETURNING id");
-                    // Not cached: the text differs with the row count, and each size cached per connection (up
-                    // to 100) held megabytes of prepared statements.
-                    let rows: Vec<(String,)> =
-                        qb.build_query_as().persistent(false).fetch_all(&mut *tx).await?;
+                    // Power-of-two row counts: a few SQL texts, each prepared once per connection and cached.
+                    let rows: Vec<(String,)> = qb.build_query_as().fetch_all(&mut *tx).await?;
                     new_ids.extend(rows.into_iter().map(|(id,)| id));
                 }
                 let mut items: BTreeMap<(&str, &CounterKey), i64> = BTreeMap::new();
