@@ -1,6 +1,7 @@
 //! The OpenAI-compatible proxy: authenticate, authorise the model, route with failover, stream back
 //! unbuffered while a side decoder reads usage, then account.
 
+pub mod coalesce;
 pub mod demo;
 pub mod upstream;
 
@@ -410,7 +411,7 @@ async fn relay(
             health: Some(target.health.clone()),
         };
         return builder
-            .body(Body::from_stream(tapped))
+            .body(Body::from_stream(coalesce::Coalesce::new(tapped)))
             .unwrap_or_else(|_| ApiError::Internal("response build".into()).into_response());
     }
     // Non-streaming: buffer (bounded), read usage from the JSON body.
