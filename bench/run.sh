@@ -54,23 +54,8 @@ cargo build --release -q -p tollgate-broker -p tollgate-token -p tollgate-bench 
 cargo build --release -q -p tollgate-bench --example floor_proxy
 
 # --- processes --------------------------------------------------------------------------------
-# start NAME CMD...: run in background, wait for "listening http://..." on stdout, set $ADDR and $PID.
-start() {
-    local name="$1"; shift
-    "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-    PID=$!
-    PIDS+=("$PID")
-    local i
-    for i in $(seq 1 600); do
-        ADDR="$(grep -m1 -o 'http://127\.0\.0\.1:[0-9]*' "$WORK/$name.out" 2>/dev/null || true)"
-        [[ -n "$ADDR" ]] && return 0
-        kill -0 "$PID" 2>/dev/null || { cat "$WORK/$name.err" >&2; echo "$name died" >&2; exit 1; }
-        sleep 0.05
-    done
-    echo "$name did not start" >&2; exit 1
-}
-rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
-fds() { ls "/proc/$1/fd" | wc -l; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 start upstream "$BIN/tollgate-bench" upstream --threads 1
 UP="$ADDR"; UP_PID="$PID"
@@ -81,61 +66,9 @@ start floor "$BIN/examples/floor_proxy" "$UP"
 FLOOR="$ADDR"
 log "floor proxy at $FLOOR"
 
-CRED="bench-credential-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
-SHA="$(printf '%s' "$CRED" | "$BIN/tollgate-broker" hash-credential)"
-mkdir -p "$WORK/state"
-cat >"$WORK/policy.toml" <<EOF
-[[rule]]
-name = "bench"
-match = { kind = "static", subject = "bench" }
-principal = "{subject}"
-team = "bench"
-org = "bench"
-models = ["*"]
-max_ttl_secs = 3600
-EOF
-# Full governance on: token verification, model check, accounting of every request (budgets, audit
-# and metrics are added here as they land; see docs/benchmarks.md "What is on the request path").
-cat >"$WORK/broker.toml" <<EOF
-policy_file = "policy.toml"
-[server]
-listen = "127.0.0.1:0"
-state_dir = "state"
-[tokens]
-audience = "tollgate"
-default_ttl_secs = 3600
-max_ttl_secs = 3600
-[[credentials]]
-subject = "bench"
-sha256 = "$SHA"
-[providers.bench]
-kind = "openai"
-base_url = "$UP/v1"
-api_key_env = "BENCH_UPSTREAM_KEY"
-[[routes]]
-model = "*"
-targets = [{ provider = "bench" }]
-[store]
-kind = "${BENCH_STORE:-sqlite}"
-[pricing]
-unpriced = "charge"
-unpriced_price = { input = "5", output = "30" }
-[[budgets]]
-id = "principal-daily"
-scope = "principal"
-amount_usd = "100000000"
-window = "daily"
-[[budgets]]
-id = "team-monthly"
-scope = "team"
-amount_usd = "100000000"
-window = "monthly"
-[[budgets]]
-id = "org-monthly"
-scope = "org"
-amount_usd = "100000000"
-window = "monthly"
-EOF
+# Full governance on: token verification, model check, budgets (three, SQLite by default), audit,
+# metrics (bench/lib.sh, broker_config).
+broker_config "$WORK" "$UP"
 export BENCH_UPSTREAM_KEY="sk-bench-upstream"
 RUST_LOG="${RUST_LOG:-info}" start broker "$BIN/tollgate-broker" --config "$WORK/broker.toml" --listen 127.0.0.1:0
 BROKER="$ADDR"; BROKER_PID="$PID"
@@ -143,14 +76,7 @@ log "broker at $BROKER (pid $BROKER_PID)"
 sleep 1
 IDLE_RSS_FRESH="$(rss_kb "$BROKER_PID")"
 
-mint() {
-    curl -fsS "$BROKER/oauth/token" \
-        --data-urlencode "grant_type=urn:ietf:params:oauth:grant-type:token-exchange" \
-        --data-urlencode "subject_token=$CRED" \
-        --data-urlencode "subject_token_type=urn:tollgate:params:token-type:static-credential" \
-        | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'
-}
-TOKEN="$(mint)"
+TOKEN="$(mint "$BROKER")"
 
 lat() { # label args...
     local label="$1"; shift
@@ -217,24 +143,6 @@ EOF
 fi
 
 # --- throughput --------------------------------------------------------------------------------
-wrk_lua() { # path body-json bearer
-    local auth=""
-    [[ -n "$3" ]] && auth="wrk.headers[\"Authorization\"] = \"Bearer $3\""
-    cat <<EOF
-wrk.method = "POST"
-wrk.path = "$1"
-wrk.body = [[$2]]
-wrk.headers["Content-Type"] = "application/json"
-$auth
-done = function(summary, latency, requests)
-  io.write(string.format("JSON {\"requests\":%d,\"duration_us\":%d,\"rps\":%.1f,\"errors_status\":%d,\"errors_connect\":%d,\"errors_read\":%d,\"errors_timeout\":%d,\"p50_us\":%d,\"p99_us\":%d}\n",
-    summary.requests, summary.duration, summary.requests / (summary.duration / 1e6), summary.errors.status,
-    summary.errors.connect, summary.errors.read, summary.errors.timeout, latency:percentile(50), latency:percentile(99)))
-end
-EOF
-}
-BODY='{"model":"gpt-bench","instructions":"You are a helpful assistant.","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"Say hello to the benchmark."}]}],"stream":false,"store":false}'
-SBODY="${BODY/\"stream\":false/\"stream\":true}"
 if want throughput; then
     wrk_lua /v1/responses "$BODY" "" >"$WORK/direct.lua"
     cp "$WORK/direct.lua" "$WORK/floor.lua"

@@ -34,101 +34,23 @@ log() { printf '[soak %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 cargo build --release -q -p tollgate-broker -p tollgate-bench
 
-start() {
-    local name="$1"; shift
-    "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-    PID=$!; PIDS+=("$PID")
-    for _ in $(seq 1 600); do
-        ADDR="$(grep -m1 -o 'http://127\.0\.0\.1:[0-9]*' "$WORK/$name.out" 2>/dev/null || true)"
-        [[ -n "$ADDR" ]] && return 0
-        kill -0 "$PID" 2>/dev/null || { cat "$WORK/$name.err" >&2; exit 1; }
-        sleep 0.05
-    done
-    exit 1
-}
-rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
-fds() { ls "/proc/$1/fd" | wc -l; }
-# Open sockets only: database files the store's pools open (up to their configured size, kept while
-# idle) are not what leaks; connections are.
-sockets() { find "/proc/$1/fd" -lname 'socket:*' 2>/dev/null | wc -l; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 start upstream "$BIN/tollgate-bench" upstream --threads 1
 UP="$ADDR"
-CRED="soak-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
-SHA="$(printf '%s' "$CRED" | "$BIN/tollgate-broker" hash-credential)"
-cat >"$WORK/policy.toml" <<EOF
-[[rule]]
-name = "soak"
-match = { kind = "static", subject = "soak" }
-principal = "{subject}"
-team = "soak"
-org = "soak"
-models = ["*"]
-EOF
-cat >"$WORK/broker.toml" <<EOF
-policy_file = "policy.toml"
-[server]
-listen = "127.0.0.1:0"
-state_dir = "state"
-[tokens]
-audience = "tollgate"
-[[credentials]]
-subject = "soak"
-sha256 = "$SHA"
-[providers.bench]
-kind = "openai"
-base_url = "$UP/v1"
-api_key_env = "BENCH_UPSTREAM_KEY"
-[[routes]]
-model = "*"
-targets = [{ provider = "bench" }]
-[store]
-kind = "${BENCH_STORE:-sqlite}"
-[pricing]
-unpriced = "charge"
-unpriced_price = { input = "5", output = "30" }
-[[budgets]]
-id = "principal-daily"
-scope = "principal"
-amount_usd = "100000000"
-window = "daily"
-[[budgets]]
-id = "team-monthly"
-scope = "team"
-amount_usd = "100000000"
-window = "monthly"
-[[budgets]]
-id = "org-monthly"
-scope = "org"
-amount_usd = "100000000"
-window = "monthly"
-EOF
+broker_config "$WORK" "$UP"
 export BENCH_UPSTREAM_KEY="sk-soak-upstream"
 RUST_LOG=warn start broker "$BIN/tollgate-broker" --config "$WORK/broker.toml" --listen 127.0.0.1:0
 BROKER="$ADDR"; BROKER_PID="$PID"
-TOKEN="$(curl -fsS "$BROKER/oauth/token" \
-    --data-urlencode "grant_type=urn:ietf:params:oauth:grant-type:token-exchange" \
-    --data-urlencode "subject_token=$CRED" \
-    --data-urlencode "subject_token_type=urn:tollgate:params:token-type:static-credential" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')"
+TOKEN="$(mint "$BROKER")"
 sleep 1
 IDLE_FDS="$(fds "$BROKER_PID")"; IDLE_RSS="$(rss_kb "$BROKER_PID")"; IDLE_SOCKETS="$(sockets "$BROKER_PID")"
 log "broker $BROKER pid $BROKER_PID: idle ${IDLE_RSS} kB, ${IDLE_FDS} fds (${IDLE_SOCKETS} sockets); soaking ${SOAK_SECS}s"
 
-BODY='{"model":"gpt-bench","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"Say hello."}]}],"stream":false}'
 for kind in plain stream; do
-    b="$BODY"; [[ $kind == stream ]] && b="${BODY/\"stream\":false/\"stream\":true}"
-    cat >"$WORK/$kind.lua" <<EOF
-wrk.method = "POST"
-wrk.path = "/v1/responses"
-wrk.body = [[$b]]
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $TOKEN"
-done = function(summary, latency, requests)
-  io.write(string.format("JSON {\"requests\":%d,\"status_errors\":%d,\"connect\":%d,\"read\":%d,\"write\":%d,\"timeout\":%d}\n",
-    summary.requests, summary.errors.status, summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout))
-end
-EOF
+    b="$BODY"; [[ $kind == stream ]] && b="$SBODY"
+    wrk_lua /v1/responses "$b" "$TOKEN" >"$WORK/$kind.lua"
     # Closed-loop load: 16 connections each, as fast as the broker answers. A reply slower than 10 s
     # counts as an error (wrk's default 2 s measures the shared machine's scheduler, not the broker).
     wrk -t1 -c16 -d"${SOAK_SECS}s" --timeout 10s -s "$WORK/$kind.lua" "$BROKER" >"$OUT/wrk-$kind.txt" 2>&1 &
@@ -187,7 +109,7 @@ for kind in ("plain", "stream"):
     m = re.search(r"^JSON (.*)$", text, re.M)
     d = json.loads(m.group(1)) if m else {}
     requests += d.get("requests", 0)
-    errors += sum(d.get(k, 0) for k in ("status_errors", "connect", "read", "write", "timeout")) if m else 1
+    errors += sum(v for k, v in d.items() if k.startswith("errors_")) if m else 1
 waves = json.load(open(os.path.join(out, "waves-summary.json")))
 log_errors = sum(1 for line in open(os.path.join(out, "broker.log"), errors="replace")
                  if re.search(r"\b(WARN|ERROR)\b", line))

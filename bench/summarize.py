@@ -72,7 +72,7 @@ if tp:
     for k in keys:
         rs = [x["result"] for x in tp if (x["target"], x["connections"]) == k]
         rps = [r["rps"] for r in rs]
-        errs = sum(r["errors_status"] + r["errors_connect"] + r["errors_read"] + r["errors_timeout"] for r in rs)
+        errs = sum(v for r in rs for name, v in r.items() if name.startswith("errors_"))
         print(f"| {k[0]} | {k[1]} | {', '.join(f'{x:.0f}' for x in rps)} | {statistics.median(rps):.0f} | {errs} |")
     print()
 
