@@ -1,7 +1,7 @@
 //! Multi-row statements in a few fixed shapes. A multi-row `INSERT … VALUES (…), (…)` has one SQL text per
 //! row count; caching every count a batch can have held megabytes of prepared statements per connection,
 //! and not caching them re-parsed and re-planned the statement on every batch (3 % of the broker's CPU
-//! under load, docs/benchmarks.md finding 12). Cutting a batch into power-of-two chunks gives at most
+//! under load, docs/benchmarks.md finding 13). Cutting a batch into power-of-two chunks gives at most
 //! `log2(max) + 1` shapes, each prepared once per connection and cached.
 
 /// Split `items` into chunks whose lengths are powers of two, largest first, none longer than `max` (a

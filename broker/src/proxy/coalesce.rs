@@ -3,7 +3,7 @@
 //! The upstream's SSE events reach the proxy as separate body frames even when they arrived together (the
 //! HTTP client hands them over one at a time, each after a task switch), and the HTTP server writes and
 //! flushes whenever the body has nothing ready — so a 13-event burst cost 13 `writev` calls, and flushing
-//! was 43 % of the broker's CPU under streaming load (docs/benchmarks.md finding 13). [`Coalesce`] holds
+//! was 43 % of the broker's CPU under streaming load (docs/benchmarks.md finding 14). [`Coalesce`] holds
 //! frames that arrive back to back and lets them go as one when the upstream has nothing more *right now*:
 //! after [`YIELDS`] scheduler yields with nothing new. Real token streams, whose events are milliseconds
 //! apart, still go out event by event, each delayed by those yields (microseconds, no system call).

@@ -1,5 +1,6 @@
-//! The OpenAI-compatible proxy: authenticate, authorise the model, route with failover, stream back
-//! unbuffered while a side decoder reads usage, then account.
+//! The OpenAI-compatible proxy: authenticate, authorise the model, route with failover, stream back as
+//! the upstream sends (never waiting for more than what has already arrived: [`coalesce`]) while a side
+//! decoder reads usage, then account.
 
 pub mod coalesce;
 pub mod demo;
