@@ -30,23 +30,9 @@ for a in "$@"; do
     [[ -x "${a#*=}" ]] || { echo "not an executable: ${a#*=}" >&2; exit 2; }
     NAMES+=("${a%%=*}"); BINS+=("$(realpath "${a#*=}")")
 done
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-BIN="$TARGET_DIR/release"
-OUT="${BENCH_OUT:-$TARGET_DIR/bench/compare-$(date -u +%Y%m%dT%H%M%SZ)}"
-mkdir -p "$OUT"
-WORK="$(mktemp -d /tmp/tollgate-compare.XXXXXX)"
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-log() { printf '[compare %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
+bench_init compare compare-
 
 cargo build --release -q -p tollgate-broker -p tollgate-bench
 cargo build --release -q -p tollgate-bench --example floor_proxy

@@ -1,6 +1,32 @@
-# Shared by bench/run.sh, bench/soak.sh and bench/compare.sh (sourced, not run): starting the processes,
-# reading them from /proc, the broker's benchmark config, minting a token, and wrk's request script.
-# The caller sets WORK (a scratch directory) and PIDS (an array: everything started is killed on exit).
+# Shared by bench/run.sh, bench/soak.sh and bench/compare.sh (sourced, not run): the scripts' frame,
+# starting the processes, reading them from /proc, the broker's benchmark config, minting a token, and
+# wrk's request script. The caller sets ROOT (the checkout) before sourcing.
+
+# bench_init TAG [OUT_PREFIX]: the frame every script starts with. Sets TARGET_DIR, BIN (the release
+# binaries), OUT (results: $BENCH_OUT, else target/bench/OUT_PREFIX<UTC timestamp>), WORK (scratch, removed
+# on exit) and PIDS (everything started; killed on exit, then the caller's `on_exit` runs if it defines
+# one); raises the open-files limit; `log` lines are tagged TAG.
+bench_init() {
+    LOG_TAG="$1"
+    TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+    BIN="$TARGET_DIR/release"
+    OUT="${BENCH_OUT:-$TARGET_DIR/bench/${2:-}$(date -u +%Y%m%dT%H%M%SZ)}"
+    mkdir -p "$OUT"
+    WORK="$(mktemp -d "/tmp/tollgate-$1.XXXXXX")"
+    PIDS=()
+    trap bench_cleanup EXIT
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+}
+
+bench_cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if declare -F on_exit >/dev/null; then on_exit; fi
+    rm -rf "$WORK"
+}
+
+log() { printf '[%s %s] %s\n' "$LOG_TAG" "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 # start NAME CMD...: run CMD in the background, wait for its "listening http://127.0.0.1:PORT" line on
 # stdout; sets ADDR and PID. Its stdout and stderr go to $WORK/NAME.out and $WORK/NAME.err.

@@ -26,22 +26,9 @@ done
 [[ ${#SECTIONS[@]} -eq 0 ]] && SECTIONS=(latency stream pad litellm throughput memory mint helper)
 want() { local s; for s in "${SECTIONS[@]}"; do [[ "$s" == "$1" ]] && return 0; done; return 1; }
 
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-BIN="$TARGET_DIR/release"
-OUT="${BENCH_OUT:-$TARGET_DIR/bench/$(date -u +%Y%m%dT%H%M%SZ)}"
-mkdir -p "$OUT"
-WORK="$(mktemp -d /tmp/tollgate-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+bench_init bench
 
 if [[ $QUICK -eq 1 ]]; then
     LAT_N=200; LAT_RUNS=2; LAT_WARM=50; SLOW_N=30; TP_SECS=2; TP_RUNS=1; STREAMS=100; HF_RUNS=20
@@ -54,9 +41,6 @@ cargo build --release -q -p tollgate-broker -p tollgate-token -p tollgate-bench 
 cargo build --release -q -p tollgate-bench --example floor_proxy
 
 # --- processes --------------------------------------------------------------------------------
-# shellcheck source=bench/lib.sh
-source "$ROOT/bench/lib.sh"
-
 start upstream "$BIN/tollgate-bench" upstream --threads 1
 UP="$ADDR"; UP_PID="$PID"
 log "canned upstream at $UP"

@@ -15,27 +15,13 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 SOAK_SECS="${SOAK_SECS:-300}"
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-BIN="$TARGET_DIR/release"
-OUT="${BENCH_OUT:-$TARGET_DIR/bench/soak-$(date -u +%Y%m%dT%H%M%SZ)}"
-mkdir -p "$OUT"
-WORK="$(mktemp -d /tmp/tollgate-soak.XXXXXX)"
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [[ -f "$WORK/broker.err" ]] && cp "$WORK/broker.err" "$OUT/broker.log"
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-log() { printf '[soak %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-
-cargo build --release -q -p tollgate-broker -p tollgate-bench
-
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
+# Keep the broker's log with the results.
+on_exit() { [[ -f "$WORK/broker.err" ]] && cp "$WORK/broker.err" "$OUT/broker.log"; return 0; }
+bench_init soak soak-
+
+cargo build --release -q -p tollgate-broker -p tollgate-bench
 
 start upstream "$BIN/tollgate-bench" upstream --threads 1
 UP="$ADDR"
