@@ -102,6 +102,47 @@ fn codex_request_to_chat() {
     assert_eq!(out["stream_options"]["include_usage"], true);
 }
 
+/// Numbers the client sent reach the upstream unchanged: the body is parsed and written again on its way
+/// through a translation, and a float that did not parse back exactly would change by one unit in the last
+/// place (found by the `translate_request` fuzz target; `fuzz/regressions/translate_request/`).
+#[test]
+fn client_floats_reach_the_upstream_exactly() {
+    for text in [
+        "555555555455555555555555555551.2",
+        "0.30000000000000004",
+        "1.7976931348623157e308",
+    ] {
+        let exact: f64 = text.parse().expect("a float");
+        let body = format!(
+            r#"{{"model":"m","input":"hi","temperature":{text},"top_p":{text},"stream":true}}"#
+        );
+        let body: Value = serde_json::from_str(&body).expect("the client's body");
+        assert_eq!(
+            body["temperature"].as_f64(),
+            Some(exact),
+            "{text} as parsed"
+        );
+        let (chat_out, _) = chat::request(&body, "upstream").expect("chat");
+        let (anthropic_out, _) =
+            anthropic::request(&body, "upstream", anthropic::Options::default())
+                .expect("anthropic");
+        for out in [chat_out, anthropic_out] {
+            let sent = serde_json::to_string(&out).expect("serialise");
+            let upstream_reads: Value = serde_json::from_str(&sent).expect("parse back");
+            assert_eq!(
+                upstream_reads["temperature"].as_f64(),
+                Some(exact),
+                "{text}: {sent}"
+            );
+            assert_eq!(
+                upstream_reads["top_p"].as_f64(),
+                Some(exact),
+                "{text}: {sent}"
+            );
+        }
+    }
+}
+
 #[test]
 fn codex_request_to_anthropic() {
     let (out, _) = anthropic::request(
