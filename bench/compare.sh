@@ -21,7 +21,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-[[ $# -ge 1 && "$1" != -h && "$1" != --help ]] || { sed -n 2,20p "$0"; exit 2; }
+[[ $# -ge 1 && "$1" != -h && "$1" != --help ]] || { sed -n 2,19p "$0"; exit 2; }
 ROUNDS="${ROUNDS:-3}"; SECS="${SECS:-5}"; CONNS="${CONNS:-16 64}"; STREAM="${STREAM:-0}"
 LAT_N="${LAT_N:-3000}"; LAT_RUNS="${LAT_RUNS:-3}"
 NAMES=(); BINS=()
