@@ -1,5 +1,6 @@
 //! Application state and the HTTP router.
 
+use crate::accounting::Accounting;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::error::{ApiError, OAuthFailure};
@@ -7,7 +8,6 @@ use crate::governance::Governance;
 use crate::governance::store::RevocationKind;
 use crate::identity::{Verifiers, VerifyError};
 use crate::keys;
-use crate::ledger::Ledger;
 use crate::policy::{Decision, Policy};
 use crate::router::Router as ModelRouter;
 use crate::token::{KeyRing, TokenService};
@@ -36,16 +36,19 @@ pub struct AppState {
     pub retry_after_max_wait_secs: u64,
     pub codex_models: BTreeMap<String, serde_json::Value>,
     pub auth_cache: moka::sync::Cache<[u8; 32], Arc<tollgate::Claims>>,
-    pub ledger: Ledger,
+    /// Prices, budgets, rate limits, revocation.
+    pub governance: Arc<Governance>,
+    /// What happens to a request once admitted: settlement, metrics, audit, the log line.
+    pub accounting: Arc<Accounting>,
     pub clock: SharedClock,
     pub max_body_bytes: usize,
     pub default_ttl_secs: u64,
     pub max_ttl_secs: u64,
     /// SHA-256 of the admin key; `None` disables `/admin/*`.
     pub admin_key_sha256: Option<[u8; 32]>,
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// `None` when `[audit] enabled = false`.
-    pub audit: Option<crate::audit::AuditLog>,
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
     /// Admin key checks and dashboard sessions.
     pub admin: crate::admin::AdminAuth,
     /// Budget definitions, for the dashboard.
@@ -70,7 +73,11 @@ impl AppState {
     pub async fn build(config: &Config, clock: SharedClock) -> Result<Arc<Self>, BuildError> {
         let policy = Policy::load(&config.policy_file)?;
         let now = clock.now_secs();
-        let governance = Governance::open(config, clock.clone()).await?;
+        let metrics = Arc::new(crate::metrics::Metrics::new(
+            config.metrics.clone(),
+            &config.routes,
+        ));
+        let governance = Arc::new(Governance::open(config, clock.clone(), metrics.clone()).await?);
         let ring = Arc::new(KeyRing::default());
         match (&config.tokens.signing_key_file, &governance.keys) {
             (Some(path), _) => ring.replace(vec![keys::load_file(path, now)?]),
@@ -92,6 +99,22 @@ impl AppState {
         };
         let verifiers = Verifiers::from_config(config, clock.clone(), governance.store.clone())
             .map_err(|e| BuildError::Identity(e.to_string()))?;
+        let audit = audit_sink.map(|sink| {
+            Arc::new(crate::audit::AuditLog::new(sink).with_checkpoints(
+                config.audit.checkpoints,
+                Arc::new(crate::audit::checkpoint::RingSigner {
+                    keys: ring.clone(),
+                    issuer: config.server.public_url.clone(),
+                }),
+                clock.clone(),
+            ))
+        });
+        let accounting = Accounting::new(
+            governance.clone(),
+            metrics.clone(),
+            audit.clone(),
+            clock.clone(),
+        );
         let state = Arc::new(AppState {
             tokens: TokenService {
                 keys: ring.clone(),
@@ -110,19 +133,11 @@ impl AppState {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(300))
                 .build(),
-            ledger: Ledger::new(Arc::new(governance)),
+            governance,
+            accounting,
             admin_key_sha256: config.admin.key_sha256,
-            metrics: crate::metrics::Metrics::new(config.metrics.clone(), &config.routes),
-            audit: audit_sink.map(|sink| {
-                crate::audit::AuditLog::new(sink).with_checkpoints(
-                    config.audit.checkpoints,
-                    Arc::new(crate::audit::checkpoint::RingSigner {
-                        keys: ring.clone(),
-                        issuer: config.server.public_url.clone(),
-                    }),
-                    clock.clone(),
-                )
-            }),
+            metrics,
+            audit,
             admin: crate::admin::AdminAuth::new(config.admin.key_sha256),
             budgets: config.budgets.clone(),
             clock,
@@ -138,7 +153,7 @@ impl AppState {
     /// reservations, settlement retries. Stops when the state is dropped.
     pub fn spawn_background(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        let g = self.ledger.governance.clone();
+        let g = self.governance.clone();
         tokio::spawn(async move {
             let lease = Duration::from_secs(g.lease_secs());
             let mut last_renew = std::time::Instant::now();
@@ -170,7 +185,7 @@ impl AppState {
     /// One key poll: publish keys other replicas created (scheduled or forced) and drop retired ones.
     /// The background loop calls it every second; public so tests drive it without timers.
     pub async fn sync_keys(&self) -> Result<(), crate::governance::store::StoreError> {
-        let g = &self.ledger.governance;
+        let g = &self.governance;
         match &g.keys {
             Some(km) => {
                 km.sync(g.store.as_ref(), &self.tokens.keys, self.clock.now_secs())
@@ -262,7 +277,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     if app.tokens.keys.active().is_none() {
         return (StatusCode::SERVICE_UNAVAILABLE, "no signing key").into_response();
     }
-    if let Err(e) = app.ledger.governance.store.ping().await {
+    if let Err(e) = app.governance.store.ping().await {
         tracing::warn!(error = %e, "not ready: governance store unavailable");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -499,15 +514,20 @@ async fn self_usage(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let claims = crate::proxy::authenticate(&app, &headers)?;
-    let budgets = app.ledger.governance.report(&claims).await?;
+    // Read-your-writes on this replica: what it has finished is settled before the store is read.
+    if !app.accounting.flush(Duration::from_secs(2)).await {
+        tracing::warn!("usage report: settlements are still queued; the report may lag");
+    }
+    let budgets = app.governance.report(&claims).await?;
+    let usage = app.governance.usage_today(&claims.grant.principal).await?;
     Ok(axum::Json(json!({
         "principal": claims.grant.principal,
         "team": claims.grant.team,
         "org": claims.grant.org,
         "expires_at": claims.exp,
         "budgets": budgets,
-        // Token counts of this principal through this broker process since it started.
-        "usage": app.ledger.totals(&claims.grant.principal),
+        // This principal's settled requests since 00:00 UTC, from the store (the same on every replica).
+        "usage": usage,
     }))
     .into_response())
 }
@@ -560,15 +580,10 @@ async fn admin_revoke(
             ));
         }
     };
-    let seq = app
-        .ledger
-        .governance
-        .revoke(kind, &value)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "revocation could not be stored");
-            ApiError::StoreUnavailable
-        })?;
+    let seq = app.governance.revoke(kind, &value).await.map_err(|e| {
+        tracing::error!(error = %e, "revocation could not be stored");
+        ApiError::StoreUnavailable
+    })?;
     tracing::info!(kind = kind.as_str(), value = %value, seq, "revocation by admin");
     if let Some(a) = &app.audit {
         let (principal, jti) = match kind {

@@ -285,8 +285,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    // Counters emitted through the global `metrics` macros land in this state's recorder as well.
-    let _ = metrics::set_global_recorder(crate::metrics::GlobalForwarder(state.clone()));
     rt.block_on(async { state.spawn_background() });
     if let Some(vault) = &config.vault {
         let keys = state.router.vault_keys();

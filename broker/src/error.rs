@@ -214,6 +214,71 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::governance::GovernanceError> for ApiError {
+    /// What a person reads in Codex when governance refuses: which budget, what is left, when it resets.
+    fn from(e: crate::governance::GovernanceError) -> Self {
+        use crate::governance::GovernanceError as G;
+        match e {
+            G::Revoked => ApiError::Unauthorized("revoked"),
+            G::RateLimited {
+                what,
+                retry_after_secs,
+            } => ApiError::RateLimited {
+                message: format!("rate limit reached ({what}); retry in {retry_after_secs} s."),
+                retry_after_secs,
+            },
+            G::Unpriced { model } => ApiError::BadRequest(format!(
+                "model '{model}' has no price configured on this broker, so it cannot be budgeted; ask your platform team to add it under [pricing.models]."
+            )),
+            G::UnknownBudget { id } => ApiError::BudgetExceeded {
+                message: format!(
+                    "your grant is charged to budget '{id}', which this broker does not configure; ask your platform team."
+                ),
+                retry_after_secs: None,
+            },
+            G::BudgetExceeded(r) => ApiError::BudgetExceeded {
+                message: budget_message(&r),
+                retry_after_secs: None,
+            },
+            G::StoreUnavailable => ApiError::StoreUnavailable,
+        }
+    }
+}
+
+impl From<crate::accounting::Backlog> for ApiError {
+    fn from(e: crate::accounting::Backlog) -> Self {
+        tracing::error!(error = %e, "refusing: settlements are not being stored");
+        ApiError::StoreUnavailable
+    }
+}
+
+fn budget_message(r: &crate::governance::BudgetRefusal) -> String {
+    use crate::config::Scope;
+    let usd = |n: tollgate::Nanos| n.to_string();
+    let whose = match r.scope {
+        Scope::Token => "this token".to_string(),
+        s => format!("{} {}", s.as_str(), r.subject),
+    };
+    let in_flight = if r.in_flight.0 > 0 {
+        format!(" ({} held by requests in flight)", usd(r.in_flight))
+    } else {
+        String::new()
+    };
+    let reset = match r.resets_at {
+        Some(e) => format!("It resets at {}.", crate::governance::window::rfc3339(e)),
+        None => "It is a lifetime budget and does not reset.".to_string(),
+    };
+    format!(
+        "{} budget '{}' for {whose} cannot cover this request: {} left of {} ({} spent{in_flight}); the request needs up to {}. {reset}",
+        r.window,
+        r.budget_id,
+        usd(r.left()),
+        usd(r.amount),
+        usd(r.spent),
+        usd(r.need),
+    )
+}
+
 /// Attached to error responses so middleware (metrics, audit) can read the kind.
 #[derive(Clone, Copy, Debug)]
 pub struct ErrorKind(pub &'static str);

@@ -1,6 +1,7 @@
 //! `tollgate-broker`: verifies workload identities, mints short-lived scoped tokens, and governs an
 //! OpenAI-compatible proxy in front of the providers.
 
+pub mod accounting;
 pub mod admin;
 pub mod app;
 pub mod audit;
@@ -11,7 +12,7 @@ pub mod error;
 pub mod governance;
 pub mod identity;
 pub mod keys;
-pub mod ledger;
+
 pub mod metrics;
 pub mod observe;
 pub mod opscli;

@@ -275,6 +275,26 @@ impl Metrics {
             None,
             "Audit records lost (store failing for good, or the write queue full).",
         );
+        d(
+            "tollgate_store_errors_total",
+            None,
+            "Governance store operations that failed, by operation (reserve, settle).",
+        );
+        d(
+            "tollgate_allotment_grows_total",
+            None,
+            "Budget allotments grown in the store (one store round trip each).",
+        );
+        d(
+            "tollgate_redis_errors_total",
+            None,
+            "Redis rate-limit calls that failed (this process's own limiter answered instead).",
+        );
+        self.recorder.describe_gauge(
+            "tollgate_settlement_queue".into(),
+            None,
+            "Finished requests waiting to be settled (bounded; admission refuses while it is full).".into(),
+        );
         self.recorder.describe_gauge(
             "tollgate_breaker_open".into(),
             None,
@@ -416,10 +436,8 @@ impl Metrics {
             .increment(s.cached_input_tokens);
         self.counter("tollgate_output_tokens_total", &with_principal(true))
             .increment(s.output_tokens);
-        if let Some(c) = s.cost_nanos {
-            self.counter("tollgate_cost_nanodollars_total", &with_principal(true))
-                .increment(c);
-        }
+        self.counter("tollgate_cost_nanodollars_total", &with_principal(true))
+            .increment(s.cost_nanos);
         self.counter("tollgate_stream_ends_total", &[("end", s.end)])
             .increment(1);
         self.histogram("tollgate_upstream_latency_seconds", &base)
@@ -427,6 +445,28 @@ impl Metrics {
         if let Some(t) = s.ttfb_secs {
             self.histogram("tollgate_ttfb_seconds", &base).record(t);
         }
+    }
+
+    /// A governance store operation failed (`op`: `reserve`, `settle`).
+    pub fn store_error(&self, op: &'static str) {
+        self.counter("tollgate_store_errors_total", &[("op", op)])
+            .increment(1);
+    }
+
+    pub fn allotment_grow(&self) {
+        self.counter("tollgate_allotment_grows_total", &[])
+            .increment(1);
+    }
+
+    pub fn redis_error(&self) {
+        self.counter("tollgate_redis_errors_total", &[])
+            .increment(1);
+    }
+
+    /// Finished requests waiting in the settlement queue.
+    pub fn settlement_queue(&self, depth: usize) {
+        self.gauge("tollgate_settlement_queue", &[])
+            .set(depth as f64);
     }
 
     /// Audit records lost so far (set at scrape time).
@@ -472,60 +512,10 @@ pub struct Settled<'a> {
     pub input_tokens: u64,
     pub cached_input_tokens: u64,
     pub output_tokens: u64,
-    pub cost_nanos: Option<u64>,
+    pub cost_nanos: u64,
     pub end: &'a str,
     pub upstream_secs: f64,
     pub ttfb_secs: Option<f64>,
-}
-
-/// Routes the process-global `metrics::counter!` macros (used deep inside governance for store errors,
-/// budget refusals and spend) into the broker's own recorder, so they appear on `/metrics` too. Installed
-/// once by the binary; tests that build several states keep their recorders separate and skip it.
-pub struct GlobalForwarder(pub std::sync::Arc<crate::app::AppState>);
-
-impl Recorder for GlobalForwarder {
-    fn describe_counter(
-        &self,
-        key: metrics::KeyName,
-        unit: Option<metrics::Unit>,
-        description: metrics::SharedString,
-    ) {
-        self.0
-            .metrics
-            .recorder
-            .describe_counter(key, unit, description);
-    }
-    fn describe_gauge(
-        &self,
-        key: metrics::KeyName,
-        unit: Option<metrics::Unit>,
-        description: metrics::SharedString,
-    ) {
-        self.0
-            .metrics
-            .recorder
-            .describe_gauge(key, unit, description);
-    }
-    fn describe_histogram(
-        &self,
-        key: metrics::KeyName,
-        unit: Option<metrics::Unit>,
-        description: metrics::SharedString,
-    ) {
-        self.0
-            .metrics
-            .recorder
-            .describe_histogram(key, unit, description);
-    }
-    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
-        self.0.metrics.recorder.register_counter(key, metadata)
-    }
-    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
-        self.0.metrics.recorder.register_gauge(key, metadata)
-    }
-    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
-        self.0.metrics.recorder.register_histogram(key, metadata)
-    }
 }
 
 #[cfg(test)]

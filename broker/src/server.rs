@@ -62,12 +62,12 @@ pub async fn serve_on(
         }
     };
     // Queued settlements land, then this process's budget allotments go back to the store.
-    state.ledger.drain_settlements();
-    state
-        .ledger
-        .governance
-        .shutdown(Duration::from_secs(10))
-        .await;
+    if !state.accounting.flush(Duration::from_secs(10)).await {
+        tracing::error!(
+            "settlements still queued at shutdown could not be stored in time; their spend is lost"
+        );
+    }
+    state.governance.shutdown().await;
     if let Some(audit) = &state.audit {
         audit.flush().await;
         // Cover the last records with a signed checkpoint (logged) before the process goes.

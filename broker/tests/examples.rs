@@ -117,7 +117,7 @@ fn grafana_dashboard_queries_only_exported_metrics() {
         input_tokens: 1,
         cached_input_tokens: 0,
         output_tokens: 1,
-        cost_nanos: Some(1),
+        cost_nanos: 1,
         end: "completed",
         upstream_secs: 1.0,
         ttfb_secs: Some(0.5),

@@ -334,7 +334,7 @@ async fn admin_and_audit_subcommands() {
         .await
         .unwrap();
     assert!(text.contains("tollgate_requests_total{"), "{text}");
-    assert!(text.contains("tollgate_spend_nanos_total"), "{text}");
+    assert!(text.contains("tollgate_cost_nanodollars_total"), "{text}");
 
     b.child.signal_group(Signal::SIGTERM).unwrap();
     assert!(

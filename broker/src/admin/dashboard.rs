@@ -284,7 +284,7 @@ async fn budgets_used(
     if keys.is_empty() {
         return Vec::new();
     }
-    let counters = match app.ledger.governance.store.counters(&keys).await {
+    let counters = match app.governance.store.counters(&keys).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "dashboard: budget counters unavailable");

@@ -191,10 +191,7 @@ async fn grants(
     let out: Vec<serde_json::Value> = rows
         .into_iter()
         .map(|g| {
-            let revoked = app
-                .ledger
-                .governance
-                .is_revoked(&g.jti, &g.principal, g.issued_at);
+            let revoked = app.governance.is_revoked(&g.jti, &g.principal, g.issued_at);
             let mut v = serde_json::to_value(&g).unwrap_or_default();
             v["revoked"] = revoked.into();
             v
@@ -280,7 +277,7 @@ async fn rotate_keys(
     headers: HeaderMap,
 ) -> Result<Response, AdminError> {
     require(&app, &headers)?;
-    let g = &app.ledger.governance;
+    let g = &app.governance;
     let Some(km) = &g.keys else {
         let active = app.tokens.keys.active().map(|k| k.kid.clone());
         audit_admin(&app, "rotate_keys_refused", json!({"active_kid": active}));

@@ -1,11 +1,14 @@
 //! Governance: prices, budgets with reservations, rate limits, revocation — backed by a [`store::Store`].
 //!
-//! The request path calls [`Governance::admit`] before forwarding and [`Governance::settle`] exactly once
-//! afterwards (through [`crate::ledger`]). Admission is in memory against this process's allotments
-//! ([`allot`]) and goes to the store only to grow one; settlements are queued to one writer task that
-//! group-commits them (retrying until they land). Background work (lease renewal, expiry of dead brokers'
-//! reservations, revocation and key polling, giving idle allotments back) runs from [`Governance::tick`];
-//! [`Governance::shutdown`] flushes the writer and gives every allotment back.
+//! The request path calls [`Governance::admit`] before forwarding; [`crate::accounting`] calls
+//! [`Governance::settle`] exactly once afterwards, from its one settlement queue, and writes the
+//! [`store::Apply`] it returns to the store in group-committed batches. Admission is in memory against this
+//! process's allotments ([`allot`]) and goes to the store only to grow one. Background work (lease renewal,
+//! expiry of dead brokers' reservations, revocation and key polling, giving idle allotments back) runs from
+//! [`Governance::tick`]; [`Governance::shutdown`] gives every allotment back.
+//!
+//! Governance speaks [`GovernanceError`]; what a person reads is written in `crate::error`, the one place
+//! errors become HTTP responses.
 
 pub mod allot;
 pub mod keys;
@@ -16,7 +19,7 @@ pub mod window;
 
 use crate::clock::SharedClock;
 use crate::config::{BudgetConfig, Config, LimitsConfig, Scope};
-use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::usage::Usage;
 use pricing::{Estimate, Estimator, ModelPrice, PriceTable};
 use ratelimit::RateLimits;
@@ -28,9 +31,64 @@ use store::{
     Apply, CounterKey, GrowItem, GrowOutcome, PoolRef, RevocationKind, SpendRecord, Store,
     StoreError,
 };
-use tokio::sync::{mpsc, oneshot};
 use tollgate::{Claims, Nanos};
 use window::rfc3339;
+
+/// Why governance refused a request. Carries facts, not prose: `crate::error` writes the message.
+#[derive(Debug, thiserror::Error)]
+pub enum GovernanceError {
+    /// The token (by `jti`) or its principal is revoked.
+    #[error("token revoked")]
+    Revoked,
+    /// A requests- or tokens-per-minute limit is reached.
+    #[error("rate limit reached ({what})")]
+    RateLimited { what: String, retry_after_secs: u64 },
+    /// The model has no price, so it cannot be budgeted.
+    #[error("model {model:?} has no price")]
+    Unpriced { model: String },
+    /// The grant names a budget this broker does not configure.
+    #[error("grant names unconfigured budget {id:?}")]
+    UnknownBudget { id: String },
+    /// A budget cannot cover the request's estimate.
+    #[error("budget {} cannot cover the request", .0.budget_id)]
+    BudgetExceeded(Box<BudgetRefusal>),
+    /// The store is down (or too contended) and governance fails closed.
+    #[error("governance store unavailable")]
+    StoreUnavailable,
+}
+
+/// The facts of a budget refusal: which budget, for whom, what is left, when it resets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetRefusal {
+    pub budget_id: String,
+    pub scope: Scope,
+    /// The subject the budget is counted for (a jti for token budgets).
+    pub subject: String,
+    pub window: &'static str,
+    pub amount: Nanos,
+    pub spent: Nanos,
+    /// Held by requests in flight (never this replica's own free allotment).
+    pub in_flight: Nanos,
+    /// What the refused request needed.
+    pub need: Nanos,
+    /// Unix seconds of the next reset; `None` for a lifetime budget.
+    pub resets_at: Option<i64>,
+}
+
+impl BudgetRefusal {
+    /// What is left of the budget: amount − spent − in flight, never below zero.
+    pub fn left(&self) -> Nanos {
+        Nanos((self.amount.0 - self.spent.0 - self.in_flight.0).max(0))
+    }
+}
+
+/// What settling one finished request produced: its cost, and the store write that records it (the caller,
+/// [`crate::accounting`], group-commits these).
+#[derive(Debug)]
+pub struct Settlement {
+    pub cost: Nanos,
+    pub apply: Apply,
+}
 
 /// What an admitted request holds until it settles.
 #[derive(Debug)]
@@ -75,28 +133,13 @@ pub struct Governance {
     /// Serialises grows, pool resets and the pool's release (one store round trip at a time per process;
     /// requests waiting for it re-check the allotment another request just grew).
     grow_lock: tokio::sync::Mutex<()>,
-    /// The settlement writer's queue (the writer starts on first use inside a runtime).
-    writer_tx: mpsc::UnboundedSender<WriterMsg>,
-    writer_rx: Mutex<Option<mpsc::UnboundedReceiver<WriterMsg>>>,
     /// False after a store write failed (a settlement or a grow) until one succeeds: then every admission
     /// goes to the store (fail closed, or `allow`) instead of the allotment, so a broker that cannot record
     /// spend stops serving on credit.
-    store_ok: Arc<std::sync::atomic::AtomicBool>,
+    store_ok: std::sync::atomic::AtomicBool,
+    metrics: Arc<Metrics>,
     pub keys: Option<keys::KeyManager>,
 }
-
-enum WriterMsg {
-    Apply(Apply),
-    Flush(oneshot::Sender<()>),
-}
-
-/// Settlements per transaction, at most.
-const WRITER_BATCH: usize = 512;
-/// How long the writer lets settlements gather after the first one of a batch arrives (group commit with
-/// a linger, as Kafka's `linger.ms`): one transaction — and one wake-up of the store's thread — per
-/// batch instead of per request, at a few milliseconds' delay before spend is visible in the store.
-/// A flush does not wait for it.
-pub const WRITER_LINGER: Duration = Duration::from_millis(5);
 /// Grow attempts per admission before giving up (only reached when concurrent admissions keep taking the
 /// allotment just grown).
 const MAX_GROWS: usize = 32;
@@ -112,50 +155,6 @@ enum TakeError {
     },
     Store(StoreError),
     Contended,
-}
-
-/// The settlement writer: applies whatever is queued as one transaction (bounded), retries store errors
-/// with backoff until they land, and answers flushes once everything queued before them is stored.
-async fn run_writer(
-    store: Arc<dyn Store>,
-    mut rx: mpsc::UnboundedReceiver<WriterMsg>,
-    store_ok: Arc<std::sync::atomic::AtomicBool>,
-) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut batch: Vec<Apply> = Vec::new();
-    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
-    loop {
-        let Some(first) = rx.recv().await else { return };
-        if matches!(first, WriterMsg::Apply(_)) {
-            // While the writer sleeps here no receiver is registered, so senders do not wake it.
-            tokio::time::sleep(WRITER_LINGER).await;
-        }
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                WriterMsg::Apply(a) => batch.push(a),
-                WriterMsg::Flush(done) => flushes.push(done),
-            }
-            if batch.len() < WRITER_BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !batch.is_empty() {
-            let mut delay = Duration::from_millis(50);
-            while let Err(e) = store.apply(&batch).await {
-                store_ok.store(false, Relaxed);
-                metrics::counter!("tollgate_store_errors_total", "op" => "settle").increment(1);
-                tracing::error!(error = %e, settlements = batch.len(), "could not settle; will retry");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            store_ok.store(true, Relaxed);
-            batch.clear();
-        }
-        for f in flushes.drain(..) {
-            let _ = f.send(());
-        }
-    }
 }
 
 /// The usage a request is charged for: as reported, else estimated from what was streamed.
@@ -196,12 +195,25 @@ pub struct BudgetView {
     pub resets_at: Option<String>,
 }
 
+/// A principal's usage since the start of the UTC day.
+#[derive(Debug, Serialize)]
+pub struct UsageToday {
+    pub since: String,
+    #[serde(flatten)]
+    pub totals: store::UsageTotals,
+    pub cost_usd: String,
+}
+
 fn usd(n: i64) -> String {
     Nanos(n).to_string()
 }
 
 impl Governance {
-    pub async fn open(config: &Config, clock: SharedClock) -> Result<Self, StoreError> {
+    pub async fn open(
+        config: &Config,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
         let store = store::open(&config.store).await?;
         let keys = if config.tokens.signing_key_file.is_none() {
             // Keys are polled every max(1 s, poll interval); a forced rotation waits several polls.
@@ -216,7 +228,7 @@ impl Governance {
         } else {
             None
         };
-        Ok(Self::with_store(store, config, clock, keys))
+        Ok(Self::with_store(store, config, clock, keys, metrics))
     }
 
     pub fn with_store(
@@ -224,8 +236,8 @@ impl Governance {
         config: &Config,
         clock: SharedClock,
         keys: Option<keys::KeyManager>,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        let (writer_tx, writer_rx) = mpsc::unbounded_channel();
         Governance {
             store,
             prices: config.pricing.table.clone(),
@@ -246,9 +258,8 @@ impl Governance {
             clock,
             allot: Mutex::new(allot::Allotments::default()),
             grow_lock: tokio::sync::Mutex::new(()),
-            writer_tx,
-            writer_rx: Mutex::new(Some(writer_rx)),
-            store_ok: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            store_ok: std::sync::atomic::AtomicBool::new(true),
+            metrics,
             keys,
         }
     }
@@ -263,45 +274,19 @@ impl Governance {
         format!("pool-{}-{epoch}", self.owner)
     }
 
-    fn enqueue(&self, a: Apply) {
-        self.start_writer();
-        if self.writer_tx.send(WriterMsg::Apply(a)).is_err() {
-            tracing::error!("settlement writer gone; a settlement is lost");
+    /// Record the outcome of a settlement write (by [`crate::accounting`]): after a failure, admissions go
+    /// to the store until a write succeeds again.
+    pub fn note_store_write(&self, ok: bool) {
+        self.store_ok
+            .store(ok, std::sync::atomic::Ordering::Relaxed);
+        if !ok {
+            self.metrics.store_error("settle");
         }
     }
 
-    fn start_writer(&self) {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
-        let rx = self
-            .writer_rx
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(rx) = rx {
-            tokio::spawn(run_writer(self.store.clone(), rx, self.store_ok.clone()));
-        }
-    }
-
-    /// Wait until every settlement queued so far is in the store (or `timeout` passes: false).
-    pub async fn flush(&self, timeout: Duration) -> bool {
-        self.start_writer();
-        let (tx, rx) = oneshot::channel();
-        if self.writer_tx.send(WriterMsg::Flush(tx)).is_err() {
-            return false;
-        }
-        matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
-    }
-
-    /// Graceful shutdown: store every queued settlement, then give this process's allotments back (delete
-    /// its pool). Requests still in flight afterwards settle their spend without an allotment.
-    pub async fn shutdown(&self, timeout: Duration) {
-        if !self.flush(timeout).await {
-            tracing::error!(
-                "settlements still queued at shutdown could not be stored in time; their spend is lost"
-            );
-        }
+    /// Graceful shutdown (after [`crate::accounting::Accounting::flush`]): give this process's allotments
+    /// back (delete its pool). Requests still in flight afterwards settle their spend without an allotment.
+    pub async fn shutdown(&self) {
         let _g = self.grow_lock.lock().await;
         let (id, exists) = {
             let mut a = self.allot();
@@ -379,7 +364,7 @@ impl Governance {
             self.store_ok.store(grown.is_ok(), Relaxed);
             match grown {
                 Ok(GrowOutcome::Granted(amounts)) => {
-                    metrics::counter!("tollgate_allotment_grows_total").increment(1);
+                    self.metrics.allotment_grow();
                     let mut a = self.allot();
                     if a.epoch == epoch {
                         a.pool_exists = true;
@@ -419,17 +404,12 @@ impl Governance {
     }
 
     /// The budgets that apply to these claims, with the subject each is counted for.
-    fn in_scope(&self, claims: &Claims) -> Result<Vec<(&BudgetConfig, String)>, ApiError> {
+    fn in_scope(&self, claims: &Claims) -> Result<Vec<(&BudgetConfig, String)>, GovernanceError> {
         let g = &claims.grant;
         for id in &g.budgets {
             if !self.budgets.iter().any(|b| &b.id == id) {
                 tracing::error!(budget = %id, principal = %g.principal, "grant names a budget this broker does not configure");
-                return Err(ApiError::BudgetExceeded {
-                    message: format!(
-                        "your grant is charged to budget '{id}', which this broker does not configure; ask your platform team."
-                    ),
-                    retry_after_secs: None,
-                });
+                return Err(GovernanceError::UnknownBudget { id: id.clone() });
             }
         }
         let mut out = Vec::new();
@@ -450,19 +430,19 @@ impl Governance {
     }
 
     /// Refuse revoked tokens. Purely local: the background poller keeps the set current.
-    pub fn check_revoked(&self, claims: &Claims) -> Result<(), ApiError> {
+    pub fn check_revoked(&self, claims: &Claims) -> Result<(), GovernanceError> {
         let r = self
             .revoked
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if r.jtis.contains(&claims.jti) {
-            return Err(ApiError::Unauthorized("revoked"));
+            return Err(GovernanceError::Revoked);
         }
         if let Some(at) = r.principals.get(&claims.grant.principal) {
             // Tokens are minted with iat backdated by SKEW_SECS; the real issue time is iat + SKEW_SECS.
             let issued = i64::try_from(claims.iat + crate::token::SKEW_SECS).unwrap_or(i64::MAX);
             if issued <= *at {
-                return Err(ApiError::Unauthorized("revoked"));
+                return Err(GovernanceError::Revoked);
             }
         }
         Ok(())
@@ -535,30 +515,19 @@ impl Governance {
         v
     }
 
-    /// Rate limits, then the budget reservation. `body` is the request as the client sent it.
+    /// Rate limits, then the budget reservation, for a request of `body_len` bytes whose output is limited
+    /// to `max_out` tokens (the proxy reads both in its one parse of the body).
     pub async fn admit(
-        &self,
-        claims: &Claims,
-        model: &str,
-        body: &[u8],
-    ) -> Result<Reservation, ApiError> {
-        self.admit_sized(claims, model, body.len() as u64, max_output_tokens(body))
-            .await
-    }
-
-    /// [`Governance::admit`] for a request whose size and output cap the caller already read (the proxy
-    /// reads them in its one parse of the body).
-    pub async fn admit_sized(
         &self,
         claims: &Claims,
         model: &str,
         body_len: u64,
         max_out: Option<u64>,
-    ) -> Result<Reservation, ApiError> {
+    ) -> Result<Reservation, GovernanceError> {
         for (key, rpm, tpm) in self.rate_keys(claims) {
             if let Some(tpm) = tpm {
                 let shared = match &self.redis {
-                    Some(r) => redis_or_local(r.check_tokens(&key, tpm).await),
+                    Some(r) => self.redis_or_local(r.check_tokens(&key, tpm).await),
                     None => None,
                 };
                 shared
@@ -567,7 +536,7 @@ impl Governance {
             }
             if let Some(rpm) = rpm {
                 let shared = match &self.redis {
-                    Some(r) => redis_or_local(r.check_request(&key, rpm).await),
+                    Some(r) => self.redis_or_local(r.check_request(&key, rpm).await),
                     None => None,
                 };
                 shared
@@ -577,9 +546,9 @@ impl Governance {
         }
         let price = self.prices.lookup(model).ok_or_else(|| {
             tracing::warn!(model, "refused: model has no price");
-            ApiError::BadRequest(format!(
-                "model '{model}' has no price configured on this broker, so it cannot be budgeted; ask your platform team to add it under [pricing.models]."
-            ))
+            GovernanceError::Unpriced {
+                model: model.to_string(),
+            }
         })?;
         let estimate = self.estimator.estimate(&price, body_len, max_out);
         let scope = self.in_scope(claims)?;
@@ -619,15 +588,13 @@ impl Governance {
                 reserved,
             }) => {
                 let (b, subject) = &scope[key];
-                metrics::counter!("tollgate_budget_refusals_total", "scope" => b.scope.as_str())
-                    .increment(1);
                 // This replica's own free allotment is not held by requests in flight.
                 let reserved = (reserved - self.free_allotment(&keys[key])).max(0);
                 Err(refusal(b, subject, spent, reserved, estimate.cost.0, now))
             }
             Err(TakeError::Contended) => {
                 tracing::error!("could not take a budget allotment after {MAX_GROWS} grows");
-                Err(ApiError::StoreUnavailable)
+                Err(GovernanceError::StoreUnavailable)
             }
             Err(TakeError::Store(e)) => self.store_down(
                 e,
@@ -643,68 +610,70 @@ impl Governance {
         }
     }
 
-    fn store_down(&self, e: StoreError, r: Reservation) -> Result<Reservation, ApiError> {
-        metrics::counter!("tollgate_store_errors_total", "op" => "reserve").increment(1);
+    fn store_down(&self, e: StoreError, r: Reservation) -> Result<Reservation, GovernanceError> {
+        self.metrics.store_error("reserve");
         if self.fail_open {
             tracing::error!(error = %e, "governance store unavailable; admitting WITHOUT a budget reservation (store.on_unavailable = \"allow\")");
             Ok(r)
         } else {
             tracing::error!(error = %e, "governance store unavailable; refusing (fail closed)");
-            Err(ApiError::StoreUnavailable)
+            Err(GovernanceError::StoreUnavailable)
         }
     }
 
     /// Release a reservation without charging (every attempt failed before the first byte).
     /// Purely local: the estimate goes back to this process's free allotment.
-    pub async fn release(&self, r: Reservation) {
+    pub fn release(&self, r: Reservation) {
         if r.held {
             let _ = self.allot().settle(r.epoch, &r.keys, r.estimate.cost.0, 0);
         }
     }
 
     /// Settle: charge the reported usage (or, without usage, the input estimate plus the streamed output),
-    /// release the rest of the reservation, record the spend, and charge tokens-per-minute.
-    pub async fn settle(&self, claims: &Claims, r: Reservation, f: Finished<'_>) -> Nanos {
-        let Some(redis) = &self.redis else {
-            return self.settle_now(claims, r, f);
-        };
+    /// release the rest of the reservation into this process's allotment, and return the cost with the store
+    /// write that records it. Never awaits: tokens-per-minute are charged here only when the limits are this
+    /// process's own; with Redis the caller charges them with [`Governance::charge_shared_tokens`].
+    pub fn settle(&self, claims: &Claims, r: Reservation, f: Finished<'_>) -> Settlement {
         let u = settled_usage(&self.estimator, &r, &f);
+        if self.redis.is_none() {
+            for (key, _, tpm) in self.rate_keys(claims) {
+                if let Some(tpm) = tpm {
+                    self.rates.charge_tokens(&key, tpm, u.total());
+                }
+            }
+        }
+        self.record_settlement(claims, r, f, u)
+    }
+
+    /// Whether tokens-per-minute are shared through Redis (then [`Governance::charge_shared_tokens`] must be
+    /// called for every settlement).
+    pub fn shares_rate_limits(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// Charge `tokens` against the shared tokens-per-minute limits (Redis; this process's own limiter when
+    /// Redis does not answer).
+    pub async fn charge_shared_tokens(&self, claims: &Claims, tokens: u64) {
+        let Some(redis) = &self.redis else { return };
         for (key, _, tpm) in self.rate_keys(claims) {
             if let Some(tpm) = tpm
-                && redis_or_local(redis.charge_tokens(&key, tpm, u.total()).await).is_none()
+                && self
+                    .redis_or_local(redis.charge_tokens(&key, tpm, tokens).await)
+                    .is_none()
             {
-                self.rates.charge_tokens(&key, tpm, u.total());
+                self.rates.charge_tokens(&key, tpm, tokens);
             }
         }
-        self.record_settlement(claims, r, f, u)
     }
 
-    /// Whether [`Governance::settle_now`] may be used: nothing to settle is remote (no Redis).
-    pub fn settles_locally(&self) -> bool {
-        self.redis.is_none()
-    }
-
-    /// [`Governance::settle`] without awaiting anything, for a broker without Redis: the token-rate
-    /// charge is local and the store write is queued. Lets the request path settle in place instead of
-    /// spawning a task (a spawn wakes another worker thread).
-    pub fn settle_now(&self, claims: &Claims, r: Reservation, f: Finished<'_>) -> Nanos {
-        let u = settled_usage(&self.estimator, &r, &f);
-        for (key, _, tpm) in self.rate_keys(claims) {
-            if let Some(tpm) = tpm {
-                self.rates.charge_tokens(&key, tpm, u.total());
-            }
-        }
-        self.record_settlement(claims, r, f, u)
-    }
-
-    /// The settled request's spend record, its allotment consumed, the store write queued.
+    /// The settled request's spend record and its allotment consumed.
     fn record_settlement(
         &self,
         claims: &Claims,
         r: Reservation,
         f: Finished<'_>,
         u: Usage,
-    ) -> Nanos {
+    ) -> Settlement {
         let reported = f.usage.is_some();
         let cost = r.price.cost(&u);
         let g = &claims.grant;
@@ -727,7 +696,6 @@ impl Governance {
             usage_reported: reported,
             end_reason: f.end.to_string(),
         };
-        metrics::counter!("tollgate_spend_nanos_total").increment(cost.0.max(0) as u64);
         // The allotment consumed: the cost, as far as the free allotment covers it (≥ min(cost, estimate)).
         let releases = if r.held {
             self.allot()
@@ -735,17 +703,19 @@ impl Governance {
         } else {
             vec![0; r.keys.len()]
         };
-        self.enqueue(Apply::Spend {
-            pool: r.held.then(|| self.pool_id(r.epoch)),
-            keys: r.keys,
-            releases,
-            record: Box::new(record),
-        });
-        cost
+        Settlement {
+            cost,
+            apply: Apply::Spend {
+                pool: r.held.then(|| self.pool_id(r.epoch)),
+                keys: r.keys,
+                releases,
+                record: Box::new(record),
+            },
+        }
     }
 
     /// The token holder's budgets: amount, spent, reserved, remaining and when each resets.
-    pub async fn report(&self, claims: &Claims) -> Result<Vec<BudgetView>, ApiError> {
+    pub async fn report(&self, claims: &Claims) -> Result<Vec<BudgetView>, GovernanceError> {
         let scope = self.in_scope(claims)?;
         let now = self.now();
         let keys: Vec<CounterKey> = scope
@@ -758,7 +728,7 @@ impl Governance {
             .collect();
         let counters = self.store.counters(&keys).await.map_err(|e| {
             tracing::error!(error = %e, "governance store unavailable (usage report)");
-            ApiError::StoreUnavailable
+            GovernanceError::StoreUnavailable
         })?;
         Ok(scope
             .iter()
@@ -793,6 +763,24 @@ impl Governance {
             .collect())
     }
 
+    /// The principal's settled requests since 00:00 UTC today, from the store (the same on every replica).
+    pub async fn usage_today(&self, principal: &str) -> Result<UsageToday, GovernanceError> {
+        let (since, _) = window::Window::Daily.period(self.now() as u64);
+        let totals = self
+            .store
+            .usage_since(principal, since)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "governance store unavailable (usage report)");
+                GovernanceError::StoreUnavailable
+            })?;
+        Ok(UsageToday {
+            since: rfc3339(since),
+            cost_usd: usd(totals.cost_nanos),
+            totals,
+        })
+    }
+
     /// One round of background work. Public so tests can drive it without timers.
     pub async fn tick(&self, renew: bool, expire: bool) {
         let now = self.now();
@@ -810,7 +798,14 @@ impl Governance {
                 Err(e) => tracing::warn!(error = %e, "could not renew reservation leases"),
             }
         }
-        self.return_idle(now);
+        let returns = self.return_idle(now);
+        if !returns.is_empty()
+            && let Err(e) = self.store.apply(&returns).await
+        {
+            // The amounts stay reserved in the pool until its lease expires: never lost, only late.
+            self.note_store_write(false);
+            tracing::warn!(error = %e, "could not give idle allotments back; they return when the lease expires");
+        }
         if expire {
             match self.store.expire(now).await {
                 Ok(0) => {}
@@ -835,8 +830,9 @@ impl Governance {
         }
     }
 
-    /// Give back the free allotment of counters unused for a lease period and of past windows.
-    pub fn return_idle(&self, now: i64) {
+    /// Give back the free allotment of counters unused for a lease period and of past windows: the store
+    /// writes that return it (applied by [`Governance::tick`]).
+    pub fn return_idle(&self, now: i64) -> Vec<Apply> {
         let idle = i64::try_from(self.lease_secs).unwrap_or(30);
         let (epoch, back) = {
             let mut a = self.allot();
@@ -850,13 +846,13 @@ impl Governance {
             });
             (a.epoch, back)
         };
-        for (key, amount) in back {
-            self.enqueue(Apply::Return {
+        back.into_iter()
+            .map(|(key, amount)| Apply::Return {
                 pool: self.pool_id(epoch),
                 key,
                 amount,
-            });
-        }
+            })
+            .collect()
     }
 
     pub fn lease_secs(&self) -> u64 {
@@ -868,45 +864,28 @@ impl Governance {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct MaxOutput {
-    max_output_tokens: Option<u64>,
-    max_completion_tokens: Option<u64>,
-    max_tokens: Option<u64>,
+fn limited(l: ratelimit::Limited) -> GovernanceError {
+    GovernanceError::RateLimited {
+        retry_after_secs: l.retry_after.as_secs_f64().ceil().max(1.0) as u64,
+        what: l.what,
+    }
 }
 
-/// The output cap of a request body, whichever API's name it uses (`None` when absent or not JSON).
-fn max_output_tokens(body: &[u8]) -> Option<u64> {
-    serde_json::from_slice::<MaxOutput>(body)
-        .ok()
-        .and_then(|m| {
-            m.max_output_tokens
-                .or(m.max_completion_tokens)
-                .or(m.max_tokens)
-        })
-}
-
-/// A Redis answer, or `None` (logged, counted) to fall back to the in-process limiter.
-fn redis_or_local<T>(r: std::io::Result<T>) -> Option<T> {
-    match r {
-        Ok(v) => Some(v),
-        Err(e) => {
-            metrics::counter!("tollgate_redis_errors_total").increment(1);
-            tracing::warn!(error = %e, "redis unavailable; using this process's rate limits");
-            None
+impl Governance {
+    /// A Redis answer, or `None` (logged, counted) to fall back to the in-process limiter.
+    fn redis_or_local<T>(&self, r: std::io::Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.metrics.redis_error();
+                tracing::warn!(error = %e, "redis unavailable; using this process's rate limits");
+                None
+            }
         }
     }
 }
 
-fn limited(l: ratelimit::Limited) -> ApiError {
-    let secs = l.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-    ApiError::RateLimited {
-        message: format!("rate limit reached ({}); retry in {secs} s.", l.what),
-        retry_after_secs: secs,
-    }
-}
-
-/// The refusal a person reads in Codex: which budget, what is left, when it resets.
+/// The facts of a budget refusal (the message is written in `crate::error`).
 fn refusal(
     b: &BudgetConfig,
     subject: &str,
@@ -914,32 +893,17 @@ fn refusal(
     reserved: i64,
     need: i64,
     now: i64,
-) -> ApiError {
+) -> GovernanceError {
     let (_, end) = b.window.period(now as u64);
-    let left = (b.amount.0 - spent - reserved).max(0);
-    let whose = match b.scope {
-        Scope::Token => "this token".to_string(),
-        s => format!("{} {subject}", s.as_str()),
-    };
-    let in_flight = if reserved > 0 {
-        format!(" ({} held by requests in flight)", usd(reserved))
-    } else {
-        String::new()
-    };
-    let reset = match end {
-        Some(e) => format!("It resets at {}.", rfc3339(e)),
-        None => "It is a lifetime budget and does not reset.".to_string(),
-    };
-    ApiError::BudgetExceeded {
-        message: format!(
-            "{} budget '{}' for {whose} cannot cover this request: {} left of {} ({} spent{in_flight}); the request needs up to {}. {reset}",
-            b.window.as_str(),
-            b.id,
-            usd(left),
-            usd(b.amount.0),
-            usd(spent),
-            usd(need),
-        ),
-        retry_after_secs: None,
-    }
+    GovernanceError::BudgetExceeded(Box::new(BudgetRefusal {
+        budget_id: b.id.clone(),
+        scope: b.scope,
+        subject: subject.to_string(),
+        window: b.window.as_str(),
+        amount: b.amount,
+        spent: Nanos(spent),
+        in_flight: Nanos(reserved),
+        need: Nanos(need),
+        resets_at: end,
+    }))
 }

@@ -138,6 +138,20 @@ pub struct SpendRecord {
     pub end_reason: String,
 }
 
+/// A principal's settled requests over a period, as the store records them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UsageTotals {
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+    /// Requests that did not end `completed` (incomplete, failed, truncated).
+    pub incomplete_streams: i64,
+    pub cost_nanos: i64,
+}
+
 /// A revocation: of one token (`jti`) or of every token of a principal issued at or before `revoked_at`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Revocation {
@@ -244,6 +258,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Total settled cost in `spend` (operators, tests).
     async fn spend_total(&self) -> Result<(i64, i64), StoreError>;
+    /// A principal's settled requests since `since` (unix seconds), summed.
+    async fn usage_since(&self, principal: &str, since: i64) -> Result<UsageTotals, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
     fn pool(&self) -> StorePool;
@@ -931,6 +947,31 @@ macro_rules! impl_store {
                 .fetch_one(&self.pool)
                 .await?;
                 Ok((n, total.unwrap_or(0)))
+            }
+
+            async fn usage_since(&self, principal: &str, since: i64) -> Result<UsageTotals, StoreError> {
+                type Row = (i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+                let r = sqlx::query_as::<$db, Row>(
+                    "SELECT COUNT(*), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(cached_input_tokens) AS BIGINT), \
+                     CAST(SUM(cache_write_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), \
+                     CAST(SUM(reasoning_tokens) AS BIGINT), \
+                     CAST(SUM(CASE WHEN end_reason = 'completed' THEN 0 ELSE 1 END) AS BIGINT), \
+                     CAST(SUM(cost) AS BIGINT) FROM spend WHERE principal = $1 AND settled_at >= $2",
+                )
+                .bind(principal)
+                .bind(since)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(UsageTotals {
+                    requests: r.0,
+                    input_tokens: r.1.unwrap_or(0),
+                    cached_input_tokens: r.2.unwrap_or(0),
+                    cache_write_tokens: r.3.unwrap_or(0),
+                    output_tokens: r.4.unwrap_or(0),
+                    reasoning_tokens: r.5.unwrap_or(0),
+                    incomplete_streams: r.6.unwrap_or(0),
+                    cost_nanos: r.7.unwrap_or(0),
+                })
             }
 
             async fn ping(&self) -> Result<(), StoreError> {

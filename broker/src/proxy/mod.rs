@@ -6,9 +6,9 @@ pub mod coalesce;
 pub mod demo;
 pub mod upstream;
 
+use crate::accounting::{InFlight, Served};
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::ledger::{Outcome, RequestRecord};
 use crate::router::{PlanError, ResolvedTarget, TargetHealth};
 use crate::usage::{SseUsageDecoder, StreamEnd, Wire};
 use axum::body::Body;
@@ -62,7 +62,7 @@ pub fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Claims>, 
         app.auth_cache.invalidate(&key);
         return Err(ApiError::Unauthorized("expired"));
     }
-    app.ledger.check_revoked(&claims)?;
+    app.governance.check_revoked(&claims)?;
     Ok(claims)
 }
 
@@ -196,15 +196,17 @@ async fn proxy(
     } else {
         body
     };
-    let admission = app
-        .ledger
-        .admit(&claims, &model, body.len(), max_out)
+    app.accounting.check_capacity()?;
+    let reservation = app
+        .governance
+        .admit(&claims, &model, body.len() as u64, max_out)
         .await?;
-    let obs = crate::observe::RequestObs::start(
-        &app,
-        &format!("/v1{}", endpoint.path()),
-        &model,
+    let inflight = app.accounting.start(
+        claims.clone(),
+        model.clone(),
+        endpoint.route(),
         started,
+        reservation,
     );
 
     let mut last_err: Option<UpstreamError> = None;
@@ -251,20 +253,19 @@ async fn proxy(
             {
                 Ok(up) => {
                     // Health is settled by the relay: success when the answer ends well.
-                    let record = RequestRecord {
-                        claims: claims.clone(),
+                    let served = Served {
+                        provider: provider.name.clone(),
+                        provider_kind: provider.kind.name(),
+                        status: up.status.as_u16(),
+                    };
+                    let tags = crate::metrics::ProxyTags {
                         model: model.clone(),
                         provider: provider.name.clone(),
-                        endpoint,
-                        stream,
-                        started,
-                        admission,
-                        status: up.status.as_u16(),
-                        obs,
                     };
-                    return Ok(
-                        relay(app.clone(), up, record, attempts, target, endpoint, stream).await,
-                    );
+                    return Ok(relay(
+                        up, inflight, served, tags, attempts, target, endpoint, stream,
+                    )
+                    .await);
                 }
                 Err(e) => {
                     tracing::warn!(provider = %provider.name, target_label = %target.label, model = %model, attempt = attempts, error = %e, "upstream attempt failed");
@@ -288,7 +289,7 @@ async fn proxy(
                         _ => {}
                     }
                     if !e.retryable() {
-                        app.ledger.release(admission, Outcome::UpstreamError);
+                        inflight.release();
                         return Ok(with_attempts(upstream_error(e).into_response(), attempts));
                     }
                     last_err = Some(e);
@@ -305,7 +306,7 @@ async fn proxy(
         }
         break;
     }
-    app.ledger.release(admission, Outcome::UpstreamError);
+    inflight.release();
     let err = match (rate_limited_secs, last_err) {
         (Some(secs), Some(UpstreamError::Status { status, .. }))
             if status == StatusCode::TOO_MANY_REQUESTS
@@ -365,23 +366,20 @@ fn upstream_error(e: UpstreamError) -> ApiError {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn relay(
-    app: Arc<AppState>,
     up: UpstreamResponse,
-    record: RequestRecord,
+    inflight: InFlight,
+    served: Served,
+    tags: crate::metrics::ProxyTags,
     attempts: u32,
     target: &ResolvedTarget,
     endpoint: Endpoint,
     stream: bool,
 ) -> Response {
-    let mut builder = Response::builder()
-        .status(up.status)
-        .extension(crate::metrics::ProxyTags {
-            model: record.model.clone(),
-            provider: record.provider.clone(),
-        });
     let provider_header =
-        HeaderValue::from_str(&record.provider).unwrap_or(HeaderValue::from_static("unknown"));
+        HeaderValue::from_str(&served.provider).unwrap_or(HeaderValue::from_static("unknown"));
+    let mut builder = Response::builder().status(up.status).extension(tags);
     if let Some(h) = builder.headers_mut() {
         for (name, value) in &up.headers {
             if upstream::relay_response_header(name) {
@@ -406,7 +404,7 @@ async fn relay(
         let tapped = Tapped {
             inner: up.body,
             decoder: SseUsageDecoder::new(wire),
-            pending: Some((app, record)),
+            pending: Some((inflight, served)),
             wire,
             failed_sent: false,
             health: Some(target.health.clone()),
@@ -434,14 +432,14 @@ async fn relay(
     } else {
         target.health.on_success();
     }
-    let mut record = record;
-    record.obs.mark_first_byte();
+    let mut inflight = inflight;
+    inflight.mark_first_byte();
     if broken {
-        crate::observe::finish(&app, record, None, StreamEnd::Truncated, 0);
+        inflight.finish(served, None, StreamEnd::Truncated, 0);
         return ApiError::UpstreamUnavailable("upstream body ended early".into()).into_response();
     }
     let usage = crate::usage::usage_from_body(&buf, wire);
-    crate::observe::finish(&app, record, usage, StreamEnd::Completed, 0);
+    inflight.finish(served, usage, StreamEnd::Completed, 0);
     builder
         .body(Body::from(buf))
         .unwrap_or_else(|_| ApiError::Internal("response build".into()).into_response())
@@ -452,7 +450,8 @@ async fn relay(
 struct Tapped {
     inner: BoxStream<'static, Result<Bytes, std::io::Error>>,
     decoder: SseUsageDecoder,
-    pending: Option<(Arc<AppState>, RequestRecord)>,
+    /// The request's accounting, until the stream ends (once).
+    pending: Option<(InFlight, Served)>,
     wire: Wire,
     failed_sent: bool,
     /// The serving target: a mid-stream break counts against its circuit breaker.
@@ -461,11 +460,10 @@ struct Tapped {
 
 impl Tapped {
     fn settle(&mut self) {
-        if let Some((app, record)) = self.pending.take() {
+        if let Some((inflight, served)) = self.pending.take() {
             let end = self.decoder.finish();
-            crate::observe::finish(
-                &app,
-                record,
+            inflight.finish(
+                served,
                 self.decoder.usage,
                 end,
                 self.decoder.output_text_bytes,
@@ -491,8 +489,8 @@ impl Stream for Tapped {
         }
         match self.inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
-                if let Some((_, record)) = self.pending.as_mut() {
-                    record.obs.mark_first_byte();
+                if let Some((inflight, _)) = self.pending.as_mut() {
+                    inflight.mark_first_byte();
                 }
                 self.decoder.feed(&chunk);
                 Poll::Ready(Some(Ok(chunk)))

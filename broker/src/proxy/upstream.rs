@@ -26,6 +26,14 @@ impl Endpoint {
             Endpoint::ChatCompletions => "/chat/completions",
         }
     }
+
+    /// The broker's own route for this API.
+    pub fn route(self) -> &'static str {
+        match self {
+            Endpoint::Responses => "/v1/responses",
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+        }
+    }
 }
 
 /// Why an attempt failed before any byte reached the client. The message is for logs only: it may name
