@@ -20,7 +20,7 @@ pub struct ModelPrice {
 }
 
 impl ModelPrice {
-    const fn usd_micro(input: u64, cached: u64, write: u64, output: u64) -> Self {
+    pub const fn usd_micro(input: u64, cached: u64, write: u64, output: u64) -> Self {
         ModelPrice {
             input: Price(input),
             cached_input: Price(cached),

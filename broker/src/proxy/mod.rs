@@ -4,6 +4,7 @@
 
 pub mod coalesce;
 pub mod demo;
+pub mod output_limit;
 pub mod upstream;
 
 use crate::accounting::{InFlight, Served};
@@ -84,7 +85,7 @@ struct Probe {
 struct Probed {
     model: String,
     stream: bool,
-    max_out: Option<u64>,
+    limits: output_limit::Limits,
 }
 
 fn read_body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -113,10 +114,11 @@ fn probe(body: &[u8]) -> Result<Probed, ApiError> {
     Ok(Probed {
         model,
         stream: p.stream,
-        max_out: p
-            .max_output_tokens
-            .or(p.max_completion_tokens)
-            .or(p.max_tokens),
+        limits: output_limit::Limits {
+            max_output_tokens: p.max_output_tokens,
+            max_completion_tokens: p.max_completion_tokens,
+            max_tokens: p.max_tokens,
+        },
     })
 }
 
@@ -183,7 +185,7 @@ async fn proxy(
     let Probed {
         model,
         stream,
-        max_out,
+        limits,
     } = probe(&body)?;
     if !claims.grant.allows_model(&model) {
         return Err(ApiError::ModelNotAllowed(model));
@@ -196,6 +198,9 @@ async fn proxy(
     } else {
         body
     };
+    // The limit reserved for below is the limit every provider receives (see `output_limit`).
+    let body = output_limit::normalize(body, endpoint, &limits);
+    let max_out = limits.requested();
     app.accounting.check_capacity()?;
     let reservation = app
         .governance
@@ -240,6 +245,8 @@ async fn proxy(
                 Some(m) if m != &model => (with_model(&body, m), m.as_str()),
                 _ => (body.clone(), model.as_str()),
             };
+            let upstream_body =
+                output_limit::for_provider(upstream_body, endpoint, provider.kind, &limits);
             match provider
                 .send(
                     endpoint,
@@ -586,22 +593,25 @@ mod tests {
         let p =
             probe(br#"{"model":"m","stream":true,"input":"x","max_output_tokens":7}"#).expect("ok");
         assert_eq!(
-            (p.model.as_str(), p.stream, p.max_out),
+            (p.model.as_str(), p.stream, p.limits.requested()),
             ("m", true, Some(7))
         );
+        // Several limit fields: the smallest is the limit (reserved and forwarded).
         let p = probe(br#"{"model":"m","messages":[],"max_completion_tokens":9,"max_tokens":3}"#)
             .expect("ok");
-        assert_eq!((p.stream, p.max_out), (false, Some(9)));
+        assert_eq!((p.stream, p.limits.requested()), (false, Some(3)));
         assert_eq!(
             probe(br#"{"model":"m","max_tokens":3}"#)
                 .expect("ok")
-                .max_out,
+                .limits
+                .requested(),
             Some(3)
         );
         assert_eq!(
             probe(br#"{"model":"m","max_tokens":null}"#)
                 .expect("ok")
-                .max_out,
+                .limits
+                .requested(),
             None
         );
     }

@@ -52,6 +52,31 @@ fn thinking_budget(effort: Option<&str>) -> Option<u64> {
     }
 }
 
+/// The Messages `max_tokens` and thinking budget for a request whose own output limit is `limit`.
+///
+/// A limit the client set is forwarded exactly — the broker reserved its budget from that number (see
+/// `proxy::output_limit`) — and thinking must fit inside it (Anthropic: `1024 ≤ budget_tokens <
+/// max_tokens`), so a small limit turns thinking off rather than raising the limit. Without a client limit
+/// the provider's default applies, raised to leave room for the thinking budget.
+fn output_limits(limit: Option<u64>, budget: Option<u64>, default: u64) -> (u64, Option<u64>) {
+    const MIN_THINKING: u64 = 1_024;
+    match limit {
+        Some(limit) => {
+            let limit = limit.max(1);
+            // Leave at least a quarter of the limit for the answer itself.
+            let room = limit - limit / 4;
+            let budget = budget
+                .map(|b| b.min(room).min(limit - 1))
+                .filter(|b| *b >= MIN_THINKING);
+            (limit, budget)
+        }
+        None => match budget {
+            Some(b) => (default.max(b + 4_096), Some(b)),
+            None => (default, None),
+        },
+    }
+}
+
 /// Translate a Responses request body into a Messages request for `upstream_model`.
 pub fn request(
     body: &Value,
@@ -133,14 +158,11 @@ pub fn request(
         );
     }
 
-    let budget = thinking_budget(body.pointer("/reasoning/effort").and_then(Value::as_str));
-    let mut max_tokens = req
-        .get("max_output_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(opts.default_max_tokens);
-    if let Some(b) = budget {
-        max_tokens = max_tokens.max(b + 4_096);
-    }
+    let (max_tokens, budget) = output_limits(
+        req.get("max_output_tokens").and_then(Value::as_u64),
+        thinking_budget(body.pointer("/reasoning/effort").and_then(Value::as_str)),
+        opts.default_max_tokens,
+    );
 
     let mut out = Map::new();
     out.insert("model".into(), json!(upstream_model));
