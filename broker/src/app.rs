@@ -3,27 +3,25 @@
 use crate::accounting::Accounting;
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::error::{ApiError, OAuthFailure};
+use crate::error::ApiError;
 use crate::governance::Governance;
-use crate::governance::store::RevocationKind;
-use crate::identity::{Verifiers, VerifyError};
+use crate::identity::Verifiers;
 use crate::keys;
-use crate::policy::{Decision, Policy};
+use crate::policy::Policy;
 use crate::router::Router as ModelRouter;
+use crate::token::endpoint::TokenEndpoint;
 use crate::token::{KeyRing, TokenService};
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bytes::Bytes;
 use serde_json::json;
-use sha2::Digest;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tollgate::exchange::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
-use tollgate::{ModelPattern, OAuthErrorCode, TokenExchangeRequest, TokenExchangeResponse};
+use tollgate::Claims;
 
 pub struct AppState {
     pub tokens: TokenService,
@@ -42,10 +40,8 @@ pub struct AppState {
     pub accounting: Arc<Accounting>,
     pub clock: SharedClock,
     pub max_body_bytes: usize,
-    pub default_ttl_secs: u64,
-    pub max_ttl_secs: u64,
-    /// SHA-256 of the admin key; `None` disables `/admin/*`.
-    pub admin_key_sha256: Option<[u8; 32]>,
+    /// `/oauth/token`'s settings and per-address limiter.
+    pub token_endpoint: TokenEndpoint,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// `None` when `[audit] enabled = false`.
     pub audit: Option<Arc<crate::audit::AuditLog>>,
@@ -135,15 +131,13 @@ impl AppState {
                 .build(),
             governance,
             accounting,
-            admin_key_sha256: config.admin.key_sha256,
             metrics,
             audit,
             admin: crate::admin::AdminAuth::new(config.admin.key_sha256),
             budgets: config.budgets.clone(),
             clock,
             max_body_bytes: config.server.max_body_bytes,
-            default_ttl_secs: config.tokens.default_ttl_secs,
-            max_ttl_secs: config.tokens.max_ttl_secs,
+            token_endpoint: TokenEndpoint::new(&config.tokens),
         });
         state.router.attach_metrics(&state.metrics);
         Ok(state)
@@ -172,6 +166,7 @@ impl AppState {
                 }
                 g.tick(renew, expire).await;
                 app.metrics.upkeep();
+                app.token_endpoint.upkeep();
                 if last_keys.elapsed() >= Duration::from_secs(1) {
                     last_keys = std::time::Instant::now();
                     if let Err(e) = app.sync_keys().await {
@@ -224,29 +219,52 @@ impl AppState {
     }
 }
 
-/// The whole HTTP surface. Every route but the explicit allow-list (health, discovery, JWKS, token
-/// endpoint) requires a valid bearer token.
+/// The whole HTTP surface, in three parts by who may call it:
+/// - public, an explicit allow-list: health, discovery, JWKS, the token endpoint (its own body limit and
+///   per-address rate limit), and `/metrics` (admin key unless `[metrics] public = true`);
+/// - bearer: every proxy route and the usage report, behind [`crate::proxy::require_token`] — a layer, so
+///   no handler there can forget it, and a request without a valid token is refused before its body is read;
+/// - admin: `/admin/*` (see [`crate::admin`]), which checks the admin credential.
 pub fn router(state: Arc<AppState>) -> Router {
-    let max_body = state.max_body_bytes;
-    Router::new()
+    let public = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/.well-known/jwks.json", get(jwks))
-        .route("/.well-known/openid-configuration", get(discovery))
-        .route("/oauth/token", post(token_exchange))
-        .route("/v1/responses", post(crate::proxy::responses))
+        .route("/.well-known/jwks.json", get(crate::token::endpoint::jwks))
+        .route(
+            "/.well-known/openid-configuration",
+            get(crate::token::endpoint::discovery),
+        )
+        .route(
+            "/oauth/token",
+            post(crate::token::endpoint::exchange)
+                .layer(DefaultBodyLimit::max(
+                    state.token_endpoint.max_request_bytes,
+                ))
+                .route_layer(from_fn_with_state(
+                    state.clone(),
+                    crate::token::endpoint::guard,
+                )),
+        )
+        .route("/metrics", get(metrics));
+    let bearer = Router::new()
+        .route(
+            "/v1/responses",
+            post(crate::proxy::responses).get(crate::proxy::responses_upgrade),
+        )
         .route("/v1/chat/completions", post(crate::proxy::chat_completions))
         .route("/v1/models", get(crate::proxy::models))
         .route("/v1/tollgate/usage", get(self_usage))
-        .route("/admin/v1/revoke", post(admin_revoke))
-        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            crate::proxy::require_token,
+        ));
+    Router::new()
+        .merge(public)
+        .merge(bearer)
         .merge(crate::admin::routes())
         .fallback(|| async { ApiError::NotFound })
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::observe::track,
-        ))
+        .layer(from_fn_with_state(state.clone(), crate::observe::track))
         .with_state(state)
 }
 
@@ -288,232 +306,11 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     (StatusCode::OK, "ready").into_response()
 }
 
-async fn jwks(State(app): State<Arc<AppState>>) -> Response {
-    let mut r = axum::Json(app.tokens.keys.jwks()).into_response();
-    r.headers_mut().insert(
-        axum::http::header::CACHE_CONTROL,
-        axum::http::HeaderValue::from_static("public, max-age=300"),
-    );
-    r
-}
-
-async fn discovery(State(app): State<Arc<AppState>>) -> Response {
-    let iss = &app.tokens.issuer;
-    axum::Json(json!({
-        "issuer": iss,
-        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
-        "token_endpoint": format!("{iss}/oauth/token"),
-        "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
-        "id_token_signing_alg_values_supported": ["ES256"],
-        "token_endpoint_auth_methods_supported": ["none"],
-    }))
-    .into_response()
-}
-
-fn bad_request(code: OAuthErrorCode, d: &str) -> OAuthFailure {
-    OAuthFailure::new(StatusCode::BAD_REQUEST, code, d)
-}
-
-/// `POST /oauth/token`: RFC 8693 token exchange.
-async fn token_exchange(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, OAuthFailure> {
-    let ct = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct.starts_with("application/x-www-form-urlencoded") {
-        return Err(bad_request(
-            OAuthErrorCode::InvalidRequest,
-            "content-type must be application/x-www-form-urlencoded",
-        ));
-    }
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
-        .map_err(|_| bad_request(OAuthErrorCode::InvalidRequest, "malformed form body"))?;
-    // RFC 6749 §3.2: parameters must not repeat (a repeated subject_token could smuggle a second proof).
-    let mut seen = std::collections::BTreeSet::new();
-    if pairs.iter().any(|(k, _)| !seen.insert(k.as_str())) {
-        return Err(bad_request(
-            OAuthErrorCode::InvalidRequest,
-            "a parameter is repeated",
-        ));
-    }
-    match pairs.iter().find(|(k, _)| k == "grant_type") {
-        Some((_, g)) if g == GRANT_TYPE_TOKEN_EXCHANGE => {}
-        Some(_) => {
-            return Err(bad_request(
-                OAuthErrorCode::UnsupportedGrantType,
-                "only token exchange (RFC 8693) is supported",
-            ));
-        }
-        None => {
-            return Err(bad_request(
-                OAuthErrorCode::InvalidRequest,
-                "missing grant_type",
-            ));
-        }
-    }
-    let req: TokenExchangeRequest = serde_urlencoded::from_bytes(&body).map_err(|_| {
-        bad_request(
-            OAuthErrorCode::InvalidRequest,
-            "missing or malformed parameter (subject_token, subject_token_type)",
-        )
-    })?;
-    if let Some(t) = &req.requested_token_type
-        && t != TOKEN_TYPE_ACCESS_TOKEN
-        && t != TOKEN_TYPE_JWT
-    {
-        return Err(bad_request(
-            OAuthErrorCode::InvalidRequest,
-            "unsupported requested_token_type",
-        ));
-    }
-    if let Some(aud) = &req.audience
-        && aud != &app.tokens.audience
-    {
-        return Err(bad_request(
-            OAuthErrorCode::InvalidTarget,
-            "unknown audience",
-        ));
-    }
-    if req.subject_token.is_empty() || req.subject_token.len() > 64 * 1024 {
-        return Err(bad_request(
-            OAuthErrorCode::InvalidRequest,
-            "subject_token is empty or too large",
-        ));
-    }
-    let identity = app.verifiers.verify(&req.subject_token_type, &req.subject_token).await.map_err(|e| {
-        tracing::info!(reason = e.reason(), token_type = %req.subject_token_type, "token exchange refused");
-        app.metrics.mint("unknown", e.reason());
-        match e {
-            VerifyError::UnsupportedType => bad_request(OAuthErrorCode::InvalidRequest, "unsupported subject_token_type"),
-            VerifyError::Rejected(_) => bad_request(OAuthErrorCode::InvalidGrant, "the subject token was not accepted"),
-            VerifyError::Unavailable(_) => OAuthFailure::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                OAuthErrorCode::TemporarilyUnavailable,
-                "the identity provider could not be reached; try again",
-            ),
-        }
-    })?;
-    let (mut grant, rule_ttl, rule) = match app.policy().decide(&identity) {
-        Decision::Allow {
-            grant,
-            max_ttl_secs,
-            rule,
-        } => (*grant, max_ttl_secs, rule),
-        Decision::Deny { rule } => {
-            app.metrics.mint(identity.kind.as_str(), "denied");
-            tracing::info!(kind = %identity.kind, subject = %identity.subject, rule = %rule, "denied by policy rule");
-            return Err(bad_request(
-                OAuthErrorCode::InvalidGrant,
-                "no grant for this identity",
-            ));
-        }
-        Decision::NoMatch => {
-            app.metrics.mint(identity.kind.as_str(), "denied");
-            tracing::info!(kind = %identity.kind, subject = %identity.subject, "no policy rule matched");
-            return Err(bad_request(
-                OAuthErrorCode::InvalidGrant,
-                "no grant for this identity",
-            ));
-        }
-    };
-    if let Some(scope) = &req.scope {
-        grant.models = narrow_models(&grant.models, scope)
-            .map_err(|d| bad_request(OAuthErrorCode::InvalidScope, &d))?;
-    }
-    let ceiling = rule_ttl.unwrap_or(app.max_ttl_secs).min(app.max_ttl_secs);
-    let ttl = req
-        .requested_ttl_secs
-        .unwrap_or(app.default_ttl_secs)
-        .clamp(1, ceiling);
-    let minted = app.tokens.mint(grant, ttl).map_err(|e| {
-        tracing::error!(error = %e, "mint failed");
-        OAuthFailure::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            OAuthErrorCode::ServerError,
-            "could not issue a token",
-        )
-    })?;
-    tracing::info!(principal = %minted.claims.sub, kind = %identity.kind, rule = %rule, jti = %minted.claims.jti, ttl, "token minted");
-    app.metrics.mint(identity.kind.as_str(), "minted");
-    if let Some(audit) = &app.audit {
-        let c = &minted.claims;
-        audit.record(crate::audit::AuditEvent {
-            ts: i64::try_from(app.clock.now_secs()).unwrap_or(i64::MAX),
-            kind: Some(crate::audit::EventKind::Mint),
-            actor: c.grant.principal.clone(),
-            principal: Some(c.grant.principal.clone()),
-            team: c.grant.team.clone(),
-            request_id: Some(crate::observe::request_id()),
-            jti: Some(c.jti.clone()),
-            expires_at: i64::try_from(c.exp).ok(),
-            detail: json!({
-                "identity": c.grant.identity,
-                "org": c.grant.org,
-                "models": c.grant.models,
-                "budgets": c.grant.budgets,
-                "ttl_secs": ttl,
-            }),
-            ..Default::default()
-        });
-    }
-    let scope = minted
-        .claims
-        .grant
-        .models
-        .iter()
-        .map(|m| format!("model:{m}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let resp = TokenExchangeResponse {
-        access_token: minted.token,
-        issued_token_type: TOKEN_TYPE_ACCESS_TOKEN.into(),
-        token_type: "Bearer".into(),
-        expires_in: ttl,
-        scope: Some(scope),
-    };
-    let mut r = axum::Json(resp).into_response();
-    r.headers_mut().insert(
-        axum::http::header::CACHE_CONTROL,
-        axum::http::HeaderValue::from_static("no-store"),
-    );
-    Ok(r)
-}
-
-/// `scope = "model:gpt-5.5 model:o4-*"` narrows the grant: each requested pattern must be allowed (a
-/// literal must match an allowed glob; a glob must equal an allowed glob). Other scope tokens are refused.
-fn narrow_models(allowed: &[ModelPattern], scope: &str) -> Result<Vec<ModelPattern>, String> {
-    let mut out = Vec::new();
-    for item in scope.split_whitespace() {
-        let Some(m) = item.strip_prefix("model:") else {
-            return Err(format!("unknown scope {item:?} (use model:<name or glob>)"));
-        };
-        let p = ModelPattern::new(m).map_err(|e| e.to_string())?;
-        let ok = if p.is_literal() {
-            allowed.iter().any(|a| a.matches(m))
-        } else {
-            allowed.contains(&p)
-        };
-        if !ok {
-            return Err(format!("scope {item:?} is outside the grant"));
-        }
-        out.push(p);
-    }
-    if out.is_empty() {
-        return Err("empty scope".into());
-    }
-    Ok(out)
-}
-
 /// `GET /v1/tollgate/usage`: the token holder's own usage.
 async fn self_usage(
     State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Extension(claims): Extension<Arc<Claims>>,
 ) -> Result<Response, ApiError> {
-    let claims = crate::proxy::authenticate(&app, &headers)?;
     // Read-your-writes on this replica: what it has finished is settled before the store is read.
     if !app.accounting.flush(Duration::from_secs(2)).await {
         tracing::warn!("usage report: settlements are still queued; the report may lag");
@@ -530,97 +327,4 @@ async fn self_usage(
         "usage": usage,
     }))
     .into_response())
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevokeRequest {
-    jti: Option<String>,
-    principal: Option<String>,
-    /// Free text kept in the audit trail.
-    reason: Option<String>,
-}
-
-/// Is `headers` carrying the admin key? Compares SHA-256 digests in constant time.
-fn admin_authorized(app: &AppState, headers: &HeaderMap) -> bool {
-    let Some(want) = app.admin_key_sha256 else {
-        return false;
-    };
-    let Some(got) = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let digest: [u8; 32] = sha2::Sha256::digest(got.trim().as_bytes()).into();
-    bool::from(subtle::ConstantTimeEq::ct_eq(&digest[..], &want[..]))
-}
-
-/// `POST /admin/v1/revoke` `{"jti": "..."}` or `{"principal": "..."}`: effective here at once, on other
-/// replicas within one poll interval.
-async fn admin_revoke(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    if !admin_authorized(&app, &headers) {
-        return Err(ApiError::Unauthorized("admin"));
-    }
-    let req: RevokeRequest = serde_json::from_slice(&body).map_err(|_| {
-        ApiError::BadRequest("expected {\"jti\": ...} or {\"principal\": ...}".into())
-    })?;
-    let req_reason = req.reason;
-    let (kind, value) = match (req.jti, req.principal) {
-        (Some(j), None) if !j.is_empty() => (RevocationKind::Jti, j),
-        (None, Some(p)) if !p.is_empty() => (RevocationKind::Principal, p),
-        _ => {
-            return Err(ApiError::BadRequest(
-                "give exactly one of jti and principal".into(),
-            ));
-        }
-    };
-    let seq = app.governance.revoke(kind, &value).await.map_err(|e| {
-        tracing::error!(error = %e, "revocation could not be stored");
-        ApiError::StoreUnavailable
-    })?;
-    tracing::info!(kind = kind.as_str(), value = %value, seq, "revocation by admin");
-    if let Some(a) = &app.audit {
-        let (principal, jti) = match kind {
-            RevocationKind::Jti => (None, Some(value.clone())),
-            RevocationKind::Principal => (Some(value.clone()), None),
-        };
-        a.record(crate::audit::AuditEvent {
-            ts: i64::try_from(app.clock.now_secs()).unwrap_or(i64::MAX),
-            kind: Some(crate::audit::EventKind::Revocation),
-            actor: "admin".into(),
-            principal,
-            jti,
-            detail: json!({"kind": kind.as_str(), "value": value, "seq": seq, "reason": req_reason}),
-            ..Default::default()
-        });
-    }
-    Ok(axum::Json(json!({"revoked": {kind.as_str(): value}, "seq": seq})).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scope_narrowing() {
-        let allowed = vec![
-            ModelPattern::new("gpt-5*").expect("p"),
-            ModelPattern::new("demo").expect("p"),
-        ];
-        assert_eq!(
-            narrow_models(&allowed, "model:gpt-5.5").expect("ok"),
-            vec![ModelPattern::new("gpt-5.5").expect("p")]
-        );
-        assert!(narrow_models(&allowed, "model:gpt-5*").is_ok());
-        assert!(narrow_models(&allowed, "model:gpt-*").is_err());
-        assert!(narrow_models(&allowed, "model:o3").is_err());
-        assert!(narrow_models(&allowed, "admin").is_err());
-        assert!(narrow_models(&allowed, "").is_err());
-    }
 }

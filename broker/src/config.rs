@@ -309,6 +309,11 @@ struct RawTokens {
     signing_key_file: Option<PathBuf>,
     /// Signing keys (kept in the store) rotate every this many seconds. Default 86400.
     rotate_secs: Option<Spanned<u64>>,
+    /// Largest `/oauth/token` request body, in bytes. Default 16384 (1024–1048576).
+    max_request_bytes: Option<Spanned<u64>>,
+    /// Token exchanges one client address may make per minute (burst: a tenth of it, at least 10).
+    /// Default 600; 0 turns the limit off.
+    exchanges_per_minute_per_address: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -572,6 +577,10 @@ pub struct TokenConfig {
     pub leeway_secs: u64,
     pub signing_key_file: Option<PathBuf>,
     pub rotate_secs: u64,
+    /// Largest `/oauth/token` request body, in bytes.
+    pub max_request_bytes: usize,
+    /// Token exchanges per client address per minute; 0 = unlimited.
+    pub exchanges_per_minute_per_address: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -760,6 +769,22 @@ impl Config {
                 Some(r) => *r.get_ref(),
                 None => 86_400,
             },
+            max_request_bytes: match &raw.tokens.max_request_bytes {
+                Some(b) if !(1024..=1_048_576).contains(b.get_ref()) => {
+                    return Err(s.error_at(
+                        b.span(),
+                        "tokens.max_request_bytes",
+                        "must be between 1024 and 1048576",
+                    ));
+                }
+                Some(b) => usize::try_from(*b.get_ref()).unwrap_or(16_384),
+                None => 16_384,
+            },
+            exchanges_per_minute_per_address: raw
+                .tokens
+                .exchanges_per_minute_per_address
+                .as_ref()
+                .map_or(600, |r| *r.get_ref()),
         };
 
         let mut credentials = Vec::new();

@@ -45,6 +45,9 @@ pub enum ApiError {
     StoreUnavailable,
     #[error("not found")]
     NotFound,
+    /// The route exists, not with this method (the message says what to do instead).
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
     #[error("internal error")]
     Internal(String),
 }
@@ -65,6 +68,7 @@ impl ApiError {
             ApiError::UpstreamClientError { .. } => "upstream_client_error",
             ApiError::StoreUnavailable => "store_unavailable",
             ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -87,6 +91,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::ModelNotFound(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -161,6 +166,11 @@ impl ApiError {
                 "Tollgate: no such route.",
                 "invalid_request_error",
                 Some("not_found"),
+            ),
+            ApiError::MethodNotAllowed(m) => OpenAiError::new(
+                format!("Tollgate: {m}."),
+                "invalid_request_error",
+                Some("method_not_allowed"),
             ),
             ApiError::Internal(_) => {
                 OpenAiError::new("Tollgate: internal error.", "server_error", None)

@@ -26,11 +26,16 @@ async fn harness() -> Harness {
 }
 
 async fn harness_with(extra: &str) -> Harness {
+    harness_tokens("", extra).await
+}
+
+/// `tokens_extra` goes into `[tokens]`, `extra` at the end of the config.
+async fn harness_tokens(tokens_extra: &str, extra: &str) -> Harness {
     let dir = tempfile::tempdir().expect("tmp");
     let sha = tollgate_broker::identity::static_cred::hash_credential(CRED);
     let cfg = format!(
         "policy_file = \"policy.toml\"\n[server]\nstate_dir = \"state\"\nmax_body_bytes = 4096\n\
-         [tokens]\nmax_ttl_secs = 600\n[[credentials]]\nsubject = \"dev\"\nsha256 = \"{sha}\"\n\
+         [tokens]\nmax_ttl_secs = 600\n{tokens_extra}[[credentials]]\nsubject = \"dev\"\nsha256 = \"{sha}\"\n\
          [providers.demo]\nkind = \"demo\"\n[[routes]]\nmodel = \"gpt-5.5\"\ntargets = [{{ provider = \"demo\" }}]\n\
          [[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"demo\" }}]\n\
          [pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"1.25\", output = \"10\" }}\n{extra}"
@@ -437,4 +442,121 @@ async fn operator_supplied_codex_metadata_is_listed_only_for_allowed_models() {
     );
     assert_eq!(models[0]["display_name"], "GPT-5.5 via Tollgate");
     assert_eq!(models[0]["priority"], 1);
+}
+
+fn exchange_body(extra: &str) -> String {
+    format!(
+        "grant_type={}&subject_token={CRED}&subject_token_type={}{extra}",
+        urlenc(tollgate::exchange::GRANT_TYPE_TOKEN_EXCHANGE),
+        urlenc(tollgate::exchange::TOKEN_TYPE_STATIC)
+    )
+}
+
+#[tokio::test]
+async fn the_token_endpoint_has_its_own_small_body_limit() {
+    let h = harness().await;
+    // A valid exchange padded past the endpoint's 16 KiB limit is refused, in the RFC 6749 shape, and
+    // mints nothing (it used to mint with up to the proxy's 16 MiB).
+    let padded = exchange_body(&format!("&scope_pad={}", "x".repeat(20 * 1024)));
+    let (s, _, v) = call(&h, exchange_req(&padded)).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert_eq!(v["error"], "invalid_request", "{v}");
+    assert!(v.get("access_token").is_none());
+    // Refused before the body is read: a declared length over the limit is enough.
+    let req = Request::post("/oauth/token")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::CONTENT_LENGTH, "10485760")
+        .body(Body::empty())
+        .expect("req");
+    let (s, _, _) = call(&h, req).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn token_exchanges_are_rate_limited_per_address() {
+    let h = harness_tokens("exchanges_per_minute_per_address = 10\n", "").await;
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let (s, headers, v) = call(&h, exchange_req(&exchange_body(""))).await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(v["error"], "temporarily_unavailable", "{v}");
+            assert!(headers.contains_key(header::RETRY_AFTER));
+        }
+        statuses.push(s.as_u16());
+    }
+    // Burst of 10 (at least 10), then refused until the clock of the limiter moves on.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[10..], [429, 429], "{statuses:?}");
+}
+
+#[tokio::test]
+async fn requested_ttl_errors_name_the_parameter_and_zero_is_refused() {
+    let h = harness().await;
+    let (s, _, v) = call(&h, exchange_req(&exchange_body("&requested_ttl_secs=soon"))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("requested_ttl_secs"),
+        "{v}"
+    );
+    let (s, _, v) = call(&h, exchange_req(&exchange_body("&requested_ttl_secs=0"))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("requested_ttl_secs")
+    );
+    // One second is raised to the documented minimum.
+    let (s, _, v) = call(&h, exchange_req(&exchange_body("&requested_ttl_secs=1"))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["expires_in"],
+        tollgate_broker::token::endpoint::MIN_TTL_SECS
+    );
+}
+
+#[tokio::test]
+async fn an_identity_without_a_rule_gets_the_generic_refusal() {
+    let h = harness().await;
+    // Replace the policy with one that matches nobody, then exchange a valid credential.
+    std::fs::write(
+        &h.state.policy_file,
+        "[[rule]]\nname = \"other\"\nmatch = { kind = \"static\", subject = \"someone-else\" }\nmodels = [\"demo\"]\n",
+    )
+    .expect("policy");
+    h.state.reload_policy().expect("reload");
+    let (s, _, v) = call(&h, exchange_req(&exchange_body(""))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"], "invalid_grant");
+    assert_eq!(
+        v["error_description"], "the subject token was not accepted",
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn get_on_the_responses_route_is_an_openai_shaped_405() {
+    let h = harness().await;
+    let t = token(&h).await;
+    let req = Request::get("/v1/responses")
+        .header(header::AUTHORIZATION, format!("Bearer {t}"))
+        .body(Body::empty())
+        .expect("req");
+    let (s, _, v) = call(&h, req).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert_openai_error(&v);
+    assert_eq!(v["error"]["code"], "method_not_allowed");
+    // Without a token the bearer layer answers first.
+    let req = Request::get("/v1/responses")
+        .body(Body::empty())
+        .expect("req");
+    let (s, _, _) = call(&h, req).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
 }

@@ -137,6 +137,7 @@ fn require(app: &AppState, headers: &HeaderMap) -> Result<(), AdminError> {
 /// The admin routes (merged into the app router).
 pub fn routes() -> axum::Router<Arc<AppState>> {
     axum::Router::new()
+        .route("/admin/v1/revoke", post(revoke))
         .route("/admin/v1/grants", get(grants))
         .route("/admin/v1/spend", get(spend))
         .route("/admin/v1/policy/reload", post(reload_policy))
@@ -426,4 +427,57 @@ mod tests {
         assert!(!a.check_session(&h, 100 + SESSION_TTL_SECS + 1));
         assert_eq!(parse_time("2026-11-25"), Some(1_795_564_800));
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    jti: Option<String>,
+    principal: Option<String>,
+    /// Free text kept in the audit trail.
+    reason: Option<String>,
+}
+
+/// `POST /admin/v1/revoke` `{"jti": "..."}` or `{"principal": "..."}`: effective here at once, on other
+/// replicas within one poll interval.
+async fn revoke(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Result<Response, AdminError> {
+    use crate::governance::store::RevocationKind;
+    require(&app, &headers)?;
+    let req: RevokeRequest = serde_json::from_slice(&body).map_err(|_| {
+        AdminError::BadRequest("expected {\"jti\": ...} or {\"principal\": ...}".into())
+    })?;
+    let (kind, value) = match (req.jti, req.principal) {
+        (Some(j), None) if !j.is_empty() => (RevocationKind::Jti, j),
+        (None, Some(p)) if !p.is_empty() => (RevocationKind::Principal, p),
+        _ => {
+            return Err(AdminError::BadRequest(
+                "give exactly one of jti and principal".into(),
+            ));
+        }
+    };
+    let seq = app.governance.revoke(kind, &value).await.map_err(|e| {
+        tracing::error!(error = %e, "revocation could not be stored");
+        AdminError::Unavailable("the governance store is unavailable; nothing was revoked")
+    })?;
+    tracing::info!(kind = kind.as_str(), value = %value, seq, "revocation by admin");
+    if let Some(a) = &app.audit {
+        let (principal, jti) = match kind {
+            RevocationKind::Jti => (None, Some(value.clone())),
+            RevocationKind::Principal => (Some(value.clone()), None),
+        };
+        a.record(AuditEvent {
+            ts: now_i64(&app),
+            kind: Some(EventKind::Revocation),
+            actor: "admin".into(),
+            principal,
+            jti,
+            detail: json!({"kind": kind.as_str(), "value": value, "seq": seq, "reason": req.reason}),
+            ..Default::default()
+        });
+    }
+    Ok(Json(json!({"revoked": {kind.as_str(): value}, "seq": seq})).into_response())
 }

@@ -13,8 +13,8 @@ use crate::error::ApiError;
 use crate::router::{PlanError, ResolvedTarget, TargetHealth};
 use crate::usage::{SseUsageDecoder, StreamEnd, Wire};
 use axum::body::Body;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -29,8 +29,32 @@ use std::time::{Duration, Instant};
 use tollgate::Claims;
 use upstream::{Endpoint, UpstreamError, UpstreamResponse};
 
+/// The layer in front of every bearer route: verify the token, refuse with 401 before anything else runs
+/// (the body is not read), and hand the verified claims to the handler as an extension.
+pub async fn require_token(
+    State(app): State<Arc<AppState>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match authenticate(&app, req.headers()) {
+        Ok(claims) => {
+            req.extensions_mut().insert(claims);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /v1/responses`: the WebSocket mode Codex tries when `supports_websockets = true`. Not served yet:
+/// an OpenAI-shaped 405 (Codex falls back to HTTP).
+pub async fn responses_upgrade() -> ApiError {
+    ApiError::MethodNotAllowed(
+        "this broker serves /v1/responses over HTTP POST only (no WebSocket mode); Codex falls back to HTTP, or set supports_websockets = false",
+    )
+}
+
 /// Verify the bearer token; verified claims are cached by token hash until they expire.
-pub fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Claims>, ApiError> {
+fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Claims>, ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or(ApiError::Unauthorized("missing"))?;
@@ -124,18 +148,20 @@ fn probe(body: &[u8]) -> Result<Probed, ApiError> {
 
 pub async fn responses(
     State(app): State<Arc<AppState>>,
+    Extension(claims): Extension<Arc<Claims>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    proxy(app, headers, body, Endpoint::Responses).await
+    proxy(app, claims, headers, body, Endpoint::Responses).await
 }
 
 pub async fn chat_completions(
     State(app): State<Arc<AppState>>,
+    Extension(claims): Extension<Arc<Claims>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    proxy(app, headers, body, Endpoint::ChatCompletions).await
+    proxy(app, claims, headers, body, Endpoint::ChatCompletions).await
 }
 
 /// Ask an OpenAI-compatible upstream to report usage on a streamed chat completion, so spend is exact.
@@ -175,12 +201,12 @@ fn with_model(body: &Bytes, model: &str) -> Bytes {
 
 async fn proxy(
     app: Arc<AppState>,
+    claims: Arc<Claims>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let claims = authenticate(&app, &headers)?;
     let body = read_body(&app, body)?;
     let Probed {
         model,
@@ -541,9 +567,8 @@ impl Drop for Tapped {
 /// holds only operator-supplied Codex metadata (listing a model there replaces Codex's system prompt).
 pub async fn models(
     State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Extension(claims): Extension<Arc<Claims>>,
 ) -> Result<Response, ApiError> {
-    let claims = authenticate(&app, &headers)?;
     let mut names: Vec<String> = app
         .router
         .literal_models()

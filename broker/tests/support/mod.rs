@@ -167,7 +167,7 @@ impl Broker {
             what,
             token_type,
             subject_token,
-            "no grant for this identity",
+            "the subject token was not accepted",
         )
         .await;
     }

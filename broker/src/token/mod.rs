@@ -1,5 +1,7 @@
 //! Minting and verifying Tollgate access tokens (ES256 JWTs with a `kid`).
 
+pub mod endpoint;
+
 use crate::clock::SharedClock;
 use crate::keys::SigningKey;
 use jsonwebtoken::{Algorithm, Header, Validation};
