@@ -1,6 +1,7 @@
 //! Running the HTTP server: bind, announce, serve, drain on shutdown.
 
 use crate::app::{AppState, router};
+use crate::token::endpoint::PeerAddr;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,9 +50,7 @@ pub async fn serve_on(
             announce(scheme, addr);
             // SSE is many small writes: without TCP_NODELAY, Nagle plus the client's delayed ACK adds ~40 ms
             // per streamed answer (measured with broker/tests/routing_overhead.rs).
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
+            let listener = NoDelayListener(listener);
             drain(listener, app, grace, shutdown).await
         }
         Some(cfg) => {
@@ -95,10 +94,12 @@ async fn drain<L>(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()>
 where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    PeerAddr: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
     let (tx, rx) = tokio::sync::watch::channel(false);
+    // The peer address reaches handlers as `ConnectInfo` (the token endpoint's per-address limit).
+    let app = app.into_make_service_with_connect_info::<crate::token::endpoint::PeerAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutdown requested; draining in-flight requests");
@@ -169,4 +170,39 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// The plain-TCP listener: TCP_NODELAY on every accepted connection.
+pub struct NoDelayListener(pub tokio::net::TcpListener);
+
+impl axum::serve::Listener for NoDelayListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        let _ = io.set_nodelay(true);
+        (io, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, NoDelayListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, NoDelayListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
 }

@@ -28,6 +28,10 @@ use tollgate::{ModelPattern, OAuthErrorCode, TokenExchangeRequest, TokenExchange
 /// ceiling is lower still).
 pub const MIN_TTL_SECS: u64 = 60;
 
+/// The client's socket address, as the server saw the connection (not a header a client can set).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
 /// The endpoint's settings and per-address limiter.
 pub struct TokenEndpoint {
     pub default_ttl_secs: u64,
@@ -74,8 +78,8 @@ pub async fn guard(State(app): State<Arc<AppState>>, req: Request, next: Next) -
         // Behind a load balancer every caller shares its address: size the limit for that, or set it to 0.
         let ip = req
             .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+            .get::<ConnectInfo<PeerAddr>>()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.0.ip());
         if let Err(not_until) = limiter.check_key(&ip) {
             use governor::clock::Clock as _;
             let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
