@@ -369,6 +369,12 @@ fn run_setup(
     if let Some(f) = credential_file {
         let abs = std::path::absolute(f)
             .map_err(|e| HelperError::Internal(format!("cannot resolve {}: {e}", f.display())))?;
+        // Every run Codex makes would refuse a credential others can read: say so now, not at the first turn.
+        if let Err(e @ error::IdentityError::Insecure { .. }) =
+            identity::read_private_file("static", &abs)
+        {
+            return Err(e.into());
+        }
         args.extend([
             "--credential-file".to_owned(),
             abs.to_string_lossy().into_owned(),

@@ -168,9 +168,23 @@ fn setup_pins_profile_and_broker_only_when_needed() {
 
 #[test]
 fn setup_pins_a_credential_file_as_an_absolute_path() {
+    use std::os::unix::fs::PermissionsExt;
     let sb = Sandbox::new();
     let cred = sb.home().join("cred");
     std::fs::write(&cred, "secret-credential").expect("write");
+    // A credential others can read is refused here already (every run Codex makes would refuse it).
+    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let run = sb.run(&[
+        "--credential-file",
+        cred.to_str().expect("utf8"),
+        "setup",
+        "--broker",
+        "https://b.example",
+    ]);
+    assert_eq!(run.code, 64, "{run:?}");
+    assert!(run.stderr.contains("chmod 600"), "{run:?}");
+    assert!(!sb.home().join(".codex/config.toml").exists());
+    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let run = sb.run(&[
         "--credential-file",
         cred.to_str().expect("utf8"),
