@@ -41,8 +41,6 @@ pub struct Outcome {
     pub token: SecretString,
     /// Unix seconds, local clock.
     pub expires_at: u64,
-    /// Freshly minted (not served from the cache).
-    pub minted: bool,
     /// Freshly minted and written to the cache.
     pub cached: bool,
 }
@@ -52,7 +50,6 @@ impl Outcome {
         Outcome {
             token: t.access_token,
             expires_at: t.expires_at,
-            minted: false,
             cached: false,
         }
     }
@@ -222,7 +219,6 @@ pub fn get_token(
             Ok(Outcome {
                 token: minted.access_token,
                 expires_at: minted.expires_at,
-                minted: true,
                 cached,
             })
         }
@@ -241,6 +237,7 @@ pub fn get_token(
         Err(e) => Err(e),
     }
 }
+
 /// `refresh`'s one line about the new token: whom it is for, what it may use, until when. Never the
 /// token itself (that goes to stdout, and only with `--print`).
 pub fn summary(o: &Outcome, now: u64) -> String {
@@ -312,8 +309,8 @@ fn warn_unusable(report: &mut Reporter<'_>, lookup: Lookup) -> bool {
             "ignoring token cache: {why}; it will be overwritten"
         )),
         Lookup::Insecure(why) => report.warn(&format!(
-            "not using token cache: {why}, so tollgate-token did not write it as it is (it writes 0600); \
-             minting a new token, which re-creates it 0600"
+            "not using the token cache: {why}, but tollgate-token writes it 0600 and yours only, so it was \
+             changed since: minting a new token, which re-creates it 0600"
         )),
         Lookup::Hit(_) | Lookup::Miss => return false,
     }

@@ -623,9 +623,9 @@ fn a_cache_file_others_can_read_is_not_served_and_is_recreated_private() {
     assert_eq!(
         run.stderr,
         format!(
-            "tollgate-token: warning: not using token cache: {} is accessible by group or others (mode 0644), \
-             so tollgate-token did not write it as it is (it writes 0600); minting a new token, which \
-             re-creates it 0600\n",
+            "tollgate-token: warning: not using the token cache: {} is accessible by group or others \
+             (mode 0644), but tollgate-token writes it 0600 and yours only, so it was changed since: minting \
+             a new token, which re-creates it 0600\n",
             file.display()
         )
     );
