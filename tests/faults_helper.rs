@@ -1,5 +1,5 @@
 //! Fault suite, helper side, against a real broker: a corrupted cache file, 50 helpers at once on a
-//! cold cache (one mint), and clock skew between the helper and the broker.
+//! cold cache (one mint), clock skew between the helper and the broker, and a broker that hangs.
 //!
 //! The helper runs as the real binary (built by a workspace `cargo test`; a lone `cargo test --test`
 //! needs `cargo build -p tollgate-token` first), except for the skew test, which drives the helper's
@@ -11,7 +11,7 @@ mod faults;
 use faults::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tollgate_broker::clock::{FakeClock, SystemClock};
 use tollgate_testkit::mock::{self, MockConfig};
 
@@ -174,16 +174,29 @@ async fn fifty_helpers_on_a_cold_cache_mint_once() {
 
 /// Run the helper library in-process with its own clock at `helper_now`.
 async fn helper_at(broker: String, cache: PathBuf, helper_now: u64) -> (u8, String, String) {
+    helper_at_with(broker, cache, helper_now, &[]).await
+}
+
+/// [`helper_at`] with extra environment variables.
+async fn helper_at_with(
+    broker: String,
+    cache: PathBuf,
+    helper_now: u64,
+    extra: &[(&'static str, &'static str)],
+) -> (u8, String, String) {
+    let extra = extra.to_vec();
     tokio::task::spawn_blocking(move || {
         let cache = cache.display().to_string();
-        let env = tollgate_token::sys::MapEnv::new([
+        let mut vars = vec![
             ("HOME", "/nonexistent-tollgate-home"),
             ("TOLLGATE_BROKER", broker.as_str()),
             ("TOLLGATE_CREDENTIAL", CREDENTIAL),
             ("TOLLGATE_CACHE_DIR", cache.as_str()),
             ("TOLLGATE_TTL_SECS", "600"),
             ("TOLLGATE_RERUN_WINDOW_SECS", "0"),
-        ]);
+        ];
+        vars.extend(extra);
+        let env = tollgate_token::sys::MapEnv::new(vars);
         let clock = tollgate_token::sys::FixedClock(helper_now);
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let exit =
@@ -248,4 +261,128 @@ async fn clock_skew_between_helper_and_broker() {
     for skew in [7_200, -7_200, 20, -20] {
         skew_case(skew).await;
     }
+}
+
+/// A broker whose token endpoint hangs while `hang` is set. `arrived` counts the exchanges that reached it.
+struct Hanging {
+    broker: Broker,
+    hang: Arc<AtomicBool>,
+    arrived: Arc<AtomicUsize>,
+}
+
+async fn hanging_broker(
+    dir: &Path,
+    upstream: String,
+    clock: tollgate_broker::clock::SharedClock,
+) -> Hanging {
+    let cfg = write_config(
+        dir,
+        &[ProviderSpec {
+            name: "only",
+            base_url: upstream,
+            timeout_ms: 5_000,
+        }],
+    );
+    let hang = Arc::new(AtomicBool::new(false));
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let (h, a) = (hang.clone(), arrived.clone());
+    let broker = Broker::start_with(&load_config(&cfg), clock, move |r| {
+        r.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let (h, a) = (h.clone(), a.clone());
+                async move {
+                    if req.uri().path() == "/oauth/token" {
+                        a.fetch_add(1, Ordering::SeqCst);
+                        if h.load(Ordering::SeqCst) {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    next.run(req).await
+                }
+            },
+        ))
+    })
+    .await;
+    Hanging {
+        broker,
+        hang,
+        arrived,
+    }
+}
+
+/// Under a hung broker each Codex retry used to rerun the helper into the full deadline (about 40 s per
+/// turn). Now one run waits it out, the failure is remembered for 10 s (per broker and identity, in the
+/// cache directory), reruns within that fail at once with the same message, a still-valid cached token is
+/// served at once meanwhile, and after 10 s the broker is tried again. Every step moves a fake clock.
+#[tokio::test]
+async fn a_hung_broker_costs_one_deadline_then_reruns_fail_at_once() {
+    const T0: u64 = 1_800_000_000;
+    const DEADLINE: &[(&str, &str)] = &[("TOLLGATE_TIMEOUT_MS", "1000")];
+    let clock = FakeClock::new(T0);
+    let up = mock::spawn(MockConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let b = hanging_broker(dir.path(), up.base_url(), Arc::new(clock.clone())).await;
+    let base = b.broker.base();
+    let cache = dir.path().join("cache");
+    let arrived = || b.arrived.load(Ordering::SeqCst);
+    let at = |t: u64| {
+        clock.set(T0 + t);
+        helper_at_with(base.clone(), cache.clone(), T0 + t, DEADLINE)
+    };
+
+    // t = 0: a token, valid for 600 s.
+    let (code, token, err) = at(0).await;
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(arrived(), 1);
+
+    b.hang.store(true, Ordering::SeqCst);
+    // t = 400: 200 s left, inside the 300 s margin: the run tries to mint, waits out its deadline, and
+    // serves the cached token with a warning.
+    let started = std::time::Instant::now();
+    let (code, out, err) = at(400).await;
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!((code, out.as_str()), (0, token.as_str()), "{err}");
+    assert!(err.contains("timed out"), "{err}");
+    assert_eq!(arrived(), 2);
+    // t = 401: the same token at once, without asking the broker.
+    let started = std::time::Instant::now();
+    let (code, out, err) = at(401).await;
+    assert!(started.elapsed() < std::time::Duration::from_millis(900));
+    assert_eq!((code, out.as_str()), (0, token.as_str()), "{err}");
+    assert!(
+        err.contains("failed 1s ago") && err.contains("serving the cached token"),
+        "{err}"
+    );
+    assert_eq!(arrived(), 2);
+
+    // t = 700: the token has expired. One run waits and fails…
+    let (code, out, first) = at(700).await;
+    assert_eq!((code, out.as_str()), (69, ""), "{first}");
+    assert!(first.contains("timed out"), "{first}");
+    assert_eq!(arrived(), 3);
+    // …the reruns of the next 10 s fail at once with the same message…
+    for t in [700, 703, 709] {
+        let started = std::time::Instant::now();
+        let (code, out, err) = at(t).await;
+        assert!(started.elapsed() < std::time::Duration::from_millis(900));
+        assert_eq!((code, out.as_str()), (69, ""));
+        assert!(err.starts_with(first.trim_end()), "{err}\nvs {first}");
+        assert!(err.contains(&format!("failed {}s ago", t - 700)), "{err}");
+        assert_eq!(arrived(), 3, "t = {t}");
+    }
+    // …and then the broker is tried again.
+    let (code, _, _) = at(710).await;
+    assert_eq!(code, 69);
+    assert_eq!(arrived(), 4);
+
+    // The broker recovers: within the memory the helper still fails fast; after it, a mint that works.
+    b.hang.store(false, Ordering::SeqCst);
+    let (code, _, _) = at(715).await;
+    assert_eq!(code, 69);
+    assert_eq!(arrived(), 4);
+    let (code, fresh, err) = at(720).await;
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(arrived(), 5);
+    let (status, _, body) = responses(&base, fresh.trim_end(), false).await;
+    assert_eq!(status, 200, "{body}");
 }

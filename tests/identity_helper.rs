@@ -1065,3 +1065,98 @@ async fn azure_vm_instance_metadata_through_helper_and_broker() {
     assert_eq!(run.code, Some(65), "{}", run.stderr);
     assert_eq!(idp.mi_tokens(), 1);
 }
+
+// ------------------------------------------------------------------ one config variable each
+
+/// `TOLLGATE_CONFIG` exported for the broker used to break every helper run (it parsed the broker's
+/// file as its own: exit 64). Now the broker reads `TOLLGATE_BROKER_CONFIG` (the old name still works,
+/// with one deprecation line) and the helper reads only `TOLLGATE_TOKEN_CONFIG`.
+#[tokio::test]
+async fn broker_and_helper_each_read_their_own_config_variable() {
+    let b = Broker::start(BrokerSpec {
+        extra_config: "[providers.demo]\nkind = \"demo\"\n\n[[routes]]\nmodel = \"*\"\ntargets = [{ provider = \"demo\" }]\n\n\
+             [pricing]\nunpriced = \"charge\"\nunpriced_price = { input = \"1\", output = \"2\" }\n"
+            .into(),
+        policy: "[[rule]]\nname = \"dev\"\nmatch = { kind = \"static\", subject = \"dev\" }\nmodels = [\"*\"]\n".into(),
+        env: vec![],
+    })
+    .await;
+    let cfg = b.dir.path().join("broker.toml");
+    let check = |var: Option<&str>| {
+        let mut c = std::process::Command::new(bin("tollgate-broker"));
+        c.arg("--check-config")
+            .env_remove("TOLLGATE_CONFIG")
+            .env_remove("TOLLGATE_BROKER_CONFIG")
+            .current_dir(b.dir.path())
+            .stdin(Stdio::null());
+        if let Some(v) = var {
+            c.env(v, &cfg);
+        }
+        let out = c.output().expect("run broker");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = check(Some("TOLLGATE_BROKER_CONFIG"));
+    assert_eq!((code, stderr.as_str()), (Some(0), ""), "{stdout}");
+    assert!(stdout.contains(": ok ("), "{stdout}");
+    let (code, stdout, stderr) = check(Some("TOLLGATE_CONFIG"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(": ok ("), "{stdout}");
+    assert_eq!(
+        stderr,
+        "tollgate-broker: warning: TOLLGATE_CONFIG is deprecated (the helper no longer reads it): \
+         set TOLLGATE_BROKER_CONFIG instead\n"
+    );
+    let (code, _, stderr) = check(None);
+    assert_eq!(code, Some(78), "{stderr}");
+
+    // The helper, in a shell where TOLLGATE_CONFIG is exported for the broker: unaffected.
+    let home = tempfile::tempdir().expect("tmp");
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_CONFIG", cfg.display().to_string()),
+            ("TOLLGATE_CREDENTIAL", support::CREDENTIAL.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(run.stderr, "", "{}", b.log());
+    let claims = token_works(&b, &run).await;
+    assert_eq!(claims["tollgate"]["principal"], "dev", "{claims}");
+
+    // Its own variable names its own file.
+    let helper_cfg = home.path().join("helper.toml");
+    std::fs::write(
+        &helper_cfg,
+        format!("[profiles.work]\nbroker = \"{}\"\nttl_secs = 600\n", b.url),
+    )
+    .expect("write");
+    let out = tokio::process::Command::new(bin("tollgate-token"))
+        .env_clear()
+        .env("HOME", home.path())
+        .env("TOLLGATE_TOKEN_CONFIG", &helper_cfg)
+        .env("TOLLGATE_CONFIG", &cfg)
+        .env("TOLLGATE_PROFILE", "work")
+        .env("TOLLGATE_CREDENTIAL", support::CREDENTIAL)
+        .env("TOLLGATE_CACHE_DIR", home.path().join("cache2"))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run helper");
+    let run = HelperRun {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    let claims = token_works(&b, &run).await;
+    let ttl = claims["exp"].as_u64().expect("exp") - claims["iat"].as_u64().expect("iat");
+    // 600 s as the profile asks, not the broker's 3600 s maximum (`iat` is backdated a little for skew).
+    assert!(
+        (600..=660).contains(&ttl),
+        "the profile's ttl_secs was used: {claims}"
+    );
+}

@@ -17,8 +17,8 @@ use std::time::Duration;
     about = "Identity-bound, short-lived tokens and a governed OpenAI-compatible proxy for coding agents."
 )]
 pub struct Cli {
-    /// Broker config file (TOML).
-    #[arg(long, short, env = "TOLLGATE_CONFIG", global = true)]
+    /// Broker config file (TOML). The deprecated TOLLGATE_CONFIG is still read, with a warning.
+    #[arg(long, short, env = "TOLLGATE_BROKER_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Override `server.listen` (use 127.0.0.1:0 for an ephemeral port; the bound address is printed).
     #[arg(long, global = true)]
@@ -115,8 +115,35 @@ fn run_ops(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Exit code for a bad config or usage (sysexits EX_USAGE / EX_CONFIG convention).
 pub const EXIT_CONFIG: u8 = 78;
 
+/// The variable the broker and the helper both used to read; exported for the broker, it broke the helper.
+const LEGACY_CONFIG_ENV: &str = "TOLLGATE_CONFIG";
+
+/// `--config`, else `TOLLGATE_BROKER_CONFIG` (both in `config` already), else the deprecated
+/// `TOLLGATE_CONFIG`, which also yields the one-line warning to print.
+fn legacy_config(
+    config: Option<PathBuf>,
+    legacy: Option<std::ffi::OsString>,
+) -> (Option<PathBuf>, Option<String>) {
+    match (config, legacy.filter(|v| !v.is_empty())) {
+        (Some(c), _) => (Some(c), None),
+        (None, Some(v)) => (
+            Some(PathBuf::from(v)),
+            Some(format!(
+                "tollgate-broker: warning: {LEGACY_CONFIG_ENV} is deprecated (the helper no longer reads it): \
+                 set TOLLGATE_BROKER_CONFIG instead"
+            )),
+        ),
+        (None, None) => (None, None),
+    }
+}
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    let (config, warning) = legacy_config(cli.config.take(), std::env::var_os(LEGACY_CONFIG_ENV));
+    cli.config = config;
+    if let Some(w) = warning {
+        eprintln!("{w}");
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -311,4 +338,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     crate::telemetry::shutdown();
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_old_config_variable_still_works_with_a_warning() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(
+            legacy_config(p("/flag"), Some("/old".into())),
+            (p("/flag"), None)
+        );
+        assert_eq!(legacy_config(p("/new"), None), (p("/new"), None));
+        assert_eq!(legacy_config(None, Some("".into())), (None, None));
+        assert_eq!(legacy_config(None, None), (None, None));
+        let (c, w) = legacy_config(None, Some("/old".into()));
+        assert_eq!(c, p("/old"));
+        let w = w.expect("warning");
+        assert!(w.contains("TOLLGATE_CONFIG is deprecated"), "{w}");
+        assert!(w.contains("TOLLGATE_BROKER_CONFIG"), "{w}");
+        assert!(!w.contains('\n'), "one line: {w}");
+    }
+
+    #[test]
+    fn the_config_flag_reads_the_broker_variable() {
+        let arg = Cli::command()
+            .get_arguments()
+            .find(|a| a.get_id() == "config")
+            .and_then(|a| a.get_env().map(|e| e.to_os_string()));
+        assert_eq!(
+            arg.as_deref(),
+            Some(std::ffi::OsStr::new("TOLLGATE_BROKER_CONFIG"))
+        );
+    }
 }

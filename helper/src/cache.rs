@@ -2,9 +2,18 @@
 //!
 //! One JSON file per (broker, audience, identity name + fingerprint, profile) in a 0700 directory,
 //! named by the hex SHA-256 of that tuple. Files are created 0600 at open, written to a temp file in
-//! the same directory, fsynced and renamed over the old one, so a reader sees either the old or the
-//! new token, never half of one. Minting is guarded by an exclusive `flock` on a sibling `.lock`
-//! file; the kernel releases it when the process dies (Codex SIGKILLs a helper on timeout).
+//! the same directory and renamed over the old one, so a reader sees either the old or the new token,
+//! never half of one. Minting is guarded by an exclusive `flock` on a sibling `.lock` file; the kernel
+//! releases it when the process dies (Codex SIGKILLs a helper on timeout).
+//!
+//! Nothing here is fsynced: the cache can always be rebuilt by minting. After a power loss the file
+//! may hold the old token (still checked against its expiry), or be empty or torn (a `Corrupt` miss:
+//! a warning and a mint). Either costs one mint; an fsync costs every cold run a few milliseconds.
+//!
+//! A cache file that group or others can access, or that is not ours, was not written by us (we
+//! create every file 0600): it is never served, not even as a fallback, and the next mint replaces it.
+//!
+//! Next to each slot, `<digest>.fail` remembers a recent broker failure (see [`RememberedFailure`]).
 //!
 //! This module is on the hot path (a cache hit must be a read, a parse and a print), so it uses
 //! only `std` and `serde_json`.
@@ -125,6 +134,21 @@ pub enum Lookup {
     Miss,
     /// Unreadable, unparsable or not matching the key: treat as a miss, warn, overwrite.
     Corrupt(String),
+    /// Accessible by group or others, or not ours: never served; warn, mint, re-create it 0600.
+    Insecure(String),
+}
+
+/// A broker failure, remembered for a few seconds so that Codex's reruns of a failing helper fail at
+/// once with the same message instead of each waiting out the deadline against a hung broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RememberedFailure {
+    /// Unix seconds (local clock) when the attempt failed.
+    pub at: u64,
+    /// The broker answered 2xx with garbage (else: unreachable, timed out or 5xx).
+    #[serde(default)]
+    pub bad_response: bool,
+    pub url: String,
+    pub reason: String,
 }
 
 /// Why the cache could not be used. The helper degrades (mints without caching) and warns.
@@ -188,13 +212,35 @@ impl Cache {
         &self.file
     }
 
-    /// Read the slot. Never fails: problems are a `Corrupt` miss.
+    fn failure_path(&self) -> PathBuf {
+        self.file.with_extension("fail")
+    }
+
+    /// Read the slot. Never fails: problems are a `Corrupt` or `Insecure` miss.
     pub fn read(&self) -> Lookup {
         let file = match File::open(&self.file) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Lookup::Miss,
             Err(e) => return Lookup::Corrupt(format!("cannot open {}: {e}", self.file.display())),
         };
+        // The open file's own metadata, so a swap between a check and the read cannot fool us.
+        match file.metadata() {
+            Ok(meta) => {
+                if let Some(mode) = crate::sys::open_to_others(&meta) {
+                    return Lookup::Insecure(format!(
+                        "{} is accessible by group or others (mode {mode:04o})",
+                        self.file.display()
+                    ));
+                }
+                if !crate::sys::owned_by_us(&meta) {
+                    return Lookup::Insecure(format!(
+                        "{} belongs to another user",
+                        self.file.display()
+                    ));
+                }
+            }
+            Err(e) => return Lookup::Corrupt(format!("cannot stat {}: {e}", self.file.display())),
+        }
         let mut buf = Vec::new();
         if let Err(e) = file.take(MAX_CACHE_FILE_BYTES + 1).read_to_end(&mut buf) {
             return Lookup::Corrupt(format!("cannot read {}: {e}", self.file.display()));
@@ -299,6 +345,39 @@ impl Cache {
         }
     }
 
+    /// Remove the slot's file (an insecure one, while holding the mint lock). Best effort.
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+
+    /// The failure remembered for this slot, if it happened less than `window` seconds before `now`.
+    pub fn recent_failure(&self, now: u64, window: u64) -> Option<RememberedFailure> {
+        if window == 0 {
+            return None;
+        }
+        let buf = std::fs::read(self.failure_path()).ok()?;
+        let f: RememberedFailure = serde_json::from_slice(&buf).ok()?;
+        // A record from the future (the clock went back) is not trusted to end.
+        (f.at <= now && now - f.at < window).then_some(f)
+    }
+
+    /// Remember a failure (atomically replaced, 0600, not fsynced: losing it costs one slow run).
+    pub fn remember_failure(&self, f: &RememberedFailure) -> Result<(), CacheError> {
+        self.ensure_dir()?;
+        let path = self.failure_path();
+        let err = |source| CacheError::Write {
+            path: path.clone(),
+            source,
+        };
+        let body = serde_json::to_vec(f).map_err(|e| err(io::Error::other(e)))?;
+        replace_file(&path, &body).map_err(err)
+    }
+
+    /// Forget the remembered failure (after a successful mint).
+    pub fn forget_failure(&self) {
+        let _ = std::fs::remove_file(self.failure_path());
+    }
+
     /// Atomically replace the slot's content.
     pub fn write(&self, token: &CachedToken) -> Result<(), CacheError> {
         self.ensure_dir()?;
@@ -318,24 +397,24 @@ impl Cache {
             scope: token.scope.as_deref(),
         })
         .map_err(|e| err(io::Error::other(e)))?;
-        let (tmp_path, mut tmp) = create_temp_beside(&self.file).map_err(err)?;
-        let result = (|| {
-            tmp.write_all(&body)?;
-            tmp.write_all(b"\n")?;
-            tmp.sync_all()?;
-            drop(tmp);
-            std::fs::rename(&tmp_path, &self.file)?;
-            // Make the rename itself durable; failure here is harmless for correctness.
-            if let Ok(d) = File::open(&self.dir) {
-                let _ = d.sync_all();
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp_path);
-        }
-        result.map_err(err)
+        let mut body = body;
+        body.push(b'\n');
+        replace_file(&self.file, &body).map_err(err)
     }
+}
+
+/// Write `body` to a new 0600 temp file beside `target` and rename it over `target`. No fsync: only
+/// for files that can be rebuilt (see the module comment).
+fn replace_file(target: &Path, body: &[u8]) -> io::Result<()> {
+    let (tmp_path, mut tmp) = create_temp_beside(target)?;
+    let result = tmp.write_all(body).and_then(|()| {
+        drop(tmp);
+        std::fs::rename(&tmp_path, target)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp_path);
+    }
+    result
 }
 
 /// Create a new 0600 file next to `target` with a unique name (`O_EXCL`, mode set at open).
@@ -537,6 +616,68 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         Cache::new(&dir, &key()).write(&token(5)).expect("write");
         assert_eq!(std::fs::metadata(&dir).expect("dir").mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_cache_file_others_can_access_is_never_served() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let cache = Cache::new(tmp.path(), &key());
+        cache.write(&token(1000)).expect("write");
+        assert!(matches!(cache.read(), Lookup::Hit(_)));
+        for mode in [0o644, 0o640, 0o604, 0o620] {
+            std::fs::set_permissions(cache.file_path(), std::fs::Permissions::from_mode(mode))
+                .expect("chmod");
+            match cache.read() {
+                Lookup::Insecure(why) => {
+                    assert!(why.contains(&format!("(mode {mode:04o})")), "{why}");
+                    assert!(!why.contains("tok.en.sig"), "{why}");
+                }
+                other => panic!("mode {mode:o}: {other:?}"),
+            }
+        }
+        // The next write re-creates it 0600.
+        cache.write(&token(2000)).expect("write");
+        assert_eq!(
+            std::fs::metadata(cache.file_path()).expect("f").mode() & 0o777,
+            0o600
+        );
+        assert!(matches!(cache.read(), Lookup::Hit(t) if t.expires_at == 2000));
+        cache.remove();
+        assert!(matches!(cache.read(), Lookup::Miss));
+    }
+
+    #[test]
+    fn remembered_failures_expire_and_are_private() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let cache = Cache::new(&tmp.path().join("c"), &key());
+        assert_eq!(cache.recent_failure(100, 10), None);
+        let f = RememberedFailure {
+            at: 100,
+            bad_response: false,
+            url: "https://b/oauth/token".into(),
+            reason: "timed out".into(),
+        };
+        cache.remember_failure(&f).expect("remember");
+        assert_eq!(
+            std::fs::metadata(cache.failure_path()).expect("f").mode() & 0o777,
+            0o600
+        );
+        assert_eq!(cache.recent_failure(100, 10), Some(f.clone()));
+        assert_eq!(cache.recent_failure(109, 10), Some(f.clone()));
+        assert_eq!(cache.recent_failure(110, 10), None, "expired");
+        assert_eq!(cache.recent_failure(99, 10), None, "from the future");
+        assert_eq!(cache.recent_failure(100, 0), None, "disabled");
+        // Another slot does not see it.
+        let other = Cache::new(
+            &tmp.path().join("c"),
+            &CacheKey {
+                broker: "https://other",
+                ..key()
+            },
+        );
+        assert_eq!(other.recent_failure(100, 10), None);
+        cache.forget_failure();
+        assert_eq!(cache.recent_failure(100, 10), None);
     }
 
     #[test]

@@ -11,7 +11,11 @@
 //! ttl_secs = 900                   # requested token lifetime; the broker may clamp it
 //! refresh_margin_secs = 300        # re-mint when less than this is left (default 300)
 //! timeout_ms = 4000                # overall deadline (default 4000, below Codex's 5000)
+//! failure_memory_secs = 10         # fail at once for this long after the broker failed (default 10)
 //! ```
+//!
+//! The file's path can be set with `--config` or `TOLLGATE_TOKEN_CONFIG` (not `TOLLGATE_CONFIG`: that
+//! one was the broker's too, so exporting it for the broker broke every Codex turn).
 //!
 //! Raw structs are strict (`deny_unknown_fields`) and are turned into a validated [`Settings`].
 //! Nothing here reads the process environment: an [`Env`] is passed in.
@@ -32,6 +36,12 @@ pub const DEFAULT_PROFILE: &str = "default";
 pub const DEFAULT_REFRESH_MARGIN_SECS: u64 = 300;
 /// Overall deadline of one run, below Codex's default `timeout_ms` of 5000.
 pub const DEFAULT_TIMEOUT_MS: u64 = 4000;
+/// How long a broker failure is remembered (seconds). Codex reruns a failing helper on every retry,
+/// backing off 0.2 + 0.4 + 0.8 + 1.6 + 3.2 s: 10 s covers one whole retry sequence after a run that
+/// waited out its 4 s deadline, while a turn started by hand a little later tries the broker again.
+pub const DEFAULT_FAILURE_MEMORY_SECS: u64 = 10;
+/// The environment variable naming the helper's config file.
+pub const CONFIG_ENV: &str = "TOLLGATE_TOKEN_CONFIG";
 
 /// The flags shared by every subcommand (all `global`). Environment variables are NOT read by clap:
 /// the resolver reads them through [`Env`] so that tests can inject them.
@@ -43,7 +53,7 @@ pub struct Flags {
     /// Audience to request [env: TOLLGATE_AUDIENCE] [default: tollgate]
     #[arg(long, global = true)]
     pub audience: Option<String>,
-    /// Identity source: static (aws, vault, azure, oidc-file, chain: coming) [env: TOLLGATE_IDENTITY] [default: static]
+    /// Identity source: static, aws, vault, azure, oidc-file or chain (docs/identity.md) [env: TOLLGATE_IDENTITY] [default: static]
     #[arg(long, global = true, value_name = "KIND")]
     pub identity: Option<String>,
     /// File holding the static credential [env: TOLLGATE_CREDENTIAL_FILE; or the credential itself in TOLLGATE_CREDENTIAL]
@@ -61,7 +71,7 @@ pub struct Flags {
     /// Overall deadline in milliseconds [env: TOLLGATE_TIMEOUT_MS] [default: 4000]
     #[arg(long, global = true, value_name = "MS")]
     pub timeout_ms: Option<u64>,
-    /// Config file [env: TOLLGATE_CONFIG] [default: $XDG_CONFIG_HOME/tollgate/config.toml]
+    /// Config file [env: TOLLGATE_TOKEN_CONFIG] [default: $XDG_CONFIG_HOME/tollgate/config.toml]
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Token cache directory [env: TOLLGATE_CACHE_DIR] [default: $XDG_CACHE_HOME/tollgate]
@@ -75,6 +85,33 @@ pub struct Flags {
     /// 0 disables. [env: TOLLGATE_RERUN_WINDOW_SECS] [default: 120 when the parent is Codex, else 0]
     #[arg(long = "rerun-window", global = true, value_name = "SECS")]
     pub rerun_window_secs: Option<u64>,
+    /// After the broker failed (unreachable, timed out, 5xx), fail at once with the same message for this
+    /// many seconds instead of waiting on it again; a still-valid cached token is served meanwhile. 0 disables.
+    /// [env: TOLLGATE_FAILURE_MEMORY_SECS] [default: 10]
+    #[arg(long = "failure-memory", global = true, value_name = "SECS")]
+    pub failure_memory_secs: Option<u64>,
+}
+
+impl Flags {
+    /// These flags, each unset one taken from `base` (the arguments Codex's config gives the helper):
+    /// what the user typed wins, as a flag wins over everything else.
+    pub fn over(self, base: Flags) -> Flags {
+        Flags {
+            broker: self.broker.or(base.broker),
+            audience: self.audience.or(base.audience),
+            identity: self.identity.or(base.identity),
+            credential_file: self.credential_file.or(base.credential_file),
+            profile: self.profile.or(base.profile),
+            ttl_secs: self.ttl_secs.or(base.ttl_secs),
+            refresh_margin_secs: self.refresh_margin_secs.or(base.refresh_margin_secs),
+            timeout_ms: self.timeout_ms.or(base.timeout_ms),
+            config: self.config.or(base.config),
+            cache_dir: self.cache_dir.or(base.cache_dir),
+            no_cache: self.no_cache || base.no_cache,
+            rerun_window_secs: self.rerun_window_secs.or(base.rerun_window_secs),
+            failure_memory_secs: self.failure_memory_secs.or(base.failure_memory_secs),
+        }
+    }
 }
 
 /// One `[profiles.<name>]` table.
@@ -90,6 +127,7 @@ pub struct RawProfile {
     pub refresh_margin_secs: Option<u64>,
     pub timeout_ms: Option<u64>,
     pub rerun_window_secs: Option<u64>,
+    pub failure_memory_secs: Option<u64>,
     /// `identity = "oidc-file"`: the JWT file (relative to the config file's directory).
     pub oidc_file: Option<PathBuf>,
     /// `identity = "chain"`: the sources to try, in order.
@@ -270,6 +308,8 @@ pub struct Settings {
     pub cache_dir: Option<PathBuf>,
     /// `None`: decide by the parent process (see `rerun`).
     pub rerun_window_secs: Option<u64>,
+    /// How long a broker failure is remembered (0: not at all).
+    pub failure_memory_secs: u64,
 }
 
 /// Pick the first present value, remembering where it came from.
@@ -396,6 +436,22 @@ pub fn normalize_broker(raw: &str) -> Result<String, ConfigError> {
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("no host"));
     }
+    // `/v1` belongs to Codex's `base_url`, not to the broker's address: with it, the exchange would go to
+    // `/v1/oauth/token` and the broker would answer 404. Say what to drop instead.
+    if let Some(segments) = url.path_segments() {
+        let segments: Vec<&str> = segments.collect();
+        if let Some(i) = segments.iter().position(|s| s.eq_ignore_ascii_case("v1")) {
+            let mut base = url.clone();
+            base.set_path(&segments[..i].join("/"));
+            let base = base.as_str().trim_end_matches('/').to_owned();
+            let dropped = format!("/{}", segments[i..].join("/"));
+            let dropped = dropped.trim_end_matches('/');
+            return Err(invalid(&format!(
+                "drop `{dropped}` and give the broker's base URL, {base} (only Codex's base_url ends in /v1; \
+                 the helper adds /oauth/token itself)"
+            )));
+        }
+    }
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
@@ -425,16 +481,16 @@ pub fn resolve(flags: &Flags, env: &dyn Env) -> Result<Settings, ConfigError> {
     let profile = profile.unwrap_or_else(|| DEFAULT_PROFILE.to_owned());
     check_name("profile", &profile)?;
 
-    let (config_path, config_explicit) =
-        match flags.config.clone().or_else(|| env.path("TOLLGATE_CONFIG")) {
-            Some(p) => (expand_path(&p, None, env), true),
-            None => (
-                xdg_dir(env, "XDG_CONFIG_HOME", ".config")?
-                    .join("tollgate")
-                    .join("config.toml"),
-                false,
-            ),
-        };
+    let (config_path, config_explicit) = match flags.config.clone().or_else(|| env.path(CONFIG_ENV))
+    {
+        Some(p) => (expand_path(&p, None, env), true),
+        None => (
+            xdg_dir(env, "XDG_CONFIG_HOME", ".config")?
+                .join("tollgate")
+                .join("config.toml"),
+            false,
+        ),
+    };
 
     let raw = match std::fs::read_to_string(&config_path) {
         Ok(src) => Some(RawConfig::parse(&src, &config_path)?),
@@ -476,6 +532,12 @@ pub fn resolve(flags: &Flags, env: &dyn Env) -> Result<Settings, ConfigError> {
     .ok_or_else(|| ConfigError::NoBroker {
         profile: profile.clone(),
         path: config_path.clone(),
+        // The broker's variable, exported in this shell: the likely reason the helper's config was missed.
+        hint: if env.var("TOLLGATE_CONFIG").is_some() && env.var(CONFIG_ENV).is_none() {
+            " (TOLLGATE_CONFIG is the broker's variable; the helper reads TOLLGATE_TOKEN_CONFIG)"
+        } else {
+            ""
+        },
     })?;
     let broker = normalize_broker(&broker_raw)?;
 
@@ -556,6 +618,12 @@ pub fn resolve(flags: &Flags, env: &dyn Env) -> Result<Settings, ConfigError> {
         file.rerun_window_secs,
     )
     .map(|(v, _)| v);
+    let failure_memory_secs = pick(
+        flags.failure_memory_secs,
+        env_u64(env, "TOLLGATE_FAILURE_MEMORY_SECS")?,
+        file.failure_memory_secs,
+    )
+    .map_or(DEFAULT_FAILURE_MEMORY_SECS, |(v, _)| v);
 
     Ok(Settings {
         profile,
@@ -569,6 +637,7 @@ pub fn resolve(flags: &Flags, env: &dyn Env) -> Result<Settings, ConfigError> {
         timeout_ms,
         cache_dir,
         rerun_window_secs,
+        failure_memory_secs,
     })
 }
 
@@ -1019,6 +1088,131 @@ mod tests {
             resolve(&Flags::default(), &env),
             Err(ConfigError::NoBroker { .. })
         ));
+    }
+
+    #[test]
+    fn a_broker_url_with_v1_says_what_to_drop() {
+        for (raw, dropped, base) in [
+            ("http://h:8787/v1", "/v1", "http://h:8787"),
+            ("http://h:8787/v1/", "/v1", "http://h:8787"),
+            (
+                "https://corp.example/tollgate/v1",
+                "/v1",
+                "https://corp.example/tollgate",
+            ),
+            (
+                "https://corp.example/V1/responses",
+                "/V1/responses",
+                "https://corp.example",
+            ),
+        ] {
+            let e = normalize_broker(raw).expect_err(raw);
+            let text = e.to_string();
+            assert!(text.contains(&format!("drop `{dropped}`")), "{text}");
+            assert!(
+                text.contains(&format!("broker's base URL, {base} ")),
+                "{text}"
+            );
+            let env = MapEnv::new([("HOME", "/h"), ("TOLLGATE_BROKER", raw)]);
+            assert!(matches!(
+                resolve(&Flags::default(), &env),
+                Err(ConfigError::Invalid { .. })
+            ));
+        }
+        // A path prefix is fine, and so is a segment that merely starts with v1.
+        assert_eq!(
+            normalize_broker("https://corp.example/tollgate/").expect("ok"),
+            "https://corp.example/tollgate"
+        );
+        assert_eq!(
+            normalize_broker("https://corp.example/v10").expect("ok"),
+            "https://corp.example/v10"
+        );
+    }
+
+    #[test]
+    fn the_helper_reads_its_own_config_variable_not_the_brokers() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        // The broker's config, as exported for the broker: not a helper config at all.
+        let broker_cfg = tmp.path().join("broker.toml");
+        std::fs::write(&broker_cfg, "[server]\nlisten = \"127.0.0.1:8787\"\n").expect("write");
+        let helper_cfg = tmp.path().join("helper.toml");
+        std::fs::write(
+            &helper_cfg,
+            "[profiles.default]\nbroker = \"https://from-file.example\"\n",
+        )
+        .expect("write");
+        let home = tmp.path().to_str().expect("utf8");
+        let (b, h) = (
+            broker_cfg.to_str().expect("utf8"),
+            helper_cfg.to_str().expect("utf8"),
+        );
+        let env = MapEnv::new([
+            ("HOME", home),
+            ("TOLLGATE_CONFIG", b),
+            ("TOLLGATE_BROKER", "https://b.example"),
+        ]);
+        let s = resolve(&Flags::default(), &env).expect("TOLLGATE_CONFIG is ignored");
+        assert_eq!(s.broker, "https://b.example");
+        assert_eq!(
+            s.config_path,
+            tmp.path().join(".config/tollgate/config.toml")
+        );
+
+        let env = MapEnv::new([("HOME", home), ("TOLLGATE_CONFIG", b), (CONFIG_ENV, h)]);
+        let s = resolve(&Flags::default(), &env).expect("TOLLGATE_TOKEN_CONFIG is read");
+        assert_eq!(s.broker, "https://from-file.example");
+        assert_eq!(s.config_path, helper_cfg);
+
+        // Nothing configured but the broker's variable: the error says which one the helper reads.
+        let env = MapEnv::new([("HOME", home), ("TOLLGATE_CONFIG", b)]);
+        let e = resolve(&Flags::default(), &env)
+            .expect_err("no broker")
+            .to_string();
+        assert!(e.contains("the helper reads TOLLGATE_TOKEN_CONFIG"), "{e}");
+        let env = MapEnv::new([("HOME", home)]);
+        let e = resolve(&Flags::default(), &env)
+            .expect_err("no broker")
+            .to_string();
+        assert!(!e.contains("TOLLGATE_CONFIG"), "{e}");
+    }
+
+    #[test]
+    fn failure_memory_setting_and_codex_args_precedence() {
+        let env = MapEnv::new([("HOME", "/h"), ("TOLLGATE_BROKER", "https://x")]);
+        assert_eq!(
+            resolve(&Flags::default(), &env)
+                .expect("ok")
+                .failure_memory_secs,
+            DEFAULT_FAILURE_MEMORY_SECS
+        );
+        let env = MapEnv::new([
+            ("HOME", "/h"),
+            ("TOLLGATE_BROKER", "https://x"),
+            ("TOLLGATE_FAILURE_MEMORY_SECS", "0"),
+        ]);
+        assert_eq!(
+            resolve(&Flags::default(), &env)
+                .expect("ok")
+                .failure_memory_secs,
+            0
+        );
+        // Flags typed by the user beat the ones from Codex's config, which beat the environment.
+        let typed = Flags {
+            audience: Some("typed".into()),
+            ..Flags::default()
+        };
+        let codex = Flags {
+            audience: Some("codex".into()),
+            broker: Some("https://codex.example".into()),
+            no_cache: true,
+            ..Flags::default()
+        };
+        let s = resolve(&typed.over(codex), &env).expect("ok");
+        assert_eq!(
+            (s.audience.as_str(), s.broker.as_str(), s.cache_dir),
+            ("typed", "https://codex.example", None)
+        );
     }
 
     #[test]

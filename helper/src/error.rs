@@ -34,14 +34,18 @@ impl From<Exit> for ExitCode {
 /// Text for `--help`.
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
-  0   token printed on stdout (a cached token is served with a warning when the broker is unreachable)
-  64  usage or configuration error (flags, environment, config file)
+  0   token printed on stdout (a cached token is served with a warning when the broker is unreachable);
+      also when whoever reads stdout has gone away (a broken pipe)
+  64  usage or configuration error (flags, environment, config file, a broker URL ending in /v1,
+      a credential file that group or others can access)
   65  identity unavailable (no credential, unreadable credential file)
   66  broker refused the exchange (its `error` and `error_description` are printed)
-  69  broker unreachable, timed out, or answered 5xx
+  69  broker unreachable, timed out, or answered 5xx; such a failure is remembered for
+      --failure-memory seconds (default 10) per broker and identity, so reruns fail at once
   70  internal error
 
-stdout carries only the token line; every message goes to stderr, prefixed `tollgate-token: `.";
+stdout carries only the token line (`refresh` prints it only with --print); every message goes to
+stderr, prefixed `tollgate-token: `.";
 
 /// Bad flags, environment or configuration.
 #[derive(Debug, thiserror::Error)]
@@ -72,9 +76,13 @@ pub enum ConfigError {
         reason: String,
     },
     #[error(
-        "no broker configured: pass --broker URL, set TOLLGATE_BROKER, or set `broker` in [profiles.{profile}] of {path}"
+        "no broker configured: pass --broker URL, set TOLLGATE_BROKER, or set `broker` in [profiles.{profile}] of {path}{hint}"
     )]
-    NoBroker { profile: String, path: PathBuf },
+    NoBroker {
+        profile: String,
+        path: PathBuf,
+        hint: &'static str,
+    },
     #[error("cannot locate {what}: neither {vars} nor HOME is set")]
     NoHome {
         what: &'static str,
@@ -84,6 +92,17 @@ pub enum ConfigError {
         "unknown identity `{0}` (expected one of: static, aws, vault, azure, oidc-file, chain)"
     )]
     UnknownIdentity(String),
+    /// The `auth.args` that Codex's config gives the helper do not parse.
+    #[error("[model_providers.{provider}.auth] args in {path}: {message}")]
+    CodexArgs {
+        provider: String,
+        path: PathBuf,
+        message: String,
+    },
+    #[error(
+        "provider `{provider}` is not in {path} (pass the --provider-id that `setup` wrote, or flags)"
+    )]
+    NoCodexProvider { provider: String, path: PathBuf },
 }
 
 /// The identity proof could not be produced.
@@ -102,6 +121,16 @@ pub enum IdentityError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    /// A secret file that group or others may access: refused, as ssh refuses such a private key.
+    #[error(
+        "{source_name} identity: credential file {path} is accessible by group or others (mode {mode:04o}); \
+         run `chmod 600 {path}` (a credential others can read is refused, as ssh refuses such a key)"
+    )]
+    Insecure {
+        source_name: &'static str,
+        path: PathBuf,
+        mode: u32,
     },
     #[error("{source_name} identity: {reason}")]
     Invalid {
@@ -181,6 +210,9 @@ pub enum HelperError {
     Exchange(#[from] ExchangeError),
     #[error(transparent)]
     Setup(#[from] SetupError),
+    /// Writing to stdout failed. A broken pipe is not an error (see [`HelperError::is_broken_pipe`]).
+    #[error("cannot write to stdout: {0}")]
+    Stdout(#[source] std::io::Error),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -189,13 +221,20 @@ impl HelperError {
     pub fn exit(&self) -> Exit {
         match self {
             HelperError::Config(_) => Exit::Usage,
+            HelperError::Identity(IdentityError::Insecure { .. }) => Exit::Usage,
             HelperError::Identity(_) => Exit::IdentityUnavailable,
             HelperError::Exchange(ExchangeError::Refused { .. }) => Exit::BrokerRefused,
             HelperError::Exchange(_) => Exit::BrokerUnavailable,
             HelperError::Setup(SetupError::Parse { .. } | SetupError::Shape { .. }) => Exit::Usage,
             HelperError::Setup(_) => Exit::Internal,
-            HelperError::Internal(_) => Exit::Internal,
+            HelperError::Stdout(_) | HelperError::Internal(_) => Exit::Internal,
         }
+    }
+
+    /// Whoever read our stdout went away. Like ripgrep, that ends the run quietly and successfully:
+    /// there is nobody left to tell, and `tollgate-token status | head -1` is not a failure.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, HelperError::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
     }
 }
 

@@ -61,7 +61,12 @@ pub fn jwt_claims(token: &str) -> Option<tollgate::Claims> {
 
 /// Build the HTTP client: no redirects (a token request must not be replayed elsewhere), a
 /// connect timeout below the deadline, system proxies honoured.
+///
+/// TLS runs on rustls with `ring`, installed here as the process's provider, so the clients other crates
+/// build later in the same run (Vault's) use it too. (The helper leaves out aws-lc-rs: see Cargo.toml.)
 pub fn http_client(remaining: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    // Err only when a provider is already installed (a second client in this process): nothing to do.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(remaining.min(MAX_CONNECT))

@@ -78,6 +78,40 @@ pub fn load(config: &IdentityConfig) -> Result<Box<dyn Identity>, IdentityError>
     }
 }
 
+/// Read a long-lived secret the user keeps in a file, refusing it, as ssh refuses a private key, when
+/// group or others may access it and it is the user's own (so `chmod 600` is theirs to run). The mode
+/// is read from the open file, so it is the file we read.
+///
+/// Only the static credential is checked this way. The files other sources read are written by other
+/// tools that choose their modes: Kubernetes projects service-account and Azure federated tokens 0644
+/// by default, and they are short-lived; `~/.aws/credentials` and `~/.vault-token` are the AWS CLI's
+/// and Vault's, which the other clients of those files do not check either.
+pub fn read_private_file(
+    source_name: &'static str,
+    path: &std::path::Path,
+) -> Result<SecretString, IdentityError> {
+    use std::io::Read;
+    let read_err = |source| IdentityError::ReadFile {
+        source_name,
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if let Some(mode) = crate::sys::open_to_others(&meta)
+        && crate::sys::owned_by_us(&meta)
+    {
+        return Err(IdentityError::Insecure {
+            source_name,
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut content = String::new();
+    file.read_to_string(&mut content).map_err(read_err)?;
+    Ok(SecretString::from(content))
+}
+
 /// A bootstrap credential shared with the broker. For local trials and tests only.
 pub struct StaticIdentity {
     credential: SecretString,
@@ -90,14 +124,7 @@ impl StaticIdentity {
         let raw = match source {
             StaticCredential::Inline(c) => SecretString::from(c.expose_secret().trim()),
             StaticCredential::File(path) => {
-                let content =
-                    std::fs::read_to_string(path).map_err(|source| IdentityError::ReadFile {
-                        source_name: Self::NAME,
-                        path: path.clone(),
-                        source,
-                    })?;
-                let content = SecretString::from(content);
-                SecretString::from(content.expose_secret().trim())
+                SecretString::from(read_private_file(Self::NAME, path)?.expose_secret().trim())
             }
             StaticCredential::None => {
                 return Err(IdentityError::NotConfigured {
@@ -185,12 +212,57 @@ mod tests {
         assert!(e.to_string().contains("/nonexistent/cred"));
     }
 
+    /// A private file, as the README's `(umask 077; …)` makes it.
+    fn private_file(dir: &std::path::Path, name: &str, content: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+            .expect("create");
+        std::io::Write::write_all(&mut f, content.as_bytes()).expect("write");
+        p
+    }
+
     #[test]
     fn file_credential_is_trimmed() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let p = tmp.path().join("cred");
-        std::fs::write(&p, "abc\n").expect("write");
+        let p = private_file(tmp.path(), "cred", "abc\n");
         let s = StaticIdentity::load(&StaticCredential::File(p)).expect("load");
         assert_eq!(s.credential.expose_secret(), "abc");
+    }
+
+    #[test]
+    fn a_credential_file_others_can_access_is_refused_like_ssh() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let p = private_file(tmp.path(), "cred", "s3cret-value\n");
+        for mode in [0o644, 0o640, 0o604, 0o660, 0o602] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let e = StaticIdentity::load(&StaticCredential::File(p.clone()))
+                .err()
+                .expect("refused");
+            assert!(
+                matches!(e, IdentityError::Insecure { mode: m, .. } if m == mode),
+                "{e}"
+            );
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("chmod 600 {}", p.display())),
+                "{text}"
+            );
+            assert!(text.contains(&format!("{mode:04o}")), "{text}");
+            assert!(!text.contains("s3cret"), "{text}");
+            assert_eq!(
+                crate::error::HelperError::from(e).exit(),
+                crate::error::Exit::Usage
+            );
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            StaticIdentity::load(&StaticCredential::File(p.clone())).expect("private is fine");
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! output streams), so [`run_with`] is testable in-process; `main` only wires the real ones.
 
 pub mod cache;
+pub mod codex;
 pub mod config;
 pub mod error;
 pub mod exchange;
@@ -38,7 +39,9 @@ use std::time::Instant;
         Without a subcommand: prove this machine's identity to the broker, exchange it for a token, cache it \
         and print it on stdout as one line. A cached token is reused while it has more than the refresh margin \
         left. Configure with flags, TOLLGATE_* environment variables, or [profiles.<name>] in \
-        $XDG_CONFIG_HOME/tollgate/config.toml (flags > environment > config file > defaults).",
+        $XDG_CONFIG_HOME/tollgate/config.toml (TOLLGATE_TOKEN_CONFIG; flags > environment > config file > \
+        defaults). `status` and `refresh` also read the flags that Codex's config.toml gives the helper \
+        (the auth args `setup` wrote), so they need none.",
     after_help = EXIT_CODES_HELP
 )]
 pub struct Cli {
@@ -51,6 +54,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show the cached token's subject, grant and expiry (not the token itself unless asked).
+    ///
+    /// Without flags it reports on the token Codex uses: it reads the helper's arguments from the
+    /// provider in Codex's config.toml that runs tollgate-token (flags given here win).
     Status {
         /// Also print the token.
         #[arg(long)]
@@ -58,6 +64,23 @@ pub enum Command {
         /// Ask the broker for the remaining budget (GET /v1/tollgate/usage).
         #[arg(long)]
         remote: bool,
+        /// The provider in Codex's config.toml whose auth args to use [default: `model_provider` if it
+        /// runs tollgate-token, else `tollgate`, else the only one that does].
+        #[arg(long)]
+        provider_id: Option<String>,
+    },
+    /// Mint a new token now and replace the cached one (after a policy change, say).
+    ///
+    /// Reads Codex's config.toml like `status`. Prints a one-line summary of the new token on stderr,
+    /// and the token itself on stdout only with --print. A cached token is not served instead, even if
+    /// the broker is unavailable.
+    Refresh {
+        /// Also print the new token on stdout (one line, as the default command does).
+        #[arg(long)]
+        print: bool,
+        /// As for `status`.
+        #[arg(long)]
+        provider_id: Option<String>,
     },
     /// Add or update the Tollgate provider in Codex's config.toml ($CODEX_HOME or ~/.codex).
     Setup {
@@ -116,6 +139,11 @@ impl<'a> Reporter<'a> {
     }
 
     pub fn error(&mut self, msg: &str) {
+        self.note(msg);
+    }
+
+    /// An informational line (`refresh`'s summary).
+    pub fn note(&mut self, msg: &str) {
         let line = format!("tollgate-token: {}\n", self.scrub(msg));
         let _ = self.err.write_all(line.as_bytes());
     }
@@ -164,6 +192,8 @@ pub fn run_with(
     let mut report = Reporter::new(err);
     match dispatch(cli, env, clock, out, &mut report, started) {
         Ok(exit) => exit,
+        // ripgrep's rule: nobody is left to read what we would say.
+        Err(e) if e.is_broken_pipe() => Exit::Ok,
         Err(e) => {
             report.error(&error_line(&e));
             e.exit()
@@ -198,26 +228,49 @@ fn dispatch(
         None => {
             let settings = config::resolve(&cli.flags, env)?;
             let parent = rerun::Parent::current();
-            let outcome = token::get_token(&settings, clock, report, started, parent.as_ref())?;
-            match token::emit_token(out, &outcome.token) {
-                Ok(()) => Ok(Exit::Ok),
-                // Whoever read our stdout went away; nothing useful is left to do.
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Exit::Ok),
-                Err(e) => Err(HelperError::Internal(format!(
-                    "cannot write the token to stdout: {e}"
-                ))),
-            }
+            let outcome = token::get_token(
+                &settings,
+                clock,
+                report,
+                started,
+                parent.as_ref(),
+                token::Mode::Cached,
+            )?;
+            token::emit_token(out, &outcome.token).map_err(HelperError::Stdout)?;
+            Ok(Exit::Ok)
         }
-        Some(Command::Status { show_token, remote }) => {
-            let settings = config::resolve(&cli.flags, env)?;
+        Some(Command::Status {
+            show_token,
+            remote,
+            provider_id,
+        }) => {
+            let (settings, codex) =
+                resolve_with_codex(cli.flags, provider_id.as_deref(), env, report)?;
             status::status(
                 &settings,
+                codex.as_ref(),
                 clock,
                 status::StatusOptions { show_token, remote },
                 out,
                 report,
                 started,
             )
+        }
+        Some(Command::Refresh { print, provider_id }) => {
+            let (settings, _) = resolve_with_codex(cli.flags, provider_id.as_deref(), env, report)?;
+            let outcome = token::get_token(
+                &settings,
+                clock,
+                report,
+                started,
+                None,
+                token::Mode::Refresh,
+            )?;
+            report.note(&token::summary(&outcome, clock.now_unix()));
+            if print {
+                token::emit_token(out, &outcome.token).map_err(HelperError::Stdout)?;
+            }
+            Ok(Exit::Ok)
         }
         Some(Command::Setup {
             provider_id,
@@ -239,10 +292,38 @@ fn dispatch(
             )
         }
         Some(Command::Completions { shell }) => {
-            clap_complete::generate(shell, &mut Cli::command(), "tollgate-token", out);
+            // Into a buffer first: clap_complete panics when its writer fails (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tollgate-token", &mut script);
+            out.write_all(&script)
+                .and_then(|()| out.flush())
+                .map_err(HelperError::Stdout)?;
             Ok(Exit::Ok)
         }
     }
+}
+
+/// Settings for `status` and `refresh`: the user's flags over the auth args Codex's config gives the
+/// helper (see [`codex`]), then the environment, config file and defaults as always.
+fn resolve_with_codex(
+    flags: config::Flags,
+    provider_id: Option<&str>,
+    env: &dyn Env,
+    report: &mut Reporter<'_>,
+) -> Result<(config::Settings, Option<codex::CodexProvider>), HelperError> {
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|e| std::fs::canonicalize(e).ok());
+    let mut notes = Vec::new();
+    let found = codex::find_provider(env, provider_id, exe.as_deref(), &mut notes)?;
+    for n in &notes {
+        report.warn(n);
+    }
+    let flags = match &found {
+        Some(p) => flags.over(p.flags.clone()),
+        None => flags,
+    };
+    Ok((config::resolve(&flags, env)?, found))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -288,6 +369,12 @@ fn run_setup(
     if let Some(f) = credential_file {
         let abs = std::path::absolute(f)
             .map_err(|e| HelperError::Internal(format!("cannot resolve {}: {e}", f.display())))?;
+        // Every run Codex makes would refuse a credential others can read: say so now, not at the first turn.
+        if let Err(e @ error::IdentityError::Insecure { .. }) =
+            identity::read_private_file("static", &abs)
+        {
+            return Err(e.into());
+        }
         args.extend([
             "--credential-file".to_owned(),
             abs.to_string_lossy().into_owned(),
@@ -303,7 +390,7 @@ fn run_setup(
     };
     let old = setup::read_config(&path)?;
     let (new, notes) = setup::apply(&old, &path, &plan)?;
-    let io_err = |e: io::Error| HelperError::Internal(format!("cannot write to stdout: {e}"));
+    let io_err = HelperError::Stdout;
     for n in &notes {
         report.warn(n);
     }

@@ -251,6 +251,10 @@ pub fn read_config(path: &Path) -> Result<String, SetupError> {
 
 /// Replace the file atomically, keeping its permissions (and following a symlink to its target,
 /// so dotfile managers keep working).
+///
+/// Durable, unlike the token cache: this is the user's own config, which nothing can rebuild. One fsync
+/// of the new file before the rename (so the rename never exposes an empty file after a crash) and one
+/// of the directory after it (so the rename itself survives).
 pub fn write_config(path: &Path, content: &str) -> Result<(), SetupError> {
     let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let err = |source| SetupError::Write {
@@ -273,7 +277,11 @@ pub fn write_config(path: &Path, content: &str) -> Result<(), SetupError> {
         tmp.set_permissions(std::fs::Permissions::from_mode(mode))?;
         tmp.sync_all()?;
         drop(tmp);
-        std::fs::rename(&tmp_path, &target)
+        std::fs::rename(&tmp_path, &target)?;
+        if let Some(dir) = target.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp_path);

@@ -55,6 +55,7 @@ pub struct StatusOptions {
 /// Print the status of the cached token for the resolved profile.
 pub fn status(
     settings: &Settings,
+    codex: Option<&crate::codex::CodexProvider>,
     clock: &dyn Clock,
     opts: StatusOptions,
     out: &mut dyn Write,
@@ -71,9 +72,21 @@ pub fn status(
         fingerprint: &fingerprint,
         profile: &settings.profile,
     };
-    let io_err = |e: io::Error| HelperError::Internal(format!("cannot write to stdout: {e}"));
+    let io_err = HelperError::Stdout;
     let row = |out: &mut dyn Write, k: &str, v: &str| writeln!(out, "{:<12}{v}", format!("{k}:"));
 
+    if let Some(c) = codex {
+        row(
+            out,
+            "codex",
+            &format!(
+                "[model_providers.{}] in {} (its auth args are used)",
+                c.id,
+                c.config_path.display()
+            ),
+        )
+        .map_err(io_err)?;
+    }
     row(out, "profile", &settings.profile).map_err(io_err)?;
     row(out, "broker", &settings.broker).map_err(io_err)?;
     row(out, "audience", &settings.audience).map_err(io_err)?;
@@ -97,6 +110,15 @@ pub fn status(
         }
         Lookup::Corrupt(why) => {
             row(out, "token", &format!("unusable cache file: {why}")).map_err(io_err)?;
+            return Ok(Exit::Ok);
+        }
+        Lookup::Insecure(why) => {
+            row(
+                out,
+                "token",
+                &format!("not used: {why} (the next run mints and re-creates it 0600)"),
+            )
+            .map_err(io_err)?;
             return Ok(Exit::Ok);
         }
     };
@@ -202,7 +224,7 @@ fn remote_usage(
     out: &mut dyn Write,
     started: Instant,
 ) -> Result<Exit, HelperError> {
-    let io_err = |e: io::Error| HelperError::Internal(format!("cannot write to stdout: {e}"));
+    let io_err = HelperError::Stdout;
     if !token.is_valid(clock.now_unix()) {
         writeln!(
             out,

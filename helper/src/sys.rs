@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -80,4 +81,15 @@ impl Clock for FixedClock {
     fn now_unix(&self) -> u64 {
         self.0
     }
+}
+
+/// The permission bits (`0o7777`) of a file that group or others may access in any way, else `None`.
+pub fn open_to_others(meta: &std::fs::Metadata) -> Option<u32> {
+    let mode = meta.mode() & 0o7777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+/// Whether the file belongs to the user running us.
+pub fn owned_by_us(meta: &std::fs::Metadata) -> bool {
+    meta.uid() == nix::unistd::getuid().as_raw()
 }

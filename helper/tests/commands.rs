@@ -168,9 +168,23 @@ fn setup_pins_profile_and_broker_only_when_needed() {
 
 #[test]
 fn setup_pins_a_credential_file_as_an_absolute_path() {
+    use std::os::unix::fs::PermissionsExt;
     let sb = Sandbox::new();
     let cred = sb.home().join("cred");
     std::fs::write(&cred, "secret-credential").expect("write");
+    // A credential others can read is refused here already (every run Codex makes would refuse it).
+    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let run = sb.run(&[
+        "--credential-file",
+        cred.to_str().expect("utf8"),
+        "setup",
+        "--broker",
+        "https://b.example",
+    ]);
+    assert_eq!(run.code, 64, "{run:?}");
+    assert!(run.stderr.contains("chmod 600"), "{run:?}");
+    assert!(!sb.home().join(".codex/config.toml").exists());
+    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let run = sb.run(&[
         "--credential-file",
         cred.to_str().expect("utf8"),
@@ -285,4 +299,147 @@ fn completions_are_printed() {
     let run = sb.run(&["completions", "bash"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("tollgate-token"), "{run:?}");
+}
+
+/// The auth args `setup` wrote into Codex's config.
+fn codex_auth_args(sb: &Sandbox) -> Vec<String> {
+    let doc: toml::Table = toml::from_str(
+        &std::fs::read_to_string(sb.home().join(".codex/config.toml")).expect("read"),
+    )
+    .expect("toml");
+    doc["model_providers"]["tollgate"]["auth"]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("str").to_owned())
+        .collect()
+}
+
+/// The README's flow: a credential file, `setup` with flags, Codex runs the helper with the args setup
+/// wrote; then a bare `tollgate-token status` (no flags, no helper config file) reports on that token.
+#[test]
+fn status_with_no_flags_reads_the_args_codex_runs_the_helper_with() {
+    let broker = FakeBroker::start(Reply::Token { ttl_secs: 900 });
+    let mut sb = Sandbox::new();
+    sb.unset("TOLLGATE_CREDENTIAL");
+    let cred = sb.home().join("credential");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&cred)
+            .expect("create");
+        f.write_all(support::CREDENTIAL.as_bytes()).expect("write");
+    }
+    let setup = sb.run(&[
+        "--credential-file",
+        cred.to_str().expect("utf8"),
+        "setup",
+        "--broker",
+        &broker.url,
+        "--set-default",
+    ]);
+    assert_eq!(setup.code, 0, "{setup:?}");
+    // What Codex runs.
+    let args = codex_auth_args(&sb);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let minted = sb.run(&args);
+    assert_eq!(minted.code, 0, "{minted:?}");
+    let token = minted.stdout.trim_end().to_owned();
+
+    let run = sb.run(&["status"]);
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "{run:?}");
+    for needle in [
+        format!(
+            "codex:      [model_providers.tollgate] in {} (its auth args are used)\n",
+            sb.home().join(".codex/config.toml").display()
+        ),
+        format!("broker:     {}\n", broker.url),
+        "identity:   static\n".to_owned(),
+        "principal:  alice\n".to_owned(),
+        "valid for 1".to_owned(),
+    ] {
+        assert!(
+            run.stdout.contains(&needle),
+            "missing {needle:?} in\n{}",
+            run.stdout
+        );
+    }
+    assert!(!run.stdout.contains(&token));
+    assert_eq!(broker.mints(), 1, "status never mints");
+
+    // A flag given here wins over Codex's args; an unknown provider id is a usage error.
+    let other = FakeBroker::start(Reply::Token { ttl_secs: 900 });
+    let run = sb.run(&["status", "--broker", &other.url]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains(&format!("broker:     {}\n", other.url)),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("none cached"), "{run:?}");
+    let run = sb.run(&["status", "--provider-id", "nope"]);
+    assert_eq!(run.code, 64, "{run:?}");
+    assert!(run.stderr.contains("provider `nope` is not in"), "{run:?}");
+}
+
+#[test]
+fn refresh_mints_now_and_replaces_the_cached_token() {
+    let broker = FakeBroker::start(Reply::Token { ttl_secs: 900 });
+    let sb = Sandbox::new();
+    let setup = sb.run(&["setup", "--broker", &broker.url]);
+    assert_eq!(setup.code, 0, "{setup:?}");
+    let first = sb.run(&["--broker", &broker.url]);
+    assert_eq!(first.code, 0, "{first:?}");
+
+    // No flags: the slot Codex uses (from its config). Nothing on stdout, one summary line on stderr.
+    let run = sb.run(&["refresh"]);
+    assert_eq!((run.code, run.stdout.as_str()), (0, ""), "{run:?}");
+    assert!(
+        run.stderr.starts_with(
+            "tollgate-token: minted a new token for static:alice (principal alice, team platform; \
+             models gpt-5*, demo); expires "
+        ),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .ends_with(" (in 15m 00s); it replaced the cached token\n"),
+        "{run:?}"
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    assert_eq!(
+        broker.mints(),
+        2,
+        "minted although the cached token was fresh"
+    );
+
+    // The cache now holds the new token: Codex's next run gets it without a mint.
+    let next = sb.run(&["--broker", &broker.url]);
+    assert_eq!(next.code, 0, "{next:?}");
+    assert_ne!(next.stdout, first.stdout);
+    assert_eq!(broker.mints(), 2);
+
+    // --print: the token, alone, on stdout, and it is the one now cached.
+    let printed = sb.run(&["refresh", "--print"]);
+    assert_eq!(printed.code, 0, "{printed:?}");
+    assert_eq!(printed.stdout.matches('\n').count(), 1, "{printed:?}");
+    assert_ne!(printed.stdout, next.stdout);
+    assert_eq!(broker.mints(), 3);
+    let served = sb.run(&["--broker", &broker.url]);
+    assert_eq!(served.stdout, printed.stdout);
+
+    // A refusal is reported, not papered over with the cached token.
+    broker.set_default(Reply::Status(
+        400,
+        r#"{"error":"invalid_grant","error_description":"no grant"}"#.into(),
+    ));
+    let refused = sb.run(&["refresh", "--print"]);
+    assert_eq!(
+        (refused.code, refused.stdout.as_str()),
+        (66, ""),
+        "{refused:?}"
+    );
 }

@@ -154,9 +154,10 @@ fn server_errors_and_dropped_connections_are_69() {
     ));
     broker.script([Reply::Close]);
     let sb = Sandbox::new();
-    let closed = sb.run(&["--broker", &broker.url]);
+    // Without remembering the first failure, so that the second run reaches the broker.
+    let closed = sb.run(&["--broker", &broker.url, "--failure-memory", "0"]);
     assert_eq!(closed.code, 69, "{closed:?}");
-    let run = sb.run(&["--broker", &broker.url]);
+    let run = sb.run(&["--broker", &broker.url, "--failure-memory", "0"]);
     assert_eq!(run.code, 69);
     assert_eq!(
         run.stderr,
@@ -288,7 +289,7 @@ fn credential_file_works() {
     let mut sb = Sandbox::new();
     sb.unset("TOLLGATE_CREDENTIAL");
     let path = sb.home().join("cred");
-    std::fs::write(&path, format!("{CREDENTIAL}\n")).expect("write");
+    make_file(&path, &format!("{CREDENTIAL}\n"), 0o600);
     let run = sb.run(&[
         "--broker",
         &broker.url,
@@ -424,4 +425,274 @@ fn help_documents_exit_codes_and_env() {
     ] {
         assert!(run.stdout.contains(needle), "help lacks {needle}");
     }
+    assert!(!run.stdout.contains("coming"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("Identity source: static, aws, vault, azure, oidc-file or chain"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("TOLLGATE_TOKEN_CONFIG"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("refresh"), "{}", run.stdout);
+}
+
+#[test]
+fn a_broker_url_ending_in_v1_is_a_usage_error_saying_what_to_drop() {
+    let broker = FakeBroker::start(Reply::Token { ttl_secs: 900 });
+    let mut sb = Sandbox::new();
+    let with_v1 = format!("{}/v1", broker.url);
+    let run = sb.run(&["--broker", &with_v1]);
+    assert_eq!((run.code, run.stdout.as_str()), (64, ""), "{run:?}");
+    assert_eq!(
+        run.stderr,
+        format!(
+            "tollgate-token: invalid broker URL {with_v1:?}: drop `/v1` and give the broker's base URL, {} \
+             (only Codex's base_url ends in /v1; the helper adds /oauth/token itself)\n",
+            broker.url
+        )
+    );
+    sb.set("TOLLGATE_BROKER", &format!("{with_v1}/"));
+    let run = sb.run(&[]);
+    assert_eq!(run.code, 64, "{run:?}");
+    assert!(run.stderr.contains("drop `/v1`"), "{run:?}");
+    // `setup` refuses it too, rather than writing a base_url ending in /v1/v1.
+    let run = sb.run(&["setup", "--dry-run"]);
+    assert_eq!(run.code, 64, "{run:?}");
+    assert_eq!(broker.mints(), 0, "nothing reached the broker");
+}
+
+#[test]
+fn the_brokers_config_variable_does_not_break_the_helper() {
+    let broker = FakeBroker::start(Reply::Token { ttl_secs: 900 });
+    let mut sb = Sandbox::new();
+    // Exported for the broker in the same shell: a broker config, which the helper used to parse (exit 64).
+    let broker_cfg = sb.home().join("broker.toml");
+    std::fs::write(
+        &broker_cfg,
+        "policy_file = \"policy.toml\"\n\n[server]\nlisten = \"127.0.0.1:8787\"\n",
+    )
+    .expect("write");
+    sb.set("TOLLGATE_CONFIG", broker_cfg.to_str().expect("utf8"));
+    let run = sb.run(&["--broker", &broker.url]);
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "{run:?}");
+    assert_eq!(broker.mints(), 1);
+
+    // The helper's own variable names its config file.
+    let helper_cfg = sb.home().join("helper.toml");
+    std::fs::write(
+        &helper_cfg,
+        format!("[profiles.work]\nbroker = \"{}\"\n", broker.url),
+    )
+    .expect("write");
+    sb.set("TOLLGATE_TOKEN_CONFIG", helper_cfg.to_str().expect("utf8"));
+    let run = sb.run(&["--profile", "work"]);
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "{run:?}");
+}
+
+/// Spawn the binary with stdout the write end of a pipe whose read end is already closed.
+fn run_into_closed_pipe(sb: &Sandbox, args: &[&str]) -> support::Run {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = sb
+        .command(args)
+        .stdout(std::process::Stdio::from(writer))
+        .output()
+        .expect("spawn");
+    support::Run::from(out)
+}
+
+#[test]
+fn a_closed_stdout_is_a_quiet_success() {
+    let broker = FakeBroker::start(Reply::Token { ttl_secs: 900 });
+    let sb = Sandbox::new();
+    let url = broker.url.as_str();
+    // A mint, then a cache hit, then every command that writes to stdout.
+    for args in [
+        &["--broker", url][..],
+        &["--broker", url],
+        &["--broker", url, "status"],
+        &["--broker", url, "status", "--show-token"],
+        &["--broker", url, "refresh", "--print"],
+        &["completions", "bash"],
+        &["--help"],
+        &["--broker", url, "setup", "--dry-run"],
+    ] {
+        let run = run_into_closed_pipe(&sb, args);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        if args.contains(&"refresh") {
+            // Its summary goes to stderr, which is still open.
+            assert!(
+                run.stderr
+                    .starts_with("tollgate-token: minted a new token for "),
+                "{run:?}"
+            );
+            assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+        } else {
+            assert_eq!(run.stderr, "", "{args:?}: {run:?}");
+        }
+    }
+    assert_eq!(broker.mints(), 2, "the first run and refresh");
+}
+
+fn make_file(path: &std::path::Path, content: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, content).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+#[test]
+fn a_credential_file_others_can_read_is_refused_like_ssh() {
+    let broker = FakeBroker::start(Reply::Token { ttl_secs: 900 });
+    let mut sb = Sandbox::new();
+    sb.unset("TOLLGATE_CREDENTIAL");
+    let path = sb.home().join("cred");
+    make_file(&path, &format!("{CREDENTIAL}\n"), 0o644);
+    let p = path.to_str().expect("utf8");
+    let run = sb.run(&["--broker", &broker.url, "--credential-file", p]);
+    assert_eq!((run.code, run.stdout.as_str()), (64, ""), "{run:?}");
+    assert_eq!(
+        run.stderr,
+        format!(
+            "tollgate-token: static identity: credential file {p} is accessible by group or others (mode 0644); \
+             run `chmod 600 {p}` (a credential others can read is refused, as ssh refuses such a key)\n"
+        )
+    );
+    assert_eq!(broker.mints(), 0);
+    make_file(&path, &format!("{CREDENTIAL}\n"), 0o600);
+    let run = sb.run(&["--broker", &broker.url, "--credential-file", p]);
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "{run:?}");
+}
+
+/// The README's trial-credential line, run as printed (with a common umask of 022) in the sandbox's HOME.
+#[test]
+fn the_readmes_credential_command_makes_a_private_file() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let line = readme
+        .lines()
+        .find(|l| l.contains("quickstart-dev-credential >"))
+        .expect("the README's credential line");
+    let command = line.split("  #").next().expect("command").trim();
+    let sb = Sandbox::new();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask 022; {command}"))
+        .env_clear()
+        .env("HOME", sb.home())
+        .env("PATH", "/usr/bin:/bin")
+        .status()
+        .expect("sh");
+    assert!(status.success(), "{command}");
+    let cred = sb.home().join(".config/tollgate/credential");
+    assert_eq!(
+        std::fs::metadata(&cred).expect("credential").mode() & 0o777,
+        0o600,
+        "{command}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&cred).expect("read"),
+        "quickstart-dev-credential"
+    );
+    // And the helper accepts it (the exchange then fails: nothing listens at this broker).
+    let run = sb.run(&[
+        "--broker",
+        &dead_url(),
+        "--credential-file",
+        cred.to_str().expect("utf8"),
+    ]);
+    assert_eq!(run.code, 69, "{run:?}");
+}
+
+#[test]
+fn a_cache_file_others_can_read_is_not_served_and_is_recreated_private() {
+    let mut broker = FakeBroker::start(Reply::Token { ttl_secs: 900 });
+    let sb = Sandbox::new();
+    let first = sb.run(&["--broker", &broker.url]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let file = sb.cache_files().pop().expect("cache file");
+    make_file(&file, &std::fs::read_to_string(&file).expect("read"), 0o644);
+
+    let run = sb.run(&["--broker", &broker.url]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_ne!(run.stdout, first.stdout, "a new token, not the exposed one");
+    assert_eq!(broker.mints(), 2);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "tollgate-token: warning: not using the token cache: {} is accessible by group or others \
+             (mode 0644), but tollgate-token writes it 0600 and yours only, so it was changed since: minting \
+             a new token, which re-creates it 0600\n",
+            file.display()
+        )
+    );
+    assert_eq!(std::fs::metadata(&file).expect("f").mode() & 0o777, 0o600);
+    let again = sb.run(&["--broker", &broker.url]);
+    assert_eq!(
+        (again.stdout.as_str(), again.stderr.as_str()),
+        (run.stdout.as_str(), "")
+    );
+
+    // Exposed again and the broker is gone: not served even as a fallback, and taken off the disk.
+    make_file(&file, &std::fs::read_to_string(&file).expect("read"), 0o640);
+    broker.stop();
+    let run = sb.run(&["--broker", &broker.url]);
+    assert_eq!((run.code, run.stdout.as_str()), (69, ""), "{run:?}");
+    assert!(!file.exists(), "the exposed token was removed");
+}
+
+#[test]
+fn a_hung_broker_is_waited_on_once_then_reruns_fail_at_once() {
+    let broker = FakeBroker::start(Reply::Token { ttl_secs: 900 });
+    broker.set_delay_ms(30_000);
+    let sb = Sandbox::new();
+    // A long memory, so a slow machine cannot let it lapse between the runs.
+    let args = [
+        "--broker",
+        &broker.url,
+        "--timeout-ms",
+        "300",
+        "--failure-memory",
+        "600",
+    ];
+    let first = sb.run(&args);
+    assert_eq!((first.code, first.stdout.as_str()), (69, ""), "{first:?}");
+    assert!(first.stderr.contains("timed out"), "{first:?}");
+    assert_eq!(broker.mints(), 1);
+    let first_msg = first.stderr.trim_end();
+
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let run = sb.run(&args);
+        assert_eq!((run.code, run.stdout.as_str()), (69, ""), "{run:?}");
+        assert!(run.stderr.starts_with(first_msg), "{run:?}\nvs {first_msg}");
+        assert!(run.stderr.contains("s ago; the broker is tried again 600s after a failure, or now by `tollgate-token refresh`)"), "{run:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+        // No wait on the broker (its 30 s delay) and not even on our own 300 ms deadline.
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+    assert_eq!(broker.mints(), 1, "the reruns did not reach the broker");
+    let memo: Vec<_> = std::fs::read_dir(sb.cache_dir())
+        .expect("ls")
+        .map(|e| e.expect("e").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "fail"))
+        .collect();
+    assert_eq!(memo.len(), 1, "{memo:?}");
+    assert_eq!(
+        std::fs::metadata(&memo[0]).expect("m").mode() & 0o777,
+        0o600
+    );
+
+    // `refresh` tries the broker regardless; once it answers, the memory is cleared.
+    broker.set_delay_ms(0);
+    let run = sb.run(&["refresh", "--broker", &broker.url]);
+    assert_eq!((run.code, run.stdout.as_str()), (0, ""), "{run:?}");
+    assert_eq!(broker.mints(), 2);
+    assert!(!memo[0].exists());
+    let run = sb.run(&args);
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "{run:?}");
+    assert_eq!(broker.mints(), 2, "served from the cache refresh filled");
 }

@@ -250,13 +250,27 @@ impl CodexRun {
     }
 }
 
+/// Create a 0600 file, as a credential must be: the helper refuses one that group or others can read.
+pub fn write_private(path: &Path, content: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(content.as_bytes()))
+        .expect("write a private file");
+}
+
 impl CodexEnv {
     /// `extra_provider` is appended to the provider table (e.g. `request_max_retries = 0`).
     pub fn new(broker_url: &str, model: &str, extra_provider: &str) -> CodexEnv {
         let home = tempfile::tempdir().expect("tempdir");
         let cache_dir = home.path().join("tollgate-cache");
         let credential_file = home.path().join("credential");
-        std::fs::write(&credential_file, format!("{CREDENTIAL}\n")).expect("credential");
+        write_private(&credential_file, &format!("{CREDENTIAL}\n"));
         let codex_home = home.path().join("codex");
         std::fs::create_dir_all(&codex_home).expect("codex home");
         let helper = bin("tollgate-token");
