@@ -243,6 +243,7 @@ async fn cli(args: &[&str], admin_key: Option<&str>) -> (i32, String, String) {
     cmd.args(args)
         .env_remove("TOLLGATE_ADMIN_KEY")
         .env_remove("TOLLGATE_CONFIG")
+        .env_remove("TOLLGATE_BROKER_CONFIG")
         .env_remove("TOLLGATE_ADMIN_URL")
         .stdin(Stdio::null());
     if let Some(k) = admin_key {

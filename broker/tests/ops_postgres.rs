@@ -485,6 +485,7 @@ async fn cli(args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate-broker"))
         .args(args)
         .env_remove("TOLLGATE_CONFIG")
+        .env_remove("TOLLGATE_BROKER_CONFIG")
         .stdin(std::process::Stdio::null())
         .output()
         .await
