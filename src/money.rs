@@ -148,6 +148,30 @@ impl fmt::Display for Nanos {
     }
 }
 
+impl Nanos {
+    /// For people: whole cents (`$0.13`, `$12.50`), or four significant digits below a cent
+    /// (`$0.001296`). Rounded half away from zero; exact values stay in the API's `*_nanos` fields.
+    pub fn human(self) -> String {
+        let n = i128::from(self.0);
+        let (sign, a) = if n < 0 { ("-", -n) } else { ("", n) };
+        if a >= 10_000_000 || a == 0 {
+            // Cents: 1 cent = 10^7 nanos.
+            let cents = (a + 5_000_000) / 10_000_000;
+            return format!("{sign}${}.{:02}", cents / 100, cents % 100);
+        }
+        // Below a cent: keep four significant digits.
+        let digits = a.to_string().len() as u32; // 1..=7
+        let drop = digits.saturating_sub(4);
+        let scale = 10i128.pow(drop);
+        let kept = (a + scale / 2) / scale * scale;
+        let mut s = format!("{:09}", kept);
+        while s.ends_with('0') {
+            s.pop();
+        }
+        format!("{sign}$0.{s}")
+    }
+}
+
 impl fmt::Debug for Nanos {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Nanos({self})")
@@ -243,5 +267,22 @@ mod tests {
             let s = Nanos(n).to_string();
             prop_assert_eq!(Nanos::parse_usd(&s), Ok(Nanos(n)));
         }
+    }
+}
+
+#[cfg(test)]
+mod human_tests {
+    use super::Nanos;
+
+    #[test]
+    fn money_for_people() {
+        assert_eq!(Nanos(129_620_003).human(), "$0.13");
+        assert_eq!(Nanos(12_500_000_000).human(), "$12.50");
+        assert_eq!(Nanos(1_000_000_000).human(), "$1.00");
+        assert_eq!(Nanos(0).human(), "$0.00");
+        assert_eq!(Nanos(1_296_123).human(), "$0.001296");
+        assert_eq!(Nanos(9_999_999).human(), "$0.01");
+        assert_eq!(Nanos(5).human(), "$0.000000005");
+        assert_eq!(Nanos(-129_620_003).human(), "-$0.13");
     }
 }

@@ -260,3 +260,66 @@ async fn client_disconnect_mid_stream_is_accounted() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_broken_chat_stream_ends_with_an_error_chunk_and_done() {
+    let a = mock::spawn(MockConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = one_target_broker(dir.path(), a.base_url(), 5_000).await;
+    let token = mint(&broker.base()).await;
+
+    a.push_fault(Fault::drop_after_events(2));
+    let resp = client()
+        .post(broker.url("/v1/chat/completions"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"model": "gpt-5.5", "stream": true,
+            "messages": [{"role": "user", "content": "hello there"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the first byte was already relayed");
+    let body = resp.text().await.unwrap();
+    let events: Vec<&str> = body
+        .split("\n\n")
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    assert_eq!(events.last(), Some(&"data: [DONE]"), "{body}");
+    let err = events[events.len() - 2];
+    let v: serde_json::Value =
+        serde_json::from_str(err.strip_prefix("data: ").unwrap_or(err)).expect("error chunk json");
+    assert_eq!(v["error"]["type"], "server_error", "{body}");
+    assert!(!body.contains("sk-"), "no upstream secret in the stream");
+    // Accounted once, as a stream that did not complete.
+    let u = usage(&broker.base(), &token).await;
+    assert_eq!(u["requests"], 1, "{u}");
+    assert_eq!(u["incomplete_streams"], 1, "{u}");
+}
+
+#[tokio::test]
+async fn a_non_streamed_answer_cut_mid_body_is_charged_its_whole_estimate() {
+    let a = mock::spawn(MockConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = one_target_broker(dir.path(), a.base_url(), 5_000).await;
+    let token = mint(&broker.base()).await;
+
+    // The mock sends half the JSON body, then drops the connection.
+    a.push_fault(Fault::drop_after_events(1));
+    let mut body = responses_body(false);
+    body["max_output_tokens"] = serde_json::json!(321);
+    let resp = client()
+        .post(broker.url("/v1/responses"))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 502, "{text}");
+    assert_openai_error(&text);
+    let u = usage(&broker.base(), &token).await;
+    assert_eq!(u["requests"], 1, "{u}");
+    // The provider generated the answer: charged the input estimate and the whole output reserve (321).
+    assert_eq!(u["output_tokens"], 321, "{u}");
+}

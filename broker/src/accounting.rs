@@ -325,6 +325,7 @@ fn end_label(end: StreamEnd) -> &'static str {
         StreamEnd::Incomplete => "incomplete",
         StreamEnd::Failed => "failed",
         StreamEnd::Truncated => "truncated",
+        StreamEnd::Cut => "cut",
     }
 }
 

@@ -264,7 +264,7 @@ impl From<crate::accounting::Backlog> for ApiError {
 
 fn budget_message(r: &crate::governance::BudgetRefusal) -> String {
     use crate::config::Scope;
-    let usd = |n: tollgate::Nanos| n.to_string();
+    let usd = |n: tollgate::Nanos| n.human();
     let whose = match r.scope {
         Scope::Token => "this token".to_string(),
         s => format!("{} {}", s.as_str(), r.subject),

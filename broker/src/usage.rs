@@ -98,6 +98,9 @@ pub enum StreamEnd {
     Failed,
     /// The stream stopped without a terminal event.
     Truncated,
+    /// A non-streamed answer broke off mid-body: the provider generated (and bills) the whole answer, but
+    /// its usage never arrived.
+    Cut,
 }
 
 /// Watches SSE bytes on the side. Feed it every chunk exactly as forwarded; it never alters them.

@@ -157,10 +157,19 @@ enum TakeError {
     Contended,
 }
 
-/// The usage a request is charged for: as reported, else estimated from what was streamed.
+/// The usage a request is charged for: as reported; else, for an answer cut before its usage arrived, the
+/// whole estimate (a non-streamed answer was generated in full); else the input estimate plus what was
+/// streamed.
 fn settled_usage(estimator: &Estimator, r: &Reservation, f: &Finished<'_>) -> Usage {
-    f.usage
-        .unwrap_or_else(|| estimator.partial_usage(&r.estimate, f.streamed_text_bytes))
+    match f.usage {
+        Some(u) => u,
+        None if f.end == "cut" => Usage {
+            input_tokens: r.estimate.input_tokens,
+            output_tokens: r.estimate.output_tokens,
+            ..Usage::default()
+        },
+        None => estimator.partial_usage(&r.estimate, f.streamed_text_bytes),
+    }
 }
 
 /// How a forwarded request ended, for settlement.
@@ -170,7 +179,8 @@ pub struct Finished<'a> {
     pub provider: &'a str,
     /// Usage as the upstream reported it; `None` when the stream ended without it.
     pub usage: Option<Usage>,
-    /// `completed`, `incomplete`, `failed` or `truncated`.
+    /// `completed`, `incomplete`, `failed`, `truncated` (a stream without a terminal event) or `cut` (a
+    /// non-streamed body broken off).
     pub end: &'a str,
     pub streamed_text_bytes: u64,
 }

@@ -122,7 +122,48 @@ fn read_body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Byte
     })
 }
 
+/// How deeply a request body's JSON may nest (serde_json's own parsing limit: a deeper body could not be
+/// read back by the broker, and no API request needs more).
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Refuse, before any upstream sees it, a body that is not UTF-8 or that nests deeper than
+/// [`MAX_JSON_DEPTH`] (the one parse of the body skips fields it does not read without checking either).
+fn check_body(body: &[u8]) -> Result<(), ApiError> {
+    if std::str::from_utf8(body).is_err() {
+        return Err(ApiError::BadRequest(
+            "request body is not valid UTF-8".into(),
+        ));
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(ApiError::BadRequest(format!(
+                        "request body nests JSON deeper than {MAX_JSON_DEPTH} levels"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn probe(body: &[u8]) -> Result<Probed, ApiError> {
+    check_body(body)?;
     let p: Probe = serde_json::from_slice(body).map_err(|e| {
         ApiError::BadRequest(if e.is_data() {
             // Valid JSON, a known field of the wrong type (e.g. a string `max_tokens`).
@@ -468,7 +509,8 @@ async fn relay(
     let mut inflight = inflight;
     inflight.mark_first_byte();
     if broken {
-        inflight.finish(served, None, StreamEnd::Truncated, 0);
+        // Charged its whole reservation: the provider bills the answer it generated (see docs/governance.md).
+        inflight.finish(served, None, StreamEnd::Cut, 0);
         return ApiError::UpstreamUnavailable("upstream body ended early".into()).into_response();
     }
     let usage = crate::usage::usage_from_body(&buf, wire);
@@ -513,6 +555,14 @@ fn failed_event() -> Bytes {
     Bytes::from(format!("event: response.failed\ndata: {v}\n\n"))
 }
 
+/// The end of a Chat Completions stream the upstream broke after the first byte: an error chunk in
+/// OpenAI's shape, then `[DONE]`.
+fn chat_failed_event() -> Bytes {
+    let v = serde_json::json!({"error": {"message": "Tollgate: the upstream stream broke off; please retry.",
+        "type": "server_error", "code": "upstream_stream_broken"}});
+    Bytes::from(format!("data: {v}\n\ndata: [DONE]\n\n"))
+}
+
 impl Stream for Tapped {
     type Item = Result<Bytes, std::io::Error>;
 
@@ -534,11 +584,12 @@ impl Stream for Tapped {
                     h.on_failure();
                 }
                 self.settle();
-                if self.wire == Wire::Responses {
-                    self.failed_sent = true;
-                    return Poll::Ready(Some(Ok(failed_event())));
-                }
-                Poll::Ready(Some(Err(e)))
+                // End the stream in the client's protocol, so it sees a clean failure, not a hang.
+                self.failed_sent = true;
+                Poll::Ready(Some(Ok(match self.wire {
+                    Wire::Responses => failed_event(),
+                    Wire::Chat => chat_failed_event(),
+                })))
             }
             Poll::Ready(None) => {
                 if let Some(h) = self.health.take() {
@@ -639,6 +690,40 @@ mod tests {
                 .requested(),
             None
         );
+    }
+
+    #[test]
+    fn bodies_that_are_not_utf8_or_nest_too_deep_are_refused() {
+        let mut b = br#"{"model":"m","input":"caf"#.to_vec();
+        b.extend_from_slice(&[0xff, 0xfe]);
+        b.extend_from_slice(br#""}"#);
+        match probe(&b) {
+            Err(ApiError::BadRequest(m)) => assert_eq!(m, "request body is not valid UTF-8"),
+            other => panic!("expected a bad request, got {:?}", other.err()),
+        }
+        let deep = format!(
+            r#"{{"model":"m","input":{}1{}}}"#,
+            "[".repeat(MAX_JSON_DEPTH),
+            "]".repeat(MAX_JSON_DEPTH)
+        );
+        assert!(
+            message(&deep).contains("deeper than 128"),
+            "{}",
+            message(&deep)
+        );
+        // Brackets inside strings (and escaped quotes) do not count.
+        let ok = format!(
+            r#"{{"model":"m","input":"{} \" {}"}}"#,
+            "[".repeat(500),
+            "{".repeat(500)
+        );
+        assert!(probe(ok.as_bytes()).is_ok());
+        let just = format!(
+            r#"{{"model":"m","input":{}1{}}}"#,
+            "[".repeat(MAX_JSON_DEPTH - 1),
+            "]".repeat(MAX_JSON_DEPTH - 1)
+        );
+        assert!(probe(just.as_bytes()).is_ok());
     }
 
     #[test]
