@@ -65,6 +65,7 @@ fn ctx_with_apply_patch() -> ToolContext {
     ToolContext {
         custom_tools: ["apply_patch".to_string()].into(),
         model: "team-model".into(),
+        ..ToolContext::default()
     }
 }
 
@@ -75,13 +76,38 @@ fn codex_request_to_chat() {
     let (out, ctx) = chat::request(&json("codex_request.json"), "llama3.1").expect("translate");
     golden("chat_request.golden.json", &pretty(&out));
     assert!(ctx.custom_tools.contains("apply_patch"));
-    // Only function tools survive; apply_patch is a function with one string argument.
+    // Every tool Codex can run is a function: apply_patch with one string argument, the namespace's
+    // tools under reversible names, the client tool_search; web_search is removed with a note.
     let tools = out["tools"].as_array().expect("tools");
     let names: Vec<&str> = tools
         .iter()
         .map(|t| t["function"]["name"].as_str().unwrap_or(""))
         .collect();
-    assert_eq!(names, ["exec_command", "apply_patch"]);
+    assert_eq!(
+        names,
+        [
+            "exec_command",
+            "apply_patch",
+            "multi_agent_v1__spawn_agent",
+            "tool_search"
+        ]
+    );
+    assert_eq!(
+        ctx.resolve("multi_agent_v1__spawn_agent")
+            .namespace
+            .as_deref(),
+        Some("multi_agent_v1")
+    );
+    assert!(out["messages"][0]["content"].as_str().is_some_and(|s| {
+        s.ends_with("were removed from this request; work without them.")
+            && s.contains("`web_search`")
+    }));
+    assert_eq!(out["reasoning_effort"], "medium");
+    assert_eq!(out["verbosity"], "low");
+    assert_eq!(
+        out["prompt_cache_key"],
+        "0199a213-81c0-7800-8aa1-bbab2a035a53"
+    );
     assert_eq!(
         tools[1]["function"]["parameters"]["required"],
         serde_json::json!(["input"])
@@ -152,14 +178,29 @@ fn codex_request_to_anthropic() {
     )
     .expect("translate");
     golden("anthropic_request.golden.json", &pretty(&out));
-    assert_eq!(out["system"].as_array().map(Vec::len), Some(2));
+    // Two developer messages and the note about the removed web_search.
+    let system = out["system"].as_array().expect("system");
+    assert_eq!(system.len(), 3);
+    assert!(
+        system[2]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("`web_search`"))
+    );
     let names: Vec<&str> = out["tools"]
         .as_array()
         .expect("tools")
         .iter()
         .map(|t| t["name"].as_str().unwrap_or(""))
         .collect();
-    assert_eq!(names, ["exec_command", "apply_patch"]);
+    assert_eq!(
+        names,
+        [
+            "exec_command",
+            "apply_patch",
+            "multi_agent_v1__spawn_agent",
+            "tool_search"
+        ]
+    );
     // Roles alternate: every tool_use is answered in the next user turn.
     let msgs = out["messages"].as_array().expect("messages");
     for w in msgs.windows(2) {
