@@ -35,15 +35,20 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
             .filter_map(|b| b.get("text").and_then(Value::as_str))
             .collect::<String>()
     });
-    let tool_name = ctx
-        .body
-        .pointer("/tools/0/name")
+    let first = ctx.body.pointer("/tools/0");
+    let tool = first
+        .and_then(|t| t.get("name"))
         .and_then(Value::as_str)
-        .unwrap_or("exec_command");
+        .map(|name| {
+            (
+                name,
+                script::argument_key(first.and_then(|t| t.get("input_schema"))),
+            )
+        });
     let reply = Reply::decide(
         tool_output.as_deref(),
         user_text.as_deref(),
-        tool_name,
+        tool,
         ctx.config,
     );
     let mut usage = script::usage(ctx.config, ctx.body_bytes, &reply);

@@ -21,15 +21,20 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
         .rev()
         .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
         .map(|m| script::content_text(m.get("content").unwrap_or(&Value::Null)));
-    let tool_name = ctx
-        .body
-        .pointer("/tools/0/function/name")
+    let first = ctx.body.pointer("/tools/0/function");
+    let tool = first
+        .and_then(|f| f.get("name"))
         .and_then(Value::as_str)
-        .unwrap_or("exec_command");
+        .map(|name| {
+            (
+                name,
+                script::argument_key(first.and_then(|f| f.get("parameters"))),
+            )
+        });
     let reply = Reply::decide(
         tool_output.as_deref(),
         user_text.as_deref(),
-        tool_name,
+        tool,
         ctx.config,
     );
     let mut usage = script::usage(ctx.config, ctx.body_bytes, &reply);

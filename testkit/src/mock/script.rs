@@ -1,8 +1,11 @@
 //! The deterministic script every API follows, and the usage arithmetic.
 //!
 //! 1. The last input is a tool result → `"tool said: <first 200 chars of its output>"`.
-//! 2. Else the latest user text contains `USE_TOOL` → a tool call with `{"cmd": tool_command}`.
-//! 3. Else → `"mock reply to: <first 80 chars of the latest user text>"`.
+//! 2. Else the latest user text contains `USE_TOOL` and the request declares a tool → a call to the first
+//!    tool with `{"cmd": tool_command}` (`{"input": tool_command}` when its schema has `input` and no
+//!    `cmd`: a free-form tool as a translating gateway presents it).
+//! 3. Else → `"mock reply to: <first 80 chars of the latest user text>"` (a model cannot call a tool the
+//!    request did not declare, so a request without tools gets text).
 //!
 //! Usage: prompt = `ceil(body bytes / 4)` (or the configured override), cached = the configured
 //! value clamped to the prompt, output = whitespace words of the answer + 1 (or the override).
@@ -22,20 +25,25 @@ pub(crate) enum Reply {
 
 impl Reply {
     /// Decides the reply from what the API-specific extractor found.
+    /// `tool`: the first declared tool's name and the argument key it takes ([`argument_key`]).
     pub(crate) fn decide(
         tool_output: Option<&str>,
         user_text: Option<&str>,
-        tool_name: &str,
+        tool: Option<(&str, &str)>,
         config: &MockConfig,
     ) -> Self {
         if let Some(out) = tool_output {
             return Self::Text(format!("tool said: {}", prefix_chars(out, 200)));
         }
         let text = user_text.unwrap_or("");
-        if text.contains(TOOL_TRIGGER) {
+        if let Some((name, key)) = tool
+            && text.contains(TOOL_TRIGGER)
+        {
+            let mut arguments = serde_json::Map::new();
+            arguments.insert(key.to_owned(), json!(config.tool_command));
             return Self::Tool {
-                name: tool_name.to_owned(),
-                arguments: json!({"cmd": config.tool_command}).to_string(),
+                name: name.to_owned(),
+                arguments: Value::Object(arguments).to_string(),
             };
         }
         Self::Text(format!("mock reply to: {}", prefix_chars(text, 80)))
@@ -47,6 +55,21 @@ impl Reply {
             Self::Tool { arguments, .. } => arguments,
         };
         s.split_whitespace().count() as u64
+    }
+}
+
+/// The argument a scripted call fills: `input` for a tool whose schema has `input` and no `cmd` (a
+/// free-form tool such as `apply_patch` or Codex's `exec`, as a gateway presents it), else `cmd`.
+pub(crate) fn argument_key(schema: Option<&Value>) -> &'static str {
+    let has = |k: &str| {
+        schema
+            .and_then(|s| s.pointer(&format!("/properties/{k}")))
+            .is_some()
+    };
+    if has("input") && !has("cmd") {
+        "input"
+    } else {
+        "cmd"
     }
 }
 
