@@ -91,14 +91,31 @@ struct Turn {
     log: String,
 }
 
-/// Runs one Codex turn (`version`, `model`; empty = Codex's default) that makes the mock call the first
-/// tool it is given with `tool_command`, and checks that the turn completed with the tool's output.
-async fn tool_turn(version: &str, up: Upstream, model: &str, tool_command: Option<&str>) -> Turn {
+/// What the mock's model asks Codex to do, and what the tool's output must then contain.
+struct Ask<'a> {
+    /// The tool to call (default: the first one the upstream is given).
+    tool: Option<&'a str>,
+    /// Its argument (default: `echo tool-ran-ok` for `exec_command`).
+    command: Option<&'a str>,
+    /// Text the tool's output, sent back upstream and printed by Codex, must contain.
+    expect: &'a str,
+}
+
+const ECHO: Ask<'static> = Ask {
+    tool: None,
+    command: None,
+    expect: "tool-ran-ok",
+};
+
+/// Runs one Codex turn (`version`, `model`; empty = Codex's default) in which the mock asks for one tool
+/// call, and checks that the turn completed with the tool's output.
+async fn tool_turn(version: &str, up: Upstream, model: &str, ask: Ask<'_>) -> Turn {
     let mut config = MockConfig {
         api_key: Some(UPSTREAM_KEY.into()),
+        tool_name: ask.tool.map(str::to_string),
         ..MockConfig::default()
     };
-    if let Some(cmd) = tool_command {
+    if let Some(cmd) = ask.command {
         config.tool_command = cmd.to_string();
     }
     let mock = spawn(config).await;
@@ -121,7 +138,7 @@ async fn tool_turn(version: &str, up: Upstream, model: &str, tool_command: Optio
     let posts = mock.requests_to(up.path());
     // The mock answered the tool output with "tool said: …"; Codex printed it as the final message.
     assert!(
-        run.stdout.contains("tool said:") && run.all().contains("tool-ran-ok"),
+        run.stdout.contains("tool said:") && run.stdout.contains(ask.expect),
         "{what}: the tool did not run (upstream tools: {:?}):\n{}",
         posts.first().map(|p| up.tool_names(p)),
         run.all()
@@ -137,7 +154,7 @@ async fn tool_turn(version: &str, up: Upstream, model: &str, tool_command: Optio
     // The follow-up carries the tool's output back to the model.
     let results = up.tool_results(&posts[posts.len() - 1]);
     assert!(
-        results.iter().any(|r| r.contains("tool-ran-ok")),
+        results.iter().any(|r| r.contains(ask.expect)),
         "{what}: {results:?}"
     );
     let log = broker.log();
@@ -148,7 +165,7 @@ async fn tool_turn(version: &str, up: Upstream, model: &str, tool_command: Optio
 /// A Codex model with its full tool set (a bundled non-lite slug: `apply_patch` as a `custom` tool,
 /// `tool_search`, `web_search`, …) routed to a non-OpenAI upstream model.
 async fn gpt55_turn(version: &str, up: Upstream) -> Turn {
-    let turn = tool_turn(version, up, "gpt-5.5", None).await;
+    let turn = tool_turn(version, up, "gpt-5.5", ECHO).await;
     let first = &turn.posts[0];
     let names = up.tool_names(first);
     assert_eq!(names[0], "exec_command", "{names:?}");
@@ -248,7 +265,12 @@ const LITE_JS: &str = r#"const r = await tools.exec_command({cmd: "echo tool-ran
 /// arrive flattened, the model's call comes back as Codex's `exec` (namespace `functions`), Codex runs it,
 /// the file exists and its output goes back upstream.
 async fn lite_turn(version: &str, up: Upstream, model: &str) {
-    let turn = tool_turn(version, up, model, Some(LITE_JS)).await;
+    let ask = Ask {
+        tool: None,
+        command: Some(LITE_JS),
+        expect: "tool-ran-ok",
+    };
+    let turn = tool_turn(version, up, model, ask).await;
     let what = format!("Codex {version}, model {model:?}, {}", up.kind());
     let first = &turn.posts[0];
     let names = up.tool_names(first);
@@ -287,5 +309,51 @@ async fn codex_responses_lite_model_runs_tools_through_openai_chat() {
 async fn codex_default_model_runs_tools_through_anthropic() {
     for version in codex_versions() {
         lite_turn(&version, Upstream::Anthropic, "").await;
+    }
+}
+
+/// A sub-agent tool lives in a namespace (`collaboration.list_agents` for code-mode models). The
+/// upstream sees it flattened (`collaboration__list_agents`); the call must come back to Codex with
+/// `namespace: "collaboration"` and `name: "list_agents"`, or Codex answers "unsupported call" instead of
+/// running it. Here it runs: its output lists the root agent.
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_namespaced_tool_runs_through_anthropic() {
+    for version in codex_versions() {
+        let ask = Ask {
+            tool: Some("collaboration__list_agents"),
+            command: None,
+            expect: "agent_name",
+        };
+        let turn = tool_turn(&version, Upstream::Anthropic, "gpt-5.6-sol", ask).await;
+        let results = Upstream::Anthropic.tool_results(&turn.posts[1]);
+        assert!(
+            results.iter().all(|r| !r.contains("unsupported call")),
+            "Codex {version}: {results:?}"
+        );
+    }
+}
+
+/// Codex defers tools behind its client-side `tool_search` (for gpt-5.5 the sub-agent tools). The
+/// upstream gets `tool_search` as a function; a call comes back as a `tool_search_call`, Codex searches
+/// and answers with a `tool_search_output`, and from then on the upstream is given the tools it found.
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_tool_search_reaches_deferred_tools_through_openai_chat() {
+    for version in codex_versions() {
+        let ask = Ask {
+            tool: Some("tool_search"),
+            command: Some("spawn a sub-agent"),
+            expect: "multi_agent_v1__spawn_agent",
+        };
+        let turn = tool_turn(&version, Upstream::Chat, "gpt-5.5", ask).await;
+        let before = Upstream::Chat.tool_names(&turn.posts[0]);
+        let after = Upstream::Chat.tool_names(&turn.posts[1]);
+        assert!(
+            !before.iter().any(|n| n == "multi_agent_v1__spawn_agent"),
+            "Codex {version}: {before:?}"
+        );
+        assert!(
+            after.iter().any(|n| n == "multi_agent_v1__spawn_agent"),
+            "Codex {version}: {after:?}"
+        );
     }
 }

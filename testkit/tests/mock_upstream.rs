@@ -449,6 +449,29 @@ async fn scripted_calls_only_reach_declared_tools() {
     .json();
     assert_eq!(v["content"][0]["name"], "exec");
     assert_eq!(v["content"][0]["input"], json!({"input": "text(1)"}));
+
+    // A named tool, when declared, gets the call, with its one required argument or none.
+    h.update_config(|c| c.tool_name = Some("tool_search".into()));
+    let tools = json!([
+        {"type": "function", "function": {"name": "exec", "parameters": free_form}},
+        {"type": "function", "function": {"name": "tool_search", "parameters": {"type": "object",
+            "properties": {"query": {"type": "string"}, "limit": {"type": "number"}}, "required": ["query"]}}},
+        {"type": "function", "function": {"name": "list_agents", "parameters": {"type": "object",
+            "properties": {"path_prefix": {"type": "string"}}}}}
+    ]);
+    let call = |v: Value| v["choices"][0]["message"]["tool_calls"][0]["function"].clone();
+    let body = json!({"model": "m", "tools": tools, "messages": [{"role": "user", "content": "USE_TOOL"}]});
+    let v = post(&h, "/v1/chat/completions", body.clone()).await.json();
+    assert_eq!(
+        call(v),
+        json!({"name": "tool_search", "arguments": r#"{"query":"text(1)"}"#})
+    );
+    h.update_config(|c| c.tool_name = Some("list_agents".into()));
+    let v = post(&h, "/v1/chat/completions", body.clone()).await.json();
+    assert_eq!(call(v), json!({"name": "list_agents", "arguments": "{}"}));
+    h.update_config(|c| c.tool_name = Some("not_declared".into()));
+    let v = post(&h, "/v1/chat/completions", body).await.json();
+    assert_eq!(call(v)["name"], "exec");
 }
 
 #[tokio::test]

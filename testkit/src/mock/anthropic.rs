@@ -35,16 +35,13 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
             .filter_map(|b| b.get("text").and_then(Value::as_str))
             .collect::<String>()
     });
-    let first = ctx.body.pointer("/tools/0");
-    let tool = first
-        .and_then(|t| t.get("name"))
-        .and_then(Value::as_str)
-        .map(|name| {
-            (
-                name,
-                script::argument_key(first.and_then(|t| t.get("input_schema"))),
-            )
-        });
+    let picked = script::pick_tool(ctx.body.get("tools"), ctx.config, |t| {
+        t.get("name").and_then(Value::as_str)
+    });
+    let tool = picked.and_then(|t| {
+        let name = t.get("name").and_then(Value::as_str)?;
+        Some((name, script::argument_key(t.get("input_schema"))))
+    });
     let reply = Reply::decide(
         tool_output.as_deref(),
         user_text.as_deref(),

@@ -21,16 +21,16 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
         .rev()
         .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
         .map(|m| script::content_text(m.get("content").unwrap_or(&Value::Null)));
-    let first = ctx.body.pointer("/tools/0/function");
-    let tool = first
-        .and_then(|f| f.get("name"))
-        .and_then(Value::as_str)
-        .map(|name| {
-            (
-                name,
-                script::argument_key(first.and_then(|f| f.get("parameters"))),
-            )
-        });
+    let picked = script::pick_tool(ctx.body.get("tools"), ctx.config, |t| {
+        t.pointer("/function/name").and_then(Value::as_str)
+    });
+    let tool = picked.and_then(|t| {
+        let name = t.pointer("/function/name").and_then(Value::as_str)?;
+        Some((
+            name,
+            script::argument_key(t.pointer("/function/parameters")),
+        ))
+    });
     let reply = Reply::decide(
         tool_output.as_deref(),
         user_text.as_deref(),

@@ -1,9 +1,10 @@
 //! The deterministic script every API follows, and the usage arithmetic.
 //!
 //! 1. The last input is a tool result → `"tool said: <first 200 chars of its output>"`.
-//! 2. Else the latest user text contains `USE_TOOL` and the request declares a tool → a call to the first
-//!    tool with `{"cmd": tool_command}` (`{"input": tool_command}` when its schema has `input` and no
-//!    `cmd`: a free-form tool as a translating gateway presents it).
+//! 2. Else the latest user text contains `USE_TOOL` and the request declares a tool → a call to
+//!    [`MockConfig::tool_name`] if declared, else to the first tool, with `tool_command` as the argument
+//!    its schema asks for ([`argument_key`]: `cmd`, else its one required property, else `input`, else
+//!    `cmd` if the schema names no properties, else none).
 //! 3. Else → `"mock reply to: <first 80 chars of the latest user text>"` (a model cannot call a tool the
 //!    request did not declare, so a request without tools gets text).
 //!
@@ -25,11 +26,12 @@ pub(crate) enum Reply {
 
 impl Reply {
     /// Decides the reply from what the API-specific extractor found.
-    /// `tool`: the first declared tool's name and the argument key it takes ([`argument_key`]).
+    /// `tool`: the declared tool to call ([`pick_tool`]) and the argument key it takes
+    /// ([`argument_key`]).
     pub(crate) fn decide(
         tool_output: Option<&str>,
         user_text: Option<&str>,
-        tool: Option<(&str, &str)>,
+        tool: Option<(&str, Option<String>)>,
         config: &MockConfig,
     ) -> Self {
         if let Some(out) = tool_output {
@@ -40,7 +42,9 @@ impl Reply {
             && text.contains(TOOL_TRIGGER)
         {
             let mut arguments = serde_json::Map::new();
-            arguments.insert(key.to_owned(), json!(config.tool_command));
+            if let Some(key) = key {
+                arguments.insert(key, json!(config.tool_command));
+            }
             return Self::Tool {
                 name: name.to_owned(),
                 arguments: Value::Object(arguments).to_string(),
@@ -58,19 +62,52 @@ impl Reply {
     }
 }
 
-/// The argument a scripted call fills: `input` for a tool whose schema has `input` and no `cmd` (a
-/// free-form tool such as `apply_patch` or Codex's `exec`, as a gateway presents it), else `cmd`.
-pub(crate) fn argument_key(schema: Option<&Value>) -> &'static str {
+/// The declared tool a scripted call goes to: [`MockConfig::tool_name`] when the request declares it,
+/// else the first one. `name_of` reads a tool's name in the API's shape.
+pub(crate) fn pick_tool<'a>(
+    tools: Option<&'a Value>,
+    config: &MockConfig,
+    name_of: impl Fn(&'a Value) -> Option<&'a str>,
+) -> Option<&'a Value> {
+    let tools = tools?.as_array()?;
+    config
+        .tool_name
+        .as_deref()
+        .and_then(|want| tools.iter().find(|t| name_of(t) == Some(want)))
+        .or_else(|| tools.first())
+}
+
+/// The argument a scripted call fills from its tool's JSON schema: `cmd` when there is one (Codex's
+/// `exec_command`), else the one required property (`input` of a free-form tool such as `apply_patch` or
+/// Codex's `exec`, as a gateway presents it; `query` of `tool_search`), else `input` if present, else
+/// `cmd` for a schema without properties, else none (`{}`).
+pub(crate) fn argument_key(schema: Option<&Value>) -> Option<String> {
     let has = |k: &str| {
         schema
-            .and_then(|s| s.pointer(&format!("/properties/{k}")))
+            .and_then(|s| s.get("properties"))
+            .and_then(|p| p.get(k))
             .is_some()
     };
-    if has("input") && !has("cmd") {
-        "input"
-    } else {
-        "cmd"
+    if has("cmd") {
+        return Some("cmd".to_owned());
     }
+    if let Some([only]) = schema
+        .and_then(|s| s.get("required"))
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        && let Some(k) = only.as_str()
+    {
+        return Some(k.to_owned());
+    }
+    if has("input") {
+        return Some("input".to_owned());
+    }
+    // A schema that names no properties takes anything: `cmd`, as before schemas were read.
+    let untyped = schema
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+        .is_none_or(serde_json::Map::is_empty);
+    untyped.then(|| "cmd".to_owned())
 }
 
 fn prefix_chars(s: &str, n: usize) -> &str {
