@@ -503,7 +503,13 @@ fn codex_tools(body: &Value) -> (BTreeSet<(Option<String>, String)>, BTreeSet<St
             }
             "namespace" => {
                 for c in t["tools"].as_array().into_iter().flatten() {
-                    callable.insert((Some(name.clone()), c["name"].as_str().unwrap().to_string()));
+                    callable.insert((
+                        Some(name.clone()),
+                        c["name"]
+                            .as_str()
+                            .expect("the shape under test")
+                            .to_string(),
+                    ));
                 }
             }
             "tool_search" if t["execution"] == "client" => {
@@ -544,7 +550,15 @@ fn history_calls(body: &Value) -> Vec<(String, (Option<String>, String))> {
                 Some("function_call" | "custom_tool_call" | "tool_search_call")
             )
         })
-        .map(|i| (i["call_id"].as_str().unwrap().to_string(), item_identity(i)))
+        .map(|i| {
+            (
+                i["call_id"]
+                    .as_str()
+                    .expect("the shape under test")
+                    .to_string(),
+                item_identity(i),
+            )
+        })
         .collect()
 }
 
@@ -648,9 +662,11 @@ fn codex_0171_requests_lose_no_tool() {
                 .flatten()
                 .map(|t| {
                     if chat {
-                        t["function"]["name"].as_str().unwrap()
+                        t["function"]["name"]
+                            .as_str()
+                            .expect("the shape under test")
                     } else {
-                        t["name"].as_str().unwrap()
+                        t["name"].as_str().expect("the shape under test")
                     }
                 })
                 .collect();
@@ -673,7 +689,7 @@ fn codex_0171_requests_lose_no_tool() {
                     "{scenario}: upstream tool name {n}"
                 );
             }
-            let text = serde_json::to_string(out).unwrap();
+            let text = serde_json::to_string(out).expect("the shape under test");
             for h in &hosted {
                 assert!(
                     text.contains(&format!("`{h}`")),
@@ -683,18 +699,21 @@ fn codex_0171_requests_lose_no_tool() {
             assert!(!text.contains("\"additional_tools\""), "{scenario}");
             // The history's calls, in order, under names that map back to the calls.
             let mut upstream_calls: Vec<(String, String)> = Vec::new();
-            for m in out["messages"].as_array().unwrap() {
+            for m in out["messages"].as_array().expect("the shape under test") {
                 for tc in m["tool_calls"].as_array().into_iter().flatten() {
                     upstream_calls.push((
-                        tc["id"].as_str().unwrap().into(),
-                        tc["function"]["name"].as_str().unwrap().into(),
+                        tc["id"].as_str().expect("the shape under test").into(),
+                        tc["function"]["name"]
+                            .as_str()
+                            .expect("the shape under test")
+                            .into(),
                     ));
                 }
                 for b in m["content"].as_array().into_iter().flatten() {
                     if b["type"] == "tool_use" {
                         upstream_calls.push((
-                            b["id"].as_str().unwrap().into(),
-                            b["name"].as_str().unwrap().into(),
+                            b["id"].as_str().expect("the shape under test").into(),
+                            b["name"].as_str().expect("the shape under test").into(),
                         ));
                     }
                 }
@@ -741,7 +760,7 @@ fn codex_0171_lite_turn_carries_its_tools() {
     assert!(
         exec["description"]
             .as_str()
-            .unwrap()
+            .expect("the shape under test")
             .contains("lark grammar")
     );
     assert_eq!(ctx.resolve("exec").kind, ToolKind::Custom);
@@ -884,7 +903,9 @@ fn codex_0171_namespaced_calls_come_back_as_codex_items() {
         ),
     ];
     let strip = |mut item: Value| {
-        item.as_object_mut().unwrap().remove("id");
+        item.as_object_mut()
+            .expect("the shape under test")
+            .remove("id");
         item
     };
     for (scenario, name, args, expected) in cases {
@@ -913,12 +934,12 @@ fn codex_0171_namespaced_calls_come_back_as_codex_items() {
             let item_done = evs
                 .iter()
                 .find(|e| e["type"] == "response.output_item.done")
-                .unwrap();
+                .expect("the shape under test");
             assert_eq!(strip(item_done["item"].clone()), expected, "{what} (chat)");
             let added = evs
                 .iter()
                 .find(|e| e["type"] == "response.output_item.added")
-                .unwrap();
+                .expect("the shape under test");
             assert_eq!(added["item"]["type"], expected["type"]);
             assert_eq!(added["item"].get("namespace"), expected.get("namespace"));
 
@@ -952,15 +973,15 @@ fn codex_0171_namespaced_calls_come_back_as_codex_items() {
             "{what} (chat, not streamed)"
         );
         let ant_answer = serde_json::json!({"id": "m1", "type": "message", "role": "assistant", "content": [
-            {"type": "tool_use", "id": "call_up_1", "name": name, "input": serde_json::from_str::<Value>(args).unwrap()}],
+            {"type": "tool_use", "id": "call_up_1", "name": name, "input": serde_json::from_str::<Value>(args).expect("the shape under test")}],
             "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 1}});
         let r = anthropic::response(&ant_answer, &ant_ctx, &mut SeqIds::default(), CREATED);
         let mut got = strip(r["output"][0].clone());
         // Anthropic's tool input is an object; its JSON text is what the arguments carry.
         if let (Some(a), Some(e)) = (got["arguments"].as_str(), expected["arguments"].as_str()) {
             assert_eq!(
-                serde_json::from_str::<Value>(a).unwrap(),
-                serde_json::from_str::<Value>(e).unwrap()
+                serde_json::from_str::<Value>(a).expect("the shape under test"),
+                serde_json::from_str::<Value>(e).expect("the shape under test")
             );
             got["arguments"] = expected["arguments"].clone();
         }

@@ -232,13 +232,15 @@ impl Tools {
                     .get("description")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
+                // A namespace without a name is no namespace: its tools are top-level tools.
+                let inner = (!name.is_empty()).then_some((name, desc));
                 for child in t
                     .get("tools")
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
                 {
-                    self.add(ctx, api, child, Some((name, desc)));
+                    self.add(ctx, api, child, inner);
                 }
             }
             "tool_search" if t.get("execution").and_then(Value::as_str) == Some("client") => {
@@ -496,12 +498,17 @@ mod tests {
             Some("multi_agent_v1")
         );
         assert_eq!(tools.removed, BTreeSet::from(["web_search".to_string()]));
-        assert!(tools.removal_note().unwrap().contains("`web_search`"));
+        assert!(
+            tools
+                .removal_note()
+                .expect("present")
+                .contains("`web_search`")
+        );
         assert!(
             tools.flat[1]
                 .description
                 .as_deref()
-                .unwrap()
+                .expect("present")
                 .contains("Sub-agents.")
         );
     }
@@ -526,6 +533,17 @@ mod tests {
             assert!(ctx.tools.contains_key(*n));
         }
         assert_eq!(ctx.resolve("___2").name, "é?");
+    }
+
+    #[test]
+    fn a_namespace_without_a_name_holds_top_level_tools() {
+        let (ctx, tools) = ctx_for(
+            json!({"tools": [{"type": "namespace", "name": "", "tools": [
+            {"type": "function", "name": "f"}]}]}),
+        );
+        assert_eq!(tools.flat[0].name, "f");
+        assert_eq!(ctx.resolve("f").namespace, None);
+        assert_eq!(tools.upstream_name(Some(""), "f"), "f");
     }
 
     #[test]
