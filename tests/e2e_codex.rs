@@ -1,5 +1,6 @@
 //! The walking skeleton, end to end with the real Codex CLI: Codex → tollgate-token (auth command) →
-//! broker (token exchange + proxy) → mock upstream speaking the Responses SSE.
+//! broker (token exchange + proxy) → mock upstream speaking the Responses SSE. The plain and the tool turn
+//! run on every pinned Codex version (`support::CODEX_VERSIONS`; one with `TOLLGATE_CODEX_VERSION`).
 
 mod support;
 
@@ -19,15 +20,17 @@ async fn setup(models: &[&str]) -> (tollgate_testkit::MockHandle, Broker) {
     (mock, broker)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn plain_turn_completes_and_usage_is_recorded() {
-    let (mock, broker) = setup(&["gpt-5*"]).await;
-    let codex = CodexEnv::new(&broker.url, "gpt-5.5", "");
+/// One plain turn on `version` (Codex's default model when `model` is empty): completes, reaches the
+/// upstream with our key and Codex's body, and the broker records exactly the usage the upstream reported.
+/// Returns the upstream requests.
+async fn plain_turn(version: &str, model: &str) -> Vec<tollgate_testkit::RecordedRequest> {
+    let (mock, broker) = setup(&["*"]).await;
+    let codex = CodexEnv::new(&broker.url, model, "").with_version(version);
     let run = codex.exec("say hello to the e2e test", TURN).await;
     assert_eq!(
         run.status,
         Some(0),
-        "codex failed:\n{}\n--- broker log ---\n{}",
+        "Codex {version}: codex failed:\n{}\n--- broker log ---\n{}",
         run.all(),
         broker.log()
     );
@@ -46,7 +49,9 @@ async fn plain_turn_completes_and_usage_is_recorded() {
             p.header("authorization"),
             Some(format!("Bearer {UPSTREAM_KEY}").as_str())
         );
-        assert_eq!(p.body["model"], "gpt-5.5");
+        if !model.is_empty() {
+            assert_eq!(p.body["model"], model);
+        }
         assert!(
             p.body.get("prompt_cache_key").is_some(),
             "unknown fields must survive the proxy"
@@ -79,41 +84,77 @@ async fn plain_turn_completes_and_usage_is_recorded() {
         &[UPSTREAM_KEY, CREDENTIAL, &token],
         "broker log",
     );
+    posts
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_turn_completes_and_usage_is_recorded() {
+    for version in codex_versions() {
+        plain_turn(&version, "gpt-5.5").await;
+    }
+}
+
+/// An `openai` upstream gets a responses-lite request exactly as Codex sent it (Codex's default model):
+/// no `tools`, the `additional_tools` item first, and the header that says which shape it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn responses_lite_turn_passes_through_untouched() {
+    for version in codex_versions() {
+        let posts = plain_turn(&version, "").await;
+        let body = &posts[0].body;
+        assert!(body.get("tools").is_none(), "Codex {version}: {body}");
+        assert_eq!(
+            body["input"][0]["type"], "additional_tools",
+            "Codex {version}"
+        );
+        assert!(
+            body["input"][0]["tools"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["type"] == "namespace")),
+            "Codex {version}"
+        );
+        assert_eq!(
+            posts[0].header("x-openai-internal-codex-responses-lite"),
+            Some("true"),
+            "Codex {version}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tool_call_turn_completes() {
-    let (mock, broker) = setup(&["gpt-5*"]).await;
-    let codex = CodexEnv::new(&broker.url, "gpt-5.5", "");
-    let run = codex.exec("please USE_TOOL now", TURN).await;
-    assert_eq!(
-        run.status,
-        Some(0),
-        "codex failed:\n{}\n--- broker log ---\n{}",
-        run.all(),
-        broker.log()
-    );
-    // The mock asked Codex to run `echo tool-ran-ok`; Codex ran it and sent the output back.
-    let posts = mock.requests_to("/v1/responses");
-    assert!(
-        posts.len() >= 2,
-        "expected the follow-up POST with the tool output, got {}",
-        posts.len()
-    );
-    let last = &posts[posts.len() - 1].body;
-    let input = last["input"].as_array().expect("input array");
-    let output = input
-        .iter()
-        .find(|i| i["type"] == "function_call_output")
-        .expect("function_call_output item");
-    assert!(
-        output["output"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("tool-ran-ok"),
-        "{output}"
-    );
-    assert!(run.stdout.contains("tool said:"), "{}", run.all());
+    for version in codex_versions() {
+        let (mock, broker) = setup(&["gpt-5*"]).await;
+        let codex = CodexEnv::new(&broker.url, "gpt-5.5", "").with_version(&version);
+        let run = codex.exec("please USE_TOOL now", TURN).await;
+        assert_eq!(
+            run.status,
+            Some(0),
+            "Codex {version}: codex failed:\n{}\n--- broker log ---\n{}",
+            run.all(),
+            broker.log()
+        );
+        // The mock asked Codex to run `echo tool-ran-ok`; Codex ran it and sent the output back.
+        let posts = mock.requests_to("/v1/responses");
+        assert!(
+            posts.len() >= 2,
+            "Codex {version}: expected the follow-up POST with the tool output, got {}",
+            posts.len()
+        );
+        let last = &posts[posts.len() - 1].body;
+        let input = last["input"].as_array().expect("input array");
+        let output = input
+            .iter()
+            .find(|i| i["type"] == "function_call_output")
+            .expect("function_call_output item");
+        assert!(
+            output["output"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("tool-ran-ok"),
+            "Codex {version}: {output}"
+        );
+        assert!(run.stdout.contains("tool said:"), "{}", run.all());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

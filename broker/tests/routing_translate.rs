@@ -6,8 +6,11 @@
 //! routing_translate` and review the diff.
 
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
-use tollgate_broker::translate::{SeqIds, StreamTranslator, ToolContext, anthropic, chat};
+use tollgate_broker::translate::{
+    SeqIds, StreamTranslator, ToolContext, ToolKind, anthropic, chat,
+};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/routing")
@@ -65,6 +68,7 @@ fn ctx_with_apply_patch() -> ToolContext {
     ToolContext {
         custom_tools: ["apply_patch".to_string()].into(),
         model: "team-model".into(),
+        ..ToolContext::default()
     }
 }
 
@@ -75,13 +79,38 @@ fn codex_request_to_chat() {
     let (out, ctx) = chat::request(&json("codex_request.json"), "llama3.1").expect("translate");
     golden("chat_request.golden.json", &pretty(&out));
     assert!(ctx.custom_tools.contains("apply_patch"));
-    // Only function tools survive; apply_patch is a function with one string argument.
+    // Every tool Codex can run is a function: apply_patch with one string argument, the namespace's
+    // tools under reversible names, the client tool_search; web_search is removed with a note.
     let tools = out["tools"].as_array().expect("tools");
     let names: Vec<&str> = tools
         .iter()
         .map(|t| t["function"]["name"].as_str().unwrap_or(""))
         .collect();
-    assert_eq!(names, ["exec_command", "apply_patch"]);
+    assert_eq!(
+        names,
+        [
+            "exec_command",
+            "apply_patch",
+            "multi_agent_v1__spawn_agent",
+            "tool_search"
+        ]
+    );
+    assert_eq!(
+        ctx.resolve("multi_agent_v1__spawn_agent")
+            .namespace
+            .as_deref(),
+        Some("multi_agent_v1")
+    );
+    assert!(out["messages"][0]["content"].as_str().is_some_and(|s| {
+        s.ends_with("were removed from this request; work without them.")
+            && s.contains("`web_search`")
+    }));
+    assert_eq!(out["reasoning_effort"], "medium");
+    assert_eq!(out["verbosity"], "low");
+    assert_eq!(
+        out["prompt_cache_key"],
+        "0199a213-81c0-7800-8aa1-bbab2a035a53"
+    );
     assert_eq!(
         tools[1]["function"]["parameters"]["required"],
         serde_json::json!(["input"])
@@ -152,14 +181,29 @@ fn codex_request_to_anthropic() {
     )
     .expect("translate");
     golden("anthropic_request.golden.json", &pretty(&out));
-    assert_eq!(out["system"].as_array().map(Vec::len), Some(2));
+    // Two developer messages and the note about the removed web_search.
+    let system = out["system"].as_array().expect("system");
+    assert_eq!(system.len(), 3);
+    assert!(
+        system[2]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("`web_search`"))
+    );
     let names: Vec<&str> = out["tools"]
         .as_array()
         .expect("tools")
         .iter()
         .map(|t| t["name"].as_str().unwrap_or(""))
         .collect();
-    assert_eq!(names, ["exec_command", "apply_patch"]);
+    assert_eq!(
+        names,
+        [
+            "exec_command",
+            "apply_patch",
+            "multi_agent_v1__spawn_agent",
+            "tool_search"
+        ]
+    );
     // Roles alternate: every tool_use is answered in the next user turn.
     let msgs = out["messages"].as_array().expect("messages");
     for w in msgs.windows(2) {
@@ -414,6 +458,537 @@ fn anthropic_response_to_responses() {
     assert_eq!(out["output"][3]["type"], "custom_tool_call");
 }
 
+// ------------------------------------------------------------------ Codex 0.171.0, recorded
+
+/// The recorded Codex 0.171.0 requests (`testdata/codex-0.171/record.sh`): headers and body.
+const CODEX_0171: [&str; 7] = [
+    "lite_turn",
+    "lite_exec_followup",
+    "lite_namespace_followup",
+    "plain_turn",
+    "gpt55_turn",
+    "tool_search_followup",
+    "compaction",
+];
+
+fn codex_0171(scenario: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/testdata/codex-0.171")
+        .join(format!("{scenario}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{scenario}: {e}"));
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{scenario}: {e}"));
+    assert_eq!(v["codex_version"], "0.171.0");
+    v["request"]["body"].clone()
+}
+
+/// (namespace, name) of every tool Codex can run in a request: leaves of `tools`, of `additional_tools`
+/// and `tool_search_output` items, and the client `tool_search`; and the types of the others.
+fn codex_tools(body: &Value) -> (BTreeSet<(Option<String>, String)>, BTreeSet<String>) {
+    let mut callable = BTreeSet::new();
+    let mut hosted = BTreeSet::new();
+    let mut lists: Vec<&Value> = vec![&body["tools"]];
+    for item in body["input"].as_array().into_iter().flatten() {
+        if matches!(
+            item["type"].as_str(),
+            Some("additional_tools" | "tool_search_output")
+        ) {
+            lists.push(&item["tools"]);
+        }
+    }
+    for t in lists.into_iter().filter_map(Value::as_array).flatten() {
+        let name = t["name"].as_str().unwrap_or_default().to_string();
+        match t["type"].as_str().unwrap_or_default() {
+            "function" | "custom" => {
+                callable.insert((None, name));
+            }
+            "namespace" => {
+                for c in t["tools"].as_array().into_iter().flatten() {
+                    callable.insert((
+                        Some(name.clone()),
+                        c["name"]
+                            .as_str()
+                            .expect("the shape under test")
+                            .to_string(),
+                    ));
+                }
+            }
+            "tool_search" if t["execution"] == "client" => {
+                callable.insert((None, "tool_search".to_string()));
+            }
+            other => {
+                hosted.insert(other.to_string());
+            }
+        }
+    }
+    (callable, hosted)
+}
+
+fn identity(ctx: &ToolContext, upstream_name: &str) -> (Option<String>, String) {
+    let t = ctx.resolve(upstream_name);
+    (t.namespace, t.name)
+}
+
+/// The Codex identity of a history call item.
+fn item_identity(item: &Value) -> (Option<String>, String) {
+    if item["type"] == "tool_search_call" {
+        return (None, "tool_search".into());
+    }
+    (
+        item["namespace"].as_str().map(str::to_string),
+        item["name"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+fn history_calls(body: &Value) -> Vec<(String, (Option<String>, String))> {
+    body["input"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| {
+            matches!(
+                i["type"].as_str(),
+                Some("function_call" | "custom_tool_call" | "tool_search_call")
+            )
+        })
+        .map(|i| {
+            (
+                i["call_id"]
+                    .as_str()
+                    .expect("the shape under test")
+                    .to_string(),
+                item_identity(i),
+            )
+        })
+        .collect()
+}
+
+/// A short, stable picture of a translated request for the golden files: tool names, the message
+/// sequence with tool calls by name, the note, and the scalar settings.
+fn summary(out: &Value, chat: bool) -> Value {
+    let mut s = serde_json::Map::new();
+    let tools: Vec<&str> = out["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            if chat {
+                t["function"]["name"].as_str().unwrap_or("?")
+            } else {
+                t["name"].as_str().unwrap_or("?")
+            }
+        })
+        .collect();
+    s.insert("tools".into(), serde_json::json!(tools));
+    let messages: Vec<String> = out["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let role = m["role"].as_str().unwrap_or("?").to_string();
+            let mut calls: Vec<String> = Vec::new();
+            for tc in m["tool_calls"].as_array().into_iter().flatten() {
+                calls.push(format!(
+                    "call {}",
+                    tc["function"]["name"].as_str().unwrap_or("?")
+                ));
+            }
+            for b in m["content"].as_array().into_iter().flatten() {
+                match b["type"].as_str() {
+                    Some("tool_use") => {
+                        calls.push(format!("tool_use {}", b["name"].as_str().unwrap_or("?")))
+                    }
+                    Some("tool_result") => calls.push("tool_result".into()),
+                    _ => {}
+                }
+            }
+            if calls.is_empty() {
+                role
+            } else {
+                format!("{role}: {}", calls.join(", "))
+            }
+        })
+        .collect();
+    s.insert("messages".into(), serde_json::json!(messages));
+    let system_text = if chat {
+        out["messages"][0]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    } else {
+        out["system"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    };
+    if let Some(i) = system_text.find("Note from the gateway") {
+        s.insert("note".into(), Value::String(system_text[i..].to_string()));
+    }
+    for (k, v) in out.as_object().expect("object") {
+        if !matches!(k.as_str(), "messages" | "tools" | "system") {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    Value::Object(s)
+}
+
+/// Every recorded Codex 0.171.0 request through both translations: every tool Codex can run reaches the
+/// upstream exactly once under a name that maps back to Codex's namespace and name, the hosted ones are
+/// named in a note the model reads, and every call in the history names the upstream tool that maps
+/// back to the call's own namespace and name.
+#[test]
+fn codex_0171_requests_lose_no_tool() {
+    for scenario in CODEX_0171 {
+        let body = codex_0171(scenario);
+        let (callable, hosted) = codex_tools(&body);
+        let (chat_out, chat_ctx) = chat::request(&body, "qwen3-coder").expect("chat");
+        let (ant_out, ant_ctx) =
+            anthropic::request(&body, "claude-sonnet-4-5", anthropic::Options::default())
+                .expect("anthropic");
+        golden(
+            &format!("../codex-0.171/{scenario}.chat.golden.json"),
+            &pretty(&summary(&chat_out, true)),
+        );
+        golden(
+            &format!("../codex-0.171/{scenario}.anthropic.golden.json"),
+            &pretty(&summary(&ant_out, false)),
+        );
+        for (out, ctx, chat) in [(&chat_out, &chat_ctx, true), (&ant_out, &ant_ctx, false)] {
+            let names: Vec<&str> = out["tools"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    if chat {
+                        t["function"]["name"]
+                            .as_str()
+                            .expect("the shape under test")
+                    } else {
+                        t["name"].as_str().expect("the shape under test")
+                    }
+                })
+                .collect();
+            let reached: BTreeSet<(Option<String>, String)> =
+                names.iter().map(|n| identity(ctx, n)).collect();
+            assert_eq!(names.len(), reached.len(), "{scenario}: a tool twice");
+            // `functions` is Codex's default namespace: a bare tool and `functions.x` are one tool.
+            let norm =
+                |s: &BTreeSet<(Option<String>, String)>| -> BTreeSet<(Option<String>, String)> {
+                    s.iter()
+                        .map(|(ns, n)| (ns.clone().filter(|ns| ns != "functions"), n.clone()))
+                        .collect()
+                };
+            assert_eq!(norm(&reached), norm(&callable), "{scenario} (chat: {chat})");
+            for n in &names {
+                assert!(
+                    n.len() <= 64
+                        && n.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                    "{scenario}: upstream tool name {n}"
+                );
+            }
+            let text = serde_json::to_string(out).expect("the shape under test");
+            for h in &hosted {
+                assert!(
+                    text.contains(&format!("`{h}`")),
+                    "{scenario}: no note about {h}"
+                );
+            }
+            assert!(!text.contains("\"additional_tools\""), "{scenario}");
+            // The history's calls, in order, under names that map back to the calls.
+            let mut upstream_calls: Vec<(String, String)> = Vec::new();
+            for m in out["messages"].as_array().expect("the shape under test") {
+                for tc in m["tool_calls"].as_array().into_iter().flatten() {
+                    upstream_calls.push((
+                        tc["id"].as_str().expect("the shape under test").into(),
+                        tc["function"]["name"]
+                            .as_str()
+                            .expect("the shape under test")
+                            .into(),
+                    ));
+                }
+                for b in m["content"].as_array().into_iter().flatten() {
+                    if b["type"] == "tool_use" {
+                        upstream_calls.push((
+                            b["id"].as_str().expect("the shape under test").into(),
+                            b["name"].as_str().expect("the shape under test").into(),
+                        ));
+                    }
+                }
+            }
+            let expected = history_calls(&body);
+            assert_eq!(upstream_calls.len(), expected.len(), "{scenario}");
+            for ((id, name), (call_id, who)) in upstream_calls.iter().zip(&expected) {
+                assert_eq!(id, call_id);
+                assert_eq!(&identity(ctx, name), who, "{scenario}: history call {name}");
+                // (A compaction request declares no tools; its history still names them.)
+                assert!(
+                    names.is_empty() || names.contains(&name.as_str()),
+                    "{scenario}: {name} is not a declared tool"
+                );
+            }
+        }
+        // Chat upstreams get the effort, verbosity and cache key Codex asked for.
+        if let Some(e) = body.pointer("/reasoning/effort") {
+            assert_eq!(&chat_out["reasoning_effort"], e, "{scenario}");
+        }
+        if let Some(v) = body.pointer("/text/verbosity") {
+            assert_eq!(&chat_out["verbosity"], v, "{scenario}");
+        }
+        assert_eq!(
+            chat_out["prompt_cache_key"], body["prompt_cache_key"],
+            "{scenario}"
+        );
+        assert!(ant_out.get("prompt_cache_key").is_none());
+    }
+}
+
+/// The bug this fixes: a responses-lite request (Codex's default model) has no top-level tools; the
+/// upstream used to get none, so the model could not call any and the session did nothing.
+#[test]
+fn codex_0171_lite_turn_carries_its_tools() {
+    let body = codex_0171("lite_turn");
+    assert!(body.get("tools").is_none() && body["input"][0]["type"] == "additional_tools");
+    let (out, ctx) = chat::request(&body, "qwen3-coder").expect("chat");
+    let tools = out["tools"].as_array().expect("the upstream gets tools");
+    assert!(tools.len() >= 10, "{}", tools.len());
+    let exec = &tools[0]["function"];
+    assert_eq!(exec["name"], "exec");
+    assert_eq!(exec["parameters"]["required"], serde_json::json!(["input"]));
+    assert!(
+        exec["description"]
+            .as_str()
+            .expect("the shape under test")
+            .contains("lark grammar")
+    );
+    assert_eq!(ctx.resolve("exec").kind, ToolKind::Custom);
+    assert_eq!(out["parallel_tool_calls"], false);
+    let (out, _) =
+        anthropic::request(&body, "claude", anthropic::Options::default()).expect("anthropic");
+    let tools = out["tools"].as_array().expect("the upstream gets tools");
+    assert!(
+        tools
+            .iter()
+            .any(|t| t["name"] == "collaboration__spawn_agent")
+    );
+    assert_eq!(out["tool_choice"]["disable_parallel_tool_use"], true);
+}
+
+fn chat_tool_sse(call_id: &str, name: &str, arguments: &str) -> String {
+    let mut s = String::new();
+    let mut chunk = |delta: Value, finish: Value| {
+        let c = serde_json::json!({"id": "c1", "object": "chat.completion.chunk", "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        s.push_str(&format!("data: {c}\n\n"));
+    };
+    chunk(
+        serde_json::json!({"role": "assistant", "tool_calls": [{"index": 0, "id": call_id, "type": "function",
+            "function": {"name": name, "arguments": ""}}]}),
+        Value::Null,
+    );
+    let chars: Vec<char> = arguments.chars().collect();
+    for part in chars.chunks(7) {
+        let frag: String = part.iter().collect();
+        chunk(
+            serde_json::json!({"tool_calls": [{"index": 0, "function": {"arguments": frag}}]}),
+            Value::Null,
+        );
+    }
+    chunk(serde_json::json!({}), serde_json::json!("tool_calls"));
+    s.push_str("data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":3,\"total_tokens\":13}}\n\ndata: [DONE]\n\n");
+    s
+}
+
+fn anthropic_tool_sse(call_id: &str, name: &str, arguments: &str) -> String {
+    let mut s = String::new();
+    let mut ev = |kind: &str, v: Value| {
+        let mut v = v;
+        v["type"] = Value::String(kind.into());
+        s.push_str(&format!("event: {kind}\ndata: {v}\n\n"));
+    };
+    ev(
+        "message_start",
+        serde_json::json!({"message": {"id": "msg_1", "type": "message", "role": "assistant",
+        "content": [], "usage": {"input_tokens": 10, "output_tokens": 1}}}),
+    );
+    ev(
+        "content_block_start",
+        serde_json::json!({"index": 0, "content_block": {"type": "tool_use",
+        "id": call_id, "name": name, "input": {}}}),
+    );
+    let chars: Vec<char> = arguments.chars().collect();
+    for part in chars.chunks(7) {
+        let frag: String = part.iter().collect();
+        ev(
+            "content_block_delta",
+            serde_json::json!({"index": 0, "delta": {"type": "input_json_delta", "partial_json": frag}}),
+        );
+    }
+    ev("content_block_stop", serde_json::json!({"index": 0}));
+    ev(
+        "message_delta",
+        serde_json::json!({"delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 3}}),
+    );
+    ev("message_stop", serde_json::json!({}));
+    s
+}
+
+/// A call the upstream makes to a flattened tool comes back, streamed and not, through both
+/// translations, as the exact item Codex 0.171.0 resolves (verified with the real CLI: a
+/// `function_call` named `collaboration__list_agents` or `list_agents` without its namespace is
+/// answered "unsupported call"; with `namespace: "collaboration"` it runs).
+#[test]
+fn codex_0171_namespaced_calls_come_back_as_codex_items() {
+    // (fixture, upstream name, arguments, the item Codex expects without its ids)
+    let cases = [
+        (
+            "lite_namespace_followup",
+            "collaboration__list_agents",
+            "{}",
+            serde_json::json!({"type": "function_call", "status": "completed", "call_id": "call_up_1",
+                "name": "list_agents", "namespace": "collaboration", "arguments": "{}"}),
+        ),
+        (
+            "lite_exec_followup",
+            "exec",
+            r#"{"input":"text(await tools.exec_command({cmd: \"ls\"}))"}"#,
+            serde_json::json!({"type": "custom_tool_call", "status": "completed", "call_id": "call_up_1",
+                "name": "exec", "namespace": "functions",
+                "input": "text(await tools.exec_command({cmd: \"ls\"}))"}),
+        ),
+        (
+            "lite_turn",
+            "clock__sleep",
+            r#"{"duration_ms":1}"#,
+            serde_json::json!({"type": "function_call", "status": "completed", "call_id": "call_up_1",
+                "name": "sleep", "namespace": "clock", "arguments": "{\"duration_ms\":1}"}),
+        ),
+        (
+            "plain_turn",
+            "multi_agent_v1__spawn_agent",
+            r#"{"message":"hi"}"#,
+            serde_json::json!({"type": "function_call", "status": "completed", "call_id": "call_up_1",
+                "name": "spawn_agent", "namespace": "multi_agent_v1", "arguments": "{\"message\":\"hi\"}"}),
+        ),
+        (
+            "gpt55_turn",
+            "apply_patch",
+            r#"{"input":"*** Begin Patch\n*** End Patch\n"}"#,
+            serde_json::json!({"type": "custom_tool_call", "status": "completed", "call_id": "call_up_1",
+                "name": "apply_patch", "input": "*** Begin Patch\n*** End Patch\n"}),
+        ),
+        (
+            "gpt55_turn",
+            "tool_search",
+            r#"{"query":"spawn agent"}"#,
+            serde_json::json!({"type": "tool_search_call", "status": "completed", "call_id": "call_up_1",
+                "execution": "client", "arguments": {"query": "spawn agent"}}),
+        ),
+        // Tools a tool_search brought are callable in the next request, with their namespace.
+        (
+            "tool_search_followup",
+            "multi_agent_v1__wait_agent",
+            r#"{"targets":["a"]}"#,
+            serde_json::json!({"type": "function_call", "status": "completed", "call_id": "call_up_1",
+                "name": "wait_agent", "namespace": "multi_agent_v1", "arguments": "{\"targets\":[\"a\"]}"}),
+        ),
+        (
+            "gpt55_turn",
+            "exec_command",
+            r#"{"cmd":"ls"}"#,
+            serde_json::json!({"type": "function_call", "status": "completed", "call_id": "call_up_1",
+                "name": "exec_command", "arguments": "{\"cmd\":\"ls\"}"}),
+        ),
+    ];
+    let strip = |mut item: Value| {
+        item.as_object_mut()
+            .expect("the shape under test")
+            .remove("id");
+        item
+    };
+    for (scenario, name, args, expected) in cases {
+        let body = codex_0171(scenario);
+        let (_, chat_ctx) = chat::request(&body, "m").expect("chat");
+        let (_, ant_ctx) =
+            anthropic::request(&body, "m", anthropic::Options::default()).expect("anthropic");
+        let what = format!("{scenario} / {name}");
+        // Streamed.
+        for chunk in [1, 5, usize::MAX] {
+            let mut tr =
+                chat::ChatStream::new(chat_ctx.clone(), Box::new(SeqIds::default()), CREATED);
+            let out = run_stream(
+                &mut tr,
+                chat_tool_sse("call_up_1", name, args).as_bytes(),
+                chunk,
+            )
+            .expect("chat stream");
+            let evs = events(&out);
+            let done = assert_codex_shape(&evs);
+            assert_eq!(
+                strip(done["response"]["output"][0].clone()),
+                expected,
+                "{what} (chat)"
+            );
+            let item_done = evs
+                .iter()
+                .find(|e| e["type"] == "response.output_item.done")
+                .expect("the shape under test");
+            assert_eq!(strip(item_done["item"].clone()), expected, "{what} (chat)");
+            let added = evs
+                .iter()
+                .find(|e| e["type"] == "response.output_item.added")
+                .expect("the shape under test");
+            assert_eq!(added["item"]["type"], expected["type"]);
+            assert_eq!(added["item"].get("namespace"), expected.get("namespace"));
+
+            let mut tr = anthropic::MessagesStream::new(
+                ant_ctx.clone(),
+                Box::new(SeqIds::default()),
+                CREATED,
+            );
+            let out = run_stream(
+                &mut tr,
+                anthropic_tool_sse("call_up_1", name, args).as_bytes(),
+                chunk,
+            )
+            .expect("anthropic stream");
+            let evs = events(&out);
+            let done = assert_codex_shape(&evs);
+            assert_eq!(
+                strip(done["response"]["output"][0].clone()),
+                expected,
+                "{what} (anthropic)"
+            );
+        }
+        // Not streamed.
+        let chat_answer = serde_json::json!({"id": "c1", "object": "chat.completion", "choices": [{"index": 0,
+            "message": {"role": "assistant", "content": null, "tool_calls": [{"id": "call_up_1", "type": "function",
+            "function": {"name": name, "arguments": args}}]}, "finish_reason": "tool_calls"}]});
+        let r = chat::response(&chat_answer, &chat_ctx, &mut SeqIds::default(), CREATED);
+        assert_eq!(
+            strip(r["output"][0].clone()),
+            expected,
+            "{what} (chat, not streamed)"
+        );
+        let ant_answer = serde_json::json!({"id": "m1", "type": "message", "role": "assistant", "content": [
+            {"type": "tool_use", "id": "call_up_1", "name": name, "input": serde_json::from_str::<Value>(args).expect("the shape under test")}],
+            "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 1}});
+        let r = anthropic::response(&ant_answer, &ant_ctx, &mut SeqIds::default(), CREATED);
+        let mut got = strip(r["output"][0].clone());
+        // Anthropic's tool input is an object; its JSON text is what the arguments carry.
+        if let (Some(a), Some(e)) = (got["arguments"].as_str(), expected["arguments"].as_str()) {
+            assert_eq!(
+                serde_json::from_str::<Value>(a).expect("the shape under test"),
+                serde_json::from_str::<Value>(e).expect("the shape under test")
+            );
+            got["arguments"] = expected["arguments"].clone();
+        }
+        assert_eq!(got, expected, "{what} (anthropic, not streamed)");
+    }
+}
+
 // ------------------------------------------------------------------ fuzz
 
 mod fuzz {
@@ -474,6 +1049,12 @@ mod fuzz {
                 Just("function"),
                 Just("input_text"),
                 Just("input_image"),
+                Just("namespace"),
+                Just("additional_tools"),
+                Just("tool_search"),
+                Just("tool_search_call"),
+                Just("tool_search_output"),
+                Just("client"),
                 Just("x")
             ]
             .prop_map(|s| Value::String(s.to_string())),
@@ -499,7 +1080,9 @@ mod fuzz {
                         Just("format"),
                         Just("image_url"),
                         Just("encrypted_content"),
-                        Just("summary")
+                        Just("summary"),
+                        Just("namespace"),
+                        Just("execution")
                     ]
                     .prop_map(str::to_string),
                     inner,

@@ -396,6 +396,84 @@ async fn chat_completions_tool_flow() {
     assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
 }
 
+/// Like a real model, the mock calls only a tool the request declares (none: text), and fills a
+/// free-form tool (one `input` string, as a gateway presents Codex's `apply_patch` or `exec`) by `input`.
+#[tokio::test]
+async fn scripted_calls_only_reach_declared_tools() {
+    let h = spawn(MockConfig {
+        tool_command: "text(1)".into(),
+        ..MockConfig::default()
+    })
+    .await;
+    let v = post(
+        &h,
+        "/v1/chat/completions",
+        json!({"model": "m", "messages": [{"role": "user", "content": "USE_TOOL"}]}),
+    )
+    .await
+    .json();
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "mock reply to: USE_TOOL"
+    );
+    assert!(v["choices"][0]["message"]["tool_calls"].is_null());
+    let v = post(
+        &h,
+        "/v1/messages",
+        json!({"model": "c", "max_tokens": 10, "messages": [{"role": "user", "content": "USE_TOOL"}]}),
+    )
+    .await
+    .json();
+    assert_eq!(v["content"][0]["type"], "text");
+    assert_eq!(v["stop_reason"], "end_turn");
+
+    let free_form = json!({"type": "object", "properties": {"input": {"type": "string"}}, "required": ["input"]});
+    let v = post(
+        &h,
+        "/v1/chat/completions",
+        json!({"model": "m", "tools": [{"type": "function", "function": {"name": "exec", "parameters": free_form}}],
+            "messages": [{"role": "user", "content": "USE_TOOL"}]}),
+    )
+    .await
+    .json();
+    let call = &v["choices"][0]["message"]["tool_calls"][0]["function"];
+    assert_eq!(call["name"], "exec");
+    assert_eq!(call["arguments"], r#"{"input":"text(1)"}"#);
+    let v = post(
+        &h,
+        "/v1/messages",
+        json!({"model": "c", "max_tokens": 10, "tools": [{"name": "exec", "input_schema": free_form}],
+            "messages": [{"role": "user", "content": "USE_TOOL"}]}),
+    )
+    .await
+    .json();
+    assert_eq!(v["content"][0]["name"], "exec");
+    assert_eq!(v["content"][0]["input"], json!({"input": "text(1)"}));
+
+    // A named tool, when declared, gets the call, with its one required argument or none.
+    h.update_config(|c| c.tool_name = Some("tool_search".into()));
+    let tools = json!([
+        {"type": "function", "function": {"name": "exec", "parameters": free_form}},
+        {"type": "function", "function": {"name": "tool_search", "parameters": {"type": "object",
+            "properties": {"query": {"type": "string"}, "limit": {"type": "number"}}, "required": ["query"]}}},
+        {"type": "function", "function": {"name": "list_agents", "parameters": {"type": "object",
+            "properties": {"path_prefix": {"type": "string"}}}}}
+    ]);
+    let call = |v: Value| v["choices"][0]["message"]["tool_calls"][0]["function"].clone();
+    let body = json!({"model": "m", "tools": tools, "messages": [{"role": "user", "content": "USE_TOOL"}]});
+    let v = post(&h, "/v1/chat/completions", body.clone()).await.json();
+    assert_eq!(
+        call(v),
+        json!({"name": "tool_search", "arguments": r#"{"query":"text(1)"}"#})
+    );
+    h.update_config(|c| c.tool_name = Some("list_agents".into()));
+    let v = post(&h, "/v1/chat/completions", body.clone()).await.json();
+    assert_eq!(call(v), json!({"name": "list_agents", "arguments": "{}"}));
+    h.update_config(|c| c.tool_name = Some("not_declared".into()));
+    let v = post(&h, "/v1/chat/completions", body).await.json();
+    assert_eq!(call(v)["name"], "exec");
+}
+
 #[tokio::test]
 async fn anthropic_messages_shapes_and_tool_flow() {
     let h = spawn(MockConfig {

@@ -1,7 +1,9 @@
 //! End-to-end harness: the real broker and helper binaries, the mock upstream, the real Codex CLI.
 //!
 //! Binaries come from the same target dir as the test (`cargo build --workspace --bins` first; the README's
-//! test command does it). Test peers come from `.test-tools/` (`scripts/install-test-tools.sh`).
+//! test command does it). Test peers come from `.test-tools/` (`scripts/install-test-tools.sh`): Codex in
+//! every pinned version ([`CODEX_VERSIONS`]); `TOLLGATE_CODEX_VERSION` runs another one
+//! (`scripts/codex-e2e.sh VERSION`).
 
 #![allow(dead_code)]
 
@@ -33,8 +35,39 @@ pub fn tool(rel: &str) -> PathBuf {
     p
 }
 
-pub fn codex_bin() -> PathBuf {
-    tool("node/node_modules/.bin/codex")
+/// The Codex CLI versions the end-to-end tests prove: the default pin first, then the previous one.
+/// Keep in step with `scripts/install-test-tools.sh` (which installs them) and `docs/codex.md`.
+pub const CODEX_VERSIONS: [&str; 2] = ["0.171.0", "0.169.0"];
+
+/// `TOLLGATE_CODEX_VERSION` (set by `scripts/codex-e2e.sh VERSION`), if set.
+fn codex_version_override() -> Option<String> {
+    let v = std::env::var("TOLLGATE_CODEX_VERSION").ok()?;
+    assert!(
+        !v.is_empty()
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-')),
+        "TOLLGATE_CODEX_VERSION={v:?} is not a version"
+    );
+    Some(v)
+}
+
+/// The Codex version a single-version test runs: `TOLLGATE_CODEX_VERSION`, else the default pin.
+pub fn codex_version() -> String {
+    codex_version_override().unwrap_or_else(|| CODEX_VERSIONS[0].to_string())
+}
+
+/// The versions the key turns run against, one after the other: every pin, or only
+/// `TOLLGATE_CODEX_VERSION` when it is set.
+pub fn codex_versions() -> Vec<String> {
+    codex_version_override().map_or_else(
+        || CODEX_VERSIONS.iter().map(|v| v.to_string()).collect(),
+        |v| vec![v],
+    )
+}
+
+/// The launcher of one installed Codex version (`.test-tools/codex/<version>/`).
+pub fn codex_bin_for(version: &str) -> PathBuf {
+    tool(&format!("codex/{version}/node_modules/.bin/codex"))
 }
 
 pub fn python_bin() -> PathBuf {
@@ -230,6 +263,8 @@ impl Broker {
 
 /// A fresh Codex home pointing at a broker through the real helper.
 pub struct CodexEnv {
+    /// The Codex version `exec` runs (default: [`codex_version`]).
+    pub version: String,
     pub home: tempfile::TempDir,
     pub cache_dir: PathBuf,
     pub credential_file: PathBuf,
@@ -265,7 +300,8 @@ pub fn write_private(path: &Path, content: &str) {
 }
 
 impl CodexEnv {
-    /// `extra_provider` is appended to the provider table (e.g. `request_max_retries = 0`).
+    /// `extra_provider` is appended to the provider table (e.g. `request_max_retries = 0`). An empty
+    /// `model` names none, so Codex picks its default model.
     pub fn new(broker_url: &str, model: &str, extra_provider: &str) -> CodexEnv {
         let home = tempfile::tempdir().expect("tempdir");
         let cache_dir = home.path().join("tollgate-cache");
@@ -274,8 +310,13 @@ impl CodexEnv {
         let codex_home = home.path().join("codex");
         std::fs::create_dir_all(&codex_home).expect("codex home");
         let helper = bin("tollgate-token");
+        let model_line = if model.is_empty() {
+            String::new()
+        } else {
+            format!("model = {model:?}\n")
+        };
         let config = format!(
-            "model = {model:?}\nmodel_provider = \"tollgate\"\n\n[model_providers.tollgate]\nname = \"Tollgate\"\n\
+            "{model_line}model_provider = \"tollgate\"\n\n[model_providers.tollgate]\nname = \"Tollgate\"\n\
              base_url = \"{broker_url}/v1\"\nwire_api = \"responses\"\n{extra_provider}\n\n\
              [model_providers.tollgate.auth]\ncommand = {helper:?}\nargs = [\"--broker\", {broker_url:?}, \"--credential-file\", {cred:?}, \"--cache-dir\", {cache:?}]\n\
              timeout_ms = 5000\nrefresh_interval_ms = 240000\n",
@@ -285,11 +326,23 @@ impl CodexEnv {
         );
         std::fs::write(codex_home.join("config.toml"), config).expect("codex config");
         CodexEnv {
+            version: codex_version(),
             home,
             cache_dir,
             credential_file,
             env: Vec::new(),
         }
+    }
+
+    /// Run this Codex version instead of the default one.
+    pub fn with_version(mut self, version: &str) -> Self {
+        self.version = version.to_string();
+        self
+    }
+
+    /// The directory `exec` runs Codex in (`-C`): where its tools write files.
+    pub fn workdir(&self) -> PathBuf {
+        self.home.path().join("work")
     }
 
     /// Pass `name=value` to Codex, and through it to the helper (e.g. `AWS_ACCESS_KEY_ID`,
@@ -321,9 +374,9 @@ impl CodexEnv {
 
     /// `codex exec` one turn, bounded by `timeout`; the whole process group is killed on timeout.
     pub async fn exec(&self, prompt: &str, timeout: Duration) -> CodexRun {
-        let workdir = self.home.path().join("work");
+        let workdir = self.workdir();
         std::fs::create_dir_all(&workdir).expect("workdir");
-        let mut cmd = tokio::process::Command::new(codex_bin());
+        let mut cmd = tokio::process::Command::new(codex_bin_for(&self.version));
         cmd.args([
             "exec",
             "--skip-git-repo-check",

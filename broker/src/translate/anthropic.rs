@@ -2,7 +2,8 @@
 //!
 //! Request: `instructions` and developer/system messages → `system`; user/assistant messages → content
 //! blocks (consecutive same-role turns merged); `function_call` → `tool_use`, `function_call_output` →
-//! `tool_result`; Codex's `custom` tool `apply_patch` → a tool with one string `input`; `reasoning` items we
+//! `tool_result`; Codex's tools as [`super::tools`] flattens them (`custom` tools such as `apply_patch`
+//! → a tool with one string `input`, namespaces → `<namespace>__<tool>`); `reasoning` items we
 //! produced from Anthropic thinking (their `encrypted_content` carries the signature) → `thinking` blocks;
 //! `reasoning.effort` → extended thinking with a token budget. Prompt caching breakpoints go on the system
 //! prompt, the tools and the last turn, since Codex resends a ~40 KB prefix every request.
@@ -11,10 +12,10 @@
 //! `input_tokens` = input + cache_read + cache_write, `cached_tokens` = cache_read,
 //! `cache_write_tokens` = cache_write.
 
+use super::tools::{self, Tools, item_id_prefix, tool_search_output_text};
 use super::{
     Emitter, IdSource, ResponsesUsage, SseSplitter, StreamError, StreamTranslator, ToolContext,
-    TranslateError, content_text, custom_input_from_arguments, custom_tool_description, drop_tool,
-    obj, output_text,
+    ToolKind, TranslateError, content_text, obj, output_text,
 };
 use serde_json::{Map, Value, json};
 
@@ -93,41 +94,20 @@ pub fn request(
         ..ToolContext::default()
     };
 
-    let mut tools = Vec::new();
-    for t in req
-        .get("tools")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        match t.get("type").and_then(Value::as_str) {
-            Some("function") => {
-                let mut o = Map::new();
-                o.insert("name".into(), t.get("name").cloned().unwrap_or(json!("")));
-                if let Some(d) = t.get("description").filter(|d| d.is_string()) {
-                    o.insert("description".into(), d.clone());
-                }
-                o.insert(
-                    "input_schema".into(),
-                    t.get("parameters")
-                        .filter(|p| p.is_object())
-                        .cloned()
-                        .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-                );
-                tools.push(Value::Object(o));
+    let tools = Tools::collect(req, &mut ctx, "anthropic");
+    let mut flat: Vec<Value> = tools
+        .flat
+        .iter()
+        .map(|t| {
+            let mut o = Map::new();
+            o.insert("name".into(), json!(t.name));
+            if let Some(d) = &t.description {
+                o.insert("description".into(), json!(d));
             }
-            Some("custom") => {
-                let name = t.get("name").and_then(Value::as_str).unwrap_or_default();
-                ctx.custom_tools.insert(name.to_string());
-                tools.push(json!({
-                    "name": name,
-                    "description": custom_tool_description(t),
-                    "input_schema": super::custom_tool_parameters(),
-                }));
-            }
-            _ => drop_tool("anthropic", t),
-        }
-    }
+            o.insert("input_schema".into(), t.parameters.clone());
+            Value::Object(o)
+        })
+        .collect();
 
     let mut system: Vec<String> = Vec::new();
     if let Some(s) = req.get("instructions").and_then(Value::as_str)
@@ -141,11 +121,14 @@ pub fn request(
         Some(s @ Value::String(_)) => push_blocks(&mut messages, "user", content_blocks(Some(s))),
         Some(Value::Array(items)) => {
             for item in items {
-                input_item(&mut messages, &mut system, item);
+                input_item(&mut messages, &mut system, item, &tools);
             }
         }
         None | Some(Value::Null) => {}
         Some(_) => return Err(TranslateError::BadInput),
+    }
+    if let Some(note) = tools.removal_note() {
+        system.push(note);
     }
     // Messages must start with a user turn.
     if messages
@@ -187,17 +170,21 @@ pub fn request(
         b["cache_control"] = json!({"type": "ephemeral"});
     }
     out.insert("messages".into(), Value::Array(messages));
-    if !tools.is_empty() {
-        if let Some(last) = tools.last_mut() {
+    if !flat.is_empty() {
+        if let Some(last) = flat.last_mut() {
             last["cache_control"] = json!({"type": "ephemeral"});
         }
-        out.insert("tools".into(), Value::Array(tools));
+        out.insert("tools".into(), Value::Array(flat));
         let parallel = req.get("parallel_tool_calls").and_then(Value::as_bool);
         let mut tc = match req.get("tool_choice") {
             Some(Value::String(s)) if s == "required" => json!({"type": "any"}),
             Some(Value::String(s)) if s == "none" => json!({"type": "none"}),
             Some(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("function") => {
-                json!({"type": "tool", "name": o.get("name").cloned().unwrap_or(json!(""))})
+                let name = tools.upstream_name(
+                    o.get("namespace").and_then(Value::as_str),
+                    o.get("name").and_then(Value::as_str).unwrap_or_default(),
+                );
+                json!({"type": "tool", "name": name})
             }
             _ => json!({"type": "auto"}),
         };
@@ -281,7 +268,7 @@ fn content_blocks(content: Option<&Value>) -> Vec<Value> {
     }
 }
 
-fn input_item(messages: &mut Vec<Value>, system: &mut Vec<String>, item: &Value) {
+fn input_item(messages: &mut Vec<Value>, system: &mut Vec<String>, item: &Value, tools: &Tools) {
     let kind = item
         .get("type")
         .and_then(Value::as_str)
@@ -311,12 +298,39 @@ fn input_item(messages: &mut Vec<Value>, system: &mut Vec<String>, item: &Value)
                     _ => json!({"arguments": args}),
                 }
             };
+            let name = tools.upstream_name(
+                item.get("namespace").and_then(Value::as_str),
+                item.get("name").and_then(Value::as_str).unwrap_or_default(),
+            );
             let block = json!({"type": "tool_use",
                 "id": item.get("call_id").and_then(Value::as_str).unwrap_or_default(),
-                "name": item.get("name").and_then(Value::as_str).unwrap_or_default(),
+                "name": name,
                 "input": input});
             push_blocks(messages, "assistant", vec![block]);
         }
+        "tool_search_call" => {
+            let input = match item.get("arguments") {
+                Some(v @ Value::Object(_)) => v.clone(),
+                Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+                    Ok(v @ Value::Object(_)) => v,
+                    _ => json!({"arguments": s}),
+                },
+                _ => json!({}),
+            };
+            let block = json!({"type": "tool_use",
+                "id": item.get("call_id").and_then(Value::as_str).unwrap_or_default(),
+                "name": tools.tool_search_name(),
+                "input": input});
+            push_blocks(messages, "assistant", vec![block]);
+        }
+        "tool_search_output" => {
+            let block = json!({"type": "tool_result",
+                "tool_use_id": item.get("call_id").and_then(Value::as_str).unwrap_or_default(),
+                "content": tool_search_output_text(tools, item)});
+            push_blocks(messages, "user", vec![block]);
+        }
+        // Its tools were collected with the request's tools.
+        "additional_tools" => {}
         "function_call_output" | "custom_tool_call_output" => {
             let block = json!({"type": "tool_result",
                 "tool_use_id": item.get("call_id").and_then(Value::as_str).unwrap_or_default(),
@@ -407,13 +421,8 @@ fn tool_item(
     name: &str,
     arguments: &str,
 ) -> Value {
-    if ctx.custom_tools.contains(name) {
-        json!({"type": "custom_tool_call", "id": ids.id("ctc_"), "status": "completed",
-            "call_id": call_id, "name": name, "input": custom_input_from_arguments(arguments)})
-    } else {
-        json!({"type": "function_call", "id": ids.id("fc_"), "status": "completed",
-            "call_id": call_id, "name": name, "arguments": arguments})
-    }
+    let id = ids.id(item_id_prefix(ctx, name));
+    tools::call_item(ctx, name, &id, call_id, arguments, true)
 }
 
 /// Translate a non-streamed Messages response into a Responses object.
@@ -612,15 +621,8 @@ impl MessagesStream {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string();
-                let custom = self.ctx.custom_tools.contains(&name);
-                let id = self.ids.id(if custom { "ctc_" } else { "fc_" });
-                let item = if custom {
-                    json!({"type": "custom_tool_call", "id": id, "status": "in_progress",
-                        "call_id": call_id, "name": name, "input": ""})
-                } else {
-                    json!({"type": "function_call", "id": id, "status": "in_progress",
-                        "call_id": call_id, "name": name, "arguments": ""})
-                };
+                let id = self.ids.id(item_id_prefix(&self.ctx, &name));
+                let item = tools::call_item(&self.ctx, &name, &id, &call_id, "", false);
                 self.em.item_added(index, &item);
                 Block::Tool {
                     index,
@@ -695,7 +697,9 @@ impl MessagesStream {
                 Some("input_json_delta"),
             ) => {
                 json.push_str(s("partial_json"));
-                if !self.ctx.custom_tools.contains(name.as_str()) && !s("partial_json").is_empty() {
+                if self.ctx.resolve(name).kind == ToolKind::Function
+                    && !s("partial_json").is_empty()
+                {
                     self.em.event(
                         "response.function_call_arguments.delta",
                         obj(json!({"item_id": id,
@@ -763,22 +767,15 @@ impl MessagesStream {
                 } else {
                     json
                 };
-                if self.ctx.custom_tools.contains(&name) {
-                    self.em.item_done(
-                        index,
-                        json!({"type": "custom_tool_call", "id": id,
-                        "status": "completed", "call_id": call_id, "name": name,
-                        "input": custom_input_from_arguments(&args)}),
-                    );
-                } else {
+                if self.ctx.resolve(&name).kind == ToolKind::Function {
                     self.em.event(
                         "response.function_call_arguments.done",
                         obj(json!({"item_id": id,
                         "output_index": index, "arguments": args})),
                     );
-                    self.em.item_done(index, json!({"type": "function_call", "id": id,
-                        "status": "completed", "call_id": call_id, "name": name, "arguments": args}));
                 }
+                let item = tools::call_item(&self.ctx, &name, &id, &call_id, &args, true);
+                self.em.item_done(index, item);
             }
             Block::Thinking {
                 index,

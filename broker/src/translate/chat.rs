@@ -4,13 +4,15 @@
 //! many chat templates accept only one); user/assistant messages → chat messages; `function_call` /
 //! `custom_tool_call` items → the assistant's `tool_calls`; `function_call_output` /
 //! `custom_tool_call_output` → `tool` messages; `reasoning` items are dropped (a chat endpoint cannot take
-//! them back). Response: chat chunks → Responses events (`output_item.added/done`, text and argument
-//! deltas, `response.completed` with full usage).
+//! them back); tools as [`super::tools`] flattens them; `reasoning.effort` → `reasoning_effort`,
+//! `text.verbosity` → `verbosity`, `prompt_cache_key` as is. Response: chat chunks → Responses events
+//! (`output_item.added/done`, text and argument deltas, `response.completed` with full usage), tool calls
+//! as the items Codex resolves (namespace and name).
 
+use super::tools::{self, Tools, item_id_prefix, tool_search_output_text};
 use super::{
     Emitter, IdSource, ResponsesUsage, SseSplitter, StreamError, StreamTranslator, ToolContext,
-    TranslateError, content_text, custom_input_from_arguments, custom_tool_description,
-    custom_tool_parameters, drop_tool, obj, output_text,
+    ToolKind, TranslateError, content_text, obj, output_text,
 };
 use serde_json::{Map, Value, json};
 
@@ -26,44 +28,24 @@ pub fn request(body: &Value, upstream_model: &str) -> Result<(Value, ToolContext
         ..ToolContext::default()
     };
 
-    // Tools first: which names are custom matters for the history.
-    let mut tools = Vec::new();
-    for t in req
-        .get("tools")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        match t.get("type").and_then(Value::as_str) {
-            Some("function") => {
-                let mut f = Map::new();
-                f.insert("name".into(), t.get("name").cloned().unwrap_or(json!("")));
-                if let Some(d) = t.get("description") {
-                    f.insert("description".into(), d.clone());
-                }
-                f.insert(
-                    "parameters".into(),
-                    t.get("parameters")
-                        .cloned()
-                        .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-                );
-                if t.get("strict") == Some(&Value::Bool(true)) {
-                    f.insert("strict".into(), Value::Bool(true));
-                }
-                tools.push(json!({"type": "function", "function": f}));
+    // Tools first: the history's calls are named as the upstream knows the tools.
+    let tools = Tools::collect(req, &mut ctx, "chat");
+    let flat: Vec<Value> = tools
+        .flat
+        .iter()
+        .map(|t| {
+            let mut f = Map::new();
+            f.insert("name".into(), json!(t.name));
+            if let Some(d) = &t.description {
+                f.insert("description".into(), json!(d));
             }
-            Some("custom") => {
-                let name = t.get("name").and_then(Value::as_str).unwrap_or_default();
-                ctx.custom_tools.insert(name.to_string());
-                tools.push(json!({"type": "function", "function": {
-                    "name": name,
-                    "description": custom_tool_description(t),
-                    "parameters": custom_tool_parameters(),
-                }}));
+            f.insert("parameters".into(), t.parameters.clone());
+            if t.strict {
+                f.insert("strict".into(), Value::Bool(true));
             }
-            _ => drop_tool("chat", t),
-        }
-    }
+            json!({"type": "function", "function": f})
+        })
+        .collect();
 
     let mut messages: Vec<Value> = Vec::new();
     if let Some(instr) = req.get("instructions").and_then(Value::as_str)
@@ -75,11 +57,14 @@ pub fn request(body: &Value, upstream_model: &str) -> Result<(Value, ToolContext
         Some(Value::String(s)) => messages.push(json!({"role": "user", "content": s})),
         Some(Value::Array(items)) => {
             for item in items {
-                input_item(&mut messages, item);
+                input_item(&mut messages, item, &tools);
             }
         }
         None | Some(Value::Null) => {}
         Some(_) => return Err(TranslateError::BadInput),
+    }
+    if let Some(note) = tools.removal_note() {
+        system_note(&mut messages, &note);
     }
 
     let mut out = Map::new();
@@ -90,12 +75,16 @@ pub fn request(body: &Value, upstream_model: &str) -> Result<(Value, ToolContext
         out.insert("stream".into(), Value::Bool(true));
         out.insert("stream_options".into(), json!({"include_usage": true}));
     }
-    if !tools.is_empty() {
-        out.insert("tools".into(), Value::Array(tools));
+    if !flat.is_empty() {
+        out.insert("tools".into(), Value::Array(flat));
         if let Some(tc) = req.get("tool_choice") {
             let tc = match tc {
                 Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
-                    json!({"type": "function", "function": {"name": o.get("name").cloned().unwrap_or(json!(""))}})
+                    let name = tools.upstream_name(
+                        o.get("namespace").and_then(Value::as_str),
+                        o.get("name").and_then(Value::as_str).unwrap_or_default(),
+                    );
+                    json!({"type": "function", "function": {"name": name}})
                 }
                 Value::String(_) => tc.clone(),
                 _ => json!("auto"),
@@ -114,6 +103,23 @@ pub fn request(body: &Value, upstream_model: &str) -> Result<(Value, ToolContext
     if let Some(m) = req.get("max_output_tokens").filter(|v| v.is_u64()) {
         out.insert("max_tokens".into(), m.clone());
     }
+    if let Some(e) = body
+        .pointer("/reasoning/effort")
+        .and_then(Value::as_str)
+        .and_then(reasoning_effort)
+    {
+        out.insert("reasoning_effort".into(), json!(e));
+    }
+    if let Some(v) = body
+        .pointer("/text/verbosity")
+        .and_then(Value::as_str)
+        .filter(|v| matches!(*v, "low" | "medium" | "high"))
+    {
+        out.insert("verbosity".into(), json!(v));
+    }
+    if let Some(k) = req.get("prompt_cache_key").filter(|k| k.is_string()) {
+        out.insert("prompt_cache_key".into(), k.clone());
+    }
     if let Some(fmt) = body.pointer("/text/format")
         && fmt.get("type").and_then(Value::as_str) == Some("json_schema")
     {
@@ -129,6 +135,30 @@ pub fn request(body: &Value, upstream_model: &str) -> Result<(Value, ToolContext
         );
     }
     Ok((Value::Object(out), ctx))
+}
+
+/// Chat's `reasoning_effort` for a Responses `reasoning.effort`: the values Chat Completions knows pass
+/// through, Codex's efforts above `xhigh` (`max`, `ultra`) become `xhigh`, anything else is not sent.
+fn reasoning_effort(effort: &str) -> Option<&str> {
+    match effort {
+        "none" | "minimal" | "low" | "medium" | "high" | "xhigh" => Some(effort),
+        "max" | "ultra" => Some("xhigh"),
+        _ => None,
+    }
+}
+
+/// Append a gateway note to the leading system message (made if there is none).
+fn system_note(messages: &mut Vec<Value>, note: &str) {
+    if let Some(Value::String(prev)) = messages
+        .first_mut()
+        .filter(|m| m.get("role").and_then(Value::as_str) == Some("system"))
+        .and_then(|m| m.get_mut("content"))
+    {
+        prev.push_str("\n\n");
+        prev.push_str(note);
+        return;
+    }
+    messages.insert(0, json!({"role": "system", "content": note}));
 }
 
 fn push_system(messages: &mut Vec<Value>, text: &str) {
@@ -181,7 +211,20 @@ fn user_content(content: Option<&Value>) -> Value {
     Value::Array(out)
 }
 
-fn input_item(messages: &mut Vec<Value>, item: &Value) {
+fn push_tool_call(messages: &mut Vec<Value>, call_id: &str, name: &str, arguments: String) {
+    let Some(msg) = assistant_for_tool_calls(messages) else {
+        return;
+    };
+    let calls = msg
+        .entry("tool_calls")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if let Value::Array(calls) = calls {
+        calls.push(json!({"id": call_id, "type": "function",
+            "function": {"name": name, "arguments": arguments}}));
+    }
+}
+
+fn input_item(messages: &mut Vec<Value>, item: &Value, tools: &Tools) {
     let kind = item
         .get("type")
         .and_then(Value::as_str)
@@ -204,7 +247,10 @@ fn input_item(messages: &mut Vec<Value>, item: &Value) {
                 .get("call_id")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            let name = item.get("name").and_then(Value::as_str).unwrap_or_default();
+            let name = tools.upstream_name(
+                item.get("namespace").and_then(Value::as_str),
+                item.get("name").and_then(Value::as_str).unwrap_or_default(),
+            );
             let arguments = if kind == "custom_tool_call" {
                 json!({"input": item.get("input").and_then(Value::as_str).unwrap_or_default()})
                     .to_string()
@@ -214,17 +260,30 @@ fn input_item(messages: &mut Vec<Value>, item: &Value) {
                     .unwrap_or("{}")
                     .to_string()
             };
-            let Some(msg) = assistant_for_tool_calls(messages) else {
-                return;
-            };
-            let calls = msg
-                .entry("tool_calls")
-                .or_insert_with(|| Value::Array(Vec::new()));
-            if let Value::Array(calls) = calls {
-                calls.push(json!({"id": call_id, "type": "function",
-                    "function": {"name": name, "arguments": arguments}}));
-            }
+            push_tool_call(messages, call_id, &name, arguments);
         }
+        "tool_search_call" => {
+            let call_id = item
+                .get("call_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let arguments = match item.get("arguments") {
+                Some(Value::String(s)) => s.clone(),
+                Some(v @ Value::Object(_)) => v.to_string(),
+                _ => "{}".to_string(),
+            };
+            push_tool_call(messages, call_id, &tools.tool_search_name(), arguments);
+        }
+        "tool_search_output" => {
+            let call_id = item
+                .get("call_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            messages.push(json!({"role": "tool", "tool_call_id": call_id,
+                "content": tool_search_output_text(tools, item)}));
+        }
+        // Its tools were collected with the request's tools.
+        "additional_tools" => {}
         "function_call_output" | "custom_tool_call_output" => {
             let call_id = item
                 .get("call_id")
@@ -261,13 +320,8 @@ fn call_item(
     name: &str,
     arguments: &str,
 ) -> Value {
-    if ctx.custom_tools.contains(name) {
-        json!({"type": "custom_tool_call", "id": ids.id("ctc_"), "status": "completed",
-            "call_id": call_id, "name": name, "input": custom_input_from_arguments(arguments)})
-    } else {
-        json!({"type": "function_call", "id": ids.id("fc_"), "status": "completed",
-            "call_id": call_id, "name": name, "arguments": arguments})
-    }
+    let id = ids.id(item_id_prefix(ctx, name));
+    tools::call_item(ctx, name, &id, call_id, arguments, true)
 }
 
 /// Translate a non-streamed chat completion into a Responses object.
@@ -504,15 +558,8 @@ impl ChatStream {
                     .get("id")
                     .and_then(Value::as_str)
                     .map_or_else(|| self.ids.id("call_"), str::to_string);
-                let custom = self.ctx.custom_tools.contains(name);
-                let item_id = self.ids.id(if custom { "ctc_" } else { "fc_" });
-                let item = if custom {
-                    json!({"type": "custom_tool_call", "id": item_id, "status": "in_progress",
-                        "call_id": call_id, "name": name, "input": ""})
-                } else {
-                    json!({"type": "function_call", "id": item_id, "status": "in_progress",
-                        "call_id": call_id, "name": name, "arguments": ""})
-                };
+                let item_id = self.ids.id(item_id_prefix(&self.ctx, name));
+                let item = tools::call_item(&self.ctx, name, &item_id, &call_id, "", false);
                 self.em.item_added(output_index, &item);
                 self.calls.push((
                     idx,
@@ -538,7 +585,7 @@ impl ChatStream {
         {
             call.arguments.push_str(frag);
             // A custom tool's input is only known once its JSON is complete; function arguments stream.
-            if !self.ctx.custom_tools.contains(&call.name) {
+            if self.ctx.resolve(&call.name).kind == ToolKind::Function {
                 let ev = obj(
                     json!({"item_id": call.item_id, "output_index": call.output_index, "delta": frag}),
                 );
@@ -554,22 +601,15 @@ impl ChatStream {
             } else {
                 c.arguments
             };
-            if self.ctx.custom_tools.contains(&c.name) {
-                let input = custom_input_from_arguments(&args);
-                self.em.item_done(
-                    c.output_index,
-                    json!({"type": "custom_tool_call", "id": c.item_id,
-                    "status": "completed", "call_id": c.call_id, "name": c.name, "input": input}),
-                );
-            } else {
+            if self.ctx.resolve(&c.name).kind == ToolKind::Function {
                 self.em.event(
                     "response.function_call_arguments.done",
                     obj(json!({
                     "item_id": c.item_id, "output_index": c.output_index, "arguments": args})),
                 );
-                self.em.item_done(c.output_index, json!({"type": "function_call", "id": c.item_id,
-                    "status": "completed", "call_id": c.call_id, "name": c.name, "arguments": args}));
             }
+            let item = tools::call_item(&self.ctx, &c.name, &c.item_id, &c.call_id, &args, true);
+            self.em.item_done(c.output_index, item);
         }
     }
 

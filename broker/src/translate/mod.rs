@@ -5,18 +5,25 @@
 //! response is translated by a state machine that takes upstream SSE bytes and returns Responses SSE bytes.
 //! No I/O, no clock, no randomness beyond id generation, so golden fixtures and fuzzing cover it.
 //!
-//! Codex-specific tool handling (codex-client.md §5):
+//! Codex-specific tool handling (codex-client.md §5; details in [`tools`]):
 //! - `function` tools map to the upstream's function tools.
 //! - `custom` tools (Codex's `apply_patch`, free-form text with a grammar) become a function with one string
 //!   argument `input`; calls to it come back as `custom_tool_call` items with that string as `input`.
-//! - `namespace`, `web_search`, `tool_search`, and any other hosted tool cannot be executed by these
-//!   upstreams: they are dropped deliberately (logged at debug), never answered with a 400.
+//! - `namespace` tools (sub-agents, MCP servers) are flattened to functions with reversible names; calls
+//!   come back with Codex's `namespace` and `name`. Tools in `additional_tools` input items (what Codex
+//!   sends instead of `tools` for responses-lite models) and in `tool_search_output` items count as tools.
+//! - Codex's client-executed `tool_search` is a function whose calls come back as `tool_search_call`.
+//! - `web_search` and any other hosted tool cannot be executed by these upstreams: they are removed, the
+//!   model is told so in the system prompt (and it is logged at debug), never answered with a 400.
 
 pub mod anthropic;
 pub mod chat;
+mod tools;
+
+pub use tools::{CodexTool, ToolKind};
 
 use serde_json::{Map, Value, json};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Why a request cannot be translated. The message is safe to show to the client.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -30,8 +37,10 @@ pub enum TranslateError {
 /// What request translation learned that response translation needs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ToolContext {
-    /// Names of `custom` tools (their calls come back as `custom_tool_call`).
+    /// Upstream names of top-level `custom` tools (their calls come back as `custom_tool_call`).
     pub custom_tools: BTreeSet<String>,
+    /// Every tool of the request by its upstream name: which Codex tool (kind, namespace, name) it is.
+    pub tools: BTreeMap<String, CodexTool>,
     /// The model name to report in translated responses (the client's, not the upstream's).
     pub model: String,
 }

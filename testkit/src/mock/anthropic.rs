@@ -35,15 +35,17 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
             .filter_map(|b| b.get("text").and_then(Value::as_str))
             .collect::<String>()
     });
-    let tool_name = ctx
-        .body
-        .pointer("/tools/0/name")
-        .and_then(Value::as_str)
-        .unwrap_or("exec_command");
+    let picked = script::pick_tool(ctx.body.get("tools"), ctx.config, |t| {
+        t.get("name").and_then(Value::as_str)
+    });
+    let tool = picked.and_then(|t| {
+        let name = t.get("name").and_then(Value::as_str)?;
+        Some((name, script::argument_key(t.get("input_schema"))))
+    });
     let reply = Reply::decide(
         tool_output.as_deref(),
         user_text.as_deref(),
-        tool_name,
+        tool,
         ctx.config,
     );
     let mut usage = script::usage(ctx.config, ctx.body_bytes, &reply);

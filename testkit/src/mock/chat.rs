@@ -21,15 +21,20 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
         .rev()
         .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
         .map(|m| script::content_text(m.get("content").unwrap_or(&Value::Null)));
-    let tool_name = ctx
-        .body
-        .pointer("/tools/0/function/name")
-        .and_then(Value::as_str)
-        .unwrap_or("exec_command");
+    let picked = script::pick_tool(ctx.body.get("tools"), ctx.config, |t| {
+        t.pointer("/function/name").and_then(Value::as_str)
+    });
+    let tool = picked.and_then(|t| {
+        let name = t.pointer("/function/name").and_then(Value::as_str)?;
+        Some((
+            name,
+            script::argument_key(t.pointer("/function/parameters")),
+        ))
+    });
     let reply = Reply::decide(
         tool_output.as_deref(),
         user_text.as_deref(),
-        tool_name,
+        tool,
         ctx.config,
     );
     let mut usage = script::usage(ctx.config, ctx.body_bytes, &reply);

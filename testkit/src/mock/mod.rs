@@ -8,7 +8,8 @@
 //!
 //! Answers are scripted by content and deterministic (see [`script`](self)): the last input being
 //! a tool result gives `"tool said: <output>"`, user text containing `USE_TOOL` gives a tool call
-//! running [`MockConfig::tool_command`], anything else gives `"mock reply to: <text>"`.
+//! running [`MockConfig::tool_command`] (on Chat and Messages: a call to [`MockConfig::tool_name`] or
+//! the first tool the request declares, and text when it declares none), anything else gives `"mock reply to: <text>"`.
 //!
 //! Control routes (never authenticated, never recorded, never faulted), for scripting a separate
 //! process: `POST /_mock/faults` (one [`Fault`] or an array, appended to the queue),
@@ -60,8 +61,12 @@ pub struct MockConfig {
     pub api_key: Option<String>,
     /// Delay before answering any `/v1` request, in milliseconds. Default 0.
     pub latency_ms: u64,
-    /// The `cmd` argument of the scripted tool call. Default [`DEFAULT_TOOL_COMMAND`].
+    /// The argument of the scripted tool call (`cmd`, or what the tool's schema asks for). Default
+    /// [`DEFAULT_TOOL_COMMAND`].
     pub tool_command: String,
+    /// On Chat and Messages: the tool the scripted call goes to when the request declares it. Default
+    /// `None` = the first declared tool.
+    pub tool_name: Option<String>,
     /// Fixed prompt token count; default `None` = `ceil(request body bytes / 4)`.
     pub input_tokens: Option<u64>,
     /// Fixed completion token count; default `None` = whitespace words of the answer + 1.
@@ -80,6 +85,7 @@ impl Default for MockConfig {
             api_key: None,
             latency_ms: 0,
             tool_command: DEFAULT_TOOL_COMMAND.to_owned(),
+            tool_name: None,
             input_tokens: None,
             output_tokens: None,
             cached_tokens: 0,

@@ -13,7 +13,7 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
     let reply = Reply::decide(
         last_tool_output(input).as_deref(),
         latest_user_text(input).as_deref(),
-        TOOL_NAME,
+        Some((TOOL_NAME, Some("cmd".to_owned()))),
         ctx.config,
     );
     let mut usage = script::usage(ctx.config, ctx.body_bytes, &reply);

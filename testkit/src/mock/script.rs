@@ -1,8 +1,12 @@
 //! The deterministic script every API follows, and the usage arithmetic.
 //!
 //! 1. The last input is a tool result → `"tool said: <first 200 chars of its output>"`.
-//! 2. Else the latest user text contains `USE_TOOL` → a tool call with `{"cmd": tool_command}`.
-//! 3. Else → `"mock reply to: <first 80 chars of the latest user text>"`.
+//! 2. Else the latest user text contains `USE_TOOL` and the request declares a tool → a call to
+//!    [`MockConfig::tool_name`] if declared, else to the first tool, with `tool_command` as the argument
+//!    its schema asks for ([`argument_key`]: `cmd`, else its one required property, else `input`, else
+//!    `cmd` if the schema names no properties, else none).
+//! 3. Else → `"mock reply to: <first 80 chars of the latest user text>"` (a model cannot call a tool the
+//!    request did not declare, so a request without tools gets text).
 //!
 //! Usage: prompt = `ceil(body bytes / 4)` (or the configured override), cached = the configured
 //! value clamped to the prompt, output = whitespace words of the answer + 1 (or the override).
@@ -22,20 +26,28 @@ pub(crate) enum Reply {
 
 impl Reply {
     /// Decides the reply from what the API-specific extractor found.
+    /// `tool`: the declared tool to call ([`pick_tool`]) and the argument key it takes
+    /// ([`argument_key`]).
     pub(crate) fn decide(
         tool_output: Option<&str>,
         user_text: Option<&str>,
-        tool_name: &str,
+        tool: Option<(&str, Option<String>)>,
         config: &MockConfig,
     ) -> Self {
         if let Some(out) = tool_output {
             return Self::Text(format!("tool said: {}", prefix_chars(out, 200)));
         }
         let text = user_text.unwrap_or("");
-        if text.contains(TOOL_TRIGGER) {
+        if let Some((name, key)) = tool
+            && text.contains(TOOL_TRIGGER)
+        {
+            let mut arguments = serde_json::Map::new();
+            if let Some(key) = key {
+                arguments.insert(key, json!(config.tool_command));
+            }
             return Self::Tool {
-                name: tool_name.to_owned(),
-                arguments: json!({"cmd": config.tool_command}).to_string(),
+                name: name.to_owned(),
+                arguments: Value::Object(arguments).to_string(),
             };
         }
         Self::Text(format!("mock reply to: {}", prefix_chars(text, 80)))
@@ -48,6 +60,54 @@ impl Reply {
         };
         s.split_whitespace().count() as u64
     }
+}
+
+/// The declared tool a scripted call goes to: [`MockConfig::tool_name`] when the request declares it,
+/// else the first one. `name_of` reads a tool's name in the API's shape.
+pub(crate) fn pick_tool<'a>(
+    tools: Option<&'a Value>,
+    config: &MockConfig,
+    name_of: impl Fn(&'a Value) -> Option<&'a str>,
+) -> Option<&'a Value> {
+    let tools = tools?.as_array()?;
+    config
+        .tool_name
+        .as_deref()
+        .and_then(|want| tools.iter().find(|t| name_of(t) == Some(want)))
+        .or_else(|| tools.first())
+}
+
+/// The argument a scripted call fills from its tool's JSON schema: `cmd` when there is one (Codex's
+/// `exec_command`), else the one required property (`input` of a free-form tool such as `apply_patch` or
+/// Codex's `exec`, as a gateway presents it; `query` of `tool_search`), else `input` if present, else
+/// `cmd` for a schema without properties, else none (`{}`).
+pub(crate) fn argument_key(schema: Option<&Value>) -> Option<String> {
+    let has = |k: &str| {
+        schema
+            .and_then(|s| s.get("properties"))
+            .and_then(|p| p.get(k))
+            .is_some()
+    };
+    if has("cmd") {
+        return Some("cmd".to_owned());
+    }
+    if let Some([only]) = schema
+        .and_then(|s| s.get("required"))
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        && let Some(k) = only.as_str()
+    {
+        return Some(k.to_owned());
+    }
+    if has("input") {
+        return Some("input".to_owned());
+    }
+    // A schema that names no properties takes anything: `cmd`, as before schemas were read.
+    let untyped = schema
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+        .is_none_or(serde_json::Map::is_empty);
+    untyped.then(|| "cmd".to_owned())
 }
 
 fn prefix_chars(s: &str, n: usize) -> &str {
