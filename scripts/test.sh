@@ -25,6 +25,12 @@ fi
 say "installing pinned test tools (if missing)"
 bash scripts/install-test-tools.sh
 
+# --- habits: formatting and lints (what review would ask for, checked before anything runs) --------
+say "checking formatting (cargo fmt --check)"
+cargo fmt --all -- --check
+say "linting (cargo clippy -D warnings)"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
 # --- build and test ---------------------------------------------------------------------------------
 say "building all binaries"
 cargo build --locked --workspace --bins

@@ -11,8 +11,12 @@ use tollgate_testkit::mock::{self, MockConfig};
 use tollgate_testkit::procs::ChildGuard;
 
 fn codex_bin() -> PathBuf {
-    let p =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.test-tools/node/node_modules/.bin/codex");
+    // The newest pinned Codex (scripts/install-test-tools.sh installs each under .test-tools/codex/<version>).
+    let tools = std::env::var_os("TOLLGATE_TEST_TOOLS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.test-tools"),
+        PathBuf::from,
+    );
+    let p = tools.join("codex/0.171.0/node_modules/.bin/codex");
     assert!(
         p.exists(),
         "{} is missing: run scripts/install-test-tools.sh (in a worktree: ln -s /work/main/.test-tools .test-tools)",

@@ -319,7 +319,8 @@ async fn openai_chat_provider_streams_a_tool_call_codex_can_run() {
         done["response"]["usage"]["input_tokens_details"]["cached_tokens"],
         7
     );
-    // What the upstream saw: a chat request, Codex's hosted tools dropped, apply_patch as a function.
+    // What the upstream saw: a chat request, Codex's hosted web_search removed (with a note the model sees),
+    // apply_patch as a function, and tool_search as a function Codex itself answers.
     let req = &up.requests_to("/v1/chat/completions")[0];
     assert_eq!(req.header("authorization"), Some("Bearer sk-local-test"));
     assert_eq!(req.body["model"], "qwen2.5-coder");
@@ -329,7 +330,7 @@ async fn openai_chat_provider_streams_a_tool_call_codex_can_run() {
         .iter()
         .map(|t| t["function"]["name"].as_str().unwrap())
         .collect();
-    assert_eq!(tools, ["exec_command", "apply_patch"]);
+    assert_eq!(tools, ["exec_command", "apply_patch", "tool_search"]);
     assert!(req.header("session-id").is_none());
 }
 
