@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use tollgate_broker::app::{AppState, router};
+use tollgate_broker::app::AppState;
 use tollgate_broker::clock::SystemClock;
 use tollgate_broker::config::{Config, Source};
+use tollgate_broker::routes::router;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_tollgate-bench");
 

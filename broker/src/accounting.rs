@@ -45,6 +45,13 @@ pub struct Backlog {
     pub capacity: usize,
 }
 
+impl From<Backlog> for crate::error::ApiError {
+    fn from(e: Backlog) -> Self {
+        tracing::error!(error = %e, "refusing: settlements are not being stored");
+        crate::error::ApiError::StoreUnavailable
+    }
+}
+
 /// The one record of a finished proxied request.
 #[derive(Debug)]
 pub struct Finished {
@@ -146,7 +153,7 @@ impl Accounting {
             claims,
             model,
             reservation: Some(reservation),
-            request_id: crate::observe::request_id(),
+            request_id: crate::request_id::request_id(),
             started,
             dispatched: now,
             first_byte: None,

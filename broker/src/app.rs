@@ -1,27 +1,19 @@
-//! Application state and the HTTP router.
+//! Application state: what every handler shares, built once from a validated config, and its background
+//! work. The HTTP surface that serves it is [`crate::routes`]; nothing here imports a handler.
 
 use crate::accounting::Accounting;
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::governance::Governance;
 use crate::identity::Verifiers;
 use crate::keys;
 use crate::policy::Policy;
 use crate::router::Router as ModelRouter;
-use crate::token::endpoint::TokenEndpoint;
+use crate::token::limits::TokenEndpoint;
 use crate::token::{KeyRing, TokenService};
-use axum::Router;
-use axum::extract::{DefaultBodyLimit, Extension, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::from_fn_with_state;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tollgate::Claims;
 
 pub struct AppState {
     pub tokens: TokenService,
@@ -46,7 +38,7 @@ pub struct AppState {
     /// `None` when `[audit] enabled = false`.
     pub audit: Option<Arc<crate::audit::AuditLog>>,
     /// Admin key checks and dashboard sessions.
-    pub admin: crate::admin::AdminAuth,
+    pub admin: crate::admin::auth::AdminAuth,
     /// Budget definitions, for the dashboard.
     pub budgets: Vec<crate::config::BudgetConfig>,
 }
@@ -133,7 +125,7 @@ impl AppState {
             accounting,
             metrics,
             audit,
-            admin: crate::admin::AdminAuth::new(config.admin.key_sha256),
+            admin: crate::admin::auth::AdminAuth::new(config.admin.key_sha256),
             budgets: config.budgets.clone(),
             clock,
             max_body_bytes: config.server.max_body_bytes,
@@ -217,114 +209,4 @@ impl AppState {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
-}
-
-/// The whole HTTP surface, in three parts by who may call it:
-/// - public, an explicit allow-list: health, discovery, JWKS, the token endpoint (its own body limit and
-///   per-address rate limit), and `/metrics` (admin key unless `[metrics] public = true`);
-/// - bearer: every proxy route and the usage report, behind [`crate::proxy::require_token`] — a layer, so
-///   no handler there can forget it, and a request without a valid token is refused before its body is read;
-/// - admin: `/admin/*` (see [`crate::admin`]), which checks the admin credential.
-pub fn router(state: Arc<AppState>) -> Router {
-    let public = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/.well-known/jwks.json", get(crate::token::endpoint::jwks))
-        .route(
-            "/.well-known/openid-configuration",
-            get(crate::token::endpoint::discovery),
-        )
-        .route(
-            "/oauth/token",
-            post(crate::token::endpoint::exchange)
-                .layer(DefaultBodyLimit::max(
-                    state.token_endpoint.max_request_bytes,
-                ))
-                .route_layer(from_fn_with_state(
-                    state.clone(),
-                    crate::token::endpoint::guard,
-                )),
-        )
-        .route("/metrics", get(metrics));
-    let bearer = Router::new()
-        .route(
-            "/v1/responses",
-            post(crate::proxy::responses).get(crate::proxy::responses_upgrade),
-        )
-        .route("/v1/chat/completions", post(crate::proxy::chat_completions))
-        .route("/v1/models", get(crate::proxy::models))
-        .route("/v1/tollgate/usage", get(self_usage))
-        .layer(DefaultBodyLimit::max(state.max_body_bytes))
-        .route_layer(from_fn_with_state(
-            state.clone(),
-            crate::proxy::require_token,
-        ));
-    Router::new()
-        .merge(public)
-        .merge(bearer)
-        .merge(crate::admin::routes())
-        .fallback(|| async { ApiError::NotFound })
-        .layer(from_fn_with_state(state.clone(), crate::observe::track))
-        .with_state(state)
-}
-
-/// `GET /metrics`: Prometheus text format. Public only with `[metrics] public = true`; otherwise the admin
-/// key is required as a bearer token (and with no admin key configured the route does not exist).
-async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let cfg = &app.metrics.config;
-    if !cfg.enabled || (!cfg.public && !app.admin.enabled()) {
-        return ApiError::NotFound.into_response();
-    }
-    if !cfg.public && !app.admin.check_bearer(&headers) {
-        return crate::error::AdminError::Unauthorized.into_response();
-    }
-    if let Some(a) = &app.audit {
-        app.metrics.audit_failures(a.errors());
-    }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        app.metrics.render(),
-    )
-        .into_response()
-}
-
-async fn readyz(State(app): State<Arc<AppState>>) -> Response {
-    if app.tokens.keys.active().is_none() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "no signing key").into_response();
-    }
-    if let Err(e) = app.governance.store.ping().await {
-        tracing::warn!(error = %e, "not ready: governance store unavailable");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "governance store unavailable",
-        )
-            .into_response();
-    }
-    (StatusCode::OK, "ready").into_response()
-}
-
-/// `GET /v1/tollgate/usage`: the token holder's own usage.
-async fn self_usage(
-    State(app): State<Arc<AppState>>,
-    Extension(claims): Extension<Arc<Claims>>,
-) -> Result<Response, ApiError> {
-    // Read-your-writes on this replica: what it has finished is settled before the store is read.
-    if !app.accounting.flush(Duration::from_secs(2)).await {
-        tracing::warn!("usage report: settlements are still queued; the report may lag");
-    }
-    let budgets = app.governance.report(&claims).await?;
-    let usage = app.governance.usage_today(&claims.grant.principal).await?;
-    Ok(axum::Json(json!({
-        "principal": claims.grant.principal,
-        "team": claims.grant.team,
-        "org": claims.grant.org,
-        "expires_at": claims.exp,
-        "budgets": budgets,
-        // This principal's settled requests since 00:00 UTC, from the store (the same on every replica).
-        "usage": usage,
-    }))
-    .into_response())
 }

@@ -255,13 +255,6 @@ impl From<crate::governance::GovernanceError> for ApiError {
     }
 }
 
-impl From<crate::accounting::Backlog> for ApiError {
-    fn from(e: crate::accounting::Backlog) -> Self {
-        tracing::error!(error = %e, "refusing: settlements are not being stored");
-        ApiError::StoreUnavailable
-    }
-}
-
 fn budget_message(r: &crate::governance::BudgetRefusal) -> String {
     use crate::config::Scope;
     let usd = |n: tollgate::Nanos| n.human();

@@ -489,21 +489,6 @@ impl Metrics {
     }
 }
 
-/// A low-cardinality label for a failed upstream attempt.
-pub fn failover_reason(e: &crate::proxy::upstream::UpstreamError) -> &'static str {
-    use crate::proxy::upstream::UpstreamError as E;
-    match e {
-        E::Connect(_) => "connect",
-        E::Timeout => "timeout",
-        E::Status { status, .. } if status.as_u16() == 429 => "status_429",
-        E::Status { .. } => "status_5xx",
-        E::Transport(_) => "transport",
-        E::Unsupported => "unsupported",
-        E::KeyUnavailable => "key_unavailable",
-        E::BadRequest(_) => "bad_request",
-    }
-}
-
 /// What [`Metrics::settled`] needs about one finished proxied request.
 pub struct Settled<'a> {
     pub model: &'a str,

@@ -11,17 +11,6 @@ use axum::response::Response;
 use std::sync::Arc;
 use std::time::Instant;
 
-tokio::task_local! {
-    static REQUEST_ID: String;
-}
-
-/// The current request's id (set by [`track`]); a fresh one outside a request.
-pub fn request_id() -> String {
-    REQUEST_ID
-        .try_with(Clone::clone)
-        .unwrap_or_else(|_| uuid::Uuid::now_v7().to_string())
-}
-
 /// Middleware on the whole router: assigns the request id (`x-request-id` on the response), counts
 /// every response by route and status, counts refusals by reason, and proxy requests by model/provider.
 pub async fn track(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -31,7 +20,7 @@ pub async fn track(State(app): State<Arc<AppState>>, req: Request, next: Next) -
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let id = uuid::Uuid::now_v7().to_string();
-    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    let mut resp = crate::request_id::scope(id.clone(), next.run(req)).await;
     let status = resp.status().as_u16();
     if let Some(reason) = resp.extensions().get::<RefusalReason>() {
         app.metrics.refusal(*reason);

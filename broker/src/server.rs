@@ -1,7 +1,8 @@
 //! Running the HTTP server: bind, announce, serve, drain on shutdown.
 
-use crate::app::{AppState, router};
-use crate::token::endpoint::PeerAddr;
+use crate::app::AppState;
+use crate::routes::router;
+use crate::token::limits::PeerAddr;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,7 +100,7 @@ where
 {
     let (tx, rx) = tokio::sync::watch::channel(false);
     // The peer address reaches handlers as `ConnectInfo` (the token endpoint's per-address limit).
-    let app = app.into_make_service_with_connect_info::<crate::token::endpoint::PeerAddr>();
+    let app = app.into_make_service_with_connect_info::<PeerAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutdown requested; draining in-flight requests");

@@ -11,7 +11,7 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use tollgate_broker::app::{AppState, router};
+use tollgate_broker::app::AppState;
 use tollgate_broker::audit::checkpoint::{CheckpointConfig, RingSigner, verify_checkpoints};
 use tollgate_broker::audit::postgres::PgAudit;
 use tollgate_broker::audit::{AuditEvent, AuditLog, AuditSink, EventKind, verify};
@@ -19,6 +19,7 @@ use tollgate_broker::clock::{Clock, FakeClock};
 use tollgate_broker::config::{Config, Source};
 use tollgate_broker::governance::store::{self, StorePool};
 use tollgate_broker::keys::SigningKey;
+use tollgate_broker::routes::router;
 use tollgate_broker::token::KeyRing;
 
 const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";

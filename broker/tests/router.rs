@@ -7,9 +7,10 @@ use base64::Engine;
 use http_body_util::BodyExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tollgate_broker::app::{AppState, router};
+use tollgate_broker::app::AppState;
 use tollgate_broker::clock::FakeClock;
 use tollgate_broker::config::{Config, Source};
+use tollgate_broker::routes::router;
 use tower::ServiceExt;
 
 const CRED: &str = "router-test-credential";
@@ -476,8 +477,15 @@ async fn the_token_endpoint_has_its_own_small_body_limit() {
 async fn token_exchanges_are_rate_limited_per_address() {
     let h = harness_tokens("exchanges_per_minute_per_address = 10\n", "").await;
     let mut statuses = Vec::new();
+    let peer = |last: u8| {
+        axum::extract::ConnectInfo(tollgate_broker::token::limits::PeerAddr(
+            std::net::SocketAddr::from(([192, 0, 2, last], 40000)),
+        ))
+    };
     for _ in 0..12 {
-        let (s, headers, v) = call(&h, exchange_req(&exchange_body(""))).await;
+        let mut req = exchange_req(&exchange_body(""));
+        req.extensions_mut().insert(peer(1));
+        let (s, headers, v) = call(&h, req).await;
         if s == StatusCode::TOO_MANY_REQUESTS {
             assert_eq!(v["error"], "temporarily_unavailable", "{v}");
             assert!(headers.contains_key(header::RETRY_AFTER));
@@ -491,6 +499,10 @@ async fn token_exchanges_are_rate_limited_per_address() {
         "{statuses:?}"
     );
     assert_eq!(statuses[10..], [429, 429], "{statuses:?}");
+    // Another address has its own allowance.
+    let mut req = exchange_req(&exchange_body(""));
+    req.extensions_mut().insert(peer(2));
+    assert_eq!(call(&h, req).await.0, StatusCode::OK);
 }
 
 #[tokio::test]

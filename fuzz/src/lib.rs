@@ -15,11 +15,12 @@ use http_body_util::BodyExt;
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use tollgate::IdentityKind;
-use tollgate_broker::app::{AppState, router};
+use tollgate_broker::app::AppState;
 use tollgate_broker::clock::SystemClock;
 use tollgate_broker::config::{Config, ConfigError, Source};
 use tollgate_broker::identity::VerifiedIdentity;
 use tollgate_broker::policy::Policy;
+use tollgate_broker::routes::router;
 use tower::ServiceExt;
 
 /// The static credential of the harness config.

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tollgate_broker::app::{AppState, router};
+use tollgate_broker::app::AppState;
 use tollgate_broker::clock::SharedClock;
 use tollgate_broker::config::{Config, Source};
+use tollgate_broker::routes::router;
 
 pub const CREDENTIAL: &str = "fault-suite-credential";
 pub const UPSTREAM_KEY: &str = "sk-fault-upstream";

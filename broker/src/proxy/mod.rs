@@ -344,8 +344,7 @@ async fn proxy(
                 Err(e) => {
                     tracing::warn!(provider = %provider.name, target_label = %target.label, model = %model, attempt = attempts, error = %e, "upstream attempt failed");
                     if e.retryable() {
-                        app.metrics
-                            .failover(&provider.name, crate::metrics::failover_reason(&e));
+                        app.metrics.failover(&provider.name, e.label());
                     }
                     match &e {
                         UpstreamError::Status {

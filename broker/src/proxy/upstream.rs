@@ -77,6 +77,20 @@ impl UpstreamError {
         }
     }
 
+    /// A low-cardinality label for metrics (`tollgate_failovers_total{reason}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Status { status, .. } if status.as_u16() == 429 => "status_429",
+            UpstreamError::Status { .. } => "status_5xx",
+            UpstreamError::Transport(_) => "transport",
+            UpstreamError::Unsupported => "unsupported",
+            UpstreamError::KeyUnavailable => "key_unavailable",
+            UpstreamError::BadRequest(_) => "bad_request",
+        }
+    }
+
     /// Connect errors, timeouts, 429 and 5xx move to the next target; other 4xx do not.
     pub fn retryable(&self) -> bool {
         match self {

@@ -7,6 +7,7 @@
 //! limit per client address (`tokens.exchanges_per_minute_per_address`), parameters that may not repeat,
 //! and refusals that never say which check failed.
 
+use super::limits::PeerAddr;
 use crate::app::AppState;
 use crate::error::OAuthFailure;
 use crate::identity::VerifyError;
@@ -16,51 +17,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use governor::{DefaultKeyedRateLimiter, Quota};
 use serde_json::json;
-use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use tollgate::exchange::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
 use tollgate::{ModelPattern, OAuthErrorCode, TokenExchangeRequest, TokenExchangeResponse};
 
-/// The shortest token the endpoint mints, in seconds (a shorter request is raised to it, unless the policy
-/// ceiling is lower still).
-pub const MIN_TTL_SECS: u64 = 60;
-
-/// The client's socket address, as the server saw the connection (not a header a client can set).
-#[derive(Clone, Copy, Debug)]
-pub struct PeerAddr(pub SocketAddr);
-
-/// The endpoint's settings and per-address limiter.
-pub struct TokenEndpoint {
-    pub default_ttl_secs: u64,
-    pub max_ttl_secs: u64,
-    pub max_request_bytes: usize,
-    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
-}
-
-impl TokenEndpoint {
-    pub fn new(cfg: &crate::config::TokenConfig) -> Self {
-        let limiter = NonZeroU32::new(cfg.exchanges_per_minute_per_address).map(|per_min| {
-            let burst = NonZeroU32::new((per_min.get() / 10).max(10)).unwrap_or(per_min);
-            DefaultKeyedRateLimiter::keyed(Quota::per_minute(per_min).allow_burst(burst))
-        });
-        TokenEndpoint {
-            default_ttl_secs: cfg.default_ttl_secs,
-            max_ttl_secs: cfg.max_ttl_secs,
-            max_request_bytes: cfg.max_request_bytes,
-            limiter,
-        }
-    }
-
-    /// Forget addresses that have been quiet (the background loop calls this).
-    pub fn upkeep(&self) {
-        if let Some(l) = &self.limiter {
-            l.retain_recent();
-        }
-    }
-}
+pub use super::limits::MIN_TTL_SECS;
 
 /// Middleware on `/oauth/token`: refuse a body over the limit (by `Content-Length`, before reading it) and
 /// an address over its rate, both in the RFC 6749 error shape.
@@ -74,13 +36,16 @@ pub async fn guard(State(app): State<Arc<AppState>>, req: Request, next: Next) -
     if declared.is_some_and(|n| n > t.max_request_bytes as u64) {
         return too_large(t.max_request_bytes);
     }
-    if let Some(limiter) = &t.limiter {
-        // Behind a load balancer every caller shares its address: size the limit for that, or set it to 0.
-        let ip = req
-            .extensions()
-            .get::<ConnectInfo<PeerAddr>>()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.0.ip());
-        if let Err(not_until) = limiter.check_key(&ip) {
+    // Behind a load balancer every caller shares its address: size the limit for that, or set it to 0. A
+    // request that did not come over a socket (the router driven in-process) has no address to limit.
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<PeerAddr>>()
+        .map(|c| c.0.0.ip());
+    if let (Some(limiter), Some(ip)) = (&t.limiter, peer)
+        && let Err(not_until) = limiter.check_key(&ip)
+    {
+        {
             use governor::clock::Clock as _;
             let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
             let secs = wait.as_secs().max(1);
@@ -314,7 +279,7 @@ async fn exchange_body(
             actor: c.grant.principal.clone(),
             principal: Some(c.grant.principal.clone()),
             team: c.grant.team.clone(),
-            request_id: Some(crate::observe::request_id()),
+            request_id: Some(crate::request_id::request_id()),
             jti: Some(c.jti.clone()),
             expires_at: i64::try_from(c.exp).ok(),
             detail: json!({

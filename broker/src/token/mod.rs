@@ -1,6 +1,7 @@
 //! Minting and verifying Tollgate access tokens (ES256 JWTs with a `kid`).
 
 pub mod endpoint;
+pub mod limits;
 
 use crate::clock::SharedClock;
 use crate::keys::SigningKey;

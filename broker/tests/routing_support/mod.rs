@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tollgate_broker::app::{AppState, router};
+use tollgate_broker::app::AppState;
 use tollgate_broker::clock::FakeClock;
 use tollgate_broker::config::{Config, Source};
+use tollgate_broker::routes::router;
 
 pub const CREDENTIAL: &str = "quickstart-dev-credential";
 const CREDENTIAL_SHA256: &str = "1abad926f9f1d76dac33c6271d7974dd6fa77bde33630e8b7009501bfb410306";

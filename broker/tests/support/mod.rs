@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tollgate_broker::app::{AppState, router};
+use tollgate_broker::app::AppState;
 use tollgate_broker::clock::FakeClock;
 use tollgate_broker::config::{Config, Source};
+use tollgate_broker::routes::router;
 use tower::ServiceExt;
 
 pub fn now_secs() -> u64 {
