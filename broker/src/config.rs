@@ -309,6 +309,11 @@ struct RawTokens {
     signing_key_file: Option<PathBuf>,
     /// Signing keys (kept in the store) rotate every this many seconds. Default 86400.
     rotate_secs: Option<Spanned<u64>>,
+    /// File holding the key-encryption key (32 bytes, base64 or hex) that seals store-held signing keys
+    /// at rest. Default: none (keys stored in the clear; the store is then as secret as the keys).
+    key_encryption_key_file: Option<PathBuf>,
+    /// Environment variable holding the key-encryption key instead. Default: none.
+    key_encryption_key_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -559,6 +564,8 @@ pub struct TokenConfig {
     pub leeway_secs: u64,
     pub signing_key_file: Option<PathBuf>,
     pub rotate_secs: u64,
+    /// Seals store-held signing keys at rest (`key_encryption_key_file` / `key_encryption_key_env`).
+    pub key_encryption_key: Option<std::sync::Arc<crate::keys::KeyEncryptionKey>>,
 }
 
 #[derive(Clone, Debug)]
@@ -747,6 +754,16 @@ impl Config {
                 Some(r) => *r.get_ref(),
                 None => 86_400,
             },
+            key_encryption_key: crate::keys::key_encryption_key(
+                raw.tokens
+                    .key_encryption_key_file
+                    .as_deref()
+                    .map(|p| s.resolve(p))
+                    .as_deref(),
+                raw.tokens.key_encryption_key_env.as_deref(),
+                env,
+            )
+            .map_err(|(field, message)| s.error_at(0..0, field, message))?,
         };
 
         let mut credentials = Vec::new();

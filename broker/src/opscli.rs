@@ -233,8 +233,17 @@ async fn verification_keys(
         let store = crate::governance::store::open(&config.store).await?;
         let mut rows = store.keys_since(i64::MIN).await?;
         rows.extend(store.rotated_keys_since(i64::MIN).await?);
+        let kek = config.tokens.key_encryption_key.as_deref();
         for k in rows {
-            match crate::keys::SigningKey::from_pkcs8(&k.pkcs8, 0) {
+            let der = match crate::keys::open_stored(kek, &k.kid, &k.pkcs8) {
+                Ok(crate::keys::Opened::Sealed(der)) => der,
+                Ok(crate::keys::Opened::Plain) => k.pkcs8,
+                Err(e) => {
+                    eprintln!("skipping key {}: {e}", k.kid);
+                    continue;
+                }
+            };
+            match crate::keys::SigningKey::from_pkcs8(&der, 0) {
                 Ok(sk) => keys.push(sk),
                 Err(e) => eprintln!("skipping unusable key {} in the store: {e}", k.kid),
             }

@@ -52,9 +52,12 @@ impl SqliteAudit {
     pub async fn pool(&self) -> Result<&Pool, AuditError> {
         self.pool
             .get_or_try_init(|| async {
-                if let Some(dir) = self.opts.get_filename().parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
+                // 0600 in a private directory from creation (SQLite gives -wal and -shm the file's mode).
+                crate::keys::prepare_sqlite_file(
+                    self.opts.get_filename(),
+                    crate::keys::SqliteRole::AuditTrail,
+                )
+                .map_err(|e| AuditError::Store(e.to_string()))?;
                 let pool = SqlitePoolOptions::new()
                     .max_connections(4)
                     .connect_with(self.opts.clone())

@@ -19,11 +19,15 @@
 //!
 //! **Retention.** A key signs at most until the end of the generation its `created` falls in, so it stays
 //! published until the last token it could have signed has expired: `(g+1)·R + max_ttl + leeway`.
+//!
+//! **Sealed at rest.** With a key-encryption key (`[tokens] key_encryption_key_file` / `_env`) every key is
+//! written to the store sealed (AES-256-GCM, bound to its `kid`), so a copy of the database alone mints
+//! nothing. Keys found in the clear (written before sealing was configured) are sealed in place on load.
 
 use super::store::{Store, StoreError, StoredKey};
-use crate::keys::SigningKey;
+use crate::keys::{KeyEncryptionKey, Opened, SigningKey};
 use crate::token::KeyRing;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Default lead between recording a forced rotation and signing with the new key.
 pub const DEFAULT_PUBLISH_LEAD_SECS: u64 = 5;
@@ -38,6 +42,8 @@ pub struct KeyManager {
     loaded: Mutex<Vec<String>>,
     /// Generations whose key this process has made sure exists.
     ensured: Mutex<Vec<i64>>,
+    /// Seals keys written to the store, opens sealed ones. `None`: keys are stored in the clear.
+    kek: Option<Arc<KeyEncryptionKey>>,
 }
 
 /// The answer to a forced rotation.
@@ -58,6 +64,43 @@ impl KeyManager {
             publish_lead_secs: DEFAULT_PUBLISH_LEAD_SECS,
             loaded: Mutex::new(Vec::new()),
             ensured: Mutex::new(Vec::new()),
+            kek: None,
+        }
+    }
+
+    /// Seal keys at rest with `kek` (and seal keys found in the clear).
+    pub fn with_kek(mut self, kek: Option<Arc<KeyEncryptionKey>>) -> Self {
+        self.kek = kek;
+        self
+    }
+
+    /// The bytes to store for a new key: sealed when a KEK is configured.
+    fn to_store(&self, kid: &str, der: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        match &self.kek {
+            Some(kek) => kek.seal(kid, &der).map_err(StoreError::Setup),
+            None => Ok(der),
+        }
+    }
+
+    /// A stored key's PKCS#8 DER. A key in the clear is sealed in place when a KEK is configured (`CAS` on
+    /// the old bytes, so concurrent replicas agree); returns whether it did.
+    async fn open(&self, store: &dyn Store, k: &StoredKey) -> Result<(Vec<u8>, bool), String> {
+        match crate::keys::open_stored(self.kek.as_deref(), &k.kid, &k.pkcs8)? {
+            Opened::Sealed(der) => Ok((der, false)),
+            Opened::Plain => {
+                let Some(kek) = &self.kek else {
+                    return Ok((k.pkcs8.clone(), false));
+                };
+                let sealed = kek.seal(&k.kid, &k.pkcs8)?;
+                let changed = store
+                    .reseal_key(&k.kid, &k.pkcs8, &sealed)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if changed {
+                    tracing::warn!(kid = %k.kid, kek = %kek.id(), "signing key was stored in the clear; sealed it");
+                }
+                Ok((k.pkcs8.clone(), changed))
+            }
         }
     }
 
@@ -96,12 +139,13 @@ impl KeyManager {
             if !have.contains(&gen_) {
                 let created = gen_.saturating_mul(i64::try_from(self.rotate_secs).unwrap_or(1));
                 let (key, der) = SigningKey::generate(created as u64).map_err(StoreError::Setup)?;
+                let pkcs8 = self.to_store(&key.kid, der)?;
                 store
                     .ensure_key(&StoredKey {
                         generation: gen_,
                         kid: key.kid.clone(),
                         created,
-                        pkcs8: der,
+                        pkcs8,
                     })
                     .await?;
             }
@@ -120,21 +164,44 @@ impl KeyManager {
         rows.extend(store.rotated_keys_since(min).await?);
         let mut ids: Vec<String> = rows.iter().map(|k| k.kid.clone()).collect();
         ids.sort();
-        let mut loaded = self
-            .loaded
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *loaded == ids {
-            return Ok(());
-        }
+        let first = {
+            let loaded = self
+                .loaded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *loaded == ids {
+                return Ok(());
+            }
+            loaded.is_empty()
+        };
         let mut keys = Vec::new();
+        let mut unusable = Vec::new();
+        let mut resealed = false;
         for k in rows {
-            match SigningKey::from_pkcs8(&k.pkcs8, u64::try_from(k.created).unwrap_or(0)) {
+            let opened = match self.open(store, &k).await {
+                Ok((der, changed)) => {
+                    resealed |= changed;
+                    SigningKey::from_pkcs8(&der, u64::try_from(k.created).unwrap_or(0))
+                }
+                Err(e) => Err(e),
+            };
+            match opened {
                 Ok(sk) => keys.push(sk),
                 Err(e) => {
-                    tracing::error!(generation = k.generation, kid = %k.kid, error = %e, "unusable signing key in store")
+                    tracing::error!(generation = k.generation, kid = %k.kid, error = %e, "unusable signing key in store");
+                    unusable.push(e);
                 }
             }
+        }
+        if resealed && let Err(e) = store.purge_overwritten().await {
+            tracing::warn!(error = %e, "could not purge the clear-text keys' old pages");
+        }
+        // At start every key must open (a missing or wrong key-encryption key is a configuration error);
+        // later, a replica keeps the keys it has rather than drop them all over one bad row.
+        if let Some(e) = unusable.first()
+            && (first || keys.is_empty())
+        {
+            return Err(StoreError::Setup(e.clone()));
         }
         tracing::info!(
             keys = keys.len(),
@@ -142,7 +209,10 @@ impl KeyManager {
             "signing keys loaded from the store"
         );
         ring.replace(keys);
-        *loaded = ids;
+        *self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ids;
         Ok(())
     }
 
@@ -158,13 +228,14 @@ impl KeyManager {
         let activates = now.saturating_add(self.publish_lead_secs);
         let (key, der) = SigningKey::generate(activates).map_err(StoreError::Setup)?;
         let activates_at = i64::try_from(activates).unwrap_or(i64::MAX);
+        let pkcs8 = self.to_store(&key.kid, der)?;
         store
             .add_rotated_key(
                 &StoredKey {
                     generation: self.generation(activates),
                     kid: key.kid.clone(),
                     created: activates_at,
-                    pkcs8: der,
+                    pkcs8,
                 },
                 i64::try_from(now).unwrap_or(i64::MAX),
             )

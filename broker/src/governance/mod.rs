@@ -211,7 +211,8 @@ impl Governance {
                     config.tokens.rotate_secs,
                     config.tokens.max_ttl_secs + config.tokens.leeway_secs,
                 )
-                .with_publish_lead((3 * poll_secs).max(keys::DEFAULT_PUBLISH_LEAD_SECS)),
+                .with_publish_lead((3 * poll_secs).max(keys::DEFAULT_PUBLISH_LEAD_SECS))
+                .with_kek(config.tokens.key_encryption_key.clone()),
             )
         } else {
             None

@@ -25,6 +25,9 @@ pub enum StoreError {
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("store setup: {0}")]
     Setup(String),
+    /// A store file, or its directory, that others can get at (the message names the path and the fix).
+    #[error(transparent)]
+    Files(#[from] crate::keys::KeyError),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -230,6 +233,14 @@ pub trait Store: Send + Sync + 'static {
     async fn add_rotated_key(&self, key: &StoredKey, requested_at: i64) -> Result<(), StoreError>;
     /// Forced-rotation keys of generations ≥ `min_generation`.
     async fn rotated_keys_since(&self, min_generation: i64) -> Result<Vec<StoredKey>, StoreError>;
+    /// Replace a stored key's bytes (`old` → `new`, e.g. sealing a key stored in the clear) in whichever key
+    /// table holds `kid`, only if they are still `old` (a concurrent replica may have done it). Returns
+    /// whether a row changed.
+    async fn reseal_key(&self, kid: &str, old: &[u8], new: &[u8]) -> Result<bool, StoreError>;
+    /// Make overwritten values unrecoverable from the database files where the store can (SQLite: the
+    /// freed cells are zeroed by `secure_delete`, and the WAL, which still holds old page images, is
+    /// checkpointed and truncated). PostgreSQL keeps old row versions until `VACUUM`: see docs/operations.md.
+    async fn purge_overwritten(&self) -> Result<(), StoreError>;
 
     /// Claim a single-use key (e.g. a hashed AWS signature) until `expires_at`: `true` if it was free (absent,
     /// or only held by an expired claim), `false` if another request — on any replica — holds it. Atomic:
@@ -261,10 +272,12 @@ pub struct PgStore {
 pub async fn open(cfg: &StoreConfig) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     match cfg.kind {
         StoreKind::Sqlite => {
-            if let Some(dir) = cfg.sqlite_path.parent() {
-                crate::keys::create_private_dir(dir)
-                    .map_err(|e| StoreError::Setup(format!("{}: {e}", dir.display())))?;
-            }
+            // The file holds the signing keys: 0600 in a private directory from creation (the -wal and -shm
+            // files SQLite creates take the database file's mode), refused if others can get at it.
+            crate::keys::prepare_sqlite_file(
+                &cfg.sqlite_path,
+                crate::keys::SqliteRole::GovernanceStore,
+            )?;
             let opts = SqliteConnectOptions::new()
                 .filename(&cfg.sqlite_path)
                 .create_if_missing(true)
@@ -274,6 +287,9 @@ pub async fn open(cfg: &StoreConfig) -> Result<std::sync::Arc<dyn Store>, StoreE
                 // FULL fsynced every reserve and every settle: ~1 ms each here, which made governance
                 // ~2 ms of the proxy's added latency (docs/benchmarks.md, "SQLite fsync").
                 .synchronous(SqliteSynchronous::Normal)
+                // Deleted and overwritten cells are zeroed where that costs no extra I/O, so a key
+                // resealed in place does not linger in the page it was in.
+                .pragma("secure_delete", "FAST")
                 .busy_timeout(Duration::from_secs(10));
             let pool = SqlitePoolOptions::new()
                 .max_connections(cfg.max_connections)
@@ -890,6 +906,27 @@ macro_rules! impl_store {
                     .collect())
             }
 
+            async fn reseal_key(&self, kid: &str, old: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+                let mut n = 0;
+                for sql in [
+                    "UPDATE signing_keys SET pkcs8 = $3 WHERE kid = $1 AND pkcs8 = $2",
+                    "UPDATE signing_key_rotations SET pkcs8 = $3 WHERE kid = $1 AND pkcs8 = $2",
+                ] {
+                    n += sqlx::query::<$db>(sql)
+                        .bind(kid)
+                        .bind(old)
+                        .bind(new)
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected();
+                }
+                Ok(n > 0)
+            }
+
+            async fn purge_overwritten(&self) -> Result<(), StoreError> {
+                Self::purge(&self.pool).await
+            }
+
             async fn claim_once(&self, key: &str, now: i64, expires_at: i64) -> Result<bool, StoreError> {
                 // Insert, or take over a row whose claim has run out; a live row is left alone, and then
                 // no row is affected. One statement, so the row lock (PostgreSQL) or the single writer
@@ -947,3 +984,21 @@ macro_rules! impl_store {
 
 impl_store!(SqliteStore, sqlx::Sqlite, Sqlite);
 impl_store!(PgStore, sqlx::Postgres, Postgres);
+
+impl SqliteStore {
+    async fn purge(pool: &SqlitePool) -> Result<(), StoreError> {
+        // Every page image written before now leaves the WAL (it is truncated to nothing).
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+}
+
+impl PgStore {
+    async fn purge(_pool: &PgPool) -> Result<(), StoreError> {
+        // Old row versions stay until VACUUM, which cannot run in the pool's transactions here and needs
+        // the table owner: docs/operations.md tells the operator to run it once after enabling sealing.
+        Ok(())
+    }
+}
