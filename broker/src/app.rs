@@ -71,6 +71,16 @@ impl AppState {
         let policy = Policy::load(&config.policy_file)?;
         let now = clock.now_secs();
         let governance = Governance::open(config, clock.clone()).await?;
+        // Before anything is served: every revocation (a restarted replica must not accept a revoked token
+        // until its first poll), and this replica's issuer checked against the other replicas'.
+        governance.load_revocations().await?;
+        crate::governance::store::claim_issuer(
+            governance.store.as_ref(),
+            &config.server.public_url,
+            now,
+            governance.lease_secs(),
+        )
+        .await?;
         let ring = Arc::new(KeyRing::default());
         match (&config.tokens.signing_key_file, &governance.keys) {
             (Some(path), _) => ring.replace(vec![keys::load_file(path, now)?]),

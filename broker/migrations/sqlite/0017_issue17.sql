@@ -1,0 +1,14 @@
+-- Issue 17 (nothing lost, nothing leaked).
+--
+-- A principal revocation's cutoff: a UUIDv7 taken when it was made, ordered like token ids (`jti` is a
+-- UUIDv7 too), so a token minted after the revocation — even in the same second — is not refused. NULL for
+-- revocations made before (they keep the one-second rule).
+ALTER TABLE revocations ADD COLUMN cutoff TEXT;
+
+-- Facts every replica must agree on. `issuer`: the `public_url` the replicas using this store issue tokens
+-- as, and until when one of them was last seen alive (a replica with another issuer is refused at start).
+CREATE TABLE store_meta (
+    name       TEXT   NOT NULL PRIMARY KEY,
+    value      TEXT   NOT NULL,
+    live_until BIGINT NOT NULL
+);
