@@ -141,6 +141,9 @@ impl AppState {
             max_ttl_secs: config.tokens.max_ttl_secs,
         });
         state.router.attach_metrics(&state.metrics);
+        // A key that leaves the ring (retired) takes its tokens with it, cached verifications included.
+        let cache = state.auth_cache.clone();
+        ring.on_removal(move || cache.invalidate_all());
         Ok(state)
     }
 

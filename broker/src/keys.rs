@@ -151,7 +151,7 @@ pub fn load_file(path: &Path, created: u64) -> Result<SigningKey, KeyError> {
     check_operator_secret(
         path,
         "the token-signing key (tokens.signing_key_file)",
-        "anyone who can read it can mint tokens for any identity; treat the key as exposed and replace it",
+        "Anyone who could read it can mint tokens for any identity: treat the key as exposed and replace it",
     )?;
     let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
         path: path.into(),
@@ -438,7 +438,7 @@ pub fn check_state_files(config: &crate::config::Config) -> Result<(), KeyError>
         check_operator_secret(
             path,
             "the token-signing key (tokens.signing_key_file)",
-            "anyone who can read it can mint tokens for any identity; treat the key as exposed and replace it",
+            "Anyone who could read it can mint tokens for any identity: treat the key as exposed and replace it",
         )?;
     }
     Ok(())

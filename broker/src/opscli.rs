@@ -54,6 +54,15 @@ pub enum AdminCommand {
     ReloadPolicy,
     /// Start signing with a new key (old keys keep verifying).
     RotateKeys,
+    /// Retire a signing key now: it leaves every JWKS and every token it signed is refused.
+    RetireKey {
+        /// The key's `kid` (as in /.well-known/jwks.json or a token's header).
+        #[arg(long)]
+        kid: String,
+        /// Why (kept in the store and the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Verify the audit chain on the running broker.
     VerifyAudit,
     /// Print a single-use login link to the spend dashboard (valid 60 s).
@@ -141,6 +150,11 @@ pub async fn admin(args: AdminArgs, default_url: Option<String>) -> anyhow::Resu
             serde_json::json!({}),
         ),
         AdminCommand::RotateKeys => (false, "/admin/v1/keys/rotate".into(), serde_json::json!({})),
+        AdminCommand::RetireKey { kid, reason } => (
+            false,
+            "/admin/v1/keys/retire".into(),
+            serde_json::json!({"kid": kid, "reason": reason}),
+        ),
         AdminCommand::VerifyAudit => (
             true,
             "/admin/v1/audit/verify".into(),

@@ -12,3 +12,12 @@ CREATE TABLE store_meta (
     value      TEXT   NOT NULL,
     live_until BIGINT NOT NULL
 );
+
+-- Signing keys retired at once by an operator (`POST /admin/v1/keys/retire`): they leave every replica's
+-- JWKS on its next key poll and every token they signed is refused. The keys themselves stay (audit
+-- checkpoints they signed can still be checked).
+CREATE TABLE signing_key_retirements (
+    kid        TEXT   NOT NULL PRIMARY KEY,
+    retired_at BIGINT NOT NULL,
+    reason     TEXT
+);

@@ -27,6 +27,7 @@
 use super::store::{Store, StoreError, StoredKey};
 use crate::keys::{KeyEncryptionKey, Opened, SigningKey};
 use crate::token::KeyRing;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Default lead between recording a forced rotation and signing with the new key.
@@ -54,6 +55,64 @@ pub struct Rotated {
     pub activates_at: i64,
     /// The key signing until then.
     pub previous_kid: Option<String>,
+}
+
+/// The answer to a retirement.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Retired {
+    pub kid: String,
+    /// Unix seconds of the (first) retirement.
+    pub retired_at: i64,
+    pub already_retired: bool,
+    /// It was the key this replica signed with.
+    pub was_signing: bool,
+    /// The key this replica signs with now.
+    pub signing_kid: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetireError {
+    #[error("no signing key with this kid in the store")]
+    UnknownKid,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// When each key signs from (its `created`, except a promoted successor). The key that would sign now by
+/// the usual rule (the newest whose `created` has passed) may be retired; then the scheduled key after it
+/// — published a generation ahead, so every replica verifies it already — signs from the retirement on.
+/// Forced keys are not promoted: they wait for their publication lead. The rule depends only on what the
+/// store holds, so every replica picks the same key.
+fn signing_times(
+    all: &[(StoredKey, bool)],
+    retired: &HashMap<String, i64>,
+    now: u64,
+) -> HashMap<String, i64> {
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    let mut out = HashMap::new();
+    let Some(natural) = all
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.created <= now)
+        .max_by_key(|k| k.created)
+    else {
+        return out;
+    };
+    let Some(&at) = retired.get(&natural.kid) else {
+        return out;
+    };
+    if let Some(successor) = all
+        .iter()
+        .filter(|(k, forced)| !forced && !retired.contains_key(&k.kid) && k.created > natural.created)
+        .map(|(k, _)| k)
+        .min_by_key(|k| k.created)
+    {
+        out.insert(
+            successor.kid.clone(),
+            successor.created.min(at.max(natural.created)),
+        );
+    }
+    out
 }
 
 impl KeyManager {
@@ -122,7 +181,7 @@ impl KeyManager {
     }
 
     /// Make sure this and the next generation have keys, then load every key still needed (scheduled and
-    /// forced) into `ring`.
+    /// forced), minus the retired ones, into `ring`.
     pub async fn sync(
         &self,
         store: &dyn Store,
@@ -130,6 +189,7 @@ impl KeyManager {
         now: u64,
     ) -> Result<(), StoreError> {
         let g = self.generation(now);
+        let retired: HashMap<String, i64> = store.retired_keys().await?.into_iter().collect();
         let have: Vec<i64> = self
             .ensured
             .lock()
@@ -137,21 +197,24 @@ impl KeyManager {
             .clone();
         for gen_ in [g, g + 1] {
             if !have.contains(&gen_) {
-                let created = gen_.saturating_mul(i64::try_from(self.rotate_secs).unwrap_or(1));
-                let (key, der) = SigningKey::generate(created as u64).map_err(StoreError::Setup)?;
-                let pkcs8 = self.to_store(&key.kid, der)?;
-                store
-                    .ensure_key(&StoredKey {
-                        generation: gen_,
-                        kid: key.kid.clone(),
-                        created,
-                        pkcs8,
-                    })
-                    .await?;
+                self.ensure_generation(store, gen_).await?;
             }
         }
         let min = self.min_generation(now);
         let mut rows = store.keys_since(min).await?;
+        // A retired key cannot take over: while every scheduled key after this generation is retired, make
+        // sure a later generation has one (bounded; each is one row).
+        let mut next = g + 1;
+        while next < g + 8
+            && rows
+                .iter()
+                .filter(|k| k.generation > g)
+                .all(|k| retired.contains_key(&k.kid))
+        {
+            next += 1;
+            self.ensure_generation(store, next).await?;
+            rows = store.keys_since(min).await?;
+        }
         // Only scheduled keys count as a generation's key (a forced key's generation is for retention).
         *self
             .ensured
@@ -161,8 +224,20 @@ impl KeyManager {
             .map(|k| k.generation)
             .filter(|x| *x >= g)
             .collect();
-        rows.extend(store.rotated_keys_since(min).await?);
-        let mut ids: Vec<String> = rows.iter().map(|k| k.kid.clone()).collect();
+        let mut all: Vec<(StoredKey, bool)> = rows.into_iter().map(|k| (k, false)).collect();
+        all.extend(
+            store
+                .rotated_keys_since(min)
+                .await?
+                .into_iter()
+                .map(|k| (k, true)),
+        );
+        let created = signing_times(&all, &retired, now);
+        let mut ids: Vec<String> = all
+            .iter()
+            .filter(|(k, _)| !retired.contains_key(&k.kid))
+            .map(|(k, _)| format!("{}@{}", k.kid, created.get(&k.kid).copied().unwrap_or(k.created)))
+            .collect();
         ids.sort();
         let first = {
             let loaded = self
@@ -177,11 +252,12 @@ impl KeyManager {
         let mut keys = Vec::new();
         let mut unusable = Vec::new();
         let mut resealed = false;
-        for k in rows {
-            let opened = match self.open(store, &k).await {
+        for (k, _) in all.iter().filter(|(k, _)| !retired.contains_key(&k.kid)) {
+            let at = created.get(&k.kid).copied().unwrap_or(k.created);
+            let opened = match self.open(store, k).await {
                 Ok((der, changed)) => {
                     resealed |= changed;
-                    SigningKey::from_pkcs8(&der, u64::try_from(k.created).unwrap_or(0))
+                    SigningKey::from_pkcs8(&der, u64::try_from(at).unwrap_or(0))
                 }
                 Err(e) => Err(e),
             };
@@ -205,6 +281,7 @@ impl KeyManager {
         }
         tracing::info!(
             keys = keys.len(),
+            retired = retired.len(),
             generation = g,
             "signing keys loaded from the store"
         );
@@ -214,6 +291,64 @@ impl KeyManager {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = ids;
         Ok(())
+    }
+
+    /// Store a key for generation `gen_` unless one exists (all replicas agree on the first one written).
+    async fn ensure_generation(&self, store: &dyn Store, gen_: i64) -> Result<(), StoreError> {
+        let created = gen_.saturating_mul(i64::try_from(self.rotate_secs).unwrap_or(1));
+        let (key, der) =
+            SigningKey::generate(u64::try_from(created).unwrap_or(0)).map_err(StoreError::Setup)?;
+        let pkcs8 = self.to_store(&key.kid, der)?;
+        store
+            .ensure_key(&StoredKey {
+                generation: gen_,
+                kid: key.kid.clone(),
+                created,
+                pkcs8,
+            })
+            .await
+    }
+
+    /// Retire a key now: recorded in the store (every replica drops it on its next key poll), dropped here
+    /// at once. If it was the key signing, the next scheduled key — published a generation ahead, so every
+    /// replica already verifies it — signs from now on.
+    pub async fn retire(
+        &self,
+        store: &dyn Store,
+        ring: &KeyRing,
+        kid: &str,
+        reason: Option<&str>,
+        now: u64,
+    ) -> Result<Retired, RetireError> {
+        let known = store
+            .keys_since(i64::MIN)
+            .await?
+            .into_iter()
+            .chain(store.rotated_keys_since(i64::MIN).await?)
+            .any(|k| k.kid == kid);
+        if !known {
+            return Err(RetireError::UnknownKid);
+        }
+        let was_signing = ring.active_at(now).is_some_and(|k| k.kid == kid);
+        let newly = store
+            .retire_key(kid, i64::try_from(now).unwrap_or(i64::MAX), reason)
+            .await?;
+        self.sync(store, ring, now).await?;
+        let retired_at = store
+            .retired_keys()
+            .await?
+            .into_iter()
+            .find(|(k, _)| k == kid)
+            .map_or(i64::try_from(now).unwrap_or(i64::MAX), |(_, at)| at);
+        let signing_kid = ring.active_at(now).map(|k| k.kid.clone());
+        tracing::warn!(kid, was_signing, signing_kid = ?signing_kid, "signing key retired");
+        Ok(Retired {
+            kid: kid.to_string(),
+            retired_at,
+            already_retired: !newly,
+            was_signing,
+            signing_kid,
+        })
     }
 
     /// Force a rotation: store a new key that signs from `now + publish_lead` on every replica, and load it

@@ -339,6 +339,11 @@ pub trait Store: Send + Sync + 'static {
     async fn add_rotated_key(&self, key: &StoredKey, requested_at: i64) -> Result<(), StoreError>;
     /// Forced-rotation keys of generations ≥ `min_generation`.
     async fn rotated_keys_since(&self, min_generation: i64) -> Result<Vec<StoredKey>, StoreError>;
+    /// Retire a signing key now (by `kid`): it leaves every JWKS and its tokens are refused. Returns false
+    /// when it was already retired (the first retirement's time stays).
+    async fn retire_key(&self, kid: &str, now: i64, reason: Option<&str>) -> Result<bool, StoreError>;
+    /// Every retired key: `(kid, retired_at)`.
+    async fn retired_keys(&self) -> Result<Vec<(String, i64)>, StoreError>;
     /// Replace a stored key's bytes (`old` → `new`, e.g. sealing a key stored in the clear) in whichever key
     /// table holds `kid`, only if they are still `old` (a concurrent replica may have done it). Returns
     /// whether a row changed.
@@ -1105,6 +1110,28 @@ macro_rules! impl_store {
                     .into_iter()
                     .map(|(generation, kid, created, pkcs8)| StoredKey { generation, kid, created, pkcs8 })
                     .collect())
+            }
+
+            async fn retire_key(&self, kid: &str, now: i64, reason: Option<&str>) -> Result<bool, StoreError> {
+                let n = sqlx::query::<$db>(
+                    "INSERT INTO signing_key_retirements (kid, retired_at, reason) VALUES ($1, $2, $3) \
+                     ON CONFLICT (kid) DO NOTHING",
+                )
+                .bind(kid)
+                .bind(now)
+                .bind(reason)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn retired_keys(&self) -> Result<Vec<(String, i64)>, StoreError> {
+                Ok(sqlx::query_as::<$db, (String, i64)>(
+                    "SELECT kid, retired_at FROM signing_key_retirements ORDER BY retired_at, kid",
+                )
+                .fetch_all(&self.pool)
+                .await?)
             }
 
             async fn reseal_key(&self, kid: &str, old: &[u8], new: &[u8]) -> Result<bool, StoreError> {
