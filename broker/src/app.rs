@@ -123,16 +123,20 @@ impl AppState {
             ledger: Ledger::new(Arc::new(governance)),
             admin_key_sha256: config.admin.key_sha256,
             metrics: crate::metrics::Metrics::new(config.metrics.clone(), &config.routes),
-            audit: audit_sink.map(|sink| {
-                crate::audit::AuditLog::new(sink).with_checkpoints(
-                    config.audit.checkpoints,
-                    Arc::new(crate::audit::checkpoint::RingSigner {
-                        keys: ring.clone(),
-                        issuer: config.server.public_url.clone(),
-                    }),
-                    clock.clone(),
-                )
-            }),
+            audit: audit_sink
+                .map(|sink| {
+                    crate::audit::AuditLog::new(sink)
+                        .with_checkpoints(
+                            config.audit.checkpoints,
+                            Arc::new(crate::audit::checkpoint::RingSigner {
+                                keys: ring.clone(),
+                                issuer: config.server.public_url.clone(),
+                            }),
+                            clock.clone(),
+                        )
+                        .with_journal(&config.audit.journal)
+                })
+                .transpose()?,
             admin: crate::admin::AdminAuth::new(config.admin.key_sha256),
             budgets: config.budgets.clone(),
             clock,
@@ -240,6 +244,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::admin::routes())
         .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::refuse_while_journal_full,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

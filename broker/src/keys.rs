@@ -200,8 +200,8 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// File names are `<created-unix-secs>.pem`.
 pub fn load_or_generate(state_dir: &Path, now: u64) -> Result<Vec<SigningKey>, KeyError> {
     let dir = state_dir.join("keys");
-    private_dir(state_dir, true)?;
-    private_dir(&dir, true)?;
+    private_dir(state_dir, Some("signing keys"))?;
+    private_dir(&dir, Some("signing keys"))?;
     let mut keys = Vec::new();
     let entries = std::fs::read_dir(&dir).map_err(|source| KeyError::Io {
         path: dir.clone(),
@@ -256,10 +256,10 @@ fn mode_of(meta: &std::fs::Metadata) -> u32 {
 /// Why tighten rather than refuse: a state directory made by hand (`mkdir`), by a container image or as a
 /// volume is usually 0755, and the broker owns what is in it; with the files inside created 0600 nothing
 /// has leaked through the directory mode alone. A directory this process cannot change (it belongs to
-/// someone else) is refused when `holds_keys` (the SQLite store keeps the signing keys in it): others could
-/// replace or read what the broker puts there. Otherwise it is left as is, with a warning (e.g. a
-/// Kubernetes `emptyDir` owned by root, in a pod where the broker is the only user).
-pub fn private_dir(dir: &Path, holds_keys: bool) -> Result<(), KeyError> {
+/// someone else) is refused when it holds `refuse_for` (e.g. the SQLite store, which keeps the signing keys
+/// in it): others could replace or read what the broker puts there. With `None` it is left as is, with a
+/// warning (e.g. a Kubernetes `emptyDir` owned by root, in a pod where the broker is the only user).
+pub fn private_dir(dir: &Path, refuse_for: Option<&str>) -> Result<(), KeyError> {
     use std::os::unix::fs::PermissionsExt;
     if !dir.exists() {
         create_private_dir(dir).map_err(|source| KeyError::Io {
@@ -290,12 +290,13 @@ pub fn private_dir(dir: &Path, holds_keys: bool) -> Result<(), KeyError> {
             );
             Ok(())
         }
-        Err(e) if holds_keys => Err(KeyError::Exposed {
+        Err(e) if refuse_for.is_some() => Err(KeyError::Exposed {
             path: dir.into(),
             message: format!(
-                "this directory holds the governance store (signing keys, budgets) but group or others can \
-                 access it (mode {mode:04o}) and this user cannot change that ({e}). Run `chmod 700 {}` as its \
-                 owner, or set [server] state_dir to a directory the broker may create itself.",
+                "this directory holds {} but group or others can access it (mode {mode:04o}) and this user \
+                 cannot change that ({e}). Run `chmod 700 {}` as its owner, or point the broker at a \
+                 directory it may create itself.",
+                refuse_for.unwrap_or_default(),
                 dir.display()
             ),
         }),
@@ -395,22 +396,22 @@ pub enum SqliteRole {
 /// companions with the database file's mode, so they are 0600 from creation too (no process-wide umask,
 /// which would need `unsafe` and would change every other file the process creates).
 pub fn prepare_sqlite_file(path: &Path, role: SqliteRole) -> Result<(), KeyError> {
-    let (what, exposure, holds_keys) = match role {
+    let (what, exposure, refuse_for) = match role {
         SqliteRole::GovernanceStore => (
             "the governance store (token-signing keys, budgets, spend)",
             "Anyone who could read it could mint tokens: after fixing the modes, retire the signing keys it \
              held (`tollgate-broker admin retire-key --kid …`) or seal them with [tokens] \
              key_encryption_key_file",
-            true,
+            Some("the governance store (signing keys, budgets)"),
         ),
         SqliteRole::AuditTrail => (
             "the audit trail",
             "It records who minted tokens and what they spent",
-            false,
+            None,
         ),
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        private_dir(dir, holds_keys)?;
+        private_dir(dir, refuse_for)?;
     }
     let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     for suffix in ["", "-wal", "-shm", "-journal"] {

@@ -21,3 +21,11 @@ CREATE TABLE signing_key_retirements (
     retired_at BIGINT NOT NULL,
     reason     TEXT
 );
+
+-- How far each replica's local audit journal (records spilled while the database was away) has been
+-- replayed into audit_log: updated in the same transaction as the replayed records, so a replay cut short
+-- is neither lost nor repeated.
+CREATE TABLE audit_journal_progress (
+    journal_id TEXT   NOT NULL PRIMARY KEY,
+    last_n     BIGINT NOT NULL
+);

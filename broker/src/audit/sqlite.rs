@@ -27,6 +27,11 @@ const SCHEMA: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
     "CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
         BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+    // How far each local journal has been replayed (see `audit::journal`).
+    "CREATE TABLE IF NOT EXISTS audit_journal_progress (
+        journal_id TEXT NOT NULL PRIMARY KEY,
+        last_n INTEGER NOT NULL
+    )",
 ];
 
 pub struct SqliteAudit {
