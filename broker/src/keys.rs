@@ -413,7 +413,10 @@ pub fn prepare_sqlite_file(path: &Path, role: SqliteRole) -> Result<(), KeyError
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         private_dir(dir, refuse_for)?;
     }
-    let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let mut n = name.clone();
         n.push(suffix);
@@ -576,7 +579,9 @@ pub fn open_stored(
     }
     let head = SEALED_MAGIC.len() + 8 + NONCE_LEN;
     if stored.len() < head + 16 {
-        return Err(format!("signing key {kid} in the store: sealed value is truncated"));
+        return Err(format!(
+            "signing key {kid} in the store: sealed value is truncated"
+        ));
     }
     let sealed_with = hex::encode(&stored[SEALED_MAGIC.len()..SEALED_MAGIC.len() + 8]);
     let Some(kek) = kek else {
@@ -628,7 +633,9 @@ pub fn key_encryption_key(
             let Some(value) = env.var(name) else {
                 return Err((
                     "tokens.key_encryption_key_env",
-                    format!("the environment variable {name} is not set (it must hold the key-encryption key)"),
+                    format!(
+                        "the environment variable {name} is not set (it must hold the key-encryption key)"
+                    ),
                 ));
             };
             KeyEncryptionKey::from_text(&value)

@@ -48,7 +48,12 @@ impl AuditSink for Flaky {
         self.check()?;
         self.inner.scan(after, limit).await
     }
-    async fn spend(&self, by: GroupBy, since: i64, until: i64) -> Result<Vec<SpendRow>, AuditError> {
+    async fn spend(
+        &self,
+        by: GroupBy,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<SpendRow>, AuditError> {
         self.check()?;
         self.inner.spend(by, since, until).await
     }
@@ -67,7 +72,9 @@ impl AuditSink for Flaky {
         last_n: u64,
     ) -> Result<(), AuditError> {
         self.check()?;
-        self.inner.append_journaled(records, journal_id, last_n).await
+        self.inner
+            .append_journaled(records, journal_id, last_n)
+            .await
     }
     async fn journal_progress(&self, journal_id: &str) -> Result<Option<u64>, AuditError> {
         self.check()?;
@@ -196,8 +203,16 @@ async fn a_full_journal_with_drop_counts_what_it_loses() {
     sink.down.store(false, Ordering::SeqCst);
     log.flush().await;
     let kept = stored(&sink).await;
-    assert_eq!(kept.len() as u64 + lost, 200, "stored + counted as lost = all");
-    assert_eq!(kept, names(0..kept.len()), "what was kept is the oldest, in order");
+    assert_eq!(
+        kept.len() as u64 + lost,
+        200,
+        "stored + counted as lost = all"
+    );
+    assert_eq!(
+        kept,
+        names(0..kept.len()),
+        "what was kept is the oldest, in order"
+    );
 }
 
 /// A process dies with records in its journal, after a replay had committed part of them: the next one

@@ -116,12 +116,19 @@ async fn retired_key_leaves_jwks_and_its_tokens_are_refused_on_both_replicas() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("retirement seen by the other replica after {:?}", t0.elapsed());
+    eprintln!(
+        "retirement seen by the other replica after {:?}",
+        t0.elapsed()
+    );
 
     // Both sign with the successor, which both already publish: new tokens work everywhere at once.
     for minter in [&a.url, &b.url] {
         let (fresh, _) = mint(&c, minter, "bob").await;
-        assert_eq!(kid_of(&fresh), successor, "the same successor on every replica");
+        assert_eq!(
+            kid_of(&fresh),
+            successor,
+            "the same successor on every replica"
+        );
         for url in [&a.url, &b.url] {
             assert_eq!(usage_status(&c, url, &fresh).await, 200);
         }
@@ -170,12 +177,11 @@ async fn retired_key_leaves_jwks_and_its_tokens_are_refused_on_both_replicas() {
     let Db::Pg(pool) = Db::pg(&schema).await else {
         unreachable!()
     };
-    let actions: Vec<(String,)> = sqlx::query_as(
-        "SELECT detail FROM audit_log WHERE kind = 'admin' ORDER BY seq",
-    )
-    .fetch_all(&pool)
-    .await
-    .expect("audit");
+    let actions: Vec<(String,)> =
+        sqlx::query_as("SELECT detail FROM audit_log WHERE kind = 'admin' ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .expect("audit");
     let actions: Vec<serde_json::Value> = actions
         .into_iter()
         .map(|(d,)| serde_json::from_str(&d).expect("detail"))

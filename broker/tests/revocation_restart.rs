@@ -324,7 +324,10 @@ async fn same_second(st: Arc<dyn Store>, dir: &std::path::Path) {
         .expect("legacy revoke");
     g2.load_revocations().await.expect("load");
     assert!(g2.check_revoked(&claims("bob", iat, &new_jti())).is_err());
-    assert!(g2.check_revoked(&claims("bob", iat + 1, &new_jti())).is_ok());
+    assert!(
+        g2.check_revoked(&claims("bob", iat + 1, &new_jti()))
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -396,9 +399,10 @@ async fn second_replica_with_another_public_url_does_not_start() {
     let cfg_a = write_config(&da, "http://127.0.0.1:9", &["alice"], &store);
     let a = Broker::start(&cfg_a, "a").await;
     let cfg_b = write_config(&db, "http://127.0.0.1:9", &["alice"], &store);
-    let text = std::fs::read_to_string(&cfg_b)
-        .expect("cfg")
-        .replace("[server]\n", "[server]\npublic_url = \"https://elsewhere.example\"\n");
+    let text = std::fs::read_to_string(&cfg_b).expect("cfg").replace(
+        "[server]\n",
+        "[server]\npublic_url = \"https://elsewhere.example\"\n",
+    );
     std::fs::write(&cfg_b, text).expect("cfg");
     let out = tokio::time::timeout(
         Duration::from_secs(30),

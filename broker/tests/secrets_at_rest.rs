@@ -201,7 +201,10 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// so. On SQLite, the clear-text bytes are gone from the database file and its WAL afterwards.
 async fn sealing(st: Arc<dyn Store>, files: &[std::path::PathBuf]) {
     let (plain_km, ring) = (KeyManager::new(100, 150), KeyRing::default());
-    plain_km.sync(st.as_ref(), &ring, 1_050).await.expect("sync");
+    plain_km
+        .sync(st.as_ref(), &ring, 1_050)
+        .await
+        .expect("sync");
     let clear = stored(st.as_ref()).await;
     assert_eq!(clear.len(), 2);
     assert!(clear.iter().all(|(_, b)| !is_sealed(b)));
@@ -209,7 +212,9 @@ async fn sealing(st: Arc<dyn Store>, files: &[std::path::PathBuf]) {
 
     let km = KeyManager::new(100, 150).with_kek(Some(kek(7)));
     let ring = KeyRing::default();
-    km.sync(st.as_ref(), &ring, 1_050).await.expect("sync, sealing");
+    km.sync(st.as_ref(), &ring, 1_050)
+        .await
+        .expect("sync, sealing");
     let sealed = stored(st.as_ref()).await;
     assert_eq!(
         sealed.iter().map(|(k, _)| k).collect::<Vec<_>>(),
@@ -235,7 +240,9 @@ async fn sealing(st: Arc<dyn Store>, files: &[std::path::PathBuf]) {
     }
 
     // A new generation's key is written sealed.
-    km.sync(st.as_ref(), &ring, 1_250).await.expect("sync later");
+    km.sync(st.as_ref(), &ring, 1_250)
+        .await
+        .expect("sync later");
     let later = stored(st.as_ref()).await;
     assert!(later.len() > 2);
     assert!(later.iter().all(|(_, b)| is_sealed(b)));
@@ -286,16 +293,15 @@ async fn signing_keys_are_sealed_at_rest_postgres() {
 fn key_encryption_key_configuration() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut env = BTreeMap::new();
-    let e = config_in(
-        dir.path(),
-        "key_encryption_key_env = \"TG_KEK\"\n",
-        &env,
-    )
-    .expect_err("unset");
-    assert!(e.contains("tokens.key_encryption_key_env") && e.contains("TG_KEK"), "{e}");
+    let e =
+        config_in(dir.path(), "key_encryption_key_env = \"TG_KEK\"\n", &env).expect_err("unset");
+    assert!(
+        e.contains("tokens.key_encryption_key_env") && e.contains("TG_KEK"),
+        "{e}"
+    );
     env.insert("TG_KEK".to_string(), "c2hvcnQ=".to_string());
-    let e = config_in(dir.path(), "key_encryption_key_env = \"TG_KEK\"\n", &env)
-        .expect_err("short");
+    let e =
+        config_in(dir.path(), "key_encryption_key_env = \"TG_KEK\"\n", &env).expect_err("short");
     assert!(e.contains("32 bytes"), "{e}");
     env.insert("TG_KEK".to_string(), "ab".repeat(32));
     let c = config_in(dir.path(), "key_encryption_key_env = \"TG_KEK\"\n", &env).expect("hex");
@@ -321,7 +327,10 @@ fn key_encryption_key_configuration() {
     chmod(&file, 0o644);
     let e = config_in(dir.path(), "key_encryption_key_file = \"kek\"\n", &env)
         .expect_err("readable by others");
-    assert!(e.contains("chmod 600") && e.contains("key_encryption_key_file"), "{e}");
+    assert!(
+        e.contains("chmod 600") && e.contains("key_encryption_key_file"),
+        "{e}"
+    );
     chmod(&file, 0o600);
     config_in(dir.path(), "key_encryption_key_file = \"kek\"\n", &env).expect("private file");
     let e = config_in(

@@ -339,8 +339,9 @@ async fn retire_key(
     body: axum::body::Bytes,
 ) -> Result<Response, AdminError> {
     require(&app, &headers)?;
-    let req: RetireRequest = serde_json::from_slice(&body)
-        .map_err(|_| AdminError::BadRequest("expected {\"kid\": \"…\", \"reason\": \"…\"}".into()))?;
+    let req: RetireRequest = serde_json::from_slice(&body).map_err(|_| {
+        AdminError::BadRequest("expected {\"kid\": \"…\", \"reason\": \"…\"}".into())
+    })?;
     if req.kid.is_empty() || req.kid.len() > 128 {
         return Err(AdminError::BadRequest("kid is empty or too long".into()));
     }

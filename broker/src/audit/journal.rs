@@ -121,7 +121,8 @@ impl Journal {
     /// when others can get at it.
     pub fn open(cfg: &JournalConfig) -> Result<Self, crate::keys::KeyError> {
         use std::os::unix::fs::OpenOptionsExt;
-        let what = "the audit journal (records not yet in the audit store, replayed into the audit trail)";
+        let what =
+            "the audit journal (records not yet in the audit store, replayed into the audit trail)";
         crate::keys::private_dir(&cfg.dir, Some(what))?;
         let mut found = None;
         for slot in 0..Self::SLOTS {
@@ -278,7 +279,13 @@ impl Journal {
             .is_none()
             .then(|| uuid::Uuid::now_v7().simple().to_string());
         if let Some(id) = &new_id {
-            serde_json::to_writer(&mut buf, &Header { journal: id.clone() }).map_err(|e| self.io(e.into()))?;
+            serde_json::to_writer(
+                &mut buf,
+                &Header {
+                    journal: id.clone(),
+                },
+            )
+            .map_err(|e| self.io(e.into()))?;
             buf.push(b'\n');
         }
         let mut n = self.next_n;
@@ -426,9 +433,15 @@ mod tests {
         assert_eq!(j.pending(), 1);
         {
             use std::os::unix::fs::PermissionsExt;
-            let m = std::fs::metadata(j.path()).expect("meta").permissions().mode();
+            let m = std::fs::metadata(j.path())
+                .expect("meta")
+                .permissions()
+                .mode();
             assert_eq!(m & 0o777, 0o600);
-            let d = std::fs::metadata(&cfg.dir).expect("meta").permissions().mode();
+            let d = std::fs::metadata(&cfg.dir)
+                .expect("meta")
+                .permissions()
+                .mode();
             assert_eq!(d & 0o777, 0o700);
         }
         // A torn line at the end (the process died mid-write) is cut off on open.
@@ -448,7 +461,11 @@ mod tests {
         assert_eq!(rest[0].event, ev(3));
         j.append(&[ev(4)]).expect("append after reopen");
         assert_eq!(
-            j.read(10).expect("read").iter().map(|p| p.n).collect::<Vec<_>>(),
+            j.read(10)
+                .expect("read")
+                .iter()
+                .map(|p| p.n)
+                .collect::<Vec<_>>(),
             vec![3, 4]
         );
         let all = j.read(10).expect("read");
@@ -477,7 +494,11 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         }
-        assert!(n > 10 && j.bytes() <= 4096, "{n} entries, {} bytes", j.bytes());
+        assert!(
+            n > 10 && j.bytes() <= 4096,
+            "{n} entries, {} bytes",
+            j.bytes()
+        );
         assert_eq!(j.pending(), n as u64);
     }
 }

@@ -422,7 +422,10 @@ impl AuditLog {
     /// Keep what the store cannot take in a local [`journal`] (opened now: refused like any ledger file
     /// when others can get at it). Entries left by a previous process are replayed once the writer starts
     /// ([`AuditLog::resume`]).
-    pub fn with_journal(self, config: &journal::JournalConfig) -> Result<Self, crate::keys::KeyError> {
+    pub fn with_journal(
+        self,
+        config: &journal::JournalConfig,
+    ) -> Result<Self, crate::keys::KeyError> {
         let j = journal::Journal::open(config)?;
         if j.pending() > 0 {
             tracing::warn!(
@@ -756,7 +759,10 @@ impl Writer {
         let n = events.len() as u64;
         let Some(j) = self.journal.as_mut() else {
             self.shared.errors.fetch_add(n, Relaxed);
-            tracing::error!(records = n, "audit: the store did not take these records; dropped");
+            tracing::error!(
+                records = n,
+                "audit: the store did not take these records; dropped"
+            );
             return;
         };
         if !self.overflow.is_empty() {
@@ -854,7 +860,8 @@ impl Writer {
                 let mut i = 0;
                 while i < waiting.len() {
                     let end = (i + BATCH).min(waiting.len());
-                    let Some(stored) = self.append_batch(&waiting[i..end], every, None).await else {
+                    let Some(stored) = self.append_batch(&waiting[i..end], every, None).await
+                    else {
                         break;
                     };
                     i += stored.len();
@@ -1001,7 +1008,10 @@ impl Writer {
             }
         }
         if self.journal.is_none() {
-            tracing::error!(records = events.len(), "audit: the store did not take records after retries");
+            tracing::error!(
+                records = events.len(),
+                "audit: the store did not take records after retries"
+            );
         }
         None
     }

@@ -103,7 +103,9 @@ fn signing_times(
     };
     if let Some(successor) = all
         .iter()
-        .filter(|(k, forced)| !forced && !retired.contains_key(&k.kid) && k.created > natural.created)
+        .filter(|(k, forced)| {
+            !forced && !retired.contains_key(&k.kid) && k.created > natural.created
+        })
         .map(|(k, _)| k)
         .min_by_key(|k| k.created)
     {
@@ -236,7 +238,13 @@ impl KeyManager {
         let mut ids: Vec<String> = all
             .iter()
             .filter(|(k, _)| !retired.contains_key(&k.kid))
-            .map(|(k, _)| format!("{}@{}", k.kid, created.get(&k.kid).copied().unwrap_or(k.created)))
+            .map(|(k, _)| {
+                format!(
+                    "{}@{}",
+                    k.kid,
+                    created.get(&k.kid).copied().unwrap_or(k.created)
+                )
+            })
             .collect();
         ids.sort();
         let first = {

@@ -341,7 +341,12 @@ pub trait Store: Send + Sync + 'static {
     async fn rotated_keys_since(&self, min_generation: i64) -> Result<Vec<StoredKey>, StoreError>;
     /// Retire a signing key now (by `kid`): it leaves every JWKS and its tokens are refused. Returns false
     /// when it was already retired (the first retirement's time stays).
-    async fn retire_key(&self, kid: &str, now: i64, reason: Option<&str>) -> Result<bool, StoreError>;
+    async fn retire_key(
+        &self,
+        kid: &str,
+        now: i64,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError>;
     /// Every retired key: `(kid, retired_at)`.
     async fn retired_keys(&self) -> Result<Vec<(String, i64)>, StoreError>;
     /// Replace a stored key's bytes (`old` → `new`, e.g. sealing a key stored in the clear) in whichever key
