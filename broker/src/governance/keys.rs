@@ -259,7 +259,9 @@ impl KeyManager {
         };
         let mut keys = Vec::new();
         let mut unusable = Vec::new();
-        let mut resealed = false;
+        // At start, with a KEK: seal every key still in the clear, also those no longer loaded (past
+        // retention, retired), which stay in the store for checking old audit checkpoints.
+        let mut resealed = first && self.kek.is_some() && self.seal_all(store).await?;
         for (k, _) in all.iter().filter(|(k, _)| !retired.contains_key(&k.kid)) {
             let at = created.get(&k.kid).copied().unwrap_or(k.created);
             let opened = match self.open(store, k).await {
@@ -299,6 +301,22 @@ impl KeyManager {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = ids;
         Ok(())
+    }
+
+    /// Seal every key the store holds in the clear; whether any was.
+    async fn seal_all(&self, store: &dyn Store) -> Result<bool, StoreError> {
+        let mut any = false;
+        for k in store
+            .keys_since(i64::MIN)
+            .await?
+            .into_iter()
+            .chain(store.rotated_keys_since(i64::MIN).await?)
+        {
+            if !crate::keys::is_sealed(&k.pkcs8) {
+                any |= self.open(store, &k).await.map_err(StoreError::Setup)?.1;
+            }
+        }
+        Ok(any)
     }
 
     /// Store a key for generation `gen_` unless one exists (all replicas agree on the first one written).
