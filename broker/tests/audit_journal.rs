@@ -278,3 +278,124 @@ async fn replay_after_a_crash_is_exactly_once() {
     assert_eq!(stored(&sink).await, names(0..20), "exactly once, in order");
     assert_eq!(log.journal_backlog(), (0, 0));
 }
+
+async fn call(
+    app: &Arc<tollgate_broker::app::AppState>,
+    req: http::Request<axum::body::Body>,
+) -> (u16, String) {
+    use tower::ServiceExt;
+    let resp = tollgate_broker::app::router(app.clone())
+        .oneshot(req)
+        .await
+        .expect("serve");
+    let status = resp.status().as_u16();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn exchange() -> http::Request<axum::body::Body> {
+    let body = serde_urlencoded::to_string([
+        ("grant_type", tollgate::exchange::GRANT_TYPE_TOKEN_EXCHANGE),
+        ("subject_token", "alice-credential"),
+        ("subject_token_type", tollgate::exchange::TOKEN_TYPE_STATIC),
+    ])
+    .expect("form");
+    http::Request::post("/oauth/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from(body))
+        .expect("request")
+}
+
+/// What a client sees while the journal is full (`refuse`): token exchanges and proxy requests get 503
+/// with a message saying why, `/readyz` says not ready, health and JWKS still answer; once the audit store
+/// is back everything resumes and every record is in the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_see_503_while_the_journal_is_full() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[[rule]]\nname = \"all\"\nmatch = { kind = \"static\", subject = \"*\" }\nprincipal = \"{subject}\"\nmodels = [\"*\"]\n",
+    )
+    .expect("policy");
+    let text = format!(
+        "policy_file = \"policy.toml\"\n[server]\nstate_dir = \"state\"\n[tokens]\naudience = \"tollgate\"\n\
+         [[credentials]]\nsubject = \"alice\"\nsha256 = \"{}\"\n\
+         [providers.demo]\nkind = \"demo\"\n[[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"demo\" }}]\n\
+         [pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"1\", output = \"2\" }}\n\
+         [audit]\njournal_max_bytes = 4096\non_journal_full = \"refuse\"\ncheckpoint_every = 0\ncheckpoint_interval_secs = 0\n",
+        hex::encode(sha2::Sha256::digest(b"alice-credential"))
+    );
+    std::fs::write(dir.path().join("broker.toml"), &text).expect("config");
+    let config = tollgate_broker::config::Config::from_source(
+        tollgate_broker::config::Source {
+            path: dir.path().join("broker.toml"),
+            text,
+        },
+        &std::collections::BTreeMap::<String, String>::new(),
+    )
+    .expect("config");
+    // The audit database cannot be opened: a directory stands where its file should be.
+    let blocker = dir.path().join("state").join("audit.sqlite");
+    std::fs::create_dir_all(&blocker).expect("blocker");
+    let clock = tollgate_broker::clock::FakeClock::new(1_800_000_000);
+    let app = tollgate_broker::app::AppState::build(&config, Arc::new(clock))
+        .await
+        .expect("state");
+    let audit = app.audit.as_ref().expect("audit");
+
+    let mut token = None;
+    let mut minted = 0;
+    while audit.accepting() {
+        let (s, body) = call(&app, exchange()).await;
+        assert_eq!(s, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        token = v["access_token"].as_str().map(str::to_string);
+        minted += 1;
+        audit.flush().await;
+        assert!(minted < 100, "the 4 KiB journal never filled");
+    }
+    assert_eq!(audit.errors(), 0, "nothing lost");
+    let (s, body) = call(&app, exchange()).await;
+    assert_eq!(s, 503, "{body}");
+    assert!(body.contains("temporarily_unavailable"), "{body}");
+    let proxied = http::Request::post("/v1/responses")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {}", token.expect("token")))
+        .body(axum::body::Body::from(
+            r#"{"model":"gpt-5.5","input":"hi"}"#,
+        ))
+        .expect("request");
+    let (s, body) = call(&app, proxied).await;
+    assert_eq!(s, 503, "{body}");
+    assert!(
+        body.contains("audit_unavailable") && body.contains("journal is full"),
+        "{body}"
+    );
+    let get = |p: &str| {
+        http::Request::get(p)
+            .body(axum::body::Body::empty())
+            .expect("request")
+    };
+    assert_eq!(call(&app, get("/readyz")).await.0, 503);
+    assert_eq!(call(&app, get("/healthz")).await.0, 200);
+    assert_eq!(call(&app, get("/.well-known/jwks.json")).await.0, 200);
+
+    // The store comes back: the journal drains, requests are served again, nothing was lost.
+    std::fs::remove_dir(&blocker).expect("unblock");
+    for _ in 0..50 {
+        audit.flush().await;
+        if audit.accepting() {
+            break;
+        }
+    }
+    assert!(audit.accepting());
+    assert_eq!(call(&app, exchange()).await.0, 200);
+    minted += 1;
+    audit.flush().await;
+    let v = verify(audit.sink().as_ref()).await.expect("verify");
+    assert_eq!(v.first_break, None);
+    assert_eq!(v.records, minted, "one mint record per token, none lost");
+}
