@@ -66,6 +66,16 @@ impl AppState {
             &config.routes,
         ));
         let governance = Arc::new(Governance::open(config, clock.clone(), metrics.clone()).await?);
+        // Before anything is served: every revocation (a restarted replica must not accept a revoked token
+        // until its first poll), and this replica's issuer checked against the other replicas'.
+        governance.load_revocations().await?;
+        crate::governance::store::claim_issuer(
+            governance.store.as_ref(),
+            &config.server.public_url,
+            now,
+            governance.lease_secs(),
+        )
+        .await?;
         let ring = Arc::new(KeyRing::default());
         match (&config.tokens.signing_key_file, &governance.keys) {
             (Some(path), _) => ring.replace(vec![keys::load_file(path, now)?]),
@@ -87,16 +97,21 @@ impl AppState {
         };
         let verifiers = Verifiers::from_config(config, clock.clone(), governance.store.clone())
             .map_err(|e| BuildError::Identity(e.to_string()))?;
-        let audit = audit_sink.map(|sink| {
-            Arc::new(crate::audit::AuditLog::new(sink).with_checkpoints(
-                config.audit.checkpoints,
-                Arc::new(crate::audit::checkpoint::RingSigner {
-                    keys: ring.clone(),
-                    issuer: config.server.public_url.clone(),
-                }),
-                clock.clone(),
-            ))
-        });
+        let audit = audit_sink
+            .map(|sink| {
+                crate::audit::AuditLog::new(sink)
+                    .with_checkpoints(
+                        config.audit.checkpoints,
+                        Arc::new(crate::audit::checkpoint::RingSigner {
+                            keys: ring.clone(),
+                            issuer: config.server.public_url.clone(),
+                        }),
+                        clock.clone(),
+                    )
+                    .with_journal(&config.audit.journal)
+                    .map(Arc::new)
+            })
+            .transpose()?;
         let accounting = Accounting::new(
             governance.clone(),
             metrics.clone(),
@@ -132,6 +147,9 @@ impl AppState {
             token_endpoint: TokenEndpoint::new(&config.tokens),
         });
         state.router.attach_metrics(&state.metrics);
+        // A key that leaves the ring (retired) takes its tokens with it, cached verifications included.
+        let cache = state.auth_cache.clone();
+        ring.on_removal(move || cache.invalidate_all());
         Ok(state)
     }
 

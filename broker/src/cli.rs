@@ -302,6 +302,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     for p in config.providers.values().filter(|p| !p.enabled) {
         tracing::warn!(provider = %p.name, "provider disabled: its API key source is not set");
     }
+    // Files holding keys or the ledger: private from creation, refused (as ssh does) when others can read them.
+    if let Err(e) = crate::keys::check_state_files(&config) {
+        eprintln!("tollgate-broker: {e}");
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -314,6 +314,11 @@ struct RawTokens {
     /// Token exchanges one client address may make per minute (burst: a tenth of it, at least 10).
     /// Default 600; 0 turns the limit off.
     exchanges_per_minute_per_address: Option<Spanned<u32>>,
+    /// File holding the key-encryption key (32 bytes, base64 or hex) that seals store-held signing keys
+    /// at rest. Default: none (keys stored in the clear; the store is then as secret as the keys).
+    key_encryption_key_file: Option<PathBuf>,
+    /// Environment variable holding the key-encryption key instead. Default: none.
+    key_encryption_key_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -581,6 +586,8 @@ pub struct TokenConfig {
     pub max_request_bytes: usize,
     /// Token exchanges per client address per minute; 0 = unlimited.
     pub exchanges_per_minute_per_address: u32,
+    /// Seals store-held signing keys at rest (`key_encryption_key_file` / `key_encryption_key_env`).
+    pub key_encryption_key: Option<std::sync::Arc<crate::keys::KeyEncryptionKey>>,
 }
 
 #[derive(Clone, Debug)]
@@ -785,6 +792,16 @@ impl Config {
                 .exchanges_per_minute_per_address
                 .as_ref()
                 .map_or(600, |r| *r.get_ref()),
+            key_encryption_key: crate::keys::key_encryption_key(
+                raw.tokens
+                    .key_encryption_key_file
+                    .as_deref()
+                    .map(|p| s.resolve(p))
+                    .as_deref(),
+                raw.tokens.key_encryption_key_env.as_deref(),
+                env,
+            )
+            .map_err(|(field, message)| s.error_at(0..0, field, message))?,
         };
 
         let mut credentials = Vec::new();

@@ -54,6 +54,15 @@ pub enum AdminCommand {
     ReloadPolicy,
     /// Start signing with a new key (old keys keep verifying).
     RotateKeys,
+    /// Retire a signing key now: it leaves every JWKS and every token it signed is refused.
+    RetireKey {
+        /// The key's `kid` (as in /.well-known/jwks.json or a token's header).
+        #[arg(long)]
+        kid: String,
+        /// Why (kept in the store and the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Verify the audit chain on the running broker.
     VerifyAudit,
     /// Print a single-use login link to the spend dashboard (valid 60 s).
@@ -141,6 +150,11 @@ pub async fn admin(args: AdminArgs, default_url: Option<String>) -> anyhow::Resu
             serde_json::json!({}),
         ),
         AdminCommand::RotateKeys => (false, "/admin/v1/keys/rotate".into(), serde_json::json!({})),
+        AdminCommand::RetireKey { kid, reason } => (
+            false,
+            "/admin/v1/keys/retire".into(),
+            serde_json::json!({"kid": kid, "reason": reason}),
+        ),
         AdminCommand::VerifyAudit => (
             true,
             "/admin/v1/audit/verify".into(),
@@ -233,8 +247,17 @@ async fn verification_keys(
         let store = crate::governance::store::open(&config.store).await?;
         let mut rows = store.keys_since(i64::MIN).await?;
         rows.extend(store.rotated_keys_since(i64::MIN).await?);
+        let kek = config.tokens.key_encryption_key.as_deref();
         for k in rows {
-            match crate::keys::SigningKey::from_pkcs8(&k.pkcs8, 0) {
+            let der = match crate::keys::open_stored(kek, &k.kid, &k.pkcs8) {
+                Ok(crate::keys::Opened::Sealed(der)) => der,
+                Ok(crate::keys::Opened::Plain) => k.pkcs8,
+                Err(e) => {
+                    eprintln!("skipping key {}: {e}", k.kid);
+                    continue;
+                }
+            };
+            match crate::keys::SigningKey::from_pkcs8(&der, 0) {
                 Ok(sk) => keys.push(sk),
                 Err(e) => eprintln!("skipping unusable key {} in the store: {e}", k.kid),
             }

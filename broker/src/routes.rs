@@ -58,6 +58,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(bearer)
         .merge(crate::admin::routes())
         .fallback(|| async { ApiError::NotFound })
+        // Fail closed while the audit journal is full (`[audit] on_journal_full = "refuse"`).
+        .layer(from_fn_with_state(
+            state.clone(),
+            crate::audit::refuse_while_journal_full,
+        ))
         .layer(from_fn_with_state(state.clone(), crate::observe::track))
         .with_state(state)
 }

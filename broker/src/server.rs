@@ -44,6 +44,10 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tokio::spawn(watch_policy(state.clone()));
+    // The audit writer starts now: records a previous process left in the journal are replayed at once.
+    if let Some(audit) = &state.audit {
+        audit.resume();
+    }
     let app = router(state.clone());
     let scheme = if tls.is_some() { "https" } else { "http" };
     let result = match tls {

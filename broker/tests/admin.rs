@@ -259,6 +259,11 @@ async fn rotate_with_a_key_file_is_refused_with_instructions() {
     let (key, der) = tollgate_broker::keys::SigningKey::generate(1).unwrap();
     let path = keydir.path().join("signing.pem");
     std::fs::write(&path, tollgate_broker::keys::to_pem(&der)).unwrap();
+    // A private key file must be private (the broker refuses one others can read).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let b = common::start(&format!(
         "[tokens]\nsigning_key_file = \"{}\"\n",
         path.display()

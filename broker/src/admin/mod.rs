@@ -41,6 +41,7 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
         .route("/admin/v1/spend", get(spend))
         .route("/admin/v1/policy/reload", post(reload_policy))
         .route("/admin/v1/keys/rotate", post(rotate_keys))
+        .route("/admin/v1/keys/retire", post(retire_key))
         .route("/admin/v1/audit/verify", get(audit_verify))
         .route("/admin/v1/dashboard-link", post(dashboard_link))
         .route("/admin/login", get(login))
@@ -210,6 +211,96 @@ async fn rotate_keys(
         "previous_kid": rotated.previous_kid,
         "activates_at": rotated.activates_at,
         "publish_lead_secs": km.publish_lead_secs,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetireRequest {
+    kid: String,
+    /// Free text kept in the store and the audit trail.
+    reason: Option<String>,
+}
+
+/// `POST /admin/v1/keys/retire` `{"kid": "…", "reason": "…"}`: retire a signing key now (e.g. it leaked).
+///
+/// The key leaves this replica's JWKS at once and every other replica's on its next key poll (every
+/// second); every token it signed is refused from then on (cached verifications are dropped). If it was
+/// the key signing, the next scheduled key — in every JWKS a generation ahead — signs instead. The key
+/// stays in the store (audit checkpoints it signed can still be checked) but is never used again.
+/// Audited, refusals included. With `tokens.signing_key_file` there is no other key to move to: 409.
+async fn retire_key(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, AdminError> {
+    require(&app, &headers)?;
+    let req: RetireRequest = serde_json::from_slice(&body).map_err(|_| {
+        AdminError::BadRequest("expected {\"kid\": \"…\", \"reason\": \"…\"}".into())
+    })?;
+    if req.kid.is_empty() || req.kid.len() > 128 {
+        return Err(AdminError::BadRequest("kid is empty or too long".into()));
+    }
+    let g = &app.governance;
+    let Some(km) = &g.keys else {
+        audit_admin(
+            &app,
+            "retire_key_refused",
+            json!({"kid": req.kid, "reason": req.reason, "why": "signing_key_file"}),
+        );
+        return Err(AdminError::Conflict(
+            "the signing key comes from tokens.signing_key_file, which the broker does not write: put a new \
+             key in that file and restart each replica (tokens signed with the old key stop verifying)"
+                .into(),
+        ));
+    };
+    let retired = km
+        .retire(
+            g.store.as_ref(),
+            &app.tokens.keys,
+            &req.kid,
+            req.reason.as_deref(),
+            app.clock.now_secs(),
+        )
+        .await;
+    let retired = match retired {
+        Ok(r) => r,
+        Err(crate::governance::keys::RetireError::UnknownKid) => {
+            audit_admin(
+                &app,
+                "retire_key_refused",
+                json!({"kid": req.kid, "reason": req.reason, "why": "unknown_kid"}),
+            );
+            return Err(AdminError::Invalid(format!(
+                "no signing key with kid {:?} in the store (see /.well-known/jwks.json)",
+                req.kid
+            )));
+        }
+        Err(crate::governance::keys::RetireError::Store(e)) => {
+            tracing::error!(error = %e, "key retirement failed");
+            return Err(AdminError::store(e));
+        }
+    };
+    audit_admin(
+        &app,
+        "retire_key",
+        json!({
+            "kid": retired.kid,
+            "reason": req.reason,
+            "retired_at": retired.retired_at,
+            "already_retired": retired.already_retired,
+            "was_signing": retired.was_signing,
+            "signing_kid": retired.signing_kid,
+        }),
+    );
+    Ok(Json(json!({
+        "retired": true,
+        "kid": retired.kid,
+        "retired_at": retired.retired_at,
+        "already_retired": retired.already_retired,
+        "was_signing": retired.was_signing,
+        "signing_kid": retired.signing_kid,
     }))
     .into_response())
 }

@@ -13,12 +13,17 @@
 //! The writer also signs [`checkpoint`]s of the head, which is what makes deleting the newest records
 //! visible (a chain alone cannot show it).
 //!
+//! When the store cannot take records they wait in a local, `fsync`ed, bounded [`journal`] and are replayed
+//! in order once it is back (exactly once: each replayed batch records the journal's progress in the same
+//! transaction); a full journal refuses new requests rather than drop records (configurable).
+//!
 //! Records are written by one background task per process so the request path never waits on the disk.
 //! The task group-commits: whatever is queued (up to [`BATCH`]) is chained in order and appended in one
 //! transaction ([`AuditSink::append_batch`], all or nothing), so one commit (one fsync) serves many records;
 //! a conflict rolls the whole batch back and it is re-chained on the new head.
 
 pub mod checkpoint;
+pub mod journal;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
@@ -214,6 +219,23 @@ pub trait AuditSink: Send + Sync {
     async fn live_grants(&self, now: i64) -> Result<Vec<GrantRow>, AuditError>;
     /// Revocation events whose effect may still matter at `now` (for restoring the revocation list).
     async fn revocations(&self, now: i64) -> Result<Vec<AuditRecord>, AuditError>;
+    /// [`AuditSink::append_batch`] for records replayed from a [`journal`], recording in the same
+    /// transaction that the journal `journal_id` is stored up to its entry `last_n` (so a replay cut short
+    /// by a crash is neither lost nor repeated). The default (sinks without that table) only appends.
+    async fn append_journaled(
+        &self,
+        records: &[AuditRecord],
+        journal_id: &str,
+        last_n: u64,
+    ) -> Result<(), AuditError> {
+        let _ = (journal_id, last_n);
+        self.append_batch(records).await
+    }
+    /// The last entry of journal `journal_id` the store holds (see [`AuditSink::append_journaled`]).
+    async fn journal_progress(&self, journal_id: &str) -> Result<Option<u64>, AuditError> {
+        let _ = journal_id;
+        Ok(None)
+    }
 }
 
 /// Where the chain first breaks.
@@ -313,12 +335,18 @@ pub async fn export(sink: &dyn AuditSink, out: &mut dyn std::io::Write) -> anyho
     }
 }
 
-/// Records that may wait for the store before new ones are dropped.
+/// Records that may wait in memory for the writer before new ones are dropped (the writer journals what the
+/// store cannot take, so this only fills when the disk is slower than the requests).
 pub const QUEUE: usize = 16_384;
 /// Records per transaction, at most.
 pub const BATCH: usize = 256;
 /// How long the writer lets records gather after the first of a batch arrives before it commits them.
 pub const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+/// Store attempts for a batch before it goes to the journal (50 + 100 + 200 ms of backoff): a short
+/// database hiccup costs nothing, a longer outage costs no records.
+const ATTEMPTS_BEFORE_JOURNAL: u32 = 3;
+/// Store attempts for a batch without a journal, before it is dropped (50 ms … 6.4 s of backoff).
+const ATTEMPTS_WITHOUT_JOURNAL: u32 = 8;
 
 enum Msg {
     Event(Box<AuditEvent>),
@@ -333,6 +361,18 @@ struct Checkpoints {
     clock: crate::clock::SharedClock,
 }
 
+/// What the writer shares with the rest of the process.
+#[derive(Default)]
+struct Shared {
+    /// Records lost (see [`AuditLog::errors`]).
+    errors: std::sync::atomic::AtomicU64,
+    /// False while the journal is full and `on_journal_full = "refuse"`: new requests are refused.
+    blocked: std::sync::atomic::AtomicBool,
+    /// Journal entries not yet in the store, and its size in bytes.
+    journal_pending: std::sync::atomic::AtomicU64,
+    journal_bytes: std::sync::atomic::AtomicU64,
+}
+
 /// The process's audit writer: callers enqueue, one task chains and appends (and checkpoints).
 pub struct AuditLog {
     sink: Arc<dyn AuditSink>,
@@ -341,7 +381,8 @@ pub struct AuditLog {
     checkpoints: Mutex<Option<Checkpoints>>,
     /// A checkpoint trigger is on (`checkpoint_every` or `checkpoint_interval_secs` non-zero).
     checkpointing: bool,
-    errors: Arc<std::sync::atomic::AtomicU64>,
+    journal: Mutex<Option<(journal::Journal, journal::OnFull)>>,
+    shared: Arc<Shared>,
 }
 
 impl AuditLog {
@@ -353,7 +394,8 @@ impl AuditLog {
             rx: Mutex::new(Some(rx)),
             checkpoints: Mutex::new(None),
             checkpointing: false,
-            errors: Arc::default(),
+            journal: Mutex::new(None),
+            shared: Arc::default(),
         }
     }
 
@@ -377,6 +419,34 @@ impl AuditLog {
         self
     }
 
+    /// Keep what the store cannot take in a local [`journal`] (opened now: refused like any ledger file
+    /// when others can get at it). Entries left by a previous process are replayed once the writer starts
+    /// ([`AuditLog::resume`]).
+    pub fn with_journal(
+        self,
+        config: &journal::JournalConfig,
+    ) -> Result<Self, crate::keys::KeyError> {
+        let j = journal::Journal::open(config)?;
+        if j.pending() > 0 {
+            tracing::warn!(
+                entries = j.pending(),
+                path = %j.path().display(),
+                "audit journal holds records from before; they are replayed into the store"
+            );
+        }
+        self.shared
+            .journal_pending
+            .store(j.pending(), std::sync::atomic::Ordering::Relaxed);
+        self.shared
+            .journal_bytes
+            .store(j.bytes(), std::sync::atomic::Ordering::Relaxed);
+        *self
+            .journal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((j, config.on_full));
+        Ok(self)
+    }
+
     /// Checkpoints are set up with at least one trigger on (then the broker also checkpoints at shutdown).
     pub fn checkpoints_enabled(&self) -> bool {
         self.checkpointing
@@ -386,18 +456,46 @@ impl AuditLog {
         &self.sink
     }
 
-    /// Records lost: appends that failed for good, or events dropped because the queue was full (logged,
-    /// and exported as `tollgate_audit_failures`).
+    /// Records lost: events dropped because the queue was full, or — without a journal, or with
+    /// `on_journal_full = "drop"` — records the store could not take (logged, and exported as
+    /// `tollgate_audit_failures`).
     pub fn errors(&self) -> u64 {
-        self.errors.load(std::sync::atomic::Ordering::Relaxed)
+        self.shared
+            .errors
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Enqueue an event. Never blocks the request path: when the store falls [`QUEUE`] records behind,
+    /// False while new requests must be refused: the store cannot take records and the journal is full
+    /// (`on_journal_full = "refuse"`).
+    pub fn accepting(&self) -> bool {
+        !self
+            .shared
+            .blocked
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `(entries, bytes)` waiting in the journal for the store.
+    pub fn journal_backlog(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.shared.journal_pending.load(Relaxed),
+            self.shared.journal_bytes.load(Relaxed),
+        )
+    }
+
+    /// Start the writer now (at start-up: a journal left by a previous process is replayed without waiting
+    /// for the first record). Needs a Tokio runtime.
+    pub fn resume(&self) {
+        self.start();
+    }
+
+    /// Enqueue an event. Never blocks the request path: when the writer falls [`QUEUE`] records behind,
     /// the event is dropped and counted. The writer starts on the first call inside a Tokio runtime.
     pub fn record(&self, ev: AuditEvent) {
         self.start();
         if let Err(e) = self.tx.try_send(Msg::Event(Box::new(ev))) {
-            self.errors
+            self.shared
+                .errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let kind = match &e {
                 mpsc::error::TrySendError::Full(Msg::Event(ev))
@@ -408,7 +506,9 @@ impl AuditLog {
         }
     }
 
-    /// Wait until everything enqueued so far is stored (and a checkpoint that fell due is written).
+    /// Wait until everything enqueued so far is stored — or, while the store is away, safe in the journal
+    /// (a journal backlog is replayed first when the store answers) — and a checkpoint that fell due is
+    /// written.
     pub async fn flush(&self) {
         self.start();
         let (tx, rx) = oneshot::channel();
@@ -441,29 +541,89 @@ impl AuditLog {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take();
+            let (journal, on_full) = match self
+                .journal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+            {
+                Some((j, f)) => (Some(j), f),
+                None => (None, journal::OnFull::Drop),
+            };
             let w = Writer {
                 sink: self.sink.clone(),
-                errors: self.errors.clone(),
+                shared: self.shared.clone(),
                 head: None,
                 cps,
                 last_cp: None,
+                journal,
+                on_full,
+                overflow: Vec::new(),
             };
             tokio::spawn(w.run(rx));
         }
     }
 }
 
-/// How often an idle writer looks at the clock for a due checkpoint.
+/// While the journal is full (`on_journal_full = "refuse"`), refuse what would make new records — proxy
+/// requests and token exchanges — with 503, and say not ready; everything else passes. A middleware, so
+/// the request path checks one flag.
+pub async fn refuse_while_journal_full(
+    axum::extract::State(app): axum::extract::State<Arc<crate::app::AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let blocked = app.audit.as_ref().is_some_and(|a| !a.accepting());
+    if !blocked {
+        return next.run(req).await;
+    }
+    let path = req.uri().path();
+    let status = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    let retry = [(axum::http::header::RETRY_AFTER, "5")];
+    if path == "/oauth/token" {
+        return crate::error::OAuthFailure::new(
+            status,
+            tollgate::OAuthErrorCode::TemporarilyUnavailable,
+            "the audit trail cannot record new tokens right now; try again shortly",
+        )
+        .into_response();
+    }
+    if path.starts_with("/v1/") {
+        tracing::warn!("refused: the audit journal is full and its store unavailable");
+        return (
+            status,
+            retry,
+            axum::Json(tollgate::OpenAiError::new(
+                "Tollgate: the audit trail cannot record requests right now (its database is unavailable and the local journal is full); requests are refused until it is back.",
+                "server_error",
+                Some("audit_unavailable"),
+            )),
+        )
+            .into_response();
+    }
+    if path == "/readyz" {
+        return (status, "audit journal full").into_response();
+    }
+    next.run(req).await
+}
+
+/// How often an idle writer looks at the clock for a due checkpoint (and retries a journal backlog).
 const IDLE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Writer {
     sink: Arc<dyn AuditSink>,
-    errors: Arc<std::sync::atomic::AtomicU64>,
+    shared: Arc<Shared>,
     /// Cached chain head; `None` = re-read it.
     head: Option<(i64, String)>,
     cps: Option<Checkpoints>,
     /// (time, seq) of this process's last checkpoint (or of its start).
     last_cp: Option<(u64, i64)>,
+    journal: Option<journal::Journal>,
+    on_full: journal::OnFull,
+    /// Events that arrived while the journal was full (`refuse`): kept in order, in memory (new requests
+    /// are refused meanwhile, so only requests already in flight add to it), journaled when there is room.
+    overflow: Vec<AuditEvent>,
 }
 
 /// A stored record: `(seq, hash, is a checkpoint)`.
@@ -471,6 +631,8 @@ type Stored = (i64, String, bool);
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        // A journal left by a previous process: replay it before anything new.
+        self.drain().await;
         // A control message met while collecting a batch waits here, so that it is handled after the
         // events queued before it (a flush answers only once they are stored).
         let mut held: Option<Msg> = None;
@@ -484,13 +646,26 @@ impl Writer {
                 },
             };
             match msg {
-                None => self.timed_checkpoint().await,
+                None => {
+                    self.drain().await;
+                    if !self.backlog() {
+                        self.timed_checkpoint().await;
+                    }
+                }
                 Some(Msg::Flush(done)) => {
-                    self.timed_checkpoint().await;
+                    self.drain().await;
+                    if !self.backlog() {
+                        self.timed_checkpoint().await;
+                    }
                     let _ = done.send(());
                 }
                 Some(Msg::Checkpoint(done)) => {
-                    let r = self.checkpoint_head().await;
+                    self.drain().await;
+                    let r = if self.backlog() {
+                        None
+                    } else {
+                        self.checkpoint_head().await
+                    };
                     let _ = done.send(r);
                 }
                 Some(Msg::Event(ev)) => {
@@ -514,60 +689,270 @@ impl Writer {
         }
     }
 
+    /// Records wait in the journal (or, the journal full, in memory): new ones queue behind them.
+    fn backlog(&self) -> bool {
+        !self.overflow.is_empty() || self.journal.as_ref().is_some_and(|j| j.pending() > 0)
+    }
+
+    fn publish_journal_state(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (pending, bytes) = self
+            .journal
+            .as_ref()
+            .map_or((0, 0), |j| (j.pending(), j.bytes()));
+        let pending = pending + self.overflow.len() as u64;
+        self.shared.journal_pending.store(pending, Relaxed);
+        self.shared.journal_bytes.store(bytes, Relaxed);
+        metrics::gauge!("tollgate_audit_journal_records").set(pending as f64);
+        metrics::gauge!("tollgate_audit_journal_bytes").set(bytes as f64);
+    }
+
     /// Store `events` in order, in as few transactions as possible, and sign a checkpoint after every
     /// record whose seq is a multiple of `every` — exactly as if they had been stored one by one: a batch
-    /// is cut after such a record, so the checkpoint record follows the record it covers.
+    /// is cut after such a record, so the checkpoint record follows the record it covers. What the store
+    /// cannot take goes to the journal (behind anything already waiting there).
     async fn store_events(&mut self, events: Vec<AuditEvent>) {
-        let every = self.cps.as_ref().map_or(0, |c| c.config.every);
-        let every = i64::try_from(every).unwrap_or(0);
+        if self.backlog() {
+            self.spill(events);
+            self.drain().await;
+            return;
+        }
+        let every = self.every();
         let mut i = 0;
         let mut checkpointed_last = false;
         while i < events.len() {
-            let Some(stored) = self.append_batch(&events[i..], every).await else {
-                self.errors.fetch_add(
-                    (events.len() - i) as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+            let Some(stored) = self.append_batch(&events[i..], every, None).await else {
+                self.spill(events[i..].to_vec());
                 return;
             };
             i += stored.len();
-            checkpointed_last = false;
-            if let Some((seq, hash, is_cp)) = stored.last().cloned()
-                && every > 0
-                && !is_cp
-                && seq % every == 0
-            {
-                self.checkpoint(seq, hash).await;
-                checkpointed_last = true;
-            }
+            checkpointed_last = self.checkpoint_if_due(&stored, every).await;
         }
         if !checkpointed_last {
             self.timed_checkpoint().await;
         }
     }
 
-    /// Chain and append one event; `(seq, hash)` once stored, `None` when it was dropped (logged).
+    fn every(&self) -> i64 {
+        let every = self.cps.as_ref().map_or(0, |c| c.config.every);
+        i64::try_from(every).unwrap_or(0)
+    }
+
+    /// Sign a checkpoint when the last stored record's seq is a multiple of `every`; whether it did.
+    async fn checkpoint_if_due(&mut self, stored: &[Stored], every: i64) -> bool {
+        if let Some((seq, hash, is_cp)) = stored.last().cloned()
+            && every > 0
+            && !is_cp
+            && seq % every == 0
+        {
+            self.checkpoint(seq, hash).await;
+            return true;
+        }
+        false
+    }
+
+    /// Put events the store could not take into the journal (`fsync`ed). Without a journal they are lost
+    /// (counted); with a full one they wait in memory and new requests are refused, or — `drop` — they are
+    /// lost (counted).
+    fn spill(&mut self, events: Vec<AuditEvent>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = events.len() as u64;
+        let Some(j) = self.journal.as_mut() else {
+            self.shared.errors.fetch_add(n, Relaxed);
+            tracing::error!(
+                records = n,
+                "audit: the store did not take these records; dropped"
+            );
+            return;
+        };
+        if !self.overflow.is_empty() {
+            self.overflow.extend(events);
+            self.cap_overflow();
+            self.publish_journal_state();
+            return;
+        }
+        let was_empty = j.pending() == 0;
+        match j.append(&events) {
+            Ok(()) => {
+                if was_empty {
+                    tracing::warn!(
+                        path = %j.path().display(),
+                        "audit: the store is unavailable; records go to the local journal until it is back"
+                    );
+                }
+            }
+            Err(e) => match self.on_full {
+                journal::OnFull::Refuse => {
+                    if !self.shared.blocked.swap(true, Relaxed) {
+                        tracing::error!(error = %e, "audit: the journal cannot take more records; refusing new requests until the store is back");
+                    }
+                    self.overflow.extend(events);
+                    self.cap_overflow();
+                }
+                journal::OnFull::Drop => {
+                    self.shared.errors.fetch_add(n, Relaxed);
+                    tracing::error!(error = %e, records = n, "audit: the journal cannot take more records; dropped (on_journal_full = \"drop\")");
+                }
+            },
+        }
+        self.publish_journal_state();
+    }
+
+    /// In-memory overflow is bounded like the queue: beyond it, records are dropped and counted.
+    fn cap_overflow(&mut self) {
+        if self.overflow.len() > QUEUE {
+            let extra = self.overflow.len() - QUEUE;
+            self.overflow.truncate(QUEUE);
+            self.shared
+                .errors
+                .fetch_add(extra as u64, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(
+                records = extra,
+                "audit: journal full and too many records waiting in memory; dropped"
+            );
+        }
+    }
+
+    /// Replay the journal into the store, in order, while the store takes it; then empty it and let the
+    /// records waiting in memory follow. Returns when done, or at the first store failure (the rest waits
+    /// for the next try).
+    async fn drain(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        loop {
+            let Some(j) = self.journal.as_mut() else {
+                return;
+            };
+            if !j.synced() {
+                let Some(id) = j.id().map(str::to_string) else {
+                    return;
+                };
+                match self.sink.journal_progress(&id).await {
+                    Ok(p) => {
+                        if let Some(j) = self.journal.as_mut()
+                            && let Err(e) = j.skip_stored(p)
+                        {
+                            tracing::error!(error = %e, "audit: cannot read the journal");
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+                continue;
+            }
+            if j.pending() == 0 {
+                if j.bytes() > 0
+                    && let Err(e) = j.reset()
+                {
+                    tracing::error!(error = %e, "audit: cannot empty the journal");
+                    return;
+                }
+                if self.overflow.is_empty() {
+                    if self.shared.blocked.swap(false, Relaxed) {
+                        tracing::warn!("audit: journal drained; accepting requests again");
+                    }
+                    self.publish_journal_state();
+                    return;
+                }
+                // The journal is stored, so the store answers: the records that waited in memory (the oldest
+                // now) go straight to it, in order.
+                let waiting = std::mem::take(&mut self.overflow);
+                let every = self.every();
+                let mut i = 0;
+                while i < waiting.len() {
+                    let end = (i + BATCH).min(waiting.len());
+                    let Some(stored) = self.append_batch(&waiting[i..end], every, None).await
+                    else {
+                        break;
+                    };
+                    i += stored.len();
+                    self.checkpoint_if_due(&stored, every).await;
+                }
+                if i < waiting.len() {
+                    // The store went away again: into the (empty) journal, as much as fits.
+                    let mut rest = &waiting[i..];
+                    let mut chunk = BATCH;
+                    while !rest.is_empty() && chunk > 0 {
+                        let take = rest.len().min(chunk);
+                        let Some(j) = self.journal.as_mut() else {
+                            return;
+                        };
+                        if j.append(&rest[..take]).is_ok() {
+                            rest = &rest[take..];
+                        } else {
+                            chunk /= 2;
+                        }
+                    }
+                    self.overflow = rest.to_vec();
+                    self.publish_journal_state();
+                    return;
+                }
+                self.publish_journal_state();
+                continue;
+            }
+            let (batch, id) = match j.read(BATCH) {
+                Ok(b) => (b, j.id().map(str::to_string).unwrap_or_default()),
+                Err(e) => {
+                    tracing::error!(error = %e, "audit: cannot read the journal");
+                    return;
+                }
+            };
+            let Some(first_n) = batch.first().map(|p| p.n) else {
+                return;
+            };
+            let events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
+            let every = self.every();
+            let Some(stored) = self
+                .append_batch(&events, every, Some((&id, first_n)))
+                .await
+            else {
+                return;
+            };
+            if let Some(j) = self.journal.as_mut() {
+                j.advance(&batch[..stored.len()]);
+            }
+            self.publish_journal_state();
+            self.checkpoint_if_due(&stored, every).await;
+        }
+    }
+
+    /// Chain and append one event; `(seq, hash)` once stored, `None` when the store did not take it.
     async fn append(&mut self, ev: AuditEvent) -> Option<(i64, String)> {
-        let stored = self.append_batch(std::slice::from_ref(&ev), 0).await?;
+        let stored = self
+            .append_batch(std::slice::from_ref(&ev), 0, None)
+            .await?;
         stored.into_iter().next().map(|(seq, hash, _)| (seq, hash))
     }
 
     /// Chain `events` on the head and append them in one transaction (all or nothing) — only up to the first
     /// record whose seq is a multiple of `every` (> 0), which is where a checkpoint is due; the stored
-    /// records, or `None` when they were dropped (logged). Store errors are retried 8 times with backoff. A conflict
-    /// means another writer extended the chain first — progress, not failure — so the head is re-read and
-    /// the whole batch re-chained (with a little jitter so two writers do not keep colliding), up to a
-    /// generous bound.
-    async fn append_batch(&mut self, events: &[AuditEvent], every: i64) -> Option<Vec<Stored>> {
+    /// records, or `None` when the store did not take them (logged). `journaled` = `(journal id, number of
+    /// the first event)`: the batch comes from the journal and its progress is recorded with it. Store
+    /// errors are retried a few times with backoff. A conflict means another writer extended the chain
+    /// first — progress, not failure — so the head is re-read and the whole batch re-chained (with a little
+    /// jitter so two writers do not keep colliding), up to a generous bound.
+    async fn append_batch(
+        &mut self,
+        events: &[AuditEvent],
+        every: i64,
+        journaled: Option<(&str, u64)>,
+    ) -> Option<Vec<Stored>> {
+        let attempts = if self.journal.is_some() {
+            ATTEMPTS_BEFORE_JOURNAL
+        } else {
+            ATTEMPTS_WITHOUT_JOURNAL
+        };
         let (mut failures, mut conflicts) = (0u32, 0u32);
-        while failures < 8 && conflicts < 1000 {
+        while failures < attempts && conflicts < 1000 {
             if self.head.is_none() {
                 match self.sink.head().await {
                     Ok(h) => self.head = Some(h.unwrap_or((0, GENESIS.to_string()))),
                     Err(e) => {
-                        tracing::error!(error = %e, "audit: cannot read the chain head");
-                        tokio::time::sleep(std::time::Duration::from_millis(50 << failures)).await;
+                        tracing::debug!(error = %e, "audit: cannot read the chain head");
                         failures += 1;
+                        if failures < attempts {
+                            tokio::time::sleep(std::time::Duration::from_millis(50 << failures))
+                                .await;
+                        }
                         continue;
                     }
                 }
@@ -586,7 +971,14 @@ impl Writer {
                 prev = rec.hash.clone();
                 records.push(rec);
             }
-            match self.sink.append_batch(&records).await {
+            let appended = match journaled {
+                Some((id, first_n)) => {
+                    let last_n = first_n + records.len() as u64 - 1;
+                    self.sink.append_journaled(&records, id, last_n).await
+                }
+                None => self.sink.append_batch(&records).await,
+            };
+            match appended {
                 Ok(()) => {
                     self.head = Some((seq, prev));
                     return Some(
@@ -606,17 +998,21 @@ impl Writer {
                     tokio::time::sleep(std::time::Duration::from_micros(jitter_us)).await;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "audit: append failed");
+                    tracing::debug!(error = %e, "audit: append failed");
                     self.head = None;
-                    tokio::time::sleep(std::time::Duration::from_millis(50 << failures)).await;
                     failures += 1;
+                    if failures < attempts {
+                        tokio::time::sleep(std::time::Duration::from_millis(50 << failures)).await;
+                    }
                 }
             }
         }
-        tracing::error!(
-            records = events.len(),
-            "audit: records dropped after retries"
-        );
+        if self.journal.is_none() {
+            tracing::error!(
+                records = events.len(),
+                "audit: the store did not take records after retries"
+            );
+        }
         None
     }
 
@@ -697,11 +1093,11 @@ impl Writer {
             detail: serde_json::json!({"seq": seq, "hash": hash, "kid": signed.kid, "jws": signed.jws}),
             ..Default::default()
         };
-        match self.append(ev).await {
+        match self.append(ev.clone()).await {
             Some((cp_seq, _)) => self.last_cp = Some((now, cp_seq)),
             None => {
-                self.errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Journaled like any record (it attests `seq`, wherever in the chain it lands).
+                self.spill(vec![ev]);
                 self.last_cp = Some((now, seq));
             }
         }

@@ -119,6 +119,42 @@ macro_rules! impl_audit_sink {
                 tx.commit().await.map_err(store_err)
             }
 
+            async fn append_journaled(
+                &self,
+                records: &[$crate::audit::AuditRecord],
+                journal_id: &str,
+                last_n: u64,
+            ) -> Result<(), $crate::audit::AuditError> {
+                let pool = self.pool().await?;
+                let mut tx = pool.begin().await.map_err(store_err)?;
+                insert_records(&mut tx, records).await?;
+                sqlx::query::<$db>(
+                    "INSERT INTO audit_journal_progress (journal_id, last_n) VALUES ($1, $2) \
+                     ON CONFLICT (journal_id) DO UPDATE SET last_n = excluded.last_n",
+                )
+                .bind(journal_id)
+                .bind(i64::try_from(last_n).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await
+                .map_err(store_err)?;
+                tx.commit().await.map_err(store_err)
+            }
+
+            async fn journal_progress(
+                &self,
+                journal_id: &str,
+            ) -> Result<Option<u64>, $crate::audit::AuditError> {
+                let pool = self.pool().await?;
+                let row = sqlx::query_as::<$db, (i64,)>(
+                    "SELECT last_n FROM audit_journal_progress WHERE journal_id = $1",
+                )
+                .bind(journal_id)
+                .fetch_optional(pool)
+                .await
+                .map_err(store_err)?;
+                Ok(row.map(|(n,)| u64::try_from(n).unwrap_or(0)))
+            }
+
             async fn scan(
                 &self,
                 after: i64,

@@ -27,6 +27,11 @@ const SCHEMA: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
     "CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
         BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+    // How far each local journal has been replayed (see `audit::journal`).
+    "CREATE TABLE IF NOT EXISTS audit_journal_progress (
+        journal_id TEXT NOT NULL PRIMARY KEY,
+        last_n INTEGER NOT NULL
+    )",
 ];
 
 pub struct SqliteAudit {
@@ -52,9 +57,12 @@ impl SqliteAudit {
     pub async fn pool(&self) -> Result<&Pool, AuditError> {
         self.pool
             .get_or_try_init(|| async {
-                if let Some(dir) = self.opts.get_filename().parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
+                // 0600 in a private directory from creation (SQLite gives -wal and -shm the file's mode).
+                crate::keys::prepare_sqlite_file(
+                    self.opts.get_filename(),
+                    crate::keys::SqliteRole::AuditTrail,
+                )
+                .map_err(|e| AuditError::Store(e.to_string()))?;
                 let pool = SqlitePoolOptions::new()
                     .max_connections(4)
                     .connect_with(self.opts.clone())

@@ -44,6 +44,13 @@ pub struct RawAudit {
     pub checkpoint_every: Option<Spanned<u64>>,
     /// Also sign one when this many seconds passed since the last and the chain grew. Default 60; 0 off.
     pub checkpoint_interval_secs: Option<Spanned<u64>>,
+    /// Directory of the local journal that keeps records while the audit store is unavailable. Default
+    /// `<server.state_dir>/audit-journal`. Relative to this file.
+    pub journal_dir: Option<Spanned<PathBuf>>,
+    /// Largest journal, bytes. Default 67108864 (64 MiB).
+    pub journal_max_bytes: Option<Spanned<u64>>,
+    /// `refuse` (default: refuse new requests with 503 while the journal is full) or `drop` (drop and count).
+    pub on_journal_full: Option<Spanned<String>>,
 }
 
 #[derive(Clone, Debug)]
@@ -52,6 +59,8 @@ pub struct AuditConfig {
     /// The SQLite trail (SQLite store only; PostgreSQL keeps the trail in the store).
     pub sqlite_path: PathBuf,
     pub checkpoints: crate::audit::checkpoint::CheckpointConfig,
+    /// Where records wait while the store cannot take them.
+    pub journal: crate::audit::journal::JournalConfig,
 }
 
 /// `[server.tls]` as written.
@@ -128,7 +137,39 @@ pub fn audit(
         Some(x) => Ok(*x.get_ref()),
         None => Ok(default),
     };
+    let journal = crate::audit::journal::JournalConfig {
+        dir: r.journal_dir.as_ref().map_or_else(
+            || state_dir.join("audit-journal"),
+            |p| s.resolve(p.get_ref()),
+        ),
+        max_bytes: match &r.journal_max_bytes {
+            Some(x) if !(4096..=1 << 40).contains(x.get_ref()) => {
+                return Err(s.error_at(
+                    x.span(),
+                    "audit.journal_max_bytes",
+                    "must be between 4096 and 1099511627776",
+                ));
+            }
+            Some(x) => *x.get_ref(),
+            None => crate::audit::journal::DEFAULT_MAX_BYTES,
+        },
+        on_full: match &r.on_journal_full {
+            None => crate::audit::journal::OnFull::Refuse,
+            Some(v) => match v.get_ref().as_str() {
+                "refuse" => crate::audit::journal::OnFull::Refuse,
+                "drop" => crate::audit::journal::OnFull::Drop,
+                other => {
+                    return Err(s.error_at(
+                        v.span(),
+                        "audit.on_journal_full",
+                        format_args!("unknown value {other:?} (use \"refuse\" or \"drop\")"),
+                    ));
+                }
+            },
+        },
+    };
     Ok(AuditConfig {
+        journal,
         enabled: r.enabled.unwrap_or(true),
         sqlite_path: r.sqlite_path.as_ref().map_or_else(
             || state_dir.join("audit.sqlite"),

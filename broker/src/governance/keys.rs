@@ -19,11 +19,16 @@
 //!
 //! **Retention.** A key signs at most until the end of the generation its `created` falls in, so it stays
 //! published until the last token it could have signed has expired: `(g+1)·R + max_ttl + leeway`.
+//!
+//! **Sealed at rest.** With a key-encryption key (`[tokens] key_encryption_key_file` / `_env`) every key is
+//! written to the store sealed (AES-256-GCM, bound to its `kid`), so a copy of the database alone mints
+//! nothing. Keys found in the clear (written before sealing was configured) are sealed in place on load.
 
 use super::store::{Store, StoreError, StoredKey};
-use crate::keys::SigningKey;
+use crate::keys::{KeyEncryptionKey, Opened, SigningKey};
 use crate::token::KeyRing;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Default lead between recording a forced rotation and signing with the new key.
 pub const DEFAULT_PUBLISH_LEAD_SECS: u64 = 5;
@@ -38,6 +43,8 @@ pub struct KeyManager {
     loaded: Mutex<Vec<String>>,
     /// Generations whose key this process has made sure exists.
     ensured: Mutex<Vec<i64>>,
+    /// Seals keys written to the store, opens sealed ones. `None`: keys are stored in the clear.
+    kek: Option<Arc<KeyEncryptionKey>>,
 }
 
 /// The answer to a forced rotation.
@@ -50,6 +57,66 @@ pub struct Rotated {
     pub previous_kid: Option<String>,
 }
 
+/// The answer to a retirement.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Retired {
+    pub kid: String,
+    /// Unix seconds of the (first) retirement.
+    pub retired_at: i64,
+    pub already_retired: bool,
+    /// It was the key this replica signed with.
+    pub was_signing: bool,
+    /// The key this replica signs with now.
+    pub signing_kid: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetireError {
+    #[error("no signing key with this kid in the store")]
+    UnknownKid,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// When each key signs from (its `created`, except a promoted successor). The key that would sign now by
+/// the usual rule (the newest whose `created` has passed) may be retired; then the scheduled key after it
+/// — published a generation ahead, so every replica verifies it already — signs from the retirement on.
+/// Forced keys are not promoted: they wait for their publication lead. The rule depends only on what the
+/// store holds, so every replica picks the same key.
+fn signing_times(
+    all: &[(StoredKey, bool)],
+    retired: &HashMap<String, i64>,
+    now: u64,
+) -> HashMap<String, i64> {
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    let mut out = HashMap::new();
+    let Some(natural) = all
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.created <= now)
+        .max_by_key(|k| k.created)
+    else {
+        return out;
+    };
+    let Some(&at) = retired.get(&natural.kid) else {
+        return out;
+    };
+    if let Some(successor) = all
+        .iter()
+        .filter(|(k, forced)| {
+            !forced && !retired.contains_key(&k.kid) && k.created > natural.created
+        })
+        .map(|(k, _)| k)
+        .min_by_key(|k| k.created)
+    {
+        out.insert(
+            successor.kid.clone(),
+            successor.created.min(at.max(natural.created)),
+        );
+    }
+    out
+}
+
 impl KeyManager {
     pub fn new(rotate_secs: u64, retain_secs: u64) -> Self {
         KeyManager {
@@ -58,6 +125,43 @@ impl KeyManager {
             publish_lead_secs: DEFAULT_PUBLISH_LEAD_SECS,
             loaded: Mutex::new(Vec::new()),
             ensured: Mutex::new(Vec::new()),
+            kek: None,
+        }
+    }
+
+    /// Seal keys at rest with `kek` (and seal keys found in the clear).
+    pub fn with_kek(mut self, kek: Option<Arc<KeyEncryptionKey>>) -> Self {
+        self.kek = kek;
+        self
+    }
+
+    /// The bytes to store for a new key: sealed when a KEK is configured.
+    fn to_store(&self, kid: &str, der: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        match &self.kek {
+            Some(kek) => kek.seal(kid, &der).map_err(StoreError::Setup),
+            None => Ok(der),
+        }
+    }
+
+    /// A stored key's PKCS#8 DER. A key in the clear is sealed in place when a KEK is configured (`CAS` on
+    /// the old bytes, so concurrent replicas agree); returns whether it did.
+    async fn open(&self, store: &dyn Store, k: &StoredKey) -> Result<(Vec<u8>, bool), String> {
+        match crate::keys::open_stored(self.kek.as_deref(), &k.kid, &k.pkcs8)? {
+            Opened::Sealed(der) => Ok((der, false)),
+            Opened::Plain => {
+                let Some(kek) = &self.kek else {
+                    return Ok((k.pkcs8.clone(), false));
+                };
+                let sealed = kek.seal(&k.kid, &k.pkcs8)?;
+                let changed = store
+                    .reseal_key(&k.kid, &k.pkcs8, &sealed)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if changed {
+                    tracing::warn!(kid = %k.kid, kek = %kek.id(), "signing key was stored in the clear; sealed it");
+                }
+                Ok((k.pkcs8.clone(), changed))
+            }
         }
     }
 
@@ -79,7 +183,7 @@ impl KeyManager {
     }
 
     /// Make sure this and the next generation have keys, then load every key still needed (scheduled and
-    /// forced) into `ring`.
+    /// forced), minus the retired ones, into `ring`.
     pub async fn sync(
         &self,
         store: &dyn Store,
@@ -87,6 +191,7 @@ impl KeyManager {
         now: u64,
     ) -> Result<(), StoreError> {
         let g = self.generation(now);
+        let retired: HashMap<String, i64> = store.retired_keys().await?.into_iter().collect();
         let have: Vec<i64> = self
             .ensured
             .lock()
@@ -94,20 +199,24 @@ impl KeyManager {
             .clone();
         for gen_ in [g, g + 1] {
             if !have.contains(&gen_) {
-                let created = gen_.saturating_mul(i64::try_from(self.rotate_secs).unwrap_or(1));
-                let (key, der) = SigningKey::generate(created as u64).map_err(StoreError::Setup)?;
-                store
-                    .ensure_key(&StoredKey {
-                        generation: gen_,
-                        kid: key.kid.clone(),
-                        created,
-                        pkcs8: der,
-                    })
-                    .await?;
+                self.ensure_generation(store, gen_).await?;
             }
         }
         let min = self.min_generation(now);
         let mut rows = store.keys_since(min).await?;
+        // A retired key cannot take over: while every scheduled key after this generation is retired, make
+        // sure a later generation has one (bounded; each is one row).
+        let mut next = g + 1;
+        while next < g + 8
+            && rows
+                .iter()
+                .filter(|k| k.generation > g)
+                .all(|k| retired.contains_key(&k.kid))
+        {
+            next += 1;
+            self.ensure_generation(store, next).await?;
+            rows = store.keys_since(min).await?;
+        }
         // Only scheduled keys count as a generation's key (a forced key's generation is for retention).
         *self
             .ensured
@@ -117,33 +226,155 @@ impl KeyManager {
             .map(|k| k.generation)
             .filter(|x| *x >= g)
             .collect();
-        rows.extend(store.rotated_keys_since(min).await?);
-        let mut ids: Vec<String> = rows.iter().map(|k| k.kid.clone()).collect();
+        let mut all: Vec<(StoredKey, bool)> = rows.into_iter().map(|k| (k, false)).collect();
+        all.extend(
+            store
+                .rotated_keys_since(min)
+                .await?
+                .into_iter()
+                .map(|k| (k, true)),
+        );
+        let created = signing_times(&all, &retired, now);
+        let mut ids: Vec<String> = all
+            .iter()
+            .filter(|(k, _)| !retired.contains_key(&k.kid))
+            .map(|(k, _)| {
+                format!(
+                    "{}@{}",
+                    k.kid,
+                    created.get(&k.kid).copied().unwrap_or(k.created)
+                )
+            })
+            .collect();
         ids.sort();
-        let mut loaded = self
-            .loaded
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *loaded == ids {
-            return Ok(());
-        }
+        let first = {
+            let loaded = self
+                .loaded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *loaded == ids {
+                return Ok(());
+            }
+            loaded.is_empty()
+        };
         let mut keys = Vec::new();
-        for k in rows {
-            match SigningKey::from_pkcs8(&k.pkcs8, u64::try_from(k.created).unwrap_or(0)) {
+        let mut unusable = Vec::new();
+        // At start, with a KEK: seal every key still in the clear, also those no longer loaded (past
+        // retention, retired), which stay in the store for checking old audit checkpoints.
+        let mut resealed = first && self.kek.is_some() && self.seal_all(store).await?;
+        for (k, _) in all.iter().filter(|(k, _)| !retired.contains_key(&k.kid)) {
+            let at = created.get(&k.kid).copied().unwrap_or(k.created);
+            let opened = match self.open(store, k).await {
+                Ok((der, changed)) => {
+                    resealed |= changed;
+                    SigningKey::from_pkcs8(&der, u64::try_from(at).unwrap_or(0))
+                }
+                Err(e) => Err(e),
+            };
+            match opened {
                 Ok(sk) => keys.push(sk),
                 Err(e) => {
-                    tracing::error!(generation = k.generation, kid = %k.kid, error = %e, "unusable signing key in store")
+                    tracing::error!(generation = k.generation, kid = %k.kid, error = %e, "unusable signing key in store");
+                    unusable.push(e);
                 }
             }
         }
+        if resealed && let Err(e) = store.purge_overwritten().await {
+            tracing::warn!(error = %e, "could not purge the clear-text keys' old pages");
+        }
+        // At start every key must open (a missing or wrong key-encryption key is a configuration error);
+        // later, a replica keeps the keys it has rather than drop them all over one bad row.
+        if let Some(e) = unusable.first()
+            && (first || keys.is_empty())
+        {
+            return Err(StoreError::Setup(e.clone()));
+        }
         tracing::info!(
             keys = keys.len(),
+            retired = retired.len(),
             generation = g,
             "signing keys loaded from the store"
         );
         ring.replace(keys);
-        *loaded = ids;
+        *self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ids;
         Ok(())
+    }
+
+    /// Seal every key the store holds in the clear; whether any was.
+    async fn seal_all(&self, store: &dyn Store) -> Result<bool, StoreError> {
+        let mut any = false;
+        for k in store
+            .keys_since(i64::MIN)
+            .await?
+            .into_iter()
+            .chain(store.rotated_keys_since(i64::MIN).await?)
+        {
+            if !crate::keys::is_sealed(&k.pkcs8) {
+                any |= self.open(store, &k).await.map_err(StoreError::Setup)?.1;
+            }
+        }
+        Ok(any)
+    }
+
+    /// Store a key for generation `gen_` unless one exists (all replicas agree on the first one written).
+    async fn ensure_generation(&self, store: &dyn Store, gen_: i64) -> Result<(), StoreError> {
+        let created = gen_.saturating_mul(i64::try_from(self.rotate_secs).unwrap_or(1));
+        let (key, der) =
+            SigningKey::generate(u64::try_from(created).unwrap_or(0)).map_err(StoreError::Setup)?;
+        let pkcs8 = self.to_store(&key.kid, der)?;
+        store
+            .ensure_key(&StoredKey {
+                generation: gen_,
+                kid: key.kid.clone(),
+                created,
+                pkcs8,
+            })
+            .await
+    }
+
+    /// Retire a key now: recorded in the store (every replica drops it on its next key poll), dropped here
+    /// at once. If it was the key signing, the next scheduled key — published a generation ahead, so every
+    /// replica already verifies it — signs from now on.
+    pub async fn retire(
+        &self,
+        store: &dyn Store,
+        ring: &KeyRing,
+        kid: &str,
+        reason: Option<&str>,
+        now: u64,
+    ) -> Result<Retired, RetireError> {
+        let known = store
+            .keys_since(i64::MIN)
+            .await?
+            .into_iter()
+            .chain(store.rotated_keys_since(i64::MIN).await?)
+            .any(|k| k.kid == kid);
+        if !known {
+            return Err(RetireError::UnknownKid);
+        }
+        let was_signing = ring.active_at(now).is_some_and(|k| k.kid == kid);
+        let newly = store
+            .retire_key(kid, i64::try_from(now).unwrap_or(i64::MAX), reason)
+            .await?;
+        self.sync(store, ring, now).await?;
+        let retired_at = store
+            .retired_keys()
+            .await?
+            .into_iter()
+            .find(|(k, _)| k == kid)
+            .map_or(i64::try_from(now).unwrap_or(i64::MAX), |(_, at)| at);
+        let signing_kid = ring.active_at(now).map(|k| k.kid.clone());
+        tracing::warn!(kid, was_signing, signing_kid = ?signing_kid, "signing key retired");
+        Ok(Retired {
+            kid: kid.to_string(),
+            retired_at,
+            already_retired: !newly,
+            was_signing,
+            signing_kid,
+        })
     }
 
     /// Force a rotation: store a new key that signs from `now + publish_lead` on every replica, and load it
@@ -158,13 +389,14 @@ impl KeyManager {
         let activates = now.saturating_add(self.publish_lead_secs);
         let (key, der) = SigningKey::generate(activates).map_err(StoreError::Setup)?;
         let activates_at = i64::try_from(activates).unwrap_or(i64::MAX);
+        let pkcs8 = self.to_store(&key.kid, der)?;
         store
             .add_rotated_key(
                 &StoredKey {
                     generation: self.generation(activates),
                     kid: key.kid.clone(),
                     created: activates_at,
-                    pkcs8: der,
+                    pkcs8,
                 },
                 i64::try_from(now).unwrap_or(i64::MAX),
             )

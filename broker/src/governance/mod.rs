@@ -24,7 +24,6 @@ use crate::usage::Usage;
 use pricing::{Estimate, Estimator, ModelPrice, PriceTable};
 use ratelimit::RateLimits;
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use store::{
@@ -105,13 +104,7 @@ pub struct Reservation {
 }
 
 /// Revocations as this replica knows them.
-#[derive(Default)]
-struct Revoked {
-    seq: i64,
-    jtis: HashSet<String>,
-    /// principal → revoked_at: tokens issued at or before it are refused.
-    principals: HashMap<String, i64>,
-}
+type Revoked = store::RevocationSet;
 
 pub struct Governance {
     pub store: Arc<dyn Store>,
@@ -233,7 +226,8 @@ impl Governance {
                     config.tokens.rotate_secs,
                     config.tokens.max_ttl_secs + config.tokens.leeway_secs,
                 )
-                .with_publish_lead((3 * poll_secs).max(keys::DEFAULT_PUBLISH_LEAD_SECS)),
+                .with_publish_lead((3 * poll_secs).max(keys::DEFAULT_PUBLISH_LEAD_SECS))
+                .with_kek(config.tokens.key_encryption_key.clone()),
             )
         } else {
             None
@@ -445,15 +439,10 @@ impl Governance {
             .revoked
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if r.jtis.contains(&claims.jti) {
+        // Tokens are minted with iat backdated by SKEW_SECS; the real issue time is iat + SKEW_SECS.
+        let issued = i64::try_from(claims.iat + crate::token::SKEW_SECS).unwrap_or(i64::MAX);
+        if r.refuses(&claims.jti, &claims.grant.principal, issued) {
             return Err(GovernanceError::Revoked);
-        }
-        if let Some(at) = r.principals.get(&claims.grant.principal) {
-            // Tokens are minted with iat backdated by SKEW_SECS; the real issue time is iat + SKEW_SECS.
-            let issued = i64::try_from(claims.iat + crate::token::SKEW_SECS).unwrap_or(i64::MAX);
-            if issued <= *at {
-                return Err(GovernanceError::Revoked);
-            }
         }
         Ok(())
     }
@@ -464,43 +453,33 @@ impl Governance {
             .revoked
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        r.jtis.contains(jti)
-            || r.principals
-                .get(principal)
-                .is_some_and(|at| issued_at <= *at)
+        r.refuses(jti, principal, issued_at)
     }
 
     fn apply_revocations(&self, rows: Vec<store::Revocation>) {
         if rows.is_empty() {
             return;
         }
-        let mut r = self
-            .revoked
+        self.revoked
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for row in rows {
-            r.seq = r.seq.max(row.seq);
-            match row.kind {
-                RevocationKind::Jti => {
-                    r.jtis.insert(row.value);
-                }
-                RevocationKind::Principal => {
-                    let e = r.principals.entry(row.value).or_insert(row.revoked_at);
-                    *e = (*e).max(row.revoked_at);
-                }
-            }
-        }
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .apply(rows);
     }
 
     /// Revoke a token or a principal: recorded in the store (other replicas poll it), effective here at once.
     pub async fn revoke(&self, kind: RevocationKind, value: &str) -> Result<i64, StoreError> {
         let now = self.now();
-        let seq = self.store.revoke(kind, value, now).await?;
+        let cutoff = (kind == RevocationKind::Principal).then(store::revocation_cutoff);
+        let seq = self
+            .store
+            .revoke(kind, value, now, cutoff.as_deref())
+            .await?;
         self.apply_revocations(vec![store::Revocation {
             seq: 0,
             kind,
             value: value.to_string(),
             revoked_at: now,
+            cutoff,
         }]);
         tracing::info!(kind = kind.as_str(), seq, "revoked");
         Ok(seq)
@@ -871,6 +850,20 @@ impl Governance {
 
     pub fn poll_interval(&self) -> Duration {
         self.poll_interval
+    }
+
+    /// Load every revocation from the store. Called before the broker serves (a restarted replica must not
+    /// accept a revoked token until its first poll); an error stops the start.
+    pub async fn load_revocations(&self) -> Result<usize, StoreError> {
+        let seq = self
+            .revoked
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .seq;
+        let rows = self.store.revocations_since(seq).await?;
+        let n = rows.len();
+        self.apply_revocations(rows);
+        Ok(n)
     }
 }
 

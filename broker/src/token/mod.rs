@@ -50,10 +50,16 @@ impl TokenError {
     }
 }
 
+/// Called when keys leave the ring (retired, or past retention).
+type RemovalHook = Box<dyn Fn() + Send + Sync>;
+
 /// The set of keys: the first signs, all verify.
 #[derive(Default)]
 pub struct KeyRing {
     keys: RwLock<Vec<Arc<SigningKey>>>,
+    /// Whoever caches verified tokens must forget them when a key goes (a retired key's tokens are refused
+    /// at once, cached or not).
+    on_removal: RwLock<Option<RemovalHook>>,
 }
 
 impl KeyRing {
@@ -62,6 +68,7 @@ impl KeyRing {
         keys.sort_by_key(|k| std::cmp::Reverse(k.created));
         KeyRing {
             keys: RwLock::new(keys),
+            on_removal: RwLock::default(),
         }
     }
 
@@ -90,14 +97,36 @@ impl KeyRing {
         self.read().iter().find(|k| k.kid == kid).cloned()
     }
 
-    /// Replace the whole set (rotation, reload from the store).
+    /// Replace the whole set (rotation, reload from the store). Calls the removal hook when a key left.
     pub fn replace(&self, keys: Vec<SigningKey>) {
         let mut keys: Vec<Arc<SigningKey>> = keys.into_iter().map(Arc::new).collect();
         keys.sort_by_key(|k| std::cmp::Reverse(k.created));
+        let removed = {
+            let mut cur = self
+                .keys
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let removed = cur.iter().any(|old| !keys.iter().any(|k| k.kid == old.kid));
+            *cur = keys;
+            removed
+        };
+        if removed
+            && let Some(hook) = self
+                .on_removal
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+        {
+            hook();
+        }
+    }
+
+    /// Run `hook` whenever a key leaves the ring (e.g. forget cached verifications).
+    pub fn on_removal(&self, hook: impl Fn() + Send + Sync + 'static) {
         *self
-            .keys
+            .on_removal
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Box::new(hook));
     }
 
     /// `/.well-known/jwks.json`.

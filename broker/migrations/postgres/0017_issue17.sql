@@ -1,0 +1,31 @@
+-- Issue 17 (nothing lost, nothing leaked).
+--
+-- A principal revocation's cutoff: a UUIDv7 taken when it was made, ordered like token ids (`jti` is a
+-- UUIDv7 too), so a token minted after the revocation — even in the same second — is not refused. NULL for
+-- revocations made before (they keep the one-second rule).
+ALTER TABLE revocations ADD COLUMN cutoff TEXT;
+
+-- Facts every replica must agree on. `issuer`: the `public_url` the replicas using this store issue tokens
+-- as, and until when one of them was last seen alive (a replica with another issuer is refused at start).
+CREATE TABLE store_meta (
+    name       TEXT   NOT NULL PRIMARY KEY,
+    value      TEXT   NOT NULL,
+    live_until BIGINT NOT NULL
+);
+
+-- Signing keys retired at once by an operator (`POST /admin/v1/keys/retire`): they leave every replica's
+-- JWKS on its next key poll and every token they signed is refused. The keys themselves stay (audit
+-- checkpoints they signed can still be checked).
+CREATE TABLE signing_key_retirements (
+    kid        TEXT   NOT NULL PRIMARY KEY,
+    retired_at BIGINT NOT NULL,
+    reason     TEXT
+);
+
+-- How far each replica's local audit journal (records spilled while the database was away) has been
+-- replayed into audit_log: updated in the same transaction as the replayed records, so a replay cut short
+-- is neither lost nor repeated.
+CREATE TABLE audit_journal_progress (
+    journal_id TEXT   NOT NULL PRIMARY KEY,
+    last_n     BIGINT NOT NULL
+);
