@@ -14,6 +14,7 @@ pub mod allot;
 pub mod keys;
 pub mod pricing;
 pub mod ratelimit;
+pub mod report;
 pub mod store;
 pub mod window;
 

@@ -152,6 +152,144 @@ pub struct UsageTotals {
     pub cost_nanos: i64,
 }
 
+/// What a spend report groups by besides the UTC day: a column of `spend`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Dimension {
+    Principal,
+    Team,
+    Org,
+    Model,
+    Provider,
+}
+
+impl Dimension {
+    pub const ALL: [Dimension; 5] = [
+        Dimension::Principal,
+        Dimension::Team,
+        Dimension::Org,
+        Dimension::Model,
+        Dimension::Provider,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::Principal => "principal",
+            Dimension::Team => "team",
+            Dimension::Org => "org",
+            Dimension::Model => "model",
+            Dimension::Provider => "provider",
+        }
+    }
+
+    /// The SQL expression (a fixed column name, never user input). `team` and `org` may be NULL.
+    fn sql(self) -> &'static str {
+        match self {
+            Dimension::Principal => "principal",
+            Dimension::Team => "COALESCE(team, '')",
+            Dimension::Org => "COALESCE(org, '')",
+            Dimension::Model => "model",
+            Dimension::Provider => "provider",
+        }
+    }
+}
+
+/// Settled spend between `from` (inclusive) and `to` (exclusive), Unix seconds, grouped by UTC day
+/// (`by_day`) and/or one [`Dimension`]; with neither, one row of totals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReportQuery {
+    pub from: i64,
+    pub to: i64,
+    pub by_day: bool,
+    pub by: Option<Dimension>,
+}
+
+/// One group of a spend report, summed from `spend` rows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReportRow {
+    /// Start of the UTC day (Unix seconds), when grouped by day.
+    pub day: Option<i64>,
+    /// The dimension's value; `None` for a request without one (no team, no org).
+    pub key: Option<String>,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost_nanos: i64,
+}
+
+impl ReportQuery {
+    /// The one report query, the same text for SQLite and PostgreSQL: integer division gives the UTC day.
+    fn sql(&self) -> String {
+        let mut cols = Vec::new();
+        if self.by_day {
+            cols.push("(settled_at / 86400) * 86400".to_string());
+        }
+        if let Some(d) = self.by {
+            cols.push(d.sql().to_string());
+        }
+        let select: String = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} AS g{i}, "))
+            .collect();
+        let group = if cols.is_empty() {
+            String::new()
+        } else {
+            let g: Vec<String> = (0..cols.len()).map(|i| format!("g{i}")).collect();
+            format!(" GROUP BY {0} ORDER BY {0}", g.join(", "))
+        };
+        format!(
+            "SELECT {select}COUNT(*), CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(cached_input_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(cost), 0) AS BIGINT) FROM spend WHERE settled_at >= $1 AND settled_at < $2{group}"
+        )
+    }
+
+    /// A result row (its group columns first, then the sums) as a [`ReportRow`].
+    fn row<R>(&self, r: &R) -> Result<ReportRow, sqlx::Error>
+    where
+        R: sqlx::Row,
+        usize: sqlx::ColumnIndex<R>,
+        i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    {
+        let mut i = 0;
+        let day = if self.by_day {
+            i += 1;
+            Some(r.try_get::<i64, _>(i - 1)?)
+        } else {
+            None
+        };
+        let key = if self.by.is_some() {
+            i += 1;
+            Some(r.try_get::<String, _>(i - 1)?).filter(|k| !k.is_empty())
+        } else {
+            None
+        };
+        Ok(ReportRow {
+            day,
+            key,
+            requests: r.try_get(i)?,
+            input_tokens: r.try_get(i + 1)?,
+            cached_input_tokens: r.try_get(i + 2)?,
+            cache_write_tokens: r.try_get(i + 3)?,
+            output_tokens: r.try_get(i + 4)?,
+            reasoning_tokens: r.try_get(i + 5)?,
+            cost_nanos: r.try_get(i + 6)?,
+        })
+    }
+}
+
 /// A revocation: of one token (`jti`) or of every token of a principal issued at or before `revoked_at`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Revocation {
@@ -260,6 +398,8 @@ pub trait Store: Send + Sync + 'static {
     async fn spend_total(&self) -> Result<(i64, i64), StoreError>;
     /// A principal's settled requests since `since` (unix seconds), summed.
     async fn usage_since(&self, principal: &str, since: i64) -> Result<UsageTotals, StoreError>;
+    /// Settled spend summed by day and/or one dimension (see [`ReportQuery`]), ordered by its groups.
+    async fn report(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
     fn pool(&self) -> StorePool;
@@ -972,6 +1112,15 @@ macro_rules! impl_store {
                     incomplete_streams: r.6.unwrap_or(0),
                     cost_nanos: r.7.unwrap_or(0),
                 })
+            }
+
+            async fn report(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, StoreError> {
+                let rows = sqlx::query::<$db>(sqlx::AssertSqlSafe(q.sql()))
+                    .bind(q.from)
+                    .bind(q.to)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows.iter().map(|r| q.row(r)).collect::<Result<_, _>>()?)
             }
 
             async fn ping(&self) -> Result<(), StoreError> {
