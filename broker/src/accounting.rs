@@ -251,6 +251,12 @@ impl Accounting {
             },
         );
         let cost = settlement.cost;
+        let (price_version, price_tier) = match &settlement.apply {
+            crate::governance::store::Apply::Spend { record, .. } => {
+                (record.price_version.clone(), record.price_tier.clone())
+            }
+            crate::governance::store::Apply::Return { .. } => (String::new(), String::new()),
+        };
         let u = f.usage.unwrap_or_default();
         let upstream_secs = f.ended.duration_since(f.dispatched).as_secs_f64();
         let ttfb = f.first_byte.map(|t| t.duration_since(f.started));
@@ -291,6 +297,8 @@ impl Accounting {
                     "cached_input_tokens": u.cached_input_tokens,
                     "reasoning_tokens": u.reasoning_tokens,
                     "end": end,
+                    "price_version": price_version,
+                    "price_tier": price_tier,
                     "latency_ms": latency_ms,
                     "ttfb_ms": ttfb.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 }),
@@ -311,6 +319,8 @@ impl Accounting {
             end,
             streamed_text_bytes = f.streamed_text_bytes,
             cost_nanos = cost.0,
+            price_version = %price_version,
+            price_tier = %price_tier,
             latency_ms,
             "request finished"
         );
@@ -348,6 +358,14 @@ impl InFlight {
     pub fn mark_first_byte(&mut self) {
         if self.first_byte.is_none() {
             self.first_byte = Some(Instant::now());
+        }
+    }
+
+    /// The answer reports the service tier it was served at (OpenAI's `service_tier` in the response
+    /// object or chunk): it is charged at that tier's price where the table has one, not the tier asked for.
+    pub fn served_tier(&mut self, tier: crate::governance::pricing::ServiceTier) {
+        if let Some(r) = &mut self.reservation {
+            r.served_at(tier);
         }
     }
 

@@ -237,6 +237,12 @@ struct RawPricing {
     output_reserve_cap_tokens: Option<Spanned<u64>>,
     #[serde(default)]
     models: BTreeMap<String, Spanned<RawPrice>>,
+    /// A LiteLLM `model_prices_and_context_window.json` (relative to this file): its token prices, service
+    /// tiers and long-context bands on top of the built-in table, under `[pricing.models]`. Default: none.
+    litellm_file: Option<Spanned<PathBuf>>,
+    /// The version recorded with requests charged from `litellm_file`. Default `litellm-` and the first 12
+    /// hex digits of the file's SHA-256.
+    litellm_version: Option<Spanned<String>>,
 }
 
 /// USD per million tokens.
@@ -1257,8 +1263,32 @@ fn pricing_config(s: &Source, raw: &RawPricing) -> Result<PricingConfig, ConfigE
         }
         estimator.output_reserve_cap_tokens = *c.get_ref();
     }
+    let file = match &raw.litellm_file {
+        None => Vec::new(),
+        Some(f) => {
+            if let Some(v) = &raw.litellm_version
+                && (v.get_ref().is_empty()
+                    || v.get_ref().len() > 64
+                    || v.get_ref()
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control()))
+            {
+                return Err(s.error_at(
+                    v.span(),
+                    "pricing.litellm_version",
+                    "must be 1-64 characters without spaces",
+                ));
+            }
+            crate::governance::litellm::load(
+                &s.resolve(f.get_ref()),
+                raw.litellm_version.as_ref().map(|v| v.get_ref().as_str()),
+            )
+            .map_err(|e| s.error_at(f.span(), "pricing.litellm_file", e))?
+            .entries
+        }
+    };
     Ok(PricingConfig {
-        table: PriceTable::new(overrides, unpriced, raw.defaults.unwrap_or(true)),
+        table: PriceTable::layered(raw.defaults.unwrap_or(true), file, overrides, unpriced),
         estimator,
     })
 }

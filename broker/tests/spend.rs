@@ -243,6 +243,23 @@ async fn check_month_report(st: Arc<dyn Store>) {
             );
         }
     }
+    // Every row records the price that charged it (both stores' migrations add the columns).
+    const Q: &str = "SELECT DISTINCT price_version, price_tier FROM spend ORDER BY 1, 2";
+    let versions: Vec<(String, String)> = match st.pool() {
+        store::StorePool::Sqlite(p) => sqlx::query_as(Q).fetch_all(&p).await.expect("q"),
+        store::StorePool::Postgres(p) => sqlx::query_as(Q).fetch_all(&p).await.expect("q"),
+    };
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert!(
+        versions
+            .iter()
+            .all(|(v, t)| v.starts_with("config-") && t == "standard"),
+        "{versions:?}"
+    );
+    assert_ne!(
+        versions[0].0, versions[1].0,
+        "one version per configured price"
+    );
     // The whole generated range equals the store's own total.
     let all = ReportParams {
         from: Some("2026-10-31".into()),
@@ -399,4 +416,302 @@ async fn report_api_and_cli() {
         err.contains("400") && err.contains("from: expected YYYY-MM-DD"),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------- prices that match the invoice
+
+/// A LiteLLM price file with a service tier and a long-context band, as operators download it (floats).
+const LITELLM: &str = r#"{
+  "sample_spec": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.0, "mode": "documentation"},
+  "gpt-t": {
+    "litellm_provider": "openai", "mode": "responses", "max_input_tokens": 400000,
+    "input_cost_per_token": 1.25e-06, "output_cost_per_token": 1e-05, "cache_read_input_token_cost": 1.25e-07,
+    "input_cost_per_token_priority": 2.5e-06, "output_cost_per_token_priority": 2e-05,
+    "cache_read_input_token_cost_priority": 2.5e-07,
+    "input_cost_per_token_flex": 6.25e-07, "output_cost_per_token_flex": 5e-06,
+    "cache_read_input_token_cost_flex": 6.25e-08,
+    "input_cost_per_token_batches": 6.25e-07, "supports_reasoning": true
+  },
+  "claude-t": {
+    "litellm_provider": "anthropic", "mode": "chat",
+    "input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05,
+    "cache_read_input_token_cost": 3e-07, "cache_creation_input_token_cost": 3.75e-06,
+    "input_cost_per_token_above_200k_tokens": 6e-06, "output_cost_per_token_above_200k_tokens": 2.25e-05,
+    "cache_read_input_token_cost_above_200k_tokens": 6e-07,
+    "cache_creation_input_token_cost_above_200k_tokens": 7.5e-06
+  },
+  "tiny-t": {"input_cost_per_token": 1.875e-11, "output_cost_per_token": 3.3e-11}
+}"#;
+
+fn config_in(dir: &std::path::Path, text: &str) -> Result<Config, String> {
+    std::fs::write(dir.join("broker.toml"), text).unwrap();
+    Config::from_source(
+        Source::read(&dir.join("broker.toml")).unwrap(),
+        &BTreeMap::<String, String>::new(),
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn settle_one(
+    g: &Governance,
+    who: &tollgate::Claims,
+    model: &str,
+    r: tollgate_broker::governance::Reservation,
+    usage: Usage,
+) -> SpendRecord {
+    let s = g.settle(
+        who,
+        r,
+        Finished {
+            model,
+            provider: "p",
+            usage: Some(usage),
+            end: "completed",
+            streamed_text_bytes: 0,
+        },
+    );
+    match s.apply {
+        Apply::Spend { record, .. } => *record,
+        Apply::Return { .. } => panic!("a settlement is a spend"),
+    }
+}
+
+/// `[pricing] litellm_file` prices requests per tier and band, `[pricing.models]` still wins, every spend
+/// row names the version and tier that charged it, and a bad file is refused at load naming both files'
+/// lines.
+#[tokio::test]
+async fn litellm_file_prices_tiers_and_bands_and_records_the_version() {
+    use tollgate_broker::governance::pricing::ServiceTier;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("prices.json"), LITELLM).unwrap();
+    let c = config_in(
+        dir.path(),
+        "policy_file = \"p.toml\"\n[pricing]\ndefaults = false\nlitellm_file = \"prices.json\"\n\
+         litellm_version = \"litellm-2025-12-01\"\n\
+         [pricing.models.\"tiny-t\"]\ninput = \"1\"\noutput = \"2\"\n",
+    )
+    .expect("config");
+    let st = open_store(StoreKind::Sqlite, dir.path(), "").await;
+    let clock = FakeClock::new(NOV_1 as u64);
+    let g = Governance::with_store(st.clone(), &c, Arc::new(clock), None, metrics(&c));
+    let who = claims("alice", Some("payments"), None, "j1");
+    let u = |i, cached, write, o| Usage {
+        input_tokens: i,
+        cached_input_tokens: cached,
+        cache_write_tokens: write,
+        output_tokens: o,
+        reasoning_tokens: 0,
+    };
+    let mut records = Vec::new();
+    // Standard, priority (asked for), flex (asked for priority, served flex as the answer says).
+    let cases: Vec<(&str, ServiceTier, Option<ServiceTier>, Usage, i64, &str)> = vec![
+        (
+            "gpt-t",
+            ServiceTier::Standard,
+            None,
+            u(1000, 800, 0, 100),
+            350_000 + 1_000_000,
+            "standard",
+        ),
+        (
+            "gpt-t",
+            ServiceTier::Priority,
+            None,
+            u(1000, 800, 0, 100),
+            700_000 + 2_000_000,
+            "priority",
+        ),
+        (
+            "gpt-t",
+            ServiceTier::Priority,
+            Some(ServiceTier::Flex),
+            u(1000, 800, 0, 100),
+            175_000 + 500_000,
+            "flex",
+        ),
+        // 3,000 plain + 2,000 read + 5,000 written, 1,000 out.
+        (
+            "claude-t",
+            ServiceTier::Standard,
+            None,
+            u(10_000, 2_000, 5_000, 1_000),
+            43_350_000,
+            "standard",
+        ),
+        // Above 200k: every token at the band's price.
+        (
+            "claude-t",
+            ServiceTier::Standard,
+            None,
+            u(250_000, 0, 0, 1_000),
+            1_522_500_000,
+            "standard above 200000",
+        ),
+        // The anthropic model has no priority price: standard.
+        (
+            "claude-t",
+            ServiceTier::Priority,
+            None,
+            u(1_000, 0, 0, 0),
+            3_000_000,
+            "standard",
+        ),
+        // [pricing.models] beats the file: $1 / $2 per Mtok.
+        (
+            "tiny-t",
+            ServiceTier::Standard,
+            None,
+            u(1_000_000, 0, 0, 1_000_000),
+            3_000_000_000,
+            "standard",
+        ),
+    ];
+    for (model, asked, served, usage, want, tier) in cases {
+        let mut r = g
+            .admit_tier(&who, model, 400, Some(2_000), asked)
+            .await
+            .expect("admitted");
+        if let Some(t) = served {
+            r.served_at(t);
+        }
+        let rec = settle_one(&g, &who, model, r, usage);
+        assert_eq!(
+            (rec.cost, rec.price_tier.as_str()),
+            (want, tier),
+            "{model} {asked:?}"
+        );
+        let version = if model == "tiny-t" {
+            "config-"
+        } else {
+            "litellm-2025-12-01"
+        };
+        assert!(
+            rec.price_version.starts_with(version),
+            "{}",
+            rec.price_version
+        );
+        records.push(rec);
+    }
+    let batch: Vec<Apply> = records
+        .iter()
+        .map(|r| Apply::Spend {
+            pool: None,
+            keys: vec![],
+            releases: vec![],
+            record: Box::new(r.clone()),
+        })
+        .collect();
+    st.apply(&batch).await.expect("apply");
+    let store::StorePool::Sqlite(pool) = st.pool() else {
+        panic!("sqlite")
+    };
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT price_version, price_tier, cost FROM spend ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut want: Vec<(String, String, i64)> = records
+        .iter()
+        .map(|r| (r.price_version.clone(), r.price_tier.clone(), r.cost))
+        .collect();
+    let mut got = rows.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+
+    // A bad file: refused at load, with the config's line and the file's line.
+    std::fs::write(
+        dir.path().join("bad.json"),
+        "{\n  \"m\": {\n    \"input_cost_per_token\": -1,\n    \"output_cost_per_token\": 1e-6\n  }\n}\n",
+    )
+    .unwrap();
+    let e = config_in(
+        dir.path(),
+        "policy_file = \"p.toml\"\n[pricing]\nlitellm_file = \"bad.json\"\n",
+    )
+    .expect_err("bad file");
+    assert!(
+        e.contains("broker.toml:3:")
+            && e.contains("pricing.litellm_file")
+            && e.contains("bad.json:3:5")
+            && e.contains("input_cost_per_token"),
+        "{e}"
+    );
+    let e = config_in(
+        dir.path(),
+        "policy_file = \"p.toml\"\n[pricing]\nlitellm_file = \"missing.json\"\n",
+    )
+    .expect_err("missing file");
+    assert!(e.contains("missing.json: cannot read"), "{e}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Prices written as decimals in a LiteLLM file (up to 15 significant digits, as floats in JSON) are
+    /// charged exactly: a request settled through governance is never below the file's price for its
+    /// reported usage at its tier and band, and at most four nano-dollars (per-component rounding) above it.
+    #[test]
+    fn litellm_charge_never_below_the_file(
+        // femto-USD per token, i.e. the file's decimal × 10^15, at most $0.1 per token.
+        prices in proptest::collection::vec(0u64..100_000_000_000_000, 16),
+        input in 0u64..500_000, cached_pct in 0u64..=100, write_pct in 0u64..=100,
+        output in 0u64..100_000, tier in 0usize..3,
+    ) {
+        use tollgate_broker::governance::pricing::ServiceTier;
+        let dec = |femto: u64| format!("{}.{:015}", femto / 1_000_000_000_000_000, femto % 1_000_000_000_000_000);
+        // Rounded to 15 significant digits, so the JSON float reads back as the same decimal.
+        let prices: Vec<u64> = prices.iter().map(|p| {
+            let digits = p.to_string().len();
+            if digits > 15 { let m = 10u64.pow((digits - 15) as u32); p / m * m } else { *p }
+        }).collect();
+        let names = ["input_cost_per_token", "output_cost_per_token", "cache_read_input_token_cost", "cache_creation_input_token_cost"];
+        let mut fields = Vec::new();
+        for (i, suffix) in ["", "_priority", "_flex", "_above_128k_tokens"].iter().enumerate() {
+            for (j, n) in names.iter().enumerate() {
+                fields.push(format!("\"{n}{suffix}\": {}", dec(prices[i * 4 + j])));
+            }
+        }
+        let json = format!("{{\"m\": {{{}}}}}", fields.join(", "));
+        let file = tollgate_broker::governance::litellm::parse(&json, std::path::Path::new("p.json"), None)
+            .expect("valid file");
+        let mut c = config("policy_file = \"p.toml\"\n[pricing]\ndefaults = false\n");
+        c.pricing.table = tollgate_broker::governance::pricing::PriceTable::layered(
+            false, file.entries, vec![], tollgate_broker::governance::pricing::Unpriced::Refuse);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let rec = rt.block_on(async {
+            let st = open_store(StoreKind::Sqlite, dir.path(), "").await;
+            let g = Governance::with_store(st, &c, Arc::new(FakeClock::new(NOV_1 as u64)), None, metrics(&c));
+            let who = claims("alice", None, None, "j");
+            let tier = [ServiceTier::Standard, ServiceTier::Priority, ServiceTier::Flex][tier];
+            let r = g.admit_tier(&who, "m", 100, Some(10), tier).await.expect("admit");
+            let cached = input * cached_pct / 100;
+            let write = (input - cached) * write_pct / 100;
+            let rec = settle_one(&g, &who, "m", r, Usage {
+                input_tokens: input, cached_input_tokens: cached, cache_write_tokens: write,
+                output_tokens: output, reasoning_tokens: 0,
+            });
+            (rec, cached, write, tier)
+        });
+        let (rec, cached, write, tier) = rec;
+        // The file's price for this request: the band above 128k replaces the standard rates (the file
+        // gives no tier prices inside the band, so a tier there is the highest of both).
+        let base = |t: usize| [prices[t * 4], prices[t * 4 + 2], prices[t * 4 + 3], prices[t * 4 + 1]];
+        let t = match tier { ServiceTier::Standard => 0, ServiceTier::Priority => 1, ServiceTier::Flex => 2 };
+        let rates: [u64; 4] = if input > 128_000 {
+            let band = base(3);
+            if t == 0 { band } else {
+                let tr = base(t);
+                [band[0].max(tr[0]), band[1].max(tr[1]), band[2].max(tr[2]), band[3].max(tr[3])]
+            }
+        } else {
+            base(t)
+        };
+        let plain = input - cached - write;
+        let exact = u128::from(plain) * u128::from(rates[0]) + u128::from(cached) * u128::from(rates[1])
+            + u128::from(write) * u128::from(rates[2]) + u128::from(output) * u128::from(rates[3]);
+        let charged = rec.cost as u128 * 1_000_000;
+        proptest::prop_assert!(charged >= exact, "charged {} n$ < file {} fn$", rec.cost, exact);
+        proptest::prop_assert!(charged < exact + 4_000_000, "charged {} n$ vs file {} fn$", rec.cost, exact);
+    }
 }

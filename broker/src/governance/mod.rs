@@ -12,6 +12,7 @@
 
 pub mod allot;
 pub mod keys;
+pub mod litellm;
 pub mod pricing;
 pub mod ratelimit;
 pub mod report;
@@ -22,7 +23,7 @@ use crate::clock::SharedClock;
 use crate::config::{BudgetConfig, Config, LimitsConfig, Scope};
 use crate::metrics::Metrics;
 use crate::usage::Usage;
-use pricing::{Estimate, Estimator, ModelPrice, PriceTable};
+use pricing::{Estimate, Estimator, PriceTable, Pricing, ServiceTier};
 use ratelimit::RateLimits;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -97,12 +98,24 @@ pub struct Reservation {
     pub id: String,
     pub keys: Vec<CounterKey>,
     pub estimate: Estimate,
-    pub price: ModelPrice,
+    /// The model's price as the table had it at admission (settlement charges it, whatever reloads later).
+    pub price: Arc<Pricing>,
+    /// The service tier charged: as the request asked, unless the answer says it was served at another
+    /// ([`Reservation::served_at`]).
+    pub tier: ServiceTier,
     /// False when no budget applies, or the store was down and `on_unavailable = "allow"` let the request
     /// through: then nothing of an allotment backs it.
     pub held: bool,
     /// The allotment epoch it was admitted under (see [`allot`]).
     pub epoch: u64,
+}
+
+impl Reservation {
+    /// The answer reports the service tier it was served at (OpenAI's `service_tier` in the response):
+    /// charge that one.
+    pub fn served_at(&mut self, tier: ServiceTier) {
+        self.tier = tier;
+    }
 }
 
 /// Revocations as this replica knows them.
@@ -525,6 +538,21 @@ impl Governance {
         body_len: u64,
         max_out: Option<u64>,
     ) -> Result<Reservation, GovernanceError> {
+        self.admit_tier(claims, model, body_len, max_out, ServiceTier::Standard)
+            .await
+    }
+
+    /// [`Governance::admit`] for a request that asks for a service tier (`service_tier`: `priority`,
+    /// `flex`): its estimate, and its charge unless the answer reports another tier, are at that tier's
+    /// price where the table has one.
+    pub async fn admit_tier(
+        &self,
+        claims: &Claims,
+        model: &str,
+        body_len: u64,
+        max_out: Option<u64>,
+        tier: ServiceTier,
+    ) -> Result<Reservation, GovernanceError> {
         for (key, rpm, tpm) in self.rate_keys(claims) {
             if let Some(tpm) = tpm {
                 let shared = match &self.redis {
@@ -545,13 +573,13 @@ impl Governance {
                     .map_err(limited)?;
             }
         }
-        let price = self.prices.lookup(model).ok_or_else(|| {
+        let price = self.prices.pricing(model).ok_or_else(|| {
             tracing::warn!(model, "refused: model has no price");
             GovernanceError::Unpriced {
                 model: model.to_string(),
             }
         })?;
-        let estimate = self.estimator.estimate(&price, body_len, max_out);
+        let estimate = self.estimator.estimate(&price, tier, body_len, max_out);
         let scope = self.in_scope(claims)?;
         let now = self.now();
         let keys: Vec<CounterKey> = scope
@@ -569,6 +597,7 @@ impl Governance {
                 keys,
                 estimate,
                 price,
+                tier,
                 held: false,
                 epoch: 0,
             });
@@ -580,6 +609,7 @@ impl Governance {
                 keys,
                 estimate,
                 price,
+                tier,
                 held: true,
                 epoch,
             }),
@@ -604,6 +634,7 @@ impl Governance {
                     keys,
                     estimate,
                     price,
+                    tier,
                     held: false,
                     epoch: 0,
                 },
@@ -676,7 +707,7 @@ impl Governance {
         u: Usage,
     ) -> Settlement {
         let reported = f.usage.is_some();
-        let cost = r.price.cost(&u);
+        let (cost, applied) = r.price.cost_at(&u, r.tier);
         let g = &claims.grant;
         let record = SpendRecord {
             id: r.id.clone(),
@@ -696,6 +727,8 @@ impl Governance {
             reserved: if r.held { r.estimate.cost.0 } else { 0 },
             usage_reported: reported,
             end_reason: f.end.to_string(),
+            price_version: r.price.version.to_string(),
+            price_tier: applied.label(),
         };
         // The allotment consumed: the cost, as far as the free allotment covers it (≥ min(cost, estimate)).
         let releases = if r.held {

@@ -136,6 +136,10 @@ pub struct SpendRecord {
     pub reserved: i64,
     pub usage_reported: bool,
     pub end_reason: String,
+    /// The price table entry that charged it (`builtin-2025-11-01`, `litellm-…`, `config-…`).
+    pub price_version: String,
+    /// The service tier and long-context band charged (`standard`, `priority above 272000`).
+    pub price_tier: String,
 }
 
 /// A principal's settled requests over a period, as the store records them.
@@ -683,8 +687,8 @@ macro_rules! impl_store {
                     sqlx::query::<$db>(
                         "INSERT INTO spend (id, settled_at, principal, team, org, jti, model, provider, \
                          input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, \
-                         cost, reserved, usage_reported, end_reason) \
-                         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17) \
+                         cost, reserved, usage_reported, end_reason, price_version, price_tier) \
+                         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19) \
                          ON CONFLICT DO NOTHING",
                     )
                     .bind(&r.id)
@@ -704,6 +708,8 @@ macro_rules! impl_store {
                     .bind(r.reserved)
                     .bind(i64::from(r.usage_reported))
                     .bind(&r.end_reason)
+                    .bind(&r.price_version)
+                    .bind(&r.price_tier)
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -816,7 +822,7 @@ macro_rules! impl_store {
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO spend (id, settled_at, principal, team, org, jti, model, provider, \
                          input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, \
-                         cost, reserved, usage_reported, end_reason) ",
+                         cost, reserved, usage_reported, end_reason, price_version, price_tier) ",
                     );
                     qb.push_values(chunk, |mut b, r| {
                         b.push_bind(r.id.clone())
@@ -835,7 +841,9 @@ macro_rules! impl_store {
                             .push_bind(r.cost)
                             .push_bind(r.reserved)
                             .push_bind(i64::from(r.usage_reported))
-                            .push_bind(r.end_reason.clone());
+                            .push_bind(r.end_reason.clone())
+                            .push_bind(r.price_version.clone())
+                            .push_bind(r.price_tier.clone());
                     });
                     qb.push(" ON CONFLICT DO NOTHING RETURNING id");
                     // Power-of-two row counts: a few SQL texts, each prepared once per connection and cached.
