@@ -222,16 +222,59 @@ impl Accounting {
         }
         if !writes.is_empty() {
             let mut delay = Duration::from_millis(50);
-            while let Err(e) = self.governance.store.apply(&writes).await {
-                self.governance.note_store_write(false);
-                tracing::error!(error = %e, settlements = writes.len(), "could not store settlements; will retry");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
+            let moved = loop {
+                match self.governance.store.apply(&writes).await {
+                    Ok(moved) => break moved,
+                    Err(e) => {
+                        self.governance.note_store_write(false);
+                        tracing::error!(error = %e, settlements = writes.len(), "could not store settlements; will retry");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            };
             self.governance.note_store_write(true);
+            self.alerts(&moved).await;
         }
         for done in flushes {
             let _ = done.send(());
+        }
+    }
+
+    /// Budget alerts for the counters a stored batch moved: claimed in the store (once across replicas),
+    /// then to the log, the audit trail and the sinks (delivered on their own tasks).
+    async fn alerts(&self, moved: &[(crate::governance::store::CounterKey, i64)]) {
+        for ev in self.governance.check_thresholds(moved).await {
+            self.metrics.alert(&ev.threshold);
+            tracing::warn!(
+                alert = %ev.id,
+                budget = %ev.budget_id,
+                scope = ev.scope.as_str(),
+                subject = %ev.subject,
+                threshold = %ev.threshold,
+                spent_nanos = ev.spent_nanos,
+                amount_nanos = ev.amount_nanos,
+                "{}",
+                ev.text()
+            );
+            if let Some(audit) = &self.audit {
+                let mut detail = serde_json::to_value(&ev).unwrap_or_default();
+                if let Some(o) = detail.as_object_mut() {
+                    o.insert("action".into(), "budget_alert".into());
+                }
+                audit.record(AuditEvent {
+                    ts: i64::try_from(self.clock.now_secs()).unwrap_or(i64::MAX),
+                    kind: Some(EventKind::Admin),
+                    actor: "system".into(),
+                    principal: (ev.scope == crate::config::Scope::Principal)
+                        .then(|| ev.subject.clone()),
+                    team: (ev.scope == crate::config::Scope::Team).then(|| ev.subject.clone()),
+                    cost_nanos: Some(ev.spent_nanos),
+                    detail,
+                    ..Default::default()
+                });
+            }
+            self.governance.alerter().deliver(&ev);
         }
     }
 

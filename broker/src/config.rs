@@ -143,6 +143,9 @@ struct RawConfig {
     telemetry: ops::RawTelemetry,
     #[serde(default)]
     audit: ops::RawAudit,
+    /// Budget alert sinks (`[alerts]`, `[[alerts.sinks]]`).
+    #[serde(default)]
+    alerts: crate::governance::alerts::RawAlerts,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -269,6 +272,11 @@ struct RawBudget {
     amount_usd: Spanned<RawDecimal>,
     /// `daily`, `weekly`, `monthly` (UTC calendar) or `lifetime`.
     window: Spanned<String>,
+    /// Percentages of `amount_usd` that each emit one alert per window (`[alerts]`), e.g. `[50, 80, 100]`.
+    /// Default: none.
+    thresholds: Option<Spanned<Vec<u32>>>,
+    /// A soft limit: reaching it emits one alert per window and refuses nothing. Default: none.
+    soft_usd: Option<Spanned<RawDecimal>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -455,6 +463,7 @@ pub struct Config {
     pub metrics: ops::MetricsConfig,
     pub telemetry: ops::TelemetryConfig,
     pub audit: ops::AuditConfig,
+    pub alerts: crate::governance::alerts::AlertsConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -541,6 +550,10 @@ pub struct BudgetConfig {
     pub matches: Option<String>,
     pub amount: Nanos,
     pub window: Window,
+    /// Percentages of `amount` that alert (once per window), ascending.
+    pub thresholds: Vec<u32>,
+    /// The soft limit: alerts, never refuses.
+    pub soft: Option<Nanos>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -942,6 +955,7 @@ impl Config {
         let store = store_config(s, &raw.store, &server.state_dir, env)?;
         let pricing = pricing_config(s, &raw.pricing)?;
         let budgets = budget_configs(s, &raw.budgets)?;
+        let alerts = crate::governance::alerts::config(s, &raw.alerts, env)?;
         let limits = limits_config(s, &raw.limits)?;
         let admin = AdminConfig {
             key_sha256: match &raw.admin.key_sha256 {
@@ -1043,6 +1057,7 @@ impl Config {
             store.kind == StoreKind::Postgres,
         )?;
         Ok(Config {
+            alerts,
             metrics,
             telemetry,
             audit,
@@ -1350,12 +1365,36 @@ fn budget_configs(
         {
             return Err(s.error_at(b.id.span(), "budgets.match", "must not be empty"));
         }
+        let soft = b
+            .soft_usd
+            .as_ref()
+            .map(|v| {
+                Nanos::parse_usd(&v.get_ref().text())
+                    .map_err(|e| s.error_at(v.span(), "budgets.soft_usd", e))
+            })
+            .transpose()?;
+        let mut thresholds = b
+            .thresholds
+            .as_ref()
+            .map_or(Vec::new(), |t| t.get_ref().clone());
+        crate::governance::alerts::validate_marks(&thresholds, soft, amount).map_err(
+            |e| match (&b.thresholds, &b.soft_usd) {
+                (_, Some(v)) if e.starts_with("soft_usd") => {
+                    s.error_at(v.span(), "budgets.soft_usd", e)
+                }
+                (Some(t), _) => s.error_at(t.span(), "budgets.thresholds", e),
+                _ => s.error_at(b.id.span(), "budgets", e),
+            },
+        )?;
+        thresholds.sort_unstable();
         out.push(BudgetConfig {
             id: id.clone(),
             scope,
             matches: b.matches.clone(),
             amount,
             window,
+            thresholds,
+            soft,
         });
     }
     Ok(out)

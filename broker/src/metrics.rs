@@ -286,6 +286,16 @@ impl Metrics {
             "Budget allotments grown in the store (one store round trip each).",
         );
         d(
+            "tollgate_alerts_total",
+            None,
+            "Budget alerts emitted (once per budget, subject, window and threshold across replicas), by threshold.",
+        );
+        d(
+            "tollgate_alert_deliveries_total",
+            None,
+            "Alert deliveries by sink and outcome (delivered, retried, failed, dropped).",
+        );
+        d(
             "tollgate_redis_errors_total",
             None,
             "Redis rate-limit calls that failed (this process's own limiter answered instead).",
@@ -456,6 +466,22 @@ impl Metrics {
     pub fn allotment_grow(&self) {
         self.counter("tollgate_allotment_grows_total", &[])
             .increment(1);
+    }
+
+    /// A budget alert was emitted by this replica (`threshold`: `80%`, `soft`: bounded by the config).
+    pub fn alert(&self, threshold: &str) {
+        self.counter("tollgate_alerts_total", &[("threshold", threshold)])
+            .increment(1);
+    }
+
+    /// An alert delivery attempt's outcome (`sink`: a configured name; `outcome`: delivered, retried,
+    /// failed, dropped).
+    pub fn alert_delivery(&self, sink: &str, outcome: &'static str) {
+        self.counter(
+            "tollgate_alert_deliveries_total",
+            &[("sink", sink), ("outcome", outcome)],
+        )
+        .increment(1);
     }
 
     pub fn redis_error(&self) {

@@ -715,3 +715,447 @@ proptest::proptest! {
         proptest::prop_assert!(charged < exact + 4_000_000, "charged {} n$ vs file {} fn$", rec.cost, exact);
     }
 }
+
+// ---------------------------------------------------------------- soft limits and alerts
+
+/// What a local webhook receiver got: (path, headers, body).
+type Hooks = Arc<std::sync::Mutex<Vec<(String, axum::http::HeaderMap, bytes::Bytes)>>>;
+
+/// A webhook receiver on 127.0.0.1:0 that answers 200 to every POST and keeps what it got.
+async fn receiver() -> (String, Hooks) {
+    let hooks: Hooks = Arc::default();
+    let h = hooks.clone();
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: bytes::Bytes| {
+            let h = h.clone();
+            async move {
+                h.lock()
+                    .unwrap()
+                    .push((uri.path().to_string(), headers, body));
+                axum::http::StatusCode::OK
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, hooks)
+}
+
+/// The receiver's own check of a generic webhook: HMAC-SHA256 over "{timestamp}.{body}" with the shared
+/// secret, computed here independently of the broker's code.
+fn signature_ok(secret: &str, headers: &axum::http::HeaderMap, body: &[u8]) -> bool {
+    use aws_lc_rs::hmac;
+    let (Some(ts), Some(sig)) = (
+        headers
+            .get("x-tollgate-timestamp")
+            .and_then(|v| v.to_str().ok()),
+        headers
+            .get("x-tollgate-signature")
+            .and_then(|v| v.to_str().ok()),
+    ) else {
+        return false;
+    };
+    let mut signed = format!("{ts}.").into_bytes();
+    signed.extend_from_slice(body);
+    let tag = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
+        &signed,
+    );
+    sig == format!("v1={}", hex::encode(tag.as_ref()))
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+const SECRET: &str = "a-shared-webhook-secret-0123456789";
+
+/// Three replicas sharing PostgreSQL settle a burst that takes one budget counter past its soft limit and
+/// 50 %, 80 % and 100 % at the same moment: each mark is emitted exactly once across the replicas (one row
+/// each in `budget_alerts`), delivered once to the signed webhook and once to the Slack-compatible sink, and
+/// the receiver verifies every signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alerts_once_across_three_replicas_postgres() {
+    use tollgate_broker::accounting::{Accounting, Served};
+    use tollgate_broker::usage::StreamEnd;
+    let (url, hooks) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret.txt"), SECRET).unwrap();
+    let c = config_in(
+        dir.path(),
+        &format!(
+            "policy_file = \"p.toml\"\n\
+             [pricing]\ndefaults = false\n[pricing.models.\"gpt-test\"]\ninput = \"1\"\noutput = \"10\"\n\
+             [[budgets]]\nid = \"alice-daily\"\nscope = \"principal\"\namount_usd = \"1.00\"\nwindow = \"daily\"\n\
+             thresholds = [80, 50, 100]\nsoft_usd = \"0.30\"\n\
+             [alerts]\nretry_initial_ms = 10\nmax_attempts = 3\n\
+             [[alerts.sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{url}/hook\"\nsecret_file = \"secret.txt\"\n\
+             [[alerts.sinks]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"{url}/slack\"\n"
+        ),
+    )
+    .expect("config");
+    assert_eq!(c.budgets[0].thresholds, vec![50, 80, 100]);
+    let schema = format!("spend_alerts_{}", uuid::Uuid::new_v4().simple());
+    let clock = FakeClock::new(NOV_1 as u64 + 3_600);
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let st = open_store(StoreKind::Postgres, dir.path(), &schema).await;
+        let m = metrics(&c);
+        let g = Arc::new(Governance::with_store(
+            st,
+            &c,
+            Arc::new(clock.clone()),
+            None,
+            m.clone(),
+        ));
+        let acc = Accounting::new(g.clone(), m.clone(), None, Arc::new(clock.clone()));
+        replicas.push((g, acc, m));
+    }
+    let alice = Arc::new(claims("alice", Some("payments"), None, "j-alice"));
+    // Ten requests in flight on each replica, each estimated at a fraction of a cent…
+    let mut inflight = Vec::new();
+    for _ in 0..10 {
+        for (g, acc, _) in &replicas {
+            let r = g
+                .admit(&alice, "gpt-test", 300, Some(100))
+                .await
+                .expect("admitted");
+            inflight.push(acc.start(
+                alice.clone(),
+                "gpt-test".into(),
+                "/v1/responses",
+                std::time::Instant::now(),
+                r,
+            ));
+        }
+    }
+    // …all finishing at once, each at $0.05: $1.50 in all, past every mark.
+    for f in inflight {
+        f.finish(
+            Served {
+                provider: "mock".into(),
+                provider_kind: "openai",
+                status: 200,
+            },
+            Some(Usage {
+                input_tokens: 0,
+                output_tokens: 5_000,
+                ..Usage::default()
+            }),
+            StreamEnd::Completed,
+            0,
+        );
+    }
+    for (_, acc, _) in &replicas {
+        assert!(
+            acc.flush(std::time::Duration::from_secs(30)).await,
+            "settled"
+        );
+    }
+    wait_for("deliveries", || {
+        replicas.iter().all(|(g, _, _)| g.alerter().pending() == 0)
+    })
+    .await;
+    let got = hooks.lock().unwrap().clone();
+    let webhooks: Vec<&(String, axum::http::HeaderMap, bytes::Bytes)> =
+        got.iter().filter(|(p, ..)| p == "/hook").collect();
+    let slack: Vec<&(String, axum::http::HeaderMap, bytes::Bytes)> =
+        got.iter().filter(|(p, ..)| p == "/slack").collect();
+    assert_eq!(webhooks.len(), 4, "one webhook per mark: {got:?}");
+    assert_eq!(slack.len(), 4, "one slack message per mark");
+    let mut marks = Vec::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for (_, headers, body) in &webhooks {
+        assert!(
+            signature_ok(SECRET, headers, body),
+            "signature verified by the receiver"
+        );
+        assert!(!signature_ok("another-secret-0123456789", headers, body));
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["budget_id"], "alice-daily");
+        assert_eq!(v["subject"], "alice");
+        assert_eq!(v["scope"], "principal");
+        assert_eq!(
+            headers["x-tollgate-delivery"].to_str().unwrap(),
+            v["id"].as_str().unwrap()
+        );
+        assert!(v["spent_nanos"].as_i64().unwrap() >= v["threshold_nanos"].as_i64().unwrap());
+        ids.insert(v["id"].as_str().unwrap().to_string());
+        marks.push(v["threshold"].as_str().unwrap().to_string());
+    }
+    marks.sort();
+    assert_eq!(marks, ["100%", "50%", "80%", "soft"]);
+    assert_eq!(ids.len(), 4);
+    for (_, headers, body) in &slack {
+        assert!(
+            headers.get("x-tollgate-signature").is_none(),
+            "slack payloads are not signed"
+        );
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let text = v["text"].as_str().unwrap();
+        assert!(
+            text.starts_with("Tollgate: daily budget 'alice-daily' for principal alice"),
+            "{text}"
+        );
+    }
+    let emitted: u64 = replicas
+        .iter()
+        .map(|(_, _, m)| {
+            m.render()
+                .lines()
+                .filter(|l| l.starts_with("tollgate_alerts_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum();
+    assert_eq!(emitted, 4, "four alerts emitted across the three replicas");
+    let st = replicas[0].0.store.clone();
+    let store::StorePool::Postgres(pool) = st.pool() else {
+        panic!("pg")
+    };
+    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM budget_alerts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 4);
+    // More spend in the same window emits nothing new.
+    let (g, acc, _) = &replicas[1];
+    let r = g.admit(&alice, "gpt-test", 300, Some(100)).await;
+    assert!(r.is_err(), "the hard limit still refuses");
+    let _ = acc;
+    for (g, _, _) in &replicas {
+        g.shutdown().await;
+    }
+    drop_schema(&st, &schema).await;
+}
+
+/// Through the broker: a soft limit warns (alert, audit record, log) and refuses nothing; a sink that hangs
+/// and a sink that refuses connections slow no request and no settlement; the refused deliveries are
+/// retried and counted as failed; each mark alerts once however much more is spent.
+#[tokio::test]
+async fn soft_limit_warns_without_refusing_and_a_down_sink_slows_nothing() {
+    let (url, hooks) = receiver().await;
+    // Accepts connections and never answers.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    // Refuses connections: a port nobody listens on any more.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let extra = format!(
+        "[[budgets]]\nid = \"alice-soft\"\nscope = \"principal\"\nmatch = \"alice\"\namount_usd = \"100\"\n\
+         window = \"daily\"\nsoft_usd = \"0.0001\"\nthresholds = [100]\n\
+         [alerts]\nretry_initial_ms = 10\nmax_attempts = 3\ntimeout_ms = 30000\n\
+         [[alerts.sinks]]\nname = \"ok\"\nkind = \"webhook\"\nurl = \"{url}/hook\"\nsecret_file = \"{s}\"\n\
+         [[alerts.sinks]]\nname = \"hang\"\nkind = \"webhook\"\nurl = \"http://{hang_addr}/\"\nsecret_file = \"{s}\"\n\
+         [[alerts.sinks]]\nname = \"refused\"\nkind = \"slack\"\nurl = \"http://{closed}/\"\n",
+        s = secret.display()
+    );
+    let b = common::start(&extra).await;
+    let alice = b.mint(common::CREDENTIAL).await;
+    let started = std::time::Instant::now();
+    // The first request's $0.00028 passes the $0.0001 soft limit; none is refused.
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        assert_eq!(b.responses(&alice, "gpt-5.5", false).await.0, 200);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "a request took {:?}",
+            t.elapsed()
+        );
+    }
+    // The usage call waits for this replica's settlements (and so for the alert claim): no sink delays it.
+    let r = b
+        .http
+        .get(format!("{}/v1/tollgate/usage", b.url))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "served and settled in {:?} while a sink hangs for 30 s",
+        started.elapsed()
+    );
+    wait_for("the webhook", || hooks.lock().unwrap().len() == 1).await;
+    let metric = |sink: &str, outcome: &str| -> u64 {
+        b.state
+            .metrics
+            .render()
+            .lines()
+            .find(|l| {
+                l.starts_with("tollgate_alert_deliveries_total{")
+                    && l.contains(&format!("sink=\"{sink}\""))
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    wait_for("the refused sink to give up", || {
+        metric("refused", "failed") == 1
+    })
+    .await;
+    assert_eq!(
+        metric("refused", "retried"),
+        2,
+        "three attempts: two retries"
+    );
+    assert_eq!(metric("ok", "delivered"), 1);
+    assert_eq!(
+        metric("hang", "failed"),
+        0,
+        "still waiting on its first attempt"
+    );
+    assert_eq!(
+        b.state.governance.alerter().pending(),
+        1,
+        "the hanging delivery, off every request's path"
+    );
+    {
+        let got = hooks.lock().unwrap();
+        let (path, headers, body) = &got[0];
+        assert_eq!(path, "/hook");
+        assert!(signature_ok(SECRET, headers, body));
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["type"], "budget.soft_limit");
+        assert_eq!(v["threshold"], "soft");
+        assert_eq!(v["budget_id"], "alice-soft");
+    }
+    // More requests over the soft limit: still served, no second alert.
+    for _ in 0..2 {
+        assert_eq!(b.responses(&alice, "gpt-5.5", false).await.0, 200);
+    }
+    b.settled(5).await;
+    assert!(
+        b.state
+            .accounting
+            .flush(std::time::Duration::from_secs(5))
+            .await
+    );
+    assert_eq!(
+        hooks.lock().unwrap().len(),
+        1,
+        "one alert per mark and window"
+    );
+    // The audit trail has the alert once.
+    let audit = b.state.audit.as_ref().unwrap();
+    audit.flush().await;
+    let alerts: Vec<_> = audit
+        .sink()
+        .scan(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event.detail["action"] == "budget_alert")
+        .collect();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].event.actor, "system");
+    assert_eq!(alerts[0].event.principal.as_deref(), Some("alice"));
+    assert_eq!(alerts[0].event.detail["threshold"], "soft");
+}
+
+/// Alert config is validated at load with the line and the field.
+#[test]
+fn alert_config_errors_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("short"), "short").unwrap();
+    let base = "policy_file = \"p.toml\"\n";
+    let budget =
+        "[[budgets]]\nid = \"b\"\nscope = \"team\"\namount_usd = \"10\"\nwindow = \"daily\"\n";
+    for (text, place, needle) in [
+        (
+            format!("{base}{budget}thresholds = [50, 120]\n"),
+            ":7:",
+            "budgets.thresholds: 120 is not a percentage",
+        ),
+        (
+            format!("{base}{budget}thresholds = [50, 50]\n"),
+            ":7:",
+            "listed twice",
+        ),
+        (
+            format!("{base}{budget}soft_usd = \"11\"\n"),
+            ":7:",
+            "budgets.soft_usd: soft_usd must be above zero and at most",
+        ),
+        (
+            format!("{base}{budget}soft_usd = \"-1\"\n"),
+            ":7:",
+            "negative",
+        ),
+        (
+            format!(
+                "{base}[[alerts.sinks]]\nname = \"x\"\nkind = \"email\"\nurl = \"http://h/\"\n"
+            ),
+            ":4:",
+            "alerts.sinks.kind: unknown kind \"email\"",
+        ),
+        (
+            format!(
+                "{base}[[alerts.sinks]]\nname = \"x\"\nkind = \"webhook\"\nurl = \"http://h/\"\n"
+            ),
+            ":2:",
+            "needs exactly one of secret_env and secret_file",
+        ),
+        (
+            format!(
+                "{base}[[alerts.sinks]]\nname = \"x\"\nkind = \"webhook\"\nurl = \"http://h/\"\nsecret_file = \"short\"\n"
+            ),
+            ":6:",
+            "at least 16 characters",
+        ),
+        (
+            format!("{base}[[alerts.sinks]]\nname = \"x\"\nkind = \"slack\"\nurl = \"ftp://h/\"\n"),
+            ":2:",
+            "must be an http:// or https:// URL",
+        ),
+        (
+            format!("{base}[[alerts.sinks]]\nname = \"x\"\nkind = \"slack\"\n"),
+            ":2:",
+            "set exactly one of url, url_env and url_file",
+        ),
+        (
+            format!(
+                "{base}[[alerts.sinks]]\nname = \"x\"\nkind = \"slack\"\nurl = \"http://h/\"\n[[alerts.sinks]]\nname = \"x\"\nkind = \"slack\"\nurl = \"http://h/\"\n"
+            ),
+            ":7:",
+            "duplicate sink name",
+        ),
+        (
+            format!("{base}[alerts]\nmax_attempts = 0\n"),
+            ":3:",
+            "alerts.max_attempts",
+        ),
+    ] {
+        let e = config_in(dir.path(), &text).expect_err(&text);
+        assert!(e.contains(place) && e.contains(needle), "{text:?} gave {e}");
+    }
+    // An unset url_env leaves the sink out, named for the start-up warning.
+    let c = config_in(
+        dir.path(),
+        &format!("{base}[[alerts.sinks]]\nname = \"x\"\nkind = \"slack\"\nurl_env = \"TOLLGATE_TEST_UNSET_URL\"\n"),
+    )
+    .expect("valid");
+    assert!(c.alerts.sinks.is_empty());
+    assert_eq!(c.alerts.disabled, vec!["x".to_string()]);
+}

@@ -8,3 +8,16 @@ CREATE INDEX spend_settled_at ON spend (settled_at);
 -- requests settled before this migration.
 ALTER TABLE spend ADD COLUMN price_version TEXT NOT NULL DEFAULT '';
 ALTER TABLE spend ADD COLUMN price_tier TEXT NOT NULL DEFAULT '';
+
+-- Budget alerts: one row per budget counter (budget × subject × window) and mark (`50%`, `80%`, `soft`).
+-- The replica whose insert creates the row emits the alert; every other replica's insert does nothing, so
+-- each mark alerts once across the fleet.
+CREATE TABLE budget_alerts (
+    budget_id    TEXT   NOT NULL,
+    subject      TEXT   NOT NULL,
+    period_start BIGINT NOT NULL,
+    threshold    TEXT   NOT NULL,
+    spent        BIGINT NOT NULL,
+    created_at   BIGINT NOT NULL,
+    PRIMARY KEY (budget_id, subject, period_start, threshold)
+);

@@ -10,6 +10,7 @@
 //! Governance speaks [`GovernanceError`]; what a person reads is written in `crate::error`, the one place
 //! errors become HTTP responses.
 
+pub mod alerts;
 pub mod allot;
 pub mod keys;
 pub mod litellm;
@@ -153,6 +154,10 @@ pub struct Governance {
     store_ok: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
     pub keys: Option<keys::KeyManager>,
+    /// Delivers budget alerts to the configured sinks.
+    alerter: alerts::Alerter,
+    /// Alert marks this replica has claimed or seen claimed (so each is tried in the store once per replica).
+    alerted: Mutex<HashSet<(CounterKey, alerts::Mark)>>,
 }
 /// Grow attempts per admission before giving up (only reached when concurrent admissions keep taking the
 /// allotment just grown).
@@ -252,6 +257,7 @@ impl Governance {
         keys: Option<keys::KeyManager>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let alerter = alerts::Alerter::new(&config.alerts, metrics.clone(), clock.clone());
         Governance {
             store,
             prices: config.pricing.table.clone(),
@@ -273,9 +279,68 @@ impl Governance {
             allot: Mutex::new(allot::Allotments::default()),
             grow_lock: tokio::sync::Mutex::new(()),
             store_ok: std::sync::atomic::AtomicBool::new(true),
+            alerter,
+            alerted: Mutex::new(HashSet::new()),
             metrics,
             keys,
         }
+    }
+
+    /// The budget alert sinks.
+    pub fn alerter(&self) -> &alerts::Alerter {
+        &self.alerter
+    }
+
+    fn alerted(&self) -> std::sync::MutexGuard<'_, HashSet<(CounterKey, alerts::Mark)>> {
+        self.alerted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// After a settlement batch is stored (`counters`: each counter it moved, with its `spent` after): claim
+    /// every alert mark reached that this replica has not seen yet. Returns the alerts this replica won (each
+    /// mark is won by exactly one replica); the caller records and delivers them. A store error leaves the
+    /// mark to be tried again on the counter's next settlement.
+    pub async fn check_thresholds(
+        &self,
+        counters: &[(CounterKey, i64)],
+    ) -> Vec<alerts::AlertEvent> {
+        let mut out = Vec::new();
+        for (key, spent) in counters {
+            let Some(b) = self.budgets.iter().find(|b| b.id == key.budget_id) else {
+                continue;
+            };
+            if b.thresholds.is_empty() && b.soft.is_none() {
+                continue;
+            }
+            let reached: Vec<alerts::Mark> = alerts::reached(b, *spent)
+                .into_iter()
+                .filter(|m| !self.alerted().contains(&(key.clone(), *m)))
+                .collect();
+            for m in reached {
+                let now = self.now();
+                match self.store.claim_alert(key, &m.label(), *spent, now).await {
+                    Ok(won) => {
+                        self.alerted().insert((key.clone(), m));
+                        if won {
+                            out.push(alerts::AlertEvent::new(
+                                b,
+                                &key.subject,
+                                key.period_start,
+                                m,
+                                *spent,
+                                now,
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        self.metrics.store_error("alert");
+                        tracing::warn!(error = %e, budget = %b.id, "could not claim a budget alert; will retry");
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn allot(&self) -> std::sync::MutexGuard<'_, allot::Allotments> {
@@ -832,6 +897,7 @@ impl Governance {
                 Err(e) => tracing::warn!(error = %e, "could not renew reservation leases"),
             }
         }
+        self.prune_alerted(now);
         let returns = self.return_idle(now);
         if !returns.is_empty()
             && let Err(e) = self.store.apply(&returns).await
@@ -862,6 +928,20 @@ impl Governance {
             Ok(rows) => self.apply_revocations(rows),
             Err(e) => tracing::warn!(error = %e, "could not poll revocations"),
         }
+    }
+
+    /// Forget alert marks of past windows (their counters settle no more).
+    fn prune_alerted(&self, now: i64) {
+        let mut a = self.alerted();
+        if a.is_empty() {
+            return;
+        }
+        a.retain(|(k, _)| {
+            self.budgets
+                .iter()
+                .find(|b| b.id == k.budget_id)
+                .is_some_and(|b| b.window.period(now as u64).0 <= k.period_start)
+        });
     }
 
     /// Give back the free allotment of counters unused for a lease period and of past windows: the store

@@ -360,8 +360,19 @@ pub trait Store: Send + Sync + 'static {
     /// Creates the pool row when `pool.exists` is false, and extends its lease.
     async fn grow(&self, pool: PoolRef<'_>, items: &[GrowItem]) -> Result<GrowOutcome, StoreError>;
 
-    /// Apply a batch of settlements and returns in one transaction (group commit).
-    async fn apply(&self, batch: &[Apply]) -> Result<(), StoreError>;
+    /// Apply a batch of settlements and returns in one transaction (group commit). Returns every counter
+    /// whose `spent` the batch moved, with its `spent` after the batch (for alert thresholds).
+    async fn apply(&self, batch: &[Apply]) -> Result<Vec<(CounterKey, i64)>, StoreError>;
+
+    /// Claim an alert mark (`threshold`: `80%`, `soft`) of a counter: `true` for exactly one caller across
+    /// every replica (the row's primary key), `false` for everyone after.
+    async fn claim_alert(
+        &self,
+        key: &CounterKey,
+        threshold: &str,
+        spent: i64,
+        now: i64,
+    ) -> Result<bool, StoreError>;
 
     /// Give back everything a pool holds and delete it (graceful shutdown). Returns whether it existed.
     async fn release_pool(&self, id: &str) -> Result<bool, StoreError>;
@@ -518,25 +529,26 @@ macro_rules! impl_store {
                 Ok(done == 1)
             }
 
-            /// Move a counter: `spent += spent`, `reserved -= released` (settlements and releases).
+            /// Move a counter: `spent += spent`, `reserved -= released` (settlements and releases). Returns
+            /// the counter's `spent` afterwards (`None` if it does not exist).
             async fn charge_counter(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 key: &CounterKey,
                 spent: i64,
                 released: i64,
-            ) -> Result<(), StoreError> {
-                sqlx::query::<$db>(
+            ) -> Result<Option<i64>, StoreError> {
+                Ok(sqlx::query_as::<$db, (i64,)>(
                     "UPDATE budget_counters SET spent = spent + $4, reserved = reserved - $5 \
-                     WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
+                     WHERE budget_id = $1 AND subject = $2 AND period_start = $3 RETURNING spent",
                 )
                 .bind(&key.budget_id)
                 .bind(&key.subject)
                 .bind(key.period_start)
                 .bind(spent)
                 .bind(released)
-                .execute(&mut *conn)
-                .await?;
-                Ok(())
+                .fetch_optional(&mut *conn)
+                .await?
+                .map(|(s,)| s))
             }
 
             /// `(spent, reserved)` of one counter; zeros when it does not exist yet.
@@ -802,10 +814,10 @@ macro_rules! impl_store {
                 Ok(GrowOutcome::Granted(vec![0; items.len()]))
             }
 
-            async fn apply(&self, batch: &[Apply]) -> Result<(), StoreError> {
+            async fn apply(&self, batch: &[Apply]) -> Result<Vec<(CounterKey, i64)>, StoreError> {
                 use std::collections::{BTreeMap, HashSet};
                 if batch.is_empty() {
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
                 let mut tx = self.pool.begin().await?;
                 // The spend rows first: only rows inserted now are applied (a batch retried after a commit
@@ -907,16 +919,45 @@ macro_rules! impl_store {
                 let mut touched: Vec<&CounterKey> = spent.keys().chain(released.keys()).copied().collect();
                 touched.sort();
                 touched.dedup();
+                let mut moved = Vec::new();
                 for k in touched {
                     let s = spent.get(k).copied().unwrap_or(0);
                     let r = released.get(k).copied().unwrap_or(0);
                     if s == 0 && r == 0 {
                         continue;
                     }
-                    Self::charge_counter(&mut tx, k, s, r).await?;
+                    let after = Self::charge_counter(&mut tx, k, s, r).await?;
+                    if let Some(after) = after
+                        && s != 0
+                    {
+                        moved.push((k.clone(), after));
+                    }
                 }
                 tx.commit().await?;
-                Ok(())
+                Ok(moved)
+            }
+
+            async fn claim_alert(
+                &self,
+                key: &CounterKey,
+                threshold: &str,
+                spent: i64,
+                now: i64,
+            ) -> Result<bool, StoreError> {
+                let n = sqlx::query::<$db>(
+                    "INSERT INTO budget_alerts (budget_id, subject, period_start, threshold, spent, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                )
+                .bind(&key.budget_id)
+                .bind(&key.subject)
+                .bind(key.period_start)
+                .bind(threshold)
+                .bind(spent)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
             }
 
             async fn release_pool(&self, id: &str) -> Result<bool, StoreError> {
