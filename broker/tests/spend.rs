@@ -504,7 +504,16 @@ async fn litellm_file_prices_tiers_and_bands_and_records_the_version() {
     };
     let mut records = Vec::new();
     // Standard, priority (asked for), flex (asked for priority, served flex as the answer says).
-    let cases: Vec<(&str, ServiceTier, Option<ServiceTier>, Usage, i64, &str)> = vec![
+    /// (model, tier asked, tier served, usage, cost, price_tier).
+    type Case<'a> = (
+        &'a str,
+        ServiceTier,
+        Option<ServiceTier>,
+        Usage,
+        i64,
+        &'a str,
+    );
+    let cases: Vec<Case<'_>> = vec![
         (
             "gpt-t",
             ServiceTier::Standard,
