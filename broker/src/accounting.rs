@@ -234,6 +234,7 @@ impl Accounting {
                 }
             };
             self.governance.note_store_write(true);
+            self.governance.note_spent(&moved);
             self.alerts(&moved).await;
         }
         for done in flushes {

@@ -1168,3 +1168,227 @@ fn alert_config_errors_name_the_line() {
     assert!(c.alerts.sinks.is_empty());
     assert_eq!(c.alerts.disabled, vec!["x".to_string()]);
 }
+
+/// `[alerts] weekly_report`: once the week has turned, exactly one of two replicas sends last week's spend
+/// (by team) to the sinks, equal to the settlements of that week; nothing more is sent until the next week.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn weekly_report_sent_once_by_one_replica_postgres() {
+    let (url, hooks) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret.txt"), SECRET).unwrap();
+    let c = config_in(
+        dir.path(),
+        &format!(
+            "policy_file = \"p.toml\"\n\
+             [pricing]\ndefaults = false\n[pricing.models.\"gpt-test\"]\ninput = \"1\"\noutput = \"10\"\n\
+             [alerts]\nweekly_report = \"team\"\n\
+             [[alerts.sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{url}/hook\"\nsecret_file = \"secret.txt\"\n\
+             [[alerts.sinks]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"{url}/slack\"\n"
+        ),
+    )
+    .expect("config");
+    let schema = format!("spend_weekly_{}", uuid::Uuid::new_v4().simple());
+    let clock = FakeClock::new(NOV_1 as u64);
+    let (s1, s2) = (
+        open_store(StoreKind::Postgres, dir.path(), &schema).await,
+        open_store(StoreKind::Postgres, dir.path(), &schema).await,
+    );
+    let g1 = Arc::new(Governance::with_store(
+        s1.clone(),
+        &c,
+        Arc::new(clock.clone()),
+        None,
+        metrics(&c),
+    ));
+    let g2 = Arc::new(Governance::with_store(
+        s2,
+        &c,
+        Arc::new(clock.clone()),
+        None,
+        metrics(&c),
+    ));
+    let people = [
+        claims("alice", Some("payments"), None, "ja"),
+        claims("bob", Some("search"), None, "jb"),
+        claims("dave", None, None, "jd"),
+    ];
+    // 2026-11-14 … 2026-11-24; the reported week is Monday 16 to Sunday 22.
+    let mon = NOV_1 + 15 * DAY;
+    let mut in_week = 0i64;
+    let mut n = 0i64;
+    for d in 13..24i64 {
+        for i in 0..3i64 {
+            let at = NOV_1 + d * DAY + i * 20_000;
+            clock.set(at as u64);
+            let who = &people[((d + i) % 3) as usize];
+            let r = g1
+                .admit(who, "gpt-test", 300, Some(100))
+                .await
+                .expect("admit");
+            let rec = settle_one(
+                &g1,
+                who,
+                "gpt-test",
+                r,
+                Usage {
+                    input_tokens: 100 + d as u64,
+                    output_tokens: 10 * i as u64,
+                    ..Usage::default()
+                },
+            );
+            if (mon..mon + 7 * DAY).contains(&at) {
+                in_week += rec.cost;
+                n += 1;
+            }
+            s1.apply(&[Apply::Spend {
+                pool: None,
+                keys: vec![],
+                releases: vec![],
+                record: Box::new(rec),
+            }])
+            .await
+            .expect("apply");
+        }
+    }
+    // Monday 23rd, ten seconds past midnight: both replicas' background rounds run at once.
+    let now = mon + 7 * DAY + 10;
+    clock.set(now as u64);
+    tokio::join!(g1.weekly(now), g2.weekly(now));
+    wait_for("deliveries", || {
+        g1.alerter().pending() + g2.alerter().pending() == 0
+    })
+    .await;
+    let got = hooks.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "one webhook and one slack message: {got:?}");
+    let (_, headers, body) = got.iter().find(|(p, ..)| p == "/hook").unwrap();
+    assert!(signature_ok(SECRET, headers, body));
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(v["type"], "report.weekly");
+    assert_eq!(
+        (v["from"].as_str(), v["to"].as_str()),
+        (Some("2026-11-16"), Some("2026-11-22"))
+    );
+    assert_eq!(v["by"], serde_json::json!(["team"]));
+    assert_eq!(v["totals"]["cost_nanos"], in_week);
+    assert_eq!(v["totals"]["requests"], n);
+    let teams: Vec<&str> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["team"].as_str().unwrap_or("(none)"))
+        .collect();
+    assert_eq!(teams.len(), 3, "{v}");
+    let (_, _, slack) = got.iter().find(|(p, ..)| p == "/slack").unwrap();
+    let text: serde_json::Value = serde_json::from_slice(slack).unwrap();
+    assert!(
+        text["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Tollgate weekly spend 2026-11-16 to 2026-11-22: $"),
+        "{text}"
+    );
+    // Later rounds in the same week send nothing; the next week sends the next report.
+    for t in [now + 60, mon + 9 * DAY] {
+        clock.set(t as u64);
+        tokio::join!(g1.weekly(t), g2.weekly(t));
+    }
+    wait_for("deliveries", || {
+        g1.alerter().pending() + g2.alerter().pending() == 0
+    })
+    .await;
+    assert_eq!(hooks.lock().unwrap().len(), 2);
+    let next = mon + 14 * DAY + 5;
+    clock.set(next as u64);
+    tokio::join!(g1.weekly(next), g2.weekly(next));
+    wait_for("the next report", || hooks.lock().unwrap().len() == 4).await;
+    let got = hooks.lock().unwrap().clone();
+    let (_, _, body) = got.iter().rev().find(|(p, ..)| p == "/hook").unwrap();
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(v["from"], "2026-11-23");
+    drop_schema(&s1, &schema).await;
+}
+
+/// The remaining-budget hint for the response headers: nothing known at first (a background read fills
+/// it, off the request path), then the amount less the settled spend this replica has seen.
+#[tokio::test]
+async fn remaining_budget_hint_for_the_response_headers() {
+    use tollgate_broker::accounting::{Accounting, Served};
+    use tollgate_broker::governance::BudgetHint;
+    use tollgate_broker::usage::StreamEnd;
+    let dir = tempfile::tempdir().unwrap();
+    let c = config_in(
+        dir.path(),
+        "policy_file = \"p.toml\"\n\
+         [pricing]\ndefaults = false\n[pricing.models.\"gpt-test\"]\ninput = \"1\"\noutput = \"10\"\n\
+         [[budgets]]\nid = \"alice-daily\"\nscope = \"principal\"\namount_usd = \"1.00\"\nwindow = \"daily\"\n\
+         [[budgets]]\nid = \"team-monthly\"\nscope = \"team\"\namount_usd = \"100\"\nwindow = \"monthly\"\n",
+    )
+    .expect("config");
+    let st = open_store(StoreKind::Sqlite, dir.path(), "").await;
+    let clock = FakeClock::new(NOV_1 as u64 + 3_600);
+    let m = metrics(&c);
+    let g = Arc::new(Governance::with_store(
+        st,
+        &c,
+        Arc::new(clock.clone()),
+        None,
+        m.clone(),
+    ));
+    let acc = Accounting::new(g.clone(), m, None, Arc::new(clock.clone()));
+    let alice = Arc::new(claims("alice", Some("payments"), None, "j"));
+    let r = g
+        .admit(&alice, "gpt-test", 300, Some(100))
+        .await
+        .expect("admit");
+    assert_eq!(
+        g.budget_hint(&r),
+        None,
+        "nothing known yet; read in the background"
+    );
+    for _ in 0..200 {
+        if g.budget_hint(&r).is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let h = g.budget_hint(&r).expect("known after the background read");
+    assert_eq!(
+        (h.budget_id.as_str(), h.remaining),
+        ("alice-daily", tollgate::Nanos(1_000_000_000))
+    );
+    let f = acc.start(
+        alice.clone(),
+        "gpt-test".into(),
+        "/v1/responses",
+        std::time::Instant::now(),
+        r,
+    );
+    f.finish(
+        Served {
+            provider: "mock".into(),
+            provider_kind: "openai",
+            status: 200,
+        },
+        Some(Usage {
+            input_tokens: 1_000,
+            output_tokens: 20_000,
+            ..Usage::default()
+        }),
+        StreamEnd::Completed,
+        0,
+    );
+    assert!(acc.flush(std::time::Duration::from_secs(10)).await);
+    let r = g
+        .admit(&alice, "gpt-test", 300, Some(100))
+        .await
+        .expect("admit");
+    let h = g.budget_hint(&r).expect("known");
+    // $0.001 + $0.20 settled: the daily budget is the tightest.
+    assert_eq!(h.remaining, tollgate::Nanos(1_000_000_000 - 201_000_000));
+    let mut headers = axum::http::HeaderMap::new();
+    h.insert_into(&mut headers);
+    assert_eq!(headers[BudgetHint::HEADER], "alice-daily");
+    assert_eq!(headers[BudgetHint::HEADER_REMAINING], "0.799000000");
+    assert_eq!(headers[BudgetHint::HEADER_RESETS], "2026-11-02T00:00:00Z");
+    g.release(r);
+}

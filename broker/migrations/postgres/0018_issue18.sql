@@ -21,3 +21,12 @@ CREATE TABLE budget_alerts (
     created_at   BIGINT NOT NULL,
     PRIMARY KEY (budget_id, subject, period_start, threshold)
 );
+
+-- Scheduled reports (`[alerts] weekly_report`): one row per report and period; the replica whose insert
+-- creates it sends the report.
+CREATE TABLE scheduled_reports (
+    name         TEXT   NOT NULL,
+    period_start BIGINT NOT NULL,
+    created_at   BIGINT NOT NULL,
+    PRIMARY KEY (name, period_start)
+);

@@ -37,6 +37,9 @@ pub struct RawAlerts {
     pub max_attempts: Option<Spanned<u32>>,
     /// Timeout of one attempt, milliseconds. Default 5000.
     pub timeout_ms: Option<Spanned<u64>>,
+    /// Send last week's spend, grouped by this dimension (`principal`, `team`, `org`, `model`,
+    /// `provider`), to every sink once the week has turned (Monday 00:00 UTC). Default: no weekly report.
+    pub weekly_report: Option<Spanned<String>>,
     #[serde(default)]
     pub sinks: Vec<Spanned<RawSink>>,
 }
@@ -92,11 +95,13 @@ pub struct AlertsConfig {
     pub retry_initial: Duration,
     pub max_attempts: u32,
     pub timeout: Duration,
+    pub weekly_report: Option<super::store::Dimension>,
 }
 
 impl Default for AlertsConfig {
     fn default() -> Self {
         AlertsConfig {
+            weekly_report: None,
             sinks: Vec::new(),
             disabled: Vec::new(),
             retry_initial: Duration::from_millis(1000),
@@ -137,6 +142,18 @@ pub fn config(s: &Source, raw: &RawAlerts, env: &dyn Env) -> Result<AlertsConfig
             ));
         }
         out.timeout = Duration::from_millis(*v.get_ref());
+    }
+    if let Some(w) = &raw.weekly_report {
+        out.weekly_report = Some(super::store::Dimension::parse(w.get_ref()).ok_or_else(|| {
+            s.error_at(
+                w.span(),
+                "alerts.weekly_report",
+                format_args!(
+                    "unknown dimension {:?} (use principal, team, org, model or provider)",
+                    w.get_ref()
+                ),
+            )
+        })?);
     }
     for sink in &raw.sinks {
         let span = sink.span();
@@ -427,6 +444,41 @@ impl AlertEvent {
     }
 }
 
+/// The Slack summary of a weekly report: the total, then the ten largest rows.
+pub fn report_text(r: &super::report::Report) -> String {
+    let usd = |n: i64| tollgate::Nanos(n).to_string();
+    let mut rows: Vec<&super::report::Line> = r.rows.iter().collect();
+    rows.sort_by(|a, b| b.sums.cost_nanos.cmp(&a.sums.cost_nanos));
+    let by =
+        r.by.iter()
+            .find(|c| *c != "day")
+            .map_or("group", String::as_str);
+    let mut t = format!(
+        "Tollgate weekly spend {} to {}: {} in {} requests.",
+        r.from,
+        r.to,
+        usd(r.totals.cost_nanos),
+        r.totals.requests
+    );
+    if !rows.is_empty() {
+        t.push_str(&format!(" By {by}:"));
+        for l in rows.iter().take(10) {
+            let name = l.group.clone().flatten().unwrap_or_else(|| "(none)".into());
+            t.push_str(&format!(
+                " {name} {} ({}),",
+                usd(l.sums.cost_nanos),
+                l.sums.requests
+            ));
+        }
+        t.pop();
+        if rows.len() > 10 {
+            t.push_str(&format!(" and {} more", rows.len() - 10));
+        }
+        t.push('.');
+    }
+    t
+}
+
 // ---------------------------------------------------------------- signing
 
 /// The generic webhook's signature header: `v1=` and the hex HMAC-SHA256, keyed with the sink's secret,
@@ -509,6 +561,28 @@ impl Alerter {
 
     /// Send `ev` to every sink, each on its own task. Never waits.
     pub fn deliver(&self, ev: &AlertEvent) {
+        let json = serde_json::to_value(ev).unwrap_or_default();
+        self.send(&ev.kind, &ev.id, &json, &ev.text());
+    }
+
+    /// Send a weekly spend report (`name` and `period_start` make its id) to every sink: the generic webhook
+    /// gets `{"type": "report.weekly", "id", "from", "to", "by", "rows", "totals"}` (the report API's JSON),
+    /// Slack a summary of the top ten rows.
+    pub fn deliver_report(&self, r: &super::report::Report, name: &str, period_start: i64) {
+        use sha2::Digest;
+        let id = hex::encode(sha2::Sha256::digest(
+            format!("{name}\0{period_start}").as_bytes(),
+        ))[..32]
+            .to_string();
+        let mut json = r.to_json();
+        if let Some(o) = json.as_object_mut() {
+            o.insert("type".into(), "report.weekly".into());
+            o.insert("id".into(), id.clone().into());
+        }
+        self.send("report.weekly", &id, &json, &report_text(r));
+    }
+
+    fn send(&self, kind: &str, id: &str, json: &serde_json::Value, text: &str) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -516,19 +590,19 @@ impl Alerter {
             if self.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
                 self.pending.fetch_sub(1, Ordering::AcqRel);
                 self.metrics.alert_delivery(&sink.name, "dropped");
-                tracing::error!(sink = %sink.name, alert = %ev.id, "alert dropped: too many deliveries pending");
+                tracing::error!(sink = %sink.name, alert = %id, "alert dropped: too many deliveries pending");
                 continue;
             }
             let body = match sink.kind {
-                SinkKind::Webhook => serde_json::to_vec(ev),
-                SinkKind::Slack => serde_json::to_vec(&serde_json::json!({"text": ev.text()})),
+                SinkKind::Webhook => serde_json::to_vec(json),
+                SinkKind::Slack => serde_json::to_vec(&serde_json::json!({"text": text})),
             }
             .unwrap_or_default();
             let job = Delivery {
                 sink: sink.clone(),
                 body,
-                event: ev.kind.clone(),
-                id: ev.id.clone(),
+                event: kind.to_string(),
+                id: id.to_string(),
                 http: self.http.clone(),
                 retry_initial: self.retry_initial,
                 max_attempts: self.max_attempts,

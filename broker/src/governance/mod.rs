@@ -158,6 +158,49 @@ pub struct Governance {
     alerter: alerts::Alerter,
     /// Alert marks this replica has claimed or seen claimed (so each is tried in the store once per replica).
     alerted: Mutex<HashSet<(CounterKey, alerts::Mark)>>,
+    /// Settled spend per counter as this replica last saw it (its own settlement writes, usage reports, a
+    /// background read on first use): the remaining-budget response header, without a store read per
+    /// request.
+    known_spent: Arc<Mutex<HashMap<CounterKey, i64>>>,
+    /// `[alerts] weekly_report`: the dimension the weekly report groups by.
+    weekly_report: Option<store::Dimension>,
+    /// The week (its Monday, Unix seconds) whose previous week's report this replica has dealt with.
+    weekly_done: std::sync::atomic::AtomicI64,
+}
+
+/// The tightest budget of an admitted request as this replica knows it, for the response headers
+/// `x-tollgate-budget`, `x-tollgate-budget-remaining` (USD, nine places) and `x-tollgate-budget-resets`.
+/// "Remaining" is the amount less the settled spend this replica has seen (its own settlements at once,
+/// other replicas' as of its last read): requests in flight are not subtracted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetHint {
+    pub budget_id: String,
+    pub remaining: Nanos,
+    pub amount: Nanos,
+    /// Unix seconds; `None` for a lifetime budget.
+    pub resets_at: Option<i64>,
+}
+
+impl BudgetHint {
+    pub const HEADER: &'static str = "x-tollgate-budget";
+    pub const HEADER_REMAINING: &'static str = "x-tollgate-budget-remaining";
+    pub const HEADER_RESETS: &'static str = "x-tollgate-budget-resets";
+
+    /// Add the headers to a response.
+    pub fn insert_into(&self, headers: &mut http::HeaderMap) {
+        use http::HeaderValue;
+        if let Ok(v) = HeaderValue::from_str(&self.budget_id) {
+            headers.insert(Self::HEADER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&report::usd9(self.remaining.0)) {
+            headers.insert(Self::HEADER_REMAINING, v);
+        }
+        if let Some(r) = self.resets_at
+            && let Ok(v) = HeaderValue::from_str(&rfc3339(r))
+        {
+            headers.insert(Self::HEADER_RESETS, v);
+        }
+    }
 }
 /// Grow attempts per admission before giving up (only reached when concurrent admissions keep taking the
 /// allotment just grown).
@@ -281,6 +324,9 @@ impl Governance {
             store_ok: std::sync::atomic::AtomicBool::new(true),
             alerter,
             alerted: Mutex::new(HashSet::new()),
+            known_spent: Arc::new(Mutex::new(HashMap::new())),
+            weekly_report: config.alerts.weekly_report,
+            weekly_done: std::sync::atomic::AtomicI64::new(i64::MIN),
             metrics,
             keys,
         }
@@ -295,6 +341,73 @@ impl Governance {
         self.alerted
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remember counters' settled spend (after a settlement batch is stored, or a store read).
+    pub fn note_spent(&self, counters: &[(CounterKey, i64)]) {
+        if counters.is_empty() {
+            return;
+        }
+        let mut k = self
+            .known_spent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (key, spent) in counters {
+            let e = k.entry(key.clone()).or_insert(*spent);
+            *e = (*e).max(*spent);
+        }
+    }
+
+    /// The tightest of an admitted request's budgets, from what this replica knows (no store read on the
+    /// request path: a counter it has not seen yet is read in the background and left out this time).
+    /// `None` when no budget applies or none is known yet.
+    pub fn budget_hint(&self, r: &Reservation) -> Option<BudgetHint> {
+        let mut best: Option<BudgetHint> = None;
+        let mut unknown = Vec::new();
+        {
+            let known = self
+                .known_spent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for key in &r.keys {
+                let Some(b) = self.budgets.iter().find(|b| b.id == key.budget_id) else {
+                    continue;
+                };
+                let Some(spent) = known.get(key) else {
+                    unknown.push(key.clone());
+                    continue;
+                };
+                let remaining = Nanos((b.amount.0 - spent).max(0));
+                if best.as_ref().is_none_or(|x| remaining < x.remaining) {
+                    best = Some(BudgetHint {
+                        budget_id: b.id.clone(),
+                        remaining,
+                        amount: b.amount,
+                        resets_at: b
+                            .window
+                            .period(u64::try_from(key.period_start).unwrap_or(0))
+                            .1,
+                    });
+                }
+            }
+        }
+        if !unknown.is_empty()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let (store, known) = (self.store.clone(), self.known_spent.clone());
+            rt.spawn(async move {
+                if let Ok(rows) = store.counters(&unknown).await {
+                    let mut k = known
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    for (key, (spent, _)) in unknown.into_iter().zip(rows) {
+                        let e = k.entry(key).or_insert(spent);
+                        *e = (*e).max(spent);
+                    }
+                }
+            });
+        }
+        best
     }
 
     /// After a settlement batch is stored (`counters`: each counter it moved, with its `spent` after): claim
@@ -829,6 +942,12 @@ impl Governance {
             tracing::error!(error = %e, "governance store unavailable (usage report)");
             GovernanceError::StoreUnavailable
         })?;
+        let seen: Vec<(CounterKey, i64)> = keys
+            .iter()
+            .cloned()
+            .zip(counters.iter().map(|c| c.0))
+            .collect();
+        self.note_spent(&seen);
         Ok(scope
             .iter()
             .zip(keys.iter().zip(counters))
@@ -898,6 +1017,7 @@ impl Governance {
             }
         }
         self.prune_alerted(now);
+        self.weekly(now).await;
         let returns = self.return_idle(now);
         if !returns.is_empty()
             && let Err(e) = self.store.apply(&returns).await
@@ -928,6 +1048,49 @@ impl Governance {
             Ok(rows) => self.apply_revocations(rows),
             Err(e) => tracing::warn!(error = %e, "could not poll revocations"),
         }
+    }
+
+    /// `[alerts] weekly_report`: once the week (Monday 00:00 UTC) has turned, the first replica to claim the
+    /// past week's run in the store sends its report to the sinks; the others do nothing. A store error is
+    /// retried on the next round.
+    pub async fn weekly(&self, now: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(by) = self.weekly_report else { return };
+        let (week, _) = window::Window::Weekly.period(u64::try_from(now).unwrap_or(0));
+        if self.weekly_done.load(Relaxed) == week {
+            return;
+        }
+        let last = week - 7 * 86_400;
+        let name = format!("weekly-{}", by.as_str());
+        match self.store.claim_report(&name, last, now).await {
+            Ok(false) => {}
+            Ok(true) => {
+                let req = report::ReportRequest {
+                    from_day: last,
+                    to_day: week - 86_400,
+                    grouping: report::Grouping {
+                        by_day: false,
+                        by: Some(by),
+                    },
+                    format: report::Format::Json,
+                };
+                match report::Report::run(self.store.as_ref(), &req).await {
+                    Ok(r) => {
+                        tracing::info!(from = %r.from, to = %r.to, cost_nanos = r.totals.cost_nanos, "weekly spend report sent");
+                        self.alerter.deliver_report(&r, &name, last);
+                    }
+                    Err(e) => {
+                        // Claimed but not computed: logged; the next week's report is unaffected.
+                        tracing::error!(error = %e, "weekly spend report could not be computed");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not claim the weekly spend report; will retry");
+                return;
+            }
+        }
+        self.weekly_done.store(week, Relaxed);
     }
 
     /// Forget alert marks of past windows (their counters settle no more).

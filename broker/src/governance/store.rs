@@ -364,6 +364,15 @@ pub trait Store: Send + Sync + 'static {
     /// whose `spent` the batch moved, with its `spent` after the batch (for alert thresholds).
     async fn apply(&self, batch: &[Apply]) -> Result<Vec<(CounterKey, i64)>, StoreError>;
 
+    /// Claim a scheduled report's run (`name`, the start of the period it covers): `true` for exactly one
+    /// caller across every replica.
+    async fn claim_report(
+        &self,
+        name: &str,
+        period_start: i64,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+
     /// Claim an alert mark (`threshold`: `80%`, `soft`) of a counter: `true` for exactly one caller across
     /// every replica (the row's primary key), `false` for everyone after.
     async fn claim_alert(
@@ -935,6 +944,20 @@ macro_rules! impl_store {
                 }
                 tx.commit().await?;
                 Ok(moved)
+            }
+
+            async fn claim_report(&self, name: &str, period_start: i64, now: i64) -> Result<bool, StoreError> {
+                let n = sqlx::query::<$db>(
+                    "INSERT INTO scheduled_reports (name, period_start, created_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(name)
+                .bind(period_start)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
             }
 
             async fn claim_alert(
