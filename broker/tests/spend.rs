@@ -1392,3 +1392,108 @@ async fn remaining_budget_hint_for_the_response_headers() {
     assert_eq!(headers[BudgetHint::HEADER_RESETS], "2026-11-02T00:00:00Z");
     g.release(r);
 }
+
+async fn run_chromium(profile: &std::path::Path, args: &[String]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new("chromium");
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--hide-scrollbars",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .args(args);
+    // Port 0 may land on a port Chromium blocks as unsafe: allow ours explicitly.
+    if let Some(port) = args
+        .last()
+        .and_then(|u| u.split("://").nth(1))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|hostport| hostport.rsplit(':').next())
+    {
+        cmd.arg(format!("--explicitly-allowed-ports={port}"));
+    }
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    tokio::time::timeout(std::time::Duration::from_secs(90), cmd.output())
+        .await
+        .expect("chromium timed out")
+        .expect("chromium runs (scripts/install-test-tools.sh installs it)")
+}
+
+/// The dashboard draws each budget's alert thresholds and soft limit on its bar (per team and per
+/// principal), checked in headless Chromium, with a screenshot.
+#[tokio::test]
+async fn dashboard_draws_thresholds_in_headless_chromium() {
+    let b = common::start(
+        "thresholds = [50, 80, 100]\nsoft_usd = \"30\"\n\
+         [[budgets]]\nid = \"alice-daily\"\nscope = \"principal\"\namount_usd = \"1\"\nwindow = \"daily\"\n\
+         thresholds = [25, 50]\nsoft_usd = \"0.0001\"\n",
+    )
+    .await;
+    let alice = b.mint(common::CREDENTIAL).await;
+    assert_eq!(b.responses(&alice, "gpt-5.5", false).await.0, 200);
+    b.settled(1).await;
+    let link = || {
+        let http = b.http.clone();
+        let url = format!("{}/admin/v1/dashboard-link", b.url);
+        async move {
+            let v: serde_json::Value = http
+                .post(url)
+                .bearer_auth(common::ADMIN_KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["url"].as_str().unwrap().to_string()
+        }
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let out = run_chromium(profile.path(), &["--dump-dom".into(), link().await]).await;
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("<section id=\"budgets\">"), "{dom}");
+    // The team budget (team-daily, from the common config) with its three thresholds and soft limit, and
+    // alice's principal budget with two.
+    for (budget, marks) in [
+        ("team-daily", &["soft", "50%", "80%", "100%"][..]),
+        ("alice-daily", &["soft", "25%", "50%"][..]),
+    ] {
+        for m in marks {
+            assert!(
+                dom.contains(&format!("data-budget=\"{budget}\" data-threshold=\"{m}\"")),
+                "{budget} {m} not drawn: {dom}"
+            );
+        }
+    }
+    assert!(dom.contains("data-scope=\"team:payments\""), "per team");
+    assert!(
+        dom.contains("data-scope=\"principal:alice\""),
+        "per principal"
+    );
+    let shot = option_env!("CARGO_TARGET_TMPDIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("tollgate-dashboard-thresholds.png");
+    let _ = std::fs::remove_file(&shot);
+    let profile = tempfile::tempdir().unwrap();
+    let out = run_chromium(
+        profile.path(),
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1000,1600".into(),
+            link().await,
+        ],
+    )
+    .await;
+    let png = std::fs::read(&shot).unwrap_or_else(|e| {
+        panic!(
+            "no screenshot ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+}
