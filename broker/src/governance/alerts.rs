@@ -448,7 +448,7 @@ impl AlertEvent {
 pub fn report_text(r: &super::report::Report) -> String {
     let usd = |n: i64| tollgate::Nanos(n).to_string();
     let mut rows: Vec<&super::report::Line> = r.rows.iter().collect();
-    rows.sort_by(|a, b| b.sums.cost_nanos.cmp(&a.sums.cost_nanos));
+    rows.sort_by_key(|l| std::cmp::Reverse(l.sums.cost_nanos));
     let by =
         r.by.iter()
             .find(|c| *c != "day")
