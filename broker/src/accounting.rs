@@ -229,16 +229,60 @@ impl Accounting {
         }
         if !writes.is_empty() {
             let mut delay = Duration::from_millis(50);
-            while let Err(e) = self.governance.store.apply(&writes).await {
-                self.governance.note_store_write(false);
-                tracing::error!(error = %e, settlements = writes.len(), "could not store settlements; will retry");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
+            let moved = loop {
+                match self.governance.store.apply(&writes).await {
+                    Ok(moved) => break moved,
+                    Err(e) => {
+                        self.governance.note_store_write(false);
+                        tracing::error!(error = %e, settlements = writes.len(), "could not store settlements; will retry");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            };
             self.governance.note_store_write(true);
+            self.governance.note_spent(&moved);
+            self.alerts(&moved).await;
         }
         for done in flushes {
             let _ = done.send(());
+        }
+    }
+
+    /// Budget alerts for the counters a stored batch moved: claimed in the store (once across replicas),
+    /// then to the log, the audit trail and the sinks (delivered on their own tasks).
+    async fn alerts(&self, moved: &[(crate::governance::store::CounterKey, i64)]) {
+        for ev in self.governance.check_thresholds(moved).await {
+            self.metrics.alert(&ev.threshold);
+            tracing::warn!(
+                alert = %ev.id,
+                budget = %ev.budget_id,
+                scope = ev.scope.as_str(),
+                subject = %ev.subject,
+                threshold = %ev.threshold,
+                spent_nanos = ev.spent_nanos,
+                amount_nanos = ev.amount_nanos,
+                "{}",
+                ev.text()
+            );
+            if let Some(audit) = &self.audit {
+                let mut detail = serde_json::to_value(&ev).unwrap_or_default();
+                if let Some(o) = detail.as_object_mut() {
+                    o.insert("action".into(), "budget_alert".into());
+                }
+                audit.record(AuditEvent {
+                    ts: i64::try_from(self.clock.now_secs()).unwrap_or(i64::MAX),
+                    kind: Some(EventKind::Admin),
+                    actor: "system".into(),
+                    principal: (ev.scope == crate::config::Scope::Principal)
+                        .then(|| ev.subject.clone()),
+                    team: (ev.scope == crate::config::Scope::Team).then(|| ev.subject.clone()),
+                    cost_nanos: Some(ev.spent_nanos),
+                    detail,
+                    ..Default::default()
+                });
+            }
+            self.governance.alerter().deliver(&ev);
         }
     }
 
@@ -258,6 +302,12 @@ impl Accounting {
             },
         );
         let cost = settlement.cost;
+        let (price_version, price_tier) = match &settlement.apply {
+            crate::governance::store::Apply::Spend { record, .. } => {
+                (record.price_version.clone(), record.price_tier.clone())
+            }
+            crate::governance::store::Apply::Return { .. } => (String::new(), String::new()),
+        };
         let u = f.usage.unwrap_or_default();
         let upstream_secs = f.ended.duration_since(f.dispatched).as_secs_f64();
         let ttfb = f.first_byte.map(|t| t.duration_since(f.started));
@@ -298,6 +348,8 @@ impl Accounting {
                     "cached_input_tokens": u.cached_input_tokens,
                     "reasoning_tokens": u.reasoning_tokens,
                     "end": end,
+                    "price_version": price_version,
+                    "price_tier": price_tier,
                     "latency_ms": latency_ms,
                     "ttfb_ms": ttfb.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 }),
@@ -318,6 +370,8 @@ impl Accounting {
             end,
             streamed_text_bytes = f.streamed_text_bytes,
             cost_nanos = cost.0,
+            price_version = %price_version,
+            price_tier = %price_tier,
             latency_ms,
             "request finished"
         );
@@ -356,6 +410,14 @@ impl InFlight {
     pub fn mark_first_byte(&mut self) {
         if self.first_byte.is_none() {
             self.first_byte = Some(Instant::now());
+        }
+    }
+
+    /// The answer reports the service tier it was served at (OpenAI's `service_tier` in the response
+    /// object or chunk): it is charged at that tier's price where the table has one, not the tier asked for.
+    pub fn served_tier(&mut self, tier: crate::governance::pricing::ServiceTier) {
+        if let Some(r) = &mut self.reservation {
+            r.served_at(tier);
         }
     }
 

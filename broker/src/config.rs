@@ -143,6 +143,9 @@ struct RawConfig {
     telemetry: ops::RawTelemetry,
     #[serde(default)]
     audit: ops::RawAudit,
+    /// Budget alert sinks (`[alerts]`, `[[alerts.sinks]]`).
+    #[serde(default)]
+    alerts: crate::governance::alerts::RawAlerts,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -237,6 +240,12 @@ struct RawPricing {
     output_reserve_cap_tokens: Option<Spanned<u64>>,
     #[serde(default)]
     models: BTreeMap<String, Spanned<RawPrice>>,
+    /// A LiteLLM `model_prices_and_context_window.json` (relative to this file): its token prices, service
+    /// tiers and long-context bands on top of the built-in table, under `[pricing.models]`. Default: none.
+    litellm_file: Option<Spanned<PathBuf>>,
+    /// The version recorded with requests charged from `litellm_file`. Default `litellm-` and the first 12
+    /// hex digits of the file's SHA-256.
+    litellm_version: Option<Spanned<String>>,
 }
 
 /// USD per million tokens.
@@ -263,6 +272,11 @@ struct RawBudget {
     amount_usd: Spanned<RawDecimal>,
     /// `daily`, `weekly`, `monthly` (UTC calendar) or `lifetime`.
     window: Spanned<String>,
+    /// Percentages of `amount_usd` that each emit one alert per window (`[alerts]`), e.g. `[50, 80, 100]`.
+    /// Default: none.
+    thresholds: Option<Spanned<Vec<u32>>>,
+    /// A soft limit: reaching it emits one alert per window and refuses nothing. Default: none.
+    soft_usd: Option<Spanned<RawDecimal>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -459,6 +473,7 @@ pub struct Config {
     pub metrics: ops::MetricsConfig,
     pub telemetry: ops::TelemetryConfig,
     pub audit: ops::AuditConfig,
+    pub alerts: crate::governance::alerts::AlertsConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -545,6 +560,10 @@ pub struct BudgetConfig {
     pub matches: Option<String>,
     pub amount: Nanos,
     pub window: Window,
+    /// Percentages of `amount` that alert (once per window), ascending.
+    pub thresholds: Vec<u32>,
+    /// The soft limit: alerts, never refuses.
+    pub soft: Option<Nanos>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -978,6 +997,7 @@ impl Config {
         let store = store_config(s, &raw.store, &server.state_dir, env)?;
         let pricing = pricing_config(s, &raw.pricing)?;
         let budgets = budget_configs(s, &raw.budgets)?;
+        let alerts = crate::governance::alerts::config(s, &raw.alerts, env)?;
         let limits = limits_config(s, &raw.limits)?;
         let admin = AdminConfig {
             key_sha256: match &raw.admin.key_sha256 {
@@ -1079,6 +1099,7 @@ impl Config {
             store.kind == StoreKind::Postgres,
         )?;
         Ok(Config {
+            alerts,
             metrics,
             telemetry,
             audit,
@@ -1299,8 +1320,32 @@ fn pricing_config(s: &Source, raw: &RawPricing) -> Result<PricingConfig, ConfigE
         }
         estimator.output_reserve_cap_tokens = *c.get_ref();
     }
+    let file = match &raw.litellm_file {
+        None => Vec::new(),
+        Some(f) => {
+            if let Some(v) = &raw.litellm_version
+                && (v.get_ref().is_empty()
+                    || v.get_ref().len() > 64
+                    || v.get_ref()
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control()))
+            {
+                return Err(s.error_at(
+                    v.span(),
+                    "pricing.litellm_version",
+                    "must be 1-64 characters without spaces",
+                ));
+            }
+            crate::governance::litellm::load(
+                &s.resolve(f.get_ref()),
+                raw.litellm_version.as_ref().map(|v| v.get_ref().as_str()),
+            )
+            .map_err(|e| s.error_at(f.span(), "pricing.litellm_file", e))?
+            .entries
+        }
+    };
     Ok(PricingConfig {
-        table: PriceTable::new(overrides, unpriced, raw.defaults.unwrap_or(true)),
+        table: PriceTable::layered(raw.defaults.unwrap_or(true), file, overrides, unpriced),
         estimator,
     })
 }
@@ -1362,12 +1407,36 @@ fn budget_configs(
         {
             return Err(s.error_at(b.id.span(), "budgets.match", "must not be empty"));
         }
+        let soft = b
+            .soft_usd
+            .as_ref()
+            .map(|v| {
+                Nanos::parse_usd(&v.get_ref().text())
+                    .map_err(|e| s.error_at(v.span(), "budgets.soft_usd", e))
+            })
+            .transpose()?;
+        let mut thresholds = b
+            .thresholds
+            .as_ref()
+            .map_or(Vec::new(), |t| t.get_ref().clone());
+        crate::governance::alerts::validate_marks(&thresholds, soft, amount).map_err(
+            |e| match (&b.thresholds, &b.soft_usd) {
+                (_, Some(v)) if e.starts_with("soft_usd") => {
+                    s.error_at(v.span(), "budgets.soft_usd", e)
+                }
+                (Some(t), _) => s.error_at(t.span(), "budgets.thresholds", e),
+                _ => s.error_at(b.id.span(), "budgets", e),
+            },
+        )?;
+        thresholds.sort_unstable();
         out.push(BudgetConfig {
             id: id.clone(),
             scope,
             matches: b.matches.clone(),
             amount,
             window,
+            thresholds,
+            soft,
         });
     }
     Ok(out)

@@ -286,9 +286,29 @@ impl Metrics {
             "Budget allotments grown in the store (one store round trip each).",
         );
         d(
+            "tollgate_alerts_total",
+            None,
+            "Budget alerts emitted (once per budget, subject, window and threshold across replicas), by threshold.",
+        );
+        d(
+            "tollgate_alert_deliveries_total",
+            None,
+            "Alert deliveries by sink and outcome (delivered, retried, failed, dropped).",
+        );
+        d(
             "tollgate_redis_errors_total",
             None,
             "Redis rate-limit calls that failed (this process's own limiter answered instead).",
+        );
+        self.recorder.describe_gauge(
+            "tollgate_audit_journal_records".into(),
+            None,
+            "Audit records waiting in the local outage journal for the store.".into(),
+        );
+        self.recorder.describe_gauge(
+            "tollgate_audit_journal_bytes".into(),
+            None,
+            "Bytes of the local audit outage journal.".into(),
         );
         self.recorder.describe_gauge(
             "tollgate_settlement_queue".into(),
@@ -458,6 +478,22 @@ impl Metrics {
             .increment(1);
     }
 
+    /// A budget alert was emitted by this replica (`threshold`: `80%`, `soft`: bounded by the config).
+    pub fn alert(&self, threshold: &str) {
+        self.counter("tollgate_alerts_total", &[("threshold", threshold)])
+            .increment(1);
+    }
+
+    /// An alert delivery attempt's outcome (`sink`: a configured name; `outcome`: delivered, retried,
+    /// failed, dropped).
+    pub fn alert_delivery(&self, sink: &str, outcome: &'static str) {
+        self.counter(
+            "tollgate_alert_deliveries_total",
+            &[("sink", sink), ("outcome", outcome)],
+        )
+        .increment(1);
+    }
+
     pub fn redis_error(&self) {
         self.counter("tollgate_redis_errors_total", &[])
             .increment(1);
@@ -470,6 +506,14 @@ impl Metrics {
     }
 
     /// Audit records lost so far (set at scrape time).
+    /// Audit records (and their bytes) waiting in the outage journal (set at scrape time).
+    pub fn audit_journal(&self, records: u64, bytes: u64) {
+        self.gauge("tollgate_audit_journal_records", &[])
+            .set(records as f64);
+        self.gauge("tollgate_audit_journal_bytes", &[])
+            .set(bytes as f64);
+    }
+
     pub fn audit_failures(&self, n: u64) {
         self.counter("tollgate_audit_failures_total", &[])
             .absolute(n);

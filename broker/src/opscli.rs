@@ -50,6 +50,22 @@ pub enum AdminCommand {
         #[arg(long)]
         until: Option<String>,
     },
+    /// Settled spend and tokens by UTC day × principal, team, org, model or provider, from the store (the
+    /// same numbers on every replica).
+    Report {
+        /// First day, YYYY-MM-DD, inclusive (default: 29 days before --to).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, YYYY-MM-DD, inclusive (default: today, UTC).
+        #[arg(long)]
+        to: Option<String>,
+        /// `day`, a dimension (principal, team, org, model, provider) or both: `day,team`.
+        #[arg(long, default_value = "day")]
+        by: String,
+        /// table, csv or json.
+        #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+        format: String,
+    },
     /// Re-read the policy file (a bad file is refused; the old policy stays).
     ReloadPolicy,
     /// Start signing with a new key (old keys keep verifying).
@@ -122,6 +138,7 @@ pub async fn admin(args: AdminArgs, default_url: Option<String>) -> anyhow::Resu
         }
     }
     let http = builder.build()?;
+    let mut report_format = None;
     let (get, path, body): (bool, String, serde_json::Value) = match args.command {
         AdminCommand::Grants => (true, "/admin/v1/grants".into(), serde_json::Value::Null),
         AdminCommand::Revoke {
@@ -141,6 +158,23 @@ pub async fn admin(args: AdminArgs, default_url: Option<String>) -> anyhow::Resu
             (
                 true,
                 format!("/admin/v1/spend?{qs}"),
+                serde_json::Value::Null,
+            )
+        }
+        AdminCommand::Report {
+            from,
+            to,
+            by,
+            format,
+        } => {
+            let wire = if format == "csv" { "csv" } else { "json" };
+            let mut q = vec![("by", by), ("format", wire.to_string())];
+            q.extend(from.map(|s| ("from", s)));
+            q.extend(to.map(|s| ("to", s)));
+            report_format = Some(format);
+            (
+                true,
+                format!("/admin/v1/report?{}", serde_urlencoded::to_string(q)?),
                 serde_json::Value::Null,
             )
         }
@@ -180,6 +214,10 @@ pub async fn admin(args: AdminArgs, default_url: Option<String>) -> anyhow::Resu
     };
     let resp = req.bearer_auth(key.expose_secret()).send().await?;
     let status = resp.status();
+    if status.is_success() && report_format.as_deref() == Some("csv") {
+        print!("{}", resp.text().await?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
     if !status.is_success() {
         let msg = v
@@ -189,7 +227,12 @@ pub async fn admin(args: AdminArgs, default_url: Option<String>) -> anyhow::Resu
         eprintln!("tollgate-broker admin: {status}: {msg}");
         return Ok(ExitCode::from(1));
     }
-    if let Some(u) = v.get("url").and_then(|u| u.as_str())
+    if report_format.as_deref() == Some("table") {
+        let Some(report) = crate::governance::report::Report::from_json(&v) else {
+            anyhow::bail!("the broker's report is not in the expected shape");
+        };
+        print!("{}", report.to_table());
+    } else if let Some(u) = v.get("url").and_then(|u| u.as_str())
         && path.ends_with("dashboard-link")
     {
         println!("{u}");

@@ -79,6 +79,8 @@ async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Respon
     }
     if let Some(a) = &app.audit {
         app.metrics.audit_failures(a.errors());
+        let (records, bytes) = a.journal_backlog();
+        app.metrics.audit_journal(records, bytes);
     }
     (
         [(

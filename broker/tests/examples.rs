@@ -37,6 +37,12 @@ fn production_config_and_configmap_are_valid() {
     assert!(prod.server.tls.is_some());
     assert!(!prod.metrics.public);
     assert!(prod.admin.key_sha256.is_some());
+    assert_eq!(prod.budgets[0].thresholds, vec![50, 80, 100]);
+    assert_eq!(
+        prod.alerts.disabled,
+        vec!["ops".to_string(), "slack".to_string()],
+        "no env: sinks left out"
+    );
     assert!(
         prod.telemetry
             .otlp_traces_url

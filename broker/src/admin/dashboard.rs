@@ -28,6 +28,8 @@ pub struct BudgetUse {
     pub window: String,
     pub used_nanos: i64,
     pub limit_nanos: i64,
+    /// Alert marks to draw on the bar: (`80%` or `soft`, where in nano-USD).
+    pub marks: Vec<(String, i64)>,
 }
 
 pub fn esc(s: &str) -> String {
@@ -219,7 +221,7 @@ fn budgets_section(budgets: &[BudgetUse]) -> String {
     let h = row_h * budgets.len() as f64 + 10.0;
     let _ = write!(
         s,
-        "<svg class=\"chart\" role=\"img\" aria-label=\"Budgets used\" viewBox=\"0 0 760 {h}\" width=\"760\" height=\"{h}\" xmlns=\"http://www.w3.org/2000/svg\">"
+        "<svg class=\"chart\" role=\"img\" aria-label=\"Budgets used\" viewBox=\"0 0 900 {h}\" width=\"900\" height=\"{h}\" xmlns=\"http://www.w3.org/2000/svg\">"
     );
     for (i, b) in budgets.iter().enumerate() {
         let pct = if b.limit_nanos > 0 {
@@ -239,7 +241,7 @@ fn budgets_section(budgets: &[BudgetUse]) -> String {
             s,
             "<text x=\"0\" y=\"{ty:.1}\" font-size=\"12\">{id} ({scope}, {window})</text>\
              <rect x=\"300\" y=\"{y:.1}\" width=\"360\" height=\"18\" fill=\"#e5e7eb\"/>\
-             <rect class=\"budget\" data-budget=\"{id}\" x=\"300\" y=\"{y:.1}\" width=\"{bw:.1}\" height=\"18\" fill=\"{color}\"><title>{id}: {used} of {limit}</title></rect>\
+             <rect class=\"budget\" data-budget=\"{id}\" data-scope=\"{scope}\" x=\"300\" y=\"{y:.1}\" width=\"{bw:.1}\" height=\"18\" fill=\"{color}\"><title>{id}: {used} of {limit}</title></rect>\
              <text x=\"668\" y=\"{ty:.1}\" font-size=\"12\">{pct:.0}% · {used} / {limit}</text>",
             ty = y + 14.0,
             id = esc(&b.id),
@@ -249,12 +251,33 @@ fn budgets_section(budgets: &[BudgetUse]) -> String {
             used = usd(b.used_nanos),
             limit = usd(b.limit_nanos),
         );
+        // Alert thresholds and the soft limit, as ticks across the bar (dashed: the soft limit).
+        for (label, at) in &b.marks {
+            if b.limit_nanos <= 0 {
+                break;
+            }
+            let x = 300.0 + 360.0 * (*at as f64 / b.limit_nanos as f64).clamp(0.0, 1.0);
+            let dash = if label == "soft" {
+                " stroke-dasharray=\"3,2\""
+            } else {
+                ""
+            };
+            let _ = write!(
+                s,
+                "<line class=\"threshold\" data-budget=\"{id}\" data-threshold=\"{l}\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{y1:.1}\" y2=\"{y2:.1}\" stroke=\"#111827\" stroke-width=\"1.5\"{dash}><title>{id}: {l} at {at}</title></line>",
+                id = esc(&b.id),
+                l = esc(label),
+                y1 = y - 2.0,
+                y2 = y + 20.0,
+                at = usd(*at),
+            );
+        }
     }
     s.push_str("</svg></section>");
     s
 }
 
-/// Current-window spend (settled + reserved) of every configured budget, for the subjects that spent in
+/// Current-window spend (settled + in flight) of every configured budget, for the subjects that spent in
 /// the last 30 days (or the one subject a budget is pinned to).
 async fn budgets_used(
     app: &AppState,
@@ -292,13 +315,18 @@ async fn budgets_used(
         }
     };
     rows.into_iter()
-        .zip(counters)
-        .map(|((b, subject), (spent, reserved))| BudgetUse {
+        .zip(keys.iter().zip(counters))
+        .map(|((b, subject), (key, (spent, reserved)))| BudgetUse {
             id: b.id.clone(),
             scope: format!("{}:{subject}", b.scope.as_str()),
             window: b.window.as_str().to_string(),
-            used_nanos: spent + reserved,
+            // Settled plus in flight: this replica's own free allotment is reserved but not in flight.
+            used_nanos: spent + (reserved - app.governance.free_allotment(key)).max(0),
             limit_nanos: b.amount.0,
+            marks: crate::governance::alerts::marks(b)
+                .into_iter()
+                .map(|m| (m.label(), m.at(b)))
+                .collect(),
         })
         .collect()
 }
@@ -391,6 +419,10 @@ mod tests {
                 window: "monthly".into(),
                 used_nanos: 75_000_000_000,
                 limit_nanos: 100_000_000_000,
+                marks: vec![
+                    ("soft".into(), 40_000_000_000),
+                    ("80%".into(), 80_000_000_000),
+                ],
             },
             BudgetUse {
                 id: "<ci>".into(),
@@ -398,6 +430,7 @@ mod tests {
                 window: "daily".into(),
                 used_nanos: 200_000_000_000,
                 limit_nanos: 100_000_000_000,
+                marks: vec![],
             },
         ]);
         assert!(html.contains("data-budget=\"payments-monthly\""));
@@ -407,6 +440,17 @@ mod tests {
             "over budget is clamped to a full bar"
         );
         assert!(html.contains("&lt;ci&gt;") && !html.contains("<ci>"));
+        // Thresholds are drawn where they fall on the bar: 80% of 360 px from x = 300.
+        assert!(
+            html.contains("data-threshold=\"80%\" x1=\"588.0\""),
+            "{html}"
+        );
+        assert!(html.contains("data-threshold=\"soft\" x1=\"444.0\""));
+        assert!(
+            html.contains("stroke-dasharray"),
+            "the soft limit is dashed"
+        );
+        assert_eq!(html.matches("class=\"threshold\"").count(), 2);
         assert!(budgets_section(&[]).contains("No budgets configured."));
     }
 

@@ -39,6 +39,7 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
         .route("/admin/v1/revoke", post(revoke))
         .route("/admin/v1/grants", get(grants))
         .route("/admin/v1/spend", get(spend))
+        .route("/admin/v1/report", get(report))
         .route("/admin/v1/policy/reload", post(reload_policy))
         .route("/admin/v1/keys/rotate", post(rotate_keys))
         .route("/admin/v1/keys/retire", post(retire_key))
@@ -147,6 +148,51 @@ async fn spend(
         .await
         .map_err(AdminError::store)?;
     Ok(Json(json!({"by": by_s, "since": since, "until": until, "rows": rows})).into_response())
+}
+
+/// `GET /admin/v1/report?from=YYYY-MM-DD&to=YYYY-MM-DD&by=day,team&format=json|csv`: settled spend and
+/// tokens by UTC day and/or principal, team, org, model or provider, from the store's `spend` table (the
+/// same numbers on every replica). `from` and `to` are inclusive; `to` defaults to today and `from` to 29
+/// days before it; `by` defaults to `day`.
+async fn report(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<crate::governance::report::ReportParams>,
+) -> Result<Response, AdminError> {
+    use crate::governance::report::{Format, Report};
+    require(&app, &headers)?;
+    let req = q.validate(now_i64(&app)).map_err(AdminError::BadRequest)?;
+    // This replica's finished requests first, so a report taken right after traffic includes them.
+    if !app
+        .accounting
+        .flush(std::time::Duration::from_secs(2))
+        .await
+    {
+        tracing::warn!(
+            "report: settlements still queued after 2 s; the report may miss the newest"
+        );
+    }
+    let report = Report::run(app.governance.store.as_ref(), &req)
+        .await
+        .map_err(AdminError::store)?;
+    Ok(match req.format {
+        Format::Json => Json(report.to_json()).into_response(),
+        Format::Csv => {
+            let mut r = report.to_csv().into_response();
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "attachment; filename=\"tollgate-spend-{}-{}.csv\"",
+                report.from, report.to
+            )) {
+                h.insert(header::CONTENT_DISPOSITION, v);
+            }
+            r
+        }
+    })
 }
 
 /// `POST /admin/v1/policy/reload`: re-read the policy file; a bad file is refused and the old policy stays.

@@ -703,8 +703,7 @@ impl Writer {
         let pending = pending + self.overflow.len() as u64;
         self.shared.journal_pending.store(pending, Relaxed);
         self.shared.journal_bytes.store(bytes, Relaxed);
-        metrics::gauge!("tollgate_audit_journal_records").set(pending as f64);
-        metrics::gauge!("tollgate_audit_journal_bytes").set(bytes as f64);
+        // Exported at scrape time from `journal_backlog` (the broker's one `Metrics` handle).
     }
 
     /// Store `events` in order, in as few transactions as possible, and sign a checkpoint after every

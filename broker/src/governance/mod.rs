@@ -10,10 +10,13 @@
 //! Governance speaks [`GovernanceError`]; what a person reads is written in `crate::error`, the one place
 //! errors become HTTP responses.
 
+pub mod alerts;
 pub mod allot;
 pub mod keys;
+pub mod litellm;
 pub mod pricing;
 pub mod ratelimit;
+pub mod report;
 pub mod store;
 pub mod window;
 
@@ -21,9 +24,10 @@ use crate::clock::SharedClock;
 use crate::config::{BudgetConfig, Config, LimitsConfig, Scope};
 use crate::metrics::Metrics;
 use crate::usage::Usage;
-use pricing::{Estimate, Estimator, ModelPrice, PriceTable};
+use pricing::{Estimate, Estimator, PriceTable, Pricing, ServiceTier};
 use ratelimit::RateLimits;
 use serde::Serialize;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use store::{
@@ -95,12 +99,24 @@ pub struct Reservation {
     pub id: String,
     pub keys: Vec<CounterKey>,
     pub estimate: Estimate,
-    pub price: ModelPrice,
+    /// The model's price as the table had it at admission (settlement charges it, whatever reloads later).
+    pub price: Arc<Pricing>,
+    /// The service tier charged: as the request asked, unless the answer says it was served at another
+    /// ([`Reservation::served_at`]).
+    pub tier: ServiceTier,
     /// False when no budget applies, or the store was down and `on_unavailable = "allow"` let the request
     /// through: then nothing of an allotment backs it.
     pub held: bool,
     /// The allotment epoch it was admitted under (see [`allot`]).
     pub epoch: u64,
+}
+
+impl Reservation {
+    /// The answer reports the service tier it was served at (OpenAI's `service_tier` in the response):
+    /// charge that one.
+    pub fn served_at(&mut self, tier: ServiceTier) {
+        self.tier = tier;
+    }
 }
 
 /// Revocations as this replica knows them.
@@ -132,6 +148,53 @@ pub struct Governance {
     store_ok: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
     pub keys: Option<keys::KeyManager>,
+    /// Delivers budget alerts to the configured sinks.
+    alerter: alerts::Alerter,
+    /// Alert marks this replica has claimed or seen claimed (so each is tried in the store once per replica).
+    alerted: Mutex<HashSet<(CounterKey, alerts::Mark)>>,
+    /// Settled spend per counter as this replica last saw it (its own settlement writes, usage reports, a
+    /// background read on first use): the remaining-budget response header, without a store read per
+    /// request.
+    known_spent: Arc<Mutex<HashMap<CounterKey, i64>>>,
+    /// `[alerts] weekly_report`: the dimension the weekly report groups by.
+    weekly_report: Option<store::Dimension>,
+    /// The week (its Monday, Unix seconds) whose previous week's report this replica has dealt with.
+    weekly_done: std::sync::atomic::AtomicI64,
+}
+
+/// The tightest budget of an admitted request as this replica knows it, for the response headers
+/// `x-tollgate-budget`, `x-tollgate-budget-remaining` (USD, nine places) and `x-tollgate-budget-resets`.
+/// "Remaining" is the amount less the settled spend this replica has seen (its own settlements at once,
+/// other replicas' as of its last read): requests in flight are not subtracted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetHint {
+    pub budget_id: String,
+    pub remaining: Nanos,
+    pub amount: Nanos,
+    /// Unix seconds; `None` for a lifetime budget.
+    pub resets_at: Option<i64>,
+}
+
+impl BudgetHint {
+    pub const HEADER: &'static str = "x-tollgate-budget";
+    pub const HEADER_REMAINING: &'static str = "x-tollgate-budget-remaining";
+    pub const HEADER_RESETS: &'static str = "x-tollgate-budget-resets";
+
+    /// Add the headers to a response.
+    pub fn insert_into(&self, headers: &mut http::HeaderMap) {
+        use http::HeaderValue;
+        if let Ok(v) = HeaderValue::from_str(&self.budget_id) {
+            headers.insert(Self::HEADER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&report::usd9(self.remaining.0)) {
+            headers.insert(Self::HEADER_REMAINING, v);
+        }
+        if let Some(r) = self.resets_at
+            && let Ok(v) = HeaderValue::from_str(&rfc3339(r))
+        {
+            headers.insert(Self::HEADER_RESETS, v);
+        }
+    }
 }
 /// Grow attempts per admission before giving up (only reached when concurrent admissions keep taking the
 /// allotment just grown).
@@ -242,6 +305,7 @@ impl Governance {
         keys: Option<keys::KeyManager>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let alerter = alerts::Alerter::new(&config.alerts, metrics.clone(), clock.clone());
         Governance {
             store,
             prices: config.pricing.table.clone(),
@@ -263,9 +327,138 @@ impl Governance {
             allot: Mutex::new(allot::Allotments::default()),
             grow_lock: tokio::sync::Mutex::new(()),
             store_ok: std::sync::atomic::AtomicBool::new(true),
+            alerter,
+            alerted: Mutex::new(HashSet::new()),
+            known_spent: Arc::new(Mutex::new(HashMap::new())),
+            weekly_report: config.alerts.weekly_report,
+            weekly_done: std::sync::atomic::AtomicI64::new(i64::MIN),
             metrics,
             keys,
         }
+    }
+
+    /// The budget alert sinks.
+    pub fn alerter(&self) -> &alerts::Alerter {
+        &self.alerter
+    }
+
+    fn alerted(&self) -> std::sync::MutexGuard<'_, HashSet<(CounterKey, alerts::Mark)>> {
+        self.alerted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remember counters' settled spend (after a settlement batch is stored, or a store read).
+    pub fn note_spent(&self, counters: &[(CounterKey, i64)]) {
+        if counters.is_empty() {
+            return;
+        }
+        let mut k = self
+            .known_spent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (key, spent) in counters {
+            let e = k.entry(key.clone()).or_insert(*spent);
+            *e = (*e).max(*spent);
+        }
+    }
+
+    /// The tightest of an admitted request's budgets, from what this replica knows (no store read on the
+    /// request path: a counter it has not seen yet is read in the background and left out this time).
+    /// `None` when no budget applies or none is known yet.
+    pub fn budget_hint(&self, r: &Reservation) -> Option<BudgetHint> {
+        let mut best: Option<BudgetHint> = None;
+        let mut unknown = Vec::new();
+        {
+            let known = self
+                .known_spent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for key in &r.keys {
+                let Some(b) = self.budgets.iter().find(|b| b.id == key.budget_id) else {
+                    continue;
+                };
+                let Some(spent) = known.get(key) else {
+                    unknown.push(key.clone());
+                    continue;
+                };
+                let remaining = Nanos((b.amount.0 - spent).max(0));
+                if best.as_ref().is_none_or(|x| remaining < x.remaining) {
+                    best = Some(BudgetHint {
+                        budget_id: b.id.clone(),
+                        remaining,
+                        amount: b.amount,
+                        resets_at: b
+                            .window
+                            .period(u64::try_from(key.period_start).unwrap_or(0))
+                            .1,
+                    });
+                }
+            }
+        }
+        if !unknown.is_empty()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let (store, known) = (self.store.clone(), self.known_spent.clone());
+            rt.spawn(async move {
+                if let Ok(rows) = store.counters(&unknown).await {
+                    let mut k = known
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    for (key, (spent, _)) in unknown.into_iter().zip(rows) {
+                        let e = k.entry(key).or_insert(spent);
+                        *e = (*e).max(spent);
+                    }
+                }
+            });
+        }
+        best
+    }
+
+    /// After a settlement batch is stored (`counters`: each counter it moved, with its `spent` after): claim
+    /// every alert mark reached that this replica has not seen yet. Returns the alerts this replica won (each
+    /// mark is won by exactly one replica); the caller records and delivers them. A store error leaves the
+    /// mark to be tried again on the counter's next settlement.
+    pub async fn check_thresholds(
+        &self,
+        counters: &[(CounterKey, i64)],
+    ) -> Vec<alerts::AlertEvent> {
+        let mut out = Vec::new();
+        for (key, spent) in counters {
+            let Some(b) = self.budgets.iter().find(|b| b.id == key.budget_id) else {
+                continue;
+            };
+            if b.thresholds.is_empty() && b.soft.is_none() {
+                continue;
+            }
+            let reached: Vec<alerts::Mark> = alerts::reached(b, *spent)
+                .into_iter()
+                .filter(|m| !self.alerted().contains(&(key.clone(), *m)))
+                .collect();
+            for m in reached {
+                let now = self.now();
+                match self.store.claim_alert(key, &m.label(), *spent, now).await {
+                    Ok(won) => {
+                        self.alerted().insert((key.clone(), m));
+                        if won {
+                            out.push(alerts::AlertEvent::new(
+                                b,
+                                &key.subject,
+                                key.period_start,
+                                m,
+                                *spent,
+                                now,
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        self.metrics.store_error("alert");
+                        tracing::warn!(error = %e, budget = %b.id, "could not claim a budget alert; will retry");
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn allot(&self) -> std::sync::MutexGuard<'_, allot::Allotments> {
@@ -513,6 +706,21 @@ impl Governance {
         body_len: u64,
         max_out: Option<u64>,
     ) -> Result<Reservation, GovernanceError> {
+        self.admit_tier(claims, model, body_len, max_out, ServiceTier::Standard)
+            .await
+    }
+
+    /// [`Governance::admit`] for a request that asks for a service tier (`service_tier`: `priority`,
+    /// `flex`): its estimate, and its charge unless the answer reports another tier, are at that tier's
+    /// price where the table has one.
+    pub async fn admit_tier(
+        &self,
+        claims: &Claims,
+        model: &str,
+        body_len: u64,
+        max_out: Option<u64>,
+        tier: ServiceTier,
+    ) -> Result<Reservation, GovernanceError> {
         for (key, rpm, tpm) in self.rate_keys(claims) {
             if let Some(tpm) = tpm {
                 let shared = match &self.redis {
@@ -533,13 +741,13 @@ impl Governance {
                     .map_err(limited)?;
             }
         }
-        let price = self.prices.lookup(model).ok_or_else(|| {
+        let price = self.prices.pricing(model).ok_or_else(|| {
             tracing::warn!(model, "refused: model has no price");
             GovernanceError::Unpriced {
                 model: model.to_string(),
             }
         })?;
-        let estimate = self.estimator.estimate(&price, body_len, max_out);
+        let estimate = self.estimator.estimate(&price, tier, body_len, max_out);
         let scope = self.in_scope(claims)?;
         let now = self.now();
         let keys: Vec<CounterKey> = scope
@@ -557,6 +765,7 @@ impl Governance {
                 keys,
                 estimate,
                 price,
+                tier,
                 held: false,
                 epoch: 0,
             });
@@ -568,6 +777,7 @@ impl Governance {
                 keys,
                 estimate,
                 price,
+                tier,
                 held: true,
                 epoch,
             }),
@@ -592,6 +802,7 @@ impl Governance {
                     keys,
                     estimate,
                     price,
+                    tier,
                     held: false,
                     epoch: 0,
                 },
@@ -664,7 +875,7 @@ impl Governance {
         u: Usage,
     ) -> Settlement {
         let reported = f.usage.is_some();
-        let cost = r.price.cost(&u);
+        let (cost, applied) = r.price.cost_at(&u, r.tier);
         let g = &claims.grant;
         let record = SpendRecord {
             id: r.id.clone(),
@@ -684,6 +895,8 @@ impl Governance {
             reserved: if r.held { r.estimate.cost.0 } else { 0 },
             usage_reported: reported,
             end_reason: f.end.to_string(),
+            price_version: r.price.version.to_string(),
+            price_tier: applied.label(),
         };
         // The allotment consumed: the cost, as far as the free allotment covers it (≥ min(cost, estimate)).
         let releases = if r.held {
@@ -719,6 +932,12 @@ impl Governance {
             tracing::error!(error = %e, "governance store unavailable (usage report)");
             GovernanceError::StoreUnavailable
         })?;
+        let seen: Vec<(CounterKey, i64)> = keys
+            .iter()
+            .cloned()
+            .zip(counters.iter().map(|c| c.0))
+            .collect();
+        self.note_spent(&seen);
         Ok(scope
             .iter()
             .zip(keys.iter().zip(counters))
@@ -787,6 +1006,8 @@ impl Governance {
                 Err(e) => tracing::warn!(error = %e, "could not renew reservation leases"),
             }
         }
+        self.prune_alerted(now);
+        self.weekly(now).await;
         let returns = self.return_idle(now);
         if !returns.is_empty()
             && let Err(e) = self.store.apply(&returns).await
@@ -817,6 +1038,63 @@ impl Governance {
             Ok(rows) => self.apply_revocations(rows),
             Err(e) => tracing::warn!(error = %e, "could not poll revocations"),
         }
+    }
+
+    /// `[alerts] weekly_report`: once the week (Monday 00:00 UTC) has turned, the first replica to claim the
+    /// past week's run in the store sends its report to the sinks; the others do nothing. A store error is
+    /// retried on the next round.
+    pub async fn weekly(&self, now: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(by) = self.weekly_report else { return };
+        let (week, _) = window::Window::Weekly.period(u64::try_from(now).unwrap_or(0));
+        if self.weekly_done.load(Relaxed) == week {
+            return;
+        }
+        let last = week - 7 * 86_400;
+        let name = format!("weekly-{}", by.as_str());
+        match self.store.claim_report(&name, last, now).await {
+            Ok(false) => {}
+            Ok(true) => {
+                let req = report::ReportRequest {
+                    from_day: last,
+                    to_day: week - 86_400,
+                    grouping: report::Grouping {
+                        by_day: false,
+                        by: Some(by),
+                    },
+                    format: report::Format::Json,
+                };
+                match report::Report::run(self.store.as_ref(), &req).await {
+                    Ok(r) => {
+                        tracing::info!(from = %r.from, to = %r.to, cost_nanos = r.totals.cost_nanos, "weekly spend report sent");
+                        self.alerter.deliver_report(&r, &name, last);
+                    }
+                    Err(e) => {
+                        // Claimed but not computed: logged; the next week's report is unaffected.
+                        tracing::error!(error = %e, "weekly spend report could not be computed");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not claim the weekly spend report; will retry");
+                return;
+            }
+        }
+        self.weekly_done.store(week, Relaxed);
+    }
+
+    /// Forget alert marks of past windows (their counters settle no more).
+    fn prune_alerted(&self, now: i64) {
+        let mut a = self.alerted();
+        if a.is_empty() {
+            return;
+        }
+        a.retain(|(k, _)| {
+            self.budgets
+                .iter()
+                .find(|b| b.id == k.budget_id)
+                .is_some_and(|b| b.window.period(now as u64).0 <= k.period_start)
+        });
     }
 
     /// Give back the free allotment of counters unused for a lease period and of past windows: the store

@@ -149,6 +149,10 @@ pub struct SpendRecord {
     pub reserved: i64,
     pub usage_reported: bool,
     pub end_reason: String,
+    /// The price table entry that charged it (`builtin-2025-11-01`, `litellm-…`, `config-…`).
+    pub price_version: String,
+    /// The service tier and long-context band charged (`standard`, `priority above 272000`).
+    pub price_tier: String,
 }
 
 /// A principal's settled requests over a period, as the store records them.
@@ -166,6 +170,145 @@ pub struct UsageTotals {
 }
 
 /// A revocation: of one token (`jti`) or of every token of a principal issued before it.
+/// What a spend report groups by besides the UTC day: a column of `spend`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Dimension {
+    Principal,
+    Team,
+    Org,
+    Model,
+    Provider,
+}
+
+impl Dimension {
+    pub const ALL: [Dimension; 5] = [
+        Dimension::Principal,
+        Dimension::Team,
+        Dimension::Org,
+        Dimension::Model,
+        Dimension::Provider,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::Principal => "principal",
+            Dimension::Team => "team",
+            Dimension::Org => "org",
+            Dimension::Model => "model",
+            Dimension::Provider => "provider",
+        }
+    }
+
+    /// The SQL expression (a fixed column name, never user input). `team` and `org` may be NULL.
+    fn sql(self) -> &'static str {
+        match self {
+            Dimension::Principal => "principal",
+            Dimension::Team => "COALESCE(team, '')",
+            Dimension::Org => "COALESCE(org, '')",
+            Dimension::Model => "model",
+            Dimension::Provider => "provider",
+        }
+    }
+}
+
+/// Settled spend between `from` (inclusive) and `to` (exclusive), Unix seconds, grouped by UTC day
+/// (`by_day`) and/or one [`Dimension`]; with neither, one row of totals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReportQuery {
+    pub from: i64,
+    pub to: i64,
+    pub by_day: bool,
+    pub by: Option<Dimension>,
+}
+
+/// One group of a spend report, summed from `spend` rows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReportRow {
+    /// Start of the UTC day (Unix seconds), when grouped by day.
+    pub day: Option<i64>,
+    /// The dimension's value; `None` for a request without one (no team, no org).
+    pub key: Option<String>,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost_nanos: i64,
+}
+
+impl ReportQuery {
+    /// The one report query, the same text for SQLite and PostgreSQL: integer division gives the UTC day.
+    fn sql(&self) -> String {
+        let mut cols = Vec::new();
+        if self.by_day {
+            cols.push("(settled_at / 86400) * 86400".to_string());
+        }
+        if let Some(d) = self.by {
+            cols.push(d.sql().to_string());
+        }
+        let select: String = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} AS g{i}, "))
+            .collect();
+        let group = if cols.is_empty() {
+            String::new()
+        } else {
+            let g: Vec<String> = (0..cols.len()).map(|i| format!("g{i}")).collect();
+            format!(" GROUP BY {0} ORDER BY {0}", g.join(", "))
+        };
+        format!(
+            "SELECT {select}COUNT(*), CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(cached_input_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(cost), 0) AS BIGINT) FROM spend WHERE settled_at >= $1 AND settled_at < $2{group}"
+        )
+    }
+
+    /// A result row (its group columns first, then the sums) as a [`ReportRow`].
+    fn row<R>(&self, r: &R) -> Result<ReportRow, sqlx::Error>
+    where
+        R: sqlx::Row,
+        usize: sqlx::ColumnIndex<R>,
+        i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    {
+        let mut i = 0;
+        let day = if self.by_day {
+            i += 1;
+            Some(r.try_get::<i64, _>(i - 1)?)
+        } else {
+            None
+        };
+        let key = if self.by.is_some() {
+            i += 1;
+            Some(r.try_get::<String, _>(i - 1)?).filter(|k| !k.is_empty())
+        } else {
+            None
+        };
+        Ok(ReportRow {
+            day,
+            key,
+            requests: r.try_get(i)?,
+            input_tokens: r.try_get(i + 1)?,
+            cached_input_tokens: r.try_get(i + 2)?,
+            cache_write_tokens: r.try_get(i + 3)?,
+            output_tokens: r.try_get(i + 4)?,
+            reasoning_tokens: r.try_get(i + 5)?,
+            cost_nanos: r.try_get(i + 6)?,
+        })
+    }
+}
+
+/// A revocation: of one token (`jti`) or of every token of a principal issued at or before `revoked_at`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Revocation {
     pub seq: i64,
@@ -310,8 +453,28 @@ pub trait Store: Send + Sync + 'static {
     /// Creates the pool row when `pool.exists` is false, and extends its lease.
     async fn grow(&self, pool: PoolRef<'_>, items: &[GrowItem]) -> Result<GrowOutcome, StoreError>;
 
-    /// Apply a batch of settlements and returns in one transaction (group commit).
-    async fn apply(&self, batch: &[Apply]) -> Result<(), StoreError>;
+    /// Apply a batch of settlements and returns in one transaction (group commit). Returns every counter
+    /// whose `spent` the batch moved, with its `spent` after the batch (for alert thresholds).
+    async fn apply(&self, batch: &[Apply]) -> Result<Vec<(CounterKey, i64)>, StoreError>;
+
+    /// Claim a scheduled report's run (`name`, the start of the period it covers): `true` for exactly one
+    /// caller across every replica.
+    async fn claim_report(
+        &self,
+        name: &str,
+        period_start: i64,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Claim an alert mark (`threshold`: `80%`, `soft`) of a counter: `true` for exactly one caller across
+    /// every replica (the row's primary key), `false` for everyone after.
+    async fn claim_alert(
+        &self,
+        key: &CounterKey,
+        threshold: &str,
+        spent: i64,
+        now: i64,
+    ) -> Result<bool, StoreError>;
 
     /// Give back everything a pool holds and delete it (graceful shutdown). Returns whether it existed.
     async fn release_pool(&self, id: &str) -> Result<bool, StoreError>;
@@ -387,6 +550,8 @@ pub trait Store: Send + Sync + 'static {
     async fn spend_total(&self) -> Result<(i64, i64), StoreError>;
     /// A principal's settled requests since `since` (unix seconds), summed.
     async fn usage_since(&self, principal: &str, since: i64) -> Result<UsageTotals, StoreError>;
+    /// Settled spend summed by day and/or one dimension (see [`ReportQuery`]), ordered by its groups.
+    async fn report(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
     fn pool(&self) -> StorePool;
@@ -536,25 +701,26 @@ macro_rules! impl_store {
                 Ok(done == 1)
             }
 
-            /// Move a counter: `spent += spent`, `reserved -= released` (settlements and releases).
+            /// Move a counter: `spent += spent`, `reserved -= released` (settlements and releases). Returns
+            /// the counter's `spent` afterwards (`None` if it does not exist).
             async fn charge_counter(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 key: &CounterKey,
                 spent: i64,
                 released: i64,
-            ) -> Result<(), StoreError> {
-                sqlx::query::<$db>(
+            ) -> Result<Option<i64>, StoreError> {
+                Ok(sqlx::query_as::<$db, (i64,)>(
                     "UPDATE budget_counters SET spent = spent + $4, reserved = reserved - $5 \
-                     WHERE budget_id = $1 AND subject = $2 AND period_start = $3",
+                     WHERE budget_id = $1 AND subject = $2 AND period_start = $3 RETURNING spent",
                 )
                 .bind(&key.budget_id)
                 .bind(&key.subject)
                 .bind(key.period_start)
                 .bind(spent)
                 .bind(released)
-                .execute(&mut *conn)
-                .await?;
-                Ok(())
+                .fetch_optional(&mut *conn)
+                .await?
+                .map(|(s,)| s))
             }
 
             /// `(spent, reserved)` of one counter; zeros when it does not exist yet.
@@ -705,8 +871,8 @@ macro_rules! impl_store {
                     sqlx::query::<$db>(
                         "INSERT INTO spend (id, settled_at, principal, team, org, jti, model, provider, \
                          input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, \
-                         cost, reserved, usage_reported, end_reason) \
-                         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17) \
+                         cost, reserved, usage_reported, end_reason, price_version, price_tier) \
+                         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19) \
                          ON CONFLICT DO NOTHING",
                     )
                     .bind(&r.id)
@@ -726,6 +892,8 @@ macro_rules! impl_store {
                     .bind(r.reserved)
                     .bind(i64::from(r.usage_reported))
                     .bind(&r.end_reason)
+                    .bind(&r.price_version)
+                    .bind(&r.price_tier)
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -818,10 +986,10 @@ macro_rules! impl_store {
                 Ok(GrowOutcome::Granted(vec![0; items.len()]))
             }
 
-            async fn apply(&self, batch: &[Apply]) -> Result<(), StoreError> {
+            async fn apply(&self, batch: &[Apply]) -> Result<Vec<(CounterKey, i64)>, StoreError> {
                 use std::collections::{BTreeMap, HashSet};
                 if batch.is_empty() {
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
                 let mut tx = self.pool.begin().await?;
                 // The spend rows first: only rows inserted now are applied (a batch retried after a commit
@@ -838,7 +1006,7 @@ macro_rules! impl_store {
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO spend (id, settled_at, principal, team, org, jti, model, provider, \
                          input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, \
-                         cost, reserved, usage_reported, end_reason) ",
+                         cost, reserved, usage_reported, end_reason, price_version, price_tier) ",
                     );
                     qb.push_values(chunk, |mut b, r| {
                         b.push_bind(r.id.clone())
@@ -857,7 +1025,9 @@ macro_rules! impl_store {
                             .push_bind(r.cost)
                             .push_bind(r.reserved)
                             .push_bind(i64::from(r.usage_reported))
-                            .push_bind(r.end_reason.clone());
+                            .push_bind(r.end_reason.clone())
+                            .push_bind(r.price_version.clone())
+                            .push_bind(r.price_tier.clone());
                     });
                     qb.push(" ON CONFLICT DO NOTHING RETURNING id");
                     // Power-of-two row counts: a few SQL texts, each prepared once per connection and cached.
@@ -921,16 +1091,59 @@ macro_rules! impl_store {
                 let mut touched: Vec<&CounterKey> = spent.keys().chain(released.keys()).copied().collect();
                 touched.sort();
                 touched.dedup();
+                let mut moved = Vec::new();
                 for k in touched {
                     let s = spent.get(k).copied().unwrap_or(0);
                     let r = released.get(k).copied().unwrap_or(0);
                     if s == 0 && r == 0 {
                         continue;
                     }
-                    Self::charge_counter(&mut tx, k, s, r).await?;
+                    let after = Self::charge_counter(&mut tx, k, s, r).await?;
+                    if let Some(after) = after
+                        && s != 0
+                    {
+                        moved.push((k.clone(), after));
+                    }
                 }
                 tx.commit().await?;
-                Ok(())
+                Ok(moved)
+            }
+
+            async fn claim_report(&self, name: &str, period_start: i64, now: i64) -> Result<bool, StoreError> {
+                let n = sqlx::query::<$db>(
+                    "INSERT INTO scheduled_reports (name, period_start, created_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(name)
+                .bind(period_start)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn claim_alert(
+                &self,
+                key: &CounterKey,
+                threshold: &str,
+                spent: i64,
+                now: i64,
+            ) -> Result<bool, StoreError> {
+                let n = sqlx::query::<$db>(
+                    "INSERT INTO budget_alerts (budget_id, subject, period_start, threshold, spent, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                )
+                .bind(&key.budget_id)
+                .bind(&key.subject)
+                .bind(key.period_start)
+                .bind(threshold)
+                .bind(spent)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
             }
 
             async fn release_pool(&self, id: &str) -> Result<bool, StoreError> {
@@ -1242,6 +1455,15 @@ macro_rules! impl_store {
                     incomplete_streams: r.6.unwrap_or(0),
                     cost_nanos: r.7.unwrap_or(0),
                 })
+            }
+
+            async fn report(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, StoreError> {
+                let rows = sqlx::query::<$db>(sqlx::AssertSqlSafe(q.sql()))
+                    .bind(q.from)
+                    .bind(q.to)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows.iter().map(|r| q.row(r)).collect::<Result<_, _>>()?)
             }
 
             async fn ping(&self) -> Result<(), StoreError> {

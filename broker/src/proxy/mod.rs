@@ -103,6 +103,8 @@ struct Probe {
     max_output_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
     max_tokens: Option<u64>,
+    /// `priority`, `flex`, … (priced where the table has the tier).
+    service_tier: Option<String>,
 }
 
 /// What the proxy read from a request body.
@@ -110,6 +112,7 @@ struct Probed {
     model: String,
     stream: bool,
     limits: output_limit::Limits,
+    tier: crate::governance::pricing::ServiceTier,
 }
 
 fn read_body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -184,6 +187,11 @@ fn probe(body: &[u8]) -> Result<Probed, ApiError> {
             max_completion_tokens: p.max_completion_tokens,
             max_tokens: p.max_tokens,
         },
+        tier: p
+            .service_tier
+            .as_deref()
+            .map(crate::governance::pricing::ServiceTier::parse)
+            .unwrap_or_default(),
     })
 }
 
@@ -253,6 +261,7 @@ async fn proxy(
         model,
         stream,
         limits,
+        tier,
     } = probe(&body)?;
     if !claims.grant.allows_model(&model) {
         return Err(ApiError::ModelNotAllowed(model));
@@ -271,8 +280,10 @@ async fn proxy(
     app.accounting.check_capacity()?;
     let reservation = app
         .governance
-        .admit(&claims, &model, body.len() as u64, max_out)
+        .admit_tier(&claims, &model, body.len() as u64, max_out, tier)
         .await?;
+    // The tightest budget, as response headers (Codex and people see what is left before it hurts).
+    let budget_hint = app.governance.budget_hint(&reservation);
     let inflight = app.accounting.start(
         claims.clone(),
         model.clone(),
@@ -336,10 +347,14 @@ async fn proxy(
                         model: model.clone(),
                         provider: provider.name.clone(),
                     };
-                    return Ok(relay(
+                    let mut resp = relay(
                         up, inflight, served, tags, attempts, target, endpoint, stream,
                     )
-                    .await);
+                    .await;
+                    if let Some(h) = &budget_hint {
+                        h.insert_into(resp.headers_mut());
+                    }
+                    return Ok(resp);
                 }
                 Err(e) => {
                     tracing::warn!(provider = %provider.name, target_label = %target.label, model = %model, attempt = attempts, error = %e, "upstream attempt failed");

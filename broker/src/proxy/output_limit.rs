@@ -118,7 +118,7 @@ fn rewrite(body: &[u8], f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::governance::pricing::{Estimator, ModelPrice};
+    use crate::governance::pricing::{Estimator, ModelPrice, Pricing, Rates, ServiceTier};
     use crate::translate::{anthropic, chat};
     use proptest::prelude::*;
     use serde_json::json;
@@ -196,7 +196,8 @@ mod tests {
             let fwd = forwarded(endpoint, kind, &sent);
             let requested = limits.requested();
             let est = Estimator::default();
-            let reserved = est.estimate(&ModelPrice::usd_micro(1, 1, 1, 1), 10, requested).output_tokens;
+            let pricing = Pricing::flat(Rates::from(ModelPrice::usd_micro(1, 1, 1, 1)), "test");
+            let reserved = est.estimate(&pricing, ServiceTier::Standard, 10, requested).output_tokens;
             match requested {
                 Some(l) => {
                     prop_assert_eq!(fwd, Some(l), "forwarded != requested for {:?} → {:?}", endpoint, kind);
