@@ -214,20 +214,25 @@ async fn second_codex_process_reuses_the_helper_cache() {
 #[tokio::test(flavor = "multi_thread")]
 async fn model_outside_the_grant_fails_with_a_message_naming_it() {
     let (mock, broker) = setup(&["gpt-5*"]).await;
-    // Keep Codex's retries short: a 403 is not retried by the transport, only once by the stream layer.
-    let codex = CodexEnv::new(
-        &broker.url,
-        "o3-forbidden",
-        "stream_max_retries = 0\nrequest_max_retries = 0",
-    );
+    // Codex's own retry settings: a 403 was retried five times (~7 s) before Codex showed it; the 400 the
+    // broker answers is shown at once.
+    let codex = CodexEnv::new(&broker.url, "o3-forbidden", "");
+    let started = std::time::Instant::now();
     let run = codex.exec("this must be refused", TURN).await;
+    let took = started.elapsed();
     assert_ne!(run.status, Some(0), "{}", run.all());
     assert!(
         run.stderr.contains("o3-forbidden") && run.stderr.contains("not allowed"),
         "{}",
         run.all()
     );
-    assert!(run.stderr.contains("403"), "{}", run.all());
+    // Codex prints a 400's body verbatim: the code says what happened.
+    assert!(run.stderr.contains("model_not_allowed"), "{}", run.all());
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "Codex retried the refusal for {took:?}: {}",
+        run.all()
+    );
     assert!(
         mock.requests_to("/v1/responses").is_empty(),
         "a refused model must never reach the upstream"

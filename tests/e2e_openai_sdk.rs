@@ -112,8 +112,8 @@ async fn openai_python_sdk_streams_and_chats_through_the_proxy() {
             .contains("sdk chat stream"),
         "{v}"
     );
-    assert_eq!(v["forbidden"][0], "PermissionDeniedError", "{v}");
-    assert_eq!(v["forbidden"][1], 403);
+    assert_eq!(v["forbidden"][0], "BadRequestError", "{v}");
+    assert_eq!(v["forbidden"][1], 400);
     assert!(
         v["forbidden"][2]
             .as_str()

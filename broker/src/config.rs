@@ -43,7 +43,8 @@ pub struct Source {
 impl Source {
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
+            // The path as resolved (absolute): a relative one says nothing about where it was looked for.
+            path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
             source,
         })?;
         Ok(Source {

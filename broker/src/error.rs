@@ -89,7 +89,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            // Not 403: Codex retries a 403 five times (about 7 s) before it shows it; a 400 is shown at once
+            // with its message (verified with the real CLI, tests/e2e_codex.rs).
+            ApiError::ModelNotAllowed(_) => StatusCode::BAD_REQUEST,
             ApiError::ModelNotFound(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,

@@ -607,3 +607,56 @@ fn metrics(c: &tollgate_broker::config::Config) -> Arc<tollgate_broker::metrics:
         &c.routes,
     ))
 }
+
+/// A replica that stops renewing its lease (a long pause, a lost store connection) does not spend its
+/// in-memory allotment after the lease: another replica may have expired its pool and handed the amounts out
+/// again. The next admission goes to the store, finds the pool gone, and starts a new one from the store's
+/// counters. Fake clock; no sleeping.
+#[tokio::test]
+async fn an_allotment_is_not_spent_after_its_lease_ran_out() {
+    use tollgate_broker::governance::Governance;
+    let c = config(
+        "policy_file = \"p.toml\"\n[store]\nreservation_lease_secs = 30\n\
+         [pricing]\ndefaults = false\n[pricing.models.\"gpt-test\"]\ninput = \"1\"\noutput = \"10\"\n\
+         [[budgets]]\nid = \"b\"\nscope = \"principal\"\namount_usd = \"1.00\"\nwindow = \"lifetime\"\n",
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let st = open_sqlite(dir.path()).await;
+    let clock = FakeClock::new(1_800_000_000);
+    let g1 = Governance::with_store(st.clone(), &c, Arc::new(clock.clone()), None, metrics(&c));
+    let g2 = Governance::with_store(st.clone(), &c, Arc::new(clock.clone()), None, metrics(&c));
+    let alice = claims("alice", 1_800_000_000, "j1");
+    let r1 = g1
+        .admit(&alice, "gpt-test", 300, Some(100))
+        .await
+        .expect("admit");
+    g1.release(r1);
+    // Within the lease the allotment serves the next admission in memory (same epoch).
+    let r = g1
+        .admit(&alice, "gpt-test", 300, Some(100))
+        .await
+        .expect("admit");
+    let epoch = r.epoch;
+    g1.release(r);
+    // g1 pauses past its lease; g2 presumes it dead and expires its pool.
+    clock.advance(31);
+    g2.tick(false, true).await;
+    let r2 = g1
+        .admit(&alice, "gpt-test", 300, Some(100))
+        .await
+        .expect("admit");
+    assert!(
+        r2.epoch > epoch,
+        "the stale allotment was spent in memory after the lease ran out (epoch {} == {epoch})",
+        r2.epoch
+    );
+    let fresh = r2.epoch;
+    g1.release(r2);
+    // The new pool's lease is confirmed: it serves the next admission in memory again.
+    let r3 = g1
+        .admit(&alice, "gpt-test", 300, Some(100))
+        .await
+        .expect("admit");
+    assert_eq!(r3.epoch, fresh);
+    g1.release(r3);
+}

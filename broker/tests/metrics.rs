@@ -45,7 +45,7 @@ async fn metrics_after_traffic_parse_and_add_up() {
     assert_eq!(b.responses(&alice, "gpt-5.5", false).await.0, 200);
     assert_eq!(b.responses(&alice, "claude-opus-x", true).await.0, 200);
     // Refusals: model not in bob's grant, a bad token, a revoked token.
-    assert_eq!(b.responses(&bob, "claude-opus-x", false).await.0, 403);
+    assert_eq!(b.responses(&bob, "claude-opus-x", false).await.0, 400);
     assert_eq!(b.responses("not-a-token", "gpt-5.5", false).await.0, 401);
     let (s, _) = b
         .admin_post("/admin/v1/revoke", serde_json::json!({"principal": "bob"}))
@@ -97,7 +97,7 @@ async fn metrics_after_traffic_parse_and_add_up() {
         sum(
             &scrape,
             "tollgate_requests_total",
-            &[("provider", "none"), ("status", "403")]
+            &[("provider", "none"), ("status", "400")]
         ),
         1.0
     );

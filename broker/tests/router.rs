@@ -255,7 +255,7 @@ async fn bad_requests_are_openai_shaped() {
         (
             "model not allowed",
             Body::from(r#"{"model":"o3","input":"x"}"#),
-            StatusCode::FORBIDDEN,
+            StatusCode::BAD_REQUEST,
             Some("model_not_allowed"),
         ),
     ];

@@ -146,6 +146,11 @@ pub struct Governance {
     /// goes to the store (fail closed, or `allow`) instead of the allotment, so a broker that cannot record
     /// spend stops serving on credit.
     store_ok: std::sync::atomic::AtomicBool,
+    /// Until when (unix seconds) this replica's allotment pool is known to be leased to it: set by every
+    /// grow and lease renewal. Past it (a long pause, a lost store connection) another replica may have
+    /// expired the pool and handed its amounts out again, so the allotment is not spent before the store
+    /// has confirmed the lease (see docs/governance.md, "A replica that stops renewing").
+    lease_until: std::sync::atomic::AtomicI64,
     metrics: Arc<Metrics>,
     pub keys: Option<keys::KeyManager>,
     /// Delivers budget alerts to the configured sinks.
@@ -327,6 +332,7 @@ impl Governance {
             allot: Mutex::new(allot::Allotments::default()),
             grow_lock: tokio::sync::Mutex::new(()),
             store_ok: std::sync::atomic::AtomicBool::new(true),
+            lease_until: std::sync::atomic::AtomicI64::new(0),
             alerter,
             alerted: Mutex::new(HashSet::new()),
             known_spent: Arc::new(Mutex::new(HashMap::new())),
@@ -521,19 +527,21 @@ impl Governance {
     ) -> Result<u64, TakeError> {
         use std::sync::atomic::Ordering::Relaxed;
         if self.store_ok.load(Relaxed)
+            && now < self.lease_until.load(Relaxed)
             && let Ok(epoch) = self.allot().try_take(keys, estimate, now)
         {
             return Ok(epoch);
         }
         let _g = self.grow_lock.lock().await;
         for _ in 0..MAX_GROWS {
-            let probe = !self.store_ok.load(Relaxed);
+            // Prove the store works (after a failed write) or that the pool is still ours (after the lease
+            // ran out unrenewed) before spending the allotment: a write to the pool row does both.
+            let probe = !self.store_ok.load(Relaxed) || now >= self.lease_until.load(Relaxed);
             let (short, epoch, exists) = {
                 let mut a = self.allot();
                 match a.try_take(keys, estimate, now) {
                     Ok(epoch) if !probe => return Ok(epoch),
                     Ok(epoch) => {
-                        // The store failed a write: prove it works (a write to the pool row) first.
                         a.settle(epoch, keys, estimate, 0);
                         (Vec::new(), a.epoch, a.pool_exists)
                     }
@@ -565,6 +573,9 @@ impl Governance {
                     let mut a = self.allot();
                     if a.epoch == epoch {
                         a.pool_exists = true;
+                        // The grow wrote the pool's lease: `now + lease_secs`.
+                        self.lease_until
+                            .store(now + i64::try_from(self.lease_secs).unwrap_or(30), Relaxed);
                     }
                     for (it, amount) in items.iter().zip(amounts) {
                         a.add(epoch, &it.key, amount, now);
@@ -1002,7 +1013,9 @@ impl Governance {
                     );
                     self.allot().reset();
                 }
-                Ok(_) => {}
+                Ok(_) => self
+                    .lease_until
+                    .store(until, std::sync::atomic::Ordering::Relaxed),
                 Err(e) => tracing::warn!(error = %e, "could not renew reservation leases"),
             }
         }
