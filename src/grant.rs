@@ -115,6 +115,11 @@ pub struct Claims {
     /// The grant, under a namespaced claim.
     #[serde(rename = "tollgate")]
     pub grant: Grant,
+    /// The version of the policy that decided the grant (a digest of the policy file). A token minted
+    /// under a policy that has since changed is refused with 401, so the agent re-runs its credential
+    /// helper and the new grant applies at once. Absent in tokens from older brokers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pv: Option<String>,
 }
 
 #[cfg(test)]
@@ -162,6 +167,7 @@ mod tests {
             exp: 2,
             jti: "j".into(),
             grant: grant(),
+            pv: None,
         };
         let v = serde_json::to_value(&c).expect("ser");
         assert_eq!(v["tollgate"]["principal"], "alice");

@@ -19,6 +19,9 @@ pub struct AppState {
     pub tokens: TokenService,
     pub verifiers: Verifiers,
     pub policy: RwLock<Arc<Policy>>,
+    /// When (unix seconds) the policy in force was loaded: a token minted under another policy version at
+    /// or before this is refused (401), so its holder re-mints and gets the new grant at once.
+    policy_since: std::sync::atomic::AtomicU64,
     /// Where the policy is (re)loaded from.
     pub policy_file: std::path::PathBuf,
     pub router: ModelRouter,
@@ -128,6 +131,7 @@ impl AppState {
             },
             verifiers,
             policy: RwLock::new(Arc::new(policy)),
+            policy_since: std::sync::atomic::AtomicU64::new(now),
             policy_file: config.policy_file.clone(),
             router: ModelRouter::new(config, clock.clone()),
             retry_after_max_wait_secs: config.routing.retry_after_max_wait_secs,
@@ -207,10 +211,16 @@ impl AppState {
         match Policy::load(&self.policy_file) {
             Ok(p) => {
                 let n = p.rules.len();
-                *self
+                let mut cur = self
                     .policy
                     .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(p);
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if cur.version != p.version {
+                    self.policy_since
+                        .store(self.clock.now_secs(), std::sync::atomic::Ordering::Relaxed);
+                }
+                *cur = Arc::new(p);
+                drop(cur);
                 tracing::info!(file = %self.policy_file.display(), rules = n, "policy reloaded");
                 Ok(n)
             }
@@ -219,6 +229,15 @@ impl AppState {
                 Err(e)
             }
         }
+    }
+
+    /// Was `claims` decided under a policy that has since been replaced here? (Tokens without a version, or
+    /// minted after this replica loaded its policy — another replica may be ahead — are not.)
+    pub fn grant_outdated(&self, claims: &tollgate::Claims) -> bool {
+        let Some(pv) = &claims.pv else { return false };
+        let issued = claims.iat + crate::token::SKEW_SECS;
+        *pv != self.policy().version
+            && issued <= self.policy_since.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn policy(&self) -> Arc<Policy> {

@@ -111,6 +111,11 @@ impl ApiError {
 
     fn body(&self) -> OpenAiError {
         match self {
+            ApiError::Unauthorized("policy_changed") => OpenAiError::new(
+                "Tollgate: your access policy changed since this token was issued. Your credential helper (tollgate-token) will fetch a new one with the new grant.",
+                "invalid_request_error",
+                Some("policy_changed"),
+            ),
             ApiError::Unauthorized(_) => OpenAiError::new(
                 "Tollgate: missing, expired or invalid access token. Your credential helper (tollgate-token) will fetch a new one.",
                 "invalid_request_error",

@@ -93,6 +93,8 @@ pub struct Rule {
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     pub rules: Vec<Rule>,
+    /// The policy's version: the first 16 hex digits of the SHA-256 of its file. Tokens carry it (`pv`).
+    pub version: String,
 }
 
 /// What the policy decided for an identity.
@@ -260,7 +262,9 @@ impl Policy {
                 name: r.name,
             });
         }
-        Ok(Policy { rules })
+        use sha2::Digest;
+        let version = hex::encode(&sha2::Sha256::digest(s.text.as_bytes())[..8]);
+        Ok(Policy { rules, version })
     }
 
     /// Does `rule` match `id`? Returns the reason it does not, for `policy explain`.

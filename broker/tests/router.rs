@@ -572,3 +572,42 @@ async fn get_on_the_responses_route_is_an_openai_shaped_405() {
     let (s, _, _) = call(&h, req).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_token_from_a_replaced_policy_gets_401_policy_changed_and_a_new_one_works() {
+    let h = harness().await;
+    let old = token(&h).await;
+    let models = |t: &str| {
+        Request::get("/v1/models")
+            .header(header::AUTHORIZATION, format!("Bearer {t}"))
+            .body(Body::empty())
+            .expect("req")
+    };
+    assert_eq!(call(&h, models(&old)).await.0, StatusCode::OK);
+    // The same content reloaded (SIGHUP, a touched file) changes nothing.
+    h.clock.advance(1);
+    h.state.reload_policy().expect("reload");
+    assert_eq!(call(&h, models(&old)).await.0, StatusCode::OK);
+    // A new policy: the old token's grant is outdated.
+    std::fs::write(
+        &h.state.policy_file,
+        "[[rule]]\nname = \"dev\"\nmatch = { kind = \"static\", subject = \"dev\" }\nmodels = [\"demo\"]\n",
+    )
+    .expect("policy");
+    h.state.reload_policy().expect("reload");
+    let (s, headers, v) = call(&h, models(&old)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert_eq!(v["error"]["code"], "policy_changed", "{v}");
+    assert!(headers.contains_key(header::WWW_AUTHENTICATE));
+    // What the helper does next: mint again, under the new policy.
+    let new = token(&h).await;
+    let (s, _, v) = call(&h, models(&new)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["demo"], "the new grant applies at once: {v}");
+}

@@ -37,6 +37,9 @@ pub async fn require_token(
     next: axum::middleware::Next,
 ) -> Response {
     match authenticate(&app, req.headers()) {
+        Ok(claims) if app.grant_outdated(&claims) => {
+            ApiError::Unauthorized("policy_changed").into_response()
+        }
         Ok(claims) => {
             req.extensions_mut().insert(claims);
             next.run(req).await

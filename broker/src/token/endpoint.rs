@@ -233,7 +233,8 @@ async fn exchange_body(
             ),
         }
     })?;
-    let (mut grant, rule_ttl, rule) = match app.policy().decide(&identity) {
+    let policy = app.policy();
+    let (mut grant, rule_ttl, rule) = match policy.decide(&identity) {
         Decision::Allow {
             grant,
             max_ttl_secs,
@@ -261,14 +262,17 @@ async fn exchange_body(
         .unwrap_or(t.default_ttl_secs)
         .max(MIN_TTL_SECS)
         .min(ceiling);
-    let minted = app.tokens.mint(grant, ttl).map_err(|e| {
-        tracing::error!(error = %e, "mint failed");
-        OAuthFailure::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            OAuthErrorCode::ServerError,
-            "could not issue a token",
-        )
-    })?;
+    let minted = app
+        .tokens
+        .mint(grant, ttl, Some(policy.version.clone()))
+        .map_err(|e| {
+            tracing::error!(error = %e, "mint failed");
+            OAuthFailure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                OAuthErrorCode::ServerError,
+                "could not issue a token",
+            )
+        })?;
     tracing::info!(principal = %minted.claims.sub, kind = %identity.kind, rule = %rule, jti = %minted.claims.jti, ttl, "token minted");
     app.metrics.mint(identity.kind.as_str(), "minted");
     if let Some(audit) = &app.audit {

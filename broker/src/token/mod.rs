@@ -152,7 +152,13 @@ pub struct Minted {
 
 impl TokenService {
     /// Sign a grant for `ttl_secs`.
-    pub fn mint(&self, grant: Grant, ttl_secs: u64) -> Result<Minted, MintError> {
+    /// Mint a token for `grant`, decided under the policy version `pv` (see [`Claims::pv`]).
+    pub fn mint(
+        &self,
+        grant: Grant,
+        ttl_secs: u64,
+        pv: Option<String>,
+    ) -> Result<Minted, MintError> {
         let now = self.clock.now_secs();
         let key = self.keys.active_at(now).ok_or(MintError::NoKey)?;
         let enc = key.encoding().ok_or(MintError::NoKey)?;
@@ -165,6 +171,7 @@ impl TokenService {
             exp: now + ttl_secs,
             jti: uuid::Uuid::now_v7().simple().to_string(),
             grant,
+            pv,
         };
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(key.kid.clone());
@@ -243,7 +250,7 @@ mod tests {
     fn mint_then_verify_and_expire_on_fake_clock() {
         let clock = FakeClock::new(1_000_000);
         let s = svc(&clock);
-        let m = s.mint(grant(), 600).expect("mint");
+        let m = s.mint(grant(), 600, None).expect("mint");
         assert_eq!(m.claims.exp, 1_000_600);
         assert_eq!(m.claims.iat, 1_000_000 - SKEW_SECS);
         let c = s.verify(&m.token).expect("valid");
@@ -257,7 +264,7 @@ mod tests {
         let clock = FakeClock::new(1_000_000);
         let s = svc(&clock);
         let other = svc(&clock);
-        let foreign = other.mint(grant(), 600).expect("mint");
+        let foreign = other.mint(grant(), 600, None).expect("mint");
         assert_eq!(s.verify(&foreign.token), Err(TokenError::UnknownKid));
 
         // Same kid, different key: forge a header naming our kid but signed by the other key.
@@ -296,7 +303,7 @@ mod tests {
         assert_eq!(s.verify(&hs_tok), Err(TokenError::Algorithm));
 
         // Wrong audience, signed by us.
-        let mut wrong = s.mint(grant(), 600).expect("mint").claims;
+        let mut wrong = s.mint(grant(), 600, None).expect("mint").claims;
         wrong.aud = "someone-else".into();
         let tok = jsonwebtoken::encode(
             &h,
@@ -313,7 +320,7 @@ mod tests {
     fn future_nbf_is_refused() {
         let clock = FakeClock::new(1_000_000);
         let s = svc(&clock);
-        let m = s.mint(grant(), 600).expect("mint");
+        let m = s.mint(grant(), 600, None).expect("mint");
         clock.set(1_000_000 - SKEW_SECS - 100);
         assert_eq!(s.verify(&m.token), Err(TokenError::NotYetValid));
     }

@@ -83,6 +83,7 @@ pub fn fake_jwt(exp: u64, jti: usize) -> String {
             },
             attributes: BTreeMap::new(),
         },
+        pv: None,
     };
     format!(
         "{}.{}.{}",
