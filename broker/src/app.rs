@@ -215,7 +215,7 @@ impl AppState {
                     .policy
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if cur.version != p.version {
+                if cur.versions_differ(&p) {
                     self.policy_since
                         .store(self.clock.now_secs(), std::sync::atomic::Ordering::Relaxed);
                 }
@@ -236,7 +236,7 @@ impl AppState {
     pub fn grant_outdated(&self, claims: &tollgate::Claims) -> bool {
         let Some(pv) = &claims.pv else { return false };
         let issued = claims.iat + crate::token::SKEW_SECS;
-        *pv != self.policy().version
+        self.policy().rule_version(&claims.grant.identity.rule) != Some(pv.as_str())
             && issued <= self.policy_since.load(std::sync::atomic::Ordering::Relaxed)
     }
 

@@ -273,7 +273,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     };
     if let Some(l) = cli.listen {
-        config.server.listen = l;
+        apply_listen_override(&mut config, l);
     }
     if cli.check_config {
         return Ok(match crate::policy::Policy::load(&config.policy_file) {
@@ -345,9 +345,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--listen` replaces `server.listen`; a `public_url` that was only the default derived from the old address
+/// follows it (discovery, JWKS and the token issuer advertise where the broker really listens). A configured
+/// `public_url` is kept. With port 0 and several replicas, configure `public_url` (replicas must share it).
+fn apply_listen_override(config: &mut crate::config::Config, listen: std::net::SocketAddr) {
+    if config.server.public_url == format!("http://{}", config.server.listen) {
+        config.server.public_url = format!("http://{listen}");
+    }
+    config.server.listen = listen;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_override_moves_a_default_public_url_only() {
+        let load = |text: &str| {
+            crate::config::Config::from_source(
+                crate::config::Source {
+                    path: "/etc/t/broker.toml".into(),
+                    text: text.into(),
+                },
+                &std::collections::BTreeMap::<String, String>::new(),
+            )
+            .expect("config")
+        };
+        let addr: std::net::SocketAddr = "127.0.0.1:9911".parse().expect("addr");
+        let mut c = load("policy_file = \"p.toml\"\n[server]\nlisten = \"127.0.0.1:8787\"\n");
+        apply_listen_override(&mut c, addr);
+        assert_eq!(c.server.public_url, "http://127.0.0.1:9911");
+        let mut c = load(
+            "policy_file = \"p.toml\"\n[server]\nlisten = \"127.0.0.1:8787\"\npublic_url = \"https://tollgate.example\"\n",
+        );
+        apply_listen_override(&mut c, addr);
+        assert_eq!(c.server.public_url, "https://tollgate.example");
+        assert_eq!(c.server.listen, addr);
+    }
     use clap::CommandFactory;
 
     #[test]

@@ -93,8 +93,10 @@ pub struct Rule {
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     pub rules: Vec<Rule>,
-    /// The policy's version: the first 16 hex digits of the SHA-256 of its file. Tokens carry it (`pv`).
-    pub version: String,
+    /// Per rule: the version of the decision it makes — a digest of its own text and of every rule before
+    /// it. With first-match rules, an identity's grant can only change if one of those changed, so a token
+    /// carries the version of the rule that decided it (`pv`) and is outdated exactly when that changed.
+    versions: std::collections::HashMap<String, String>,
 }
 
 /// What the policy decided for an identity.
@@ -178,6 +180,16 @@ impl Template {
 }
 
 impl Policy {
+    /// The version of the decisions `rule` makes (see [`Policy::versions`]); `None` if there is no such rule.
+    pub fn rule_version(&self, rule: &str) -> Option<&str> {
+        self.versions.get(rule).map(String::as_str)
+    }
+
+    /// Whether any rule's decisions differ between this policy and `other`.
+    pub fn versions_differ(&self, other: &Policy) -> bool {
+        self.versions != other.versions
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         Self::from_source(&Source::read(path)?)
     }
@@ -186,8 +198,22 @@ impl Policy {
         let raw: RawPolicy = s.parse()?;
         let mut rules = Vec::new();
         let mut names = std::collections::BTreeSet::new();
-        for r in raw.rule {
+        let mut versions = std::collections::HashMap::new();
+        let mut prefix = <sha2::Sha256 as sha2::Digest>::new();
+        // A rule's text runs from its `[[rule]]` header to the next one's (or the end of the file).
+        let starts: Vec<usize> = raw.rule.iter().map(|r| r.span().start).collect();
+        for (i, r) in raw.rule.into_iter().enumerate() {
             let span = r.span();
+            {
+                use sha2::Digest;
+                let end = starts.get(i + 1).copied().unwrap_or(s.text.len());
+                prefix.update(s.text.get(span.start..end).unwrap_or_default().as_bytes());
+                prefix.update([0u8]);
+                versions.insert(
+                    r.get_ref().name.clone(),
+                    hex::encode(&prefix.clone().finalize()[..8]),
+                );
+            }
             let line = s.line_col(span.start).0;
             let r = r.into_inner();
             let err = |field: &str, m: String| {
@@ -262,9 +288,7 @@ impl Policy {
                 name: r.name,
             });
         }
-        use sha2::Digest;
-        let version = hex::encode(&sha2::Sha256::digest(s.text.as_bytes())[..8]);
-        Ok(Policy { rules, version })
+        Ok(Policy { rules, versions })
     }
 
     /// Does `rule` match `id`? Returns the reason it does not, for `policy explain`.

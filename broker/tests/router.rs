@@ -588,7 +588,16 @@ async fn a_token_from_a_replaced_policy_gets_401_policy_changed_and_a_new_one_wo
     h.clock.advance(1);
     h.state.reload_policy().expect("reload");
     assert_eq!(call(&h, models(&old)).await.0, StatusCode::OK);
-    // A new policy: the old token's grant is outdated.
+    // A rule added after the one that decided the token cannot change its grant (first match wins).
+    let original = std::fs::read_to_string(&h.state.policy_file).expect("policy");
+    std::fs::write(
+        &h.state.policy_file,
+        format!("{original}[[rule]]\nname = \"later\"\nmatch = {{ kind = \"static\", subject = \"ci\" }}\nmodels = [\"demo\"]\n"),
+    )
+    .expect("policy");
+    h.state.reload_policy().expect("reload");
+    assert_eq!(call(&h, models(&old)).await.0, StatusCode::OK);
+    // The deciding rule changed: the old token's grant is outdated.
     std::fs::write(
         &h.state.policy_file,
         "[[rule]]\nname = \"dev\"\nmatch = { kind = \"static\", subject = \"dev\" }\nmodels = [\"demo\"]\n",

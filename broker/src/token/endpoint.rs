@@ -264,7 +264,7 @@ async fn exchange_body(
         .min(ceiling);
     let minted = app
         .tokens
-        .mint(grant, ttl, Some(policy.version.clone()))
+        .mint(grant, ttl, policy.rule_version(&rule).map(str::to_string))
         .map_err(|e| {
             tracing::error!(error = %e, "mint failed");
             OAuthFailure::new(
