@@ -1,10 +1,11 @@
 //! Upstream providers behind one trait: a [`ProviderAdapter`] says what is particular to a provider kind
 //! (its URLs, how its key is sent, whether and how a request is translated, how its errors read), and
-//! [`upstream::Provider`](super::upstream::Provider) does the rest the same way for every kind (headers,
-//! sending, failure classification, the first-byte deadline, the translated stream).
+//! `upstream::Provider` does the rest the same way for every kind (headers, sending, failure
+//! classification, the first-byte deadline, the translated stream). This module imports neither
+//! `upstream` nor the router: the dependency runs one way, `router` → `upstream` → `providers`.
 //!
-//! Adding a kind: one file here implementing [`ProviderAdapter`], one line in [`adapter`] (and the
-//! `ProviderKind` variant that names it in the config).
+//! Adding a kind: one file here implementing [`ProviderAdapter`], its line in [`adapter`] (and its `mod`
+//! line), and the `ProviderKind` variant that names it in the config. See ARCHITECTURE.md.
 
 mod anthropic;
 mod azure_openai;
@@ -32,7 +33,7 @@ pub fn adapter(cfg: &ProviderConfig) -> Box<dyn ProviderAdapter> {
 }
 
 /// What is particular to one provider kind. Everything else about an attempt is common
-/// ([`upstream::Provider`](super::upstream::Provider)).
+/// (`upstream::Provider`).
 pub trait ProviderAdapter: Send + Sync {
     /// The kind's name as written in the config (`openai-chat`): metric labels, spans, logs.
     fn name(&self) -> &'static str;
