@@ -431,6 +431,15 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// Every kind (each has an adapter in `proxy/providers/`; its test walks this list).
+    pub const ALL: [ProviderKind; 5] = [
+        ProviderKind::Demo,
+        ProviderKind::Openai,
+        ProviderKind::AzureOpenai,
+        ProviderKind::OpenaiChat,
+        ProviderKind::Anthropic,
+    ];
+
     /// The kind's name as written in the config (`openai-chat`): metric labels, spans, logs.
     pub fn name(self) -> &'static str {
         match self {

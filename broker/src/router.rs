@@ -9,7 +9,7 @@
 
 use crate::clock::SharedClock;
 use crate::config::{Config, Route, RoutingConfig};
-use crate::proxy::upstream::{KeyCell, Provider, http_client};
+use crate::proxy::upstream::{Attempt, KeyCell, Provider, http_client};
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +29,17 @@ pub struct ResolvedTarget {
     pub health: Arc<TargetHealth>,
     weight: u32,
     priority: u32,
+}
+
+impl ResolvedTarget {
+    /// What one attempt on this target may use.
+    pub fn attempt(&self) -> Attempt<'_> {
+        Attempt {
+            client: &self.client,
+            first_byte_timeout: self.first_byte_timeout,
+            total_timeout: self.total_timeout,
+        }
+    }
 }
 
 /// Why no chain can be planned.

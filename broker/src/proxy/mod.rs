@@ -3,8 +3,8 @@
 //! decoder reads usage, then account.
 
 pub mod coalesce;
-pub mod demo;
 pub mod output_limit;
+pub mod providers;
 pub mod upstream;
 
 use crate::accounting::{InFlight, Served};
@@ -334,7 +334,7 @@ async fn proxy(
                     &headers,
                     upstream_body,
                     upstream_model,
-                    target,
+                    &target.attempt(),
                     stream,
                 )
                 .await
@@ -343,7 +343,7 @@ async fn proxy(
                     // Health is settled by the relay: success when the answer ends well.
                     let served = Served {
                         provider: provider.name.clone(),
-                        provider_kind: provider.kind.name(),
+                        provider_kind: provider.kind_name(),
                         status: up.status.as_u16(),
                     };
                     let tags = crate::metrics::ProxyTags {

@@ -1,118 +1,22 @@
-//! Upstream providers: where a routed request goes.
+//! A configured upstream provider and one attempt on it. What differs per provider kind is its
+//! [`ProviderAdapter`] ([`super::providers`]); the attempt itself is the same for every kind: build the
+//! request through the adapter, send it, classify a failure, wrap the answer (translated back if the
+//! request was translated), all before the target's first-byte deadline.
 
-use crate::config::{AzurePath, ProviderConfig, ProviderKind, VaultKeyRef};
-use crate::router::ResolvedTarget;
-use crate::translate::{RandomIds, StreamTranslator, ToolContext, anthropic, chat};
+use super::providers::{AnswerTranslation, Outgoing, ProviderAdapter};
+pub use super::providers::{Endpoint, UpstreamError, UpstreamResponse};
+use crate::config::{ProviderConfig, ProviderKind, VaultKeyRef};
+use crate::translate::StreamTranslator;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use secrecy::{ExposeSecret, SecretString};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use secrecy::SecretString;
 use serde_json::Value;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// Which API a request speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    Responses,
-    ChatCompletions,
-}
-
-impl Endpoint {
-    pub fn path(self) -> &'static str {
-        match self {
-            Endpoint::Responses => "/responses",
-            Endpoint::ChatCompletions => "/chat/completions",
-        }
-    }
-
-    /// The broker's own route for this API.
-    pub fn route(self) -> &'static str {
-        match self {
-            Endpoint::Responses => "/v1/responses",
-            Endpoint::ChatCompletions => "/v1/chat/completions",
-        }
-    }
-}
-
-/// Why an attempt failed before any byte reached the client. The message is for logs only: it may name
-/// upstream hosts but never keys (reqwest errors carry the URL, and our URLs carry no secrets).
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("connect: {0}")]
-    Connect(String),
-    #[error("timeout")]
-    Timeout,
-    #[error("upstream status {status}")]
-    Status {
-        status: StatusCode,
-        retry_after_secs: Option<u64>,
-        body: Bytes,
-    },
-    #[error("transport: {0}")]
-    Transport(String),
-    /// This provider cannot serve this endpoint (e.g. Chat Completions on Anthropic): try the next target.
-    #[error("endpoint not supported by this provider")]
-    Unsupported,
-    /// The provider's key is not loaded (yet): try the next target.
-    #[error("upstream key unavailable")]
-    KeyUnavailable,
-    /// The request cannot be translated for this provider.
-    #[error("bad request: {0}")]
-    BadRequest(String),
-}
-
-impl UpstreamError {
-    /// Whether this failure counts against the target's circuit breaker.
-    pub fn is_target_fault(&self) -> bool {
-        match self {
-            UpstreamError::Connect(_) | UpstreamError::Timeout | UpstreamError::Transport(_) => {
-                true
-            }
-            UpstreamError::Status { status, .. } => {
-                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
-            }
-            _ => false,
-        }
-    }
-
-    /// A low-cardinality label for metrics (`tollgate_failovers_total{reason}`).
-    pub fn label(&self) -> &'static str {
-        match self {
-            UpstreamError::Connect(_) => "connect",
-            UpstreamError::Timeout => "timeout",
-            UpstreamError::Status { status, .. } if status.as_u16() == 429 => "status_429",
-            UpstreamError::Status { .. } => "status_5xx",
-            UpstreamError::Transport(_) => "transport",
-            UpstreamError::Unsupported => "unsupported",
-            UpstreamError::KeyUnavailable => "key_unavailable",
-            UpstreamError::BadRequest(_) => "bad_request",
-        }
-    }
-
-    /// Connect errors, timeouts, 429 and 5xx move to the next target; other 4xx do not.
-    pub fn retryable(&self) -> bool {
-        match self {
-            UpstreamError::Connect(_)
-            | UpstreamError::Timeout
-            | UpstreamError::Transport(_)
-            | UpstreamError::Unsupported
-            | UpstreamError::KeyUnavailable => true,
-            UpstreamError::BadRequest(_) => false,
-            UpstreamError::Status { status, .. } => {
-                *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
-            }
-        }
-    }
-}
-
-/// A successful upstream answer, body still streaming.
-pub struct UpstreamResponse {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: BoxStream<'static, Result<Bytes, std::io::Error>>,
-}
+type Body = BoxStream<'static, Result<Bytes, std::io::Error>>;
 
 /// A provider's upstream key, replaceable at run time (Vault refresh). `None` until loaded.
 pub type KeyCell = Arc<RwLock<Option<SecretString>>>;
@@ -122,15 +26,21 @@ pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
     pub enabled: bool,
-    base_url: String,
     pub(crate) key: KeyCell,
     pub(crate) vault_key: Option<VaultKeyRef>,
-    api_version: Option<String>,
-    azure_path: AzurePath,
-    max_tokens: Option<u64>,
+    adapter: Box<dyn ProviderAdapter>,
     /// The URLs of the two endpoints, parsed once, when they do not depend on the model (all but Azure
     /// deployment paths): parsing a URL per request showed in the profile.
     urls: [Option<reqwest::Url>; 2],
+}
+
+/// What one attempt on a target may use: the target's HTTP client and its time limits.
+pub struct Attempt<'a> {
+    pub client: &'a reqwest::Client,
+    /// Until the first byte of a streamed answer.
+    pub first_byte_timeout: Duration,
+    /// The whole exchange.
+    pub total_timeout: Duration,
 }
 
 /// Request headers never forwarded upstream: hop-by-hop, our credentials, and anything that would
@@ -164,43 +74,28 @@ pub fn relay_response_header(name: &HeaderName) -> bool {
         || n == "retry-after"
 }
 
-/// What a translating provider needs to turn the upstream's answer back into a Responses answer.
-enum Translation {
-    None,
-    Chat(ToolContext),
-    Anthropic(ToolContext),
-}
-
 impl Provider {
     pub fn new(cfg: &ProviderConfig) -> Self {
-        let vault_key = cfg.api_key_vault.clone();
-        let mut p = Provider {
+        let adapter = super::providers::adapter(cfg);
+        let urls = [Endpoint::Responses, Endpoint::ChatCompletions].map(|e| {
+            (!adapter.url_depends_on_model())
+                .then(|| reqwest::Url::parse(&adapter.url(e, "")).ok())
+                .flatten()
+        });
+        Provider {
             name: cfg.name.clone(),
             kind: cfg.kind,
             enabled: cfg.enabled,
-            base_url: cfg.base_url.clone(),
             key: Arc::new(RwLock::new(cfg.api_key.clone())),
-            vault_key,
-            api_version: cfg.api_version.clone(),
-            azure_path: cfg.azure_path,
-            max_tokens: cfg.max_tokens,
-            urls: [None, None],
-        };
-        let per_model =
-            p.kind == ProviderKind::AzureOpenai && p.azure_path == AzurePath::Deployments;
-        if !per_model {
-            for (i, e) in [Endpoint::Responses, Endpoint::ChatCompletions]
-                .into_iter()
-                .enumerate()
-            {
-                p.urls[i] = reqwest::Url::parse(&p.url(e, "")).ok();
-            }
+            vault_key: cfg.api_key_vault.clone(),
+            adapter,
+            urls,
         }
-        p
     }
 
-    fn parsed_url(&self, endpoint: Endpoint) -> Option<&reqwest::Url> {
-        self.urls[endpoint as usize].as_ref()
+    /// The kind's name as written in the config (`openai-chat`): metric labels, spans, logs.
+    pub fn kind_name(&self) -> &'static str {
+        self.adapter.name()
     }
 
     /// Replace the upstream key (Vault refresh).
@@ -218,35 +113,8 @@ impl Provider {
             .clone()
     }
 
-    /// The URL of an endpoint on this provider (`model` is the Azure deployment).
-    pub fn url(&self, endpoint: Endpoint, model: &str) -> String {
-        match (self.kind, endpoint) {
-            (ProviderKind::AzureOpenai, _) => {
-                let query = self
-                    .api_version
-                    .as_deref()
-                    .map(|v| format!("?api-version={}", urlencode(v)))
-                    .unwrap_or_default();
-                match self.azure_path {
-                    AzurePath::V1 => {
-                        format!("{}/openai/v1{}{query}", self.base_url, endpoint.path())
-                    }
-                    AzurePath::Deployments => format!(
-                        "{}/openai/deployments/{}{}{query}",
-                        self.base_url,
-                        urlencode(model),
-                        endpoint.path()
-                    ),
-                }
-            }
-            (ProviderKind::OpenaiChat, _) => format!("{}/chat/completions", self.base_url),
-            (ProviderKind::Anthropic, _) => format!("{}/messages", self.base_url),
-            _ => format!("{}{}", self.base_url, endpoint.path()),
-        }
-    }
-
-    /// Send one attempt to `target`: until the first byte of the (possibly translated) answer, within the
-    /// target's time-to-first-byte; the whole exchange within its total timeout.
+    /// Send one attempt: until the first byte of the (possibly translated) answer, within the target's
+    /// time-to-first-byte; the whole exchange within its total timeout.
     /// `model` is the model named in `body` (the proxy has read it already).
     pub async fn send(
         &self,
@@ -254,22 +122,22 @@ impl Provider {
         headers: &HeaderMap,
         body: Bytes,
         model: &str,
-        target: &ResolvedTarget,
+        attempt: &Attempt<'_>,
         stream: bool,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        if self.kind == ProviderKind::Demo {
-            return Ok(super::demo::respond(endpoint, &body));
+        if let Some(answer) = self.adapter.answer_locally(endpoint, &body) {
+            return Ok(answer);
         }
         // A non-streamed answer's first byte comes when the whole answer is ready: only the total applies.
         let first_byte = if stream {
-            target.first_byte_timeout
+            attempt.first_byte_timeout
         } else {
-            target.total_timeout
+            attempt.total_timeout
         };
         let deadline = tokio::time::Instant::now() + first_byte;
         let first = tokio::time::timeout_at(deadline, async {
             let mut up = self
-                .send_http(endpoint, headers, body, model, target)
+                .send_http(endpoint, headers, body, model, attempt)
                 .await?;
             if !stream {
                 return Ok(up);
@@ -298,86 +166,13 @@ impl Provider {
         headers: &HeaderMap,
         body: Bytes,
         model: &str,
-        target: &ResolvedTarget,
+        attempt: &Attempt<'_>,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let translation = match (self.kind, endpoint) {
-            (ProviderKind::OpenaiChat, Endpoint::Responses) => {
-                Translation::Chat(ToolContext::default())
-            }
-            (ProviderKind::Anthropic, Endpoint::Responses) => {
-                Translation::Anthropic(ToolContext::default())
-            }
-            (ProviderKind::Anthropic, Endpoint::ChatCompletions) => {
-                return Err(UpstreamError::Unsupported);
-            }
-            _ => Translation::None,
+        let (body, answer) = match self.adapter.outgoing(endpoint, body, model)? {
+            Outgoing::Native(body) => (body, None),
+            Outgoing::Translated { body, answer } => (body, Some(answer)),
         };
-        let (body, translation) = match translation {
-            Translation::None => (body, Translation::None),
-            t => {
-                let v: Value = serde_json::from_slice(&body).map_err(|_| {
-                    UpstreamError::BadRequest("request body is not valid JSON".into())
-                })?;
-                let (out, t) = match t {
-                    Translation::Chat(_) => {
-                        let (o, c) = chat::request(&v, model)
-                            .map_err(|e| UpstreamError::BadRequest(e.to_string()))?;
-                        (o, Translation::Chat(c))
-                    }
-                    _ => {
-                        let opts = anthropic::Options {
-                            default_max_tokens: self
-                                .max_tokens
-                                .unwrap_or(anthropic::Options::default().default_max_tokens),
-                        };
-                        let (o, c) = anthropic::request(&v, model, opts)
-                            .map_err(|e| UpstreamError::BadRequest(e.to_string()))?;
-                        (o, Translation::Anthropic(c))
-                    }
-                };
-                let bytes = serde_json::to_vec(&out)
-                    .map_err(|e| UpstreamError::Transport(format!("serialize: {e}")))?;
-                (Bytes::from(bytes), t)
-            }
-        };
-        let mut req = match self.parsed_url(endpoint) {
-            Some(url) => target.client.post(url.clone()),
-            None => target.client.post(self.url(endpoint, model)),
-        }
-        .timeout(target.total_timeout);
-        if matches!(translation, Translation::None) {
-            for (name, value) in headers {
-                if !DROP_REQUEST_HEADERS.contains(&name.as_str())
-                    && !name.as_str().starts_with("x-tollgate-")
-                {
-                    req = req.header(name, value);
-                }
-            }
-        } else {
-            req = req
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .header(http::header::ACCEPT, "application/json, text/event-stream");
-        }
-        if self.kind == ProviderKind::Anthropic {
-            req = req.header("anthropic-version", anthropic::ANTHROPIC_VERSION);
-        }
-        let needs_key = self.vault_key.is_some();
-        match self.current_key() {
-            Some(key) => {
-                let (name, value) = match self.kind {
-                    ProviderKind::AzureOpenai => ("api-key", key.expose_secret().to_string()),
-                    ProviderKind::Anthropic => ("x-api-key", key.expose_secret().to_string()),
-                    _ => ("authorization", format!("Bearer {}", key.expose_secret())),
-                };
-                let mut v = HeaderValue::try_from(value).map_err(|_| {
-                    UpstreamError::Transport("api key is not a valid header value".into())
-                })?;
-                v.set_sensitive(true);
-                req = req.header(name, v);
-            }
-            None if needs_key => return Err(UpstreamError::KeyUnavailable),
-            None => {}
-        }
+        let req = self.request(endpoint, model, headers, answer.is_some(), attempt)?;
         let resp = req.body(body).send().await.map_err(classify)?;
         let status = resp.status();
         if !status.is_success() {
@@ -386,12 +181,7 @@ impl Provider {
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|s| s.trim().parse().ok());
-            let mut body = read_capped(resp, 64 * 1024).await;
-            if matches!(translation, Translation::Anthropic(_))
-                && let Some(v) = anthropic::error_body(&body)
-            {
-                body = Bytes::from(v.to_string());
-            }
+            let body = self.adapter.error_body(read_capped(resp, 64 * 1024).await);
             return Err(UpstreamError::Status {
                 status,
                 retry_after_secs,
@@ -399,47 +189,13 @@ impl Provider {
             });
         }
         let mut headers = resp.headers().clone();
-        let is_sse = headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
         let raw = resp
             .bytes_stream()
             .map_err(|e| std::io::Error::other(e.to_string()))
             .boxed();
-        let created_at = unix_now();
-        let body = match translation {
-            Translation::None => raw,
-            Translation::Chat(ctx) | Translation::Anthropic(ctx) if !is_sse => {
-                // Non-streamed: read it all (bounded), translate once.
-                let anthropic = self.kind == ProviderKind::Anthropic;
-                let buf = collect_capped(raw, 64 * 1024 * 1024).await?;
-                let v: Value = serde_json::from_slice(&buf)
-                    .map_err(|_| UpstreamError::Transport("upstream answer is not JSON".into()))?;
-                let out = if anthropic {
-                    anthropic::response(&v, &ctx, &mut RandomIds, created_at)
-                } else {
-                    chat::response(&v, &ctx, &mut RandomIds, created_at)
-                };
-                headers.insert(
-                    http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                let bytes = Bytes::from(out.to_string());
-                futures::stream::once(async move { Ok(bytes) }).boxed()
-            }
-            Translation::Chat(ctx) => Translated::boxed(
-                raw,
-                Box::new(chat::ChatStream::new(ctx, Box::new(RandomIds), created_at)),
-            ),
-            Translation::Anthropic(ctx) => Translated::boxed(
-                raw,
-                Box::new(anthropic::MessagesStream::new(
-                    ctx,
-                    Box::new(RandomIds),
-                    created_at,
-                )),
-            ),
+        let body = match answer {
+            None => raw,
+            Some(answer) => translate_answer(raw, &mut headers, answer).await?,
         };
         Ok(UpstreamResponse {
             status,
@@ -447,6 +203,78 @@ impl Provider {
             body,
         })
     }
+
+    /// The upstream request, without its body: URL, headers (the client's, or a translation's), the key.
+    fn request(
+        &self,
+        endpoint: Endpoint,
+        model: &str,
+        headers: &HeaderMap,
+        translated: bool,
+        attempt: &Attempt<'_>,
+    ) -> Result<reqwest::RequestBuilder, UpstreamError> {
+        let mut req = match &self.urls[endpoint as usize] {
+            Some(url) => attempt.client.post(url.clone()),
+            None => attempt.client.post(self.adapter.url(endpoint, model)),
+        }
+        .timeout(attempt.total_timeout);
+        if translated {
+            req = req
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header(http::header::ACCEPT, "application/json, text/event-stream");
+        } else {
+            for (name, value) in headers {
+                if !DROP_REQUEST_HEADERS.contains(&name.as_str())
+                    && !name.as_str().starts_with("x-tollgate-")
+                {
+                    req = req.header(name, value);
+                }
+            }
+        }
+        for (name, value) in self.adapter.extra_headers() {
+            req = req.header(*name, *value);
+        }
+        match self.current_key() {
+            Some(key) => {
+                let (name, value) = self.adapter.key_header(&key);
+                let mut v = HeaderValue::try_from(value).map_err(|_| {
+                    UpstreamError::Transport("api key is not a valid header value".into())
+                })?;
+                v.set_sensitive(true);
+                req = req.header(name, v);
+            }
+            None if self.vault_key.is_some() => return Err(UpstreamError::KeyUnavailable),
+            None => {}
+        }
+        Ok(req)
+    }
+}
+
+/// A translated request's answer, back in the client's protocol: a stream through its translator, a
+/// whole answer (read bounded) translated once.
+async fn translate_answer(
+    raw: Body,
+    headers: &mut HeaderMap,
+    answer: Box<dyn AnswerTranslation>,
+) -> Result<Body, UpstreamError> {
+    let is_sse = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let created_at = unix_now();
+    if is_sse {
+        return Ok(Translated::boxed(raw, answer.stream(created_at)));
+    }
+    let buf = collect_capped(raw, 64 * 1024 * 1024).await?;
+    let v: Value = serde_json::from_slice(&buf)
+        .map_err(|_| UpstreamError::Transport("upstream answer is not JSON".into()))?;
+    let out = answer.response(&v, created_at);
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let bytes = Bytes::from(out.to_string());
+    Ok(futures::stream::once(async move { Ok(bytes) }).boxed())
 }
 
 fn unix_now() -> u64 {
@@ -455,22 +283,7 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn urlencode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-async fn collect_capped(
-    mut s: BoxStream<'static, Result<Bytes, std::io::Error>>,
-    cap: usize,
-) -> Result<Vec<u8>, UpstreamError> {
+async fn collect_capped(mut s: Body, cap: usize) -> Result<Vec<u8>, UpstreamError> {
     let mut out = Vec::new();
     while let Some(chunk) = s.next().await {
         let chunk = chunk.map_err(|e| UpstreamError::Transport(e.to_string()))?;
@@ -485,16 +298,13 @@ async fn collect_capped(
 /// An upstream SSE stream run through a [`StreamTranslator`]. A translation error or an unfinished
 /// upstream stream becomes a stream error, which the relay turns into a terminal `response.failed`.
 struct Translated {
-    inner: BoxStream<'static, Result<Bytes, std::io::Error>>,
+    inner: Body,
     tr: Box<dyn StreamTranslator>,
     ended: bool,
 }
 
 impl Translated {
-    fn boxed(
-        inner: BoxStream<'static, Result<Bytes, std::io::Error>>,
-        tr: Box<dyn StreamTranslator>,
-    ) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+    fn boxed(inner: Body, tr: Box<dyn StreamTranslator>) -> Body {
         Translated {
             inner,
             tr,
@@ -576,48 +386,4 @@ pub fn http_client(connect_timeout: Duration) -> reqwest::Client {
         .tcp_nodelay(true)
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{Config, Source};
-
-    fn provider(toml: &str) -> Provider {
-        let cfg = Config::from_source(
-            Source {
-                path: "/etc/t/broker.toml".into(),
-                text: format!("policy_file = \"p.toml\"\n[providers.p]\n{toml}"),
-            },
-            &std::collections::BTreeMap::<String, String>::new(),
-        )
-        .expect("config");
-        Provider::new(&cfg.providers["p"])
-    }
-
-    #[test]
-    fn azure_urls() {
-        let v1 = provider("kind = \"azure-openai\"\nbase_url = \"https://r.openai.azure.com/\"\n");
-        assert_eq!(
-            v1.url(Endpoint::Responses, "dep"),
-            "https://r.openai.azure.com/openai/v1/responses"
-        );
-        let dep = provider(
-            "kind = \"azure-openai\"\nbase_url = \"https://r.openai.azure.com\"\nazure_path = \"deployments\"\napi_version = \"2024-10-21\"\n",
-        );
-        assert_eq!(
-            dep.url(Endpoint::ChatCompletions, "gpt 4o/x"),
-            "https://r.openai.azure.com/openai/deployments/gpt%204o%2Fx/chat/completions?api-version=2024-10-21"
-        );
-        let chat = provider("kind = \"openai-chat\"\nbase_url = \"http://127.0.0.1:11434/v1\"\n");
-        assert_eq!(
-            chat.url(Endpoint::Responses, "m"),
-            "http://127.0.0.1:11434/v1/chat/completions"
-        );
-        let ant = provider("kind = \"anthropic\"\nbase_url = \"https://api.anthropic.com/v1\"\n");
-        assert_eq!(
-            ant.url(Endpoint::Responses, "m"),
-            "https://api.anthropic.com/v1/messages"
-        );
-    }
 }

@@ -14,7 +14,7 @@
 
 use super::tools::{self, Tools, item_id_prefix, tool_search_output_text};
 use super::{
-    Emitter, IdSource, ResponsesUsage, SseSplitter, StreamError, StreamTranslator, ToolContext,
+    Emitter, EventMapper, IdSource, ResponsesUsage, SseTranslator, StreamError, ToolContext,
     ToolKind, TranslateError, content_text, obj, output_text,
 };
 use serde_json::{Map, Value, json};
@@ -545,11 +545,19 @@ enum Block {
     },
 }
 
-/// Streamed Messages events → Responses events.
-pub struct MessagesStream {
+/// Streamed Messages events → Responses bytes: the shared SSE driver over [`MessagesEvents`].
+pub type MessagesStream = SseTranslator<MessagesEvents>;
+
+impl MessagesStream {
+    pub fn new(ctx: ToolContext, ids: Box<dyn IdSource>, created_at: u64) -> Self {
+        SseTranslator::with_mapper(MessagesEvents::new(ctx, ids, created_at))
+    }
+}
+
+/// Streamed Messages events → Responses events, one event at a time.
+pub struct MessagesEvents {
     ctx: ToolContext,
     ids: Box<dyn IdSource>,
-    sse: SseSplitter,
     em: Emitter,
     started: bool,
     /// Open content blocks by their Anthropic index.
@@ -561,14 +569,13 @@ pub struct MessagesStream {
     done: bool,
 }
 
-impl MessagesStream {
-    pub fn new(ctx: ToolContext, mut ids: Box<dyn IdSource>, created_at: u64) -> Self {
+impl MessagesEvents {
+    fn new(ctx: ToolContext, mut ids: Box<dyn IdSource>, created_at: u64) -> Self {
         let rid = ids.id("resp_");
         let model = ctx.model.clone();
-        MessagesStream {
+        MessagesEvents {
             ctx,
             ids,
-            sse: SseSplitter::default(),
             em: Emitter::new(rid, model, created_at),
             started: false,
             blocks: Vec::new(),
@@ -873,27 +880,17 @@ impl MessagesStream {
     }
 }
 
-impl StreamTranslator for MessagesStream {
-    fn feed(&mut self, chunk: &[u8]) -> Result<Vec<u8>, StreamError> {
-        for ev in self.sse.push(chunk)? {
-            if self.done {
-                break;
-            }
-            self.on_event(&ev.data)?;
-        }
-        Ok(self.em.take())
+impl EventMapper for MessagesEvents {
+    fn on_event(&mut self, data: &str) -> Result<(), StreamError> {
+        MessagesEvents::on_event(self, data)
     }
 
-    fn finish(&mut self) -> Result<Vec<u8>, StreamError> {
-        if let Some(ev) = self.sse.finish()
-            && !self.done
-        {
-            self.on_event(&ev.data)?;
-        }
-        if !self.done {
-            return Err(StreamError::Truncated);
-        }
-        Ok(self.em.take())
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn take_output(&mut self) -> Vec<u8> {
+        self.em.take()
     }
 }
 

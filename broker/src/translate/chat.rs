@@ -11,7 +11,7 @@
 
 use super::tools::{self, Tools, item_id_prefix, tool_search_output_text};
 use super::{
-    Emitter, IdSource, ResponsesUsage, SseSplitter, StreamError, StreamTranslator, ToolContext,
+    Emitter, EventMapper, IdSource, ResponsesUsage, SseTranslator, StreamError, ToolContext,
     ToolKind, TranslateError, content_text, obj, output_text,
 };
 use serde_json::{Map, Value, json};
@@ -406,11 +406,19 @@ struct OpenCall {
     arguments: String,
 }
 
-/// Streamed chat chunks → Responses events.
-pub struct ChatStream {
+/// Streamed chat chunks → Responses bytes: the shared SSE driver over [`ChatEvents`].
+pub type ChatStream = SseTranslator<ChatEvents>;
+
+impl ChatStream {
+    pub fn new(ctx: ToolContext, ids: Box<dyn IdSource>, created_at: u64) -> Self {
+        SseTranslator::with_mapper(ChatEvents::new(ctx, ids, created_at))
+    }
+}
+
+/// Streamed chat chunks → Responses events, one chunk at a time.
+pub struct ChatEvents {
     ctx: ToolContext,
     ids: Box<dyn IdSource>,
-    sse: SseSplitter,
     em: Emitter,
     started: bool,
     open: Option<Open>,
@@ -422,14 +430,13 @@ pub struct ChatStream {
     done: bool,
 }
 
-impl ChatStream {
-    pub fn new(ctx: ToolContext, mut ids: Box<dyn IdSource>, created_at: u64) -> Self {
+impl ChatEvents {
+    fn new(ctx: ToolContext, mut ids: Box<dyn IdSource>, created_at: u64) -> Self {
         let rid = ids.id("resp_");
         let model = ctx.model.clone();
-        ChatStream {
+        ChatEvents {
             ctx,
             ids,
-            sse: SseSplitter::default(),
             em: Emitter::new(rid, model, created_at),
             started: false,
             open: None,
@@ -692,31 +699,25 @@ impl ChatStream {
     }
 }
 
-impl StreamTranslator for ChatStream {
-    fn feed(&mut self, chunk: &[u8]) -> Result<Vec<u8>, StreamError> {
-        for ev in self.sse.push(chunk)? {
-            if self.done {
-                break;
-            }
-            self.on_chunk(&ev.data)?;
-        }
-        Ok(self.em.take())
+impl EventMapper for ChatEvents {
+    fn on_event(&mut self, data: &str) -> Result<(), StreamError> {
+        self.on_chunk(data)
     }
 
-    fn finish(&mut self) -> Result<Vec<u8>, StreamError> {
-        if let Some(ev) = self.sse.finish()
-            && !self.done
-        {
-            self.on_chunk(&ev.data)?;
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn on_eof(&mut self) -> Result<(), StreamError> {
+        // Some servers end after the finish_reason (and usage) chunk without `[DONE]`.
+        if self.finish_reason.is_none() {
+            return Err(StreamError::Truncated);
         }
-        if !self.done {
-            // Some servers end after the finish_reason (and usage) chunk without `[DONE]`.
-            if self.finish_reason.is_some() {
-                self.complete();
-            } else {
-                return Err(StreamError::Truncated);
-            }
-        }
-        Ok(self.em.take())
+        self.complete();
+        Ok(())
+    }
+
+    fn take_output(&mut self) -> Vec<u8> {
+        self.em.take()
     }
 }

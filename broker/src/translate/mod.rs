@@ -370,6 +370,62 @@ pub trait StreamTranslator: Send {
     fn finish(&mut self) -> Result<Vec<u8>, StreamError>;
 }
 
+/// One upstream protocol's half of a streamed translation: what each upstream SSE event means. The rest
+/// (splitting bytes into events, ignoring what follows the end, the end of the upstream stream) is the
+/// shared driver, [`SseTranslator`].
+pub trait EventMapper: Send {
+    /// Map one upstream event (its `data`), emitting Responses events.
+    fn on_event(&mut self, data: &str) -> Result<(), StreamError>;
+    /// The translated response has ended (completed or failed): later upstream events are ignored.
+    fn done(&self) -> bool;
+    /// The upstream stream ended before [`done`](Self::done): end the response if what arrived allows it,
+    /// else fail with [`StreamError::Truncated`] (the default).
+    fn on_eof(&mut self) -> Result<(), StreamError> {
+        Err(StreamError::Truncated)
+    }
+    /// The Responses bytes emitted since the last call.
+    fn take_output(&mut self) -> Vec<u8>;
+}
+
+/// The one SSE driver of every stream translator: upstream bytes → events → an [`EventMapper`] → bytes.
+pub struct SseTranslator<M> {
+    sse: SseSplitter,
+    mapper: M,
+}
+
+impl<M: EventMapper> SseTranslator<M> {
+    pub fn with_mapper(mapper: M) -> Self {
+        SseTranslator {
+            sse: SseSplitter::default(),
+            mapper,
+        }
+    }
+}
+
+impl<M: EventMapper> StreamTranslator for SseTranslator<M> {
+    fn feed(&mut self, chunk: &[u8]) -> Result<Vec<u8>, StreamError> {
+        for ev in self.sse.push(chunk)? {
+            if self.mapper.done() {
+                break;
+            }
+            self.mapper.on_event(&ev.data)?;
+        }
+        Ok(self.mapper.take_output())
+    }
+
+    fn finish(&mut self) -> Result<Vec<u8>, StreamError> {
+        if let Some(ev) = self.sse.finish()
+            && !self.mapper.done()
+        {
+            self.mapper.on_event(&ev.data)?;
+        }
+        if !self.mapper.done() {
+            self.mapper.on_eof()?;
+        }
+        Ok(self.mapper.take_output())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,28 @@
 //! The built-in `demo` provider: well-formed canned answers in the real wire shapes, so the quickstart
 //! works offline and with no API key. It reports honest usage (bytes / 4 in, words out).
 
-use super::upstream::{Endpoint, UpstreamResponse};
+use super::{Endpoint, ProviderAdapter, UpstreamResponse};
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Value, json};
+
+pub struct Demo;
+
+impl ProviderAdapter for Demo {
+    fn name(&self) -> &'static str {
+        "demo"
+    }
+
+    /// None: every answer is made here.
+    fn url(&self, _endpoint: Endpoint, _model: &str) -> String {
+        String::new()
+    }
+
+    fn answer_locally(&self, endpoint: Endpoint, body: &[u8]) -> Option<UpstreamResponse> {
+        Some(respond(endpoint, body))
+    }
+}
 
 fn latest_user_text(req: &Value) -> String {
     // Responses: input is a string or a list of items; Chat: messages.
@@ -55,7 +72,7 @@ fn sse(events: Vec<(String, Value)>) -> Bytes {
     Bytes::from(out)
 }
 
-pub fn respond(endpoint: Endpoint, body: &[u8]) -> UpstreamResponse {
+fn respond(endpoint: Endpoint, body: &[u8]) -> UpstreamResponse {
     let req: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let model = req

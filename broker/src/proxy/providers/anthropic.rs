@@ -1,0 +1,123 @@
+//! `anthropic`: Anthropic Messages. Responses requests are translated to Messages and the answer back
+//! ([`translate::anthropic`]); Chat Completions is not served (the next target is tried). The key goes in
+//! `x-api-key`, with `anthropic-version`; error bodies are rewritten in OpenAI's shape.
+
+use super::{AnswerTranslation, Endpoint, Outgoing, ProviderAdapter, UpstreamError, translated};
+use crate::config::ProviderConfig;
+use crate::translate::{RandomIds, StreamTranslator, ToolContext, anthropic};
+use bytes::Bytes;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+pub struct Anthropic {
+    base_url: String,
+    options: anthropic::Options,
+}
+
+impl Anthropic {
+    pub fn new(cfg: &ProviderConfig) -> Self {
+        Anthropic {
+            base_url: cfg.base_url.clone(),
+            options: anthropic::Options {
+                default_max_tokens: cfg
+                    .max_tokens
+                    .unwrap_or(anthropic::Options::default().default_max_tokens),
+            },
+        }
+    }
+}
+
+impl ProviderAdapter for Anthropic {
+    fn name(&self) -> &'static str {
+        "anthropic"
+    }
+
+    fn url(&self, _endpoint: Endpoint, _model: &str) -> String {
+        format!("{}/messages", self.base_url)
+    }
+
+    fn key_header(&self, key: &SecretString) -> (&'static str, String) {
+        ("x-api-key", key.expose_secret().to_string())
+    }
+
+    fn extra_headers(&self) -> &'static [(&'static str, &'static str)] {
+        &[("anthropic-version", anthropic::ANTHROPIC_VERSION)]
+    }
+
+    fn outgoing(
+        &self,
+        endpoint: Endpoint,
+        body: Bytes,
+        model: &str,
+    ) -> Result<Outgoing, UpstreamError> {
+        match endpoint {
+            Endpoint::ChatCompletions => Err(UpstreamError::Unsupported),
+            Endpoint::Responses => translated(
+                &body,
+                |v| anthropic::request(v, model, self.options),
+                MessagesAnswer,
+            ),
+        }
+    }
+
+    fn error_body(&self, body: Bytes) -> Bytes {
+        match anthropic::error_body(&body) {
+            Some(v) => Bytes::from(v.to_string()),
+            None => body,
+        }
+    }
+}
+
+/// A Messages answer → a Responses answer.
+struct MessagesAnswer(ToolContext);
+
+impl AnswerTranslation for MessagesAnswer {
+    fn response(&self, answer: &Value, created_at: u64) -> Value {
+        anthropic::response(answer, &self.0, &mut RandomIds, created_at)
+    }
+
+    fn stream(self: Box<Self>, created_at: u64) -> Box<dyn StreamTranslator> {
+        Box::new(anthropic::MessagesStream::new(
+            self.0,
+            Box::new(RandomIds),
+            created_at,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::providers::tests::config;
+
+    fn provider() -> Anthropic {
+        Anthropic::new(&config(
+            "kind = \"anthropic\"\nbase_url = \"https://api.anthropic.com/v1\"\n",
+        ))
+    }
+
+    #[test]
+    fn messages_url_and_chat_completions_unsupported() {
+        let p = provider();
+        assert_eq!(
+            p.url(Endpoint::Responses, "m"),
+            "https://api.anthropic.com/v1/messages"
+        );
+        assert!(matches!(
+            p.outgoing(Endpoint::ChatCompletions, Bytes::from_static(b"{}"), "m"),
+            Err(UpstreamError::Unsupported)
+        ));
+    }
+
+    #[test]
+    fn error_bodies_become_openai_shaped() {
+        let p = provider();
+        let out = p.error_body(Bytes::from_static(
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#,
+        ));
+        let v: Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["error"]["message"], "busy");
+        let raw = Bytes::from_static(b"not json");
+        assert_eq!(p.error_body(raw.clone()), raw);
+    }
+}
