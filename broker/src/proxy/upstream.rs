@@ -180,7 +180,7 @@ impl Provider {
                 .headers()
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|s| s.trim().parse().ok());
+                .and_then(|s| retry_after(s, unix_now()));
             let body = self.adapter.error_body(read_capped(resp, 64 * 1024).await);
             return Err(UpstreamError::Status {
                 status,
@@ -386,4 +386,41 @@ pub fn http_client(connect_timeout: Duration) -> reqwest::Client {
         .tcp_nodelay(true)
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// A `Retry-After` value in seconds from `now` (unix seconds): delta-seconds, or an HTTP-date (RFC 9110
+/// §10.2.3: IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`; a date in the past is 0).
+pub fn retry_after(value: &str, now: u64) -> Option<u64> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(secs);
+    }
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let at = time::PrimitiveDateTime::parse(v, &fmt).ok()?.assume_utc();
+    let at = u64::try_from(at.unix_timestamp()).unwrap_or(0);
+    Some(at.saturating_sub(now))
+}
+
+#[cfg(test)]
+mod retry_after_tests {
+    use super::retry_after;
+
+    #[test]
+    fn seconds_and_http_dates() {
+        // 1994-11-06T08:49:37Z = 784111777.
+        let now = 784_111_777;
+        assert_eq!(retry_after("120", now), Some(120));
+        assert_eq!(retry_after(" 7 ", now), Some(7));
+        assert_eq!(retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now), Some(0));
+        assert_eq!(retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now), Some(30));
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(0),
+            "in the past"
+        );
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("-5", now), None);
+    }
 }
