@@ -140,19 +140,26 @@ fn check_body(body: &[u8]) -> Result<(), ApiError> {
             "request body is not valid UTF-8".into(),
         ));
     }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in body {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    // Most of an agent's body is string content (prompts, tool output): skip it with memchr rather than
+    // byte by byte, so the check stays cheap on long sessions' large bodies.
+    let (mut depth, mut i) = (0usize, 0usize);
+    while i < body.len() {
+        let b = body[i];
+        i += 1;
         match b {
-            b'"' => in_string = true,
+            b'"' => loop {
+                let Some(rest) = body.get(i..) else {
+                    return Ok(());
+                };
+                match memchr::memchr2(b'"', b'\\', rest) {
+                    Some(off) if rest[off] == b'\\' => i += off + 2,
+                    Some(off) => {
+                        i += off + 1;
+                        break;
+                    }
+                    None => return Ok(()), // an unterminated string: the parse that follows says so
+                }
+            },
             b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_JSON_DEPTH {
@@ -728,7 +735,11 @@ mod tests {
             "{}",
             message(&deep)
         );
-        // Brackets inside strings (and escaped quotes) do not count.
+        // Brackets inside strings (and escaped quotes and backslashes) do not count; a body ending in an
+        // escape does not panic.
+        for odd in [r#"{"model":"m","input":"\"#, r#"{"a":"\\"}"#, r#"["#] {
+            let _ = probe(odd.as_bytes());
+        }
         let ok = format!(
             r#"{{"model":"m","input":"{} \" {}"}}"#,
             "[".repeat(500),
@@ -741,6 +752,14 @@ mod tests {
             "]".repeat(MAX_JSON_DEPTH - 1)
         );
         assert!(probe(just.as_bytes()).is_ok());
+    }
+
+    proptest::proptest! {
+        /// Any bytes (truncated strings, lone escapes, stray brackets): the body check answers, never panics.
+        #[test]
+        fn the_body_check_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = check_body(&bytes);
+        }
     }
 
     #[test]
