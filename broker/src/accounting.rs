@@ -353,9 +353,10 @@ impl Accounting {
                 "ttfb_ms": ttfb.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             });
             // The Codex session fields (`session_id`, `request_kind`, …), only those that were sent.
-            if let (Some(o), Some(serde_json::Value::Object(sess))) =
-                (detail.as_object_mut(), s.and_then(|s| serde_json::to_value(s).ok()))
-            {
+            if let (Some(o), Some(serde_json::Value::Object(sess))) = (
+                detail.as_object_mut(),
+                s.and_then(|s| serde_json::to_value(s).ok()),
+            ) {
                 o.extend(sess);
             }
             audit.record(AuditEvent {

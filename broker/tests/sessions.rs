@@ -143,7 +143,10 @@ async fn session_spend(extra: &str) -> common::Broker {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["session_id"], SESSION);
     assert_eq!(v["principals"], json!(["alice"]));
-    assert_eq!((v["threads"].as_i64(), v["turns"].as_i64()), (Some(2), Some(2)));
+    assert_eq!(
+        (v["threads"].as_i64(), v["turns"].as_i64()),
+        (Some(2), Some(2))
+    );
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 3, "{v}");
     let row = |kind: &str, sub: Value| {
@@ -239,11 +242,10 @@ async fn session_spend(extra: &str) -> common::Broker {
         2,
         "no session fields without (valid) headers"
     );
-    assert!(
-        details
-            .iter()
-            .all(|d| d.get("thread_id").is_none_or(|t| t.as_str().unwrap().len() <= 128)),
-    );
+    assert!(details.iter().all(|d| {
+        d.get("thread_id")
+            .is_none_or(|t| t.as_str().unwrap().len() <= 128)
+    }),);
 
     // An unknown session answers zeros; an id outside the character set is refused.
     let (s, v) = b.admin_get(&format!("/admin/v1/sessions/{SUB_TURN}")).await;
@@ -296,7 +298,10 @@ async fn session_spend_sqlite_and_the_cli() {
     assert_eq!(code, 0, "{err}");
     let total = 2 * cost(100, 40, 20) + cost(300, 0, 50) + cost(70, 10, 7);
     let usd = tollgate_broker::governance::report::usd9(total);
-    assert!(out.contains(&format!("Session {SESSION}: 4 requests")), "{out}");
+    assert!(
+        out.contains(&format!("Session {SESSION}: 4 requests")),
+        "{out}"
+    );
     let line = |start: &str| {
         out.lines()
             .find(|l| l.starts_with(start))
@@ -345,11 +350,12 @@ async fn session_spend_postgres() {
         b.state.governance.store.pool()
     {
         // The columns are real columns (NULL where nothing valid was sent).
-        let (n,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM spend WHERE session_id IS NULL AND subagent IS NULL")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM spend WHERE session_id IS NULL AND subagent IS NULL",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
         assert_eq!(n, 2);
         let drop = format!("DROP SCHEMA \"{schema}\" CASCADE");
         let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&pool).await;

@@ -217,7 +217,9 @@ async fn session(
         .flush(std::time::Duration::from_secs(2))
         .await
     {
-        tracing::warn!("session: settlements still queued after 2 s; the answer may miss the newest");
+        tracing::warn!(
+            "session: settlements still queued after 2 s; the answer may miss the newest"
+        );
     }
     let usage = app
         .governance
@@ -225,7 +227,11 @@ async fn session(
         .session_usage(&session_id)
         .await
         .map_err(AdminError::store)?;
-    Ok(Json(crate::governance::report::SessionReport::new(&session_id, usage)).into_response())
+    Ok(Json(crate::governance::report::SessionReport::new(
+        &session_id,
+        usage,
+    ))
+    .into_response())
 }
 
 /// `POST /admin/v1/policy/reload`: re-read the policy file; a bad file is refused and the old policy stays.
