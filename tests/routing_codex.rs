@@ -9,6 +9,7 @@ use support::*;
 use tollgate_testkit::{MockConfig, RecordedRequest, spawn};
 
 const TURN: Duration = Duration::from_secs(120);
+const ADMIN_KEY: &str = "routing-codex-admin-key";
 
 /// Every model Codex asks for goes to `upstream_model` on the one provider.
 fn spec(kind: &str, upstream: &str, upstream_model: &str) -> BrokerSpec {
@@ -16,7 +17,9 @@ fn spec(kind: &str, upstream: &str, upstream_model: &str) -> BrokerSpec {
         extra_config: format!(
             "[providers.up]\nkind = \"{kind}\"\nbase_url = \"{upstream}\"\napi_key_env = \"E2E_UPSTREAM_KEY\"\n\n\
              [[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"up\", model = \"{upstream_model}\" }}]\n\n\
-             [pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"1.25\", output = \"10\" }}\n"
+             [pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"1.25\", output = \"10\" }}\n\n\
+             [admin]\nkey_sha256 = \"{admin}\"\n",
+            admin = sha256_hex(ADMIN_KEY)
         ),
         policy: "[[rule]]\nname = \"dev\"\nmatch = { kind = \"static\", subject = \"dev\" }\nteam = \"e2e\"\nmodels = [\"*\"]\nmax_ttl_secs = 3600\n".into(),
         env: vec![
@@ -157,9 +160,65 @@ async fn tool_turn(version: &str, up: Upstream, model: &str, ask: Ask<'_>) -> Tu
         results.iter().any(|r| r.contains(ask.expect)),
         "{what}: {results:?}"
     );
+    session_spend_matches(&broker, &codex, &posts, &what).await;
     let log = broker.log();
     assert_no_secret(&log, &[UPSTREAM_KEY, CREDENTIAL], "broker log");
     Turn { posts, codex, log }
+}
+
+/// The id of the one session Codex recorded (its rollout file, `sessions/…/rollout-<time>-<id>.jsonl`).
+fn codex_session_id(codex: &CodexEnv) -> String {
+    fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if let Some(name) = p.file_name().and_then(|n| n.to_str())
+                && name.starts_with("rollout-")
+                && let Some(stem) = name.strip_suffix(".jsonl")
+            {
+                out.push(stem[stem.len().saturating_sub(36)..].to_string());
+            }
+        }
+    }
+    let mut ids = Vec::new();
+    walk(&codex.codex_home().join("sessions"), &mut ids);
+    assert_eq!(ids.len(), 1, "one Codex session recorded: {ids:?}");
+    ids.remove(0)
+}
+
+/// The session Codex recorded is the one the broker recorded: `GET /admin/v1/sessions/{id}` counts every
+/// request the upstream answered, as turns, with the tokens the mock reported.
+async fn session_spend_matches(
+    broker: &Broker,
+    codex: &CodexEnv,
+    posts: &[RecordedRequest],
+    what: &str,
+) {
+    let id = codex_session_id(codex);
+    let r = reqwest::Client::new()
+        .get(format!("{}/admin/v1/sessions/{id}", broker.url))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("session report");
+    assert_eq!(r.status(), 200, "{what}");
+    let v: serde_json::Value = r.json().await.expect("json");
+    let sum = |f: fn(&tollgate_testkit::ReportedUsage) -> u64| -> u64 {
+        posts.iter().map(|p| p.usage.as_ref().map_or(0, f)).sum()
+    };
+    let t = &v["totals"];
+    assert_eq!(t["requests"], posts.len(), "{what}: {v}");
+    assert_eq!(t["input_tokens"], sum(|u| u.input_tokens), "{what}: {v}");
+    assert_eq!(t["output_tokens"], sum(|u| u.output_tokens), "{what}: {v}");
+    assert_eq!(v["principals"], serde_json::json!(["dev"]), "{what}");
+    let turns = v["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["request_kind"] == "turn" && r["subagent"].is_null())
+        .unwrap_or_else(|| panic!("{what}: no turn row in {v}"));
+    assert_eq!(turns["requests"], posts.len(), "{what}: {v}");
 }
 
 /// A Codex model with its full tool set (a bundled non-lite slug: `apply_patch` as a `custom` tool,

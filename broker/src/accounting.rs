@@ -21,6 +21,7 @@ use crate::audit::{AuditEvent, AuditLog, EventKind};
 use crate::clock::SharedClock;
 use crate::governance::{Finished as Settle, Governance, Reservation};
 use crate::metrics::{Metrics, Settled};
+use crate::session::CodexSession;
 use crate::usage::{StreamEnd, Usage};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,6 +74,8 @@ pub struct Finished {
     pub end: StreamEnd,
     /// Output text relayed, for the charge when no usage was reported.
     pub streamed_text_bytes: u64,
+    /// The Codex session it belongs to (validated headers): spend row, audit detail and log line only.
+    pub session: Option<Box<CodexSession>>,
     reservation: Reservation,
     span: tracing::Span,
 }
@@ -157,6 +160,7 @@ impl Accounting {
             started,
             dispatched: now,
             first_byte: None,
+            session: None,
         }
     }
 
@@ -204,17 +208,21 @@ impl Accounting {
     /// Settle a batch: each record through the fan-out, then one store write for all of them.
     async fn settle_batch(&self, batch: Vec<Job>) {
         let mut writes = Vec::with_capacity(batch.len());
+        // The session of each write, by index (the spend row's session columns).
+        let mut sessions = Vec::with_capacity(batch.len());
         let mut flushes = Vec::new();
         for job in batch {
             match job {
                 Job::Finished(f) => {
                     let claims = f.claims.clone();
+                    let session = f.session.clone();
                     // One record that panics must not take the rest of its batch (or this task) with it.
                     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         self.fan_out(*f)
                     })) {
                         Ok((apply, tokens)) => {
                             writes.push(apply);
+                            sessions.push(session);
                             if self.governance.shares_rate_limits() {
                                 self.governance.charge_shared_tokens(&claims, tokens).await;
                             }
@@ -230,7 +238,12 @@ impl Accounting {
         if !writes.is_empty() {
             let mut delay = Duration::from_millis(50);
             let moved = loop {
-                match self.governance.store.apply(&writes).await {
+                match self
+                    .governance
+                    .store
+                    .apply_with_sessions(&writes, &sessions)
+                    .await
+                {
                     Ok(moved) => break moved,
                     Err(e) => {
                         self.governance.note_store_write(false);
@@ -309,6 +322,7 @@ impl Accounting {
             crate::governance::store::Apply::Return { .. } => (String::new(), String::new()),
         };
         let u = f.usage.unwrap_or_default();
+        let s = f.session.as_deref();
         let upstream_secs = f.ended.duration_since(f.dispatched).as_secs_f64();
         let ttfb = f.first_byte.map(|t| t.duration_since(f.started));
         let latency_ms =
@@ -327,6 +341,24 @@ impl Accounting {
             ttfb_secs: ttfb.map(|d| d.as_secs_f64()),
         });
         if let Some(audit) = &self.audit {
+            let mut detail = serde_json::json!({
+                "identity": g.identity,
+                "org": g.org,
+                "cached_input_tokens": u.cached_input_tokens,
+                "reasoning_tokens": u.reasoning_tokens,
+                "end": end,
+                "price_version": price_version,
+                "price_tier": price_tier,
+                "latency_ms": latency_ms,
+                "ttfb_ms": ttfb.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            });
+            // The Codex session fields (`session_id`, `request_kind`, …), only those that were sent.
+            if let (Some(o), Some(serde_json::Value::Object(sess))) = (
+                detail.as_object_mut(),
+                s.and_then(|s| serde_json::to_value(s).ok()),
+            ) {
+                o.extend(sess);
+            }
             audit.record(AuditEvent {
                 ts: i64::try_from(self.clock.now_secs()).unwrap_or(i64::MAX),
                 kind: Some(EventKind::Request),
@@ -342,17 +374,7 @@ impl Accounting {
                 request_id: Some(f.request_id.clone()),
                 jti: Some(f.claims.jti.clone()),
                 expires_at: None,
-                detail: serde_json::json!({
-                    "identity": g.identity,
-                    "org": g.org,
-                    "cached_input_tokens": u.cached_input_tokens,
-                    "reasoning_tokens": u.reasoning_tokens,
-                    "end": end,
-                    "price_version": price_version,
-                    "price_tier": price_tier,
-                    "latency_ms": latency_ms,
-                    "ttfb_ms": ttfb.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                }),
+                detail,
             });
         }
         if !f.span.is_disabled() {
@@ -373,6 +395,13 @@ impl Accounting {
             price_version = %price_version,
             price_tier = %price_tier,
             latency_ms,
+            session_id = s.and_then(|s| s.session_id.as_deref()),
+            thread_id = s.and_then(|s| s.thread_id.as_deref()),
+            turn_id = s.and_then(|s| s.turn_id.as_deref()),
+            window_id = s.and_then(|s| s.window_id.as_deref()),
+            request_kind = s.and_then(CodexSession::request_kind_str),
+            originator = s.and_then(|s| s.originator.as_deref()),
+            subagent = s.and_then(|s| s.subagent.as_deref()),
             "request finished"
         );
         let tokens = if f.usage.is_some() { u.total() } else { 0 };
@@ -404,9 +433,15 @@ pub struct InFlight {
     first_byte: Option<Instant>,
     /// The `gen_ai` trace span of this request; closed when it settles.
     span: tracing::Span,
+    session: Option<Box<CodexSession>>,
 }
 
 impl InFlight {
+    /// The Codex session this request belongs to ([`CodexSession::from_headers`]), recorded with its spend.
+    pub fn set_session(&mut self, session: Option<CodexSession>) {
+        self.session = session.map(Box::new);
+    }
+
     pub fn mark_first_byte(&mut self) {
         if self.first_byte.is_none() {
             self.first_byte = Some(Instant::now());
@@ -454,6 +489,7 @@ impl InFlight {
             usage,
             end,
             streamed_text_bytes,
+            session: self.session.take(),
             reservation,
             span: std::mem::replace(&mut self.span, tracing::Span::none()),
         };

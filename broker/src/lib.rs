@@ -22,6 +22,7 @@ pub mod request_id;
 pub mod router;
 pub mod routes;
 pub mod server;
+pub mod session;
 pub mod sqlbatch;
 pub mod sse;
 pub mod telemetry;

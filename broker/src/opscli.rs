@@ -50,8 +50,8 @@ pub enum AdminCommand {
         #[arg(long)]
         until: Option<String>,
     },
-    /// Settled spend and tokens by UTC day × principal, team, org, model or provider, from the store (the
-    /// same numbers on every replica).
+    /// Settled spend and tokens by UTC day × principal, team, org, model, provider, Codex session or
+    /// request kind, from the store (the same numbers on every replica).
     Report {
         /// First day, YYYY-MM-DD, inclusive (default: 29 days before --to).
         #[arg(long)]
@@ -59,11 +59,21 @@ pub enum AdminCommand {
         /// Last day, YYYY-MM-DD, inclusive (default: today, UTC).
         #[arg(long)]
         to: Option<String>,
-        /// `day`, a dimension (principal, team, org, model, provider) or both: `day,team`.
+        /// `day`, a dimension (principal, team, org, model, provider, session, request_kind) or both:
+        /// `day,team`.
         #[arg(long, default_value = "day")]
         by: String,
         /// table, csv or json.
         #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+        format: String,
+    },
+    /// What one Codex session cost: its spend and tokens split by request kind (turn, compaction) and
+    /// sub-agent kind.
+    Session {
+        /// The session id Codex sent (`session-id`).
+        session_id: String,
+        /// table or json.
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
         format: String,
     },
     /// Re-read the policy file (a bad file is refused; the old policy stays).
@@ -139,6 +149,7 @@ pub async fn admin(args: AdminArgs, default_url: Option<String>) -> anyhow::Resu
     }
     let http = builder.build()?;
     let mut report_format = None;
+    let mut session_table = false;
     let (get, path, body): (bool, String, serde_json::Value) = match args.command {
         AdminCommand::Grants => (true, "/admin/v1/grants".into(), serde_json::Value::Null),
         AdminCommand::Revoke {
@@ -175,6 +186,22 @@ pub async fn admin(args: AdminArgs, default_url: Option<String>) -> anyhow::Resu
             (
                 true,
                 format!("/admin/v1/report?{}", serde_urlencoded::to_string(q)?),
+                serde_json::Value::Null,
+            )
+        }
+        AdminCommand::Session { session_id, format } => {
+            // The broker records only ids of this character set, so any other is no session (and is
+            // never put into the URL path).
+            if !crate::session::is_valid_id(&session_id) {
+                anyhow::bail!(
+                    "session id: 1 to {} characters of A-Z a-z 0-9 - _ . :",
+                    crate::session::MAX_ID_CHARS
+                );
+            }
+            session_table = format == "table";
+            (
+                true,
+                format!("/admin/v1/sessions/{session_id}"),
                 serde_json::Value::Null,
             )
         }
@@ -227,7 +254,13 @@ pub async fn admin(args: AdminArgs, default_url: Option<String>) -> anyhow::Resu
         eprintln!("tollgate-broker admin: {status}: {msg}");
         return Ok(ExitCode::from(1));
     }
-    if report_format.as_deref() == Some("table") {
+    if session_table {
+        let Ok(report) = serde_json::from_value::<crate::governance::report::SessionReport>(v)
+        else {
+            anyhow::bail!("the broker's session report is not in the expected shape");
+        };
+        print!("{}", report.to_table());
+    } else if report_format.as_deref() == Some("table") {
         let Some(report) = crate::governance::report::Report::from_json(&v) else {
             anyhow::bail!("the broker's report is not in the expected shape");
         };

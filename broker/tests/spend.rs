@@ -94,6 +94,8 @@ fn key_of(r: &SpendRecord, d: Dimension) -> Option<String> {
         Dimension::Org => r.org.clone(),
         Dimension::Model => Some(r.model.clone()),
         Dimension::Provider => Some(r.provider.clone()),
+        // Stored through `Store::apply`, without a Codex session (broker/tests/sessions.rs has them).
+        Dimension::Session | Dimension::RequestKind => None,
     }
 }
 

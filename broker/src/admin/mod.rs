@@ -40,6 +40,7 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
         .route("/admin/v1/grants", get(grants))
         .route("/admin/v1/spend", get(spend))
         .route("/admin/v1/report", get(report))
+        .route("/admin/v1/sessions/{session_id}", get(session))
         .route("/admin/v1/policy/reload", post(reload_policy))
         .route("/admin/v1/keys/rotate", post(rotate_keys))
         .route("/admin/v1/keys/retire", post(retire_key))
@@ -193,6 +194,44 @@ async fn report(
             r
         }
     })
+}
+
+/// `GET /admin/v1/sessions/{session_id}`: what one Codex session cost (every request recorded with that
+/// `session-id`, all time), split by `request_kind` (`turn`, `compaction`) and sub-agent kind, with the
+/// compaction and sub-agent subtotals. A session with nothing recorded answers zeros.
+async fn session(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(session_id): axum::extract::Path<String>,
+) -> Result<Response, AdminError> {
+    require(&app, &headers)?;
+    if !crate::session::is_valid_id(&session_id) {
+        return Err(AdminError::BadRequest(format!(
+            "session_id: 1 to {} characters of A-Z a-z 0-9 - _ . :",
+            crate::session::MAX_ID_CHARS
+        )));
+    }
+    // This replica's finished requests first, as for the report.
+    if !app
+        .accounting
+        .flush(std::time::Duration::from_secs(2))
+        .await
+    {
+        tracing::warn!(
+            "session: settlements still queued after 2 s; the answer may miss the newest"
+        );
+    }
+    let usage = app
+        .governance
+        .store
+        .session_usage(&session_id)
+        .await
+        .map_err(AdminError::store)?;
+    Ok(Json(crate::governance::report::SessionReport::new(
+        &session_id,
+        usage,
+    ))
+    .into_response())
 }
 
 /// `POST /admin/v1/policy/reload`: re-read the policy file; a bad file is refused and the old policy stays.

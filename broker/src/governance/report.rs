@@ -5,7 +5,7 @@
 //! Money stays integer: every row carries `cost_nanos`, and `cost_usd` is the same amount as an exact
 //! decimal string with nine places (no float ever touches it, so a spreadsheet's sum of the CSV is exact).
 
-use super::store::{Dimension, ReportQuery, ReportRow, Store, StoreError};
+use super::store::{Dimension, ReportQuery, ReportRow, SessionUsage, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
@@ -35,13 +35,15 @@ impl Grouping {
             } else if let Some(d) = Dimension::parse(part) {
                 if g.by.is_some_and(|b| b != d) {
                     return Err(format!(
-                        "by: group by day and at most one of principal, team, org, model, provider (got {s:?})"
+                        "by: group by day and at most one of {} (got {s:?})",
+                        dimension_names()
                     ));
                 }
                 g.by = Some(d);
             } else {
                 return Err(format!(
-                    "by: unknown grouping {part:?} (use day, principal, team, org, model or provider, e.g. by=day,team)"
+                    "by: unknown grouping {part:?} (use day, {}; e.g. by=day,team)",
+                    dimension_names()
                 ));
             }
         }
@@ -59,6 +61,11 @@ impl Grouping {
         }
         c
     }
+}
+
+/// `principal, team, org, model, provider, session, request_kind`.
+fn dimension_names() -> String {
+    Dimension::ALL.map(Dimension::as_str).join(", ")
 }
 
 /// `YYYY-MM-DD` → the Unix second that UTC day starts.
@@ -444,6 +451,179 @@ impl Report {
         }
         line(&mut out, &rule);
         line(&mut out, &total);
+        out
+    }
+}
+
+/// One Codex session's spend, as served by `GET /admin/v1/sessions/{session_id}`: the split by
+/// `request_kind` × `subagent`, what compaction and sub-agents cost, and the session's totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionReport {
+    pub session_id: String,
+    pub first_settled_at: Option<i64>,
+    pub last_settled_at: Option<i64>,
+    /// Distinct threads (root agent and sub-agents) and turns.
+    pub threads: i64,
+    pub turns: i64,
+    /// Who sent requests with this session id (normally one principal).
+    pub principals: Vec<String>,
+    pub rows: Vec<SessionLine>,
+    /// The rows with `request_kind` `compaction`, summed.
+    pub compaction: Totals,
+    /// The rows sent by a sub-agent (any `subagent`), summed.
+    pub subagents: Totals,
+    pub totals: Totals,
+}
+
+/// One (`request_kind`, `subagent`) group of a session; `null` where requests carried none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionLine {
+    pub request_kind: Option<String>,
+    pub subagent: Option<String>,
+    #[serde(flatten)]
+    pub sums: Totals,
+}
+
+fn add(t: &mut Totals, s: &Totals) {
+    t.requests += s.requests;
+    t.input_tokens += s.input_tokens;
+    t.cached_input_tokens += s.cached_input_tokens;
+    t.cache_write_tokens += s.cache_write_tokens;
+    t.output_tokens += s.output_tokens;
+    t.reasoning_tokens += s.reasoning_tokens;
+    t.cost_nanos += s.cost_nanos;
+    t.cost_usd = usd9(t.cost_nanos);
+}
+
+impl SessionReport {
+    pub fn new(session_id: &str, u: SessionUsage) -> Self {
+        let mut r = SessionReport {
+            session_id: session_id.to_string(),
+            first_settled_at: u.first_settled_at,
+            last_settled_at: u.last_settled_at,
+            threads: u.threads,
+            turns: u.turns,
+            principals: u.principals,
+            rows: Vec::with_capacity(u.rows.len()),
+            compaction: Totals::default(),
+            subagents: Totals::default(),
+            totals: Totals::default(),
+        };
+        for row in u.rows {
+            let sums = Totals {
+                requests: row.requests,
+                input_tokens: row.input_tokens,
+                cached_input_tokens: row.cached_input_tokens,
+                cache_write_tokens: row.cache_write_tokens,
+                output_tokens: row.output_tokens,
+                reasoning_tokens: row.reasoning_tokens,
+                cost_nanos: row.cost_nanos,
+                cost_usd: usd9(row.cost_nanos),
+            };
+            add(&mut r.totals, &sums);
+            if row.request_kind.as_deref() == Some("compaction") {
+                add(&mut r.compaction, &sums);
+            }
+            if row.subagent.is_some() {
+                add(&mut r.subagents, &sums);
+            }
+            r.rows.push(SessionLine {
+                request_kind: row.request_kind,
+                subagent: row.subagent,
+                sums,
+            });
+        }
+        for t in [&mut r.totals, &mut r.compaction, &mut r.subagents] {
+            t.cost_usd = usd9(t.cost_nanos);
+        }
+        r
+    }
+
+    /// An aligned text table (the CLI's default), with the compaction, sub-agent and total lines.
+    pub fn to_table(&self) -> String {
+        let when = |t: Option<i64>| {
+            t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_else(|| "-".into())
+        };
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Session {}: {} requests, {} threads, {} turns, {} to {}",
+            self.session_id,
+            self.totals.requests,
+            self.threads,
+            self.turns,
+            when(self.first_settled_at),
+            when(self.last_settled_at)
+        );
+        let _ = writeln!(out, "Principals: {}", self.principals.join(", "));
+        let headers = [
+            "request_kind",
+            "subagent",
+            "requests",
+            "input",
+            "cached",
+            "cache_write",
+            "output",
+            "reasoning",
+            "cost_usd",
+        ];
+        let cells = |a: &str, b: &str, t: &Totals| -> Vec<String> {
+            let mut c = vec![a.to_string(), b.to_string()];
+            c.extend(Report::metric_cells(t).into_iter().take(7));
+            c
+        };
+        let body: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|l| {
+                cells(
+                    l.request_kind.as_deref().unwrap_or("(none)"),
+                    l.subagent.as_deref().unwrap_or("-"),
+                    &l.sums,
+                )
+            })
+            .collect();
+        let foot = [
+            cells("compaction", "", &self.compaction),
+            cells("sub-agents", "", &self.subagents),
+            cells("total", "", &self.totals),
+        ];
+        let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+        for r in body.iter().chain(foot.iter()) {
+            for (w, c) in widths.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let line = |out: &mut String, r: &[String]| {
+            let mut s = String::new();
+            for (i, (c, w)) in r.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    s.push_str("  ");
+                }
+                if i < 2 {
+                    let _ = write!(s, "{c:<w$}");
+                } else {
+                    let _ = write!(s, "{c:>w$}");
+                }
+            }
+            out.push_str(s.trim_end());
+            out.push('\n');
+        };
+        line(&mut out, &headers.map(String::from));
+        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+        line(&mut out, &rule);
+        for r in &body {
+            line(&mut out, r);
+        }
+        line(&mut out, &rule);
+        for r in &foot {
+            line(&mut out, r);
+        }
         out
     }
 }

@@ -9,6 +9,7 @@
 //! never wait on each other in a cycle.
 
 use crate::config::{StoreConfig, StoreKind};
+use crate::session::CodexSession;
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -181,15 +182,22 @@ pub enum Dimension {
     Org,
     Model,
     Provider,
+    /// The Codex session (`session-id`); empty for requests without one.
+    Session,
+    /// `turn` or `compaction` (Codex's turn metadata); empty for requests without one.
+    #[serde(rename = "request_kind")]
+    RequestKind,
 }
 
 impl Dimension {
-    pub const ALL: [Dimension; 5] = [
+    pub const ALL: [Dimension; 7] = [
         Dimension::Principal,
         Dimension::Team,
         Dimension::Org,
         Dimension::Model,
         Dimension::Provider,
+        Dimension::Session,
+        Dimension::RequestKind,
     ];
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -203,6 +211,8 @@ impl Dimension {
             Dimension::Org => "org",
             Dimension::Model => "model",
             Dimension::Provider => "provider",
+            Dimension::Session => "session",
+            Dimension::RequestKind => "request_kind",
         }
     }
 
@@ -214,8 +224,45 @@ impl Dimension {
             Dimension::Org => "COALESCE(org, '')",
             Dimension::Model => "model",
             Dimension::Provider => "provider",
+            Dimension::Session => "COALESCE(session_id, '')",
+            Dimension::RequestKind => "COALESCE(request_kind, '')",
         }
     }
+}
+
+/// One Codex session's settled spend: split by `request_kind` × `subagent`, with its extent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionUsage {
+    /// Requests recorded with this session id.
+    pub requests: i64,
+    /// First and last settlement (Unix seconds); `None` when the session has no rows.
+    pub first_settled_at: Option<i64>,
+    pub last_settled_at: Option<i64>,
+    /// Distinct threads (the root agent's and each sub-agent's) and turns seen.
+    pub threads: i64,
+    pub turns: i64,
+    /// Who sent requests with this session id (the id is the client's: normally one principal), at most
+    /// [`SESSION_PRINCIPALS`].
+    pub principals: Vec<String>,
+    /// Sums by (`request_kind`, `subagent`), `None` where a request carried none; ordered by both.
+    pub rows: Vec<SessionRow>,
+}
+
+/// The most principals a session answer lists.
+pub const SESSION_PRINCIPALS: i64 = 100;
+
+/// The sums of one (`request_kind`, `subagent`) group of a session.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionRow {
+    pub request_kind: Option<String>,
+    pub subagent: Option<String>,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost_nanos: i64,
 }
 
 /// Settled spend between `from` (inclusive) and `to` (exclusive), Unix seconds, grouped by UTC day
@@ -455,7 +502,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Apply a batch of settlements and returns in one transaction (group commit). Returns every counter
     /// whose `spent` the batch moved, with its `spent` after the batch (for alert thresholds).
-    async fn apply(&self, batch: &[Apply]) -> Result<Vec<(CounterKey, i64)>, StoreError>;
+    async fn apply(&self, batch: &[Apply]) -> Result<Vec<(CounterKey, i64)>, StoreError> {
+        self.apply_with_sessions(batch, &[]).await
+    }
+
+    /// [`Store::apply`], recording `sessions[i]` (the Codex session context, validated at the edge) in the
+    /// session columns of `batch[i]`'s spend row; a missing or `None` entry leaves them NULL.
+    async fn apply_with_sessions(
+        &self,
+        batch: &[Apply],
+        sessions: &[Option<Box<CodexSession>>],
+    ) -> Result<Vec<(CounterKey, i64)>, StoreError>;
 
     /// Claim a scheduled report's run (`name`, the start of the period it covers): `true` for exactly one
     /// caller across every replica.
@@ -552,6 +609,8 @@ pub trait Store: Send + Sync + 'static {
     async fn usage_since(&self, principal: &str, since: i64) -> Result<UsageTotals, StoreError>;
     /// Settled spend summed by day and/or one dimension (see [`ReportQuery`]), ordered by its groups.
     async fn report(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, StoreError>;
+    /// One Codex session's settled spend (all time), split by `request_kind` and `subagent`.
+    async fn session_usage(&self, session_id: &str) -> Result<SessionUsage, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
     fn pool(&self) -> StorePool;
@@ -986,7 +1045,11 @@ macro_rules! impl_store {
                 Ok(GrowOutcome::Granted(vec![0; items.len()]))
             }
 
-            async fn apply(&self, batch: &[Apply]) -> Result<Vec<(CounterKey, i64)>, StoreError> {
+            async fn apply_with_sessions(
+                &self,
+                batch: &[Apply],
+                sessions: &[Option<Box<CodexSession>>],
+            ) -> Result<Vec<(CounterKey, i64)>, StoreError> {
                 use std::collections::{BTreeMap, HashSet};
                 if batch.is_empty() {
                     return Ok(Vec::new());
@@ -994,10 +1057,13 @@ macro_rules! impl_store {
                 let mut tx = self.pool.begin().await?;
                 // The spend rows first: only rows inserted now are applied (a batch retried after a commit
                 // whose answer was lost is not applied twice).
-                let records: Vec<&SpendRecord> = batch
+                let records: Vec<(&SpendRecord, Option<&CodexSession>)> = batch
                     .iter()
-                    .filter_map(|a| match a {
-                        Apply::Spend { record, .. } => Some(record.as_ref()),
+                    .enumerate()
+                    .filter_map(|(i, a)| match a {
+                        Apply::Spend { record, .. } => {
+                            Some((record.as_ref(), sessions.get(i).and_then(|s| s.as_deref())))
+                        }
                         Apply::Return { .. } => None,
                     })
                     .collect();
@@ -1006,9 +1072,11 @@ macro_rules! impl_store {
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO spend (id, settled_at, principal, team, org, jti, model, provider, \
                          input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, \
-                         cost, reserved, usage_reported, end_reason, price_version, price_tier) ",
+                         cost, reserved, usage_reported, end_reason, price_version, price_tier, \
+                         session_id, thread_id, turn_id, request_kind, originator, subagent) ",
                     );
-                    qb.push_values(chunk, |mut b, r| {
+                    qb.push_values(chunk, |mut b, (r, s)| {
+                        let field = |f: fn(&CodexSession) -> Option<String>| s.and_then(f);
                         b.push_bind(r.id.clone())
                             .push_bind(r.settled_at)
                             .push_bind(r.principal.clone())
@@ -1027,7 +1095,13 @@ macro_rules! impl_store {
                             .push_bind(i64::from(r.usage_reported))
                             .push_bind(r.end_reason.clone())
                             .push_bind(r.price_version.clone())
-                            .push_bind(r.price_tier.clone());
+                            .push_bind(r.price_tier.clone())
+                            .push_bind(field(|s| s.session_id.clone()))
+                            .push_bind(field(|s| s.thread_id.clone()))
+                            .push_bind(field(|s| s.turn_id.clone()))
+                            .push_bind(field(|s| s.request_kind_str().map(String::from)))
+                            .push_bind(field(|s| s.originator.clone()))
+                            .push_bind(field(|s| s.subagent.clone()));
                     });
                     qb.push(" ON CONFLICT DO NOTHING RETURNING id");
                     // Power-of-two row counts: a few SQL texts, each prepared once per connection and cached.
@@ -1464,6 +1538,60 @@ macro_rules! impl_store {
                     .fetch_all(&self.pool)
                     .await?;
                 Ok(rows.iter().map(|r| q.row(r)).collect::<Result<_, _>>()?)
+            }
+
+            async fn session_usage(&self, session_id: &str) -> Result<SessionUsage, StoreError> {
+                type Sums = (String, String, i64, i64, i64, i64, i64, i64, i64);
+                let rows = sqlx::query_as::<$db, Sums>(
+                    "SELECT COALESCE(request_kind, ''), COALESCE(subagent, ''), COUNT(*), \
+                     CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(cached_input_tokens), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(cost), 0) AS BIGINT) \
+                     FROM spend WHERE session_id = $1 \
+                     GROUP BY COALESCE(request_kind, ''), COALESCE(subagent, '') \
+                     ORDER BY COALESCE(request_kind, ''), COALESCE(subagent, '')",
+                )
+                .bind(session_id)
+                .fetch_all(&self.pool)
+                .await?;
+                let (requests, first, last, threads, turns) =
+                    sqlx::query_as::<$db, (i64, Option<i64>, Option<i64>, i64, i64)>(
+                        "SELECT COUNT(*), MIN(settled_at), MAX(settled_at), COUNT(DISTINCT thread_id), \
+                         COUNT(DISTINCT turn_id) FROM spend WHERE session_id = $1",
+                    )
+                    .bind(session_id)
+                    .fetch_one(&self.pool)
+                    .await?;
+                let principals = sqlx::query_as::<$db, (String,)>(
+                    "SELECT DISTINCT principal FROM spend WHERE session_id = $1 ORDER BY principal LIMIT $2",
+                )
+                .bind(session_id)
+                .bind(SESSION_PRINCIPALS)
+                .fetch_all(&self.pool)
+                .await?;
+                let some = |s: String| (!s.is_empty()).then_some(s);
+                Ok(SessionUsage {
+                    requests,
+                    first_settled_at: first,
+                    last_settled_at: last,
+                    threads,
+                    turns,
+                    principals: principals.into_iter().map(|(p,)| p).collect(),
+                    rows: rows
+                        .into_iter()
+                        .map(|r| SessionRow {
+                            request_kind: some(r.0),
+                            subagent: some(r.1),
+                            requests: r.2,
+                            input_tokens: r.3,
+                            cached_input_tokens: r.4,
+                            cache_write_tokens: r.5,
+                            output_tokens: r.6,
+                            reasoning_tokens: r.7,
+                            cost_nanos: r.8,
+                        })
+                        .collect(),
+                })
             }
 
             async fn ping(&self) -> Result<(), StoreError> {

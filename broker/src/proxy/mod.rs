@@ -294,13 +294,15 @@ async fn proxy(
         .await?;
     // The tightest budget, as response headers (Codex and people see what is left before it hurts).
     let budget_hint = app.governance.budget_hint(&reservation);
-    let inflight = app.accounting.start(
+    let mut inflight = app.accounting.start(
         claims.clone(),
         model.clone(),
         endpoint.route(),
         started,
         reservation,
     );
+    // Which Codex session this is (validated headers; recorded with the spend, never refused for).
+    inflight.set_session(crate::session::CodexSession::from_headers(&headers));
 
     let mut last_err: Option<UpstreamError> = None;
     let mut attempts = 0u32;
