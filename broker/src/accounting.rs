@@ -404,8 +404,8 @@ impl Accounting {
             subagent = s.and_then(|s| s.subagent.as_deref()),
             "request finished"
         );
-        let tokens = if f.usage.is_some() { u.total() } else { 0 };
-        (settlement.apply, tokens)
+        // The same tokens the local limiter was charged (an estimate when no usage was reported).
+        (settlement.apply, settlement.tokens)
     }
 }
 

@@ -91,6 +91,8 @@ impl BudgetRefusal {
 pub struct Settlement {
     pub cost: Nanos,
     pub apply: Apply,
+    /// The tokens charged (reported, or estimated without usage): what tokens-per-minute limits count.
+    pub tokens: u64,
 }
 
 /// What an admitted request holds until it settles.
@@ -918,6 +920,7 @@ impl Governance {
         };
         Settlement {
             cost,
+            tokens: u.total(),
             apply: Apply::Spend {
                 pool: r.held.then(|| self.pool_id(r.epoch)),
                 keys: r.keys,
