@@ -211,6 +211,40 @@ fn section(title: &str, id: &str, rows: &[SpendRow], first_day: i64) -> String {
     s
 }
 
+/// How many Codex sessions the dashboard lists.
+const TOP_SESSIONS: usize = 10;
+
+/// The costliest Codex sessions of the window (rows grouped by session; requests without one left out).
+fn sessions_section(rows: &[crate::governance::store::ReportRow]) -> String {
+    let mut top: Vec<&crate::governance::store::ReportRow> = rows
+        .iter()
+        .filter(|r| r.key.as_deref().is_some_and(|k| !k.is_empty()))
+        .collect();
+    top.sort_by(|a, b| b.cost_nanos.cmp(&a.cost_nanos).then(a.key.cmp(&b.key)));
+    top.truncate(TOP_SESSIONS);
+    let mut s = String::from("<section id=\"sessions\"><h2>Top Codex sessions by cost</h2>");
+    if top.is_empty() {
+        s.push_str("<p class=\"empty\">No Codex sessions in this window.</p></section>");
+        return s;
+    }
+    s.push_str(
+        "<table><thead><tr><th>session</th><th>requests</th><th>input tokens</th><th>output tokens</th><th>cost</th></tr></thead><tbody>",
+    );
+    for r in top {
+        let _ = write!(
+            s,
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(r.key.as_deref().unwrap_or_default()),
+            r.requests,
+            r.input_tokens,
+            r.output_tokens,
+            usd(r.cost_nanos)
+        );
+    }
+    s.push_str("</tbody></table></section>");
+    s
+}
+
 fn budgets_section(budgets: &[BudgetUse]) -> String {
     let mut s = String::from("<section id=\"budgets\"><h2>Budgets used</h2>");
     if budgets.is_empty() {
@@ -372,6 +406,18 @@ pub async fn page(
         body.push_str(&section(title, id, &rows, first_day));
     }
     body.push_str(&budgets_section(&budgets_used(&app, &seen).await));
+    let sessions = app
+        .governance
+        .store
+        .report(&crate::governance::store::ReportQuery {
+            from: first_day,
+            to: now + 1,
+            by_day: false,
+            by: Some(crate::governance::store::Dimension::Session),
+        })
+        .await
+        .map_err(AdminError::store)?;
+    body.push_str(&sessions_section(&sessions));
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Tollgate spend</title>\
          <meta name=\"viewport\" content=\"width=device-width\"><style>{CSS}</style></head><body>\
@@ -398,6 +444,29 @@ pub async fn page(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_sessions_by_cost_escaped_and_bounded() {
+        use crate::governance::store::ReportRow;
+        let row = |k: Option<&str>, cost: i64| ReportRow {
+            key: k.map(str::to_string),
+            requests: 1,
+            cost_nanos: cost,
+            ..ReportRow::default()
+        };
+        let mut rows: Vec<ReportRow> = (0..15).map(|i| row(Some(&format!("s{i:02}")), i)).collect();
+        rows.push(row(None, 1_000_000));
+        rows.push(row(Some(""), 1_000_000));
+        rows.push(row(Some("<b>x</b>"), 500));
+        let html = sessions_section(&rows);
+        assert!(html.contains("&lt;b&gt;x&lt;/b&gt;"), "escaped: {html}");
+        assert!(!html.contains("<b>x</b>"));
+        let first = html.find("&lt;b&gt;").expect("costliest listed");
+        assert!(first < html.find("s14").expect("s14"), "sorted by cost");
+        assert_eq!(html.matches("<tr><td>").count(), TOP_SESSIONS);
+        assert!(!html.contains("s04"), "only the top ten");
+        assert!(sessions_section(&[]).contains("No Codex sessions"));
+    }
 
     #[test]
     fn money_and_escaping() {
