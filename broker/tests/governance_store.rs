@@ -1,52 +1,73 @@
-//! Store arithmetic under random operation sequences (proptest, fake clock), checked against a model:
-//! reservations are all-or-nothing, a refusal happens exactly when some counter would go over, settlement
-//! moves the reserved amount out and the real cost in, releases and lease expiry return the reservation,
-//! and a settlement after expiry still charges the cost.
+//! Store arithmetic under random operation sequences (proptest, fake clock), checked against a model, on the
+//! paths the broker uses: a process's allotment pool grows all-or-nothing (a refusal happens exactly when
+//! some counter would go over by the need; the extra chunk is capped by the headroom), settlements and
+//! returns in one batch move the released amount out of `reserved` and the cost into `spent` (once per
+//! record, even when the batch is retried), lease expiry and shutdown give a pool's items back, a pool
+//! another replica expired is reported lost, and a settlement after expiry still charges the cost.
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tollgate_broker::governance::pricing::ServiceTier;
 use tollgate_broker::clock::{Clock, FakeClock};
 use tollgate_broker::config::{Config, Source, StoreConfig, StoreKind};
 use tollgate_broker::governance::store::{
-    self, CounterKey, ReserveItem, ReserveOutcome, SpendRecord, Store,
+    self, Apply, CounterKey, GrowItem, GrowOutcome, PoolRef, SpendRecord, Store,
 };
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// Reserve `amount` on the budgets selected by the bit mask.
-    Reserve {
-        mask: u8,
-        amount: i64,
-    },
-    /// Settle the n-th live reservation at `cost`.
-    Settle {
-        n: usize,
-        cost: i64,
-    },
-    Release {
-        n: usize,
-    },
+    /// Grow the pool by `need` (plus up to `chunk`) on the budgets selected by the bit mask.
+    Grow { mask: u8, need: i64, chunk: i64 },
+    /// One batch of settlements and returns, applied together.
+    Batch(Vec<Entry>),
+    /// Apply the last settlement again (a batch retried after its commit's answer was lost).
+    Retry,
     /// Advance the fake clock; then expire.
-    Advance {
-        secs: u64,
-    },
+    Advance { secs: u64 },
     /// Renew this owner's leases.
     Renew,
+    /// Give the whole pool back (shutdown).
+    ReleasePool,
+}
+
+#[derive(Clone, Debug)]
+enum Entry {
+    /// A settled request charged `cost` on the selected budgets, releasing up to `release` of the pool's
+    /// allotment on each (`pooled: false`: admitted without a pool, nothing to release).
+    Spend {
+        mask: u8,
+        cost: i64,
+        release: i64,
+        pooled: bool,
+    },
+    /// Give up to `amount` of unused allotment on budget `key` back.
+    Return { key: usize, amount: i64 },
+}
+
+fn entry() -> impl Strategy<Value = Entry> {
+    prop_oneof![
+        3 => (1u8..8, 0i64..300, 0i64..300, any::<bool>())
+            .prop_map(|(mask, cost, release, pooled)| Entry::Spend { mask, cost, release, pooled }),
+        1 => (0usize..3, 0i64..300).prop_map(|(key, amount)| Entry::Return { key, amount }),
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (1u8..8, 0i64..400).prop_map(|(mask, amount)| Op::Reserve { mask, amount }),
-        3 => (0usize..8, 0i64..600).prop_map(|(n, cost)| Op::Settle { n, cost }),
-        1 => (0usize..8).prop_map(|n| Op::Release { n }),
+        4 => (1u8..8, 0i64..400, prop_oneof![Just(0i64), 0i64..800])
+            .prop_map(|(mask, need, chunk)| Op::Grow { mask, need, chunk }),
+        4 => proptest::collection::vec(entry(), 1..4).prop_map(Op::Batch),
+        1 => Just(Op::Retry),
         1 => (0u64..20).prop_map(|secs| Op::Advance { secs }),
         1 => Just(Op::Renew),
+        1 => Just(Op::ReleasePool),
     ]
 }
 
 const LIMITS: [i64; 3] = [1000, 1500, 700];
 const LEASE: i64 = 10;
+const OWNER: &str = "me";
 
 fn key(i: usize) -> CounterKey {
     CounterKey {
@@ -54,6 +75,10 @@ fn key(i: usize) -> CounterKey {
         subject: "s".into(),
         period_start: 0,
     }
+}
+
+fn picked(mask: u8) -> Vec<usize> {
+    (0..3).filter(|i| mask & (1 << i) != 0).collect()
 }
 
 async fn open_sqlite(dir: &std::path::Path) -> Arc<dyn Store> {
@@ -69,13 +94,6 @@ async fn open_sqlite(dir: &std::path::Path) -> Arc<dyn Store> {
     })
     .await
     .expect("open")
-}
-
-struct Live {
-    id: String,
-    keys: Vec<usize>,
-    amount: i64,
-    expires: i64,
 }
 
 async fn open_pg(schema: &str) -> Arc<dyn Store> {
@@ -109,135 +127,253 @@ async fn run(ops: Vec<Op>, pg: bool) -> Result<(), TestCaseError> {
     result
 }
 
+/// The process's pool as the model knows it.
+struct Pool {
+    /// Its id (a new one after the store lost it or it was released).
+    id: String,
+    /// What the process believes: the pool row exists.
+    believed: bool,
+    /// The pool row really exists in the store (not expired, not released).
+    alive: bool,
+    expires: i64,
+    /// The allotment the process holds per budget (what the store's items hold while `alive`).
+    held: [i64; 3],
+}
+
 async fn run_on(st: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let clock = FakeClock::new(1_000);
     let mut spent = [0i64; 3];
     let mut reserved = [0i64; 3];
-    let mut live: Vec<Live> = Vec::new();
-    let mut settled_total = 0i64;
+    // A counter row exists once a grow on it committed; a settlement charges only existing counters.
+    let mut exists = [false; 3];
+    let mut generation = 0;
+    let mut pool = Pool {
+        id: "pool-0".into(),
+        believed: false,
+        alive: false,
+        expires: 0,
+        held: [0; 3],
+    };
+    let mut last_spend: Option<Apply> = None;
+    let mut settled = (0i64, 0i64);
     for (step, op) in ops.into_iter().enumerate() {
         let now = clock.now_secs() as i64;
         match op {
-            Op::Reserve { mask, amount } => {
-                let keys: Vec<usize> = (0..3).filter(|i| mask & (1 << i) != 0).collect();
-                let items: Vec<ReserveItem> = keys
+            Op::Grow { mask, need, chunk } => {
+                let keys = picked(mask);
+                let items: Vec<GrowItem> = keys
                     .iter()
-                    .map(|&i| ReserveItem {
+                    .map(|&i| GrowItem {
                         key: key(i),
-                        amount,
+                        need,
+                        chunk,
                         limit: LIMITS[i],
                     })
                     .collect();
-                let id = format!("r{step}");
-                let got = st
-                    .reserve(&id, "me", now, now + LEASE, &items)
-                    .await
-                    .expect("reserve");
-                let fits = keys
+                let pref = PoolRef {
+                    id: &pool.id,
+                    owner: OWNER,
+                    now,
+                    expires_at: now + LEASE,
+                    exists: pool.believed,
+                };
+                let got = st.grow(pref, &items).await.expect("grow");
+                if pool.believed && !pool.alive {
+                    prop_assert_eq!(got, GrowOutcome::PoolLost);
+                    // The process starts a new pool; what it held went back with the expired one.
+                    generation += 1;
+                    pool = Pool {
+                        id: format!("pool-{generation}"),
+                        believed: false,
+                        alive: false,
+                        expires: 0,
+                        held: [0; 3],
+                    };
+                    check(&st, &spent, &reserved, settled, step).await?;
+                    continue;
+                }
+                let refused = keys
                     .iter()
-                    .all(|&i| spent[i] + reserved[i] + amount <= LIMITS[i]);
-                match got {
-                    ReserveOutcome::Admitted => {
-                        prop_assert!(fits, "admitted over a limit");
-                        for &i in &keys {
-                            reserved[i] += amount;
+                    .position(|&i| spent[i] + reserved[i] + need > LIMITS[i]);
+                match (got, refused) {
+                    (GrowOutcome::Granted(grant), None) => {
+                        prop_assert_eq!(grant.len(), keys.len());
+                        for (g, &i) in grant.iter().zip(&keys) {
+                            let headroom = LIMITS[i] - spent[i] - reserved[i] - need;
+                            prop_assert_eq!(*g, need + chunk.min(headroom / 8).max(0));
+                            reserved[i] += g;
+                            pool.held[i] += g;
+                            exists[i] = true;
                         }
-                        live.push(Live {
-                            id,
-                            keys,
-                            amount,
-                            expires: now + LEASE,
-                        });
+                        pool.believed = true;
+                        pool.alive = true;
+                        pool.expires = now + LEASE;
                     }
-                    ReserveOutcome::Refused {
-                        index,
-                        spent: s,
-                        reserved: r,
-                    } => {
-                        prop_assert!(!fits, "refused although it fits");
+                    (
+                        GrowOutcome::Refused {
+                            index,
+                            spent: s,
+                            reserved: r,
+                        },
+                        Some(at),
+                    ) => {
+                        prop_assert_eq!(index, at, "refused on the first budget that cannot take the need");
                         let i = keys[index];
                         prop_assert_eq!((s, r), (spent[i], reserved[i]));
-                        prop_assert!(s + r + amount > LIMITS[i]);
+                    }
+                    (got, refused) => {
+                        prop_assert!(false, "grow answered {:?}, the model refuses at {:?}", got, refused);
                     }
                 }
             }
-            Op::Settle { .. } | Op::Release { .. } if live.is_empty() => {}
-            Op::Settle { n, cost } => {
-                let l = live.remove(n % live.len());
-                let keys: Vec<CounterKey> = l.keys.iter().map(|&i| key(i)).collect();
-                let rec = SpendRecord {
-                    id: l.id.clone(),
-                    cost,
-                    ..SpendRecord::default()
-                };
-                st.settle(&l.id, &keys, Some(&rec)).await.expect("settle");
-                for &i in &l.keys {
-                    spent[i] += cost;
-                    reserved[i] -= l.amount;
+            Op::Batch(entries) => {
+                let mut batch = Vec::new();
+                for (n, e) in entries.into_iter().enumerate() {
+                    match e {
+                        Entry::Spend {
+                            mask,
+                            cost,
+                            release,
+                            pooled,
+                        } => {
+                            let keys = picked(mask);
+                            let releases: Vec<i64> = keys
+                                .iter()
+                                .map(|&i| if pooled { release.min(pool.held[i]) } else { 0 })
+                                .collect();
+                            for (r, &i) in releases.iter().zip(&keys) {
+                                if pool.alive {
+                                    reserved[i] -= r;
+                                }
+                                pool.held[i] -= r;
+                                if exists[i] {
+                                    spent[i] += cost;
+                                }
+                            }
+                            settled = (settled.0 + 1, settled.1 + cost);
+                            let a = Apply::Spend {
+                                pool: pooled.then(|| pool.id.clone()),
+                                keys: keys.iter().map(|&i| key(i)).collect(),
+                                releases,
+                                record: Box::new(SpendRecord {
+                                    id: format!("s{step}-{n}"),
+                                    settled_at: now,
+                                    cost,
+                                    ..SpendRecord::default()
+                                }),
+                            };
+                            last_spend = Some(a.clone());
+                            batch.push(a);
+                        }
+                        Entry::Return { key: i, amount } => {
+                            let amount = amount.min(pool.held[i]);
+                            if pool.alive {
+                                reserved[i] -= amount;
+                            }
+                            pool.held[i] -= amount;
+                            batch.push(Apply::Return {
+                                pool: pool.id.clone(),
+                                key: key(i),
+                                amount,
+                            });
+                        }
+                    }
                 }
-                settled_total += cost;
+                let moved = st.apply(&batch).await.expect("apply");
+                for (k, after) in moved {
+                    let i = (0..3).find(|&i| key(i) == k).expect("a known key");
+                    prop_assert_eq!(after, spent[i], "spent reported after the batch");
+                }
             }
-            Op::Release { n } => {
-                let l = live.remove(n % live.len());
-                let keys: Vec<CounterKey> = l.keys.iter().map(|&i| key(i)).collect();
-                st.settle(&l.id, &keys, None).await.expect("release");
-                for &i in &l.keys {
-                    reserved[i] -= l.amount;
+            Op::Retry => {
+                if let Some(a) = &last_spend {
+                    let moved = st.apply(std::slice::from_ref(a)).await.expect("retry");
+                    prop_assert!(moved.is_empty(), "a retried settlement moved {:?}", moved);
                 }
             }
             Op::Advance { secs } => {
                 clock.advance(secs);
                 let now = clock.now_secs() as i64;
                 let n = st.expire(now).await.expect("expire");
-                let (gone, keep): (Vec<Live>, Vec<Live>) =
-                    live.drain(..).partition(|l| l.expires < now);
-                prop_assert_eq!(n as usize, gone.len());
-                for l in &gone {
-                    for &i in &l.keys {
-                        reserved[i] -= l.amount;
+                let gone = pool.alive && pool.expires < now;
+                prop_assert_eq!(n, u64::from(gone));
+                if gone {
+                    for i in 0..3 {
+                        reserved[i] -= pool.held[i];
                     }
-                    // A late settlement of an expired reservation still charges, and releases nothing twice.
-                    let keys: Vec<CounterKey> = l.keys.iter().map(|&i| key(i)).collect();
-                    let rec = SpendRecord {
-                        id: l.id.clone(),
-                        cost: 5,
-                        ..SpendRecord::default()
-                    };
-                    st.settle(&l.id, &keys, Some(&rec))
-                        .await
-                        .expect("late settle");
-                    for &i in &l.keys {
-                        spent[i] += 5;
-                    }
-                    settled_total += 5;
+                    // The process does not know yet: it learns at its next grow (PoolLost).
+                    pool.alive = false;
                 }
-                live = keep;
             }
             Op::Renew => {
-                let n = st.renew("me", now + LEASE).await.expect("renew");
-                prop_assert_eq!(n as usize, live.len());
-                for l in &mut live {
-                    l.expires = now + LEASE;
+                let n = st.renew(OWNER, now + LEASE).await.expect("renew");
+                prop_assert_eq!(n, u64::from(pool.alive));
+                if pool.alive {
+                    pool.expires = now + LEASE;
                 }
             }
+            Op::ReleasePool => {
+                let existed = st.release_pool(&pool.id).await.expect("release pool");
+                prop_assert_eq!(existed, pool.alive);
+                if pool.alive {
+                    for i in 0..3 {
+                        reserved[i] -= pool.held[i];
+                    }
+                }
+                generation += 1;
+                pool = Pool {
+                    id: format!("pool-{generation}"),
+                    believed: false,
+                    alive: false,
+                    expires: 0,
+                    held: [0; 3],
+                };
+            }
         }
-        let got = st
-            .counters(&[key(0), key(1), key(2)])
-            .await
-            .expect("counters");
-        for i in 0..3 {
-            prop_assert_eq!(
-                got[i],
-                (spent[i], reserved[i]),
-                "counter {} after step {}",
-                i,
-                step
-            );
-            prop_assert!(reserved[i] >= 0);
-        }
-        prop_assert_eq!(st.spend_total().await.expect("total").1, settled_total);
+        check(&st, &spent, &reserved, settled, step).await?;
     }
     Ok(())
+}
+
+/// After every step: each counter as the model has it, and the spend rows' count and total.
+async fn check(
+    st: &Arc<dyn Store>,
+    spent: &[i64; 3],
+    reserved: &[i64; 3],
+    settled: (i64, i64),
+    step: usize,
+) -> Result<(), TestCaseError> {
+    let got = st
+        .counters(&[key(0), key(1), key(2)])
+        .await
+        .expect("counters");
+    for i in 0..3 {
+        prop_assert_eq!(
+            got[i],
+            (spent[i], reserved[i]),
+            "counter {} after step {}",
+            i,
+            step
+        );
+        prop_assert!(reserved[i] >= 0);
+    }
+    prop_assert_eq!(
+        spend_total(st.as_ref()).await,
+        settled,
+        "spend rows after step {}",
+        step
+    );
+    Ok(())
+}
+
+/// Every settled request in the store, counted and summed, read straight from its `spend` table.
+async fn spend_total(st: &dyn Store) -> (i64, i64) {
+    const SQL: &str = "SELECT COUNT(*), CAST(COALESCE(SUM(cost), 0) AS BIGINT) FROM spend";
+    match st.pool() {
+        store::StorePool::Sqlite(p) => sqlx::query_as(SQL).fetch_one(&p).await,
+        store::StorePool::Postgres(p) => sqlx::query_as(SQL).fetch_one(&p).await,
+    }
+    .expect("spend total")
 }
 
 proptest! {
@@ -478,7 +614,7 @@ async fn governance_two_replicas_share_one_budget_postgres() {
                 let max_out = 50 + (t * 7 + i * 13) % 150;
                 let body = serde_json::json!({"model": "gpt-test", "input": "hello there", "max_output_tokens": max_out});
                 let body = serde_json::to_vec(&body).expect("json");
-                match g.admit(&alice, "gpt-test", body.len() as u64, Some(max_out)).await {
+                match g.admit_tier(&alice, "gpt-test", body.len() as u64, Some(max_out), ServiceTier::Standard).await {
                     Ok(r) => {
                         let e = r.estimate.cost.0;
                         {
@@ -581,7 +717,7 @@ async fn governance_two_replicas_share_one_budget_postgres() {
         "own free allotment is not in flight"
     );
     assert_eq!(report[0].spent_nanos, spent);
-    let (n, total) = s1.spend_total().await.expect("total");
+    let (n, total) = spend_total(s1.as_ref()).await;
     assert_eq!(total, tl.settled_cost);
     assert_eq!(n as u64, tl.settled, "one spend row per settled request");
     g1.shutdown().await;
@@ -627,13 +763,13 @@ async fn an_allotment_is_not_spent_after_its_lease_ran_out() {
     let g2 = Governance::with_store(st.clone(), &c, Arc::new(clock.clone()), None, metrics(&c));
     let alice = claims("alice", 1_800_000_000, "j1");
     let r1 = g1
-        .admit(&alice, "gpt-test", 300, Some(100))
+        .admit_tier(&alice, "gpt-test", 300, Some(100), ServiceTier::Standard)
         .await
         .expect("admit");
     g1.release(r1);
     // Within the lease the allotment serves the next admission in memory (same epoch).
     let r = g1
-        .admit(&alice, "gpt-test", 300, Some(100))
+        .admit_tier(&alice, "gpt-test", 300, Some(100), ServiceTier::Standard)
         .await
         .expect("admit");
     let epoch = r.epoch;
@@ -642,7 +778,7 @@ async fn an_allotment_is_not_spent_after_its_lease_ran_out() {
     clock.advance(31);
     g2.tick(false, true).await;
     let r2 = g1
-        .admit(&alice, "gpt-test", 300, Some(100))
+        .admit_tier(&alice, "gpt-test", 300, Some(100), ServiceTier::Standard)
         .await
         .expect("admit");
     assert!(
@@ -654,7 +790,7 @@ async fn an_allotment_is_not_spent_after_its_lease_ran_out() {
     g1.release(r2);
     // The new pool's lease is confirmed: it serves the next admission in memory again.
     let r3 = g1
-        .admit(&alice, "gpt-test", 300, Some(100))
+        .admit_tier(&alice, "gpt-test", 300, Some(100), ServiceTier::Standard)
         .await
         .expect("admit");
     assert_eq!(r3.epoch, fresh);

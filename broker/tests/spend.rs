@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tollgate_broker::governance::pricing::ServiceTier;
 use tollgate_broker::clock::FakeClock;
 use tollgate_broker::config::{Config, Source, StoreConfig, StoreKind};
 use tollgate_broker::governance::report::{Report, ReportParams, day_string, usd9};
@@ -99,6 +100,17 @@ fn key_of(r: &SpendRecord, d: Dimension) -> Option<String> {
     }
 }
 
+/// Every settled request in the store, counted and summed, read straight from its `spend` table.
+async fn spend_total(st: &dyn Store) -> (i64, i64) {
+    const SQL: &str = "SELECT COUNT(*), CAST(COALESCE(SUM(cost), 0) AS BIGINT) FROM spend";
+    match st.pool() {
+        store::StorePool::Sqlite(p) => sqlx::query_as(SQL).fetch_one(&p).await,
+        store::StorePool::Postgres(p) => sqlx::query_as(SQL).fetch_one(&p).await,
+    }
+    .expect("spend total")
+}
+
+
 /// A month of traffic (plus a day on each side, and requests on the exact day boundaries) through
 /// governance on a fake clock: admitted, settled, and stored in batches through the store API, as the
 /// accounting task does. Returns every stored record.
@@ -138,7 +150,7 @@ async fn generate_month(st: Arc<dyn Store>) -> Vec<SpendRecord> {
             let who = &people[((d + 31) * 3 + i).rem_euclid(5) as usize];
             let (model, provider) = models[((d + i).rem_euclid(2)) as usize];
             let r = g
-                .admit(who, model, 600 + i as u64 * 10, Some(256))
+                .admit_tier(who, model, 600 + i as u64 * 10, Some(256), ServiceTier::Standard)
                 .await
                 .expect("admitted");
             let input = 100 + ((d + 40) * 37 + i * 11) as u64 % 2_000;
@@ -272,7 +284,7 @@ async fn check_month_report(st: Arc<dyn Store>) {
     .validate(0)
     .expect("params");
     let report = Report::run(st.as_ref(), &all).await.expect("report");
-    let (n, total) = st.spend_total().await.expect("total");
+    let (n, total) = spend_total(st.as_ref()).await;
     assert_eq!(
         (report.totals.requests, report.totals.cost_nanos),
         (n, total)
@@ -327,7 +339,7 @@ async fn report_api_and_cli() {
     // No waiting for settlement: the report flushes this replica's queue first.
     let (s, v) = b.admin_get("/admin/v1/report?by=day,team").await;
     assert_eq!(s, 200, "{v}");
-    let (n, total) = b.state.governance.store.spend_total().await.unwrap();
+    let (n, total) = spend_total(b.state.governance.store.as_ref()).await;
     assert_eq!(n, 3);
     assert_eq!(v["totals"]["requests"], 3);
     assert_eq!(v["totals"]["cost_nanos"], total);
@@ -837,7 +849,7 @@ async fn alerts_once_across_three_replicas_postgres() {
     for _ in 0..10 {
         for (g, acc, _) in &replicas {
             let r = g
-                .admit(&alice, "gpt-test", 300, Some(100))
+                .admit_tier(&alice, "gpt-test", 300, Some(100), ServiceTier::Standard)
                 .await
                 .expect("admitted");
             inflight.push(acc.start(
@@ -940,7 +952,7 @@ async fn alerts_once_across_three_replicas_postgres() {
     assert_eq!(rows, 4);
     // More spend in the same window emits nothing new.
     let (g, acc, _) = &replicas[1];
-    let r = g.admit(&alice, "gpt-test", 300, Some(100)).await;
+    let r = g.admit_tier(&alice, "gpt-test", 300, Some(100), ServiceTier::Standard).await;
     assert!(r.is_err(), "the hard limit still refuses");
     let _ = acc;
     for (g, _, _) in &replicas {
@@ -1224,7 +1236,7 @@ async fn weekly_report_sent_once_by_one_replica_postgres() {
             clock.set(at as u64);
             let who = &people[((d + i) % 3) as usize];
             let r = g1
-                .admit(who, "gpt-test", 300, Some(100))
+                .admit_tier(who, "gpt-test", 300, Some(100), ServiceTier::Standard)
                 .await
                 .expect("admit");
             let rec = settle_one(
@@ -1339,7 +1351,7 @@ async fn remaining_budget_hint_for_the_response_headers() {
     let acc = Accounting::new(g.clone(), m, None, Arc::new(clock.clone()));
     let alice = Arc::new(claims("alice", Some("payments"), None, "j"));
     let r = g
-        .admit(&alice, "gpt-test", 300, Some(100))
+        .admit_tier(&alice, "gpt-test", 300, Some(100), ServiceTier::Standard)
         .await
         .expect("admit");
     assert_eq!(
@@ -1381,7 +1393,7 @@ async fn remaining_budget_hint_for_the_response_headers() {
     );
     assert!(acc.flush(std::time::Duration::from_secs(10)).await);
     let r = g
-        .admit(&alice, "gpt-test", 300, Some(100))
+        .admit_tier(&alice, "gpt-test", 300, Some(100), ServiceTier::Standard)
         .await
         .expect("admit");
     let h = g.budget_hint(&r).expect("known");

@@ -194,8 +194,8 @@ fn section(title: &str, id: &str, rows: &[SpendRow], first_day: i64) -> String {
     let mut totals: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     for r in rows {
         let e = totals.entry(&r.key).or_default();
-        e.0 += r.requests;
-        e.1 += r.cost_nanos;
+        e.0 += r.sums.requests;
+        e.1 += r.sums.cost_nanos;
     }
     let mut totals: Vec<_> = totals.into_iter().collect();
     totals.sort_by(|a, b| b.1.1.cmp(&a.1.1).then_with(|| a.0.cmp(b.0)));
@@ -220,7 +220,12 @@ fn sessions_section(rows: &[crate::governance::store::ReportRow]) -> String {
         .iter()
         .filter(|r| r.key.as_deref().is_some_and(|k| !k.is_empty()))
         .collect();
-    top.sort_by(|a, b| b.cost_nanos.cmp(&a.cost_nanos).then(a.key.cmp(&b.key)));
+    top.sort_by(|a, b| {
+        b.sums
+            .cost_nanos
+            .cmp(&a.sums.cost_nanos)
+            .then(a.key.cmp(&b.key))
+    });
     top.truncate(TOP_SESSIONS);
     let mut s = String::from("<section id=\"sessions\"><h2>Top Codex sessions by cost</h2>");
     if top.is_empty() {
@@ -235,10 +240,10 @@ fn sessions_section(rows: &[crate::governance::store::ReportRow]) -> String {
             s,
             "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(r.key.as_deref().unwrap_or_default()),
-            r.requests,
-            r.input_tokens,
-            r.output_tokens,
-            usd(r.cost_nanos)
+            r.sums.requests,
+            r.sums.input_tokens,
+            r.sums.output_tokens,
+            usd(r.sums.cost_nanos)
         );
     }
     s.push_str("</tbody></table></section>");
@@ -450,8 +455,11 @@ mod tests {
         use crate::governance::store::ReportRow;
         let row = |k: Option<&str>, cost: i64| ReportRow {
             key: k.map(str::to_string),
-            requests: 1,
-            cost_nanos: cost,
+            sums: crate::governance::store::Sums {
+                requests: 1,
+                cost_nanos: cost,
+                ..Default::default()
+            },
             ..ReportRow::default()
         };
         let mut rows: Vec<ReportRow> = (0..15).map(|i| row(Some(&format!("s{i:02}")), i)).collect();

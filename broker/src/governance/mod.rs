@@ -1,6 +1,6 @@
 //! Governance: prices, budgets with reservations, rate limits, revocation — backed by a [`store::Store`].
 //!
-//! The request path calls [`Governance::admit`] before forwarding; [`crate::accounting`] calls
+//! The request path calls [`Governance::admit_tier`] before forwarding; [`crate::accounting`] calls
 //! [`Governance::settle`] exactly once afterwards, from its one settlement queue, and writes the
 //! [`store::Apply`] it returns to the store in group-committed batches. Admission is in memory against this
 //! process's allotments ([`allot`]) and goes to the store only to grow one. Background work (lease renewal,
@@ -711,21 +711,9 @@ impl Governance {
     }
 
     /// Rate limits, then the budget reservation, for a request of `body_len` bytes whose output is limited
-    /// to `max_out` tokens (the proxy reads both in its one parse of the body).
-    pub async fn admit(
-        &self,
-        claims: &Claims,
-        model: &str,
-        body_len: u64,
-        max_out: Option<u64>,
-    ) -> Result<Reservation, GovernanceError> {
-        self.admit_tier(claims, model, body_len, max_out, ServiceTier::Standard)
-            .await
-    }
-
-    /// [`Governance::admit`] for a request that asks for a service tier (`service_tier`: `priority`,
-    /// `flex`): its estimate, and its charge unless the answer reports another tier, are at that tier's
-    /// price where the table has one.
+    /// to `max_out` tokens (the proxy reads both in its one parse of the body) and that asks for the service
+    /// tier `tier` (`service_tier`: `priority`, `flex`; else [`ServiceTier::Standard`]): its estimate, and
+    /// its charge unless the answer reports another tier, are at that tier's price where the table has one.
     pub async fn admit_tier(
         &self,
         claims: &Claims,
@@ -998,7 +986,7 @@ impl Governance {
             })?;
         Ok(UsageToday {
             since: rfc3339(since),
-            cost_usd: usd(totals.cost_nanos),
+            cost_usd: usd(totals.sums.cost_nanos),
             totals,
         })
     }

@@ -5,7 +5,7 @@
 //! Money stays integer: every row carries `cost_nanos`, and `cost_usd` is the same amount as an exact
 //! decimal string with nine places (no float ever touches it, so a spreadsheet's sum of the CSV is exact).
 
-use super::store::{Dimension, ReportQuery, ReportRow, SessionUsage, Store, StoreError};
+use super::store::{Dimension, ReportQuery, ReportRow, SessionUsage, Store, StoreError, Sums};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
@@ -156,17 +156,37 @@ impl ReportParams {
     }
 }
 
-/// Totals of a report (the sum of its rows).
+/// Sums of a report line, a session group or a total, with the cost in dollars beside the nano-dollars.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
-    pub requests: i64,
-    pub input_tokens: i64,
-    pub cached_input_tokens: i64,
-    pub cache_write_tokens: i64,
-    pub output_tokens: i64,
-    pub reasoning_tokens: i64,
-    pub cost_nanos: i64,
+    #[serde(flatten)]
+    pub sums: Sums,
     pub cost_usd: String,
+}
+
+impl From<Sums> for Totals {
+    fn from(sums: Sums) -> Self {
+        Totals {
+            sums,
+            cost_usd: usd9(sums.cost_nanos),
+        }
+    }
+}
+
+impl Totals {
+    /// Add a group's sums (the dollars follow).
+    fn add(&mut self, s: &Sums) {
+        self.sums.add(s);
+        self.cost_usd = usd9(self.sums.cost_nanos);
+    }
+}
+
+/// A report's numbers are its [`Sums`]; `cost_usd` only renders one of them.
+impl std::ops::Deref for Totals {
+    type Target = Sums;
+    fn deref(&self) -> &Sums {
+        &self.sums
+    }
 }
 
 /// One line of a report: the group (`day` as `YYYY-MM-DD`; the dimension's value, `Some(None)` for requests
@@ -191,19 +211,6 @@ pub struct Report {
     pub totals: Totals,
 }
 
-fn sums(r: &ReportRow) -> Totals {
-    Totals {
-        requests: r.requests,
-        input_tokens: r.input_tokens,
-        cached_input_tokens: r.cached_input_tokens,
-        cache_write_tokens: r.cache_write_tokens,
-        output_tokens: r.output_tokens,
-        reasoning_tokens: r.reasoning_tokens,
-        cost_nanos: r.cost_nanos,
-        cost_usd: usd9(r.cost_nanos),
-    }
-}
-
 impl Report {
     /// Run the report against the store.
     pub async fn run(store: &dyn Store, req: &ReportRequest) -> Result<Report, StoreError> {
@@ -218,27 +225,20 @@ impl Report {
     }
 
     pub fn from_rows(req: &ReportRequest, rows: &[ReportRow]) -> Report {
-        let mut totals = Totals::default();
+        let mut totals = Totals::from(Sums::default());
         let mut lines = Vec::with_capacity(rows.len());
         for r in rows {
-            totals.requests += r.requests;
-            totals.input_tokens += r.input_tokens;
-            totals.cached_input_tokens += r.cached_input_tokens;
-            totals.cache_write_tokens += r.cache_write_tokens;
-            totals.output_tokens += r.output_tokens;
-            totals.reasoning_tokens += r.reasoning_tokens;
-            totals.cost_nanos += r.cost_nanos;
-            if r.requests == 0 {
+            totals.add(&r.sums);
+            if r.sums.requests == 0 {
                 // The ungrouped query answers one all-zero row over an empty range.
                 continue;
             }
             lines.push(Line {
                 day: r.day.map(day_string),
                 group: req.grouping.by.map(|_| r.key.clone()),
-                sums: sums(r),
+                sums: Totals::from(r.sums),
             });
         }
-        totals.cost_usd = usd9(totals.cost_nanos);
         Report {
             from: day_string(req.from_day),
             to: day_string(req.to_day),
@@ -484,17 +484,6 @@ pub struct SessionLine {
     pub sums: Totals,
 }
 
-fn add(t: &mut Totals, s: &Totals) {
-    t.requests += s.requests;
-    t.input_tokens += s.input_tokens;
-    t.cached_input_tokens += s.cached_input_tokens;
-    t.cache_write_tokens += s.cache_write_tokens;
-    t.output_tokens += s.output_tokens;
-    t.reasoning_tokens += s.reasoning_tokens;
-    t.cost_nanos += s.cost_nanos;
-    t.cost_usd = usd9(t.cost_nanos);
-}
-
 impl SessionReport {
     pub fn new(session_id: &str, u: SessionUsage) -> Self {
         let mut r = SessionReport {
@@ -505,36 +494,23 @@ impl SessionReport {
             turns: u.turns,
             principals: u.principals,
             rows: Vec::with_capacity(u.rows.len()),
-            compaction: Totals::default(),
-            subagents: Totals::default(),
-            totals: Totals::default(),
+            compaction: Totals::from(Sums::default()),
+            subagents: Totals::from(Sums::default()),
+            totals: Totals::from(Sums::default()),
         };
         for row in u.rows {
-            let sums = Totals {
-                requests: row.requests,
-                input_tokens: row.input_tokens,
-                cached_input_tokens: row.cached_input_tokens,
-                cache_write_tokens: row.cache_write_tokens,
-                output_tokens: row.output_tokens,
-                reasoning_tokens: row.reasoning_tokens,
-                cost_nanos: row.cost_nanos,
-                cost_usd: usd9(row.cost_nanos),
-            };
-            add(&mut r.totals, &sums);
+            r.totals.add(&row.sums);
             if row.request_kind.as_deref() == Some("compaction") {
-                add(&mut r.compaction, &sums);
+                r.compaction.add(&row.sums);
             }
             if row.subagent.is_some() {
-                add(&mut r.subagents, &sums);
+                r.subagents.add(&row.sums);
             }
             r.rows.push(SessionLine {
                 request_kind: row.request_kind,
                 subagent: row.subagent,
-                sums,
+                sums: Totals::from(row.sums),
             });
-        }
-        for t in [&mut r.totals, &mut r.compaction, &mut r.subagents] {
-            t.cost_usd = usd9(t.cost_nanos);
         }
         r
     }
@@ -663,13 +639,15 @@ mod tests {
         ReportRow {
             day,
             key: key.map(String::from),
-            requests: n,
-            input_tokens: 10 * n,
-            cached_input_tokens: n,
-            cache_write_tokens: 0,
-            output_tokens: 5 * n,
-            reasoning_tokens: 2 * n,
-            cost_nanos: cost,
+            sums: Sums {
+                requests: n,
+                input_tokens: 10 * n,
+                cached_input_tokens: n,
+                cache_write_tokens: 0,
+                output_tokens: 5 * n,
+                reasoning_tokens: 2 * n,
+                cost_nanos: cost,
+            },
         }
     }
 

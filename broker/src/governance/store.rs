@@ -55,25 +55,6 @@ pub struct CounterKey {
     pub period_start: i64,
 }
 
-/// One line of a reservation: reserve `amount` on `key` if the counter stays within `limit`.
-#[derive(Clone, Debug)]
-pub struct ReserveItem {
-    pub key: CounterKey,
-    pub amount: i64,
-    pub limit: i64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReserveOutcome {
-    Admitted,
-    /// `items[index]` would go over: its counter as it stood.
-    Refused {
-        index: usize,
-        spent: i64,
-        reserved: i64,
-    },
-}
-
 /// This process's allotment reservation ("pool"): one row in `reservations` whose items are the allotments
 /// this process holds per counter. `exists` is what the process believes; a grow that finds a pool it
 /// believed in gone reports [`GrowOutcome::PoolLost`] (another replica expired it).
@@ -156,18 +137,73 @@ pub struct SpendRecord {
     pub price_tier: String,
 }
 
-/// A principal's settled requests over a period, as the store records them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct UsageTotals {
+/// The select list of [`Sums`], the same text for SQLite and PostgreSQL (zeros over no rows); a macro so
+/// that fixed queries can `concat!` it.
+macro_rules! sums_sql {
+    () => {
+        "COUNT(*), CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(cached_input_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(cost), 0) AS BIGINT)"
+    };
+}
+
+/// Sums over settled `spend` rows: the one shape the report, session and usage queries read (SQLite and
+/// PostgreSQL alike).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sums {
     pub requests: i64,
     pub input_tokens: i64,
     pub cached_input_tokens: i64,
     pub cache_write_tokens: i64,
     pub output_tokens: i64,
     pub reasoning_tokens: i64,
+    pub cost_nanos: i64,
+}
+
+impl Sums {
+    /// The select list of the sums (the `sums_sql!` text).
+    const SQL: &'static str = sums_sql!();
+    /// How many columns [`Sums::SQL`] selects.
+    const COLUMNS: usize = 7;
+
+    /// The sums from a result row whose [`Sums::SQL`] columns start at `at`.
+    fn read<R>(r: &R, at: usize) -> Result<Sums, sqlx::Error>
+    where
+        R: sqlx::Row,
+        usize: sqlx::ColumnIndex<R>,
+        i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    {
+        Ok(Sums {
+            requests: r.try_get(at)?,
+            input_tokens: r.try_get(at + 1)?,
+            cached_input_tokens: r.try_get(at + 2)?,
+            cache_write_tokens: r.try_get(at + 3)?,
+            output_tokens: r.try_get(at + 4)?,
+            reasoning_tokens: r.try_get(at + 5)?,
+            cost_nanos: r.try_get(at + 6)?,
+        })
+    }
+
+    /// Add another group's sums to these.
+    pub fn add(&mut self, o: &Sums) {
+        self.requests += o.requests;
+        self.input_tokens += o.input_tokens;
+        self.cached_input_tokens += o.cached_input_tokens;
+        self.cache_write_tokens += o.cache_write_tokens;
+        self.output_tokens += o.output_tokens;
+        self.reasoning_tokens += o.reasoning_tokens;
+        self.cost_nanos += o.cost_nanos;
+    }
+}
+
+/// A principal's settled requests over a period, as the store records them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UsageTotals {
+    #[serde(flatten)]
+    pub sums: Sums,
     /// Requests that did not end `completed` (incomplete, failed, truncated).
     pub incomplete_streams: i64,
-    pub cost_nanos: i64,
 }
 
 /// A revocation: of one token (`jti`) or of every token of a principal issued before it.
@@ -256,13 +292,8 @@ pub const SESSION_PRINCIPALS: i64 = 100;
 pub struct SessionRow {
     pub request_kind: Option<String>,
     pub subagent: Option<String>,
-    pub requests: i64,
-    pub input_tokens: i64,
-    pub cached_input_tokens: i64,
-    pub cache_write_tokens: i64,
-    pub output_tokens: i64,
-    pub reasoning_tokens: i64,
-    pub cost_nanos: i64,
+    #[serde(flatten)]
+    pub sums: Sums,
 }
 
 /// Settled spend between `from` (inclusive) and `to` (exclusive), Unix seconds, grouped by UTC day
@@ -282,13 +313,8 @@ pub struct ReportRow {
     pub day: Option<i64>,
     /// The dimension's value; `None` for a request without one (no team, no org).
     pub key: Option<String>,
-    pub requests: i64,
-    pub input_tokens: i64,
-    pub cached_input_tokens: i64,
-    pub cache_write_tokens: i64,
-    pub output_tokens: i64,
-    pub reasoning_tokens: i64,
-    pub cost_nanos: i64,
+    #[serde(flatten)]
+    pub sums: Sums,
 }
 
 impl ReportQuery {
@@ -313,10 +339,8 @@ impl ReportQuery {
             format!(" GROUP BY {0} ORDER BY {0}", g.join(", "))
         };
         format!(
-            "SELECT {select}COUNT(*), CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(cached_input_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(cost), 0) AS BIGINT) FROM spend WHERE settled_at >= $1 AND settled_at < $2{group}"
+            "SELECT {select}{} FROM spend WHERE settled_at >= $1 AND settled_at < $2{group}",
+            Sums::SQL
         )
     }
 
@@ -344,13 +368,7 @@ impl ReportQuery {
         Ok(ReportRow {
             day,
             key,
-            requests: r.try_get(i)?,
-            input_tokens: r.try_get(i + 1)?,
-            cached_input_tokens: r.try_get(i + 2)?,
-            cache_write_tokens: r.try_get(i + 3)?,
-            output_tokens: r.try_get(i + 4)?,
-            reasoning_tokens: r.try_get(i + 5)?,
-            cost_nanos: r.try_get(i + 6)?,
+            sums: Sums::read(r, i)?,
         })
     }
 }
@@ -476,26 +494,6 @@ pub enum StorePool {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Reserve every item or none (one transaction; conditional updates in sorted key order).
-    async fn reserve(
-        &self,
-        id: &str,
-        owner: &str,
-        now: i64,
-        expires_at: i64,
-        items: &[ReserveItem],
-    ) -> Result<ReserveOutcome, StoreError>;
-
-    /// Settle a reservation: drop it (if its lease has not already expired it), move its amounts out of
-    /// `reserved`, add `record.cost` to `spent` on every key, and record the spend — one transaction.
-    /// `record: None` releases without charging.
-    async fn settle(
-        &self,
-        id: &str,
-        keys: &[CounterKey],
-        record: Option<&SpendRecord>,
-    ) -> Result<(), StoreError>;
-
     /// Grow this process's allotments (one transaction over all items; items and counters in sorted order).
     /// Creates the pool row when `pool.exists` is false, and extends its lease.
     async fn grow(&self, pool: PoolRef<'_>, items: &[GrowItem]) -> Result<GrowOutcome, StoreError>;
@@ -603,8 +601,6 @@ pub trait Store: Send + Sync + 'static {
     /// Drop claims that expired before `now`. Returns how many.
     async fn prune_claims(&self, now: i64) -> Result<u64, StoreError>;
 
-    /// Total settled cost in `spend` (operators, tests).
-    async fn spend_total(&self) -> Result<(i64, i64), StoreError>;
     /// A principal's settled requests since `since` (unix seconds), summed.
     async fn usage_since(&self, principal: &str, since: i64) -> Result<UsageTotals, StoreError>;
     /// Settled spend summed by day and/or one dimension (see [`ReportQuery`]), ordered by its groups.
@@ -838,128 +834,6 @@ macro_rules! impl_store {
 
         #[async_trait]
         impl Store for $ty {
-            async fn reserve(
-                &self,
-                id: &str,
-                owner: &str,
-                now: i64,
-                expires_at: i64,
-                items: &[ReserveItem],
-            ) -> Result<ReserveOutcome, StoreError> {
-                let mut order: Vec<usize> = (0..items.len()).collect();
-                order.sort_by(|a, b| items[*a].key.cmp(&items[*b].key));
-                let mut tx = self.pool.begin().await?;
-                for &i in &order {
-                    let it = &items[i];
-                    if !Self::reserve_on_counter(&mut tx, &it.key, it.amount, it.limit).await? {
-                        let (spent, reserved) = Self::counter_row(&mut *tx, &it.key).await?;
-                        tx.rollback().await?;
-                        return Ok(ReserveOutcome::Refused { index: i, spent, reserved });
-                    }
-                }
-                sqlx::query::<$db>(
-                    "INSERT INTO reservations (id, owner, created_at, expires_at) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(id)
-                .bind(owner)
-                .bind(now)
-                .bind(expires_at)
-                .execute(&mut *tx)
-                .await?;
-                for it in items {
-                    sqlx::query::<$db>(
-                        "INSERT INTO reservation_items (reservation_id, budget_id, subject, period_start, amount) \
-                         VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(id)
-                    .bind(&it.key.budget_id)
-                    .bind(&it.key.subject)
-                    .bind(it.key.period_start)
-                    .bind(it.amount)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(ReserveOutcome::Admitted)
-            }
-
-            async fn settle(
-                &self,
-                id: &str,
-                keys: &[CounterKey],
-                record: Option<&SpendRecord>,
-            ) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await?;
-                let live = sqlx::query::<$db>("DELETE FROM reservations WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                    == 1;
-                let mut items: Vec<(String, String, i64, i64)> = if live {
-                    sqlx::query_as::<$db, (String, String, i64, i64)>(
-                        "SELECT budget_id, subject, period_start, amount FROM reservation_items \
-                         WHERE reservation_id = $1",
-                    )
-                    .bind(id)
-                    .fetch_all(&mut *tx)
-                    .await?
-                } else {
-                    Vec::new()
-                };
-                if live {
-                    sqlx::query::<$db>("DELETE FROM reservation_items WHERE reservation_id = $1")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                let cost = record.map_or(0, |r| r.cost);
-                let mut sorted: Vec<&CounterKey> = keys.iter().collect();
-                sorted.sort();
-                for k in sorted {
-                    let pos = items.iter().position(|(b, s, p, _)| {
-                        b == &k.budget_id && s == &k.subject && *p == k.period_start
-                    });
-                    let release = pos.map_or(0, |i| items.swap_remove(i).3);
-                    if release == 0 && cost == 0 {
-                        continue;
-                    }
-                    Self::charge_counter(&mut tx, k, cost, release).await?;
-                }
-                if let Some(r) = record {
-                    sqlx::query::<$db>(
-                        "INSERT INTO spend (id, settled_at, principal, team, org, jti, model, provider, \
-                         input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, \
-                         cost, reserved, usage_reported, end_reason, price_version, price_tier) \
-                         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19) \
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(&r.id)
-                    .bind(r.settled_at)
-                    .bind(&r.principal)
-                    .bind(&r.team)
-                    .bind(&r.org)
-                    .bind(&r.jti)
-                    .bind(&r.model)
-                    .bind(&r.provider)
-                    .bind(r.input_tokens)
-                    .bind(r.cached_input_tokens)
-                    .bind(r.cache_write_tokens)
-                    .bind(r.output_tokens)
-                    .bind(r.reasoning_tokens)
-                    .bind(r.cost)
-                    .bind(r.reserved)
-                    .bind(i64::from(r.usage_reported))
-                    .bind(&r.end_reason)
-                    .bind(&r.price_version)
-                    .bind(&r.price_tier)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-
             async fn grow(&self, pool: PoolRef<'_>, items: &[GrowItem]) -> Result<GrowOutcome, StoreError> {
                 let mut order: Vec<usize> = (0..items.len()).collect();
                 order.sort_by(|a, b| items[*a].key.cmp(&items[*b].key));
@@ -1497,37 +1371,21 @@ macro_rules! impl_store {
                     .rows_affected())
             }
 
-            async fn spend_total(&self) -> Result<(i64, i64), StoreError> {
-                let (n, total) = sqlx::query_as::<$db, (i64, Option<i64>)>(
-                    "SELECT COUNT(*), CAST(SUM(cost) AS BIGINT) FROM spend",
-                )
-                .fetch_one(&self.pool)
-                .await?;
-                Ok((n, total.unwrap_or(0)))
-            }
-
             async fn usage_since(&self, principal: &str, since: i64) -> Result<UsageTotals, StoreError> {
-                type Row = (i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
-                let r = sqlx::query_as::<$db, Row>(
-                    "SELECT COUNT(*), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(cached_input_tokens) AS BIGINT), \
-                     CAST(SUM(cache_write_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), \
-                     CAST(SUM(reasoning_tokens) AS BIGINT), \
-                     CAST(SUM(CASE WHEN end_reason = 'completed' THEN 0 ELSE 1 END) AS BIGINT), \
-                     CAST(SUM(cost) AS BIGINT) FROM spend WHERE principal = $1 AND settled_at >= $2",
-                )
-                .bind(principal)
-                .bind(since)
-                .fetch_one(&self.pool)
-                .await?;
+                use sqlx::Row as _;
+                let r = sqlx::query::<$db>(concat!(
+                    "SELECT ",
+                    sums_sql!(),
+                    ", CAST(COALESCE(SUM(CASE WHEN end_reason = 'completed' THEN 0 ELSE 1 END), 0) AS BIGINT) \
+                     FROM spend WHERE principal = $1 AND settled_at >= $2"
+                ))
+                    .bind(principal)
+                    .bind(since)
+                    .fetch_one(&self.pool)
+                    .await?;
                 Ok(UsageTotals {
-                    requests: r.0,
-                    input_tokens: r.1.unwrap_or(0),
-                    cached_input_tokens: r.2.unwrap_or(0),
-                    cache_write_tokens: r.3.unwrap_or(0),
-                    output_tokens: r.4.unwrap_or(0),
-                    reasoning_tokens: r.5.unwrap_or(0),
-                    incomplete_streams: r.6.unwrap_or(0),
-                    cost_nanos: r.7.unwrap_or(0),
+                    sums: Sums::read(&r, 0)?,
+                    incomplete_streams: r.try_get(Sums::COLUMNS)?,
                 })
             }
 
@@ -1541,19 +1399,17 @@ macro_rules! impl_store {
             }
 
             async fn session_usage(&self, session_id: &str) -> Result<SessionUsage, StoreError> {
-                type Sums = (String, String, i64, i64, i64, i64, i64, i64, i64);
-                let rows = sqlx::query_as::<$db, Sums>(
-                    "SELECT COALESCE(request_kind, ''), COALESCE(subagent, ''), COUNT(*), \
-                     CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(cached_input_tokens), 0) AS BIGINT), \
-                     CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), \
-                     CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(cost), 0) AS BIGINT) \
-                     FROM spend WHERE session_id = $1 \
+                use sqlx::Row as _;
+                let rows = sqlx::query::<$db>(concat!(
+                    "SELECT COALESCE(request_kind, ''), COALESCE(subagent, ''), ",
+                    sums_sql!(),
+                    " FROM spend WHERE session_id = $1 \
                      GROUP BY COALESCE(request_kind, ''), COALESCE(subagent, '') \
-                     ORDER BY COALESCE(request_kind, ''), COALESCE(subagent, '')",
-                )
-                .bind(session_id)
-                .fetch_all(&self.pool)
-                .await?;
+                     ORDER BY COALESCE(request_kind, ''), COALESCE(subagent, '')"
+                ))
+                    .bind(session_id)
+                    .fetch_all(&self.pool)
+                    .await?;
                 let (requests, first, last, threads, turns) =
                     sqlx::query_as::<$db, (i64, Option<i64>, Option<i64>, i64, i64)>(
                         "SELECT COUNT(*), MIN(settled_at), MAX(settled_at), COUNT(DISTINCT thread_id), \
@@ -1578,19 +1434,15 @@ macro_rules! impl_store {
                     turns,
                     principals: principals.into_iter().map(|(p,)| p).collect(),
                     rows: rows
-                        .into_iter()
-                        .map(|r| SessionRow {
-                            request_kind: some(r.0),
-                            subagent: some(r.1),
-                            requests: r.2,
-                            input_tokens: r.3,
-                            cached_input_tokens: r.4,
-                            cache_write_tokens: r.5,
-                            output_tokens: r.6,
-                            reasoning_tokens: r.7,
-                            cost_nanos: r.8,
+                        .iter()
+                        .map(|r| {
+                            Ok(SessionRow {
+                                request_kind: some(r.try_get(0)?),
+                                subagent: some(r.try_get(1)?),
+                                sums: Sums::read(r, 2)?,
+                            })
                         })
-                        .collect(),
+                        .collect::<Result<_, sqlx::Error>>()?,
                 })
             }
 
