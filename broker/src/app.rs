@@ -16,34 +16,34 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub struct AppState {
-    pub tokens: TokenService,
-    pub verifiers: Verifiers,
-    pub policy: RwLock<Arc<Policy>>,
+    tokens: TokenService,
+    verifiers: Verifiers,
+    policy: RwLock<Arc<Policy>>,
     /// When (unix seconds) the policy in force was loaded: a token minted under another policy version at
     /// or before this is refused (401), so its holder re-mints and gets the new grant at once.
     policy_since: std::sync::atomic::AtomicU64,
     /// Where the policy is (re)loaded from.
-    pub policy_file: std::path::PathBuf,
-    pub router: ModelRouter,
+    policy_file: std::path::PathBuf,
+    router: ModelRouter,
     /// Longest `Retry-After` the proxy waits out itself.
-    pub retry_after_max_wait_secs: u64,
-    pub codex_models: BTreeMap<String, serde_json::Value>,
-    pub auth_cache: moka::sync::Cache<[u8; 32], Arc<tollgate::Claims>>,
+    retry_after_max_wait_secs: u64,
+    codex_models: BTreeMap<String, serde_json::Value>,
+    auth_cache: moka::sync::Cache<[u8; 32], Arc<tollgate::Claims>>,
     /// Prices, budgets, rate limits, revocation.
-    pub governance: Arc<Governance>,
+    governance: Arc<Governance>,
     /// What happens to a request once admitted: settlement, metrics, audit, the log line.
-    pub accounting: Arc<Accounting>,
-    pub clock: SharedClock,
-    pub max_body_bytes: usize,
+    accounting: Arc<Accounting>,
+    clock: SharedClock,
+    max_body_bytes: usize,
     /// `/oauth/token`'s settings and per-address limiter.
-    pub token_endpoint: TokenEndpoint,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    token_endpoint: TokenEndpoint,
+    metrics: Arc<crate::metrics::Metrics>,
     /// `None` when `[audit] enabled = false`.
-    pub audit: Option<Arc<crate::audit::AuditLog>>,
+    audit: Option<Arc<crate::audit::AuditLog>>,
     /// Admin key checks and dashboard sessions.
-    pub admin: crate::admin::auth::AdminAuth,
+    admin: crate::admin::auth::AdminAuth,
     /// Budget definitions, for the dashboard.
-    pub budgets: Vec<crate::config::BudgetConfig>,
+    budgets: Vec<crate::config::BudgetConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,10 +240,91 @@ impl AppState {
             && issued <= self.policy_since.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The policy in force (requests keep the one they started with).
     pub fn policy(&self) -> Arc<Policy> {
         self.policy
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    // ------------------------------------------------------------ accessors (the fields are private)
+
+    /// Minting and verifying Tollgate tokens.
+    pub fn tokens(&self) -> &TokenService {
+        &self.tokens
+    }
+
+    /// One verifier per identity proof kind.
+    pub fn verifiers(&self) -> &Verifiers {
+        &self.verifiers
+    }
+
+    /// Where the policy is (re)loaded from.
+    pub fn policy_file(&self) -> &std::path::Path {
+        &self.policy_file
+    }
+
+    /// The model router: model → chain of targets, with their health.
+    pub fn router(&self) -> &ModelRouter {
+        &self.router
+    }
+
+    /// Longest `Retry-After` the proxy waits out itself, seconds.
+    pub fn retry_after_max_wait_secs(&self) -> u64 {
+        self.retry_after_max_wait_secs
+    }
+
+    /// Codex metadata for `GET /v1/models`, by model name.
+    pub fn codex_models(&self) -> &BTreeMap<String, serde_json::Value> {
+        &self.codex_models
+    }
+
+    /// Verified tokens by the hash of their text (emptied when a signing key leaves the ring).
+    pub fn auth_cache(&self) -> &moka::sync::Cache<[u8; 32], Arc<tollgate::Claims>> {
+        &self.auth_cache
+    }
+
+    /// Prices, budgets, rate limits, revocation.
+    pub fn governance(&self) -> &Arc<Governance> {
+        &self.governance
+    }
+
+    /// What happens to a request once admitted: settlement, metrics, audit, the log line.
+    pub fn accounting(&self) -> &Arc<Accounting> {
+        &self.accounting
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// Largest request body the proxy reads, bytes.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// `/oauth/token`'s settings and per-address limiter.
+    pub fn token_endpoint(&self) -> &TokenEndpoint {
+        &self.token_endpoint
+    }
+
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// The audit trail; `None` when `[audit] enabled = false`.
+    pub fn audit(&self) -> &Option<Arc<crate::audit::AuditLog>> {
+        &self.audit
+    }
+
+    /// Admin key checks and dashboard sessions.
+    pub fn admin(&self) -> &crate::admin::auth::AdminAuth {
+        &self.admin
+    }
+
+    /// Budget definitions, for the dashboard.
+    pub fn budgets(&self) -> &[crate::config::BudgetConfig] {
+        &self.budgets
     }
 }

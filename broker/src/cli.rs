@@ -319,7 +319,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     rt.block_on(async { state.spawn_background() });
     if let Some(vault) = &config.vault {
-        let keys = state.router.vault_keys();
+        let keys = state.router().vault_keys();
         if !keys.is_empty() {
             let refresher = match crate::vault::KeyRefresher::new(vault, keys) {
                 Ok(r) => r,

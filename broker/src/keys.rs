@@ -515,18 +515,6 @@ impl KeyEncryptionKey {
         })
     }
 
-    /// Read from a file (refused when group or others can read it, as a private key is).
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        check_operator_secret(
-            path,
-            "the key-encryption key (tokens.key_encryption_key_file)",
-            "With it and a copy of the store anyone can mint tokens; treat it as exposed",
-        )
-        .map_err(|e| e.to_string())?;
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::from_text(&text).map_err(|e| format!("{}: {e}", path.display()))
-    }
-
     /// A short public name of this KEK.
     pub fn id(&self) -> String {
         hex::encode(self.id)
@@ -611,38 +599,6 @@ pub fn open_stored(
             format!("signing key {kid} in the store does not open with key-encryption key {sealed_with} (altered?)")
         })?;
     Ok(Opened::Sealed(plain.to_vec()))
-}
-
-/// The configured key-encryption key: `[tokens] key_encryption_key_file` or `key_encryption_key_env` (at
-/// most one). Errors name the field and say what is wrong.
-pub fn key_encryption_key(
-    file: Option<&Path>,
-    env_var: Option<&str>,
-    env: &dyn crate::config::Env,
-) -> Result<Option<std::sync::Arc<KeyEncryptionKey>>, (&'static str, String)> {
-    match (file, env_var) {
-        (None, None) => Ok(None),
-        (Some(_), Some(_)) => Err((
-            "tokens.key_encryption_key_env",
-            "set key_encryption_key_file or key_encryption_key_env, not both".into(),
-        )),
-        (Some(path), None) => KeyEncryptionKey::from_file(path)
-            .map(|k| Some(std::sync::Arc::new(k)))
-            .map_err(|e| ("tokens.key_encryption_key_file", e)),
-        (None, Some(name)) => {
-            let Some(value) = env.var(name) else {
-                return Err((
-                    "tokens.key_encryption_key_env",
-                    format!(
-                        "the environment variable {name} is not set (it must hold the key-encryption key)"
-                    ),
-                ));
-            };
-            KeyEncryptionKey::from_text(&value)
-                .map(|k| Some(std::sync::Arc::new(k)))
-                .map_err(|e| ("tokens.key_encryption_key_env", format!("{name}: {e}")))
-        }
-    }
 }
 
 #[cfg(test)]

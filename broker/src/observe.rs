@@ -23,18 +23,18 @@ pub async fn track(State(app): State<Arc<AppState>>, req: Request, next: Next) -
     let mut resp = crate::request_id::scope(id.clone(), next.run(req)).await;
     let status = resp.status().as_u16();
     if let Some(reason) = resp.extensions().get::<RefusalReason>() {
-        app.metrics.refusal(*reason);
+        app.metrics().refusal(*reason);
     }
     if route == "/v1/responses" || route == "/v1/chat/completions" {
         let (model, provider) = resp
             .extensions()
             .get::<ProxyTags>()
             .map_or(("none".to_string(), "none"), |t| {
-                (app.metrics.model_label(&t.model), t.provider.as_str())
+                (app.metrics().model_label(&t.model), t.provider.as_str())
             });
-        app.metrics.request(&route, &model, provider, status);
+        app.metrics().request(&route, &model, provider, status);
     }
-    app.metrics
+    app.metrics()
         .http(&route, status, started.elapsed().as_secs_f64());
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);

@@ -32,7 +32,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/oauth/token",
             post(crate::token::endpoint::exchange)
                 .layer(DefaultBodyLimit::max(
-                    state.token_endpoint.max_request_bytes,
+                    state.token_endpoint().max_request_bytes,
                 ))
                 .route_layer(from_fn_with_state(
                     state.clone(),
@@ -48,7 +48,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(crate::proxy::chat_completions))
         .route("/v1/models", get(crate::proxy::models))
         .route("/v1/tollgate/usage", get(self_usage))
-        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes()))
         .route_layer(from_fn_with_state(
             state.clone(),
             crate::proxy::require_token,
@@ -59,10 +59,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::admin::routes())
         .fallback(|| async { ApiError::NotFound })
         // Fail closed while the audit journal is full (`[audit] on_journal_full = "refuse"`).
-        .layer(from_fn_with_state(
-            state.clone(),
-            crate::audit::refuse_while_journal_full,
-        ))
+        .layer(from_fn_with_state(state.clone(), refuse_while_journal_full))
         .layer(from_fn_with_state(state.clone(), crate::observe::track))
         .with_state(state)
 }
@@ -70,33 +67,33 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// `GET /metrics`: Prometheus text format. Public only with `[metrics] public = true`; otherwise the admin
 /// key is required as a bearer token (and with no admin key configured the route does not exist).
 async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let cfg = &app.metrics.config;
-    if !cfg.enabled || (!cfg.public && !app.admin.enabled()) {
+    let cfg = &app.metrics().config;
+    if !cfg.enabled || (!cfg.public && !app.admin().enabled()) {
         return ApiError::NotFound.into_response();
     }
-    if !cfg.public && !app.admin.check_bearer(&headers) {
+    if !cfg.public && !app.admin().check_bearer(&headers) {
         return crate::error::AdminError::Unauthorized.into_response();
     }
-    if let Some(a) = &app.audit {
-        app.metrics.audit_failures(a.errors());
+    if let Some(a) = &app.audit() {
+        app.metrics().audit_failures(a.errors());
         let (records, bytes) = a.journal_backlog();
-        app.metrics.audit_journal(records, bytes);
+        app.metrics().audit_journal(records, bytes);
     }
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        app.metrics.render(),
+        app.metrics().render(),
     )
         .into_response()
 }
 
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
-    if app.tokens.keys.active().is_none() {
+    if app.tokens().keys.active().is_none() {
         return (StatusCode::SERVICE_UNAVAILABLE, "no signing key").into_response();
     }
-    if let Err(e) = app.governance.store.ping().await {
+    if let Err(e) = app.governance().store.ping().await {
         tracing::warn!(error = %e, "not ready: governance store unavailable");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -113,11 +110,14 @@ async fn self_usage(
     Extension(claims): Extension<Arc<Claims>>,
 ) -> Result<Response, ApiError> {
     // Read-your-writes on this replica: what it has finished is settled before the store is read.
-    if !app.accounting.flush(Duration::from_secs(2)).await {
+    if !app.accounting().flush(Duration::from_secs(2)).await {
         tracing::warn!("usage report: settlements are still queued; the report may lag");
     }
-    let budgets = app.governance.report(&claims).await?;
-    let usage = app.governance.usage_today(&claims.grant.principal).await?;
+    let budgets = app.governance().report(&claims).await?;
+    let usage = app
+        .governance()
+        .usage_today(&claims.grant.principal)
+        .await?;
     Ok(axum::Json(json!({
         "principal": claims.grant.principal,
         "team": claims.grant.team,
@@ -128,4 +128,47 @@ async fn self_usage(
         "usage": usage,
     }))
     .into_response())
+}
+
+/// While the journal is full (`on_journal_full = "refuse"`), refuse what would make new records — proxy
+/// requests and token exchanges — with 503, and say not ready; everything else passes. A middleware, so
+/// the request path checks one flag.
+pub async fn refuse_while_journal_full(
+    axum::extract::State(app): axum::extract::State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let blocked = app.audit().as_ref().is_some_and(|a| !a.accepting());
+    if !blocked {
+        return next.run(req).await;
+    }
+    let path = req.uri().path();
+    let status = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    let retry = [(axum::http::header::RETRY_AFTER, "5")];
+    if path == "/oauth/token" {
+        return crate::error::OAuthFailure::new(
+            status,
+            tollgate::OAuthErrorCode::TemporarilyUnavailable,
+            "the audit trail cannot record new tokens right now; try again shortly",
+        )
+        .into_response();
+    }
+    if path.starts_with("/v1/") {
+        tracing::warn!("refused: the audit journal is full and its store unavailable");
+        return (
+            status,
+            retry,
+            axum::Json(tollgate::OpenAiError::new(
+                "Tollgate: the audit trail cannot record requests right now (its database is unavailable and the local journal is full); requests are refused until it is back.",
+                "server_error",
+                Some("audit_unavailable"),
+            )),
+        )
+            .into_response();
+    }
+    if path == "/readyz" {
+        return (status, "audit journal full").into_response();
+    }
+    next.run(req).await
 }

@@ -45,7 +45,7 @@ pub async fn serve_on(
     let addr = listener.local_addr()?;
     tokio::spawn(watch_policy(state.clone()));
     // The audit writer starts now: records a previous process left in the journal are replayed at once.
-    if let Some(audit) = &state.audit {
+    if let Some(audit) = &state.audit() {
         audit.resume();
     }
     let app = router(state.clone());
@@ -66,13 +66,13 @@ pub async fn serve_on(
         }
     };
     // Queued settlements land, then this process's budget allotments go back to the store.
-    if !state.accounting.flush(Duration::from_secs(10)).await {
+    if !state.accounting().flush(Duration::from_secs(10)).await {
         tracing::error!(
             "settlements still queued at shutdown could not be stored in time; their spend is lost"
         );
     }
-    state.governance.shutdown().await;
-    if let Some(audit) = &state.audit {
+    state.governance().shutdown().await;
+    if let Some(audit) = &state.audit() {
         audit.flush().await;
         // Cover the last records with a signed checkpoint (logged) before the process goes.
         if audit.checkpoints_enabled() {
@@ -138,7 +138,7 @@ fn policy_digest(path: &std::path::Path) -> Option<[u8; 32]> {
 /// the same on bind mounts and Kubernetes ConfigMaps, whose updates are symlink swaps).
 async fn watch_policy(state: Arc<AppState>) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut last = policy_digest(&state.policy_file);
+    let mut last = policy_digest(state.policy_file());
     let mut tick = tokio::time::interval(POLICY_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -151,7 +151,7 @@ async fn watch_policy(state: Arc<AppState>) {
                 }
             } => true,
         };
-        let now = policy_digest(&state.policy_file);
+        let now = policy_digest(state.policy_file());
         if by_signal || (now.is_some() && now != last) {
             if by_signal {
                 tracing::info!("SIGHUP: reloading the policy");

@@ -206,7 +206,7 @@ async fn revoke_grants_spend_reload_rotate_and_audit() {
     let (s, v) = b.admin_get("/admin/v1/audit/verify").await;
     assert_eq!(s, 200);
     assert!(v["first_break"].is_null(), "{v}");
-    let sink = b.state.audit.as_ref().unwrap().sink().clone();
+    let sink = b.state.audit().as_ref().unwrap().sink().clone();
     let recs = sink.scan(0, 1000).await.unwrap();
     let kinds: Vec<&str> = recs
         .iter()
@@ -281,10 +281,10 @@ async fn rotate_with_a_key_file_is_refused_with_instructions() {
         jsonwebtoken::decode_header(&t).unwrap().kid.unwrap(),
         key.kid
     );
-    b.state.audit.as_ref().unwrap().flush().await;
+    b.state.audit().as_ref().unwrap().flush().await;
     let recs = b
         .state
-        .audit
+        .audit()
         .as_ref()
         .unwrap()
         .sink()

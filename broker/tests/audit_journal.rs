@@ -344,7 +344,7 @@ async fn clients_see_503_while_the_journal_is_full() {
     let app = tollgate_broker::app::AppState::build(&config, Arc::new(clock))
         .await
         .expect("state");
-    let audit = app.audit.as_ref().expect("audit");
+    let audit = app.audit().as_ref().expect("audit");
 
     let mut token = None;
     let mut minted = 0;

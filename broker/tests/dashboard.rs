@@ -61,7 +61,7 @@ async fn dashboard_renders_spend_in_headless_chromium() {
     assert_eq!(b.responses(&alice, "gpt-5.5", false).await.0, 200);
     b.settled(1).await;
     // A month of history: three teams, four principals, two models, with costs.
-    let audit = b.state.audit.as_ref().unwrap();
+    let audit = b.state.audit().as_ref().unwrap();
     let now = i64::try_from(tollgate_broker::clock::Clock::now_secs(&b.clock)).unwrap();
     let people = [
         ("alice", "payments", "gpt-5.5"),

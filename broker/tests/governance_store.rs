@@ -8,9 +8,9 @@
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tollgate_broker::governance::pricing::ServiceTier;
 use tollgate_broker::clock::{Clock, FakeClock};
 use tollgate_broker::config::{Config, Source, StoreConfig, StoreKind};
+use tollgate_broker::governance::pricing::ServiceTier;
 use tollgate_broker::governance::store::{
     self, Apply, CounterKey, GrowItem, GrowOutcome, PoolRef, SpendRecord, Store,
 };
@@ -217,12 +217,21 @@ async fn run_on(st: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         },
                         Some(at),
                     ) => {
-                        prop_assert_eq!(index, at, "refused on the first budget that cannot take the need");
+                        prop_assert_eq!(
+                            index,
+                            at,
+                            "refused on the first budget that cannot take the need"
+                        );
                         let i = keys[index];
                         prop_assert_eq!((s, r), (spent[i], reserved[i]));
                     }
                     (got, refused) => {
-                        prop_assert!(false, "grow answered {:?}, the model refuses at {:?}", got, refused);
+                        prop_assert!(
+                            false,
+                            "grow answered {:?}, the model refuses at {:?}",
+                            got,
+                            refused
+                        );
                     }
                 }
             }

@@ -509,9 +509,9 @@ async fn a_signature_is_accepted_once_across_replicas_sharing_postgres() {
 
     // The background tick prunes claims once they can no longer be fresh.
     a.clock.advance(30 * 60);
-    a.state.governance.tick(false, true).await;
+    a.state.governance().tick(false, true).await;
     let left: i64 = {
-        let pool = match a.state.governance.store.pool() {
+        let pool = match a.state.governance().store.pool() {
             tollgate_broker::governance::store::StorePool::Postgres(p) => p,
             tollgate_broker::governance::store::StorePool::Sqlite(_) => panic!("postgres expected"),
         };
@@ -525,7 +525,7 @@ async fn a_signature_is_accepted_once_across_replicas_sharing_postgres() {
     // Fail closed: replica B loses its store. A fresh, valid proof is refused with 503
     // temporarily_unavailable (nothing about why), and STS is not asked.
     if let tollgate_broker::governance::store::StorePool::Postgres(p) =
-        b.state.governance.store.pool()
+        b.state.governance().store.pool()
     {
         p.close().await;
     }

@@ -28,7 +28,7 @@ async fn reloads_do_not_drop_requests_and_invalid_files_are_rejected() {
         )
         .await,
     );
-    let path = b.state.policy_file.clone();
+    let path = b.state.policy_file().to_path_buf();
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let b = b.clone();

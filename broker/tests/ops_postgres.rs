@@ -191,7 +191,7 @@ async fn forced_rotation_reaches_the_other_replica() {
     assert_eq!(kid_of(&tb1), new);
     for t in [&ta0, &tb0, &ta1, &tb1] {
         for (name, st) in [("A", &a), ("B", &b)] {
-            st.tokens
+            st.tokens()
                 .verify(t)
                 .unwrap_or_else(|e| panic!("{name} refuses a token with kid {}: {e}", kid_of(t)));
         }
@@ -202,9 +202,9 @@ async fn forced_rotation_reaches_the_other_replica() {
     }
 
     // One chain in PostgreSQL for both replicas, with the rotation in it.
-    a.audit.as_ref().unwrap().flush().await;
-    b.audit.as_ref().unwrap().flush().await;
-    let sink = b.audit.as_ref().unwrap().sink().clone();
+    a.audit().as_ref().unwrap().flush().await;
+    b.audit().as_ref().unwrap().flush().await;
+    let sink = b.audit().as_ref().unwrap().sink().clone();
     let v = verify(sink.as_ref()).await.unwrap();
     assert_eq!(v.first_break, None);
     let recs = sink.scan(0, 1000).await.unwrap();

@@ -233,7 +233,7 @@ async fn breaker_opens_after_repeated_failures_and_probes_after_cooldown() {
     );
     assert_eq!(a.requests().len(), 2);
     let gauge = |open: u8| format!("tollgate_breaker_open{{provider=\"a\",target=\"a\"}} {open}");
-    let text = broker.state.metrics.render();
+    let text = broker.state.metrics().render();
     assert!(
         text.contains(&gauge(1)),
         "breaker gauge shows open:\n{text}"
@@ -255,7 +255,7 @@ async fn breaker_opens_after_repeated_failures_and_probes_after_cooldown() {
     let ans = broker.responses("gpt-5.5", "x").await;
     assert_eq!(ans.header("x-tollgate-target"), Some("a"));
     assert_eq!(a.requests().len(), 4);
-    let text = broker.state.metrics.render();
+    let text = broker.state.metrics().render();
     assert!(
         text.contains(&gauge(0)),
         "breaker gauge shows closed again:\n{text}"

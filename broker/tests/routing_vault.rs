@@ -155,7 +155,7 @@ async fn keys_come_from_openbao_kv_and_follow_rotation() {
         token: SecretString::from(ROOT_TOKEN),
         refresh_secs: 3600,
     };
-    let refresher = KeyRefresher::new(&vault, broker.state.router.vault_keys()).unwrap();
+    let refresher = KeyRefresher::new(&vault, broker.state.router().vault_keys()).unwrap();
     assert_eq!(refresher.refresh_all().await, 1);
     let ans = broker.responses("claude-sonnet-4-5", "hi").await;
     assert_eq!(ans.status, 200, "{}", ans.body);

@@ -60,7 +60,7 @@ async fn state_files_are_private_from_creation_in_a_loose_state_dir() {
     let app = tollgate_broker::app::AppState::build(&config, Arc::new(clock))
         .await
         .expect("state");
-    let audit = app.audit.as_ref().expect("audit on by default");
+    let audit = app.audit().as_ref().expect("audit on by default");
     audit.record(tollgate_broker::audit::AuditEvent {
         ts: 1_800_000_000,
         kind: Some(tollgate_broker::audit::EventKind::Admin),

@@ -208,7 +208,7 @@ async fn session_spend(extra: &str) -> common::Broker {
     assert_eq!(by(&r, "request_kind", Value::Null).0, 2);
 
     // The audit detail carries the validated fields, and nothing for requests without them.
-    let audit = b.state.audit.as_ref().unwrap();
+    let audit = b.state.audit().as_ref().unwrap();
     audit.flush().await;
     let recs = audit.sink().scan(0, 100_000).await.unwrap();
     let details: Vec<&Value> = recs
@@ -347,7 +347,7 @@ async fn session_spend_postgres() {
     ))
     .await;
     if let tollgate_broker::governance::store::StorePool::Postgres(pool) =
-        b.state.governance.store.pool()
+        b.state.governance().store.pool()
     {
         // The columns are real columns (NULL where nothing valid was sent).
         let (n,): (i64,) = sqlx::query_as(

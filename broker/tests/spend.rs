@@ -6,9 +6,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tollgate_broker::governance::pricing::ServiceTier;
 use tollgate_broker::clock::FakeClock;
 use tollgate_broker::config::{Config, Source, StoreConfig, StoreKind};
+use tollgate_broker::governance::pricing::ServiceTier;
 use tollgate_broker::governance::report::{Report, ReportParams, day_string, usd9};
 use tollgate_broker::governance::store::{self, Apply, Dimension, SpendRecord, Store};
 use tollgate_broker::governance::{Finished, Governance};
@@ -110,7 +110,6 @@ async fn spend_total(st: &dyn Store) -> (i64, i64) {
     .expect("spend total")
 }
 
-
 /// A month of traffic (plus a day on each side, and requests on the exact day boundaries) through
 /// governance on a fake clock: admitted, settled, and stored in batches through the store API, as the
 /// accounting task does. Returns every stored record.
@@ -150,7 +149,13 @@ async fn generate_month(st: Arc<dyn Store>) -> Vec<SpendRecord> {
             let who = &people[((d + 31) * 3 + i).rem_euclid(5) as usize];
             let (model, provider) = models[((d + i).rem_euclid(2)) as usize];
             let r = g
-                .admit_tier(who, model, 600 + i as u64 * 10, Some(256), ServiceTier::Standard)
+                .admit_tier(
+                    who,
+                    model,
+                    600 + i as u64 * 10,
+                    Some(256),
+                    ServiceTier::Standard,
+                )
                 .await
                 .expect("admitted");
             let input = 100 + ((d + 40) * 37 + i * 11) as u64 % 2_000;
@@ -339,7 +344,7 @@ async fn report_api_and_cli() {
     // No waiting for settlement: the report flushes this replica's queue first.
     let (s, v) = b.admin_get("/admin/v1/report?by=day,team").await;
     assert_eq!(s, 200, "{v}");
-    let (n, total) = spend_total(b.state.governance.store.as_ref()).await;
+    let (n, total) = spend_total(b.state.governance().store.as_ref()).await;
     assert_eq!(n, 3);
     assert_eq!(v["totals"]["requests"], 3);
     assert_eq!(v["totals"]["cost_nanos"], total);
@@ -952,7 +957,9 @@ async fn alerts_once_across_three_replicas_postgres() {
     assert_eq!(rows, 4);
     // More spend in the same window emits nothing new.
     let (g, acc, _) = &replicas[1];
-    let r = g.admit_tier(&alice, "gpt-test", 300, Some(100), ServiceTier::Standard).await;
+    let r = g
+        .admit_tier(&alice, "gpt-test", 300, Some(100), ServiceTier::Standard)
+        .await;
     assert!(r.is_err(), "the hard limit still refuses");
     let _ = acc;
     for (g, _, _) in &replicas {
@@ -1023,7 +1030,7 @@ async fn soft_limit_warns_without_refusing_and_a_down_sink_slows_nothing() {
     wait_for("the webhook", || hooks.lock().unwrap().len() == 1).await;
     let metric = |sink: &str, outcome: &str| -> u64 {
         b.state
-            .metrics
+            .metrics()
             .render()
             .lines()
             .find(|l| {
@@ -1050,7 +1057,7 @@ async fn soft_limit_warns_without_refusing_and_a_down_sink_slows_nothing() {
         "still waiting on its first attempt"
     );
     assert_eq!(
-        b.state.governance.alerter().pending(),
+        b.state.governance().alerter().pending(),
         1,
         "the hanging delivery, off every request's path"
     );
@@ -1071,7 +1078,7 @@ async fn soft_limit_warns_without_refusing_and_a_down_sink_slows_nothing() {
     b.settled(5).await;
     assert!(
         b.state
-            .accounting
+            .accounting()
             .flush(std::time::Duration::from_secs(5))
             .await
     );
@@ -1081,7 +1088,7 @@ async fn soft_limit_warns_without_refusing_and_a_down_sink_slows_nothing() {
         "one alert per mark and window"
     );
     // The audit trail has the alert once.
-    let audit = b.state.audit.as_ref().unwrap();
+    let audit = b.state.audit().as_ref().unwrap();
     audit.flush().await;
     let alerts: Vec<_> = audit
         .sink()

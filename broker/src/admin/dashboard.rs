@@ -194,8 +194,8 @@ fn section(title: &str, id: &str, rows: &[SpendRow], first_day: i64) -> String {
     let mut totals: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     for r in rows {
         let e = totals.entry(&r.key).or_default();
-        e.0 += r.sums.requests;
-        e.1 += r.sums.cost_nanos;
+        e.0 += r.requests;
+        e.1 += r.cost_nanos;
     }
     let mut totals: Vec<_> = totals.into_iter().collect();
     totals.sort_by(|a, b| b.1.1.cmp(&a.1.1).then_with(|| a.0.cmp(b.0)));
@@ -324,10 +324,10 @@ async fn budgets_used(
 ) -> Vec<BudgetUse> {
     use crate::config::Scope;
     use crate::governance::store::CounterKey;
-    let now = app.clock.now_secs();
+    let now = app.clock().now_secs();
     let mut rows = Vec::new();
     let mut keys = Vec::new();
-    for b in &app.budgets {
+    for b in app.budgets() {
         let subjects: Vec<String> = match (&b.matches, b.scope) {
             (Some(m), _) => vec![m.clone()],
             (None, Scope::Principal) => seen.get("principal").cloned().unwrap_or_default(),
@@ -346,7 +346,7 @@ async fn budgets_used(
     if keys.is_empty() {
         return Vec::new();
     }
-    let counters = match app.governance.store.counters(&keys).await {
+    let counters = match app.governance().store.counters(&keys).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "dashboard: budget counters unavailable");
@@ -360,7 +360,7 @@ async fn budgets_used(
             scope: format!("{}:{subject}", b.scope.as_str()),
             window: b.window.as_str().to_string(),
             // Settled plus in flight: this replica's own free allotment is reserved but not in flight.
-            used_nanos: spent + (reserved - app.governance.free_allotment(key)).max(0),
+            used_nanos: spent + (reserved - app.governance().free_allotment(key)).max(0),
             limit_nanos: b.amount.0,
             marks: crate::governance::alerts::marks(b)
                 .into_iter()
@@ -383,7 +383,7 @@ pub async fn page(
     headers: HeaderMap,
 ) -> Result<Response, AdminError> {
     require_browser(&app, &headers)?;
-    if let Some(a) = &app.audit {
+    if let Some(a) = &app.audit() {
         a.flush().await;
     }
     let sink = audit_sink(&app)?;
@@ -412,7 +412,7 @@ pub async fn page(
     }
     body.push_str(&budgets_section(&budgets_used(&app, &seen).await));
     let sessions = app
-        .governance
+        .governance()
         .store
         .report(&crate::governance::store::ReportQuery {
             from: first_day,

@@ -23,10 +23,10 @@ use serde_json::json;
 use std::sync::Arc;
 
 fn require(app: &AppState, headers: &HeaderMap) -> Result<(), AdminError> {
-    if !app.admin.enabled() {
+    if !app.admin().enabled() {
         return Err(AdminError::Disabled);
     }
-    if app.admin.check_bearer(headers) {
+    if app.admin().check_bearer(headers) {
         Ok(())
     } else {
         Err(AdminError::Unauthorized)
@@ -51,7 +51,7 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
 }
 
 fn audit_admin(app: &AppState, action: &str, detail: serde_json::Value) {
-    if let Some(a) = &app.audit {
+    if let Some(a) = &app.audit() {
         a.record(AuditEvent {
             ts: now_i64(app),
             kind: Some(EventKind::Admin),
@@ -63,11 +63,11 @@ fn audit_admin(app: &AppState, action: &str, detail: serde_json::Value) {
 }
 
 fn now_i64(app: &AppState) -> i64 {
-    i64::try_from(app.clock.now_secs()).unwrap_or(i64::MAX)
+    i64::try_from(app.clock().now_secs()).unwrap_or(i64::MAX)
 }
 
 fn audit_sink(app: &AppState) -> Result<&Arc<dyn crate::audit::AuditSink>, AdminError> {
-    app.audit
+    app.audit()
         .as_ref()
         .map(|a| a.sink())
         .ok_or(AdminError::Unavailable("the audit trail is disabled"))
@@ -75,7 +75,7 @@ fn audit_sink(app: &AppState) -> Result<&Arc<dyn crate::audit::AuditSink>, Admin
 
 /// Let this replica's queued records land before a query reads them.
 async fn flushed(app: &AppState) {
-    if let Some(a) = &app.audit {
+    if let Some(a) = &app.audit() {
         a.flush().await;
     }
 }
@@ -94,7 +94,9 @@ async fn grants(
     let out: Vec<serde_json::Value> = rows
         .into_iter()
         .map(|g| {
-            let revoked = app.governance.is_revoked(&g.jti, &g.principal, g.issued_at);
+            let revoked = app
+                .governance()
+                .is_revoked(&g.jti, &g.principal, g.issued_at);
             let mut v = serde_json::to_value(&g).unwrap_or_default();
             v["revoked"] = revoked.into();
             v
@@ -165,7 +167,7 @@ async fn report(
     let req = q.validate(now_i64(&app)).map_err(AdminError::BadRequest)?;
     // This replica's finished requests first, so a report taken right after traffic includes them.
     if !app
-        .accounting
+        .accounting()
         .flush(std::time::Duration::from_secs(2))
         .await
     {
@@ -173,7 +175,7 @@ async fn report(
             "report: settlements still queued after 2 s; the report may miss the newest"
         );
     }
-    let report = Report::run(app.governance.store.as_ref(), &req)
+    let report = Report::run(app.governance().store.as_ref(), &req)
         .await
         .map_err(AdminError::store)?;
     Ok(match req.format {
@@ -213,7 +215,7 @@ async fn session(
     }
     // This replica's finished requests first, as for the report.
     if !app
-        .accounting
+        .accounting()
         .flush(std::time::Duration::from_secs(2))
         .await
     {
@@ -222,7 +224,7 @@ async fn session(
         );
     }
     let usage = app
-        .governance
+        .governance()
         .store
         .session_usage(&session_id)
         .await
@@ -263,9 +265,9 @@ async fn rotate_keys(
     headers: HeaderMap,
 ) -> Result<Response, AdminError> {
     require(&app, &headers)?;
-    let g = &app.governance;
+    let g = &app.governance();
     let Some(km) = &g.keys else {
-        let active = app.tokens.keys.active().map(|k| k.kid.clone());
+        let active = app.tokens().keys.active().map(|k| k.kid.clone());
         audit_admin(&app, "rotate_keys_refused", json!({"active_kid": active}));
         return Err(AdminError::Conflict(
             "the signing key comes from tokens.signing_key_file, which the broker does not write: put a new \
@@ -275,7 +277,7 @@ async fn rotate_keys(
         ));
     };
     let rotated = km
-        .rotate(g.store.as_ref(), &app.tokens.keys, app.clock.now_secs())
+        .rotate(g.store.as_ref(), &app.tokens().keys, app.clock().now_secs())
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "forced key rotation failed");
@@ -327,7 +329,7 @@ async fn retire_key(
     if req.kid.is_empty() || req.kid.len() > 128 {
         return Err(AdminError::BadRequest("kid is empty or too long".into()));
     }
-    let g = &app.governance;
+    let g = &app.governance();
     let Some(km) = &g.keys else {
         audit_admin(
             &app,
@@ -343,10 +345,10 @@ async fn retire_key(
     let retired = km
         .retire(
             g.store.as_ref(),
-            &app.tokens.keys,
+            &app.tokens().keys,
             &req.kid,
             req.reason.as_deref(),
-            app.clock.now_secs(),
+            app.clock().now_secs(),
         )
         .await;
     let retired = match retired {
@@ -396,7 +398,7 @@ async fn audit_verify(
     headers: HeaderMap,
 ) -> Result<Response, AdminError> {
     require(&app, &headers)?;
-    if let Some(a) = &app.audit {
+    if let Some(a) = &app.audit() {
         a.flush().await;
     }
     let v = crate::audit::verify(audit_sink(&app)?.as_ref())
@@ -411,12 +413,12 @@ async fn dashboard_link(
     headers: HeaderMap,
 ) -> Result<Response, AdminError> {
     require(&app, &headers)?;
-    let ticket = app.admin.issue(app.clock.now_secs(), false);
+    let ticket = app.admin().issue(app.clock().now_secs(), false);
     let path = format!("/admin/login?ticket={ticket}");
     // Links are built on public_url; a port-0 listener without one is reached via its Host header.
     let base = match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
-        Some(host) if app.tokens.issuer.ends_with(":0") => format!("http://{host}"),
-        _ => app.tokens.issuer.clone(),
+        Some(host) if app.tokens().issuer.ends_with(":0") => format!("http://{host}"),
+        _ => app.tokens().issuer.clone(),
     };
     Ok(
         Json(json!({"url": format!("{base}{path}"), "path": path, "expires_in": TICKET_TTL_SECS}))
@@ -434,15 +436,15 @@ async fn login(
     State(app): State<Arc<AppState>>,
     Query(q): Query<LoginQuery>,
 ) -> Result<Response, AdminError> {
-    if !app.admin.enabled() {
+    if !app.admin().enabled() {
         return Err(AdminError::Disabled);
     }
-    let now = app.clock.now_secs();
-    if !app.admin.redeem_ticket(&q.ticket, now) {
+    let now = app.clock().now_secs();
+    if !app.admin().redeem_ticket(&q.ticket, now) {
         return Err(AdminError::Unauthorized);
     }
-    let session = app.admin.issue(now, true);
-    let secure = if app.tokens.issuer.starts_with("https://") {
+    let session = app.admin().issue(now, true);
+    let secure = if app.tokens().issuer.starts_with("https://") {
         "; Secure"
     } else {
         ""
@@ -465,10 +467,12 @@ async fn login(
 
 /// Admin key or a dashboard session.
 pub(crate) fn require_browser(app: &AppState, headers: &HeaderMap) -> Result<(), AdminError> {
-    if !app.admin.enabled() {
+    if !app.admin().enabled() {
         return Err(AdminError::Disabled);
     }
-    if app.admin.check_bearer(headers) || app.admin.check_session(headers, app.clock.now_secs()) {
+    if app.admin().check_bearer(headers)
+        || app.admin().check_session(headers, app.clock().now_secs())
+    {
         Ok(())
     } else {
         Err(AdminError::Unauthorized)
@@ -515,12 +519,12 @@ async fn revoke(
             ));
         }
     };
-    let seq = app.governance.revoke(kind, &value).await.map_err(|e| {
+    let seq = app.governance().revoke(kind, &value).await.map_err(|e| {
         tracing::error!(error = %e, "revocation could not be stored");
         AdminError::Unavailable("the governance store is unavailable; nothing was revoked")
     })?;
     tracing::info!(kind = kind.as_str(), value = %value, seq, "revocation by admin");
-    if let Some(a) = &app.audit {
+    if let Some(a) = &app.audit() {
         let (principal, jti) = match kind {
             RevocationKind::Jti => (None, Some(value.clone())),
             RevocationKind::Principal => (Some(value.clone()), None),

@@ -565,49 +565,6 @@ impl AuditLog {
     }
 }
 
-/// While the journal is full (`on_journal_full = "refuse"`), refuse what would make new records — proxy
-/// requests and token exchanges — with 503, and say not ready; everything else passes. A middleware, so
-/// the request path checks one flag.
-pub async fn refuse_while_journal_full(
-    axum::extract::State(app): axum::extract::State<Arc<crate::app::AppState>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let blocked = app.audit.as_ref().is_some_and(|a| !a.accepting());
-    if !blocked {
-        return next.run(req).await;
-    }
-    let path = req.uri().path();
-    let status = axum::http::StatusCode::SERVICE_UNAVAILABLE;
-    let retry = [(axum::http::header::RETRY_AFTER, "5")];
-    if path == "/oauth/token" {
-        return crate::error::OAuthFailure::new(
-            status,
-            tollgate::OAuthErrorCode::TemporarilyUnavailable,
-            "the audit trail cannot record new tokens right now; try again shortly",
-        )
-        .into_response();
-    }
-    if path.starts_with("/v1/") {
-        tracing::warn!("refused: the audit journal is full and its store unavailable");
-        return (
-            status,
-            retry,
-            axum::Json(tollgate::OpenAiError::new(
-                "Tollgate: the audit trail cannot record requests right now (its database is unavailable and the local journal is full); requests are refused until it is back.",
-                "server_error",
-                Some("audit_unavailable"),
-            )),
-        )
-            .into_response();
-    }
-    if path == "/readyz" {
-        return (status, "audit journal full").into_response();
-    }
-    next.run(req).await
-}
-
 /// How often an idle writer looks at the clock for a due checkpoint (and retries a journal backlog).
 const IDLE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 

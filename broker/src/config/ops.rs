@@ -1,7 +1,7 @@
 //! Operations sections of the broker config: `[metrics]`, `[telemetry]`, `[audit]`, `[server.tls]`
 //! (`[admin]` lives with the governance sections). Raw structs (as written, strict) and their validated forms.
 
-use super::{ConfigError, Source};
+use super::source::{ConfigError, Source};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use toml::Spanned;

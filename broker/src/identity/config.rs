@@ -16,7 +16,7 @@
 //! audiences = ["api://tollgate"]
 //! ```
 
-use crate::config::{ConfigError, Source};
+use crate::config::source::{ConfigError, Source};
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use std::collections::BTreeMap;

@@ -72,25 +72,25 @@ fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Claims>, ApiE
         return Err(ApiError::Unauthorized("malformed"));
     }
     let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let now = app.clock.now_secs();
-    let claims = match app.auth_cache.get(&key) {
+    let now = app.clock().now_secs();
+    let claims = match app.auth_cache().get(&key) {
         Some(c) => c,
         None => {
             let c = Arc::new(
-                app.tokens
+                app.tokens()
                     .verify(token)
                     .map_err(|e| ApiError::Unauthorized(e.reason()))?,
             );
-            app.auth_cache.insert(key, c.clone());
+            app.auth_cache().insert(key, c.clone());
             c
         }
     };
     // The cache holds entries for at most its TTL; expiry is re-checked on every hit with our clock.
-    if claims.exp <= now.saturating_sub(app.tokens.leeway_secs) {
-        app.auth_cache.invalidate(&key);
+    if claims.exp <= now.saturating_sub(app.tokens().leeway_secs) {
+        app.auth_cache().invalidate(&key);
         return Err(ApiError::Unauthorized("expired"));
     }
-    app.governance.check_revoked(&claims)?;
+    app.governance().check_revoked(&claims)?;
     Ok(claims)
 }
 
@@ -121,7 +121,7 @@ struct Probed {
 fn read_body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(app.max_body_bytes)
+            ApiError::PayloadTooLarge(app.max_body_bytes())
         } else {
             ApiError::BadRequest("could not read the request body".into())
         }
@@ -276,7 +276,7 @@ async fn proxy(
     if !claims.grant.allows_model(&model) {
         return Err(ApiError::ModelNotAllowed(model));
     }
-    if !app.router.serves(&model) {
+    if !app.router().serves(&model) {
         return Err(ApiError::ModelNotFound(model.clone()));
     }
     let body = if endpoint == Endpoint::ChatCompletions && stream {
@@ -287,14 +287,14 @@ async fn proxy(
     // The limit reserved for below is the limit every provider receives (see `output_limit`).
     let body = output_limit::normalize(body, endpoint, &limits);
     let max_out = limits.requested();
-    app.accounting.check_capacity()?;
+    app.accounting().check_capacity()?;
     let reservation = app
-        .governance
+        .governance()
         .admit_tier(&claims, &model, body.len() as u64, max_out, tier)
         .await?;
     // The tightest budget, as response headers (Codex and people see what is left before it hurts).
-    let budget_hint = app.governance.budget_hint(&reservation);
-    let mut inflight = app.accounting.start(
+    let budget_hint = app.governance().budget_hint(&reservation);
+    let mut inflight = app.accounting().start(
         claims.clone(),
         model.clone(),
         endpoint.route(),
@@ -309,12 +309,12 @@ async fn proxy(
     let mut rate_limited_secs: Option<u64> = None;
     let mut waited = false;
     loop {
-        let chain = match app.router.plan(&model) {
+        let chain = match app.router().plan(&model) {
             Ok(c) => c,
             Err(PlanError::NoRoute) => Vec::new(),
             Err(PlanError::AllUnavailable { retry_after_secs }) => {
                 // Everything is parked: wait it out if that is short, else tell the client when to retry.
-                if !waited && retry_after_secs <= app.retry_after_max_wait_secs {
+                if !waited && retry_after_secs <= app.retry_after_max_wait_secs() {
                     waited = true;
                     tokio::time::sleep(Duration::from_secs(retry_after_secs)).await;
                     continue;
@@ -371,7 +371,7 @@ async fn proxy(
                 Err(e) => {
                     tracing::warn!(provider = %provider.name, target_label = %target.label, model = %model, attempt = attempts, error = %e, "upstream attempt failed");
                     if e.retryable() {
-                        app.metrics.failover(&provider.name, e.label());
+                        app.metrics().failover(&provider.name, e.label());
                     }
                     match &e {
                         UpstreamError::Status {
@@ -399,8 +399,8 @@ async fn proxy(
         // The chain is exhausted. If the only thing in the way is a short Retry-After, wait once and retry.
         if tried_any
             && !waited
-            && matches!(app.router.plan(&model),
-                Err(PlanError::AllUnavailable { retry_after_secs }) if retry_after_secs <= app.retry_after_max_wait_secs)
+            && matches!(app.router().plan(&model),
+                Err(PlanError::AllUnavailable { retry_after_secs }) if retry_after_secs <= app.retry_after_max_wait_secs())
         {
             continue;
         }
@@ -647,18 +647,18 @@ pub async fn models(
     Extension(claims): Extension<Arc<Claims>>,
 ) -> Result<Response, ApiError> {
     let mut names: Vec<String> = app
-        .router
+        .router()
         .literal_models()
         .into_iter()
         .filter(|m| claims.grant.allows_model(m))
         .collect();
     for p in &claims.grant.models {
-        if p.is_literal() && app.router.serves(p.as_str()) {
+        if p.is_literal() && app.router().serves(p.as_str()) {
             names.push(p.as_str().to_string());
         }
     }
-    for slug in app.codex_models.keys() {
-        if claims.grant.allows_model(slug) && app.router.serves(slug) {
+    for slug in app.codex_models().keys() {
+        if claims.grant.allows_model(slug) && app.router().serves(slug) {
             names.push(slug.clone());
         }
     }
@@ -667,7 +667,7 @@ pub async fn models(
     let data: Vec<serde_json::Value> =
         names.iter().map(|n| serde_json::json!({"id": n, "object": "model", "created": 0, "owned_by": "tollgate"})).collect();
     let codex: Vec<&serde_json::Value> = app
-        .codex_models
+        .codex_models()
         .iter()
         .filter(|(slug, _)| names.contains(slug))
         .map(|(_, v)| v)

@@ -27,7 +27,7 @@ pub use super::limits::MIN_TTL_SECS;
 /// Middleware on `/oauth/token`: refuse a body over the limit (by `Content-Length`, before reading it) and
 /// an address over its rate, both in the RFC 6749 error shape.
 pub async fn guard(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let t = &app.token_endpoint;
+    let t = &app.token_endpoint();
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -77,7 +77,7 @@ fn too_large(limit: usize) -> Response {
 
 /// `GET /.well-known/jwks.json`.
 pub async fn jwks(State(app): State<Arc<AppState>>) -> Response {
-    let mut r = axum::Json(app.tokens.keys.jwks()).into_response();
+    let mut r = axum::Json(app.tokens().keys.jwks()).into_response();
     r.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("public, max-age=300"),
@@ -87,7 +87,7 @@ pub async fn jwks(State(app): State<Arc<AppState>>) -> Response {
 
 /// `GET /.well-known/openid-configuration`.
 pub async fn discovery(State(app): State<Arc<AppState>>) -> Response {
-    let iss = &app.tokens.issuer;
+    let iss = &app.tokens().issuer;
     axum::Json(json!({
         "issuer": iss,
         "jwks_uri": format!("{iss}/.well-known/jwks.json"),
@@ -119,7 +119,7 @@ pub async fn exchange(
 ) -> Result<Response, Response> {
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large(app.token_endpoint.max_request_bytes)
+            too_large(app.token_endpoint().max_request_bytes)
         } else {
             bad_request(
                 OAuthErrorCode::InvalidRequest,
@@ -207,7 +207,7 @@ async fn exchange_body(
         ));
     }
     if let Some(aud) = &req.audience
-        && aud != &app.tokens.audience
+        && aud != &app.tokens().audience
     {
         return Err(bad_request(
             OAuthErrorCode::InvalidTarget,
@@ -220,9 +220,9 @@ async fn exchange_body(
             "subject_token is empty or too large",
         ));
     }
-    let identity = app.verifiers.verify(&req.subject_token_type, &req.subject_token).await.map_err(|e| {
+    let identity = app.verifiers().verify(&req.subject_token_type, &req.subject_token).await.map_err(|e| {
         tracing::info!(reason = e.reason(), token_type = %req.subject_token_type, "token exchange refused");
-        app.metrics.mint("unknown", e.reason());
+        app.metrics().mint("unknown", e.reason());
         match e {
             VerifyError::UnsupportedType => bad_request(OAuthErrorCode::InvalidRequest, "unsupported subject_token_type"),
             VerifyError::Rejected(_) => not_accepted(),
@@ -241,12 +241,12 @@ async fn exchange_body(
             rule,
         } => (*grant, max_ttl_secs, rule),
         Decision::Deny { rule } => {
-            app.metrics.mint(identity.kind.as_str(), "denied");
+            app.metrics().mint(identity.kind.as_str(), "denied");
             tracing::info!(kind = %identity.kind, subject = %identity.subject, rule = %rule, "denied by policy rule");
             return Err(not_accepted());
         }
         Decision::NoMatch => {
-            app.metrics.mint(identity.kind.as_str(), "denied");
+            app.metrics().mint(identity.kind.as_str(), "denied");
             tracing::info!(kind = %identity.kind, subject = %identity.subject, "no policy rule matched");
             return Err(not_accepted());
         }
@@ -255,7 +255,7 @@ async fn exchange_body(
         grant.models = narrow_models(&grant.models, scope)
             .map_err(|d| bad_request(OAuthErrorCode::InvalidScope, &d))?;
     }
-    let t = &app.token_endpoint;
+    let t = &app.token_endpoint();
     let ceiling = rule_ttl.unwrap_or(t.max_ttl_secs).min(t.max_ttl_secs);
     let ttl = req
         .requested_ttl_secs
@@ -263,7 +263,7 @@ async fn exchange_body(
         .max(MIN_TTL_SECS)
         .min(ceiling);
     let minted = app
-        .tokens
+        .tokens()
         .mint(grant, ttl, policy.rule_version(&rule).map(str::to_string))
         .map_err(|e| {
             tracing::error!(error = %e, "mint failed");
@@ -274,11 +274,11 @@ async fn exchange_body(
             )
         })?;
     tracing::info!(principal = %minted.claims.sub, kind = %identity.kind, rule = %rule, jti = %minted.claims.jti, ttl, "token minted");
-    app.metrics.mint(identity.kind.as_str(), "minted");
-    if let Some(audit) = &app.audit {
+    app.metrics().mint(identity.kind.as_str(), "minted");
+    if let Some(audit) = &app.audit() {
         let c = &minted.claims;
         audit.record(crate::audit::AuditEvent {
-            ts: i64::try_from(app.clock.now_secs()).unwrap_or(i64::MAX),
+            ts: i64::try_from(app.clock().now_secs()).unwrap_or(i64::MAX),
             kind: Some(crate::audit::EventKind::Mint),
             actor: c.grant.principal.clone(),
             principal: Some(c.grant.principal.clone()),

@@ -146,7 +146,7 @@ impl Broker {
     /// Wait until `n` proxied requests have settled (settlement runs on its own task) and their audit
     /// records are stored.
     pub async fn settled(&self, n: usize) {
-        let audit = self.state.audit.as_ref().unwrap();
+        let audit = self.state.audit().as_ref().unwrap();
         for _ in 0..200 {
             audit.flush().await;
             let recs = audit.sink().scan(0, 100_000).await.unwrap();

@@ -155,7 +155,12 @@ impl Broker {
         subject_token: &str,
     ) {
         self.expect_refused(what, token_type, subject_token).await;
-        let got = match self.state.verifiers.verify(token_type, subject_token).await {
+        let got = match self
+            .state
+            .verifiers()
+            .verify(token_type, subject_token)
+            .await
+        {
             Ok(_) => "accepted",
             Err(e) => e.reason(),
         };

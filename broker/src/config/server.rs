@@ -1,0 +1,90 @@
+//! `[server]`: where the broker listens, the URL it issues tokens as, its state directory, body limit, log
+//! format, shutdown grace and TLS.
+
+use super::ops;
+use super::source::{ConfigError, Source};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    listen: Option<Spanned<String>>,
+    public_url: Option<Spanned<String>>,
+    state_dir: Option<PathBuf>,
+    max_body_bytes: Option<Spanned<u64>>,
+    log_format: Option<LogFormat>,
+    shutdown_grace_secs: Option<u64>,
+    tls: Option<ops::RawTls>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Issuer of our tokens and base of discovery; no trailing slash.
+    pub public_url: String,
+    pub state_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    pub shutdown_grace_secs: u64,
+    pub tls: Option<ops::TlsConfig>,
+}
+
+pub(super) fn validate(s: &Source, raw: &RawServer) -> Result<ServerConfig, ConfigError> {
+    let listen_raw = raw
+        .listen
+        .as_ref()
+        .map_or("127.0.0.1:8787", |l| l.get_ref().as_str());
+    let listen: SocketAddr = listen_raw.parse().map_err(|e| match &raw.listen {
+        Some(l) => s.error_at(
+            l.span(),
+            "server.listen",
+            format_args!("{listen_raw:?} is not an address:port ({e})"),
+        ),
+        None => s.error_at(0..0, "server.listen", e),
+    })?;
+    let public_url = match &raw.public_url {
+        Some(u) => {
+            let v = u.get_ref().trim_end_matches('/').to_string();
+            if !(v.starts_with("http://") || v.starts_with("https://")) {
+                return Err(s.error_at(
+                    u.span(),
+                    "server.public_url",
+                    "must start with http:// or https://",
+                ));
+            }
+            v
+        }
+        None => format!("http://{listen}"),
+    };
+    let max_body_bytes = match &raw.max_body_bytes {
+        Some(m) if *m.get_ref() < 1024 || *m.get_ref() > 256 * 1024 * 1024 => {
+            return Err(s.error_at(
+                m.span(),
+                "server.max_body_bytes",
+                "must be between 1024 and 268435456",
+            ));
+        }
+        Some(m) => *m.get_ref() as usize,
+        None => 16 * 1024 * 1024,
+    };
+    Ok(ServerConfig {
+        listen,
+        public_url,
+        state_dir: s.resolve(raw.state_dir.as_deref().unwrap_or(Path::new(".tollgate"))),
+        max_body_bytes,
+        log_format: raw.log_format.unwrap_or_default(),
+        shutdown_grace_secs: raw.shutdown_grace_secs.unwrap_or(30),
+        tls: ops::tls(s, &raw.tls)?,
+    })
+}
