@@ -303,7 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         tracing::warn!(provider = %p.name, "provider disabled: its API key source is not set");
     }
     // Files holding keys or the ledger: private from creation, refused (as ssh does) when others can read them.
-    if let Err(e) = crate::keys::check_state_files(&config) {
+    if let Err(e) = config.check_state_files() {
         eprintln!("tollgate-broker: {e}");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }

@@ -428,26 +428,6 @@ pub fn prepare_sqlite_file(path: &Path, role: SqliteRole) -> Result<(), KeyError
     })
 }
 
-/// Start-up check of every file the broker keeps secrets or the ledger in, before it opens any of them:
-/// the SQLite store and audit trail (directories private, files 0600 or refused) and the signing-key
-/// file. The broker exits 78 (EX_CONFIG) with the returned message.
-pub fn check_state_files(config: &crate::config::Config) -> Result<(), KeyError> {
-    if config.store.kind == crate::config::StoreKind::Sqlite {
-        prepare_sqlite_file(&config.store.sqlite_path, SqliteRole::GovernanceStore)?;
-        if config.audit.enabled {
-            prepare_sqlite_file(&config.audit.sqlite_path, SqliteRole::AuditTrail)?;
-        }
-    }
-    if let Some(path) = &config.tokens.signing_key_file {
-        check_operator_secret(
-            path,
-            "the token-signing key (tokens.signing_key_file)",
-            "Anyone who could read it can mint tokens for any identity: treat the key as exposed and replace it",
-        )?;
-    }
-    Ok(())
-}
-
 /// The key-encryption key (KEK) that seals store-held signing keys at rest (AES-256-GCM): with it set, a
 /// copy of the database alone mints nothing. Read from a file or an environment variable as 32 bytes in
 /// base64 or hex (`openssl rand -base64 32`).

@@ -55,7 +55,7 @@ async fn state_files_are_private_from_creation_in_a_loose_state_dir() {
     std::fs::create_dir(&state).expect("mkdir");
     chmod(&state, 0o755);
     let config = config_in(dir.path(), "", &BTreeMap::new()).expect("config");
-    tollgate_broker::keys::check_state_files(&config).expect("preflight");
+    config.check_state_files().expect("preflight");
     let clock = tollgate_broker::clock::FakeClock::new(1_800_000_000);
     let app = tollgate_broker::app::AppState::build(&config, Arc::new(clock))
         .await

@@ -125,6 +125,32 @@ impl Config {
         Self::from_source(Source::read(path)?, env)
     }
 
+    /// Start-up check of every file the broker keeps secrets or the ledger in, before it opens any of them:
+    /// the SQLite store and audit trail (directories private, files 0600 or refused) and the signing-key
+    /// file. The broker exits 78 (EX_CONFIG) with the returned message.
+    pub fn check_state_files(&self) -> Result<(), crate::keys::KeyError> {
+        if self.store.kind == StoreKind::Sqlite {
+            crate::keys::prepare_sqlite_file(
+                &self.store.sqlite_path,
+                crate::keys::SqliteRole::GovernanceStore,
+            )?;
+            if self.audit.enabled {
+                crate::keys::prepare_sqlite_file(
+                    &self.audit.sqlite_path,
+                    crate::keys::SqliteRole::AuditTrail,
+                )?;
+            }
+        }
+        if let Some(path) = &self.tokens.signing_key_file {
+            crate::keys::check_operator_secret(
+                path,
+                "the token-signing key (tokens.signing_key_file)",
+                "Anyone who could read it can mint tokens for any identity: treat the key as exposed and replace it",
+            )?;
+        }
+        Ok(())
+    }
+
     /// Validate every section (each in its own module) and assemble them. Sections that depend on
     /// another take what they need from it as an argument.
     pub fn from_source(source: Source, env: &dyn Env) -> Result<Self, ConfigError> {

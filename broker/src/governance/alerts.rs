@@ -14,7 +14,7 @@
 //! down delays nothing but its own retries.
 
 use crate::clock::SharedClock;
-use crate::config::{BudgetConfig, Scope};
+use crate::config::budgets::{BudgetConfig, Scope};
 use crate::metrics::Metrics;
 use secrecy::ExposeSecret;
 use serde::Serialize;

@@ -8,7 +8,7 @@
 //! row; SQLite serialises writers. Counter rows are touched in a fixed (sorted) order, so two transactions
 //! never wait on each other in a cycle.
 
-use crate::config::{StoreConfig, StoreKind};
+use crate::config::store::{StoreConfig, StoreKind};
 use crate::session::CodexSession;
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
