@@ -307,8 +307,8 @@ async fn run_on(st: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let gone = pool.alive && pool.expires < now;
                 prop_assert_eq!(n, u64::from(gone));
                 if gone {
-                    for i in 0..3 {
-                        reserved[i] -= pool.held[i];
+                    for (r, h) in reserved.iter_mut().zip(pool.held) {
+                        *r -= h;
                     }
                     // The process does not know yet: it learns at its next grow (PoolLost).
                     pool.alive = false;
@@ -325,8 +325,8 @@ async fn run_on(st: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let existed = st.release_pool(&pool.id).await.expect("release pool");
                 prop_assert_eq!(existed, pool.alive);
                 if pool.alive {
-                    for i in 0..3 {
-                        reserved[i] -= pool.held[i];
+                    for (r, h) in reserved.iter_mut().zip(pool.held) {
+                        *r -= h;
                     }
                 }
                 generation += 1;

@@ -539,7 +539,7 @@ async fn an_identity_without_a_rule_gets_the_generic_refusal() {
     let h = harness().await;
     // Replace the policy with one that matches nobody, then exchange a valid credential.
     std::fs::write(
-        &h.state.policy_file(),
+        h.state.policy_file(),
         "[[rule]]\nname = \"other\"\nmatch = { kind = \"static\", subject = \"someone-else\" }\nmodels = [\"demo\"]\n",
     )
     .expect("policy");
@@ -589,9 +589,9 @@ async fn a_token_from_a_replaced_policy_gets_401_policy_changed_and_a_new_one_wo
     h.state.reload_policy().expect("reload");
     assert_eq!(call(&h, models(&old)).await.0, StatusCode::OK);
     // A rule added after the one that decided the token cannot change its grant (first match wins).
-    let original = std::fs::read_to_string(&h.state.policy_file()).expect("policy");
+    let original = std::fs::read_to_string(h.state.policy_file()).expect("policy");
     std::fs::write(
-        &h.state.policy_file(),
+        h.state.policy_file(),
         format!("{original}[[rule]]\nname = \"later\"\nmatch = {{ kind = \"static\", subject = \"ci\" }}\nmodels = [\"demo\"]\n"),
     )
     .expect("policy");
@@ -599,7 +599,7 @@ async fn a_token_from_a_replaced_policy_gets_401_policy_changed_and_a_new_one_wo
     assert_eq!(call(&h, models(&old)).await.0, StatusCode::OK);
     // The deciding rule changed: the old token's grant is outdated.
     std::fs::write(
-        &h.state.policy_file(),
+        h.state.policy_file(),
         "[[rule]]\nname = \"dev\"\nmatch = { kind = \"static\", subject = \"dev\" }\nmodels = [\"demo\"]\n",
     )
     .expect("policy");
