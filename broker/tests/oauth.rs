@@ -543,11 +543,8 @@ async fn authorization_requests_that_break_the_rules_issue_nothing() {
         q
     };
     // (what, changes, where the refusal goes: Some(error) = back to the client, None = a page, no redirect)
-    let cases: Vec<(
-        &str,
-        Vec<(&'static str, Option<&'static str>)>,
-        Option<&str>,
-    )> = vec![
+    type Changes = Vec<(&'static str, Option<&'static str>)>;
+    let cases: Vec<(&str, Changes, Option<&str>)> = vec![
         (
             "no PKCE",
             vec![("code_challenge", None), ("code_challenge_method", None)],

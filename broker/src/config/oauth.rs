@@ -417,3 +417,99 @@ fn client(r: &Spanned<RawClient>, s: &Source) -> Result<ClientConfig, ConfigErro
         loopback,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, Source};
+    use std::collections::BTreeMap;
+
+    const IDP: &str = "[[oauth.idp]]\nname = \"corp\"\nissuer = \"https://idp.example.com\"\nclient_id = \"tollgate\"\n";
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        Config::from_source(
+            Source {
+                path: "broker.toml".into(),
+                text: format!("policy_file = \"policy.toml\"\n{text}"),
+            },
+            &env,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_secrets() {
+        let c = load(
+            &format!("[oauth]\n{IDP}client_secret_env = \"IDP_SECRET\"\n"),
+            &[("IDP_SECRET", "s3cret-value")],
+        )
+        .expect("valid");
+        let o = c.oauth.expect("oauth");
+        let ids: Vec<&str> = o.clients.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["tollgate-token", "codex"]);
+        assert!(o.clients.iter().all(|c| c.loopback));
+        assert_eq!(o.idps[0].scopes, ["openid", "email", "profile"]);
+        assert_eq!(
+            o.idps[0].discovery_url,
+            "https://idp.example.com/.well-known/openid-configuration"
+        );
+        assert_eq!((o.code_ttl_secs, o.device_poll_interval_secs), (60, 5));
+        assert!(
+            !format!("{:?}", o.idps[0]).contains("s3cret-value"),
+            "the secret is redacted"
+        );
+        assert!(load("", &[]).expect("valid").oauth.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_field_and_line() {
+        for (text, env, wanted) in [
+            ("[oauth]\n", vec![], "oauth.idp: at least one"),
+            (
+                &format!("[oauth]\n{IDP}client_secret_env = \"MISSING\"\n") as &str,
+                vec![],
+                "oauth.idp[].client_secret_env: the environment variable MISSING is not set",
+            ),
+            (
+                &format!("[oauth]\n{IDP}client_secret_env = \"A\"\nclient_secret_file = \"f\"\n"),
+                vec![("A", "x")],
+                "set only one of client_secret_env and client_secret_file",
+            ),
+            (
+                &format!("[oauth]\n{IDP}scopes = [\"email\"]\n"),
+                vec![],
+                "oauth.idp[].scopes: must include \"openid\"",
+            ),
+            (
+                &format!("[oauth]\n{IDP}algorithms = [\"HS256\"]\n"),
+                vec![],
+                "oauth.idp[].algorithms",
+            ),
+            (
+                &format!("[oauth]\ncode_ttl_secs = 0\n{IDP}"),
+                vec![],
+                "broker.toml:3:17: oauth.code_ttl_secs: must be between 5 and 600",
+            ),
+            (
+                &format!("[oauth]\n{IDP}\n[[oauth.client]]\nid = \"x\"\nloopback = false\n"),
+                vec![],
+                "oauth.client[].redirect_uris: a client without loopback",
+            ),
+            (
+                &format!(
+                    "[oauth]\n{IDP}\n[[oauth.client]]\nid = \"x\"\nredirect_uris = [\"https://a/cb#f\"]\n"
+                ),
+                vec![],
+                "without a fragment",
+            ),
+            (&format!("[oauth]\nbogus = 1\n{IDP}"), vec![], "bogus"),
+        ] {
+            let e = load(text, &env).expect_err(wanted);
+            assert!(e.contains(wanted), "{e} should contain {wanted}");
+            assert!(e.starts_with("broker.toml:"), "{e}");
+        }
+    }
+}

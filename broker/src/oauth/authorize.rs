@@ -70,14 +70,12 @@ pub struct AuthorizeQuery {
     resource: Option<String>,
 }
 
-fn oauth_of(app: &AppState) -> Result<&Arc<OAuth>, Response> {
-    app.oauth.as_ref().ok_or_else(|| {
-        pages::error(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "People sign-in is not configured on this broker.",
-        )
-    })
+fn not_configured() -> Response {
+    pages::error(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "People sign-in is not configured on this broker.",
+    )
 }
 
 fn unavailable() -> Response {
@@ -111,9 +109,8 @@ pub async fn authorize(
     State(app): State<Arc<AppState>>,
     Query(q): Query<AuthorizeQuery>,
 ) -> Response {
-    let oauth = match oauth_of(&app) {
-        Ok(o) => o.clone(),
-        Err(r) => return r,
+    let Some(oauth) = app.oauth.clone() else {
+        return not_configured();
     };
     // Without a known client and an allowed redirect URI nothing may be sent anywhere (RFC 6749 §4.1.2.1).
     let Some(client) = q.client_id.as_deref().and_then(|c| oauth.client(c)) else {
@@ -299,7 +296,10 @@ async fn to_idp(
 }
 
 /// The browser's login session: `(id_hash, login, raw data)` when the cookie names a live one.
-async fn session(oauth: &OAuth, headers: &HeaderMap) -> Result<(String, Login, String), Response> {
+async fn session(
+    oauth: &OAuth,
+    headers: &HeaderMap,
+) -> Result<(String, Login, String), Box<Response>> {
     let expired = || {
         pages::error(
             StatusCode::BAD_REQUEST,
@@ -307,6 +307,7 @@ async fn session(oauth: &OAuth, headers: &HeaderMap) -> Result<(String, Login, S
             "This sign-in has expired or was started in another browser. Start it again from your application.",
         )
     };
+    let expired = || Box::new(expired());
     let id = pages::cookie_value(headers, super::LOGIN_COOKIE).ok_or_else(expired)?;
     let id_hash = digest(id);
     let data = match oauth.store.login(&id_hash, oauth.now()).await {
@@ -314,7 +315,7 @@ async fn session(oauth: &OAuth, headers: &HeaderMap) -> Result<(String, Login, S
         Ok(None) => return Err(expired()),
         Err(e) => {
             tracing::error!(error = %e, "could not read a login session");
-            return Err(unavailable());
+            return Err(Box::new(unavailable()));
         }
     };
     let login: Login = serde_json::from_str(&data).map_err(|_| expired())?;
@@ -342,13 +343,12 @@ pub async fn choose(
     headers: HeaderMap,
     axum::Form(f): axum::Form<ChooseForm>,
 ) -> Response {
-    let oauth = match oauth_of(&app) {
-        Ok(o) => o.clone(),
-        Err(r) => return r,
+    let Some(oauth) = app.oauth.clone() else {
+        return not_configured();
     };
     let (id_hash, mut login, old) = match session(&oauth, &headers).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !same(&f.csrf, &login.csrf) {
         return csrf_refused();
@@ -397,9 +397,8 @@ pub async fn callback(
     headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
 ) -> Response {
-    let oauth = match oauth_of(&app) {
-        Ok(o) => o.clone(),
-        Err(r) => return r,
+    let Some(oauth) = app.oauth.clone() else {
+        return not_configured();
     };
     let now = oauth.now();
     let mismatch = || {
@@ -663,13 +662,12 @@ pub async fn consent(
     headers: HeaderMap,
     axum::Form(f): axum::Form<ConsentForm>,
 ) -> Response {
-    let oauth = match oauth_of(&app) {
-        Ok(o) => o.clone(),
-        Err(r) => return r,
+    let Some(oauth) = app.oauth.clone() else {
+        return not_configured();
     };
     let (id_hash, login, _) = match session(&oauth, &headers).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if f.csrf.is_empty() || !same(&f.csrf, &login.csrf) {
         return csrf_refused();
