@@ -316,8 +316,8 @@ mod tests {
     #[test]
     fn pkce_s256_matches_rfc7636_appendix_b() {
         assert_eq!(
-            pkce_challenge("dBjftJeZ4CVP-mJ92K9FQHCXlThcq0pmSiNVcOz7mO6mHkbTCW-3Qg2JYYJ6bwXdlaU"),
-            "lY0HwWe8EIJvgeu7HQ-jI5J9avh8N6M3JfOvZYYEfOo"
+            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
         assert!(valid_verifier(&"a".repeat(43)));
         assert!(!valid_verifier(&"a".repeat(42)));
