@@ -144,14 +144,14 @@ pub async fn read_body(mut resp: reqwest::Response, url: &str) -> Result<Vec<u8>
 
 /// RFC 6749 §5.2, loosely: brokers may use codes we do not know.
 #[derive(Deserialize)]
-struct LooseOAuthError {
-    error: String,
+pub(crate) struct LooseOAuthError {
+    pub(crate) error: String,
     #[serde(default)]
-    error_description: Option<String>,
+    pub(crate) error_description: Option<String>,
 }
 
 /// Broker text is shown to the user: keep it to one short printable line.
-fn sanitize(s: &str, max: usize) -> String {
+pub(crate) fn sanitize(s: &str, max: usize) -> String {
     let s: String = s
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod exchange;
 pub mod identity;
+pub mod login;
 pub mod rerun;
 pub mod setup;
 pub mod status;
@@ -78,6 +79,37 @@ pub enum Command {
         /// Also print the new token on stdout (one line, as the default command does).
         #[arg(long)]
         print: bool,
+        /// As for `status`.
+        #[arg(long)]
+        provider_id: Option<String>,
+    },
+    /// Sign in as a person (your company's SSO, through the broker): a browser on this machine, or a
+    /// code to confirm on another device.
+    ///
+    /// Opens a browser (`$BROWSER`, else the desktop's opener) at the broker's sign-in page and takes
+    /// the answer on a loopback port (PKCE S256). Without a display (an SSH session, a container) it
+    /// uses the device sign-in instead: it prints a link and a code to confirm on any device. The
+    /// refresh token goes to the OS credential store (a 0600 file when there is none, which it says);
+    /// after that, `tollgate-token` (Codex's auth command) renews silently and never opens a browser.
+    Login {
+        /// Sign in with a code on another device (RFC 8628), whatever the display.
+        #[arg(long, conflicts_with = "no_browser")]
+        device: bool,
+        /// Sign in with a browser on this machine, but only print the link (do not open it).
+        #[arg(long)]
+        no_browser: bool,
+        /// The OAuth client the helper is at the broker.
+        #[arg(long, default_value = login::DEFAULT_CLIENT_ID, value_name = "ID")]
+        client_id: String,
+        /// Scopes to ask for [default: openid offline_access, as far as the broker offers them].
+        #[arg(long)]
+        scope: Option<String>,
+        /// As for `status`.
+        #[arg(long)]
+        provider_id: Option<String>,
+    },
+    /// Sign out: revoke the refresh token at the broker (RFC 7009) and forget the sign-in here.
+    Logout {
         /// As for `status`.
         #[arg(long)]
         provider_id: Option<String>,
@@ -271,6 +303,26 @@ fn dispatch(
                 token::emit_token(out, &outcome.token).map_err(HelperError::Stdout)?;
             }
             Ok(Exit::Ok)
+        }
+        Some(Command::Login {
+            device,
+            no_browser,
+            client_id,
+            scope,
+            provider_id,
+        }) => {
+            let (settings, _) = resolve_with_codex(cli.flags, provider_id.as_deref(), env, report)?;
+            let opts = login::LoginOptions {
+                device,
+                no_browser,
+                client_id,
+                scope,
+            };
+            login::login(&settings, &opts, env, clock, report)
+        }
+        Some(Command::Logout { provider_id }) => {
+            let (settings, _) = resolve_with_codex(cli.flags, provider_id.as_deref(), env, report)?;
+            login::logout(&settings, report)
         }
         Some(Command::Setup {
             provider_id,
