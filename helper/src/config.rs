@@ -315,8 +315,9 @@ pub struct Settings {
     pub rerun_window_secs: Option<u64>,
     /// How long a broker failure is remembered (0: not at all).
     pub failure_memory_secs: u64,
-    /// Where sign-ins are recorded (`$XDG_STATE_HOME/tollgate`; `TOLLGATE_STATE_DIR`).
-    pub state_dir: PathBuf,
+    /// Where sign-ins are recorded (`$XDG_STATE_HOME/tollgate`; `TOLLGATE_STATE_DIR`). `None` without
+    /// a HOME: only `login` needs it, and says so.
+    pub state_dir: Option<PathBuf>,
     /// Where a sign-in's refresh token goes (`TOLLGATE_CREDENTIAL_STORE`: auto, keyring, file).
     pub credential_store: crate::login::store::StoreChoice,
 }
@@ -566,8 +567,10 @@ pub fn resolve(flags: &Flags, env: &dyn Env) -> Result<Settings, ConfigError> {
     let identity_explicit = identity_pick.is_some();
     let identity_name = identity_pick.map_or_else(|| "static".to_owned(), |(v, _)| v);
     let state_dir = match env.path("TOLLGATE_STATE_DIR") {
-        Some(p) => expand_path(&p, None, env),
-        None => xdg_dir(env, "XDG_STATE_HOME", ".local/state")?.join("tollgate"),
+        Some(p) => Some(expand_path(&p, None, env)),
+        None => xdg_dir(env, "XDG_STATE_HOME", ".local/state")
+            .ok()
+            .map(|d| d.join("tollgate")),
     };
     let credential_store = match env.var("TOLLGATE_CREDENTIAL_STORE") {
         None => crate::login::store::StoreChoice::Auto,
@@ -590,7 +593,8 @@ pub fn resolve(flags: &Flags, env: &dyn Env) -> Result<Settings, ConfigError> {
     // Nothing configured but a person signed in with `tollgate-token login`: that sign-in.
     if !identity_explicit
         && matches!(identity, IdentityConfig::Static(StaticCredential::None))
-        && crate::login::store::Slot::new(&state_dir, &broker, &profile)
+        && let Some(dir) = &state_dir
+        && crate::login::store::Slot::new(dir, &broker, &profile)
             .load()
             .is_ok_and(|r| r.is_some())
     {
@@ -901,7 +905,9 @@ fn resolve_identity(
             return Err(ConfigError::Invalid {
                 what: "chain".into(),
                 value: "login".into(),
-                reason: "a person's sign-in is not a workload identity source; use --identity login".into(),
+                reason:
+                    "a person's sign-in is not a workload identity source; use --identity login"
+                        .into(),
             });
         }
         _ => return Err(ConfigError::UnknownIdentity(name.to_string())),

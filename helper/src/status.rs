@@ -64,7 +64,7 @@ pub fn status(
     // Not signed in is a status to report, not a failure of `status`.
     let identity = match crate::token::Source::load(settings) {
         Err(HelperError::SignIn(e @ crate::error::SignInError::NotSignedIn { .. })) => {
-            writeln!(out, "{:<12}{}", "signed in:", "no").map_err(HelperError::Stdout)?;
+            writeln!(out, "{:<12}no", "signed in:").map_err(HelperError::Stdout)?;
             writeln!(out, "{:<12}{}", "token:", e).map_err(HelperError::Stdout)?;
             return Ok(Exit::SignInRequired);
         }

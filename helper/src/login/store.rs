@@ -229,7 +229,10 @@ impl Slot {
                     ));
                 }
                 Err(e) => {
-                    let reason = format!("the OS credential store is unavailable: {}", keyring_reason(&e));
+                    let reason = format!(
+                        "the OS credential store is unavailable: {}",
+                        keyring_reason(&e)
+                    );
                     self.write_fallback(token, &reason)?;
                     return Ok((Held::File, Some(reason)));
                 }
@@ -249,7 +252,9 @@ impl Slot {
                 .map_err(|e| store_err("keep", keyring_reason(&e))),
             Held::File => self.write_fallback(
                 token,
-                r.fallback_reason.as_deref().unwrap_or("the OS credential store is unavailable"),
+                r.fallback_reason
+                    .as_deref()
+                    .unwrap_or("the OS credential store is unavailable"),
             ),
         }
     }
@@ -409,17 +414,27 @@ mod tests {
         assert_eq!(meta.mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(&dir).expect("dir").mode() & 0o777, 0o700);
         let text = std::fs::read_to_string(slot.fallback_path()).expect("read");
-        assert!(text.contains("only because TOLLGATE_CREDENTIAL_STORE=file"), "{text}");
+        assert!(
+            text.contains("only because TOLLGATE_CREDENTIAL_STORE=file"),
+            "{text}"
+        );
 
-        slot.rotate(&r, &SecretString::from("rt-2")).expect("rotate");
+        slot.rotate(&r, &SecretString::from("rt-2"))
+            .expect("rotate");
         let got = slot.get_refresh(&r).expect("get").expect("some");
         assert_eq!(got.expose_secret(), "rt-2");
-        assert_eq!(slot.load().expect("load").expect("some").who(), "alice@example.com (subject alice)");
+        assert_eq!(
+            slot.load().expect("load").expect("some").who(),
+            "alice@example.com (subject alice)"
+        );
 
         // Opened up by someone: refused, not served.
         std::fs::set_permissions(slot.fallback_path(), std::fs::Permissions::from_mode(0o644))
             .expect("chmod");
-        assert!(matches!(slot.get_refresh(&r), Err(SignInError::Store { .. })));
+        assert!(matches!(
+            slot.get_refresh(&r),
+            Err(SignInError::Store { .. })
+        ));
 
         slot.forget(Some(&r));
         assert!(slot.load().expect("load").is_none());

@@ -51,7 +51,10 @@ try {
       break;
     }
     const nav = () => page.waitForNavigation({ waitUntil: 'domcontentloaded' });
-    if (await page.locator('input[name="login"]').count()) {
+    if (deny && (await page.locator('a[href$="/abort"]').count())) {
+      // The person cancels at the IdP.
+      await Promise.all([nav(), page.click('a[href$="/abort"]')]);
+    } else if (await page.locator('input[name="login"]').count()) {
       await page.fill('input[name="login"]', user);
       await page.fill('input[name="password"]', 'any-password');
       await Promise.all([nav(), page.click('button[type="submit"]')]);

@@ -41,7 +41,9 @@ const provider = new Provider(issuer, {
   clients: [publicClient('tollgate-token'), publicClient('codex')],
   pkce: { required: () => true },
   scopes: ['openid', 'offline_access', 'models'],
-  claims: { openid: ['sub'], email: ['email'], groups: ['groups'] },
+  // Who signed in is in the ID token, as company IdPs (Entra ID, Okta) put it there.
+  claims: { openid: ['sub', 'email', 'groups'] },
+  conformIdTokenClaims: false,
   findAccount: async (ctx, id) => ({
     accountId: id,
     claims: async () => ({ sub: id, email: people[id]?.email ?? `${id}@example.com`, groups: people[id]?.groups ?? [] }),
@@ -84,5 +86,8 @@ provider.on('server_error', (ctx, err) => console.error('server_error', err));
 
 server.on('request', provider.callback());
 process.stdout.write(`${JSON.stringify({ issuer })}\n`);
+// stdout carries only that line (the test may stop reading it); the provider's notices go to stderr.
+console.log = console.error;
+console.info = console.error;
 process.stdin.on('end', () => process.exit(0));
 process.stdin.resume();
