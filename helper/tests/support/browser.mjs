@@ -13,7 +13,7 @@ import { pathToFileURL } from 'node:url';
 
 const tools = process.env.TOLLGATE_TEST_TOOLS;
 const { chromium } = await import(
-  pathToFileURL(join(tools, 'oauth/node_modules/playwright-core/index.mjs')).href
+  pathToFileURL(join(tools, 'idp/node_modules/playwright-core/index.mjs')).href
 );
 const url = process.argv[2];
 const user = process.env.BROWSER_USER || 'alice';

@@ -13,7 +13,7 @@ import { pathToFileURL } from 'node:url';
 
 const tools = process.env.TOLLGATE_TEST_TOOLS;
 const { default: Provider } = await import(
-  pathToFileURL(join(tools, 'oauth/node_modules/oidc-provider/lib/index.js')).href
+  pathToFileURL(join(tools, 'idp/node_modules/oidc-provider/lib/index.js')).href
 );
 const accessTtl = Number(process.env.IDP_ACCESS_TTL || 3600);
 const deviceInterval = Number(process.env.IDP_DEVICE_INTERVAL || 1);
