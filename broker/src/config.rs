@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use tollgate::{ModelPattern, Nanos, Price};
 use toml::Spanned;
 
+pub mod oauth;
 pub mod ops;
 
 /// A configuration error, located in its file.
@@ -147,6 +148,8 @@ struct RawConfig {
     /// Budget alert sinks (`[alerts]`, `[[alerts.sinks]]`).
     #[serde(default)]
     alerts: crate::governance::alerts::RawAlerts,
+    /// People sign-in: the broker as an OAuth authorization server (`[oauth]`, `[[oauth.idp]]`, `[[oauth.client]]`).
+    oauth: Option<Spanned<oauth::RawOAuth>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -473,6 +476,8 @@ pub struct Config {
     pub codex_models: BTreeMap<String, serde_json::Value>,
     /// Workload-identity verifiers.
     pub identity: crate::identity::config::IdentityConfig,
+    /// People sign-in (`[oauth]`); `None` when the section is absent.
+    pub oauth: Option<oauth::OAuthConfig>,
     pub routing: RoutingConfig,
     pub vault: Option<VaultConfig>,
     pub store: StoreConfig,
@@ -1099,6 +1104,7 @@ impl Config {
         };
 
         let identity = crate::identity::config::IdentityConfig::validate(&raw.identity, s)?;
+        let oauth = oauth::validate(&raw.oauth, s, env)?;
 
         let metrics = ops::MetricsConfig::from(&raw.metrics);
         let telemetry = ops::telemetry(s, &raw.telemetry)?;
@@ -1109,6 +1115,7 @@ impl Config {
             store.kind == StoreKind::Postgres,
         )?;
         Ok(Config {
+            oauth,
             alerts,
             metrics,
             telemetry,
