@@ -231,7 +231,7 @@ fn browser_sign_in_renews_silently_rotates_and_a_replay_ends_it() {
     assert_eq!(get("code_challenge").map(str::len), Some(43));
     assert_eq!(get("state").map(str::len), Some(43));
     assert_eq!(get("resource"), Some(issuer.as_str()));
-    assert_eq!(get("scope"), Some("openid offline_access"));
+    assert_eq!(get("scope"), Some("openid models offline_access"));
     let redirect = get("redirect_uri").expect("redirect");
     assert!(
         redirect.starts_with("http://127.0.0.1:") && redirect.ends_with("/callback"),

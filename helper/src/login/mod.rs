@@ -241,10 +241,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, HelperError> {
         .map_err(|e| HelperError::Internal(format!("cannot start the async runtime: {e}")))
 }
 
-/// The scope to ask for: the person's, else `openid offline_access` as far as the server lists them
-/// (nothing when it lists neither; the server then grants its default).
+/// The scope to ask for: the person's, else `openid models offline_access` as far as the server lists
+/// them (`models`: the broker's whole grant; nothing when it lists none: the server's default).
 fn default_scope(meta: &Metadata) -> Option<String> {
-    let s: Vec<&str> = ["openid", "offline_access"]
+    let s: Vec<&str> = ["openid", "models", "offline_access"]
         .into_iter()
         .filter(|s| meta.scopes_supported.iter().any(|x| x == s))
         .collect();

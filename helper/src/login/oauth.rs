@@ -405,8 +405,15 @@ pub fn who(tokens: &TokenSet) -> (Option<String>, Option<String>) {
             .map(|v| sanitize(v, 200))
     };
     let subject = s("sub");
+    // A Tollgate JWT names the person in its grant's principal (the policy's choice, often the email).
+    let principal = c
+        .get("tollgate")
+        .and_then(|g| g.get("principal"))
+        .and_then(serde_json::Value::as_str)
+        .map(|v| sanitize(v, 200));
     let name = s("email")
         .or_else(|| s("preferred_username"))
+        .or(principal)
         .or_else(|| s("name"));
     (subject, name)
 }

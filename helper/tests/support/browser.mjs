@@ -1,7 +1,8 @@
 // A person at a browser, for the sign-in tests: headless Chromium (Debian's, driven by the pinned npm
 // `playwright-core`) opens the URL it is given and goes through the real pages it meets: the IdP's
 // login form, its consent page, the device confirmation page, until it lands on the loopback redirect
-// (the helper's or Codex's page) or the IdP's device success page.
+// (the helper's or Codex's page) or the IdP's device success page. The broker's own pages (the choice
+// of IdP, consent, the device page) are gone through the same way.
 //
 //   node browser.mjs URL    (env: TOLLGATE_TEST_TOOLS, BROWSER_USER [alice], BROWSER_ACTION [approve|deny],
 //                            CHROMIUM [/usr/bin/chromium])
@@ -19,10 +20,18 @@ const url = process.argv[2];
 const user = process.env.BROWSER_USER || 'alice';
 const deny = process.env.BROWSER_ACTION === 'deny';
 
+// Ports from 0 may be ones Chromium refuses as unsafe (ERR_UNSAFE_PORT): allow the ones in play, the
+// page's own and the loopback redirect's.
+const ports = new Set((process.env.BROWSER_ALLOW_PORTS || '').split(',').filter(Boolean));
+const start = new URL(url);
+if (start.port) ports.add(start.port);
+const redirect = start.searchParams.get('redirect_uri');
+if (redirect && new URL(redirect).port) ports.add(new URL(redirect).port);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   headless: true,
   args: [
+    `--explicitly-allowed-ports=${[...ports].join(',')}`,
     '--no-sandbox',
     '--disable-background-networking',
     '--disable-component-update',
@@ -43,8 +52,10 @@ try {
     await page.waitForLoadState('domcontentloaded');
     const here = new URL(page.url());
     const text = (await page.textContent('body')) ?? '';
+    const forms = await page.locator('form').count();
     const done =
-      here.pathname === '/callback' || /Sign-in Success|Sign-in Failure|signed in|Sign-in failed/i.test(text);
+      here.pathname === '/callback' ||
+      (forms === 0 && /Sign-in Success|Sign-in Failure|signed in|Sign-in failed|approved|denied/i.test(text));
     if (done) {
       process.stdout.write(`${JSON.stringify({ final: page.url(), text: text.trim().replace(/\s+/g, ' ') })}\n`);
       code = 0;
@@ -67,6 +78,15 @@ try {
       } else {
         await Promise.all([nav(), page.click('button[type="submit"]')]);
       }
+    } else if (await page.locator('button[name="decision"]').count()) {
+      // The broker's consent page: approve or deny what it grants.
+      await Promise.all([
+        nav().catch(() => {}),
+        page.click(`button[name="decision"][value="${deny ? 'deny' : 'approve'}"]`),
+      ]);
+    } else if (await page.locator('button[name="idp"]').count()) {
+      // The broker's choice of company IdP: the first.
+      await Promise.all([nav(), page.locator('button[name="idp"]').first().click()]);
     } else if (await page.locator('form button[type="submit"], form input[type="submit"]').count()) {
       // Any other page with one form (a broker's own sign-in or consent page): submit it.
       await Promise.all([nav(), page.locator('form [type="submit"]').first().click()]);
