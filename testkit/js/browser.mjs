@@ -39,6 +39,10 @@ try {
       await route.fulfill({ status: 200, contentType: 'text/plain', body: 'signed in; you may close this window' });
     });
   }
+  // Redirect hops are not routed by playwright: the request itself says where the browser was sent.
+  if (plan.stop_prefix) {
+    page.on('request', (r) => { if (!finalUrl && r.url().startsWith(plan.stop_prefix)) finalUrl = r.url(); });
+  }
   page.on('response', (r) => { if (r.request().isNavigationRequest()) lastResponse = r; });
   await page.goto(plan.start);
   for (let i = 0; i < 12 && !finalUrl; i++) {
