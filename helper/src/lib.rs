@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod exchange;
 pub mod identity;
+pub mod login;
 pub mod rerun;
 pub mod setup;
 pub mod status;
@@ -82,6 +83,37 @@ pub enum Command {
         #[arg(long)]
         provider_id: Option<String>,
     },
+    /// Sign in as a person (your company's SSO, through the broker): a browser on this machine, or a
+    /// code to confirm on another device.
+    ///
+    /// Opens a browser (`$BROWSER`, else the desktop's opener) at the broker's sign-in page and takes
+    /// the answer on a loopback port (PKCE S256). Without a display (an SSH session, a container) it
+    /// uses the device sign-in instead: it prints a link and a code to confirm on any device. The
+    /// refresh token goes to the OS credential store (a 0600 file when there is none, which it says);
+    /// after that, `tollgate-token` (Codex's auth command) renews silently and never opens a browser.
+    Login {
+        /// Sign in with a code on another device (RFC 8628), whatever the display.
+        #[arg(long, conflicts_with = "no_browser")]
+        device: bool,
+        /// Sign in with a browser on this machine, but only print the link (do not open it).
+        #[arg(long)]
+        no_browser: bool,
+        /// The OAuth client the helper is at the broker.
+        #[arg(long, default_value = login::DEFAULT_CLIENT_ID, value_name = "ID")]
+        client_id: String,
+        /// Scopes to ask for [default: openid models offline_access, as far as the broker offers them].
+        #[arg(long)]
+        scope: Option<String>,
+        /// As for `status`.
+        #[arg(long)]
+        provider_id: Option<String>,
+    },
+    /// Sign out: revoke the refresh token at the broker (RFC 7009) and forget the sign-in here.
+    Logout {
+        /// As for `status`.
+        #[arg(long)]
+        provider_id: Option<String>,
+    },
     /// Add or update the Tollgate provider in Codex's config.toml ($CODEX_HOME or ~/.codex).
     Setup {
         /// Provider id under [model_providers].
@@ -96,6 +128,10 @@ pub enum Command {
         /// Print the change as a diff and write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Let Codex (0.171 and later) sign the person in itself: write `gateway_oauth` (the broker's
+        /// authorization server, found through its metadata) instead of the helper as the auth command.
+        #[arg(long)]
+        oauth: bool,
     },
     /// Print a shell completion script.
     Completions {
@@ -272,21 +308,50 @@ fn dispatch(
             }
             Ok(Exit::Ok)
         }
+        Some(Command::Login {
+            device,
+            no_browser,
+            client_id,
+            scope,
+            provider_id,
+        }) => {
+            let (settings, _) = resolve_with_codex(cli.flags, provider_id.as_deref(), env, report)?;
+            let opts = login::LoginOptions {
+                device,
+                no_browser,
+                client_id,
+                scope,
+            };
+            login::login(&settings, &opts, env, clock, report)
+        }
+        Some(Command::Logout { provider_id }) => {
+            let (settings, _) = resolve_with_codex(cli.flags, provider_id.as_deref(), env, report)?;
+            login::logout(&settings, report)
+        }
         Some(Command::Setup {
             provider_id,
             set_default,
             model,
             dry_run,
+            oauth,
         }) => {
             let settings = config::resolve(&cli.flags, env)?;
+            let oauth = if oauth {
+                Some(gateway_oauth(&settings, env, report)?)
+            } else {
+                None
+            };
             run_setup(
                 &settings,
                 cli.flags.credential_file.as_deref(),
                 env,
-                provider_id,
-                set_default,
-                model,
-                dry_run,
+                SetupChoice {
+                    provider_id,
+                    set_default,
+                    model,
+                    dry_run,
+                    oauth,
+                },
                 out,
                 report,
             )
@@ -326,18 +391,81 @@ fn resolve_with_codex(
     Ok((config::resolve(&flags, env)?, found))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_setup(
-    settings: &config::Settings,
-    credential_file: Option<&std::path::Path>,
-    env: &dyn Env,
+/// What `setup` was asked to do.
+struct SetupChoice {
     provider_id: String,
     set_default: bool,
     model: Option<String>,
     dry_run: bool,
+    oauth: Option<setup::GatewayOAuth>,
+}
+
+/// `setup --oauth`: Codex's `gateway_oauth` from the broker's authorization server metadata.
+fn gateway_oauth(
+    settings: &config::Settings,
+    env: &dyn Env,
+    report: &mut Reporter<'_>,
+) -> Result<setup::GatewayOAuth, HelperError> {
+    // Codex keeps its gateway token in the OS keyring by default; where there is none (no D-Bus session
+    // for a Secret Service on Linux, or the person chose files for the helper) its file store must be named.
+    let no_keyring = settings.credential_store == login::store::StoreChoice::File
+        || (!cfg!(target_os = "macos") && env.var("DBUS_SESSION_BUS_ADDRESS").is_none());
+    let credentials_store = no_keyring.then_some("file");
+    if no_keyring {
+        report.note(
+            "no OS keyring session here: Codex is told to keep its sign-in in its own file store \
+             (credentials_store = \"file\")",
+        );
+    }
+    let http = exchange::http_client(std::time::Duration::from_millis(
+        settings.timeout_ms.max(10_000),
+    ))
+    .map_err(|e| HelperError::Internal(format!("cannot build the HTTP client: {e}")))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| HelperError::Internal(format!("cannot start the async runtime: {e}")))?;
+    let meta = rt.block_on(login::oauth::discover(&http, &settings.broker))?;
+    let authorization_url =
+        meta.authorization_endpoint
+            .clone()
+            .ok_or_else(|| error::SignInError::Unsupported {
+                broker: settings.broker.clone(),
+                reason: "its metadata has no authorization_endpoint".into(),
+            })?;
+    let scopes = ["models", "offline_access"]
+        .into_iter()
+        .filter(|s| {
+            meta.scopes_supported.is_empty() || meta.scopes_supported.iter().any(|x| x == s)
+        })
+        .map(str::to_owned)
+        .collect();
+    Ok(setup::GatewayOAuth {
+        authorization_url,
+        token_url: meta.token_endpoint,
+        device_authorization_url: meta.device_authorization_endpoint,
+        client_id: "codex".into(),
+        scopes,
+        resource: settings.broker.clone(),
+        credentials_store,
+    })
+}
+
+fn run_setup(
+    settings: &config::Settings,
+    credential_file: Option<&std::path::Path>,
+    env: &dyn Env,
+    choice: SetupChoice,
     out: &mut dyn Write,
     report: &mut Reporter<'_>,
 ) -> Result<Exit, HelperError> {
+    let SetupChoice {
+        provider_id,
+        set_default,
+        model,
+        dry_run,
+        oauth,
+    } = choice;
     if provider_id.is_empty()
         || !provider_id
             .chars()
@@ -380,6 +508,12 @@ fn run_setup(
             abs.to_string_lossy().into_owned(),
         ]);
     }
+    // Signed in as a person (`login`): pin it, so that after a `logout` Codex's helper says to sign in
+    // again instead of looking for a workload credential.
+    if matches!(settings.identity, config::IdentityConfig::Login) {
+        args.extend(["--identity".to_owned(), "login".to_owned()]);
+    }
+    let via_oauth = oauth.is_some();
     let plan = setup::SetupPlan {
         provider_id,
         broker: settings.broker.clone(),
@@ -387,6 +521,7 @@ fn run_setup(
         args,
         set_default,
         model,
+        oauth,
     };
     let old = setup::read_config(&path)?;
     let (new, notes) = setup::apply(&old, &path, &plan)?;
@@ -410,12 +545,21 @@ fn run_setup(
         return Ok(Exit::Ok);
     }
     setup::write_config(&path, &new)?;
-    writeln!(
-        out,
-        "updated {label}: provider `{}` -> {}/v1, auth command {}",
-        plan.provider_id, plan.broker, plan.command
-    )
-    .map_err(io_err)?;
+    if via_oauth {
+        writeln!(
+            out,
+            "updated {label}: provider `{}` -> {}/v1, Codex signs in itself (gateway_oauth, client `codex`)",
+            plan.provider_id, plan.broker
+        )
+        .map_err(io_err)?;
+    } else {
+        writeln!(
+            out,
+            "updated {label}: provider `{}` -> {}/v1, auth command {}",
+            plan.provider_id, plan.broker, plan.command
+        )
+        .map_err(io_err)?;
+    }
     if !set_default {
         writeln!(
             out,
