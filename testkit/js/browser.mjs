@@ -32,6 +32,9 @@ let finalUrl = null;
 let lastResponse = null;
 try {
   const context = await browser.newContext();
+  // Loopback only: the IdP's pages import web fonts from the internet, and a test never leaves the machine.
+  await context.route((url) => !['127.0.0.1', '[::1]', 'localhost'].includes(url.hostname),
+    (route) => route.abort('blockedbyclient'));
   const page = await context.newPage();
   if (plan.stop_prefix) {
     await page.route((url) => url.href.startsWith(plan.stop_prefix), async (route) => {

@@ -58,3 +58,8 @@ provider.on('grant.error', (ctx, err) => console.error('idp grant.error', err.me
 provider.on('authorization.error', (ctx, err) => console.error('idp authorization.error', err.message, err.error_description || ''));
 server.on('request', provider.callback());
 process.stdout.write(JSON.stringify({ issuer }) + '\n');
+// stdout carries only that line (the test may stop reading it); the provider's notices go to stderr,
+// so a late notice cannot die on a closed pipe (EPIPE).
+console.log = console.error;
+console.info = console.error;
+console.warn = console.error;
