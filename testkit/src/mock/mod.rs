@@ -83,6 +83,9 @@ pub struct MockConfig {
     /// made is refused as the API does: 400 `invalid_encrypted_content`. Default `None`: no reasoning
     /// items, nothing checked.
     pub organization: Option<String>,
+    /// On Responses: how many tool calls a `USE_TOOL` turn makes, one per request, before the text answer.
+    /// Default 1.
+    pub tool_rounds: u32,
 }
 
 impl Default for MockConfig {
@@ -102,6 +105,7 @@ impl Default for MockConfig {
                 "claude-sonnet-4-5".to_owned(),
             ],
             organization: None,
+            tool_rounds: 1,
         }
     }
 }

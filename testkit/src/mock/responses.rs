@@ -14,6 +14,7 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
         last_tool_output(input).as_deref(),
         latest_user_text(input).as_deref(),
         Some((TOOL_NAME, Some("cmd".to_owned()))),
+        tool_outputs_since_user(input),
         ctx.config,
     );
     let mut usage = script::usage(ctx.config, ctx.body_bytes, &reply);
@@ -264,6 +265,25 @@ fn last_tool_output(input: &Value) -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// How many tool results follow the latest user message (the tool rounds of this turn so far).
+fn tool_outputs_since_user(input: &Value) -> u32 {
+    let Some(items) = input.as_array() else {
+        return 0;
+    };
+    let n = items
+        .iter()
+        .rev()
+        .take_while(|it| it.get("role").and_then(Value::as_str) != Some("user"))
+        .filter(|it| {
+            matches!(
+                it.get("type").and_then(Value::as_str),
+                Some("function_call_output" | "custom_tool_call_output")
+            )
+        })
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Text of the latest user message: `input` as a string, or the last `role: "user"` item.
