@@ -43,7 +43,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let bearer = Router::new()
         .route(
             "/v1/responses",
-            post(crate::proxy::responses).get(crate::proxy::responses_upgrade),
+            post(crate::proxy::responses).get(crate::proxy::websocket::responses_ws),
         )
         .route("/v1/chat/completions", post(crate::proxy::chat_completions))
         .route("/v1/models", get(crate::proxy::models))

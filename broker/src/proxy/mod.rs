@@ -8,6 +8,7 @@ pub mod coalesce;
 pub mod output_limit;
 pub mod providers;
 pub mod upstream;
+pub mod websocket;
 
 use crate::accounting::{InFlight, Served};
 use crate::app::AppState;
@@ -48,14 +49,6 @@ pub async fn require_token(
         }
         Err(e) => e.into_response(),
     }
-}
-
-/// `GET /v1/responses`: the WebSocket mode Codex tries when `supports_websockets = true`. Not served yet:
-/// an OpenAI-shaped 405 (Codex falls back to HTTP).
-pub async fn responses_upgrade() -> ApiError {
-    ApiError::MethodNotAllowed(
-        "this broker serves /v1/responses over HTTP POST only (no WebSocket mode); Codex falls back to HTTP, or set supports_websockets = false",
-    )
 }
 
 /// Verify the bearer token; verified claims are cached by token hash until they expire.
