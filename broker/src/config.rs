@@ -14,6 +14,7 @@ use tollgate::{ModelPattern, Nanos, Price};
 use toml::Spanned;
 
 pub mod affinity;
+pub mod oauth;
 pub mod ops;
 
 /// A configuration error, located in its file.
@@ -151,6 +152,8 @@ struct RawConfig {
     /// Session affinity and reasoning domains (`[affinity]`).
     #[serde(default)]
     affinity: affinity::RawAffinity,
+    /// People sign-in: the broker as an OAuth authorization server (`[oauth]`, `[[oauth.idp]]`, `[[oauth.client]]`).
+    oauth: Option<Spanned<oauth::RawOAuth>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -477,6 +480,8 @@ pub struct Config {
     pub codex_models: BTreeMap<String, serde_json::Value>,
     /// Workload-identity verifiers.
     pub identity: crate::identity::config::IdentityConfig,
+    /// People sign-in (`[oauth]`); `None` when the section is absent.
+    pub oauth: Option<oauth::OAuthConfig>,
     pub routing: RoutingConfig,
     pub vault: Option<VaultConfig>,
     pub store: StoreConfig,
@@ -1105,6 +1110,7 @@ impl Config {
         };
 
         let identity = crate::identity::config::IdentityConfig::validate(&raw.identity, s)?;
+        let oauth = oauth::validate(&raw.oauth, s, env)?;
 
         let metrics = ops::MetricsConfig::from(&raw.metrics);
         let telemetry = ops::telemetry(s, &raw.telemetry)?;
@@ -1115,6 +1121,7 @@ impl Config {
             store.kind == StoreKind::Postgres,
         )?;
         Ok(Config {
+            oauth,
             alerts,
             affinity,
             metrics,
