@@ -28,6 +28,8 @@ pub struct AppState {
     /// Longest `Retry-After` the proxy waits out itself.
     pub retry_after_max_wait_secs: u64,
     pub codex_models: BTreeMap<String, serde_json::Value>,
+    /// Which target each session was last served by (encrypted reasoning, prompt cache).
+    pub affinity: Arc<crate::proxy::affinity::Affinity>,
     pub auth_cache: moka::sync::Cache<[u8; 32], Arc<tollgate::Claims>>,
     /// Prices, budgets, rate limits, revocation.
     pub governance: Arc<Governance>,
@@ -154,6 +156,10 @@ impl AppState {
             router: ModelRouter::new(config, clock.clone()),
             retry_after_max_wait_secs: config.routing.retry_after_max_wait_secs,
             codex_models: config.codex_models.clone(),
+            affinity: Arc::new(crate::proxy::affinity::Affinity::new(
+                &config.affinity,
+                &config.limits,
+            )),
             auth_cache: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(300))

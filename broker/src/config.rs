@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use tollgate::{ModelPattern, Nanos, Price};
 use toml::Spanned;
 
+pub mod affinity;
 pub mod oauth;
 pub mod ops;
 
@@ -148,6 +149,9 @@ struct RawConfig {
     /// Budget alert sinks (`[alerts]`, `[[alerts.sinks]]`).
     #[serde(default)]
     alerts: crate::governance::alerts::RawAlerts,
+    /// Session affinity and reasoning domains (`[affinity]`).
+    #[serde(default)]
+    affinity: affinity::RawAffinity,
     /// People sign-in: the broker as an OAuth authorization server (`[oauth]`, `[[oauth.idp]]`, `[[oauth.client]]`).
     oauth: Option<Spanned<oauth::RawOAuth>>,
 }
@@ -489,6 +493,7 @@ pub struct Config {
     pub telemetry: ops::TelemetryConfig,
     pub audit: ops::AuditConfig,
     pub alerts: crate::governance::alerts::AlertsConfig,
+    pub affinity: affinity::AffinityConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -1013,6 +1018,7 @@ impl Config {
         let pricing = pricing_config(s, &raw.pricing)?;
         let budgets = budget_configs(s, &raw.budgets)?;
         let alerts = crate::governance::alerts::config(s, &raw.alerts, env)?;
+        let affinity = affinity::config(s, &raw.affinity, &providers)?;
         let limits = limits_config(s, &raw.limits)?;
         let admin = AdminConfig {
             key_sha256: match &raw.admin.key_sha256 {
@@ -1117,6 +1123,7 @@ impl Config {
         Ok(Config {
             oauth,
             alerts,
+            affinity,
             metrics,
             telemetry,
             audit,

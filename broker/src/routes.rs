@@ -72,10 +72,14 @@ pub fn router(state: Arc<AppState>) -> Router {
     let bearer = Router::new()
         .route(
             "/v1/responses",
-            post(crate::proxy::responses).get(crate::proxy::responses_upgrade),
+            post(crate::proxy::responses).get(crate::proxy::websocket::responses_ws),
         )
         .route("/v1/chat/completions", post(crate::proxy::chat_completions))
         .route("/v1/models", get(crate::proxy::models))
+        .route(
+            "/v1/codex/models",
+            get(crate::proxy::catalog::codex_catalog),
+        )
         .route("/v1/tollgate/usage", get(self_usage))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .route_layer(from_fn_with_state(

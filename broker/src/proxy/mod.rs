@@ -2,10 +2,13 @@
 //! the upstream sends (never waiting for more than what has already arrived: [`coalesce`]) while a side
 //! decoder reads usage, then account.
 
+pub mod affinity;
+pub mod catalog;
 pub mod coalesce;
 pub mod output_limit;
 pub mod providers;
 pub mod upstream;
+pub mod websocket;
 
 use crate::accounting::{InFlight, Served};
 use crate::app::AppState;
@@ -14,7 +17,7 @@ use crate::router::{PlanError, ResolvedTarget, TargetHealth};
 use crate::usage::{SseUsageDecoder, StreamEnd, Wire};
 use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -46,14 +49,6 @@ pub async fn require_token(
         }
         Err(e) => e.into_response(),
     }
-}
-
-/// `GET /v1/responses`: the WebSocket mode Codex tries when `supports_websockets = true`. Not served yet:
-/// an OpenAI-shaped 405 (Codex falls back to HTTP).
-pub async fn responses_upgrade() -> ApiError {
-    ApiError::MethodNotAllowed(
-        "this broker serves /v1/responses over HTTP POST only (no WebSocket mode); Codex falls back to HTTP, or set supports_websockets = false",
-    )
 }
 
 /// Verify the bearer token; verified claims are cached by token hash until they expire.
@@ -108,6 +103,8 @@ struct Probe {
     max_tokens: Option<u64>,
     /// `priority`, `flex`, … (priced where the table has the tier).
     service_tier: Option<String>,
+    /// The session key of a client that is not Codex (Codex's `session-id` header wins): affinity.
+    prompt_cache_key: Option<String>,
 }
 
 /// What the proxy read from a request body.
@@ -116,6 +113,7 @@ struct Probed {
     stream: bool,
     limits: output_limit::Limits,
     tier: crate::governance::pricing::ServiceTier,
+    prompt_cache_key: Option<String>,
 }
 
 fn read_body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -202,6 +200,7 @@ fn probe(body: &[u8]) -> Result<Probed, ApiError> {
             .as_deref()
             .map(crate::governance::pricing::ServiceTier::parse)
             .unwrap_or_default(),
+        prompt_cache_key: p.prompt_cache_key.filter(|k| k.len() <= 256),
     })
 }
 
@@ -272,6 +271,7 @@ async fn proxy(
         stream,
         limits,
         tier,
+        prompt_cache_key,
     } = probe(&body)?;
     if !claims.grant.allows_model(&model) {
         return Err(ApiError::ModelNotAllowed(model));
@@ -302,14 +302,28 @@ async fn proxy(
         reservation,
     );
     // Which Codex session this is (validated headers; recorded with the spend, never refused for).
-    inflight.set_session(crate::session::CodexSession::from_headers(&headers));
+    let session = crate::session::CodexSession::from_headers(&headers);
+    let affinity_key = app.affinity.key(
+        &claims.grant.principal,
+        &model,
+        session
+            .as_ref()
+            .and_then(|s| s.session_id.as_deref())
+            .or(prompt_cache_key.as_deref()),
+    );
+    inflight.set_session(session);
+    // Where this session was served before (its encrypted reasoning and prompt cache are there).
+    let sticky = match &affinity_key {
+        Some(k) => app.affinity.lookup(k).await,
+        None => None,
+    };
 
     let mut last_err: Option<UpstreamError> = None;
     let mut attempts = 0u32;
     let mut rate_limited_secs: Option<u64> = None;
     let mut waited = false;
     loop {
-        let chain = match app.router.plan(&model) {
+        let mut chain = match app.router.plan(&model) {
             Ok(c) => c,
             Err(PlanError::NoRoute) => Vec::new(),
             Err(PlanError::AllUnavailable { retry_after_secs }) => {
@@ -323,6 +337,7 @@ async fn proxy(
                 Vec::new()
             }
         };
+        affinity::prefer(&mut chain, sticky.as_ref());
         let mut tried_any = false;
         for target in &chain {
             if !target.health.begin_attempt() {
@@ -331,8 +346,18 @@ async fn proxy(
             tried_any = true;
             attempts += 1;
             let provider = &target.provider;
+            // Encrypted items this target's domain cannot read (the session moved): stripped.
+            let readable =
+                affinity::readable(&body, sticky.as_ref(), app.affinity.domain(&provider.name));
+            if readable.stripped > 0 {
+                tracing::warn!(from = sticky.as_ref().map_or("", |s| s.label.as_str()), to = %target.label, items = readable.stripped,
+                    "session on a target that cannot read some of its encrypted reasoning: those input items stripped");
+                app.metrics
+                    .reasoning_stripped(&provider.name, readable.stripped as u64);
+            }
+            let body = &readable.body;
             let (upstream_body, upstream_model) = match &target.model {
-                Some(m) if m != &model => (with_model(&body, m), m.as_str()),
+                Some(m) if m != &model => (with_model(body, m), m.as_str()),
                 _ => (body.clone(), model.as_str()),
             };
             let upstream_body =
@@ -365,6 +390,20 @@ async fn proxy(
                     .await;
                     if let Some(h) = &budget_hint {
                         h.insert_into(resp.headers_mut());
+                    }
+                    if readable.stripped > 0 {
+                        resp.headers_mut().insert(
+                            affinity::STRIPPED_HEADER,
+                            HeaderValue::from(readable.stripped),
+                        );
+                    }
+                    if let Some(k) = affinity_key {
+                        app.affinity.record(k, target, readable.foreign);
+                        app.metrics.affinity(match &sticky {
+                            None => "new",
+                            Some(s) if s.label == target.label => "kept",
+                            Some(_) => "moved",
+                        });
                     }
                     return Ok(resp);
                 }
@@ -641,41 +680,22 @@ impl Drop for Tapped {
 }
 
 /// `GET /v1/models`: what this token may use, in OpenAI's list shape, plus Codex's `models` key, which
-/// holds only operator-supplied Codex metadata (listing a model there replaces Codex's system prompt).
+/// holds only operator-supplied Codex metadata (listing a model there replaces Codex's system prompt);
+/// with an `ETag`, and 304 on a matching `If-None-Match` ([`catalog`]).
 pub async fn models(
     State(app): State<Arc<AppState>>,
     Extension(claims): Extension<Arc<Claims>>,
+    Query(q): Query<catalog::ModelsQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let mut names: Vec<String> = app
-        .router
-        .literal_models()
-        .into_iter()
-        .filter(|m| claims.grant.allows_model(m))
-        .collect();
-    for p in &claims.grant.models {
-        if p.is_literal() && app.router.serves(p.as_str()) {
-            names.push(p.as_str().to_string());
-        }
-    }
-    for slug in app.codex_models.keys() {
-        if claims.grant.allows_model(slug) && app.router.serves(slug) {
-            names.push(slug.clone());
-        }
-    }
-    names.sort();
-    names.dedup();
-    let data: Vec<serde_json::Value> =
-        names.iter().map(|n| serde_json::json!({"id": n, "object": "model", "created": 0, "owned_by": "tollgate"})).collect();
-    let codex: Vec<&serde_json::Value> = app
-        .codex_models
-        .iter()
-        .filter(|(slug, _)| names.contains(slug))
-        .map(|(_, v)| v)
-        .collect();
-    Ok(
-        axum::Json(serde_json::json!({"object": "list", "data": data, "models": codex}))
-            .into_response(),
-    )
+    let client = q.client_version()?;
+    let granted = catalog::granted(&app, &claims.grant, client);
+    Ok(catalog::etagged_as(
+        "models",
+        client,
+        &headers,
+        &granted.openai_and_codex(),
+    ))
 }
 
 #[cfg(test)]

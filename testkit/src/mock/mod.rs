@@ -77,6 +77,15 @@ pub struct MockConfig {
     pub cache_creation_tokens: u64,
     /// Model ids listed by `GET /v1/models`.
     pub models: Vec<String>,
+    /// The OpenAI organisation this mock plays (Responses only). When set, a request whose `include` has
+    /// `reasoning.encrypted_content` gets a `reasoning` item first in its output, its `encrypted_content`
+    /// readable by this organisation only; an input item whose `encrypted_content` another organisation
+    /// made is refused as the API does: 400 `invalid_encrypted_content`. Default `None`: no reasoning
+    /// items, nothing checked.
+    pub organization: Option<String>,
+    /// On Responses: how many tool calls a `USE_TOOL` turn makes, one per request, before the text answer.
+    /// Default 1.
+    pub tool_rounds: u32,
 }
 
 impl Default for MockConfig {
@@ -95,6 +104,8 @@ impl Default for MockConfig {
                 "gpt-4o-mini".to_owned(),
                 "claude-sonnet-4-5".to_owned(),
             ],
+            organization: None,
+            tool_rounds: 1,
         }
     }
 }
@@ -806,6 +817,22 @@ async fn inference(State(state): State<MockState>, req: Request) -> Response {
                 f.retry_after,
             );
         }
+    }
+
+    if api == Api::Responses
+        && let Some(item) = responses::unreadable_encrypted_item(&config, &json_body)
+    {
+        let msg = format!(
+            "The encrypted content for item {item} could not be verified. Reason: Encrypted content organization_id did not match the target organization_id."
+        );
+        return finish_error(
+            &slot,
+            api,
+            400,
+            Some("invalid_encrypted_content".to_owned()),
+            Some(msg),
+            None,
+        );
     }
 
     let ctx = Ctx {
