@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use tollgate::{ModelPattern, Nanos, Price};
 use toml::Spanned;
 
+pub mod accounting;
 pub mod ops;
 
 /// A configuration error, located in its file.
@@ -147,6 +148,8 @@ struct RawConfig {
     /// Budget alert sinks (`[alerts]`, `[[alerts.sinks]]`).
     #[serde(default)]
     alerts: crate::governance::alerts::RawAlerts,
+    #[serde(default)]
+    accounting: accounting::RawAccounting,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -484,6 +487,7 @@ pub struct Config {
     pub telemetry: ops::TelemetryConfig,
     pub audit: ops::AuditConfig,
     pub alerts: crate::governance::alerts::AlertsConfig,
+    pub accounting: accounting::AccountingConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -596,11 +600,22 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Issuer of our tokens and base of discovery; no trailing slash.
     pub public_url: String,
+    /// Whether `public_url` was configured (else it is derived from the address the broker listens on).
+    pub public_url_set: bool,
     pub state_dir: PathBuf,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub shutdown_grace_secs: u64,
     pub tls: Option<ops::TlsConfig>,
+}
+
+impl ServerConfig {
+    /// No `public_url` is configured and the port is 0: the broker advertises (and issues tokens as) the
+    /// address it was given by the system, which no other replica shares, so it takes no part in the
+    /// store's shared-issuer check (docs/operations.md, "Several replicas").
+    pub fn issuer_is_ephemeral(&self) -> bool {
+        !self.public_url_set && self.listen.port() == 0
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -734,6 +749,7 @@ impl Config {
         };
         let server = ServerConfig {
             listen,
+            public_url_set: raw.server.public_url.is_some(),
             public_url,
             state_dir: s.resolve(
                 raw.server
@@ -1109,6 +1125,7 @@ impl Config {
             store.kind == StoreKind::Postgres,
         )?;
         Ok(Config {
+            accounting: accounting::validate(s, &raw.accounting)?,
             alerts,
             metrics,
             telemetry,

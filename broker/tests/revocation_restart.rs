@@ -418,8 +418,8 @@ async fn second_replica_with_another_public_url_does_not_start() {
     let a = Broker::start(&cfg_a, "a").await;
     let cfg_b = write_config(&db, "http://127.0.0.1:9", &["alice"], &store);
     let text = std::fs::read_to_string(&cfg_b).expect("cfg").replace(
-        "[server]\n",
-        "[server]\npublic_url = \"https://elsewhere.example\"\n",
+        &format!("public_url = \"{PUBLIC_URL}\""),
+        "public_url = \"https://elsewhere.example\"",
     );
     std::fs::write(&cfg_b, text).expect("cfg");
     let out = tokio::time::timeout(
@@ -440,7 +440,7 @@ async fn second_replica_with_another_public_url_does_not_start() {
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(
         stderr.contains("https://elsewhere.example")
-            && stderr.contains("http://127.0.0.1:0")
+            && stderr.contains(PUBLIC_URL)
             && stderr.contains("same public_url"),
         "{stderr}"
     );
