@@ -188,8 +188,8 @@ async fn scenario(pg_schema: Option<&str>) {
     let (s, body) = stream(&c, &broker2.url, &token, "gpt-test", "again", Some(10)).await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(
-        db.wait_spend("alice", 21, Duration::from_secs(10)).await,
-        21
+        db.wait_spend("alice", 51, Duration::from_secs(10)).await,
+        51
     );
     let (spent, _) = db.counter("alice").await;
     assert_eq!(spent, 21 * (100 * 10_000 + 10 * 50_000) + 30 * estimate);

@@ -9,8 +9,7 @@ use nix::sys::signal::Signal;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::BufReader;
-use tollgate_testkit::procs::{ChildGuard, drain_in_background, wait_for_line};
+use tollgate_testkit::procs::{BrokerCmd, ChildGuard};
 
 struct Running {
     child: ChildGuard,
@@ -28,26 +27,15 @@ async fn spawn_broker(extra: &str) -> Running {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let path = common::write_config(dir.path(), &mock.base_url(), extra);
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate-broker"));
-    cmd.arg("--config")
-        .arg(&path)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
+    let b = BrokerCmd::new(env!("CARGO_BIN_EXE_tollgate-broker"), &path)
+        .log_to(dir.path().join("broker.log"))
         .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.path().join("broker.log")).unwrap(),
-        ));
-    let mut child = ChildGuard::spawn(cmd).unwrap();
-    let mut out = BufReader::new(child.take_stdout().unwrap());
-    let line = wait_for_line(&mut out, "listening ", Duration::from_secs(30))
+        .start(Duration::from_secs(30))
         .await
         .unwrap();
-    drain_in_background(out);
     Running {
-        child,
-        url: line.trim_start_matches("listening ").trim().to_string(),
+        child: b.guard,
+        url: b.url,
         dir,
         mock,
     }

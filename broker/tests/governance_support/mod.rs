@@ -4,9 +4,8 @@
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
-use tollgate_testkit::procs::{ChildGuard, drain_in_background, wait_for_line};
+use tollgate_testkit::procs::{BrokerCmd, ChildGuard};
 
 pub const ADMIN_KEY: &str = "test-admin-key";
 pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -74,31 +73,15 @@ pub struct Broker {
 
 impl Broker {
     pub async fn start(config: &Path, log_name: &str) -> Broker {
-        let log =
-            std::fs::File::create(config.with_file_name(format!("{log_name}.log"))).expect("log");
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate-broker"));
-        cmd.arg("--config")
-            .arg(config)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
+        let b = BrokerCmd::new(env!("CARGO_BIN_EXE_tollgate-broker"), config)
+            .log_to(config.with_file_name(format!("{log_name}.log")))
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
-        let mut guard = ChildGuard::spawn(cmd).expect("spawn broker");
-        let out = guard.take_stdout().expect("stdout");
-        let mut reader = tokio::io::BufReader::new(out);
-        let line = wait_for_line(&mut reader, "listening ", Duration::from_secs(60))
+            .start(Duration::from_secs(60))
             .await
-            .unwrap_or_else(|e| {
-                let log = std::fs::read_to_string(config.with_file_name(format!("{log_name}.log")))
-                    .unwrap_or_default();
-                panic!("broker did not start: {e}\n{log}")
-            });
-        drain_in_background(reader);
+            .unwrap_or_else(|e| panic!("{e}"));
         Broker {
-            guard,
-            url: line.trim_start_matches("listening ").trim().to_string(),
+            guard: b.guard,
+            url: b.url,
         }
     }
 }
