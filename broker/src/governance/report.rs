@@ -345,6 +345,17 @@ impl Report {
         "cost_nanos",
     ];
 
+    /// The cells of a text table: requests … reasoning, then cost_usd (estimated charges are a note under
+    /// the table).
+    fn table_cells(t: &Totals) -> Vec<String> {
+        let m = Self::metric_cells(t);
+        m[..6]
+            .iter()
+            .cloned()
+            .chain(std::iter::once(m[8].clone()))
+            .collect()
+    }
+
     fn metric_cells(t: &Totals) -> [String; 10] {
         [
             t.requests.to_string(),
@@ -415,12 +426,7 @@ impl Report {
             )
             .collect();
         let cells = |g: Vec<String>, t: &Totals| -> Vec<String> {
-            let m = Self::metric_cells(t);
-            // requests … reasoning, then cost_usd (the estimated columns are a note under the table).
-            g.into_iter()
-                .chain(m[..6].iter().cloned())
-                .chain(std::iter::once(m[8].clone()))
-                .collect()
+            g.into_iter().chain(Self::table_cells(t)).collect()
         };
         let mut rows: Vec<Vec<String>> = self
             .rows
@@ -605,7 +611,7 @@ impl SessionReport {
         ];
         let cells = |a: &str, b: &str, t: &Totals| -> Vec<String> {
             let mut c = vec![a.to_string(), b.to_string()];
-            c.extend(Report::metric_cells(t).into_iter().take(7));
+            c.extend(Report::table_cells(t));
             c
         };
         let body: Vec<Vec<String>> = self
