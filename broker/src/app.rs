@@ -42,8 +42,10 @@ pub struct AppState {
     pub audit: Option<Arc<crate::audit::AuditLog>>,
     /// Admin key checks and dashboard sessions.
     pub admin: crate::admin::auth::AdminAuth,
-    /// Budget definitions, for the dashboard.
+    /// Budget definitions, for the dashboard and the consent page.
     pub budgets: Vec<crate::config::BudgetConfig>,
+    /// The authorization server for people (`[oauth]`); `None` without it.
+    pub oauth: Option<Arc<crate::oauth::OAuth>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,8 @@ pub enum BuildError {
     Identity(String),
     #[error(transparent)]
     Store(#[from] crate::governance::store::StoreError),
+    #[error("people sign-in: {0}")]
+    OAuth(#[from] crate::oauth::OAuthSetupError),
 }
 
 impl AppState {
@@ -122,6 +126,20 @@ impl AppState {
                     .map(Arc::new)
             })
             .transpose()?;
+        let oauth = config
+            .oauth
+            .clone()
+            .map(|o| {
+                crate::oauth::OAuth::new(
+                    o,
+                    governance.store.pool(),
+                    clock.clone(),
+                    &config.server.public_url,
+                    &config.tokens.audience,
+                )
+                .map(Arc::new)
+            })
+            .transpose()?;
         let accounting = Accounting::with_capacity(
             governance.clone(),
             metrics.clone(),
@@ -154,6 +172,7 @@ impl AppState {
             audit,
             admin: crate::admin::auth::AdminAuth::new(config.admin.key_sha256),
             budgets: config.budgets.clone(),
+            oauth,
             clock,
             max_body_bytes: config.server.max_body_bytes,
             token_endpoint: TokenEndpoint::new(&config.tokens),
@@ -175,6 +194,7 @@ impl AppState {
             let mut last_renew = std::time::Instant::now();
             let mut last_expire = std::time::Instant::now();
             let mut last_keys = std::time::Instant::now();
+            let mut last_prune = std::time::Instant::now();
             loop {
                 tokio::time::sleep(g.poll_interval()).await;
                 let Some(app) = weak.upgrade() else { return };
@@ -192,6 +212,14 @@ impl AppState {
                 }
                 app.metrics.upkeep();
                 app.token_endpoint.upkeep();
+                if last_prune.elapsed() >= Duration::from_secs(60)
+                    && let Some(o) = &app.oauth
+                {
+                    last_prune = std::time::Instant::now();
+                    if let Err(e) = o.store.prune(o.now()).await {
+                        tracing::warn!(error = %e, "could not prune expired sign-in state");
+                    }
+                }
                 if last_keys.elapsed() >= Duration::from_secs(1) {
                     last_keys = std::time::Instant::now();
                     if let Err(e) = app.sync_keys().await {

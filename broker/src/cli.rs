@@ -62,7 +62,7 @@ pub enum PolicyCommand {
         /// Policy file [default: the `policy_file` of --config].
         #[arg(long)]
         file: Option<PathBuf>,
-        /// Identity kind: static, aws, vault, azure, oidc.
+        /// Identity kind: static, aws, vault, azure, oidc, user (a person signed in through `[oauth]`).
         #[arg(long)]
         kind: String,
         /// The verified subject (canonical ARN, OIDC `sub`, Azure object ID…).
@@ -217,7 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .find(|k| k.as_str() == kind)
             else {
                 eprintln!(
-                    "tollgate-broker: unknown --kind {kind:?} (static, aws, vault, azure, oidc)"
+                    "tollgate-broker: unknown --kind {kind:?} (static, aws, vault, azure, oidc, user)"
                 );
                 return Ok(ExitCode::from(EXIT_CONFIG));
             };

@@ -14,6 +14,7 @@ use tollgate::{ModelPattern, Nanos, Price};
 use toml::Spanned;
 
 pub mod accounting;
+pub mod oauth;
 pub mod ops;
 
 /// A configuration error, located in its file.
@@ -150,6 +151,8 @@ struct RawConfig {
     alerts: crate::governance::alerts::RawAlerts,
     #[serde(default)]
     accounting: accounting::RawAccounting,
+    /// People sign-in: the broker as an OAuth authorization server (`[oauth]`, `[[oauth.idp]]`, `[[oauth.client]]`).
+    oauth: Option<Spanned<oauth::RawOAuth>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -476,6 +479,8 @@ pub struct Config {
     pub codex_models: BTreeMap<String, serde_json::Value>,
     /// Workload-identity verifiers.
     pub identity: crate::identity::config::IdentityConfig,
+    /// People sign-in (`[oauth]`); `None` when the section is absent.
+    pub oauth: Option<oauth::OAuthConfig>,
     pub routing: RoutingConfig,
     pub vault: Option<VaultConfig>,
     pub store: StoreConfig,
@@ -1115,6 +1120,7 @@ impl Config {
         };
 
         let identity = crate::identity::config::IdentityConfig::validate(&raw.identity, s)?;
+        let oauth = oauth::validate(&raw.oauth, s, env)?;
 
         let metrics = ops::MetricsConfig::from(&raw.metrics);
         let telemetry = ops::telemetry(s, &raw.telemetry)?;
@@ -1126,6 +1132,7 @@ impl Config {
         )?;
         Ok(Config {
             accounting: accounting::validate(s, &raw.accounting)?,
+            oauth,
             alerts,
             metrics,
             telemetry,
