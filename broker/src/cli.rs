@@ -390,7 +390,8 @@ mod tests {
         };
         let bound: std::net::SocketAddr = "127.0.0.1:40123".parse().expect("addr");
         // (listen in the file, --listen, public_url) → advertised, ephemeral issuer
-        let cases: [(&str, Option<&str>, Option<&str>, &str, bool); 6] = [
+        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a str, bool);
+        let cases: [Case; 6] = [
             ("127.0.0.1:0", None, None, "http://127.0.0.1:40123", true),
             (
                 "127.0.0.1:8787",
