@@ -78,13 +78,20 @@ impl AppState {
         // Before anything is served: every revocation (a restarted replica must not accept a revoked token
         // until its first poll), and this replica's issuer checked against the other replicas'.
         governance.load_revocations().await?;
-        crate::governance::store::claim_issuer(
-            governance.store.as_ref(),
-            &config.server.public_url,
-            now,
-            governance.lease_secs(),
-        )
-        .await?;
+        if config.server.issuer_is_ephemeral() {
+            tracing::warn!(
+                issuer = %config.server.public_url,
+                "no [server] public_url and port 0: tokens are issued as this process's own address; other replicas refuse them (set public_url to run several)"
+            );
+        } else {
+            crate::governance::store::claim_issuer(
+                governance.store.as_ref(),
+                &config.server.public_url,
+                now,
+                governance.lease_secs(),
+            )
+            .await?;
+        }
         let ring = Arc::new(KeyRing::default());
         match (&config.tokens.signing_key_file, &governance.keys) {
             (Some(path), _) => ring.replace(vec![keys::load_file(path, now)?]),
@@ -135,11 +142,12 @@ impl AppState {
                 .map(Arc::new)
             })
             .transpose()?;
-        let accounting = Accounting::new(
+        let accounting = Accounting::with_capacity(
             governance.clone(),
             metrics.clone(),
             audit.clone(),
             clock.clone(),
+            config.accounting.settlement_queue_capacity,
         );
         let state = Arc::new(AppState {
             tokens: TokenService {
@@ -204,7 +212,10 @@ impl AppState {
                 if expire {
                     last_expire = std::time::Instant::now();
                 }
-                g.tick(renew, expire).await;
+                let charged = g.tick(renew, expire).await;
+                if !charged.records.is_empty() || !charged.moved.is_empty() {
+                    app.accounting.record_estimated(charged).await;
+                }
                 app.metrics.upkeep();
                 app.token_endpoint.upkeep();
                 if last_prune.elapsed() >= Duration::from_secs(60)

@@ -14,6 +14,7 @@ use tollgate::{ModelPattern, Nanos, Price};
 use toml::Spanned;
 
 pub mod affinity;
+pub mod accounting;
 pub mod oauth;
 pub mod ops;
 
@@ -152,6 +153,8 @@ struct RawConfig {
     /// Session affinity and reasoning domains (`[affinity]`).
     #[serde(default)]
     affinity: affinity::RawAffinity,
+    #[serde(default)]
+    accounting: accounting::RawAccounting,
     /// People sign-in: the broker as an OAuth authorization server (`[oauth]`, `[[oauth.idp]]`, `[[oauth.client]]`).
     oauth: Option<Spanned<oauth::RawOAuth>>,
 }
@@ -494,6 +497,7 @@ pub struct Config {
     pub audit: ops::AuditConfig,
     pub alerts: crate::governance::alerts::AlertsConfig,
     pub affinity: affinity::AffinityConfig,
+    pub accounting: accounting::AccountingConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -606,11 +610,22 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Issuer of our tokens and base of discovery; no trailing slash.
     pub public_url: String,
+    /// Whether `public_url` was configured (else it is derived from the address the broker listens on).
+    pub public_url_set: bool,
     pub state_dir: PathBuf,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub shutdown_grace_secs: u64,
     pub tls: Option<ops::TlsConfig>,
+}
+
+impl ServerConfig {
+    /// No `public_url` is configured and the port is 0: the broker advertises (and issues tokens as) the
+    /// address it was given by the system, which no other replica shares, so it takes no part in the
+    /// store's shared-issuer check (docs/operations.md, "Several replicas").
+    pub fn issuer_is_ephemeral(&self) -> bool {
+        !self.public_url_set && self.listen.port() == 0
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -744,6 +759,7 @@ impl Config {
         };
         let server = ServerConfig {
             listen,
+            public_url_set: raw.server.public_url.is_some(),
             public_url,
             state_dir: s.resolve(
                 raw.server
@@ -1121,6 +1137,7 @@ impl Config {
             store.kind == StoreKind::Postgres,
         )?;
         Ok(Config {
+            accounting: accounting::validate(s, &raw.accounting)?,
             oauth,
             alerts,
             affinity,

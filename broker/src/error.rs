@@ -43,6 +43,10 @@ pub enum ApiError {
     /// The governance store is down and the proxy fails closed.
     #[error("governance store unavailable")]
     StoreUnavailable,
+    /// The settlement queue is full (spend of served requests cannot be stored): refused before
+    /// admission, with `Retry-After`.
+    #[error("settlement backlog")]
+    SettlementBacklog { retry_after_secs: u64 },
     #[error("not found")]
     NotFound,
     /// The route exists, not with this method (the message says what to do instead).
@@ -66,7 +70,7 @@ impl ApiError {
             ApiError::UpstreamUnavailable(_) => "upstream_unavailable",
             ApiError::UpstreamTimeout => "upstream_timeout",
             ApiError::UpstreamClientError { .. } => "upstream_client_error",
-            ApiError::StoreUnavailable => "store_unavailable",
+            ApiError::StoreUnavailable | ApiError::SettlementBacklog { .. } => "store_unavailable",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Internal(_) => "internal",
@@ -104,7 +108,9 @@ impl ApiError {
             ApiError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::UpstreamClientError { status, .. } => *status,
-            ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable | ApiError::SettlementBacklog { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -169,6 +175,13 @@ impl ApiError {
                 "server_error",
                 Some("store_unavailable"),
             ),
+            ApiError::SettlementBacklog { retry_after_secs } => OpenAiError::new(
+                format!(
+                    "Tollgate: the spend of earlier requests cannot be recorded right now (the governance store is failing), so new requests are refused until it catches up; retry in {retry_after_secs} s."
+                ),
+                "server_error",
+                Some("store_unavailable"),
+            ),
             ApiError::NotFound => OpenAiError::new(
                 "Tollgate: no such route.",
                 "invalid_request_error",
@@ -210,6 +223,7 @@ impl IntoResponse for ApiError {
             ApiError::BudgetExceeded {
                 retry_after_secs, ..
             } => *retry_after_secs,
+            ApiError::SettlementBacklog { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         };
         let mut r = (status, axum::Json(self.body())).into_response();
