@@ -323,8 +323,9 @@ fn anthropic_error_type(status: StatusCode, given: Option<&str>) -> &'static str
         529 => "overloaded_error",
         _ => "api_error",
     };
+    // Only where the status alone does not name the type (a 400, a 5xx): a relayed `overloaded_error`.
     match given.and_then(|g| KNOWN.iter().find(|k| **k == g)) {
-        Some(k) if status.is_client_error() || by_status == "api_error" => k,
+        Some(k) if matches!(by_status, "invalid_request_error" | "api_error") => k,
         _ => by_status,
     }
 }

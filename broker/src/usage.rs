@@ -83,7 +83,10 @@ impl Usage {
         if has("output_tokens") {
             self.output_tokens = u(v, &["output_tokens"]);
         }
-        if has("input_tokens") || has("cache_creation_input_tokens") || has("cache_read_input_tokens") {
+        if has("input_tokens")
+            || has("cache_creation_input_tokens")
+            || has("cache_read_input_tokens")
+        {
             let read = if has("cache_read_input_tokens") {
                 u(v, &["cache_read_input_tokens"])
             } else {
@@ -432,12 +435,23 @@ mod tests {
         // A delta that repeats the input counts (newer API versions) replaces them; one cut by max_tokens is
         // incomplete; an error event fails the stream.
         let mut d = SseUsageDecoder::new(Wire::Messages);
-        d.feed(MESSAGES.split("event: message_delta").next().unwrap_or_default().as_bytes());
+        d.feed(
+            MESSAGES
+                .split("event: message_delta")
+                .next()
+                .unwrap_or_default()
+                .as_bytes(),
+        );
         d.feed(b"data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\"},\"usage\":{\"input_tokens\":10,\"cache_read_input_tokens\":5,\"output_tokens\":7}}\n\n");
         d.feed(b"data: {\"type\":\"message_stop\"}\n\n");
         assert_eq!(d.finish(), StreamEnd::Incomplete);
         assert_eq!(
-            d.usage.map(|u| (u.input_tokens, u.cached_input_tokens, u.cache_write_tokens, u.output_tokens)),
+            d.usage.map(|u| (
+                u.input_tokens,
+                u.cached_input_tokens,
+                u.cache_write_tokens,
+                u.output_tokens
+            )),
             Some((115, 5, 100, 7))
         );
         let mut d = SseUsageDecoder::new(Wire::Messages);
@@ -445,7 +459,15 @@ mod tests {
         assert_eq!(d.finish(), StreamEnd::Failed);
         let body = br#"{"id":"msg_1","type":"message","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":3,"cache_creation_input_tokens":4,"cache_read_input_tokens":5,"output_tokens":6}}"#;
         let u = usage_from_body(body, Wire::Messages).expect("usage");
-        assert_eq!((u.input_tokens, u.cached_input_tokens, u.cache_write_tokens, u.output_tokens), (12, 5, 4, 6));
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.cached_input_tokens,
+                u.cache_write_tokens,
+                u.output_tokens
+            ),
+            (12, 5, 4, 6)
+        );
     }
 
     #[test]

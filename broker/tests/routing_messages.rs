@@ -74,7 +74,10 @@ fn error_of(a: &Answer) -> (u16, String, String) {
 /// requests' headers.
 async fn fixed_anthropic(
     sse: &'static [u8],
-) -> (String, std::sync::Arc<std::sync::Mutex<Vec<axum::http::HeaderMap>>>) {
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<axum::http::HeaderMap>>>,
+) {
     use axum::routing::post;
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let s2 = seen.clone();
@@ -103,13 +106,25 @@ async fn anthropic_pass_through_is_byte_for_byte_with_usage_read_on_the_side() {
          [[routes]]\nmodel = \"claude-*\"\ntargets = [{{ provider = \"claude\" }}]\n"
     );
     let b = start(&cfg, &[("ANTHROPIC_KEY", "sk-ant-upstream")]).await;
-    let a = claude_post(&b, "/v1/messages", &claude_body("claude-sonnet-4-5", "hi", true)).await;
+    let a = claude_post(
+        &b,
+        "/v1/messages",
+        &claude_body("claude-sonnet-4-5", "hi", true),
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.body);
-    assert_eq!(a.body.as_bytes(), SSE, "the stream reaches Claude Code unchanged");
+    assert_eq!(
+        a.body.as_bytes(),
+        SSE,
+        "the stream reaches Claude Code unchanged"
+    );
     assert_eq!(a.header("x-tollgate-provider"), Some("claude"));
     let h = &seen.lock().unwrap()[0];
     assert_eq!(h.get("x-api-key").unwrap(), "sk-ant-upstream");
-    assert!(h.get("authorization").is_none(), "the Tollgate token never goes upstream");
+    assert!(
+        h.get("authorization").is_none(),
+        "the Tollgate token never goes upstream"
+    );
     let versions: Vec<_> = h.get_all("anthropic-version").iter().collect();
     assert_eq!(versions, ["2023-06-01"]);
     assert_eq!(
@@ -147,12 +162,26 @@ async fn anthropic_mock_streamed_and_whole_answers_are_accounted_as_reported() {
         up.base_url()
     );
     let b = start(&cfg, &[]).await;
-    let s = claude_post(&b, "/v1/messages", &claude_body("claude-opus-5-5", "USE_TOOL now", true)).await;
+    let s = claude_post(
+        &b,
+        "/v1/messages",
+        &claude_body("claude-opus-5-5", "USE_TOOL now", true),
+    )
+    .await;
     assert_eq!(s.status, 200, "{}", s.body);
     let evs = s.events();
     assert_eq!(evs.last().unwrap()["type"], "message_stop");
-    assert!(evs.iter().any(|e| e["content_block"]["type"] == "tool_use"), "{}", s.body);
-    let w = claude_post(&b, "/v1/messages", &claude_body("claude-opus-5-5", "hello", false)).await;
+    assert!(
+        evs.iter().any(|e| e["content_block"]["type"] == "tool_use"),
+        "{}",
+        s.body
+    );
+    let w = claude_post(
+        &b,
+        "/v1/messages",
+        &claude_body("claude-opus-5-5", "hello", false),
+    )
+    .await;
     assert_eq!(w.status, 200, "{}", w.body);
     let v: Value = serde_json::from_str(&w.body).unwrap();
     assert_eq!(v["type"], "message");
@@ -160,13 +189,25 @@ async fn anthropic_mock_streamed_and_whole_answers_are_accounted_as_reported() {
     let u = usage(&b).await;
     assert_eq!(u["requests"], 2, "{u}");
     assert_eq!(u["input_tokens"].as_u64(), Some(rep.input_tokens), "{u}");
-    assert_eq!(u["cached_input_tokens"].as_u64(), Some(rep.cached_tokens), "{u}");
-    assert_eq!(u["cache_write_tokens"].as_u64(), Some(rep.cache_creation_tokens), "{u}");
+    assert_eq!(
+        u["cached_input_tokens"].as_u64(),
+        Some(rep.cached_tokens),
+        "{u}"
+    );
+    assert_eq!(
+        u["cache_write_tokens"].as_u64(),
+        Some(rep.cache_creation_tokens),
+        "{u}"
+    );
     assert_eq!(u["output_tokens"].as_u64(), Some(rep.output_tokens), "{u}");
     // The limit reserved for is the limit forwarded: max_tokens as Claude Code sent it.
     for r in up.requests_to("/v1/messages") {
         assert_eq!(r.body["max_tokens"], 4096);
-        assert_eq!(r.query.as_deref(), None, "`?beta=true` is the client's hint, not forwarded");
+        assert_eq!(
+            r.query.as_deref(),
+            None,
+            "`?beta=true` is the client's hint, not forwarded"
+        );
     }
 }
 
@@ -183,16 +224,28 @@ async fn openai_chat_upstream_serves_a_translated_tool_turn() {
         up.base_url()
     );
     let b = start(&cfg, &[]).await;
-    let s = claude_post(&b, "/v1/messages", &claude_body("claude-opus-5-5", "USE_TOOL please", true)).await;
+    let s = claude_post(
+        &b,
+        "/v1/messages",
+        &claude_body("claude-opus-5-5", "USE_TOOL please", true),
+    )
+    .await;
     assert_eq!(s.status, 200, "{}", s.body);
     let evs = s.events();
     let types: Vec<&str> = evs.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types.first(), Some(&"message_start"), "{}", s.body);
     assert_eq!(types.last(), Some(&"message_stop"), "{}", s.body);
-    let start_ev = evs.iter().find(|e| e["content_block"]["type"] == "tool_use").unwrap();
+    let start_ev = evs
+        .iter()
+        .find(|e| e["content_block"]["type"] == "tool_use")
+        .unwrap();
     assert_eq!(start_ev["content_block"]["name"], "Bash");
-    assert_eq!(evs[0]["message"]["model"], "claude-opus-5-5", "the client's model name");
-    let tool_id = start_ev["content_block"]["id"].as_str().unwrap().to_string();
+    // The model that answered, as Anthropic reports it (the route's target).
+    assert_eq!(evs[0]["message"]["model"], "llama3.1");
+    let tool_id = start_ev["content_block"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let args: String = evs
         .iter()
         .filter_map(|e| e["delta"]["partial_json"].as_str())
@@ -227,7 +280,11 @@ async fn openai_chat_upstream_serves_a_translated_tool_turn() {
     let u = usage(&b).await;
     assert_eq!(u["requests"], 2, "{u}");
     assert_eq!(u["input_tokens"].as_u64(), Some(rep.input_tokens), "{u}");
-    assert_eq!(u["cached_input_tokens"].as_u64(), Some(rep.cached_tokens), "{u}");
+    assert_eq!(
+        u["cached_input_tokens"].as_u64(),
+        Some(rep.cached_tokens),
+        "{u}"
+    );
     assert_eq!(u["output_tokens"].as_u64(), Some(rep.output_tokens), "{u}");
 }
 
@@ -246,7 +303,12 @@ async fn openai_and_azure_get_max_completion_tokens_and_a_failed_target_fails_ov
     );
     let b = start(&cfg, &[]).await;
     a.push_fault(Fault::status(529));
-    let s = claude_post(&b, "/v1/messages", &claude_body("claude-opus-5-5", "hello", true)).await;
+    let s = claude_post(
+        &b,
+        "/v1/messages",
+        &claude_body("claude-opus-5-5", "hello", true),
+    )
+    .await;
     assert_eq!((s.status, s.attempts()), (200, 2), "{}", s.body);
     assert_eq!(s.header("x-tollgate-target"), Some("oai/gpt-5.5"));
     assert_eq!(s.events().last().unwrap()["type"], "message_stop");
@@ -255,7 +317,12 @@ async fn openai_and_azure_get_max_completion_tokens_and_a_failed_target_fails_ov
     assert!(req.body.get("max_tokens").is_none());
     // A stream the upstream breaks after the first byte ends in Anthropic's `error` event.
     a.push_fault(Fault::drop_after_events(3));
-    let s = claude_post(&b, "/v1/messages", &claude_body("claude-opus-5-5", "hello there friend", true)).await;
+    let s = claude_post(
+        &b,
+        "/v1/messages",
+        &claude_body("claude-opus-5-5", "hello there friend", true),
+    )
+    .await;
     assert_eq!(s.status, 200);
     let last = s.events().last().cloned().unwrap();
     assert_eq!(last["type"], "error", "{}", s.body);
@@ -323,9 +390,14 @@ async fn errors_are_in_anthropics_shape_with_statuses_claude_code_acts_on() {
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
-    assert!(up.requests_to("/v1/messages").is_empty(), "nothing reached the upstream");
+    assert!(
+        up.requests_to("/v1/messages").is_empty(),
+        "nothing reached the upstream"
+    );
     // The OpenAI ingress keeps OpenAI's shape.
-    let a = b.post("/v1/responses", json!({"model": "gpt-x", "input": "hi"})).await;
+    let a = b
+        .post("/v1/responses", json!({"model": "gpt-x", "input": "hi"}))
+        .await;
     let v: Value = serde_json::from_str(&a.body).unwrap();
     assert_eq!(v["error"]["code"], "model_not_found");
 }
@@ -344,12 +416,29 @@ async fn upstream_client_errors_keep_anthropics_type_and_message() {
         message: Some("messages.1: roles must alternate".into()),
         ..Fault::default()
     });
-    let a = claude_post(&b, "/v1/messages", &claude_body("claude-opus-5-5", "hi", false)).await;
+    let a = claude_post(
+        &b,
+        "/v1/messages",
+        &claude_body("claude-opus-5-5", "hi", false),
+    )
+    .await;
     let (status, kind, message) = error_of(&a);
-    assert_eq!((status, kind.as_str(), message.as_str()), (400, "invalid_request_error", "messages.1: roles must alternate"));
+    assert_eq!(
+        (status, kind.as_str(), message.as_str()),
+        (
+            400,
+            "invalid_request_error",
+            "messages.1: roles must alternate"
+        )
+    );
     // Every target overloaded: a 5xx Claude Code retries.
     up.push_fault(Fault::status(529));
-    let a = claude_post(&b, "/v1/messages", &claude_body("claude-opus-5-5", "hi", false)).await;
+    let a = claude_post(
+        &b,
+        "/v1/messages",
+        &claude_body("claude-opus-5-5", "hi", false),
+    )
+    .await;
     let (status, kind, _) = error_of(&a);
     assert_eq!((status, kind.as_str()), (502, "api_error"));
 }
@@ -373,15 +462,22 @@ async fn count_tokens_asks_anthropic_or_estimates_and_models_speak_anthropic_whe
         c.base_url()
     );
     let b = start(&cfg, &[]).await;
-    let body = json!({"model": "claude-opus-5-5", "messages": [{"role": "user", "content": "count me"}]});
+    let body =
+        json!({"model": "claude-opus-5-5", "messages": [{"role": "user", "content": "count me"}]});
     let r = claude_post(&b, "/v1/messages/count_tokens", &body).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap(), json!({"input_tokens": 777}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.body).unwrap(),
+        json!({"input_tokens": 777})
+    );
     assert_eq!(a.requests_to("/v1/messages/count_tokens").len(), 1);
     let body = json!({"model": "llama", "messages": [{"role": "user", "content": "count me"}]});
     let r = claude_post(&b, "/v1/messages/count_tokens", &body).await;
     let n = serde_json::to_vec(&body).unwrap().len().div_ceil(4) as u64;
-    assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap(), json!({"input_tokens": n}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.body).unwrap(),
+        json!({"input_tokens": n})
+    );
     assert!(c.requests().is_empty(), "a Chat server has no token count");
     // Nothing was accounted: counting is free.
     assert_eq!(usage(&b).await["requests"], 0);
@@ -397,7 +493,10 @@ async fn count_tokens_asks_anthropic_or_estimates_and_models_speak_anthropic_whe
         async move { r.send().await.unwrap().json::<Value>().await.unwrap() }
     };
     let v = models(true).await;
-    assert_eq!(v["data"][0], json!({"type": "model", "id": "llama", "display_name": "llama", "created_at": "1970-01-01T00:00:00Z"}));
+    assert_eq!(
+        v["data"][0],
+        json!({"type": "model", "id": "llama", "display_name": "llama", "created_at": "1970-01-01T00:00:00Z"})
+    );
     assert_eq!(v["has_more"], false);
     assert_eq!(models(false).await["object"], "list");
 }

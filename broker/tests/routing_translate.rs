@@ -1102,8 +1102,14 @@ use tollgate_broker::translate::messages;
 fn claude_code_request_to_chat_both_flavors() {
     let req = json("messages_request.json");
     for (flavor, name) in [
-        (messages::ChatFlavor::Compatible, "messages_request.chat.golden.json"),
-        (messages::ChatFlavor::OpenAi, "messages_request.openai.golden.json"),
+        (
+            messages::ChatFlavor::Compatible,
+            "messages_request.chat.golden.json",
+        ),
+        (
+            messages::ChatFlavor::OpenAi,
+            "messages_request.openai.golden.json",
+        ),
     ] {
         let (out, ctx) = messages::request(&req, "upstream-model", flavor).expect("translate");
         golden(name, &pretty(&out));
@@ -1141,7 +1147,15 @@ fn claude_code_request_to_chat_both_flavors() {
             .collect();
         assert_eq!(
             roles,
-            ["system", "user", "assistant", "tool", "user", "assistant", "tool"]
+            [
+                "system",
+                "user",
+                "assistant",
+                "tool",
+                "user",
+                "assistant",
+                "tool"
+            ]
         );
     }
 }
@@ -1207,14 +1221,15 @@ fn chat_stream_to_messages_at_any_chunking() {
     assert_eq!(delta["usage"]["cache_read_input_tokens"], 8960);
     assert_eq!(delta["usage"]["output_tokens"], 24);
     // The broker's usage decoder reads the translated stream as the Messages ingress does.
-    let mut d = tollgate_broker::usage::SseUsageDecoder::new(tollgate_broker::usage::Wire::Messages);
+    let mut d =
+        tollgate_broker::usage::SseUsageDecoder::new(tollgate_broker::usage::Wire::Messages);
     d.feed(whole.as_bytes());
-    assert_eq!(
-        d.finish(),
-        tollgate_broker::usage::StreamEnd::Completed
-    );
+    assert_eq!(d.finish(), tollgate_broker::usage::StreamEnd::Completed);
     let u = d.usage.expect("usage");
-    assert_eq!((u.input_tokens, u.cached_input_tokens, u.output_tokens), (9120, 8960, 24));
+    assert_eq!(
+        (u.input_tokens, u.cached_input_tokens, u.output_tokens),
+        (9120, 8960, 24)
+    );
 }
 
 #[test]
@@ -1232,5 +1247,8 @@ fn chat_stream_error_becomes_an_anthropic_error_event() {
     golden("messages_chat_stream_error.golden.sse", &out);
     let evs = events(&out);
     assert_eq!(evs.last().map(|e| e["type"].clone()), Some("error".into()));
-    assert_eq!(evs.last().map(|e| e["error"]["message"].clone()), Some("model overloaded, try again".into()));
+    assert_eq!(
+        evs.last().map(|e| e["error"]["message"].clone()),
+        Some("model overloaded, try again".into())
+    );
 }

@@ -274,9 +274,7 @@ fn indent_of(text: &str) -> Option<&str> {
     let first = m.first()?;
     let line_start = text[..first.key_start].rfind('\n')? + 1;
     let ind = &text[line_start..first.key_start];
-    ind.bytes()
-        .all(|b| b == b' ' || b == b'\t')
-        .then_some(ind)
+    ind.bytes().all(|b| b == b' ' || b == b'\t').then_some(ind)
 }
 
 /// Set `key` to the JSON `value` in the object at `path` (keys from the top level): the value's bytes
@@ -302,7 +300,11 @@ fn set_member(text: &str, path: &[&str], key: &str, value: &str) -> Option<Strin
         if cur == new {
             return Some(text.to_string());
         }
-        return Some(format!("{}{value}{}", &text[..m.value.0], &text[m.value.1..]));
+        return Some(format!(
+            "{}{value}{}",
+            &text[..m.value.0],
+            &text[m.value.1..]
+        ));
     }
     let key_json = Value::String(key.to_string()).to_string();
     match ms.last() {
@@ -351,7 +353,8 @@ mod tests {
 
     fn plan() -> ClaudePlan {
         ClaudePlan {
-            api_key_helper: "/opt/tollgate/bin/tollgate-token --broker https://broker.example".into(),
+            api_key_helper: "/opt/tollgate/bin/tollgate-token --broker https://broker.example"
+                .into(),
             base_url: "https://broker.example".into(),
             ttl_ms: 240_000,
         }
@@ -397,15 +400,24 @@ mod tests {
                     assert_eq!(&v[k], val, "{src}");
                 }
             }
-            assert_eq!(v["env"]["CLAUDE_CODE_API_KEY_HELPER_TTL_MS"], "240000", "{out}");
+            assert_eq!(
+                v["env"]["CLAUDE_CODE_API_KEY_HELPER_TTL_MS"], "240000",
+                "{out}"
+            );
             assert_eq!(apply(&out, p(), &plan()).expect("again"), out, "{src}");
         }
     }
 
     #[test]
     fn refuses_what_it_cannot_edit_safely() {
-        assert!(matches!(apply("{\"a\":", p(), &plan()), Err(SetupError::JsonParse { .. })));
-        assert!(matches!(apply("[]", p(), &plan()), Err(SetupError::JsonShape { .. })));
+        assert!(matches!(
+            apply("{\"a\":", p(), &plan()),
+            Err(SetupError::JsonParse { .. })
+        ));
+        assert!(matches!(
+            apply("[]", p(), &plan()),
+            Err(SetupError::JsonShape { .. })
+        ));
         assert!(matches!(
             apply("{\"env\": \"x\"}", p(), &plan()),
             Err(SetupError::JsonShape { key, .. }) if key == "env"
@@ -416,7 +428,10 @@ mod tests {
     fn ttl_and_quoting() {
         assert_eq!(helper_ttl_ms(300, None), 240_000);
         assert_eq!(helper_ttl_ms(300, Some(120)), 96_000);
-        assert_eq!(shell_word("/usr/bin/tollgate-token"), "/usr/bin/tollgate-token");
+        assert_eq!(
+            shell_word("/usr/bin/tollgate-token"),
+            "/usr/bin/tollgate-token"
+        );
         assert_eq!(shell_word("/a b/it's"), r"'/a b/it'\''s'");
     }
 }

@@ -199,7 +199,9 @@ pub enum SetupError {
         message: String,
     },
     /// Claude Code's settings: `key` is not what Claude Code expects there (an object, a string).
-    #[error("{path}: `{key}` is not what Claude Code expects there; fix it by hand before running setup")]
+    #[error(
+        "{path}: `{key}` is not what Claude Code expects there; fix it by hand before running setup"
+    )]
     JsonShape { path: PathBuf, key: String },
     #[error("cannot write {path}: {source}")]
     Write {

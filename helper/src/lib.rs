@@ -311,7 +311,9 @@ fn dispatch(
                 return Err(error::ConfigError::Invalid {
                     what: "--project".into(),
                     value: String::new(),
-                    reason: "only with --agent claude-code (Codex has no per-project provider file)".into(),
+                    reason:
+                        "only with --agent claude-code (Codex has no per-project provider file)"
+                            .into(),
                 }
                 .into());
             }

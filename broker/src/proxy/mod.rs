@@ -282,7 +282,14 @@ pub async fn count_tokens(
             _ => (body.clone(), model.as_str()),
         };
         match provider
-            .send(endpoint, &headers, upstream_body, upstream_model, &target.attempt(), false)
+            .send(
+                endpoint,
+                &headers,
+                upstream_body,
+                upstream_model,
+                &target.attempt(),
+                false,
+            )
             .await
         {
             Ok(up) => {
@@ -323,7 +330,10 @@ pub async fn count_tokens(
             }
         }
     }
-    Ok(axum::Json(serde_json::json!({"input_tokens": (body.len() as u64).div_ceil(4)})).into_response())
+    Ok(
+        axum::Json(serde_json::json!({"input_tokens": (body.len() as u64).div_ceil(4)}))
+            .into_response(),
+    )
 }
 
 /// The shape of Anthropic's token count (`{"input_tokens": n}`).
@@ -823,14 +833,20 @@ mod tests {
     #[test]
     fn the_token_is_read_from_the_bearer_or_else_from_x_api_key() {
         let mut h = HeaderMap::new();
-        assert!(matches!(presented_token(&h), Err(ApiError::Unauthorized("missing"))));
+        assert!(matches!(
+            presented_token(&h),
+            Err(ApiError::Unauthorized("missing"))
+        ));
         h.insert("x-api-key", HeaderValue::from_static("k1"));
         assert_eq!(presented_token(&h).ok(), Some("k1"));
         // Claude Code sends both; the bearer wins (they carry the same helper output).
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer b1"));
         assert_eq!(presented_token(&h).ok(), Some("b1"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic x"));
-        assert!(matches!(presented_token(&h), Err(ApiError::Unauthorized("malformed"))));
+        assert!(matches!(
+            presented_token(&h),
+            Err(ApiError::Unauthorized("malformed"))
+        ));
     }
 
     #[test]
@@ -838,7 +854,10 @@ mod tests {
         let v = anthropic_models(&["claude-a".into(), "claude-b".into()]);
         assert_eq!(v["data"][0]["type"], "model");
         assert_eq!(v["data"][1]["id"], "claude-b");
-        assert_eq!((v["first_id"].as_str(), v["last_id"].as_str()), (Some("claude-a"), Some("claude-b")));
+        assert_eq!(
+            (v["first_id"].as_str(), v["last_id"].as_str()),
+            (Some("claude-a"), Some("claude-b"))
+        );
         assert_eq!(v["has_more"], false);
         assert_eq!(anthropic_models(&[])["first_id"], serde_json::Value::Null);
     }

@@ -43,7 +43,8 @@ impl ChatFlavor {
 /// What the request translation learned that the answer translation needs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MessagesContext {
-    /// The model name to report in the answer (the client's, not the upstream's).
+    /// The model name to report in the answer: the request's (the route's target model when it names one,
+    /// as Anthropic reports the model that answered).
     pub model: String,
 }
 
@@ -156,7 +157,9 @@ fn assistant_message(messages: &mut Vec<Value>, content: &[Value]) {
     let mut calls = Vec::new();
     for b in content {
         match b.get("type").and_then(Value::as_str) {
-            Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or_default()),
+            Some("text") => {
+                text.push_str(b.get("text").and_then(Value::as_str).unwrap_or_default())
+            }
             Some("tool_use") => calls.push(json!({
                 "id": b.get("id").and_then(Value::as_str).unwrap_or_default(),
                 "type": "function",
@@ -320,7 +323,11 @@ fn stop_reason(finish: Option<&str>) -> &'static str {
 
 /// Chat usage → Messages usage: `input_tokens` excludes cache reads, as Anthropic reports it.
 fn usage(u: Option<&Value>) -> Value {
-    let n = |p: &str| u.and_then(|u| u.pointer(p)).and_then(Value::as_u64).unwrap_or(0);
+    let n = |p: &str| {
+        u.and_then(|u| u.pointer(p))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
     let cached = n("/prompt_tokens_details/cached_tokens");
     json!({
         "input_tokens": n("/prompt_tokens").saturating_sub(cached),
@@ -405,7 +412,10 @@ impl ChatToMessagesStream {
 enum Open {
     Text(usize),
     /// A tool call: its chat `index` and its block index.
-    Tool { chat: u64, block: usize },
+    Tool {
+        chat: u64,
+        block: usize,
+    },
 }
 
 /// Chat chunks → Messages events, one chunk at a time.
@@ -606,34 +616,45 @@ mod tests {
     #[test]
     fn tool_results_follow_the_calls_and_images_survive() {
         let body = json!({"model": "claude-x", "max_tokens": 9, "system": [{"type": "text", "text": "sys"}],
-            "messages": [
-                {"role": "user", "content": "edit a.txt"},
-                {"role": "assistant", "content": [{"type": "thinking", "thinking": "t", "signature": "s"},
-                    {"type": "text", "text": "ok"},
-                    {"type": "tool_use", "id": "toolu_1", "name": "Edit", "input": {"path": "a.txt"}}]},
-                {"role": "user", "content": [
-                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "done"},
-                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAA"}}]},
-                    {"type": "text", "text": "thanks"}]}
-            ]});
+        "messages": [
+            {"role": "user", "content": "edit a.txt"},
+            {"role": "assistant", "content": [{"type": "thinking", "thinking": "t", "signature": "s"},
+                {"type": "text", "text": "ok"},
+                {"type": "tool_use", "id": "toolu_1", "name": "Edit", "input": {"path": "a.txt"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "done"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAA"}}]},
+                {"type": "text", "text": "thanks"}]}
+        ]});
         let (out, ctx) = request(&body, "gpt-x", ChatFlavor::Compatible).expect("translate");
         assert_eq!(ctx.model, "claude-x");
         assert_eq!(out["max_tokens"], 9);
         assert!(out.get("max_completion_tokens").is_none());
         let m = out["messages"].as_array().expect("messages");
         let roles: Vec<&str> = m.iter().map(|m| m["role"].as_str().unwrap_or("")).collect();
-        assert_eq!(roles, ["system", "user", "assistant", "tool", "user", "user"]);
-        assert_eq!(m[2]["tool_calls"][0]["function"]["arguments"], r#"{"path":"a.txt"}"#);
+        assert_eq!(
+            roles,
+            ["system", "user", "assistant", "tool", "user", "user"]
+        );
+        assert_eq!(
+            m[2]["tool_calls"][0]["function"]["arguments"],
+            r#"{"path":"a.txt"}"#
+        );
         assert_eq!(m[3]["tool_call_id"], "toolu_1");
-        assert_eq!(m[4]["content"][1]["image_url"]["url"], "data:image/png;base64,AAA");
+        assert_eq!(
+            m[4]["content"][1]["image_url"]["url"],
+            "data:image/png;base64,AAA"
+        );
         assert_eq!(m[5]["content"], "thanks");
     }
 
     #[test]
     fn a_stream_without_any_chunk_is_truncated_and_one_with_a_finish_reason_ends() {
-        let mut s = ChatToMessagesStream::new(MessagesContext::default(), Box::new(SeqIds::default()));
+        let mut s =
+            ChatToMessagesStream::new(MessagesContext::default(), Box::new(SeqIds::default()));
         assert_eq!(s.finish(), Err(StreamError::Truncated));
-        let mut s = ChatToMessagesStream::new(MessagesContext::default(), Box::new(SeqIds::default()));
+        let mut s =
+            ChatToMessagesStream::new(MessagesContext::default(), Box::new(SeqIds::default()));
         let out = s
             .feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\n")
             .expect("feed");

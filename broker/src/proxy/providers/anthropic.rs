@@ -120,7 +120,9 @@ mod tests {
         // Claude Code's requests pass through untouched.
         let body = Bytes::from_static(br#"{"model":"claude","max_tokens":5,"messages":[]}"#);
         for e in [Endpoint::Messages, Endpoint::CountTokens] {
-            assert!(matches!(p.outgoing(e, body.clone(), "m"), Ok(Outgoing::Native(b)) if b == body));
+            assert!(
+                matches!(p.outgoing(e, body.clone(), "m"), Ok(Outgoing::Native(b)) if b == body)
+            );
         }
     }
 

@@ -169,15 +169,24 @@ fn respond(endpoint: Endpoint, body: &[u8]) -> UpstreamResponse {
         }
         (Endpoint::Messages, true) => {
             let mut ev = vec![
-                ("message_start".to_string(), json!({"type":"message_start","message":{"id":format!("msg_{id}"),"type":"message",
+                (
+                    "message_start".to_string(),
+                    json!({"type":"message_start","message":{"id":format!("msg_{id}"),"type":"message",
                     "role":"assistant","model":model,"content":[],"stop_reason":null,"stop_sequence":null,
-                    "usage":{"input_tokens":input_tokens,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1}}})),
-                ("content_block_start".into(), json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}})),
+                    "usage":{"input_tokens":input_tokens,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1}}}),
+                ),
+                (
+                    "content_block_start".into(),
+                    json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
+                ),
             ];
             for word in text.split_inclusive(' ') {
                 ev.push(("content_block_delta".into(), json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":word}})));
             }
-            ev.push(("content_block_stop".into(), json!({"type":"content_block_stop","index":0})));
+            ev.push((
+                "content_block_stop".into(),
+                json!({"type":"content_block_stop","index":0}),
+            ));
             ev.push(("message_delta".into(), json!({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},
                 "usage":{"output_tokens":output_tokens}})));
             ev.push(("message_stop".into(), json!({"type":"message_stop"})));

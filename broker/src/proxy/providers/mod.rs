@@ -130,7 +130,11 @@ fn messages_via_chat(
 ) -> Result<Outgoing, UpstreamError> {
     match endpoint {
         Endpoint::CountTokens => Err(UpstreamError::Unsupported),
-        _ => translated(body, |v| messages::request(v, model, flavor), ChatAsMessages),
+        _ => translated(
+            body,
+            |v| messages::request(v, model, flavor),
+            ChatAsMessages,
+        ),
     }
 }
 

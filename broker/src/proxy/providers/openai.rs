@@ -72,7 +72,10 @@ mod tests {
             panic!("a Messages request is translated");
         };
         let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
-        assert_eq!((v["model"].as_str(), v["max_completion_tokens"].as_u64()), (Some("gpt"), Some(5)));
+        assert_eq!(
+            (v["model"].as_str(), v["max_completion_tokens"].as_u64()),
+            (Some("gpt"), Some(5))
+        );
         assert!(matches!(
             p.outgoing(Endpoint::CountTokens, body, "gpt"),
             Err(UpstreamError::Unsupported)

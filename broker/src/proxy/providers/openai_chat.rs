@@ -7,8 +7,8 @@ use super::{
     AnswerTranslation, Endpoint, Outgoing, ProviderAdapter, UpstreamError, messages_via_chat,
     translated,
 };
-use crate::translate::messages::ChatFlavor;
 use crate::config::ProviderConfig;
+use crate::translate::messages::ChatFlavor;
 use crate::translate::{RandomIds, StreamTranslator, ToolContext, chat};
 use bytes::Bytes;
 use serde_json::Value;
