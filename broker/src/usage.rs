@@ -262,11 +262,7 @@ impl SseUsageDecoder {
                     self.end = Some(StreamEnd::Incomplete);
                 }
             }
-            Some("message_stop") => {
-                if self.end.is_none() {
-                    self.end = Some(StreamEnd::Completed);
-                }
-            }
+            Some("message_stop") if self.end.is_none() => self.end = Some(StreamEnd::Completed),
             Some("error") => self.end = Some(StreamEnd::Failed),
             _ => {}
         }
