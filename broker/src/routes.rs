@@ -1,8 +1,9 @@
 //! The HTTP surface, in three parts by who may call it (the router is built here and nowhere else):
 //! - public, an explicit allow-list: health, discovery, JWKS, the token endpoint (its own body limit and
 //!   per-address rate limit), the people sign-in pages and endpoints of [`crate::oauth`] (the same limits), and `/metrics` (admin key unless `[metrics] public = true`);
-//! - bearer: every proxy route and the usage report, behind [`crate::proxy::require_token`] — a layer, so
-//!   no handler there can forget it, and a request without a valid token is refused before its body is read;
+//! - bearer: every proxy route (Responses over HTTP and WebSocket, Chat Completions, Anthropic Messages and
+//!   its token count, models) and the usage report, behind [`crate::proxy::require_token`] — a layer, so no
+//!   handler there can forget it, and a request without a valid token is refused before its body is read;
 //! - admin: `/admin/*` ([`crate::admin`]), which checks the admin credential.
 
 use crate::app::AppState;
@@ -75,6 +76,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(crate::proxy::responses).get(crate::proxy::websocket::responses_ws),
         )
         .route("/v1/chat/completions", post(crate::proxy::chat_completions))
+        .route("/v1/messages", post(crate::proxy::messages))
+        .route(
+            "/v1/messages/count_tokens",
+            post(crate::proxy::count_tokens),
+        )
         .route("/v1/models", get(crate::proxy::models))
         .route(
             "/v1/codex/models",
@@ -96,6 +102,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             crate::audit::refuse_while_journal_full,
         ))
+        // Anthropic-protocol clients (Claude Code) read every error above in Anthropic's shape.
+        .layer(axum::middleware::from_fn(crate::error::anthropic_shape))
         .layer(from_fn_with_state(state.clone(), crate::observe::track))
         .with_state(state)
 }

@@ -194,6 +194,20 @@ pub enum SetupError {
     },
     #[error("{path}: `{key}` is not a table; fix it by hand before running setup")]
     Shape { path: PathBuf, key: String },
+    #[error(
+        "{path} is not valid JSON (line {line}, column {column}): {message}; fix it before running setup"
+    )]
+    JsonParse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// Claude Code's settings: `key` is not what Claude Code expects there (an object, a string).
+    #[error(
+        "{path}: `{key}` is not what Claude Code expects there; fix it by hand before running setup"
+    )]
+    JsonShape { path: PathBuf, key: String },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -267,7 +281,12 @@ impl HelperError {
             HelperError::Identity(_) => Exit::IdentityUnavailable,
             HelperError::Exchange(ExchangeError::Refused { .. }) => Exit::BrokerRefused,
             HelperError::Exchange(_) => Exit::BrokerUnavailable,
-            HelperError::Setup(SetupError::Parse { .. } | SetupError::Shape { .. }) => Exit::Usage,
+            HelperError::Setup(
+                SetupError::Parse { .. }
+                | SetupError::Shape { .. }
+                | SetupError::JsonParse { .. }
+                | SetupError::JsonShape { .. },
+            ) => Exit::Usage,
             HelperError::Setup(_) => Exit::Internal,
             HelperError::SignIn(
                 SignInError::NotSignedIn { .. }

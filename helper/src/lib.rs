@@ -9,6 +9,7 @@
 //! output streams), so [`run_with`] is testable in-process; `main` only wires the real ones.
 
 pub mod cache;
+pub mod claude;
 pub mod codex;
 pub mod config;
 pub mod error;
@@ -114,8 +115,17 @@ pub enum Command {
         #[arg(long)]
         provider_id: Option<String>,
     },
-    /// Add or update the Tollgate provider in Codex's config.toml ($CODEX_HOME or ~/.codex).
+    /// Add or update the Tollgate provider in Codex's config.toml ($CODEX_HOME or ~/.codex), or with
+    /// `--agent claude-code` point Claude Code at the broker in ~/.claude/settings.json (apiKeyHelper,
+    /// ANTHROPIC_BASE_URL, CLAUDE_CODE_API_KEY_HELPER_TTL_MS).
     Setup {
+        /// Which agent to set up.
+        #[arg(long, value_enum, default_value_t = Agent::Codex)]
+        agent: Agent,
+        /// With `--agent claude-code`: edit this project's `.claude/settings.json` instead of the user's
+        /// (default: the current directory).
+        #[arg(long, num_args = 0..=1, default_missing_value = ".", value_name = "DIR")]
+        project: Option<std::path::PathBuf>,
         /// Provider id under [model_providers].
         #[arg(long, default_value = "tollgate")]
         provider_id: String,
@@ -138,6 +148,13 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// The coding agent `setup` configures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Agent {
+    Codex,
+    ClaudeCode,
 }
 
 /// Writes `tollgate-token: …` lines to stderr, scrubbing every secret it has been told about.
@@ -329,12 +346,34 @@ fn dispatch(
             login::logout(&settings, report)
         }
         Some(Command::Setup {
+            agent: Agent::ClaudeCode,
+            project,
+            dry_run,
+            ..
+        }) => {
+            let settings = config::resolve(&cli.flags, env)?;
+            let args = pinned_args(&settings, cli.flags.credential_file.as_deref())?;
+            claude::run(&settings, args, env, project.as_deref(), dry_run, out)
+        }
+        Some(Command::Setup {
             provider_id,
             set_default,
             model,
             dry_run,
             oauth,
+            project,
+            ..
         }) => {
+            if project.is_some() {
+                return Err(error::ConfigError::Invalid {
+                    what: "--project".into(),
+                    value: String::new(),
+                    reason:
+                        "only with --agent claude-code (Codex has no per-project provider file)"
+                            .into(),
+                }
+                .into());
+            }
             let settings = config::resolve(&cli.flags, env)?;
             let oauth = if oauth {
                 Some(gateway_oauth(&settings, env, report)?)
@@ -483,36 +522,7 @@ fn run_setup(
         vars: "CODEX_HOME",
     })?;
     let exe = std::env::current_exe().map_err(error::SetupError::CurrentExe)?;
-    let mut args = Vec::new();
-    if settings.profile != config::DEFAULT_PROFILE {
-        args.extend(["--profile".to_owned(), settings.profile.clone()]);
-    }
-    // A broker from the config file is read again at run time; one from a flag or the
-    // environment must be pinned, since Codex does not pass our environment reliably.
-    if matches!(settings.broker_source, Source::Flag | Source::Env) {
-        args.extend(["--broker".to_owned(), settings.broker.clone()]);
-    }
-    // A credential file given on the setup command line is pinned too, as an absolute path: Codex runs the
-    // helper from whatever directory Codex was launched in.
-    if let Some(f) = credential_file {
-        let abs = std::path::absolute(f)
-            .map_err(|e| HelperError::Internal(format!("cannot resolve {}: {e}", f.display())))?;
-        // Every run Codex makes would refuse a credential others can read: say so now, not at the first turn.
-        if let Err(e @ error::IdentityError::Insecure { .. }) =
-            identity::read_private_file("static", &abs)
-        {
-            return Err(e.into());
-        }
-        args.extend([
-            "--credential-file".to_owned(),
-            abs.to_string_lossy().into_owned(),
-        ]);
-    }
-    // Signed in as a person (`login`): pin it, so that after a `logout` Codex's helper says to sign in
-    // again instead of looking for a workload credential.
-    if matches!(settings.identity, config::IdentityConfig::Login) {
-        args.extend(["--identity".to_owned(), "login".to_owned()]);
-    }
+    let args = pinned_args(settings, credential_file)?;
     let via_oauth = oauth.is_some();
     let plan = setup::SetupPlan {
         provider_id,
@@ -569,4 +579,44 @@ fn run_setup(
         .map_err(io_err)?;
     }
     Ok(Exit::Ok)
+}
+
+/// The helper arguments an agent's config must pin (the agent runs the helper without our environment,
+/// from any directory): a profile other than the default, a broker not from the config file, a credential
+/// file as an absolute path.
+fn pinned_args(
+    settings: &config::Settings,
+    credential_file: Option<&std::path::Path>,
+) -> Result<Vec<String>, HelperError> {
+    let mut args = Vec::new();
+    if settings.profile != config::DEFAULT_PROFILE {
+        args.extend(["--profile".to_owned(), settings.profile.clone()]);
+    }
+    // A broker from the config file is read again at run time; one from a flag or the
+    // environment must be pinned, since Codex does not pass our environment reliably.
+    if matches!(settings.broker_source, Source::Flag | Source::Env) {
+        args.extend(["--broker".to_owned(), settings.broker.clone()]);
+    }
+    // A credential file given on the setup command line is pinned too, as an absolute path: Codex runs the
+    // helper from whatever directory Codex was launched in.
+    if let Some(f) = credential_file {
+        let abs = std::path::absolute(f)
+            .map_err(|e| HelperError::Internal(format!("cannot resolve {}: {e}", f.display())))?;
+        // Every run Codex makes would refuse a credential others can read: say so now, not at the first turn.
+        if let Err(e @ error::IdentityError::Insecure { .. }) =
+            identity::read_private_file("static", &abs)
+        {
+            return Err(e.into());
+        }
+        args.extend([
+            "--credential-file".to_owned(),
+            abs.to_string_lossy().into_owned(),
+        ]);
+    }
+    // Signed in as a person (`login`): pin it, so that after a `logout` the agent's helper says to sign in
+    // again instead of looking for a workload credential.
+    if matches!(settings.identity, config::IdentityConfig::Login) {
+        args.extend(["--identity".to_owned(), "login".to_owned()]);
+    }
+    Ok(args)
 }

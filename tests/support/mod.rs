@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod claude;
 pub mod peers;
 
 use std::path::{Path, PathBuf};

@@ -51,18 +51,30 @@ pub async fn require_token(
     }
 }
 
-/// Verify the bearer token; verified claims are cached by token hash until they expire.
-fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Claims>, ApiError> {
+/// The presented token: `Authorization: Bearer …`, or else `x-api-key` (how Anthropic's clients send a
+/// key; Claude Code with `apiKeyHelper` sends the helper's output in both).
+fn presented_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::Unauthorized("malformed"))?;
+        return match value.split_once(' ') {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => Ok(t.trim()),
+            _ => Err(ApiError::Unauthorized("malformed")),
+        };
+    }
     let value = headers
-        .get(header::AUTHORIZATION)
+        .get("x-api-key")
         .ok_or(ApiError::Unauthorized("missing"))?;
-    let value = value
+    value
         .to_str()
-        .map_err(|_| ApiError::Unauthorized("malformed"))?;
-    let token = match value.split_once(' ') {
-        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
-        _ => return Err(ApiError::Unauthorized("malformed")),
-    };
+        .map(str::trim)
+        .map_err(|_| ApiError::Unauthorized("malformed"))
+}
+
+/// Verify the presented token; verified claims are cached by token hash until they expire.
+fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Claims>, ApiError> {
+    let token = presented_token(headers)?;
     if token.is_empty() || token.len() > 16 * 1024 {
         return Err(ApiError::Unauthorized("malformed"));
     }
@@ -220,6 +232,114 @@ pub async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     proxy(app, claims, headers, body, Endpoint::ChatCompletions).await
+}
+
+/// `POST /v1/messages`: Anthropic's Messages API (Claude Code). The same path as the other ingresses:
+/// admission, routing with failover, relay with usage read on the side; passed through to `anthropic`
+/// providers, translated for the OpenAI family. Errors are reshaped into Anthropic's by
+/// [`crate::error::anthropic_shape`].
+pub async fn messages(
+    State(app): State<Arc<AppState>>,
+    Extension(claims): Extension<Arc<Claims>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    proxy(app, claims, headers, body, Endpoint::Messages).await
+}
+
+/// `POST /v1/messages/count_tokens`: asked of the model's first available `anthropic` target, passed
+/// through (Anthropic does not bill it, so it is neither admitted against a budget nor accounted); when no
+/// target can count (the OpenAI family has no such call, or every `anthropic` target failed), the broker's
+/// own estimate: a quarter of the body's bytes, the same rule admission estimates input with.
+pub async fn count_tokens(
+    State(app): State<Arc<AppState>>,
+    Extension(claims): Extension<Arc<Claims>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = read_body(&app, body)?;
+    let Probed { model, .. } = probe(&body)?;
+    if !claims.grant.allows_model(&model) {
+        return Err(ApiError::ModelNotAllowed(model));
+    }
+    if !app.router.serves(&model) {
+        return Err(ApiError::ModelNotFound(model));
+    }
+    let endpoint = Endpoint::CountTokens;
+    for target in app.router.plan(&model).unwrap_or_default() {
+        let provider = &target.provider;
+        if provider.kind != crate::config::ProviderKind::Anthropic
+            || !matches!(
+                target.health.availability(),
+                crate::router::Availability::Closed
+            )
+        {
+            continue;
+        }
+        let (upstream_body, upstream_model) = match &target.model {
+            Some(m) if m != &model => (with_model(&body, m), m.as_str()),
+            _ => (body.clone(), model.as_str()),
+        };
+        match provider
+            .send(
+                endpoint,
+                &headers,
+                upstream_body,
+                upstream_model,
+                &target.attempt(),
+                false,
+            )
+            .await
+        {
+            Ok(up) => {
+                use futures::StreamExt;
+                let mut buf = Vec::new();
+                let mut s = up.body;
+                while let Some(Ok(c)) = s.next().await {
+                    buf.extend_from_slice(&c);
+                    if buf.len() > 64 * 1024 {
+                        break;
+                    }
+                }
+                if serde_json::from_slice::<CountedTokens>(&buf).is_ok() {
+                    let mut r = (up.status, Bytes::from(buf)).into_response();
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    return Ok(r);
+                }
+                tracing::warn!(provider = %provider.name, "count_tokens: the upstream answer is not a token count");
+            }
+            // The client's own error (a bad body): Anthropic's answer is the one to show.
+            Err(UpstreamError::Status { status, body, .. })
+                if status.is_client_error()
+                    && status != StatusCode::TOO_MANY_REQUESTS
+                    && status != StatusCode::UNAUTHORIZED
+                    && status != StatusCode::FORBIDDEN =>
+            {
+                return Err(upstream_error(UpstreamError::Status {
+                    status,
+                    retry_after_secs: None,
+                    body,
+                }));
+            }
+            Err(e) => {
+                tracing::warn!(provider = %provider.name, error = %e, "count_tokens attempt failed");
+            }
+        }
+    }
+    Ok(
+        axum::Json(serde_json::json!({"input_tokens": (body.len() as u64).div_ceil(4)}))
+            .into_response(),
+    )
+}
+
+/// The shape of Anthropic's token count (`{"input_tokens": n}`).
+#[derive(Deserialize)]
+struct CountedTokens {
+    #[allow(dead_code)]
+    input_tokens: u64,
 }
 
 /// Ask an OpenAI-compatible upstream to report usage on a streamed chat completion, so spend is exact.
@@ -534,10 +654,10 @@ async fn relay(
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         }
     }
-    let wire = if endpoint == Endpoint::Responses {
-        Wire::Responses
-    } else {
-        Wire::Chat
+    let wire = match endpoint {
+        Endpoint::Responses => Wire::Responses,
+        Endpoint::ChatCompletions => Wire::Chat,
+        Endpoint::Messages | Endpoint::CountTokens => Wire::Messages,
     };
     if stream {
         let tapped = Tapped {
@@ -628,6 +748,14 @@ fn chat_failed_event() -> Bytes {
     Bytes::from(format!("data: {v}\n\ndata: [DONE]\n\n"))
 }
 
+/// The end of a Messages stream the upstream broke after the first byte: Anthropic's `error` event (what
+/// its API sends when a stream fails, e.g. `overloaded_error`).
+fn messages_failed_event() -> Bytes {
+    let v = serde_json::json!({"type": "error", "error": {"type": "api_error",
+        "message": "Tollgate: the upstream stream broke off; please retry."}});
+    Bytes::from(format!("event: error\ndata: {v}\n\n"))
+}
+
 impl Stream for Tapped {
     type Item = Result<Bytes, std::io::Error>;
 
@@ -654,6 +782,7 @@ impl Stream for Tapped {
                 Poll::Ready(Some(Ok(match self.wire {
                     Wire::Responses => failed_event(),
                     Wire::Chat => chat_failed_event(),
+                    Wire::Messages => messages_failed_event(),
                 })))
             }
             Poll::Ready(None) => {
@@ -681,7 +810,8 @@ impl Drop for Tapped {
 
 /// `GET /v1/models`: what this token may use, in OpenAI's list shape, plus Codex's `models` key, which
 /// holds only operator-supplied Codex metadata (listing a model there replaces Codex's system prompt);
-/// with an `ETag`, and 304 on a matching `If-None-Match` ([`catalog`]).
+/// with an `ETag`, and 304 on a matching `If-None-Match` ([`catalog`]). A request that carries
+/// `anthropic-version` (Claude Code, Anthropic's SDKs) gets Anthropic's list shape.
 pub async fn models(
     State(app): State<Arc<AppState>>,
     Extension(claims): Extension<Arc<Claims>>,
@@ -690,6 +820,9 @@ pub async fn models(
 ) -> Result<Response, ApiError> {
     let client = q.client_version()?;
     let granted = catalog::granted(&app, &claims.grant, client);
+    if headers.contains_key("anthropic-version") {
+        return Ok(axum::Json(anthropic_models(&granted.names)).into_response());
+    }
     Ok(catalog::etagged_as(
         "models",
         client,
@@ -698,9 +831,55 @@ pub async fn models(
     ))
 }
 
+/// A model list in Anthropic's shape (`GET /v1/models`: `data` of `type: model`, one page).
+fn anthropic_models(names: &[String]) -> serde_json::Value {
+    let data: Vec<serde_json::Value> = names
+        .iter()
+        .map(|n| serde_json::json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"}))
+        .collect();
+    serde_json::json!({
+        "data": data,
+        "has_more": false,
+        "first_id": names.first(),
+        "last_id": names.last(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_is_read_from_the_bearer_or_else_from_x_api_key() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(
+            presented_token(&h),
+            Err(ApiError::Unauthorized("missing"))
+        ));
+        h.insert("x-api-key", HeaderValue::from_static("k1"));
+        assert_eq!(presented_token(&h).ok(), Some("k1"));
+        // Claude Code sends both; the bearer wins (they carry the same helper output).
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer b1"));
+        assert_eq!(presented_token(&h).ok(), Some("b1"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        assert!(matches!(
+            presented_token(&h),
+            Err(ApiError::Unauthorized("malformed"))
+        ));
+    }
+
+    #[test]
+    fn anthropic_model_list_shape() {
+        let v = anthropic_models(&["claude-a".into(), "claude-b".into()]);
+        assert_eq!(v["data"][0]["type"], "model");
+        assert_eq!(v["data"][1]["id"], "claude-b");
+        assert_eq!(
+            (v["first_id"].as_str(), v["last_id"].as_str()),
+            (Some("claude-a"), Some("claude-b"))
+        );
+        assert_eq!(v["has_more"], false);
+        assert_eq!(anthropic_models(&[])["first_id"], serde_json::Value::Null);
+    }
 
     fn message(body: &str) -> String {
         match probe(body.as_bytes()) {

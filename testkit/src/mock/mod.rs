@@ -669,6 +669,8 @@ enum Api {
     Responses,
     Chat,
     Messages,
+    /// `POST /v1/messages/count_tokens`: Anthropic's free token count (no usage, not billed).
+    CountTokens,
     Models,
     Unknown,
 }
@@ -679,6 +681,7 @@ impl Api {
             (&Method::POST, "/v1/responses") => Self::Responses,
             (&Method::POST, "/v1/chat/completions") => Self::Chat,
             (&Method::POST, "/v1/messages") => Self::Messages,
+            (&Method::POST, "/v1/messages/count_tokens") => Self::CountTokens,
             (&Method::GET, "/v1/models") => Self::Models,
             _ => Self::Unknown,
         }
@@ -689,7 +692,7 @@ impl Api {
     }
 
     fn anthropic(self) -> bool {
-        self == Self::Messages
+        matches!(self, Self::Messages | Self::CountTokens)
     }
 }
 
@@ -789,7 +792,7 @@ async fn inference(State(state): State<MockState>, req: Request) -> Response {
         let msg = "anthropic-version: header is required".to_owned();
         return finish_error(&slot, api, 400, None, Some(msg), None);
     }
-    if api.is_inference() && !json_body.is_object() {
+    if (api.is_inference() || api == Api::CountTokens) && !json_body.is_object() {
         let msg = "We could not parse the JSON body of your request.".to_owned();
         return finish_error(&slot, api, 400, None, Some(msg), None);
     }
@@ -844,6 +847,10 @@ async fn inference(State(state): State<MockState>, req: Request) -> Response {
         Api::Responses => responses::answer(&ctx, stream),
         Api::Chat => chat::answer(&ctx, stream),
         Api::Messages => anthropic::answer(&ctx, stream),
+        Api::CountTokens => Answer::Json {
+            value: anthropic::count_tokens(&ctx),
+            usage: None,
+        },
         Api::Models => Answer::Json {
             value: models_list(&config, parts.uri.query()),
             usage: None,
