@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use tollgate::{ModelPattern, Nanos, Price};
 use toml::Spanned;
 
-pub mod affinity;
 pub mod accounting;
+pub mod affinity;
 pub mod oauth;
 pub mod ops;
 

@@ -119,7 +119,7 @@ async fn anthropic_pass_through_is_byte_for_byte_with_usage_read_on_the_side() {
         "the stream reaches Claude Code unchanged"
     );
     assert_eq!(a.header("x-tollgate-provider"), Some("claude"));
-    let h = &seen.lock().unwrap()[0];
+    let h = seen.lock().unwrap()[0].clone();
     assert_eq!(h.get("x-api-key").unwrap(), "sk-ant-upstream");
     assert!(
         h.get("authorization").is_none(),
