@@ -6,9 +6,10 @@
 #   bench/run.sh --quick         # tiny counts: checks the harness works (about 1 minute)
 #   bench/run.sh latency throughput   # only some sections
 #
-# Sections: latency stream pad litellm throughput memory mint helper (default: all).
-# Needs: wrk, hyperfine (Debian), curl, python3. LiteLLM (optional, for the side-by-side): a venv at
-# .test-tools/litellm-venv with `litellm[proxy]` (bench/install-litellm.sh).
+# Sections: latency stream pad peers throughput memory mint helper (default: all; `litellm` = `peers`).
+# Needs: wrk, hyperfine (Debian), curl, python3. The side-by-side (optional): LiteLLM in a venv at
+# .test-tools/litellm-venv (bench/install-litellm.sh) and Portkey's gateway at .test-tools/portkey
+# (bench/install-portkey.sh, needs node).
 # Results: JSON files and summary.md under $BENCH_OUT (default target/bench/<timestamp>).
 set -euo pipefail
 
@@ -23,7 +24,7 @@ for a in "$@"; do
         *) SECTIONS+=("$a") ;;
     esac
 done
-[[ ${#SECTIONS[@]} -eq 0 ]] && SECTIONS=(latency stream pad litellm throughput memory mint helper)
+[[ ${#SECTIONS[@]} -eq 0 ]] && SECTIONS=(latency stream pad peers throughput memory mint helper)
 want() { local s; for s in "${SECTIONS[@]}"; do [[ "$s" == "$1" ]] && return 0; done; return 1; }
 
 # shellcheck source=bench/lib.sh
@@ -37,8 +38,10 @@ else
 fi
 
 log "building release binaries"
-cargo build --release -q -p tollgate-broker -p tollgate-token -p tollgate-bench -p tollgate-testkit
-cargo build --release -q -p tollgate-bench --example floor_proxy
+# The helper only for its section (a release build is long on a busy machine).
+cargo build --release -q -p tollgate-broker -p tollgate-bench
+if want helper; then cargo build --release -q -p tollgate-token -p tollgate-testkit; fi
+cargo build --release -q -p tollgate-bench --example floor_proxy --example hyper_floor
 
 # --- processes --------------------------------------------------------------------------------
 start upstream "$BIN/tollgate-bench" upstream --threads 1
@@ -49,6 +52,10 @@ log "canned upstream at $UP"
 start floor "$BIN/examples/floor_proxy" "$UP"
 FLOOR="$ADDR"
 log "floor proxy at $FLOOR"
+# The floor one layer down: the same forwarder on hyper directly (bench/examples/hyper_floor.rs).
+start hyperfloor "$BIN/examples/hyper_floor" "$UP"
+HFLOOR="$ADDR"
+log "hyper floor at $HFLOOR"
 
 # Full governance on: token verification, model check, budgets (three, SQLite by default), audit,
 # metrics (bench/lib.sh, broker_config).
@@ -70,22 +77,38 @@ lat() { # label args...
 }
 
 if want latency; then
-    lat responses --n "$LAT_N" --target direct="$UP" --target floor="$FLOOR" --target tollgate="$BROKER" --bearer tollgate="$TOKEN"
-    lat chat --n "$LAT_N" --path /v1/chat/completions --target direct="$UP" --target floor="$FLOOR" --target tollgate="$BROKER" --bearer tollgate="$TOKEN"
+    lat responses --n "$LAT_N" --target direct="$UP" --target floor="$FLOOR" --target hyperfloor="$HFLOOR" --target tollgate="$BROKER" --bearer tollgate="$TOKEN"
+    lat chat --n "$LAT_N" --path /v1/chat/completions --target direct="$UP" --target floor="$FLOOR" --target hyperfloor="$HFLOOR" --target tollgate="$BROKER" --bearer tollgate="$TOKEN"
 fi
 if want stream; then
-    lat responses-stream --stream --n "$LAT_N" --target direct="$UP" --target floor="$FLOOR" --target tollgate="$BROKER" --bearer tollgate="$TOKEN"
+    lat responses-stream --stream --n "$LAT_N" --target direct="$UP" --target floor="$FLOOR" --target hyperfloor="$HFLOOR" --target tollgate="$BROKER" --bearer tollgate="$TOKEN"
 fi
 if want pad; then
     # A Codex-sized request (~40 KB of instructions, tools and history).
     lat responses-40k --pad-bytes 40000 --n "$((LAT_N / 3))" --target direct="$UP" --target tollgate="$BROKER" --bearer tollgate="$TOKEN"
 fi
 
-# --- LiteLLM side by side --------------------------------------------------------------------
+# --- LiteLLM and Portkey's gateway side by side -----------------------------------------------------
+# Both peers (whichever is installed) in the same interleaved runs as direct, the two floors and
+# Tollgate, so every ratio comes from one run. LiteLLM: bench/install-litellm.sh; Portkey:
+# bench/install-portkey.sh (needs node).
 LITELLM_VENV="${LITELLM_VENV:-$ROOT/.test-tools/litellm-venv}"
-if want litellm; then
+PORTKEY_DIR="${PORTKEY_DIR:-$ROOT/.test-tools/portkey}"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# wait_http URL PID NAME: until URL answers (PID must stay alive).
+wait_http() {
+    local i
+    for i in $(seq 1 240); do
+        curl -fsS "$1" >/dev/null 2>&1 && return 0
+        kill -0 "$2" 2>/dev/null || { tail -20 "$WORK/$3.err" >&2; echo "$3 died" >&2; exit 1; }
+        sleep 0.5
+    done
+    echo "$3 did not start" >&2; exit 1
+}
+if want peers || want litellm; then
+    PEERS=(); PEER_ARGS=(); LL_PID=""; PK_PID=""; LL_VERSION=""; PK_VERSION=""
     if [[ -x "$LITELLM_VENV/bin/litellm" ]]; then
-        LPORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+        LPORT="$(free_port)"
         MASTER="sk-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
         cat >"$WORK/litellm.yaml" <<EOF
 model_list:
@@ -101,28 +124,48 @@ litellm_settings:
 general_settings:
   master_key: $MASTER
 EOF
-        log "starting LiteLLM $("$LITELLM_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("litellm"))') on 127.0.0.1:$LPORT"
+        LL_VERSION="$("$LITELLM_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("litellm"))')"
+        log "starting LiteLLM $LL_VERSION on 127.0.0.1:$LPORT"
         LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_LOG=ERROR LITELLM_TELEMETRY=False \
             "$LITELLM_VENV/bin/litellm" --config "$WORK/litellm.yaml" --host 127.0.0.1 --port "$LPORT" --num_workers 1 \
             >"$WORK/litellm.out" 2>"$WORK/litellm.err" &
         LL_PID=$!; PIDS+=("$LL_PID")
-        for i in $(seq 1 240); do
-            curl -fsS "http://127.0.0.1:$LPORT/health/liveliness" >/dev/null 2>&1 && break
-            kill -0 "$LL_PID" 2>/dev/null || { tail -20 "$WORK/litellm.err" >&2; exit 1; }
-            sleep 0.5
-        done
-        LL="http://127.0.0.1:$LPORT"
-        LL_RSS_IDLE="$(rss_kb "$LL_PID")"
-        WARM=30 lat litellm-responses --n "$SLOW_N" --target direct="$UP" --target tollgate="$BROKER" --target litellm="$LL" \
-            --bearer tollgate="$TOKEN" --bearer litellm="$MASTER"
-        WARM=30 lat litellm-chat --n "$SLOW_N" --path /v1/chat/completions --target direct="$UP" --target tollgate="$BROKER" --target litellm="$LL" \
-            --bearer tollgate="$TOKEN" --bearer litellm="$MASTER"
-        WARM=30 lat litellm-chat-stream --stream --n "$SLOW_N" --path /v1/chat/completions --target direct="$UP" --target tollgate="$BROKER" --target litellm="$LL" \
-            --bearer tollgate="$TOKEN" --bearer litellm="$MASTER"
-        echo "{\"litellm_rss_idle_kb\": $LL_RSS_IDLE, \"litellm_rss_after_kb\": $(rss_kb "$LL_PID")}" >"$OUT/litellm-rss.json"
-        kill "$LL_PID" 2>/dev/null || true
+        wait_http "http://127.0.0.1:$LPORT/health/liveliness" "$LL_PID" litellm
+        PEERS+=(litellm); PEER_ARGS+=(--target litellm="http://127.0.0.1:$LPORT" --bearer litellm="$MASTER")
     else
-        log "skipping LiteLLM: no $LITELLM_VENV (run bench/install-litellm.sh)"
+        log "no LiteLLM: no $LITELLM_VENV (run bench/install-litellm.sh)"
+    fi
+    PK_JS="$PORTKEY_DIR/node_modules/@portkey-ai/gateway/build/start-server.js"
+    if [[ -f "$PK_JS" ]] && command -v node >/dev/null; then
+        PPORT="$(free_port)"
+        PK_VERSION="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["version"])' "$PORTKEY_DIR/node_modules/@portkey-ai/gateway/package.json")"
+        log "starting Portkey's gateway $PK_VERSION on 127.0.0.1:$PPORT"
+        # Loopback only (bench/portkey-loopback.mjs); no UI, no log console.
+        NODE_ENV=production node --import "$ROOT/bench/portkey-loopback.mjs" "$PK_JS" --headless --port="$PPORT" \
+            >"$WORK/portkey.out" 2>"$WORK/portkey.err" &
+        PK_PID=$!; PIDS+=("$PK_PID")
+        wait_http "http://127.0.0.1:$PPORT/" "$PK_PID" portkey
+        # Portkey routes by headers: the OpenAI provider at the canned upstream, the upstream's key as bearer.
+        PEERS+=(portkey); PEER_ARGS+=(--target portkey="http://127.0.0.1:$PPORT" --bearer portkey=sk-bench-upstream
+            --header "portkey=x-portkey-provider:openai" --header "portkey=x-portkey-custom-host:$UP/v1")
+    else
+        log "no Portkey: no $PK_JS (run bench/install-portkey.sh)"
+    fi
+    if [[ ${#PEERS[@]} -gt 0 ]]; then
+        log "side by side: ${PEERS[*]}"
+        common=(--target direct="$UP" --target floor="$FLOOR" --target hyperfloor="$HFLOOR" --target tollgate="$BROKER"
+            --bearer tollgate="$TOKEN" "${PEER_ARGS[@]}")
+        WARM=30 lat peers-responses --n "$SLOW_N" "${common[@]}"
+        WARM=30 lat peers-chat --n "$SLOW_N" --path /v1/chat/completions "${common[@]}"
+        WARM=30 lat peers-chat-stream --stream --n "$SLOW_N" --path /v1/chat/completions "${common[@]}"
+        ll_rss=null; pk_rss=null
+        [[ -n "$LL_PID" ]] && ll_rss="$(rss_kb "$LL_PID")"
+        [[ -n "$PK_PID" ]] && pk_rss="$(rss_kb "$PK_PID")"
+        echo "{\"litellm_version\": \"$LL_VERSION\", \"portkey_version\": \"$PK_VERSION\", \"litellm_rss_kb\": $ll_rss, \"portkey_rss_kb\": $pk_rss}" \
+            >"$OUT/peers.json"
+        [[ -n "$LL_PID" ]] && kill "$LL_PID" 2>/dev/null
+        [[ -n "$PK_PID" ]] && kill "$PK_PID" 2>/dev/null
+        true
     fi
 fi
 
@@ -130,13 +173,14 @@ fi
 if want throughput; then
     wrk_lua /v1/responses "$BODY" "" >"$WORK/direct.lua"
     cp "$WORK/direct.lua" "$WORK/floor.lua"
+    cp "$WORK/direct.lua" "$WORK/hyperfloor.lua"
     wrk_lua /v1/responses "$BODY" "$TOKEN" >"$WORK/proxy.lua"
     wrk_lua /v1/responses "$SBODY" "$TOKEN" >"$WORK/proxy-stream.lua"
     : >"$OUT/throughput.jsonl"
     for c in 16 64; do
         for r in $(seq 1 "$TP_RUNS"); do
-            for t in direct floor proxy proxy-stream; do
-                url="$BROKER"; [[ $t == direct ]] && url="$UP"; [[ $t == floor ]] && url="$FLOOR"
+            for t in direct floor hyperfloor proxy proxy-stream; do
+                url="$BROKER"; [[ $t == direct ]] && url="$UP"; [[ $t == floor ]] && url="$FLOOR"; [[ $t == hyperfloor ]] && url="$HFLOOR"
                 line="$(wrk -t1 -c"$c" -d"${TP_SECS}s" -s "$WORK/$t.lua" "$url" | grep '^JSON ' | sed 's/^JSON //')"
                 echo "{\"target\":\"$t\",\"connections\":$c,\"run\":$r,\"result\":$line}" | tee -a "$OUT/throughput.jsonl" >&2
             done

@@ -89,9 +89,44 @@ if mem or st:
         print(f"- after the streams closed: {int(mem['after_streams_closed_kb'])/1024:.1f} MB, {mem['fds_after']} fds")
     print()
 
-ll = load("litellm-rss.json")
-if ll:
-    print(f"LiteLLM worker RSS: {ll['litellm_rss_idle_kb']/1024:.0f} MB idle, {ll['litellm_rss_after_kb']/1024:.0f} MB after its runs.")
+peers = load("peers.json")
+if peers:
+    for name, key, ver in (("LiteLLM", "litellm_rss_kb", "litellm_version"), ("Portkey's gateway", "portkey_rss_kb", "portkey_version")):
+        if peers.get(key):
+            print(f"- {name} {peers[ver]}: RSS {peers[key]/1024:.0f} MB after its runs.")
+    print()
+
+# Ratios within one run (the side-by-side and the targets of issue #19): each from the same interleaved run.
+def summary_of(label):
+    r = load(f"latency-{label}.json")
+    return {t["target"]: t for t in r["summary"]} if r else {}
+
+for label in ("responses", "chat", "responses-stream", "peers-responses", "peers-chat", "peers-chat-stream"):
+    t = summary_of(label)
+    if "tollgate" not in t:
+        continue
+    m = "first_byte" if label.endswith("stream") else "total"
+    tg = t["tollgate"][m]
+    parts = [f"tollgate p99/p50 {tg['p99_us']['median'] / tg['p50_us']['median']:.2f}"]
+    for floor in ("floor", "hyperfloor"):
+        if floor in t:
+            parts.append(f"tollgate − {floor} p50 {tg['p50_us']['median'] - t[floor][m]['p50_us']['median']:+.1f} µs")
+    for peer in ("litellm", "portkey"):
+        if peer in t and tg["added_p50_us"]["median"] > 0:
+            parts.append(f"{peer} adds {t[peer][m]['added_p50_us']['median']:.0f} µs = "
+                         f"{t[peer][m]['added_p50_us']['median'] / tg['added_p50_us']['median']:.1f}× Tollgate's")
+    print(f"- {label} ({m.replace('_', ' ')}): " + "; ".join(parts))
+print()
+if tp:
+    for c in (16, 64):
+        med = {}
+        for t in ("floor", "hyperfloor", "proxy"):
+            rps = [x["result"]["rps"] for x in tp if x["target"] == t and x["connections"] == c]
+            if rps:
+                med[t] = statistics.median(rps)
+        if "proxy" in med and "floor" in med:
+            extra = f", {100 * med['proxy'] / med['hyperfloor']:.0f}% of the hyper floor" if "hyperfloor" in med else ""
+            print(f"- {c} connections: Tollgate (governance on) {med['proxy']:.0f} req/s = {100 * med['proxy'] / med['floor']:.0f}% of the axum+reqwest floor{extra}")
     print()
 
 mint = lines("mint.jsonl")

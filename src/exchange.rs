@@ -85,6 +85,14 @@ pub enum OAuthErrorCode {
     /// Not in RFC 6749 §5.2 but widely used (RFC 6749 §4.1.2.1) for a broker-side failure.
     ServerError,
     TemporarilyUnavailable,
+    /// RFC 8628 §3.5: the person has not finished signing in on the other device yet.
+    AuthorizationPending,
+    /// RFC 8628 §3.5: polling too fast; the interval grows by 5 seconds.
+    SlowDown,
+    /// RFC 8628 §3.5 (and RFC 6749 §4.1.2.1): the person declined.
+    AccessDenied,
+    /// RFC 8628 §3.5: the device code ran out; start again.
+    ExpiredToken,
 }
 
 impl OAuthErrorCode {
@@ -99,6 +107,10 @@ impl OAuthErrorCode {
             OAuthErrorCode::InvalidTarget => "invalid_target",
             OAuthErrorCode::ServerError => "server_error",
             OAuthErrorCode::TemporarilyUnavailable => "temporarily_unavailable",
+            OAuthErrorCode::AuthorizationPending => "authorization_pending",
+            OAuthErrorCode::SlowDown => "slow_down",
+            OAuthErrorCode::AccessDenied => "access_denied",
+            OAuthErrorCode::ExpiredToken => "expired_token",
         }
     }
 }

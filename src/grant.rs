@@ -19,15 +19,18 @@ pub enum IdentityKind {
     Azure,
     /// Any other OIDC issuer: Kubernetes service accounts, CI systems.
     Oidc,
+    /// A person signed in through the company's IdP (the broker's OAuth authorization server).
+    User,
 }
 
 impl IdentityKind {
-    pub const ALL: [IdentityKind; 5] = [
+    pub const ALL: [IdentityKind; 6] = [
         IdentityKind::Static,
         IdentityKind::Aws,
         IdentityKind::Vault,
         IdentityKind::Azure,
         IdentityKind::Oidc,
+        IdentityKind::User,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +40,7 @@ impl IdentityKind {
             IdentityKind::Vault => "vault",
             IdentityKind::Azure => "azure",
             IdentityKind::Oidc => "oidc",
+            IdentityKind::User => "user",
         }
     }
 }

@@ -238,3 +238,100 @@ async fn model_outside_the_grant_fails_with_a_message_naming_it() {
         "a refused model must never reach the upstream"
     );
 }
+
+/// Codex's `model_catalog_url` pointed at the broker's catalog (`GET /v1/codex/models`), with a provider
+/// that has no auth command (an `env_key` token, as with `gateway_oauth`: Codex then asks only the catalog
+/// URL). Codex asks with its `client_version`, reads the operator's entry (its `base_instructions` become
+/// the system prompt the upstream sees, so no "metadata not found" warning), and an entry that needs a newer
+/// Codex is not served to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn model_catalog_url_serves_the_operators_entry_to_codex() {
+    const INSTR: &str = "TOLLGATE-CATALOG-BASE-INSTRUCTIONS";
+    for version in codex_versions() {
+        let mock = spawn(MockConfig {
+            api_key: Some(UPSTREAM_KEY.into()),
+            ..MockConfig::default()
+        })
+        .await;
+        let mut spec = BrokerSpec::with_mock(&mock.base_url(), &["proxy-model", "future-model"]);
+        let entry = |slug: &str, extra: &str| {
+            format!(
+                "[models.{slug:?}.codex]\ndisplay_name = \"Proxy Model\"\nsupported_reasoning_levels = []\n\
+                 shell_type = \"shell_command\"\nvisibility = \"list\"\nsupported_in_api = true\npriority = 1\n\
+                 base_instructions = \"{INSTR}\"\nsupport_verbosity = false\n\
+                 truncation_policy = {{ mode = \"bytes\", limit = 10000 }}\nexperimental_supported_tools = []\n{extra}\n"
+            )
+        };
+        spec.extra_config.push_str(&entry("proxy-model", ""));
+        spec.extra_config.push_str(&entry(
+            "future-model",
+            "minimal_client_version = \"99.0.0\"",
+        ));
+        spec.extra_config.push_str(&entry("not-granted", ""));
+        let broker = Broker::start(spec).await;
+        let token = broker.token().await;
+
+        let mut codex = CodexEnv::new(&broker.url, "proxy-model", "").with_version(&version);
+        let config = format!(
+            "model = \"proxy-model\"\nmodel_provider = \"tollgate\"\n\n[model_providers.tollgate]\nname = \"Tollgate\"\n\
+             base_url = \"{url}/v1\"\nwire_api = \"responses\"\nenv_key = \"TOLLGATE_E2E_TOKEN\"\n\
+             model_catalog_url = \"{url}/v1/codex/models\"\n",
+            url = broker.url
+        );
+        std::fs::write(codex.codex_home().join("config.toml"), config).expect("codex config");
+        codex.pass_env("TOLLGATE_E2E_TOKEN", token.clone());
+        let run = codex.exec("say hello to the catalog", TURN).await;
+        assert_eq!(
+            run.status,
+            Some(0),
+            "Codex {version}:\n{}\n--- broker log ---\n{}",
+            run.all(),
+            broker.log()
+        );
+        assert!(
+            !run.stderr.contains("metadata for `proxy-model` not found"),
+            "Codex {version} did not use the catalog entry:\n{}",
+            run.all()
+        );
+        let asked: Vec<String> = broker
+            .log()
+            .lines()
+            .filter(|l| l.contains("model list answered") && l.contains("codex_catalog"))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            asked
+                .iter()
+                .any(|l| l.contains(&format!("client_version=Some(\"{version}\")"))),
+            "Codex {version} never asked the catalog with its version: {asked:?}"
+        );
+        let posts = mock.requests_to("/v1/responses");
+        assert!(!posts.is_empty());
+        let sent = posts[0].body.to_string();
+        assert!(
+            sent.contains(INSTR),
+            "Codex {version}: the catalog's base_instructions did not reach the upstream"
+        );
+
+        // What Codex read: the granted entry only (not the one for a newer Codex, not the ungranted one).
+        let r = reqwest::Client::new()
+            .get(format!(
+                "{}/v1/codex/models?client_version={version}",
+                broker.url
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("catalog");
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.expect("json");
+        let slugs: Vec<&str> = v["models"]
+            .as_array()
+            .expect("models")
+            .iter()
+            .filter_map(|m| m["slug"].as_str())
+            .collect();
+        assert_eq!(slugs, vec!["proxy-model"], "Codex {version}: {v}");
+        assert!(v.get("data").is_none(), "Codex's shape alone: {v}");
+    }
+}

@@ -12,13 +12,11 @@ mod faults;
 use faults::*;
 use nix::sys::signal::Signal;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::BufReader;
 use tollgate_testkit::mock::{self, MockConfig};
-use tollgate_testkit::procs::{ChildGuard, drain_in_background, target_bin, wait_for_line};
+use tollgate_testkit::procs::{BrokerCmd, ChildGuard, target_bin};
 
 async fn spawn_broker(config: &Path) -> (ChildGuard, String) {
     let bin = target_bin("tollgate-broker");
@@ -27,26 +25,14 @@ async fn spawn_broker(config: &Path) -> (ChildGuard, String) {
         "{} is missing: run `cargo build -p tollgate-broker` (a workspace `cargo test` builds it)",
         bin.display()
     );
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.arg("--config")
-        .arg(config)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
+    let b = BrokerCmd::new(bin, config)
         .env_clear()
         .env("FAULT_UPSTREAM_KEY", UPSTREAM_KEY)
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = ChildGuard::spawn(cmd).expect("spawn broker");
-    let mut out = BufReader::new(child.take_stdout().expect("stdout"));
-    drain_in_background(child.take_stderr().expect("stderr"));
-    let line = wait_for_line(&mut out, "listening ", Duration::from_secs(20))
+        .start(Duration::from_secs(20))
         .await
         .expect("broker announces its address");
-    drain_in_background(out);
-    let base = line.trim_start_matches("listening ").trim().to_string();
-    (child, base)
+    (b.guard, b.url)
 }
 
 #[derive(Default)]

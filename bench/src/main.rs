@@ -46,6 +46,10 @@ enum Cmd {
         /// NAME=TOKEN: bearer token to send to that target.
         #[arg(long = "bearer")]
         bearers: Vec<String>,
+        /// NAME=HEADER:VALUE: an extra request header for that target (repeat; e.g. a gateway's routing
+        /// headers).
+        #[arg(long = "header")]
+        headers: Vec<String>,
         /// API path.
         #[arg(long, default_value = "/v1/responses")]
         path: String,
@@ -70,6 +74,10 @@ enum Cmd {
         /// Label written into the JSON result.
         #[arg(long, default_value = "")]
         label: String,
+        /// Also write every measured request to this file, one line each: run, target, when it started
+        /// (ns since its run started), total ns, first-byte ns — the timeline that shows periodic stalls.
+        #[arg(long)]
+        samples: Option<std::path::PathBuf>,
     },
     /// Open N streams through URL, hold them, then report RSS and fds of PID.
     Streams {
@@ -162,6 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Latency {
             targets,
             bearers,
+            headers,
             path,
             model,
             stream,
@@ -170,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             warmup,
             runs,
             label,
+            samples,
         } => {
             let targets: Vec<(String, Base)> = targets
                 .iter()
@@ -194,10 +204,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .iter()
                         .find(|(k, _)| k == name)
                         .map(|(_, v)| v.as_str());
-                    client::post_request(base, &path, tok, &[], &body)
+                    let extra: Vec<(String, String)> = headers
+                        .iter()
+                        .filter_map(|h| {
+                            let (k, v) = h.split_once('=')?;
+                            let (n, val) = v.split_once(':')?;
+                            (k == name).then(|| (n.to_string(), val.to_string()))
+                        })
+                        .collect();
+                    client::post_request(base, &path, tok, &extra, &body)
                 })
                 .collect();
             let mut all_runs = Vec::new();
+            let mut timeline = match &samples {
+                Some(p) => Some(std::io::BufWriter::new(
+                    std::fs::File::create(p).with_context(|| format!("{}", p.display()))?,
+                )),
+                None => None,
+            };
             for r in 0..runs {
                 let mut conns: Vec<Conn> = targets
                     .iter()
@@ -218,7 +242,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     // Rotate who goes first so no target always follows the same neighbour.
                     for j in 0..targets.len() {
                         let i = (j + k) % targets.len();
+                        let at = started.elapsed().as_nanos();
                         let t = conns[i].request(&reqs[i])?;
+                        if let Some(w) = timeline.as_mut() {
+                            writeln!(
+                                w,
+                                "{r} {} {at} {} {}",
+                                targets[i].0, t.total_ns, t.first_body_ns
+                            )?;
+                        }
                         if t.status != 200 {
                             bail!("{}: status {}", targets[i].0, t.status);
                         }
@@ -236,6 +268,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect();
                 eprintln!("run {}/{} done in {:.1}s", r + 1, runs, secs);
                 all_runs.push(per);
+            }
+            if let Some(mut w) = timeline {
+                w.flush()?;
             }
             let report = stats::latency_report(&targets, &all_runs, stream);
             let out = json!({

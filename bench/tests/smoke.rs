@@ -105,6 +105,8 @@ async fn latency_and_streams_smoke() {
     let dir = tempfile::tempdir().unwrap();
     let (broker, token) = start_broker(&up, dir.path()).await;
     let (up2, broker2, tok2) = (up.clone(), broker.clone(), token.clone());
+    let samples = dir.path().join("samples.txt");
+    let samples2 = samples.to_str().unwrap().to_string();
     let lat = tokio::task::spawn_blocking(move || {
         let t = format!("tollgate={tok2}");
         let d = format!("direct={up2}");
@@ -116,12 +118,32 @@ async fn latency_and_streams_smoke() {
             ];
             if stream {
                 args.push("--stream");
+            } else {
+                // Every request on the timeline; an extra header for one target (a peer gateway's
+                // routing headers in bench/run.sh).
+                args.extend([
+                    "--samples",
+                    &samples2,
+                    "--header",
+                    "tollgate=x-bench-probe:1",
+                ]);
             }
             bench(&args)
         })
     })
     .await
     .unwrap();
+    // One line per measured request: run, target, start, total and first-byte nanoseconds.
+    let text = std::fs::read_to_string(&samples).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(rows.len(), 2 * 30 * 2, "{text}");
+    for r in &rows {
+        assert_eq!(r.len(), 5, "{r:?}");
+        assert!(r[1] == "direct" || r[1] == "tollgate", "{r:?}");
+        let total: u64 = r[3].parse().unwrap();
+        let first: u64 = r[4].parse().unwrap();
+        assert!(total > 0 && first <= total, "{r:?}");
+    }
     for r in &lat {
         let s = r["summary"].as_array().expect("summary");
         assert_eq!(s.len(), 2);

@@ -46,10 +46,16 @@ pub struct Backlog {
     pub capacity: usize,
 }
 
+/// What a client refused for a full queue is told to wait: the settlement writer's longest back-off between
+/// two attempts to store a batch, so a retry comes after the store has had another try.
+pub const BACKLOG_RETRY_AFTER_SECS: u64 = 5;
+
 impl From<Backlog> for crate::error::ApiError {
     fn from(e: Backlog) -> Self {
         tracing::error!(error = %e, "refusing: settlements are not being stored");
-        crate::error::ApiError::StoreUnavailable
+        crate::error::ApiError::SettlementBacklog {
+            retry_after_secs: BACKLOG_RETRY_AFTER_SECS,
+        }
     }
 }
 
@@ -249,17 +255,69 @@ impl Accounting {
                         self.governance.note_store_write(false);
                         tracing::error!(error = %e, settlements = writes.len(), "could not store settlements; will retry");
                         tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
+                        delay = (delay * 2).min(Duration::from_secs(BACKLOG_RETRY_AFTER_SECS));
                     }
                 }
             };
             self.governance.note_store_write(true);
+            // Stored: these requests are no longer in flight (a dead broker's are charged their estimate).
+            self.governance
+                .note_settled(writes.iter().filter_map(|w| match w {
+                    crate::governance::store::Apply::Spend { record, .. } => {
+                        Some(record.id.as_str())
+                    }
+                    crate::governance::store::Apply::Return { .. } => None,
+                }));
             self.governance.note_spent(&moved);
             self.alerts(&moved).await;
         }
         for done in flushes {
             let _ = done.send(());
         }
+    }
+
+    /// Requests a dead broker had in flight, charged their reserved estimate by this replica
+    /// ([`Governance::tick`]): each to the audit trail (`detail.end = "estimated"`) and the log, then the
+    /// budget alerts the charges reached.
+    pub async fn record_estimated(&self, charged: crate::governance::Charged) {
+        for r in &charged.records {
+            tracing::warn!(
+                spend_id = %r.id,
+                principal = %r.principal,
+                model = %r.model,
+                cost_nanos = r.cost,
+                end = r.end_reason.as_str(),
+                "request charged its reserved estimate: its broker died before settling it"
+            );
+            if let Some(audit) = &self.audit {
+                audit.record(AuditEvent {
+                    ts: r.settled_at,
+                    kind: Some(EventKind::Request),
+                    actor: r.principal.clone(),
+                    principal: Some(r.principal.clone()),
+                    team: r.team.clone(),
+                    model: Some(r.model.clone()),
+                    provider: None,
+                    status: None,
+                    input_tokens: Some(r.input_tokens),
+                    output_tokens: Some(r.output_tokens),
+                    cost_nanos: Some(r.cost),
+                    request_id: None,
+                    jti: Some(r.jti.clone()),
+                    expires_at: None,
+                    detail: serde_json::json!({
+                        "org": r.org,
+                        "end": r.end_reason,
+                        "estimated": true,
+                        "spend_id": r.id,
+                        "reserved_nanos": r.reserved,
+                        "price_version": r.price_version,
+                        "price_tier": r.price_tier,
+                    }),
+                });
+            }
+        }
+        self.alerts(&charged.moved).await;
     }
 
     /// Budget alerts for the counters a stored batch moved: claimed in the store (once across replicas),

@@ -28,6 +28,8 @@ pub struct AppState {
     /// Longest `Retry-After` the proxy waits out itself.
     retry_after_max_wait_secs: u64,
     codex_models: BTreeMap<String, serde_json::Value>,
+    /// Which target each session was last served by (encrypted reasoning, prompt cache).
+    affinity: Arc<crate::proxy::affinity::Affinity>,
     auth_cache: moka::sync::Cache<[u8; 32], Arc<tollgate::Claims>>,
     /// Prices, budgets, rate limits, revocation.
     governance: Arc<Governance>,
@@ -42,8 +44,10 @@ pub struct AppState {
     audit: Option<Arc<crate::audit::AuditLog>>,
     /// Admin key checks and dashboard sessions.
     admin: crate::admin::auth::AdminAuth,
-    /// Budget definitions, for the dashboard.
+    /// Budget definitions, for the dashboard and the consent page.
     budgets: Vec<crate::config::BudgetConfig>,
+    /// The authorization server for people (`[oauth]`); `None` without it.
+    oauth: Option<Arc<crate::oauth::OAuth>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,8 @@ pub enum BuildError {
     Identity(String),
     #[error(transparent)]
     Store(#[from] crate::governance::store::StoreError),
+    #[error("people sign-in: {0}")]
+    OAuth(#[from] crate::oauth::OAuthSetupError),
 }
 
 impl AppState {
@@ -72,13 +78,20 @@ impl AppState {
         // Before anything is served: every revocation (a restarted replica must not accept a revoked token
         // until its first poll), and this replica's issuer checked against the other replicas'.
         governance.load_revocations().await?;
-        crate::governance::store::claim_issuer(
-            governance.store.as_ref(),
-            &config.server.public_url,
-            now,
-            governance.lease_secs(),
-        )
-        .await?;
+        if config.server.issuer_is_ephemeral() {
+            tracing::warn!(
+                issuer = %config.server.public_url,
+                "no [server] public_url and port 0: tokens are issued as this process's own address; other replicas refuse them (set public_url to run several)"
+            );
+        } else {
+            crate::governance::store::claim_issuer(
+                governance.store.as_ref(),
+                &config.server.public_url,
+                now,
+                governance.lease_secs(),
+            )
+            .await?;
+        }
         let ring = Arc::new(KeyRing::default());
         match (&config.tokens.signing_key_file, &governance.keys) {
             (Some(path), _) => ring.replace(vec![keys::load_file(path, now)?]),
@@ -115,11 +128,26 @@ impl AppState {
                     .map(Arc::new)
             })
             .transpose()?;
-        let accounting = Accounting::new(
+        let oauth = config
+            .oauth
+            .clone()
+            .map(|o| {
+                crate::oauth::OAuth::new(
+                    o,
+                    governance.store.pool(),
+                    clock.clone(),
+                    &config.server.public_url,
+                    &config.tokens.audience,
+                )
+                .map(Arc::new)
+            })
+            .transpose()?;
+        let accounting = Accounting::with_capacity(
             governance.clone(),
             metrics.clone(),
             audit.clone(),
             clock.clone(),
+            config.accounting.settlement_queue_capacity,
         );
         let state = Arc::new(AppState {
             tokens: TokenService {
@@ -136,6 +164,10 @@ impl AppState {
             router: ModelRouter::new(config, clock.clone()),
             retry_after_max_wait_secs: config.routing.retry_after_max_wait_secs,
             codex_models: config.codex_models.clone(),
+            affinity: Arc::new(crate::proxy::affinity::Affinity::new(
+                &config.affinity,
+                &config.limits,
+            )),
             auth_cache: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(300))
@@ -146,6 +178,7 @@ impl AppState {
             audit,
             admin: crate::admin::auth::AdminAuth::new(config.admin.key_sha256),
             budgets: config.budgets.clone(),
+            oauth,
             clock,
             max_body_bytes: config.server.max_body_bytes,
             token_endpoint: TokenEndpoint::new(&config.tokens),
@@ -167,6 +200,7 @@ impl AppState {
             let mut last_renew = std::time::Instant::now();
             let mut last_expire = std::time::Instant::now();
             let mut last_keys = std::time::Instant::now();
+            let mut last_prune = std::time::Instant::now();
             loop {
                 tokio::time::sleep(g.poll_interval()).await;
                 let Some(app) = weak.upgrade() else { return };
@@ -178,9 +212,20 @@ impl AppState {
                 if expire {
                     last_expire = std::time::Instant::now();
                 }
-                g.tick(renew, expire).await;
+                let charged = g.tick(renew, expire).await;
+                if !charged.records.is_empty() || !charged.moved.is_empty() {
+                    app.accounting.record_estimated(charged).await;
+                }
                 app.metrics.upkeep();
                 app.token_endpoint.upkeep();
+                if last_prune.elapsed() >= Duration::from_secs(60)
+                    && let Some(o) = &app.oauth
+                {
+                    last_prune = std::time::Instant::now();
+                    if let Err(e) = o.store.prune(o.now()).await {
+                        tracing::warn!(error = %e, "could not prune expired sign-in state");
+                    }
+                }
                 if last_keys.elapsed() >= Duration::from_secs(1) {
                     last_keys = std::time::Instant::now();
                     if let Err(e) = app.sync_keys().await {
@@ -326,5 +371,15 @@ impl AppState {
     /// Budget definitions, for the dashboard.
     pub fn budgets(&self) -> &[crate::config::BudgetConfig] {
         &self.budgets
+    }
+
+    /// Which target each session was last served by (encrypted reasoning, prompt cache).
+    pub fn affinity(&self) -> &Arc<crate::proxy::affinity::Affinity> {
+        &self.affinity
+    }
+
+    /// The authorization server for people (`[oauth]`); `None` without it.
+    pub fn oauth(&self) -> &Option<Arc<crate::oauth::OAuth>> {
+        &self.oauth
     }
 }

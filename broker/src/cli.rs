@@ -62,7 +62,7 @@ pub enum PolicyCommand {
         /// Policy file [default: the `policy_file` of --config].
         #[arg(long)]
         file: Option<PathBuf>,
-        /// Identity kind: static, aws, vault, azure, oidc.
+        /// Identity kind: static, aws, vault, azure, oidc, user (a person signed in through `[oauth]`).
         #[arg(long)]
         kind: String,
         /// The verified subject (canonical ARN, OIDC `sub`, Azure object ID…).
@@ -217,7 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .find(|k| k.as_str() == kind)
             else {
                 eprintln!(
-                    "tollgate-broker: unknown --kind {kind:?} (static, aws, vault, azure, oidc)"
+                    "tollgate-broker: unknown --kind {kind:?} (static, aws, vault, azure, oidc, user)"
                 );
                 return Ok(ExitCode::from(EXIT_CONFIG));
             };
@@ -310,6 +310,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // Bound before the state is built: with port 0 the bound address is what discovery, JWKS and the token
+    // issuer advertise. No connection is accepted before `serve_on`, after revocations are loaded.
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(config.server.listen))
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+    advertise_bound(&mut config, listener.local_addr()?);
     let state = match rt.block_on(AppState::build(&config, Arc::new(SystemClock))) {
         Ok(s) => s,
         Err(e) => {
@@ -333,11 +339,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.spawn(refresher.run());
         }
     }
-    let served = rt.block_on(crate::server::serve(
+    let served = rt.block_on(crate::server::serve_on(
         state,
-        config.server.listen,
+        listener,
         Duration::from_secs(config.server.shutdown_grace_secs),
         config.server.tls.clone(),
+        crate::server::shutdown_signal(),
     ));
     drop(rt);
     crate::telemetry::shutdown();
@@ -355,9 +362,94 @@ fn apply_listen_override(config: &mut crate::config::Config, listen: std::net::S
     config.server.listen = listen;
 }
 
+/// With port 0 the configured address is not where the broker listens: a `public_url` that was not
+/// configured (derived from the address) becomes the bound address, so discovery, JWKS URLs and the token
+/// issuer name where the broker really is. Such a replica's issuer is its own: it takes no part in the
+/// store's shared-issuer check (see [`crate::config::ServerConfig::issuer_is_ephemeral`]).
+fn advertise_bound(config: &mut crate::config::Config, bound: std::net::SocketAddr) {
+    if config.server.issuer_is_ephemeral() {
+        config.server.public_url = format!("http://{bound}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_zero_without_public_url_advertises_the_bound_address() {
+        let load = |text: &str| {
+            crate::config::Config::from_source(
+                crate::config::Source {
+                    path: "/etc/t/broker.toml".into(),
+                    text: text.into(),
+                },
+                &std::collections::BTreeMap::<String, String>::new(),
+            )
+            .expect("config")
+        };
+        let bound: std::net::SocketAddr = "127.0.0.1:40123".parse().expect("addr");
+        // (listen in the file, --listen, public_url) → advertised, ephemeral issuer
+        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a str, bool);
+        let cases: [Case; 6] = [
+            ("127.0.0.1:0", None, None, "http://127.0.0.1:40123", true),
+            (
+                "127.0.0.1:8787",
+                Some("127.0.0.1:0"),
+                None,
+                "http://127.0.0.1:40123",
+                true,
+            ),
+            (
+                "127.0.0.1:0",
+                Some("127.0.0.1:9911"),
+                None,
+                "http://127.0.0.1:9911",
+                false,
+            ),
+            ("127.0.0.1:8787", None, None, "http://127.0.0.1:8787", false),
+            (
+                "127.0.0.1:0",
+                None,
+                Some("https://t.example"),
+                "https://t.example",
+                false,
+            ),
+            (
+                "127.0.0.1:8787",
+                Some("127.0.0.1:0"),
+                Some("https://t.example"),
+                "https://t.example",
+                false,
+            ),
+        ];
+        for (listen, flag, public_url, want, ephemeral) in cases {
+            let mut text = format!("policy_file = \"p.toml\"\n[server]\nlisten = \"{listen}\"\n");
+            if let Some(u) = public_url {
+                text.push_str(&format!("public_url = \"{u}\"\n"));
+            }
+            let mut c = load(&text);
+            if let Some(l) = flag {
+                apply_listen_override(&mut c, l.parse().expect("addr"));
+            }
+            assert_eq!(
+                c.server.issuer_is_ephemeral(),
+                ephemeral,
+                "{listen} {flag:?} {public_url:?}"
+            );
+            // The broker binds what it was told; with a fixed port that is the bound address.
+            let b = if c.server.listen.port() == 0 {
+                bound
+            } else {
+                c.server.listen
+            };
+            advertise_bound(&mut c, b);
+            assert_eq!(
+                c.server.public_url, want,
+                "{listen} {flag:?} {public_url:?}"
+            );
+        }
+    }
 
     #[test]
     fn listen_override_moves_a_default_public_url_only() {

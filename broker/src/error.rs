@@ -1,5 +1,6 @@
-//! The one place errors become HTTP responses: OpenAI-shaped on proxy routes, RFC 6749-shaped on the
-//! token route. Internal detail stays in the logs; the body says only what the caller can act on.
+//! The one place errors become HTTP responses: OpenAI-shaped on proxy routes, Anthropic-shaped for
+//! clients of the Messages API ([`anthropic_shape`]), RFC 6749-shaped on the token route. Internal detail
+//! stays in the logs; the body says only what the caller can act on.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -43,6 +44,10 @@ pub enum ApiError {
     /// The governance store is down and the proxy fails closed.
     #[error("governance store unavailable")]
     StoreUnavailable,
+    /// The settlement queue is full (spend of served requests cannot be stored): refused before
+    /// admission, with `Retry-After`.
+    #[error("settlement backlog")]
+    SettlementBacklog { retry_after_secs: u64 },
     #[error("not found")]
     NotFound,
     /// The route exists, not with this method (the message says what to do instead).
@@ -66,7 +71,7 @@ impl ApiError {
             ApiError::UpstreamUnavailable(_) => "upstream_unavailable",
             ApiError::UpstreamTimeout => "upstream_timeout",
             ApiError::UpstreamClientError { .. } => "upstream_client_error",
-            ApiError::StoreUnavailable => "store_unavailable",
+            ApiError::StoreUnavailable | ApiError::SettlementBacklog { .. } => "store_unavailable",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Internal(_) => "internal",
@@ -104,7 +109,9 @@ impl ApiError {
             ApiError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::UpstreamClientError { status, .. } => *status,
-            ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable | ApiError::SettlementBacklog { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -169,6 +176,13 @@ impl ApiError {
                 "server_error",
                 Some("store_unavailable"),
             ),
+            ApiError::SettlementBacklog { retry_after_secs } => OpenAiError::new(
+                format!(
+                    "Tollgate: the spend of earlier requests cannot be recorded right now (the governance store is failing), so new requests are refused until it catches up; retry in {retry_after_secs} s."
+                ),
+                "server_error",
+                Some("store_unavailable"),
+            ),
             ApiError::NotFound => OpenAiError::new(
                 "Tollgate: no such route.",
                 "invalid_request_error",
@@ -210,6 +224,7 @@ impl IntoResponse for ApiError {
             ApiError::BudgetExceeded {
                 retry_after_secs, ..
             } => *retry_after_secs,
+            ApiError::SettlementBacklog { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         };
         let mut r = (status, axum::Json(self.body())).into_response();
@@ -287,6 +302,106 @@ fn budget_message(r: &crate::governance::BudgetRefusal) -> String {
         usd(r.spent),
         usd(r.need),
     )
+}
+
+/// Whether a request speaks Anthropic's protocol: the Messages routes, or any request that carries
+/// `anthropic-version` (Claude Code and Anthropic's SDKs send it on every call, `GET /v1/models` too).
+pub fn speaks_anthropic(req: &axum::extract::Request) -> bool {
+    req.uri().path().starts_with("/v1/messages") || req.headers().contains_key("anthropic-version")
+}
+
+/// Anthropic's error `type` for a status (their documented table), keeping a relayed Anthropic type
+/// (`overloaded_error`, `billing_error`, …) where the upstream named one.
+fn anthropic_error_type(status: StatusCode, given: Option<&str>) -> &'static str {
+    const KNOWN: [&str; 10] = [
+        "invalid_request_error",
+        "authentication_error",
+        "billing_error",
+        "permission_error",
+        "not_found_error",
+        "request_too_large",
+        "rate_limit_error",
+        "api_error",
+        "timeout_error",
+        "overloaded_error",
+    ];
+    let by_status = match status.as_u16() {
+        400 | 405 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        504 => "timeout_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    };
+    // Only where the status alone does not name the type (a 400, a 5xx): a relayed `overloaded_error`.
+    match given.and_then(|g| KNOWN.iter().find(|k| **k == g)) {
+        Some(k) if matches!(by_status, "invalid_request_error" | "api_error") => k,
+        _ => by_status,
+    }
+}
+
+/// The layer that shows errors to Anthropic-protocol clients in Anthropic's shape,
+/// `{"type":"error","error":{"type":…,"message":…}}`, with the same status, message and headers as every
+/// other client gets (statuses chosen for how Claude Code acts on them: docs/claude-code.md). A refusal
+/// that retrying cannot fix (budget, grant, bad body) says so in `x-should-retry: false`, which
+/// Anthropic's clients obey.
+pub async fn anthropic_shape(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !speaks_anthropic(&req) {
+        return next.run(req).await;
+    }
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !status.is_client_error() && !status.is_server_error() {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let kind_of = parts.extensions.get::<ErrorKind>().map(|k| k.0);
+    // A budget refusal is a 402 here: Claude Code shows a 402's message at once and does not retry it,
+    // while it retries a 400 several times and a 403 or 429 for minutes (observed with 2.1.332).
+    let status = if kind_of == Some("budget_exceeded") {
+        parts.status = StatusCode::PAYMENT_REQUIRED;
+        StatusCode::PAYMENT_REQUIRED
+    } else {
+        status
+    };
+    let bytes = axum::body::to_bytes(body, 256 * 1024)
+        .await
+        .unwrap_or_default();
+    let parsed = serde_json::from_slice::<OpenAiError>(&bytes).ok();
+    let kind = anthropic_error_type(status, parsed.as_ref().map(|e| e.error.kind.as_str()));
+    let message = parsed.map(|e| e.error.message).unwrap_or_else(|| {
+        status
+            .canonical_reason()
+            .map_or_else(|| format!("HTTP {status}"), |r| format!("Tollgate: {r}."))
+    });
+    let body = serde_json::json!({"type": "error", "error": {"type": kind, "message": message}});
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if matches!(
+        kind_of,
+        Some(
+            "budget_exceeded"
+                | "model_not_allowed"
+                | "model_not_found"
+                | "bad_request"
+                | "payload_too_large"
+        )
+    ) {
+        parts
+            .headers
+            .insert("x-should-retry", HeaderValue::from_static("false"));
+    }
+    Response::from_parts(parts, axum::body::Body::from(body.to_string()))
 }
 
 /// Attached to error responses so middleware (metrics, audit) can read the kind.

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod keys;
 
 pub mod metrics;
+pub mod oauth;
 pub mod observe;
 pub mod opscli;
 pub mod policy;

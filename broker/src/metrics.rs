@@ -236,6 +236,16 @@ impl Metrics {
             "Input tokens reported by upstreams (cached included).",
         );
         d(
+            "tollgate_affinity_total",
+            None,
+            "Session-keyed requests by outcome: kept on the session's target, moved, or new.",
+        );
+        d(
+            "tollgate_reasoning_stripped_items_total",
+            None,
+            "Input items with encrypted content stripped because the session moved to another reasoning domain.",
+        );
+        d(
             "tollgate_cached_input_tokens_total",
             None,
             "Input tokens served from the provider's prompt cache.",
@@ -416,6 +426,22 @@ impl Metrics {
             &[("identity_kind", identity_kind), ("outcome", outcome)],
         )
         .increment(1);
+    }
+
+    /// A session-keyed request was served: on its remembered target (`kept`), on another (`moved`), or
+    /// with none remembered (`new`).
+    pub fn affinity(&self, outcome: &'static str) {
+        self.counter("tollgate_affinity_total", &[("outcome", outcome)])
+            .increment(1);
+    }
+
+    /// Input items carrying encrypted content were stripped before `provider` (the session moved there).
+    pub fn reasoning_stripped(&self, provider: &str, items: u64) {
+        self.counter(
+            "tollgate_reasoning_stripped_items_total",
+            &[("provider", provider)],
+        )
+        .increment(items);
     }
 
     pub fn failover(&self, provider: &str, reason: &str) {

@@ -93,6 +93,24 @@ pub enum AdminCommand {
     VerifyAudit,
     /// Print a single-use login link to the spend dashboard (valid 60 s).
     DashboardLink,
+    /// A person's sign-ins (refresh-token families) through the broker's OAuth server.
+    SignIns {
+        /// The principal (as the policy names it) or the IdP subject.
+        who: String,
+        /// Include revoked and ended sign-ins.
+        #[arg(long)]
+        all: bool,
+    },
+    /// End one sign-in (`--family`) or every live sign-in of a person (`--who`): refresh stops at once,
+    /// access tokens are refused at their next request.
+    RevokeSignIn {
+        #[arg(long, conflicts_with = "who", required_unless_present = "who")]
+        family: Option<String>,
+        #[arg(long)]
+        who: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -225,6 +243,23 @@ pub async fn admin(args: AdminArgs, default_url: Option<String>) -> anyhow::Resu
             false,
             "/admin/v1/dashboard-link".into(),
             serde_json::json!({}),
+        ),
+        AdminCommand::SignIns { who, all } => (
+            true,
+            format!(
+                "/admin/v1/oauth/sessions?{}",
+                serde_urlencoded::to_string([("who", who), ("all", all.to_string())])?
+            ),
+            serde_json::Value::Null,
+        ),
+        AdminCommand::RevokeSignIn {
+            family,
+            who,
+            reason,
+        } => (
+            false,
+            "/admin/v1/oauth/revoke".into(),
+            serde_json::json!({"family_id": family, "who": who, "reason": reason}),
         ),
     };
     // Drop nulls so `{"jti": …}` and `{"principal": …}` stay exclusive on the wire.

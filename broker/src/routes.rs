@@ -1,8 +1,9 @@
 //! The HTTP surface, in three parts by who may call it (the router is built here and nowhere else):
 //! - public, an explicit allow-list: health, discovery, JWKS, the token endpoint (its own body limit and
-//!   per-address rate limit), and `/metrics` (admin key unless `[metrics] public = true`);
-//! - bearer: every proxy route and the usage report, behind [`crate::proxy::require_token`] — a layer, so
-//!   no handler there can forget it, and a request without a valid token is refused before its body is read;
+//!   per-address rate limit), the people sign-in pages and endpoints of [`crate::oauth`] (the same limits), and `/metrics` (admin key unless `[metrics] public = true`);
+//! - bearer: every proxy route (Responses over HTTP and WebSocket, Chat Completions, Anthropic Messages and
+//!   its token count, models) and the usage report, behind [`crate::proxy::require_token`] — a layer, so no
+//!   handler there can forget it, and a request without a valid token is refused before its body is read;
 //! - admin: `/admin/*` ([`crate::admin`]), which checks the admin credential.
 
 use crate::app::AppState;
@@ -39,14 +40,52 @@ pub fn router(state: Arc<AppState>) -> Router {
                     crate::token::endpoint::guard,
                 )),
         )
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        // People sign-in (`[oauth]`; 404 without it): the authorization server's browser pages and
+        // endpoints. `/oauth/token` above serves its grants.
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(crate::oauth::grant::metadata),
+        )
+        .merge(
+            Router::new()
+                .route("/oauth/authorize", get(crate::oauth::authorize::authorize))
+                .route("/oauth/login", post(crate::oauth::authorize::choose))
+                .route("/oauth/callback", get(crate::oauth::authorize::callback))
+                .route("/oauth/consent", post(crate::oauth::authorize::consent))
+                .route(
+                    "/oauth/device",
+                    get(crate::oauth::device::page).post(crate::oauth::device::submit),
+                )
+                .route(
+                    "/oauth/device_authorization",
+                    post(crate::oauth::device::authorization),
+                )
+                .route("/oauth/revoke", post(crate::oauth::grant::revoke))
+                .layer(DefaultBodyLimit::max(
+                    state.token_endpoint().max_request_bytes,
+                ))
+                .route_layer(from_fn_with_state(
+                    state.clone(),
+                    crate::token::endpoint::guard,
+                )),
+        );
     let bearer = Router::new()
         .route(
             "/v1/responses",
-            post(crate::proxy::responses).get(crate::proxy::responses_upgrade),
+            post(crate::proxy::responses).get(crate::proxy::websocket::responses_ws),
         )
         .route("/v1/chat/completions", post(crate::proxy::chat_completions))
+        .route("/v1/messages", post(crate::proxy::messages))
+        .route(
+            "/v1/messages/count_tokens",
+            post(crate::proxy::count_tokens),
+        )
         .route("/v1/models", get(crate::proxy::models))
+        .route(
+            "/v1/codex/models",
+            get(crate::proxy::catalog::codex_catalog),
+        )
         .route("/v1/tollgate/usage", get(self_usage))
         .layer(DefaultBodyLimit::max(state.max_body_bytes()))
         .route_layer(from_fn_with_state(
@@ -60,6 +99,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { ApiError::NotFound })
         // Fail closed while the audit journal is full (`[audit] on_journal_full = "refuse"`).
         .layer(from_fn_with_state(state.clone(), refuse_while_journal_full))
+        // Anthropic-protocol clients (Claude Code) read every error above in Anthropic's shape.
+        .layer(axum::middleware::from_fn(crate::error::anthropic_shape))
         .layer(from_fn_with_state(state.clone(), crate::observe::track))
         .with_state(state)
 }

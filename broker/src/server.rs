@@ -162,7 +162,7 @@ async fn watch_policy(state: Arc<AppState>) {
     }
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -57,6 +57,59 @@ impl Usage {
         })
     }
 
+    /// From an Anthropic Messages `usage` object (`message`, `message_start`, `message_delta`): its
+    /// `input_tokens` exclude cache reads and writes, ours include them.
+    pub fn from_messages(v: &Value) -> Option<Self> {
+        if !v.is_object() {
+            return None;
+        }
+        let write = u(v, &["cache_creation_input_tokens"]);
+        let read = u(v, &["cache_read_input_tokens"]);
+        Some(Usage {
+            input_tokens: u(v, &["input_tokens"])
+                .saturating_add(write)
+                .saturating_add(read),
+            cached_input_tokens: read,
+            cache_write_tokens: write,
+            output_tokens: u(v, &["output_tokens"]),
+            reasoning_tokens: 0,
+        })
+    }
+
+    /// A `message_delta`'s usage over what `message_start` reported: the output count is the final one,
+    /// and input counts replace the start's only where the delta carries them.
+    fn merge_messages_delta(&mut self, v: &Value) {
+        let has = |k: &str| v.get(k).is_some_and(Value::is_u64);
+        if has("output_tokens") {
+            self.output_tokens = u(v, &["output_tokens"]);
+        }
+        if has("input_tokens")
+            || has("cache_creation_input_tokens")
+            || has("cache_read_input_tokens")
+        {
+            let read = if has("cache_read_input_tokens") {
+                u(v, &["cache_read_input_tokens"])
+            } else {
+                self.cached_input_tokens
+            };
+            let write = if has("cache_creation_input_tokens") {
+                u(v, &["cache_creation_input_tokens"])
+            } else {
+                self.cache_write_tokens
+            };
+            let uncached = if has("input_tokens") {
+                u(v, &["input_tokens"])
+            } else {
+                self.input_tokens
+                    .saturating_sub(self.cached_input_tokens)
+                    .saturating_sub(self.cache_write_tokens)
+            };
+            self.cached_input_tokens = read;
+            self.cache_write_tokens = write;
+            self.input_tokens = uncached.saturating_add(read).saturating_add(write);
+        }
+    }
+
     /// Input plus output tokens (what token rate limits charge). Saturates: the counts come from the
     /// upstream and an absurd pair must not overflow.
     pub fn total(&self) -> u64 {
@@ -76,6 +129,7 @@ pub fn usage_from_body(body: &[u8], wire: Wire) -> Option<Usage> {
     match wire {
         Wire::Responses => Usage::from_responses(&u),
         Wire::Chat => Usage::from_chat(&u),
+        Wire::Messages => Usage::from_messages(&u),
     }
 }
 
@@ -84,6 +138,8 @@ pub fn usage_from_body(body: &[u8], wire: Wire) -> Option<Usage> {
 pub enum Wire {
     Responses,
     Chat,
+    /// Anthropic Messages (usage in `message_start` and `message_delta`).
+    Messages,
 }
 
 /// How a stream ended, as far as the decoder saw.
@@ -161,6 +217,54 @@ impl SseUsageDecoder {
         match self.wire {
             Wire::Responses => self.on_responses(&data),
             Wire::Chat => self.on_chat(&data),
+            Wire::Messages => self.on_messages(&data),
+        }
+    }
+
+    fn on_messages(&mut self, data: &[u8]) {
+        // Text deltas are counted without a parse tree beyond the event; only the few event kinds that
+        // carry usage or end the stream matter otherwise.
+        const NEEDLES: [&[u8]; 5] = [
+            b"\"message_start\"",
+            b"\"message_delta\"",
+            b"\"message_stop\"",
+            b"\"text_delta\"",
+            b"\"error\"",
+        ];
+        if !NEEDLES.iter().any(|n| contains(data, n)) {
+            return;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(data) else {
+            if contains(data, b"\"type\":\"error\"") || contains(data, b"\"type\": \"error\"") {
+                self.end = Some(StreamEnd::Failed);
+            }
+            return;
+        };
+        match v.get("type").and_then(Value::as_str) {
+            Some("content_block_delta") => {
+                self.output_text_bytes += v
+                    .pointer("/delta/text")
+                    .and_then(Value::as_str)
+                    .map_or(0, |s| s.len() as u64);
+            }
+            Some("message_start") => {
+                if let Some(u) = v.pointer("/message/usage").and_then(Usage::from_messages) {
+                    self.usage = Some(u);
+                }
+            }
+            Some("message_delta") => {
+                if let Some(d) = v.get("usage").filter(|d| d.is_object()) {
+                    let mut u = self.usage.unwrap_or_default();
+                    u.merge_messages_delta(d);
+                    self.usage = Some(u);
+                }
+                if v.pointer("/delta/stop_reason").and_then(Value::as_str) == Some("max_tokens") {
+                    self.end = Some(StreamEnd::Incomplete);
+                }
+            }
+            Some("message_stop") if self.end.is_none() => self.end = Some(StreamEnd::Completed),
+            Some("error") => self.end = Some(StreamEnd::Failed),
+            _ => {}
         }
     }
 
@@ -291,6 +395,75 @@ mod tests {
         assert_eq!(usage_from_body(br#"{"usage":null}"#, Wire::Chat), None);
         assert_eq!(usage_from_body(b"not json", Wire::Chat), None);
         assert_eq!(usage_from_body(br#"{"choices":[]}"#, Wire::Chat), None);
+    }
+
+    /// Anthropic's stream as the Messages API sends it: input and cache counts in `message_start`, the final
+    /// output count in `message_delta` (which may repeat the input counts).
+    const MESSAGES: &str = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",",
+        "\"content\":[],\"model\":\"claude\",\"usage\":{\"input_tokens\":12,\"cache_creation_input_tokens\":100,\"cache_read_input_tokens\":2000,\"output_tokens\":1}}}\n\n",
+        "event: ping\ndata: {\"type\": \"ping\"}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":42}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+
+    #[test]
+    fn messages_usage_with_cache_reads_and_writes_from_any_chunking() {
+        let want = Usage {
+            input_tokens: 2112,
+            cached_input_tokens: 2000,
+            cache_write_tokens: 100,
+            output_tokens: 42,
+            reasoning_tokens: 0,
+        };
+        for split in 1..MESSAGES.len() {
+            let mut d = SseUsageDecoder::new(Wire::Messages);
+            let (a, b) = MESSAGES.as_bytes().split_at(split);
+            d.feed(a);
+            d.feed(b);
+            assert_eq!(d.finish(), StreamEnd::Completed, "split {split}");
+            assert_eq!(d.usage, Some(want), "split {split}");
+            assert_eq!(d.output_text_bytes, 5);
+        }
+        // A delta that repeats the input counts (newer API versions) replaces them; one cut by max_tokens is
+        // incomplete; an error event fails the stream.
+        let mut d = SseUsageDecoder::new(Wire::Messages);
+        d.feed(
+            MESSAGES
+                .split("event: message_delta")
+                .next()
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        d.feed(b"data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\"},\"usage\":{\"input_tokens\":10,\"cache_read_input_tokens\":5,\"output_tokens\":7}}\n\n");
+        d.feed(b"data: {\"type\":\"message_stop\"}\n\n");
+        assert_eq!(d.finish(), StreamEnd::Incomplete);
+        assert_eq!(
+            d.usage.map(|u| (
+                u.input_tokens,
+                u.cached_input_tokens,
+                u.cache_write_tokens,
+                u.output_tokens
+            )),
+            Some((115, 5, 100, 7))
+        );
+        let mut d = SseUsageDecoder::new(Wire::Messages);
+        d.feed(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n");
+        assert_eq!(d.finish(), StreamEnd::Failed);
+        let body = br#"{"id":"msg_1","type":"message","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":3,"cache_creation_input_tokens":4,"cache_read_input_tokens":5,"output_tokens":6}}"#;
+        let u = usage_from_body(body, Wire::Messages).expect("usage");
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.cached_input_tokens,
+                u.cache_write_tokens,
+                u.output_tokens
+            ),
+            (12, 5, 4, 6)
+        );
     }
 
     #[test]

@@ -114,6 +114,8 @@ fn grafana_dashboard_queries_only_exported_metrics() {
     m.refusal(RefusalReason::Rate);
     m.mint("oidc", "minted");
     m.failover("openai", "timeout");
+    m.affinity("kept");
+    m.reasoning_stripped("openai", 1);
     m.breaker_gauge("openai", "openai/gpt-5.5").set(0.0);
     m.added_latency("/v1/responses", 0.001);
     m.settled(&Settled {

@@ -1,6 +1,7 @@
-//! `kill -9` of a broker under load, then restart: no settled spend is lost, and the killed broker's
+//! `kill -9` of a broker under load, then restart: no settled spend is lost, the killed broker's
 //! allotments (its pool reservation, backing the requests it had in flight) expire with their lease (3 s
-//! here) instead of pinning the budget.
+//! here) instead of pinning the budget, and the requests it had in flight — which the provider bills — are
+//! charged their reserved estimate once (by one replica), marked `estimated` in spend, reports and audit.
 
 mod governance_support;
 
@@ -78,6 +79,12 @@ async fn scenario(pg_schema: Option<&str>) {
         reserved > 0,
         "the in-flight requests are backed by reserved budget"
     );
+    // The broker's next background round records them in the store (off the request path).
+    assert_eq!(
+        db.wait_inflight(30, Duration::from_secs(10)).await,
+        30,
+        "the requests in flight are known to the store"
+    );
     assert_eq!(
         reserved,
         db.pool_held("alice").await,
@@ -97,32 +104,100 @@ async fn scenario(pg_schema: Option<&str>) {
     assert_eq!(spent_after_kill, spent_before);
     assert_eq!(reserved_after_kill, reserved);
 
-    // Restart: the dead broker's reservations expire with their lease.
+    // Restart (on PostgreSQL two replicas, both expiring leases): the dead broker's reservations expire
+    // with their lease, and its 30 requests in flight are charged their estimate, once.
     let t0 = Instant::now();
     let broker2 = Broker::start(&cfg, "restarted").await;
+    let broker3 = match pg_schema {
+        Some(_) => Some(Broker::start(&cfg, "replica").await),
+        None => None,
+    };
+    assert_eq!(
+        db.wait_spend("alice", 50, Duration::from_secs(6 * LEASE_SECS))
+            .await,
+        50,
+        "every request in flight at the kill is charged"
+    );
     let (spent, reserved) = db
         .wait_settled("alice", Duration::from_secs(4 * LEASE_SECS))
         .await;
     eprintln!(
-        "stale reservations released {:?} after restart",
+        "stale reservations released and requests in flight charged {:?} after restart",
         t0.elapsed()
     );
     assert_eq!(reserved, 0, "stale reservations must expire");
     assert_eq!(db.live_reservations().await, 0);
-    assert_eq!(spent, spent_before, "no settled spend lost");
-    assert_eq!(db.spend("alice").await.0, 20);
+    assert_eq!(db.wait_inflight(0, Duration::from_secs(1)).await, 0);
+    let rows = db.spend_rows("alice").await;
+    let estimated: Vec<_> = rows.iter().filter(|r| r.1 == "estimated").collect();
+    assert_eq!(estimated.len(), 30, "{rows:?}");
+    // Each is charged exactly its reservation: the input estimate (body bytes / 3) at $10/M, the output
+    // reserve (max_output_tokens = 10) at $50/M, and the 3 n$ rounding pad.
+    let body_len = serde_json::to_vec(
+        &serde_json::json!({"model": "gpt-test", "stream": true, "input": "slow", "max_output_tokens": 10}),
+    )
+    .expect("json")
+    .len() as i64;
+    let estimate = (body_len + 2) / 3 * 10_000 + 10 * 50_000 + 3;
+    for (usage_reported, _, input, output, cost, reserved) in &estimated {
+        assert_eq!(*usage_reported, 0);
+        assert_eq!((*input, *output), ((body_len + 2) / 3, 10));
+        assert_eq!((*cost, *reserved), (estimate, estimate));
+    }
+    assert_eq!(
+        spent,
+        spent_before + 30 * estimate,
+        "no settled spend lost, and the requests in flight charged once"
+    );
+    let (_, cost_all, ..) = db.spend("alice").await;
+    assert_eq!(spent, cost_all, "the budget counter is Σ spend");
+    // In the spend report (from the store, whichever replica answers) and the audit trail.
+    let report: serde_json::Value = c
+        .get(format!("{}/admin/v1/report?by=principal", broker2.url))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("report")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(report["totals"]["estimated_requests"], 30, "{report}");
+    assert_eq!(
+        report["totals"]["estimated_cost_nanos"],
+        30 * estimate,
+        "{report}"
+    );
+    assert_eq!(report["totals"]["cost_nanos"], spent, "{report}");
+    let audit = match pg_schema {
+        Some(_) => db.clone_pool(),
+        None => Db::sqlite(&dir.path().join("state/audit.sqlite")).await,
+    };
+    assert_eq!(
+        audit
+            .wait_count(
+                "SELECT COUNT(*) FROM audit_log WHERE kind = 'request' AND detail LIKE '%\"end\":\"estimated\"%'",
+                30,
+                Duration::from_secs(10)
+            )
+            .await,
+        30,
+        "one audit record per request charged its estimate"
+    );
 
     // The restarted broker still verifies the token (keys are in the store) and settles new requests.
     let (s, body) = stream(&c, &broker2.url, &token, "gpt-test", "again", Some(10)).await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(
-        db.wait_spend("alice", 21, Duration::from_secs(10)).await,
-        21
+        db.wait_spend("alice", 51, Duration::from_secs(10)).await,
+        51
     );
     let (spent, _) = db.counter("alice").await;
-    assert_eq!(spent, 21 * (100 * 10_000 + 10 * 50_000));
+    assert_eq!(spent, 21 * (100 * 10_000 + 10 * 50_000) + 30 * estimate);
     // A graceful stop gives the allotment back.
     broker2.terminate().await;
+    if let Some(b) = broker3 {
+        b.terminate().await;
+    }
     assert_eq!(db.counter("alice").await, (spent, 0));
     assert_eq!(db.live_reservations().await, 0);
     upstream.shutdown().await;

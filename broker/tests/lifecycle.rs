@@ -9,8 +9,7 @@ use nix::sys::signal::Signal;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::BufReader;
-use tollgate_testkit::procs::{ChildGuard, drain_in_background, wait_for_line};
+use tollgate_testkit::procs::{BrokerCmd, ChildGuard};
 
 struct Running {
     child: ChildGuard,
@@ -28,26 +27,15 @@ async fn spawn_broker(extra: &str) -> Running {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let path = common::write_config(dir.path(), &mock.base_url(), extra);
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate-broker"));
-    cmd.arg("--config")
-        .arg(&path)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
+    let b = BrokerCmd::new(env!("CARGO_BIN_EXE_tollgate-broker"), &path)
+        .log_to(dir.path().join("broker.log"))
         .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.path().join("broker.log")).unwrap(),
-        ));
-    let mut child = ChildGuard::spawn(cmd).unwrap();
-    let mut out = BufReader::new(child.take_stdout().unwrap());
-    let line = wait_for_line(&mut out, "listening ", Duration::from_secs(30))
+        .start(Duration::from_secs(30))
         .await
         .unwrap();
-    drain_in_background(out);
     Running {
-        child,
-        url: line.trim_start_matches("listening ").trim().to_string(),
+        child: b.guard,
+        url: b.url,
         dir,
         mock,
     }
@@ -503,4 +491,88 @@ async fn logged_checkpoints_expose_truncation_and_rotate_keys_cli() {
     .await;
     assert_ne!(code, 0);
     assert!(err.contains("no audit checkpoint found"), "{err}");
+}
+
+/// `--listen 127.0.0.1:0` without `public_url`: discovery, the JWKS URL and the tokens' issuer name the
+/// address the broker really listens on (not `:0`), and the JWKS there verifies the token. Two such brokers
+/// on one PostgreSQL store both start: each issues as its own address and takes no part in the store's
+/// shared-issuer check (docs/operations.md), so a token of one is refused by the other. (Replicas with
+/// configured `public_url`s are checked: `revocation_restart.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_zero_advertises_the_bound_address() {
+    let schema = format!("listen0_{}", uuid::Uuid::new_v4().simple());
+    let store = format!(
+        "[store]\nkind = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:5432/test\"\nschema = \"{schema}\"\n"
+    );
+    let a = spawn_broker(&store).await;
+    let b = spawn_broker(&store).await;
+    let http = reqwest::Client::new();
+    let mut tokens = Vec::new();
+    for r in [&a, &b] {
+        assert!(!r.url.ends_with(":0"), "{}", r.url);
+        let d: serde_json::Value = http
+            .get(format!("{}/.well-known/openid-configuration", r.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(d["issuer"], r.url.as_str(), "{d}");
+        let jwks_uri = d["jwks_uri"].as_str().unwrap();
+        assert_eq!(jwks_uri, format!("{}/.well-known/jwks.json", r.url));
+        let jwks: serde_json::Value = http
+            .get(jwks_uri)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = mint(&http, &r.url).await;
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        let kid = header.kid.unwrap();
+        assert!(
+            jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["kid"] == kid.as_str()),
+            "the advertised JWKS holds the signing key"
+        );
+        use base64::Engine;
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(token.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["iss"], r.url.as_str());
+        let usage = |url: &str, t: &str| {
+            http.get(format!("{url}/v1/tollgate/usage"))
+                .bearer_auth(t.to_string())
+                .send()
+        };
+        assert_eq!(usage(&r.url, &token).await.unwrap().status(), 200);
+        tokens.push(token);
+    }
+    // Each issuer is its own: A's token is foreign to B.
+    let r = http
+        .get(format!("{}/v1/tollgate/usage", b.url))
+        .bearer_auth(&tokens[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let log = std::fs::read_to_string(a.dir.path().join("broker.log")).unwrap();
+    assert!(log.contains("no [server] public_url and port 0"), "{log}");
+    drop((a, b));
+    let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
+        .await
+        .unwrap();
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(&pool)
+    .await;
 }

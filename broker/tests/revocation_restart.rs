@@ -418,29 +418,19 @@ async fn second_replica_with_another_public_url_does_not_start() {
     let a = Broker::start(&cfg_a, "a").await;
     let cfg_b = write_config(&db, "http://127.0.0.1:9", &["alice"], &store);
     let text = std::fs::read_to_string(&cfg_b).expect("cfg").replace(
-        "[server]\n",
-        "[server]\npublic_url = \"https://elsewhere.example\"\n",
+        &format!("public_url = \"{PUBLIC_URL}\""),
+        "public_url = \"https://elsewhere.example\"",
     );
     std::fs::write(&cfg_b, text).expect("cfg");
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate-broker"))
-            .arg("--config")
-            .arg(&cfg_b)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("B must refuse at once")
-    .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let (status, stderr) =
+        tollgate_testkit::procs::BrokerCmd::new(env!("CARGO_BIN_EXE_tollgate-broker"), &cfg_b)
+            .run_to_exit(Duration::from_secs(30))
+            .await
+            .expect("B must refuse at once");
+    assert_eq!(status.code(), Some(78), "{stderr}");
     assert!(
         stderr.contains("https://elsewhere.example")
-            && stderr.contains("http://127.0.0.1:0")
+            && stderr.contains(PUBLIC_URL)
             && stderr.contains("same public_url"),
         "{stderr}"
     );

@@ -174,6 +174,95 @@ async fn exchange_then_proxy_then_models() {
     );
 }
 
+/// Both model lists (OpenAI + Codex at `/v1/models`, Codex's catalog at `/v1/codex/models`), for each
+/// client version and each `If-None-Match`: a strong `ETag` that follows the body, 304 without a body when
+/// the client holds it, entries filtered by grant and by `minimal_client_version`.
+#[tokio::test]
+async fn model_lists_carry_an_etag_and_answer_304_when_unchanged() {
+    let meta = |slug: &str, extra: &str| {
+        format!(
+            "[models.{slug:?}.codex]\ndisplay_name = {slug:?}\nbase_instructions = \"operator text\"\n{extra}\n"
+        )
+    };
+    let h = harness_with(&format!(
+        "{}{}{}",
+        meta("gpt-5.5", ""),
+        meta("gpt-5-new", "minimal_client_version = \"0.171.0\""),
+        meta("o3-not-granted", "")
+    ))
+    .await;
+    let t = token(&h).await;
+    let get = |path: &str, inm: Option<&str>| {
+        let mut b = Request::get(path).header(header::AUTHORIZATION, format!("Bearer {t}"));
+        if let Some(tag) = inm {
+            b = b.header(header::IF_NONE_MATCH, tag);
+        }
+        b.body(Body::empty()).expect("req")
+    };
+    let slugs = |v: &serde_json::Value| -> Vec<String> {
+        v["models"]
+            .as_array()
+            .expect("models")
+            .iter()
+            .filter_map(|m| m["slug"].as_str().map(str::to_string))
+            .collect()
+    };
+    let mut tags = std::collections::BTreeSet::new();
+    for base in ["/v1/models", "/v1/codex/models"] {
+        for (query, expect) in [
+            ("", vec!["gpt-5-new", "gpt-5.5"]),
+            ("?client_version=0.171.0", vec!["gpt-5-new", "gpt-5.5"]),
+            ("?client_version=0.169.0", vec!["gpt-5.5"]),
+        ] {
+            let path = format!("{base}{query}");
+            let (s, headers, v) = call(&h, get(&path, None)).await;
+            assert_eq!(s, StatusCode::OK, "{path}: {v}");
+            assert_eq!(slugs(&v), expect, "{path}: granted and version-filtered");
+            assert_eq!(
+                v["models"][0]["base_instructions"], "operator text",
+                "verbatim"
+            );
+            assert_eq!(v.get("data").is_some(), base == "/v1/models", "{path}: {v}");
+            let tag = headers[header::ETAG].to_str().expect("etag").to_string();
+            assert!(tag.starts_with('"'), "a strong tag: {tag}");
+            assert_eq!(headers[header::CACHE_CONTROL], "private, no-cache");
+            tags.insert(tag.clone());
+            for (inm, status) in [
+                (tag.clone(), StatusCode::NOT_MODIFIED),
+                (format!("\"stale\", {tag}"), StatusCode::NOT_MODIFIED),
+                ("\"stale\"".to_string(), StatusCode::OK),
+            ] {
+                let resp = router(h.state.clone())
+                    .oneshot(get(&path, Some(&inm)))
+                    .await
+                    .expect("infallible");
+                assert_eq!(resp.status(), status, "{path} If-None-Match {inm}");
+                assert_eq!(resp.headers()[header::ETAG], tag.as_str());
+                let body = resp.into_body().collect().await.expect("body").to_bytes();
+                assert_eq!(
+                    body.is_empty(),
+                    status == StatusCode::NOT_MODIFIED,
+                    "{path}"
+                );
+            }
+        }
+    }
+    // Different bodies, different tags: two shapes × two distinct lists.
+    assert_eq!(tags.len(), 4, "{tags:?}");
+    let (s, _, v) = call(&h, get("/v1/models?client_version=latest", None)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_openai_error(&v);
+    // No token, no list.
+    let (s, _, _) = call(
+        &h,
+        Request::get("/v1/codex/models")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
 #[tokio::test]
 async fn bad_tokens_are_401_openai_shaped() {
     let h = harness().await;

@@ -1093,3 +1093,162 @@ mod fuzz {
         })
     }
 }
+
+// ------------------------------------------------ Messages ingress (Claude Code) → Chat Completions
+
+use tollgate_broker::translate::messages;
+
+#[test]
+fn claude_code_request_to_chat_both_flavors() {
+    let req = json("messages_request.json");
+    for (flavor, name) in [
+        (
+            messages::ChatFlavor::Compatible,
+            "messages_request.chat.golden.json",
+        ),
+        (
+            messages::ChatFlavor::OpenAi,
+            "messages_request.openai.golden.json",
+        ),
+    ] {
+        let (out, ctx) = messages::request(&req, "upstream-model", flavor).expect("translate");
+        golden(name, &pretty(&out));
+        assert_eq!(ctx.model, "claude-opus-5-5");
+        // The client's limit, in the one field this flavour reads.
+        assert_eq!(out[flavor.limit_field()], 32000, "{name}");
+        assert_eq!(
+            FIELDS_OF_CHAT
+                .iter()
+                .filter(|f| out.get(**f).is_some())
+                .count(),
+            1,
+            "{name}"
+        );
+        // Claude Code's custom tools are functions; the server tool is removed with a note.
+        let names: Vec<&str> = out["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .map(|t| t["function"]["name"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(names, ["Bash", "Edit", "mcp__github__get_issue"]);
+        assert!(
+            out["messages"][0]["content"]
+                .as_str()
+                .is_some_and(|s| s.contains("`web_search`")),
+            "{name}"
+        );
+        assert_eq!(out["parallel_tool_calls"], false);
+        let roles: Vec<&str> = out["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["role"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                "system",
+                "user",
+                "assistant",
+                "tool",
+                "user",
+                "assistant",
+                "tool"
+            ]
+        );
+    }
+}
+
+const FIELDS_OF_CHAT: [&str; 3] = ["max_output_tokens", "max_completion_tokens", "max_tokens"];
+
+#[test]
+fn chat_answer_to_messages() {
+    let ctx = messages::MessagesContext {
+        model: "claude-opus-5-5".into(),
+    };
+    let out = messages::response(&json("chat_response.json"), &ctx, &mut SeqIds::default());
+    golden("messages_response.golden.json", &pretty(&out));
+    assert_eq!(out["stop_reason"], "tool_use");
+    assert_eq!(out["content"][1]["input"], serde_json::json!({"cmd": "ls"}));
+    // Anthropic's input_tokens exclude cache reads.
+    assert_eq!(out["usage"]["input_tokens"], 36);
+    assert_eq!(out["usage"]["cache_read_input_tokens"], 64);
+}
+
+#[test]
+fn chat_stream_to_messages_at_any_chunking() {
+    let input = read("chat_stream_tool.sse");
+    let ctx = messages::MessagesContext {
+        model: "claude-opus-5-5".into(),
+    };
+    let whole = run_stream(
+        &mut messages::ChatToMessagesStream::new(ctx.clone(), Box::new(SeqIds::default())),
+        input.as_bytes(),
+        input.len(),
+    )
+    .expect("stream");
+    golden("messages_stream_tool.golden.sse", &whole);
+    for chunk in [1, 7, 64] {
+        let got = run_stream(
+            &mut messages::ChatToMessagesStream::new(ctx.clone(), Box::new(SeqIds::default())),
+            input.as_bytes(),
+            chunk,
+        )
+        .expect("stream");
+        assert_eq!(got, whole, "chunk {chunk}");
+    }
+    let evs = events(&whole);
+    assert_eq!(
+        types(&evs),
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    let delta = &evs[evs.len() - 2];
+    assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+    assert_eq!(delta["usage"]["input_tokens"], 160);
+    assert_eq!(delta["usage"]["cache_read_input_tokens"], 8960);
+    assert_eq!(delta["usage"]["output_tokens"], 24);
+    // The broker's usage decoder reads the translated stream as the Messages ingress does.
+    let mut d =
+        tollgate_broker::usage::SseUsageDecoder::new(tollgate_broker::usage::Wire::Messages);
+    d.feed(whole.as_bytes());
+    assert_eq!(d.finish(), tollgate_broker::usage::StreamEnd::Completed);
+    let u = d.usage.expect("usage");
+    assert_eq!(
+        (u.input_tokens, u.cached_input_tokens, u.output_tokens),
+        (9120, 8960, 24)
+    );
+}
+
+#[test]
+fn chat_stream_error_becomes_an_anthropic_error_event() {
+    let input = read("messages_chat_stream_error.sse");
+    let out = run_stream(
+        &mut messages::ChatToMessagesStream::new(
+            messages::MessagesContext::default(),
+            Box::new(SeqIds::default()),
+        ),
+        input.as_bytes(),
+        5,
+    )
+    .expect("stream");
+    golden("messages_chat_stream_error.golden.sse", &out);
+    let evs = events(&out);
+    assert_eq!(evs.last().map(|e| e["type"].clone()), Some("error".into()));
+    assert_eq!(
+        evs.last().map(|e| e["error"]["message"].clone()),
+        Some("model overloaded, try again".into())
+    );
+}

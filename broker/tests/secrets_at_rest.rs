@@ -83,24 +83,12 @@ async fn state_files_are_private_from_creation_in_a_loose_state_dir() {
 }
 
 async fn run_broker(config: &Path) -> (Option<i32>, String) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate-broker"));
-    cmd.arg("--config")
-        .arg(config)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd.spawn().expect("spawn");
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("the broker must refuse at once, not serve")
-        .expect("wait");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (status, stderr) =
+        tollgate_testkit::procs::BrokerCmd::new(env!("CARGO_BIN_EXE_tollgate-broker"), config)
+            .run_to_exit(Duration::from_secs(30))
+            .await
+            .expect("the broker must refuse at once, not serve");
+    (status.code(), stderr)
 }
 
 /// A store file, its WAL, or the key file readable by others: exit 78 with the path and the fix.

@@ -375,7 +375,7 @@ async fn report_api_and_cli() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "model,requests,input_tokens,cached_input_tokens,cache_write_tokens,output_tokens,reasoning_tokens,cost_usd,cost_nanos"
+        "model,requests,input_tokens,cached_input_tokens,cache_write_tokens,output_tokens,reasoning_tokens,estimated_requests,estimated_cost_nanos,cost_usd,cost_nanos"
     );
     assert_eq!(lines.len(), 3, "{csv}");
     let csv_total: i64 = lines[1..]

@@ -214,10 +214,10 @@ pub fn proxy_request(data: &[u8]) {
         return;
     };
     let h = harness();
-    let path = if sel & 1 == 0 {
-        "/v1/responses"
-    } else {
-        "/v1/chat/completions"
+    let path = match sel % 3 {
+        0 => "/v1/responses",
+        1 => "/v1/chat/completions",
+        _ => "/v1/messages",
     };
     let (status, out) = h.rt.block_on(call(
         &h.app,
@@ -240,7 +240,17 @@ pub fn proxy_request(data: &[u8]) {
                 String::from_utf8_lossy(&out)
             )
         });
-        assert!(v["error"]["message"].is_string(), "not OpenAI-shaped: {v}");
+        if path == "/v1/messages" {
+            // Claude Code reads Anthropic's error shape on its route.
+            assert_eq!(v["type"], "error", "not Anthropic-shaped: {v}");
+            assert!(v["error"]["type"].is_string(), "not Anthropic-shaped: {v}");
+            assert!(
+                v["error"]["message"].is_string(),
+                "not Anthropic-shaped: {v}"
+            );
+        } else {
+            assert!(v["error"]["message"].is_string(), "not OpenAI-shaped: {v}");
+        }
     }
 }
 
@@ -276,7 +286,7 @@ pub fn decide_some(policy: &Policy) {
 
 use serde_json::Value;
 use tollgate_broker::translate::{
-    SeqIds, StreamError, StreamTranslator, ToolContext, TranslateError, anthropic, chat,
+    SeqIds, StreamError, StreamTranslator, ToolContext, TranslateError, anthropic, chat, messages,
 };
 use tollgate_broker::usage::{SseUsageDecoder, StreamEnd, Usage, Wire};
 
@@ -329,6 +339,55 @@ pub fn translate_request(data: &[u8]) {
             assert_eq!(ctx.model, client_model);
             check_anthropic_request(&out, wants_stream);
         }
+    }
+    // The same body as a Messages request (the Claude Code ingress) to a Chat provider of either flavour.
+    let expected = expected_messages_error(&body);
+    for flavor in [
+        messages::ChatFlavor::OpenAi,
+        messages::ChatFlavor::Compatible,
+    ] {
+        match messages::request(&body, UPSTREAM_MODEL, flavor) {
+            Err(e) => assert_eq!(Some(e), expected, "messages request error"),
+            Ok((out, ctx)) => {
+                assert_eq!(expected, None, "messages request translated a bad body");
+                assert_eq!(ctx.model, client_model);
+                check_chat_request(&out, wants_stream);
+                // The client's limit, exactly, in the one field this flavour reads.
+                let limit = body.get("max_tokens").and_then(Value::as_u64);
+                let fields: Vec<&str> =
+                    ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+                        .into_iter()
+                        .filter(|f| out.get(*f).is_some())
+                        .collect();
+                match limit {
+                    Some(l) => {
+                        assert_eq!(fields, [flavor.limit_field()], "limit fields: {out}");
+                        assert_eq!(out[flavor.limit_field()].as_u64(), Some(l));
+                    }
+                    None => assert!(fields.is_empty(), "a limit was invented: {out}"),
+                }
+            }
+        }
+    }
+}
+
+/// The error the Messages translation must give, judged from the body alone.
+fn expected_messages_error(body: &Value) -> Option<TranslateError> {
+    let Some(o) = body.as_object() else {
+        return Some(TranslateError::NotAnObject);
+    };
+    match o.get("messages") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(ms)) => ms
+            .iter()
+            .any(|m| {
+                !matches!(
+                    m.get("role").and_then(Value::as_str),
+                    Some("user" | "assistant")
+                )
+            })
+            .then_some(TranslateError::BadMessages),
+        Some(_) => Some(TranslateError::BadMessages),
     }
 }
 
@@ -687,4 +746,69 @@ pub fn translate_stream(data: &[u8]) {
             assert_eq!(dec.usage, u, "usage decoder disagrees on usage");
         }
     }
+    if !anthropic {
+        chat_as_messages(bytes, *split);
+    }
+}
+
+/// Chat chunks translated for the Messages ingress (Claude Code on an OpenAI-family provider): the same
+/// outcome and bytes for every chunking, `message_stop` or `error` last when it finishes, and the proxy's
+/// Messages usage decoder agreeing with the final `message_delta`.
+fn chat_as_messages(bytes: &[u8], split: u8) {
+    let new = || -> Box<dyn StreamTranslator> {
+        Box::new(messages::ChatToMessagesStream::new(
+            messages::MessagesContext::default(),
+            Box::new(SeqIds::default()),
+        ))
+    };
+    let whole = run_stream(new(), &[bytes]);
+    let cut = run_stream(new(), &chunks(bytes, split));
+    assert_eq!(whole.result, cut.result, "outcome depends on chunking");
+    if whole.result.is_err() {
+        return;
+    }
+    assert_eq!(whole.out, cut.out, "translated bytes depend on chunking");
+    let text = String::from_utf8(whole.out.clone()).expect("UTF-8 out");
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let mut lines = e.lines();
+            let name = lines
+                .next()
+                .and_then(|l| l.strip_prefix("event: "))
+                .expect("event line");
+            let data = lines
+                .next()
+                .and_then(|l| l.strip_prefix("data: "))
+                .expect("data line");
+            let v: Value = serde_json::from_str(data).expect("event JSON");
+            assert_eq!(v["type"], name, "event name and type differ");
+            v
+        })
+        .collect();
+    let last = events.last().expect("a finished stream has events");
+    let kind = last["type"].as_str().expect("type");
+    assert!(
+        matches!(kind, "message_stop" | "error"),
+        "finished with {kind}"
+    );
+    let mut dec = SseUsageDecoder::new(Wire::Messages);
+    dec.feed(&whole.out);
+    let end = dec.finish();
+    if kind == "error" {
+        assert_eq!(end, StreamEnd::Failed);
+        return;
+    }
+    assert!(
+        matches!(end, StreamEnd::Completed | StreamEnd::Incomplete),
+        "{end:?}"
+    );
+    let delta = events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "message_delta")
+        .expect("message_delta before message_stop");
+    let u = Usage::from_messages(&delta["usage"]);
+    assert_eq!(dec.usage, u, "usage decoder disagrees on usage");
 }

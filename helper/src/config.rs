@@ -234,6 +234,7 @@ pub enum IdentityKindSpec {
     Azure,
     OidcFile,
     Chain,
+    Login,
 }
 
 /// Where the static credential comes from.
@@ -254,6 +255,8 @@ pub enum IdentityConfig {
     Azure(crate::identity::azure::AzureSettings),
     OidcFile(Option<PathBuf>),
     Chain(Vec<IdentityConfig>),
+    /// A person signed in with `tollgate-token login` (see `login`): renewed from the refresh token.
+    Login,
 }
 
 impl IdentityConfig {
@@ -265,6 +268,7 @@ impl IdentityConfig {
             IdentityConfig::Azure(_) => IdentityKindSpec::Azure,
             IdentityConfig::OidcFile(_) => IdentityKindSpec::OidcFile,
             IdentityConfig::Chain(_) => IdentityKindSpec::Chain,
+            IdentityConfig::Login => IdentityKindSpec::Login,
         }
     }
 
@@ -277,6 +281,7 @@ impl IdentityConfig {
             IdentityConfig::Azure(_) => "azure",
             IdentityConfig::OidcFile(_) => "oidc-file",
             IdentityConfig::Chain(_) => "chain",
+            IdentityConfig::Login => "login",
         }
     }
 }
@@ -310,6 +315,11 @@ pub struct Settings {
     pub rerun_window_secs: Option<u64>,
     /// How long a broker failure is remembered (0: not at all).
     pub failure_memory_secs: u64,
+    /// Where sign-ins are recorded (`$XDG_STATE_HOME/tollgate`; `TOLLGATE_STATE_DIR`). `None` without
+    /// a HOME: only `login` needs it, and says so.
+    pub state_dir: Option<PathBuf>,
+    /// Where a sign-in's refresh token goes (`TOLLGATE_CREDENTIAL_STORE`: auto, keyring, file).
+    pub credential_store: crate::login::store::StoreChoice,
 }
 
 /// Pick the first present value, remembering where it came from.
@@ -549,12 +559,29 @@ pub fn resolve(flags: &Flags, env: &dyn Env) -> Result<Settings, ConfigError> {
     .map_or_else(|| DEFAULT_AUDIENCE.to_owned(), |(v, _)| v);
     check_name("audience", &audience)?;
 
-    let identity_name = pick(
+    let identity_pick = pick(
         flags.identity.clone(),
         env.var("TOLLGATE_IDENTITY"),
         file.identity,
-    )
-    .map_or_else(|| "static".to_owned(), |(v, _)| v);
+    );
+    let identity_explicit = identity_pick.is_some();
+    let identity_name = identity_pick.map_or_else(|| "static".to_owned(), |(v, _)| v);
+    let state_dir = match env.path("TOLLGATE_STATE_DIR") {
+        Some(p) => Some(expand_path(&p, None, env)),
+        None => xdg_dir(env, "XDG_STATE_HOME", ".local/state")
+            .ok()
+            .map(|d| d.join("tollgate")),
+    };
+    let credential_store = match env.var("TOLLGATE_CREDENTIAL_STORE") {
+        None => crate::login::store::StoreChoice::Auto,
+        Some(v) => crate::login::store::StoreChoice::parse(v.trim()).ok_or_else(|| {
+            ConfigError::Invalid {
+                what: "TOLLGATE_CREDENTIAL_STORE".into(),
+                value: v.clone(),
+                reason: "expected auto, keyring or file".into(),
+            }
+        })?,
+    };
     let ctx = IdentityCtx {
         flags,
         env,
@@ -562,7 +589,17 @@ pub fn resolve(flags: &Flags, env: &dyn Env) -> Result<Settings, ConfigError> {
         config_dir: config_dir.as_deref(),
         audience: &audience,
     };
-    let identity = resolve_identity(&identity_name, &ctx, true)?;
+    let mut identity = resolve_identity(&identity_name, &ctx, true)?;
+    // Nothing configured but a person signed in with `tollgate-token login`: that sign-in.
+    if !identity_explicit
+        && matches!(identity, IdentityConfig::Static(StaticCredential::None))
+        && let Some(dir) = &state_dir
+        && crate::login::store::Slot::new(dir, &broker, &profile)
+            .load()
+            .is_ok_and(|r| r.is_some())
+    {
+        identity = IdentityConfig::Login;
+    }
 
     let ttl_secs = pick(
         flags.ttl_secs,
@@ -638,6 +675,8 @@ pub fn resolve(flags: &Flags, env: &dyn Env) -> Result<Settings, ConfigError> {
         cache_dir,
         rerun_window_secs,
         failure_memory_secs,
+        state_dir,
+        credential_store,
     })
 }
 
@@ -859,6 +898,16 @@ fn resolve_identity(
                 what: "chain".into(),
                 value: "chain".into(),
                 reason: "a chain cannot contain a chain".into(),
+            });
+        }
+        "login" if allow_chain => IdentityConfig::Login,
+        "login" => {
+            return Err(ConfigError::Invalid {
+                what: "chain".into(),
+                value: "login".into(),
+                reason:
+                    "a person's sign-in is not a workload identity source; use --identity login"
+                        .into(),
             });
         }
         _ => return Err(ConfigError::UnknownIdentity(name.to_string())),

@@ -19,6 +19,9 @@ pub enum Exit {
     IdentityUnavailable = 65,
     /// The broker answered and refused the exchange (`EX_NOINPUT`); its reason is printed.
     BrokerRefused = 66,
+    /// A person must sign in (again): no sign-in, or its refresh token expired or was revoked
+    /// (`EX_NOUSER`). Run `tollgate-token login`; the token path never opens a browser itself.
+    SignInRequired = 67,
     /// The broker could not be reached, timed out, or answered 5xx (`EX_UNAVAILABLE`).
     BrokerUnavailable = 69,
     /// A bug or an unexpected local failure (`EX_SOFTWARE`).
@@ -39,7 +42,9 @@ Exit codes:
   64  usage or configuration error (flags, environment, config file, a broker URL ending in /v1,
       a credential file that group or others can access)
   65  identity unavailable (no credential, unreadable credential file)
-  66  broker refused the exchange (its `error` and `error_description` are printed)
+  66  broker refused the exchange (its `error` and `error_description` are printed), or refused a sign-in
+  67  sign-in required: not signed in, or the sign-in expired or was revoked; run `tollgate-token login`
+      (the token path renews a sign-in silently and never opens a browser)
   69  broker unreachable, timed out, or answered 5xx; such a failure is remembered for
       --failure-memory seconds (default 10) per broker and identity, so reruns fail at once
   70  internal error
@@ -89,7 +94,7 @@ pub enum ConfigError {
         vars: &'static str,
     },
     #[error(
-        "unknown identity `{0}` (expected one of: static, aws, vault, azure, oidc-file, chain)"
+        "unknown identity `{0}` (expected one of: static, aws, vault, azure, oidc-file, chain, login)"
     )]
     UnknownIdentity(String),
     /// The `auth.args` that Codex's config gives the helper do not parse.
@@ -189,6 +194,20 @@ pub enum SetupError {
     },
     #[error("{path}: `{key}` is not a table; fix it by hand before running setup")]
     Shape { path: PathBuf, key: String },
+    #[error(
+        "{path} is not valid JSON (line {line}, column {column}): {message}; fix it before running setup"
+    )]
+    JsonParse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// Claude Code's settings: `key` is not what Claude Code expects there (an object, a string).
+    #[error(
+        "{path}: `{key}` is not what Claude Code expects there; fix it by hand before running setup"
+    )]
+    JsonShape { path: PathBuf, key: String },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -197,6 +216,41 @@ pub enum SetupError {
     },
     #[error("cannot find the path of this executable: {0}")]
     CurrentExe(#[source] std::io::Error),
+}
+
+/// A person's sign-in (`login`, `logout`, and the token path of a signed-in person).
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    /// No sign-in for this broker and profile.
+    #[error("not signed in to {broker}: run `tollgate-token login{args}`")]
+    NotSignedIn { broker: String, args: String },
+    /// The broker refused the refresh token (expired, revoked, or its family revoked after a replay).
+    #[error(
+        "the sign-in to {broker} has expired or was revoked ({error}): run `tollgate-token login{args}`"
+    )]
+    Expired {
+        broker: String,
+        error: String,
+        args: String,
+    },
+    /// The sign-in was refused or abandoned at the authorization server.
+    #[error("sign-in refused: {error}{}", .description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Denied {
+        error: String,
+        description: Option<String>,
+    },
+    /// The redirect did not carry the `state` (or `iss`) this sign-in sent: not our answer.
+    #[error("sign-in aborted: the browser's redirect does not belong to this sign-in ({0})")]
+    Mismatch(&'static str),
+    /// Nobody finished the sign-in in time.
+    #[error("sign-in timed out: {0}")]
+    TimedOut(String),
+    /// The broker does not speak the protocol the helper needs.
+    #[error("{broker} cannot sign people in: {reason}")]
+    Unsupported { broker: String, reason: String },
+    /// The refresh token could not be kept or read.
+    #[error("cannot {what} the refresh token: {reason}")]
+    Store { what: &'static str, reason: String },
 }
 
 /// Everything `run` can fail with.
@@ -210,6 +264,8 @@ pub enum HelperError {
     Exchange(#[from] ExchangeError),
     #[error(transparent)]
     Setup(#[from] SetupError),
+    #[error(transparent)]
+    SignIn(#[from] SignInError),
     /// Writing to stdout failed. A broken pipe is not an error (see [`HelperError::is_broken_pipe`]).
     #[error("cannot write to stdout: {0}")]
     Stdout(#[source] std::io::Error),
@@ -225,8 +281,24 @@ impl HelperError {
             HelperError::Identity(_) => Exit::IdentityUnavailable,
             HelperError::Exchange(ExchangeError::Refused { .. }) => Exit::BrokerRefused,
             HelperError::Exchange(_) => Exit::BrokerUnavailable,
-            HelperError::Setup(SetupError::Parse { .. } | SetupError::Shape { .. }) => Exit::Usage,
+            HelperError::Setup(
+                SetupError::Parse { .. }
+                | SetupError::Shape { .. }
+                | SetupError::JsonParse { .. }
+                | SetupError::JsonShape { .. },
+            ) => Exit::Usage,
             HelperError::Setup(_) => Exit::Internal,
+            HelperError::SignIn(
+                SignInError::NotSignedIn { .. }
+                | SignInError::Expired { .. }
+                | SignInError::TimedOut(_),
+            ) => Exit::SignInRequired,
+            HelperError::SignIn(
+                SignInError::Denied { .. }
+                | SignInError::Mismatch(_)
+                | SignInError::Unsupported { .. },
+            ) => Exit::BrokerRefused,
+            HelperError::SignIn(SignInError::Store { .. }) => Exit::Internal,
             HelperError::Stdout(_) | HelperError::Internal(_) => Exit::Internal,
         }
     }

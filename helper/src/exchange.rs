@@ -65,6 +65,17 @@ pub fn jwt_claims(token: &str) -> Option<tollgate::Claims> {
 /// TLS runs on rustls with `ring`, installed here as the process's provider, so the clients other crates
 /// build later in the same run (Vault's) use it too. (The helper leaves out aws-lc-rs: see Cargo.toml.)
 pub fn http_client(remaining: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    builder(remaining).build()
+}
+
+/// The same client without keeping connections: a sign-in waits minutes for the person between two
+/// requests, longer than servers keep an idle connection, and a reused connection the server is closing
+/// fails the request ("connection closed before message completed").
+pub fn http_client_unpooled(remaining: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    builder(remaining).pool_max_idle_per_host(0).build()
+}
+
+fn builder(remaining: Duration) -> reqwest::ClientBuilder {
     // Err only when a provider is already installed (a second client in this process): nothing to do.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
@@ -72,7 +83,6 @@ pub fn http_client(remaining: Duration) -> Result<reqwest::Client, reqwest::Erro
         .connect_timeout(remaining.min(MAX_CONNECT))
         .timeout(remaining)
         .user_agent(concat!("tollgate-token/", env!("CARGO_PKG_VERSION")))
-        .build()
 }
 
 /// Run a future on a fresh current-thread runtime, bounded by `deadline`.
@@ -144,14 +154,14 @@ pub async fn read_body(mut resp: reqwest::Response, url: &str) -> Result<Vec<u8>
 
 /// RFC 6749 §5.2, loosely: brokers may use codes we do not know.
 #[derive(Deserialize)]
-struct LooseOAuthError {
-    error: String,
+pub(crate) struct LooseOAuthError {
+    pub(crate) error: String,
     #[serde(default)]
-    error_description: Option<String>,
+    pub(crate) error_description: Option<String>,
 }
 
 /// Broker text is shown to the user: keep it to one short printable line.
-fn sanitize(s: &str, max: usize) -> String {
+pub(crate) fn sanitize(s: &str, max: usize) -> String {
     let s: String = s
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

@@ -9,11 +9,13 @@
 //! output streams), so [`run_with`] is testable in-process; `main` only wires the real ones.
 
 pub mod cache;
+pub mod claude;
 pub mod codex;
 pub mod config;
 pub mod error;
 pub mod exchange;
 pub mod identity;
+pub mod login;
 pub mod rerun;
 pub mod setup;
 pub mod status;
@@ -82,8 +84,48 @@ pub enum Command {
         #[arg(long)]
         provider_id: Option<String>,
     },
-    /// Add or update the Tollgate provider in Codex's config.toml ($CODEX_HOME or ~/.codex).
+    /// Sign in as a person (your company's SSO, through the broker): a browser on this machine, or a
+    /// code to confirm on another device.
+    ///
+    /// Opens a browser (`$BROWSER`, else the desktop's opener) at the broker's sign-in page and takes
+    /// the answer on a loopback port (PKCE S256). Without a display (an SSH session, a container) it
+    /// uses the device sign-in instead: it prints a link and a code to confirm on any device. The
+    /// refresh token goes to the OS credential store (a 0600 file when there is none, which it says);
+    /// after that, `tollgate-token` (Codex's auth command) renews silently and never opens a browser.
+    Login {
+        /// Sign in with a code on another device (RFC 8628), whatever the display.
+        #[arg(long, conflicts_with = "no_browser")]
+        device: bool,
+        /// Sign in with a browser on this machine, but only print the link (do not open it).
+        #[arg(long)]
+        no_browser: bool,
+        /// The OAuth client the helper is at the broker.
+        #[arg(long, default_value = login::DEFAULT_CLIENT_ID, value_name = "ID")]
+        client_id: String,
+        /// Scopes to ask for [default: openid models offline_access, as far as the broker offers them].
+        #[arg(long)]
+        scope: Option<String>,
+        /// As for `status`.
+        #[arg(long)]
+        provider_id: Option<String>,
+    },
+    /// Sign out: revoke the refresh token at the broker (RFC 7009) and forget the sign-in here.
+    Logout {
+        /// As for `status`.
+        #[arg(long)]
+        provider_id: Option<String>,
+    },
+    /// Add or update the Tollgate provider in Codex's config.toml ($CODEX_HOME or ~/.codex), or with
+    /// `--agent claude-code` point Claude Code at the broker in ~/.claude/settings.json (apiKeyHelper,
+    /// ANTHROPIC_BASE_URL, CLAUDE_CODE_API_KEY_HELPER_TTL_MS).
     Setup {
+        /// Which agent to set up.
+        #[arg(long, value_enum, default_value_t = Agent::Codex)]
+        agent: Agent,
+        /// With `--agent claude-code`: edit this project's `.claude/settings.json` instead of the user's
+        /// (default: the current directory).
+        #[arg(long, num_args = 0..=1, default_missing_value = ".", value_name = "DIR")]
+        project: Option<std::path::PathBuf>,
         /// Provider id under [model_providers].
         #[arg(long, default_value = "tollgate")]
         provider_id: String,
@@ -96,12 +138,23 @@ pub enum Command {
         /// Print the change as a diff and write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Let Codex (0.171 and later) sign the person in itself: write `gateway_oauth` (the broker's
+        /// authorization server, found through its metadata) instead of the helper as the auth command.
+        #[arg(long)]
+        oauth: bool,
     },
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// The coding agent `setup` configures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Agent {
+    Codex,
+    ClaudeCode,
 }
 
 /// Writes `tollgate-token: …` lines to stderr, scrubbing every secret it has been told about.
@@ -272,21 +325,72 @@ fn dispatch(
             }
             Ok(Exit::Ok)
         }
+        Some(Command::Login {
+            device,
+            no_browser,
+            client_id,
+            scope,
+            provider_id,
+        }) => {
+            let (settings, _) = resolve_with_codex(cli.flags, provider_id.as_deref(), env, report)?;
+            let opts = login::LoginOptions {
+                device,
+                no_browser,
+                client_id,
+                scope,
+            };
+            login::login(&settings, &opts, env, clock, report)
+        }
+        Some(Command::Logout { provider_id }) => {
+            let (settings, _) = resolve_with_codex(cli.flags, provider_id.as_deref(), env, report)?;
+            login::logout(&settings, report)
+        }
+        Some(Command::Setup {
+            agent: Agent::ClaudeCode,
+            project,
+            dry_run,
+            ..
+        }) => {
+            let settings = config::resolve(&cli.flags, env)?;
+            let args = pinned_args(&settings, cli.flags.credential_file.as_deref())?;
+            claude::run(&settings, args, env, project.as_deref(), dry_run, out)
+        }
         Some(Command::Setup {
             provider_id,
             set_default,
             model,
             dry_run,
+            oauth,
+            project,
+            ..
         }) => {
+            if project.is_some() {
+                return Err(error::ConfigError::Invalid {
+                    what: "--project".into(),
+                    value: String::new(),
+                    reason:
+                        "only with --agent claude-code (Codex has no per-project provider file)"
+                            .into(),
+                }
+                .into());
+            }
             let settings = config::resolve(&cli.flags, env)?;
+            let oauth = if oauth {
+                Some(gateway_oauth(&settings, env, report)?)
+            } else {
+                None
+            };
             run_setup(
                 &settings,
                 cli.flags.credential_file.as_deref(),
                 env,
-                provider_id,
-                set_default,
-                model,
-                dry_run,
+                SetupChoice {
+                    provider_id,
+                    set_default,
+                    model,
+                    dry_run,
+                    oauth,
+                },
                 out,
                 report,
             )
@@ -326,18 +430,81 @@ fn resolve_with_codex(
     Ok((config::resolve(&flags, env)?, found))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_setup(
-    settings: &config::Settings,
-    credential_file: Option<&std::path::Path>,
-    env: &dyn Env,
+/// What `setup` was asked to do.
+struct SetupChoice {
     provider_id: String,
     set_default: bool,
     model: Option<String>,
     dry_run: bool,
+    oauth: Option<setup::GatewayOAuth>,
+}
+
+/// `setup --oauth`: Codex's `gateway_oauth` from the broker's authorization server metadata.
+fn gateway_oauth(
+    settings: &config::Settings,
+    env: &dyn Env,
+    report: &mut Reporter<'_>,
+) -> Result<setup::GatewayOAuth, HelperError> {
+    // Codex keeps its gateway token in the OS keyring by default; where there is none (no D-Bus session
+    // for a Secret Service on Linux, or the person chose files for the helper) its file store must be named.
+    let no_keyring = settings.credential_store == login::store::StoreChoice::File
+        || (!cfg!(target_os = "macos") && env.var("DBUS_SESSION_BUS_ADDRESS").is_none());
+    let credentials_store = no_keyring.then_some("file");
+    if no_keyring {
+        report.note(
+            "no OS keyring session here: Codex is told to keep its sign-in in its own file store \
+             (credentials_store = \"file\")",
+        );
+    }
+    let http = exchange::http_client(std::time::Duration::from_millis(
+        settings.timeout_ms.max(10_000),
+    ))
+    .map_err(|e| HelperError::Internal(format!("cannot build the HTTP client: {e}")))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| HelperError::Internal(format!("cannot start the async runtime: {e}")))?;
+    let meta = rt.block_on(login::oauth::discover(&http, &settings.broker))?;
+    let authorization_url =
+        meta.authorization_endpoint
+            .clone()
+            .ok_or_else(|| error::SignInError::Unsupported {
+                broker: settings.broker.clone(),
+                reason: "its metadata has no authorization_endpoint".into(),
+            })?;
+    let scopes = ["models", "offline_access"]
+        .into_iter()
+        .filter(|s| {
+            meta.scopes_supported.is_empty() || meta.scopes_supported.iter().any(|x| x == s)
+        })
+        .map(str::to_owned)
+        .collect();
+    Ok(setup::GatewayOAuth {
+        authorization_url,
+        token_url: meta.token_endpoint,
+        device_authorization_url: meta.device_authorization_endpoint,
+        client_id: "codex".into(),
+        scopes,
+        resource: settings.broker.clone(),
+        credentials_store,
+    })
+}
+
+fn run_setup(
+    settings: &config::Settings,
+    credential_file: Option<&std::path::Path>,
+    env: &dyn Env,
+    choice: SetupChoice,
     out: &mut dyn Write,
     report: &mut Reporter<'_>,
 ) -> Result<Exit, HelperError> {
+    let SetupChoice {
+        provider_id,
+        set_default,
+        model,
+        dry_run,
+        oauth,
+    } = choice;
     if provider_id.is_empty()
         || !provider_id
             .chars()
@@ -355,6 +522,72 @@ fn run_setup(
         vars: "CODEX_HOME",
     })?;
     let exe = std::env::current_exe().map_err(error::SetupError::CurrentExe)?;
+    let args = pinned_args(settings, credential_file)?;
+    let via_oauth = oauth.is_some();
+    let plan = setup::SetupPlan {
+        provider_id,
+        broker: settings.broker.clone(),
+        command: exe.to_string_lossy().into_owned(),
+        args,
+        set_default,
+        model,
+        oauth,
+    };
+    let old = setup::read_config(&path)?;
+    let (new, notes) = setup::apply(&old, &path, &plan)?;
+    let io_err = HelperError::Stdout;
+    for n in &notes {
+        report.warn(n);
+    }
+    let label = path.display().to_string();
+    if dry_run {
+        if old == new {
+            writeln!(out, "{label} is already up to date; nothing would change").map_err(io_err)?;
+        } else {
+            out.write_all(setup::diff(&old, &new, &label).as_bytes())
+                .map_err(io_err)?;
+            writeln!(out, "(dry run: nothing written)").map_err(io_err)?;
+        }
+        return Ok(Exit::Ok);
+    }
+    if old == new {
+        writeln!(out, "{label} is already up to date").map_err(io_err)?;
+        return Ok(Exit::Ok);
+    }
+    setup::write_config(&path, &new)?;
+    if via_oauth {
+        writeln!(
+            out,
+            "updated {label}: provider `{}` -> {}/v1, Codex signs in itself (gateway_oauth, client `codex`)",
+            plan.provider_id, plan.broker
+        )
+        .map_err(io_err)?;
+    } else {
+        writeln!(
+            out,
+            "updated {label}: provider `{}` -> {}/v1, auth command {}",
+            plan.provider_id, plan.broker, plan.command
+        )
+        .map_err(io_err)?;
+    }
+    if !set_default {
+        writeln!(
+            out,
+            "use it with `codex -c model_provider={}` or rerun with --set-default",
+            plan.provider_id
+        )
+        .map_err(io_err)?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// The helper arguments an agent's config must pin (the agent runs the helper without our environment,
+/// from any directory): a profile other than the default, a broker not from the config file, a credential
+/// file as an absolute path.
+fn pinned_args(
+    settings: &config::Settings,
+    credential_file: Option<&std::path::Path>,
+) -> Result<Vec<String>, HelperError> {
     let mut args = Vec::new();
     if settings.profile != config::DEFAULT_PROFILE {
         args.extend(["--profile".to_owned(), settings.profile.clone()]);
@@ -380,49 +613,10 @@ fn run_setup(
             abs.to_string_lossy().into_owned(),
         ]);
     }
-    let plan = setup::SetupPlan {
-        provider_id,
-        broker: settings.broker.clone(),
-        command: exe.to_string_lossy().into_owned(),
-        args,
-        set_default,
-        model,
-    };
-    let old = setup::read_config(&path)?;
-    let (new, notes) = setup::apply(&old, &path, &plan)?;
-    let io_err = HelperError::Stdout;
-    for n in &notes {
-        report.warn(n);
+    // Signed in as a person (`login`): pin it, so that after a `logout` the agent's helper says to sign in
+    // again instead of looking for a workload credential.
+    if matches!(settings.identity, config::IdentityConfig::Login) {
+        args.extend(["--identity".to_owned(), "login".to_owned()]);
     }
-    let label = path.display().to_string();
-    if dry_run {
-        if old == new {
-            writeln!(out, "{label} is already up to date; nothing would change").map_err(io_err)?;
-        } else {
-            out.write_all(setup::diff(&old, &new, &label).as_bytes())
-                .map_err(io_err)?;
-            writeln!(out, "(dry run: nothing written)").map_err(io_err)?;
-        }
-        return Ok(Exit::Ok);
-    }
-    if old == new {
-        writeln!(out, "{label} is already up to date").map_err(io_err)?;
-        return Ok(Exit::Ok);
-    }
-    setup::write_config(&path, &new)?;
-    writeln!(
-        out,
-        "updated {label}: provider `{}` -> {}/v1, auth command {}",
-        plan.provider_id, plan.broker, plan.command
-    )
-    .map_err(io_err)?;
-    if !set_default {
-        writeln!(
-            out,
-            "use it with `codex -c model_provider={}` or rerun with --set-default",
-            plan.provider_id
-        )
-        .map_err(io_err)?;
-    }
-    Ok(Exit::Ok)
+    Ok(args)
 }

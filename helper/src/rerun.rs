@@ -7,14 +7,23 @@
 //! because the token was refused, and we mint a new one. A normal Codex process asks once at start and then
 //! only every `refresh_interval_ms` (setup writes 240 s), well outside the default 120 s window.
 //!
-//! The window applies automatically only when the parent is Codex: a shell script that calls the helper in
-//! a loop must keep getting the cached token. `--rerun-window` sets it explicitly for any parent.
+//! Claude Code does the same with `apiKeyHelper` after a 401 (and every `CLAUDE_CODE_API_KEY_HELPER_TTL_MS`,
+//! which `setup --agent claude-code` sets to 240 s), but runs it through a shell: when our parent is a
+//! shell whose own parent is Claude Code, the Claude Code process is the parent that counts (the shell is
+//! new each time).
+//!
+//! The window applies automatically only when the parent is Codex or Claude Code: a shell script that
+//! calls the helper in a loop must keep getting the cached token. `--rerun-window` sets it explicitly for
+//! any parent.
 
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
-/// The default window when the parent is Codex.
+/// The default window when the parent is Codex (or Claude Code).
 pub const CODEX_WINDOW_SECS: u64 = 120;
+
+/// Shells an agent may run us through (`/proc/<pid>/comm`).
+const SHELLS: [&str; 5] = ["sh", "bash", "dash", "zsh", "fish"];
 
 /// The process that ran us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,28 +36,51 @@ pub struct Parent {
 }
 
 impl Parent {
-    /// Read our parent from `/proc`. `None` where `/proc` is unavailable.
+    /// Read our parent from `/proc` (the agent behind it when it is a shell an agent started). `None`
+    /// where `/proc` is unavailable.
     pub fn current() -> Option<Parent> {
-        let pid = std::os::unix::process::parent_id();
+        let (parent, ppid) = Self::read(std::os::unix::process::parent_id())?;
+        if SHELLS.contains(&parent.comm.as_str())
+            && let Some((agent, _)) = Self::read(ppid)
+            && agent.is_agent()
+        {
+            return Some(agent);
+        }
+        Some(parent)
+    }
+
+    /// A process and its parent's pid, from `/proc/<pid>/stat` and `comm`.
+    fn read(pid: u32) -> Option<(Parent, u32)> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // The command name is in parentheses and may contain spaces: split after the last ')'.
         let rest = &stat[stat.rfind(')')? + 1..];
-        // After ')', fields start at field 3 (state); starttime is field 22 → index 19 here.
-        let start_ticks = rest.split_whitespace().nth(19)?.parse().ok()?;
+        // After ')', fields start at field 3 (state); ppid is field 4 → index 1, starttime is field 22 →
+        // index 19 here.
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ppid = fields.get(1)?.parse().ok()?;
+        let start_ticks = fields.get(19)?.parse().ok()?;
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .unwrap_or_default()
             .trim()
             .to_string();
-        Some(Parent {
-            pid,
-            start_ticks,
-            comm,
-        })
+        Some((
+            Parent {
+                pid,
+                start_ticks,
+                comm,
+            },
+            ppid,
+        ))
+    }
+
+    /// Codex or Claude Code (whose native binary is `claude`).
+    fn is_agent(&self) -> bool {
+        self.comm.starts_with("codex") || self.comm == "claude"
     }
 
     /// The window that applies to this parent, given the configured one.
     pub fn window(&self, configured: Option<u64>) -> u64 {
-        configured.unwrap_or(if self.comm.starts_with("codex") {
+        configured.unwrap_or(if self.is_agent() {
             CODEX_WINDOW_SECS
         } else {
             0
@@ -146,6 +178,8 @@ mod tests {
         assert_eq!(parent(1, 1, "bash").window(None), 0);
         assert_eq!(parent(1, 1, "bash").window(Some(30)), 30);
         assert_eq!(parent(1, 1, "codex").window(Some(0)), 0);
+        assert_eq!(parent(1, 1, "claude").window(None), CODEX_WINDOW_SECS);
+        assert_eq!(parent(1, 1, "claude-helper").window(None), 0);
     }
 
     #[test]

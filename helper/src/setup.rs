@@ -35,6 +35,27 @@ pub struct SetupPlan {
     pub args: Vec<String>,
     pub set_default: bool,
     pub model: Option<String>,
+    /// `--oauth`: Codex signs the person in itself (`gateway_oauth`) instead of running the helper.
+    pub oauth: Option<GatewayOAuth>,
+}
+
+/// `[model_providers.<id>.gateway_oauth]` as Codex 0.171.0 reads it (verified against the binary: the
+/// keys below are accepted; `redirect_port` may be left out, and Codex then listens on a port the system
+/// picks; `credentials_store` takes `file` or `keyring`; `delivery = { kind = "header" | "cookie", name }`
+/// moves the token out of `Authorization`, which the broker does not need).
+#[derive(Debug, Clone)]
+pub struct GatewayOAuth {
+    pub authorization_url: String,
+    pub token_url: String,
+    pub device_authorization_url: Option<String>,
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    /// RFC 8707: the broker's URL, the `aud` of the token.
+    pub resource: String,
+    /// `credentials_store`: `file` where Codex's default, the OS keyring, cannot work (observed with
+    /// 0.171.0: without a Secret Service the sign-in ends in "Gateway OAuth authentication failed; check
+    /// the gateway configuration and credential store"). `None` leaves the key as the user has it.
+    pub credentials_store: Option<&'static str>,
 }
 
 /// `$CODEX_HOME/config.toml`, else `~/.codex/config.toml`.
@@ -96,6 +117,51 @@ pub fn apply(
                 plan.provider_id
             ));
         }
+    }
+    if let Some(g) = &plan.oauth {
+        if provider.remove("auth").is_some() {
+            notes.push(format!(
+                "removed [model_providers.{}.auth]: Codex signs in itself with gateway_oauth now",
+                plan.provider_id
+            ));
+        }
+        let t = table_entry(provider, "gateway_oauth", false).ok_or_else(|| {
+            shape(&format!(
+                "model_providers.{}.gateway_oauth",
+                plan.provider_id
+            ))
+        })?;
+        set_value(
+            t,
+            "authorization_url",
+            Value::from(g.authorization_url.as_str()),
+        );
+        set_value(t, "token_url", Value::from(g.token_url.as_str()));
+        match &g.device_authorization_url {
+            Some(u) => {
+                set_value(t, "device_authorization_url", Value::from(u.as_str()));
+            }
+            None => {
+                t.remove("device_authorization_url");
+            }
+        }
+        set_value(t, "client_id", Value::from(g.client_id.as_str()));
+        set_value(
+            t,
+            "scopes",
+            Value::Array(g.scopes.iter().map(String::as_str).collect::<Array>()),
+        );
+        set_value(t, "resource", Value::from(g.resource.as_str()));
+        if let Some(store) = g.credentials_store {
+            set_value(t, "credentials_store", Value::from(store));
+        }
+        return Ok((doc.to_string(), notes));
+    }
+    if provider.remove("gateway_oauth").is_some() {
+        notes.push(format!(
+            "removed [model_providers.{}.gateway_oauth]: the helper is Codex's auth command now",
+            plan.provider_id
+        ));
     }
     let auth = table_entry(provider, "auth", false)
         .ok_or_else(|| shape(&format!("model_providers.{}.auth", plan.provider_id)))?;
@@ -301,7 +367,76 @@ mod tests {
             args: vec!["--broker".into(), "https://b.example".into()],
             set_default: false,
             model: None,
+            oauth: None,
         }
+    }
+
+    #[test]
+    fn oauth_writes_gateway_oauth_keeps_the_rest_and_switches_back() {
+        let p = SetupPlan {
+            oauth: Some(GatewayOAuth {
+                authorization_url: "https://b.example/oauth/authorize".into(),
+                token_url: "https://b.example/oauth/token".into(),
+                device_authorization_url: Some(
+                    "https://b.example/oauth/device_authorization".into(),
+                ),
+                client_id: "codex".into(),
+                scopes: vec!["models".into(), "offline_access".into()],
+                resource: "https://b.example".into(),
+                credentials_store: None,
+            }),
+            ..plan()
+        };
+        let (with_auth, _) = apply(HAND_WRITTEN, Path::new("c.toml"), &plan()).expect("apply");
+        let (out, notes) = apply(&with_auth, Path::new("c.toml"), &p).expect("apply");
+        assert_eq!(
+            notes,
+            [
+                "removed [model_providers.tollgate.auth]: Codex signs in itself with gateway_oauth now"
+            ]
+        );
+        let doc: toml::Table = toml::from_str(&out).expect("valid");
+        let prov = &doc["model_providers"]["tollgate"];
+        assert!(prov.get("auth").is_none());
+        let g = &prov["gateway_oauth"];
+        assert_eq!(
+            g["authorization_url"].as_str(),
+            Some("https://b.example/oauth/authorize")
+        );
+        assert_eq!(
+            g["token_url"].as_str(),
+            Some("https://b.example/oauth/token")
+        );
+        assert_eq!(
+            g["device_authorization_url"].as_str(),
+            Some("https://b.example/oauth/device_authorization")
+        );
+        assert_eq!(g["client_id"].as_str(), Some("codex"));
+        assert_eq!(g["resource"].as_str(), Some("https://b.example"));
+        assert_eq!(prov["base_url"].as_str(), Some("https://b.example/v1"));
+        // The user's own lines are still there, byte for byte.
+        assert!(
+            out.starts_with("# My Codex config\nmodel = \"o3\"   # keep me\n"),
+            "{out}"
+        );
+        // Idempotent.
+        let (again, notes) = apply(&out, Path::new("c.toml"), &p).expect("apply");
+        assert_eq!((again.as_str(), notes.len()), (out.as_str(), 0));
+        // Back to the helper as the auth command.
+        let (back, notes) = apply(&out, Path::new("c.toml"), &plan()).expect("apply");
+        assert_eq!(
+            notes,
+            [
+                "removed [model_providers.tollgate.gateway_oauth]: the helper is Codex's auth command now"
+            ]
+        );
+        let doc: toml::Table = toml::from_str(&back).expect("valid");
+        assert!(
+            doc["model_providers"]["tollgate"]
+                .get("gateway_oauth")
+                .is_none()
+        );
+        assert!(doc["model_providers"]["tollgate"].get("auth").is_some());
     }
 
     const HAND_WRITTEN: &str = r#"# My Codex config

@@ -6,7 +6,6 @@ use crate::cache::{Cache, CacheKey, CachedToken, Lookup};
 use crate::config::Settings;
 use crate::error::{ExchangeError, Exit, HelperError};
 use crate::exchange;
-use crate::identity;
 use crate::sys::Clock;
 use secrecy::ExposeSecret;
 use std::io::{self, Write};
@@ -62,7 +61,15 @@ pub fn status(
     report: &mut Reporter<'_>,
     started: Instant,
 ) -> Result<Exit, HelperError> {
-    let identity = identity::load(&settings.identity)?;
+    // Not signed in is a status to report, not a failure of `status`.
+    let identity = match crate::token::Source::load(settings) {
+        Err(HelperError::SignIn(e @ crate::error::SignInError::NotSignedIn { .. })) => {
+            writeln!(out, "{:<12}no", "signed in:").map_err(HelperError::Stdout)?;
+            writeln!(out, "{:<12}{}", "token:", e).map_err(HelperError::Stdout)?;
+            return Ok(Exit::SignInRequired);
+        }
+        other => other?,
+    };
     report.add_secrets(identity.secrets());
     let fingerprint = identity.fingerprint();
     let key = CacheKey {
@@ -91,6 +98,13 @@ pub fn status(
     row(out, "broker", &settings.broker).map_err(io_err)?;
     row(out, "audience", &settings.audience).map_err(io_err)?;
     row(out, "identity", identity.name()).map_err(io_err)?;
+    if matches!(identity, crate::token::Source::Login(_))
+        && let Some(rows) = crate::login::status_lines(settings, clock.now_unix())?
+    {
+        for (k, v) in rows {
+            row(out, &k, &v).map_err(io_err)?;
+        }
+    }
     let Some(dir) = settings.cache_dir.as_deref() else {
         row(out, "token", "caching is off (--no-cache)").map_err(io_err)?;
         return Ok(Exit::Ok);

@@ -65,7 +65,7 @@ pub fn get_token(
     mode: Mode,
 ) -> Result<Outcome, HelperError> {
     let deadline = started + Duration::from_millis(settings.timeout_ms);
-    let identity = identity::load(&settings.identity)?;
+    let identity = Source::load(settings)?;
     report.add_secrets(identity.secrets());
     let fingerprint = identity.fingerprint();
     let key = CacheKey {
@@ -178,7 +178,7 @@ pub fn get_token(
         }
     }
 
-    match mint(settings, identity.as_ref(), clock, deadline) {
+    match mint(settings, &identity, clock, deadline) {
         Ok(minted) => {
             report.add_secrets([minted.access_token.clone()]);
             let now = clock.now_unix();
@@ -336,13 +336,56 @@ fn serve_fallback(
     }
 }
 
-/// Build the runtime and client (only now), prove identity, exchange.
+/// Where tokens come from: a workload identity's proof, exchanged (RFC 8693), or a person's sign-in,
+/// renewed with its refresh token.
+pub enum Source {
+    Proof(Box<dyn Identity>),
+    Login(Box<crate::login::Session>),
+}
+
+impl Source {
+    pub fn load(settings: &Settings) -> Result<Self, HelperError> {
+        match settings.identity {
+            crate::config::IdentityConfig::Login => Ok(Source::Login(Box::new(
+                crate::login::Session::load(settings)?,
+            ))),
+            ref other => Ok(Source::Proof(identity::load(other)?)),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Source::Proof(i) => i.name(),
+            Source::Login(_) => crate::login::IDENTITY_NAME,
+        }
+    }
+
+    pub fn fingerprint(&self) -> String {
+        match self {
+            Source::Proof(i) => i.fingerprint(),
+            Source::Login(s) => s.fingerprint(),
+        }
+    }
+
+    pub fn secrets(&self) -> Vec<SecretString> {
+        match self {
+            Source::Proof(i) => i.secrets(),
+            Source::Login(_) => Vec::new(),
+        }
+    }
+}
+
+/// Build the runtime and client (only now), prove identity, exchange; or renew a sign-in.
 fn mint(
     settings: &Settings,
-    identity: &dyn Identity,
+    source: &Source,
     clock: &dyn Clock,
     deadline: Instant,
 ) -> Result<exchange::Minted, HelperError> {
+    let identity = match source {
+        Source::Proof(i) => i.as_ref(),
+        Source::Login(session) => return session.renew(settings, clock, deadline),
+    };
     let url = exchange::token_endpoint(&settings.broker);
     let remaining = deadline.saturating_duration_since(Instant::now());
     if remaining.is_zero() {

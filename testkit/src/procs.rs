@@ -166,3 +166,156 @@ pub async fn spawn_mock_upstream(args: &[&str]) -> io::Result<(ChildGuard, Strin
     let url = line.trim_start_matches("listening ").trim().to_owned();
     Ok((guard, format!("{url}/v1")))
 }
+
+/// How a test starts the `tollgate-broker` binary: `--config FILE --listen ADDR` (port 0 unless told),
+/// stdin closed, stderr to a log file (or discarded). One place for what every black-box broker test did
+/// by hand: spawn in its own process group, wait for the `listening <url>` line, keep draining stdout.
+#[derive(Clone, Debug)]
+pub struct BrokerCmd {
+    bin: PathBuf,
+    config: PathBuf,
+    listen: String,
+    log: Option<PathBuf>,
+    envs: Vec<(String, String)>,
+    env_clear: bool,
+}
+
+/// A broker started by [`BrokerCmd::start`]: its process group and the URL it announced.
+#[derive(Debug)]
+pub struct RunningBroker {
+    pub guard: ChildGuard,
+    pub url: String,
+}
+
+impl BrokerCmd {
+    /// `bin` is the broker binary (`env!("CARGO_BIN_EXE_tollgate-broker")` in the broker's own tests,
+    /// [`target_bin`] elsewhere).
+    pub fn new(bin: impl Into<PathBuf>, config: impl Into<PathBuf>) -> Self {
+        BrokerCmd {
+            bin: bin.into(),
+            config: config.into(),
+            listen: "127.0.0.1:0".into(),
+            log: None,
+            envs: Vec::new(),
+            env_clear: false,
+        }
+    }
+
+    /// `--listen` (default `127.0.0.1:0`).
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = addr.into();
+        self
+    }
+
+    /// Append stderr (the log) to this file; read it back with [`BrokerCmd::log_text`].
+    pub fn log_to(mut self, path: impl Into<PathBuf>) -> Self {
+        self.log = Some(path.into());
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn envs<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.envs
+            .extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Start from an empty environment (only what [`BrokerCmd::env`] sets).
+    pub fn env_clear(mut self) -> Self {
+        self.env_clear = true;
+        self
+    }
+
+    /// What the broker logged so far (empty without [`BrokerCmd::log_to`]).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    fn command(&self, stdout: std::process::Stdio) -> io::Result<Command> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--listen")
+            .arg(&self.listen);
+        if self.env_clear {
+            cmd.env_clear();
+        }
+        cmd.envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout);
+        match &self.log {
+            Some(path) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?;
+                cmd.stderr(f);
+            }
+            None => {
+                cmd.stderr(std::process::Stdio::null());
+            }
+        }
+        Ok(cmd)
+    }
+
+    /// Start the broker and wait (up to `timeout`) until it announces `listening <url>`. The error says
+    /// what it printed and logged instead.
+    pub async fn start(&self, timeout: Duration) -> io::Result<RunningBroker> {
+        let mut guard = ChildGuard::spawn(self.command(std::process::Stdio::piped())?)?;
+        let stdout = guard
+            .take_stdout()
+            .ok_or_else(|| io::Error::other("no stdout pipe"))?;
+        let mut reader = tokio::io::BufReader::new(stdout);
+        let line = wait_for_line(&mut reader, "listening ", timeout)
+            .await
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("broker did not start: {e}\n{}", self.log_text()),
+                )
+            })?;
+        drain_in_background(reader);
+        Ok(RunningBroker {
+            guard,
+            url: line.trim_start_matches("listening ").trim().to_string(),
+        })
+    }
+
+    /// Run the broker to its exit (one that must refuse to start), up to `timeout`: its status and
+    /// stderr (stdout is discarded; with [`BrokerCmd::log_to`] stderr goes to the log, not here).
+    pub async fn run_to_exit(
+        &self,
+        timeout: Duration,
+    ) -> io::Result<(std::process::ExitStatus, String)> {
+        let mut cmd = self.command(std::process::Stdio::null())?;
+        if self.log.is_none() {
+            cmd.stderr(std::process::Stdio::piped());
+        }
+        cmd.kill_on_drop(true);
+        let child = cmd.spawn()?;
+        let out = tokio::time::timeout(timeout, child.wait_with_output())
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the broker did not exit within {timeout:?}"),
+                )
+            })??;
+        Ok((
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+}

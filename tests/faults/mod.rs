@@ -30,8 +30,10 @@ pub fn write_config(dir: &Path, providers: &[ProviderSpec<'_>]) -> PathBuf {
         "[[rule]]\nname = \"faults\"\nmatch = { kind = \"static\", subject = \"dev\" }\nprincipal = \"{subject}\"\nteam = \"faults\"\norg = \"local\"\nmodels = [\"*\"]\nmax_ttl_secs = 3600\n",
     )
     .expect("policy");
+    // One issuer across restarts (a restarted broker gets another port; with port 0 and no public_url each
+    // process would issue tokens as its own address).
     let mut text = format!(
-        "policy_file = \"policy.toml\"\n[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state\"\n\
+        "policy_file = \"policy.toml\"\n[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://tollgate.test\"\nstate_dir = \"state\"\n\
          [tokens]\naudience = \"tollgate\"\ndefault_ttl_secs = 600\nmax_ttl_secs = 3600\n\
          [[credentials]]\nsubject = \"dev\"\nsha256 = \"{sha}\"\n\
          [store]\nkind = \"sqlite\"\n[pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"5\", output = \"30\" }}\n\

@@ -7,13 +7,14 @@
 
 #![allow(dead_code)]
 
+pub mod claude;
 pub mod peers;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
-use tollgate_testkit::procs::{ChildGuard, target_bin, wait_for_line};
+use tollgate_testkit::procs::{ChildGuard, target_bin};
 
 pub const CREDENTIAL: &str = "e2e-static-credential-5f1c";
 pub const UPSTREAM_KEY: &str = "sk-upstream-e2e-DO-NOT-LEAK-7d3a";
@@ -151,30 +152,19 @@ impl Broker {
     }
 
     async fn spawn(&mut self, listen: &str) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("log file");
-        let mut cmd = tokio::process::Command::new(bin("tollgate-broker"));
-        cmd.arg("--config")
-            .arg(self.dir.path().join("broker.toml"))
-            .arg("--listen")
-            .arg(listen)
-            .env("RUST_LOG", "info")
-            .envs(self.spec_env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
-        let mut child = ChildGuard::spawn(cmd).expect("spawn broker");
-        let stdout = child.take_stdout().expect("stdout");
-        let mut reader = tokio::io::BufReader::new(stdout);
-        let line = wait_for_line(&mut reader, "listening ", Duration::from_secs(20))
-            .await
-            .unwrap_or_else(|e| panic!("broker did not start: {e}\n{}", self.log()));
-        tollgate_testkit::procs::drain_in_background(reader);
-        self.url = line.trim_start_matches("listening ").trim().to_string();
-        self.child = Some(child);
+        let b = tollgate_testkit::procs::BrokerCmd::new(
+            bin("tollgate-broker"),
+            self.dir.path().join("broker.toml"),
+        )
+        .listen(listen)
+        .log_to(self.log_path())
+        .env("RUST_LOG", "info")
+        .envs(self.spec_env.iter().cloned())
+        .start(Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        self.url = b.url;
+        self.child = Some(b.guard);
     }
 
     /// Stop and start again on the same port; `fresh_keys` wipes the signing keys first, so every token the

@@ -1,4 +1,5 @@
-//! The admin API (`/admin/v1/…`) and the spend dashboard (`/admin/dashboard`).
+//! The admin API (`/admin/v1/…`, including people's sign-ins under `/admin/v1/oauth/`) and the spend
+//! dashboard (`/admin/dashboard`).
 //!
 //! Strict by default: with no `[admin] key_sha256` configured every admin route answers 404. Requests
 //! authenticate with `Authorization: Bearer <admin key>`, compared as SHA-256 digests in constant time.
@@ -46,6 +47,8 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
         .route("/admin/v1/keys/retire", post(retire_key))
         .route("/admin/v1/audit/verify", get(audit_verify))
         .route("/admin/v1/dashboard-link", post(dashboard_link))
+        .route("/admin/v1/oauth/sessions", get(oauth_sessions))
+        .route("/admin/v1/oauth/revoke", post(oauth_revoke))
         .route("/admin/login", get(login))
         .route("/admin/dashboard", get(dashboard::page))
 }
@@ -540,4 +543,103 @@ async fn revoke(
         });
     }
     Ok(Json(json!({"revoked": {kind.as_str(): value}, "seq": seq})).into_response())
+}
+
+#[derive(Deserialize)]
+struct OAuthSessionsQuery {
+    /// A principal (as the policy named it) or an IdP subject.
+    who: String,
+    /// Include revoked and ended sign-ins. Default false.
+    #[serde(default)]
+    all: bool,
+}
+
+fn oauth_of(app: &AppState) -> Result<&Arc<crate::oauth::OAuth>, AdminError> {
+    app.oauth().as_ref().ok_or(AdminError::Unavailable(
+        "people sign-in ([oauth]) is not configured",
+    ))
+}
+
+/// `GET /admin/v1/oauth/sessions?who=<principal or subject>[&all=true]`: a person's sign-ins (refresh-token
+/// families): client, IdP, when signed in, last refreshed, until when, revoked or not.
+async fn oauth_sessions(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<OAuthSessionsQuery>,
+) -> Result<Response, AdminError> {
+    require(&app, &headers)?;
+    let oauth = oauth_of(&app)?;
+    if q.who.is_empty() || q.who.len() > 512 {
+        return Err(AdminError::BadRequest("who: a principal or subject".into()));
+    }
+    let families = oauth
+        .store
+        .families(&q.who, !q.all, now_i64(&app))
+        .await
+        .map_err(AdminError::store)?;
+    audit_admin(
+        &app,
+        "oauth_sessions",
+        json!({"who": q.who, "all": q.all, "count": families.len()}),
+    );
+    Ok(Json(json!({"who": q.who, "sessions": families})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OAuthRevokeBody {
+    /// One sign-in.
+    family_id: Option<String>,
+    /// Every live sign-in of this principal or subject.
+    who: Option<String>,
+    reason: Option<String>,
+}
+
+/// `POST /admin/v1/oauth/revoke` `{"family_id": …}` or `{"who": …}`: end one or all of a person's
+/// sign-ins. The refresh tokens stop at once; the access tokens they minted are revoked (refused at their
+/// next request on every replica). Audited.
+async fn oauth_revoke(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, AdminError> {
+    require(&app, &headers)?;
+    let oauth = oauth_of(&app)?.clone();
+    let b: OAuthRevokeBody =
+        serde_json::from_slice(&body).map_err(|e| AdminError::BadRequest(format!("body: {e}")))?;
+    let reason = b
+        .reason
+        .as_deref()
+        .unwrap_or("admin")
+        .chars()
+        .take(200)
+        .collect::<String>();
+    let families: Vec<String> = match (&b.family_id, &b.who) {
+        (Some(f), None) => vec![f.clone()],
+        (None, Some(w)) => oauth
+            .store
+            .families(w, true, now_i64(&app))
+            .await
+            .map_err(AdminError::store)?
+            .into_iter()
+            .map(|f| f.family_id)
+            .collect(),
+        _ => {
+            return Err(AdminError::BadRequest(
+                "give exactly one of family_id and who".into(),
+            ));
+        }
+    };
+    let mut revoked = Vec::new();
+    for f in &families {
+        if crate::oauth::grant::revoke_family(&app, &oauth, f, &reason, "admin").await {
+            revoked.push(f.clone());
+        }
+    }
+    audit_admin(
+        &app,
+        "oauth_revoke",
+        json!({"family_id": b.family_id, "who": b.who, "reason": reason, "revoked": revoked}),
+    );
+    Ok(Json(json!({"revoked": revoked})).into_response())
 }

@@ -13,12 +13,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
+pub mod accounting;
 pub mod admin;
+pub mod affinity;
 pub mod alerts;
 pub mod budgets;
 pub mod credentials;
 pub mod limits;
 pub mod models;
+pub mod oauth;
 pub mod ops;
 pub mod pricing;
 pub mod providers;
@@ -91,6 +94,13 @@ struct RawConfig {
     /// Budget alert sinks (`[alerts]`, `[[alerts.sinks]]`).
     #[serde(default)]
     alerts: alerts::RawAlerts,
+    /// Session affinity and reasoning domains (`[affinity]`).
+    #[serde(default)]
+    affinity: affinity::RawAffinity,
+    #[serde(default)]
+    accounting: accounting::RawAccounting,
+    /// People sign-in: the broker as an OAuth authorization server (`[oauth]`, `[[oauth.idp]]`, `[[oauth.client]]`).
+    oauth: Option<Spanned<oauth::RawOAuth>>,
 }
 
 #[derive(Debug)]
@@ -106,6 +116,8 @@ pub struct Config {
     pub codex_models: BTreeMap<String, serde_json::Value>,
     /// Workload-identity verifiers.
     pub identity: IdentityConfig,
+    /// People sign-in (`[oauth]`); `None` when the section is absent.
+    pub oauth: Option<oauth::OAuthConfig>,
     pub routing: RoutingConfig,
     pub vault: Option<VaultConfig>,
     pub store: StoreConfig,
@@ -117,6 +129,8 @@ pub struct Config {
     pub telemetry: ops::TelemetryConfig,
     pub audit: ops::AuditConfig,
     pub alerts: AlertsConfig,
+    pub affinity: affinity::AffinityConfig,
+    pub accounting: accounting::AccountingConfig,
 }
 
 impl Config {
@@ -166,11 +180,14 @@ impl Config {
         let pricing = pricing::validate(s, &raw.pricing)?;
         let budgets = budgets::validate(s, &raw.budgets)?;
         let alerts = alerts::validate(s, &raw.alerts, env)?;
+        let affinity = affinity::config(s, &raw.affinity, &providers)?;
+        let accounting = accounting::validate(s, &raw.accounting)?;
         let limits = limits::validate(s, &raw.limits)?;
         let admin = admin::validate(s, &raw.admin)?;
         let routing = routing::validate(s, &raw.routing)?;
         let vault = vault::validate(s, &raw.vault, env)?;
         let identity = IdentityConfig::validate(&raw.identity, s)?;
+        let oauth = oauth::validate(&raw.oauth, s, env)?;
         let metrics = ops::MetricsConfig::from(&raw.metrics);
         let telemetry = ops::telemetry(s, &raw.telemetry)?;
         let audit = ops::audit(
@@ -180,6 +197,9 @@ impl Config {
             store.kind == StoreKind::Postgres,
         )?;
         Ok(Config {
+            oauth,
+            affinity,
+            accounting,
             alerts,
             metrics,
             telemetry,

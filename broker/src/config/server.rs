@@ -33,11 +33,22 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Issuer of our tokens and base of discovery; no trailing slash.
     pub public_url: String,
+    /// Whether `public_url` was configured (else it is derived from the address the broker listens on).
+    pub public_url_set: bool,
     pub state_dir: PathBuf,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub shutdown_grace_secs: u64,
     pub tls: Option<ops::TlsConfig>,
+}
+
+impl ServerConfig {
+    /// No `public_url` is configured and the port is 0: the broker advertises (and issues tokens as) the
+    /// address it was given by the system, which no other replica shares, so it takes no part in the
+    /// store's shared-issuer check (docs/operations.md, "Several replicas").
+    pub fn issuer_is_ephemeral(&self) -> bool {
+        !self.public_url_set && self.listen.port() == 0
+    }
 }
 
 pub(super) fn validate(s: &Source, raw: &RawServer) -> Result<ServerConfig, ConfigError> {
@@ -80,6 +91,7 @@ pub(super) fn validate(s: &Source, raw: &RawServer) -> Result<ServerConfig, Conf
     };
     Ok(ServerConfig {
         listen,
+        public_url_set: raw.public_url.is_some(),
         public_url,
         state_dir: s.resolve(raw.state_dir.as_deref().unwrap_or(Path::new(".tollgate"))),
         max_body_bytes,

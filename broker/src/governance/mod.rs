@@ -12,6 +12,7 @@
 
 pub mod alerts;
 pub mod allot;
+pub mod inflight;
 pub mod keys;
 pub mod litellm;
 pub mod pricing;
@@ -31,8 +32,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use store::{
-    Apply, CounterKey, GrowItem, GrowOutcome, PoolRef, RevocationKind, SpendRecord, Store,
-    StoreError,
+    Apply, CounterKey, GrowItem, GrowOutcome, InflightRow, PoolRef, RevocationKind, SpendRecord,
+    Store, StoreError,
 };
 use tollgate::{Claims, Nanos};
 use window::rfc3339;
@@ -95,6 +96,14 @@ pub struct Settlement {
     pub tokens: u64,
 }
 
+/// Requests of dead brokers charged their reserved estimate by this replica
+/// ([`Governance::charge_dead_in_flight`]), and the counters that moved (with their `spent` after).
+#[derive(Debug, Default)]
+pub struct Charged {
+    pub records: Vec<SpendRecord>,
+    pub moved: Vec<(CounterKey, i64)>,
+}
+
 /// What an admitted request holds until it settles.
 #[derive(Debug)]
 pub struct Reservation {
@@ -141,6 +150,9 @@ pub struct Governance {
     clock: SharedClock,
     /// This process's allotments (in memory; backed by the pool reservation in the store).
     allot: Mutex<allot::Allotments>,
+    /// This process's admitted requests not yet settled in the store, written to it every round so that
+    /// they are charged their estimate if this process dies ([`inflight`]).
+    inflight: Mutex<inflight::Registry>,
     /// Serialises grows, pool resets and the pool's release (one store round trip at a time per process;
     /// requests waiting for it re-check the allotment another request just grew).
     grow_lock: tokio::sync::Mutex<()>,
@@ -332,6 +344,7 @@ impl Governance {
             fail_open: config.store.fail_open,
             clock,
             allot: Mutex::new(allot::Allotments::default()),
+            inflight: Mutex::new(inflight::Registry::default()),
             grow_lock: tokio::sync::Mutex::new(()),
             store_ok: std::sync::atomic::AtomicBool::new(true),
             lease_until: std::sync::atomic::AtomicI64::new(0),
@@ -492,6 +505,9 @@ impl Governance {
     /// Graceful shutdown (after [`crate::accounting::Accounting::flush`]): give this process's allotments
     /// back (delete its pool). Requests still in flight afterwards settle their spend without an allotment.
     pub async fn shutdown(&self) {
+        // Settled requests' rows go; requests whose settlement could not be stored stay, to be charged
+        // their estimate when this process's lease runs out.
+        self.sync_inflight().await;
         let _g = self.grow_lock.lock().await;
         let (id, exists) = {
             let mut a = self.allot();
@@ -722,6 +738,117 @@ impl Governance {
         max_out: Option<u64>,
         tier: ServiceTier,
     ) -> Result<Reservation, GovernanceError> {
+        let r = self
+            .admit_unregistered(claims, model, body_len, max_out, tier)
+            .await?;
+        // Until it is settled in the store, the request is in flight: charged its estimate if this process
+        // dies (written to the store by the next round, off the request path).
+        self.inflight()
+            .register(self.inflight_row(claims, model, &r));
+        Ok(r)
+    }
+
+    /// The spend row that charges an admitted request its reserved estimate, should its broker die.
+    fn inflight_row(&self, claims: &Claims, model: &str, r: &Reservation) -> InflightRow {
+        let g = &claims.grant;
+        InflightRow {
+            keys: r.keys.clone(),
+            record: SpendRecord {
+                id: r.id.clone(),
+                settled_at: 0,
+                principal: g.principal.clone(),
+                team: g.team.clone(),
+                org: g.org.clone(),
+                jti: claims.jti.clone(),
+                model: model.to_string(),
+                // Chosen by the router after admission: not known here.
+                provider: "unknown".into(),
+                input_tokens: r.estimate.input_tokens as i64,
+                cached_input_tokens: 0,
+                cache_write_tokens: 0,
+                output_tokens: r.estimate.output_tokens as i64,
+                reasoning_tokens: 0,
+                cost: r.estimate.cost.0,
+                reserved: if r.held { r.estimate.cost.0 } else { 0 },
+                usage_reported: false,
+                end_reason: store::END_ESTIMATED.into(),
+                price_version: r.price.version.to_string(),
+                price_tier: r.price.rates(r.tier, r.estimate.input_tokens).label(),
+            },
+        }
+    }
+
+    fn inflight(&self) -> std::sync::MutexGuard<'_, inflight::Registry> {
+        self.inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Settlements stored (by [`crate::accounting`], after their batch committed): those requests are no
+    /// longer in flight.
+    pub fn note_settled<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut reg = self.inflight();
+        for id in ids {
+            reg.end(id);
+        }
+    }
+
+    /// Requests admitted here and not yet settled in the store.
+    pub fn in_flight(&self) -> usize {
+        self.inflight().len()
+    }
+
+    /// Write this process's in-flight requests to the store (see [`inflight`]); on failure they are tried
+    /// again on the next round.
+    pub async fn sync_inflight(&self) {
+        let sync = self.inflight().take();
+        if sync.is_empty() {
+            return;
+        }
+        let until = self
+            .lease_until
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(self.now() + i64::try_from(self.lease_secs).unwrap_or(30));
+        if let Err(e) = self
+            .store
+            .sync_inflight(&self.owner, until, &sync.add, &sync.remove)
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the requests in flight; will retry");
+            self.inflight().restore(sync);
+        }
+    }
+
+    /// Charge the requests in flight of brokers that died (their lease ran out) their reserved estimate,
+    /// once across replicas. Returns what was charged (for the audit trail and alerts).
+    pub async fn charge_dead_in_flight(&self, now: i64) -> Charged {
+        match self.store.charge_expired_inflight(now).await {
+            Ok((records, moved)) => {
+                if !records.is_empty() {
+                    tracing::warn!(
+                        requests = records.len(),
+                        cost_nanos = records.iter().map(|r| r.cost).sum::<i64>(),
+                        "charged requests a dead broker had in flight their reserved estimate"
+                    );
+                }
+                self.note_spent(&moved);
+                Charged { records, moved }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not charge a dead broker's requests in flight; will retry");
+                Charged::default()
+            }
+        }
+    }
+
+    async fn admit_unregistered(
+        &self,
+        claims: &Claims,
+        model: &str,
+        body_len: u64,
+        max_out: Option<u64>,
+        tier: ServiceTier,
+    ) -> Result<Reservation, GovernanceError> {
         for (key, rpm, tpm) in self.rate_keys(claims) {
             if let Some(tpm) = tpm {
                 let shared = match &self.redis {
@@ -825,6 +952,7 @@ impl Governance {
     /// Release a reservation without charging (every attempt failed before the first byte).
     /// Purely local: the estimate goes back to this process's free allotment.
     pub fn release(&self, r: Reservation) {
+        self.inflight().end(&r.id);
         if r.held {
             let _ = self.allot().settle(r.epoch, &r.keys, r.estimate.cost.0, 0);
         }
@@ -991,9 +1119,11 @@ impl Governance {
         })
     }
 
-    /// One round of background work. Public so tests can drive it without timers.
-    pub async fn tick(&self, renew: bool, expire: bool) {
+    /// One round of background work. Public so tests can drive it without timers. Returns the requests of
+    /// dead brokers this round charged their estimate (the caller audits them).
+    pub async fn tick(&self, renew: bool, expire: bool) -> Charged {
         let now = self.now();
+        let mut charged = Charged::default();
         if renew {
             let until = now + i64::try_from(self.lease_secs).unwrap_or(30);
             let _g = self.grow_lock.lock().await;
@@ -1032,7 +1162,9 @@ impl Governance {
             if let Err(e) = self.store.prune_claims(now).await {
                 tracing::warn!(error = %e, "could not prune expired replay claims");
             }
+            charged = self.charge_dead_in_flight(now).await;
         }
+        self.sync_inflight().await;
         let seq = self
             .revoked
             .read()
@@ -1042,6 +1174,7 @@ impl Governance {
             Ok(rows) => self.apply_revocations(rows),
             Err(e) => tracing::warn!(error = %e, "could not poll revocations"),
         }
+        charged
     }
 
     /// `[alerts] weekly_report`: once the week (Monday 00:00 UTC) has turned, the first replica to claim the

@@ -318,18 +318,31 @@ impl Report {
         })
     }
 
-    const METRICS: [&'static str; 8] = [
+    const METRICS: [&'static str; 10] = [
         "requests",
         "input_tokens",
         "cached_input_tokens",
         "cache_write_tokens",
         "output_tokens",
         "reasoning_tokens",
+        "estimated_requests",
+        "estimated_cost_nanos",
         "cost_usd",
         "cost_nanos",
     ];
 
-    fn metric_cells(t: &Totals) -> [String; 8] {
+    /// The cells of a text table: requests … reasoning, then cost_usd (estimated charges are a note under
+    /// the table).
+    fn table_cells(t: &Totals) -> Vec<String> {
+        let m = Self::metric_cells(t);
+        m[..6]
+            .iter()
+            .cloned()
+            .chain(std::iter::once(m[8].clone()))
+            .collect()
+    }
+
+    fn metric_cells(t: &Totals) -> [String; 10] {
         [
             t.requests.to_string(),
             t.input_tokens.to_string(),
@@ -337,6 +350,8 @@ impl Report {
             t.cache_write_tokens.to_string(),
             t.output_tokens.to_string(),
             t.reasoning_tokens.to_string(),
+            t.estimated_requests.to_string(),
+            t.estimated_cost_nanos.to_string(),
             t.cost_usd.clone(),
             t.cost_nanos.to_string(),
         ]
@@ -397,8 +412,7 @@ impl Report {
             )
             .collect();
         let cells = |g: Vec<String>, t: &Totals| -> Vec<String> {
-            let m = Self::metric_cells(t);
-            g.into_iter().chain(m.into_iter().take(7)).collect()
+            g.into_iter().chain(Self::table_cells(t)).collect()
         };
         let mut rows: Vec<Vec<String>> = self
             .rows
@@ -451,6 +465,14 @@ impl Report {
         }
         line(&mut out, &rule);
         line(&mut out, &total);
+        if self.totals.estimated_requests > 0 {
+            let _ = writeln!(
+                out,
+                "of which {} request(s), {} USD, charged their reserved estimate (their broker died before settling them)",
+                self.totals.estimated_requests,
+                usd9(self.totals.estimated_cost_nanos)
+            );
+        }
         out
     }
 }
@@ -550,7 +572,7 @@ impl SessionReport {
         ];
         let cells = |a: &str, b: &str, t: &Totals| -> Vec<String> {
             let mut c = vec![a.to_string(), b.to_string()];
-            c.extend(Report::metric_cells(t).into_iter().take(7));
+            c.extend(Report::table_cells(t));
             c
         };
         let body: Vec<Vec<String>> = self
@@ -647,6 +669,8 @@ mod tests {
                 output_tokens: 5 * n,
                 reasoning_tokens: 2 * n,
                 cost_nanos: cost,
+                estimated_requests: 0,
+                estimated_cost_nanos: 0,
             },
         }
     }
@@ -723,16 +747,16 @@ mod tests {
         let lines: Vec<&str> = csv.split("\r\n").collect();
         assert_eq!(
             lines[0],
-            "day,team,requests,input_tokens,cached_input_tokens,cache_write_tokens,output_tokens,reasoning_tokens,cost_usd,cost_nanos"
+            "day,team,requests,input_tokens,cached_input_tokens,cache_write_tokens,output_tokens,reasoning_tokens,estimated_requests,estimated_cost_nanos,cost_usd,cost_nanos"
         );
         assert_eq!(
             lines[1],
-            "2026-11-01,payments,3,30,3,0,15,6,1.500000001,1500000001"
+            "2026-11-01,payments,3,30,3,0,15,6,0,0,1.500000001,1500000001"
         );
-        assert_eq!(lines[2], "2026-11-01,,1,10,1,0,5,2,0.000000007,7");
+        assert_eq!(lines[2], "2026-11-01,,1,10,1,0,5,2,0,0,0.000000007,7");
         assert_eq!(
             lines[3],
-            "2026-11-02,\"'=cmd,\"\"x\"\"\",2,20,2,0,10,4,0.000000020,20"
+            "2026-11-02,\"'=cmd,\"\"x\"\"\",2,20,2,0,10,4,0,0,0.000000020,20"
         );
         let t = r.to_table();
         assert!(t.contains("(none)"), "{t}");

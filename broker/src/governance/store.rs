@@ -48,7 +48,9 @@ impl From<sqlx::Error> for StoreError {
 }
 
 /// One budget counter: a budget, for one subject (jti, principal, team or org), in one window instance.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct CounterKey {
     pub budget_id: String,
     pub subject: String,
@@ -112,7 +114,7 @@ pub enum Apply {
 }
 
 /// A settled request, as recorded in `spend`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SpendRecord {
     pub id: String,
     pub settled_at: i64,
@@ -137,6 +139,20 @@ pub struct SpendRecord {
     pub price_tier: String,
 }
 
+/// The `end_reason` of a request charged its reserved estimate because its broker died before settling it
+/// (its in-flight lease ran out, see [`Store::charge_expired_inflight`]).
+pub const END_ESTIMATED: &str = "estimated";
+
+/// An admitted request not yet settled in the store, as its replica writes it ([`Store::sync_inflight`]):
+/// the spend row that charges its reserved estimate should its broker die, and the counters it was
+/// admitted against.
+#[derive(Clone, Debug)]
+pub struct InflightRow {
+    pub keys: Vec<CounterKey>,
+    /// `end_reason` [`END_ESTIMATED`], `cost` = `reserved` = the estimate, `usage_reported` false.
+    pub record: SpendRecord,
+}
+
 /// The select list of [`Sums`], the same text for SQLite and PostgreSQL (zeros over no rows); a macro so
 /// that fixed queries can `concat!` it.
 macro_rules! sums_sql {
@@ -144,7 +160,9 @@ macro_rules! sums_sql {
         "COUNT(*), CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), \
          CAST(COALESCE(SUM(cached_input_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT), \
          CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT), \
-         CAST(COALESCE(SUM(cost), 0) AS BIGINT)"
+         CAST(COALESCE(SUM(cost), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(CASE WHEN end_reason = 'estimated' THEN 1 ELSE 0 END), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(CASE WHEN end_reason = 'estimated' THEN cost ELSE 0 END), 0) AS BIGINT)"
     };
 }
 
@@ -159,13 +177,23 @@ pub struct Sums {
     pub output_tokens: i64,
     pub reasoning_tokens: i64,
     pub cost_nanos: i64,
+    /// Of these, the requests charged their reserved estimate because their broker died before settling
+    /// them (`end_reason = 'estimated'`), and what they cost; in JSON only when not zero.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub estimated_requests: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub estimated_cost_nanos: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl Sums {
     /// The select list of the sums (the `sums_sql!` text).
     const SQL: &'static str = sums_sql!();
     /// How many columns [`Sums::SQL`] selects.
-    const COLUMNS: usize = 7;
+    const COLUMNS: usize = 9;
 
     /// The sums from a result row whose [`Sums::SQL`] columns start at `at`.
     fn read<R>(r: &R, at: usize) -> Result<Sums, sqlx::Error>
@@ -182,6 +210,8 @@ impl Sums {
             output_tokens: r.try_get(at + 4)?,
             reasoning_tokens: r.try_get(at + 5)?,
             cost_nanos: r.try_get(at + 6)?,
+            estimated_requests: r.try_get(at + 7)?,
+            estimated_cost_nanos: r.try_get(at + 8)?,
         })
     }
 
@@ -194,6 +224,8 @@ impl Sums {
         self.output_tokens += o.output_tokens;
         self.reasoning_tokens += o.reasoning_tokens;
         self.cost_nanos += o.cost_nanos;
+        self.estimated_requests += o.estimated_requests;
+        self.estimated_cost_nanos += o.estimated_cost_nanos;
     }
 }
 
@@ -539,6 +571,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Release reservations whose lease ran out (their broker died). Returns how many.
     async fn expire(&self, now: i64) -> Result<u64, StoreError>;
+
+    /// Bring `owner`'s in-flight rows up to date in one transaction: insert `add` (leased until
+    /// `expires_at`, renewed by [`Store::renew`]) and delete the rows of `remove` (settled in the store, or
+    /// released without a charge).
+    async fn sync_inflight(
+        &self,
+        owner: &str,
+        expires_at: i64,
+        add: &[InflightRow],
+        remove: &[String],
+    ) -> Result<(), StoreError>;
+
+    /// Charge every in-flight row whose lease ran out before `now` (its broker died) its reserved estimate,
+    /// in one transaction: the rows are deleted (`DELETE … RETURNING`, so of two replicas only one gets
+    /// them), each becomes a `spend` row (`end_reason = 'estimated'`; `ON CONFLICT DO NOTHING`, so a
+    /// request whose real settlement landed is not charged again) and only the rows inserted now move
+    /// their counters' `spent`. Returns the records charged, and every counter moved with its `spent`
+    /// afterwards.
+    async fn charge_expired_inflight(
+        &self,
+        now: i64,
+    ) -> Result<(Vec<SpendRecord>, Vec<(CounterKey, i64)>), StoreError>;
 
     /// `(spent, reserved)` of each counter (zeros for a counter that does not exist yet).
     async fn counters(&self, keys: &[CounterKey]) -> Result<Vec<(i64, i64)>, StoreError>;
@@ -1110,12 +1164,146 @@ macro_rules! impl_store {
                     .execute(&self.pool)
                     .await?;
                 }
+                // This replica's requests in flight are alive as long as it is.
+                sqlx::query::<$db>("UPDATE inflight SET expires_at = $2 WHERE owner = $1")
+                    .bind(owner)
+                    .bind(expires_at)
+                    .execute(&self.pool)
+                    .await?;
                 Ok(sqlx::query::<$db>("UPDATE reservations SET expires_at = $2 WHERE owner = $1")
                     .bind(owner)
                     .bind(expires_at)
                     .execute(&self.pool)
                     .await?
                     .rows_affected())
+            }
+
+            async fn sync_inflight(
+                &self,
+                owner: &str,
+                expires_at: i64,
+                add: &[InflightRow],
+                remove: &[String],
+            ) -> Result<(), StoreError> {
+                if add.is_empty() && remove.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.pool.begin().await?;
+                for chunk in crate::sqlbatch::pow2_chunks(remove, 256) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("DELETE FROM inflight WHERE id IN (");
+                    let mut ids = qb.separated(", ");
+                    for id in chunk {
+                        ids.push_bind(id.clone());
+                    }
+                    ids.push_unseparated(")");
+                    qb.build().execute(&mut *tx).await?;
+                }
+                let encoded: Vec<(String, String, String)> = add
+                    .iter()
+                    .map(|r| {
+                        Ok((
+                            r.record.id.clone(),
+                            serde_json::to_string(&r.keys)?,
+                            serde_json::to_string(&r.record)?,
+                        ))
+                    })
+                    .collect::<Result<_, serde_json::Error>>()
+                    .map_err(|e| StoreError::Setup(format!("in-flight row: {e}")))?;
+                for chunk in crate::sqlbatch::pow2_chunks(&encoded, 256) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO inflight (id, owner, expires_at, keys, record) ",
+                    );
+                    qb.push_values(chunk, |mut b, (id, keys, record)| {
+                        b.push_bind(id.clone())
+                            .push_bind(owner.to_string())
+                            .push_bind(expires_at)
+                            .push_bind(keys.clone())
+                            .push_bind(record.clone());
+                    });
+                    qb.push(" ON CONFLICT DO NOTHING");
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn charge_expired_inflight(
+                &self,
+                now: i64,
+            ) -> Result<(Vec<SpendRecord>, Vec<(CounterKey, i64)>), StoreError> {
+                use std::collections::BTreeMap;
+                let mut tx = self.pool.begin().await?;
+                let rows = sqlx::query_as::<$db, (String, String, String)>(
+                    "DELETE FROM inflight WHERE expires_at < $1 RETURNING id, keys, record",
+                )
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+                if rows.is_empty() {
+                    tx.rollback().await?;
+                    return Ok((Vec::new(), Vec::new()));
+                }
+                let mut rows: Vec<(Vec<CounterKey>, SpendRecord)> = rows
+                    .into_iter()
+                    .filter_map(|(id, keys, record)| {
+                        match (serde_json::from_str(&keys), serde_json::from_str(&record)) {
+                            (Ok(k), Ok(r)) => Some((k, r)),
+                            _ => {
+                                tracing::error!(request = %id, "unreadable in-flight row; not charged");
+                                None
+                            }
+                        }
+                    })
+                    .collect();
+                rows.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+                let mut charged = Vec::new();
+                let mut spent: BTreeMap<CounterKey, i64> = BTreeMap::new();
+                for (keys, r) in rows {
+                    let new = sqlx::query_as::<$db, (String,)>(
+                        "INSERT INTO spend (id, settled_at, principal, team, org, jti, model, provider, \
+                         input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, \
+                         cost, reserved, usage_reported, end_reason, price_version, price_tier) \
+                         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19) \
+                         ON CONFLICT DO NOTHING RETURNING id",
+                    )
+                    .bind(&r.id)
+                    .bind(now)
+                    .bind(&r.principal)
+                    .bind(&r.team)
+                    .bind(&r.org)
+                    .bind(&r.jti)
+                    .bind(&r.model)
+                    .bind(&r.provider)
+                    .bind(r.input_tokens)
+                    .bind(r.cached_input_tokens)
+                    .bind(r.cache_write_tokens)
+                    .bind(r.output_tokens)
+                    .bind(r.reasoning_tokens)
+                    .bind(r.cost)
+                    .bind(r.reserved)
+                    .bind(i64::from(r.usage_reported))
+                    .bind(&r.end_reason)
+                    .bind(&r.price_version)
+                    .bind(&r.price_tier)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if new.is_none() {
+                        // Its settlement landed (or another replica charged it): nothing more to charge.
+                        continue;
+                    }
+                    for k in keys {
+                        *spent.entry(k).or_default() += r.cost;
+                    }
+                    charged.push(SpendRecord { settled_at: now, ..r });
+                }
+                let mut moved = Vec::new();
+                for (k, s) in &spent {
+                    if let Some(after) = Self::charge_counter(&mut tx, k, *s, 0).await? {
+                        moved.push((k.clone(), after));
+                    }
+                }
+                tx.commit().await?;
+                Ok((charged, moved))
             }
 
             async fn expire(&self, now: i64) -> Result<u64, StoreError> {

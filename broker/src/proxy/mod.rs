@@ -2,10 +2,13 @@
 //! the upstream sends (never waiting for more than what has already arrived: [`coalesce`]) while a side
 //! decoder reads usage, then account.
 
+pub mod affinity;
+pub mod catalog;
 pub mod coalesce;
 pub mod output_limit;
 pub mod providers;
 pub mod upstream;
+pub mod websocket;
 
 use crate::accounting::{InFlight, Served};
 use crate::app::AppState;
@@ -14,7 +17,7 @@ use crate::router::{PlanError, ResolvedTarget, TargetHealth};
 use crate::usage::{SseUsageDecoder, StreamEnd, Wire};
 use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -48,26 +51,30 @@ pub async fn require_token(
     }
 }
 
-/// `GET /v1/responses`: the WebSocket mode Codex tries when `supports_websockets = true`. Not served yet:
-/// an OpenAI-shaped 405 (Codex falls back to HTTP).
-pub async fn responses_upgrade() -> ApiError {
-    ApiError::MethodNotAllowed(
-        "this broker serves /v1/responses over HTTP POST only (no WebSocket mode); Codex falls back to HTTP, or set supports_websockets = false",
-    )
+/// The presented token: `Authorization: Bearer …`, or else `x-api-key` (how Anthropic's clients send a
+/// key; Claude Code with `apiKeyHelper` sends the helper's output in both).
+fn presented_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::Unauthorized("malformed"))?;
+        return match value.split_once(' ') {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => Ok(t.trim()),
+            _ => Err(ApiError::Unauthorized("malformed")),
+        };
+    }
+    let value = headers
+        .get("x-api-key")
+        .ok_or(ApiError::Unauthorized("missing"))?;
+    value
+        .to_str()
+        .map(str::trim)
+        .map_err(|_| ApiError::Unauthorized("malformed"))
 }
 
-/// Verify the bearer token; verified claims are cached by token hash until they expire.
+/// Verify the presented token; verified claims are cached by token hash until they expire.
 fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Claims>, ApiError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or(ApiError::Unauthorized("missing"))?;
-    let value = value
-        .to_str()
-        .map_err(|_| ApiError::Unauthorized("malformed"))?;
-    let token = match value.split_once(' ') {
-        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
-        _ => return Err(ApiError::Unauthorized("malformed")),
-    };
+    let token = presented_token(headers)?;
     if token.is_empty() || token.len() > 16 * 1024 {
         return Err(ApiError::Unauthorized("malformed"));
     }
@@ -108,6 +115,8 @@ struct Probe {
     max_tokens: Option<u64>,
     /// `priority`, `flex`, … (priced where the table has the tier).
     service_tier: Option<String>,
+    /// The session key of a client that is not Codex (Codex's `session-id` header wins): affinity.
+    prompt_cache_key: Option<String>,
 }
 
 /// What the proxy read from a request body.
@@ -116,6 +125,7 @@ struct Probed {
     stream: bool,
     limits: output_limit::Limits,
     tier: crate::governance::pricing::ServiceTier,
+    prompt_cache_key: Option<String>,
 }
 
 fn read_body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -202,6 +212,7 @@ fn probe(body: &[u8]) -> Result<Probed, ApiError> {
             .as_deref()
             .map(crate::governance::pricing::ServiceTier::parse)
             .unwrap_or_default(),
+        prompt_cache_key: p.prompt_cache_key.filter(|k| k.len() <= 256),
     })
 }
 
@@ -221,6 +232,114 @@ pub async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     proxy(app, claims, headers, body, Endpoint::ChatCompletions).await
+}
+
+/// `POST /v1/messages`: Anthropic's Messages API (Claude Code). The same path as the other ingresses:
+/// admission, routing with failover, relay with usage read on the side; passed through to `anthropic`
+/// providers, translated for the OpenAI family. Errors are reshaped into Anthropic's by
+/// [`crate::error::anthropic_shape`].
+pub async fn messages(
+    State(app): State<Arc<AppState>>,
+    Extension(claims): Extension<Arc<Claims>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    proxy(app, claims, headers, body, Endpoint::Messages).await
+}
+
+/// `POST /v1/messages/count_tokens`: asked of the model's first available `anthropic` target, passed
+/// through (Anthropic does not bill it, so it is neither admitted against a budget nor accounted); when no
+/// target can count (the OpenAI family has no such call, or every `anthropic` target failed), the broker's
+/// own estimate: a quarter of the body's bytes, the same rule admission estimates input with.
+pub async fn count_tokens(
+    State(app): State<Arc<AppState>>,
+    Extension(claims): Extension<Arc<Claims>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = read_body(&app, body)?;
+    let Probed { model, .. } = probe(&body)?;
+    if !claims.grant.allows_model(&model) {
+        return Err(ApiError::ModelNotAllowed(model));
+    }
+    if !app.router().serves(&model) {
+        return Err(ApiError::ModelNotFound(model));
+    }
+    let endpoint = Endpoint::CountTokens;
+    for target in app.router().plan(&model).unwrap_or_default() {
+        let provider = &target.provider;
+        if provider.kind != crate::config::ProviderKind::Anthropic
+            || !matches!(
+                target.health.availability(),
+                crate::router::Availability::Closed
+            )
+        {
+            continue;
+        }
+        let (upstream_body, upstream_model) = match &target.model {
+            Some(m) if m != &model => (with_model(&body, m), m.as_str()),
+            _ => (body.clone(), model.as_str()),
+        };
+        match provider
+            .send(
+                endpoint,
+                &headers,
+                upstream_body,
+                upstream_model,
+                &target.attempt(),
+                false,
+            )
+            .await
+        {
+            Ok(up) => {
+                use futures::StreamExt;
+                let mut buf = Vec::new();
+                let mut s = up.body;
+                while let Some(Ok(c)) = s.next().await {
+                    buf.extend_from_slice(&c);
+                    if buf.len() > 64 * 1024 {
+                        break;
+                    }
+                }
+                if serde_json::from_slice::<CountedTokens>(&buf).is_ok() {
+                    let mut r = (up.status, Bytes::from(buf)).into_response();
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    return Ok(r);
+                }
+                tracing::warn!(provider = %provider.name, "count_tokens: the upstream answer is not a token count");
+            }
+            // The client's own error (a bad body): Anthropic's answer is the one to show.
+            Err(UpstreamError::Status { status, body, .. })
+                if status.is_client_error()
+                    && status != StatusCode::TOO_MANY_REQUESTS
+                    && status != StatusCode::UNAUTHORIZED
+                    && status != StatusCode::FORBIDDEN =>
+            {
+                return Err(upstream_error(UpstreamError::Status {
+                    status,
+                    retry_after_secs: None,
+                    body,
+                }));
+            }
+            Err(e) => {
+                tracing::warn!(provider = %provider.name, error = %e, "count_tokens attempt failed");
+            }
+        }
+    }
+    Ok(
+        axum::Json(serde_json::json!({"input_tokens": (body.len() as u64).div_ceil(4)}))
+            .into_response(),
+    )
+}
+
+/// The shape of Anthropic's token count (`{"input_tokens": n}`).
+#[derive(Deserialize)]
+struct CountedTokens {
+    #[allow(dead_code)]
+    input_tokens: u64,
 }
 
 /// Ask an OpenAI-compatible upstream to report usage on a streamed chat completion, so spend is exact.
@@ -272,6 +391,7 @@ async fn proxy(
         stream,
         limits,
         tier,
+        prompt_cache_key,
     } = probe(&body)?;
     if !claims.grant.allows_model(&model) {
         return Err(ApiError::ModelNotAllowed(model));
@@ -302,14 +422,28 @@ async fn proxy(
         reservation,
     );
     // Which Codex session this is (validated headers; recorded with the spend, never refused for).
-    inflight.set_session(crate::session::CodexSession::from_headers(&headers));
+    let session = crate::session::CodexSession::from_headers(&headers);
+    let affinity_key = app.affinity().key(
+        &claims.grant.principal,
+        &model,
+        session
+            .as_ref()
+            .and_then(|s| s.session_id.as_deref())
+            .or(prompt_cache_key.as_deref()),
+    );
+    inflight.set_session(session);
+    // Where this session was served before (its encrypted reasoning and prompt cache are there).
+    let sticky = match &affinity_key {
+        Some(k) => app.affinity().lookup(k).await,
+        None => None,
+    };
 
     let mut last_err: Option<UpstreamError> = None;
     let mut attempts = 0u32;
     let mut rate_limited_secs: Option<u64> = None;
     let mut waited = false;
     loop {
-        let chain = match app.router().plan(&model) {
+        let mut chain = match app.router().plan(&model) {
             Ok(c) => c,
             Err(PlanError::NoRoute) => Vec::new(),
             Err(PlanError::AllUnavailable { retry_after_secs }) => {
@@ -323,6 +457,7 @@ async fn proxy(
                 Vec::new()
             }
         };
+        affinity::prefer(&mut chain, sticky.as_ref());
         let mut tried_any = false;
         for target in &chain {
             if !target.health.begin_attempt() {
@@ -331,8 +466,21 @@ async fn proxy(
             tried_any = true;
             attempts += 1;
             let provider = &target.provider;
+            // Encrypted items this target's domain cannot read (the session moved): stripped.
+            let readable = affinity::readable(
+                &body,
+                sticky.as_ref(),
+                app.affinity().domain(&provider.name),
+            );
+            if readable.stripped > 0 {
+                tracing::warn!(from = sticky.as_ref().map_or("", |s| s.label.as_str()), to = %target.label, items = readable.stripped,
+                    "session on a target that cannot read some of its encrypted reasoning: those input items stripped");
+                app.metrics()
+                    .reasoning_stripped(&provider.name, readable.stripped as u64);
+            }
+            let body = &readable.body;
             let (upstream_body, upstream_model) = match &target.model {
-                Some(m) if m != &model => (with_model(&body, m), m.as_str()),
+                Some(m) if m != &model => (with_model(body, m), m.as_str()),
                 _ => (body.clone(), model.as_str()),
             };
             let upstream_body =
@@ -365,6 +513,20 @@ async fn proxy(
                     .await;
                     if let Some(h) = &budget_hint {
                         h.insert_into(resp.headers_mut());
+                    }
+                    if readable.stripped > 0 {
+                        resp.headers_mut().insert(
+                            affinity::STRIPPED_HEADER,
+                            HeaderValue::from(readable.stripped),
+                        );
+                    }
+                    if let Some(k) = affinity_key {
+                        app.affinity().record(k, target, readable.foreign);
+                        app.metrics().affinity(match &sticky {
+                            None => "new",
+                            Some(s) if s.label == target.label => "kept",
+                            Some(_) => "moved",
+                        });
                     }
                     return Ok(resp);
                 }
@@ -495,10 +657,10 @@ async fn relay(
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         }
     }
-    let wire = if endpoint == Endpoint::Responses {
-        Wire::Responses
-    } else {
-        Wire::Chat
+    let wire = match endpoint {
+        Endpoint::Responses => Wire::Responses,
+        Endpoint::ChatCompletions => Wire::Chat,
+        Endpoint::Messages | Endpoint::CountTokens => Wire::Messages,
     };
     if stream {
         let tapped = Tapped {
@@ -589,6 +751,14 @@ fn chat_failed_event() -> Bytes {
     Bytes::from(format!("data: {v}\n\ndata: [DONE]\n\n"))
 }
 
+/// The end of a Messages stream the upstream broke after the first byte: Anthropic's `error` event (what
+/// its API sends when a stream fails, e.g. `overloaded_error`).
+fn messages_failed_event() -> Bytes {
+    let v = serde_json::json!({"type": "error", "error": {"type": "api_error",
+        "message": "Tollgate: the upstream stream broke off; please retry."}});
+    Bytes::from(format!("event: error\ndata: {v}\n\n"))
+}
+
 impl Stream for Tapped {
     type Item = Result<Bytes, std::io::Error>;
 
@@ -615,6 +785,7 @@ impl Stream for Tapped {
                 Poll::Ready(Some(Ok(match self.wire {
                     Wire::Responses => failed_event(),
                     Wire::Chat => chat_failed_event(),
+                    Wire::Messages => messages_failed_event(),
                 })))
             }
             Poll::Ready(None) => {
@@ -641,46 +812,77 @@ impl Drop for Tapped {
 }
 
 /// `GET /v1/models`: what this token may use, in OpenAI's list shape, plus Codex's `models` key, which
-/// holds only operator-supplied Codex metadata (listing a model there replaces Codex's system prompt).
+/// holds only operator-supplied Codex metadata (listing a model there replaces Codex's system prompt);
+/// with an `ETag`, and 304 on a matching `If-None-Match` ([`catalog`]). A request that carries
+/// `anthropic-version` (Claude Code, Anthropic's SDKs) gets Anthropic's list shape.
 pub async fn models(
     State(app): State<Arc<AppState>>,
     Extension(claims): Extension<Arc<Claims>>,
+    Query(q): Query<catalog::ModelsQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let mut names: Vec<String> = app
-        .router()
-        .literal_models()
-        .into_iter()
-        .filter(|m| claims.grant.allows_model(m))
-        .collect();
-    for p in &claims.grant.models {
-        if p.is_literal() && app.router().serves(p.as_str()) {
-            names.push(p.as_str().to_string());
-        }
+    let client = q.client_version()?;
+    let granted = catalog::granted(&app, &claims.grant, client);
+    if headers.contains_key("anthropic-version") {
+        return Ok(axum::Json(anthropic_models(&granted.names)).into_response());
     }
-    for slug in app.codex_models().keys() {
-        if claims.grant.allows_model(slug) && app.router().serves(slug) {
-            names.push(slug.clone());
-        }
-    }
-    names.sort();
-    names.dedup();
-    let data: Vec<serde_json::Value> =
-        names.iter().map(|n| serde_json::json!({"id": n, "object": "model", "created": 0, "owned_by": "tollgate"})).collect();
-    let codex: Vec<&serde_json::Value> = app
-        .codex_models()
+    Ok(catalog::etagged_as(
+        "models",
+        client,
+        &headers,
+        &granted.openai_and_codex(),
+    ))
+}
+
+/// A model list in Anthropic's shape (`GET /v1/models`: `data` of `type: model`, one page).
+fn anthropic_models(names: &[String]) -> serde_json::Value {
+    let data: Vec<serde_json::Value> = names
         .iter()
-        .filter(|(slug, _)| names.contains(slug))
-        .map(|(_, v)| v)
+        .map(|n| serde_json::json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"}))
         .collect();
-    Ok(
-        axum::Json(serde_json::json!({"object": "list", "data": data, "models": codex}))
-            .into_response(),
-    )
+    serde_json::json!({
+        "data": data,
+        "has_more": false,
+        "first_id": names.first(),
+        "last_id": names.last(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_is_read_from_the_bearer_or_else_from_x_api_key() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(
+            presented_token(&h),
+            Err(ApiError::Unauthorized("missing"))
+        ));
+        h.insert("x-api-key", HeaderValue::from_static("k1"));
+        assert_eq!(presented_token(&h).ok(), Some("k1"));
+        // Claude Code sends both; the bearer wins (they carry the same helper output).
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer b1"));
+        assert_eq!(presented_token(&h).ok(), Some("b1"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        assert!(matches!(
+            presented_token(&h),
+            Err(ApiError::Unauthorized("malformed"))
+        ));
+    }
+
+    #[test]
+    fn anthropic_model_list_shape() {
+        let v = anthropic_models(&["claude-a".into(), "claude-b".into()]);
+        assert_eq!(v["data"][0]["type"], "model");
+        assert_eq!(v["data"][1]["id"], "claude-b");
+        assert_eq!(
+            (v["first_id"].as_str(), v["last_id"].as_str()),
+            (Some("claude-a"), Some("claude-b"))
+        );
+        assert_eq!(v["has_more"], false);
+        assert_eq!(anthropic_models(&[])["first_id"], serde_json::Value::Null);
+    }
 
     fn message(body: &str) -> String {
         match probe(body.as_bytes()) {

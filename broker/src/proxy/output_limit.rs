@@ -15,6 +15,9 @@
 //! | Responses → `anthropic` (translated) | `max_tokens` (`translate::anthropic`; thinking fits inside it) |
 //! | Chat → `openai`, `azure-openai` (pass-through) | `max_completion_tokens` |
 //! | Chat → `openai-chat` (pass-through) | `max_tokens` (what every Chat-compatible server reads) |
+//! | Messages → `anthropic` (pass-through) | `max_tokens` |
+//! | Messages → `openai`, `azure-openai` (translated) | `max_completion_tokens` (`translate::messages`) |
+//! | Messages → `openai-chat` (translated) | `max_tokens` (`translate::messages`) |
 //!
 //! Without any client limit nothing is added (Anthropic, which requires one, gets the provider's default):
 //! the reservation is then the cap and the documented overspend bound covers the rest.
@@ -65,6 +68,7 @@ fn native(endpoint: Endpoint) -> &'static str {
     match endpoint {
         Endpoint::Responses => "max_output_tokens",
         Endpoint::ChatCompletions => "max_completion_tokens",
+        Endpoint::Messages | Endpoint::CountTokens => "max_tokens",
     }
 }
 
@@ -78,6 +82,7 @@ pub fn normalize(body: Bytes, endpoint: Endpoint, limits: &Limits) -> Bytes {
     let own = match endpoint {
         Endpoint::Responses => limits.max_output_tokens,
         Endpoint::ChatCompletions => limits.max_completion_tokens,
+        Endpoint::Messages | Endpoint::CountTokens => limits.max_tokens,
     };
     if limits.present() == 1 && own.is_some() {
         return body;
@@ -119,7 +124,7 @@ fn rewrite(body: &[u8], f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> 
 mod tests {
     use super::*;
     use crate::governance::pricing::{Estimator, ModelPrice, Pricing, Rates, ServiceTier};
-    use crate::translate::{anthropic, chat};
+    use crate::translate::{anthropic, chat, messages};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -136,6 +141,16 @@ mod tests {
                     .expect("anthropic")
                     .0
             }
+            (Endpoint::Messages, ProviderKind::OpenaiChat) => {
+                messages::request(&v, "m", messages::ChatFlavor::Compatible)
+                    .expect("chat")
+                    .0
+            }
+            (Endpoint::Messages, ProviderKind::Openai | ProviderKind::AzureOpenai) => {
+                messages::request(&v, "m", messages::ChatFlavor::OpenAi)
+                    .expect("chat")
+                    .0
+            }
             _ => v,
         };
         let present: Vec<u64> = FIELDS
@@ -146,7 +161,9 @@ mod tests {
             present.len() <= 1,
             "more than one limit field reaches the provider: {upstream}"
         );
+        // (On the Messages ingress the client's own thinking budget passes through as it sent it.)
         if kind == ProviderKind::Anthropic
+            && endpoint == Endpoint::Responses
             && let Some(b) = upstream
                 .pointer("/thinking/budget_tokens")
                 .and_then(Value::as_u64)
@@ -171,17 +188,17 @@ mod tests {
         /// large thinking budget): the provider receives exactly the limit the reservation was sized from.
         #[test]
         fn reserved_limit_is_forwarded_limit(
-            responses in any::<bool>(),
+            ingress in 0usize..3,
             kind in 0usize..4,
             mot in proptest::option::of(1u64..200_000),
             mct in proptest::option::of(1u64..200_000),
             mt in proptest::option::of(1u64..200_000),
             effort in proptest::option::of(prop_oneof![Just("low"), Just("medium"), Just("high"), Just("xhigh")]),
         ) {
-            let endpoint = if responses { Endpoint::Responses } else { Endpoint::ChatCompletions };
+            let endpoint = [Endpoint::Responses, Endpoint::ChatCompletions, Endpoint::Messages][ingress];
             let kind = KINDS[kind];
             prop_assume!(!(endpoint == Endpoint::ChatCompletions && kind == ProviderKind::Anthropic));
-            let mut body = if responses {
+            let mut body = if endpoint == Endpoint::Responses {
                 json!({"model": "m", "input": "hello"})
             } else {
                 json!({"model": "m", "messages": [{"role": "user", "content": "hello"}]})
@@ -189,7 +206,15 @@ mod tests {
             for (f, v) in FIELDS.iter().zip([mot, mct, mt]) {
                 if let Some(v) = v { body[*f] = json!(v); }
             }
-            if let Some(e) = effort { body["reasoning"] = json!({"effort": e}); }
+            match (effort, endpoint) {
+                // Claude Code asks for thinking with a budget; translated, it is a reasoning effort.
+                (Some(e), Endpoint::Messages) => {
+                    let budget = match e { "low" => 1_024, "medium" => 8_192, "high" => 16_384, _ => 31_999 };
+                    body["thinking"] = json!({"type": "enabled", "budget_tokens": budget});
+                }
+                (Some(e), _) => body["reasoning"] = json!({"effort": e}),
+                (None, _) => {}
+            }
             let limits = Limits { max_output_tokens: mot, max_completion_tokens: mct, max_tokens: mt };
             let raw = Bytes::from(serde_json::to_vec(&body).expect("json"));
             let sent = for_provider(normalize(raw, endpoint, &limits), endpoint, kind, &limits);

@@ -29,9 +29,9 @@ pub struct Provider {
     pub(crate) key: KeyCell,
     pub(crate) vault_key: Option<VaultKeyRef>,
     adapter: Box<dyn ProviderAdapter>,
-    /// The URLs of the two endpoints, parsed once, when they do not depend on the model (all but Azure
+    /// The URLs of the endpoints, parsed once, when they do not depend on the model (all but Azure
     /// deployment paths): parsing a URL per request showed in the profile.
-    urls: [Option<reqwest::Url>; 2],
+    urls: [Option<reqwest::Url>; 4],
 }
 
 /// What one attempt on a target may use: the target's HTTP client and its time limits.
@@ -59,6 +59,8 @@ const DROP_REQUEST_HEADERS: &[&str] = &[
     "cookie",
     "x-api-key",
     "api-key",
+    // The `anthropic` adapter sends its own (the one version there is); no other provider reads it.
+    "anthropic-version",
     "accept-encoding",
     "forwarded",
     "x-forwarded-for",
@@ -69,6 +71,8 @@ pub fn relay_response_header(name: &HeaderName) -> bool {
     let n = name.as_str();
     n == "content-type"
         || n == "x-request-id"
+        || n == "request-id"
+        || n.starts_with("anthropic-ratelimit-")
         || n.starts_with("openai-")
         || n.starts_with("x-ratelimit-")
         || n == "retry-after"
@@ -77,7 +81,7 @@ pub fn relay_response_header(name: &HeaderName) -> bool {
 impl Provider {
     pub fn new(cfg: &ProviderConfig) -> Self {
         let adapter = super::providers::adapter(cfg);
-        let urls = [Endpoint::Responses, Endpoint::ChatCompletions].map(|e| {
+        let urls = Endpoint::ALL.map(|e| {
             (!adapter.url_depends_on_model())
                 .then(|| reqwest::Url::parse(&adapter.url(e, "")).ok())
                 .flatten()

@@ -160,6 +160,11 @@ async fn exchange_body(
     }
     match pairs.iter().find(|(k, _)| k == "grant_type") {
         Some((_, g)) if g == GRANT_TYPE_TOKEN_EXCHANGE => {}
+        // People (the authorization server): authorization code, refresh token, device code.
+        Some((_, g)) if crate::oauth::grant::is_people_grant(g) => {
+            let g = g.clone();
+            return crate::oauth::grant::token(app, &g, pairs).await;
+        }
         Some(_) => {
             return Err(bad_request(
                 OAuthErrorCode::UnsupportedGrantType,
@@ -321,7 +326,10 @@ async fn exchange_body(
 
 /// `scope = "model:gpt-5.5 model:o4-*"` narrows the grant: each requested pattern must be allowed (a
 /// literal must match an allowed glob; a glob must equal an allowed glob). Other scope tokens are refused.
-fn narrow_models(allowed: &[ModelPattern], scope: &str) -> Result<Vec<ModelPattern>, String> {
+pub(crate) fn narrow_models(
+    allowed: &[ModelPattern],
+    scope: &str,
+) -> Result<Vec<ModelPattern>, String> {
     let mut out = Vec::new();
     for item in scope.split_whitespace() {
         let Some(m) = item.strip_prefix("model:") else {

@@ -1,5 +1,6 @@
 //! Protocol translations between the OpenAI Responses API (what Codex speaks) and the upstream APIs that
-//! do not speak it: Chat Completions ([`chat`]) and Anthropic Messages ([`anthropic`]).
+//! do not speak it: Chat Completions ([`chat`]) and Anthropic Messages ([`anthropic`]); and between
+//! Anthropic Messages (what Claude Code speaks) and Chat Completions ([`messages`]).
 //!
 //! Everything here is pure: request translation is a function over `serde_json::Value`, and a streamed
 //! response is translated by a state machine that takes upstream SSE bytes and returns Responses SSE bytes.
@@ -18,6 +19,7 @@
 
 pub mod anthropic;
 pub mod chat;
+pub mod messages;
 mod tools;
 
 pub use tools::{CodexTool, ToolKind};
@@ -32,6 +34,8 @@ pub enum TranslateError {
     NotAnObject,
     #[error("'input' must be a string or an array of items")]
     BadInput,
+    #[error("'messages' must be an array of user and assistant messages")]
+    BadMessages,
 }
 
 /// What request translation learned that response translation needs.

@@ -4,9 +4,8 @@
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
-use tollgate_testkit::procs::{ChildGuard, drain_in_background, wait_for_line};
+use tollgate_testkit::procs::{BrokerCmd, ChildGuard};
 
 pub const ADMIN_KEY: &str = "test-admin-key";
 pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -34,6 +33,10 @@ pub fn store_toml(pg_schema: Option<&str>, lease_secs: u64) -> String {
     }
 }
 
+/// The `public_url` every broker of these tests shares: replicas of one store must issue tokens as one
+/// issuer (with port 0 and no public_url each would issue as its own address).
+pub const PUBLIC_URL: &str = "http://tollgate.test";
+
 /// Write broker.toml + policy.toml into `dir`. Principals get credentials `<name>-credential`, team `t1`.
 pub fn write_config(dir: &Path, mock_base: &str, principals: &[&str], extra: &str) -> PathBuf {
     let mut creds = String::new();
@@ -45,7 +48,7 @@ pub fn write_config(dir: &Path, mock_base: &str, principals: &[&str], extra: &st
     }
     let toml = format!(
         "policy_file = \"policy.toml\"\n\
-         [server]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state\"\n\
+         [server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"{PUBLIC_URL}\"\nstate_dir = \"state\"\n\
          [tokens]\naudience = \"tollgate\"\n\
          {creds}\
          [providers.mock]\nkind = \"openai\"\nbase_url = \"{mock_base}/v1\"\ntimeout_ms = 60000\n\
@@ -70,31 +73,15 @@ pub struct Broker {
 
 impl Broker {
     pub async fn start(config: &Path, log_name: &str) -> Broker {
-        let log =
-            std::fs::File::create(config.with_file_name(format!("{log_name}.log"))).expect("log");
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate-broker"));
-        cmd.arg("--config")
-            .arg(config)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
+        let b = BrokerCmd::new(env!("CARGO_BIN_EXE_tollgate-broker"), config)
+            .log_to(config.with_file_name(format!("{log_name}.log")))
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
-        let mut guard = ChildGuard::spawn(cmd).expect("spawn broker");
-        let out = guard.take_stdout().expect("stdout");
-        let mut reader = tokio::io::BufReader::new(out);
-        let line = wait_for_line(&mut reader, "listening ", Duration::from_secs(60))
+            .start(Duration::from_secs(60))
             .await
-            .unwrap_or_else(|e| {
-                let log = std::fs::read_to_string(config.with_file_name(format!("{log_name}.log")))
-                    .unwrap_or_default();
-                panic!("broker did not start: {e}\n{log}")
-            });
-        drain_in_background(reader);
+            .unwrap_or_else(|e| panic!("{e}"));
         Broker {
-            guard,
-            url: line.trim_start_matches("listening ").trim().to_string(),
+            guard: b.guard,
+            url: b.url,
         }
     }
 }
@@ -301,6 +288,35 @@ impl Db {
 }
 
 impl Db {
+    /// Another handle on the same database.
+    pub fn clone_pool(&self) -> Db {
+        match self {
+            Db::Sqlite(p) => Db::Sqlite(p.clone()),
+            Db::Pg(p) => Db::Pg(p.clone()),
+        }
+    }
+
+    /// Wait until `sql` (a `SELECT COUNT(*) …`) answers `n`, up to `timeout`; returns the last answer.
+    pub async fn wait_count(&self, sql: &'static str, n: i64, timeout: Duration) -> i64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (got,): (i64,) = match self {
+                Db::Sqlite(p) => sqlx::query_as(sql).fetch_one(p).await.expect("q"),
+                Db::Pg(p) => sqlx::query_as(sql).fetch_one(p).await.expect("q"),
+            };
+            if got == n || tokio::time::Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until the store records `n` requests in flight (every broker's), up to `timeout`.
+    pub async fn wait_inflight(&self, n: i64, timeout: Duration) -> i64 {
+        self.wait_count("SELECT COUNT(*) FROM inflight", n, timeout)
+            .await
+    }
+
     /// (usage_reported, end_reason, input_tokens, output_tokens, cost, reserved) of every spend row of a principal.
     pub async fn spend_rows(&self, principal: &str) -> Vec<(i64, String, i64, i64, i64, i64)> {
         const Q: &str = "SELECT usage_reported, end_reason, input_tokens, output_tokens, cost, reserved FROM spend WHERE principal = $1";

@@ -69,6 +69,11 @@ pub fn load(config: &IdentityConfig) -> Result<Box<dyn Identity>, IdentityError>
         IdentityConfig::Vault(s) => Ok(Box::new(vault::VaultIdentity::load(s)?)),
         IdentityConfig::Azure(s) => Ok(Box::new(azure::AzureIdentity::load(s)?)),
         IdentityConfig::OidcFile(p) => Ok(Box::new(oidc_file::OidcFileIdentity::load(p.as_ref())?)),
+        // Not a proof: the token path renews a sign-in itself (`token::Source`).
+        IdentityConfig::Login => Err(IdentityError::Invalid {
+            source_name: "login",
+            reason: "a person's sign-in is renewed with its refresh token, not proven".into(),
+        }),
         IdentityConfig::Chain(members) => Ok(Box::new(chain::ChainIdentity::new(
             members
                 .iter()
@@ -129,7 +134,8 @@ impl StaticIdentity {
             StaticCredential::None => {
                 return Err(IdentityError::NotConfigured {
                     source_name: Self::NAME,
-                    hint: "set TOLLGATE_CREDENTIAL, pass --credential-file PATH, or set `credential_file` in the profile"
+                    hint: "set TOLLGATE_CREDENTIAL, pass --credential-file PATH, or set `credential_file` in the profile; \
+                           a person signs in with `tollgate-token login`"
                         .into(),
                 });
             }

@@ -349,3 +349,19 @@ impl From<Output> for Run {
         r
     }
 }
+
+/// A pinned test tool under `.test-tools/` (or `TOLLGATE_TEST_TOOLS`), or a panic that says how to
+/// install it (`scripts/install-test-tools.sh`; the README's test command runs it).
+pub fn tool(rel: &str) -> PathBuf {
+    let root = std::env::var_os("TOLLGATE_TEST_TOOLS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.test-tools"),
+        PathBuf::from,
+    );
+    let p = root.join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/install-test-tools.sh (the README's test command does)",
+        p.display()
+    );
+    p
+}

@@ -1,4 +1,4 @@
-//! Anthropic Messages API (`POST /v1/messages`).
+//! Anthropic Messages API (`POST /v1/messages`, `POST /v1/messages/count_tokens`).
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
@@ -46,6 +46,7 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
         tool_output.as_deref(),
         user_text.as_deref(),
         tool,
+        u32::MAX,
         ctx.config,
     );
     let mut usage = script::usage(ctx.config, ctx.body_bytes, &reply);
@@ -150,6 +151,16 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
         &json!({"type": "message_stop"}),
     ));
     Answer::Sse(frames)
+}
+
+/// `POST /v1/messages/count_tokens`: `{"input_tokens": n}`, the count the same body would be billed for
+/// as input (the configured count, else a quarter of its bytes, as a Messages answer reports).
+pub(crate) fn count_tokens(ctx: &Ctx<'_>) -> Value {
+    let input = ctx
+        .config
+        .input_tokens
+        .unwrap_or_else(|| (ctx.body_bytes as u64).div_ceil(4));
+    json!({ "input_tokens": input })
 }
 
 /// `{"type":"error","error":{"type":…,"message":…}}` as the Messages API sends it.

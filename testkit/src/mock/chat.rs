@@ -35,6 +35,7 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
         tool_output.as_deref(),
         user_text.as_deref(),
         tool,
+        u32::MAX,
         ctx.config,
     );
     let mut usage = script::usage(ctx.config, ctx.body_bytes, &reply);

@@ -77,6 +77,15 @@ pub struct MockConfig {
     pub cache_creation_tokens: u64,
     /// Model ids listed by `GET /v1/models`.
     pub models: Vec<String>,
+    /// The OpenAI organisation this mock plays (Responses only). When set, a request whose `include` has
+    /// `reasoning.encrypted_content` gets a `reasoning` item first in its output, its `encrypted_content`
+    /// readable by this organisation only; an input item whose `encrypted_content` another organisation
+    /// made is refused as the API does: 400 `invalid_encrypted_content`. Default `None`: no reasoning
+    /// items, nothing checked.
+    pub organization: Option<String>,
+    /// On Responses: how many tool calls a `USE_TOOL` turn makes, one per request, before the text answer.
+    /// Default 1.
+    pub tool_rounds: u32,
 }
 
 impl Default for MockConfig {
@@ -95,6 +104,8 @@ impl Default for MockConfig {
                 "gpt-4o-mini".to_owned(),
                 "claude-sonnet-4-5".to_owned(),
             ],
+            organization: None,
+            tool_rounds: 1,
         }
     }
 }
@@ -658,6 +669,8 @@ enum Api {
     Responses,
     Chat,
     Messages,
+    /// `POST /v1/messages/count_tokens`: Anthropic's free token count (no usage, not billed).
+    CountTokens,
     Models,
     Unknown,
 }
@@ -668,6 +681,7 @@ impl Api {
             (&Method::POST, "/v1/responses") => Self::Responses,
             (&Method::POST, "/v1/chat/completions") => Self::Chat,
             (&Method::POST, "/v1/messages") => Self::Messages,
+            (&Method::POST, "/v1/messages/count_tokens") => Self::CountTokens,
             (&Method::GET, "/v1/models") => Self::Models,
             _ => Self::Unknown,
         }
@@ -678,7 +692,7 @@ impl Api {
     }
 
     fn anthropic(self) -> bool {
-        self == Self::Messages
+        matches!(self, Self::Messages | Self::CountTokens)
     }
 }
 
@@ -778,7 +792,7 @@ async fn inference(State(state): State<MockState>, req: Request) -> Response {
         let msg = "anthropic-version: header is required".to_owned();
         return finish_error(&slot, api, 400, None, Some(msg), None);
     }
-    if api.is_inference() && !json_body.is_object() {
+    if (api.is_inference() || api == Api::CountTokens) && !json_body.is_object() {
         let msg = "We could not parse the JSON body of your request.".to_owned();
         return finish_error(&slot, api, 400, None, Some(msg), None);
     }
@@ -808,6 +822,22 @@ async fn inference(State(state): State<MockState>, req: Request) -> Response {
         }
     }
 
+    if api == Api::Responses
+        && let Some(item) = responses::unreadable_encrypted_item(&config, &json_body)
+    {
+        let msg = format!(
+            "The encrypted content for item {item} could not be verified. Reason: Encrypted content organization_id did not match the target organization_id."
+        );
+        return finish_error(
+            &slot,
+            api,
+            400,
+            Some("invalid_encrypted_content".to_owned()),
+            Some(msg),
+            None,
+        );
+    }
+
     let ctx = Ctx {
         config: &config,
         body: &json_body,
@@ -817,6 +847,10 @@ async fn inference(State(state): State<MockState>, req: Request) -> Response {
         Api::Responses => responses::answer(&ctx, stream),
         Api::Chat => chat::answer(&ctx, stream),
         Api::Messages => anthropic::answer(&ctx, stream),
+        Api::CountTokens => Answer::Json {
+            value: anthropic::count_tokens(&ctx),
+            usage: None,
+        },
         Api::Models => Answer::Json {
             value: models_list(&config, parts.uri.query()),
             usage: None,

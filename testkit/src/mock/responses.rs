@@ -14,6 +14,7 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
         last_tool_output(input).as_deref(),
         latest_user_text(input).as_deref(),
         Some((TOOL_NAME, Some("cmd".to_owned()))),
+        tool_outputs_since_user(input),
         ctx.config,
     );
     let mut usage = script::usage(ctx.config, ctx.body_bytes, &reply);
@@ -43,12 +44,14 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
             "status": "completed",
         }),
     };
+    let reasoning = reasoning_item(ctx.config, ctx.body);
+    let output: Vec<Value> = reasoning.iter().cloned().chain([item.clone()]).collect();
     let done = response_object(
         ctx.body,
         &resp_id,
         created_at,
         "completed",
-        vec![item.clone()],
+        output,
         usage.wire.clone(),
     );
     if !stream {
@@ -65,11 +68,54 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
         vec![],
         Value::Null,
     );
-    Answer::Sse(stream_frames(&reply, item, started, done, usage))
+    Answer::Sse(stream_frames(&reply, reasoning, item, started, done, usage))
+}
+
+/// The prefix of the `encrypted_content` an organisation's mock makes.
+fn encrypted_prefix(org: &str) -> String {
+    format!("gAAAA-mock-org:{org}:")
+}
+
+/// The reasoning item an organisation's mock puts first in its output when asked for encrypted reasoning.
+fn reasoning_item(config: &super::MockConfig, body: &Value) -> Option<Value> {
+    let org = config.organization.as_deref()?;
+    let asked = body
+        .get("include")
+        .and_then(Value::as_array)
+        .is_some_and(|i| i.iter().any(|v| v == "reasoning.encrypted_content"));
+    asked.then(|| {
+        json!({"type": "reasoning", "id": new_id("rs_"), "summary": [],
+            "encrypted_content": format!("{}{}", encrypted_prefix(org), new_id("blob_"))})
+    })
+}
+
+/// The id (or type) of the first input item whose `encrypted_content` this mock's organisation did not make;
+/// `None` when every one is readable or the mock plays no organisation.
+pub(crate) fn unreadable_encrypted_item(
+    config: &super::MockConfig,
+    body: &Value,
+) -> Option<String> {
+    let prefix = encrypted_prefix(config.organization.as_deref()?);
+    body.get("input")?
+        .as_array()?
+        .iter()
+        .find(|it| {
+            it.get("encrypted_content")
+                .and_then(Value::as_str)
+                .is_some_and(|e| !e.starts_with(&prefix))
+        })
+        .map(|it| {
+            it.get("id")
+                .or_else(|| it.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_owned()
+        })
 }
 
 fn stream_frames(
     reply: &Reply,
+    reasoning: Option<Value>,
     item: Value,
     started: Value,
     done: Value,
@@ -85,6 +131,18 @@ fn stream_frames(
     };
     push("response.created", json!({"response": started}));
     push("response.in_progress", json!({"response": started}));
+    // The reasoning item comes first and whole (no summary text streams).
+    let index = u64::from(reasoning.is_some());
+    if let Some(r) = reasoning {
+        push(
+            "response.output_item.added",
+            json!({"output_index": 0, "item": r}),
+        );
+        push(
+            "response.output_item.done",
+            json!({"output_index": 0, "item": r}),
+        );
+    }
     let item_id = item["id"].clone();
     match reply {
         Reply::Text(text) => {
@@ -93,10 +151,10 @@ fn stream_frames(
             added["content"] = json!([]);
             push(
                 "response.output_item.added",
-                json!({"output_index": 0, "item": added}),
+                json!({"output_index": index, "item": added}),
             );
             let part = |t: &str| json!({"type": "output_text", "text": t, "annotations": []});
-            let at = json!({"item_id": item_id, "output_index": 0, "content_index": 0});
+            let at = json!({"item_id": item_id, "output_index": index, "content_index": 0});
             let with = |extra: Value| {
                 let mut v = at.clone();
                 if let (Some(v), Value::Object(extra)) = (v.as_object_mut(), extra) {
@@ -129,23 +187,23 @@ fn stream_frames(
             added["arguments"] = json!("");
             push(
                 "response.output_item.added",
-                json!({"output_index": 0, "item": added}),
+                json!({"output_index": index, "item": added}),
             );
             for delta in script::json_fragments(arguments) {
                 push(
                     "response.function_call_arguments.delta",
-                    json!({"item_id": item_id, "output_index": 0, "delta": delta}),
+                    json!({"item_id": item_id, "output_index": index, "delta": delta}),
                 );
             }
             push(
                 "response.function_call_arguments.done",
-                json!({"item_id": item_id, "output_index": 0, "arguments": arguments}),
+                json!({"item_id": item_id, "output_index": index, "arguments": arguments}),
             );
         }
     }
     push(
         "response.output_item.done",
-        json!({"output_index": 0, "item": item}),
+        json!({"output_index": index, "item": item}),
     );
     push("response.completed", json!({"response": done}));
     if let Some(last) = frames.pop() {
@@ -207,6 +265,25 @@ fn last_tool_output(input: &Value) -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// How many tool results follow the latest user message (the tool rounds of this turn so far).
+fn tool_outputs_since_user(input: &Value) -> u32 {
+    let Some(items) = input.as_array() else {
+        return 0;
+    };
+    let n = items
+        .iter()
+        .rev()
+        .take_while(|it| it.get("role").and_then(Value::as_str) != Some("user"))
+        .filter(|it| {
+            matches!(
+                it.get("type").and_then(Value::as_str),
+                Some("function_call_output" | "custom_tool_call_output")
+            )
+        })
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Text of the latest user message: `input` as a string, or the last `role: "user"` item.

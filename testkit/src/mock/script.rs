@@ -1,6 +1,8 @@
 //! The deterministic script every API follows, and the usage arithmetic.
 //!
-//! 1. The last input is a tool result → `"tool said: <first 200 chars of its output>"`.
+//! 1. The last input is a tool result → `"tool said: <first 200 chars of its output>"`, unless the latest
+//!    user text contains `USE_TOOL` and fewer than [`MockConfig::tool_rounds`] tool results follow it
+//!    (Responses only; other APIs count none): then the tool is called again (long sessions).
 //! 2. Else the latest user text contains `USE_TOOL` and the request declares a tool → a call to
 //!    [`MockConfig::tool_name`] if declared, else to the first tool, with `tool_command` as the argument
 //!    its schema asks for ([`argument_key`]: `cmd`, else its one required property, else `input`, else
@@ -32,12 +34,15 @@ impl Reply {
         tool_output: Option<&str>,
         user_text: Option<&str>,
         tool: Option<(&str, Option<String>)>,
+        rounds_done: u32,
         config: &MockConfig,
     ) -> Self {
-        if let Some(out) = tool_output {
+        let text = user_text.unwrap_or("");
+        if let Some(out) = tool_output
+            && !(text.contains(TOOL_TRIGGER) && rounds_done < config.tool_rounds)
+        {
             return Self::Text(format!("tool said: {}", prefix_chars(out, 200)));
         }
-        let text = user_text.unwrap_or("");
         if let Some((name, key)) = tool
             && text.contains(TOOL_TRIGGER)
         {

@@ -1,6 +1,8 @@
-//! `anthropic`: Anthropic Messages. Responses requests are translated to Messages and the answer back
-//! ([`translate::anthropic`]); Chat Completions is not served (the next target is tried). The key goes in
-//! `x-api-key`, with `anthropic-version`; error bodies are rewritten in OpenAI's shape.
+//! `anthropic`: Anthropic Messages. Messages requests (Claude Code) and token counts pass through as they
+//! are, the client's `anthropic-beta` included; Responses requests are translated to Messages and the
+//! answer back ([`translate::anthropic`]); Chat Completions is not served (the next target is tried). The
+//! key goes in `x-api-key`, with `anthropic-version`; error bodies are rewritten in OpenAI's shape (the
+//! Messages ingress shapes them back).
 
 use super::{AnswerTranslation, Endpoint, Outgoing, ProviderAdapter, UpstreamError, translated};
 use crate::config::ProviderConfig;
@@ -32,8 +34,11 @@ impl ProviderAdapter for Anthropic {
         "anthropic"
     }
 
-    fn url(&self, _endpoint: Endpoint, _model: &str) -> String {
-        format!("{}/messages", self.base_url)
+    fn url(&self, endpoint: Endpoint, _model: &str) -> String {
+        match endpoint {
+            Endpoint::CountTokens => format!("{}/messages/count_tokens", self.base_url),
+            _ => format!("{}/messages", self.base_url),
+        }
     }
 
     fn key_header(&self, key: &SecretString) -> (&'static str, String) {
@@ -52,6 +57,7 @@ impl ProviderAdapter for Anthropic {
     ) -> Result<Outgoing, UpstreamError> {
         match endpoint {
             Endpoint::ChatCompletions => Err(UpstreamError::Unsupported),
+            Endpoint::Messages | Endpoint::CountTokens => Ok(Outgoing::Native(body)),
             Endpoint::Responses => translated(
                 &body,
                 |v| anthropic::request(v, model, self.options),
@@ -107,6 +113,17 @@ mod tests {
             p.outgoing(Endpoint::ChatCompletions, Bytes::from_static(b"{}"), "m"),
             Err(UpstreamError::Unsupported)
         ));
+        assert_eq!(
+            p.url(Endpoint::CountTokens, "m"),
+            "https://api.anthropic.com/v1/messages/count_tokens"
+        );
+        // Claude Code's requests pass through untouched.
+        let body = Bytes::from_static(br#"{"model":"claude","max_tokens":5,"messages":[]}"#);
+        for e in [Endpoint::Messages, Endpoint::CountTokens] {
+            assert!(
+                matches!(p.outgoing(e, body.clone(), "m"), Ok(Outgoing::Native(b)) if b == body)
+            );
+        }
     }
 
     #[test]

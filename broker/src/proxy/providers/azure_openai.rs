@@ -1,9 +1,12 @@
-//! `azure-openai`: Azure OpenAI. Both endpoints are passed through, at `v1` URLs or per-deployment URLs
-//! (the model names the deployment), with the `api-version` query when configured; the key goes in
-//! `api-key`.
+//! `azure-openai`: Azure OpenAI. Responses and Chat Completions are passed through, at `v1` URLs or
+//! per-deployment URLs (the model names the deployment), with the `api-version` query when configured;
+//! Messages requests (Claude Code) are translated to Chat Completions ([`translate::messages`]). The key
+//! goes in `api-key`.
 
-use super::{Endpoint, ProviderAdapter};
+use super::{Endpoint, Outgoing, ProviderAdapter, UpstreamError, messages_via_chat};
 use crate::config::{AzurePath, ProviderConfig};
+use crate::translate::messages::ChatFlavor;
+use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 
 pub struct AzureOpenai {
@@ -28,6 +31,7 @@ impl ProviderAdapter for AzureOpenai {
     }
 
     fn url(&self, endpoint: Endpoint, model: &str) -> String {
+        let endpoint = endpoint.chat_for_messages();
         let query = self
             .api_version
             .as_deref()
@@ -50,6 +54,20 @@ impl ProviderAdapter for AzureOpenai {
 
     fn key_header(&self, key: &SecretString) -> (&'static str, String) {
         ("api-key", key.expose_secret().to_string())
+    }
+
+    fn outgoing(
+        &self,
+        endpoint: Endpoint,
+        body: Bytes,
+        model: &str,
+    ) -> Result<Outgoing, UpstreamError> {
+        match endpoint {
+            Endpoint::Responses | Endpoint::ChatCompletions => Ok(Outgoing::Native(body)),
+            Endpoint::Messages | Endpoint::CountTokens => {
+                messages_via_chat(endpoint, &body, model, ChatFlavor::OpenAi)
+            }
+        }
     }
 }
 

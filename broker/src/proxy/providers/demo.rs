@@ -25,7 +25,7 @@ impl ProviderAdapter for Demo {
 }
 
 fn latest_user_text(req: &Value) -> String {
-    // Responses: input is a string or a list of items; Chat: messages.
+    // Responses: input is a string or a list of items; Chat and Messages: messages.
     if let Some(s) = req.get("input").and_then(Value::as_str) {
         return s.to_string();
     }
@@ -156,6 +156,41 @@ fn respond(endpoint: Endpoint, body: &[u8]) -> UpstreamResponse {
             }
             out.push_str("data: [DONE]\n\n");
             ("text/event-stream", Bytes::from(out))
+        }
+        (Endpoint::CountTokens, _) => (
+            "application/json",
+            Bytes::from(json!({"input_tokens": input_tokens}).to_string()),
+        ),
+        (Endpoint::Messages, false) => {
+            let v = json!({"id":format!("msg_{id}"),"type":"message","role":"assistant","model":model,
+                "content":[{"type":"text","text":text}],"stop_reason":"end_turn","stop_sequence":null,
+                "usage":{"input_tokens":input_tokens,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":output_tokens}});
+            ("application/json", Bytes::from(v.to_string()))
+        }
+        (Endpoint::Messages, true) => {
+            let mut ev = vec![
+                (
+                    "message_start".to_string(),
+                    json!({"type":"message_start","message":{"id":format!("msg_{id}"),"type":"message",
+                    "role":"assistant","model":model,"content":[],"stop_reason":null,"stop_sequence":null,
+                    "usage":{"input_tokens":input_tokens,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1}}}),
+                ),
+                (
+                    "content_block_start".into(),
+                    json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
+                ),
+            ];
+            for word in text.split_inclusive(' ') {
+                ev.push(("content_block_delta".into(), json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":word}})));
+            }
+            ev.push((
+                "content_block_stop".into(),
+                json!({"type":"content_block_stop","index":0}),
+            ));
+            ev.push(("message_delta".into(), json!({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},
+                "usage":{"output_tokens":output_tokens}})));
+            ev.push(("message_stop".into(), json!({"type":"message_stop"})));
+            ("text/event-stream", sse(ev))
         }
         (Endpoint::ChatCompletions, false) => {
             let v = json!({"id":format!("chatcmpl-{id}"),"object":"chat.completion","created":0,"model":model,

@@ -14,7 +14,7 @@ mod openai;
 mod openai_chat;
 
 use crate::config::{ProviderConfig, ProviderKind};
-use crate::translate::{StreamTranslator, ToolContext, TranslateError};
+use crate::translate::{RandomIds, StreamTranslator, TranslateError, messages};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use http::{HeaderMap, StatusCode};
@@ -68,7 +68,8 @@ pub trait ProviderAdapter: Send + Sync {
         Ok(Outgoing::Native(body))
     }
 
-    /// An upstream error body (at most 64 KiB) as the client should see it: OpenAI-shaped.
+    /// An upstream error body (at most 64 KiB) as the client should see it: OpenAI-shaped (the Messages
+    /// ingress reshapes it into Anthropic's, `error::anthropic_shape`).
     fn error_body(&self, body: Bytes) -> Bytes {
         body
     }
@@ -91,8 +92,8 @@ pub enum Outgoing {
     },
 }
 
-/// How a translated request's answer becomes a Responses answer (holding what the request translation
-/// learned, e.g. the tool names).
+/// How a translated request's answer becomes an answer in the client's protocol (Responses, or Messages
+/// on the Messages ingress), holding what the request translation learned, e.g. the tool names.
 pub trait AnswerTranslation: Send {
     /// A whole (non-streamed) upstream answer.
     fn response(&self, answer: &Value, created_at: u64) -> Value;
@@ -100,12 +101,12 @@ pub trait AnswerTranslation: Send {
     fn stream(self: Box<Self>, created_at: u64) -> Box<dyn StreamTranslator>;
 }
 
-/// The client's Responses body, translated by `translate`, with the answer translation built from what
-/// it learned. Errors are the client's (`BadRequest`).
-fn translated<A: AnswerTranslation + 'static>(
+/// The client's body, translated by `translate`, with the answer translation built from what it
+/// learned. Errors are the client's (`BadRequest`).
+fn translated<C, A: AnswerTranslation + 'static>(
     body: &[u8],
-    translate: impl FnOnce(&Value) -> Result<(Value, ToolContext), TranslateError>,
-    answer: impl FnOnce(ToolContext) -> A,
+    translate: impl FnOnce(&Value) -> Result<(Value, C), TranslateError>,
+    answer: impl FnOnce(C) -> A,
 ) -> Result<Outgoing, UpstreamError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|_| UpstreamError::BadRequest("request body is not valid JSON".into()))?;
@@ -118,18 +119,67 @@ fn translated<A: AnswerTranslation + 'static>(
     })
 }
 
+/// The Messages ingress on an OpenAI-family provider: the request as Chat Completions, the answer back as
+/// Messages ([`messages`]). Token counting has no Chat equivalent: the next target is tried (and, when
+/// none can count, the broker estimates).
+fn messages_via_chat(
+    endpoint: Endpoint,
+    body: &[u8],
+    model: &str,
+    flavor: messages::ChatFlavor,
+) -> Result<Outgoing, UpstreamError> {
+    match endpoint {
+        Endpoint::CountTokens => Err(UpstreamError::Unsupported),
+        _ => translated(
+            body,
+            |v| messages::request(v, model, flavor),
+            ChatAsMessages,
+        ),
+    }
+}
+
+/// A Chat Completions answer → a Messages answer.
+struct ChatAsMessages(messages::MessagesContext);
+
+impl AnswerTranslation for ChatAsMessages {
+    fn response(&self, answer: &Value, _created_at: u64) -> Value {
+        messages::response(answer, &self.0, &mut RandomIds)
+    }
+
+    fn stream(self: Box<Self>, _created_at: u64) -> Box<dyn StreamTranslator> {
+        Box::new(messages::ChatToMessagesStream::new(
+            self.0,
+            Box::new(RandomIds),
+        ))
+    }
+}
+
 /// Which API a request speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     Responses,
     ChatCompletions,
+    /// Anthropic Messages (`/v1/messages`: Claude Code).
+    Messages,
+    /// Anthropic's `/v1/messages/count_tokens` (served only by `anthropic` providers; not accounted).
+    CountTokens,
 }
 
 impl Endpoint {
+    /// Every endpoint, in the order of their discriminants (per-endpoint tables index by `as usize`).
+    pub const ALL: [Endpoint; 4] = [
+        Endpoint::Responses,
+        Endpoint::ChatCompletions,
+        Endpoint::Messages,
+        Endpoint::CountTokens,
+    ];
+
     pub fn path(self) -> &'static str {
         match self {
             Endpoint::Responses => "/responses",
             Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Messages => "/messages",
+            Endpoint::CountTokens => "/messages/count_tokens",
         }
     }
 
@@ -138,7 +188,22 @@ impl Endpoint {
         match self {
             Endpoint::Responses => "/v1/responses",
             Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Messages => "/v1/messages",
+            Endpoint::CountTokens => "/v1/messages/count_tokens",
         }
+    }
+
+    /// The endpoint an OpenAI-family provider serves this one on: Messages as Chat Completions.
+    pub fn chat_for_messages(self) -> Endpoint {
+        match self {
+            Endpoint::Messages | Endpoint::CountTokens => Endpoint::ChatCompletions,
+            e => e,
+        }
+    }
+
+    /// Whether the client speaks Anthropic's protocol on this endpoint (its errors, its stream ends).
+    pub fn is_anthropic(self) -> bool {
+        matches!(self, Endpoint::Messages | Endpoint::CountTokens)
     }
 }
 

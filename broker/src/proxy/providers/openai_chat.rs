@@ -1,9 +1,14 @@
 //! `openai-chat`: any OpenAI-compatible Chat Completions server. Chat Completions requests are passed
 //! through; Responses requests are translated to Chat Completions and the answer back
-//! ([`translate::chat`]). The key is a bearer token.
+//! ([`translate::chat`]), and so are Messages requests (Claude Code; [`translate::messages`]). The key is a
+//! bearer token.
 
-use super::{AnswerTranslation, Endpoint, Outgoing, ProviderAdapter, UpstreamError, translated};
+use super::{
+    AnswerTranslation, Endpoint, Outgoing, ProviderAdapter, UpstreamError, messages_via_chat,
+    translated,
+};
 use crate::config::ProviderConfig;
+use crate::translate::messages::ChatFlavor;
 use crate::translate::{RandomIds, StreamTranslator, ToolContext, chat};
 use bytes::Bytes;
 use serde_json::Value;
@@ -37,6 +42,9 @@ impl ProviderAdapter for OpenaiChat {
     ) -> Result<Outgoing, UpstreamError> {
         match endpoint {
             Endpoint::ChatCompletions => Ok(Outgoing::Native(body)),
+            Endpoint::Messages | Endpoint::CountTokens => {
+                messages_via_chat(endpoint, &body, model, ChatFlavor::Compatible)
+            }
             Endpoint::Responses => translated(&body, |v| chat::request(v, model), ChatAnswer),
         }
     }

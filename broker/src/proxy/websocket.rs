@@ -1,0 +1,416 @@
+//! The WebSocket mode of `/v1/responses` (Codex with `supports_websockets = true`): `GET /v1/responses` with
+//! an upgrade, then one `{"type": "response.create", ...}` frame per turn, answered with the same events as
+//! the SSE stream, one per text frame.
+//!
+//! Every turn goes through the HTTP path ([`super::proxy`]): admission, budgets, rate limits, routing with
+//! failover and affinity, accounting and audit are those of a `POST /v1/responses`. What the connection adds:
+//! - **State.** Later turns send only their new input with `previous_response_id`; the broker keeps, per
+//!   connection, the whole conversation behind each response it answered (input and output items) and sends
+//!   the upstream the full input, so this works for every upstream kind (Chat and Anthropic upstreams keep
+//!   no state). An unknown id is an error frame `previous_response_not_found`.
+//! - **Warm-up.** `generate: false` stores the turn's input under a new response id and answers
+//!   `response.created` and `response.completed` without calling an upstream (nothing generated, nothing
+//!   charged).
+//! - **Auth.** The token is verified at the handshake (the bearer layer) and again before every turn with the
+//!   broker's clock: an expired or revoked token, or a grant the policy no longer gives, ends the connection
+//!   with an error frame of status 401 (Codex reconnects with a fresh token).
+//! - **Limit.** A connection lives at most 60 minutes ([`CONNECTION_LIMIT_SECS`]): a turn after that gets
+//!   the error `websocket_connection_limit_reached` and the connection is closed (Codex opens a new one).
+//! - **Turn state.** `x-codex-turn-state` from the handshake is echoed on the upgrade response (a sticky
+//!   routing token for Codex); without one the broker gives one.
+
+use super::{authenticate, proxy};
+use crate::app::AppState;
+use crate::error::ApiError;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use tollgate::Claims;
+
+/// The longest a connection is served, seconds (OpenAI's limit, which Codex handles by reconnecting).
+pub const CONNECTION_LIMIT_SECS: u64 = 60 * 60;
+
+/// Responses remembered per connection (the oldest is forgotten first; Codex refers to the latest).
+const MAX_REMEMBERED: usize = 8;
+
+/// Headers of the handshake that are not passed on with each turn.
+const HANDSHAKE_ONLY: &[&str] = &[
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "content-length",
+];
+
+/// `GET /v1/responses`: the WebSocket upgrade, or (a plain GET) an OpenAI-shaped 405.
+pub async fn responses_ws(
+    State(app): State<Arc<AppState>>,
+    Extension(claims): Extension<Arc<Claims>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(ws) = ws else {
+        return ApiError::MethodNotAllowed(
+            "GET /v1/responses is the WebSocket mode (an upgrade); send turns as POST /v1/responses otherwise",
+        )
+        .into_response();
+    };
+    let turn_state = headers
+        .get("x-codex-turn-state")
+        .cloned()
+        .filter(|v| v.len() <= 512)
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&format!("tg-{}", uuid::Uuid::new_v4().simple()))
+                .unwrap_or(HeaderValue::from_static("tg"))
+        });
+    let mut turn_headers = headers.clone();
+    for h in HANDSHAKE_ONLY {
+        turn_headers.remove(*h);
+    }
+    let max = app.max_body_bytes();
+    let opened = app.clock().now_secs();
+    let mut resp = ws
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            Connection {
+                app,
+                claims,
+                headers: turn_headers,
+                opened,
+                responses: HashMap::new(),
+                order: VecDeque::new(),
+            }
+            .run(socket)
+        });
+    resp.headers_mut().insert("x-codex-turn-state", turn_state);
+    resp
+}
+
+/// One client's connection and the conversations it may continue.
+struct Connection {
+    app: Arc<AppState>,
+    claims: Arc<Claims>,
+    /// The handshake's headers (its token, Codex's session headers), sent with every turn.
+    headers: HeaderMap,
+    /// When the connection was opened (clock seconds).
+    opened: u64,
+    /// Response id → every item of the conversation up to and including that response's output.
+    responses: HashMap<String, Arc<Vec<Value>>>,
+    order: VecDeque<String>,
+}
+
+/// How a turn ended for the connection.
+enum After {
+    Continue,
+    Close,
+}
+
+impl Connection {
+    async fn run(mut self, mut socket: WebSocket) {
+        while let Some(Ok(msg)) = socket.recv().await {
+            let text = match msg {
+                Message::Text(t) => t.to_string(),
+                Message::Binary(b) => match String::from_utf8(b.to_vec()) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        let _ = send(
+                            &mut socket,
+                            &error_frame(
+                                400,
+                                "invalid_request_error",
+                                "invalid_request",
+                                "frames are UTF-8 JSON",
+                            ),
+                        )
+                        .await;
+                        continue;
+                    }
+                },
+                Message::Close(_) => break,
+                Message::Ping(_) | Message::Pong(_) => continue,
+            };
+            match self.turn(&mut socket, &text).await {
+                Ok(After::Continue) => {}
+                Ok(After::Close) | Err(_) => break,
+            }
+        }
+        let _ = socket.send(Message::Close(None)).await;
+    }
+
+    /// Whether the connection may serve another turn: its age, and its token as of now.
+    fn check(&self) -> Result<(), Value> {
+        if self.app.clock().now_secs().saturating_sub(self.opened) >= CONNECTION_LIMIT_SECS {
+            return Err(error_frame(
+                400,
+                "invalid_request_error",
+                "websocket_connection_limit_reached",
+                "Responses websocket connection limit reached (60 minutes). Create a new websocket connection to continue.",
+            ));
+        }
+        match authenticate(&self.app, &self.headers) {
+            Ok(claims) if self.app.grant_outdated(&claims) => Err(error_frame(
+                401,
+                "invalid_request_error",
+                "policy_changed",
+                "Tollgate: the policy changed since this token was issued; reconnect with a new token.",
+            )),
+            Ok(claims) if claims.jti != self.claims.jti => Err(error_frame(
+                401,
+                "invalid_request_error",
+                "invalid_token",
+                "Tollgate: the connection's token changed.",
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let code = match &e {
+                    ApiError::Unauthorized(reason) => *reason,
+                    _ => "invalid_token",
+                };
+                Err(error_frame(
+                    401,
+                    "invalid_request_error",
+                    code,
+                    "Tollgate: the connection's token is no longer valid; reconnect with a new token.",
+                ))
+            }
+        }
+    }
+
+    async fn turn(&mut self, socket: &mut WebSocket, text: &str) -> Result<After, axum::Error> {
+        if let Err(frame) = self.check() {
+            send(socket, &frame).await?;
+            return Ok(After::Close);
+        }
+        let mut frame: serde_json::Map<String, Value> = match serde_json::from_str(text) {
+            Ok(Value::Object(o)) => o,
+            _ => {
+                send(
+                    socket,
+                    &error_frame(
+                        400,
+                        "invalid_request_error",
+                        "invalid_request",
+                        "a frame is a JSON object",
+                    ),
+                )
+                .await?;
+                return Ok(After::Continue);
+            }
+        };
+        if frame.get("type").and_then(Value::as_str) != Some("response.create") {
+            send(
+                socket,
+                &error_frame(
+                    400,
+                    "invalid_request_error",
+                    "invalid_request",
+                    "the only client frame is {\"type\": \"response.create\", ...}",
+                ),
+            )
+            .await?;
+            return Ok(After::Continue);
+        }
+        frame.remove("type");
+        // The whole conversation: what the previous response had, then this turn's input.
+        let mut items: Vec<Value> = match frame.remove("previous_response_id") {
+            Some(Value::String(id)) => match self.responses.get(&id) {
+                Some(prior) => prior.as_ref().clone(),
+                None => {
+                    send(
+                        socket,
+                        &error_frame(
+                            400,
+                            "invalid_request_error",
+                            "previous_response_not_found",
+                            &format!(
+                                "Previous response with id '{}' not found on this connection.",
+                                id.chars().take(64).collect::<String>()
+                            ),
+                        ),
+                    )
+                    .await?;
+                    return Ok(After::Continue);
+                }
+            },
+            _ => Vec::new(),
+        };
+        match frame.remove("input") {
+            Some(Value::Array(a)) => items.extend(a),
+            Some(Value::String(s)) => items.push(json!({"type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": s}]})),
+            _ => {}
+        }
+        if frame.remove("generate") == Some(Value::Bool(false)) {
+            return self.warm_up(socket, &frame, items).await;
+        }
+        frame.insert("input".into(), Value::Array(items.clone()));
+        frame.insert("stream".into(), Value::Bool(true));
+        let body = match serde_json::to_vec(&frame) {
+            Ok(b) => Bytes::from(b),
+            Err(_) => return Ok(After::Continue),
+        };
+        let resp = match proxy(
+            self.app.clone(),
+            self.claims.clone(),
+            self.headers.clone(),
+            Ok(body),
+            super::Endpoint::Responses,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+        self.relay(socket, resp, items).await
+    }
+
+    /// `generate: false`: remember the input under a new response id; nothing goes upstream.
+    async fn warm_up(
+        &mut self,
+        socket: &mut WebSocket,
+        frame: &serde_json::Map<String, Value>,
+        items: Vec<Value>,
+    ) -> Result<After, axum::Error> {
+        let id = format!("resp_tg_{}", uuid::Uuid::new_v4().simple());
+        let created_at = self.app.clock().now_secs();
+        let response = |status: &str| {
+            json!({"id": id, "object": "response", "created_at": created_at, "status": status,
+                "model": frame.get("model").cloned().unwrap_or(Value::Null), "output": [],
+                "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
+                    "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}})
+        };
+        send(socket, &json!({"type": "response.created", "sequence_number": 0, "response": response("in_progress")})).await?;
+        send(socket, &json!({"type": "response.completed", "sequence_number": 1, "response": response("completed")})).await?;
+        self.remember(id, items);
+        Ok(After::Continue)
+    }
+
+    /// Send the answer of one turn as frames: its SSE events one by one, or an error frame for a refusal.
+    async fn relay(
+        &mut self,
+        socket: &mut WebSocket,
+        resp: Response,
+        mut items: Vec<Value>,
+    ) -> Result<After, axum::Error> {
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap_or_default();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let mut frame = json!({"type": "error", "status": status.as_u16(),
+                "error": body.get("error").cloned().unwrap_or_else(|| json!({"message": status.to_string()}))});
+            if let Some(ra) = body.pointer("/error/retry_after_secs") {
+                frame["retry_after_secs"] = ra.clone();
+            }
+            send(socket, &frame).await?;
+            return Ok(After::Continue);
+        }
+        let mut stream = resp.into_body().into_data_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut output: Vec<Value> = Vec::new();
+        let mut finished: Option<String> = None;
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else { break };
+            buf.extend_from_slice(&chunk);
+            while let Some((event, rest)) = next_event(&buf) {
+                buf = rest;
+                let Some(data) = event else { continue };
+                if let Ok(v) = serde_json::from_str::<Value>(&data) {
+                    match v.get("type").and_then(Value::as_str) {
+                        Some("response.output_item.done") => {
+                            if let Some(item) = v.get("item") {
+                                output.push(item.clone());
+                            }
+                        }
+                        Some(
+                            "response.completed"
+                            | "response.incomplete"
+                            | "response.failed"
+                            | "response.done",
+                        ) => {
+                            finished = v
+                                .pointer("/response/id")
+                                .and_then(Value::as_str)
+                                .map(str::to_string);
+                        }
+                        _ => {}
+                    }
+                }
+                socket.send(Message::Text(data.into())).await?;
+            }
+        }
+        if let Some(id) = finished {
+            items.extend(output);
+            self.remember(id, items);
+        }
+        Ok(After::Continue)
+    }
+
+    fn remember(&mut self, id: String, items: Vec<Value>) {
+        if self.responses.insert(id.clone(), Arc::new(items)).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > MAX_REMEMBERED {
+            if let Some(old) = self.order.pop_front() {
+                self.responses.remove(&old);
+            }
+        }
+    }
+}
+
+/// The first complete SSE event in `buf`: its `data` (joined lines; `None` for an event without data or
+/// `[DONE]`) and what follows it; `None` while no event is complete.
+fn next_event(buf: &[u8]) -> Option<(Option<String>, Vec<u8>)> {
+    let (end, sep) = [&b"\n\n"[..], &b"\r\n\r\n"[..]]
+        .iter()
+        .filter_map(|sep| memchr::memmem::find(buf, sep).map(|i| (i, sep.len())))
+        .min()?;
+    let text = String::from_utf8_lossy(&buf[..end]);
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect();
+    let data = (!data.is_empty() && data != ["[DONE]"]).then(|| data.join("\n"));
+    Some((data, buf[end + sep..].to_vec()))
+}
+
+fn error_frame(status: u16, kind: &str, code: &str, message: &str) -> Value {
+    json!({"type": "error", "status": status,
+        "error": {"type": kind, "code": code, "message": message}})
+}
+
+async fn send(socket: &mut WebSocket, v: &Value) -> Result<(), axum::Error> {
+    socket.send(Message::Text(v.to_string().into())).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_are_cut_at_blank_lines_with_their_data_joined() {
+        let buf = b"event: response.created\ndata: {\"a\":1}\n\ndata: x\ndata: y\r\n\r\ndata: [DONE]\n\n: comment\n\npartial";
+        let (e, rest) = next_event(buf).expect("first");
+        assert_eq!(e.as_deref(), Some("{\"a\":1}"));
+        let (e, rest) = next_event(&rest).expect("second");
+        assert_eq!(e.as_deref(), Some("x\ny"));
+        let (e, rest) = next_event(&rest).expect("done");
+        assert_eq!(e, None);
+        let (e, rest) = next_event(&rest).expect("comment");
+        assert_eq!(e, None);
+        assert!(next_event(&rest).is_none());
+        assert_eq!(rest, b"partial");
+    }
+}
