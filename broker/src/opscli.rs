@@ -82,8 +82,9 @@ pub enum AdminCommand {
     RotateKeys,
     /// Retire a signing key now: it leaves every JWKS and every token it signed is refused.
     RetireKey {
-        /// The key's `kid` (as in /.well-known/jwks.json or a token's header).
-        #[arg(long)]
+        /// The key's `kid` (as in /.well-known/jwks.json or a token's header). A kid is base64url and may
+        /// start with `-`, so it is taken as a value whatever its first character.
+        #[arg(long, allow_hyphen_values = true)]
         kid: String,
         /// Why (kept in the store and the audit trail).
         #[arg(long)]

@@ -22,6 +22,9 @@ pub struct Broker {
 }
 
 /// Start a broker whose config is the common head plus `providers_and_routes`.
+/// Session affinity is off here: every request of these tests carries the same `prompt_cache_key`, and
+/// they prove the plan itself (order, weights, breakers, parking); affinity has its own tests
+/// (`routing_affinity.rs`).
 pub async fn start(providers_and_routes: &str, env: &[(&str, &str)]) -> Broker {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -33,7 +36,8 @@ pub async fn start(providers_and_routes: &str, env: &[(&str, &str)]) -> Broker {
     let text = format!(
         "policy_file = \"policy.toml\"\n[server]\nstate_dir = \"state\"\n\
          [[credentials]]\nsubject = \"dev\"\nsha256 = \"{CREDENTIAL_SHA256}\"\n\
-         [pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"1\", output = \"2\" }}\n{providers_and_routes}"
+         [pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"1\", output = \"2\" }}\n\
+         [affinity]\nttl_secs = 0\n{providers_and_routes}"
     );
     let path = dir.path().join("broker.toml");
     std::fs::write(&path, &text).unwrap();
