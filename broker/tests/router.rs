@@ -709,3 +709,36 @@ async fn a_token_from_a_replaced_policy_gets_401_policy_changed_and_a_new_one_wo
         .collect();
     assert_eq!(ids, ["demo"], "the new grant applies at once: {v}");
 }
+
+/// The exchange grant and the people grants share one form parser (RFC 6749 §3.2): a form body only, and
+/// no parameter twice — a repeated `subject_token` could smuggle a second proof. Each refusal mints nothing.
+#[tokio::test]
+async fn exchange_form_rules_refuse_wrong_content_type_and_repeated_parameters() {
+    let h = harness().await;
+    let good = format!(
+        "grant_type={}&subject_token={CRED}&subject_token_type={}",
+        urlenc(tollgate::exchange::GRANT_TYPE_TOKEN_EXCHANGE),
+        urlenc(tollgate::exchange::TOKEN_TYPE_STATIC)
+    );
+    let json = Request::post("/oauth/token")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(good.clone()))
+        .expect("req");
+    let repeated = exchange_req(&format!("{good}&subject_token={CRED}"));
+    for (req, want) in [
+        (
+            json,
+            "content-type must be application/x-www-form-urlencoded",
+        ),
+        (repeated, "a parameter is repeated"),
+    ] {
+        let (s, _, v) = call(&h, req).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["error"], "invalid_request", "{v}");
+        assert_eq!(v["error_description"], want, "{v}");
+        assert!(v.get("access_token").is_none(), "{v}");
+    }
+    // The same body, well formed, mints: the refusals above were the form rules, not the proof.
+    let (s, _, v) = call(&h, exchange_req(&good)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}

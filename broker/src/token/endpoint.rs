@@ -138,26 +138,9 @@ async fn exchange_body(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, OAuthFailure> {
-    let ct = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct.starts_with("application/x-www-form-urlencoded") {
-        return Err(bad_request(
-            OAuthErrorCode::InvalidRequest,
-            "content-type must be application/x-www-form-urlencoded",
-        ));
-    }
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-        .map_err(|_| bad_request(OAuthErrorCode::InvalidRequest, "malformed form body"))?;
-    // RFC 6749 §3.2: parameters must not repeat (a repeated subject_token could smuggle a second proof).
-    let mut seen = std::collections::BTreeSet::new();
-    if pairs.iter().any(|(k, _)| !seen.insert(k.as_str())) {
-        return Err(bad_request(
-            OAuthErrorCode::InvalidRequest,
-            "a parameter is repeated",
-        ));
-    }
+    // RFC 6749 §3.2 form rules (content type, no repeated parameter — a repeated subject_token could
+    // smuggle a second proof): the same parser as the people grants.
+    let pairs = crate::oauth::grant::parse_form(headers, body)?;
     match pairs.iter().find(|(k, _)| k == "grant_type") {
         Some((_, g)) if g == GRANT_TYPE_TOKEN_EXCHANGE => {}
         // People (the authorization server): authorization code, refresh token, device code.
