@@ -29,6 +29,28 @@ async fn queue_depth(c: &reqwest::Client, broker: &str) -> i64 {
         .unwrap_or_else(|| panic!("no tollgate_settlement_queue in {text}"))
 }
 
+/// Wait until some session waits for a lock on this schema's `spend` (the settlement writer's batch).
+async fn wait_for_blocked_writer(pool: &sqlx::PgPool, schema: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = to_regclass($1)",
+        )
+        .bind(format!("{schema}.spend"))
+        .fetch_one(pool)
+        .await
+        .expect("pg_locks");
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the settlement writer never waited on the locked spend table"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_settlement_queue_refuses_with_503_and_loses_nothing_served() {
     let upstream = mock::spawn(MockConfig {
@@ -72,7 +94,14 @@ async fn a_full_settlement_queue_refuses_with_503_and_loses_nothing_served() {
         .await
         .expect("lock");
 
-    let mut served = 1;
+    // One more request is served; the writer takes it (alone) and its batch blocks on the lock. Waiting for
+    // that wait to show in `pg_locks` makes the count below exact: without it, a second request finishing
+    // inside the writer's linger would join the blocked batch.
+    let (s, body) = stream(&c, &broker.url, &token, "gpt-test", "hello", Some(10)).await;
+    assert_eq!(s, 200, "{body}");
+    let mut served = 2;
+    wait_for_blocked_writer(&pool, &schema).await;
+
     let refused = loop {
         let r = c
             .post(format!("{}/v1/responses", broker.url))
