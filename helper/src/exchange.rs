@@ -196,6 +196,38 @@ pub async fn mint(
     .await?)
 }
 
+/// POST an `application/x-www-form-urlencoded` body (RFC 6749 §3.2: token endpoints take forms) and
+/// read the bounded answer. The encoded form holds a credential, so it is a [`SecretString`] until sent.
+/// The one way the helper talks to a token, device or revocation endpoint.
+pub async fn post_form<F: serde::Serialize + ?Sized>(
+    http: &reqwest::Client,
+    url: &str,
+    form: &F,
+) -> Result<(reqwest::StatusCode, Vec<u8>), ExchangeError> {
+    let body = SecretString::from(serde_urlencoded::to_string(form).map_err(|e| {
+        ExchangeError::BadResponse {
+            url: url.to_owned(),
+            reason: format!("cannot encode request: {e}"),
+        }
+    })?);
+    let resp = http
+        .post(url)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(reqwest::header::ACCEPT, "application/json")
+        .body(body.expose_secret().to_owned())
+        .send()
+        .await
+        .map_err(|e| ExchangeError::Unavailable {
+            url: url.to_owned(),
+            reason: transport_reason(&e),
+        })?;
+    let status = resp.status();
+    Ok((status, read_body(resp, url).await?))
+}
+
 /// `POST {broker}/oauth/token`.
 pub async fn exchange(
     http: &reqwest::Client,
@@ -214,29 +246,8 @@ pub async fn exchange(
         requested_token_type: None,
         requested_ttl_secs: req.ttl_secs,
     };
-    let body = SecretString::from(serde_urlencoded::to_string(&form).map_err(|e| {
-        ExchangeError::BadResponse {
-            url: url.clone(),
-            reason: format!("cannot encode request: {e}"),
-        }
-    })?);
+    let (status, bytes) = post_form(http, &url, &form).await?;
     drop(form);
-    let resp = http
-        .post(&url)
-        .header(
-            reqwest::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        )
-        .header(reqwest::header::ACCEPT, "application/json")
-        .body(body.expose_secret().to_owned())
-        .send()
-        .await
-        .map_err(|e| ExchangeError::Unavailable {
-            url: url.clone(),
-            reason: transport_reason(&e),
-        })?;
-    let status = resp.status();
-    let bytes = read_body(resp, &url).await?;
 
     if status.is_client_error() {
         return Err(match serde_json::from_slice::<LooseOAuthError>(&bytes) {
