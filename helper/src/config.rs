@@ -53,7 +53,7 @@ pub struct Flags {
     /// Audience to request [env: TOLLGATE_AUDIENCE] [default: tollgate]
     #[arg(long, global = true)]
     pub audience: Option<String>,
-    /// Identity source: static, aws, vault, azure, oidc-file or chain (docs/identity.md) [env: TOLLGATE_IDENTITY] [default: static]
+    /// Identity source: static, aws, vault, azure, azure-cli, oidc-file or chain (docs/identity.md) [env: TOLLGATE_IDENTITY] [default: static]
     #[arg(long, global = true, value_name = "KIND")]
     pub identity: Option<String>,
     /// File holding the static credential [env: TOLLGATE_CREDENTIAL_FILE; or the credential itself in TOLLGATE_CREDENTIAL]
@@ -135,6 +135,7 @@ pub struct RawProfile {
     pub aws: Option<RawAws>,
     pub vault: Option<RawVault>,
     pub azure: Option<RawAzure>,
+    pub azure_cli: Option<RawAzureCli>,
 }
 
 /// `[profiles.<name>.aws]`.
@@ -187,6 +188,18 @@ pub struct RawAzure {
     pub imds: Option<bool>,
 }
 
+/// `[profiles.<name>.azure_cli]`: the person's Azure CLI sign-in (`identity = "azure-cli"`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAzureCli {
+    /// The broker's application ID URI (default: TOLLGATE_AZURE_RESOURCE, else `[azure] resource`).
+    pub resource: Option<String>,
+    /// `az … --tenant`: the broker's tenant when it is not the CLI's default (default: none).
+    pub tenant: Option<String>,
+    /// The `az` executable, a path or a name on PATH (default: TOLLGATE_AZ, else `az`).
+    pub az: Option<PathBuf>,
+}
+
 /// The whole config file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -232,6 +245,7 @@ pub enum IdentityKindSpec {
     Aws,
     Vault,
     Azure,
+    AzureCli,
     OidcFile,
     Chain,
     Login,
@@ -253,6 +267,8 @@ pub enum IdentityConfig {
     Aws(crate::identity::aws::AwsSettings),
     Vault(crate::identity::vault::VaultSettings),
     Azure(crate::identity::azure::AzureSettings),
+    /// The person's Azure CLI sign-in.
+    AzureCli(crate::identity::azure_cli::AzureCliSettings),
     OidcFile(Option<PathBuf>),
     Chain(Vec<IdentityConfig>),
     /// A person signed in with `tollgate-token login` (see `login`): renewed from the refresh token.
@@ -266,6 +282,7 @@ impl IdentityConfig {
             IdentityConfig::Aws(_) => IdentityKindSpec::Aws,
             IdentityConfig::Vault(_) => IdentityKindSpec::Vault,
             IdentityConfig::Azure(_) => IdentityKindSpec::Azure,
+            IdentityConfig::AzureCli(_) => IdentityKindSpec::AzureCli,
             IdentityConfig::OidcFile(_) => IdentityKindSpec::OidcFile,
             IdentityConfig::Chain(_) => IdentityKindSpec::Chain,
             IdentityConfig::Login => IdentityKindSpec::Login,
@@ -279,6 +296,7 @@ impl IdentityConfig {
             IdentityConfig::Aws(_) => "aws",
             IdentityConfig::Vault(_) => "vault",
             IdentityConfig::Azure(_) => "azure",
+            IdentityConfig::AzureCli(_) => "azure-cli",
             IdentityConfig::OidcFile(_) => "oidc-file",
             IdentityConfig::Chain(_) => "chain",
             IdentityConfig::Login => "login",
@@ -380,6 +398,49 @@ fn check_container_uri(uri: &str) -> Result<String, ConfigError> {
         )),
         _ => Err(invalid("must be an http(s) URL")),
     }
+}
+
+/// An endpoint the IAM Identity Center bearer token is sent to (`AWS_ENDPOINT_URL_SSO`,
+/// `AWS_ENDPOINT_URL`): `https`, or plain `http` only to loopback (tests, local proxies), so the token
+/// never crosses a network in clear text.
+fn check_bearer_endpoint(what: &str, uri: &str) -> Result<String, ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        what: what.into(),
+        value: uri.to_string(),
+        reason: reason.into(),
+    };
+    let url = reqwest::Url::parse(uri).map_err(|_| invalid("not a URL"))?;
+    if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("no query or user info allowed"));
+    }
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" => Ok(uri.to_string()),
+        "http" if loopback => Ok(uri.to_string()),
+        "http" => Err(invalid("plain http is allowed only to loopback")),
+        _ => Err(invalid("must be an http(s) URL")),
+    }
+}
+
+/// A value passed to `az` as an argument: one line, and not something `az` would read as an option.
+fn check_az_arg(what: &str, v: &str) -> Result<(), ConfigError> {
+    if v.is_empty() || v.starts_with('-') || v.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(ConfigError::Invalid {
+            what: what.to_owned(),
+            value: v.to_owned(),
+            reason: "must be one word that does not start with `-`".into(),
+        });
+    }
+    Ok(())
 }
 
 fn env_bool(env: &dyn Env, key: &str) -> bool {
@@ -751,6 +812,20 @@ fn resolve_identity(
                     .var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
                     .map(|r| format!("http://169.254.170.2{r}")),
             };
+            // The SDKs' endpoint overrides: the service's own variable, then the global one, unless
+            // configured endpoints are switched off.
+            let sso_endpoint = if env_bool(env, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") {
+                None
+            } else {
+                [
+                    ("AWS_ENDPOINT_URL_SSO", env.var("AWS_ENDPOINT_URL_SSO")),
+                    ("AWS_ENDPOINT_URL", env.var("AWS_ENDPOINT_URL")),
+                ]
+                .into_iter()
+                .find_map(|(k, v)| v.map(|v| (k, v)))
+                .map(|(k, v)| check_bearer_endpoint(k, &v))
+                .transpose()?
+            };
             let imds_endpoint = if env_bool(env, "AWS_EC2_METADATA_DISABLED") {
                 None
             } else {
@@ -775,7 +850,14 @@ fn resolve_identity(
                     .unwrap_or_else(|| "default".into()),
                 credentials_file: env
                     .path("AWS_SHARED_CREDENTIALS_FILE")
+                    .map(|p| expand_path(&p, None, env))
                     .or_else(|| home(".aws/credentials")),
+                config_file: env
+                    .path("AWS_CONFIG_FILE")
+                    .map(|p| expand_path(&p, None, env))
+                    .or_else(|| home(".aws/config")),
+                sso_cache_dir: home(".aws/sso/cache"),
+                sso_endpoint,
                 container_uri,
                 container_token: env
                     .var("AWS_CONTAINER_AUTHORIZATION_TOKEN")
@@ -865,6 +947,45 @@ fn resolve_identity(
                     env.var("TOLLGATE_AZURE_IMDS_ENDPOINT")
                         .unwrap_or_else(|| "http://169.254.169.254".into())
                 }),
+            })
+        }
+        "azure-cli" => {
+            let raw = file.azure_cli.clone().unwrap_or_default();
+            let resource = env
+                .var("TOLLGATE_AZURE_RESOURCE")
+                .map(|v| ("TOLLGATE_AZURE_RESOURCE", v))
+                .or_else(|| raw.resource.map(|v| ("azure_cli.resource", v)))
+                .or_else(|| {
+                    file.azure
+                        .as_ref()
+                        .and_then(|a| a.resource.clone())
+                        .map(|v| ("azure.resource", v))
+                });
+            if let Some((what, v)) = &resource {
+                check_az_arg(what, v)?;
+            }
+            let tenant = env
+                .var("TOLLGATE_AZURE_CLI_TENANT")
+                .map(|v| ("TOLLGATE_AZURE_CLI_TENANT", v))
+                .or_else(|| raw.tenant.map(|v| ("azure_cli.tenant", v)));
+            if let Some((what, v)) = &tenant {
+                check_az_arg(what, v)?;
+            }
+            let az = match (env.path("TOLLGATE_AZ"), raw.az) {
+                (Some(p), _) => expand_path(&p, None, env),
+                (None, Some(p)) if p.components().count() > 1 => expand_path(&p, c.config_dir, env),
+                (None, Some(p)) => p,
+                (None, None) => PathBuf::from("az"),
+            };
+            IdentityConfig::AzureCli(crate::identity::azure_cli::AzureCliSettings {
+                resource: resource.map(|(_, v)| v),
+                tenant: tenant.map(|(_, v)| v),
+                az,
+                path_var: env.var_os("PATH"),
+                config_dir: env
+                    .path("AZURE_CONFIG_DIR")
+                    .map(|p| expand_path(&p, None, env))
+                    .or_else(|| home(".azure")),
             })
         }
         "chain" if allow_chain => {

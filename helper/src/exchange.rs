@@ -184,6 +184,7 @@ pub async fn mint(
     let ctx = ProveContext {
         audience: req.audience,
         http,
+        now_unix: now,
     };
     let proof = identity.prove(&ctx).await?;
     Ok(exchange(
