@@ -1473,4 +1473,158 @@ mod tests {
             Err(crate::error::IdentityError::NotConfigured { .. })
         ));
     }
+
+    #[test]
+    fn developer_sign_ins_resolve_and_errors_name_the_field() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let home = tmp.path().to_str().expect("utf8");
+        write_config(
+            tmp.path(),
+            "[profiles.default]\nbroker = \"https://b\"\nidentity = \"azure-cli\"\n\
+             [profiles.default.azure]\nresource = \"api://from-azure\"\n\
+             [profiles.cli]\nbroker = \"https://b\"\nidentity = \"azure-cli\"\n\
+             [profiles.cli.azure_cli]\nresource = \"api://tollgate\"\ntenant = \"contoso.onmicrosoft.com\"\naz = \"bin/az\"\n",
+        );
+        let env = |extra: &[(&'static str, &'static str)]| {
+            let mut v = vec![
+                ("HOME", home),
+                ("XDG_CONFIG_HOME", home),
+                ("PATH", "/usr/bin"),
+            ];
+            v.extend_from_slice(extra);
+            MapEnv::new(v)
+        };
+        let cli = |flags: &Flags, e: &MapEnv| match resolve(flags, e).map(|s| s.identity) {
+            Ok(IdentityConfig::AzureCli(a)) => Ok(a),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        // `[azure] resource` serves the CLI source too; `az` on PATH; the CLI's config dir under HOME.
+        let a = cli(&Flags::default(), &env(&[])).expect("default");
+        assert_eq!(a.resource.as_deref(), Some("api://from-azure"));
+        assert_eq!(a.az, PathBuf::from("az"));
+        assert_eq!(a.path_var, Some("/usr/bin".into()));
+        assert_eq!(a.config_dir, Some(tmp.path().join(".azure")));
+        let profile = Flags {
+            profile: Some("cli".into()),
+            ..Flags::default()
+        };
+        let a = cli(&profile, &env(&[])).expect("cli");
+        assert_eq!(a.resource.as_deref(), Some("api://tollgate"));
+        assert_eq!(a.tenant.as_deref(), Some("contoso.onmicrosoft.com"));
+        assert_eq!(
+            a.az,
+            tmp.path().join("tollgate/bin/az"),
+            "relative to the config file"
+        );
+        let a = cli(
+            &profile,
+            &env(&[
+                ("TOLLGATE_AZ", "/opt/az/bin/az"),
+                ("TOLLGATE_AZURE_RESOURCE", "api://env"),
+                ("AZURE_CONFIG_DIR", "/cfg/azure"),
+            ]),
+        )
+        .expect("env wins");
+        assert_eq!(
+            (a.az, a.resource.as_deref(), a.config_dir),
+            (
+                PathBuf::from("/opt/az/bin/az"),
+                Some("api://env"),
+                Some(PathBuf::from("/cfg/azure"))
+            )
+        );
+        // Values handed to `az` as arguments: the error names where they came from.
+        for (extra, field) in [
+            (
+                ("TOLLGATE_AZURE_RESOURCE", "--debug"),
+                "TOLLGATE_AZURE_RESOURCE",
+            ),
+            (
+                ("TOLLGATE_AZURE_CLI_TENANT", "a b"),
+                "TOLLGATE_AZURE_CLI_TENANT",
+            ),
+        ] {
+            let e = cli(&profile, &env(&[extra])).expect_err(field);
+            assert!(e.starts_with(&format!("invalid {field} ")), "{e}");
+        }
+        write_config(
+            tmp.path(),
+            "[profiles.default]\nbroker = \"https://b\"\n[profiles.default.azure_cli]\nresource = \"api://x\"\nscope = \"y\"\n",
+        );
+        let e = resolve(&Flags::default(), &env(&[]))
+            .expect_err("unknown")
+            .to_string();
+        assert!(e.contains("line 5") && e.contains("`scope`"), "{e}");
+        write_config(
+            tmp.path(),
+            "[profiles.default]\nbroker = \"https://b\"\n[profiles.default.azure_cli]\ntenant = \"-x\"\n",
+        );
+        let flags = Flags {
+            identity: Some("azure-cli".into()),
+            ..Flags::default()
+        };
+        let e = cli(&flags, &env(&[])).expect_err("tenant");
+        assert!(e.starts_with("invalid azure_cli.tenant \"-x\""), "{e}");
+    }
+
+    #[test]
+    fn aws_sso_files_and_endpoint_overrides() {
+        let aws = |extra: &[(&'static str, &'static str)]| {
+            let mut v = vec![
+                ("HOME", "/h"),
+                ("TOLLGATE_BROKER", "https://x"),
+                ("TOLLGATE_IDENTITY", "aws"),
+            ];
+            v.extend_from_slice(extra);
+            match resolve(&Flags::default(), &MapEnv::new(v)).map(|s| s.identity) {
+                Ok(IdentityConfig::Aws(a)) => Ok(a),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let a = aws(&[]).expect("defaults");
+        assert_eq!(a.config_file, Some(PathBuf::from("/h/.aws/config")));
+        assert_eq!(a.sso_cache_dir, Some(PathBuf::from("/h/.aws/sso/cache")));
+        assert_eq!(a.sso_endpoint, None);
+        let a = aws(&[
+            ("AWS_CONFIG_FILE", "~/work/aws-config"),
+            ("AWS_ENDPOINT_URL", "https://global.example"),
+        ])
+        .expect("global");
+        assert_eq!(a.config_file, Some(PathBuf::from("/h/work/aws-config")));
+        assert_eq!(a.sso_endpoint.as_deref(), Some("https://global.example"));
+        for (vars, want) in [
+            (
+                vec![
+                    ("AWS_ENDPOINT_URL_SSO", "http://127.0.0.1:9"),
+                    ("AWS_ENDPOINT_URL", "https://global.example"),
+                ],
+                Ok(Some("http://127.0.0.1:9")),
+            ),
+            (
+                vec![
+                    ("AWS_ENDPOINT_URL_SSO", "http://127.0.0.1:9"),
+                    ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true"),
+                ],
+                Ok(None),
+            ),
+            (
+                vec![("AWS_ENDPOINT_URL_SSO", "http://sso.internal.example")],
+                Err(
+                    "invalid AWS_ENDPOINT_URL_SSO \"http://sso.internal.example\": plain http is allowed only to loopback",
+                ),
+            ),
+            (
+                vec![("AWS_ENDPOINT_URL", "ftp://[::1]/")],
+                Err("invalid AWS_ENDPOINT_URL"),
+            ),
+        ] {
+            match (aws(&vars), want) {
+                (Ok(a), Ok(w)) => assert_eq!(a.sso_endpoint.as_deref(), w, "{vars:?}"),
+                (Err(e), Err(w)) => assert!(e.starts_with(w), "{e}"),
+                (got, w) => panic!("{vars:?}: {:?} vs {w:?}", got.map(|a| a.sso_endpoint)),
+            }
+        }
+    }
 }
