@@ -426,8 +426,15 @@ pub async fn role_credentials(
         },
         429 => unavailable(reason),
         s if s >= 500 => unavailable(reason),
-        // 403 (the person is not assigned this role in this account), 400, 404: signing in again
-        // would not help; the profile or the assignment must change.
+        // The person is not assigned this role in this account: signing in again would not help.
+        403 => IdentityError::Invalid {
+            source_name: NAME,
+            reason: format!(
+                "{reason} (profile `{}`: no assignment of role {} in account {}; ask for it or pick another profile)",
+                p.profile, p.role_name, p.account_id
+            ),
+        },
+        // 400, 404: the profile names something the portal does not know.
         _ => IdentityError::Invalid {
             source_name: NAME,
             reason,

@@ -195,8 +195,14 @@ pub fn classify_failure(code: Option<i32>, stderr: &str, tenant: Option<&str>) -
         .find(|l| l.starts_with("ERROR:"))
         .or_else(|| lines.iter().find(|l| !l.starts_with("WARNING:")))
         .map_or_else(
-            || format!("`az account get-access-token` failed (exit {code:?})"),
-            |l| format!("`az account get-access-token` failed: {l}"),
+            || match code {
+                Some(c) => format!("`az account get-access-token` failed with exit code {c}"),
+                None => "`az account get-access-token` was killed by a signal".to_string(),
+            },
+            |l| {
+                let l = l.strip_prefix("ERROR:").map_or(*l, str::trim_start);
+                format!("the Azure CLI answered: {l}")
+            },
         )
         .chars()
         .take(300)
@@ -335,7 +341,7 @@ mod tests {
             (
                 "ERROR: Please run 'az login' to setup account.\n",
                 None,
-                "failed: ERROR: Please run 'az login' to setup account.",
+                "identity: the Azure CLI answered: Please run 'az login' to setup account.; run `az login`",
                 Some("az login"),
             ),
             (
@@ -358,7 +364,7 @@ mod tests {
                 "AADSTS500011",
                 None,
             ),
-            ("", None, "failed (exit Some(2))", None),
+            ("", None, "failed with exit code 2", None),
         ];
         for (stderr, tenant, reason, command) in cases {
             let e = classify_failure(Some(2), stderr, *tenant);
