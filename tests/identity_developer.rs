@@ -56,6 +56,25 @@ const ACCOUNT: &str = "123456789012";
 const SESSION_CACHE: &str = "ee0bfd2552fbd840c02cc48b6e823320543c450f.json";
 const LEGACY_CACHE: &str = "7487b5b67d5fa1132cf33fa93ae51ef38cc37752.json";
 
+/// A case's outcome: `Ok(the token's principal)` or `Err((exit code, a phrase of the one stderr line))`.
+type Outcome = Result<&'static str, (i32, &'static str)>;
+/// (case, AWS profile, session cache file, legacy cache file, extra env, outcome).
+type SsoCase<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    Vec<(&'static str, String)>,
+    Outcome,
+);
+/// (case, `az`'s (stdout, stderr, exit code) or `None` when not installed, extra env, outcome).
+type AzCase<'a> = (
+    &'a str,
+    Option<(String, &'a str, i32)>,
+    Vec<(&'static str, &'static str)>,
+    Outcome,
+);
+
 async fn broker(identity: &str) -> Broker {
     Broker::start(BrokerSpec {
         extra_config: format!(
@@ -239,18 +258,9 @@ async fn aws_iam_identity_center_profiles_through_helper_and_broker() {
         role.session_token.as_str(),
     ];
 
-    // (case, profile, session cache, legacy cache, extra env, outcome: Ok(principal) or Err((exit, phrase)))
-    type Outcome = Result<&'static str, (i32, &'static str)>;
     let expired = sso_cache(access_token, &rfc3339(now() - 60));
     let unknown_token = sso_cache("aoa-signed-out-elsewhere", &rfc3339(now() + 3600));
-    let cases: Vec<(
-        &str,
-        &str,
-        Option<&str>,
-        Option<&str>,
-        Vec<(&'static str, String)>,
-        Outcome,
-    )> = vec![
+    let cases: Vec<SsoCase<'_>> = vec![
         (
             "sso-session profile",
             "dev",
@@ -460,16 +470,9 @@ async fn azure_cli_sign_in_through_helper_and_broker() {
     let args = "account get-access-token --output json --scope api://tollgate/.default";
     let not_logged_in = "ERROR: Please run 'az login' to setup account.\n";
 
-    // (case, az: (stdout, stderr, exit) or None for not installed, extra env, outcome)
-    type Outcome = Result<&'static str, (i32, &'static str)>;
     let good = user_token("api://tollgate");
     let other_audience = user_token("api://another-service");
-    let cases: Vec<(
-        &str,
-        Option<(String, &str, i32)>,
-        Vec<(&'static str, &'static str)>,
-        Outcome,
-    )> = vec![
+    let cases: Vec<AzCase<'_>> = vec![
         (
             "signed in",
             Some((answer(&good), "", 0)),

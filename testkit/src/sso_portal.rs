@@ -36,10 +36,13 @@ pub struct RoleCredentials {
     pub expiration_ms: i64,
 }
 
+/// (account, role) → the credentials a person gets for it.
+type Roles = BTreeMap<(String, String), RoleCredentials>;
+
 #[derive(Default)]
 struct PortalState {
-    /// Access token → (account, role) → credentials.
-    assignments: Mutex<HashMap<String, BTreeMap<(String, String), RoleCredentials>>>,
+    /// Access token → what that signed-in person may take.
+    assignments: Mutex<HashMap<String, Roles>>,
     calls: AtomicU64,
     /// Every bearer token presented, in order (to assert which sign-in was used).
     seen_tokens: Mutex<Vec<String>>,
