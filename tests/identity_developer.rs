@@ -165,19 +165,25 @@ fn write(path: &Path, content: &str) {
     std::fs::write(path, content).expect("write");
 }
 
-/// A cache file as `aws sso login` (AWS CLI v2, `sso-session` form) writes it.
-fn sso_cache(access_token: &str, expires_at: &str) -> String {
-    json!({
+const CLIENT_ID: &str = "client-id-from-register-client";
+const CLIENT_SECRET: &str = "client-secret-from-register-client-0001";
+
+/// A cache file as `aws sso login` (AWS CLI v2) writes it: with a refresh token, the client registration
+/// the `sso-session` form keeps beside it; without, the legacy form's four fields.
+fn sso_cache(access_token: &str, expires_at: &str, refresh_token: Option<&str>) -> String {
+    let mut v = json!({
         "startUrl": "https://d-1234567890.awsapps.com/start",
         "region": "us-east-1",
         "accessToken": access_token,
         "expiresAt": expires_at,
-        "clientId": "client-id-from-register-client",
-        "clientSecret": "client-secret-from-register-client",
-        "registrationExpiresAt": "2027-03-07T03:00:00Z",
-        "refreshToken": "refresh-token-value",
-    })
-    .to_string()
+    });
+    if let Some(r) = refresh_token {
+        v["clientId"] = json!(CLIENT_ID);
+        v["clientSecret"] = json!(CLIENT_SECRET);
+        v["registrationExpiresAt"] = json!(rfc3339(now() + 90 * 86_400));
+        v["refreshToken"] = json!(r);
+    }
+    v.to_string()
 }
 
 fn rfc3339(unix: i64) -> String {
@@ -240,26 +246,33 @@ async fn aws_iam_identity_center_profiles_through_helper_and_broker() {
          sso_registration_scopes = sso:account:access\n",
     );
     let cache = aws.join("sso/cache");
-    let valid = sso_cache(access_token, &rfc3339(now() + 3600));
+    let valid = sso_cache(access_token, &rfc3339(now() + 3600), None);
     let env = |profile: &str, extra: &[(&'static str, String)]| {
         let mut v = vec![
             ("TOLLGATE_IDENTITY", "aws".to_string()),
             ("TOLLGATE_AWS_STS_URL", format!("{}/", moto.1)),
             ("TOLLGATE_AWS_SERVER_ID", "tollgate-e2e".into()),
             ("AWS_ENDPOINT_URL_SSO", portal.url()),
+            ("AWS_ENDPOINT_URL_SSO_OIDC", portal.url()),
             ("AWS_PROFILE", profile.to_string()),
         ];
         v.extend_from_slice(extra);
         v
     };
+    let refreshed_token = "aoaAAAAAGbsSSOaccesstoken-ada-0002";
     let secrets = [
         access_token,
+        refreshed_token,
+        CLIENT_SECRET,
+        "rt-first-0001",
+        "rt-rotated-0002",
         role.secret_access_key.as_str(),
         role.session_token.as_str(),
     ];
 
-    let expired = sso_cache(access_token, &rfc3339(now() - 60));
-    let unknown_token = sso_cache("aoa-signed-out-elsewhere", &rfc3339(now() + 3600));
+    let expired = sso_cache(access_token, &rfc3339(now() - 60), None);
+    let unknown_token = sso_cache("aoa-signed-out-elsewhere", &rfc3339(now() + 3600), None);
+    let refresh_refused = sso_cache(access_token, &rfc3339(now() - 60), Some("rt-revoked"));
     let cases: Vec<SsoCase<'_>> = vec![
         (
             "sso-session profile",
@@ -295,6 +308,17 @@ async fn aws_iam_identity_center_profiles_through_helper_and_broker() {
             None,
             vec![],
             Err((67, "has expired; run `aws sso login --profile dev`")),
+        ),
+        (
+            "expired token whose refresh the OIDC service refuses",
+            "dev",
+            Some(&refresh_refused),
+            None,
+            vec![],
+            Err((
+                67,
+                "HTTP 400 InvalidGrantException: Invalid refresh token provided; run `aws sso login --profile dev`",
+            )),
         ),
         (
             "missing cache file",
@@ -386,6 +410,75 @@ async fn aws_iam_identity_center_profiles_through_helper_and_broker() {
     }
     // The bearer token went to the portal and nowhere else.
     assert!(portal.seen_tokens().iter().any(|t| t == access_token));
+
+    // An `sso-session` token about to expire is refreshed with the cached refresh token (SSO OIDC
+    // CreateToken), the rotated tokens written back in place (0600, the CLI's other fields kept), and the
+    // next run uses the file as written without another refresh.
+    portal.assign(
+        refreshed_token,
+        ACCOUNT,
+        "Developer",
+        RoleCredentials {
+            access_key_id: role.access_key_id.clone(),
+            secret_access_key: role.secret_access_key.clone(),
+            session_token: role.session_token.clone(),
+            expiration_ms: (now() + 3600) * 1000,
+        },
+    );
+    portal.allow_refresh(sso_portal::RefreshGrant {
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        refresh_token: "rt-first-0001".into(),
+        new_access_token: refreshed_token.into(),
+        expires_in: 3600,
+        new_refresh_token: Some("rt-rotated-0002".into()),
+    });
+    let file = cache.join(SESSION_CACHE);
+    write(
+        &file,
+        &sso_cache(access_token, &rfc3339(now() + 120), Some("rt-first-0001")),
+    );
+    let (refreshes, calls) = (portal.refreshes(), portal.calls());
+    for round in 0..2 {
+        let run = helper(&b.url, home.path(), &env("dev", &[])).await;
+        assert_eq!(token_works(&b, &run).await["sub"], "sso:ada@example.com");
+        for s in secrets {
+            assert!(
+                !run.stderr.contains(s) && !b.log().contains(s),
+                "round {round}: a secret leaked"
+            );
+        }
+    }
+    assert_eq!(portal.refreshes(), refreshes + 1, "refreshed once");
+    assert_eq!(portal.calls(), calls + 2);
+    assert_eq!(
+        portal.seen_tokens()[portal.seen_tokens().len() - 2..],
+        [refreshed_token, refreshed_token]
+    );
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("json");
+    assert_eq!(written["accessToken"], refreshed_token);
+    assert_eq!(written["refreshToken"], "rt-rotated-0002");
+    assert_eq!(written["clientId"], CLIENT_ID);
+    assert_eq!(
+        written["startUrl"],
+        "https://d-1234567890.awsapps.com/start"
+    );
+    let expires = written["expiresAt"].as_str().expect("expiresAt");
+    assert!(
+        expires > rfc3339(now() + 3000).as_str() && expires <= rfc3339(now() + 3600).as_str(),
+        "{expires}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    assert_eq!(
+        std::fs::read_dir(&cache).expect("ls").count(),
+        1,
+        "no temporary file left beside the cache file"
+    );
 }
 
 /// The inside of a single-quoted shell word.

@@ -814,18 +814,21 @@ fn resolve_identity(
             };
             // The SDKs' endpoint overrides: the service's own variable, then the global one, unless
             // configured endpoints are switched off.
-            let sso_endpoint = if env_bool(env, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") {
-                None
-            } else {
+            let endpoint = |service_var: &'static str| {
+                if env_bool(env, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") {
+                    return Ok(None);
+                }
                 [
-                    ("AWS_ENDPOINT_URL_SSO", env.var("AWS_ENDPOINT_URL_SSO")),
+                    (service_var, env.var(service_var)),
                     ("AWS_ENDPOINT_URL", env.var("AWS_ENDPOINT_URL")),
                 ]
                 .into_iter()
                 .find_map(|(k, v)| v.map(|v| (k, v)))
                 .map(|(k, v)| check_bearer_endpoint(k, &v))
-                .transpose()?
+                .transpose()
             };
+            let sso_endpoint = endpoint("AWS_ENDPOINT_URL_SSO")?;
+            let sso_oidc_endpoint = endpoint("AWS_ENDPOINT_URL_SSO_OIDC")?;
             let imds_endpoint = if env_bool(env, "AWS_EC2_METADATA_DISABLED") {
                 None
             } else {
@@ -858,6 +861,7 @@ fn resolve_identity(
                     .or_else(|| home(".aws/config")),
                 sso_cache_dir: home(".aws/sso/cache"),
                 sso_endpoint,
+                sso_oidc_endpoint,
                 container_uri,
                 container_token: env
                     .var("AWS_CONTAINER_AUTHORIZATION_TOKEN")
@@ -1594,6 +1598,15 @@ mod tests {
         .expect("global");
         assert_eq!(a.config_file, Some(PathBuf::from("/h/work/aws-config")));
         assert_eq!(a.sso_endpoint.as_deref(), Some("https://global.example"));
+        assert_eq!(
+            a.sso_oidc_endpoint.as_deref(),
+            Some("https://global.example")
+        );
+        let a = aws(&[("AWS_ENDPOINT_URL_SSO_OIDC", "http://localhost:9")]).expect("oidc");
+        assert_eq!(
+            (a.sso_endpoint, a.sso_oidc_endpoint.as_deref()),
+            (None, Some("http://localhost:9"))
+        );
         for (vars, want) in [
             (
                 vec![

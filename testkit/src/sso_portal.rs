@@ -11,6 +11,13 @@
 //! - 400 `InvalidRequestException` when `account_id` or `role_name` is missing;
 //! - restJson1 errors: the type in `x-amzn-ErrorType`, the text in the body's `message`.
 //!
+//! It also serves the one SSO OIDC operation a credential provider calls, `CreateToken` with the refresh
+//! grant (`POST /token`, JSON `clientId`, `clientSecret`, `grantType = "refresh_token"`,
+//! `refreshToken`): 200 `{"accessToken","tokenType":"Bearer","expiresIn","refreshToken"}`; 400
+//! `InvalidGrantException` (`{"error":"invalid_grant","error_description":…}`) for an unknown or used
+//! refresh token, 401 `InvalidClientException` for a wrong client, 400 `UnsupportedGrantTypeException`.
+//! (Two services in AWS, `portal.sso.*` and `oidc.*`; one listener here, the tests set both endpoints.)
+//!
 //! The role credentials it hands out are whatever the test assigns: real session credentials from moto's
 //! `sts:AssumeRole`, so the broker's replay of the signed `GetCallerIdentity` is checked by moto's SigV4.
 
@@ -36,6 +43,19 @@ pub struct RoleCredentials {
     pub expiration_ms: i64,
 }
 
+/// A refresh grant the fake OIDC service honours once.
+#[derive(Clone, Debug)]
+pub struct RefreshGrant {
+    pub client_id: String,
+    pub client_secret: String,
+    pub refresh_token: String,
+    /// What the refresh returns.
+    pub new_access_token: String,
+    pub expires_in: u64,
+    /// The rotated refresh token returned (and then the only one honoured), or none returned.
+    pub new_refresh_token: Option<String>,
+}
+
 /// (account, role) → the credentials a person gets for it.
 type Roles = BTreeMap<(String, String), RoleCredentials>;
 
@@ -44,6 +64,9 @@ struct PortalState {
     /// Access token → what that signed-in person may take.
     assignments: Mutex<HashMap<String, Roles>>,
     calls: AtomicU64,
+    /// Refresh token → grant.
+    refresh: Mutex<HashMap<String, RefreshGrant>>,
+    refreshes: AtomicU64,
     /// Every bearer token presented, in order (to assert which sign-in was used).
     seen_tokens: Mutex<Vec<String>>,
 }
@@ -88,6 +111,20 @@ impl PortalHandle {
             .remove(access_token);
     }
 
+    /// Honour this refresh grant (once: the refresh token is used up by the refresh).
+    pub fn allow_refresh(&self, g: RefreshGrant) {
+        self.state
+            .refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(g.refresh_token.clone(), g);
+    }
+
+    /// How many `CreateToken` calls arrived.
+    pub fn refreshes(&self) -> u64 {
+        self.state.refreshes.load(Ordering::SeqCst)
+    }
+
     /// How many `GetRoleCredentials` calls arrived.
     pub fn calls(&self) -> u64 {
         self.state.calls.load(Ordering::SeqCst)
@@ -109,6 +146,7 @@ pub async fn spawn() -> anyhow::Result<PortalHandle> {
     let state = Arc::new(PortalState::default());
     let app = Router::new()
         .route("/federation/credentials", get(get_role_credentials))
+        .route("/token", axum::routing::post(create_token))
         .with_state(state.clone());
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -133,6 +171,62 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Response {
         r.headers_mut().insert("x-amzn-errortype", v);
     }
     r
+}
+
+/// SSO OIDC errors: the type in `x-amzn-ErrorType`, OAuth's `error` and `error_description` in the body.
+fn oidc_error(status: StatusCode, kind: &str, error: &str, description: &str) -> Response {
+    let mut r = (
+        status,
+        Json(json!({ "error": error, "error_description": description })),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("{kind}:")) {
+        r.headers_mut().insert("x-amzn-errortype", v);
+    }
+    r
+}
+
+async fn create_token(
+    State(s): State<Arc<PortalState>>,
+    Json(body): Json<serde_json::Value>,
+) -> Response {
+    s.refreshes.fetch_add(1, Ordering::SeqCst);
+    let field = |k: &str| body[k].as_str().unwrap_or_default().to_string();
+    if field("grantType") != "refresh_token" {
+        return oidc_error(
+            StatusCode::BAD_REQUEST,
+            "UnsupportedGrantTypeException",
+            "unsupported_grant_type",
+            "Unsupported grant type",
+        );
+    }
+    let mut grants = s.refresh.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(g) = grants.get(&field("refreshToken")).cloned() else {
+        return oidc_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidGrantException",
+            "invalid_grant",
+            "Invalid refresh token provided",
+        );
+    };
+    if g.client_id != field("clientId") || g.client_secret != field("clientSecret") {
+        return oidc_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidClientException",
+            "invalid_client",
+            "Invalid client provided",
+        );
+    }
+    grants.remove(&g.refresh_token);
+    let mut answer = json!({
+        "accessToken": g.new_access_token,
+        "tokenType": "Bearer",
+        "expiresIn": g.expires_in,
+    });
+    if let Some(r) = &g.new_refresh_token {
+        answer["refreshToken"] = json!(r);
+    }
+    Json(answer).into_response()
 }
 
 async fn get_role_credentials(

@@ -13,7 +13,7 @@
 //! `source_profile` chains in the AWS config, web identity. With a role ARN configured
 //! (`TOLLGATE_AWS_ROLE_ARN`), the helper first calls `sts:AssumeRole` (signed the same way) and proves
 //! as the role session. The helper's own AWS calls are that one and, for SSO profiles, the IAM Identity
-//! Center portal's `GetRoleCredentials`.
+//! Center portal's `GetRoleCredentials` (and SSO OIDC's `CreateToken` to refresh a session's token).
 
 use super::aws_sso::{self, Ini};
 use super::{Identity, Proof, ProveContext, ProveFuture};
@@ -48,6 +48,9 @@ pub struct AwsSettings {
     pub sso_cache_dir: Option<PathBuf>,
     /// The IAM Identity Center portal endpoint override (`AWS_ENDPOINT_URL_SSO`, else `AWS_ENDPOINT_URL`).
     pub sso_endpoint: Option<String>,
+    /// The SSO OIDC endpoint override, for token refresh (`AWS_ENDPOINT_URL_SSO_OIDC`, else
+    /// `AWS_ENDPOINT_URL`).
+    pub sso_oidc_endpoint: Option<String>,
     /// Container credentials endpoint and its authorization token.
     pub container_uri: Option<String>,
     pub container_token: Option<SecretString>,
@@ -146,9 +149,7 @@ impl AwsIdentity {
                 }
                 // The bearer token is read at load, so the error boundary scrubs it from every message;
                 // the role credentials only ever live in `SecretString`s and `AwsCredentials`.
-                Source::Sso(_, aws_sso::CacheRead::Token(t)) => {
-                    secrets.push(t.access_token.clone());
-                }
+                Source::Sso(_, aws_sso::CacheRead::Token(t)) => secrets.extend(t.secrets()),
                 _ => {}
             }
             source
@@ -198,8 +199,15 @@ impl AwsIdentity {
                 session_token: c.session_token.clone(),
             }),
             Source::Sso(p, cache) => {
-                let bearer = aws_sso::usable_token(cache, p, now_unix)?;
-                aws_sso::role_credentials(http, p, self.settings.sso_endpoint.as_deref(), bearer)
+                let bearer = aws_sso::current_token(
+                    http,
+                    cache,
+                    p,
+                    self.settings.sso_oidc_endpoint.as_deref(),
+                    now_unix,
+                )
+                .await?;
+                aws_sso::role_credentials(http, p, self.settings.sso_endpoint.as_deref(), &bearer)
                     .await
             }
             Source::Container => {
@@ -480,6 +488,7 @@ mod tests {
             config_file: Some(dir.join("config")),
             sso_cache_dir: Some(dir.join("sso/cache")),
             sso_endpoint: None,
+            sso_oidc_endpoint: None,
             container_uri: None,
             container_token: None,
             container_token_file: None,

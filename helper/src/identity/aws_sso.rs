@@ -15,10 +15,14 @@
 //! `ring`, already linked for rustls; `time` (already in the binary through `azure_identity`) parses the
 //! RFC 3339 expiry.
 //!
-//! Not done here: refreshing an expired access token with the `sso-session` refresh token (the SDKs
-//! do; the AWS CLI refreshes the same cache file whenever it runs). An expired or missing token is
-//! `SignInNeeded` (exit 67) naming `aws sso login --profile NAME`; the helper never starts a sign-in.
-//! The portal endpoint honours `AWS_ENDPOINT_URL_SSO`, then `AWS_ENDPOINT_URL`.
+//! As the SDKs do, a token of the `sso-session` form that expires within 5 minutes is refreshed with the
+//! refresh token and client registration `aws sso login` cached beside it (SSO OIDC `CreateToken`,
+//! `POST {oidc}/token`, `grantType = refresh_token`), and the cache file is rewritten in place (0600,
+//! atomically) so the AWS CLI and the next run see the new token. If the refresh fails while the old
+//! token is still valid, the old one is used. An expired token that cannot be refreshed (legacy form,
+//! registration expired, refresh refused), or a missing one, is `SignInNeeded` (exit 67) naming
+//! `aws sso login --profile NAME`; the helper never starts a sign-in. The portal endpoint honours
+//! `AWS_ENDPOINT_URL_SSO`, the OIDC one `AWS_ENDPOINT_URL_SSO_OIDC`, each then `AWS_ENDPOINT_URL`.
 
 use crate::error::IdentityError;
 use secrecy::{ExposeSecret, SecretString};
@@ -207,6 +211,14 @@ impl SsoProfile {
         format!("{}.json", hex::encode(d.as_ref()))
     }
 
+    /// The SSO OIDC service's base URL: the override if any, else `https://oidc.{sso_region}.amazonaws.com`.
+    pub fn oidc(&self, endpoint_override: Option<&str>) -> String {
+        match endpoint_override {
+            Some(e) => e.trim_end_matches('/').to_string(),
+            None => format!("https://oidc.{}.amazonaws.com", self.sso_region),
+        }
+    }
+
     /// What the person runs to sign in again.
     pub fn login_command(&self) -> String {
         format!("aws sso login --profile {}", self.profile)
@@ -221,11 +233,39 @@ impl SsoProfile {
     }
 }
 
+/// Refresh a token this long before it expires (the SDKs' window).
+pub const REFRESH_WINDOW_SECS: u64 = 300;
+
 /// The access token `aws sso login` cached.
 pub struct CachedSsoToken {
     pub access_token: SecretString,
     /// Unix seconds.
     pub expires_at: u64,
+    /// What a refresh needs (`sso-session` form only).
+    pub refresh: Option<RefreshGrant>,
+    /// The file's other fields, kept when the refreshed token is written back.
+    rest: serde_json::Map<String, serde_json::Value>,
+    path: PathBuf,
+}
+
+/// The client registration and refresh token cached beside an `sso-session` token.
+pub struct RefreshGrant {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub refresh_token: SecretString,
+    /// Unix seconds; the registration (and so the grant) is unusable after it.
+    pub registration_expires_at: u64,
+}
+
+impl CachedSsoToken {
+    /// The secrets read from the file, for the error boundary to scrub.
+    pub fn secrets(&self) -> Vec<SecretString> {
+        let mut v = vec![self.access_token.clone()];
+        if let Some(r) = &self.refresh {
+            v.extend([r.client_secret.clone(), r.refresh_token.clone()]);
+        }
+        v
+    }
 }
 
 impl std::fmt::Debug for CachedSsoToken {
@@ -233,7 +273,9 @@ impl std::fmt::Debug for CachedSsoToken {
         f.debug_struct("CachedSsoToken")
             .field("access_token", &"[redacted]")
             .field("expires_at", &self.expires_at)
-            .finish()
+            .field("refreshable", &self.refresh.is_some())
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -258,12 +300,6 @@ pub fn parse_expires_at(s: &str) -> Option<u64> {
 
 /// Read `dir/<cache file name>`.
 pub fn read_cached_token(dir: &Path, p: &SsoProfile) -> Result<CacheRead, IdentityError> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Raw {
-        access_token: Option<String>,
-        expires_at: Option<String>,
-    }
     let path = dir.join(p.cache_file_name());
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -276,25 +312,227 @@ pub fn read_cached_token(dir: &Path, p: &SsoProfile) -> Result<CacheRead, Identi
             });
         }
     };
-    let Ok(raw) = serde_json::from_str::<Raw>(&text) else {
+    let Ok(mut rest) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
+    else {
         return Ok(CacheRead::Unusable(path, "it is not JSON".into()));
     };
-    let Some(token) = raw.access_token.filter(|t| !t.is_empty()) else {
+    let mut take = |key: &str| match rest.remove(key) {
+        Some(serde_json::Value::String(v)) if !v.is_empty() => Some(v),
+        _ => None,
+    };
+    let (token, expires_at) = (take("accessToken"), take("expiresAt"));
+    let (client_id, client_secret, refresh_token, registration_expires_at) = (
+        take("clientId"),
+        take("clientSecret"),
+        take("refreshToken"),
+        take("registrationExpiresAt"),
+    );
+    let Some(token) = token else {
         return Ok(CacheRead::Unusable(
             path,
             "it holds no `accessToken`".into(),
         ));
     };
-    let Some(expires_at) = raw.expires_at.as_deref().and_then(parse_expires_at) else {
+    let Some(expires_at) = expires_at.as_deref().and_then(parse_expires_at) else {
         return Ok(CacheRead::Unusable(
             path,
             "its `expiresAt` is missing or not a date".into(),
         ));
     };
+    // Only the `sso-session` form can be refreshed (the SDKs' rule); a partial grant is no grant.
+    let registration = registration_expires_at
+        .as_deref()
+        .and_then(parse_expires_at);
+    let refresh = match (
+        p.session.is_some(),
+        client_id,
+        client_secret,
+        refresh_token,
+        registration,
+    ) {
+        (true, Some(client_id), Some(secret), Some(refresh), Some(reg)) => Some(RefreshGrant {
+            client_id,
+            client_secret: SecretString::from(secret),
+            refresh_token: SecretString::from(refresh),
+            registration_expires_at: reg,
+        }),
+        (_, client_id, secret, refresh, _) => {
+            // Keep what we did not use, so a rewrite would not drop it.
+            for (k, v) in [
+                ("clientId", client_id),
+                ("clientSecret", secret),
+                ("refreshToken", refresh),
+                ("registrationExpiresAt", registration_expires_at),
+            ] {
+                if let Some(v) = v {
+                    rest.insert(k.into(), v.into());
+                }
+            }
+            None
+        }
+    };
     Ok(CacheRead::Token(CachedSsoToken {
         access_token: SecretString::from(token),
         expires_at,
+        refresh,
+        rest,
+        path,
     }))
+}
+
+/// `unix` as the AWS CLI writes `expiresAt` (RFC 3339, UTC, whole seconds).
+fn format_time(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|u| time::OffsetDateTime::from_unix_timestamp(u).ok())
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Write the refreshed token back where `aws sso login` left it: 0600, through a temporary file renamed
+/// over the old one, so the AWS CLI never reads half a file.
+fn write_back(t: &CachedSsoToken, access: &SecretString, expires_at: u64, refresh: &SecretString) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut doc = t.rest.clone();
+    doc.insert("accessToken".into(), access.expose_secret().into());
+    doc.insert("expiresAt".into(), format_time(expires_at).into());
+    if let Some(g) = &t.refresh {
+        doc.insert("clientId".into(), g.client_id.clone().into());
+        doc.insert(
+            "clientSecret".into(),
+            g.client_secret.expose_secret().into(),
+        );
+        doc.insert("refreshToken".into(), refresh.expose_secret().into());
+        doc.insert(
+            "registrationExpiresAt".into(),
+            format_time(g.registration_expires_at).into(),
+        );
+    }
+    let Ok(body) = serde_json::to_vec(&doc) else {
+        return;
+    };
+    let tmp = t
+        .path
+        .with_extension(format!("json.tollgate-{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&body))
+        .and_then(|()| std::fs::rename(&tmp, &t.path));
+    if written.is_err() {
+        // Not fatal: the token is used now, and the next run refreshes again.
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// SSO OIDC `CreateToken` with the refresh grant: the new access token, its expiry, the refresh token to
+/// keep (rotated or not).
+async fn refresh(
+    http: &reqwest::Client,
+    p: &SsoProfile,
+    oidc_override: Option<&str>,
+    g: &RefreshGrant,
+    now_unix: u64,
+) -> Result<(SecretString, u64, SecretString), IdentityError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Answer {
+        #[serde(deserialize_with = "super::de_secret")]
+        access_token: SecretString,
+        expires_in: u64,
+        #[serde(default, deserialize_with = "de_opt_secret")]
+        refresh_token: Option<SecretString>,
+    }
+    let oidc = p.oidc(oidc_override);
+    let what = format!("IAM Identity Center token refresh ({oidc})");
+    let body = serde_json::json!({
+        "clientId": g.client_id,
+        "clientSecret": g.client_secret.expose_secret(),
+        "grantType": "refresh_token",
+        "refreshToken": g.refresh_token.expose_secret(),
+    });
+    let resp = http
+        .post(format!("{oidc}/token"))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| IdentityError::Unavailable {
+            source_name: NAME,
+            reason: format!("{what}: {}", crate::exchange::transport_reason(&e)),
+        })?;
+    let status = resp.status();
+    if status.is_success() {
+        let a: Answer = resp.json().await.map_err(|_| IdentityError::Unavailable {
+            source_name: NAME,
+            reason: format!("{what}: the answer is not a token"),
+        })?;
+        let refresh = a.refresh_token.unwrap_or_else(|| g.refresh_token.clone());
+        return Ok((
+            a.access_token,
+            now_unix.saturating_add(a.expires_in),
+            refresh,
+        ));
+    }
+    let (kind, message) = error_detail(resp).await;
+    let reason = format!(
+        "{what}: HTTP {}{}",
+        status.as_u16(),
+        detail(&kind, &message)
+    );
+    Err(if status.is_client_error() && status.as_u16() != 429 {
+        // invalid_grant (the refresh token expired or was revoked), invalid_client, …
+        IdentityError::SignInNeeded {
+            source_name: NAME,
+            reason,
+            command: p.login_command(),
+        }
+    } else {
+        IdentityError::Unavailable {
+            source_name: NAME,
+            reason,
+        }
+    })
+}
+
+fn de_opt_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    <Option<String> as serde::Deserialize>::deserialize(d)
+        .map(|v| v.filter(|s| !s.is_empty()).map(SecretString::from))
+}
+
+/// The token to use now: the cached one while it has more than [`REFRESH_WINDOW_SECS`] left, else a
+/// refreshed one (written back), else the cached one while still valid, else `SignInNeeded`.
+pub async fn current_token(
+    http: &reqwest::Client,
+    read: &CacheRead,
+    p: &SsoProfile,
+    oidc_override: Option<&str>,
+    now_unix: u64,
+) -> Result<SecretString, IdentityError> {
+    if let CacheRead::Token(t) = read
+        && t.expires_at <= now_unix.saturating_add(REFRESH_WINDOW_SECS)
+        && let Some(g) = t
+            .refresh
+            .as_ref()
+            .filter(|g| g.registration_expires_at > now_unix)
+    {
+        match refresh(http, p, oidc_override, g, now_unix).await {
+            Ok((access, expires_at, refresh_token)) => {
+                write_back(t, &access, expires_at, &refresh_token);
+                return Ok(access);
+            }
+            Err(_) if t.expires_at > now_unix => return Ok(t.access_token.clone()),
+            Err(e) => return Err(e),
+        }
+    }
+    usable_token(read, p, now_unix).cloned()
 }
 
 /// The token to use now, or `SignInNeeded` naming `aws sso login --profile NAME`.
@@ -324,6 +562,41 @@ pub fn usable_token<'a>(
             path.display()
         ))),
     }
+}
+
+/// A restJson1 error: the type in `x-amzn-ErrorType` (`Name:uri`) or `__type` (SSO OIDC also says
+/// `error`), the text in `message` (or `error_description`); bounded, one line.
+async fn error_detail(resp: reqwest::Response) -> (String, String) {
+    let kind = resp
+        .headers()
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(':').next().unwrap_or_default().to_string());
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    let kind = kind
+        .or_else(|| body["__type"].as_str().map(String::from))
+        .or_else(|| body["error"].as_str().map(String::from))
+        .unwrap_or_default();
+    let message = body["message"]
+        .as_str()
+        .or_else(|| body["Message"].as_str())
+        .or_else(|| body["error_description"].as_str())
+        .map(crate::error::one_line)
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect::<String>();
+    (kind.chars().take(100).collect(), message)
+}
+
+/// ` Kind: message`, or nothing.
+fn detail(kind: &str, message: &str) -> String {
+    let d = [kind, message]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ");
+    if d.is_empty() { d } else { format!(" {d}") }
 }
 
 /// `GetRoleCredentials`: the role's keys for the signed-in person.
@@ -385,37 +658,11 @@ pub async fn role_credentials(
             session_token: Some(c.session_token.expose_secret().to_string()),
         });
     }
-    // restJson1 errors: the type in `x-amzn-ErrorType` (`Name:uri`), the text in `message`.
-    let kind = resp
-        .headers()
-        .get("x-amzn-errortype")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(':').next().unwrap_or_default().to_string());
-    let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    let kind = kind
-        .or_else(|| body["__type"].as_str().map(String::from))
-        .unwrap_or_default();
-    let message = body["message"]
-        .as_str()
-        .or_else(|| body["Message"].as_str())
-        .map(crate::error::one_line)
-        .unwrap_or_default()
-        .chars()
-        .take(200)
-        .collect::<String>();
-    let detail = [kind.as_str(), message.as_str()]
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join(": ");
+    let (kind, message) = error_detail(resp).await;
     let reason = format!(
         "{what}: HTTP {}{}",
         status.as_u16(),
-        if detail.is_empty() {
-            String::new()
-        } else {
-            format!(" {detail}")
-        }
+        detail(&kind, &message)
     );
     Err(match status.as_u16() {
         // The portal no longer knows the token (signed out, session ended or revoked).
@@ -657,5 +904,40 @@ sso_role_name = Admin
                 (r, w) => panic!("{content:?}: got {:?}, want {w:?}", r.map(|_| ())),
             }
         }
+    }
+
+    #[test]
+    fn refresh_grants_only_for_the_session_form_and_whole() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let full = r#"{"startUrl":"u","accessToken":"a","expiresAt":"2026-12-07T04:00:00Z","clientId":"c","clientSecret":"cs-secret","refreshToken":"rt-secret","registrationExpiresAt":"2027-03-07T04:00:00Z"}"#;
+        let partial = r#"{"accessToken":"a","expiresAt":"2026-12-07T04:00:00Z","clientId":"c","refreshToken":"rt-secret"}"#;
+        for (profile, content, grant) in [
+            ("dev", full, true),
+            ("legacy", full, false),
+            ("dev", partial, false),
+        ] {
+            let p = resolve(CONFIG, profile).expect(profile);
+            std::fs::write(dir.path().join(p.cache_file_name()), content).expect("write");
+            let CacheRead::Token(t) = read_cached_token(dir.path(), &p).expect("read") else {
+                panic!("{profile}: no token");
+            };
+            assert_eq!(t.refresh.is_some(), grant, "{profile} {content}");
+            if let Some(g) = &t.refresh {
+                assert_eq!(g.registration_expires_at, 1_804_392_000);
+                assert_eq!(t.secrets().len(), 3);
+            } else {
+                // What was not used is kept for a rewrite.
+                assert_eq!(
+                    t.rest.get("refreshToken").and_then(|v| v.as_str()),
+                    Some("rt-secret")
+                );
+            }
+            assert!(!format!("{t:?}").contains("secret"));
+        }
+        assert_eq!(format_time(1_796_616_000), "2026-12-07T04:00:00Z");
+        assert_eq!(
+            parse_expires_at(&format_time(1_796_616_123)),
+            Some(1_796_616_123)
+        );
     }
 }
