@@ -264,7 +264,7 @@ pub enum StaticCredential {
 #[derive(Debug, Clone)]
 pub enum IdentityConfig {
     Static(StaticCredential),
-    Aws(crate::identity::aws::AwsSettings),
+    Aws(Box<crate::identity::aws::AwsSettings>),
     Vault(crate::identity::vault::VaultSettings),
     Azure(crate::identity::azure::AzureSettings),
     /// The person's Azure CLI sign-in.
@@ -837,7 +837,7 @@ fn resolve_identity(
                         .unwrap_or_else(|| "http://169.254.169.254".into()),
                 )
             };
-            IdentityConfig::Aws(AwsSettings {
+            IdentityConfig::Aws(Box::new(AwsSettings {
                 region,
                 sts_url,
                 server_id: env
@@ -873,7 +873,7 @@ fn resolve_identity(
                     .var("TOLLGATE_AWS_ROLE_SESSION_NAME")
                     .or(raw.role_session_name)
                     .unwrap_or_else(|| "tollgate-token".into()),
-            })
+            }))
         }
         "vault" => {
             let raw = file.vault.clone().unwrap_or_default();

@@ -66,7 +66,7 @@ pub struct AwsSettings {
 enum Source {
     Static(AwsCredentials),
     /// An IAM Identity Center profile and what its token cache held at load.
-    Sso(aws_sso::SsoProfile, aws_sso::CacheRead),
+    Sso(Box<(aws_sso::SsoProfile, aws_sso::CacheRead)>),
     Container,
     Imds(String),
 }
@@ -120,7 +120,7 @@ fn profile_source(s: &AwsSettings) -> Result<Option<Source>, IdentityError> {
                 PathBuf::from("~/.aws/sso/cache").join(p.cache_file_name()),
             ),
         };
-        return Ok(Some(Source::Sso(p, cache)));
+        return Ok(Some(Source::Sso(Box::new((p, cache)))));
     }
     Ok(static_keys(&props).map(Source::Static))
 }
@@ -149,7 +149,11 @@ impl AwsIdentity {
                 }
                 // The bearer token is read at load, so the error boundary scrubs it from every message;
                 // the role credentials only ever live in `SecretString`s and `AwsCredentials`.
-                Source::Sso(_, aws_sso::CacheRead::Token(t)) => secrets.extend(t.secrets()),
+                Source::Sso(sso) => {
+                    if let (_, aws_sso::CacheRead::Token(t)) = &**sso {
+                        secrets.extend(t.secrets());
+                    }
+                }
                 _ => {}
             }
             source
@@ -198,7 +202,8 @@ impl AwsIdentity {
                 secret_access_key: c.secret_access_key.clone(),
                 session_token: c.session_token.clone(),
             }),
-            Source::Sso(p, cache) => {
+            Source::Sso(sso) => {
+                let (p, cache) = &**sso;
                 let bearer = aws_sso::current_token(
                     http,
                     cache,
@@ -415,14 +420,14 @@ impl Identity for AwsIdentity {
         match &self.source {
             Source::Static(c) => h.update(format!("static\0{}", c.access_key_id).as_bytes()),
             // Who signs in (start URL, session) and which role: another role is another grant.
-            Source::Sso(p, _) => h.update(
+            Source::Sso(sso) => h.update(
                 format!(
                     "sso\0{}\0{}\0{}\0{}\0{}",
-                    p.profile,
-                    p.start_url,
-                    p.session.as_deref().unwrap_or_default(),
-                    p.account_id,
-                    p.role_name
+                    sso.0.profile,
+                    sso.0.start_url,
+                    sso.0.session.as_deref().unwrap_or_default(),
+                    sso.0.account_id,
+                    sso.0.role_name
                 )
                 .as_bytes(),
             ),
@@ -547,7 +552,8 @@ mod tests {
         ] {
             let got = match profile_source(&settings(dir.path(), profile)).expect(profile) {
                 Some(Source::Static(c)) => format!("static {}", c.access_key_id),
-                Some(Source::Sso(p, aws_sso::CacheRead::Missing(_))) => {
+                Some(Source::Sso(sso)) if matches!(sso.1, aws_sso::CacheRead::Missing(_)) => {
+                    let p = &sso.0;
                     format!("sso {}", p.role_name)
                 }
                 Some(_) => "other".into(),
