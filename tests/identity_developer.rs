@@ -678,4 +678,46 @@ async fn azure_cli_sign_in_through_helper_and_broker() {
     )
     .await;
     assert_eq!(token_works(&b, &run).await["sub"], "person:ada@contoso.com");
+
+    // A hung `az` is stopped before the run's deadline, reported as the CLI's failure (exit 65, not the
+    // broker's 69), and killed: nothing is left running.
+    let home = tempfile::tempdir().expect("tmp");
+    let pid_file = home.path().join("az.pid");
+    let az = home.path().join("bin/az");
+    write(
+        &az,
+        &format!(
+            "#!/bin/sh\nprintf '%s' \"$$\" > '{}'\nexec /bin/sleep 30\n",
+            pid_file.display()
+        ),
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let started = std::time::Instant::now();
+    let run = helper(
+        &b.url,
+        home.path(),
+        &[
+            ("TOLLGATE_IDENTITY", "azure-cli".into()),
+            ("TOLLGATE_AZURE_RESOURCE", "api://tollgate".into()),
+            ("TOLLGATE_AZ", az.display().to_string()),
+            ("TOLLGATE_TIMEOUT_MS", "1500".into()),
+        ],
+    )
+    .await;
+    let took = started.elapsed();
+    assert_fails(
+        &run,
+        65,
+        "`az account get-access-token` did not answer within",
+        "hung az",
+    );
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    let pid = std::fs::read_to_string(&pid_file).expect("az started");
+    assert!(
+        !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+        "az ({pid}) is still running"
+    );
 }

@@ -8,7 +8,9 @@
 //! re-parsing its shell string in a custom `Executor`; its standard executor waits on a thread with no
 //! way to stop `az`, which would keep the helper past its deadline; and it passes `az`'s stderr through
 //! verbatim. Here `az` is spawned directly (no shell, arguments as a list), killed when the run's deadline
-//! drops the proof, and its stderr is reduced to one line and to the command the person should run.
+//! drops the proof (it is stopped 300 ms before the run's deadline, so a hung `az` is reported as such and
+//! not as an unreachable broker), and its stderr is reduced to one line and to the command the person
+//! should run.
 //!
 //! `az` is found at load: `TOLLGATE_AZ` (a path, or a name looked up on `PATH`), default `az`; when it is
 //! not there the source is "not configured" (a chain moves on). "Please run 'az login'" and the other
@@ -26,6 +28,8 @@ use std::time::Duration;
 const NAME: &str = "azure-cli";
 /// How often a running `az` is checked for its exit (it takes a second or so; Python starts slowly).
 const POLL: Duration = Duration::from_millis(10);
+/// `az` must be done this long before the run's deadline, leaving time for the exchange.
+const EXCHANGE_RESERVE: Duration = Duration::from_millis(300);
 /// How long after `az` exits its pipes may stay open (a grandchild holding them) before we read what
 /// it wrote.
 const PIPE_GRACE: Duration = Duration::from_millis(300);
@@ -254,7 +258,7 @@ impl Identity for AzureCliIdentity {
         hex::encode(h.finalize())
     }
 
-    fn prove<'a>(&'a self, _ctx: &'a ProveContext<'a>) -> ProveFuture<'a> {
+    fn prove<'a>(&'a self, ctx: &'a ProveContext<'a>) -> ProveFuture<'a> {
         Box::pin(async move {
             let mut child = match Command::new(&self.az)
                 .args(self.args())
@@ -282,9 +286,24 @@ impl Identity for AzureCliIdentity {
             };
             let out = Drain::start(child.0.stdout.take());
             let err = Drain::start(child.0.stderr.take());
+            let started = std::time::Instant::now();
+            let give_up = ctx
+                .deadline
+                .checked_sub(EXCHANGE_RESERVE)
+                .unwrap_or(started);
             let status = loop {
                 match child.0.try_wait() {
                     Ok(Some(s)) => break s,
+                    // Dropping the guard kills `az`.
+                    Ok(None) if std::time::Instant::now() >= give_up => {
+                        return Err(IdentityError::Unavailable {
+                            source_name: NAME,
+                            reason: format!(
+                                "`az account get-access-token` did not answer within {} ms (raise --timeout-ms)",
+                                started.elapsed().as_millis()
+                            ),
+                        });
+                    }
                     Ok(None) => tokio::time::sleep(POLL).await,
                     Err(e) => {
                         return Err(IdentityError::Invalid {

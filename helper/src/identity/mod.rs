@@ -50,6 +50,9 @@ pub struct ProveContext<'a> {
     pub http: &'a reqwest::Client,
     /// The run's clock (Unix seconds): expiry checks use it, so tests inject time.
     pub now_unix: u64,
+    /// When the run gives up. A source that runs a program (`az`) stops it before this, so the failure
+    /// is its own and not blamed on the broker.
+    pub deadline: std::time::Instant,
 }
 
 /// A boxed future, so `Identity` stays object-safe without an extra macro crate.
