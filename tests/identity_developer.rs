@@ -679,6 +679,44 @@ async fn azure_cli_sign_in_through_helper_and_broker() {
     .await;
     assert_eq!(token_works(&b, &run).await["sub"], "person:ada@contoso.com");
 
+    // `policy explain` tells the person's rule from the workloads' with the same attributes.
+    let policy = home.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).expect("write");
+    let explain = |extra: &[&str]| {
+        let out = std::process::Command::new(bin("tollgate-broker"))
+            .args(["policy", "explain", "--file"])
+            .arg(&policy)
+            .args([
+                "--kind",
+                "azure",
+                "--subject",
+                "eeeeeeee-0000-0000-0000-00000000ada1",
+            ])
+            .args(extra)
+            .output()
+            .expect("explain");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = explain(&[
+        "--attr",
+        "idtyp=user",
+        "--attr",
+        "appid=04b07795-8ddb-461a-bbee-02f9e1bf7b46",
+        "--attr",
+        "upn=ada@contoso.com",
+    ]);
+    assert!(
+        text.contains(
+            "decision: ALLOW by rule \"azure-people\": principal \"person:ada@contoso.com\""
+        ),
+        "{text}"
+    );
+    let text = explain(&["--attr", "idtyp=app"]);
+    assert!(
+        text.contains("decision: ALLOW by rule \"azure-workloads\""),
+        "{text}"
+    );
+
     // A hung `az` is stopped before the run's deadline, reported as the CLI's failure (exit 65, not the
     // broker's 69), and killed: nothing is left running.
     let home = tempfile::tempdir().expect("tmp");
