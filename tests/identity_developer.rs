@@ -364,7 +364,10 @@ async fn aws_iam_identity_center_profiles_through_helper_and_broker() {
             Some(&valid),
             None,
             vec![("AWS_ENDPOINT_URL_SSO", "http://sso.corp.example".into())],
-            Err((64, "AWS_ENDPOINT_URL_SSO")),
+            Err((
+                65,
+                "AWS_ENDPOINT_URL_SSO \"http://sso.corp.example\": plain http is allowed only to loopback",
+            )),
         ),
     ];
     for (case, profile, session, legacy, extra, outcome) in cases {

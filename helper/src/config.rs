@@ -400,36 +400,6 @@ fn check_container_uri(uri: &str) -> Result<String, ConfigError> {
     }
 }
 
-/// An endpoint the IAM Identity Center bearer token is sent to (`AWS_ENDPOINT_URL_SSO`,
-/// `AWS_ENDPOINT_URL`): `https`, or plain `http` only to loopback (tests, local proxies), so the token
-/// never crosses a network in clear text.
-fn check_bearer_endpoint(what: &str, uri: &str) -> Result<String, ConfigError> {
-    let invalid = |reason: &str| ConfigError::Invalid {
-        what: what.into(),
-        value: uri.to_string(),
-        reason: reason.into(),
-    };
-    let url = reqwest::Url::parse(uri).map_err(|_| invalid("not a URL"))?;
-    if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("no query or user info allowed"));
-    }
-    let host = url
-        .host_str()
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    match url.scheme() {
-        "https" => Ok(uri.to_string()),
-        "http" if loopback => Ok(uri.to_string()),
-        "http" => Err(invalid("plain http is allowed only to loopback")),
-        _ => Err(invalid("must be an http(s) URL")),
-    }
-}
-
 /// A value passed to `az` as an argument: one line, and not something `az` would read as an option.
 fn check_az_arg(what: &str, v: &str) -> Result<(), ConfigError> {
     if v.is_empty() || v.starts_with('-') || v.chars().any(|c| c.is_control() || c.is_whitespace())
@@ -816,19 +786,19 @@ fn resolve_identity(
             // configured endpoints are switched off.
             let endpoint = |service_var: &'static str| {
                 if env_bool(env, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") {
-                    return Ok(None);
+                    return None;
                 }
                 [
                     (service_var, env.var(service_var)),
                     ("AWS_ENDPOINT_URL", env.var("AWS_ENDPOINT_URL")),
                 ]
                 .into_iter()
-                .find_map(|(k, v)| v.map(|v| (k, v)))
-                .map(|(k, v)| check_bearer_endpoint(k, &v))
-                .transpose()
+                .find_map(|(var, url)| {
+                    url.map(|url| crate::identity::aws_sso::EndpointOverride { var, url })
+                })
             };
-            let sso_endpoint = endpoint("AWS_ENDPOINT_URL_SSO")?;
-            let sso_oidc_endpoint = endpoint("AWS_ENDPOINT_URL_SSO_OIDC")?;
+            let sso_endpoint = endpoint("AWS_ENDPOINT_URL_SSO");
+            let sso_oidc_endpoint = endpoint("AWS_ENDPOINT_URL_SSO_OIDC");
             let imds_endpoint = if env_bool(env, "AWS_EC2_METADATA_DISABLED") {
                 None
             } else {
@@ -1590,22 +1560,28 @@ mod tests {
         let a = aws(&[]).expect("defaults");
         assert_eq!(a.config_file, Some(PathBuf::from("/h/.aws/config")));
         assert_eq!(a.sso_cache_dir, Some(PathBuf::from("/h/.aws/sso/cache")));
-        assert_eq!(a.sso_endpoint, None);
+        assert!(a.sso_endpoint.is_none());
         let a = aws(&[
             ("AWS_CONFIG_FILE", "~/work/aws-config"),
             ("AWS_ENDPOINT_URL", "https://global.example"),
         ])
         .expect("global");
         assert_eq!(a.config_file, Some(PathBuf::from("/h/work/aws-config")));
-        assert_eq!(a.sso_endpoint.as_deref(), Some("https://global.example"));
+        let url = |e: &Option<crate::identity::aws_sso::EndpointOverride>| {
+            e.as_ref().map(|e| format!("{}={}", e.var, e.url))
+        };
         assert_eq!(
-            a.sso_oidc_endpoint.as_deref(),
-            Some("https://global.example")
+            url(&a.sso_endpoint).as_deref(),
+            Some("AWS_ENDPOINT_URL=https://global.example")
+        );
+        assert_eq!(
+            url(&a.sso_oidc_endpoint).as_deref(),
+            Some("AWS_ENDPOINT_URL=https://global.example")
         );
         let a = aws(&[("AWS_ENDPOINT_URL_SSO_OIDC", "http://localhost:9")]).expect("oidc");
         assert_eq!(
-            (a.sso_endpoint, a.sso_oidc_endpoint.as_deref()),
-            (None, Some("http://localhost:9"))
+            (url(&a.sso_endpoint), url(&a.sso_oidc_endpoint).as_deref()),
+            (None, Some("AWS_ENDPOINT_URL_SSO_OIDC=http://localhost:9"))
         );
         for (vars, want) in [
             (
@@ -1613,31 +1589,24 @@ mod tests {
                     ("AWS_ENDPOINT_URL_SSO", "http://127.0.0.1:9"),
                     ("AWS_ENDPOINT_URL", "https://global.example"),
                 ],
-                Ok(Some("http://127.0.0.1:9")),
+                Some("AWS_ENDPOINT_URL_SSO=http://127.0.0.1:9"),
             ),
             (
                 vec![
                     ("AWS_ENDPOINT_URL_SSO", "http://127.0.0.1:9"),
                     ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true"),
                 ],
-                Ok(None),
+                None,
             ),
+            // Checked only when an SSO profile uses it (`aws_sso`): a LocalStack URL in the shell must not
+            // break static keys.
             (
-                vec![("AWS_ENDPOINT_URL_SSO", "http://sso.internal.example")],
-                Err(
-                    "invalid AWS_ENDPOINT_URL_SSO \"http://sso.internal.example\": plain http is allowed only to loopback",
-                ),
-            ),
-            (
-                vec![("AWS_ENDPOINT_URL", "ftp://[::1]/")],
-                Err("invalid AWS_ENDPOINT_URL"),
+                vec![("AWS_ENDPOINT_URL", "http://localstack:4566")],
+                Some("AWS_ENDPOINT_URL=http://localstack:4566"),
             ),
         ] {
-            match (aws(&vars), want) {
-                (Ok(a), Ok(w)) => assert_eq!(a.sso_endpoint.as_deref(), w, "{vars:?}"),
-                (Err(e), Err(w)) => assert!(e.starts_with(w), "{e}"),
-                (got, w) => panic!("{vars:?}: {:?} vs {w:?}", got.map(|a| a.sso_endpoint)),
-            }
+            let a = aws(&vars).expect("resolves");
+            assert_eq!(url(&a.sso_endpoint).as_deref(), want, "{vars:?}");
         }
     }
 }

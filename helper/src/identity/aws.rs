@@ -47,10 +47,10 @@ pub struct AwsSettings {
     /// Where `aws sso login` caches its tokens (`~/.aws/sso/cache`).
     pub sso_cache_dir: Option<PathBuf>,
     /// The IAM Identity Center portal endpoint override (`AWS_ENDPOINT_URL_SSO`, else `AWS_ENDPOINT_URL`).
-    pub sso_endpoint: Option<String>,
+    pub sso_endpoint: Option<aws_sso::EndpointOverride>,
     /// The SSO OIDC endpoint override, for token refresh (`AWS_ENDPOINT_URL_SSO_OIDC`, else
     /// `AWS_ENDPOINT_URL`).
-    pub sso_oidc_endpoint: Option<String>,
+    pub sso_oidc_endpoint: Option<aws_sso::EndpointOverride>,
     /// Container credentials endpoint and its authorization token.
     pub container_uri: Option<String>,
     pub container_token: Option<SecretString>,
@@ -208,11 +208,11 @@ impl AwsIdentity {
                     http,
                     cache,
                     p,
-                    self.settings.sso_oidc_endpoint.as_deref(),
+                    self.settings.sso_oidc_endpoint.as_ref(),
                     now_unix,
                 )
                 .await?;
-                aws_sso::role_credentials(http, p, self.settings.sso_endpoint.as_deref(), &bearer)
+                aws_sso::role_credentials(http, p, self.settings.sso_endpoint.as_ref(), &bearer)
                     .await
             }
             Source::Container => {

@@ -120,6 +120,44 @@ pub struct SsoProfile {
     pub role_name: String,
 }
 
+/// An endpoint override from the environment (`AWS_ENDPOINT_URL_SSO`, `AWS_ENDPOINT_URL`, …), checked
+/// only when an SSO profile uses it, so a `http://localstack:4566` in the shell does not break static keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointOverride {
+    pub var: &'static str,
+    pub url: String,
+}
+
+impl EndpointOverride {
+    /// `https`, or plain `http` only to loopback (tests, local proxies): a bearer token, a refresh token
+    /// and a client secret go there, and must not cross a network in clear text.
+    pub fn checked(&self) -> Result<String, IdentityError> {
+        let bad = |why: &str| IdentityError::Invalid {
+            source_name: NAME,
+            reason: format!("{} {:?}: {why}", self.var, self.url),
+        };
+        let url = reqwest::Url::parse(&self.url).map_err(|_| bad("not a URL"))?;
+        if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
+            return Err(bad("no query or user info allowed"));
+        }
+        let host = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        match url.scheme() {
+            "https" => Ok(self.url.trim_end_matches('/').to_string()),
+            "http" if loopback => Ok(self.url.trim_end_matches('/').to_string()),
+            "http" => Err(bad("plain http is allowed only to loopback")),
+            _ => Err(bad("must be an http(s) URL")),
+        }
+    }
+}
+
 /// The keys that make a profile an SSO profile.
 pub fn is_sso(props: &BTreeMap<String, String>) -> bool {
     props.contains_key("sso_session") || props.contains_key("sso_start_url")
@@ -212,10 +250,13 @@ impl SsoProfile {
     }
 
     /// The SSO OIDC service's base URL: the override if any, else `https://oidc.{sso_region}.amazonaws.com`.
-    pub fn oidc(&self, endpoint_override: Option<&str>) -> String {
+    pub fn oidc(
+        &self,
+        endpoint_override: Option<&EndpointOverride>,
+    ) -> Result<String, IdentityError> {
         match endpoint_override {
-            Some(e) => e.trim_end_matches('/').to_string(),
-            None => format!("https://oidc.{}.amazonaws.com", self.sso_region),
+            Some(e) => e.checked(),
+            None => Ok(format!("https://oidc.{}.amazonaws.com", self.sso_region)),
         }
     }
 
@@ -225,10 +266,16 @@ impl SsoProfile {
     }
 
     /// The portal's base URL: the override if any, else `https://portal.sso.{sso_region}.amazonaws.com`.
-    pub fn portal(&self, endpoint_override: Option<&str>) -> String {
+    pub fn portal(
+        &self,
+        endpoint_override: Option<&EndpointOverride>,
+    ) -> Result<String, IdentityError> {
         match endpoint_override {
-            Some(e) => e.trim_end_matches('/').to_string(),
-            None => format!("https://portal.sso.{}.amazonaws.com", self.sso_region),
+            Some(e) => e.checked(),
+            None => Ok(format!(
+                "https://portal.sso.{}.amazonaws.com",
+                self.sso_region
+            )),
         }
     }
 }
@@ -438,7 +485,7 @@ fn write_back(t: &CachedSsoToken, access: &SecretString, expires_at: u64, refres
 async fn refresh(
     http: &reqwest::Client,
     p: &SsoProfile,
-    oidc_override: Option<&str>,
+    oidc_override: Option<&EndpointOverride>,
     g: &RefreshGrant,
     now_unix: u64,
 ) -> Result<(SecretString, u64, SecretString), IdentityError> {
@@ -451,7 +498,7 @@ async fn refresh(
         #[serde(default, deserialize_with = "de_opt_secret")]
         refresh_token: Option<SecretString>,
     }
-    let oidc = p.oidc(oidc_override);
+    let oidc = p.oidc(oidc_override)?;
     let what = format!("IAM Identity Center token refresh ({oidc})");
     let body = serde_json::json!({
         "clientId": g.client_id,
@@ -513,7 +560,7 @@ pub async fn current_token(
     http: &reqwest::Client,
     read: &CacheRead,
     p: &SsoProfile,
-    oidc_override: Option<&str>,
+    oidc_override: Option<&EndpointOverride>,
     now_unix: u64,
 ) -> Result<SecretString, IdentityError> {
     if let CacheRead::Token(t) = read
@@ -603,7 +650,7 @@ fn detail(kind: &str, message: &str) -> String {
 pub async fn role_credentials(
     http: &reqwest::Client,
     p: &SsoProfile,
-    endpoint_override: Option<&str>,
+    endpoint_override: Option<&EndpointOverride>,
     bearer: &SecretString,
 ) -> Result<AwsCredentials, IdentityError> {
     #[derive(serde::Deserialize)]
@@ -624,7 +671,7 @@ pub async fn role_credentials(
         source_name: NAME,
         reason,
     };
-    let portal = p.portal(endpoint_override);
+    let portal = p.portal(endpoint_override)?;
     let mut url =
         reqwest::Url::parse(&format!("{portal}/federation/credentials")).map_err(|_| {
             unavailable(format!(
@@ -756,13 +803,40 @@ sso_role_name = Admin
         assert!(is_sso(p));
         assert!(!is_sso(ini.config_profile("default").expect("default")));
         assert_eq!(
-            dev.portal(None),
+            dev.portal(None).expect("default"),
             "https://portal.sso.eu-central-1.amazonaws.com"
         );
         assert_eq!(
-            dev.portal(Some("http://127.0.0.1:9/")),
-            "http://127.0.0.1:9"
+            dev.oidc(None).expect("default"),
+            "https://oidc.eu-central-1.amazonaws.com"
         );
+        let over = |url: &str| EndpointOverride {
+            var: "AWS_ENDPOINT_URL_SSO",
+            url: url.into(),
+        };
+        for (url, want) in [
+            ("http://127.0.0.1:9/", Ok("http://127.0.0.1:9")),
+            ("http://localhost:9", Ok("http://localhost:9")),
+            ("http://[::1]:9", Ok("http://[::1]:9")),
+            (
+                "https://sso.internal.example/",
+                Ok("https://sso.internal.example"),
+            ),
+            (
+                "http://sso.internal.example",
+                Err(
+                    "AWS_ENDPOINT_URL_SSO \"http://sso.internal.example\": plain http is allowed only to loopback",
+                ),
+            ),
+            ("ftp://[::1]/", Err("must be an http(s) URL")),
+            ("https://u:p@x", Err("no query or user info")),
+        ] {
+            match (dev.portal(Some(&over(url))), want) {
+                (Ok(got), Ok(w)) => assert_eq!(got, w),
+                (Err(e), Err(w)) => assert!(e.to_string().contains(w), "{e}"),
+                (got, w) => panic!("{url}: {:?} vs {w:?}", got.map_err(|e| e.to_string())),
+            }
+        }
         assert_eq!(dev.login_command(), "aws sso login --profile dev");
     }
 
