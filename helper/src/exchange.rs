@@ -180,10 +180,13 @@ pub async fn mint(
     identity: &dyn Identity,
     req: &MintRequest<'_>,
     now: u64,
+    deadline: Instant,
 ) -> Result<Minted, crate::error::HelperError> {
     let ctx = ProveContext {
         audience: req.audience,
         http,
+        now_unix: now,
+        deadline,
     };
     let proof = identity.prove(&ctx).await?;
     Ok(exchange(
