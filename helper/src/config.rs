@@ -21,6 +21,8 @@
 //! Nothing here reads the process environment: an [`Env`] is passed in.
 
 use crate::error::{ConfigError, line_col, one_line};
+/// Defined beside the identities they configure (so `identity/` does not import this file back).
+pub use crate::identity::{IdentityConfig, StaticCredential};
 use crate::sys::Env;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -248,30 +250,6 @@ pub enum IdentityKindSpec {
     AzureCli,
     OidcFile,
     Chain,
-    Login,
-}
-
-/// Where the static credential comes from.
-#[derive(Debug, Clone)]
-pub enum StaticCredential {
-    /// The value of `TOLLGATE_CREDENTIAL`.
-    Inline(SecretString),
-    File(PathBuf),
-    None,
-}
-
-/// How the identity is configured (not yet loaded: loading may fail with exit 65).
-#[derive(Debug, Clone)]
-pub enum IdentityConfig {
-    Static(StaticCredential),
-    Aws(Box<crate::identity::aws::AwsSettings>),
-    Vault(crate::identity::vault::VaultSettings),
-    Azure(crate::identity::azure::AzureSettings),
-    /// The person's Azure CLI sign-in.
-    AzureCli(crate::identity::azure_cli::AzureCliSettings),
-    OidcFile(Option<PathBuf>),
-    Chain(Vec<IdentityConfig>),
-    /// A person signed in with `tollgate-token login` (see `login`): renewed from the refresh token.
     Login,
 }
 

@@ -345,6 +345,29 @@ pub(crate) fn one_line(s: &str) -> String {
         .join("; ")
 }
 
+/// Describe a transport error by its source chain (e.g. "connection refused"), not by its URL.
+pub fn transport_reason(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    let mut reason = if e.is_connect() {
+        "cannot connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut last = None;
+    while let Some(s) = src {
+        last = Some(s.to_string());
+        src = s.source();
+    }
+    if let Some(l) = last {
+        reason.push_str(": ");
+        reason.push_str(&one_line(&l));
+    }
+    reason
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! (current-thread) tokio runtime are built.
 
 use crate::cache::is_single_line_token;
-use crate::error::{ExchangeError, one_line};
+use crate::error::{ExchangeError, one_line, transport_reason};
 use crate::identity::{Identity, ProveContext};
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
@@ -109,29 +109,6 @@ pub fn block_on_with_deadline<T, E: From<ExchangeError>>(
             .into()),
         }
     }))
-}
-
-/// Describe a transport error by its source chain (e.g. "connection refused"), not by its URL.
-pub fn transport_reason(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        return "timed out".into();
-    }
-    let mut reason = if e.is_connect() {
-        "cannot connect".to_owned()
-    } else {
-        "request failed".to_owned()
-    };
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    let mut last = None;
-    while let Some(s) = src {
-        last = Some(s.to_string());
-        src = s.source();
-    }
-    if let Some(l) = last {
-        reason.push_str(": ");
-        reason.push_str(&one_line(&l));
-    }
-    reason
 }
 
 /// Read at most `MAX_BODY_BYTES` of a response.

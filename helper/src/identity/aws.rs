@@ -238,7 +238,7 @@ impl AwsIdentity {
                 let r = req.send().await.map_err(|e| {
                     unavailable(format!(
                         "container credentials endpoint: {}",
-                        crate::exchange::transport_reason(&e)
+                        crate::error::transport_reason(&e)
                     ))
                 })?;
                 if !r.status().is_success() {
@@ -279,7 +279,7 @@ impl AwsIdentity {
                 };
                 let role = get("/latest/meta-data/iam/security-credentials/".into())
                     .await
-                    .map_err(|e| unavailable(crate::exchange::transport_reason(&e)))?
+                    .map_err(|e| unavailable(crate::error::transport_reason(&e)))?
                     .text()
                     .await
                     .map_err(|e| unavailable(e.to_string()))?;
@@ -289,7 +289,7 @@ impl AwsIdentity {
                 }
                 get(format!("/latest/meta-data/iam/security-credentials/{role}"))
                     .await
-                    .map_err(|e| unavailable(crate::exchange::transport_reason(&e)))?
+                    .map_err(|e| unavailable(crate::error::transport_reason(&e)))?
                     .json::<Creds>()
                     .await
                     .map(into)
@@ -361,7 +361,7 @@ impl AwsIdentity {
         let resp = req.send().await.map_err(|e| {
             unavailable(format!(
                 "sts:AssumeRole at {url}: {}",
-                crate::exchange::transport_reason(&e)
+                crate::error::transport_reason(&e)
             ))
         })?;
         let status = resp.status();

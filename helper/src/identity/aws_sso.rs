@@ -514,7 +514,7 @@ async fn refresh(
         .await
         .map_err(|e| IdentityError::Unavailable {
             source_name: NAME,
-            reason: format!("{what}: {}", crate::exchange::transport_reason(&e)),
+            reason: format!("{what}: {}", crate::error::transport_reason(&e)),
         })?;
     let status = resp.status();
     if status.is_success() {
@@ -692,7 +692,7 @@ pub async fn role_credentials(
         .header("accept", "application/json")
         .send()
         .await
-        .map_err(|e| unavailable(format!("{what}: {}", crate::exchange::transport_reason(&e))))?;
+        .map_err(|e| unavailable(format!("{what}: {}", crate::error::transport_reason(&e))))?;
     let status = resp.status();
     if status.is_success() {
         let a: Answer = resp

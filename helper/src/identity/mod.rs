@@ -17,11 +17,11 @@ pub mod chain;
 pub mod oidc_file;
 pub mod vault;
 
-use crate::config::{IdentityConfig, StaticCredential};
 use crate::error::IdentityError;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 
 /// What the broker receives as `subject_token` / `subject_token_type`.
@@ -72,6 +72,30 @@ pub trait Identity: Send + Sync {
     fn secrets(&self) -> Vec<SecretString> {
         Vec::new()
     }
+}
+
+/// Where the static credential comes from.
+#[derive(Debug, Clone)]
+pub enum StaticCredential {
+    /// The value of `TOLLGATE_CREDENTIAL`.
+    Inline(SecretString),
+    File(PathBuf),
+    None,
+}
+
+/// How the identity is configured (not yet loaded: loading may fail with exit 65).
+#[derive(Debug, Clone)]
+pub enum IdentityConfig {
+    Static(StaticCredential),
+    Aws(Box<aws::AwsSettings>),
+    Vault(vault::VaultSettings),
+    Azure(azure::AzureSettings),
+    /// The person's Azure CLI sign-in.
+    AzureCli(azure_cli::AzureCliSettings),
+    OidcFile(Option<PathBuf>),
+    Chain(Vec<IdentityConfig>),
+    /// A person signed in with `tollgate-token login` (see `login`): renewed from the refresh token.
+    Login,
 }
 
 /// Load the configured identity.

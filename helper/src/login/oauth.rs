@@ -6,8 +6,9 @@
 //! Every answer the server sends back is size-limited and shown to the person only as one short
 //! sanitized line; tokens are `SecretString`s from the moment they are parsed.
 
+use crate::error::transport_reason;
 use crate::error::{ExchangeError, SignInError, one_line};
-use crate::exchange::{LooseOAuthError, read_body, sanitize, transport_reason};
+use crate::exchange::{LooseOAuthError, read_body, sanitize};
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
