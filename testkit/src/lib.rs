@@ -15,4 +15,7 @@ pub mod mock;
 pub mod procs;
 pub mod sse;
 
-pub use mock::{Fault, MockConfig, MockHandle, RecordedRequest, ReportedUsage, spawn};
+pub use mock::{
+    CallKind, Fault, MockConfig, MockHandle, RecordedRequest, ReportedUsage, ScriptStep, Scripted,
+    SessionScript, spawn,
+};
