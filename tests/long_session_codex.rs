@@ -464,10 +464,28 @@ async fn session_spend_matches(
     check(&v["totals"], &|_| true, "totals");
     check(&v["compaction"], &|k| k == "summary", "compaction");
     check(&v["subagents"], &|k| k == "subagent", "sub-agents");
+    // Each request in its row, over WebSocket as over HTTP: the root agent's turns, its compaction, the
+    // sub-agent's turn (`x-openai-subagent: collab_spawn`).
+    let rows = v["rows"].as_array().expect("rows");
+    let expected: [(&str, Value, &dyn Fn(&str) -> bool); 3] = [
+        ("turn", Value::Null, &|k| k != "summary" && k != "subagent"),
+        ("compaction", Value::Null, &|k| k == "summary"),
+        ("turn", json!("collab_spawn"), &|k| k == "subagent"),
+    ];
+    assert_eq!(rows.len(), expected.len(), "{name}: {v}");
+    for (kind, subagent, pick) in expected {
+        let row = rows
+            .iter()
+            .find(|r| r["request_kind"] == kind && r["subagent"] == subagent)
+            .unwrap_or_else(|| panic!("{name}: no row ({kind}, {subagent}) in {v}"));
+        check(row, pick, &format!("row ({kind}, {subagent})"));
+    }
     assert_eq!(v["principals"], json!(["dev"]), "{name}");
+    // The root agent's thread and turn, the sub-agent's thread and turn.
     assert_eq!(
-        v["threads"], 2,
-        "{name}: the root agent and one sub-agent: {v}"
+        (&v["threads"], &v["turns"]),
+        (&json!(2), &json!(2)),
+        "{name}: {v}"
     );
 }
 
