@@ -303,17 +303,23 @@ async fn session(version: String, up: Upstream, transport: Transport) -> Outcome
         ["start", "5", "10", "11", "12", "13", "14", "15", "16", "17"],
         "{name}"
     );
-    let last_outputs = served
-        .iter()
-        .map(|r| r.body.to_string())
-        .collect::<String>();
-    assert!(
-        last_outputs.contains("line two from the second patch"),
-        "{name}: the edited file's content never went back to the model"
-    );
-    let _ = NOTES_V1;
+    // What went back to the model: the request answered with step N carries step N-1's output.
+    let carries = |step: usize, text: &str| {
+        let escaped = serde_json::to_string(text).expect("json");
+        let escaped = &escaped[1..escaped.len() - 1];
+        let r = served
+            .iter()
+            .find(|r| what(r) == format!("step {step}"))
+            .unwrap_or_else(|| panic!("{name}: no step {step}: {kinds:?}"));
+        assert!(
+            r.body.to_string().contains(escaped),
+            "{name}: the request of step {step} does not carry {text:?}"
+        );
+    };
+    carries(3, NOTES_V1);
+    carries(19, NOTES_V2);
 
-    // The MCP server was started, listed and called with the model's argument.
+    // The MCP server was started, listed and called with the model's argument, and its answer went back.
     let mcp = read(&mcp_log);
     for line in [
         "method initialize",
@@ -326,22 +332,14 @@ async fn session(version: String, up: Upstream, transport: Transport) -> Outcome
             "{name}: {line:?} not in:\n{mcp}"
         );
     }
-    assert!(
-        last_outputs.contains(&format!("marker recorded: {MCP_MARKER}")),
-        "{name}: the MCP tool's output never reached the model"
-    );
+    carries(5, &format!("marker recorded: {MCP_MARKER}"));
 
-    // The sub-agent ran through the broker, and its answer came back to the root agent.
+    // The sub-agent: spawn_agent answered with its id and nickname, the sub-agent's one request went
+    // through the broker, and wait_agent brought its answer back to the root agent.
     assert_eq!(count("subagent"), 1, "{name}: {kinds:?}");
-    let after_wait = served
-        .iter()
-        .skip_while(|r| what(r) != "step 10")
-        .next()
-        .unwrap_or_else(|| panic!("{name}: no request after wait_agent: {kinds:?}"));
-    assert!(
-        after_wait.body.to_string().contains(&script.subagent_reply),
-        "{name}: wait_agent's output does not carry the sub-agent's answer"
-    );
+    carries(9, "agent_id");
+    carries(9, "nickname");
+    carries(10, &script.subagent_reply);
 
     // One automatic compaction, right after the step that reported more than the limit.
     let compactions = count("summary");
@@ -394,6 +392,15 @@ async fn session(version: String, up: Upstream, transport: Transport) -> Outcome
         subagent: count("subagent"),
         on_a,
         on_b,
+    }
+}
+
+/// The session row (`request_kind`, `subagent`) of a request by what the script answered.
+fn row_of(what: &str) -> (&'static str, Value) {
+    match what {
+        "summary" => ("compaction", Value::Null),
+        "subagent" => ("turn", json!("collab_spawn")),
+        _ => ("turn", Value::Null),
     }
 }
 
@@ -467,18 +474,19 @@ async fn session_spend_matches(
     // Each request in its row, over WebSocket as over HTTP: the root agent's turns, its compaction, the
     // sub-agent's turn (`x-openai-subagent: collab_spawn`).
     let rows = v["rows"].as_array().expect("rows");
-    let expected: [(&str, Value, &dyn Fn(&str) -> bool); 3] = [
-        ("turn", Value::Null, &|k| k != "summary" && k != "subagent"),
-        ("compaction", Value::Null, &|k| k == "summary"),
-        ("turn", json!("collab_spawn"), &|k| k == "subagent"),
+    let expected = [
+        ("turn", Value::Null),
+        ("compaction", Value::Null),
+        ("turn", json!("collab_spawn")),
     ];
     assert_eq!(rows.len(), expected.len(), "{name}: {v}");
-    for (kind, subagent, pick) in expected {
+    for (kind, subagent) in expected {
         let row = rows
             .iter()
             .find(|r| r["request_kind"] == kind && r["subagent"] == subagent)
             .unwrap_or_else(|| panic!("{name}: no row ({kind}, {subagent}) in {v}"));
-        check(row, pick, &format!("row ({kind}, {subagent})"));
+        let pick = |k: &str| row_of(k) == (kind, subagent.clone());
+        check(row, &pick, &format!("row ({kind}, {subagent})"));
     }
     assert_eq!(v["principals"], json!(["dev"]), "{name}");
     // The root agent's thread and turn, the sub-agent's thread and turn.
