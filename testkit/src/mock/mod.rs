@@ -11,6 +11,10 @@
 //! running [`MockConfig::tool_command`] (on Chat and Messages: a call to [`MockConfig::tool_name`] or
 //! the first tool the request declares, and text when it declares none), anything else gives `"mock reply to: <text>"`.
 //!
+//! A [`SessionScript`] (set with [`MockHandle::set_script`], shared by every mock of one session) replaces
+//! that script with a long agent session: a sequence of tool calls in each API's shape, sub-agent and
+//! compaction requests answered aside (see `session.rs`).
+//!
 //! Control routes (never authenticated, never recorded, never faulted), for scripting a separate
 //! process: `POST /_mock/faults` (one [`Fault`] or an array, appended to the queue),
 //! `GET`/`DELETE /_mock/faults`, `GET /_mock/requests`, `POST /_mock/reset` (requests and faults),
