@@ -30,9 +30,15 @@ use tollgate_testkit::{
 const SESSION: Duration = Duration::from_secs(150);
 const ADMIN_KEY: &str = "long-session-admin-key";
 /// Codex's `model_auto_compact_token_limit`: far above what a request of this session costs (its mock
-/// reports a quarter of the body's bytes, under 30 000), below what the step that forces it reports.
+/// reports a quarter of the body's bytes, under 30 000), below what the step that forces it reports. (With
+/// a tiny limit Codex compacts after every request, and each compaction drops the `tool_search` results
+/// from its history, so the deferred MCP and sub-agent tools could never be called: one compaction at a
+/// chosen place instead.)
 const COMPACT_LIMIT: u64 = 150_000;
 const FORCING_TOKENS: u64 = 160_000;
+/// Prompt tokens every answer reports as read from the cache, and (Anthropic only) written to it.
+const CACHED_TOKENS: u64 = 2_048;
+const CACHE_WRITE_TOKENS: u64 = 512;
 /// The first target starts failing once it has answered this many requests.
 const FAIL_AFTER: usize = 8;
 const MCP_MARKER: &str = "long-session-marker-7f3e";
@@ -193,8 +199,12 @@ fn answered(mocks: &[&MockHandle], path: &str) -> Vec<RecordedRequest> {
 
 async fn session(version: String, up: Upstream, transport: Transport) -> Outcome {
     let name = format!("Codex {version}, {}, {transport:?}", up.kind());
+    // Prompt-cache reads on every answer, cache writes too where the API reports them (Anthropic's
+    // `cache_creation_input_tokens`), so the record is checked for every kind of token.
     let config = MockConfig {
         api_key: Some(UPSTREAM_KEY.into()),
+        cached_tokens: CACHED_TOKENS,
+        cache_creation_tokens: CACHE_WRITE_TOKENS,
         ..MockConfig::default()
     };
     let (a, b) = (spawn(config.clone()).await, spawn(config).await);
@@ -369,7 +379,7 @@ async fn session(version: String, up: Upstream, transport: Transport) -> Outcome
     );
 
     // The broker recorded exactly what the mocks reported, split by request kind and sub-agent.
-    session_spend_matches(&broker, &codex, &served, &kinds, &name).await;
+    session_spend_matches(&broker, &codex, &served, &kinds, up, &name).await;
     assert_no_secret(&log, &[UPSTREAM_KEY, CREDENTIAL], "broker log");
     let (upgrades, posts) = (
         responses_exchanges(&broker, "101").await,
@@ -430,6 +440,7 @@ async fn session_spend_matches(
     codex: &CodexEnv,
     served: &[RecordedRequest],
     kinds: &[String],
+    up: Upstream,
     name: &str,
 ) {
     let id = root_session_id(codex);
@@ -467,6 +478,14 @@ async fn session_spend_matches(
             sum(pick, |u| u.output_tokens),
             "{name}, {what}: {v}"
         );
+        // Only Anthropic's wire reports cache writes.
+        let writes = match up {
+            Upstream::Anthropic => sum(pick, |u| u.cache_creation_tokens),
+            _ => 0,
+        };
+        assert_eq!(totals["cache_write_tokens"], writes, "{name}, {what}: {v}");
+        assert!(writes > 0 || !matches!(up, Upstream::Anthropic), "{name}");
+        assert!(sum(pick, |u| u.cached_tokens) > 0, "{name}, {what}");
     };
     check(&v["totals"], &|_| true, "totals");
     check(&v["compaction"], &|k| k == "summary", "compaction");
