@@ -185,7 +185,6 @@ fn root_session_id(codex: &CodexEnv) -> String {
     stem[stem.len().saturating_sub(36)..].to_string()
 }
 
-/// Every answered inference request of both mocks.
 /// Every answered inference request of the mocks, in the order the script answered them.
 fn answered(mocks: &[&MockHandle], path: &str) -> Vec<RecordedRequest> {
     let mut all: Vec<RecordedRequest> = mocks
@@ -234,7 +233,8 @@ async fn session(version: String, up: Upstream, transport: Transport) -> Outcome
     )
     .expect("codex config");
 
-    // Midway, the first target starts failing before the first byte, for good.
+    // Midway, the first target starts failing before the first byte, for good (once its record shows
+    // FAIL_AFTER answers; the watcher polls the record, it does not wait for time).
     let failing = {
         let state = a.state();
         let path = up.path();
