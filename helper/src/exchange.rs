@@ -180,10 +180,13 @@ pub async fn mint(
     identity: &dyn Identity,
     req: &MintRequest<'_>,
     now: u64,
+    deadline: Instant,
 ) -> Result<Minted, crate::error::HelperError> {
     let ctx = ProveContext {
         audience: req.audience,
         http,
+        now_unix: now,
+        deadline,
     };
     let proof = identity.prove(&ctx).await?;
     Ok(exchange(
@@ -194,6 +197,38 @@ pub async fn mint(
         now,
     )
     .await?)
+}
+
+/// POST an `application/x-www-form-urlencoded` body (RFC 6749 §3.2: token endpoints take forms) and
+/// read the bounded answer. The encoded form holds a credential, so it is a [`SecretString`] until sent.
+/// The one way the helper talks to a token, device or revocation endpoint.
+pub async fn post_form<F: serde::Serialize + ?Sized>(
+    http: &reqwest::Client,
+    url: &str,
+    form: &F,
+) -> Result<(reqwest::StatusCode, Vec<u8>), ExchangeError> {
+    let body = SecretString::from(serde_urlencoded::to_string(form).map_err(|e| {
+        ExchangeError::BadResponse {
+            url: url.to_owned(),
+            reason: format!("cannot encode request: {e}"),
+        }
+    })?);
+    let resp = http
+        .post(url)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(reqwest::header::ACCEPT, "application/json")
+        .body(body.expose_secret().to_owned())
+        .send()
+        .await
+        .map_err(|e| ExchangeError::Unavailable {
+            url: url.to_owned(),
+            reason: transport_reason(&e),
+        })?;
+    let status = resp.status();
+    Ok((status, read_body(resp, url).await?))
 }
 
 /// `POST {broker}/oauth/token`.
@@ -214,29 +249,8 @@ pub async fn exchange(
         requested_token_type: None,
         requested_ttl_secs: req.ttl_secs,
     };
-    let body = SecretString::from(serde_urlencoded::to_string(&form).map_err(|e| {
-        ExchangeError::BadResponse {
-            url: url.clone(),
-            reason: format!("cannot encode request: {e}"),
-        }
-    })?);
+    let (status, bytes) = post_form(http, &url, &form).await?;
     drop(form);
-    let resp = http
-        .post(&url)
-        .header(
-            reqwest::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        )
-        .header(reqwest::header::ACCEPT, "application/json")
-        .body(body.expose_secret().to_owned())
-        .send()
-        .await
-        .map_err(|e| ExchangeError::Unavailable {
-            url: url.clone(),
-            reason: transport_reason(&e),
-        })?;
-    let status = resp.status();
-    let bytes = read_body(resp, &url).await?;
 
     if status.is_client_error() {
         return Err(match serde_json::from_slice::<LooseOAuthError>(&bytes) {

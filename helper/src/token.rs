@@ -411,7 +411,7 @@ fn mint(
         deadline,
         "minting a token",
         &url,
-        exchange::mint(&http, identity, &req, now),
+        exchange::mint(&http, identity, &req, now, deadline),
     )
     .map_err(|e| HelperError::Internal(format!("cannot start the async runtime: {e}")))?
 }

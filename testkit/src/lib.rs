@@ -5,6 +5,7 @@
 //!   in-process via [`mock::spawn`] or as the `tollgate-mock-upstream` binary, scriptable over
 //!   `/_mock/*` HTTP routes.
 //! - [`sse`]: a small Server-Sent Events parser for asserting on streams.
+//! - [`sso_portal`]: a fake AWS IAM Identity Center portal (`GetRoleCredentials`), which moto lacks.
 //! - [`procs`]: helpers to run the workspace's real binaries from end-to-end tests without leaking
 //!   processes.
 //!
@@ -14,6 +15,7 @@ pub mod idp;
 pub mod mock;
 pub mod procs;
 pub mod sse;
+pub mod sso_portal;
 
 pub use mock::{
     CallKind, Fault, MockConfig, MockHandle, RecordedRequest, ReportedUsage, ScriptStep, Scripted,
