@@ -17,4 +17,7 @@ pub mod procs;
 pub mod sse;
 pub mod sso_portal;
 
-pub use mock::{Fault, MockConfig, MockHandle, RecordedRequest, ReportedUsage, spawn};
+pub use mock::{
+    CallKind, Fault, MockConfig, MockHandle, RecordedRequest, ReportedUsage, ScriptStep, Scripted,
+    SessionScript, spawn,
+};
