@@ -27,12 +27,18 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with("[providers.demo]\nkind = \"demo\"\n[[routes]]\nmodel = \"*\"\ntargets = [{ provider = \"demo\" }]\n")
+        .await
+}
+
+/// The broker with these providers and routes.
+async fn harness_with(providers: &str) -> Harness {
     let dir = tempfile::tempdir().expect("tmp");
     let sha = tollgate_broker::identity::static_cred::hash_credential(CRED);
     let cfg = format!(
         "policy_file = \"policy.toml\"\n[server]\nstate_dir = \"state\"\n\
          [tokens]\nmax_ttl_secs = 7200\n[[credentials]]\nsubject = \"dev\"\nsha256 = \"{sha}\"\n\
-         [providers.demo]\nkind = \"demo\"\n[[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"demo\" }}]\n\
+         {providers}\
          [pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"1.25\", output = \"10\" }}\n"
     );
     std::fs::write(dir.path().join("broker.toml"), &cfg).expect("cfg");
@@ -279,4 +285,126 @@ async fn warm_up_then_incremental_turns_then_each_per_turn_check_ends_the_connec
         .await
         .expect("get");
     assert_eq!(r.status(), 405);
+}
+
+/// Codex 0.171.0's own WebSocket session (`testdata/codex-0.171/websocket_session.json`, recorded by
+/// `record.sh` from the real CLI: its handshake headers and its three `response.create` frames — the
+/// warm-up, the turn, the tool call's follow-up), replayed through an `openai` upstream. Each turn reaches
+/// the upstream as the POST Codex would have sent over HTTP: the whole conversation (the warm-up's input,
+/// the turn's, the answer, the tool output) and nothing of the WebSocket framing (`type`, `generate`,
+/// `previous_response_id`, `client_metadata`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_0171_websocket_frames_replay_as_full_posts_upstream() {
+    use tollgate_testkit::mock::{self, MockConfig};
+    let up = mock::spawn(MockConfig::default()).await;
+    let h = harness_with(&format!(
+        "[providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\n[[routes]]\nmodel = \"*\"\ntargets = [{{ provider = \"up\" }}]\n",
+        up.base_url()
+    ))
+    .await;
+    let (t, _) = token(&h, 7200).await;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/testdata/codex-0.171/websocket_session.json"
+    );
+    let fx: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+    assert_eq!(fx["codex_version"], "0.171.0");
+    let rec = &fx["request"];
+    assert_eq!(
+        rec["headers"]["openai-beta"],
+        "responses_websockets=2026-02-06"
+    );
+
+    // The handshake as Codex sent it, with our token (the upgrade's own headers are the client library's).
+    let mut req = format!("ws://{}/v1/responses", h.url)
+        .into_client_request()
+        .expect("request");
+    for (k, v) in rec["headers"].as_object().expect("headers") {
+        if matches!(
+            k.as_str(),
+            "authorization"
+                | "host"
+                | "connection"
+                | "upgrade"
+                | "sec-websocket-key"
+                | "sec-websocket-version"
+                | "sec-websocket-extensions"
+        ) {
+            continue;
+        }
+        req.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            v.as_str().expect("str").parse().expect("value"),
+        );
+    }
+    req.headers_mut().insert(
+        header::AUTHORIZATION,
+        format!("Bearer {t}").parse().expect("hv"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade");
+
+    let frames = rec["frames"].as_array().expect("frames");
+    assert_eq!(frames.len(), 3, "warm-up, turn, follow-up");
+    assert_eq!(frames[0]["generate"], false);
+    let input = |f: &Value| f["input"].as_array().expect("input").clone();
+
+    // Warm-up: answered by the broker, nothing upstream.
+    let ev = turn(&mut ws, frames[0].clone()).await;
+    let types: Vec<&str> = ev
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(types, ["response.created", "response.completed"]);
+    assert!(up.requests_to("/v1/responses").is_empty());
+    let warm = ev[1]["response"]["id"].as_str().expect("id").to_string();
+
+    // The turn, continued from the warm-up: the upstream gets both inputs, as one POST.
+    let mut f1 = frames[1].clone();
+    f1["previous_response_id"] = json!(warm);
+    let ev = turn(&mut ws, f1).await;
+    let done = ev.last().expect("events");
+    assert_eq!(done["type"], "response.completed", "{ev:?}");
+    let posts = up.requests_to("/v1/responses");
+    assert_eq!(posts.len(), 1);
+    let mut expected = input(&frames[0]);
+    expected.extend(input(&frames[1]));
+    assert_eq!(posts[0].body["input"], Value::Array(expected.clone()));
+    for k in [
+        "type",
+        "generate",
+        "previous_response_id",
+        "client_metadata",
+    ] {
+        assert!(posts[0].body.get(k).is_none(), "{k} went upstream");
+    }
+    assert_eq!(posts[0].body["stream"], true);
+    assert_eq!(
+        posts[0].body["tools"], frames[1]["tools"],
+        "tools unchanged"
+    );
+    let r1 = done["response"]["id"].as_str().expect("id").to_string();
+    expected.extend(
+        done["response"]["output"]
+            .as_array()
+            .expect("output")
+            .clone(),
+    );
+
+    // The follow-up (the tool's output), continued from the turn: everything so far, then the output.
+    let mut f2 = frames[2].clone();
+    f2["previous_response_id"] = json!(r1);
+    let ev = turn(&mut ws, f2).await;
+    assert_eq!(
+        ev.last().expect("events")["type"],
+        "response.completed",
+        "{ev:?}"
+    );
+    let posts = up.requests_to("/v1/responses");
+    assert_eq!(posts.len(), 2);
+    expected.extend(input(&frames[2]));
+    assert_eq!(posts[1].body["input"], Value::Array(expected));
+    assert!(posts[1].body.get("client_metadata").is_none());
 }

@@ -22,7 +22,9 @@
 //!   warm-up (`request_kind: "prewarm"`, no turn id); Codex sends each request's own metadata and window id
 //!   in the frame's `client_metadata` (the values it sends as headers over HTTP). Those replace the
 //!   handshake's for that turn ([`turn_headers`]), so the session record (turn, request kind, window) is
-//!   the same over WebSocket as over HTTP.
+//!   the same over WebSocket as over HTTP; the frame's `client_metadata` itself is not sent upstream (the
+//!   HTTP API has no such parameter). Replayed from Codex 0.171.0's own frames in
+//!   `broker/tests/websocket.rs` (`testdata/codex-0.171/websocket_session.json`).
 
 use super::{authenticate, proxy};
 use crate::app::AppState;
@@ -263,11 +265,14 @@ impl Connection {
         }
         frame.insert("input".into(), Value::Array(items.clone()));
         frame.insert("stream".into(), Value::Bool(true));
+        let headers = turn_headers(&self.headers, &frame);
+        // `client_metadata` is WebSocket-only (the HTTP API has no such parameter): its values went into
+        // this turn's headers above; the POST the upstream gets is the one Codex would have sent over HTTP.
+        frame.remove("client_metadata");
         let body = match serde_json::to_vec(&frame) {
             Ok(b) => Bytes::from(b),
             Err(_) => return Ok(After::Continue),
         };
-        let headers = turn_headers(&self.headers, &frame);
         let resp = match proxy(
             self.app.clone(),
             self.claims.clone(),

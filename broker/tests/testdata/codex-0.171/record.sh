@@ -6,7 +6,8 @@
 # Each scenario runs one `codex exec` in a fresh CODEX_HOME against capture.py (a scripted Responses mock
 # on 127.0.0.1, ephemeral port) configured as a custom provider with command auth, and keeps one request:
 # headers and body, with the bearer token, the loopback port, temp paths and the installation id replaced.
-# Offline; needs python3. Defaults: the 0.171.0 pin from the test tools, this folder.
+# Offline; needs python3. Defaults: the 0.171.0 pin from the test tools, this folder. ONLY="websocket …"
+# records just those scenarios (the others' fixtures stay as they are).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TOOLS="${TOLLGATE_TEST_TOOLS:-$HERE/../../../../.test-tools}"
@@ -16,9 +17,10 @@ VERSION="$("$CODEX" --version | awk '{print $2}')"
 SCRATCH="$(mktemp -d)"
 trap 'rm -rf "$SCRATCH"' EXIT
 
-# run NAME MODEL("" = none) SCRIPT_JSON EXTRA_TOML PROMPT
+# run NAME MODEL("" = none) SCRIPT_JSON EXTRA_TOML PROMPT [PROVIDER_TOML]
 run() {
-    local name="$1" model="$2" script="$3" extra="$4" prompt="$5"
+    local name="$1" model="$2" script="$3" extra="$4" prompt="$5" provider="${6:-}"
+    [[ -z "${ONLY:-}" || " $ONLY " == *" $name "* ]] || return 0
     local home="$SCRATCH/$name" port
     mkdir -p "$home/codex" "$home/work"
     python3 "$HERE/capture.py" "$home/req" "$script" >"$home/port" &
@@ -33,6 +35,7 @@ run() {
         echo 'name = "Capture"'
         echo "base_url = \"http://127.0.0.1:$port/v1\""
         echo 'wire_api = "responses"'
+        [[ -n "$provider" ]] && printf '%s\n' "$provider"
         echo 'request_max_retries = 0'
         echo 'stream_max_retries = 0'
         echo '[model_providers.capture.auth]'
@@ -64,6 +67,9 @@ run tool_search gpt-5.5 \
 run compaction gpt-5.5 \
     '[{"call":{"type":"function_call","name":"exec_command","arguments":"{\"cmd\":\"echo tool-ran-ok\"}"}},{"text":"summary of the work so far"},{"text":"done"}]' \
     "model_auto_compact_token_limit = 50" "please USE_TOOL now"
+run websocket gpt-5.5 \
+    '[{"call":{"type":"function_call","name":"exec_command","arguments":"{\"cmd\":\"echo tool-ran-ok\"}"}},{"text":"done"}]' \
+    "" "please USE_TOOL now" "supports_websockets = true"
 
 python3 - "$SCRATCH" "$OUT" "$VERSION" <<'PY'
 import glob, json, os, re, sys
@@ -77,14 +83,22 @@ keep = {
     "gpt55": ("gpt55_turn", "bundled gpt-5.5: apply_patch (custom), tool_search (client), web_search", 0),
     "tool_search": ("tool_search_followup", "gpt-5.5 follow-up: tool_search_call and tool_search_output with a namespace", 1),
     "compaction": ("compaction", "auto-compaction mid-turn: request_kind compaction, no tools", "compaction"),
+    "websocket": ("websocket_session", "WebSocket mode: the handshake's headers and every response.create frame (warm-up, turn, tool follow-up)", "ws"),
 }
 for name, (scenario, what, which) in keep.items():
-    posts = []
+    if not os.path.isdir(os.path.join(scratch, name)):
+        continue
+    posts, frames = [], []
     for f in sorted(glob.glob(os.path.join(scratch, name, "req", "*.json"))):
         r = json.load(open(f))
         if r["method"] == "POST":
             posts.append(r)
-    if which == "compaction":
+        elif r["method"] == "WS":
+            frames.append(r)
+    if which == "ws":
+        r = {"method": "GET", "path": frames[0]["path"], "query": frames[0]["query"],
+             "headers": frames[0]["headers"], "frames": [f["frame"] for f in frames]}
+    elif which == "compaction":
         r = next(p for p in posts if '"request_kind":"compaction"' in p["headers"].get("x-codex-turn-metadata", ""))
     else:
         r = posts[which]
