@@ -91,6 +91,22 @@ impl ApiError {
         }
     }
 
+    /// The `WWW-Authenticate` challenge of a 401 (RFC 6750 §3): a request without a token gets the bare
+    /// challenge; a token that was sent and refused (expired, revoked, malformed, foreign, outdated grant)
+    /// gets `error="invalid_token"`, the signal an OAuth client (Codex's `gateway_oauth`) acts on by
+    /// refreshing its token, where it otherwise retries the same token.
+    pub fn bearer_challenge(&self) -> HeaderValue {
+        match self {
+            ApiError::Unauthorized("missing") => {
+                HeaderValue::from_static("Bearer realm=\"tollgate\"")
+            }
+            _ => HeaderValue::from_static(
+                "Bearer realm=\"tollgate\", error=\"invalid_token\", \
+                 error_description=\"the access token is expired, revoked or invalid\"",
+            ),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -233,10 +249,8 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(s.max(1)));
         }
         if status == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"tollgate\""),
-            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, self.bearer_challenge());
         }
         r.extensions_mut().insert(ErrorKind(self.kind()));
         if let Some(reason) = self.refusal_reason() {

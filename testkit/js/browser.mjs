@@ -7,6 +7,7 @@
 //   "start": URL to open first,
 //   "user": login name at the IdP,
 //   "consent": "approve" | "deny" | "stop" (on the broker's consent page: click, or stop there),
+//   "idp": on the broker's choice of IdP, the `name` of the one to pick (default: the first),
 //   "user_code": code to type on the broker's device page (when it asks),
 //   "stop_prefix": stop when the browser is sent to a URL starting with this (a client's loopback
 //                  callback; the request is answered here and never reaches the network),
@@ -74,7 +75,10 @@ try {
       await Promise.all([page.waitForNavigation(), page.click('button[type="submit"]')]);
     } else if (await page.locator('button[name="idp"]').count()) {
       steps.push('broker-choose-idp');
-      await Promise.all([page.waitForNavigation(), page.locator('button[name="idp"]').first().click()]);
+      const choices = await page.locator('button[name="idp"]').evaluateAll((bs) => bs.map((b) => b.value));
+      steps.push(`idps:${choices.join(',')}`);
+      const pick = plan.idp ? page.locator(`button[name="idp"][value="${plan.idp}"]`) : page.locator('button[name="idp"]').first();
+      await Promise.all([page.waitForNavigation(), pick.click()]);
     } else {
       steps.push(`stop:${new URL(url).pathname}`);
       break;
