@@ -140,3 +140,243 @@ async fn codex_refreshes_silently_and_rotates_its_refresh_token() {
         );
     }
 }
+
+/// An administrator ends the person's sign-ins with the real `tollgate-broker admin` CLI. When Codex
+/// next needs a token it refreshes, the broker refuses (`invalid_grant`), and Codex asks the person to
+/// sign in again: the authorization URL, once; after the sign-in the turn goes through on a new sign-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_sign_in_makes_codex_ask_the_person_to_sign_in_again() {
+    for version in support::codex_versions() {
+        let broker = PeopleBroker::start(Options::default()).await;
+        let laptop = Laptop::new(&broker);
+        laptop.setup_codex().await;
+        broker.traffic.set_expires_in(30);
+        first_sign_in(&version, &broker, &laptop).await;
+        let held = codex_refresh_token(&broker);
+
+        let (code, out, err) = broker
+            .admin_cli(
+                &["sign-ins", "alice@example.com"],
+                Some(support::people::ADMIN_KEY),
+            )
+            .await;
+        assert_eq!((code, err.as_str()), (0, ""), "{out}");
+        let listed: Value = serde_json::from_str(&out).expect("JSON");
+        let family = listed["sessions"][0]["family_id"]
+            .as_str()
+            .expect("family")
+            .to_string();
+        assert_eq!(listed["sessions"][0]["client_id"], "codex", "{listed}");
+        let (code, out, err) = broker
+            .admin_cli(
+                &[
+                    "revoke-sign-in",
+                    "--who",
+                    "alice@example.com",
+                    "--reason",
+                    "laptop lost",
+                ],
+                Some(support::people::ADMIN_KEY),
+            )
+            .await;
+        assert_eq!((code, err.as_str()), (0, ""), "{out}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&out).expect("JSON"),
+            json!({"revoked": [family]})
+        );
+        broker.reload_revocations().await;
+
+        broker.traffic.clear();
+        let run = laptop.codex_exec(&version, &broker, Some("alice")).await;
+        let what = format!("{version}: after the revocation");
+        run.assert_turn_completed(&what);
+        assert_eq!(run.auth_urls.len(), 1, "{what}: asked once: {}", run.stderr);
+        assert_authorize_url(&run.auth_urls[0], &broker.url, &what);
+        let refused = broker.traffic.grants("refresh_token");
+        assert!(!refused.is_empty(), "{what}");
+        assert_eq!(
+            refused[0].refresh_token_sent.as_deref(),
+            Some(held.as_str()),
+            "{what}"
+        );
+        assert_eq!(
+            (refused[0].status, refused[0].error.as_deref()),
+            (400, Some("invalid_grant")),
+            "{what}"
+        );
+        assert_eq!(
+            broker.traffic.grants("authorization_code").len(),
+            1,
+            "{what}: a new sign-in"
+        );
+        let all = broker.sign_ins("alice@example.com", true).await;
+        assert_eq!(all.len(), 2, "{what}: {all:?}");
+        let old = all
+            .iter()
+            .find(|f| f["family_id"] == family.as_str())
+            .expect("old");
+        assert_eq!(old["revoked_reason"], "laptop lost", "{old}");
+        assert!(
+            all.iter()
+                .any(|f| f["family_id"] != family.as_str() && f["revoked_at"].is_null())
+        );
+    }
+}
+
+/// What Codex does with an access token the broker refuses before Codex's own clock says it is due
+/// (revoked, or expired early at the broker): 0.171.0 and 0.169.0 do not refresh after a 401 (with or
+/// without `WWW-Authenticate: Bearer error="invalid_token"`), and `codex logout` does not clear a
+/// gateway sign-in. They retry the same token (6 calls) and end the turn with the broker's message,
+/// which must say what happened and when Codex will ask for a sign-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_refused_before_codex_expects_it_ends_the_turn_with_the_brokers_message() {
+    for version in support::codex_versions() {
+        let broker = PeopleBroker::start(Options::default()).await;
+        let laptop = Laptop::new(&broker);
+        laptop.setup_codex().await;
+        first_sign_in(&version, &broker, &laptop).await;
+        let (code, _, err) = broker
+            .admin_cli(
+                &["revoke-sign-in", "--who", "alice@example.com"],
+                Some(support::people::ADMIN_KEY),
+            )
+            .await;
+        assert_eq!(code, 0, "{err}");
+        broker.reload_revocations().await;
+
+        // Revoked: the message says the sign-in ended and when Codex asks again (its token had 600 s).
+        broker.traffic.clear();
+        let run = laptop.codex_exec(&version, &broker, None).await;
+        let what = format!("{version}: revoked");
+        assert_eq!(run.status, Some(1), "{what}: {}", run.stderr);
+        assert!(run.auth_urls.is_empty(), "{what}: {}", run.stderr);
+        assert_eq!(broker.traffic.turns(), [401; 6], "{what}: bounded retries");
+        assert!(
+            broker.traffic.grants("refresh_token").is_empty(),
+            "{what}: no refresh after a 401"
+        );
+        assert!(
+            run.stderr.contains(
+                "401 Unauthorized: Tollgate: your sign-in was ended (revoked by an administrator, or signed out), \
+                 so its access token is refused. Sign in again: `tollgate-token login`; Codex signed in by itself \
+                 asks you to sign in again when it renews this token, in about 10 minute(s)."
+            ),
+            "{what}: {}",
+            run.stderr
+        );
+
+        // Expired early at the broker (its clock moved past the token's life and leeway): the plain message.
+        let broker = PeopleBroker::start(Options::default()).await;
+        let laptop = Laptop::new(&broker);
+        laptop.setup_codex().await;
+        first_sign_in(&version, &broker, &laptop).await;
+        broker.traffic.clear();
+        broker.advance(PAST_EXPIRY_SECS);
+        let run = laptop.codex_exec(&version, &broker, None).await;
+        let what = format!("{version}: expired at the broker");
+        assert_eq!(run.status, Some(1), "{what}: {}", run.stderr);
+        assert_eq!(broker.traffic.turns(), [401; 6], "{what}");
+        assert!(broker.traffic.grants("refresh_token").is_empty(), "{what}");
+        assert!(
+            run.stderr
+                .contains("401 Unauthorized: Tollgate: missing, expired or invalid access token."),
+            "{what}: {}",
+            run.stderr
+        );
+    }
+}
+
+/// A stolen refresh token: the thief uses Codex's current refresh token first (and gets a new one);
+/// Codex's own use of it is then a replay. The broker revokes the whole sign-in, the thief's new tokens
+/// with it, and Codex asks the person to sign in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_refresh_token_revokes_the_sign_in_and_codex_asks_again() {
+    for version in support::codex_versions() {
+        let broker = PeopleBroker::start(Options::default()).await;
+        let laptop = Laptop::new(&broker);
+        laptop.setup_codex().await;
+        broker.traffic.set_expires_in(30);
+        first_sign_in(&version, &broker, &laptop).await;
+        let held = codex_refresh_token(&broker);
+        let family = broker.sign_ins("alice@example.com", false).await[0]["family_id"].clone();
+
+        // The thief redeems Codex's refresh token at the token endpoint.
+        let http = reqwest::Client::new();
+        let stolen: Value = http
+            .post(format!("{}/oauth/token", broker.url))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", "codex"),
+                ("refresh_token", held.as_str()),
+            ])
+            .send()
+            .await
+            .expect("send")
+            .json()
+            .await
+            .expect("json");
+        let thief_rt = stolen["refresh_token"]
+            .as_str()
+            .expect("the thief got one")
+            .to_string();
+        let thief_at = stolen["access_token"].as_str().expect("at").to_string();
+
+        broker.traffic.clear();
+        let run = laptop.codex_exec(&version, &broker, Some("alice")).await;
+        let what = format!("{version}: after the theft");
+        run.assert_turn_completed(&what);
+        assert_eq!(run.auth_urls.len(), 1, "{what}: asked once: {}", run.stderr);
+        let replay = &broker.traffic.grants("refresh_token")[0];
+        assert_eq!(
+            replay.refresh_token_sent.as_deref(),
+            Some(held.as_str()),
+            "{what}"
+        );
+        assert_eq!(
+            (replay.status, replay.error.as_deref()),
+            (400, Some("invalid_grant")),
+            "{what}"
+        );
+        assert!(
+            replay.refresh_token_issued.is_none() && replay.access_token_issued.is_none(),
+            "{what}"
+        );
+
+        // The sign-in is over for the thief too.
+        let all = broker.sign_ins("alice@example.com", true).await;
+        let old = all
+            .iter()
+            .find(|f| f["family_id"] == family)
+            .expect("old sign-in");
+        assert_eq!(old["revoked_reason"], "refresh_replayed", "{what}: {old}");
+        let r = http
+            .post(format!("{}/oauth/token", broker.url))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", "codex"),
+                ("refresh_token", thief_rt.as_str()),
+            ])
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 400, "{what}");
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["error"], "invalid_grant", "{what}");
+        assert!(body.get("access_token").is_none(), "{what}");
+        broker.reload_revocations().await;
+        let r = http
+            .post(format!("{}/v1/responses", broker.url))
+            .bearer_auth(&thief_at)
+            .json(&json!({"model": "demo", "input": "hi", "stream": false}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(
+            r.status(),
+            401,
+            "{what}: the thief's access token is revoked"
+        );
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "sign_in_revoked", "{what}: {body}");
+    }
+}
