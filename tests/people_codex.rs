@@ -380,3 +380,199 @@ async fn a_replayed_refresh_token_revokes_the_sign_in_and_codex_asks_again() {
         assert_eq!(body["error"]["code"], "sign_in_revoked", "{what}: {body}");
     }
 }
+
+/// Codex's app server over stdio (JSON-RPC, one message a line): what the TUI and the IDE extensions use.
+struct AppServer {
+    child: tollgate_testkit::procs::ChildGuard,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    next_id: u64,
+    /// Every message the server sent, for failure messages.
+    seen: Vec<Value>,
+}
+
+impl AppServer {
+    fn start(version: &str, laptop: &Laptop) -> AppServer {
+        use std::process::Stdio;
+        let mut cmd = tokio::process::Command::new(support::codex_bin_for(version));
+        cmd.arg("app-server")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", laptop.home.path())
+            .env("CODEX_HOME", laptop.codex_home())
+            .env("RUST_LOG", "error")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = tollgate_testkit::procs::ChildGuard::spawn(cmd).expect("app-server");
+        let stdin = child.child().stdin.take().expect("stdin");
+        let stdout = child.take_stdout().expect("stdout");
+        use tokio::io::AsyncBufReadExt;
+        AppServer {
+            child,
+            stdin,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+            next_id: 1,
+            seen: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, v: Value) {
+        use tokio::io::AsyncWriteExt;
+        let mut line = v.to_string();
+        line.push('\n');
+        self.stdin.write_all(line.as_bytes()).await.expect("write");
+        self.stdin.flush().await.expect("flush");
+    }
+
+    /// The next message that `pick` accepts (others are kept in `seen`), within 60 s.
+    async fn wait_for(&mut self, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no {what} within 60 s: {:#?}", self.seen))
+                .expect("read")
+                .unwrap_or_else(|| panic!("app server closed before {what}: {:#?}", self.seen));
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            self.seen.push(v.clone());
+            if pick(&v) {
+                return v;
+            }
+        }
+    }
+
+    async fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(json!({"id": id, "method": method, "params": params}))
+            .await;
+        let v = self
+            .wait_for(method, |v| {
+                v["id"] == json!(id) && v.get("method").is_none()
+            })
+            .await;
+        assert!(v.get("error").is_none(), "{method}: {v}");
+        v["result"].clone()
+    }
+}
+
+/// The device flow with Codex: `codex exec` only offers the browser flow, but Codex's app server (the
+/// TUI's and the IDE extensions' backend) signs in to a gateway with the device grant when the config
+/// names `device_authorization_url` (`account/gatewayOAuth/login` with `deviceAuth`). The person opens
+/// the verification URL on another device, signs in at the IdP and approves on the broker's device
+/// page; Codex's poll gets the tokens; `codex exec` then works without a sign-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_signs_in_with_the_device_flow_through_its_app_server() {
+    for version in support::codex_versions() {
+        let broker = PeopleBroker::start(Options::default()).await;
+        let laptop = Laptop::new(&broker);
+        laptop.setup_codex().await;
+        broker.traffic.keep_clock_with_real_time(&broker.clock);
+        let mut app = AppServer::start(&version, &laptop);
+        app.request(
+            "initialize",
+            json!({"clientInfo": {"name": "tollgate-test", "title": null, "version": "0"},
+                   "capabilities": {"experimentalApi": true, "requestAttestation": false,
+                                    "explicitGatewayOauth": true}}),
+        )
+        .await;
+        app.send(json!({"method": "initialized"})).await;
+        let read = app.request("account/gatewayOAuth/read", json!({})).await;
+        assert_eq!(
+            read,
+            json!({"error": null, "providerId": "tollgate", "providerName": "Tollgate", "required": true,
+                   "status": "notReady", "supportsDeviceAuth": true}),
+            "{version}: the device flow is offered because the config names device_authorization_url"
+        );
+        let login = app
+            .request("account/gatewayOAuth/login", json!({"deviceAuth": true}))
+            .await;
+        let prompt = &login["prompt"];
+        assert_eq!(
+            prompt["verificationUrl"],
+            format!("{}/oauth/device", broker.url),
+            "{version}: {login}"
+        );
+        let user_code = prompt["userCode"].as_str().expect("user code").to_string();
+        assert!(
+            user_code.len() == 9
+                && user_code.as_bytes()[4] == b'-'
+                && user_code
+                    .chars()
+                    .filter(|c| *c != '-')
+                    .all(|c| c.is_ascii_uppercase()),
+            "{version}: {user_code}"
+        );
+        let login_id = prompt["loginId"].clone();
+        assert_eq!(
+            broker.traffic.count("POST", "/oauth/device_authorization"),
+            1,
+            "{version}"
+        );
+
+        // The person, on another device: the verification page, the code, the IdP, the consent.
+        let page = broker
+            .person_signs_in_with_code(&format!("{}/oauth/device", broker.url), &user_code, "alice")
+            .await;
+        assert_eq!(
+            page["steps"],
+            json!([
+                "broker-device",
+                "idp-login",
+                "idp-consent",
+                "broker-consent",
+                "stop:/oauth/consent"
+            ]),
+            "{version}: {page}"
+        );
+        assert_eq!(
+            page["text"],
+            format!(
+                "Device signed in\n\nThe device showing {user_code} is signed in. You can close this window."
+            ),
+            "{version}"
+        );
+        let done = app
+            .wait_for("account/gatewayOAuth/changed", |v| {
+                v["method"] == "account/gatewayOAuth/changed" && v["params"]["loginId"] == login_id
+            })
+            .await;
+        assert_eq!(
+            done["params"],
+            json!({"authUrl": null, "error": null, "loginId": login_id, "providerId": "tollgate",
+                   "status": "succeeded"}),
+            "{version}"
+        );
+        let polls = broker
+            .traffic
+            .grants("urn:ietf:params:oauth:grant-type:device_code");
+        assert_eq!(
+            polls.last().map(|p| p.status),
+            Some(200),
+            "{version}: {polls:?}"
+        );
+        assert!(
+            polls[..polls.len() - 1]
+                .iter()
+                .all(|p| p.error.as_deref() == Some("authorization_pending")),
+            "{version}: polled at the interval: {polls:?}"
+        );
+        assert!(
+            broker.traffic.grants("authorization_code").is_empty(),
+            "{version}"
+        );
+        drop(app);
+
+        // `codex exec` uses the device sign-in: no browser, the turn completes as alice.
+        let run = laptop.codex_exec(&version, &broker, None).await;
+        run.assert_turn_completed(&format!("{version}: after the device sign-in"));
+        assert!(run.auth_urls.is_empty(), "{version}: {}", run.stderr);
+        let families = broker.sign_ins("alice@example.com", false).await;
+        assert_eq!(families.len(), 1, "{version}: {families:?}");
+        assert_eq!(families[0]["client_id"], "codex", "{version}");
+    }
+}

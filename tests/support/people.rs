@@ -61,7 +61,11 @@ pub struct Seen {
 /// Every request to `/oauth/*` and `/v1/*`, in order; and the life clients are told a token has
 /// ([`Traffic::set_expires_in`]).
 #[derive(Clone, Default)]
-pub struct Traffic(Arc<Mutex<Vec<Seen>>>, Arc<Mutex<Option<u64>>>);
+pub struct Traffic(
+    Arc<Mutex<Vec<Seen>>>,
+    Arc<Mutex<Option<u64>>>,
+    Arc<Mutex<Option<FakeClock>>>,
+);
 
 impl Traffic {
     pub fn all(&self) -> Vec<Seen> {
@@ -74,6 +78,15 @@ impl Traffic {
     pub fn set_expires_in(&self, secs: u64) {
         if let Ok(mut t) = self.1.lock() {
             *t = Some(secs);
+        }
+    }
+
+    /// Before each call to the token endpoint, bring the broker's clock up to the real time (it never goes
+    /// back): for a client that keeps time by the real clock, such as Codex polling a device code every
+    /// `interval` seconds.
+    pub fn keep_clock_with_real_time(&self, clock: &FakeClock) {
+        if let Ok(mut c) = self.2.lock() {
+            *c = Some(clock.clone());
         }
     }
 
@@ -133,6 +146,10 @@ async fn record(
     } else {
         (req, BTreeMap::new())
     };
+    if token_call && let Some(clock) = traffic.2.lock().ok().and_then(|c| c.clone()) {
+        use tollgate_broker::clock::Clock;
+        clock.set(clock.now_secs().max(now_secs()));
+    }
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
     let (resp, answer, raw) = if token_call {
@@ -321,6 +338,20 @@ unpriced_price = {{ input = "1", output = "2" }}
             "user": user,
             "consent": "approve",
             "idp": idp,
+            "allow_ports": self.ports(),
+        }))
+        .await
+    }
+
+    /// The person opens a device flow's verification URL on another device, types `user_code` if the
+    /// page asks, signs in and approves.
+    pub async fn person_signs_in_with_code(&self, url: &str, user_code: &str, user: &str) -> Value {
+        self.advance(0);
+        browser(json!({
+            "start": url,
+            "user": user,
+            "consent": "approve",
+            "user_code": user_code,
             "allow_ports": self.ports(),
         }))
         .await
