@@ -1,17 +1,26 @@
 //! Codex signs in by itself (`gateway_oauth`) and keeps working, end to end with the real Codex in every
 //! pinned version (0.171.0 and 0.169.0 both speak `gateway_oauth`), the broker in process with a fake
 //! clock, the company IdP (npm `oidc-provider`) and a person at headless Chromium
-//! (`tests/support/people.rs`):
+//! (`tests/support/people.rs`). What the binaries do, verified here:
 //!
-//! - the access token expires (the broker's clock moves past its life) and Codex refreshes it silently
-//!   through the token endpoint after the broker's rejection: the refresh token rotates, no browser step,
-//!   the turn completes; the next expiry uses the rotated refresh token;
-//! - an administrator revokes the person's sign-ins with the real `tollgate-broker admin` CLI: the next
-//!   turn asks the person to sign in again (the authorization URL, once), and goes through after it;
+//! - Codex plans its refresh by the token answer's `expires_in` on its own clock (30 s before the end) and
+//!   refreshes silently through the token endpoint: the refresh token rotates, Codex presents the one it
+//!   was given last, no browser step, the turn completes;
+//! - it does not refresh after a 401 (with or without `error="invalid_token"`): a token the broker refuses
+//!   before Codex's clock says it is due (revoked, expired early) ends the turn after 6 tries with the
+//!   broker's message, which says what happened;
+//! - an administrator revokes the person's sign-ins with the real `tollgate-broker admin` CLI: when Codex
+//!   next refreshes, the broker refuses (`invalid_grant`) and Codex asks the person to sign in again (the
+//!   authorization URL, once), and the turn goes through after it;
 //! - a stolen refresh token used before Codex uses it makes Codex's own use a replay: the family is
-//!   revoked (the thief's new token too), and Codex asks for a new sign-in;
-//! - the device flow: Codex offers it through its app server (`account/gatewayOAuth/login` with
-//!   `deviceAuth`), not in `codex exec`; driven end to end, the person approves on the broker's device page.
+//!   revoked (the thief's new tokens too), and Codex asks for a new sign-in;
+//! - the device flow: `codex exec` offers only the browser; Codex's app server (the TUI's and the IDE
+//!   extensions' backend) signs in with the device grant (`account/gatewayOAuth/login` with `deviceAuth`)
+//!   when the config names `device_authorization_url`; driven end to end, the person types the code on
+//!   the broker's device page.
+//!
+//! Codex's clock cannot be moved (a static binary): where a test needs Codex to consider its token due, the
+//! broker's answers tell it `expires_in = 30` (its refresh margin) rather than waiting.
 
 mod support;
 
