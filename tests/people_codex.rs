@@ -88,6 +88,41 @@ fn assert_rotating_refreshes(broker: &PeopleBroker, held: &str, what: &str) -> S
     held
 }
 
+/// `tollgate-token setup --oauth` writes Codex's `gateway_oauth` from the broker's metadata (keeping the
+/// person's TOML); Codex's first turn prints the broker's authorization URL, the person signs in at the
+/// broker (the IdP behind it), Codex takes the code on its own loopback port, and the turn goes through
+/// the broker with the broker's token, as a sign-in of client `codex`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_signs_in_by_itself_through_the_broker_and_the_turn_completes() {
+    for version in support::codex_versions() {
+        let broker = PeopleBroker::start(Options::default()).await;
+        let laptop = Laptop::new(&broker);
+        let b = &broker.url;
+        let config = laptop.setup_codex().await;
+        assert!(config.starts_with("# mine\nmodel = \"demo\"\n"), "{config}");
+        assert!(
+            config.contains(&format!(
+                "[model_providers.tollgate.gateway_oauth]\nauthorization_url = \"{b}/oauth/authorize\"\ntoken_url = \"{b}/oauth/token\"\n\
+                 device_authorization_url = \"{b}/oauth/device_authorization\"\nclient_id = \"codex\"\n\
+                 scopes = [\"models\", \"offline_access\"]\nresource = \"{b}\"\ncredentials_store = \"file\"\n"
+            )),
+            "{config}"
+        );
+        assert!(
+            !config.contains("[model_providers.tollgate.auth]"),
+            "{config}"
+        );
+        first_sign_in(&version, &broker, &laptop).await;
+        // RFC 8707: Codex names the broker as the resource when it redeems the code.
+        let code = &broker.traffic.grants("authorization_code")[0];
+        assert_eq!(code.form.get("resource"), Some(b), "{version}");
+        let sessions = broker.sign_ins("alice@example.com", false).await;
+        assert_eq!(sessions.len(), 1, "{version}: {sessions:?}");
+        assert_eq!(sessions[0]["client_id"], "codex", "{version}");
+        assert_eq!(broker.traffic.turns().last(), Some(&200), "{version}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codex_refreshes_silently_and_rotates_its_refresh_token() {
     for version in support::codex_versions() {

@@ -11,7 +11,8 @@
 //   "user_code": code to type on the broker's device page (when it asks),
 //   "stop_prefix": stop when the browser is sent to a URL starting with this (a client's loopback
 //                  callback; the request is answered here and never reaches the network),
-//   "allow_ports": the loopback ports of the broker and the IdP,
+//   "allow_ports": the loopback ports of the broker and the IdP (the start page's port and its
+//                  `redirect_uri`'s are allowed too),
 //   "forge": optional: on the broker's consent page, replace its CSRF token with this value first
 // }
 // Prints one JSON line: {"final_url", "status", "title", "text", "steps": [...], "headers": {...}}.
@@ -22,11 +23,17 @@ const [modules, planText] = process.argv.slice(2);
 const plan = JSON.parse(planText);
 const { chromium } = await import(pathToFileURL(path.join(modules, 'playwright-core', 'index.mjs')));
 
+// Port 0 may land on a port Chromium blocks as unsafe (ERR_UNSAFE_PORT): allow the plan's ports (the
+// broker's, the IdPs'), the start page's and the client's loopback redirect's.
+const ports = new Set((plan.allow_ports || []).map(String));
+const start = new URL(plan.start);
+if (start.port) ports.add(start.port);
+const redirect = start.searchParams.get('redirect_uri');
+if (redirect && new URL(redirect).port) ports.add(new URL(redirect).port);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  // Port 0 may land on a port Chromium blocks as unsafe (ERR_UNSAFE_PORT): the plan names ours.
   args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-dev-shm-usage',
-    `--explicitly-allowed-ports=${(plan.allow_ports || []).join(',')}`],
+    `--explicitly-allowed-ports=${[...ports].join(',')}`],
 });
 const steps = [];
 let finalUrl = null;

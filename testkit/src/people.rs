@@ -107,23 +107,10 @@ pub fn port_of(url: &str) -> Option<u16> {
 }
 
 /// Play the person in Chromium through the real pages, following `plan` (see `testkit/js/browser.mjs`:
-/// `start`, `user`, `consent`, `idp`, `user_code`, `stop_prefix`, `allow_ports`, `forge`). The ports of
-/// `start` and of its `redirect_uri` are allowed on top of `allow_ports`. Returns the browser's JSON
-/// (`final_url`, `status`, `title`, `text`, `steps`, `headers`); panics with its stderr if it failed.
-pub async fn browser(mut plan: Value) -> Value {
-    let mut ports: Vec<Value> = plan["allow_ports"].as_array().cloned().unwrap_or_default();
-    if let Some(start) = plan["start"].as_str() {
-        ports.extend(port_of(start).map(Value::from));
-        let redirect = start
-            .split_once('?')
-            .map(|(_, q)| q)
-            .unwrap_or("")
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("redirect_uri="))
-            .map(|v| v.replace("%3A", ":").replace("%2F", "/"));
-        ports.extend(redirect.as_deref().and_then(port_of).map(Value::from));
-    }
-    plan["allow_ports"] = Value::Array(ports);
+/// `start`, `user`, `consent`, `idp`, `user_code`, `stop_prefix`, `allow_ports`, `forge`). Returns the
+/// browser's JSON (`final_url`, `status`, `title`, `text`, `steps`, `headers`); panics with its stderr if
+/// it failed.
+pub async fn browser(plan: Value) -> Value {
     let out = tokio::time::timeout(
         Duration::from_secs(90),
         tokio::process::Command::new("node")
@@ -150,6 +137,30 @@ pub async fn browser(mut plan: Value) -> Value {
     })
 }
 
+/// A `$BROWSER` for a program that opens a sign-in page itself (`tollgate-token login`): a script in
+/// `dir` that plays `user` at headless Chromium from the URL it is given (approving the consent; picking
+/// the first IdP), allowed onto `allow_ports`, appending what the browser printed to `log`.
+pub fn browser_script(dir: &Path, user: &str, allow_ports: &[u16], log: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("browser.sh");
+    let ports = allow_ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    // The URL goes into the JSON plan as it is: a sign-in URL is percent-encoded (no quote, no backslash).
+    let text = format!(
+        "#!/bin/sh\nexec node '{}' '{}' \"{{\\\"start\\\":\\\"$1\\\",\\\"user\\\":\\\"{user}\\\",\\\"consent\\\":\\\"approve\\\",\\\"allow_ports\\\":[{ports}]}}\" >>'{}' 2>&1\n",
+        js("browser.mjs").display(),
+        idp_modules().display(),
+        log.display()
+    );
+    std::fs::write(&script, text).unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    script
+}
+
 #[cfg(test)]
 mod tests {
     use super::port_of;
@@ -165,5 +176,18 @@ mod tests {
         ] {
             assert_eq!(port_of(url), port, "{url}");
         }
+    }
+
+    #[test]
+    fn the_browser_script_puts_the_url_into_a_json_plan() {
+        let dir = std::env::temp_dir().join(format!("tollgate-browser-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let script = super::browser_script(&dir, "alice", &[1, 2], &dir.join("log"));
+        let text = std::fs::read_to_string(&script).expect("read");
+        assert!(
+            text.contains(r#" "{\"start\":\"$1\",\"user\":\"alice\",\"consent\":\"approve\",\"allow_ports\":[1,2]}" >>'"#),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

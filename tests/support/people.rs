@@ -357,6 +357,80 @@ unpriced_price = {{ input = "1", output = "2" }}
         .await
     }
 
+    /// A client (`codex`, `tollgate-token`) signs `user` in with the browser flow, played by the test:
+    /// PKCE S256, an exact `state`, a loopback redirect the browser stops at (nothing listens there), the
+    /// person at the real pages (picking `idp` on the choice page, if given), the code redeemed. Returns
+    /// the token endpoint's answer and what the browser saw.
+    pub async fn client_signs_in(
+        &self,
+        client: &str,
+        user: &str,
+        idp: Option<&str>,
+    ) -> (Value, Value) {
+        use base64::Engine;
+        let verifier = format!("{}{}", uuid_like(), uuid_like());
+        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(<sha2::Sha256 as sha2::Digest>::digest(verifier.as_bytes()));
+        let state = uuid_like();
+        // A port nobody listens on: the browser stops at the redirect.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a port")
+            .port();
+        let redirect = format!("http://127.0.0.1:{port}/callback");
+        let url = format!(
+            "{}/oauth/authorize?{}",
+            self.url,
+            serde_urlencoded::to_string([
+                ("response_type", "code"),
+                ("client_id", client),
+                ("redirect_uri", redirect.as_str()),
+                ("code_challenge", challenge.as_str()),
+                ("code_challenge_method", "S256"),
+                ("state", state.as_str()),
+                ("scope", "models offline_access"),
+                ("resource", self.url.as_str()),
+            ])
+            .expect("query")
+        );
+        self.advance(0);
+        let seen = browser(json!({
+            "start": url,
+            "user": user,
+            "consent": "approve",
+            "idp": idp,
+            "stop_prefix": format!("http://127.0.0.1:{port}/"),
+            "allow_ports": self.ports(),
+        }))
+        .await;
+        let query: BTreeMap<String, String> = seen["final_url"]
+            .as_str()
+            .and_then(|u| u.split_once('?'))
+            .and_then(|(_, q)| serde_urlencoded::from_str(q).ok())
+            .unwrap_or_default();
+        assert_eq!(query.get("state"), Some(&state), "exact state: {seen}");
+        let code = query
+            .get("code")
+            .unwrap_or_else(|| panic!("a code: {seen}"));
+        let answer: Value = reqwest::Client::new()
+            .post(format!("{}/oauth/token", self.url))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("client_id", client),
+                ("code", code.as_str()),
+                ("redirect_uri", redirect.as_str()),
+                ("code_verifier", verifier.as_str()),
+            ])
+            .send()
+            .await
+            .expect("send")
+            .json()
+            .await
+            .expect("json");
+        assert!(answer["access_token"].is_string(), "{answer}");
+        (answer, seen)
+    }
+
     /// The revocation list as every replica's background round reloads it.
     pub async fn reload_revocations(&self) {
         self.state
@@ -592,6 +666,11 @@ impl Laptop {
             signed_in,
         }
     }
+}
+
+/// 32 random hex characters (a PKCE verifier is two).
+fn uuid_like() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// One `codex exec`.
