@@ -427,7 +427,8 @@ async fn a_replayed_refresh_token_revokes_the_sign_in_and_codex_asks_again() {
 
 /// Codex's app server over stdio (JSON-RPC, one message a line): what the TUI and the IDE extensions use.
 struct AppServer {
-    child: tollgate_testkit::procs::ChildGuard,
+    /// Kept for its drop: the app server's process group is killed with it.
+    _child: tollgate_testkit::procs::ChildGuard,
     stdin: tokio::process::ChildStdin,
     lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
     next_id: u64,
@@ -454,7 +455,7 @@ impl AppServer {
         let stdout = child.take_stdout().expect("stdout");
         use tokio::io::AsyncBufReadExt;
         AppServer {
-            child,
+            _child: child,
             stdin,
             lines: tokio::io::BufReader::new(stdout).lines(),
             next_id: 1,
