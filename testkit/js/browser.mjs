@@ -9,6 +9,7 @@
 //   "consent": "approve" | "deny" | "stop" (on the broker's consent page: click, or stop there),
 //   "idp": on the broker's choice of IdP, the `name` of the one to pick (default: the first),
 //   "user_code": code to type on the broker's device page (when it asks),
+//   "at_idp": "abort" to cancel at the IdP's login page instead of signing in,
 //   "stop_prefix": stop when the browser is sent to a URL starting with this (a client's loopback
 //                  callback; the request is answered here and never reaches the network),
 //   "allow_ports": the loopback ports of the broker and the IdP (the start page's port and its
@@ -58,11 +59,18 @@ try {
   await page.goto(plan.start);
   for (let i = 0; i < 12 && !finalUrl; i++) {
     const url = page.url();
-    if (await page.locator('input[name="login"]').count()) {
+    if (plan.at_idp === 'abort' && await page.locator('a[href$="/abort"]').count()) {
+      steps.push('idp-abort');
+      await Promise.all([page.waitForNavigation(), page.click('a[href$="/abort"]')]);
+    } else if (await page.locator('input[name="login"]').count()) {
       steps.push('idp-login');
       await page.fill('input[name="login"]', plan.user);
       await page.fill('input[name="password"]', 'test-password');
       await Promise.all([page.waitForNavigation(), page.click('button[type="submit"]')]);
+    } else if (await page.locator('form[id="op.deviceConfirmForm"]').count()) {
+      // The IdP's own device flow (a client signing in at the IdP directly): confirm the code shown.
+      steps.push('idp-device-confirm');
+      await Promise.all([page.waitForNavigation(), page.click('button[autofocus]')]);
     } else if (await page.locator('input[name="prompt"][value="consent"]').count()) {
       steps.push('idp-consent');
       await Promise.all([page.waitForNavigation(), page.click('button[type="submit"]')]);
