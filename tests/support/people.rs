@@ -52,8 +52,9 @@ pub struct Seen {
     pub error: Option<String>,
     /// Whether an `Authorization` header was sent.
     pub authorization: bool,
-    /// The request's query string; `/oauth/token` and `/oauth/revoke`: the whole form, and the raw answer.
+    /// The request's query string.
     pub query: String,
+    /// `/oauth/token` and `/oauth/revoke`: the whole form, and the answer as sent.
     pub form: BTreeMap<String, String>,
     pub answer: String,
 }
@@ -593,6 +594,7 @@ impl Laptop {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", home)
         .env("CODEX_HOME", self.codex_home())
+        // `TOLLGATE_TEST_CODEX_LOG=debug` shows what Codex does (in a failing test's message).
         .env(
             "RUST_LOG",
             std::env::var("TOLLGATE_TEST_CODEX_LOG").unwrap_or_else(|_| "error".into()),
