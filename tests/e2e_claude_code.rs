@@ -13,6 +13,9 @@ use tollgate_testkit::mock::{MockConfig, spawn};
 
 const TURN: Duration = Duration::from_secs(90);
 const MODEL: &str = "claude-sonnet-4-5";
+const ADMIN_KEY: &str = "e2e-claude-code-admin-key";
+/// The session id the tool turn runs under (`claude --session-id`).
+const SESSION: &str = "5b0f3c1e-8d2a-4c4e-9f57-0a3d2b1c9e11";
 
 fn spec(kind: &str, upstream: &str, budget: &str) -> BrokerSpec {
     BrokerSpec {
@@ -20,7 +23,9 @@ fn spec(kind: &str, upstream: &str, budget: &str) -> BrokerSpec {
             "[providers.up]\nkind = \"{kind}\"\nbase_url = \"{upstream}\"\napi_key_env = \"E2E_UPSTREAM_KEY\"\n\n\
              [[routes]]\nmodel = \"claude-haiku-4-5\"\ntargets = [{{ provider = \"up\" }}]\n\n\
              [[routes]]\nmodel = \"claude-*\"\ntargets = [{{ provider = \"up\" }}]\n\n\
-             [pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"1.25\", output = \"10\" }}\n{budget}"
+             [pricing]\nunpriced = \"charge\"\nunpriced_price = {{ input = \"1.25\", output = \"10\" }}\n\
+             [admin]\nkey_sha256 = \"{admin}\"\n{budget}",
+            admin = support::sha256_hex(ADMIN_KEY)
         ),
         policy: "[[rule]]\nname = \"dev\"\nmatch = { kind = \"static\", subject = \"dev\" }\nteam = \"e2e\"\n\
                  models = [\"claude-*\"]\nmax_ttl_secs = 3600\n"
@@ -69,10 +74,18 @@ async fn turns_through(kind: &str) {
     assert_eq!(broker.mints(), 1, "{kind}: one mint for the first turn");
 
     // A tool turn: the model asks for Bash, Claude Code runs it in the repository, the result goes back.
+    let before = mock.requests_to(upstream_path(kind)).len();
     let run = env
         .run(
             "USE_TOOL: append a line to notes.txt",
-            &["--model", MODEL, "--allowedTools", "Bash"],
+            &[
+                "--model",
+                MODEL,
+                "--allowedTools",
+                "Bash",
+                "--session-id",
+                SESSION,
+            ],
             TURN,
         )
         .await;
@@ -106,6 +119,35 @@ async fn turns_through(kind: &str) {
         );
         assert!(last.body.get("max_tokens").is_some());
     }
+
+    // Claude Code's session (its `X-Claude-Code-Session-Id`) is a session of the broker's spend records:
+    // every request of the tool turn, with the tokens the mock reported for them.
+    let session_posts = &posts[before..];
+    let r = reqwest::Client::new()
+        .get(format!("{}/admin/v1/sessions/{SESSION}", broker.url))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("session report");
+    assert_eq!(r.status(), 200, "{kind}");
+    let v: serde_json::Value = r.json().await.expect("json");
+    let sum = |f: fn(&tollgate_testkit::ReportedUsage) -> u64| -> u64 {
+        session_posts
+            .iter()
+            .map(|p| p.usage.as_ref().map_or(0, f))
+            .sum()
+    };
+    assert_eq!(v["totals"]["requests"], session_posts.len(), "{kind}: {v}");
+    assert_eq!(
+        v["totals"]["input_tokens"],
+        sum(|u| u.input_tokens),
+        "{kind}: {v}"
+    );
+    assert_eq!(
+        v["totals"]["output_tokens"],
+        sum(|u| u.output_tokens),
+        "{kind}: {v}"
+    );
 
     // What the broker recorded equals what the mock reported.
     let reported = mock.total_reported_usage();

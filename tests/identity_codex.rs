@@ -289,3 +289,136 @@ async fn codex_turn_with_an_azure_app_service_managed_identity() {
     assert_no_secret(&run.all(), &[idp.identity_header()], "codex output");
     assert_no_secret(&broker.log(), &[idp.identity_header()], "broker log");
 }
+
+// ------------------------------------------------------------------ developer cloud sign-ins
+
+/// A developer whose company signs them in to AWS through IAM Identity Center and to Azure through the
+/// Azure CLI: Codex's auth command reuses that sign-in (`aws` with an SSO profile; `azure-cli`), no key
+/// and no Tollgate sign-in on the laptop. The fakes are those of `tests/identity_developer.rs`.
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_turns_on_developer_cloud_sign_ins() {
+    use std::os::unix::fs::PermissionsExt;
+    let moto = support::peers::moto().await;
+    let user = support::peers::moto_iam_user(&moto.1);
+    let role = support::peers::moto_assume_role(
+        &moto.1,
+        &user,
+        "arn:aws:iam::123456789012:role/AWSReservedSSO_Developer_0123456789abcdef",
+        "ada@example.com",
+    );
+    let portal = tollgate_testkit::sso_portal::spawn().await.expect("portal");
+    let access_token = "aoaAAAAAGbsSSOaccesstoken-codex-0001";
+    portal.assign(
+        access_token,
+        "123456789012",
+        "Developer",
+        tollgate_testkit::sso_portal::RoleCredentials {
+            access_key_id: role.access_key_id.clone(),
+            secret_access_key: role.secret_access_key.clone(),
+            session_token: role.session_token.clone(),
+            expiration_ms: 4_102_444_800_000,
+        },
+    );
+    let idp = idp::spawn(IdpConfig::default()).await.expect("idp");
+    let tenant = idp.managed_identity().tenant.clone();
+    let mock = mock_upstream().await;
+    let broker = broker_with(
+        &mock,
+        &format!(
+            "[identity.aws]\nserver_id = \"tollgate-e2e\"\nendpoints = [{{ region = \"us-east-1\", url = \"{}\" }}]\n\n\
+             [[identity.azure]]\nauthority = \"{}\"\ntenants = [\"{tenant}\"]\naudiences = [\"api://tollgate\"]\n",
+            moto.1,
+            idp.authority()
+        ),
+        "[[rule]]\nname = \"sso-developers\"\nmatch = { kind = \"aws\", subject = \"arn:aws:iam::123456789012:role/AWSReservedSSO_Developer_*\" }\n\
+         principal = \"sso:{attr.session}\"\nteam = \"developers\"\nmodels = [\"gpt-5*\"]\n\n\
+         [[rule]]\nname = \"azure-cli-people\"\nmatch = { kind = \"azure\", attributes = { appid = \"04b07795-8ddb-461a-bbee-02f9e1bf7b46\" } }\n\
+         principal = \"person:{attr.upn}\"\nteam = \"developers\"\nmodels = [\"gpt-5*\"]\n",
+    )
+    .await;
+
+    // AWS IAM Identity Center: `~/.aws/config` and the token `aws sso login` cached.
+    let mut codex = CodexEnv::new(&broker.url, "gpt-5.5", "");
+    let aws = codex.home.path().join(".aws");
+    std::fs::create_dir_all(aws.join("sso/cache")).expect("mkdir");
+    std::fs::write(
+        aws.join("config"),
+        "[profile dev]\nsso_session = corp\nsso_account_id = 123456789012\nsso_role_name = Developer\n\n\
+         [sso-session corp]\nsso_start_url = https://d-1234567890.awsapps.com/start\nsso_region = us-east-1\n",
+    )
+    .expect("write");
+    std::fs::write(
+        aws.join("sso/cache/ee0bfd2552fbd840c02cc48b6e823320543c450f.json"),
+        json!({"startUrl": "https://d-1234567890.awsapps.com/start", "region": "us-east-1",
+               "accessToken": access_token, "expiresAt": "2099-12-31T00:00:00Z"})
+        .to_string(),
+    )
+    .expect("write");
+    codex
+        .pass_env("TOLLGATE_IDENTITY", "aws")
+        .pass_env("AWS_PROFILE", "dev")
+        .pass_env("AWS_ENDPOINT_URL_SSO", portal.url())
+        .pass_env("TOLLGATE_AWS_STS_URL", format!("{}/", moto.1))
+        .pass_env("TOLLGATE_AWS_SERVER_ID", "tollgate-e2e");
+    let run = turn_through_broker(
+        &broker,
+        &codex,
+        "hello from an IAM Identity Center sign-in",
+        "sso:ada@example.com",
+        "aws",
+        "sso-developers",
+    )
+    .await;
+    assert!(portal.calls() >= 1);
+    let secrets = [
+        access_token,
+        role.secret_access_key.as_str(),
+        role.session_token.as_str(),
+    ];
+    assert_no_secret(&run.all(), &secrets, "codex output");
+    assert_no_secret(&broker.log(), &secrets, "broker log");
+
+    // The Azure CLI: a stand-in `az` printing a person's Entra token for the broker's app.
+    let token = idp
+        .mint(&MintRequest {
+            iss: Some(format!("https://sts.windows.net/{tenant}/")),
+            aud: Some(json!("api://tollgate")),
+            ttl_secs: Some(3600),
+            claims: json!({"tid": tenant, "oid": "eeeeeeee-0000-0000-0000-00000000ada1",
+                           "upn": "ada@contoso.com", "idtyp": "user", "scp": "user_impersonation",
+                           "appid": "04b07795-8ddb-461a-bbee-02f9e1bf7b46"})
+            .as_object()
+            .cloned()
+            .expect("obj"),
+            ..MintRequest::default()
+        })
+        .expect("mint");
+    let mut codex = CodexEnv::new(&broker.url, "gpt-5.5", "");
+    let az = codex.home.path().join("az");
+    std::fs::write(
+        &az,
+        format!(
+            "#!/bin/sh\n[ \"$*\" = 'account get-access-token --output json --scope api://tollgate/.default' ] || exit 2\n\
+             printf '%s' '{}'\n",
+            json!({"accessToken": token, "expiresOn": "2099-12-31 00:00:00.000000", "expires_on": 4_102_444_800_u64,
+                   "tenant": tenant, "tokenType": "Bearer"})
+        ),
+    )
+    .expect("write");
+    std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    codex
+        .pass_env("TOLLGATE_IDENTITY", "azure-cli")
+        .pass_env("TOLLGATE_AZURE_RESOURCE", "api://tollgate")
+        .pass_env("TOLLGATE_AZ", az.display().to_string());
+    let run = turn_through_broker(
+        &broker,
+        &codex,
+        "hello from an Azure CLI sign-in",
+        "person:ada@contoso.com",
+        "azure",
+        "azure-cli-people",
+    )
+    .await;
+    assert_no_secret(&run.all(), &[&token], "codex output");
+    assert_no_secret(&broker.log(), &[&token], "broker log");
+}

@@ -6,7 +6,7 @@
 //! an HTTP status code, `reason`/`kind` a fixed vocabulary. Principals appear as a label only when
 //! `[metrics] per_principal = true`. Secrets never reach a label.
 
-use crate::config::Route;
+use crate::config::routes::Route;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use serde::Deserialize;

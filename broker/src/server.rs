@@ -15,7 +15,7 @@ pub async fn serve(
     state: Arc<AppState>,
     listen: SocketAddr,
     grace: Duration,
-    tls: Option<crate::config::ops::TlsConfig>,
+    tls: Option<crate::config::server::TlsConfig>,
 ) -> anyhow::Result<()> {
     serve_until(state, listen, grace, tls, shutdown_signal()).await
 }
@@ -25,7 +25,7 @@ pub async fn serve_until(
     state: Arc<AppState>,
     listen: SocketAddr,
     grace: Duration,
-    tls: Option<crate::config::ops::TlsConfig>,
+    tls: Option<crate::config::server::TlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
@@ -39,7 +39,7 @@ pub async fn serve_on(
     state: Arc<AppState>,
     listener: TcpListener,
     grace: Duration,
-    tls: Option<crate::config::ops::TlsConfig>,
+    tls: Option<crate::config::server::TlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;

@@ -7,6 +7,10 @@
 //! (seen in the 0.171.0 binary next to `x-codex-parent-thread-id`; the recorded fixtures in
 //! `broker/tests/testdata/codex-0.171/` are all root-agent requests and carry none).
 //!
+//! Claude Code (2.1.332, observed) sends `X-Claude-Code-Session-Id` (a UUID) on every `POST /v1/messages`:
+//! it is the session id when `session-id` is absent, so a Claude Code session's spend is one query too and
+//! its requests keep their target (session affinity, the provider's prompt cache).
+//!
 //! Every value is untrusted input. Each is kept only when it is short and made of a strict character set
 //! (`request_kind` only from its fixed vocabulary); anything else is dropped, never an error — a request is
 //! never refused for its session headers. The values go to the spend record, the audit record and the log
@@ -177,7 +181,8 @@ impl CodexSession {
                 .or_else(|| field.as_deref().and_then(valid_id))
         };
         let s = CodexSession {
-            session_id: id("session-id", meta.session_id.0),
+            session_id: id("session-id", meta.session_id.0)
+                .or_else(|| header(h, "x-claude-code-session-id").and_then(valid_id)),
             thread_id: id("thread-id", meta.thread_id.0),
             turn_id: meta.turn_id.0.as_deref().and_then(valid_id),
             window_id: id("x-codex-window-id", meta.window_id.0),
@@ -244,6 +249,29 @@ mod tests {
         assert_eq!(
             c.turn_id.as_deref(),
             Some("01a24d31-161e-7ce0-8b64-70316f7b0cc2")
+        );
+    }
+
+    #[test]
+    fn claude_codes_session_header_is_the_session_when_codexs_is_absent() {
+        let s = CodexSession::from_headers(&headers(&[(
+            "x-claude-code-session-id",
+            "54f2b08d-54bd-41dc-ba9f-a04458f055af",
+        )]))
+        .expect("session");
+        assert_eq!(
+            s.session_id.as_deref(),
+            Some("54f2b08d-54bd-41dc-ba9f-a04458f055af")
+        );
+        let both = CodexSession::from_headers(&headers(&[
+            ("session-id", "codex-session"),
+            ("x-claude-code-session-id", "claude-session"),
+        ]))
+        .expect("session");
+        assert_eq!(both.session_id.as_deref(), Some("codex-session"));
+        assert!(
+            CodexSession::from_headers(&headers(&[("x-claude-code-session-id", "a b")])).is_none(),
+            "an invalid id is dropped"
         );
     }
 

@@ -51,7 +51,7 @@ pub fn settle_span(
 }
 
 use crate::config::LogFormat;
-use crate::config::ops::TelemetryConfig;
+use crate::config::telemetry::TelemetryConfig;
 use std::sync::OnceLock;
 
 static PROVIDER: OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> = OnceLock::new();

@@ -7,7 +7,7 @@
 //! axum. Dropping the listener (axum does on graceful shutdown) stops accepting at once, so new
 //! connections are refused while in-flight ones drain.
 
-use crate::config::ops::TlsConfig;
+use crate::config::server::TlsConfig;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;

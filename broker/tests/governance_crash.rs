@@ -2,6 +2,8 @@
 //! allotments (its pool reservation, backing the requests it had in flight) expire with their lease (3 s
 //! here) instead of pinning the budget, and the requests it had in flight — which the provider bills — are
 //! charged their reserved estimate once (by one replica), marked `estimated` in spend, reports and audit.
+//! The requests in flight come through every ingress (Responses, Chat Completions, Anthropic Messages), each
+//! with its own output-limit field, so each is charged the reservation its own limit sized.
 
 mod governance_support;
 
@@ -10,6 +12,55 @@ use std::time::{Duration, Instant};
 use tollgate_testkit::mock::{self, MockConfig};
 
 const LEASE_SECS: u64 = 3;
+
+/// The ingresses of the requests in flight: path, the output-limit field and its value (distinct per
+/// ingress, so the charged rows tell them apart), and the streaming body.
+const INGRESSES: [(&str, &str, u64); 3] = [
+    ("/v1/responses", "max_output_tokens", 10),
+    ("/v1/chat/completions", "max_completion_tokens", 7),
+    ("/v1/messages", "max_tokens", 5),
+];
+/// Requests in flight per ingress at the kill.
+const PER_INGRESS: usize = 10;
+
+fn inflight_body(path: &str, field: &str, limit: u64) -> serde_json::Value {
+    let mut body = match path {
+        "/v1/responses" => {
+            serde_json::json!({"model": "gpt-test", "stream": true, "input": "slow"})
+        }
+        "/v1/chat/completions" => serde_json::json!({"model": "gpt-test", "stream": true,
+            "messages": [{"role": "user", "content": "slow"}]}),
+        _ => serde_json::json!({"model": "gpt-test", "stream": true,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "slow"}]}]}),
+    };
+    body[field] = limit.into();
+    body
+}
+
+/// A streaming request through one ingress (the token as each client sends it); (status, body).
+async fn post_inflight(
+    c: &reqwest::Client,
+    broker: &str,
+    token: &str,
+    (path, field, limit): (&str, &str, u64),
+) -> (u16, String) {
+    let mut req = c
+        .post(format!("{broker}{path}"))
+        .json(&inflight_body(path, field, limit));
+    req = if path == "/v1/messages" {
+        req.header("x-api-key", token)
+            .header("anthropic-version", "2023-06-01")
+    } else {
+        req.bearer_auth(token)
+    };
+    match req.send().await {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            (s, r.text().await.unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
 
 async fn scenario(pg_schema: Option<&str>) {
     let upstream = mock::spawn(MockConfig {
@@ -61,15 +112,17 @@ async fn scenario(pg_schema: Option<&str>) {
     assert_eq!(spent_before, cost_before);
     assert_eq!(spent_before, 20 * (100 * 10_000 + 10 * 50_000));
 
-    // 30 slow requests in flight, then SIGKILL.
+    // 30 slow requests in flight, 10 through each ingress, then SIGKILL.
     upstream.set_latency_ms(30_000);
     let mut inflight = Vec::new();
-    for _ in 0..30 {
-        let c = c.clone();
-        let (url, token) = (broker.url.clone(), token.clone());
-        inflight.push(tokio::spawn(async move {
-            stream(&c, &url, &token, "gpt-test", "slow", Some(10)).await
-        }));
+    for ingress in INGRESSES {
+        for _ in 0..PER_INGRESS {
+            let c = c.clone();
+            let (url, token) = (broker.url.clone(), token.clone());
+            inflight.push(tokio::spawn(async move {
+                post_inflight(&c, &url, &token, ingress).await
+            }));
+        }
     }
     upstream
         .wait_for_requests(20 + 30, Duration::from_secs(20))
@@ -131,22 +184,36 @@ async fn scenario(pg_schema: Option<&str>) {
     let rows = db.spend_rows("alice").await;
     let estimated: Vec<_> = rows.iter().filter(|r| r.1 == "estimated").collect();
     assert_eq!(estimated.len(), 30, "{rows:?}");
-    // Each is charged exactly its reservation: the input estimate (body bytes / 3) at $10/M, the output
-    // reserve (max_output_tokens = 10) at $50/M, and the 3 n$ rounding pad.
-    let body_len = serde_json::to_vec(
-        &serde_json::json!({"model": "gpt-test", "stream": true, "input": "slow", "max_output_tokens": 10}),
-    )
-    .expect("json")
-    .len() as i64;
-    let estimate = (body_len + 2) / 3 * 10_000 + 10 * 50_000 + 3;
+    // Each is charged exactly its reservation: the input estimate (the forwarded body's bytes / 3) at
+    // $10/M, the output reserve (its own ingress's limit field) at $50/M, and the 3 n$ rounding pad.
     for (usage_reported, _, input, output, cost, reserved) in &estimated {
         assert_eq!(*usage_reported, 0);
-        assert_eq!((*input, *output), ((body_len + 2) / 3, 10));
-        assert_eq!((*cost, *reserved), (estimate, estimate));
+        assert_eq!(*cost, *reserved, "charged exactly what was reserved");
+        assert_eq!(*cost, input * 10_000 + output * 50_000 + 3);
     }
+    for (path, field, limit) in INGRESSES {
+        let n = estimated.iter().filter(|r| r.3 == limit as i64).count();
+        assert_eq!(n, PER_INGRESS, "{path} with {field} = {limit}: {rows:?}");
+    }
+    // The Responses body is forwarded as sent: its input estimate is known exactly.
+    let body_len = serde_json::to_vec(&inflight_body(
+        INGRESSES[0].0,
+        INGRESSES[0].1,
+        INGRESSES[0].2,
+    ))
+    .expect("json")
+    .len() as i64;
+    assert!(
+        estimated
+            .iter()
+            .filter(|r| r.3 == 10)
+            .all(|r| r.2 == (body_len + 2) / 3),
+        "{rows:?}"
+    );
+    let estimates: i64 = estimated.iter().map(|r| r.4).sum();
     assert_eq!(
         spent,
-        spent_before + 30 * estimate,
+        spent_before + estimates,
         "no settled spend lost, and the requests in flight charged once"
     );
     let (_, cost_all, ..) = db.spend("alice").await;
@@ -163,8 +230,7 @@ async fn scenario(pg_schema: Option<&str>) {
         .expect("json");
     assert_eq!(report["totals"]["estimated_requests"], 30, "{report}");
     assert_eq!(
-        report["totals"]["estimated_cost_nanos"],
-        30 * estimate,
+        report["totals"]["estimated_cost_nanos"], estimates,
         "{report}"
     );
     assert_eq!(report["totals"]["cost_nanos"], spent, "{report}");
@@ -192,7 +258,7 @@ async fn scenario(pg_schema: Option<&str>) {
         51
     );
     let (spent, _) = db.counter("alice").await;
-    assert_eq!(spent, 21 * (100 * 10_000 + 10 * 50_000) + 30 * estimate);
+    assert_eq!(spent, 21 * (100 * 10_000 + 10 * 50_000) + estimates);
     // A graceful stop gives the allotment back.
     broker2.terminate().await;
     if let Some(b) = broker3 {

@@ -257,3 +257,67 @@ async fn a_session_stays_on_its_target_across_replicas_and_a_move_strips_what_ca
         }
     }
 }
+
+/// One Claude Code request (Anthropic Messages ingress, translated for the `openai` upstreams): its session is
+/// the `X-Claude-Code-Session-Id` header. Returns (status, the target that answered).
+async fn claude_turn(broker: &str, token: &str, session: &str) -> (u16, String) {
+    let r = client()
+        .post(format!("{broker}/v1/messages?beta=true"))
+        .header("x-api-key", token)
+        .header("anthropic-version", "2023-06-01")
+        .header("x-claude-code-session-id", session)
+        .json(&json!({"model": MODEL, "max_tokens": 64, "stream": false,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}))
+        .send()
+        .await
+        .expect("send");
+    let target = r
+        .headers()
+        .get("x-tollgate-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap_or_default();
+    assert!(status == 200, "{status}: {body}");
+    (status, target)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claude_code_session_stays_on_its_target_across_replicas() {
+    let east = mock::spawn(MockConfig::default()).await;
+    let west = mock::spawn(MockConfig::default()).await;
+    let prefix = format!("tollgate-test:{}:", uuid::Uuid::new_v4().simple());
+    let (da, db) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let cfg = |d: &tempfile::TempDir| {
+        config(d.path(), &east.base_url(), &west.base_url(), &prefix, false)
+    };
+    let a = Broker::start(&cfg(&da), "a").await;
+    let b = Broker::start(&cfg(&db), "b").await;
+    let c = client();
+    let (ta, _) = mint(&c, &a.url, "alice").await;
+    let (tb, _) = mint(&c, &b.url, "alice").await;
+    let session = uuid::Uuid::new_v4().to_string();
+
+    assert_eq!(claude_turn(&a.url, &ta, &session).await.1, "east");
+    // East fails once: failover moves the session to west, and it stays there on both replicas although
+    // east (first in the plan) is healthy again.
+    east.push_fault(Fault {
+        status: Some(500),
+        ..Fault::default()
+    });
+    assert_eq!(claude_turn(&a.url, &ta, &session).await.1, "west");
+    assert_eq!(claude_turn(&a.url, &ta, &session).await.1, "west");
+    assert_eq!(claude_turn(&b.url, &tb, &session).await.1, "west");
+    // Another Claude Code session goes where the plan says.
+    let other = uuid::Uuid::new_v4().to_string();
+    assert_eq!(claude_turn(&b.url, &tb, &other).await.1, "east");
+    assert_eq!(
+        west.requests_to("/v1/chat/completions").len(),
+        3,
+        "every later request of the first session, translated for west"
+    );
+}

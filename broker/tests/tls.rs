@@ -9,7 +9,7 @@ use rcgen::{
 };
 use std::path::Path;
 use std::time::Duration;
-use tollgate_broker::config::ops::TlsConfig;
+use tollgate_broker::config::server::TlsConfig;
 
 struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,

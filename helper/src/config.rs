@@ -21,6 +21,8 @@
 //! Nothing here reads the process environment: an [`Env`] is passed in.
 
 use crate::error::{ConfigError, line_col, one_line};
+/// Defined beside the identities they configure (so `identity/` does not import this file back).
+pub use crate::identity::{IdentityConfig, StaticCredential};
 use crate::sys::Env;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -53,7 +55,7 @@ pub struct Flags {
     /// Audience to request [env: TOLLGATE_AUDIENCE] [default: tollgate]
     #[arg(long, global = true)]
     pub audience: Option<String>,
-    /// Identity source: static, aws, vault, azure, oidc-file or chain (docs/identity.md) [env: TOLLGATE_IDENTITY] [default: static]
+    /// Identity source: static, aws, vault, azure, azure-cli, oidc-file or chain (docs/identity.md) [env: TOLLGATE_IDENTITY] [default: static]
     #[arg(long, global = true, value_name = "KIND")]
     pub identity: Option<String>,
     /// File holding the static credential [env: TOLLGATE_CREDENTIAL_FILE; or the credential itself in TOLLGATE_CREDENTIAL]
@@ -135,6 +137,7 @@ pub struct RawProfile {
     pub aws: Option<RawAws>,
     pub vault: Option<RawVault>,
     pub azure: Option<RawAzure>,
+    pub azure_cli: Option<RawAzureCli>,
 }
 
 /// `[profiles.<name>.aws]`.
@@ -187,6 +190,18 @@ pub struct RawAzure {
     pub imds: Option<bool>,
 }
 
+/// `[profiles.<name>.azure_cli]`: the person's Azure CLI sign-in (`identity = "azure-cli"`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAzureCli {
+    /// The broker's application ID URI (default: TOLLGATE_AZURE_RESOURCE, else `[azure] resource`).
+    pub resource: Option<String>,
+    /// `az … --tenant`: the broker's tenant when it is not the CLI's default (default: none).
+    pub tenant: Option<String>,
+    /// The `az` executable, a path or a name on PATH (default: TOLLGATE_AZ, else `az`).
+    pub az: Option<PathBuf>,
+}
+
 /// The whole config file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -232,30 +247,9 @@ pub enum IdentityKindSpec {
     Aws,
     Vault,
     Azure,
+    AzureCli,
     OidcFile,
     Chain,
-    Login,
-}
-
-/// Where the static credential comes from.
-#[derive(Debug, Clone)]
-pub enum StaticCredential {
-    /// The value of `TOLLGATE_CREDENTIAL`.
-    Inline(SecretString),
-    File(PathBuf),
-    None,
-}
-
-/// How the identity is configured (not yet loaded: loading may fail with exit 65).
-#[derive(Debug, Clone)]
-pub enum IdentityConfig {
-    Static(StaticCredential),
-    Aws(crate::identity::aws::AwsSettings),
-    Vault(crate::identity::vault::VaultSettings),
-    Azure(crate::identity::azure::AzureSettings),
-    OidcFile(Option<PathBuf>),
-    Chain(Vec<IdentityConfig>),
-    /// A person signed in with `tollgate-token login` (see `login`): renewed from the refresh token.
     Login,
 }
 
@@ -266,6 +260,7 @@ impl IdentityConfig {
             IdentityConfig::Aws(_) => IdentityKindSpec::Aws,
             IdentityConfig::Vault(_) => IdentityKindSpec::Vault,
             IdentityConfig::Azure(_) => IdentityKindSpec::Azure,
+            IdentityConfig::AzureCli(_) => IdentityKindSpec::AzureCli,
             IdentityConfig::OidcFile(_) => IdentityKindSpec::OidcFile,
             IdentityConfig::Chain(_) => IdentityKindSpec::Chain,
             IdentityConfig::Login => IdentityKindSpec::Login,
@@ -279,6 +274,7 @@ impl IdentityConfig {
             IdentityConfig::Aws(_) => "aws",
             IdentityConfig::Vault(_) => "vault",
             IdentityConfig::Azure(_) => "azure",
+            IdentityConfig::AzureCli(_) => "azure-cli",
             IdentityConfig::OidcFile(_) => "oidc-file",
             IdentityConfig::Chain(_) => "chain",
             IdentityConfig::Login => "login",
@@ -380,6 +376,19 @@ fn check_container_uri(uri: &str) -> Result<String, ConfigError> {
         )),
         _ => Err(invalid("must be an http(s) URL")),
     }
+}
+
+/// A value passed to `az` as an argument: one line, and not something `az` would read as an option.
+fn check_az_arg(what: &str, v: &str) -> Result<(), ConfigError> {
+    if v.is_empty() || v.starts_with('-') || v.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(ConfigError::Invalid {
+            what: what.to_owned(),
+            value: v.to_owned(),
+            reason: "must be one word that does not start with `-`".into(),
+        });
+    }
+    Ok(())
 }
 
 fn env_bool(env: &dyn Env, key: &str) -> bool {
@@ -751,6 +760,23 @@ fn resolve_identity(
                     .var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
                     .map(|r| format!("http://169.254.170.2{r}")),
             };
+            // The SDKs' endpoint overrides: the service's own variable, then the global one, unless
+            // configured endpoints are switched off.
+            let endpoint = |service_var: &'static str| {
+                if env_bool(env, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") {
+                    return None;
+                }
+                [
+                    (service_var, env.var(service_var)),
+                    ("AWS_ENDPOINT_URL", env.var("AWS_ENDPOINT_URL")),
+                ]
+                .into_iter()
+                .find_map(|(var, url)| {
+                    url.map(|url| crate::identity::aws_sso::EndpointOverride { var, url })
+                })
+            };
+            let sso_endpoint = endpoint("AWS_ENDPOINT_URL_SSO");
+            let sso_oidc_endpoint = endpoint("AWS_ENDPOINT_URL_SSO_OIDC");
             let imds_endpoint = if env_bool(env, "AWS_EC2_METADATA_DISABLED") {
                 None
             } else {
@@ -759,7 +785,7 @@ fn resolve_identity(
                         .unwrap_or_else(|| "http://169.254.169.254".into()),
                 )
             };
-            IdentityConfig::Aws(AwsSettings {
+            IdentityConfig::Aws(Box::new(AwsSettings {
                 region,
                 sts_url,
                 server_id: env
@@ -775,7 +801,15 @@ fn resolve_identity(
                     .unwrap_or_else(|| "default".into()),
                 credentials_file: env
                     .path("AWS_SHARED_CREDENTIALS_FILE")
+                    .map(|p| expand_path(&p, None, env))
                     .or_else(|| home(".aws/credentials")),
+                config_file: env
+                    .path("AWS_CONFIG_FILE")
+                    .map(|p| expand_path(&p, None, env))
+                    .or_else(|| home(".aws/config")),
+                sso_cache_dir: home(".aws/sso/cache"),
+                sso_endpoint,
+                sso_oidc_endpoint,
                 container_uri,
                 container_token: env
                     .var("AWS_CONTAINER_AUTHORIZATION_TOKEN")
@@ -787,7 +821,7 @@ fn resolve_identity(
                     .var("TOLLGATE_AWS_ROLE_SESSION_NAME")
                     .or(raw.role_session_name)
                     .unwrap_or_else(|| "tollgate-token".into()),
-            })
+            }))
         }
         "vault" => {
             let raw = file.vault.clone().unwrap_or_default();
@@ -865,6 +899,45 @@ fn resolve_identity(
                     env.var("TOLLGATE_AZURE_IMDS_ENDPOINT")
                         .unwrap_or_else(|| "http://169.254.169.254".into())
                 }),
+            })
+        }
+        "azure-cli" => {
+            let raw = file.azure_cli.clone().unwrap_or_default();
+            let resource = env
+                .var("TOLLGATE_AZURE_RESOURCE")
+                .map(|v| ("TOLLGATE_AZURE_RESOURCE", v))
+                .or_else(|| raw.resource.map(|v| ("azure_cli.resource", v)))
+                .or_else(|| {
+                    file.azure
+                        .as_ref()
+                        .and_then(|a| a.resource.clone())
+                        .map(|v| ("azure.resource", v))
+                });
+            if let Some((what, v)) = &resource {
+                check_az_arg(what, v)?;
+            }
+            let tenant = env
+                .var("TOLLGATE_AZURE_CLI_TENANT")
+                .map(|v| ("TOLLGATE_AZURE_CLI_TENANT", v))
+                .or_else(|| raw.tenant.map(|v| ("azure_cli.tenant", v)));
+            if let Some((what, v)) = &tenant {
+                check_az_arg(what, v)?;
+            }
+            let az = match (env.path("TOLLGATE_AZ"), raw.az) {
+                (Some(p), _) => expand_path(&p, None, env),
+                (None, Some(p)) if p.components().count() > 1 => expand_path(&p, c.config_dir, env),
+                (None, Some(p)) => p,
+                (None, None) => PathBuf::from("az"),
+            };
+            IdentityConfig::AzureCli(crate::identity::azure_cli::AzureCliSettings {
+                resource: resource.map(|(_, v)| v),
+                tenant: tenant.map(|(_, v)| v),
+                az,
+                path_var: env.var_os("PATH"),
+                config_dir: env
+                    .path("AZURE_CONFIG_DIR")
+                    .map(|p| expand_path(&p, None, env))
+                    .or_else(|| home(".azure")),
             })
         }
         "chain" if allow_chain => {
@@ -1351,5 +1424,167 @@ mod tests {
             crate::identity::load(&s.identity),
             Err(crate::error::IdentityError::NotConfigured { .. })
         ));
+    }
+
+    #[test]
+    fn developer_sign_ins_resolve_and_errors_name_the_field() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let home = tmp.path().to_str().expect("utf8");
+        write_config(
+            tmp.path(),
+            "[profiles.default]\nbroker = \"https://b\"\nidentity = \"azure-cli\"\n\
+             [profiles.default.azure]\nresource = \"api://from-azure\"\n\
+             [profiles.cli]\nbroker = \"https://b\"\nidentity = \"azure-cli\"\n\
+             [profiles.cli.azure_cli]\nresource = \"api://tollgate\"\ntenant = \"contoso.onmicrosoft.com\"\naz = \"bin/az\"\n",
+        );
+        let env = |extra: &[(&'static str, &'static str)]| {
+            let mut v = vec![
+                ("HOME", home),
+                ("XDG_CONFIG_HOME", home),
+                ("PATH", "/usr/bin"),
+            ];
+            v.extend_from_slice(extra);
+            MapEnv::new(v)
+        };
+        let cli = |flags: &Flags, e: &MapEnv| match resolve(flags, e).map(|s| s.identity) {
+            Ok(IdentityConfig::AzureCli(a)) => Ok(a),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        // `[azure] resource` serves the CLI source too; `az` on PATH; the CLI's config dir under HOME.
+        let a = cli(&Flags::default(), &env(&[])).expect("default");
+        assert_eq!(a.resource.as_deref(), Some("api://from-azure"));
+        assert_eq!(a.az, PathBuf::from("az"));
+        assert_eq!(a.path_var, Some("/usr/bin".into()));
+        assert_eq!(a.config_dir, Some(tmp.path().join(".azure")));
+        let profile = Flags {
+            profile: Some("cli".into()),
+            ..Flags::default()
+        };
+        let a = cli(&profile, &env(&[])).expect("cli");
+        assert_eq!(a.resource.as_deref(), Some("api://tollgate"));
+        assert_eq!(a.tenant.as_deref(), Some("contoso.onmicrosoft.com"));
+        assert_eq!(
+            a.az,
+            tmp.path().join("tollgate/bin/az"),
+            "relative to the config file"
+        );
+        let a = cli(
+            &profile,
+            &env(&[
+                ("TOLLGATE_AZ", "/opt/az/bin/az"),
+                ("TOLLGATE_AZURE_RESOURCE", "api://env"),
+                ("AZURE_CONFIG_DIR", "/cfg/azure"),
+            ]),
+        )
+        .expect("env wins");
+        assert_eq!(
+            (a.az, a.resource.as_deref(), a.config_dir),
+            (
+                PathBuf::from("/opt/az/bin/az"),
+                Some("api://env"),
+                Some(PathBuf::from("/cfg/azure"))
+            )
+        );
+        // Values handed to `az` as arguments: the error names where they came from.
+        for (extra, field) in [
+            (
+                ("TOLLGATE_AZURE_RESOURCE", "--debug"),
+                "TOLLGATE_AZURE_RESOURCE",
+            ),
+            (
+                ("TOLLGATE_AZURE_CLI_TENANT", "a b"),
+                "TOLLGATE_AZURE_CLI_TENANT",
+            ),
+        ] {
+            let e = cli(&profile, &env(&[extra])).expect_err(field);
+            assert!(e.starts_with(&format!("invalid {field} ")), "{e}");
+        }
+        write_config(
+            tmp.path(),
+            "[profiles.default]\nbroker = \"https://b\"\n[profiles.default.azure_cli]\nresource = \"api://x\"\nscope = \"y\"\n",
+        );
+        let e = resolve(&Flags::default(), &env(&[]))
+            .expect_err("unknown")
+            .to_string();
+        assert!(e.contains("line 5") && e.contains("`scope`"), "{e}");
+        write_config(
+            tmp.path(),
+            "[profiles.default]\nbroker = \"https://b\"\n[profiles.default.azure_cli]\ntenant = \"-x\"\n",
+        );
+        let flags = Flags {
+            identity: Some("azure-cli".into()),
+            ..Flags::default()
+        };
+        let e = cli(&flags, &env(&[])).expect_err("tenant");
+        assert!(e.starts_with("invalid azure_cli.tenant \"-x\""), "{e}");
+    }
+
+    #[test]
+    fn aws_sso_files_and_endpoint_overrides() {
+        let aws = |extra: &[(&'static str, &'static str)]| {
+            let mut v = vec![
+                ("HOME", "/h"),
+                ("TOLLGATE_BROKER", "https://x"),
+                ("TOLLGATE_IDENTITY", "aws"),
+            ];
+            v.extend_from_slice(extra);
+            match resolve(&Flags::default(), &MapEnv::new(v)).map(|s| s.identity) {
+                Ok(IdentityConfig::Aws(a)) => Ok(a),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let a = aws(&[]).expect("defaults");
+        assert_eq!(a.config_file, Some(PathBuf::from("/h/.aws/config")));
+        assert_eq!(a.sso_cache_dir, Some(PathBuf::from("/h/.aws/sso/cache")));
+        assert!(a.sso_endpoint.is_none());
+        let a = aws(&[
+            ("AWS_CONFIG_FILE", "~/work/aws-config"),
+            ("AWS_ENDPOINT_URL", "https://global.example"),
+        ])
+        .expect("global");
+        assert_eq!(a.config_file, Some(PathBuf::from("/h/work/aws-config")));
+        let url = |e: &Option<crate::identity::aws_sso::EndpointOverride>| {
+            e.as_ref().map(|e| format!("{}={}", e.var, e.url))
+        };
+        assert_eq!(
+            url(&a.sso_endpoint).as_deref(),
+            Some("AWS_ENDPOINT_URL=https://global.example")
+        );
+        assert_eq!(
+            url(&a.sso_oidc_endpoint).as_deref(),
+            Some("AWS_ENDPOINT_URL=https://global.example")
+        );
+        let a = aws(&[("AWS_ENDPOINT_URL_SSO_OIDC", "http://localhost:9")]).expect("oidc");
+        assert_eq!(
+            (url(&a.sso_endpoint), url(&a.sso_oidc_endpoint).as_deref()),
+            (None, Some("AWS_ENDPOINT_URL_SSO_OIDC=http://localhost:9"))
+        );
+        for (vars, want) in [
+            (
+                vec![
+                    ("AWS_ENDPOINT_URL_SSO", "http://127.0.0.1:9"),
+                    ("AWS_ENDPOINT_URL", "https://global.example"),
+                ],
+                Some("AWS_ENDPOINT_URL_SSO=http://127.0.0.1:9"),
+            ),
+            (
+                vec![
+                    ("AWS_ENDPOINT_URL_SSO", "http://127.0.0.1:9"),
+                    ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true"),
+                ],
+                None,
+            ),
+            // Checked only when an SSO profile uses it (`aws_sso`): a LocalStack URL in the shell must not
+            // break static keys.
+            (
+                vec![("AWS_ENDPOINT_URL", "http://localstack:4566")],
+                Some("AWS_ENDPOINT_URL=http://localstack:4566"),
+            ),
+        ] {
+            let a = aws(&vars).expect("resolves");
+            assert_eq!(url(&a.sso_endpoint).as_deref(), want, "{vars:?}");
+        }
     }
 }

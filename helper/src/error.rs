@@ -44,7 +44,8 @@ Exit codes:
   65  identity unavailable (no credential, unreadable credential file)
   66  broker refused the exchange (its `error` and `error_description` are printed), or refused a sign-in
   67  sign-in required: not signed in, or the sign-in expired or was revoked; run `tollgate-token login`
-      (the token path renews a sign-in silently and never opens a browser)
+      (the token path renews a sign-in silently and never opens a browser); also when a developer cloud
+      sign-in the identity source uses has expired (run the `aws sso login` or `az login` it names)
   69  broker unreachable, timed out, or answered 5xx; such a failure is remembered for
       --failure-memory seconds (default 10) per broker and identity, so reruns fail at once
   70  internal error
@@ -94,7 +95,7 @@ pub enum ConfigError {
         vars: &'static str,
     },
     #[error(
-        "unknown identity `{0}` (expected one of: static, aws, vault, azure, oidc-file, chain, login)"
+        "unknown identity `{0}` (expected one of: static, aws, vault, azure, azure-cli, oidc-file, chain, login)"
     )]
     UnknownIdentity(String),
     /// The `auth.args` that Codex's config gives the helper do not parse.
@@ -147,6 +148,14 @@ pub enum IdentityError {
     Unavailable {
         source_name: &'static str,
         reason: String,
+    },
+    /// A developer cloud sign-in the source relies on (AWS IAM Identity Center, the Azure CLI) is missing
+    /// or expired: the person runs `command` (the helper never starts a sign-in on its own).
+    #[error("{source_name} identity: {reason}; run `{command}`")]
+    SignInNeeded {
+        source_name: &'static str,
+        reason: String,
+        command: String,
     },
     /// A chain where no source applies here.
     #[error("no identity source in the chain applies here: {}", .attempts.join("; "))]
@@ -278,6 +287,7 @@ impl HelperError {
         match self {
             HelperError::Config(_) => Exit::Usage,
             HelperError::Identity(IdentityError::Insecure { .. }) => Exit::Usage,
+            HelperError::Identity(IdentityError::SignInNeeded { .. }) => Exit::SignInRequired,
             HelperError::Identity(_) => Exit::IdentityUnavailable,
             HelperError::Exchange(ExchangeError::Refused { .. }) => Exit::BrokerRefused,
             HelperError::Exchange(_) => Exit::BrokerUnavailable,
@@ -333,6 +343,29 @@ pub(crate) fn one_line(s: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Describe a transport error by its source chain (e.g. "connection refused"), not by its URL.
+pub fn transport_reason(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    let mut reason = if e.is_connect() {
+        "cannot connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut last = None;
+    while let Some(s) = src {
+        last = Some(s.to_string());
+        src = s.source();
+    }
+    if let Some(l) = last {
+        reason.push_str(": ");
+        reason.push_str(&one_line(&l));
+    }
+    reason
 }
 
 #[cfg(test)]

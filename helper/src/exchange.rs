@@ -4,7 +4,7 @@
 //! (current-thread) tokio runtime are built.
 
 use crate::cache::is_single_line_token;
-use crate::error::{ExchangeError, one_line};
+use crate::error::{ExchangeError, one_line, transport_reason};
 use crate::identity::{Identity, ProveContext};
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
@@ -111,29 +111,6 @@ pub fn block_on_with_deadline<T, E: From<ExchangeError>>(
     }))
 }
 
-/// Describe a transport error by its source chain (e.g. "connection refused"), not by its URL.
-pub fn transport_reason(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        return "timed out".into();
-    }
-    let mut reason = if e.is_connect() {
-        "cannot connect".to_owned()
-    } else {
-        "request failed".to_owned()
-    };
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    let mut last = None;
-    while let Some(s) = src {
-        last = Some(s.to_string());
-        src = s.source();
-    }
-    if let Some(l) = last {
-        reason.push_str(": ");
-        reason.push_str(&one_line(&l));
-    }
-    reason
-}
-
 /// Read at most `MAX_BODY_BYTES` of a response.
 pub async fn read_body(mut resp: reqwest::Response, url: &str) -> Result<Vec<u8>, ExchangeError> {
     let mut body = Vec::new();
@@ -180,10 +157,13 @@ pub async fn mint(
     identity: &dyn Identity,
     req: &MintRequest<'_>,
     now: u64,
+    deadline: Instant,
 ) -> Result<Minted, crate::error::HelperError> {
     let ctx = ProveContext {
         audience: req.audience,
         http,
+        now_unix: now,
+        deadline,
     };
     let proof = identity.prove(&ctx).await?;
     Ok(exchange(
@@ -194,6 +174,38 @@ pub async fn mint(
         now,
     )
     .await?)
+}
+
+/// POST an `application/x-www-form-urlencoded` body (RFC 6749 §3.2: token endpoints take forms) and
+/// read the bounded answer. The encoded form holds a credential, so it is a [`SecretString`] until sent.
+/// The one way the helper talks to a token, device or revocation endpoint.
+pub async fn post_form<F: serde::Serialize + ?Sized>(
+    http: &reqwest::Client,
+    url: &str,
+    form: &F,
+) -> Result<(reqwest::StatusCode, Vec<u8>), ExchangeError> {
+    let body = SecretString::from(serde_urlencoded::to_string(form).map_err(|e| {
+        ExchangeError::BadResponse {
+            url: url.to_owned(),
+            reason: format!("cannot encode request: {e}"),
+        }
+    })?);
+    let resp = http
+        .post(url)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(reqwest::header::ACCEPT, "application/json")
+        .body(body.expose_secret().to_owned())
+        .send()
+        .await
+        .map_err(|e| ExchangeError::Unavailable {
+            url: url.to_owned(),
+            reason: transport_reason(&e),
+        })?;
+    let status = resp.status();
+    Ok((status, read_body(resp, url).await?))
 }
 
 /// `POST {broker}/oauth/token`.
@@ -214,29 +226,8 @@ pub async fn exchange(
         requested_token_type: None,
         requested_ttl_secs: req.ttl_secs,
     };
-    let body = SecretString::from(serde_urlencoded::to_string(&form).map_err(|e| {
-        ExchangeError::BadResponse {
-            url: url.clone(),
-            reason: format!("cannot encode request: {e}"),
-        }
-    })?);
+    let (status, bytes) = post_form(http, &url, &form).await?;
     drop(form);
-    let resp = http
-        .post(&url)
-        .header(
-            reqwest::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        )
-        .header(reqwest::header::ACCEPT, "application/json")
-        .body(body.expose_secret().to_owned())
-        .send()
-        .await
-        .map_err(|e| ExchangeError::Unavailable {
-            url: url.clone(),
-            reason: transport_reason(&e),
-        })?;
-    let status = resp.status();
-    let bytes = read_body(resp, &url).await?;
 
     if status.is_client_error() {
         return Err(match serde_json::from_slice::<LooseOAuthError>(&bytes) {

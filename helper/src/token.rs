@@ -241,7 +241,7 @@ pub fn get_token(
 /// `refresh`'s one line about the new token: whom it is for, what it may use, until when. Never the
 /// token itself (that goes to stdout, and only with `--print`).
 pub fn summary(o: &Outcome, now: u64) -> String {
-    use crate::status::{fmt_duration, fmt_unix};
+    use crate::sys::{fmt_duration, fmt_unix};
     let mut s = String::from("minted a new token");
     if let Some(c) = exchange::jwt_claims(o.token.expose_secret()) {
         s.push_str(&format!(" for {} (principal {}", c.sub, c.grant.principal));
@@ -328,7 +328,7 @@ fn serve_fallback(
         Some(t) if t.is_valid(clock.now_unix()) => {
             report.warn(&format!(
                 "{err}; serving the cached token, which expires in {}",
-                crate::status::fmt_duration(t.remaining(clock.now_unix()))
+                crate::sys::fmt_duration(t.remaining(clock.now_unix()))
             ));
             Ok(Outcome::cached(t))
         }
@@ -411,7 +411,7 @@ fn mint(
         deadline,
         "minting a token",
         &url,
-        exchange::mint(&http, identity, &req, now),
+        exchange::mint(&http, identity, &req, now, deadline),
     )
     .map_err(|e| HelperError::Internal(format!("cannot start the async runtime: {e}")))?
 }

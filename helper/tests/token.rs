@@ -428,7 +428,7 @@ fn help_documents_exit_codes_and_env() {
     assert!(!run.stdout.contains("coming"), "{}", run.stdout);
     assert!(
         run.stdout
-            .contains("Identity source: static, aws, vault, azure, oidc-file or chain"),
+            .contains("Identity source: static, aws, vault, azure, azure-cli, oidc-file or chain"),
         "{}",
         run.stdout
     );

@@ -7,6 +7,7 @@
 //! - [`sse`]: a small Server-Sent Events parser for asserting on streams.
 //! - [`people`]: the peers of the people sign-in tests: the company IdP (npm `oidc-provider`) and a
 //!   person at headless Chromium going through the real sign-in pages.
+//! - [`sso_portal`]: a fake AWS IAM Identity Center portal (`GetRoleCredentials`), which moto lacks.
 //! - [`procs`]: helpers to run the workspace's real binaries from end-to-end tests without leaking
 //!   processes.
 //!
@@ -17,5 +18,9 @@ pub mod mock;
 pub mod people;
 pub mod procs;
 pub mod sse;
+pub mod sso_portal;
 
-pub use mock::{Fault, MockConfig, MockHandle, RecordedRequest, ReportedUsage, spawn};
+pub use mock::{
+    CallKind, Fault, MockConfig, MockHandle, RecordedRequest, ReportedUsage, ScriptStep, Scripted,
+    SessionScript, spawn,
+};

@@ -109,6 +109,52 @@ print(json.dumps({"ak": key["AccessKeyId"], "sk": key["SecretAccessKey"]}))
     }
 }
 
+/// Session credentials of `role_arn` (session `session`), assumed in moto as `user` — real credentials
+/// moto's SigV4 check accepts, as the IAM Identity Center portal hands out for a permission set's role.
+pub struct SessionCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+}
+
+pub fn moto_assume_role(
+    moto_url: &str,
+    user: &IamUser,
+    role_arn: &str,
+    session: &str,
+) -> SessionCredentials {
+    let out = std::process::Command::new(python_bin())
+        .arg("-c")
+        .arg(
+            r#"
+import boto3, json, os
+sts = boto3.client("sts", endpoint_url=os.environ["MOTO_URL"], region_name="us-east-1",
+                   aws_access_key_id=os.environ["AK"], aws_secret_access_key=os.environ["SK"])
+c = sts.assume_role(RoleArn=os.environ["ROLE"], RoleSessionName=os.environ["SESSION"])["Credentials"]
+print(json.dumps({"ak": c["AccessKeyId"], "sk": c["SecretAccessKey"], "st": c["SessionToken"]}))
+"#,
+        )
+        .env("MOTO_URL", moto_url)
+        .env("AK", &user.access_key_id)
+        .env("SK", &user.secret_access_key)
+        .env("ROLE", role_arn)
+        .env("SESSION", session)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    SessionCredentials {
+        access_key_id: v["ak"].as_str().expect("ak").into(),
+        secret_access_key: v["sk"].as_str().expect("sk").into(),
+        session_token: v["st"].as_str().expect("st").into(),
+    }
+}
+
 /// An OpenBao dev server (root token `root`).
 pub struct Bao {
     pub proc: PeerProc,

@@ -34,14 +34,10 @@ const MAX_CAPACITY: u64 = 10_000_000;
 pub fn validate(s: &Source, r: &RawAccounting) -> Result<AccountingConfig, ConfigError> {
     let settlement_queue_capacity = match &r.settlement_queue_capacity {
         None => crate::accounting::DEFAULT_CAPACITY,
-        Some(c) if !(1..=MAX_CAPACITY).contains(c.get_ref()) => {
-            return Err(s.error_at(
-                c.span(),
-                "accounting.settlement_queue_capacity",
-                format_args!("must be between 1 and {MAX_CAPACITY}"),
-            ));
+        Some(c) => {
+            usize::try_from(s.in_range(c, "accounting.settlement_queue_capacity", MAX_CAPACITY)?)
+                .unwrap_or(usize::MAX)
         }
-        Some(c) => usize::try_from(*c.get_ref()).unwrap_or(usize::MAX),
     };
     Ok(AccountingConfig {
         settlement_queue_capacity,

@@ -94,7 +94,7 @@ impl Default for AlertsConfig {
     }
 }
 
-/// Validate `[alerts]`.
+/// Validate `[alerts]`: the delivery settings, then each sink.
 pub(super) fn validate(
     s: &Source,
     raw: &RawAlerts,
@@ -102,30 +102,14 @@ pub(super) fn validate(
 ) -> Result<AlertsConfig, ConfigError> {
     let mut out = AlertsConfig::default();
     if let Some(v) = &raw.retry_initial_ms {
-        if !(1..=600_000).contains(v.get_ref()) {
-            return Err(s.error_at(
-                v.span(),
-                "alerts.retry_initial_ms",
-                "must be between 1 and 600000",
-            ));
-        }
-        out.retry_initial = Duration::from_millis(*v.get_ref());
+        out.retry_initial =
+            Duration::from_millis(s.in_range(v, "alerts.retry_initial_ms", 600_000)?);
     }
     if let Some(v) = &raw.max_attempts {
-        if !(1..=100).contains(v.get_ref()) {
-            return Err(s.error_at(v.span(), "alerts.max_attempts", "must be between 1 and 100"));
-        }
-        out.max_attempts = *v.get_ref();
+        out.max_attempts = s.in_range(v, "alerts.max_attempts", 100)?;
     }
     if let Some(v) = &raw.timeout_ms {
-        if !(1..=120_000).contains(v.get_ref()) {
-            return Err(s.error_at(
-                v.span(),
-                "alerts.timeout_ms",
-                "must be between 1 and 120000",
-            ));
-        }
-        out.timeout = Duration::from_millis(*v.get_ref());
+        out.timeout = Duration::from_millis(s.in_range(v, "alerts.timeout_ms", 120_000)?);
     }
     if let Some(w) = &raw.weekly_report {
         out.weekly_report = Some(
@@ -141,127 +125,143 @@ pub(super) fn validate(
             })?,
         );
     }
-    for sink in &raw.sinks {
-        let span = sink.span();
-        let r = sink.get_ref();
-        let name = r.name.get_ref();
-        if name.is_empty()
-            || name.len() > 32
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        {
+    for raw_sink in &raw.sinks {
+        let name = sink_name(s, &raw_sink.get_ref().name)?;
+        if out.sinks.iter().any(|x| x.name == name) || out.disabled.contains(&name) {
             return Err(s.error_at(
-                r.name.span(),
-                "alerts.sinks.name",
-                "must be 1-32 characters of a-z 0-9 - _",
-            ));
-        }
-        if out.sinks.iter().any(|x| &x.name == name) || out.disabled.contains(name) {
-            return Err(s.error_at(
-                r.name.span(),
+                raw_sink.get_ref().name.span(),
                 "alerts.sinks.name",
                 format_args!("duplicate sink name {name:?}"),
             ));
         }
-        let kind = match r.kind.get_ref().as_str() {
-            "webhook" => SinkKind::Webhook,
-            "slack" => SinkKind::Slack,
-            other => {
-                return Err(s.error_at(
-                    r.kind.span(),
-                    "alerts.sinks.kind",
-                    format_args!("unknown kind {other:?} (use webhook or slack)"),
-                ));
-            }
-        };
-        let field = format!("alerts.sinks.{name}");
-        let read_file = |p: &Spanned<PathBuf>, what: &str| {
-            let path = s.resolve(p.get_ref());
-            env.read_file(&path)
-                .map(|t| t.trim().to_string())
-                .map_err(|e| {
-                    s.error_at(
-                        p.span(),
-                        &format!("{field}.{what}"),
-                        format_args!("cannot read {}: {e}", path.display()),
-                    )
-                })
-        };
-        let url_sources = usize::from(r.url.is_some())
-            + usize::from(r.url_env.is_some())
-            + usize::from(r.url_file.is_some());
-        if url_sources != 1 {
+        match sink(s, raw_sink, name.clone(), env)? {
+            Some(sink) => out.sinks.push(sink),
+            // An unset environment variable leaves the sink out (as for a provider's key), with a warning
+            // at start.
+            None => out.disabled.push(name),
+        }
+    }
+    Ok(out)
+}
+
+/// `name`: `[a-z0-9_-]{1,32}` (it is a metric label).
+fn sink_name(s: &Source, name: &Spanned<String>) -> Result<String, ConfigError> {
+    let n = name.get_ref();
+    let ok = !n.is_empty()
+        && n.len() <= 32
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(s.error_at(
+            name.span(),
+            "alerts.sinks.name",
+            "must be 1-32 characters of a-z 0-9 - _",
+        ));
+    }
+    Ok(n.clone())
+}
+
+/// One `[[alerts.sinks]]`: its kind, URL and (webhook) secret. `None` when the URL or the secret names an
+/// environment variable that is not set.
+fn sink(
+    s: &Source,
+    raw: &Spanned<RawSink>,
+    name: String,
+    env: &dyn Env,
+) -> Result<Option<SinkConfig>, ConfigError> {
+    let span = raw.span();
+    let r = raw.get_ref();
+    let kind = match r.kind.get_ref().as_str() {
+        "webhook" => SinkKind::Webhook,
+        "slack" => SinkKind::Slack,
+        other => {
+            return Err(s.error_at(
+                r.kind.span(),
+                "alerts.sinks.kind",
+                format_args!("unknown kind {other:?} (use webhook or slack)"),
+            ));
+        }
+    };
+    let field = format!("alerts.sinks.{name}");
+    let read_file = |p: &Spanned<PathBuf>, what: &str| {
+        let path = s.resolve(p.get_ref());
+        env.read_file(&path)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| {
+                s.error_at(
+                    p.span(),
+                    &format!("{field}.{what}"),
+                    format_args!("cannot read {}: {e}", path.display()),
+                )
+            })
+    };
+    let url = match (&r.url, &r.url_env, &r.url_file) {
+        (Some(u), None, None) => Some(u.get_ref().clone()),
+        (None, Some(v), None) => env.var(v.get_ref()),
+        (None, None, Some(f)) => Some(read_file(f, "url_file")?),
+        _ => {
             return Err(s.error_at(
                 span,
                 &format!("{field}.url"),
                 "set exactly one of url, url_env and url_file",
             ));
         }
-        let url = match (&r.url, &r.url_env, &r.url_file) {
-            (Some(u), _, _) => Some(u.get_ref().clone()),
-            (_, Some(v), _) => env.var(v.get_ref()),
-            (_, _, Some(f)) => Some(read_file(f, "url_file")?),
-            _ => None,
-        };
-        if let Some(u) = &url {
-            let ok = reqwest::Url::parse(u)
-                .is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host().is_some());
-            if !ok {
-                // Not echoed: the URL may carry a token.
-                return Err(s.error_at(
-                    span,
-                    &format!("{field}.url"),
-                    "must be an http:// or https:// URL",
-                ));
-            }
-        }
-        let secret = match (kind, &r.secret_env, &r.secret_file) {
-            (SinkKind::Slack, None, None) => None,
-            (SinkKind::Slack, _, _) => {
-                return Err(s.error_at(
-                    span,
-                    &format!("{field}.secret_env"),
-                    "a slack sink is not signed (Slack authenticates by the URL): remove the secret",
-                ));
-            }
-            (SinkKind::Webhook, Some(_), Some(_)) | (SinkKind::Webhook, None, None) => {
-                return Err(s.error_at(
-                    span,
-                    &format!("{field}.secret_env"),
-                    "a webhook sink needs exactly one of secret_env and secret_file (the HMAC-SHA256 key)",
-                ));
-            }
-            (SinkKind::Webhook, Some(v), None) => Some(env.var(v.get_ref())),
-            (SinkKind::Webhook, None, Some(f)) => {
-                let t = read_file(f, "secret_file")?;
-                if t.len() < 16 {
-                    return Err(s.error_at(
-                        f.span(),
-                        &format!("{field}.secret_file"),
-                        "the secret must be at least 16 characters",
-                    ));
-                }
-                Some(Some(t))
-            }
-        };
-        match (url, secret) {
-            (Some(url), None) => out.sinks.push(SinkConfig {
-                name: name.clone(),
-                kind,
-                url: url.into(),
-                secret: None,
-            }),
-            (Some(url), Some(Some(secret))) => out.sinks.push(SinkConfig {
-                name: name.clone(),
-                kind,
-                url: url.into(),
-                secret: Some(secret.into()),
-            }),
-            // An unset environment variable leaves the sink out (as for a provider's key), with a warning
-            // at start.
-            _ => out.disabled.push(name.clone()),
+    };
+    if let Some(u) = &url {
+        let ok = reqwest::Url::parse(u)
+            .is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host().is_some());
+        if !ok {
+            // Not echoed: the URL may carry a token.
+            return Err(s.error_at(
+                span,
+                &format!("{field}.url"),
+                "must be an http:// or https:// URL",
+            ));
         }
     }
-    Ok(out)
+    // `Some(None)`: a webhook whose secret variable is not set.
+    let secret = match (kind, &r.secret_env, &r.secret_file) {
+        (SinkKind::Slack, None, None) => None,
+        (SinkKind::Slack, _, _) => {
+            return Err(s.error_at(
+                span,
+                &format!("{field}.secret_env"),
+                "a slack sink is not signed (Slack authenticates by the URL): remove the secret",
+            ));
+        }
+        (SinkKind::Webhook, Some(v), None) => Some(env.var(v.get_ref())),
+        (SinkKind::Webhook, None, Some(f)) => {
+            let t = read_file(f, "secret_file")?;
+            if t.len() < 16 {
+                return Err(s.error_at(
+                    f.span(),
+                    &format!("{field}.secret_file"),
+                    "the secret must be at least 16 characters",
+                ));
+            }
+            Some(Some(t))
+        }
+        (SinkKind::Webhook, _, _) => {
+            return Err(s.error_at(
+                span,
+                &format!("{field}.secret_env"),
+                "a webhook sink needs exactly one of secret_env and secret_file (the HMAC-SHA256 key)",
+            ));
+        }
+    };
+    Ok(match (url, secret) {
+        (Some(url), None) => Some(SinkConfig {
+            name,
+            kind,
+            url: url.into(),
+            secret: None,
+        }),
+        (Some(url), Some(Some(secret))) => Some(SinkConfig {
+            name,
+            kind,
+            url: url.into(),
+            secret: Some(secret.into()),
+        }),
+        _ => None,
+    })
 }

@@ -17,12 +17,12 @@ pub mod accounting;
 pub mod admin;
 pub mod affinity;
 pub mod alerts;
+pub mod audit;
 pub mod budgets;
 pub mod credentials;
 pub mod limits;
 pub mod models;
 pub mod oauth;
-pub mod ops;
 pub mod pricing;
 pub mod providers;
 pub mod routes;
@@ -30,6 +30,7 @@ pub mod routing;
 pub mod server;
 pub mod source;
 pub mod store;
+pub mod telemetry;
 pub mod tokens;
 pub mod vault;
 
@@ -86,11 +87,11 @@ struct RawConfig {
     #[serde(default)]
     admin: admin::RawAdmin,
     #[serde(default)]
-    metrics: ops::RawMetricsConfig,
+    metrics: crate::metrics::RawMetricsConfig,
     #[serde(default)]
-    telemetry: ops::RawTelemetry,
+    telemetry: telemetry::RawTelemetry,
     #[serde(default)]
-    audit: ops::RawAudit,
+    audit: audit::RawAudit,
     /// Budget alert sinks (`[alerts]`, `[[alerts.sinks]]`).
     #[serde(default)]
     alerts: alerts::RawAlerts,
@@ -125,9 +126,9 @@ pub struct Config {
     pub budgets: Vec<BudgetConfig>,
     pub limits: LimitsConfig,
     pub admin: AdminConfig,
-    pub metrics: ops::MetricsConfig,
-    pub telemetry: ops::TelemetryConfig,
-    pub audit: ops::AuditConfig,
+    pub metrics: crate::metrics::MetricsConfig,
+    pub telemetry: telemetry::TelemetryConfig,
+    pub audit: audit::AuditConfig,
     pub alerts: AlertsConfig,
     pub affinity: affinity::AffinityConfig,
     pub accounting: accounting::AccountingConfig,
@@ -188,9 +189,9 @@ impl Config {
         let vault = vault::validate(s, &raw.vault, env)?;
         let identity = IdentityConfig::validate(&raw.identity, s)?;
         let oauth = oauth::validate(&raw.oauth, s, env)?;
-        let metrics = ops::MetricsConfig::from(&raw.metrics);
-        let telemetry = ops::telemetry(s, &raw.telemetry)?;
-        let audit = ops::audit(
+        let metrics = crate::metrics::MetricsConfig::from(&raw.metrics);
+        let telemetry = telemetry::validate(s, &raw.telemetry)?;
+        let audit = audit::validate(
             s,
             &raw.audit,
             &server.state_dir,

@@ -190,7 +190,7 @@ pub fn validate(
         Some(_) => Some(secs(
             &raw.access_ttl_secs,
             "oauth.access_ttl_secs",
-            crate::token::endpoint::MIN_TTL_SECS,
+            crate::token::limits::MIN_TTL_SECS,
             super::TTL_CEILING_SECS,
             0,
         )?),

@@ -113,24 +113,11 @@ pub(super) fn validate(s: &Source, raw: &RawPricing) -> Result<PricingConfig, Co
     };
     let mut estimator = Estimator::default();
     if let Some(b) = &raw.input_bytes_per_token {
-        if !(1..=16).contains(b.get_ref()) {
-            return Err(s.error_at(
-                b.span(),
-                "pricing.input_bytes_per_token",
-                "must be between 1 and 16",
-            ));
-        }
-        estimator.input_bytes_per_token = *b.get_ref();
+        estimator.input_bytes_per_token = s.in_range(b, "pricing.input_bytes_per_token", 16)?;
     }
     if let Some(c) = &raw.output_reserve_cap_tokens {
-        if !(1..=1_000_000).contains(c.get_ref()) {
-            return Err(s.error_at(
-                c.span(),
-                "pricing.output_reserve_cap_tokens",
-                "must be between 1 and 1000000",
-            ));
-        }
-        estimator.output_reserve_cap_tokens = *c.get_ref();
+        estimator.output_reserve_cap_tokens =
+            s.in_range(c, "pricing.output_reserve_cap_tokens", 1_000_000)?;
     }
     let file = match &raw.litellm_file {
         None => Vec::new(),

@@ -1,7 +1,6 @@
 //! `[server]`: where the broker listens, the URL it issues tokens as, its state directory, body limit, log
 //! format, shutdown grace and TLS.
 
-use super::ops;
 use super::source::{ConfigError, Source};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -17,7 +16,7 @@ pub(super) struct RawServer {
     max_body_bytes: Option<Spanned<u64>>,
     log_format: Option<LogFormat>,
     shutdown_grace_secs: Option<u64>,
-    tls: Option<ops::RawTls>,
+    tls: Option<RawTls>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
@@ -39,7 +38,7 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub shutdown_grace_secs: u64,
-    pub tls: Option<ops::TlsConfig>,
+    pub tls: Option<TlsConfig>,
 }
 
 impl ServerConfig {
@@ -97,6 +96,49 @@ pub(super) fn validate(s: &Source, raw: &RawServer) -> Result<ServerConfig, Conf
         max_body_bytes,
         log_format: raw.log_format.unwrap_or_default(),
         shutdown_grace_secs: raw.shutdown_grace_secs.unwrap_or(30),
-        tls: ops::tls(s, &raw.tls)?,
+        tls: tls(s, &raw.tls)?,
     })
+}
+
+/// `[server.tls]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain. Reloaded when the file changes.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Reloaded when the file changes.
+    pub key_file: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// How often to check the files for changes, seconds. Default 10.
+    pub reload_interval_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+    pub reload_interval_secs: u64,
+}
+
+pub fn tls(s: &Source, r: &Option<RawTls>) -> Result<Option<TlsConfig>, ConfigError> {
+    let Some(r) = r else { return Ok(None) };
+    let reload_interval_secs = match &r.reload_interval_secs {
+        Some(v) if *v.get_ref() == 0 => {
+            return Err(s.error_at(
+                v.span(),
+                "server.tls.reload_interval_secs",
+                "must be at least 1",
+            ));
+        }
+        Some(v) => *v.get_ref(),
+        None => 10,
+    };
+    Ok(Some(TlsConfig {
+        cert_file: s.resolve(&r.cert_file),
+        key_file: s.resolve(&r.key_file),
+        client_ca_file: r.client_ca_file.as_deref().map(|p| s.resolve(p)),
+        reload_interval_secs,
+    }))
 }

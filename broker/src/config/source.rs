@@ -69,6 +69,22 @@ impl Source {
         }
     }
 
+    /// A number in `1..=max`, or an error at its line naming the field and the range.
+    pub fn in_range<T>(&self, v: &toml::Spanned<T>, field: &str, max: T) -> Result<T, ConfigError>
+    where
+        T: Copy + PartialOrd + From<u8> + std::fmt::Display,
+    {
+        let n = *v.get_ref();
+        if n < T::from(1) || n > max {
+            return Err(self.error_at(
+                v.span(),
+                field,
+                format_args!("must be between 1 and {max}"),
+            ));
+        }
+        Ok(n)
+    }
+
     /// Parse the whole file into `T`, mapping TOML/serde errors to file:line:col.
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
         toml::from_str(&self.text).map_err(|e| {

@@ -128,14 +128,7 @@ pub(super) fn validate(
         None => Ok(default),
     };
     let max_connections = match &raw.max_connections {
-        Some(x) if !(1..=256).contains(x.get_ref()) => {
-            return Err(s.error_at(
-                x.span(),
-                "store.max_connections",
-                "must be between 1 and 256",
-            ));
-        }
-        Some(x) => *x.get_ref(),
+        Some(x) => s.in_range(x, "store.max_connections", 256)?,
         None => 8,
     };
     Ok(StoreConfig {

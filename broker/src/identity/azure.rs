@@ -1,11 +1,15 @@
-//! Entra ID (Azure) access tokens from managed identity or workload identity.
+//! Entra ID (Azure) access tokens from managed identity or workload identity, and people's tokens from the
+//! Azure CLI (`tollgate-token --identity azure-cli`): nothing here assumes a managed identity's claims.
 //!
 //! The token's `tid` must be an allow-listed tenant; that tenant's discovery document
 //! (`{authority}/{tenant}/v2.0/.well-known/openid-configuration`) gives the JWKS. RS256 only; `iss` must be
 //! the tenant's v2 issuer (from discovery) or its v1 issuer `https://sts.windows.net/{tenant}/` (what
 //! tokens for an app with `accessTokenAcceptedVersion` 1 carry); `aud` must be the broker's app ID URI.
-//! Identity = `oid`; `appid`/`azp`, `tid` and (when present) `xms_mirid` become attributes. `xms_mirid` is
-//! only a hint: Microsoft emits it for first-party audiences only.
+//! Identity = `oid`; every claim becomes an attribute (`appid`/`azp`, `tid`, and when present `xms_mirid`,
+//! `idtyp`, `upn`, `scp`). `xms_mirid` is only a hint: Microsoft emits it for first-party audiences only.
+//! A person's token says `idtyp = "user"` (when the app asks for that optional claim) and carries `upn` and
+//! `scp`; the Azure CLI's is issued to the CLI's client ID (`appid` 04b07795-8ddb-461a-bbee-02f9e1bf7b46), so
+//! a policy tells people from workloads by those attributes.
 
 use super::config::AzureConfig;
 use super::jwt::{self, Expectations, KeyLocation, KeyStore, Unverified};

@@ -11,7 +11,7 @@
 //! audiences = ["tollgate"]
 //! bound_claims = { namespace = "ci" }
 //!
-//! [[identity.azure]]                  # any number: Entra access tokens (managed/workload identity)
+//! [[identity.azure]]                  # any number: Entra access tokens (managed/workload identity, Azure CLI)
 //! tenants = ["00000000-0000-0000-0000-000000000000"]
 //! audiences = ["api://tollgate"]
 //! ```

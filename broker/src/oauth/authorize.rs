@@ -578,7 +578,7 @@ pub fn access_ttl(app: &AppState, oauth: &OAuth, rule_ttl: Option<u64>) -> u64 {
         .cfg
         .access_ttl_secs
         .unwrap_or(t.default_ttl_secs)
-        .max(crate::token::endpoint::MIN_TTL_SECS)
+        .max(crate::token::limits::MIN_TTL_SECS)
         .min(ceiling)
 }
 

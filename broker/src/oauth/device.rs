@@ -71,7 +71,7 @@ pub async fn authorization(
     let Some(oauth) = app.oauth().clone() else {
         return crate::error::ApiError::NotFound.into_response();
     };
-    let form = match super::grant::parse_form(&headers, &body) {
+    let form = match super::form::parse_form(&headers, &body) {
         Ok(f) => f,
         Err(r) => return r.into_response(),
     };

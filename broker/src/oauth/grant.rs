@@ -8,6 +8,7 @@
 
 use super::authorize::{CodeData, access_ttl};
 use super::device::DeviceData;
+use super::form::parse_form;
 use super::store::{CodeUse, DevicePoll, Family, RefreshUse, digest};
 use super::{OAuth, Scope, StoredIdentity, pkce_challenge, random_token, same, valid_verifier};
 use crate::app::AppState;
@@ -48,33 +49,6 @@ fn store_failed(e: impl std::fmt::Display) -> OAuthFailure {
         OAuthErrorCode::TemporarilyUnavailable,
         "try again",
     )
-}
-
-/// A strict form body: `application/x-www-form-urlencoded`, no repeated parameter (RFC 6749 §3.2).
-pub fn parse_form(
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<Vec<(String, String)>, OAuthFailure> {
-    let ct = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct.starts_with("application/x-www-form-urlencoded") {
-        return Err(fail(
-            OAuthErrorCode::InvalidRequest,
-            "content-type must be application/x-www-form-urlencoded",
-        ));
-    }
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-        .map_err(|_| fail(OAuthErrorCode::InvalidRequest, "malformed form body"))?;
-    let mut seen = std::collections::BTreeSet::new();
-    if pairs.iter().any(|(k, _)| !seen.insert(k.as_str())) {
-        return Err(fail(
-            OAuthErrorCode::InvalidRequest,
-            "a parameter is repeated",
-        ));
-    }
-    Ok(pairs)
 }
 
 struct Form(Vec<(String, String)>);
@@ -328,7 +302,7 @@ async fn issue(
         }
     };
     if let Some(models) = scope.model_items() {
-        grant.models = crate::token::endpoint::narrow_models(&grant.models, &models)
+        grant.models = crate::token::narrow_models(&grant.models, &models)
             .map_err(|d| fail(OAuthErrorCode::InvalidScope, &d))?;
     }
     let ttl = access_ttl(app, oauth, rule_ttl);

@@ -18,6 +18,7 @@
 
 pub mod authorize;
 pub mod device;
+pub mod form;
 pub mod grant;
 pub mod idp;
 pub mod pages;
@@ -248,7 +249,7 @@ impl Scope {
         Ok(Scope(items.join(" ")))
     }
 
-    /// The `model:` items, as a scope string for [`crate::token::endpoint::narrow_models`]; `None` when
+    /// The `model:` items, as a scope string for [`crate::token::narrow_models`]; `None` when
     /// the whole grant is asked for.
     pub fn model_items(&self) -> Option<String> {
         let m: Vec<&str> = self

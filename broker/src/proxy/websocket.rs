@@ -18,6 +18,11 @@
 //!   the error `websocket_connection_limit_reached` and the connection is closed (Codex opens a new one).
 //! - **Turn state.** `x-codex-turn-state` from the handshake is echoed on the upgrade response (a sticky
 //!   routing token for Codex); without one the broker gives one.
+//! - **Per-turn session headers.** The handshake's `x-codex-turn-metadata` describes the connection's
+//!   warm-up (`request_kind: "prewarm"`, no turn id); Codex sends each request's own metadata and window id
+//!   in the frame's `client_metadata` (the values it sends as headers over HTTP). Those replace the
+//!   handshake's for that turn ([`turn_headers`]), so the session record (turn, request kind, window) is
+//!   the same over WebSocket as over HTTP.
 
 use super::{authenticate, proxy};
 use crate::app::AppState;
@@ -39,6 +44,9 @@ pub const CONNECTION_LIMIT_SECS: u64 = 60 * 60;
 
 /// Responses remembered per connection (the oldest is forgotten first; Codex refers to the latest).
 const MAX_REMEMBERED: usize = 8;
+
+/// The per-request headers Codex sends in a frame's `client_metadata` over WebSocket (as headers over HTTP).
+const PER_TURN_HEADERS: &[&str] = &["x-codex-turn-metadata", "x-codex-window-id"];
 
 /// Headers of the handshake that are not passed on with each turn.
 const HANDSHAKE_ONLY: &[&str] = &[
@@ -260,10 +268,11 @@ impl Connection {
             Ok(b) => Bytes::from(b),
             Err(_) => return Ok(After::Continue),
         };
+        let headers = turn_headers(&self.headers, &frame);
         let resp = match proxy(
             self.app.clone(),
             self.claims.clone(),
-            self.headers.clone(),
+            headers,
             Ok(body),
             super::Endpoint::Responses,
         )
@@ -370,6 +379,28 @@ impl Connection {
     }
 }
 
+/// One turn's headers: the handshake's, with each of [`PER_TURN_HEADERS`] that the frame's
+/// `client_metadata` carries (a string that is a valid header value, at most
+/// [`crate::session::MAX_METADATA_BYTES`]) in place of the handshake's. The values stay untrusted: the
+/// session module validates them as it does a POST's headers.
+fn turn_headers(handshake: &HeaderMap, frame: &serde_json::Map<String, Value>) -> HeaderMap {
+    let mut headers = handshake.clone();
+    let Some(meta) = frame.get("client_metadata").and_then(Value::as_object) else {
+        return headers;
+    };
+    for name in PER_TURN_HEADERS {
+        if let Some(v) = meta
+            .get(*name)
+            .and_then(Value::as_str)
+            .filter(|v| v.len() <= crate::session::MAX_METADATA_BYTES)
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            headers.insert(*name, v);
+        }
+    }
+    headers
+}
+
 /// The first complete SSE event in `buf`: its `data` (joined lines; `None` for an event without data or
 /// `[DONE]`) and what follows it; `None` while no event is complete.
 fn next_event(buf: &[u8]) -> Option<(Option<String>, Vec<u8>)> {
@@ -399,6 +430,50 @@ async fn send(socket: &mut WebSocket, v: &Value) -> Result<(), axum::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::{CodexSession, RequestKind};
+
+    /// Codex 0.171.0 over WebSocket (observed): the handshake's metadata is the warm-up's, each frame's
+    /// `client_metadata` has the request's own. The turn is recorded by the frame's, as over HTTP.
+    #[test]
+    fn a_turn_is_recorded_by_its_frame_metadata_not_the_handshake() {
+        let mut handshake = HeaderMap::new();
+        handshake.insert("session-id", HeaderValue::from_static("s-1"));
+        handshake.insert("x-codex-window-id", HeaderValue::from_static("s-1:0"));
+        handshake.insert(
+            "x-codex-turn-metadata",
+            HeaderValue::from_static(
+                r#"{"session_id":"s-1","window_id":"s-1:0","request_kind":"prewarm"}"#,
+            ),
+        );
+        let frame = |meta: Value| match json!({"model": "gpt-5.5", "client_metadata": meta}) {
+            Value::Object(o) => o,
+            _ => unreachable!(),
+        };
+        let compaction = frame(json!({
+            "x-codex-window-id": "s-1:1",
+            "x-codex-turn-metadata": r#"{"session_id":"s-1","turn_id":"t-7","window_id":"s-1:1","request_kind":"compaction"}"#,
+        }));
+        let s =
+            CodexSession::from_headers(&turn_headers(&handshake, &compaction)).expect("session");
+        assert_eq!(s.session_id.as_deref(), Some("s-1"));
+        assert_eq!(s.turn_id.as_deref(), Some("t-7"));
+        assert_eq!(s.window_id.as_deref(), Some("s-1:1"));
+        assert_eq!(s.request_kind, Some(RequestKind::Compaction));
+
+        // Without client_metadata, or with values that cannot be headers or are too long, the
+        // handshake's stay.
+        for f in [
+            frame(Value::Null),
+            frame(json!({"x-codex-window-id": "bad
+value"})),
+            frame(
+                json!({"x-codex-turn-metadata": "x".repeat(crate::session::MAX_METADATA_BYTES + 1)}),
+            ),
+            frame(json!({"x-codex-window-id": 7})),
+        ] {
+            assert_eq!(turn_headers(&handshake, &f), handshake);
+        }
+    }
 
     #[test]
     fn sse_events_are_cut_at_blank_lines_with_their_data_joined() {

@@ -8,6 +8,7 @@
 //! and refusals that never say which check failed.
 
 use super::limits::PeerAddr;
+use super::narrow_models;
 use crate::app::AppState;
 use crate::error::OAuthFailure;
 use crate::identity::VerifyError;
@@ -20,7 +21,7 @@ use bytes::Bytes;
 use serde_json::json;
 use std::sync::Arc;
 use tollgate::exchange::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
-use tollgate::{ModelPattern, OAuthErrorCode, TokenExchangeRequest, TokenExchangeResponse};
+use tollgate::{OAuthErrorCode, TokenExchangeRequest, TokenExchangeResponse};
 
 pub use super::limits::MIN_TTL_SECS;
 
@@ -140,7 +141,7 @@ async fn exchange_body(
 ) -> Result<Response, OAuthFailure> {
     // RFC 6749 §3.2 form rules (content type, no repeated parameter — a repeated subject_token could
     // smuggle a second proof): the same parser as the people grants.
-    let pairs = crate::oauth::grant::parse_form(headers, body)?;
+    let pairs = crate::oauth::form::parse_form(headers, body)?;
     match pairs.iter().find(|(k, _)| k == "grant_type") {
         Some((_, g)) if g == GRANT_TYPE_TOKEN_EXCHANGE => {}
         // People (the authorization server): authorization code, refresh token, device code.
@@ -307,37 +308,10 @@ async fn exchange_body(
     Ok(r)
 }
 
-/// `scope = "model:gpt-5.5 model:o4-*"` narrows the grant: each requested pattern must be allowed (a
-/// literal must match an allowed glob; a glob must equal an allowed glob). Other scope tokens are refused.
-pub(crate) fn narrow_models(
-    allowed: &[ModelPattern],
-    scope: &str,
-) -> Result<Vec<ModelPattern>, String> {
-    let mut out = Vec::new();
-    for item in scope.split_whitespace() {
-        let Some(m) = item.strip_prefix("model:") else {
-            return Err(format!("unknown scope {item:?} (use model:<name or glob>)"));
-        };
-        let p = ModelPattern::new(m).map_err(|e| e.to_string())?;
-        let ok = if p.is_literal() {
-            allowed.iter().any(|a| a.matches(m))
-        } else {
-            allowed.contains(&p)
-        };
-        if !ok {
-            return Err(format!("scope {item:?} is outside the grant"));
-        }
-        out.push(p);
-    }
-    if out.is_empty() {
-        return Err("empty scope".into());
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate::ModelPattern;
 
     #[test]
     fn scope_narrowing() {

@@ -22,7 +22,7 @@ pub struct TokenEndpoint {
 }
 
 impl TokenEndpoint {
-    pub fn new(cfg: &crate::config::TokenConfig) -> Self {
+    pub fn new(cfg: &crate::config::tokens::TokenConfig) -> Self {
         let limiter = NonZeroU32::new(cfg.exchanges_per_minute_per_address).map(|per_min| {
             let burst = NonZeroU32::new((per_min.get() / 10).max(10)).unwrap_or(per_min);
             DefaultKeyedRateLimiter::keyed(Quota::per_minute(per_min).allow_burst(burst))

@@ -7,7 +7,7 @@ use crate::clock::SharedClock;
 use crate::keys::SigningKey;
 use jsonwebtoken::{Algorithm, Header, Validation};
 use std::sync::{Arc, RwLock};
-use tollgate::{Claims, Grant};
+use tollgate::{Claims, Grant, ModelPattern};
 
 /// Clock skew we tolerate on `iat`/`nbf`: tokens are backdated by this much.
 pub const SKEW_SECS: u64 = 30;
@@ -209,6 +209,34 @@ impl TokenService {
         }
         Ok(c)
     }
+}
+
+/// `scope = "model:gpt-5.5 model:o4-*"` narrows the grant: each requested pattern must be allowed (a
+/// literal must match an allowed glob; a glob must equal an allowed glob). Other scope tokens are refused.
+pub(crate) fn narrow_models(
+    allowed: &[ModelPattern],
+    scope: &str,
+) -> Result<Vec<ModelPattern>, String> {
+    let mut out = Vec::new();
+    for item in scope.split_whitespace() {
+        let Some(m) = item.strip_prefix("model:") else {
+            return Err(format!("unknown scope {item:?} (use model:<name or glob>)"));
+        };
+        let p = ModelPattern::new(m).map_err(|e| e.to_string())?;
+        let ok = if p.is_literal() {
+            allowed.iter().any(|a| a.matches(m))
+        } else {
+            allowed.contains(&p)
+        };
+        if !ok {
+            return Err(format!("scope {item:?} is outside the grant"));
+        }
+        out.push(p);
+    }
+    if out.is_empty() {
+        return Err("empty scope".into());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -11,6 +11,10 @@
 //! prompt. `tool_choice` (`auto`, `any`, `tool`, `none`, `disable_parallel_tool_use`) → its Chat
 //! equivalent; `stop_sequences` → `stop`; `thinking` (`enabled` with a budget, or `adaptive`) →
 //! `reasoning_effort` for OpenAI and Azure (the equivalent they have; Chat-compatible servers get none).
+//! `output_config.effort` → `reasoning_effort` too (it wins over a thinking budget; `xhigh`/`max` →
+//! `high`), `output_config.format` (structured output) → `response_format` (`json_schema`, not strict);
+//! `metadata.user_id` → `user` (hashed when longer than 64). `document` blocks: a PDF → a `file` part for
+//! OpenAI and Azure, text sources → text, anything else → a note that it could not be sent.
 //! The output limit is the client's `max_tokens`, forwarded exactly in the field the provider reads
 //! (`proxy::output_limit`).
 //!
@@ -106,7 +110,86 @@ fn chat_content(parts: Vec<Value>) -> Value {
     }
 }
 
-fn user_message(messages: &mut Vec<Value>, content: &[Value]) {
+/// A `document` block as Chat content: a PDF (base64) as a `file` part for OpenAI and Azure (their Chat API
+/// reads PDFs); plain text (a `text` source, or `content` blocks) as text; anything else (a PDF by URL, a
+/// PDF for a Chat-compatible server) as a note that it could not be sent, so the model does not answer as
+/// if it had read it.
+fn document_part(b: &Value, flavor: ChatFlavor) -> Value {
+    let title = b.get("title").and_then(Value::as_str);
+    let src = b.get("source");
+    let kind = src.and_then(|s| s.get("type")).and_then(Value::as_str);
+    let media = src
+        .and_then(|s| s.get("media_type"))
+        .and_then(Value::as_str);
+    match (kind, media) {
+        (Some("text"), _) => {
+            if let Some(t) = src.and_then(|s| s.get("data")).and_then(Value::as_str) {
+                return json!({"type": "text", "text": t});
+            }
+        }
+        (Some("content"), _) => {
+            let inner = blocks(src.and_then(|s| s.get("content")));
+            return json!({"type": "text", "text": content_text(Some(&Value::Array(inner)))});
+        }
+        (Some("base64"), Some("application/pdf")) if flavor == ChatFlavor::OpenAi => {
+            if let Some(data) = src.and_then(|s| s.get("data")).and_then(Value::as_str) {
+                let name = title.map_or_else(|| "document.pdf".to_string(), |t| format!("{t}.pdf"));
+                return json!({"type": "file", "file": {
+                    "filename": name,
+                    "file_data": format!("data:application/pdf;base64,{data}")}});
+            }
+        }
+        _ => {}
+    }
+    json!({"type": "text", "text": format!(
+        "(a document{} was attached here, but this model cannot read it through this gateway)",
+        title.map(|t| format!(" \"{t}\"")).unwrap_or_default()
+    )})
+}
+
+/// Anthropic's `metadata.user_id` as Chat's `user`: as sent when it is short, else its SHA-256 (hex, 64
+/// characters) — opaque and stable, as Anthropic asks the id to be, and within what OpenAI accepts.
+fn chat_user(req: &Value) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let id = req.pointer("/metadata/user_id").and_then(Value::as_str)?;
+    if id.is_empty() {
+        return None;
+    }
+    Some(if id.len() <= 64 {
+        id.to_string()
+    } else {
+        hex::encode(Sha256::digest(id.as_bytes()))
+    })
+}
+
+/// `output_config.effort` (`low` … `max`) as a `reasoning_effort`: OpenAI's highest is `high`.
+fn output_effort(req: &Value) -> Option<&'static str> {
+    match req
+        .pointer("/output_config/effort")
+        .and_then(Value::as_str)?
+    {
+        "low" => Some("low"),
+        "medium" => Some("medium"),
+        "high" | "xhigh" | "max" => Some("high"),
+        _ => None,
+    }
+}
+
+/// `output_config.format` (structured output: `{"type": "json_schema", "schema": …}`) as Chat's
+/// `response_format`. Not `strict`: OpenAI's strict mode demands every property be required, which an
+/// Anthropic schema need not say, and a refused schema would fail the turn.
+fn response_format(req: &Value) -> Option<Value> {
+    let f = req.pointer("/output_config/format")?;
+    if f.get("type").and_then(Value::as_str) != Some("json_schema") {
+        return None;
+    }
+    let schema = f.get("schema")?;
+    Some(
+        json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": false}}),
+    )
+}
+
+fn user_message(messages: &mut Vec<Value>, content: &[Value], flavor: ChatFlavor) {
     let mut parts = Vec::new();
     let mut images_after_tools = Vec::new();
     for b in content {
@@ -130,14 +213,7 @@ fn user_message(messages: &mut Vec<Value>, content: &[Value]) {
                 }
                 messages.push(json!({"role": "tool", "tool_call_id": id, "content": text}));
             }
-            // A document (PDF, text source) as its text when it has one; others cannot be sent.
-            Some("document") => {
-                if let Some(t) = b.pointer("/source/data").and_then(Value::as_str)
-                    && b.pointer("/source/type").and_then(Value::as_str) == Some("text")
-                {
-                    parts.push(json!({"type": "text", "text": t}));
-                }
-            }
+            Some("document") => parts.push(document_part(b, flavor)),
             _ => {}
         }
     }
@@ -263,7 +339,7 @@ pub fn request(
         let content = blocks(m.get("content"));
         match m.get("role").and_then(Value::as_str) {
             Some("assistant") => assistant_message(&mut messages, &content),
-            Some("user") => user_message(&mut messages, &content),
+            Some("user") => user_message(&mut messages, &content, flavor),
             _ => return Err(TranslateError::BadMessages),
         }
     }
@@ -288,10 +364,17 @@ pub fn request(
     {
         out.insert("stop".into(), Value::Array(stops.clone()));
     }
+    // `output_config.effort` says how hard to think more directly than a thinking budget: it wins.
     if flavor == ChatFlavor::OpenAi
-        && let Some(e) = effort(req.get("thinking"))
+        && let Some(e) = output_effort(body).or_else(|| effort(req.get("thinking")))
     {
         out.insert("reasoning_effort".into(), json!(e));
+    }
+    if let Some(f) = response_format(body) {
+        out.insert("response_format".into(), f);
+    }
+    if let Some(u) = chat_user(body) {
+        out.insert("user".into(), json!(u));
     }
     if !tools.is_empty() {
         out.insert("tools".into(), Value::Array(tools));
@@ -612,6 +695,198 @@ impl EventMapper for ChatToMessages {
 mod tests {
     use super::*;
     use crate::translate::{SeqIds, StreamTranslator};
+
+    fn user_parts(out: &Value) -> Value {
+        out["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .rfind(|m| m["role"] == "user")
+            .expect("user message")["content"]
+            .clone()
+    }
+
+    #[test]
+    fn documents_by_source_and_flavor() {
+        let pdf = json!({"type": "document", "title": "spec",
+            "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}});
+        let pdf_url =
+            json!({"type": "document", "source": {"type": "url", "url": "https://x.test/a.pdf"}});
+        let text = json!({"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain words"}});
+        let content = json!({"type": "document", "source": {"type": "content",
+            "content": [{"type": "text", "text": "block one"}, {"type": "text", "text": " two"}]}});
+        let file = json!({"type": "file", "file": {"filename": "spec.pdf",
+            "file_data": "data:application/pdf;base64,JVBERi0x"}});
+        let cannot = |t: &str| {
+            json!({"type": "text",
+            "text": format!("(a document{t} was attached here, but this model cannot read it through this gateway)")})
+        };
+        let cases = [
+            (&pdf, ChatFlavor::OpenAi, file.clone()),
+            (&pdf, ChatFlavor::Compatible, cannot(" \"spec\"")),
+            (&pdf_url, ChatFlavor::OpenAi, cannot("")),
+            (&pdf_url, ChatFlavor::Compatible, cannot("")),
+            (
+                &text,
+                ChatFlavor::OpenAi,
+                json!({"type": "text", "text": "plain words"}),
+            ),
+            (
+                &text,
+                ChatFlavor::Compatible,
+                json!({"type": "text", "text": "plain words"}),
+            ),
+            (
+                &content,
+                ChatFlavor::OpenAi,
+                json!({"type": "text", "text": "block one two"}),
+            ),
+            (
+                &content,
+                ChatFlavor::Compatible,
+                json!({"type": "text", "text": "block one two"}),
+            ),
+        ];
+        for (doc, flavor, want) in cases {
+            let body = json!({"model": "claude-x", "max_tokens": 9, "messages": [{"role": "user",
+                "content": [doc.clone(), {"type": "image", "source": {"type": "url", "url": "https://x.test/i.png"}}]}]});
+            let (out, _) = request(&body, "gpt-x", flavor).expect("translate");
+            let parts = user_parts(&out);
+            assert_eq!(parts[0], want, "{doc} {flavor:?}");
+            assert_eq!(parts[1]["type"], "image_url", "the other parts stay");
+        }
+    }
+
+    #[test]
+    fn metadata_output_config_and_thinking_combine() {
+        let long_id = format!(
+            "user_{}_account__session_{}",
+            "a".repeat(64),
+            "5b0f3c1e-8d2a-4c4e-9f57-0a3d2b1c9e11"
+        );
+        let hashed = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(long_id.as_bytes()));
+        let schema = json!({"type": "object", "properties": {"a": {"type": "string"}}});
+        // (metadata, output_config, thinking, flavor) → (user, reasoning_effort, response_format)
+        let cases = [
+            (
+                json!(null),
+                json!(null),
+                json!(null),
+                ChatFlavor::OpenAi,
+                json!(null),
+                json!(null),
+                json!(null),
+            ),
+            (
+                json!({"user_id": "u-1"}),
+                json!(null),
+                json!(null),
+                ChatFlavor::Compatible,
+                json!("u-1"),
+                json!(null),
+                json!(null),
+            ),
+            (
+                json!({"user_id": long_id}),
+                json!(null),
+                json!(null),
+                ChatFlavor::OpenAi,
+                json!(hashed),
+                json!(null),
+                json!(null),
+            ),
+            (
+                json!({"user_id": ""}),
+                json!(null),
+                json!(null),
+                ChatFlavor::OpenAi,
+                json!(null),
+                json!(null),
+                json!(null),
+            ),
+            (
+                json!(null),
+                json!({"effort": "medium"}),
+                json!({"type": "adaptive"}),
+                ChatFlavor::OpenAi,
+                json!(null),
+                json!("medium"),
+                json!(null),
+            ),
+            (
+                json!(null),
+                json!({"effort": "max"}),
+                json!(null),
+                ChatFlavor::OpenAi,
+                json!(null),
+                json!("high"),
+                json!(null),
+            ),
+            (
+                json!(null),
+                json!({"effort": "xhigh"}),
+                json!(null),
+                ChatFlavor::OpenAi,
+                json!(null),
+                json!("high"),
+                json!(null),
+            ),
+            (
+                json!(null),
+                json!({"effort": "low"}),
+                json!(null),
+                ChatFlavor::Compatible,
+                json!(null),
+                json!(null),
+                json!(null),
+            ),
+            (
+                json!(null),
+                json!(null),
+                json!({"type": "enabled", "budget_tokens": 1024}),
+                ChatFlavor::OpenAi,
+                json!(null),
+                json!("low"),
+                json!(null),
+            ),
+            (
+                json!(null),
+                json!({"format": {"type": "json_schema", "schema": schema}}),
+                json!(null),
+                ChatFlavor::Compatible,
+                json!(null),
+                json!(null),
+                json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": false}}),
+            ),
+            (
+                json!(null),
+                json!({"effort": "high", "format": {"type": "json_schema", "schema": schema}}),
+                json!(null),
+                ChatFlavor::OpenAi,
+                json!(null),
+                json!("high"),
+                json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": false}}),
+            ),
+        ];
+        for (metadata, output_config, thinking, flavor, user, effort, format) in cases {
+            let mut body = json!({"model": "claude-x", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]});
+            for (k, v) in [
+                ("metadata", &metadata),
+                ("output_config", &output_config),
+                ("thinking", &thinking),
+            ] {
+                if !v.is_null() {
+                    body[k] = v.clone();
+                }
+            }
+            let (out, _) = request(&body, "gpt-x", flavor).expect("translate");
+            let get = |k: &str| out.get(k).cloned().unwrap_or(Value::Null);
+            assert_eq!(get("user"), user, "{body}");
+            assert_eq!(get("reasoning_effort"), effort, "{body}");
+            assert_eq!(get("response_format"), format, "{body}");
+            assert!(out.get("metadata").is_none() && out.get("output_config").is_none());
+        }
+    }
 
     #[test]
     fn tool_results_follow_the_calls_and_images_survive() {

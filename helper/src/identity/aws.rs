@@ -1,19 +1,26 @@
 //! `aws`: a SigV4-signed `sts:GetCallerIdentity` request, signed here and never sent (the broker replays it).
 //!
 //! Credentials come from the usual places, in the SDKs' order: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`
-//! (+ `AWS_SESSION_TOKEN`), the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`, `AWS_PROFILE`),
-//! container credentials (`AWS_CONTAINER_CREDENTIALS_FULL_URI` / `_RELATIVE_URI`, with
-//! `AWS_CONTAINER_AUTHORIZATION_TOKEN`), then EC2 instance metadata (IMDSv2; `AWS_EC2_METADATA_DISABLED`
-//! and `AWS_EC2_METADATA_SERVICE_ENDPOINT` honoured). We sign with `aws-sigv4` directly instead of
-//! pulling in `aws-config` (see helper/README.md: a 3× larger binary and 4× the build for a chain we
-//! mostly need one link of). Not supported: SSO and `credential_process` profiles, web identity.
-//! With a role ARN configured, the helper first calls `sts:AssumeRole` (signed the same way; this is the
-//! only AWS call the helper itself makes) and proves as the role session.
+//! (+ `AWS_SESSION_TOKEN`); then the profile (`AWS_PROFILE`, default `default`) of the AWS config file
+//! (`AWS_CONFIG_FILE`, `~/.aws/config`) merged with the shared credentials file
+//! (`AWS_SHARED_CREDENTIALS_FILE`, `~/.aws/credentials`; its values win), where — as in the SDKs — an IAM
+//! Identity Center (SSO) profile resolves through SSO ([`super::aws_sso`]: the person's `aws sso login`)
+//! before any static keys; then container credentials (`AWS_CONTAINER_CREDENTIALS_FULL_URI` /
+//! `_RELATIVE_URI`, with `AWS_CONTAINER_AUTHORIZATION_TOKEN`), then EC2 instance metadata (IMDSv2;
+//! `AWS_EC2_METADATA_DISABLED` and `AWS_EC2_METADATA_SERVICE_ENDPOINT` honoured). We sign with `aws-sigv4`
+//! directly instead of pulling in `aws-config` (see helper/README.md: a 3× larger binary and 4× the build
+//! for a chain we mostly need one link of). Not supported: `credential_process`, `role_arn` /
+//! `source_profile` chains in the AWS config, web identity. With a role ARN configured
+//! (`TOLLGATE_AWS_ROLE_ARN`), the helper first calls `sts:AssumeRole` (signed the same way) and proves
+//! as the role session. The helper's own AWS calls are that one and, for SSO profiles, the IAM Identity
+//! Center portal's `GetRoleCredentials` (and SSO OIDC's `CreateToken` to refresh a session's token).
 
+use super::aws_sso::{self, Ini};
 use super::{Identity, Proof, ProveContext, ProveFuture};
 use crate::error::IdentityError;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 use tollgate::aws::{AwsCredentials, NONCE_HEADER, SignOptions, sign_get_caller_identity};
@@ -35,6 +42,15 @@ pub struct AwsSettings {
     pub env_session_token: Option<SecretString>,
     pub profile: String,
     pub credentials_file: Option<PathBuf>,
+    /// The AWS config file (`AWS_CONFIG_FILE`, default `~/.aws/config`): profiles, SSO sessions.
+    pub config_file: Option<PathBuf>,
+    /// Where `aws sso login` caches its tokens (`~/.aws/sso/cache`).
+    pub sso_cache_dir: Option<PathBuf>,
+    /// The IAM Identity Center portal endpoint override (`AWS_ENDPOINT_URL_SSO`, else `AWS_ENDPOINT_URL`).
+    pub sso_endpoint: Option<aws_sso::EndpointOverride>,
+    /// The SSO OIDC endpoint override, for token refresh (`AWS_ENDPOINT_URL_SSO_OIDC`, else
+    /// `AWS_ENDPOINT_URL`).
+    pub sso_oidc_endpoint: Option<aws_sso::EndpointOverride>,
     /// Container credentials endpoint and its authorization token.
     pub container_uri: Option<String>,
     pub container_token: Option<SecretString>,
@@ -49,6 +65,8 @@ pub struct AwsSettings {
 
 enum Source {
     Static(AwsCredentials),
+    /// An IAM Identity Center profile and what its token cache held at load.
+    Sso(Box<(aws_sso::SsoProfile, aws_sso::CacheRead)>),
     Container,
     Imds(String),
 }
@@ -59,52 +77,52 @@ pub struct AwsIdentity {
     secrets: Vec<SecretString>,
 }
 
-/// Read a profile from a shared credentials file (INI).
-fn read_profile(path: &PathBuf, profile: &str) -> Result<Option<AwsCredentials>, IdentityError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(IdentityError::ReadFile {
-                source_name: NAME,
-                path: path.clone(),
-                source,
-            });
-        }
-    };
-    let (mut in_section, mut ak, mut sk, mut tok) = (false, None, None, None);
-    for line in text.lines() {
-        let l = line.trim();
-        if l.starts_with('#') || l.starts_with(';') || l.is_empty() {
-            continue;
-        }
-        if let Some(sec) = l.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
-            let sec = sec.trim();
-            in_section =
-                sec == profile || sec.strip_prefix("profile ").map(str::trim) == Some(profile);
-            continue;
-        }
-        if !in_section {
-            continue;
-        }
-        if let Some((k, v)) = l.split_once('=') {
-            let v = v.trim().to_string();
-            match k.trim() {
-                "aws_access_key_id" => ak = Some(v),
-                "aws_secret_access_key" => sk = Some(v),
-                "aws_session_token" => tok = Some(v),
-                _ => {}
-            }
-        }
-    }
-    Ok(match (ak, sk) {
-        (Some(a), Some(s)) => Some(AwsCredentials {
-            access_key_id: a,
-            secret_access_key: s,
-            session_token: tok,
+/// Static keys of a profile's properties.
+fn static_keys(props: &BTreeMap<String, String>) -> Option<AwsCredentials> {
+    match (
+        props.get("aws_access_key_id"),
+        props.get("aws_secret_access_key"),
+    ) {
+        (Some(a), Some(s)) if !a.is_empty() && !s.is_empty() => Some(AwsCredentials {
+            access_key_id: a.clone(),
+            secret_access_key: s.clone(),
+            session_token: props
+                .get("aws_session_token")
+                .filter(|t| !t.is_empty())
+                .cloned(),
         }),
         _ => None,
-    })
+    }
+}
+
+/// The profile's source: its properties from the config file, overridden by the credentials file's (as
+/// in the SDKs); an SSO profile resolves through SSO before any static keys. Local reads only.
+fn profile_source(s: &AwsSettings) -> Result<Option<Source>, IdentityError> {
+    let read = |p: &Option<PathBuf>| match p {
+        Some(p) => Ini::read(p),
+        None => Ok(Ini::default()),
+    };
+    let config = read(&s.config_file)?;
+    let credentials = read(&s.credentials_file)?;
+    let mut props = config
+        .config_profile(&s.profile)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(c) = credentials.credentials_profile(&s.profile) {
+        props.extend(c.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    if aws_sso::is_sso(&props) {
+        let config_file = s.config_file.clone().unwrap_or_default();
+        let p = aws_sso::SsoProfile::resolve(&config, &config_file, &s.profile, &props)?;
+        let cache = match &s.sso_cache_dir {
+            Some(dir) => aws_sso::read_cached_token(dir, &p)?,
+            None => aws_sso::CacheRead::Missing(
+                PathBuf::from("~/.aws/sso/cache").join(p.cache_file_name()),
+            ),
+        };
+        return Ok(Some(Source::Sso(Box::new((p, cache)))));
+    }
+    Ok(static_keys(&props).map(Source::Static))
 }
 
 impl AwsIdentity {
@@ -123,13 +141,22 @@ impl AwsIdentity {
                     .as_ref()
                     .map(|t| t.expose_secret().to_string()),
             })
-        } else if let Some(c) = match &s.credentials_file {
-            Some(p) => read_profile(p, &s.profile)?,
-            None => None,
-        } {
-            secrets.push(SecretString::from(c.secret_access_key.clone()));
-            secrets.extend(c.session_token.clone().map(SecretString::from));
-            Source::Static(c)
+        } else if let Some(source) = profile_source(s)? {
+            match &source {
+                Source::Static(c) => {
+                    secrets.push(SecretString::from(c.secret_access_key.clone()));
+                    secrets.extend(c.session_token.clone().map(SecretString::from));
+                }
+                // The bearer token is read at load, so the error boundary scrubs it from every message;
+                // the role credentials only ever live in `SecretString`s and `AwsCredentials`.
+                Source::Sso(sso) => {
+                    if let (_, aws_sso::CacheRead::Token(t)) = &**sso {
+                        secrets.extend(t.secrets());
+                    }
+                }
+                _ => {}
+            }
+            source
         } else if s.container_uri.is_some() {
             secrets.extend(s.container_token.clone());
             Source::Container
@@ -138,7 +165,7 @@ impl AwsIdentity {
         } else {
             return Err(IdentityError::NotConfigured {
                 source_name: NAME,
-                hint: "no AWS credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE with ~/.aws/credentials, or run with a container/instance role".into(),
+                hint: "no AWS credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE with ~/.aws/credentials or an IAM Identity Center (SSO) profile in ~/.aws/config, or run with a container/instance role".into(),
             });
         };
         Ok(AwsIdentity {
@@ -148,7 +175,11 @@ impl AwsIdentity {
         })
     }
 
-    async fn credentials(&self, http: &reqwest::Client) -> Result<AwsCredentials, IdentityError> {
+    async fn credentials(
+        &self,
+        http: &reqwest::Client,
+        now_unix: u64,
+    ) -> Result<AwsCredentials, IdentityError> {
         let unavailable = |reason: String| IdentityError::Unavailable {
             source_name: NAME,
             reason,
@@ -171,6 +202,19 @@ impl AwsIdentity {
                 secret_access_key: c.secret_access_key.clone(),
                 session_token: c.session_token.clone(),
             }),
+            Source::Sso(sso) => {
+                let (p, cache) = &**sso;
+                let bearer = aws_sso::current_token(
+                    http,
+                    cache,
+                    p,
+                    self.settings.sso_oidc_endpoint.as_ref(),
+                    now_unix,
+                )
+                .await?;
+                aws_sso::role_credentials(http, p, self.settings.sso_endpoint.as_ref(), &bearer)
+                    .await
+            }
             Source::Container => {
                 let uri = self.settings.container_uri.as_deref().unwrap_or_default();
                 let mut req = http.get(uri);
@@ -194,7 +238,7 @@ impl AwsIdentity {
                 let r = req.send().await.map_err(|e| {
                     unavailable(format!(
                         "container credentials endpoint: {}",
-                        crate::exchange::transport_reason(&e)
+                        crate::error::transport_reason(&e)
                     ))
                 })?;
                 if !r.status().is_success() {
@@ -235,7 +279,7 @@ impl AwsIdentity {
                 };
                 let role = get("/latest/meta-data/iam/security-credentials/".into())
                     .await
-                    .map_err(|e| unavailable(crate::exchange::transport_reason(&e)))?
+                    .map_err(|e| unavailable(crate::error::transport_reason(&e)))?
                     .text()
                     .await
                     .map_err(|e| unavailable(e.to_string()))?;
@@ -245,7 +289,7 @@ impl AwsIdentity {
                 }
                 get(format!("/latest/meta-data/iam/security-credentials/{role}"))
                     .await
-                    .map_err(|e| unavailable(crate::exchange::transport_reason(&e)))?
+                    .map_err(|e| unavailable(crate::error::transport_reason(&e)))?
                     .json::<Creds>()
                     .await
                     .map(into)
@@ -317,7 +361,7 @@ impl AwsIdentity {
         let resp = req.send().await.map_err(|e| {
             unavailable(format!(
                 "sts:AssumeRole at {url}: {}",
-                crate::exchange::transport_reason(&e)
+                crate::error::transport_reason(&e)
             ))
         })?;
         let status = resp.status();
@@ -375,6 +419,18 @@ impl Identity for AwsIdentity {
         }
         match &self.source {
             Source::Static(c) => h.update(format!("static\0{}", c.access_key_id).as_bytes()),
+            // Who signs in (start URL, session) and which role: another role is another grant.
+            Source::Sso(sso) => h.update(
+                format!(
+                    "sso\0{}\0{}\0{}\0{}\0{}",
+                    sso.0.profile,
+                    sso.0.start_url,
+                    sso.0.session.as_deref().unwrap_or_default(),
+                    sso.0.account_id,
+                    sso.0.role_name
+                )
+                .as_bytes(),
+            ),
             Source::Container => h.update(
                 format!(
                     "container\0{}",
@@ -389,7 +445,7 @@ impl Identity for AwsIdentity {
 
     fn prove<'a>(&'a self, ctx: &'a ProveContext<'a>) -> ProveFuture<'a> {
         Box::pin(async move {
-            let mut creds = self.credentials(ctx.http).await?;
+            let mut creds = self.credentials(ctx.http, ctx.now_unix).await?;
             if let Some(role) = &self.settings.role_arn {
                 creds = self.assume_role(ctx.http, &creds, role).await?;
             }
@@ -424,24 +480,95 @@ impl Identity for AwsIdentity {
 mod tests {
     use super::*;
 
+    fn settings(dir: &std::path::Path, profile: &str) -> AwsSettings {
+        AwsSettings {
+            region: "us-east-1".into(),
+            sts_url: "https://sts.us-east-1.amazonaws.com/".into(),
+            server_id: "tollgate".into(),
+            env_access_key_id: None,
+            env_secret_access_key: None,
+            env_session_token: None,
+            profile: profile.into(),
+            credentials_file: Some(dir.join("credentials")),
+            config_file: Some(dir.join("config")),
+            sso_cache_dir: Some(dir.join("sso/cache")),
+            sso_endpoint: None,
+            sso_oidc_endpoint: None,
+            container_uri: None,
+            container_token: None,
+            container_token_file: None,
+            imds_endpoint: None,
+            role_arn: None,
+            role_session_name: "tollgate-token".into(),
+        }
+    }
+
     #[test]
     fn shared_credentials_file_profiles() {
         let dir = tempfile::tempdir().expect("tmp");
-        let p = dir.path().join("credentials");
         std::fs::write(
-            &p,
+            dir.path().join("credentials"),
             "[default]\naws_access_key_id = AKIADEFAULT\naws_secret_access_key = s1\n\n[profile dev]\naws_access_key_id=AKIADEV\naws_secret_access_key=s2\naws_session_token=t2\n",
         )
         .expect("write");
-        let d = read_profile(&p, "default").expect("read").expect("default");
-        assert_eq!(d.access_key_id, "AKIADEFAULT");
-        let dev = read_profile(&p, "dev").expect("read").expect("dev");
-        assert_eq!(dev.session_token.as_deref(), Some("t2"));
-        assert!(read_profile(&p, "nope").expect("read").is_none());
-        assert!(
-            read_profile(&dir.path().join("missing"), "default")
-                .expect("ok")
-                .is_none()
-        );
+        let key = |profile: &str| match profile_source(&settings(dir.path(), profile)) {
+            Ok(Some(Source::Static(c))) => Some((c.access_key_id, c.session_token)),
+            Ok(None) => None,
+            _ => panic!("{profile}"),
+        };
+        assert_eq!(key("default"), Some(("AKIADEFAULT".into(), None)));
+        assert_eq!(key("dev"), Some(("AKIADEV".into(), Some("t2".into()))));
+        assert_eq!(key("nope"), None);
+        let mut s = settings(dir.path(), "default");
+        s.credentials_file = Some(dir.path().join("missing"));
+        assert!(profile_source(&s).expect("ok").is_none());
+    }
+
+    /// The SDKs' order inside a profile: the config file and the credentials file merge (credentials
+    /// win), and an SSO profile resolves through SSO before static keys.
+    #[test]
+    fn profile_order_table() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(
+            dir.path().join("config"),
+            "[profile sso]\nsso_start_url = https://d-1.awsapps.com/start\nsso_region = us-east-1\n\
+             sso_account_id = 123456789012\nsso_role_name = Dev\n\n\
+             [profile cfgkeys]\naws_access_key_id = AKIACONFIG\naws_secret_access_key = c\n\n\
+             [profile both]\naws_access_key_id = AKIACONFIG\naws_secret_access_key = c\n\n\
+             [sso]\nsso_start_url = https://not-a-profile-section\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("credentials"),
+            "[sso]\naws_access_key_id = AKIASTATIC\naws_secret_access_key = s\n\n\
+             [both]\naws_access_key_id = AKIACREDS\naws_secret_access_key = s\n",
+        )
+        .expect("write");
+        for (profile, want) in [
+            ("sso", "sso Dev"),
+            ("cfgkeys", "static AKIACONFIG"),
+            ("both", "static AKIACREDS"),
+            ("absent", "none"),
+        ] {
+            let got = match profile_source(&settings(dir.path(), profile)).expect(profile) {
+                Some(Source::Static(c)) => format!("static {}", c.access_key_id),
+                Some(Source::Sso(sso)) if matches!(sso.1, aws_sso::CacheRead::Missing(_)) => {
+                    let p = &sso.0;
+                    format!("sso {}", p.role_name)
+                }
+                Some(_) => "other".into(),
+                None => "none".into(),
+            };
+            assert_eq!(got, want, "{profile}");
+        }
+        // Environment keys come before any profile.
+        let mut s = settings(dir.path(), "sso");
+        s.env_access_key_id = Some("AKIAENV".into());
+        s.env_secret_access_key = Some(SecretString::from("e"));
+        let a = AwsIdentity::load(&s).expect("load");
+        assert!(matches!(&a.source, Source::Static(c) if c.access_key_id == "AKIAENV"));
+        // An SSO profile's fingerprint names the role: another role is another cache entry.
+        let sso = AwsIdentity::load(&settings(dir.path(), "sso")).expect("load");
+        assert_ne!(sso.fingerprint(), a.fingerprint());
     }
 }

@@ -111,8 +111,8 @@ async fn token_from(
     resp: Result<reqwest::Response, reqwest::Error>,
     what: &str,
 ) -> Result<String, IdentityError> {
-    let resp = resp
-        .map_err(|e| unavailable(format!("{what}: {}", crate::exchange::transport_reason(&e))))?;
+    let resp =
+        resp.map_err(|e| unavailable(format!("{what}: {}", crate::error::transport_reason(&e))))?;
     let status = resp.status();
     let v: Value = resp.json().await.unwrap_or(Value::Null);
     if !status.is_success() {

@@ -1,5 +1,6 @@
 //! `chain`: try identity sources in order. "Not configured here" moves on to the next; a real failure
-//! stops the chain. When nothing works, the error lists every attempt.
+//! stops the chain. When nothing works, the error lists every attempt. A developer sign-in that has run
+//! out (`SignInNeeded`) stops the chain with that error alone, so the person reads what to run.
 
 use super::{Identity, Proof, ProveContext, ProveFuture};
 use crate::error::IdentityError;
@@ -64,6 +65,9 @@ impl Identity for ChainIdentity {
                     Err(e @ IdentityError::NotConfigured { .. }) => {
                         attempts.push(format!("{}: {e}", m.name()));
                     }
+                    // The source applies but its sign-in ran out: what the person must run is the whole
+                    // message, and the exit code (67) must say so.
+                    Err(e @ IdentityError::SignInNeeded { .. }) => return Err(e),
                     Err(e) => {
                         attempts.push(format!("{}: {e}", m.name()));
                         return Err(IdentityError::ChainStopped { attempts });

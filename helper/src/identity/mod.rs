@@ -5,20 +5,23 @@
 //! the proof ([`Identity::prove`]) happens only when a mint is needed and may use the network
 //! (Vault, Azure IMDS) through the shared HTTP client in [`ProveContext`].
 //!
-//! Sources: `static`, [`aws`], [`vault`], [`azure`], [`oidc_file`], and [`chain`], which tries sources in
-//! order, moving on at [`IdentityError::NotConfigured`] and stopping at any other error.
+//! Sources: `static`, [`aws`] (with IAM Identity Center profiles, [`aws_sso`]), [`vault`], [`azure`],
+//! [`azure_cli`] (the Azure CLI's sign-in), [`oidc_file`], and [`chain`], which tries sources in order,
+//! moving on at [`IdentityError::NotConfigured`] and stopping at any other error.
 
 pub mod aws;
+pub mod aws_sso;
 pub mod azure;
+pub mod azure_cli;
 pub mod chain;
 pub mod oidc_file;
 pub mod vault;
 
-use crate::config::{IdentityConfig, StaticCredential};
 use crate::error::IdentityError;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 
 /// What the broker receives as `subject_token` / `subject_token_type`.
@@ -36,10 +39,20 @@ impl std::fmt::Debug for Proof {
     }
 }
 
+/// Deserialize a string straight into a `SecretString` (`secrecy`'s serde feature is not enabled).
+pub(crate) fn de_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    <String as serde::Deserialize>::deserialize(d).map(SecretString::from)
+}
+
 /// What a source may use while producing a proof.
 pub struct ProveContext<'a> {
     pub audience: &'a str,
     pub http: &'a reqwest::Client,
+    /// The run's clock (Unix seconds): expiry checks use it, so tests inject time.
+    pub now_unix: u64,
+    /// When the run gives up. A source that runs a program (`az`) stops it before this, so the failure
+    /// is its own and not blamed on the broker.
+    pub deadline: std::time::Instant,
 }
 
 /// A boxed future, so `Identity` stays object-safe without an extra macro crate.
@@ -61,6 +74,30 @@ pub trait Identity: Send + Sync {
     }
 }
 
+/// Where the static credential comes from.
+#[derive(Debug, Clone)]
+pub enum StaticCredential {
+    /// The value of `TOLLGATE_CREDENTIAL`.
+    Inline(SecretString),
+    File(PathBuf),
+    None,
+}
+
+/// How the identity is configured (not yet loaded: loading may fail with exit 65).
+#[derive(Debug, Clone)]
+pub enum IdentityConfig {
+    Static(StaticCredential),
+    Aws(Box<aws::AwsSettings>),
+    Vault(vault::VaultSettings),
+    Azure(azure::AzureSettings),
+    /// The person's Azure CLI sign-in.
+    AzureCli(azure_cli::AzureCliSettings),
+    OidcFile(Option<PathBuf>),
+    Chain(Vec<IdentityConfig>),
+    /// A person signed in with `tollgate-token login` (see `login`): renewed from the refresh token.
+    Login,
+}
+
 /// Load the configured identity.
 pub fn load(config: &IdentityConfig) -> Result<Box<dyn Identity>, IdentityError> {
     match config {
@@ -68,6 +105,7 @@ pub fn load(config: &IdentityConfig) -> Result<Box<dyn Identity>, IdentityError>
         IdentityConfig::Aws(s) => Ok(Box::new(aws::AwsIdentity::load(s)?)),
         IdentityConfig::Vault(s) => Ok(Box::new(vault::VaultIdentity::load(s)?)),
         IdentityConfig::Azure(s) => Ok(Box::new(azure::AzureIdentity::load(s)?)),
+        IdentityConfig::AzureCli(s) => Ok(Box::new(azure_cli::AzureCliIdentity::load(s)?)),
         IdentityConfig::OidcFile(p) => Ok(Box::new(oidc_file::OidcFileIdentity::load(p.as_ref())?)),
         // Not a proof: the token path renews a sign-in itself (`token::Source`).
         IdentityConfig::Login => Err(IdentityError::Invalid {

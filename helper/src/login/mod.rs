@@ -359,7 +359,7 @@ pub fn login(
         "signed in to {} as {}; {kept}; the access token expires in {}",
         settings.broker,
         record.who(),
-        crate::status::fmt_duration(minted.expires_in)
+        crate::sys::fmt_duration(minted.expires_in)
     ));
     Ok(Exit::Ok)
 }
@@ -597,20 +597,20 @@ pub fn status_lines(
             "since".to_owned(),
             format!(
                 "{} ({} ago)",
-                crate::status::fmt_unix(r.signed_in_at),
-                crate::status::fmt_duration(now.saturating_sub(r.signed_in_at))
+                crate::sys::fmt_unix(r.signed_in_at),
+                crate::sys::fmt_duration(now.saturating_sub(r.signed_in_at))
             ),
         ),
     ];
     let until = match r.refresh_expires_at {
         Some(t) if t > now => format!(
             "{} (in {}), renewed silently until then",
-            crate::status::fmt_unix(t),
-            crate::status::fmt_duration(t - now)
+            crate::sys::fmt_unix(t),
+            crate::sys::fmt_duration(t - now)
         ),
         Some(t) => format!(
             "expired at {}: run `tollgate-token login`",
-            crate::status::fmt_unix(t)
+            crate::sys::fmt_unix(t)
         ),
         None => "as long as the broker keeps renewing it (each renewal rotates the refresh token)"
             .to_owned(),

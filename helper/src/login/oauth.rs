@@ -6,8 +6,9 @@
 //! Every answer the server sends back is size-limited and shown to the person only as one short
 //! sanitized line; tokens are `SecretString`s from the moment they are parsed.
 
+use crate::error::transport_reason;
 use crate::error::{ExchangeError, SignInError, one_line};
-use crate::exchange::{LooseOAuthError, read_body, sanitize, transport_reason};
+use crate::exchange::{LooseOAuthError, read_body, sanitize};
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -203,34 +204,14 @@ pub enum GrantOutcome {
     },
 }
 
-/// POST a form to an endpoint; returns the status and the (bounded) body.
+/// POST a form (the shared [`crate::exchange::post_form`]); the status as a number.
 async fn post_form(
     http: &reqwest::Client,
     url: &str,
     form: &[(&str, &str)],
 ) -> Result<(u16, Vec<u8>), ExchangeError> {
-    let body = SecretString::from(serde_urlencoded::to_string(form).map_err(|e| {
-        ExchangeError::BadResponse {
-            url: url.to_owned(),
-            reason: format!("cannot encode request: {e}"),
-        }
-    })?);
-    let resp = http
-        .post(url)
-        .header(
-            reqwest::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        )
-        .header(reqwest::header::ACCEPT, "application/json")
-        .body(body.expose_secret().to_owned())
-        .send()
-        .await
-        .map_err(|e| ExchangeError::Unavailable {
-            url: url.to_owned(),
-            reason: transport_reason(&e),
-        })?;
-    let status = resp.status().as_u16();
-    Ok((status, read_body(resp, url).await?))
+    let (status, body) = crate::exchange::post_form(http, url, form).await?;
+    Ok((status.as_u16(), body))
 }
 
 fn oauth_error(status: u16, body: &[u8]) -> GrantOutcome {

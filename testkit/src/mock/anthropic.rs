@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::script::{self, Reply};
+use super::session::View;
 use super::{Answer, Ctx, Frame, new_id};
 
 pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
@@ -42,14 +43,49 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
         let name = t.get("name").and_then(Value::as_str)?;
         Some((name, script::argument_key(t.get("input_schema"))))
     });
-    let reply = Reply::decide(
-        tool_output.as_deref(),
-        user_text.as_deref(),
-        tool,
-        u32::MAX,
-        ctx.config,
-    );
-    let mut usage = script::usage(ctx.config, ctx.body_bytes, &reply);
+    let declared: Vec<(&str, Option<&Value>)> = ctx
+        .body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            Some((
+                t.get("name").and_then(Value::as_str)?,
+                t.get("input_schema"),
+            ))
+        })
+        .collect();
+    // The latest user text, past user turns that carry only tool results.
+    let latest_text = messages
+        .iter()
+        .rev()
+        .filter(is_user)
+        .map(|m| {
+            blocks_of(m)
+                .iter()
+                .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .collect::<String>()
+        })
+        .find(|t| !t.is_empty());
+    let view = View {
+        body: ctx.body,
+        user_text: latest_text,
+        declares_tools: !declared.is_empty(),
+        declared: Some(declared),
+    };
+    let (reply, input_tokens) = ctx.scripted(&view).unwrap_or_else(|| {
+        let reply = Reply::decide(
+            tool_output.as_deref(),
+            user_text.as_deref(),
+            tool,
+            u32::MAX,
+            ctx.config,
+        );
+        (reply, None)
+    });
+    let mut usage = script::usage(ctx.config, ctx.body_bytes, &reply, input_tokens);
     // Anthropic's input_tokens excludes cache reads and writes.
     let uncached = usage.input_tokens - usage.cached_tokens - usage.cache_creation_tokens;
     usage.wire = json!({
@@ -67,7 +103,9 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
     let tool_id = new_id("toolu_");
     let (block, stop_reason) = match &reply {
         Reply::Text(text) => (json!({"type": "text", "text": text}), "end_turn"),
-        Reply::Tool { name, arguments } => {
+        Reply::Tool {
+            name, arguments, ..
+        } => {
             let input: Value = serde_json::from_str(arguments).unwrap_or(json!({}));
             (
                 json!({"type": "tool_use", "id": tool_id, "name": name, "input": input}),
@@ -120,7 +158,9 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
                 );
             }
         }
-        Reply::Tool { name, arguments } => {
+        Reply::Tool {
+            name, arguments, ..
+        } => {
             push(
                 "content_block_start",
                 json!({"index": 0, "content_block": {

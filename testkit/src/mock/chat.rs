@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use super::script::{self, Reply};
+use super::session::View;
 use super::{Answer, Ctx, Frame, new_id, unix_now};
 
 pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
@@ -31,14 +32,34 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
             script::argument_key(t.pointer("/function/parameters")),
         ))
     });
-    let reply = Reply::decide(
-        tool_output.as_deref(),
-        user_text.as_deref(),
-        tool,
-        u32::MAX,
-        ctx.config,
-    );
-    let mut usage = script::usage(ctx.config, ctx.body_bytes, &reply);
+    let declared: Vec<(&str, Option<&Value>)> = ctx
+        .body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            let name = t.pointer("/function/name").and_then(Value::as_str)?;
+            Some((name, t.pointer("/function/parameters")))
+        })
+        .collect();
+    let view = View {
+        body: ctx.body,
+        user_text: user_text.clone(),
+        declares_tools: !declared.is_empty(),
+        declared: Some(declared),
+    };
+    let (reply, input_tokens) = ctx.scripted(&view).unwrap_or_else(|| {
+        let reply = Reply::decide(
+            tool_output.as_deref(),
+            user_text.as_deref(),
+            tool,
+            u32::MAX,
+            ctx.config,
+        );
+        (reply, None)
+    });
+    let mut usage = script::usage(ctx.config, ctx.body_bytes, &reply, input_tokens);
     usage.wire = json!({
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
@@ -69,7 +90,9 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
             Reply::Text(text) => json!({
                 "role": "assistant", "content": text, "refusal": null, "annotations": [],
             }),
-            Reply::Tool { name, arguments } => json!({
+            Reply::Tool {
+                name, arguments, ..
+            } => json!({
                 "role": "assistant", "content": null, "refusal": null, "annotations": [],
                 "tool_calls": [{
                     "id": call_id, "type": "function",
@@ -126,7 +149,9 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
                 frames.push(chunk(choice(json!({"content": d}), Value::Null), None));
             }
         }
-        Reply::Tool { name, arguments } => {
+        Reply::Tool {
+            name, arguments, ..
+        } => {
             frames.push(chunk(
                 choice(
                     json!({

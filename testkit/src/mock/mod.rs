@@ -11,6 +11,10 @@
 //! running [`MockConfig::tool_command`] (on Chat and Messages: a call to [`MockConfig::tool_name`] or
 //! the first tool the request declares, and text when it declares none), anything else gives `"mock reply to: <text>"`.
 //!
+//! A [`SessionScript`] (set with [`MockHandle::set_script`], shared by every mock of one session) replaces
+//! that script with a long agent session: a sequence of tool calls in each API's shape, sub-agent and
+//! compaction requests answered aside (see `session.rs`).
+//!
 //! Control routes (never authenticated, never recorded, never faulted), for scripting a separate
 //! process: `POST /_mock/faults` (one [`Fault`] or an array, appended to the queue),
 //! `GET`/`DELETE /_mock/faults`, `GET /_mock/requests`, `POST /_mock/reset` (requests and faults),
@@ -21,6 +25,9 @@ mod chat;
 mod conn;
 mod responses;
 mod script;
+mod session;
+
+pub use session::{CallKind, ScriptStep, Scripted, SessionScript};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -263,6 +270,9 @@ pub struct RecordedRequest {
     pub events_sent: usize,
     /// True once the whole answer (every SSE event, or the whole JSON body) was sent.
     pub completed: bool,
+    /// With a [`SessionScript`]: what the answer was (`step N`, `subagent`, `summary`, `final`) and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scripted: Option<Scripted>,
 }
 
 impl RecordedRequest {
@@ -279,6 +289,8 @@ struct Inner {
     config: MockConfig,
     faults: VecDeque<Fault>,
     requests: Vec<RecordedRequest>,
+    /// The session this mock plays, if any (shared with the other mocks that serve it).
+    script: Option<SessionScript>,
     /// Bumped on reset so in-flight streams do not write into a new recording.
     epoch: u64,
 }
@@ -314,6 +326,15 @@ impl MockState {
 
     pub fn set_latency_ms(&self, ms: u64) {
         self.update_config(|c| c.latency_ms = ms);
+    }
+
+    /// Answer every inference request by `script` (see [`SessionScript`]) from now on.
+    pub fn set_script(&self, script: SessionScript) {
+        self.lock().script = Some(script);
+    }
+
+    fn script(&self) -> Option<SessionScript> {
+        self.lock().script.clone()
     }
 
     pub fn push_fault(&self, fault: Fault) {
@@ -487,6 +508,11 @@ impl MockHandle {
 
     pub fn set_latency_ms(&self, ms: u64) {
         self.state.set_latency_ms(ms);
+    }
+
+    /// Answer by `script` from now on; give the same script (a clone) to every mock serving one session.
+    pub fn set_script(&self, script: SessionScript) {
+        self.state.set_script(script);
     }
 
     pub fn push_fault(&self, fault: Fault) {
@@ -740,6 +766,21 @@ pub(crate) struct Ctx<'a> {
     pub(crate) config: &'a MockConfig,
     pub(crate) body: &'a Value,
     pub(crate) body_bytes: usize,
+    pub(crate) script: Option<&'a SessionScript>,
+    /// What the script answered, for the record.
+    pub(crate) scripted: Mutex<Option<Scripted>>,
+}
+
+impl Ctx<'_> {
+    /// The scripted answer (and its prompt-token override), or `None` without a script.
+    pub(crate) fn scripted(
+        &self,
+        view: &session::View<'_>,
+    ) -> Option<(script::Reply, Option<u64>)> {
+        let (reply, what, tokens) = self.script?.answer(view);
+        *self.scripted.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
+        Some((reply, tokens))
+    }
 }
 
 async fn inference(State(state): State<MockState>, req: Request) -> Response {
@@ -773,6 +814,7 @@ async fn inference(State(state): State<MockState>, req: Request) -> Response {
         usage: None,
         events_sent: 0,
         completed: false,
+        scripted: None,
     });
 
     let config = state.config();
@@ -838,10 +880,13 @@ async fn inference(State(state): State<MockState>, req: Request) -> Response {
         );
     }
 
+    let script = state.script();
     let ctx = Ctx {
         config: &config,
         body: &json_body,
         body_bytes: bytes.len(),
+        script: script.as_ref(),
+        scripted: Mutex::new(None),
     };
     let answer = match api {
         Api::Responses => responses::answer(&ctx, stream),
@@ -857,6 +902,9 @@ async fn inference(State(state): State<MockState>, req: Request) -> Response {
         },
         Api::Unknown => unreachable_answer(),
     };
+    if let Some(what) = ctx.scripted.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        slot.update(|r| r.scripted = Some(what));
+    }
     deliver(slot, answer, fault.unwrap_or_default())
 }
 

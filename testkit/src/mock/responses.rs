@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use super::script::{self, Reply};
+use super::session::{CallKind, View};
 use super::{Answer, Ctx, Frame, ReportedUsage, new_id, unix_now};
 
 /// Tool name used for the scripted call: Codex's shell tool.
@@ -10,14 +11,27 @@ const TOOL_NAME: &str = "exec_command";
 
 pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
     let input = ctx.body.get("input").unwrap_or(&Value::Null);
-    let reply = Reply::decide(
-        last_tool_output(input).as_deref(),
-        latest_user_text(input).as_deref(),
-        Some((TOOL_NAME, Some("cmd".to_owned()))),
-        tool_outputs_since_user(input),
-        ctx.config,
-    );
-    let mut usage = script::usage(ctx.config, ctx.body_bytes, &reply);
+    let view = View {
+        body: ctx.body,
+        user_text: latest_user_text(input),
+        declares_tools: ctx
+            .body
+            .get("tools")
+            .and_then(Value::as_array)
+            .is_some_and(|t| !t.is_empty()),
+        declared: None,
+    };
+    let (reply, input_tokens) = ctx.scripted(&view).unwrap_or_else(|| {
+        let reply = Reply::decide(
+            last_tool_output(input).as_deref(),
+            view.user_text.as_deref(),
+            Some((TOOL_NAME, Some("cmd".to_owned()))),
+            tool_outputs_since_user(input),
+            ctx.config,
+        );
+        (reply, None)
+    });
+    let mut usage = script::usage(ctx.config, ctx.body_bytes, &reply, input_tokens);
     usage.wire = json!({
         "input_tokens": usage.input_tokens,
         "input_tokens_details": {"cached_tokens": usage.cached_tokens},
@@ -35,14 +49,12 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
             "role": "assistant",
             "content": [{"type": "output_text", "text": text, "annotations": []}],
         }),
-        Reply::Tool { name, arguments } => json!({
-            "type": "function_call",
-            "id": new_id("fc_"),
-            "call_id": new_id("call_"),
-            "name": name,
-            "arguments": arguments,
-            "status": "completed",
-        }),
+        Reply::Tool {
+            name,
+            arguments,
+            namespace,
+            kind,
+        } => call_item(name, arguments, namespace.as_deref(), *kind),
     };
     let reasoning = reasoning_item(ctx.config, ctx.body);
     let output: Vec<Value> = reasoning.iter().cloned().chain([item.clone()]).collect();
@@ -69,6 +81,43 @@ pub(crate) fn answer(ctx: &Ctx<'_>, stream: bool) -> Answer {
         Value::Null,
     );
     Answer::Sse(stream_frames(&reply, reasoning, item, started, done, usage))
+}
+
+/// The output item of a tool call: `function_call` (with its `namespace`), `custom_tool_call` (the input a
+/// string) or `tool_search_call` (`execution: "client"`, the arguments an object).
+fn call_item(name: &str, arguments: &str, namespace: Option<&str>, kind: CallKind) -> Value {
+    match kind {
+        CallKind::Function => {
+            let mut item = json!({
+                "type": "function_call",
+                "id": new_id("fc_"),
+                "call_id": new_id("call_"),
+                "name": name,
+                "arguments": arguments,
+                "status": "completed",
+            });
+            if let Some(ns) = namespace {
+                item["namespace"] = json!(ns);
+            }
+            item
+        }
+        CallKind::Custom => json!({
+            "type": "custom_tool_call",
+            "id": new_id("ctc_"),
+            "call_id": new_id("call_"),
+            "name": name,
+            "input": arguments,
+            "status": "completed",
+        }),
+        CallKind::ToolSearch => json!({
+            "type": "tool_search_call",
+            "id": new_id("tsc_"),
+            "call_id": new_id("call_"),
+            "execution": "client",
+            "arguments": serde_json::from_str::<Value>(arguments).unwrap_or(json!({})),
+            "status": "completed",
+        }),
+    }
 }
 
 /// The prefix of the `encrypted_content` an organisation's mock makes.
@@ -179,6 +228,38 @@ fn stream_frames(
             push(
                 "response.content_part.done",
                 with(json!({"part": part(text)})),
+            );
+        }
+        Reply::Tool {
+            kind: CallKind::ToolSearch,
+            ..
+        } => {
+            push(
+                "response.output_item.added",
+                json!({"output_index": index, "item": item}),
+            );
+        }
+        Reply::Tool {
+            kind: CallKind::Custom,
+            arguments,
+            ..
+        } => {
+            let mut added = item.clone();
+            added["status"] = json!("in_progress");
+            added["input"] = json!("");
+            push(
+                "response.output_item.added",
+                json!({"output_index": index, "item": added}),
+            );
+            for delta in script::json_fragments(arguments) {
+                push(
+                    "response.custom_tool_call_input.delta",
+                    json!({"item_id": item_id, "output_index": index, "delta": delta}),
+                );
+            }
+            push(
+                "response.custom_tool_call_input.done",
+                json!({"item_id": item_id, "output_index": index, "input": arguments}),
             );
         }
         Reply::Tool { arguments, .. } => {

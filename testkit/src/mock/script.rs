@@ -15,6 +15,7 @@
 
 use serde_json::{Value, json};
 
+use super::session::CallKind;
 use super::{MockConfig, ReportedUsage};
 
 /// The trigger word for a tool call.
@@ -23,7 +24,14 @@ pub(crate) const TOOL_TRIGGER: &str = "USE_TOOL";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Reply {
     Text(String),
-    Tool { name: String, arguments: String },
+    /// A tool call. `namespace` and `kind` shape the Responses item; Chat and Messages send a function
+    /// call to `name` with `arguments` (a JSON object as text; a free-form tool's input on Responses).
+    Tool {
+        name: String,
+        arguments: String,
+        namespace: Option<String>,
+        kind: CallKind,
+    },
 }
 
 impl Reply {
@@ -53,6 +61,8 @@ impl Reply {
             return Self::Tool {
                 name: name.to_owned(),
                 arguments: Value::Object(arguments).to_string(),
+                namespace: None,
+                kind: CallKind::Function,
             };
         }
         Self::Text(format!("mock reply to: {}", prefix_chars(text, 80)))
@@ -123,9 +133,14 @@ fn prefix_chars(s: &str, n: usize) -> &str {
 }
 
 /// Token counts for one answer; `wire` is filled by the API module.
-pub(crate) fn usage(config: &MockConfig, body_bytes: usize, reply: &Reply) -> ReportedUsage {
-    let input = config
-        .input_tokens
+pub(crate) fn usage(
+    config: &MockConfig,
+    body_bytes: usize,
+    reply: &Reply,
+    input_override: Option<u64>,
+) -> ReportedUsage {
+    let input = input_override
+        .or(config.input_tokens)
         .unwrap_or_else(|| (body_bytes as u64).div_ceil(4));
     let cached = config.cached_tokens.min(input);
     let cache_creation = config.cache_creation_tokens.min(input - cached);
@@ -209,7 +224,7 @@ mod tests {
             cached_tokens: 100,
             ..MockConfig::default()
         };
-        let u = usage(&cfg, 9, &Reply::Text("a b c".into()));
+        let u = usage(&cfg, 9, &Reply::Text("a b c".into()), None);
         assert_eq!(
             (
                 u.input_tokens,

@@ -1,33 +1,10 @@
-//! Operations sections of the broker config: `[metrics]`, `[telemetry]`, `[audit]`, `[server.tls]`
-//! (`[admin]` lives with the governance sections). Raw structs (as written, strict) and their validated forms.
+//! `[audit]`: the audit trail's store, checkpoints and journal. Raw struct (as written, strict) and its
+//! validated form.
 
 use super::source::{ConfigError, Source};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
-
-pub use crate::metrics::{MetricsConfig, RawMetricsConfig};
-
-/// `[telemetry]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTelemetry {
-    /// OTLP/HTTP (protobuf) base URL, e.g. `http://otel-collector:4318`; traces go to `<url>/v1/traces`.
-    /// Unset (the default): no traces are exported.
-    pub otlp_endpoint: Option<Spanned<String>>,
-    /// `service.name` resource attribute. Default `tollgate-broker`.
-    pub service_name: Option<String>,
-    /// Export timeout, milliseconds. Default 10000.
-    pub timeout_ms: Option<u64>,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct TelemetryConfig {
-    /// Full traces URL (`…/v1/traces`), or `None` when tracing export is off.
-    pub otlp_traces_url: Option<String>,
-    pub service_name: String,
-    pub timeout_ms: u64,
-}
 
 /// `[audit]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -63,58 +40,7 @@ pub struct AuditConfig {
     pub journal: crate::audit::journal::JournalConfig,
 }
 
-/// `[server.tls]` as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTls {
-    /// PEM certificate chain. Reloaded when the file changes.
-    pub cert_file: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Reloaded when the file changes.
-    pub key_file: PathBuf,
-    /// PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).
-    pub client_ca_file: Option<PathBuf>,
-    /// How often to check the files for changes, seconds. Default 10.
-    pub reload_interval_secs: Option<Spanned<u64>>,
-}
-
-#[derive(Clone, Debug)]
-pub struct TlsConfig {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    pub client_ca_file: Option<PathBuf>,
-    pub reload_interval_secs: u64,
-}
-
-pub fn telemetry(s: &Source, r: &RawTelemetry) -> Result<TelemetryConfig, ConfigError> {
-    let otlp_traces_url = match &r.otlp_endpoint {
-        None => None,
-        Some(u) => {
-            let v = u.get_ref().trim_end_matches('/');
-            if !(v.starts_with("http://") || v.starts_with("https://")) {
-                return Err(s.error_at(
-                    u.span(),
-                    "telemetry.otlp_endpoint",
-                    "must start with http:// or https://",
-                ));
-            }
-            Some(if v.ends_with("/v1/traces") {
-                v.to_string()
-            } else {
-                format!("{v}/v1/traces")
-            })
-        }
-    };
-    Ok(TelemetryConfig {
-        otlp_traces_url,
-        service_name: r
-            .service_name
-            .clone()
-            .unwrap_or_else(|| "tollgate-broker".into()),
-        timeout_ms: r.timeout_ms.unwrap_or(10_000),
-    })
-}
-
-pub fn audit(
+pub fn validate(
     s: &Source,
     r: &RawAudit,
     state_dir: &Path,
@@ -188,25 +114,4 @@ pub fn audit(
             )?,
         },
     })
-}
-
-pub fn tls(s: &Source, r: &Option<RawTls>) -> Result<Option<TlsConfig>, ConfigError> {
-    let Some(r) = r else { return Ok(None) };
-    let reload_interval_secs = match &r.reload_interval_secs {
-        Some(v) if *v.get_ref() == 0 => {
-            return Err(s.error_at(
-                v.span(),
-                "server.tls.reload_interval_secs",
-                "must be at least 1",
-            ));
-        }
-        Some(v) => *v.get_ref(),
-        None => 10,
-    };
-    Ok(Some(TlsConfig {
-        cert_file: s.resolve(&r.cert_file),
-        key_file: s.resolve(&r.key_file),
-        client_ca_file: r.client_ca_file.as_deref().map(|p| s.resolve(p)),
-        reload_interval_secs,
-    }))
 }
