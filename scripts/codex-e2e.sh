@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the Codex end-to-end tests (tests/routing_codex.rs, e2e_codex.rs, identity_codex.rs, websocket_codex.rs,
-# long_session_codex.rs) against one
+# long_session_codex.rs, people_codex.rs) against one
 # Codex CLI version, installing it first if it is missing:
 #
 #   scripts/codex-e2e.sh                 # the default pin (tests/support/mod.rs CODEX_VERSIONS[0])
@@ -23,7 +23,7 @@ else
     bash scripts/install-test-tools.sh
 fi
 cargo build --locked -p tollgate-broker -p tollgate-token --bins
-TESTS=(--test routing_codex --test e2e_codex --test identity_codex --test websocket_codex --test long_session_codex)
+TESTS=(--test routing_codex --test e2e_codex --test identity_codex --test websocket_codex --test long_session_codex --test people_codex)
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --locked -p tollgate "${TESTS[@]}" --no-fail-fast "$@"
 else

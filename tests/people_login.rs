@@ -1,225 +1,20 @@
-//! A person signs in through the broker with `tollgate-token login`, end to end: the real helper binary,
-//! the broker (an OAuth 2.1 authorization server for people, in-process on 127.0.0.1:0) and the company
-//! IdP behind it (npm `oidc-provider`, `testkit/js/company_idp.mjs`), with a person at headless Chromium
-//! (`helper/tests/support/browser.mjs`, opened by the helper through `$BROWSER`) going through the
-//! broker's choice of IdP and consent pages and the IdP's own login page. The token the helper then
-//! prints is the broker's Tollgate JWT for the person, and a model call with it goes through; renewal
-//! rotates the refresh token; an administrator's revocation of the person's sign-ins makes the token path
-//! ask for a new sign-in (exit 67) with one line.
+//! A person signs in through the broker, end to end on the one people harness (`tests/support/people.rs`,
+//! `testkit::people`): the broker in process (an OAuth 2.1 authorization server for people on
+//! 127.0.0.1:0), the company IdP behind it (npm `oidc-provider`, `testkit/js/company_idp.mjs`), and a
+//! person at headless Chromium (`testkit/js/browser.mjs`) going through the broker's choice of IdP and
+//! consent pages and the IdP's own login page.
+//!
+//! - `tollgate-token login`: the helper opens the browser (`$BROWSER`), the token it prints is the
+//!   broker's Tollgate JWT for the person and a model call goes through; renewal rotates the refresh
+//!   token; an administrator's revocation makes the token path ask for a new sign-in (exit 67, one line);
+//! - the real `tollgate-broker admin sign-ins` / `revoke-sign-in`, black box: output, exit codes, refusals;
+//! - two company IdPs: the choice page lists both, and the one the person picks is the one that signs
+//!   them in (the token's `identity.issuer`).
 
 mod support;
 
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use tollgate_broker::app::AppState;
-use tollgate_broker::clock::FakeClock;
-use tollgate_broker::config::{Config, Source};
-
-const IDP_SECRET: &str = "idp-client-secret-for-people-login";
-const ADMIN_KEY: &str = "admin-key-for-people-login";
-
-fn idp_modules() -> PathBuf {
-    support::tool("idp/node_modules")
-}
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-struct Idp {
-    child: Child,
-    issuer: String,
-}
-
-impl Drop for Idp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_idp(callback: &str) -> Idp {
-    let clients = json!([{
-        "client_id": "tollgate-broker",
-        "client_secret": IDP_SECRET,
-        "redirect_uris": [callback],
-        "grant_types": ["authorization_code"],
-        "response_types": ["code"],
-        "token_endpoint_auth_method": "client_secret_basic",
-    }]);
-    let mut child = Command::new("node")
-        .arg(repo("testkit/js/company_idp.mjs"))
-        .arg(idp_modules())
-        .env("IDP_CLIENTS", clients.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node runs");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("idp announces itself");
-    let v: Value = serde_json::from_str(&line).expect("idp's first line is JSON");
-    Idp {
-        child,
-        issuer: v["issuer"].as_str().expect("issuer").to_string(),
-    }
-}
-
-const POLICY: &str = r#"
-[[rule]]
-name = "engineers"
-match = { kind = "user", attributes = { groups = "eng" } }
-principal = "{attr.email}"
-team = "eng"
-models = ["gpt-5*", "demo"]
-max_ttl_secs = 600
-"#;
-
-struct Broker {
-    url: String,
-    _state: Arc<AppState>,
-    _idp: Idp,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_broker() -> Broker {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let idp = start_idp(&format!("{url}/oauth/callback"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("policy.toml"), POLICY).expect("policy");
-    let admin_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(ADMIN_KEY.as_bytes()));
-    let text = format!(
-        r#"
-policy_file = "policy.toml"
-[server]
-state_dir = "state"
-public_url = "{url}"
-[tokens]
-audience = "tollgate"
-default_ttl_secs = 600
-[admin]
-key_sha256 = "{admin_sha}"
-[providers.demo]
-kind = "demo"
-[[routes]]
-model = "*"
-targets = [{{ provider = "demo" }}]
-[pricing]
-unpriced = "charge"
-unpriced_price = {{ input = "1", output = "2" }}
-[oauth]
-[[oauth.idp]]
-name = "corp"
-display_name = "Example SSO"
-issuer = "{issuer}"
-client_id = "tollgate-broker"
-client_secret_env = "IDP_SECRET"
-scopes = ["openid", "email", "profile", "groups"]
-"#,
-        issuer = idp.issuer
-    );
-    let path = dir.path().join("broker.toml");
-    std::fs::write(&path, &text).expect("config");
-    let env: BTreeMap<String, String> = [("IDP_SECRET".to_string(), IDP_SECRET.to_string())].into();
-    let config = Config::from_source(Source { path, text }, &env).expect("valid config");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("time")
-        .as_secs();
-    let state = AppState::build(&config, Arc::new(FakeClock::new(now)))
-        .await
-        .expect("state");
-    let app = tollgate_broker::routes::router(state.clone());
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
-    });
-    Broker {
-        url,
-        _state: state,
-        _idp: idp,
-        _dir: dir,
-    }
-}
-
-fn helper_bin() -> PathBuf {
-    let p = tollgate_testkit::procs::target_bin("tollgate-token");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build -p tollgate-token` (a workspace `cargo test` builds it)",
-        p.display()
-    );
-    p
-}
-
-/// The person's laptop: a HOME, the broker, the file store, a `$BROWSER` that is headless Chromium.
-struct Laptop {
-    home: tempfile::TempDir,
-    broker: String,
-    browser_log: PathBuf,
-}
-
-impl Laptop {
-    fn new(broker: &Broker, user: &str) -> Laptop {
-        use std::os::unix::fs::PermissionsExt;
-        let home = tempfile::tempdir().expect("home");
-        let browser_log = home.path().join("browser.log");
-        let script = home.path().join("browser.sh");
-        let tools = idp_modules()
-            .parent()
-            .and_then(Path::parent)
-            .expect("tools")
-            .to_owned();
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\nTOLLGATE_TEST_TOOLS='{}' BROWSER_USER='{user}' exec node '{}' \"$1\" >>'{}' 2>&1\n",
-                tools.display(),
-                repo("helper/tests/support/browser.mjs").display(),
-                browser_log.display()
-            ),
-        )
-        .expect("script");
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        Laptop {
-            home,
-            broker: broker.url.clone(),
-            browser_log,
-        }
-    }
-
-    async fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let home = self.home.path();
-        let out = tokio::process::Command::new(helper_bin())
-            .env_clear()
-            .env("HOME", home)
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("XDG_CACHE_HOME", home.join(".cache"))
-            .env("XDG_STATE_HOME", home.join(".local/state"))
-            .env("TOLLGATE_BROKER", &self.broker)
-            .env("TOLLGATE_CREDENTIAL_STORE", "file")
-            .env("BROWSER", home.join("browser.sh"))
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await
-            .expect("helper runs");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8(out.stdout).expect("utf8"),
-            String::from_utf8(out.stderr).expect("utf8"),
-        )
-    }
-}
+use support::people::{ADMIN_KEY, CORP, IdpSpec, Laptop, Options, PeopleBroker};
 
 fn claims(token: &str) -> Value {
     tollgate_token::exchange::jwt_payload(token).expect("a JWT")
@@ -227,13 +22,21 @@ fn claims(token: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_signs_in_through_the_broker_and_the_helper_renews_until_revoked() {
-    let broker = start_broker().await;
-    let laptop = Laptop::new(&broker, "alice");
+    let broker = PeopleBroker::start(Options::default()).await;
+    let laptop = Laptop::new(&broker);
     let b = broker.url.clone();
+    let browser_log = laptop.home.path().join("browser.log");
+    let browser = tollgate_testkit::people::browser_script(
+        laptop.home.path(),
+        "alice",
+        &broker.ports(),
+        &browser_log,
+    );
+    broker.advance(0);
 
-    let (code, out, err) = laptop.run(&["login"]).await;
-    let browser = std::fs::read_to_string(&laptop.browser_log).unwrap_or_default();
-    assert_eq!(code, 0, "{err}\nbrowser: {browser}");
+    let (code, out, err) = laptop.helper(&["login"], Some(&browser)).await;
+    let seen = std::fs::read_to_string(&browser_log).unwrap_or_default();
+    assert_eq!(code, 0, "{err}\nbrowser: {seen}");
     assert_eq!(out, "");
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 2, "{err}");
@@ -265,16 +68,24 @@ async fn a_person_signs_in_through_the_broker_and_the_helper_renews_until_revoke
         "{}",
         lines[1]
     );
+    // Through the broker's pages: the authorization request, the IdP's return, the consent.
+    for (method, path) in [
+        ("GET", "/oauth/authorize"),
+        ("GET", "/oauth/callback"),
+        ("POST", "/oauth/consent"),
+    ] {
+        assert_eq!(broker.traffic.count(method, path), 1, "{method} {path}");
+    }
 
     // The token path: the broker's Tollgate JWT for the person, for this broker.
-    let (code, token, err) = laptop.run(&[]).await;
+    let (code, token, err) = laptop.helper(&[], None).await;
     assert_eq!((code, err.as_str()), (0, ""), "{token}");
     let c = claims(token.trim_end());
     assert_eq!(c["tollgate"]["principal"], "alice@example.com", "{c}");
     assert_eq!(c["tollgate"]["identity"]["kind"], "user", "{c}");
 
     // status: the person, and the grant the token carries.
-    let (code, out, _) = laptop.run(&["status"]).await;
+    let (code, out, _) = laptop.helper(&["status"], None).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("identity:   login\n"), "{out}");
     assert!(out.contains("principal:  alice@example.com\n"), "{out}");
@@ -292,12 +103,18 @@ async fn a_person_signs_in_through_the_broker_and_the_helper_renews_until_revoke
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
 
     // Renewal rotates the refresh token and prints a new access token.
-    let (code, renewed, err) = laptop.run(&["refresh", "--print"]).await;
+    let (code, renewed, err) = laptop.helper(&["refresh", "--print"], None).await;
     assert_eq!(code, 0, "{err}");
     assert_ne!(renewed, token);
     assert!(
         err.starts_with("tollgate-token: minted a new token for "),
         "{err}"
+    );
+    let refreshes = broker.traffic.grants("refresh_token");
+    assert_eq!(refreshes.len(), 1, "{refreshes:?}");
+    assert_ne!(
+        refreshes[0].refresh_token_sent, refreshes[0].refresh_token_issued,
+        "rotated"
     );
 
     // An administrator revokes the person's sign-ins: the next renewal asks for a new sign-in.
@@ -311,7 +128,7 @@ async fn a_person_signs_in_through_the_broker_and_the_helper_renews_until_revoke
     let revoked = r.status();
     let body = r.text().await.unwrap_or_default();
     assert!(revoked.is_success(), "{revoked}: {body}");
-    let (code, out, err) = laptop.run(&["refresh"]).await;
+    let (code, out, err) = laptop.helper(&["refresh"], None).await;
     assert_eq!((code, out.as_str()), (67, ""), "{err}");
     assert!(
         err.starts_with(&format!(
@@ -321,148 +138,300 @@ async fn a_person_signs_in_through_the_broker_and_the_helper_renews_until_revoke
     );
 }
 
-/// Codex 0.171.0 signs the person in by itself (`gateway_oauth`, written by `setup --oauth` from the
-/// broker's metadata): its first turn prints the broker's authorization URL, the person signs in at the
-/// broker (IdP behind it) in the browser, Codex takes the code on its own loopback port, and the turn
-/// goes through the broker with the broker's token.
+/// `tollgate-broker admin sign-ins` and `revoke-sign-in`, the real binary against a broker with people
+/// signed in: exact output, exit codes, and refusals that say what was wrong.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn codex_signs_in_by_itself_through_the_broker_and_the_turn_completes() {
-    use tokio::io::AsyncBufReadExt;
-    let broker = start_broker().await;
-    let laptop = Laptop::new(&broker, "alice");
-    let b = broker.url.clone();
-    let home = laptop.home.path();
-    let codex_home = home.join("codex");
-    std::fs::create_dir_all(&codex_home).expect("codex home");
-    std::fs::write(codex_home.join("config.toml"), "# mine\nmodel = \"demo\"\n").expect("config");
-    let out = tokio::process::Command::new(helper_bin())
-        .env_clear()
-        .env("HOME", home)
-        .env("CODEX_HOME", &codex_home)
-        .args(["setup", "--broker", &b, "--oauth", "--set-default"])
-        .output()
+async fn the_admin_cli_lists_and_revokes_a_persons_sign_ins() {
+    let broker = PeopleBroker::start(Options::default()).await;
+    for (client, user) in [
+        ("codex", "alice"),
+        ("tollgate-token", "alice"),
+        ("codex", "carol"),
+    ] {
+        broker.client_signs_in(client, user, None).await;
+    }
+    let keys = [
+        "client_id",
+        "created_at",
+        "expires_at",
+        "family_id",
+        "idp",
+        "last_used_at",
+        "principal",
+        "revoked_at",
+        "revoked_reason",
+        "scope",
+        "subject",
+    ];
+
+    // A person's live sign-ins, by principal or by IdP subject: pretty JSON, newest first.
+    for who in ["alice@example.com", "alice"] {
+        let (code, out, err) = broker.admin_cli(&["sign-ins", who], Some(ADMIN_KEY)).await;
+        assert_eq!((code, err.as_str()), (0, ""), "{who}: {out}");
+        let v: Value = serde_json::from_str(&out).expect("JSON");
+        assert_eq!(
+            out,
+            format!("{}\n", serde_json::to_string_pretty(&v).expect("pretty")),
+            "{who}"
+        );
+        assert_eq!(v["who"], who);
+        let sessions = v["sessions"].as_array().expect("sessions");
+        assert_eq!(sessions.len(), 2, "{who}: {v}");
+        let mut clients = Vec::new();
+        for s in sessions {
+            let mut k: Vec<&str> = s
+                .as_object()
+                .expect("object")
+                .keys()
+                .map(String::as_str)
+                .collect();
+            k.sort_unstable();
+            assert_eq!(k, keys, "{s}");
+            assert_eq!(
+                (&s["idp"], &s["principal"], &s["subject"], &s["scope"]),
+                (
+                    &json!("corp"),
+                    &json!("alice@example.com"),
+                    &json!("alice"),
+                    &json!("models offline_access")
+                ),
+                "{s}"
+            );
+            assert!(
+                s["revoked_at"].is_null() && s["revoked_reason"].is_null(),
+                "{s}"
+            );
+            assert!(s["expires_at"].as_i64() > s["created_at"].as_i64(), "{s}");
+            clients.push(s["client_id"].as_str().expect("client").to_string());
+        }
+        clients.sort();
+        assert_eq!(clients, ["codex", "tollgate-token"], "{who}");
+    }
+    let listed = broker
+        .admin_cli(&["sign-ins", "alice@example.com"], Some(ADMIN_KEY))
         .await
-        .expect("setup");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        .1;
+    let listed: Value = serde_json::from_str(&listed).expect("JSON");
+    let family_of = |client: &str| {
+        listed["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .find(|s| s["client_id"] == client)
+            .expect("client")["family_id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    };
+    let (codex, helper) = (family_of("codex"), family_of("tollgate-token"));
+
+    // One sign-in by its id, with a reason; then it is gone from the live list, kept in `--all`.
+    let (code, out, err) = broker
+        .admin_cli(
+            &[
+                "revoke-sign-in",
+                "--family",
+                &codex,
+                "--reason",
+                "lost laptop",
+            ],
+            Some(ADMIN_KEY),
+        )
+        .await;
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    assert_eq!(
+        out,
+        format!("{{\n  \"revoked\": [\n    \"{codex}\"\n  ]\n}}\n")
     );
-    let config = std::fs::read_to_string(codex_home.join("config.toml")).expect("read");
-    assert!(config.starts_with("# mine\nmodel = \"demo\"\n"), "{config}");
-    assert!(
-        config.contains(&format!(
-            "[model_providers.tollgate.gateway_oauth]\nauthorization_url = \"{b}/oauth/authorize\"\ntoken_url = \"{b}/oauth/token\"\n\
-             device_authorization_url = \"{b}/oauth/device_authorization\"\nclient_id = \"codex\"\n\
-             scopes = [\"models\", \"offline_access\"]\nresource = \"{b}\"\ncredentials_store = \"file\"\n"
-        )),
-        "{config}"
+    let live: Value = serde_json::from_str(
+        &broker
+            .admin_cli(&["sign-ins", "alice@example.com"], Some(ADMIN_KEY))
+            .await
+            .1,
+    )
+    .expect("JSON");
+    assert_eq!(live["sessions"].as_array().map(Vec::len), Some(1), "{live}");
+    assert_eq!(live["sessions"][0]["family_id"], helper.as_str());
+    let all: Value = serde_json::from_str(
+        &broker
+            .admin_cli(&["sign-ins", "alice@example.com", "--all"], Some(ADMIN_KEY))
+            .await
+            .1,
+    )
+    .expect("JSON");
+    let ended = all["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .find(|s| s["family_id"] == codex.as_str())
+        .expect("listed with --all")
+        .clone();
+    assert_eq!(ended["revoked_reason"], "lost laptop", "{ended}");
+    assert!(ended["revoked_at"].is_i64(), "{ended}");
+
+    // An id that names no live sign-in (revoked already, or never issued): exit 1, one line.
+    for id in [codex.as_str(), "0190f0c0c0c0c0c0c0c0c0c0c0c0c0c0"] {
+        let (code, out, err) = broker
+            .admin_cli(&["revoke-sign-in", "--family", id], Some(ADMIN_KEY))
+            .await;
+        assert_eq!((code, out.as_str()), (1, ""), "{id}: {err}");
+        assert_eq!(
+            err,
+            format!(
+                "tollgate-broker admin: no live sign-in {id}: it was revoked or has ended already, or the id is \
+                 not one `tollgate-broker admin sign-ins WHO` lists\n"
+            )
+        );
+    }
+
+    // Everything of a person: the rest of alice's, none of carol's; again: nothing left, still exit 0.
+    let (code, out, err) = broker
+        .admin_cli(
+            &["revoke-sign-in", "--who", "alice@example.com"],
+            Some(ADMIN_KEY),
+        )
+        .await;
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("JSON"),
+        json!({"revoked": [helper]})
     );
-    assert!(
-        !config.contains("[model_providers.tollgate.auth]"),
-        "{config}"
+    let (code, out, _) = broker
+        .admin_cli(
+            &["revoke-sign-in", "--who", "alice@example.com"],
+            Some(ADMIN_KEY),
+        )
+        .await;
+    assert_eq!(
+        (code, serde_json::from_str::<Value>(&out).expect("JSON")),
+        (0, json!({"revoked": []}))
+    );
+    let carol: Value = serde_json::from_str(
+        &broker
+            .admin_cli(&["sign-ins", "carol@example.com"], Some(ADMIN_KEY))
+            .await
+            .1,
+    )
+    .expect("JSON");
+    assert_eq!(
+        carol["sessions"].as_array().map(Vec::len),
+        Some(1),
+        "{carol}"
     );
 
-    let workdir = home.join("work");
-    std::fs::create_dir_all(&workdir).expect("workdir");
-    let mut cmd = tokio::process::Command::new(support::codex_bin_for(support::CODEX_VERSIONS[0]));
-    cmd.args([
-        "exec",
-        "--skip-git-repo-check",
-        "--dangerously-bypass-approvals-and-sandbox",
-        "--color",
-        "never",
-        "-C",
-    ])
-    .arg(&workdir)
-    .arg("say hello")
-    .current_dir(&workdir)
-    .env_clear()
-    .env("PATH", std::env::var("PATH").unwrap_or_default())
-    .env("HOME", home)
-    .env("CODEX_HOME", &codex_home)
-    .env("RUST_LOG", "error")
-    .env("AWS_EC2_METADATA_DISABLED", "true")
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = tollgate_testkit::procs::ChildGuard::spawn(cmd).expect("spawn codex");
-    let stdout = child.take_stdout().expect("stdout");
-    let stderr = child.take_stderr().expect("stderr");
-    let out_task = tokio::spawn(async move {
-        let mut s = String::new();
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        while let Ok(Some(l)) = lines.next_line().await {
-            s.push_str(&l);
-            s.push('\n');
-        }
-        s
-    });
-    // Read stderr until Codex prints the authorization URL; then be the person at the browser.
-    let (url_tx, url_rx) = tokio::sync::oneshot::channel::<String>();
-    let err_task = tokio::spawn(async move {
-        let mut s = String::new();
-        let mut lines = tokio::io::BufReader::new(stderr).lines();
-        let mut tx = Some(url_tx);
-        let mut next_is_url = false;
-        while let Ok(Some(l)) = lines.next_line().await {
-            if next_is_url && let Some(tx) = tx.take() {
-                let _ = tx.send(l.trim().to_string());
-            }
-            next_is_url = l.contains("Authorize the model provider by opening this URL:");
-            s.push_str(&l);
-            s.push('\n');
-        }
-        s
-    });
-    let url = tokio::time::timeout(std::time::Duration::from_secs(60), url_rx)
-        .await
-        .expect("Codex printed no authorization URL")
-        .expect("url");
-    assert!(
-        url.starts_with(&format!(
-            "{b}/oauth/authorize?response_type=code&client_id=codex&redirect_uri=http%3A%2F%2F127.0.0.1%3A"
-        )) && url.contains("&code_challenge_method=S256&state=")
-            && url.contains("&scope=models+offline_access&resource="),
-        "{url}"
+    // Bad input: usage errors from the argument parser (exit 2), refusals from the broker (exit 1).
+    type Case = (
+        &'static [&'static str],
+        Option<&'static str>,
+        i32,
+        &'static str,
     );
-    let tools = idp_modules()
-        .parent()
-        .and_then(Path::parent)
-        .expect("tools")
-        .to_owned();
-    let page = tokio::process::Command::new("node")
-        .arg(repo("helper/tests/support/browser.mjs"))
-        .arg(&url)
-        .env("TOLLGATE_TEST_TOOLS", tools)
-        .env("BROWSER_USER", "alice")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("browser");
-    let page_out = String::from_utf8_lossy(&page.stdout).to_string();
-    let page_err = String::from_utf8_lossy(&page.stderr).to_string();
-    assert!(
-        page_out.contains("/callback?code="),
-        "{page_out}\n{page_err}"
-    );
-    let status = child
-        .wait_timeout(std::time::Duration::from_secs(120))
-        .await
-        .expect("wait")
-        .expect("codex finished");
-    let (out, err) = (out_task.await.expect("out"), err_task.await.expect("err"));
-    assert_eq!(status.code(), Some(0), "stdout: {out}\nstderr: {err}");
-    assert!(!out.trim().is_empty(), "the turn answered: {err}");
-    // The broker recorded a sign-in for Codex (client `codex`) as the person.
-    let sessions: Value = reqwest::Client::new()
-        .get(format!("{b}/admin/v1/oauth/sessions?who=alice@example.com"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
-    assert!(sessions.to_string().contains("\"codex\""), "{sessions}");
+    let cases: &[Case] = &[
+        (
+            &["revoke-sign-in"],
+            Some(ADMIN_KEY),
+            2,
+            "the following required arguments were not provided",
+        ),
+        (
+            &["revoke-sign-in", "--family", "x", "--who", "y"],
+            Some(ADMIN_KEY),
+            2,
+            "the argument '--family <FAMILY>' cannot be used with '--who <WHO>'",
+        ),
+        (
+            &["sign-ins"],
+            Some(ADMIN_KEY),
+            2,
+            "the following required arguments were not provided",
+        ),
+        (
+            &["sign-ins", ""],
+            Some(ADMIN_KEY),
+            1,
+            "tollgate-broker admin: 400 Bad Request: Tollgate admin: who: a principal or subject\n",
+        ),
+        (
+            &["sign-ins", "alice@example.com"],
+            Some("not-the-admin-key"),
+            1,
+            "tollgate-broker admin: 401 Unauthorized: ",
+        ),
+        (
+            &["sign-ins", "alice@example.com"],
+            None,
+            1,
+            "tollgate-broker: set TOLLGATE_ADMIN_KEY or pass --key-file\n",
+        ),
+    ];
+    for (args, key, want_code, want_err) in cases {
+        let (code, out, err) = broker.admin_cli(args, *key).await;
+        assert_eq!((code, out.as_str()), (*want_code, ""), "{args:?}: {err}");
+        assert!(
+            err.contains(want_err) && (*want_code == 2 || err.starts_with(want_err)),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !err.contains(ADMIN_KEY),
+            "{args:?}: the key is never echoed"
+        );
+    }
+
+    // Every admin action is in the audit trail.
+    let audit = broker.audit_text().await;
+    assert!(audit.contains("\"oauth_sessions\""), "listing audited");
+    assert!(audit.contains("\"oauth_revoke\""), "revocation audited");
+    assert!(audit.contains("lost laptop"), "with its reason");
+}
+
+/// Two company IdPs: the broker's choice page lists both; the person's pick is the IdP that signs them in
+/// (its issuer in the token, its name in the sign-in), whichever is first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_idps_the_person_picks_one_and_that_one_signs_them_in() {
+    let partner = IdpSpec {
+        name: "partner",
+        display_name: "Partner SSO",
+    };
+    let broker = PeopleBroker::start(Options {
+        idps: vec![CORP, partner],
+        ..Options::default()
+    })
+    .await;
+    let issuer_of = |name: &str| {
+        broker
+            .idps
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, i)| i.issuer.clone())
+            .expect("idp")
+    };
+    assert_ne!(issuer_of("corp"), issuer_of("partner"));
+    for pick in ["partner", "corp"] {
+        let (answer, seen) = broker.client_signs_in("codex", "alice", Some(pick)).await;
+        assert_eq!(
+            seen["steps"],
+            json!([
+                "broker-choose-idp",
+                "idps:corp,partner",
+                "idp-login",
+                "idp-consent",
+                "broker-consent"
+            ]),
+            "{pick}: {seen}"
+        );
+        let c = claims(answer["access_token"].as_str().expect("at"));
+        assert_eq!(
+            c["tollgate"]["identity"]["issuer"],
+            issuer_of(pick),
+            "{pick}: {c}"
+        );
+        assert_eq!(c["tollgate"]["principal"], "alice@example.com", "{pick}");
+    }
+    let sessions = broker.sign_ins("alice@example.com", false).await;
+    let mut idps: Vec<&str> = sessions
+        .iter()
+        .map(|s| s["idp"].as_str().expect("idp"))
+        .collect();
+    idps.sort_unstable();
+    assert_eq!(idps, ["corp", "partner"], "{sessions:?}");
 }

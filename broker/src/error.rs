@@ -12,6 +12,10 @@ pub enum ApiError {
     /// Missing, malformed, expired, revoked or foreign bearer token. 401 makes Codex re-run the helper.
     #[error("unauthorized ({0})")]
     Unauthorized(&'static str),
+    /// A person's token whose sign-in was ended (an administrator's revocation, a sign-out, a replayed
+    /// refresh token): 401 with a message that says so and when the agent asks for a new sign-in.
+    #[error("unauthorized (sign-in ended)")]
+    SignInEnded { token_expires_in_secs: u64 },
     #[error("model {0:?} is not allowed by your Tollgate grant")]
     ModelNotAllowed(String),
     #[error("model {0:?} is not served by this broker")]
@@ -61,7 +65,7 @@ impl ApiError {
     /// A low-cardinality label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Unauthorized(_) | ApiError::SignInEnded { .. } => "unauthorized",
             ApiError::ModelNotAllowed(_) => "model_not_allowed",
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::BadRequest(_) => "bad_request",
@@ -82,7 +86,7 @@ impl ApiError {
     pub fn refusal_reason(&self) -> Option<crate::metrics::RefusalReason> {
         use crate::metrics::RefusalReason as R;
         match self {
-            ApiError::Unauthorized("revoked") => Some(R::Revoked),
+            ApiError::Unauthorized("revoked") | ApiError::SignInEnded { .. } => Some(R::Revoked),
             ApiError::Unauthorized(_) => Some(R::BadToken),
             ApiError::ModelNotAllowed(_) | ApiError::ModelNotFound(_) => Some(R::Model),
             ApiError::BudgetExceeded { .. } => Some(R::Budget),
@@ -91,9 +95,25 @@ impl ApiError {
         }
     }
 
+    /// The `WWW-Authenticate` challenge of a 401 (RFC 6750 §3): a request without a token gets the bare
+    /// challenge; a token that was sent and refused (expired, revoked, malformed, foreign, outdated grant)
+    /// gets `error="invalid_token"`, the signal an OAuth client (Codex's `gateway_oauth`) acts on by
+    /// refreshing its token, where it otherwise retries the same token.
+    pub fn bearer_challenge(&self) -> HeaderValue {
+        match self {
+            ApiError::Unauthorized("missing") => {
+                HeaderValue::from_static("Bearer realm=\"tollgate\"")
+            }
+            _ => HeaderValue::from_static(
+                "Bearer realm=\"tollgate\", error=\"invalid_token\", \
+                 error_description=\"the access token is expired, revoked or invalid\"",
+            ),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) | ApiError::SignInEnded { .. } => StatusCode::UNAUTHORIZED,
             // Not 403: Codex retries a 403 five times (about 7 s) before it shows it; a 400 is shown at once
             // with its message (verified with the real CLI, tests/e2e_codex.rs).
             ApiError::ModelNotAllowed(_) => StatusCode::BAD_REQUEST,
@@ -122,6 +142,17 @@ impl ApiError {
                 "Tollgate: your access policy changed since this token was issued. Your credential helper (tollgate-token) will fetch a new one with the new grant.",
                 "invalid_request_error",
                 Some("policy_changed"),
+            ),
+            ApiError::SignInEnded {
+                token_expires_in_secs,
+            } => OpenAiError::new(
+                format!(
+                    "Tollgate: your sign-in was ended (revoked by an administrator, or signed out), so its access token is refused. \
+                     Sign in again: `tollgate-token login`; Codex signed in by itself asks you to sign in again when it renews this token, in about {} minute(s).",
+                    token_expires_in_secs.div_ceil(60).max(1)
+                ),
+                "invalid_request_error",
+                Some("sign_in_revoked"),
             ),
             ApiError::Unauthorized(_) => OpenAiError::new(
                 "Tollgate: missing, expired or invalid access token. Your credential helper (tollgate-token) will fetch a new one.",
@@ -233,10 +264,8 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(s.max(1)));
         }
         if status == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"tollgate\""),
-            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, self.bearer_challenge());
         }
         r.extensions_mut().insert(ErrorKind(self.kind()));
         if let Some(reason) = self.refusal_reason() {
@@ -493,5 +522,60 @@ impl IntoResponse for AdminError {
             );
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_token_gets_the_rfc_6750_invalid_token_challenge_and_a_missing_one_the_bare_one() {
+        let bare = "Bearer realm=\"tollgate\"";
+        let invalid = "Bearer realm=\"tollgate\", error=\"invalid_token\", \
+                       error_description=\"the access token is expired, revoked or invalid\"";
+        for (e, want) in [
+            (ApiError::Unauthorized("missing"), bare),
+            (ApiError::Unauthorized("malformed"), invalid),
+            (ApiError::Unauthorized("expired"), invalid),
+            (ApiError::Unauthorized("revoked"), invalid),
+            (ApiError::Unauthorized("policy_changed"), invalid),
+            (
+                ApiError::SignInEnded {
+                    token_expires_in_secs: 5,
+                },
+                invalid,
+            ),
+        ] {
+            let what = format!("{e:?}");
+            let r = e.into_response();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what}");
+            assert_eq!(r.headers()[header::WWW_AUTHENTICATE], want, "{what}");
+        }
+    }
+
+    #[test]
+    fn an_ended_sign_in_says_so_and_when_codex_asks_again() {
+        for (secs, minutes) in [(0, 1), (1, 1), (60, 1), (61, 2), (599, 10), (600, 10)] {
+            let e = ApiError::SignInEnded {
+                token_expires_in_secs: secs,
+            };
+            assert_eq!(e.kind(), "unauthorized");
+            assert_eq!(
+                e.refusal_reason(),
+                Some(crate::metrics::RefusalReason::Revoked)
+            );
+            let body = serde_json::to_value(e.body()).unwrap_or_default();
+            assert_eq!(body["error"]["code"], "sign_in_revoked");
+            assert_eq!(
+                body["error"]["message"],
+                format!(
+                    "Tollgate: your sign-in was ended (revoked by an administrator, or signed out), so its access \
+                     token is refused. Sign in again: `tollgate-token login`; Codex signed in by itself asks you to \
+                     sign in again when it renews this token, in about {minutes} minute(s)."
+                ),
+                "{secs} s"
+            );
+        }
     }
 }

@@ -169,6 +169,8 @@ pub async fn admin(args: AdminArgs, default_url: Option<String>) -> anyhow::Resu
     let http = builder.build()?;
     let mut report_format = None;
     let mut session_table = false;
+    // `revoke-sign-in --family ID`: the one sign-in the administrator named must have been live.
+    let mut family_to_revoke = None;
     let (get, path, body): (bool, String, serde_json::Value) = match args.command {
         AdminCommand::Grants => (true, "/admin/v1/grants".into(), serde_json::Value::Null),
         AdminCommand::Revoke {
@@ -257,11 +259,14 @@ pub async fn admin(args: AdminArgs, default_url: Option<String>) -> anyhow::Resu
             family,
             who,
             reason,
-        } => (
-            false,
-            "/admin/v1/oauth/revoke".into(),
-            serde_json::json!({"family_id": family, "who": who, "reason": reason}),
-        ),
+        } => {
+            family_to_revoke.clone_from(&family);
+            (
+                false,
+                "/admin/v1/oauth/revoke".into(),
+                serde_json::json!({"family_id": family, "who": who, "reason": reason}),
+            )
+        }
     };
     // Drop nulls so `{"jti": …}` and `{"principal": …}` stay exclusive on the wire.
     let body = match body {
@@ -288,6 +293,15 @@ pub async fn admin(args: AdminArgs, default_url: Option<String>) -> anyhow::Resu
             .and_then(|m| m.as_str())
             .unwrap_or("no details");
         eprintln!("tollgate-broker admin: {status}: {msg}");
+        return Ok(ExitCode::from(1));
+    }
+    if let Some(f) = &family_to_revoke
+        && v["revoked"].as_array().is_some_and(Vec::is_empty)
+    {
+        eprintln!(
+            "tollgate-broker admin: no live sign-in {f}: it was revoked or has ended already, or the id is \
+             not one `tollgate-broker admin sign-ins WHO` lists"
+        );
         return Ok(ExitCode::from(1));
     }
     if session_table {

@@ -1,7 +1,8 @@
-//! People sign in (issue 14), end to end with real peers: the company IdP is the npm `oidc-provider`
-//! (OpenID Certified; `testkit/js/company_idp.mjs`) on a loopback port picked by the OS, with test users
-//! and groups; a headless Chromium (`testkit/js/browser.mjs`, playwright-core driving the Debian
-//! Chromium) plays the person through the broker's real pages and the IdP's own login and consent pages.
+//! People sign in (issue 14), end to end with real peers (`tollgate_testkit::people`): the company IdP is
+//! the npm `oidc-provider` (OpenID Certified; `testkit/js/company_idp.mjs`) on a loopback port picked by
+//! the OS, with test users and groups; a headless Chromium (`testkit/js/browser.mjs`, playwright-core
+//! driving the Debian Chromium) plays the person through the broker's real pages and the IdP's own login
+//! and consent pages.
 //! The broker runs in process on a loopback listener with a fake clock (expiry and polling intervals move
 //! the clock; nothing sleeps for it).
 //!
@@ -12,87 +13,16 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::BufRead;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tollgate_broker::app::AppState;
 use tollgate_broker::clock::FakeClock;
 use tollgate_broker::config::{Config, Source};
+use tollgate_testkit::people::CompanyIdp;
 
 const IDP_SECRET: &str = "idp-client-secret-for-tests";
 const ADMIN_KEY: &str = "admin-key-for-oauth-tests";
 const REDIRECT: &str = "http://127.0.0.1:18992/callback";
-
-fn tools() -> PathBuf {
-    let root = std::env::var_os("TOLLGATE_TEST_TOOLS").map_or_else(
-        || {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("root")
-                .join(".test-tools")
-        },
-        PathBuf::from,
-    );
-    let m = root.join("idp/node_modules");
-    assert!(
-        m.join("oidc-provider").exists() && m.join("playwright-core").exists(),
-        "oidc-provider / playwright-core are not installed in {}: run scripts/install-test-tools.sh",
-        m.display()
-    );
-    m
-}
-
-fn js(name: &str) -> PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("root")
-        .join("testkit/js")
-        .join(name)
-}
-
-/// The IdP process, killed (by its own pid) when dropped.
-struct Idp {
-    child: Child,
-    issuer: String,
-}
-
-impl Drop for Idp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_idp(callback: &str) -> Idp {
-    let clients = json!([{
-        "client_id": "tollgate-broker",
-        "client_secret": IDP_SECRET,
-        "redirect_uris": [callback],
-        "grant_types": ["authorization_code"],
-        "response_types": ["code"],
-        "token_endpoint_auth_method": "client_secret_basic",
-    }]);
-    let mut child = Command::new("node")
-        .arg(js("company_idp.mjs"))
-        .arg(tools())
-        .env("IDP_CLIENTS", clients.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node runs");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("idp announces itself");
-    let v: Value = serde_json::from_str(&line).expect("idp's first line is JSON");
-    Idp {
-        child,
-        issuer: v["issuer"].as_str().expect("issuer").to_string(),
-    }
-}
 
 const POLICY: &str = r#"
 [[rule]]
@@ -114,7 +44,7 @@ struct Env {
     state: Arc<AppState>,
     clock: FakeClock,
     url: String,
-    idp: Idp,
+    idp: CompanyIdp,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
@@ -131,7 +61,11 @@ async fn start(extra: &str) -> Env {
         .await
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let idp = start_idp(&format!("{url}/oauth/callback"));
+    let idp = CompanyIdp::start(
+        "tollgate-broker",
+        IDP_SECRET,
+        &format!("{url}/oauth/callback"),
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("policy.toml"), POLICY).expect("policy");
     let admin_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(ADMIN_KEY.as_bytes()));
@@ -211,26 +145,8 @@ impl Env {
             use tollgate_broker::clock::Clock;
             self.clock.set(self.clock.now_secs().max(now_secs()));
         }
-        plan["allow_ports"] = json!([port_of(&self.url), port_of(&self.idp.issuer)]);
-        let out = tokio::time::timeout(
-            std::time::Duration::from_secs(90),
-            tokio::process::Command::new("node")
-                .arg(js("browser.mjs"))
-                .arg(tools())
-                .arg(plan.to_string())
-                .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .expect("browser timed out")
-        .expect("node runs");
-        assert!(
-            out.status.success(),
-            "browser failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("browser JSON")
+        plan["allow_ports"] = json!([port_of(&self.url), self.idp.port()]);
+        tollgate_testkit::people::browser(plan).await
     }
 
     async fn form(&self, path: &str, form: &[(&str, &str)]) -> (StatusCode, Value) {

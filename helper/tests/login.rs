@@ -1,6 +1,6 @@
 //! A person's sign-in, black-box: the real `tollgate-token` binary against a real OAuth 2.1 authorization
 //! server (npm `oidc-provider`, started on 127.0.0.1:0 by `support/oidc_idp.mjs`), with a person at a real
-//! browser (headless Chromium driven by `playwright-core`, `support/browser.mjs`) going through the
+//! browser (headless Chromium driven by `playwright-core`, `testkit/js/browser.mjs`) going through the
 //! provider's own login, consent and device pages. The helper opens "the browser" through `$BROWSER`,
 //! exactly as it would open a person's; the device sign-in is confirmed from the link the helper prints.
 //!
@@ -89,18 +89,37 @@ fn tools_root() -> PathBuf {
         .to_owned()
 }
 
-/// A `$BROWSER` for the helper: the Chromium driver, its output appended to `log`.
+/// The person at headless Chromium: `testkit/js/browser.mjs`, the one browser of every sign-in test.
+fn testkit_browser() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testkit/js/browser.mjs")
+}
+
+/// Its plan: start at `url` as `user`; `action` "deny" cancels at the provider's login page.
+fn browser_plan(url: &str, user: &str, action: &str) -> String {
+    serde_json::json!({
+        "start": url,
+        "user": user,
+        "consent": "approve",
+        "at_idp": (action == "deny").then_some("abort"),
+    })
+    .to_string()
+}
+
+/// A `$BROWSER` for the helper: the Chromium driver on the URL it is given, its output appended to `log`.
 fn browser_script(dir: &Path, user: &str, action: &str) -> (PathBuf, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     let log = dir.join(format!("browser-{user}-{action}.log"));
     let script = dir.join(format!("browser-{user}-{action}.sh"));
+    // The plan is JSON with the URL in it: a sign-in URL is percent-encoded (no quote, no backslash).
+    let plan = browser_plan("URL", user, action)
+        .replace('"', "\\\"")
+        .replace("URL", "$1");
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\nTOLLGATE_TEST_TOOLS='{}' BROWSER_USER='{user}' BROWSER_ACTION='{action}' \
-             exec node '{}' \"$1\" >>'{}' 2>&1\n",
-            tools_root().display(),
-            support_file("browser.mjs").display(),
+            "#!/bin/sh\nexec node '{}' '{}' \"{plan}\" >>'{}' 2>&1\n",
+            testkit_browser().display(),
+            tools_root().join("idp/node_modules").display(),
             log.display()
         ),
     )
@@ -114,7 +133,7 @@ fn browser_script(dir: &Path, user: &str, action: &str) -> (PathBuf, PathBuf) {
 fn browser_result(log: &Path) -> String {
     for _ in 0..300 {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains("\"final\"") {
+        if text.contains("\"final_url\"") {
             return text;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -256,7 +275,7 @@ fn browser_sign_in_renews_silently_rotates_and_a_replay_ends_it() {
     );
     let page = browser_result(&log);
     assert!(
-        page.contains(&format!("\"final\":\"{redirect}?code="))
+        page.contains(&format!("\"final_url\":\"{redirect}?code="))
             && page.contains("You are signed in to Tollgate."),
         "{page}"
     );
@@ -442,10 +461,13 @@ fn without_a_display_login_uses_the_device_sign_in() {
     );
     // The person confirms on "another device": the browser opens the link.
     let out = Command::new("node")
-        .arg(support_file("browser.mjs"))
-        .arg(format!("{issuer}/device?user_code={code}"))
-        .env("TOLLGATE_TEST_TOOLS", tools_root())
-        .env("BROWSER_USER", "alice")
+        .arg(testkit_browser())
+        .arg(tools_root().join("idp/node_modules"))
+        .arg(browser_plan(
+            &format!("{issuer}/device?user_code={code}"),
+            "alice",
+            "approve",
+        ))
         .output()
         .expect("browser");
     let page = String::from_utf8_lossy(&out.stdout);

@@ -7,10 +7,13 @@
 //   "start": URL to open first,
 //   "user": login name at the IdP,
 //   "consent": "approve" | "deny" | "stop" (on the broker's consent page: click, or stop there),
+//   "idp": on the broker's choice of IdP, the `name` of the one to pick (default: the first),
 //   "user_code": code to type on the broker's device page (when it asks),
+//   "at_idp": "abort" to cancel at the IdP's login page instead of signing in,
 //   "stop_prefix": stop when the browser is sent to a URL starting with this (a client's loopback
 //                  callback; the request is answered here and never reaches the network),
-//   "allow_ports": the loopback ports of the broker and the IdP,
+//   "allow_ports": the loopback ports of the broker and the IdP (the start page's port and its
+//                  `redirect_uri`'s are allowed too),
 //   "forge": optional: on the broker's consent page, replace its CSRF token with this value first
 // }
 // Prints one JSON line: {"final_url", "status", "title", "text", "steps": [...], "headers": {...}}.
@@ -21,11 +24,17 @@ const [modules, planText] = process.argv.slice(2);
 const plan = JSON.parse(planText);
 const { chromium } = await import(pathToFileURL(path.join(modules, 'playwright-core', 'index.mjs')));
 
+// Port 0 may land on a port Chromium blocks as unsafe (ERR_UNSAFE_PORT): allow the plan's ports (the
+// broker's, the IdPs'), the start page's and the client's loopback redirect's.
+const ports = new Set((plan.allow_ports || []).map(String));
+const start = new URL(plan.start);
+if (start.port) ports.add(start.port);
+const redirect = start.searchParams.get('redirect_uri');
+if (redirect && new URL(redirect).port) ports.add(new URL(redirect).port);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  // Port 0 may land on a port Chromium blocks as unsafe (ERR_UNSAFE_PORT): the plan names ours.
   args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-dev-shm-usage',
-    `--explicitly-allowed-ports=${(plan.allow_ports || []).join(',')}`],
+    `--explicitly-allowed-ports=${[...ports].join(',')}`],
 });
 const steps = [];
 let finalUrl = null;
@@ -50,11 +59,18 @@ try {
   await page.goto(plan.start);
   for (let i = 0; i < 12 && !finalUrl; i++) {
     const url = page.url();
-    if (await page.locator('input[name="login"]').count()) {
+    if (plan.at_idp === 'abort' && await page.locator('a[href$="/abort"]').count()) {
+      steps.push('idp-abort');
+      await Promise.all([page.waitForNavigation(), page.click('a[href$="/abort"]')]);
+    } else if (await page.locator('input[name="login"]').count()) {
       steps.push('idp-login');
       await page.fill('input[name="login"]', plan.user);
       await page.fill('input[name="password"]', 'test-password');
       await Promise.all([page.waitForNavigation(), page.click('button[type="submit"]')]);
+    } else if (await page.locator('form[id="op.deviceConfirmForm"]').count()) {
+      // The IdP's own device flow (a client signing in at the IdP directly): confirm the code shown.
+      steps.push('idp-device-confirm');
+      await Promise.all([page.waitForNavigation(), page.click('button[autofocus]')]);
     } else if (await page.locator('input[name="prompt"][value="consent"]').count()) {
       steps.push('idp-consent');
       await Promise.all([page.waitForNavigation(), page.click('button[type="submit"]')]);
@@ -74,7 +90,10 @@ try {
       await Promise.all([page.waitForNavigation(), page.click('button[type="submit"]')]);
     } else if (await page.locator('button[name="idp"]').count()) {
       steps.push('broker-choose-idp');
-      await Promise.all([page.waitForNavigation(), page.locator('button[name="idp"]').first().click()]);
+      const choices = await page.locator('button[name="idp"]').evaluateAll((bs) => bs.map((b) => b.value));
+      steps.push(`idps:${choices.join(',')}`);
+      const pick = plan.idp ? page.locator(`button[name="idp"][value="${plan.idp}"]`) : page.locator('button[name="idp"]').first();
+      await Promise.all([page.waitForNavigation(), pick.click()]);
     } else {
       steps.push(`stop:${new URL(url).pathname}`);
       break;

@@ -5,6 +5,8 @@
 //!   in-process via [`mock::spawn`] or as the `tollgate-mock-upstream` binary, scriptable over
 //!   `/_mock/*` HTTP routes.
 //! - [`sse`]: a small Server-Sent Events parser for asserting on streams.
+//! - [`people`]: the peers of the people sign-in tests: the company IdP (npm `oidc-provider`) and a
+//!   person at headless Chromium going through the real sign-in pages.
 //! - [`sso_portal`]: a fake AWS IAM Identity Center portal (`GetRoleCredentials`), which moto lacks.
 //! - [`procs`]: helpers to run the workspace's real binaries from end-to-end tests without leaking
 //!   processes.
@@ -13,6 +15,7 @@
 
 pub mod idp;
 pub mod mock;
+pub mod people;
 pub mod procs;
 pub mod sse;
 pub mod sso_portal;

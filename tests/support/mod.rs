@@ -9,6 +9,7 @@
 
 pub mod claude;
 pub mod peers;
+pub mod people;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

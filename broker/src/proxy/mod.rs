@@ -97,7 +97,19 @@ fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Claims>, ApiE
         app.auth_cache().invalidate(&key);
         return Err(ApiError::Unauthorized("expired"));
     }
-    app.governance().check_revoked(&claims)?;
+    if let Err(e) = app.governance().check_revoked(&claims) {
+        return Err(match ApiError::from(e) {
+            // A person's token: their sign-in was ended, and the message says what to do.
+            ApiError::Unauthorized("revoked")
+                if claims.grant.identity.kind == tollgate::IdentityKind::User =>
+            {
+                ApiError::SignInEnded {
+                    token_expires_in_secs: claims.exp.saturating_sub(now),
+                }
+            }
+            other => other,
+        });
+    }
     Ok(claims)
 }
 

@@ -184,6 +184,7 @@ impl Connection {
             Err(e) => {
                 let code = match &e {
                     ApiError::Unauthorized(reason) => *reason,
+                    ApiError::SignInEnded { .. } => "sign_in_revoked",
                     _ => "invalid_token",
                 };
                 Err(error_frame(
