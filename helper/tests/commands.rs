@@ -443,3 +443,89 @@ fn refresh_mints_now_and_replaces_the_cached_token() {
         "{refused:?}"
     );
 }
+
+/// `setup --agent claude-code` through the binary: `--project DIR --dry-run` shows the three settings and
+/// writes nothing; `--project DIR` writes the project's `.claude/settings.json` and keeps what was there;
+/// a second run changes nothing; `--project` with the Codex agent is a usage error that names the flag.
+#[test]
+fn setup_claude_code_project_and_dry_run_through_the_binary() {
+    let sb = Sandbox::new();
+    let project = sb.home().join("repo");
+    let settings = project.join(".claude/settings.json");
+    std::fs::create_dir_all(settings.parent().expect("dir")).expect("mkdir");
+    let before = "{\n  \"permissions\": {\"allow\": [\"Bash(ls)\"]},\n  \"model\": \"sonnet\"\n}\n";
+    std::fs::write(&settings, before).expect("write");
+    let dir = project.to_str().expect("utf8");
+    let base = [
+        "setup",
+        "--agent",
+        "claude-code",
+        "--broker",
+        "https://tollgate.corp.example",
+    ];
+
+    let dry: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--project", dir, "--dry-run"])
+        .collect();
+    let run = sb.run(&dry);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        std::fs::read_to_string(&settings).expect("read"),
+        before,
+        "dry run wrote"
+    );
+    for want in [
+        "\"apiKeyHelper\"",
+        "\"ANTHROPIC_BASE_URL\": \"https://tollgate.corp.example\"",
+        "\"CLAUDE_CODE_API_KEY_HELPER_TTL_MS\"",
+    ] {
+        assert!(
+            run.stdout.contains(want),
+            "{want} not shown: {}",
+            run.stdout
+        );
+    }
+    assert!(
+        run.stdout.ends_with("(dry run: nothing written)\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !sb.home().join(".claude").exists(),
+        "the user's settings were touched"
+    );
+
+    let write: Vec<&str> = base.iter().copied().chain(["--project", dir]).collect();
+    let run = sb.run(&write);
+    assert_eq!(run.code, 0, "{run:?}");
+    let after = std::fs::read_to_string(&settings).expect("read");
+    let v: serde_json::Value = serde_json::from_str(&after).expect("json");
+    assert_eq!(v["permissions"]["allow"][0], "Bash(ls)", "kept: {after}");
+    assert_eq!(v["model"], "sonnet", "kept: {after}");
+    assert_eq!(
+        v["env"]["ANTHROPIC_BASE_URL"],
+        "https://tollgate.corp.example"
+    );
+    assert!(
+        v["apiKeyHelper"]
+            .as_str()
+            .is_some_and(|c| c.contains("tollgate-token")),
+        "{after}"
+    );
+    assert!(
+        !sb.home().join(".claude").exists(),
+        "the user's settings were touched"
+    );
+
+    let again = sb.run(&write);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(again.stdout.contains("already up to date"), "{again:?}");
+    assert_eq!(std::fs::read_to_string(&settings).expect("read"), after);
+
+    let codex = sb.run(&["setup", "--broker", "https://b.example", "--project", dir]);
+    assert_eq!(codex.code, 64, "{codex:?}");
+    assert!(codex.stderr.contains("--project"), "{codex:?}");
+    assert!(codex.stdout.is_empty());
+}
