@@ -3,8 +3,18 @@
 
 use crate::usage::Usage;
 
-/// The span of one proxied request; usage and outcome are recorded when it settles.
+/// Whether spans are exported (`[telemetry] otlp_endpoint` set, [`init`] installed the exporter). Without an
+/// exporter nothing reads a `gen_ai` span (the log line is its own event), and building and recording one
+/// cost about 19,000 instructions per request (callgrind, docs/benchmarks.md): [`request_span`] then
+/// returns a disabled span, which [`settle_span`]'s caller skips.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The span of one proxied request; usage and outcome are recorded when it settles. Disabled unless spans
+/// are exported.
 pub fn request_span(route: &str, model: &str) -> tracing::Span {
+    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        return tracing::Span::none();
+    }
     let operation = if route.ends_with("/chat/completions") {
         "chat"
     } else {
@@ -111,6 +121,7 @@ pub fn init(cfg: &TelemetryConfig, format: LogFormat) -> Result<(), TelemetryErr
                 .build();
             let tracer = provider.tracer("tollgate-broker");
             let _ = PROVIDER.set(provider);
+            EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
             // Only our own spans go to the collector (not every library's).
             Some(
                 tracing_opentelemetry::layer()
