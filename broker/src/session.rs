@@ -17,7 +17,7 @@
 //! line, never to a metric label (their cardinality is unbounded). Only headers are read: the body is not
 //! touched, and the turn metadata is parsed only when it is at most [`MAX_METADATA_BYTES`].
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use serde::{Deserialize, Serialize};
 
 /// The longest id kept (session, thread, turn, window): Codex's are UUIDs (36) and `<uuid>:<n>`.
@@ -163,7 +163,16 @@ fn valid(s: &str, max: usize, allowed: impl Fn(u8) -> bool) -> Option<String> {
     (!s.is_empty() && s.len() <= max && s.bytes().all(allowed)).then(|| s.to_string())
 }
 
-fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+// The header names, parsed once (a lookup by `&str` parses the name on every request).
+const TURN_METADATA: HeaderName = HeaderName::from_static("x-codex-turn-metadata");
+const SESSION_ID: HeaderName = HeaderName::from_static("session-id");
+const CLAUDE_SESSION_ID: HeaderName = HeaderName::from_static("x-claude-code-session-id");
+const THREAD_ID: HeaderName = HeaderName::from_static("thread-id");
+const WINDOW_ID: HeaderName = HeaderName::from_static("x-codex-window-id");
+const ORIGINATOR: HeaderName = HeaderName::from_static("originator");
+const SUBAGENT: HeaderName = HeaderName::from_static("x-openai-subagent");
+
+fn header<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -171,24 +180,24 @@ impl CodexSession {
     /// Read the session context from a request's headers; `None` when none of it is there (or valid).
     /// The `session-id` and `thread-id` headers win over the same fields of the turn metadata.
     pub fn from_headers(h: &HeaderMap) -> Option<CodexSession> {
-        let meta = header(h, "x-codex-turn-metadata")
+        let meta = header(h, &TURN_METADATA)
             .filter(|m| m.len() <= MAX_METADATA_BYTES)
             .and_then(|m| serde_json::from_str::<TurnMetadata>(m).ok())
             .unwrap_or_default();
-        let id = |hdr: &str, field: Option<String>| {
+        let id = |hdr: &HeaderName, field: Option<String>| {
             header(h, hdr)
                 .and_then(valid_id)
                 .or_else(|| field.as_deref().and_then(valid_id))
         };
         let s = CodexSession {
-            session_id: id("session-id", meta.session_id.0)
-                .or_else(|| header(h, "x-claude-code-session-id").and_then(valid_id)),
-            thread_id: id("thread-id", meta.thread_id.0),
+            session_id: id(&SESSION_ID, meta.session_id.0)
+                .or_else(|| header(h, &CLAUDE_SESSION_ID).and_then(valid_id)),
+            thread_id: id(&THREAD_ID, meta.thread_id.0),
             turn_id: meta.turn_id.0.as_deref().and_then(valid_id),
-            window_id: id("x-codex-window-id", meta.window_id.0),
+            window_id: id(&WINDOW_ID, meta.window_id.0),
             request_kind: meta.request_kind.0.as_deref().and_then(RequestKind::parse),
-            originator: header(h, "originator").and_then(valid_name),
-            subagent: header(h, "x-openai-subagent").and_then(valid_name),
+            originator: header(h, &ORIGINATOR).and_then(valid_name),
+            subagent: header(h, &SUBAGENT).and_then(valid_name),
         };
         (s != CodexSession::default()).then_some(s)
     }
