@@ -187,24 +187,7 @@ fn sso_cache(access_token: &str, expires_at: &str, refresh_token: Option<&str>) 
 }
 
 fn rfc3339(unix: i64) -> String {
-    // Days-from-civil inverse, enough for test fixtures (UTC, whole seconds).
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    tollgate_testkit::idp::time_rfc3339(unix)
 }
 
 fn now() -> i64 {

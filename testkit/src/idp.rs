@@ -633,8 +633,9 @@ async fn container_credentials(State(s): S, headers: HeaderMap) -> Response {
     .into_response()
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (civil-from-days; no date crate needed here).
-fn time_rfc3339(t: i64) -> String {
+/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (civil-from-days; no date crate needed here). Fixtures that
+/// carry AWS-style timestamps use it too.
+pub fn time_rfc3339(t: i64) -> String {
     let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
