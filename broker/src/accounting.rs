@@ -4,7 +4,8 @@
 //! two ways: [`InFlight::release`] (every attempt failed before the first byte: nothing is charged) or
 //! [`InFlight::finish`] (an answer was relayed: its usage is charged). A dropped `InFlight` releases. A
 //! finished request becomes one [`Finished`] record, pushed onto the one settlement queue; the settler task
-//! takes a batch every [`LINGER`] and, for each record in order:
+//! takes a batch every [`LINGER`] (batches start at least that far apart, under load too) and, for each
+//! record in order:
 //!
 //! 1. governance settles it (budgets and allotments, tokens per minute) → cost and a store write;
 //! 2. metrics (tokens, cost, latency, how it ended);
@@ -199,14 +200,25 @@ impl Accounting {
     async fn run(self: Arc<Self>) {
         loop {
             self.wake.notified().await;
-            tokio::time::sleep(LINGER).await;
+            // Batches start at least LINGER apart, also while the queue never empties (under load): taking
+            // whatever arrived while the last batch was being settled made the batches small, and each
+            // costs the same few store statements — round trips to the SQLite thread or to PostgreSQL —
+            // whatever its size (issue #19, docs/benchmarks.md). A full batch means settlement is behind:
+            // the next one goes at once.
+            let mut due = tokio::time::Instant::now() + LINGER;
             loop {
+                tokio::time::sleep_until(due).await;
+                due = tokio::time::Instant::now() + LINGER;
                 let batch = self.queue.take(BATCH);
                 if batch.is_empty() {
                     break;
                 }
+                let full = batch.len() == BATCH;
                 self.settle_batch(batch).await;
                 self.metrics.settlement_queue(self.queue.depth());
+                if full {
+                    due = tokio::time::Instant::now();
+                }
             }
         }
     }

@@ -110,15 +110,76 @@ pub struct AuditRecord {
 }
 
 /// The canonical encoding that is hashed: a JSON object of `seq`, `prev_hash` and every event field,
-/// keys sorted (serde_json's map is ordered), no insignificant whitespace, integers only.
+/// keys sorted, no insignificant whitespace, integers only.
+///
+/// Written straight from the event (the fields below, in sorted order; `detail`'s maps are sorted because
+/// serde_json's map is a `BTreeMap` here) rather than through a `serde_json::Value` of the whole record:
+/// the same bytes — the test `canonical_matches_the_value_encoding` holds it to the encoding the chain
+/// was first written with — without a deep copy of every record (issue #19).
 pub fn canonical(seq: i64, prev_hash: &str, ev: &AuditEvent) -> Vec<u8> {
-    let mut v = serde_json::to_value(ev).unwrap_or(serde_json::Value::Null);
-    if let Some(o) = v.as_object_mut() {
-        o.insert("seq".into(), seq.into());
-        o.insert("prev_hash".into(), prev_hash.into());
+    /// Field order = byte order of the keys.
+    #[derive(Serialize)]
+    struct Canonical<'a> {
+        actor: &'a str,
+        cost_nanos: Option<i64>,
+        detail: &'a serde_json::Value,
+        expires_at: Option<i64>,
+        input_tokens: Option<i64>,
+        jti: Option<&'a str>,
+        kind: Option<EventKind>,
+        model: Option<&'a str>,
+        output_tokens: Option<i64>,
+        prev_hash: &'a str,
+        principal: Option<&'a str>,
+        provider: Option<&'a str>,
+        request_id: Option<&'a str>,
+        seq: i64,
+        status: Option<i64>,
+        team: Option<&'a str>,
+        ts: i64,
     }
-    // Re-serialising a Value sorts object keys recursively (BTreeMap-backed map).
-    serde_json::to_vec(&v).unwrap_or_default()
+    // Every field of the event is named here: a field added to `AuditEvent` fails to compile until it is
+    // placed in the hashed encoding too.
+    let AuditEvent {
+        ts,
+        kind,
+        actor,
+        principal,
+        team,
+        model,
+        provider,
+        status,
+        input_tokens,
+        output_tokens,
+        cost_nanos,
+        request_id,
+        jti,
+        expires_at,
+        detail,
+    } = ev;
+    let c = Canonical {
+        actor,
+        cost_nanos: *cost_nanos,
+        detail,
+        expires_at: *expires_at,
+        input_tokens: *input_tokens,
+        jti: jti.as_deref(),
+        kind: *kind,
+        model: model.as_deref(),
+        output_tokens: *output_tokens,
+        prev_hash,
+        principal: principal.as_deref(),
+        provider: provider.as_deref(),
+        request_id: request_id.as_deref(),
+        seq,
+        status: *status,
+        team: team.as_deref(),
+        ts: *ts,
+    };
+    let mut out = Vec::with_capacity(512);
+    // Serialising borrowed strings, integers and a Value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, &c);
+    out
 }
 
 pub fn hash_record(seq: i64, prev_hash: &str, ev: &AuditEvent) -> String {
@@ -1082,5 +1143,75 @@ mod tests {
         );
         assert_eq!(hash_record(1, GENESIS, &ev), hash_record(1, GENESIS, &ev));
         assert_ne!(hash_record(1, GENESIS, &ev), hash_record(2, GENESIS, &ev));
+    }
+
+    /// The encoding every chain so far was written with: the whole event as a `Value`, `seq` and
+    /// `prev_hash` added, re-serialised (keys sorted).
+    fn value_encoding(seq: i64, prev_hash: &str, ev: &AuditEvent) -> Vec<u8> {
+        let mut v = serde_json::to_value(ev).expect("value");
+        let o = v.as_object_mut().expect("object");
+        o.insert("seq".into(), seq.into());
+        o.insert("prev_hash".into(), prev_hash.into());
+        serde_json::to_vec(&v).expect("bytes")
+    }
+
+    fn opt_str() -> impl proptest::strategy::Strategy<Value = Option<String>> {
+        proptest::option::of("[a-zA-Z0-9 _\\\"\u{0}-\u{1f}\u{e9}\u{1f600}]{0,12}")
+    }
+
+    fn detail() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            "[a-z\\\"\u{1}\u{e9}]{0,8}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                proptest::collection::btree_map("[a-z_]{1,6}", inner, 0..5)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// The direct encoding is byte for byte the one existing chains were hashed with, for any event:
+        /// every field set or not, any strings (escapes, control characters, non-ASCII), nested details.
+        #[test]
+        fn canonical_matches_the_value_encoding(
+            seq in proptest::prelude::any::<i64>(),
+            ts in proptest::prelude::any::<i64>(),
+            kind in proptest::option::of(proptest::sample::select(vec![
+                EventKind::Mint, EventKind::Revocation, EventKind::PolicyReload,
+                EventKind::Admin, EventKind::Request, EventKind::Checkpoint,
+            ])),
+            actor in "[a-z\\\"\u{e9}]{0,10}",
+            strs in proptest::collection::vec(opt_str(), 7),
+            ints in proptest::collection::vec(proptest::option::of(proptest::prelude::any::<i64>()), 5),
+            detail in detail(),
+        ) {
+            let ev = AuditEvent {
+                ts,
+                kind,
+                actor,
+                principal: strs[0].clone(),
+                team: strs[1].clone(),
+                model: strs[2].clone(),
+                provider: strs[3].clone(),
+                request_id: strs[4].clone(),
+                jti: strs[5].clone(),
+                status: ints[0],
+                input_tokens: ints[1],
+                output_tokens: ints[2],
+                cost_nanos: ints[3],
+                expires_at: ints[4],
+                detail,
+            };
+            let prev = strs[6].clone().unwrap_or_else(|| GENESIS.to_string());
+            proptest::prop_assert_eq!(canonical(seq, &prev, &ev), value_encoding(seq, &prev, &ev));
+        }
     }
 }
