@@ -23,7 +23,7 @@ command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgri
 source "$ROOT/bench/lib.sh"
 bench_init cost cost-
 
-NAMES=(); BINS=()
+NAMES=(); BINS=(); declare -A CREDS=()
 for a in "$@"; do
     [[ "$a" == *=* ]] || { echo "expected NAME=PATH, got '$a'" >&2; exit 2; }
     NAMES+=("${a%%=*}"); BINS+=("$(realpath "${a#*=}")")
@@ -65,6 +65,7 @@ for i in floor hyperfloor "${!NAMES[@]}"; do
             name="${NAMES[$i]}"
             mkdir -p "$WORK/$name"
             broker_config "$WORK/$name" "$UP"
+            CREDS[$name]="$CRED"
             cmd=("${BINS[$i]}" --config "$WORK/$name/broker.toml" --listen 127.0.0.1:0)
             ;;
     esac
@@ -89,7 +90,8 @@ if command -v strace >/dev/null; then
         declare -A sc=()
         for n in "$N" "$((2 * N))"; do
             RUST_LOG="${RUST_LOG:-info}" start "st-$name-$n" strace -f -c -o "$OUT/strace.$name.$n" "${cmd[@]}"
-            [[ "$i" != floor && "$i" != hyperfloor ]] && tok="$(mint "$ADDR")"
+            # Each broker's own credential (its config was written with it in the pass above).
+            [[ "$i" != floor && "$i" != hyperfloor ]] && tok="$(mint "$ADDR" "${CREDS[$name]}")"
             b=(); [[ -n "$tok" ]] && b=(--bearer "$name=$tok")
             "$BIN/tollgate-bench" latency --runs 1 --warmup 0 --n "$n" "${stream_flag[@]}" --target "$name=$ADDR" "${b[@]}" \
                 >/dev/null 2>&1

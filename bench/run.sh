@@ -157,7 +157,13 @@ EOF
             --bearer tollgate="$TOKEN" "${PEER_ARGS[@]}")
         WARM=30 lat peers-responses --n "$SLOW_N" "${common[@]}"
         WARM=30 lat peers-chat --n "$SLOW_N" --path /v1/chat/completions "${common[@]}"
-        WARM=30 lat peers-chat-stream --stream --n "$SLOW_N" --path /v1/chat/completions "${common[@]}"
+        # Portkey's gateway answers every streamed request here with 500 ("TypeError: immutable" in its
+        # responseService.updateHeaders under Node's fetch: Portkey-AI/gateway#1550, open; pinning
+        # @hono/node-server 1.14.2 as #1389 suggests does not help), so the stream runs without it.
+        stream_common=(--target direct="$UP" --target floor="$FLOOR" --target hyperfloor="$HFLOOR"
+            --target tollgate="$BROKER" --bearer tollgate="$TOKEN")
+        [[ -n "$LL_PID" ]] && stream_common+=(--target litellm="http://127.0.0.1:$LPORT" --bearer litellm="$MASTER")
+        WARM=30 lat peers-chat-stream --stream --n "$SLOW_N" --path /v1/chat/completions "${stream_common[@]}"
         ll_rss=null; pk_rss=null
         [[ -n "$LL_PID" ]] && ll_rss="$(rss_kb "$LL_PID")"
         [[ -n "$PK_PID" ]] && pk_rss="$(rss_kb "$PK_PID")"

@@ -27,6 +27,64 @@ fn sum(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     find(scrape, name, labels).iter().map(|s| value(s)).sum()
 }
 
+async fn scrape(b: &common::Broker) -> (Scrape, String) {
+    let text = b
+        .http
+        .get(format!("{}/metrics", b.url))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    (
+        Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap(),
+        text,
+    )
+}
+
+/// Every proxy ingress is counted by route, model and provider: Claude Code's `/v1/messages` too, beside
+/// a Responses request (it was missing from `tollgate_requests_total`).
+#[tokio::test]
+async fn every_proxy_ingress_is_counted_by_model_and_provider() {
+    let b = common::start("").await;
+    let alice = b.mint(CREDENTIAL).await;
+    let r = b
+        .http
+        .post(format!("{}/v1/messages", b.url))
+        .bearer_auth(&alice)
+        .header("anthropic-version", "2023-06-01")
+        .json(&serde_json::json!({
+            "model": "gpt-5.5",
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "hi"}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(b.responses(&alice, "gpt-5.5", false).await.0, 200);
+    b.settled(2).await;
+    let (scrape, text) = scrape(&b).await;
+    for route in ["/v1/messages", "/v1/responses"] {
+        assert_eq!(
+            sum(
+                &scrape,
+                "tollgate_requests_total",
+                &[
+                    ("route", route),
+                    ("model", "gpt-5.5"),
+                    ("provider", "mock"),
+                    ("status", "200"),
+                ],
+            ),
+            1.0,
+            "{route}: {text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn metrics_after_traffic_parse_and_add_up() {
     let b = common::start("").await;
