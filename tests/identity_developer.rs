@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::Stdio;
 use support::peers::{moto, moto_assume_role, moto_iam_user};
 use support::{Broker, BrokerSpec, bin};
-use tollgate_testkit::idp::{self, IdpConfig, MintRequest};
+use tollgate_testkit::idp::{self, IdpConfig, MintRequest, time_rfc3339 as rfc3339};
 use tollgate_testkit::sso_portal::{self, RoleCredentials};
 
 const POLICY: &str = r#"
@@ -184,10 +184,6 @@ fn sso_cache(access_token: &str, expires_at: &str, refresh_token: Option<&str>) 
         v["refreshToken"] = json!(r);
     }
     v.to_string()
-}
-
-fn rfc3339(unix: i64) -> String {
-    tollgate_testkit::idp::time_rfc3339(unix)
 }
 
 fn now() -> i64 {

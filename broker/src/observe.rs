@@ -25,11 +25,7 @@ pub async fn track(State(app): State<Arc<AppState>>, req: Request, next: Next) -
     if let Some(reason) = resp.extensions().get::<RefusalReason>() {
         app.metrics().refusal(*reason);
     }
-    // Every proxy ingress: Claude Code's `/v1/messages` was left out of this count before.
-    if matches!(
-        route.as_str(),
-        "/v1/responses" | "/v1/chat/completions" | "/v1/messages"
-    ) {
+    if crate::proxy::providers::Endpoint::accounted_at(&route).is_some() {
         let (model, provider) = resp
             .extensions()
             .get::<ProxyTags>()

@@ -8,6 +8,7 @@
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::proxy::providers::Endpoint;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -72,13 +73,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         );
     let bearer = Router::new()
         .route(
-            "/v1/responses",
+            Endpoint::Responses.route(),
             post(crate::proxy::responses).get(crate::proxy::websocket::responses_ws),
         )
-        .route("/v1/chat/completions", post(crate::proxy::chat_completions))
-        .route("/v1/messages", post(crate::proxy::messages))
         .route(
-            "/v1/messages/count_tokens",
+            Endpoint::ChatCompletions.route(),
+            post(crate::proxy::chat_completions),
+        )
+        .route(Endpoint::Messages.route(), post(crate::proxy::messages))
+        .route(
+            Endpoint::CountTokens.route(),
             post(crate::proxy::count_tokens),
         )
         .route("/v1/models", get(crate::proxy::models))

@@ -313,15 +313,7 @@ async fn admin_and_audit_subcommands() {
     assert!(out.contains("\"first_break\": null"), "{out}");
 
     // The binary's /metrics also carries governance's counters (global `metrics` macros, forwarded).
-    let text = http
-        .get(format!("{url}/metrics"))
-        .bearer_auth(common::ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(&http, &url).await;
     assert!(text.contains("tollgate_requests_total{"), "{text}");
     assert!(text.contains("tollgate_cost_nanodollars_total"), "{text}");
 

@@ -27,21 +27,14 @@ fn sum(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     find(scrape, name, labels).iter().map(|s| value(s)).sum()
 }
 
+fn parse(text: &str) -> Scrape {
+    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+}
+
+/// `/metrics` with the admin key, parsed, and its text (for assertion messages).
 async fn scrape(b: &common::Broker) -> (Scrape, String) {
-    let text = b
-        .http
-        .get(format!("{}/metrics", b.url))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    (
-        Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap(),
-        text,
-    )
+    let text = b.metrics_text().await;
+    (parse(&text), text)
 }
 
 /// Every proxy ingress is counted by route, model and provider: Claude Code's `/v1/messages` too, beside
@@ -112,17 +105,7 @@ async fn metrics_after_traffic_parse_and_add_up() {
     assert_eq!(b.responses(&bob, "gpt-5.5", false).await.0, 401);
     b.settled(3).await;
 
-    let text = b
-        .http
-        .get(format!("{}/metrics", b.url))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let (scrape, text) = scrape(&b).await;
 
     let ok = [
         ("route", "/v1/responses"),
@@ -250,7 +233,7 @@ async fn public_metrics_and_per_principal_labels() {
         .text()
         .await
         .unwrap();
-    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let scrape = parse(&text);
     assert_eq!(
         sum(
             &scrape,

@@ -17,6 +17,18 @@ pub fn sha256_hex(s: &str) -> String {
     tollgate_broker::identity::static_cred::hash_credential(s)
 }
 
+/// The text of a broker's `/metrics`, read with the admin key (what an operator's scraper sends).
+pub async fn metrics_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(format!("{url}/metrics"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub struct Broker {
     pub url: String,
     pub state: Arc<AppState>,
@@ -198,6 +210,10 @@ impl Broker {
             .unwrap();
         let s = r.status().as_u16();
         (s, r.text().await.unwrap())
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        metrics_text(&self.http, &self.url).await
     }
 
     pub async fn admin_get(&self, path: &str) -> (u16, serde_json::Value) {

@@ -193,6 +193,20 @@ impl Endpoint {
         }
     }
 
+    /// Whether requests to this endpoint are admitted against a grant and accounted (`count_tokens` is
+    /// neither: Anthropic does not bill it).
+    pub fn accounted(self) -> bool {
+        self != Endpoint::CountTokens
+    }
+
+    /// The accounted endpoint served on this broker route, if any (what the HTTP middleware counts by
+    /// model and provider).
+    pub fn accounted_at(route: &str) -> Option<Endpoint> {
+        Endpoint::ALL
+            .into_iter()
+            .find(|e| e.accounted() && e.route() == route)
+    }
+
     /// The endpoint an OpenAI-family provider serves this one on: Messages as Chat Completions.
     pub fn chat_for_messages(self) -> Endpoint {
         match self {
@@ -289,6 +303,36 @@ pub struct UpstreamResponse {
 pub(crate) mod tests {
     use super::*;
     use crate::config::{Config, Source};
+
+    /// Every accounted ingress, and only those, is recognised by its route: the list the request metric
+    /// counts by model and provider (it once left `/v1/messages` out).
+    #[test]
+    fn accounted_routes_are_the_three_ingresses() {
+        for e in Endpoint::ALL {
+            assert_eq!(
+                Endpoint::accounted_at(e.route()),
+                e.accounted().then_some(e),
+                "{e:?}"
+            );
+        }
+        let accounted: Vec<&str> = Endpoint::ALL
+            .into_iter()
+            .filter(|e| e.accounted())
+            .map(Endpoint::route)
+            .collect();
+        assert_eq!(
+            accounted,
+            ["/v1/responses", "/v1/chat/completions", "/v1/messages"]
+        );
+        for other in [
+            "/v1/messages/count_tokens",
+            "/v1/models",
+            "/healthz",
+            "unmatched",
+        ] {
+            assert_eq!(Endpoint::accounted_at(other), None, "{other}");
+        }
+    }
 
     /// The validated config of one provider `p` given its TOML body.
     pub(crate) fn config(toml: &str) -> ProviderConfig {
