@@ -9,7 +9,8 @@
 
 use crate::clock::SharedClock;
 use crate::config::{Config, Route, RoutingConfig};
-use crate::proxy::upstream::{Attempt, KeyCell, Provider, http_client};
+use crate::proxy::client::UpstreamClient;
+use crate::proxy::upstream::{Attempt, KeyCell, Provider};
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,7 @@ pub struct ResolvedTarget {
     pub model: Option<String>,
     /// `provider/model` (or just `provider`), for headers and logs.
     pub label: String,
-    pub client: reqwest::Client,
+    pub client: UpstreamClient,
     pub first_byte_timeout: Duration,
     pub total_timeout: Duration,
     pub health: Arc<TargetHealth>,
@@ -211,16 +212,18 @@ impl Router {
     }
 
     pub fn new(config: &Config, clock: SharedClock) -> Self {
-        let mut clients: BTreeMap<u64, reqwest::Client> = BTreeMap::new();
+        // The outbound proxy settings: which providers go through a proxy, and how.
+        let proxies = Arc::new(config.upstream_proxy.matcher());
+        let mut clients: BTreeMap<u64, UpstreamClient> = BTreeMap::new();
         let mut client_for = |ms: u64| {
             clients
                 .entry(ms)
-                .or_insert_with(|| http_client(Duration::from_millis(ms)))
+                .or_insert_with(|| UpstreamClient::new(Duration::from_millis(ms), proxies.clone()))
                 .clone()
         };
         let mut providers = BTreeMap::new();
         for (name, p) in &config.providers {
-            providers.insert(name.clone(), Arc::new(Provider::new(p)));
+            providers.insert(name.clone(), Arc::new(Provider::new(p, &proxies)));
         }
         let mut health: BTreeMap<String, Arc<TargetHealth>> = BTreeMap::new();
         let mut resolved = Vec::new();

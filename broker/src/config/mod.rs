@@ -25,6 +25,7 @@ pub mod models;
 pub mod oauth;
 pub mod pricing;
 pub mod providers;
+pub mod proxy;
 pub mod routes;
 pub mod routing;
 pub mod server;
@@ -132,6 +133,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub affinity: affinity::AffinityConfig,
     pub accounting: accounting::AccountingConfig,
+    /// The outbound proxy for upstreams, from the environment ([`proxy::ProxyEnv`]).
+    pub upstream_proxy: proxy::ProxyEnv,
 }
 
 impl Config {
@@ -198,6 +201,7 @@ impl Config {
             store.kind == StoreKind::Postgres,
         )?;
         Ok(Config {
+            upstream_proxy: proxy::ProxyEnv::read(env),
             oauth,
             affinity,
             accounting,

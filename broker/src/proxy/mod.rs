@@ -4,6 +4,7 @@
 
 pub mod affinity;
 pub mod catalog;
+pub mod client;
 pub mod coalesce;
 pub mod output_limit;
 pub mod providers;

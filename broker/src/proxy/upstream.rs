@@ -3,14 +3,16 @@
 //! request through the adapter, send it, classify a failure, wrap the answer (translated back if the
 //! request was translated), all before the target's first-byte deadline.
 
+use super::client::{Answer, UpstreamClient};
 use super::providers::{AnswerTranslation, Outgoing, ProviderAdapter};
 pub use super::providers::{Endpoint, UpstreamError, UpstreamResponse};
 use crate::config::{ProviderConfig, ProviderKind, VaultKeyRef};
 use crate::translate::StreamTranslator;
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use hyper_util::client::proxy::matcher::Matcher;
 use secrecy::SecretString;
 use serde_json::Value;
 use std::sync::{Arc, RwLock};
@@ -31,12 +33,15 @@ pub struct Provider {
     adapter: Box<dyn ProviderAdapter>,
     /// The URLs of the endpoints, parsed once, when they do not depend on the model (all but Azure
     /// deployment paths): parsing a URL per request showed in the profile.
-    urls: [Option<reqwest::Url>; 4],
+    urls: [Option<Uri>; 4],
+    /// The outbound proxy settings send this provider's requests through a proxy
+    /// ([`UpstreamClient::proxied`]).
+    proxied: bool,
 }
 
 /// What one attempt on a target may use: the target's HTTP client and its time limits.
 pub struct Attempt<'a> {
-    pub client: &'a reqwest::Client,
+    pub client: &'a UpstreamClient,
     /// Until the first byte of a streamed answer.
     pub first_byte_timeout: Duration,
     /// The whole exchange.
@@ -79,14 +84,17 @@ pub fn relay_response_header(name: &HeaderName) -> bool {
 }
 
 impl Provider {
-    pub fn new(cfg: &ProviderConfig) -> Self {
+    /// `proxies`: the outbound proxy settings ([`crate::config::proxy::ProxyEnv`]).
+    pub fn new(cfg: &ProviderConfig, proxies: &Matcher) -> Self {
         let adapter = super::providers::adapter(cfg);
         let urls = Endpoint::ALL.map(|e| {
             (!adapter.url_depends_on_model())
-                .then(|| reqwest::Url::parse(&adapter.url(e, "")).ok())
+                .then(|| adapter.url(e, "").parse::<Uri>().ok())
                 .flatten()
         });
+        let proxied = UpstreamClient::proxied(proxies, &adapter.url(Endpoint::Responses, ""));
         Provider {
+            proxied,
             name: cfg.name.clone(),
             kind: cfg.kind,
             enabled: cfg.enabled,
@@ -176,27 +184,35 @@ impl Provider {
             Outgoing::Native(body) => (body, None),
             Outgoing::Translated { body, answer } => (body, Some(answer)),
         };
-        let req = self.request(endpoint, model, headers, answer.is_some(), attempt)?;
-        let resp = req.body(body).send().await.map_err(classify)?;
-        let status = resp.status();
+        let uri = match &self.urls[endpoint as usize] {
+            Some(uri) => uri.clone(),
+            None => self
+                .adapter
+                .url(endpoint, model)
+                .parse::<Uri>()
+                .map_err(|e| UpstreamError::Transport(format!("upstream url: {e}")))?,
+        };
+        let out = self.headers(headers, answer.is_some())?;
+        let Answer {
+            status,
+            mut headers,
+            body: raw,
+        } = attempt
+            .client
+            .post(uri, out, body, self.proxied, attempt.total_timeout)
+            .await?;
         if !status.is_success() {
-            let retry_after_secs = resp
-                .headers()
+            let retry_after_secs = headers
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|s| retry_after(s, unix_now()));
-            let body = self.adapter.error_body(read_capped(resp, 64 * 1024).await);
+            let body = self.adapter.error_body(read_capped(raw, 64 * 1024).await);
             return Err(UpstreamError::Status {
                 status,
                 retry_after_secs,
                 body,
             });
         }
-        let mut headers = resp.headers().clone();
-        let raw = resp
-            .bytes_stream()
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .boxed();
         let body = match answer {
             None => raw,
             Some(answer) => translate_answer(raw, &mut headers, answer).await?,
@@ -208,35 +224,32 @@ impl Provider {
         })
     }
 
-    /// The upstream request, without its body: URL, headers (the client's, or a translation's), the key.
-    fn request(
-        &self,
-        endpoint: Endpoint,
-        model: &str,
-        headers: &HeaderMap,
-        translated: bool,
-        attempt: &Attempt<'_>,
-    ) -> Result<reqwest::RequestBuilder, UpstreamError> {
-        let mut req = match &self.urls[endpoint as usize] {
-            Some(url) => attempt.client.post(url.clone()),
-            None => attempt.client.post(self.adapter.url(endpoint, model)),
-        }
-        .timeout(attempt.total_timeout);
+    /// The upstream request's headers: the client's (or a translation's), the kind's own, the key.
+    fn headers(&self, headers: &HeaderMap, translated: bool) -> Result<HeaderMap, UpstreamError> {
+        let mut out = HeaderMap::with_capacity(headers.len() + 4);
         if translated {
-            req = req
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .header(http::header::ACCEPT, "application/json, text/event-stream");
+            out.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            out.insert(
+                http::header::ACCEPT,
+                HeaderValue::from_static("application/json, text/event-stream"),
+            );
         } else {
             for (name, value) in headers {
                 if !DROP_REQUEST_HEADERS.contains(&name.as_str())
                     && !name.as_str().starts_with("x-tollgate-")
                 {
-                    req = req.header(name, value);
+                    out.append(name.clone(), value.clone());
                 }
             }
         }
         for (name, value) in self.adapter.extra_headers() {
-            req = req.header(*name, *value);
+            out.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
         }
         match self.current_key() {
             Some(key) => {
@@ -245,12 +258,16 @@ impl Provider {
                     UpstreamError::Transport("api key is not a valid header value".into())
                 })?;
                 v.set_sensitive(true);
-                req = req.header(name, v);
+                out.append(HeaderName::from_static(name), v);
             }
             None if self.vault_key.is_some() => return Err(UpstreamError::KeyUnavailable),
             None => {}
         }
-        Ok(req)
+        // What reqwest sent when the client named no type it accepts.
+        if !out.contains_key(http::header::ACCEPT) {
+            out.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+        }
+        Ok(out)
     }
 }
 
@@ -357,9 +374,8 @@ impl futures::Stream for Translated {
     }
 }
 
-async fn read_capped(resp: reqwest::Response, cap: usize) -> Bytes {
+async fn read_capped(mut s: Body, cap: usize) -> Bytes {
     let mut out = Vec::new();
-    let mut s = resp.bytes_stream();
     while let Some(Ok(chunk)) = s.next().await {
         out.extend_from_slice(&chunk);
         if out.len() >= cap {
@@ -368,28 +384,6 @@ async fn read_capped(resp: reqwest::Response, cap: usize) -> Bytes {
         }
     }
     Bytes::from(out)
-}
-
-fn classify(e: reqwest::Error) -> UpstreamError {
-    if e.is_timeout() {
-        UpstreamError::Timeout
-    } else if e.is_connect() {
-        UpstreamError::Connect(e.without_url().to_string())
-    } else {
-        UpstreamError::Transport(e.without_url().to_string())
-    }
-}
-
-/// The shared HTTP client for upstreams: rustls, pooled, no redirects (an upstream that redirects is
-/// misconfigured, and following redirects with our API key attached would leak it).
-pub fn http_client(connect_timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
 }
 
 /// A `Retry-After` value in seconds from `now` (unix seconds): delta-seconds, or an HTTP-date (RFC 9110
