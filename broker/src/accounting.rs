@@ -229,29 +229,39 @@ impl Accounting {
         // The session of each write, by index (the spend row's session columns).
         let mut sessions = Vec::with_capacity(batch.len());
         let mut flushes = Vec::new();
-        for job in batch {
-            match job {
-                Job::Finished(f) => {
-                    let claims = f.claims.clone();
-                    let session = f.session.clone();
-                    // One record that panics must not take the rest of its batch (or this task) with it.
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        self.fan_out(*f)
-                    })) {
-                        Ok((apply, tokens)) => {
-                            writes.push(apply);
-                            sessions.push(session);
-                            if self.governance.shares_rate_limits() {
-                                self.governance.charge_shared_tokens(&claims, tokens).await;
+        // Tokens to charge the shared (Redis) rate limits, after the batch's records.
+        let shared = self.governance.shares_rate_limits();
+        let mut charges = Vec::new();
+        {
+            // The batch's log lines reach stderr in one write (no `.await` in here).
+            let _lines = crate::telemetry::LogBatch::begin();
+            for job in batch {
+                match job {
+                    Job::Finished(f) => {
+                        let claims = shared.then(|| f.claims.clone());
+                        let session = f.session.clone();
+                        // One record that panics must not take the rest of its batch (or this task) with it.
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            self.fan_out(*f)
+                        })) {
+                            Ok((apply, tokens)) => {
+                                writes.push(apply);
+                                sessions.push(session);
+                                if let Some(claims) = claims {
+                                    charges.push((claims, tokens));
+                                }
+                            }
+                            Err(_) => {
+                                tracing::error!("a settlement panicked; its spend is not recorded")
                             }
                         }
-                        Err(_) => {
-                            tracing::error!("a settlement panicked; its spend is not recorded")
-                        }
                     }
+                    Job::Flush(done) => flushes.push(done),
                 }
-                Job::Flush(done) => flushes.push(done),
             }
+        }
+        for (claims, tokens) in charges {
+            self.governance.charge_shared_tokens(&claims, tokens).await;
         }
         if !writes.is_empty() {
             let mut delay = Duration::from_millis(50);

@@ -299,6 +299,13 @@ pub trait AuditSink: Send + Sync {
     }
 }
 
+/// The events of records that were not stored, back where [`Writer::append_batch`] took them from.
+fn give_back(events: &mut [AuditEvent], records: Vec<AuditRecord>) {
+    for (ev, rec) in events.iter_mut().zip(records) {
+        *ev = rec.event;
+    }
+}
+
 /// Where the chain first breaks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Break {
@@ -735,10 +742,11 @@ impl Writer {
             return;
         }
         let every = self.every();
+        let mut events = events;
         let mut i = 0;
         let mut checkpointed_last = false;
         while i < events.len() {
-            let Some(stored) = self.append_batch(&events[i..], every, None).await else {
+            let Some(stored) = self.append_batch(&mut events[i..], every, None).await else {
                 self.spill(events[i..].to_vec());
                 return;
             };
@@ -872,12 +880,12 @@ impl Writer {
                 }
                 // The journal is stored, so the store answers: the records that waited in memory (the oldest
                 // now) go straight to it, in order.
-                let waiting = std::mem::take(&mut self.overflow);
+                let mut waiting = std::mem::take(&mut self.overflow);
                 let every = self.every();
                 let mut i = 0;
                 while i < waiting.len() {
                     let end = (i + BATCH).min(waiting.len());
-                    let Some(stored) = self.append_batch(&waiting[i..end], every, None).await
+                    let Some(stored) = self.append_batch(&mut waiting[i..end], every, None).await
                     else {
                         break;
                     };
@@ -916,10 +924,10 @@ impl Writer {
             let Some(first_n) = batch.first().map(|p| p.n) else {
                 return;
             };
-            let events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
+            let mut events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
             let every = self.every();
             let Some(stored) = self
-                .append_batch(&events, every, Some((&id, first_n)))
+                .append_batch(&mut events, every, Some((&id, first_n)))
                 .await
             else {
                 return;
@@ -933,9 +941,9 @@ impl Writer {
     }
 
     /// Chain and append one event; `(seq, hash)` once stored, `None` when the store did not take it.
-    async fn append(&mut self, ev: AuditEvent) -> Option<(i64, String)> {
+    async fn append(&mut self, mut ev: AuditEvent) -> Option<(i64, String)> {
         let stored = self
-            .append_batch(std::slice::from_ref(&ev), 0, None)
+            .append_batch(std::slice::from_mut(&mut ev), 0, None)
             .await?;
         stored.into_iter().next().map(|(seq, hash, _)| (seq, hash))
     }
@@ -946,10 +954,11 @@ impl Writer {
     /// the first event)`: the batch comes from the journal and its progress is recorded with it. Store
     /// errors are retried a few times with backoff. A conflict means another writer extended the chain
     /// first — progress, not failure — so the head is re-read and the whole batch re-chained (with a little
-    /// jitter so two writers do not keep colliding), up to a generous bound.
+    /// jitter so two writers do not keep colliding), up to a generous bound. The stored events are moved
+    /// out of `events` (left as defaults); events not stored are left in place.
     async fn append_batch(
         &mut self,
-        events: &[AuditEvent],
+        events: &mut [AuditEvent],
         every: i64,
         journaled: Option<(&str, u64)>,
     ) -> Option<Vec<Stored>> {
@@ -982,9 +991,10 @@ impl Writer {
                 events.len()
             };
             let mut records = Vec::with_capacity(take.min(events.len()));
-            for ev in events.iter().take(take) {
+            // The events move into their records (no copy); a batch that is not stored gives them back.
+            for ev in events.iter_mut().take(take) {
                 seq += 1;
-                let rec = AuditRecord::chain(seq, prev, ev.clone());
+                let rec = AuditRecord::chain(seq, prev, std::mem::take(ev));
                 prev = rec.hash.clone();
                 records.push(rec);
             }
@@ -1009,12 +1019,14 @@ impl Writer {
                     );
                 }
                 Err(AuditError::Conflict(_)) => {
+                    give_back(events, records);
                     self.head = None;
                     conflicts += 1;
                     let jitter_us = rand::random::<u64>() % 2000;
                     tokio::time::sleep(std::time::Duration::from_micros(jitter_us)).await;
                 }
                 Err(e) => {
+                    give_back(events, records);
                     tracing::debug!(error = %e, "audit: append failed");
                     self.head = None;
                     failures += 1;
