@@ -37,7 +37,8 @@ pub async fn track(State(app): State<Arc<AppState>>, req: Request, next: Next) -
     app.metrics()
         .http(&route, status, started.elapsed().as_secs_f64());
     if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
+        const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+        resp.headers_mut().insert(X_REQUEST_ID, v);
     }
     resp
 }

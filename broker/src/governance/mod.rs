@@ -201,17 +201,21 @@ impl BudgetHint {
 
     /// Add the headers to a response.
     pub fn insert_into(&self, headers: &mut http::HeaderMap) {
-        use http::HeaderValue;
+        use http::{HeaderName, HeaderValue};
+        // Names made at compile time (a `&str` key is parsed on every insert).
+        const HEADER: HeaderName = HeaderName::from_static(BudgetHint::HEADER);
+        const REMAINING: HeaderName = HeaderName::from_static(BudgetHint::HEADER_REMAINING);
+        const RESETS: HeaderName = HeaderName::from_static(BudgetHint::HEADER_RESETS);
         if let Ok(v) = HeaderValue::from_str(&self.budget_id) {
-            headers.insert(Self::HEADER, v);
+            headers.insert(HEADER, v);
         }
         if let Ok(v) = HeaderValue::from_str(&report::usd9(self.remaining.0)) {
-            headers.insert(Self::HEADER_REMAINING, v);
+            headers.insert(REMAINING, v);
         }
         if let Some(r) = self.resets_at
             && let Ok(v) = HeaderValue::from_str(&rfc3339(r))
         {
-            headers.insert(Self::HEADER_RESETS, v);
+            headers.insert(RESETS, v);
         }
     }
 }

@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The response header that says how many input items carrying encrypted content were stripped.
-pub const STRIPPED_HEADER: &str = "x-tollgate-reasoning-stripped";
+pub const STRIPPED_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-tollgate-reasoning-stripped");
 
 /// Where a session was last served: the target's label and reasoning domain, and the encrypted items of its
 /// latest request that another domain made (by fingerprint, with that domain): Codex keeps every item in its

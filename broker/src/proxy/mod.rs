@@ -19,7 +19,7 @@ use crate::usage::{SseUsageDecoder, StreamEnd, Wire};
 use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::Stream;
@@ -604,9 +604,14 @@ async fn proxy(
     Ok(with_attempts(err.into_response(), attempts))
 }
 
+// Response header names, made at compile time (a `&str` key is parsed on every insert).
+const X_TOLLGATE_ATTEMPTS: HeaderName = HeaderName::from_static("x-tollgate-attempts");
+const X_TOLLGATE_PROVIDER: HeaderName = HeaderName::from_static("x-tollgate-provider");
+const X_TOLLGATE_TARGET: HeaderName = HeaderName::from_static("x-tollgate-target");
+
 fn with_attempts(mut r: Response, attempts: u32) -> Response {
     r.headers_mut()
-        .insert("x-tollgate-attempts", HeaderValue::from(attempts));
+        .insert(X_TOLLGATE_ATTEMPTS, HeaderValue::from(attempts));
     r
 }
 
@@ -661,10 +666,10 @@ async fn relay(
                 h.insert(name.clone(), value.clone());
             }
         }
-        h.insert("x-tollgate-provider", provider_header);
-        h.insert("x-tollgate-attempts", HeaderValue::from(attempts));
+        h.insert(X_TOLLGATE_PROVIDER, provider_header);
+        h.insert(X_TOLLGATE_ATTEMPTS, HeaderValue::from(attempts));
         if let Ok(v) = HeaderValue::from_str(&target.label) {
-            h.insert("x-tollgate-target", v);
+            h.insert(X_TOLLGATE_TARGET, v);
         }
         if stream {
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

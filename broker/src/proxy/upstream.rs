@@ -246,10 +246,7 @@ impl Provider {
             }
         }
         for (name, value) in self.adapter.extra_headers() {
-            out.append(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
+            out.append(name.clone(), HeaderValue::from_static(value));
         }
         match self.current_key() {
             Some(key) => {
@@ -258,7 +255,7 @@ impl Provider {
                     UpstreamError::Transport("api key is not a valid header value".into())
                 })?;
                 v.set_sensitive(true);
-                out.append(HeaderName::from_static(name), v);
+                out.append(name, v);
             }
             None if self.vault_key.is_some() => return Err(UpstreamError::KeyUnavailable),
             None => {}

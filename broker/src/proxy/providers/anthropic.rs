@@ -41,12 +41,17 @@ impl ProviderAdapter for Anthropic {
         }
     }
 
-    fn key_header(&self, key: &SecretString) -> (&'static str, String) {
-        ("x-api-key", key.expose_secret().to_string())
+    fn key_header(&self, key: &SecretString) -> (http::HeaderName, String) {
+        const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+        (X_API_KEY, key.expose_secret().to_string())
     }
 
-    fn extra_headers(&self) -> &'static [(&'static str, &'static str)] {
-        &[("anthropic-version", anthropic::ANTHROPIC_VERSION)]
+    fn extra_headers(&self) -> &'static [(http::HeaderName, &'static str)] {
+        static EXTRA: [(http::HeaderName, &str); 1] = [(
+            http::HeaderName::from_static("anthropic-version"),
+            anthropic::ANTHROPIC_VERSION,
+        )];
+        &EXTRA
     }
 
     fn outgoing(

@@ -52,8 +52,9 @@ impl ProviderAdapter for AzureOpenai {
         self.path == AzurePath::Deployments
     }
 
-    fn key_header(&self, key: &SecretString) -> (&'static str, String) {
-        ("api-key", key.expose_secret().to_string())
+    fn key_header(&self, key: &SecretString) -> (http::HeaderName, String) {
+        const API_KEY: http::HeaderName = http::HeaderName::from_static("api-key");
+        (API_KEY, key.expose_secret().to_string())
     }
 
     fn outgoing(

@@ -46,13 +46,17 @@ pub trait ProviderAdapter: Send + Sync {
         false
     }
 
-    /// The header that carries the upstream key, and its value.
-    fn key_header(&self, key: &SecretString) -> (&'static str, String) {
-        ("authorization", format!("Bearer {}", key.expose_secret()))
+    /// The header that carries the upstream key, and its value. (Header names are constants: a name made
+    /// from a `&str` at run time is parsed on every request.)
+    fn key_header(&self, key: &SecretString) -> (http::HeaderName, String) {
+        (
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", key.expose_secret()),
+        )
     }
 
     /// Headers this provider always gets (after the forwarded or translation headers, before the key).
-    fn extra_headers(&self) -> &'static [(&'static str, &'static str)] {
+    fn extra_headers(&self) -> &'static [(http::HeaderName, &'static str)] {
         &[]
     }
 
