@@ -99,6 +99,36 @@ async fn slow_first_byte_fails_over_within_the_ttfb_budget() {
 }
 
 #[tokio::test]
+async fn the_total_timeout_cuts_a_stream_that_outlives_it() {
+    let (a, b) = (
+        spawn(MockConfig::default()).await,
+        spawn(MockConfig::default()).await,
+    );
+    let broker = start(
+        &two_openai(&a.base_url(), &b.base_url(), "timeout_ms = 500"),
+        &[],
+    )
+    .await;
+    // The first event at once (the answer is committed to `a`), the next one a minute later.
+    a.push_fault(Fault::event_delay_ms(60_000));
+    let t = Instant::now();
+    let ans = broker.responses("gpt-5.5", "a slow stream").await;
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "the 500 ms total timeout ended it, not the upstream: {:?}",
+        t.elapsed()
+    );
+    assert_eq!((ans.status, ans.attempts()), (200, 1), "{}", ans.body);
+    assert_eq!(
+        ans.event_types().last().map(String::as_str),
+        Some("response.failed"),
+        "{}",
+        ans.body
+    );
+    assert!(b.requests().is_empty(), "no failover after the first byte");
+}
+
+#[tokio::test]
 async fn mid_stream_drop_is_committed_and_ends_with_response_failed() {
     let (a, b) = (
         spawn(MockConfig::default()).await,

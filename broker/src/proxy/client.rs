@@ -57,13 +57,21 @@ impl UpstreamClient {
     /// `proxies`: the outbound proxy settings ([`crate::config::proxy::ProxyEnv`]); the reqwest path asks
     /// them too, so both paths take the same decisions.
     pub fn new(connect_timeout: Duration, proxies: Arc<Matcher>) -> Self {
+        Self::with_tls(connect_timeout, proxies, tls_config())
+    }
+
+    fn with_tls(
+        connect_timeout: Duration,
+        proxies: Arc<Matcher>,
+        tls: rustls::ClientConfig,
+    ) -> Self {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
         // The connector sees `https://` URLs too; the TLS layer above it takes them.
         http.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config())
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -295,6 +303,133 @@ mod tests {
         let none = Matcher::builder().build();
         assert!(!UpstreamClient::proxied(&none, "https://api.openai.com/v1"));
         assert!(!UpstreamClient::proxied(&m, "not a url"));
+    }
+
+    /// An HTTPS upstream on 127.0.0.1 with a certificate for `localhost` from a test CA; HTTP/2 when the
+    /// client offers it. Answers every request with its HTTP version and the body it got.
+    async fn https_upstream(
+        ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    ) -> std::net::SocketAddr {
+        use hyper::service::service_fn;
+        let leaf_key = rcgen::KeyPair::generate().expect("key");
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .signed_by(&leaf_key, ca)
+            .expect("leaf");
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .expect("server config");
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                        let version = format!("{:?}", req.version());
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let mut out = version.into_bytes();
+                        out.push(b' ');
+                        out.extend_from_slice(&body);
+                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from(out))))
+                    });
+                    if h2 {
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, svc)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn test_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().expect("key"))
+            .expect("ca")
+    }
+
+    /// The client's TLS with `ca` as its only root (the platform verifier's roots are the machine's).
+    fn client_trusting(ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) -> UpstreamClient {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).expect("root");
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(rustls::ALL_VERSIONS)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        UpstreamClient::with_tls(
+            Duration::from_secs(5),
+            Arc::new(Matcher::builder().build()),
+            tls,
+        )
+    }
+
+    #[tokio::test]
+    async fn https_upstreams_are_verified_and_speak_http2_when_offered() {
+        let ca = test_ca("upstream ca");
+        let addr = https_upstream(&ca).await;
+        let uri: Uri = format!("https://localhost:{}/v1/responses", addr.port())
+            .parse()
+            .expect("uri");
+        let client = client_trusting(&ca);
+        let answer = client
+            .post(
+                uri.clone(),
+                HeaderMap::new(),
+                Bytes::from_static(b"{\"model\":\"m\"}"),
+                false,
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status, StatusCode::OK);
+        let body: Vec<Bytes> = answer.body.try_collect().await.expect("the body");
+        assert_eq!(body.concat(), b"HTTP/2.0 {\"model\":\"m\"}");
+
+        // A certificate from another CA is refused before anything is sent.
+        let stranger = client_trusting(&test_ca("another ca"));
+        let err = stranger
+            .post(
+                uri,
+                HeaderMap::new(),
+                Bytes::new(),
+                false,
+                Duration::from_secs(5),
+            )
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(&err, UpstreamError::Connect(m) if m.contains("certificate")),
+            "{err:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
