@@ -1003,16 +1003,17 @@ macro_rules! impl_store {
                          cost, reserved, usage_reported, end_reason, price_version, price_tier, \
                          session_id, thread_id, turn_id, request_kind, originator, subagent) ",
                     );
+                    // Strings bound by reference (the batch outlives the statement): no copy per value.
                     qb.push_values(chunk, |mut b, (r, s)| {
-                        let field = |f: fn(&CodexSession) -> Option<String>| s.and_then(f);
-                        b.push_bind(r.id.clone())
+                        let s = *s;
+                        b.push_bind(r.id.as_str())
                             .push_bind(r.settled_at)
-                            .push_bind(r.principal.clone())
-                            .push_bind(r.team.clone())
-                            .push_bind(r.org.clone())
-                            .push_bind(r.jti.clone())
-                            .push_bind(r.model.clone())
-                            .push_bind(r.provider.clone())
+                            .push_bind(r.principal.as_str())
+                            .push_bind(r.team.as_deref())
+                            .push_bind(r.org.as_deref())
+                            .push_bind(r.jti.as_str())
+                            .push_bind(r.model.as_str())
+                            .push_bind(r.provider.as_str())
                             .push_bind(r.input_tokens)
                             .push_bind(r.cached_input_tokens)
                             .push_bind(r.cache_write_tokens)
@@ -1021,15 +1022,15 @@ macro_rules! impl_store {
                             .push_bind(r.cost)
                             .push_bind(r.reserved)
                             .push_bind(i64::from(r.usage_reported))
-                            .push_bind(r.end_reason.clone())
-                            .push_bind(r.price_version.clone())
-                            .push_bind(r.price_tier.clone())
-                            .push_bind(field(|s| s.session_id.clone()))
-                            .push_bind(field(|s| s.thread_id.clone()))
-                            .push_bind(field(|s| s.turn_id.clone()))
-                            .push_bind(field(|s| s.request_kind_str().map(String::from)))
-                            .push_bind(field(|s| s.originator.clone()))
-                            .push_bind(field(|s| s.subagent.clone()));
+                            .push_bind(r.end_reason.as_str())
+                            .push_bind(r.price_version.as_str())
+                            .push_bind(r.price_tier.as_str())
+                            .push_bind(s.and_then(|s| s.session_id.as_deref()))
+                            .push_bind(s.and_then(|s| s.thread_id.as_deref()))
+                            .push_bind(s.and_then(|s| s.turn_id.as_deref()))
+                            .push_bind(s.and_then(CodexSession::request_kind_str))
+                            .push_bind(s.and_then(|s| s.originator.as_deref()))
+                            .push_bind(s.and_then(|s| s.subagent.as_deref()));
                     });
                     qb.push(" ON CONFLICT DO NOTHING RETURNING id");
                     // Power-of-two row counts: a few SQL texts, each prepared once per connection and cached.
