@@ -5,12 +5,12 @@
 //! a request built once from the parts the proxy already has. reqwest costs more per request than the
 //! exchange itself on this path: it parses the URL of every request twice in its redirect layer (even with
 //! redirects off), copies the header map and boxes a retry and a timeout layer around the send. Measured,
-//! that was about 5 % of the broker's CPU per request (issue #19, docs/benchmarks.md).
+//! this client takes 6 % fewer instructions per request (issue #19, docs/benchmarks.md).
 //!
 //! An upstream the outbound proxy settings send through a proxy (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`,
 //! `NO_PROXY`, read as reqwest reads them: [`crate::config::proxy`]) goes through reqwest, which tunnels
-//! HTTPS with `CONNECT` and sends the proxy its credentials. Which path a provider
-//! takes is decided once, from its base URL, when the router is built ([`Self::proxied`]).
+//! HTTPS with `CONNECT` and sends the proxy its credentials. Which path a provider takes is decided once,
+//! from its base URL, when the router is built ([`UpstreamClient::proxied`]).
 //!
 //! Both paths: no redirects (an upstream that redirects is misconfigured, and following one with our API
 //! key attached would leak it), `TCP_NODELAY`, idle connections kept 90 s, the connect timeout of the
