@@ -36,7 +36,8 @@ fn file_err(path: &Path, message: impl std::fmt::Display) -> TlsError {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The broker's one crypto provider (server TLS here, the upstream client in `proxy/client.rs`).
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 

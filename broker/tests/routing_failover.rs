@@ -74,58 +74,69 @@ async fn connection_refused_fails_over() {
     assert_eq!(ans.header("x-tollgate-target"), Some("b"));
 }
 
+/// A target that stalls, against each of its time limits: before the first byte (the first-byte timeout
+/// fires, the request fails over: nothing has reached the client) and after it (the total timeout cuts
+/// the stream: the client gets `response.failed`, no failover). The stall is a minute; the limits are
+/// 300–500 ms.
 #[tokio::test]
-async fn slow_first_byte_fails_over_within_the_ttfb_budget() {
-    let (a, b) = (
-        spawn(MockConfig::default()).await,
-        spawn(MockConfig::default()).await,
-    );
-    let broker = start(
-        &two_openai(&a.base_url(), &b.base_url(), "first_byte_timeout_ms = 300"),
-        &[],
-    )
-    .await;
-    a.push_fault(Fault::first_byte_delay_ms(30_000));
-    let t = Instant::now();
-    let ans = broker.responses("gpt-5.5", "hi").await;
-    assert_eq!((ans.status, ans.attempts()), (200, 2), "{}", ans.body);
-    assert!(
-        // Far below the 30 s stall: the 300 ms first-byte timeout fired.
-        t.elapsed() < Duration::from_secs(15),
-        "took {:?}",
-        t.elapsed()
-    );
-    assert!(completed(&ans));
-}
-
-#[tokio::test]
-async fn the_total_timeout_cuts_a_stream_that_outlives_it() {
-    let (a, b) = (
-        spawn(MockConfig::default()).await,
-        spawn(MockConfig::default()).await,
-    );
-    let broker = start(
-        &two_openai(&a.base_url(), &b.base_url(), "timeout_ms = 500"),
-        &[],
-    )
-    .await;
-    // The first event at once (the answer is committed to `a`), the next one a minute later.
-    a.push_fault(Fault::event_delay_ms(60_000));
-    let t = Instant::now();
-    let ans = broker.responses("gpt-5.5", "a slow stream").await;
-    assert!(
-        t.elapsed() < Duration::from_secs(30),
-        "the 500 ms total timeout ended it, not the upstream: {:?}",
-        t.elapsed()
-    );
-    assert_eq!((ans.status, ans.attempts()), (200, 1), "{}", ans.body);
-    assert_eq!(
-        ans.event_types().last().map(String::as_str),
-        Some("response.failed"),
-        "{}",
-        ans.body
-    );
-    assert!(b.requests().is_empty(), "no failover after the first byte");
+async fn a_stalled_target_is_cut_by_the_timeout_its_stall_falls_under() {
+    struct Case {
+        name: &'static str,
+        limit: &'static str,
+        stall: Fault,
+        attempts: u32,
+        last_event: &'static str,
+        failed_over: bool,
+    }
+    let cases = [
+        Case {
+            name: "stall before the first byte",
+            limit: "first_byte_timeout_ms = 300",
+            stall: Fault::first_byte_delay_ms(60_000),
+            attempts: 2,
+            last_event: "response.completed",
+            failed_over: true,
+        },
+        Case {
+            name: "stall after the first byte",
+            limit: "timeout_ms = 500",
+            stall: Fault::event_delay_ms(60_000),
+            attempts: 1,
+            last_event: "response.failed",
+            failed_over: false,
+        },
+    ];
+    for c in cases {
+        let (a, b) = (
+            spawn(MockConfig::default()).await,
+            spawn(MockConfig::default()).await,
+        );
+        let broker = start(&two_openai(&a.base_url(), &b.base_url(), c.limit), &[]).await;
+        a.push_fault(c.stall);
+        let t = Instant::now();
+        let ans = broker.responses("gpt-5.5", "hi").await;
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{}: the limit ended it, not the upstream: {:?}",
+            c.name,
+            t.elapsed()
+        );
+        assert_eq!(
+            (ans.status, ans.attempts()),
+            (200, c.attempts),
+            "{}: {}",
+            c.name,
+            ans.body
+        );
+        assert_eq!(
+            ans.event_types().last().map(String::as_str),
+            Some(c.last_event),
+            "{}: {}",
+            c.name,
+            ans.body
+        );
+        assert_eq!(!b.requests().is_empty(), c.failed_over, "{}", c.name);
+    }
 }
 
 #[tokio::test]

@@ -7,7 +7,9 @@
 use super::Env;
 use hyper_util::client::proxy::matcher::Matcher;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The variables as set. A proxy URL may carry credentials (`http://user:pass@proxy:3128`): `Debug`
+/// (the whole `Config` derives it) shows them as `***`.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ProxyEnv {
     pub all: Option<String>,
     pub http: Option<String>,
@@ -41,6 +43,28 @@ impl ProxyEnv {
     }
 }
 
+impl std::fmt::Debug for ProxyEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |v: &Option<String>| v.as_deref().map(redact_userinfo);
+        f.debug_struct("ProxyEnv")
+            .field("all", &shown(&self.all))
+            .field("http", &shown(&self.http))
+            .field("https", &shown(&self.https))
+            .field("no", &self.no)
+            .finish()
+    }
+}
+
+/// `scheme://user:pass@host:port/…` → `scheme://***@host:port/…`; anything without credentials as it is.
+fn redact_userinfo(url: &str) -> String {
+    let rest_at = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[rest_at..].find('/').map_or(url.len(), |i| rest_at + i);
+    match url[rest_at..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..rest_at], &url[rest_at + at..]),
+        None => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +75,26 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn debug_never_shows_a_proxy_password() {
+        let p = ProxyEnv::read(&env(&[
+            (
+                "HTTPS_PROXY",
+                "http://svc-llm:hunter2-secret@proxy.corp:3128",
+            ),
+            ("ALL_PROXY", "svc:s3cret@proxy.corp:3128/path@x"),
+            ("HTTP_PROXY", "http://proxy.corp:3128"),
+        ]));
+        let shown = format!("{p:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        assert!(shown.contains("http://***@proxy.corp:3128"), "{shown}");
+        assert!(shown.contains("***@proxy.corp:3128/path@x"), "{shown}");
+        assert!(shown.contains("http://proxy.corp:3128"), "{shown}");
     }
 
     #[test]

@@ -43,7 +43,11 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 #[derive(Clone)]
 pub struct UpstreamClient {
     direct: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    proxied: reqwest::Client,
+    /// Built on the first request through a proxy: most brokers never send one, and building it loads the
+    /// platform's roots a second time.
+    proxied: Arc<std::sync::OnceLock<reqwest::Client>>,
+    connect_timeout: Duration,
+    proxies: Arc<Matcher>,
 }
 
 /// An upstream's answer, up to its headers.
@@ -81,16 +85,28 @@ impl UpstreamClient {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(https);
-        let proxied = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(POOL_IDLE)
-            .tcp_nodelay(true)
-            .no_proxy()
-            .proxy(reqwest::Proxy::custom(move |url| proxy_url(&proxies, url)))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        UpstreamClient { direct, proxied }
+        UpstreamClient {
+            direct,
+            proxied: Arc::default(),
+            connect_timeout,
+            proxies,
+        }
+    }
+
+    /// The reqwest client for upstreams behind a proxy: the same settings, the proxy from `proxies`.
+    fn proxied_client(&self) -> &reqwest::Client {
+        self.proxied.get_or_init(|| {
+            let proxies = self.proxies.clone();
+            reqwest::Client::builder()
+                .connect_timeout(self.connect_timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_idle_timeout(POOL_IDLE)
+                .tcp_nodelay(true)
+                .no_proxy()
+                .proxy(reqwest::Proxy::custom(move |url| proxy_url(&proxies, url)))
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new())
+        })
     }
 
     /// Whether the outbound proxy settings send requests to `base` through a proxy (decided once per
@@ -144,7 +160,7 @@ impl UpstreamClient {
         let url = reqwest::Url::parse(&uri.to_string())
             .map_err(|e| UpstreamError::Transport(format!("url: {e}")))?;
         let resp = self
-            .proxied
+            .proxied_client()
             .post(url)
             .headers(headers)
             .timeout(total_timeout)
@@ -185,13 +201,11 @@ fn proxy_url(proxies: &Matcher, url: &reqwest::Url) -> Option<reqwest::Url> {
     Some(proxy)
 }
 
-/// reqwest's TLS for upstreams, without reqwest: the process's rustls provider (aws-lc-rs unless one
-/// was installed), TLS 1.2 and 1.3, the platform verifier (the system's roots, `SSL_CERT_FILE`). The
-/// connector adds ALPN: `h2`, then `http/1.1`.
+/// reqwest's TLS for upstreams, without reqwest: the broker's crypto provider ([`crate::tls::provider`]),
+/// TLS 1.2 and 1.3, the platform verifier (the system's roots, `SSL_CERT_FILE`). The connector adds
+/// ALPN: `h2`, then `http/1.1`.
 fn tls_config() -> rustls::ClientConfig {
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let provider = crate::tls::provider();
     let verifier = rustls_platform_verifier::Verifier::new(provider.clone());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(rustls::ALL_VERSIONS)
@@ -316,17 +330,15 @@ mod tests {
             .expect("params")
             .signed_by(&leaf_key, ca)
             .expect("leaf");
-        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
-        .expect("server config");
+        let mut cfg = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            )
+            .expect("server config");
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -377,13 +389,11 @@ mod tests {
     fn client_trusting(ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) -> UpstreamClient {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.der().clone()).expect("root");
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_protocol_versions(rustls::ALL_VERSIONS)
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(rustls::ALL_VERSIONS)
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         UpstreamClient::with_tls(
             Duration::from_secs(5),
             Arc::new(Matcher::builder().build()),
