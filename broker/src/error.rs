@@ -373,19 +373,21 @@ fn anthropic_error_type(status: StatusCode, given: Option<&str>) -> &'static str
     }
 }
 
-/// The layer that shows errors to Anthropic-protocol clients in Anthropic's shape,
+/// The stage that shows errors to Anthropic-protocol clients in Anthropic's shape,
 /// `{"type":"error","error":{"type":…,"message":…}}`, with the same status, message and headers as every
 /// other client gets (statuses chosen for how Claude Code acts on them: docs/claude-code.md). A refusal
 /// that retrying cannot fix (budget, grant, bad body) says so in `x-should-retry: false`, which
 /// Anthropic's clients obey.
-pub async fn anthropic_shape(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+/// A stage of [`crate::routes::edge`]; `next` is the rest of the request.
+pub async fn anthropic_shape<F, Fut>(req: axum::extract::Request, next: F) -> Response
+where
+    F: FnOnce(axum::extract::Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     if !speaks_anthropic(&req) {
-        return next.run(req).await;
+        return next(req).await;
     }
-    let resp = next.run(req).await;
+    let resp = next(req).await;
     let status = resp.status();
     if !status.is_client_error() && !status.is_server_error() {
         return resp;
