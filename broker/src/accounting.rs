@@ -397,9 +397,9 @@ impl Accounting {
         let cost = settlement.cost;
         let (price_version, price_tier) = match &settlement.apply {
             crate::governance::store::Apply::Spend { record, .. } => {
-                (record.price_version.clone(), record.price_tier.clone())
+                (record.price_version.as_str(), record.price_tier.as_str())
             }
-            crate::governance::store::Apply::Return { .. } => (String::new(), String::new()),
+            crate::governance::store::Apply::Return { .. } => ("", ""),
         };
         let u = f.usage.unwrap_or_default();
         let s = f.session.as_deref();
@@ -420,43 +420,6 @@ impl Accounting {
             upstream_secs,
             ttfb_secs: ttfb.map(|d| d.as_secs_f64()),
         });
-        if let Some(audit) = &self.audit {
-            let mut detail = serde_json::json!({
-                "identity": g.identity,
-                "org": g.org,
-                "cached_input_tokens": u.cached_input_tokens,
-                "reasoning_tokens": u.reasoning_tokens,
-                "end": end,
-                "price_version": price_version,
-                "price_tier": price_tier,
-                "latency_ms": latency_ms,
-                "ttfb_ms": ttfb.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            });
-            // The Codex session fields (`session_id`, `request_kind`, …), only those that were sent.
-            if let (Some(o), Some(serde_json::Value::Object(sess))) = (
-                detail.as_object_mut(),
-                s.and_then(|s| serde_json::to_value(s).ok()),
-            ) {
-                o.extend(sess);
-            }
-            audit.record(AuditEvent {
-                ts: i64::try_from(self.clock.now_secs()).unwrap_or(i64::MAX),
-                kind: Some(EventKind::Request),
-                actor: g.principal.clone(),
-                principal: Some(g.principal.clone()),
-                team: g.team.clone(),
-                model: Some(f.model.clone()),
-                provider: Some(f.provider.clone()),
-                status: Some(i64::from(f.status)),
-                input_tokens: Some(i64::try_from(u.input_tokens).unwrap_or(i64::MAX)),
-                output_tokens: Some(i64::try_from(u.output_tokens).unwrap_or(i64::MAX)),
-                cost_nanos: Some(cost.0),
-                request_id: Some(f.request_id.clone()),
-                jti: Some(f.claims.jti.clone()),
-                expires_at: None,
-                detail,
-            });
-        }
         if !f.span.is_disabled() {
             crate::telemetry::settle_span(&f.span, f.provider_kind, &f.provider, f.status, &u, end);
         }
@@ -484,6 +447,44 @@ impl Accounting {
             subagent = s.and_then(|s| s.subagent.as_deref()),
             "request finished"
         );
+        // Last: the audit event takes the request's strings.
+        if let Some(audit) = &self.audit {
+            let mut detail = serde_json::json!({
+                "identity": g.identity,
+                "org": g.org,
+                "cached_input_tokens": u.cached_input_tokens,
+                "reasoning_tokens": u.reasoning_tokens,
+                "end": end,
+                "price_version": price_version,
+                "price_tier": price_tier,
+                "latency_ms": latency_ms,
+                "ttfb_ms": ttfb.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            });
+            // The Codex session fields (`session_id`, `request_kind`, …), only those that were sent.
+            if let (Some(o), Some(serde_json::Value::Object(sess))) = (
+                detail.as_object_mut(),
+                s.and_then(|s| serde_json::to_value(s).ok()),
+            ) {
+                o.extend(sess);
+            }
+            audit.record(AuditEvent {
+                ts: i64::try_from(self.clock.now_secs()).unwrap_or(i64::MAX),
+                kind: Some(EventKind::Request),
+                actor: g.principal.clone(),
+                principal: Some(g.principal.clone()),
+                team: g.team.clone(),
+                model: Some(f.model),
+                provider: Some(f.provider),
+                status: Some(i64::from(f.status)),
+                input_tokens: Some(i64::try_from(u.input_tokens).unwrap_or(i64::MAX)),
+                output_tokens: Some(i64::try_from(u.output_tokens).unwrap_or(i64::MAX)),
+                cost_nanos: Some(cost.0),
+                request_id: Some(f.request_id),
+                jti: Some(f.claims.jti.clone()),
+                expires_at: None,
+                detail,
+            });
+        }
         // The same tokens the local limiter was charged (an estimate when no usage was reported).
         (settlement.apply, settlement.tokens)
     }

@@ -191,8 +191,8 @@ impl TargetHealth {
 pub struct Router {
     routes: Vec<Route>,
     providers: BTreeMap<String, Arc<Provider>>,
-    /// Resolved targets per route, in config order.
-    resolved: Vec<Vec<(ResolvedTarget, bool)>>,
+    /// Resolved targets per route, in config order (shared: a plan clones pointers, not targets).
+    resolved: Vec<Vec<(Arc<ResolvedTarget>, bool)>>,
     clock: SharedClock,
 }
 
@@ -252,7 +252,7 @@ impl Router {
                     .clone();
                 let total = t.timeout_ms.unwrap_or(pc.timeout_ms);
                 targets.push((
-                    ResolvedTarget {
+                    Arc::new(ResolvedTarget {
                         provider: p.clone(),
                         model: t.model.clone(),
                         label,
@@ -266,7 +266,7 @@ impl Router {
                         health: h,
                         weight: t.weight,
                         priority: t.priority,
-                    },
+                    }),
                     t.standby,
                 ));
             }
@@ -280,10 +280,10 @@ impl Router {
         }
     }
 
-    fn configured(&self, model: &str) -> Option<Vec<ResolvedTarget>> {
+    fn configured(&self, model: &str) -> Option<Vec<Arc<ResolvedTarget>>> {
         let idx = self.routes.iter().position(|r| r.pattern.matches(model))?;
         let targets = &self.resolved[idx];
-        let pick = |standby: bool| -> Vec<ResolvedTarget> {
+        let pick = |standby: bool| -> Vec<Arc<ResolvedTarget>> {
             targets
                 .iter()
                 .filter(|(t, s)| *s == standby && t.provider.enabled)
@@ -299,18 +299,21 @@ impl Router {
         (!chain.is_empty()).then_some(chain)
     }
 
-    /// Whether anything can serve the model (ignoring health).
+    /// Whether anything can serve the model (ignoring health): some enabled target, regular or standby.
     pub fn serves(&self, model: &str) -> bool {
-        self.configured(model).is_some()
+        self.routes
+            .iter()
+            .position(|r| r.pattern.matches(model))
+            .is_some_and(|idx| self.resolved[idx].iter().any(|(t, _)| t.provider.enabled))
     }
 
     /// The chain for a model, health and weights applied. Standby targets are used only when no regular
     /// target is enabled.
-    pub fn chain(&self, model: &str) -> Option<Vec<ResolvedTarget>> {
+    pub fn chain(&self, model: &str) -> Option<Vec<Arc<ResolvedTarget>>> {
         self.plan(model).ok()
     }
 
-    pub fn plan(&self, model: &str) -> Result<Vec<ResolvedTarget>, PlanError> {
+    pub fn plan(&self, model: &str) -> Result<Vec<Arc<ResolvedTarget>>, PlanError> {
         self.plan_with(model, &mut rand::rng())
     }
 
@@ -319,11 +322,20 @@ impl Router {
         &self,
         model: &str,
         rng: &mut impl Rng,
-    ) -> Result<Vec<ResolvedTarget>, PlanError> {
+    ) -> Result<Vec<Arc<ResolvedTarget>>, PlanError> {
         let targets = self.configured(model).ok_or(PlanError::NoRoute)?;
         let now = self.clock.now_secs();
+        // One target (the common route): nothing to order.
+        if let [only] = targets.as_slice() {
+            if let Availability::Unavailable(until) = only.health.availability() {
+                return Err(PlanError::AllUnavailable {
+                    retry_after_secs: until.saturating_sub(now).max(1),
+                });
+            }
+            return Ok(targets);
+        }
         let mut earliest = u64::MAX;
-        let mut by_priority: BTreeMap<u32, Vec<ResolvedTarget>> = BTreeMap::new();
+        let mut by_priority: BTreeMap<u32, Vec<Arc<ResolvedTarget>>> = BTreeMap::new();
         for t in targets {
             match t.health.availability() {
                 Availability::Unavailable(until) => earliest = earliest.min(until),
@@ -412,7 +424,7 @@ mod tests {
         r.plan_with("m", rng)
             .expect("plan")
             .into_iter()
-            .map(|t| t.label)
+            .map(|t| t.label.clone())
             .collect()
     }
 
@@ -493,5 +505,37 @@ mod tests {
             r.plan_with("nope", &mut rng).err(),
             Some(PlanError::NoRoute)
         );
+    }
+
+    #[test]
+    fn serves_exactly_when_a_plan_has_a_target() {
+        // A provider whose key is not set is disabled.
+        let disabled = "[providers.d]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+                        api_key_env = \"TOLLGATE_TEST_UNSET_KEY\"\n";
+        // (targets, the plan's labels; empty: nothing serves the model)
+        let cases: [(&str, &[&str]); 5] = [
+            ("{provider=\"d\"}", &[]),
+            ("{provider=\"d\", standby=true}", &[]),
+            ("{provider=\"d\"},{provider=\"a\", standby=true}", &["a"]),
+            ("{provider=\"b\"},{provider=\"a\", standby=true}", &["b"]),
+            ("{provider=\"d\"},{provider=\"c\"}", &["c"]),
+        ];
+        for (targets, want) in cases {
+            let (r, _) = router(&format!(
+                "{disabled}[[routes]]\nmodel = \"m\"\ntargets = [{targets}]\n"
+            ));
+            let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+            assert_eq!(r.serves("m"), !want.is_empty(), "{targets}");
+            if want.is_empty() {
+                assert_eq!(
+                    r.plan_with("m", &mut rng).err(),
+                    Some(PlanError::NoRoute),
+                    "{targets}"
+                );
+            } else {
+                assert_eq!(labels(&r, &mut rng), want, "{targets}");
+            }
+            assert!(!r.serves("other"), "no route for another model");
+        }
     }
 }
