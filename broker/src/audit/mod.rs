@@ -1227,5 +1227,12 @@ mod tests {
             let prev = strs[6].clone().unwrap_or_else(|| GENESIS.to_string());
             proptest::prop_assert_eq!(canonical(seq, &prev, &ev), value_encoding(seq, &prev, &ev));
         }
+
+        /// The stores keep `detail` as `serde_json::to_string` writes it (audit/sql.rs): the same text
+        /// `Display` wrote before, so stored rows read the same whichever build wrote them.
+        #[test]
+        fn stored_detail_text_is_the_display_text(detail in detail()) {
+            proptest::prop_assert_eq!(serde_json::to_string(&detail).expect("serialises"), detail.to_string());
+        }
     }
 }
