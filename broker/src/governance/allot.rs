@@ -39,7 +39,8 @@ pub struct Allotments {
     pub epoch: u64,
     /// Whether the pool row of this epoch exists in the store (as far as this process knows).
     pub pool_exists: bool,
-    slots: HashMap<CounterKey, Slot>,
+    /// foldhash (seeded per process), not SipHash: looked up on every admission and settlement.
+    slots: HashMap<CounterKey, Slot, foldhash::fast::RandomState>,
 }
 
 /// What admission from memory lacks: `(index of the key, free on it)` for every key below the estimate.

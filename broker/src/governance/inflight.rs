@@ -21,10 +21,11 @@ use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, Default)]
 pub struct Registry {
-    /// Registered, not yet written.
-    pending: HashMap<String, InflightRow>,
+    /// Registered, not yet written. (Both sets: foldhash, seeded per process; every request goes in and
+    /// out of them.)
+    pending: HashMap<String, InflightRow, foldhash::fast::RandomState>,
     /// Written to the store and not ended.
-    written: HashSet<String>,
+    written: HashSet<String, foldhash::fast::RandomState>,
     /// Written, then ended: their rows are deleted on the next round.
     ended: Vec<String>,
 }
