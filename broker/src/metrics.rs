@@ -120,6 +120,7 @@ type Series<H> = (&'static str, Labels, H);
 /// the recorder's registry; the request path asks for the same few series on every request, so the
 /// handles are kept here and found by a hash of the borrowed name and labels, without allocating. As
 /// bounded as the series themselves (see the module docs).
+///
 /// Hashed with foldhash (seeded per process) rather than SipHash: the key is hashed once per lookup and
 /// the map keyed by that hash hashes it again, ~2 % of a request's CPU with SipHash (issue #19).
 struct Handles<H> {
