@@ -106,8 +106,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// What every request passes through, outermost first, as one middleware (each `from_fn` layer boxes
-/// the request's future and clones the inner service on every request: three layers cost ~2 % of a
-/// proxied request's CPU, issue #19):
+/// the request's future and clones the boxed inner service on every request; issue #19):
 /// 1. [`crate::observe::track`]: the request id, and every response counted;
 /// 2. [`crate::error::anthropic_shape`]: Anthropic-protocol clients (Claude Code) read every error in
 ///    Anthropic's shape, including the refusals of stage 3;
