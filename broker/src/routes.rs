@@ -110,7 +110,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// 1. [`crate::observe::track`]: the request id, and every response counted;
 /// 2. [`crate::error::anthropic_shape`]: Anthropic-protocol clients (Claude Code) read every error in
 ///    Anthropic's shape, including the refusals of stage 3;
-/// 3. [`refuse_while_journal_full`]: fail closed while the audit journal is full
+/// 3. `refuse_while_journal_full`: fail closed while the audit journal is full
 ///    (`[audit] on_journal_full = "refuse"`).
 pub async fn edge(
     State(app): State<Arc<AppState>>,
