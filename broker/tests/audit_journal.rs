@@ -283,16 +283,25 @@ async fn call(
     app: &Arc<tollgate_broker::app::AppState>,
     req: http::Request<axum::body::Body>,
 ) -> (u16, String) {
+    let (status, _, body) = call_with_headers(app, req).await;
+    (status, body)
+}
+
+async fn call_with_headers(
+    app: &Arc<tollgate_broker::app::AppState>,
+    req: http::Request<axum::body::Body>,
+) -> (u16, http::HeaderMap, String) {
     use tower::ServiceExt;
     let resp = tollgate_broker::routes::router(app.clone())
         .oneshot(req)
         .await
         .expect("serve");
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
         .await
         .expect("body");
-    (status, String::from_utf8_lossy(&body).into_owned())
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
 fn exchange() -> http::Request<axum::body::Body> {
@@ -361,19 +370,51 @@ async fn clients_see_503_while_the_journal_is_full() {
     let (s, body) = call(&app, exchange()).await;
     assert_eq!(s, 503, "{body}");
     assert!(body.contains("temporarily_unavailable"), "{body}");
-    let proxied = http::Request::post("/v1/responses")
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {}", token.expect("token")))
-        .body(axum::body::Body::from(
+    // Every ingress is refused in its own protocol's error shape (the edge's stages: the refusal inside
+    // the Anthropic shape inside the request id).
+    let token = token.expect("token");
+    let ingresses = [
+        (
+            "/v1/responses",
             r#"{"model":"gpt-5.5","input":"hi"}"#,
-        ))
-        .expect("request");
-    let (s, body) = call(&app, proxied).await;
-    assert_eq!(s, 503, "{body}");
-    assert!(
-        body.contains("audit_unavailable") && body.contains("journal is full"),
-        "{body}"
-    );
+            false,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"gpt-5.5","messages":[{"role":"user","content":"hi"}]}"#,
+            false,
+        ),
+        (
+            "/v1/messages",
+            r#"{"model":"claude-x","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#,
+            true,
+        ),
+    ];
+    for (path, body, anthropic) in ingresses {
+        let mut req = http::Request::post(path)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"));
+        if anthropic {
+            req = req.header("anthropic-version", "2023-06-01");
+        }
+        let req = req.body(axum::body::Body::from(body)).expect("request");
+        let (s, headers, body) = call_with_headers(&app, req).await;
+        assert_eq!(s, 503, "{path}: {body}");
+        assert!(body.contains("journal is full"), "{path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        if anthropic {
+            assert_eq!(v["type"], "error", "{path}: {body}");
+            assert!(v["error"]["type"].is_string(), "{path}: {body}");
+        } else {
+            assert_eq!(v["error"]["code"], "audit_unavailable", "{path}: {body}");
+        }
+        assert!(headers.contains_key("x-request-id"), "{path}");
+        assert_eq!(
+            headers.get("retry-after").map(|v| v.as_bytes()),
+            Some(&b"5"[..]),
+            "{path}"
+        );
+    }
     let get = |p: &str| {
         http::Request::get(p)
             .body(axum::body::Body::empty())
