@@ -176,29 +176,6 @@ impl<H: Clone> Handles<H> {
     }
 }
 
-/// A response status as a label value without formatting it: the standard text of a known code, digits
-/// otherwise (a code outside 100–999 cannot be built, so this is only for completeness).
-enum StatusLabel {
-    Known(http::StatusCode),
-    Other(String),
-}
-
-impl StatusLabel {
-    fn new(status: u16) -> Self {
-        http::StatusCode::from_u16(status).map_or_else(
-            |_| StatusLabel::Other(status.to_string()),
-            StatusLabel::Known,
-        )
-    }
-
-    fn as_str(&self) -> &str {
-        match self {
-            StatusLabel::Known(c) => c.as_str(),
-            StatusLabel::Other(s) => s,
-        }
-    }
-}
-
 impl Metrics {
     pub fn new(config: MetricsConfig, routes: &[Route]) -> Self {
         let builder = PrometheusBuilder::new()
@@ -412,9 +389,9 @@ impl Metrics {
     }
 
     /// Every HTTP response (middleware).
-    pub fn http(&self, route: &str, status: u16, secs: f64) {
-        let code = StatusLabel::new(status);
-        let status = code.as_str();
+    pub fn http(&self, route: &str, status: http::StatusCode, secs: f64) {
+        // The code's standard digits, not formatted per request.
+        let status = status.as_str();
         self.counter(
             "tollgate_http_requests_total",
             &[("route", route), ("status", status)],
@@ -428,9 +405,8 @@ impl Metrics {
     }
 
     /// A proxy-route response; `model`/`provider` are `none` when the request was refused before routing.
-    pub fn request(&self, route: &str, model: &str, provider: &str, status: u16) {
-        let code = StatusLabel::new(status);
-        let status = code.as_str();
+    pub fn request(&self, route: &str, model: &str, provider: &str, status: http::StatusCode) {
+        let status = status.as_str();
         self.counter(
             "tollgate_requests_total",
             &[
@@ -628,11 +604,21 @@ mod tests {
     fn cached_handles_keep_series_apart_and_count_into_the_same_one() {
         let m = Metrics::new(MetricsConfig::default(), &routes());
         for _ in 0..3 {
-            m.request("/v1/responses", "gpt-5.5", "openai", 200);
+            m.request("/v1/responses", "gpt-5.5", "openai", http::StatusCode::OK);
         }
-        m.request("/v1/responses", "gpt-5.5", "openai", 429);
-        m.request("/v1/responses", "gpt-5.5", "azure", 200);
-        m.request("/v1/chat/completions", "gpt-5.5", "openai", 200);
+        m.request(
+            "/v1/responses",
+            "gpt-5.5",
+            "openai",
+            http::StatusCode::TOO_MANY_REQUESTS,
+        );
+        m.request("/v1/responses", "gpt-5.5", "azure", http::StatusCode::OK);
+        m.request(
+            "/v1/chat/completions",
+            "gpt-5.5",
+            "openai",
+            http::StatusCode::OK,
+        );
         let out = m.render();
         for line in [
             "tollgate_requests_total{route=\"/v1/responses\",model=\"gpt-5.5\",provider=\"openai\",status=\"200\"} 3",

@@ -24,7 +24,7 @@ where
     let id = uuid::Uuid::now_v7().to_string();
     let header = HeaderValue::from_str(&id).ok();
     let mut resp = crate::request_id::scope(id, next(req)).await;
-    let status = resp.status().as_u16();
+    let status = resp.status();
     if let Some(reason) = resp.extensions().get::<RefusalReason>() {
         app.metrics().refusal(*reason);
     }

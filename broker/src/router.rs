@@ -280,9 +280,14 @@ impl Router {
         }
     }
 
-    fn configured(&self, model: &str) -> Option<Vec<Arc<ResolvedTarget>>> {
+    /// The targets of the first route whose pattern matches `model`, with their standby flags.
+    fn route_targets(&self, model: &str) -> Option<&[(Arc<ResolvedTarget>, bool)]> {
         let idx = self.routes.iter().position(|r| r.pattern.matches(model))?;
-        let targets = &self.resolved[idx];
+        Some(&self.resolved[idx])
+    }
+
+    fn configured(&self, model: &str) -> Option<Vec<Arc<ResolvedTarget>>> {
+        let targets = self.route_targets(model)?;
         let pick = |standby: bool| -> Vec<Arc<ResolvedTarget>> {
             targets
                 .iter()
@@ -301,18 +306,12 @@ impl Router {
 
     /// Whether anything can serve the model (ignoring health): some enabled target, regular or standby.
     pub fn serves(&self, model: &str) -> bool {
-        self.routes
-            .iter()
-            .position(|r| r.pattern.matches(model))
-            .is_some_and(|idx| self.resolved[idx].iter().any(|(t, _)| t.provider.enabled))
+        self.route_targets(model)
+            .is_some_and(|targets| targets.iter().any(|(t, _)| t.provider.enabled))
     }
 
     /// The chain for a model, health and weights applied. Standby targets are used only when no regular
     /// target is enabled.
-    pub fn chain(&self, model: &str) -> Option<Vec<Arc<ResolvedTarget>>> {
-        self.plan(model).ok()
-    }
-
     pub fn plan(&self, model: &str) -> Result<Vec<Arc<ResolvedTarget>>, PlanError> {
         self.plan_with(model, &mut rand::rng())
     }

@@ -109,8 +109,8 @@ fn production_config_and_configmap_are_valid() {
 fn grafana_dashboard_queries_only_exported_metrics() {
     use tollgate_broker::metrics::{Metrics, MetricsConfig, RefusalReason, Settled};
     let m = Metrics::new(MetricsConfig::default(), &[]);
-    m.http("/v1/responses", 200, 0.1);
-    m.request("/v1/responses", "gpt-5.5", "openai", 200);
+    m.http("/v1/responses", http::StatusCode::OK, 0.1);
+    m.request("/v1/responses", "gpt-5.5", "openai", http::StatusCode::OK);
     m.refusal(RefusalReason::Rate);
     m.mint("oidc", "minted");
     m.failover("openai", "timeout");

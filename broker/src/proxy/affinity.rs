@@ -158,7 +158,7 @@ impl Affinity {
 
 /// Put the session's target first in the chain, if the plan has it (a target that is parked or whose
 /// breaker is open is not in the plan: then failover order stands).
-pub fn prefer(chain: &mut [std::sync::Arc<ResolvedTarget>], sticky: Option<&Sticky>) {
+pub fn prefer(chain: &mut [Arc<ResolvedTarget>], sticky: Option<&Sticky>) {
     let Some(s) = sticky else { return };
     if let Some(i) = chain.iter().position(|t| t.label == s.label) {
         chain[..=i].rotate_right(1);
