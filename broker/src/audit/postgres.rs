@@ -20,6 +20,11 @@ impl PgAudit {
     pub async fn pool(&self) -> Result<&PgPool, AuditError> {
         Ok(&self.pool)
     }
+
+    /// Appends take the same pool (a PostgreSQL connection has no page cache of its own to keep warm).
+    pub async fn writer(&self) -> Result<&PgPool, AuditError> {
+        Ok(&self.pool)
+    }
 }
 
 super::sql::impl_audit_sink!(PgAudit, sqlx::Postgres, sqlx::postgres::PgRow);

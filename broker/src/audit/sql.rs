@@ -1,11 +1,11 @@
 //! The SQL shared by the SQLite and PostgreSQL audit sinks (one body of SQL, `$n` placeholders, integer
 //! columns as BIGINT), instantiated per database by [`impl_audit_sink!`].
 
-/// Implement [`AuditSink`](super::AuditSink) for `$ty`, which has `async fn pool(&self) ->
-/// Result<&Pool<$db>, AuditError>`.
 /// Records per multi-row `INSERT` (18 parameters each: well under SQLite's and PostgreSQL's limits).
 pub const INSERT_CHUNK: usize = 64;
 
+/// Implement [`AuditSink`](super::AuditSink) for `$ty`, which has `async fn pool(&self) ->
+/// Result<&Pool<$db>, AuditError>` (reads) and `async fn writer(&self)` of the same type (appends).
 macro_rules! impl_audit_sink {
     ($ty:ty, $db:ty, $row:ty) => {
         fn record_from_row(r: &$row) -> Result<$crate::audit::AuditRecord, $crate::audit::AuditError> {
@@ -116,7 +116,7 @@ macro_rules! impl_audit_sink {
                 &self,
                 records: &[$crate::audit::AuditRecord],
             ) -> Result<(), $crate::audit::AuditError> {
-                let pool = self.pool().await?;
+                let pool = self.writer().await?;
                 let mut tx = pool.begin().await.map_err(store_err)?;
                 insert_records(&mut tx, records).await?;
                 tx.commit().await.map_err(store_err)
@@ -128,7 +128,7 @@ macro_rules! impl_audit_sink {
                 journal_id: &str,
                 last_n: u64,
             ) -> Result<(), $crate::audit::AuditError> {
-                let pool = self.pool().await?;
+                let pool = self.writer().await?;
                 let mut tx = pool.begin().await.map_err(store_err)?;
                 insert_records(&mut tx, records).await?;
                 sqlx::query::<$db>(

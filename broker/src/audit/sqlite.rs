@@ -37,6 +37,8 @@ const SCHEMA: &[&str] = &[
 pub struct SqliteAudit {
     opts: SqliteConnectOptions,
     pool: OnceCell<SqlitePool>,
+    /// The one connection appends take: see [`SqliteAudit::writer`].
+    writer: OnceCell<SqlitePool>,
 }
 
 impl SqliteAudit {
@@ -50,6 +52,7 @@ impl SqliteAudit {
         SqliteAudit {
             opts,
             pool: OnceCell::new(),
+            writer: OnceCell::new(),
         }
     }
 
@@ -72,6 +75,22 @@ impl SqliteAudit {
                     sqlx::query(*stmt).execute(&pool).await.map_err(store_err)?;
                 }
                 Ok::<SqlitePool, AuditError>(pool)
+            })
+            .await
+    }
+
+    /// The connection appends take (the schema in place first). The chain is appended by one writer
+    /// anyway; on one connection its page cache stays warm, where appends spread over the pool began
+    /// each batch on a cache another connection's write had dropped (docs/benchmarks.md, issue #19).
+    pub async fn writer(&self) -> Result<&Pool, AuditError> {
+        self.pool().await?;
+        self.writer
+            .get_or_try_init(|| async {
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(self.opts.clone())
+                    .await
+                    .map_err(store_err)
             })
             .await
     }

@@ -668,12 +668,17 @@ pub trait Store: Send + Sync + 'static {
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The one connection the frequent write transactions take (settlement batches, allotment growth, the
+    /// in-flight journal, dropped reservations): see [`open`].
+    writer: SqlitePool,
     /// The issuer this replica claimed ([`Store::claim_issuer`]); its liveness is renewed with the leases.
     issuer: std::sync::OnceLock<String>,
 }
 
 pub struct PgStore {
     pool: PgPool,
+    /// The same pool as `pool`: PostgreSQL has no per-connection page cache to keep warm.
+    writer: PgPool,
     issuer: std::sync::OnceLock<String>,
 }
 
@@ -703,14 +708,25 @@ pub async fn open(cfg: &StoreConfig) -> Result<std::sync::Arc<dyn Store>, StoreE
             let pool = SqlitePoolOptions::new()
                 .max_connections(cfg.max_connections)
                 .acquire_timeout(Duration::from_secs(10))
-                .connect_with(opts)
+                .connect_with(opts.clone())
                 .await?;
             sqlx::migrate!("./migrations/sqlite")
                 .run(&pool)
                 .await
                 .map_err(StoreError::Migrate)?;
+            // SQLite takes one writer at a time, and a connection drops its whole page cache whenever
+            // another connection has written since its last transaction. Settlement batches spread over
+            // the pool began on a cold cache each time, re-reading their pages from the file and parking
+            // on the write lock in SQLite's busy handler. One writer connection keeps its cache warm, and
+            // writers queue for it in the pool, in order (docs/benchmarks.md, issue #19).
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
             Ok(std::sync::Arc::new(SqliteStore {
                 pool,
+                writer,
                 issuer: std::sync::OnceLock::new(),
             }))
         }
@@ -745,6 +761,7 @@ pub async fn open(cfg: &StoreConfig) -> Result<std::sync::Arc<dyn Store>, StoreE
                 .await
                 .map_err(StoreError::Migrate)?;
             Ok(std::sync::Arc::new(PgStore {
+                writer: pool.clone(),
                 pool,
                 issuer: std::sync::OnceLock::new(),
             }))
@@ -853,7 +870,7 @@ macro_rules! impl_store {
             /// transaction. The items are deleted with `RETURNING`, so an item a concurrent settlement is
             /// updating is read after that settlement commits: nothing is released twice.
             async fn drop_reservation(&self, id: &str, now: Option<i64>) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writer.begin().await?;
                 let gone = sqlx::query::<$db>(
                     "DELETE FROM reservations WHERE id = $1 AND ($2 IS NULL OR expires_at < $2)",
                 )
@@ -894,7 +911,7 @@ macro_rules! impl_store {
                 // First with the chunk, then (if that would go over) with exactly the need.
                 let rounds: &[bool] = if items.iter().any(|it| it.chunk > 0) { &[false, true] } else { &[true] };
                 for &exact in rounds {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.writer.begin().await?;
                     // Lock order everywhere: the pool row, its items (sorted), the counters (sorted).
                     let renewed = sqlx::query::<$db>("UPDATE reservations SET expires_at = $2 WHERE id = $1")
                         .bind(pool.id)
@@ -982,7 +999,7 @@ macro_rules! impl_store {
                 if batch.is_empty() {
                     return Ok(Vec::new());
                 }
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writer.begin().await?;
                 // The spend rows first: only rows inserted now are applied (a batch retried after a commit
                 // whose answer was lost is not applied twice).
                 let records: Vec<(&SpendRecord, Option<&CodexSession>)> = batch
@@ -1064,21 +1081,23 @@ macro_rules! impl_store {
                 let mut released: BTreeMap<&CounterKey, i64> = BTreeMap::new();
                 for ((pool, k), amount) in &items {
                     // Only amounts whose item still exists move out of `reserved`: an expired pool gave its
-                    // items back already.
-                    let hit = sqlx::query::<$db>(
+                    // items back already. What is left of the item comes back with the update, and the item
+                    // is deleted only when that is nothing (one round trip per item, not two).
+                    let left = sqlx::query_as::<$db, (i64,)>(
                         "UPDATE reservation_items SET amount = amount - $5 \
-                         WHERE reservation_id = $1 AND budget_id = $2 AND subject = $3 AND period_start = $4",
+                         WHERE reservation_id = $1 AND budget_id = $2 AND subject = $3 AND period_start = $4 \
+                         RETURNING amount",
                     )
                     .bind(*pool)
                     .bind(&k.budget_id)
                     .bind(&k.subject)
                     .bind(k.period_start)
                     .bind(*amount)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if hit == 1 {
-                        *released.entry(*k).or_default() += *amount;
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some((left,)) = left else { continue };
+                    *released.entry(*k).or_default() += *amount;
+                    if left <= 0 {
                         sqlx::query::<$db>(
                             "DELETE FROM reservation_items WHERE reservation_id = $1 AND budget_id = $2 \
                              AND subject = $3 AND period_start = $4 AND amount <= 0",
@@ -1189,7 +1208,7 @@ macro_rules! impl_store {
                 if add.is_empty() && remove.is_empty() {
                     return Ok(());
                 }
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writer.begin().await?;
                 for chunk in crate::sqlbatch::pow2_chunks(remove, 256) {
                     let mut qb = sqlx::QueryBuilder::<$db>::new("DELETE FROM inflight WHERE id IN (");
                     let mut ids = qb.separated(", ");
@@ -1233,7 +1252,7 @@ macro_rules! impl_store {
                 now: i64,
             ) -> Result<(Vec<SpendRecord>, Vec<(CounterKey, i64)>), StoreError> {
                 use std::collections::BTreeMap;
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writer.begin().await?;
                 let rows = sqlx::query_as::<$db, (String, String, String)>(
                     "DELETE FROM inflight WHERE expires_at < $1 RETURNING id, keys, record",
                 )
