@@ -43,6 +43,9 @@ enum Entry {
     },
     /// Give up to `amount` of unused allotment on budget `key` back.
     Return { key: usize, amount: i64 },
+    /// The last settlement of an earlier batch, in this one again (a retried batch merged with new
+    /// records): its row is stored already, so nothing moves for it, while the rest of the batch applies.
+    Again,
 }
 
 fn entry() -> impl Strategy<Value = Entry> {
@@ -50,6 +53,7 @@ fn entry() -> impl Strategy<Value = Entry> {
         3 => (1u8..8, 0i64..300, 0i64..300, any::<bool>())
             .prop_map(|(mask, cost, release, pooled)| Entry::Spend { mask, cost, release, pooled }),
         1 => (0usize..3, 0i64..300).prop_map(|(key, amount)| Entry::Return { key, amount }),
+        1 => Just(Entry::Again),
     ]
 }
 
@@ -237,6 +241,7 @@ async fn run_on(st: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Batch(entries) => {
                 let mut batch = Vec::new();
+                let earlier = last_spend.clone();
                 for (n, e) in entries.into_iter().enumerate() {
                     match e {
                         Entry::Spend {
@@ -273,6 +278,11 @@ async fn run_on(st: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                             };
                             last_spend = Some(a.clone());
                             batch.push(a);
+                        }
+                        Entry::Again => {
+                            if let Some(a) = &earlier {
+                                batch.push(a.clone());
+                            }
                         }
                         Entry::Return { key: i, amount } => {
                             let amount = amount.min(pool.held[i]);

@@ -81,14 +81,16 @@ impl SqliteAudit {
 
     /// The connection appends take (the schema in place first). The chain is appended by one writer
     /// anyway; on one connection its page cache stays warm, where appends spread over the pool began
-    /// each batch on a cache another connection's write had dropped (docs/benchmarks.md, issue #19).
+    /// each batch on a cache another connection's write had dropped. Its statement journals stay in
+    /// memory: a 64-record insert outgrew SQLite's spill threshold and wrote a temporary file
+    /// (docs/benchmarks.md, issue #19; the governance store's writer does the same).
     pub async fn writer(&self) -> Result<&Pool, AuditError> {
         self.pool().await?;
         self.writer
             .get_or_try_init(|| async {
                 SqlitePoolOptions::new()
                     .max_connections(1)
-                    .connect_with(self.opts.clone())
+                    .connect_with(self.opts.clone().pragma("temp_store", "MEMORY"))
                     .await
                     .map_err(store_err)
             })

@@ -719,10 +719,16 @@ pub async fn open(cfg: &StoreConfig) -> Result<std::sync::Arc<dyn Store>, StoreE
             // the pool began on a cold cache each time, re-reading their pages from the file and parking
             // on the write lock in SQLite's busy handler. One writer connection keeps its cache warm, and
             // writers queue for it in the pool, in order (docs/benchmarks.md, issue #19).
+            //
+            // Its statement journals stay in memory (`temp_store`). A multi-row write inside a transaction
+            // keeps the pages it changes in one, to undo that statement alone; a batch of spend rows
+            // outgrew SQLite's 64 KiB spill threshold, and every batch created, unlinked and wrote a
+            // temporary file page by page. Only this connection's writes are bounded batches; the
+            // reports' sorts on the other connections keep spilling to disk as before.
             let writer = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(10))
-                .connect_with(opts)
+                .connect_with(opts.pragma("temp_store", "MEMORY"))
                 .await?;
             Ok(std::sync::Arc::new(SqliteStore {
                 pool,
@@ -793,6 +799,54 @@ pub async fn claim_issuer(
 macro_rules! impl_store {
     ($ty:ident, $db:ty, $variant:ident) => {
         impl $ty {
+            /// One multi-row insert of spend rows (`ON CONFLICT DO NOTHING`: a row already stored stays as
+            /// it is), returning the ids it inserted when `returning`.
+            fn insert_spend(
+                chunk: &[(&SpendRecord, Option<&CodexSession>)],
+                returning: bool,
+            ) -> sqlx::QueryBuilder<$db> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO spend (id, settled_at, principal, team, org, jti, model, provider, \
+                     input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, \
+                     cost, reserved, usage_reported, end_reason, price_version, price_tier, \
+                     session_id, thread_id, turn_id, request_kind, originator, subagent) ",
+                );
+                qb.push_values(chunk, |mut b, (r, s)| {
+                    let s = *s;
+                    b.push_bind(r.id.as_str())
+                        .push_bind(r.settled_at)
+                        .push_bind(r.principal.as_str())
+                        .push_bind(r.team.as_deref())
+                        .push_bind(r.org.as_deref())
+                        .push_bind(r.jti.as_str())
+                        .push_bind(r.model.as_str())
+                        .push_bind(r.provider.as_str())
+                        .push_bind(r.input_tokens)
+                        .push_bind(r.cached_input_tokens)
+                        .push_bind(r.cache_write_tokens)
+                        .push_bind(r.output_tokens)
+                        .push_bind(r.reasoning_tokens)
+                        .push_bind(r.cost)
+                        .push_bind(r.reserved)
+                        .push_bind(i64::from(r.usage_reported))
+                        .push_bind(r.end_reason.as_str())
+                        .push_bind(r.price_version.as_str())
+                        .push_bind(r.price_tier.as_str())
+                        .push_bind(s.and_then(|s| s.session_id.as_deref()))
+                        .push_bind(s.and_then(|s| s.thread_id.as_deref()))
+                        .push_bind(s.and_then(|s| s.turn_id.as_deref()))
+                        .push_bind(s.and_then(CodexSession::request_kind_str))
+                        .push_bind(s.and_then(|s| s.originator.as_deref()))
+                        .push_bind(s.and_then(|s| s.subagent.as_deref()));
+                });
+                qb.push(if returning {
+                    " ON CONFLICT DO NOTHING RETURNING id"
+                } else {
+                    " ON CONFLICT DO NOTHING"
+                });
+                qb
+            }
+
             /// The one conditional write every admission goes through: make sure the counter row exists,
             /// then add `amount` to its `reserved` only if `spent + reserved + amount <= limit`. False: it
             /// would go over (nothing written).
@@ -1012,54 +1066,35 @@ macro_rules! impl_store {
                         Apply::Return { .. } => None,
                     })
                     .collect();
-                let mut new_ids: HashSet<String> = HashSet::new();
+                // Every row is new but for a batch retried after a commit whose answer was lost, or a row a
+                // sweep of a dead broker's requests stored first. So the rows go in without returning
+                // anything (SQLite's thread hands a returned id back to the task one row at a time, a
+                // wake-up each), and only when fewer went in than were sent are they taken back to the
+                // savepoint and inserted again, returning the ids that are new. A power-of-two row count
+                // per statement: a few SQL texts, each prepared once per connection and cached.
+                sqlx::query::<$db>("SAVEPOINT spend_rows").execute(&mut *tx).await?;
+                let mut inserted = 0u64;
                 for chunk in crate::sqlbatch::pow2_chunks(&records, 256) {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO spend (id, settled_at, principal, team, org, jti, model, provider, \
-                         input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, \
-                         cost, reserved, usage_reported, end_reason, price_version, price_tier, \
-                         session_id, thread_id, turn_id, request_kind, originator, subagent) ",
-                    );
-                    // Strings bound by reference (the batch outlives the statement): no copy per value.
-                    qb.push_values(chunk, |mut b, (r, s)| {
-                        let s = *s;
-                        b.push_bind(r.id.as_str())
-                            .push_bind(r.settled_at)
-                            .push_bind(r.principal.as_str())
-                            .push_bind(r.team.as_deref())
-                            .push_bind(r.org.as_deref())
-                            .push_bind(r.jti.as_str())
-                            .push_bind(r.model.as_str())
-                            .push_bind(r.provider.as_str())
-                            .push_bind(r.input_tokens)
-                            .push_bind(r.cached_input_tokens)
-                            .push_bind(r.cache_write_tokens)
-                            .push_bind(r.output_tokens)
-                            .push_bind(r.reasoning_tokens)
-                            .push_bind(r.cost)
-                            .push_bind(r.reserved)
-                            .push_bind(i64::from(r.usage_reported))
-                            .push_bind(r.end_reason.as_str())
-                            .push_bind(r.price_version.as_str())
-                            .push_bind(r.price_tier.as_str())
-                            .push_bind(s.and_then(|s| s.session_id.as_deref()))
-                            .push_bind(s.and_then(|s| s.thread_id.as_deref()))
-                            .push_bind(s.and_then(|s| s.turn_id.as_deref()))
-                            .push_bind(s.and_then(CodexSession::request_kind_str))
-                            .push_bind(s.and_then(|s| s.originator.as_deref()))
-                            .push_bind(s.and_then(|s| s.subagent.as_deref()));
-                    });
-                    qb.push(" ON CONFLICT DO NOTHING RETURNING id");
-                    // Power-of-two row counts: a few SQL texts, each prepared once per connection and cached.
-                    let rows: Vec<(String,)> = qb.build_query_as().fetch_all(&mut *tx).await?;
-                    new_ids.extend(rows.into_iter().map(|(id,)| id));
+                    inserted += Self::insert_spend(chunk, false).build().execute(&mut *tx).await?.rows_affected();
+                }
+                // `None`: all of them.
+                let mut new_ids: Option<HashSet<String>> = None;
+                if inserted != records.len() as u64 {
+                    sqlx::query::<$db>("ROLLBACK TO SAVEPOINT spend_rows").execute(&mut *tx).await?;
+                    let mut ids = HashSet::new();
+                    for chunk in crate::sqlbatch::pow2_chunks(&records, 256) {
+                        let rows: Vec<(String,)> =
+                            Self::insert_spend(chunk, true).build_query_as().fetch_all(&mut *tx).await?;
+                        ids.extend(rows.into_iter().map(|(id,)| id));
+                    }
+                    new_ids = Some(ids);
                 }
                 let mut items: BTreeMap<(&str, &CounterKey), i64> = BTreeMap::new();
                 let mut spent: BTreeMap<&CounterKey, i64> = BTreeMap::new();
                 for a in batch {
                     match a {
                         Apply::Spend { pool, keys, releases, record } => {
-                            if !new_ids.contains(&record.id) {
+                            if new_ids.as_ref().is_some_and(|ids| !ids.contains(&record.id)) {
                                 continue;
                             }
                             for (k, release) in keys.iter().zip(releases) {
