@@ -22,6 +22,10 @@ bench_cleanup() {
     local p
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    # The PostgreSQL schemas broker_config made for this run.
+    for p in "${BENCH_SCHEMAS[@]}"; do
+        psql -q "$TOLLGATE_DATABASE_URL" -c "DROP SCHEMA IF EXISTS \"$p\" CASCADE" >/dev/null 2>&1 || true
+    done
     if declare -F on_exit >/dev/null; then on_exit; fi
     rm -rf "$WORK"
 }
@@ -56,9 +60,19 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # broker_config DIR UPSTREAM_URL: writes DIR/policy.toml and DIR/broker.toml — full governance on: a static
 # credential, a policy granting every model, one OpenAI-kind provider at UPSTREAM_URL, the store
 # ($BENCH_STORE, default SQLite in DIR/state) with three budgets, audit and metrics, 1-hour tokens.
+# With BENCH_STORE=postgres ($TOLLGATE_DATABASE_URL), each broker gets a schema of its own, new for this
+# run and dropped at exit: brokers sharing one would share signing keys and an issuer (a replica set,
+# not a side-by-side) and start on another run's rows.
 # Sets CRED, the static credential to mint with. Needs $BIN/tollgate-broker.
+BENCH_SCHEMAS=()
 broker_config() {
-    local dir="$1" up="$2"
+    local dir="$1" up="$2" schema_line=""
+    if [[ "${BENCH_STORE:-sqlite}" == postgres ]]; then
+        local schema
+        schema="bench_$(basename "$dir" | tr -c 'a-z0-9_\n' '_' | cut -c1-20)_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+        BENCH_SCHEMAS+=("$schema")
+        schema_line="schema = \"$schema\""
+    fi
     CRED="bench-credential-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
     local sha
     sha="$(printf '%s' "$CRED" | "$BIN/tollgate-broker" hash-credential)"
@@ -97,6 +111,7 @@ model = "*"
 targets = [{ provider = "bench" }]
 [store]
 kind = "${BENCH_STORE:-sqlite}"
+$schema_line
 [pricing]
 unpriced = "charge"
 unpriced_price = { input = "5", output = "30" }

@@ -796,8 +796,10 @@ pub async fn claim_issuer(
     Ok(())
 }
 
+/// `$rows_dear`: whether each row a statement returns costs a hand-off of its own (SQLite's connection
+/// thread), so that a write avoids returning rows it can do without.
 macro_rules! impl_store {
-    ($ty:ident, $db:ty, $variant:ident) => {
+    ($ty:ident, $db:ty, $variant:ident, $rows_dear:literal) => {
         impl $ty {
             /// One multi-row insert of spend rows (`ON CONFLICT DO NOTHING`: a row already stored stays as
             /// it is), returning the ids it inserted when `returning`.
@@ -1067,20 +1069,27 @@ macro_rules! impl_store {
                     })
                     .collect();
                 // Every row is new but for a batch retried after a commit whose answer was lost, or a row a
-                // sweep of a dead broker's requests stored first. So the rows go in without returning
-                // anything (SQLite's thread hands a returned id back to the task one row at a time, a
-                // wake-up each), and only when fewer went in than were sent are they taken back to the
-                // savepoint and inserted again, returning the ids that are new. A power-of-two row count
-                // per statement: a few SQL texts, each prepared once per connection and cached.
-                sqlx::query::<$db>("SAVEPOINT spend_rows").execute(&mut *tx).await?;
-                let mut inserted = 0u64;
-                for chunk in crate::sqlbatch::pow2_chunks(&records, 256) {
-                    inserted += Self::insert_spend(chunk, false).build().execute(&mut *tx).await?.rows_affected();
+                // sweep of a dead broker's requests stored first. Where returned rows are dear
+                // (`$rows_dear`: SQLite's thread hands each one back to the task on its own, a wake-up
+                // each), the rows go in returning nothing, and only when fewer went in than were sent are
+                // they taken back to the savepoint and inserted again, returning the ids that are new.
+                // PostgreSQL returns the ids with the insert (they arrive together). A power-of-two row
+                // count per statement: a few SQL texts, each prepared once per connection and cached.
+                let mut all_new = false;
+                if $rows_dear {
+                    sqlx::query::<$db>("SAVEPOINT spend_rows").execute(&mut *tx).await?;
+                    let mut inserted = 0u64;
+                    for chunk in crate::sqlbatch::pow2_chunks(&records, 256) {
+                        inserted += Self::insert_spend(chunk, false).build().execute(&mut *tx).await?.rows_affected();
+                    }
+                    all_new = inserted == records.len() as u64;
+                    if !all_new {
+                        sqlx::query::<$db>("ROLLBACK TO SAVEPOINT spend_rows").execute(&mut *tx).await?;
+                    }
                 }
                 // `None`: all of them.
                 let mut new_ids: Option<HashSet<String>> = None;
-                if inserted != records.len() as u64 {
-                    sqlx::query::<$db>("ROLLBACK TO SAVEPOINT spend_rows").execute(&mut *tx).await?;
+                if !all_new {
                     let mut ids = HashSet::new();
                     for chunk in crate::sqlbatch::pow2_chunks(&records, 256) {
                         let rows: Vec<(String,)> =
@@ -1701,8 +1710,8 @@ macro_rules! impl_store {
     };
 }
 
-impl_store!(SqliteStore, sqlx::Sqlite, Sqlite);
-impl_store!(PgStore, sqlx::Postgres, Postgres);
+impl_store!(SqliteStore, sqlx::Sqlite, Sqlite, true);
+impl_store!(PgStore, sqlx::Postgres, Postgres, false);
 
 impl SqliteStore {
     async fn purge(pool: &SqlitePool) -> Result<(), StoreError> {
