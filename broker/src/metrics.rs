@@ -603,22 +603,17 @@ mod tests {
     #[test]
     fn cached_handles_keep_series_apart_and_count_into_the_same_one() {
         let m = Metrics::new(MetricsConfig::default(), &routes());
-        for _ in 0..3 {
-            m.request("/v1/responses", "gpt-5.5", "openai", http::StatusCode::OK);
+        use http::StatusCode as S;
+        for (route, provider, status, times) in [
+            ("/v1/responses", "openai", S::OK, 3),
+            ("/v1/responses", "openai", S::TOO_MANY_REQUESTS, 1),
+            ("/v1/responses", "azure", S::OK, 1),
+            ("/v1/chat/completions", "openai", S::OK, 1),
+        ] {
+            for _ in 0..times {
+                m.request(route, "gpt-5.5", provider, status);
+            }
         }
-        m.request(
-            "/v1/responses",
-            "gpt-5.5",
-            "openai",
-            http::StatusCode::TOO_MANY_REQUESTS,
-        );
-        m.request("/v1/responses", "gpt-5.5", "azure", http::StatusCode::OK);
-        m.request(
-            "/v1/chat/completions",
-            "gpt-5.5",
-            "openai",
-            http::StatusCode::OK,
-        );
         let out = m.render();
         for line in [
             "tollgate_requests_total{route=\"/v1/responses\",model=\"gpt-5.5\",provider=\"openai\",status=\"200\"} 3",

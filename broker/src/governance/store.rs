@@ -1075,8 +1075,8 @@ macro_rules! impl_store {
                 // they taken back to the savepoint and inserted again, returning the ids that are new.
                 // PostgreSQL returns the ids with the insert (they arrive together). A power-of-two row
                 // count per statement: a few SQL texts, each prepared once per connection and cached.
-                let mut all_new = false;
-                if $rows_dear {
+                let mut all_new = records.is_empty();
+                if $rows_dear && !all_new {
                     sqlx::query::<$db>("SAVEPOINT spend_rows").execute(&mut *tx).await?;
                     let mut inserted = 0u64;
                     for chunk in crate::sqlbatch::pow2_chunks(&records, 256) {
