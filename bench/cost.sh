@@ -28,12 +28,12 @@ for a in "$@"; do
     [[ "$a" == *=* ]] || { echo "expected NAME=PATH, got '$a'" >&2; exit 2; }
     NAMES+=("${a%%=*}"); BINS+=("$(realpath "${a#*=}")")
 done
-# FLOORS_ONLY=1: only the two floors (no broker). NO_BUILD=1: use the binaries already built.
+# FLOORS_ONLY=1: only the three floors (no broker). NO_BUILD=1: use the binaries already built.
 if [[ ${#NAMES[@]} -eq 0 && "${FLOORS_ONLY:-0}" != 1 ]]; then
     [[ "${NO_BUILD:-0}" == 1 ]] || cargo build --release -q -p tollgate-broker -p tollgate-bench
     NAMES=(tollgate); BINS=("$BIN/tollgate-broker")
 fi
-[[ "${NO_BUILD:-0}" == 1 ]] || cargo build --release -q -p tollgate-bench --example floor_proxy --example hyper_floor
+[[ "${NO_BUILD:-0}" == 1 ]] || cargo build --release -q -p tollgate-bench --example floor_proxy --example hyper_floor --example axum_floor
 
 start upstream "$BIN/tollgate-bench" upstream --threads 1
 UP="$ADDR"
@@ -57,9 +57,10 @@ measure() {
 }
 
 : >"$OUT/cost.jsonl"
-for i in floor hyperfloor "${!NAMES[@]}"; do
+for i in floor axumfloor hyperfloor "${!NAMES[@]}"; do
     case "$i" in
         floor) name=floor; cmd=("$BIN/examples/floor_proxy" "$UP") ;;
+        axumfloor) name=axumfloor; cmd=("$BIN/examples/axum_floor" "$UP") ;;
         hyperfloor) name=hyperfloor; cmd=("$BIN/examples/hyper_floor" "$UP") ;;
         *)
             name="${NAMES[$i]}"
@@ -72,7 +73,7 @@ for i in floor hyperfloor "${!NAMES[@]}"; do
     log "$name: callgrind, $N requests after $WARM warm-up"
     RUST_LOG="${RUST_LOG:-info}" start "cg-$name" valgrind --tool=callgrind --instr-atstart=no \
         --callgrind-out-file="$OUT/callgrind.$name.%p" "${cmd[@]}"
-    tok=""; [[ "$i" != floor && "$i" != hyperfloor ]] && tok="$(mint "$ADDR")"
+    tok=""; [[ "$i" =~ ^[0-9]+$ ]] && tok="$(mint "$ADDR")"
     measure "$name" "$ADDR" "$tok" "$PID" "$OUT/callgrind.$name"
     python3 "$ROOT/bench/callgrind_counts.py" "$name" "$N" "$OUT"/callgrind."$name".* >>"$OUT/cost.jsonl"
 done
@@ -80,9 +81,10 @@ done
 # System calls per request: strace -c over N and over 2N requests (a fresh process each); the difference
 # divided by N leaves out start-up and the first requests.
 if command -v strace >/dev/null; then
-    for i in floor hyperfloor "${!NAMES[@]}"; do
+    for i in floor axumfloor hyperfloor "${!NAMES[@]}"; do
         case "$i" in
             floor) name=floor; cmd=("$BIN/examples/floor_proxy" "$UP") ;;
+            axumfloor) name=axumfloor; cmd=("$BIN/examples/axum_floor" "$UP") ;;
             hyperfloor) name=hyperfloor; cmd=("$BIN/examples/hyper_floor" "$UP") ;;
             *) name="${NAMES[$i]}"; cmd=("${BINS[$i]}" --config "$WORK/$name/broker.toml" --listen 127.0.0.1:0) ;;
         esac
@@ -91,7 +93,7 @@ if command -v strace >/dev/null; then
         for n in "$N" "$((2 * N))"; do
             RUST_LOG="${RUST_LOG:-info}" start "st-$name-$n" strace -f -c -o "$OUT/strace.$name.$n" "${cmd[@]}"
             # Each broker's own credential (its config was written with it in the pass above).
-            [[ "$i" != floor && "$i" != hyperfloor ]] && tok="$(mint "$ADDR" "${CREDS[$name]}")"
+            [[ "$i" =~ ^[0-9]+$ ]] && tok="$(mint "$ADDR" "${CREDS[$name]}")"
             b=(); [[ -n "$tok" ]] && b=(--bearer "$name=$tok")
             "$BIN/tollgate-bench" latency --runs 1 --warmup 0 --n "$n" "${stream_flag[@]}" --target "$name=$ADDR" "${b[@]}" \
                 >/dev/null 2>&1

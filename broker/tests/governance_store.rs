@@ -815,3 +815,157 @@ async fn an_allotment_is_not_spent_after_its_lease_ran_out() {
     assert_eq!(r3.epoch, fresh);
     g1.release(r3);
 }
+
+/// One settlement batch across many principals, each with its own pool and three counters: 150 counters
+/// and items, more than one statement's chunk (64) on SQLite, which moves them a chunk per statement,
+/// where PostgreSQL moves them one statement each. Both must end where the arithmetic says, and report
+/// the same counters moved: items used up (deleted), items partly used, an expired pool's items (gone:
+/// their amounts do not move), returns, and counters that only released.
+async fn many_principals_in_one_batch(st: Arc<dyn Store>) -> Vec<(CounterKey, i64)> {
+    const PRINCIPALS: usize = 50;
+    let now = 1_000;
+    let keys = |p: usize| -> Vec<CounterKey> {
+        ["daily", "team", "org"]
+            .iter()
+            .map(|b| CounterKey {
+                budget_id: (*b).into(),
+                subject: format!("p{p:02}"),
+                period_start: 0,
+            })
+            .collect()
+    };
+    for p in 0..PRINCIPALS {
+        let items: Vec<GrowItem> = keys(p)
+            .into_iter()
+            .map(|key| GrowItem {
+                key,
+                need: 100,
+                chunk: 0,
+                limit: 1_000_000,
+            })
+            .collect();
+        let pool = format!("pool-{p:02}");
+        // Every seventh pool belongs to a broker that died: its lease runs out before the batch.
+        let (owner, expires_at) = if p % 7 == 3 {
+            ("dead", now + 1)
+        } else {
+            (OWNER, now + LEASE)
+        };
+        let pref = PoolRef {
+            id: &pool,
+            owner,
+            now,
+            expires_at,
+            exists: false,
+        };
+        assert!(matches!(
+            st.grow(pref, &items).await.expect("grow"),
+            GrowOutcome::Granted(_)
+        ));
+    }
+    assert_eq!(st.expire(now + 2).await.expect("expire"), 7);
+    let mut batch = Vec::new();
+    for p in 0..PRINCIPALS {
+        let pool = format!("pool-{p:02}");
+        let k = keys(p);
+        match p % 5 {
+            // A request that used the whole allotment: the items are used up and deleted.
+            0 => batch.push(Apply::Spend {
+                pool: Some(pool),
+                releases: vec![100; 3],
+                keys: k,
+                record: Box::new(SpendRecord {
+                    id: format!("r{p}"),
+                    settled_at: now,
+                    cost: 40 + p as i64,
+                    ..SpendRecord::default()
+                }),
+            }),
+            // Unused allotment given back on one counter only: it releases, it spends nothing.
+            1 => batch.push(Apply::Return {
+                pool,
+                key: k[1].clone(),
+                amount: 30,
+            }),
+            // A request without a pool: it spends, it releases nothing.
+            2 => batch.push(Apply::Spend {
+                pool: None,
+                releases: vec![0; 3],
+                keys: k,
+                record: Box::new(SpendRecord {
+                    id: format!("r{p}"),
+                    settled_at: now,
+                    cost: 7,
+                    ..SpendRecord::default()
+                }),
+            }),
+            // Two requests of one principal in the batch, partly using the items, then a return.
+            _ => {
+                for n in 0..2 {
+                    batch.push(Apply::Spend {
+                        pool: Some(pool.clone()),
+                        releases: vec![20, 30, 40],
+                        keys: k.clone(),
+                        record: Box::new(SpendRecord {
+                            id: format!("r{p}-{n}"),
+                            settled_at: now,
+                            cost: 11,
+                            ..SpendRecord::default()
+                        }),
+                    });
+                }
+                batch.push(Apply::Return {
+                    pool,
+                    key: k[0].clone(),
+                    amount: 5,
+                });
+            }
+        }
+    }
+    let moved = st.apply(&batch).await.expect("apply");
+    // Each counter against the arithmetic: what its pool held (100, unless the pool expired) minus what
+    // the batch released from it; what the batch spent on it.
+    for p in 0..PRINCIPALS {
+        let dead = p % 7 == 3;
+        let got = st.counters(&keys(p)).await.expect("counters");
+        for (i, (spent, reserved)) in got.into_iter().enumerate() {
+            let (want_spent, released) = match p % 5 {
+                0 => (40 + p as i64, 100),
+                1 => (0, if i == 1 { 30 } else { 0 }),
+                2 => (7, 0),
+                _ => (22, [20, 30, 40][i] * 2 + if i == 0 { 5 } else { 0 }),
+            };
+            let want_reserved = if dead { 0 } else { 100 - released };
+            assert_eq!(
+                (spent, reserved),
+                (want_spent, want_reserved),
+                "principal {p}, counter {i}"
+            );
+        }
+    }
+    // Used-up items are gone, the rest hold what is left.
+    let items: i64 = {
+        const SQL: &str = "SELECT CAST(COUNT(*) AS BIGINT) FROM reservation_items";
+        let (n,): (i64,) = match st.pool() {
+            store::StorePool::Sqlite(p) => sqlx::query_as(SQL).fetch_one(&p).await,
+            store::StorePool::Postgres(p) => sqlx::query_as(SQL).fetch_one(&p).await,
+        }
+        .expect("items");
+        n
+    };
+    let live = (0..PRINCIPALS).filter(|p| p % 7 != 3);
+    assert_eq!(items, live.filter(|p| p % 5 != 0).count() as i64 * 3);
+    moved
+}
+
+#[tokio::test]
+async fn a_batch_across_many_principals_moves_every_counter_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sqlite = many_principals_in_one_batch(open_sqlite(dir.path()).await).await;
+    let schema = format!("gov_many_{}", uuid::Uuid::new_v4().simple());
+    let pg = many_principals_in_one_batch(open_pg(&schema).await).await;
+    // Every counter that spent, in key order, with its spent after the batch; the same on both stores.
+    assert_eq!(sqlite.len(), 50 / 5 * 4 * 3);
+    assert!(sqlite.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(sqlite, pg);
+}

@@ -798,8 +798,12 @@ pub async fn claim_issuer(
 
 /// `$rows_dear`: whether each row a statement returns costs a hand-off of its own (SQLite's connection
 /// thread), so that a write avoids returning rows it can do without.
+/// `$serial`: whether the database runs one write transaction at a time (SQLite), so that one statement may
+/// move many rows in whatever order it visits them. Where writers run concurrently (PostgreSQL), counters
+/// and items are updated one statement each, in key order, so that two replicas' batches lock them in the
+/// same order and cannot deadlock.
 macro_rules! impl_store {
-    ($ty:ident, $db:ty, $variant:ident, $rows_dear:literal) => {
+    ($ty:ident, $db:ty, $variant:ident, $rows_dear:literal, $serial:literal) => {
         impl $ty {
             /// One multi-row insert of spend rows (`ON CONFLICT DO NOTHING`: a row already stored stays as
             /// it is), returning the ids it inserted when `returning`.
@@ -881,6 +885,118 @@ macro_rules! impl_store {
                 .await?
                 .rows_affected();
                 Ok(done == 1)
+            }
+
+            /// The counters a settlement batch moves, in key order, each with what it spent and what it
+            /// released (counters with neither left out).
+            fn touched<'k>(
+                spent: &std::collections::BTreeMap<&'k CounterKey, i64>,
+                released: &std::collections::BTreeMap<&'k CounterKey, i64>,
+            ) -> Vec<(&'k CounterKey, i64, i64)> {
+                let mut keys: Vec<&CounterKey> = spent.keys().chain(released.keys()).copied().collect();
+                keys.sort();
+                keys.dedup();
+                keys.into_iter()
+                    .map(|k| (k, spent.get(k).copied().unwrap_or(0), released.get(k).copied().unwrap_or(0)))
+                    .filter(|&(_, s, r)| s != 0 || r != 0)
+                    .collect()
+            }
+
+            /// Take amounts out of reservation items, one statement for the chunk (`$serial` stores only:
+            /// the rows are visited in the database's order). Returns each item that still existed with the
+            /// amount taken and what is left of it; an expired pool's items are gone, and their amounts do
+            /// not move.
+            async fn take_items<'k>(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                chunk: &[((&'k str, &'k CounterKey), i64)],
+            ) -> Result<Vec<(&'k str, &'k CounterKey, i64, i64)>, StoreError> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "UPDATE reservation_items AS i SET amount = i.amount - v.column5 FROM (",
+                );
+                qb.push_values(chunk, |mut b, ((pool, k), amount)| {
+                    b.push_bind(*pool)
+                        .push_bind(k.budget_id.as_str())
+                        .push_bind(k.subject.as_str())
+                        .push_bind(k.period_start)
+                        .push_bind(*amount);
+                });
+                qb.push(
+                    ") AS v WHERE i.reservation_id = v.column1 AND i.budget_id = v.column2 \
+                     AND i.subject = v.column3 AND i.period_start = v.column4 \
+                     RETURNING reservation_id, budget_id, subject, period_start, amount",
+                );
+                let rows: Vec<(String, String, String, i64, i64)> =
+                    qb.build_query_as().fetch_all(&mut *conn).await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for (pool, budget_id, subject, period_start, left) in rows {
+                    let key = CounterKey { budget_id, subject, period_start };
+                    let Ok(i) = chunk
+                        .binary_search_by(|((p, k), _)| (*p, *k).cmp(&(pool.as_str(), &key)))
+                    else {
+                        // Not possible: the statement updates only the items of the chunk.
+                        continue;
+                    };
+                    let ((p, k), amount) = chunk[i];
+                    out.push((p, k, amount, left));
+                }
+                Ok(out)
+            }
+
+            /// Delete a reservation item that is used up.
+            async fn delete_used_up(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                pool: &str,
+                k: &CounterKey,
+            ) -> Result<(), StoreError> {
+                sqlx::query::<$db>(
+                    "DELETE FROM reservation_items WHERE reservation_id = $1 AND budget_id = $2 \
+                     AND subject = $3 AND period_start = $4 AND amount <= 0",
+                )
+                .bind(pool)
+                .bind(&k.budget_id)
+                .bind(&k.subject)
+                .bind(k.period_start)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            }
+
+            /// Move the counters of a chunk (`spent += spent`, `reserved -= released`) in one statement
+            /// (`$serial` stores only). Returns `spent` afterwards of each counter that exists and spent
+            /// something, in no particular order.
+            async fn charge_counters(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                chunk: &[(&CounterKey, i64, i64)],
+            ) -> Result<Vec<(CounterKey, i64)>, StoreError> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "UPDATE budget_counters AS c SET spent = c.spent + v.column4, \
+                     reserved = c.reserved - v.column5 FROM (",
+                );
+                qb.push_values(chunk, |mut b, (k, s, r)| {
+                    b.push_bind(k.budget_id.as_str())
+                        .push_bind(k.subject.as_str())
+                        .push_bind(k.period_start)
+                        .push_bind(*s)
+                        .push_bind(*r);
+                });
+                qb.push(
+                    ") AS v WHERE c.budget_id = v.column1 AND c.subject = v.column2 \
+                     AND c.period_start = v.column3 RETURNING budget_id, subject, period_start, spent",
+                );
+                let rows: Vec<(String, String, i64, i64)> =
+                    qb.build_query_as().fetch_all(&mut *conn).await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for (budget_id, subject, period_start, after) in rows {
+                    let key = CounterKey { budget_id, subject, period_start };
+                    let Ok(i) = chunk.binary_search_by(|(k, _, _)| (*k).cmp(&key)) else {
+                        // Not possible: the statement updates only the counters of the chunk.
+                        continue;
+                    };
+                    if chunk[i].1 != 0 {
+                        out.push((key, after));
+                    }
+                }
+                Ok(out)
             }
 
             /// Move a counter: `spent += spent`, `reserved -= released` (settlements and releases). Returns
@@ -1123,52 +1239,57 @@ macro_rules! impl_store {
                     }
                 }
                 let mut released: BTreeMap<&CounterKey, i64> = BTreeMap::new();
-                for ((pool, k), amount) in &items {
-                    // Only amounts whose item still exists move out of `reserved`: an expired pool gave its
-                    // items back already. What is left of the item comes back with the update, and the item
-                    // is deleted only when that is nothing (one round trip per item, not two).
-                    let left = sqlx::query_as::<$db, (i64,)>(
-                        "UPDATE reservation_items SET amount = amount - $5 \
-                         WHERE reservation_id = $1 AND budget_id = $2 AND subject = $3 AND period_start = $4 \
-                         RETURNING amount",
-                    )
-                    .bind(*pool)
-                    .bind(&k.budget_id)
-                    .bind(&k.subject)
-                    .bind(k.period_start)
-                    .bind(*amount)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let Some((left,)) = left else { continue };
-                    *released.entry(*k).or_default() += *amount;
-                    if left <= 0 {
-                        sqlx::query::<$db>(
-                            "DELETE FROM reservation_items WHERE reservation_id = $1 AND budget_id = $2 \
-                             AND subject = $3 AND period_start = $4 AND amount <= 0",
+                let mut moved = Vec::new();
+                if $serial {
+                    // One statement per chunk of items, and one per chunk of counters, instead of one per
+                    // row: on SQLite each statement is a round trip to the connection's thread, and a batch
+                    // touches three counters (and three items) for every principal in it.
+                    let items: Vec<((&str, &CounterKey), i64)> = items.into_iter().collect();
+                    for chunk in crate::sqlbatch::pow2_chunks(&items, 64) {
+                        for (p, k, amount, left) in Self::take_items(&mut tx, chunk).await? {
+                            *released.entry(k).or_default() += amount;
+                            if left <= 0 {
+                                Self::delete_used_up(&mut tx, p, k).await?;
+                            }
+                        }
+                    }
+                    let touched = Self::touched(&spent, &released);
+                    for chunk in crate::sqlbatch::pow2_chunks(&touched, 64) {
+                        moved.extend(Self::charge_counters(&mut tx, chunk).await?);
+                    }
+                    // The order the statement-per-counter path gives: by key.
+                    moved.sort_by(|a: &(CounterKey, i64), b| a.0.cmp(&b.0));
+                } else {
+                    for ((pool, k), amount) in &items {
+                        // Only amounts whose item still exists move out of `reserved`: an expired pool
+                        // gave its items back already. What is left of the item comes back with the
+                        // update, and the item is deleted only when that is nothing (one round trip per
+                        // item, not two).
+                        let left = sqlx::query_as::<$db, (i64,)>(
+                            "UPDATE reservation_items SET amount = amount - $5 \
+                             WHERE reservation_id = $1 AND budget_id = $2 AND subject = $3 AND period_start = $4 \
+                             RETURNING amount",
                         )
                         .bind(*pool)
                         .bind(&k.budget_id)
                         .bind(&k.subject)
                         .bind(k.period_start)
-                        .execute(&mut *tx)
+                        .bind(*amount)
+                        .fetch_optional(&mut *tx)
                         .await?;
+                        let Some((left,)) = left else { continue };
+                        *released.entry(*k).or_default() += *amount;
+                        if left <= 0 {
+                            Self::delete_used_up(&mut tx, pool, k).await?;
+                        }
                     }
-                }
-                let mut touched: Vec<&CounterKey> = spent.keys().chain(released.keys()).copied().collect();
-                touched.sort();
-                touched.dedup();
-                let mut moved = Vec::new();
-                for k in touched {
-                    let s = spent.get(k).copied().unwrap_or(0);
-                    let r = released.get(k).copied().unwrap_or(0);
-                    if s == 0 && r == 0 {
-                        continue;
-                    }
-                    let after = Self::charge_counter(&mut tx, k, s, r).await?;
-                    if let Some(after) = after
-                        && s != 0
-                    {
-                        moved.push((k.clone(), after));
+                    for (k, s, r) in Self::touched(&spent, &released) {
+                        let after = Self::charge_counter(&mut tx, k, s, r).await?;
+                        if let Some(after) = after
+                            && s != 0
+                        {
+                            moved.push((k.clone(), after));
+                        }
                     }
                 }
                 tx.commit().await?;
@@ -1710,8 +1831,8 @@ macro_rules! impl_store {
     };
 }
 
-impl_store!(SqliteStore, sqlx::Sqlite, Sqlite, true);
-impl_store!(PgStore, sqlx::Postgres, Postgres, false);
+impl_store!(SqliteStore, sqlx::Sqlite, Sqlite, true, true);
+impl_store!(PgStore, sqlx::Postgres, Postgres, false, false);
 
 impl SqliteStore {
     async fn purge(pool: &SqlitePool) -> Result<(), StoreError> {
