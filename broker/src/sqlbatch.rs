@@ -21,9 +21,31 @@ pub fn pow2_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
     })
 }
 
+/// `items` as `Some`, then `None`s up to the next power of two: the rows of a multi-row statement with one
+/// SQL text per power of two, whose `None` rows bind NULL keys and so match nothing. One statement for any
+/// count, at most `log2(max) + 1` shapes.
+pub fn padded<T>(items: &[T]) -> impl Iterator<Item = Option<&T>> {
+    let pad = items.len().next_power_of_two() - items.len();
+    items.iter().map(Some).chain(std::iter::repeat_n(None, pad))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::pow2_chunks;
+    use super::{padded, pow2_chunks};
+
+    #[test]
+    fn padded_rows_are_a_power_of_two_with_the_items_first() {
+        for n in 1..=130usize {
+            let v: Vec<usize> = (0..n).collect();
+            let rows: Vec<Option<&usize>> = padded(&v).collect();
+            assert!(
+                rows.len().is_power_of_two() && rows.len() >= n && rows.len() < 2 * n,
+                "{n}"
+            );
+            assert!(rows[..n].iter().zip(&v).all(|(r, x)| *r == Some(x)));
+            assert!(rows[n..].iter().all(Option::is_none));
+        }
+    }
 
     fn lens(n: usize, max: usize) -> Vec<usize> {
         let v: Vec<usize> = (0..n).collect();

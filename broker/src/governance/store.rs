@@ -913,12 +913,21 @@ macro_rules! impl_store {
                 let mut qb = sqlx::QueryBuilder::<$db>::new(
                     "UPDATE reservation_items AS i SET amount = i.amount - v.column5 FROM (",
                 );
-                qb.push_values(chunk, |mut b, ((pool, k), amount)| {
-                    b.push_bind(*pool)
-                        .push_bind(k.budget_id.as_str())
-                        .push_bind(k.subject.as_str())
-                        .push_bind(k.period_start)
-                        .push_bind(*amount);
+                qb.push_values(crate::sqlbatch::padded(chunk), |mut b, item| match item {
+                    Some(((pool, k), amount)) => {
+                        b.push_bind(*pool)
+                            .push_bind(k.budget_id.as_str())
+                            .push_bind(k.subject.as_str())
+                            .push_bind(k.period_start)
+                            .push_bind(*amount);
+                    }
+                    None => {
+                        b.push_bind(None::<&str>)
+                            .push_bind(None::<&str>)
+                            .push_bind(None::<&str>)
+                            .push_bind(None::<i64>)
+                            .push_bind(None::<i64>);
+                    }
                 });
                 qb.push(
                     ") AS v WHERE i.reservation_id = v.column1 AND i.budget_id = v.column2 \
@@ -972,12 +981,21 @@ macro_rules! impl_store {
                     "UPDATE budget_counters AS c SET spent = c.spent + v.column4, \
                      reserved = c.reserved - v.column5 FROM (",
                 );
-                qb.push_values(chunk, |mut b, (k, s, r)| {
-                    b.push_bind(k.budget_id.as_str())
-                        .push_bind(k.subject.as_str())
-                        .push_bind(k.period_start)
-                        .push_bind(*s)
-                        .push_bind(*r);
+                qb.push_values(crate::sqlbatch::padded(chunk), |mut b, counter| match counter {
+                    Some((k, s, r)) => {
+                        b.push_bind(k.budget_id.as_str())
+                            .push_bind(k.subject.as_str())
+                            .push_bind(k.period_start)
+                            .push_bind(*s)
+                            .push_bind(*r);
+                    }
+                    None => {
+                        b.push_bind(None::<&str>)
+                            .push_bind(None::<&str>)
+                            .push_bind(None::<i64>)
+                            .push_bind(None::<i64>)
+                            .push_bind(None::<i64>);
+                    }
                 });
                 qb.push(
                     ") AS v WHERE c.budget_id = v.column1 AND c.subject = v.column2 \
@@ -1241,11 +1259,12 @@ macro_rules! impl_store {
                 let mut released: BTreeMap<&CounterKey, i64> = BTreeMap::new();
                 let mut moved = Vec::new();
                 if $serial {
-                    // One statement per chunk of items, and one per chunk of counters, instead of one per
-                    // row: on SQLite each statement is a round trip to the connection's thread, and a batch
-                    // touches three counters (and three items) for every principal in it.
+                    // One statement per 64 items, and one per 64 counters, instead of one per row: on SQLite
+                    // each statement is a round trip to the connection's thread, and a batch touches three
+                    // counters (and three items) for every principal in it. Each statement's rows are
+                    // padded to a power of two with rows that match nothing ([`crate::sqlbatch::padded`]).
                     let items: Vec<((&str, &CounterKey), i64)> = items.into_iter().collect();
-                    for chunk in crate::sqlbatch::pow2_chunks(&items, 64) {
+                    for chunk in items.chunks(64) {
                         for (p, k, amount, left) in Self::take_items(&mut tx, chunk).await? {
                             *released.entry(k).or_default() += amount;
                             if left <= 0 {
@@ -1254,7 +1273,7 @@ macro_rules! impl_store {
                         }
                     }
                     let touched = Self::touched(&spent, &released);
-                    for chunk in crate::sqlbatch::pow2_chunks(&touched, 64) {
+                    for chunk in touched.chunks(64) {
                         moved.extend(Self::charge_counters(&mut tx, chunk).await?);
                     }
                     // The order the statement-per-counter path gives: by key.
