@@ -26,14 +26,9 @@ cd "$ROOT"
 [[ $# -ge 1 && "$1" != -h && "$1" != --help ]] || { sed -n "2,/^set -euo/p" "$0" | sed "\$d"; exit 2; }
 ROUNDS="${ROUNDS:-3}"; SECS="${SECS:-5}"; CONNS="${CONNS:-16 64}"; STREAM="${STREAM:-0}"
 LAT_N="${LAT_N:-3000}"; LAT_RUNS="${LAT_RUNS:-3}"
-NAMES=(); BINS=()
-for a in "$@"; do
-    [[ "$a" == *=* ]] || { echo "expected NAME=PATH, got '$a'" >&2; exit 2; }
-    [[ -x "${a#*=}" ]] || { echo "not an executable: ${a#*=}" >&2; exit 2; }
-    NAMES+=("${a%%=*}"); BINS+=("$(realpath "${a#*=}")")
-done
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
+broker_args "$@"
 bench_init compare compare-
 
 cargo build --release -q -p tollgate-broker -p tollgate-bench

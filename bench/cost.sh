@@ -23,11 +23,8 @@ command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgri
 source "$ROOT/bench/lib.sh"
 bench_init cost cost-
 
-NAMES=(); BINS=(); declare -A CREDS=()
-for a in "$@"; do
-    [[ "$a" == *=* ]] || { echo "expected NAME=PATH, got '$a'" >&2; exit 2; }
-    NAMES+=("${a%%=*}"); BINS+=("$(realpath "${a#*=}")")
-done
+declare -A CREDS=()
+broker_args "$@"
 # FLOORS_ONLY=1: only the three floors (no broker). NO_BUILD=1: use the binaries already built.
 if [[ ${#NAMES[@]} -eq 0 && "${FLOORS_ONLY:-0}" != 1 ]]; then
     [[ "${NO_BUILD:-0}" == 1 ]] || cargo build --release -q -p tollgate-broker -p tollgate-bench

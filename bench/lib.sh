@@ -30,6 +30,18 @@ bench_cleanup() {
     rm -rf "$WORK"
 }
 
+# broker_args NAME=PATH...: the brokers a script compares, into NAMES and BINS (absolute paths); exits 2
+# on an argument that is not NAME=PATH or a PATH that is not an executable.
+broker_args() {
+    NAMES=(); BINS=()
+    local a
+    for a in "$@"; do
+        [[ "$a" == *=* ]] || { echo "expected NAME=PATH, got '$a'" >&2; exit 2; }
+        [[ -x "${a#*=}" ]] || { echo "not an executable: ${a#*=}" >&2; exit 2; }
+        NAMES+=("${a%%=*}"); BINS+=("$(realpath "${a#*=}")")
+    done
+}
+
 log() { printf '[%s %s] %s\n' "$LOG_TAG" "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 # start NAME CMD...: run CMD in the background, wait for its "listening http://127.0.0.1:PORT" line on

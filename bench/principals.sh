@@ -19,14 +19,9 @@ cd "$ROOT"
 [[ $# -ge 1 && "$1" != -h && "$1" != --help ]] || { sed -n "2,/^set -euo/p" "$0" | sed "\$d"; exit 2; }
 PRINCIPALS="${PRINCIPALS:-50}"; CONNS="${CONNS:-16}"; SECS="${SECS:-5}"; ROUNDS="${ROUNDS:-3}"
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 2; }
-NAMES=(); BINS=()
-for a in "$@"; do
-    [[ "$a" == *=* ]] || { echo "expected NAME=PATH, got '$a'" >&2; exit 2; }
-    [[ -x "${a#*=}" ]] || { echo "not an executable: ${a#*=}" >&2; exit 2; }
-    NAMES+=("${a%%=*}"); BINS+=("$(realpath "${a#*=}")")
-done
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
+broker_args "$@"
 bench_init principals principals-
 [[ "${NO_BUILD:-0}" == 1 ]] || cargo build --release -q -p tollgate-broker -p tollgate-bench
 

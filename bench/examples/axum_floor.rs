@@ -13,9 +13,9 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use std::io::Write;
 use std::sync::Arc;
+
+mod common;
 
 struct Up {
     client: Client<HttpConnector, Full<Bytes>>,
@@ -50,34 +50,16 @@ async fn forward(State(up): State<Arc<Up>>, uri: Uri, headers: HeaderMap, body: 
     }
 }
 
-#[allow(clippy::print_stdout)]
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let base = args
-        .next()
-        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
-    let threads = args.next().unwrap_or_default();
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Ok(n) = threads.parse::<usize>() {
-        b.worker_threads(n);
-    }
-    b.enable_all().build()?.block_on(async move {
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
+    let args = common::args();
+    args.runtime()?.block_on(async move {
         let up = Arc::new(Up {
-            client: Client::builder(TokioExecutor::new()).build(conn),
-            base: base.trim_end_matches('/').to_string(),
+            client: common::hyper_client(),
+            base: args.base,
         });
         let app = axum::Router::new()
             .fallback(axum::routing::post(forward))
             .with_state(up);
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        println!("listening http://{}", l.local_addr()?);
-        std::io::stdout().flush()?;
-        let l = axum::serve::ListenerExt::tap_io(l, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(l, app).await?;
-        Ok(())
+        common::serve_axum(common::listen().await?, app).await
     })
 }

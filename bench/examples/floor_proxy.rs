@@ -9,7 +9,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use std::io::Write;
+
+mod common;
 
 #[derive(Clone)]
 struct Up {
@@ -45,38 +46,16 @@ async fn forward(
     }
 }
 
-#[allow(clippy::print_stdout)]
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let base = args
-        .next()
-        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
-    // Worker threads of a multi-thread runtime; "current" runs everything on one current-thread runtime.
-    let threads = args.next().unwrap_or_default();
-    let mut b = if threads == "current" {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if let Ok(n) = threads.parse::<usize>() {
-            b.worker_threads(n);
-        }
-        b
-    };
-    b.enable_all().build()?.block_on(async move {
+    let args = common::args();
+    args.runtime()?.block_on(async move {
         let up = Up {
             client: reqwest::Client::builder().tcp_nodelay(true).build()?,
-            base: base.trim_end_matches('/').to_string(),
+            base: args.base,
         };
         let app = axum::Router::new()
             .fallback(axum::routing::post(forward))
             .with_state(up);
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        println!("listening http://{}", l.local_addr()?);
-        std::io::stdout().flush()?;
-        let l = axum::serve::ListenerExt::tap_io(l, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(l, app).await?;
-        Ok(())
+        common::serve_axum(common::listen().await?, app).await
     })
 }
