@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use tollgate_broker::audit::journal::{Journal, JournalConfig, OnFull};
 use tollgate_broker::audit::sqlite::SqliteAudit;
 use tollgate_broker::audit::{
@@ -14,10 +14,14 @@ use tollgate_broker::audit::{
     SpendRow, verify,
 };
 
-/// An audit store that can be "down".
+/// An audit store that can be "down", and that can lose the answer to an append it committed.
 struct Flaky {
     inner: SqliteAudit,
     down: AtomicBool,
+    /// Appends still to commit whose answer is then lost (the connection breaks after `COMMIT`).
+    lose: AtomicU32,
+    /// The store goes down with the lost answer (it was an outage beginning).
+    down_on_loss: AtomicBool,
 }
 
 impl Flaky {
@@ -27,6 +31,24 @@ impl Flaky {
         } else {
             Ok(())
         }
+    }
+
+    /// The answer to a committed append, unless it is one to lose.
+    fn answer(&self, committed: Result<(), AuditError>) -> Result<(), AuditError> {
+        committed?;
+        if self
+            .lose
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            if self.down_on_loss.load(Ordering::SeqCst) {
+                self.down.store(true, Ordering::SeqCst);
+            }
+            return Err(AuditError::Store(
+                "connection closed after COMMIT was sent (test)".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -42,7 +64,7 @@ impl AuditSink for Flaky {
     }
     async fn append_batch(&self, records: &[AuditRecord]) -> Result<(), AuditError> {
         self.check()?;
-        self.inner.append_batch(records).await
+        self.answer(self.inner.append_batch(records).await)
     }
     async fn scan(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, AuditError> {
         self.check()?;
@@ -72,9 +94,11 @@ impl AuditSink for Flaky {
         last_n: u64,
     ) -> Result<(), AuditError> {
         self.check()?;
-        self.inner
-            .append_journaled(records, journal_id, last_n)
-            .await
+        self.answer(
+            self.inner
+                .append_journaled(records, journal_id, last_n)
+                .await,
+        )
     }
     async fn journal_progress(&self, journal_id: &str) -> Result<Option<u64>, AuditError> {
         self.check()?;
@@ -96,6 +120,8 @@ fn flaky(dir: &std::path::Path) -> Arc<Flaky> {
     Arc::new(Flaky {
         inner: SqliteAudit::open(&dir.join("audit.sqlite")),
         down: AtomicBool::new(false),
+        lose: AtomicU32::new(0),
+        down_on_loss: AtomicBool::new(false),
     })
 }
 
@@ -277,6 +303,99 @@ async fn replay_after_a_crash_is_exactly_once() {
     log.flush().await;
     assert_eq!(stored(&sink).await, names(0..20), "exactly once, in order");
     assert_eq!(log.journal_backlog(), (0, 0));
+}
+
+/// Open a journal a dead writer held: its lock goes with its task, so retry briefly until it has.
+async fn reopen(sink: &Arc<Flaky>, cfg: &JournalConfig) -> AuditLog {
+    tokio::task::yield_now().await;
+    for _ in 0..100 {
+        match AuditLog::new(sink.clone()).with_journal(cfg) {
+            Ok(l) => return l,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+    panic!("the journal stayed locked");
+}
+
+/// The store commits an append but its answer is lost with the connection (the PostgreSQL outage test
+/// once found such records stored twice: the writer took the failure at its word and appended them
+/// again). Every combination: the append made live or replayed from the journal; the store answering
+/// again at once or staying down through the retries (then the events wait in the journal, marked with
+/// what they may be stored as); the process kept or restarted before the store is back. Each stores every
+/// event exactly once, in order.
+#[tokio::test]
+async fn an_append_whose_answer_was_lost_is_stored_once() {
+    for replayed in [false, true] {
+        for stays_down in [false, true] {
+            for restart in [false, true] {
+                let case = format!("replayed={replayed} stays_down={stays_down} restart={restart}");
+                let dir = tempfile::tempdir().expect("tmp");
+                let sink = flaky(dir.path());
+                let cfg = journal_cfg(dir.path(), 1 << 20, OnFull::Refuse);
+                let mut log = AuditLog::new(sink.clone())
+                    .with_journal(&cfg)
+                    .expect("journal");
+                for i in 0..5 {
+                    log.record(ev(i));
+                }
+                log.flush().await;
+                if replayed {
+                    sink.down.store(true, Ordering::SeqCst);
+                    for i in 5..15 {
+                        log.record(ev(i));
+                    }
+                    log.flush().await;
+                    assert_eq!(log.journal_backlog().0, 10, "{case}");
+                }
+                sink.down_on_loss.store(stays_down, Ordering::SeqCst);
+                sink.lose.store(1, Ordering::SeqCst);
+                sink.down.store(false, Ordering::SeqCst);
+                if !replayed {
+                    for i in 5..15 {
+                        log.record(ev(i));
+                    }
+                }
+                log.flush().await;
+                assert_eq!(
+                    sink.lose.load(Ordering::SeqCst),
+                    0,
+                    "{case}: an answer was lost"
+                );
+                if stays_down {
+                    assert_eq!(
+                        log.journal_backlog().0,
+                        10,
+                        "{case}: waiting in the journal"
+                    );
+                    if !replayed {
+                        let text =
+                            std::fs::read_to_string(dir.path().join("journal").join(Journal::FILE))
+                                .expect("journal file");
+                        assert_eq!(text.matches("\"maybe\":").count(), 10, "{case}: {text}");
+                    }
+                } else {
+                    assert_eq!(log.journal_backlog(), (0, 0), "{case}");
+                }
+                if restart {
+                    drop(log);
+                    log = reopen(&sink, &cfg).await;
+                    log.resume();
+                }
+                sink.down.store(false, Ordering::SeqCst);
+                for i in 15..20 {
+                    log.record(ev(i));
+                }
+                log.flush().await;
+                assert_eq!(
+                    stored(&sink).await,
+                    names(0..20),
+                    "{case}: exactly once, in order"
+                );
+                assert_eq!(log.journal_backlog(), (0, 0), "{case}");
+                assert_eq!(log.errors(), 0, "{case}");
+            }
+        }
+    }
 }
 
 async fn call(

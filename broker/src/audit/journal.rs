@@ -15,8 +15,10 @@
 //! the few events of requests already in flight wait in memory) or, if so configured, drops and counts
 //! ([`OnFull::Drop`], `tollgate_audit_failures`).
 //!
-//! Format: a header line `{"journal":"<uuid>"}`, then `{"n":<1,2,…>,"event":{…}}` per event. A torn last
-//! line (the process died mid-write) is cut off when the journal is opened: it was never acknowledged.
+//! Format: a header line `{"journal":"<uuid>"}`, then `{"n":<1,2,…>,"event":{…}}` per event, with
+//! `"maybe":{"seq":…,"hash":…}` when an append of that event may have been stored (its answer was lost):
+//! the replay looks the record up before it appends the event again. A torn last line (the process died
+//! mid-write) is cut off when the journal is opened: it was never acknowledged.
 
 use super::AuditEvent;
 use std::io::{BufRead, Read, Seek, Write};
@@ -75,12 +77,26 @@ struct Header {
 struct Entry {
     n: u64,
     event: AuditEvent,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    maybe: Option<MaybeStored>,
+}
+
+/// The record an event may already be stored as: an append whose outcome is unknown (the connection broke
+/// after the commit was sent, so the store may have committed it). All records of one append are stored or
+/// none is, and the store is append-only, so the record at `seq` either has this `hash` (the event is
+/// stored; appending it again would duplicate it) or it never will.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MaybeStored {
+    pub seq: i64,
+    pub hash: String,
 }
 
 /// One journaled event, with its number and where the next entry starts.
 pub struct Pending {
     pub n: u64,
     pub event: AuditEvent,
+    /// The event may already be in the store as this record (see [`MaybeStored`]).
+    pub maybe: Option<MaybeStored>,
     end: u64,
 }
 
@@ -268,8 +284,20 @@ impl Journal {
         self.synced || self.id.is_none()
     }
 
-    /// Append events (in order) and `fsync`: once this returns they survive a crash.
-    pub fn append(&mut self, events: &[AuditEvent]) -> Result<(), JournalError> {
+    /// A replayed batch may or may not have been stored (the connection broke around its commit): read
+    /// the store's progress again before the next replay.
+    pub fn unsync(&mut self) {
+        self.synced = false;
+    }
+
+    /// Append events (in order) and `fsync`: once this returns they survive a crash. `maybe` tags the
+    /// first `maybe.len()` events with the record each may already be stored as (an append whose outcome
+    /// was lost with the connection); the replay looks them up before it appends them again.
+    pub fn append(
+        &mut self,
+        events: &[AuditEvent],
+        maybe: &[MaybeStored],
+    ) -> Result<(), JournalError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -289,12 +317,13 @@ impl Journal {
             buf.push(b'\n');
         }
         let mut n = self.next_n;
-        for ev in events {
+        for (i, ev) in events.iter().enumerate() {
             serde_json::to_writer(
                 &mut buf,
                 &Entry {
                     n,
                     event: ev.clone(),
+                    maybe: maybe.get(i).cloned(),
                 },
             )
             .map_err(|e| self.io(e.into()))?;
@@ -356,6 +385,7 @@ impl Journal {
             out.push(Pending {
                 n: e.n,
                 event: e.event,
+                maybe: e.maybe,
                 end: pos,
             });
         }
@@ -424,7 +454,7 @@ mod tests {
         let cfg = JournalConfig::new(dir.path().join("j"));
         let mut j = Journal::open(&cfg).expect("open");
         assert_eq!(j.pending(), 0);
-        j.append(&[ev(1), ev(2), ev(3)]).expect("append");
+        j.append(&[ev(1), ev(2), ev(3)], &[]).expect("append");
         let id = j.id().expect("id").to_string();
         assert_eq!(j.pending(), 3);
         let first = j.read(2).expect("read");
@@ -459,7 +489,7 @@ mod tests {
         let rest = j.read(10).expect("read");
         assert_eq!(rest.iter().map(|p| p.n).collect::<Vec<_>>(), vec![3]);
         assert_eq!(rest[0].event, ev(3));
-        j.append(&[ev(4)]).expect("append after reopen");
+        j.append(&[ev(4)], &[]).expect("append after reopen");
         assert_eq!(
             j.read(10)
                 .expect("read")
@@ -473,8 +503,35 @@ mod tests {
         assert_eq!(j.pending(), 0);
         j.reset().expect("reset");
         assert_eq!(std::fs::metadata(&path).expect("meta").len(), 0);
-        j.append(&[ev(5)]).expect("append");
+        j.append(&[ev(5)], &[]).expect("append");
         assert_ne!(j.id(), Some(id.as_str()), "a new journal");
+    }
+
+    #[test]
+    fn what_an_entry_may_be_stored_as_survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = JournalConfig::new(dir.path().join("j"));
+        let mut j = Journal::open(&cfg).expect("open");
+        let maybe = [
+            MaybeStored {
+                seq: 7,
+                hash: "a".repeat(64),
+            },
+            MaybeStored {
+                seq: 8,
+                hash: "b".repeat(64),
+            },
+        ];
+        j.append(&[ev(1), ev(2), ev(3)], &maybe).expect("append");
+        drop(j);
+        let mut j = Journal::open(&cfg).expect("reopen");
+        j.skip_stored(None).expect("sync");
+        let read = j.read(10).expect("read");
+        assert_eq!(
+            read.iter().map(|p| p.maybe.clone()).collect::<Vec<_>>(),
+            vec![Some(maybe[0].clone()), Some(maybe[1].clone()), None]
+        );
+        assert_eq!(read[2].event, ev(3));
     }
 
     #[test]
@@ -485,7 +542,7 @@ mod tests {
         let mut j = Journal::open(&cfg).expect("open");
         let mut n = 0;
         loop {
-            match j.append(&[ev(n)]) {
+            match j.append(&[ev(n)], &[]) {
                 Ok(()) => n += 1,
                 Err(JournalError::Full { max_bytes }) => {
                     assert_eq!(max_bytes, 4096);

@@ -15,7 +15,11 @@
 //!
 //! When the store cannot take records they wait in a local, `fsync`ed, bounded [`journal`] and are replayed
 //! in order once it is back (exactly once: each replayed batch records the journal's progress in the same
-//! transaction); a full journal refuses new requests rather than drop records (configurable).
+//! transaction); a full journal refuses new requests rather than drop records (configurable). An append
+//! whose answer is lost (the connection breaks after `COMMIT` was sent) may have been stored: the writer
+//! looks its records up by `seq` and hash before it tries again, and events that go to the journal meanwhile
+//! carry what they may be stored as ([`journal::MaybeStored`]), so neither a retry nor a replay stores them
+//! twice.
 //!
 //! Records are written by one background task per process so the request path never waits on the disk.
 //! The task group-commits: whatever is queued (up to [`BATCH`]) is chained in order and appended in one
@@ -627,6 +631,7 @@ impl AuditLog {
                 journal,
                 on_full,
                 overflow: Vec::new(),
+                overflow_maybe: Vec::new(),
             };
             tokio::spawn(w.run(rx));
         }
@@ -649,6 +654,8 @@ struct Writer {
     /// Events that arrived while the journal was full (`refuse`): kept in order, in memory (new requests
     /// are refused meanwhile, so only requests already in flight add to it), journaled when there is room.
     overflow: Vec<AuditEvent>,
+    /// What the first events of `overflow` may already be stored as (see [`journal::MaybeStored`]).
+    overflow_maybe: Vec<journal::MaybeStored>,
 }
 
 /// A stored record: `(seq, hash, is a checkpoint)`.
@@ -737,7 +744,7 @@ impl Writer {
     /// cannot take goes to the journal (behind anything already waiting there).
     async fn store_events(&mut self, events: Vec<AuditEvent>) {
         if self.backlog() {
-            self.spill(events);
+            self.spill(events, Vec::new());
             self.drain().await;
             return;
         }
@@ -746,12 +753,24 @@ impl Writer {
         let mut i = 0;
         let mut checkpointed_last = false;
         while i < events.len() {
-            let Some(stored) = self.append_batch(&mut events[i..], every, None).await else {
-                self.spill(events[i..].to_vec());
-                return;
-            };
-            i += stored.len();
-            checkpointed_last = self.checkpoint_if_due(&stored, every).await;
+            match self
+                .append_batch(&mut events[i..], every, None, Vec::new())
+                .await
+            {
+                Ok(stored) => {
+                    i += stored.len();
+                    checkpointed_last = self.checkpoint_if_due(&stored, every).await;
+                    if self.backlog() && i < events.len() {
+                        // The checkpoint went to the journal: the rest queues behind it, in order.
+                        self.spill(events[i..].to_vec(), Vec::new());
+                        return;
+                    }
+                }
+                Err(maybe) => {
+                    self.spill(events[i..].to_vec(), maybe);
+                    return;
+                }
+            }
         }
         if !checkpointed_last {
             self.timed_checkpoint().await;
@@ -778,8 +797,9 @@ impl Writer {
 
     /// Put events the store could not take into the journal (`fsync`ed). Without a journal they are lost
     /// (counted); with a full one they wait in memory and new requests are refused, or — `drop` — they are
-    /// lost (counted).
-    fn spill(&mut self, events: Vec<AuditEvent>) {
+    /// lost (counted). `maybe`: what the first events may already be stored as (an append whose outcome
+    /// is unknown), kept with them so that the replay does not store them twice.
+    fn spill(&mut self, events: Vec<AuditEvent>, maybe: Vec<journal::MaybeStored>) {
         use std::sync::atomic::Ordering::Relaxed;
         let n = events.len() as u64;
         let Some(j) = self.journal.as_mut() else {
@@ -791,13 +811,17 @@ impl Writer {
             return;
         };
         if !self.overflow.is_empty() {
+            // `maybe` is kept for the front of the overflow only. Records reach the store before any
+            // backlog only with none waiting, so a non-empty overflow with `maybe` is a checkpoint that
+            // failed behind a full journal: were its append to have committed, it is stored twice (a
+            // checkpoint attests an earlier record, so a second copy changes nothing it proves).
             self.overflow.extend(events);
             self.cap_overflow();
             self.publish_journal_state();
             return;
         }
         let was_empty = j.pending() == 0;
-        match j.append(&events) {
+        match j.append(&events, &maybe) {
             Ok(()) => {
                 if was_empty {
                     tracing::warn!(
@@ -811,6 +835,7 @@ impl Writer {
                     if !self.shared.blocked.swap(true, Relaxed) {
                         tracing::error!(error = %e, "audit: the journal cannot take more records; refusing new requests until the store is back");
                     }
+                    self.overflow_maybe = maybe;
                     self.overflow.extend(events);
                     self.cap_overflow();
                 }
@@ -828,6 +853,7 @@ impl Writer {
         if self.overflow.len() > QUEUE {
             let extra = self.overflow.len() - QUEUE;
             self.overflow.truncate(QUEUE);
+            self.overflow_maybe.truncate(QUEUE);
             self.shared
                 .errors
                 .fetch_add(extra as u64, std::sync::atomic::Ordering::Relaxed);
@@ -881,16 +907,29 @@ impl Writer {
                 // The journal is stored, so the store answers: the records that waited in memory (the oldest
                 // now) go straight to it, in order.
                 let mut waiting = std::mem::take(&mut self.overflow);
+                let mut maybe = std::mem::take(&mut self.overflow_maybe);
                 let every = self.every();
                 let mut i = 0;
                 while i < waiting.len() {
                     let end = (i + BATCH).min(waiting.len());
-                    let Some(stored) = self.append_batch(&mut waiting[i..end], every, None).await
-                    else {
-                        break;
-                    };
-                    i += stored.len();
-                    self.checkpoint_if_due(&stored, every).await;
+                    match self
+                        .append_batch(
+                            &mut waiting[i..end],
+                            every,
+                            None,
+                            std::mem::take(&mut maybe),
+                        )
+                        .await
+                    {
+                        Ok(stored) => {
+                            i += stored.len();
+                            self.checkpoint_if_due(&stored, every).await;
+                        }
+                        Err(m) => {
+                            maybe = m;
+                            break;
+                        }
+                    }
                 }
                 if i < waiting.len() {
                     // The store went away again: into the (empty) journal, as much as fits.
@@ -898,23 +937,26 @@ impl Writer {
                     let mut chunk = BATCH;
                     while !rest.is_empty() && chunk > 0 {
                         let take = rest.len().min(chunk);
+                        let tags = maybe.len().min(take);
                         let Some(j) = self.journal.as_mut() else {
                             return;
                         };
-                        if j.append(&rest[..take]).is_ok() {
+                        if j.append(&rest[..take], &maybe[..tags]).is_ok() {
                             rest = &rest[take..];
+                            maybe.drain(..tags);
                         } else {
                             chunk /= 2;
                         }
                     }
                     self.overflow = rest.to_vec();
+                    self.overflow_maybe = maybe;
                     self.publish_journal_state();
                     return;
                 }
                 self.publish_journal_state();
                 continue;
             }
-            let (batch, id) = match j.read(BATCH) {
+            let (mut batch, id) = match j.read(BATCH) {
                 Ok(b) => (b, j.id().map(str::to_string).unwrap_or_default()),
                 Err(e) => {
                     tracing::error!(error = %e, "audit: cannot read the journal");
@@ -924,13 +966,38 @@ impl Writer {
             let Some(first_n) = batch.first().map(|p| p.n) else {
                 return;
             };
+            // Entries that may already be stored (one append whose outcome was lost: consecutive records)
+            // lead their batch, and the batch ends before the next such entries, which are looked up in
+            // their turn.
+            let mut lead = 0;
+            while let Some(m) = batch.get(lead).and_then(|p| p.maybe.as_ref()) {
+                if lead > 0 && batch[lead - 1].maybe.as_ref().map(|p| p.seq + 1) != Some(m.seq) {
+                    break;
+                }
+                lead += 1;
+            }
+            if let Some(k) = batch[lead..].iter().position(|p| p.maybe.is_some()) {
+                batch.truncate(lead + k);
+            }
+            let maybe = batch[..lead]
+                .iter()
+                .filter_map(|p| p.maybe.clone())
+                .collect();
             let mut events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
             let every = self.every();
-            let Some(stored) = self
-                .append_batch(&mut events, every, Some((&id, first_n)))
+            let stored = match self
+                .append_batch(&mut events, every, Some((&id, first_n)), maybe)
                 .await
-            else {
-                return;
+            {
+                Ok(stored) => stored,
+                Err(_) => {
+                    // Whether the last try committed is unknown; it recorded the journal's progress with
+                    // it, so the next replay reads that first.
+                    if let Some(j) = self.journal.as_mut() {
+                        j.unsync();
+                    }
+                    return;
+                }
             };
             if let Some(j) = self.journal.as_mut() {
                 j.advance(&batch[..stored.len()]);
@@ -940,12 +1007,35 @@ impl Writer {
         }
     }
 
-    /// Chain and append one event; `(seq, hash)` once stored, `None` when the store did not take it.
-    async fn append(&mut self, mut ev: AuditEvent) -> Option<(i64, String)> {
+    /// Chain and append one event; `(seq, hash)` once stored, or — the store did not take it — what it
+    /// may be stored as (see [`Writer::append_batch`]).
+    async fn append(
+        &mut self,
+        mut ev: AuditEvent,
+    ) -> Result<(i64, String), Vec<journal::MaybeStored>> {
         let stored = self
-            .append_batch(std::slice::from_mut(&mut ev), 0, None)
+            .append_batch(std::slice::from_mut(&mut ev), 0, None, Vec::new())
             .await?;
-        stored.into_iter().next().map(|(seq, hash, _)| (seq, hash))
+        Ok(stored
+            .into_iter()
+            .next()
+            .map(|(seq, hash, _)| (seq, hash))
+            .unwrap_or_default())
+    }
+
+    /// How many of `maybe` (consecutive records of one append) the store holds, from the first: all of
+    /// them or none, as an append is all or nothing.
+    async fn stored_already(&self, maybe: &[journal::MaybeStored]) -> Result<usize, AuditError> {
+        let Some(first) = maybe.first() else {
+            return Ok(0);
+        };
+        let limit = u32::try_from(maybe.len()).unwrap_or(u32::MAX);
+        let found = self.sink.scan(first.seq - 1, limit).await?;
+        Ok(maybe
+            .iter()
+            .zip(&found)
+            .take_while(|(m, r)| m.seq == r.seq && m.hash == r.hash)
+            .count())
     }
 
     /// Chain `events` on the head and append them in one transaction (all or nothing) — only up to the first
@@ -956,19 +1046,58 @@ impl Writer {
     /// first — progress, not failure — so the head is re-read and the whole batch re-chained (with a little
     /// jitter so two writers do not keep colliding), up to a generous bound. The stored events are moved
     /// out of `events` (left as defaults); events not stored are left in place.
+    ///
+    /// An append that fails may still have committed (the connection broke after `COMMIT` was sent), so
+    /// before trying again the store is asked whether those records are there — by `seq` and hash, which
+    /// no other append can produce — and when they are, that was the success. `maybe` says the same of
+    /// the first events on entry (an earlier append of theirs, from the journal or memory). When the store
+    /// does not take the events, `Err` carries what they may be stored as, for [`Writer::spill`].
     async fn append_batch(
         &mut self,
         events: &mut [AuditEvent],
         every: i64,
         journaled: Option<(&str, u64)>,
-    ) -> Option<Vec<Stored>> {
+        mut maybe: Vec<journal::MaybeStored>,
+    ) -> Result<Vec<Stored>, Vec<journal::MaybeStored>> {
         let attempts = if self.journal.is_some() {
             ATTEMPTS_BEFORE_JOURNAL
         } else {
             ATTEMPTS_WITHOUT_JOURNAL
         };
+        maybe.truncate(events.len());
         let (mut failures, mut conflicts) = (0u32, 0u32);
         while failures < attempts && conflicts < 1000 {
+            if !maybe.is_empty() {
+                match self.stored_already(&maybe).await {
+                    Ok(0) => maybe.clear(),
+                    Ok(k) => {
+                        tracing::info!(
+                            records = k,
+                            "audit: an append whose answer was lost had been stored; not repeated"
+                        );
+                        // Others may have appended since: read the head again.
+                        self.head = None;
+                        return Ok(maybe
+                            .drain(..k)
+                            .zip(events.iter_mut())
+                            .map(|(m, ev)| {
+                                let is_cp = ev.kind == Some(EventKind::Checkpoint);
+                                *ev = AuditEvent::default();
+                                (m.seq, m.hash, is_cp)
+                            })
+                            .collect());
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "audit: cannot look up an unanswered append");
+                        failures += 1;
+                        if failures < attempts {
+                            tokio::time::sleep(std::time::Duration::from_millis(50 << failures))
+                                .await;
+                        }
+                        continue;
+                    }
+                }
+            }
             if self.head.is_none() {
                 match self.sink.head().await {
                     Ok(h) => self.head = Some(h.unwrap_or((0, GENESIS.to_string()))),
@@ -1008,15 +1137,13 @@ impl Writer {
             match appended {
                 Ok(()) => {
                     self.head = Some((seq, prev));
-                    return Some(
-                        records
-                            .into_iter()
-                            .map(|r| {
-                                let is_cp = r.event.kind == Some(EventKind::Checkpoint);
-                                (r.seq, r.hash, is_cp)
-                            })
-                            .collect(),
-                    );
+                    return Ok(records
+                        .into_iter()
+                        .map(|r| {
+                            let is_cp = r.event.kind == Some(EventKind::Checkpoint);
+                            (r.seq, r.hash, is_cp)
+                        })
+                        .collect());
                 }
                 Err(AuditError::Conflict(_)) => {
                     give_back(events, records);
@@ -1026,6 +1153,14 @@ impl Writer {
                     tokio::time::sleep(std::time::Duration::from_micros(jitter_us)).await;
                 }
                 Err(e) => {
+                    // The outcome is unknown: the next try first looks the records up.
+                    maybe = records
+                        .iter()
+                        .map(|r| journal::MaybeStored {
+                            seq: r.seq,
+                            hash: r.hash.clone(),
+                        })
+                        .collect();
                     give_back(events, records);
                     tracing::debug!(error = %e, "audit: append failed");
                     self.head = None;
@@ -1042,7 +1177,7 @@ impl Writer {
                 "audit: the store did not take records after retries"
             );
         }
-        None
+        Err(maybe)
     }
 
     /// Checkpoint when the interval has passed since the last one and the chain grew since (other
@@ -1123,10 +1258,10 @@ impl Writer {
             ..Default::default()
         };
         match self.append(ev.clone()).await {
-            Some((cp_seq, _)) => self.last_cp = Some((now, cp_seq)),
-            None => {
+            Ok((cp_seq, _)) => self.last_cp = Some((now, cp_seq)),
+            Err(maybe) => {
                 // Journaled like any record (it attests `seq`, wherever in the chain it lands).
-                self.spill(vec![ev]);
+                self.spill(vec![ev], maybe);
                 self.last_cp = Some((now, seq));
             }
         }
