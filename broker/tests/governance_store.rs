@@ -12,7 +12,8 @@ use tollgate_broker::clock::{Clock, FakeClock};
 use tollgate_broker::config::{Config, Source, StoreConfig, StoreKind};
 use tollgate_broker::governance::pricing::ServiceTier;
 use tollgate_broker::governance::store::{
-    self, Apply, CounterKey, GrowItem, GrowOutcome, PoolRef, SpendRecord, Store,
+    self, Apply, CounterKey, END_ESTIMATED, GrowItem, GrowOutcome, InflightRow, PoolRef,
+    SpendRecord, Store,
 };
 
 #[derive(Clone, Debug)]
@@ -271,7 +272,17 @@ async fn run_on(st: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                                 releases,
                                 record: Box::new(SpendRecord {
                                     id: format!("s{step}-{n}"),
-                                    settled_at: now,
+                                    // Two UTC days and three principals for the daily sums.
+                                    settled_at: now + (step as i64 % 2) * 86_400,
+                                    principal: format!("p{}", mask % 3),
+                                    input_tokens: cost * 3,
+                                    output_tokens: cost,
+                                    end_reason: if cost % 2 == 0 {
+                                        "completed"
+                                    } else {
+                                        "incomplete"
+                                    }
+                                    .into(),
                                     cost,
                                     ..SpendRecord::default()
                                 }),
@@ -382,7 +393,145 @@ async fn check(
         "spend rows after step {}",
         step
     );
+    let (daily, from_rows) = daily_and_spend(st.as_ref()).await;
+    prop_assert_eq!(daily, from_rows, "spend_daily after step {}", step);
     Ok(())
+}
+
+/// A row of `spend_daily`: day, principal, requests, five token sums, cost, estimated requests and cost,
+/// incomplete requests.
+type DailyRow = (
+    i64,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+);
+
+/// `spend_daily` as the settlement keeps it, and as the `spend` rows sum up by UTC day and principal.
+async fn daily_and_spend(st: &dyn Store) -> (Vec<DailyRow>, Vec<DailyRow>) {
+    const DAILY: &str = "SELECT day, principal, requests, input_tokens, cached_input_tokens, \
+        cache_write_tokens, output_tokens, reasoning_tokens, cost, estimated_requests, estimated_cost, \
+        incomplete FROM spend_daily ORDER BY day, principal";
+    const ROWS: &str = "SELECT (settled_at / 86400) * 86400, principal, COUNT(*), \
+        CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(cached_input_tokens) AS BIGINT), \
+        CAST(SUM(cache_write_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), \
+        CAST(SUM(reasoning_tokens) AS BIGINT), CAST(SUM(cost) AS BIGINT), \
+        CAST(SUM(CASE WHEN end_reason = 'estimated' THEN 1 ELSE 0 END) AS BIGINT), \
+        CAST(SUM(CASE WHEN end_reason = 'estimated' THEN cost ELSE 0 END) AS BIGINT), \
+        CAST(SUM(CASE WHEN end_reason = 'completed' THEN 0 ELSE 1 END) AS BIGINT) \
+        FROM spend GROUP BY (settled_at / 86400) * 86400, principal ORDER BY 1, 2";
+    match st.pool() {
+        store::StorePool::Sqlite(p) => (
+            sqlx::query_as(DAILY).fetch_all(&p).await.expect("daily"),
+            sqlx::query_as(ROWS).fetch_all(&p).await.expect("rows"),
+        ),
+        store::StorePool::Postgres(p) => (
+            sqlx::query_as(DAILY).fetch_all(&p).await.expect("daily"),
+            sqlx::query_as(ROWS).fetch_all(&p).await.expect("rows"),
+        ),
+    }
+}
+
+/// The usage report reads `spend_daily`, which the settlement keeps in the transaction that inserts the
+/// spend rows — only rows inserted then count. Settlements over two days and three principals, one of
+/// them sent twice (a retry after a lost answer), and a dead broker's in-flight requests charged their
+/// estimate, one of which had settled after all: the daily sums equal the spend rows', and a principal's
+/// usage is its day's.
+async fn daily_sums_follow_the_spend_rows(st: Arc<dyn Store>) {
+    let day = 20_000 * 86_400;
+    let rec = |id: &str, principal: &str, settled_at: i64, cost: i64, end: &str| SpendRecord {
+        id: id.into(),
+        settled_at,
+        principal: principal.into(),
+        input_tokens: 10 * cost,
+        cached_input_tokens: cost,
+        cache_write_tokens: 2,
+        output_tokens: 3 * cost,
+        reasoning_tokens: cost / 2,
+        cost,
+        reserved: cost,
+        end_reason: end.into(),
+        ..SpendRecord::default()
+    };
+    let spend = |r: SpendRecord| Apply::Spend {
+        pool: None,
+        keys: Vec::new(),
+        releases: Vec::new(),
+        record: Box::new(r),
+    };
+    let batch = vec![
+        spend(rec("a1", "alice", day - 10, 100, "completed")),
+        spend(rec("a2", "alice", day + 5, 40, "completed")),
+        spend(rec("a3", "alice", day + 6, 7, "incomplete")),
+        spend(rec("b1", "bob", day + 7, 300, "completed")),
+        spend(rec("c1", "carol", day + 86_399, 11, "failed")),
+    ];
+    st.apply(&batch).await.expect("apply");
+    // The same settlement again, and one new: only the new one counts.
+    st.apply(&[
+        batch[1].clone(),
+        spend(rec("b2", "bob", day + 9, 5, "completed")),
+    ])
+    .await
+    .expect("retry");
+    // A dead broker's two requests: one settled after all ("a2"), one did not.
+    let estimate = |id: &str| InflightRow {
+        keys: Vec::new(),
+        record: SpendRecord {
+            usage_reported: false,
+            ..rec(id, "alice", 0, 25, END_ESTIMATED)
+        },
+    };
+    st.sync_inflight("dead", day, &[estimate("a2"), estimate("a4")], &[])
+        .await
+        .expect("inflight");
+    let (charged, _) = st.charge_expired_inflight(day + 100).await.expect("charge");
+    assert_eq!(
+        charged.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["a4"]
+    );
+
+    let (daily, from_rows) = daily_and_spend(st.as_ref()).await;
+    assert_eq!(daily, from_rows);
+    assert_eq!(daily.len(), 4, "{daily:?}");
+    let alice = st.usage_since("alice", day + 3_600).await.expect("usage");
+    assert_eq!(
+        (
+            alice.sums.requests,
+            alice.sums.cost_nanos,
+            alice.sums.input_tokens,
+            alice.sums.estimated_requests,
+            alice.sums.estimated_cost_nanos,
+            alice.incomplete_streams
+        ),
+        (3, 40 + 7 + 25, 400 + 70 + 250, 1, 25, 2),
+        "alice's day: a2, a3 and the estimate of a4 (a1 was the day before)"
+    );
+    let carol = st.usage_since("carol", day).await.expect("usage");
+    assert_eq!((carol.sums.requests, carol.incomplete_streams), (1, 1));
+    let nobody = st.usage_since("dave", day).await.expect("usage");
+    assert_eq!(nobody.sums, store::Sums::default());
+}
+
+#[tokio::test]
+async fn the_daily_sums_follow_the_spend_rows_on_both_stores() {
+    let dir = tempfile::tempdir().expect("tmp");
+    daily_sums_follow_the_spend_rows(open_sqlite(dir.path()).await).await;
+    let schema = format!("gov_daily_{}", uuid::Uuid::new_v4().simple());
+    let pg = open_pg(&schema).await;
+    daily_sums_follow_the_spend_rows(pg.clone()).await;
+    if let store::StorePool::Postgres(pool) = pg.pool() {
+        let drop = format!("DROP SCHEMA \"{schema}\" CASCADE");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&pool).await;
+    }
 }
 
 /// Every settled request in the store, counted and summed, read straight from its `spend` table.

@@ -238,6 +238,47 @@ pub struct UsageTotals {
     pub incomplete_streams: i64,
 }
 
+impl UsageTotals {
+    /// Count one settled spend row.
+    fn count(&mut self, r: &SpendRecord) {
+        let s = &mut self.sums;
+        s.requests += 1;
+        s.input_tokens += r.input_tokens;
+        s.cached_input_tokens += r.cached_input_tokens;
+        s.cache_write_tokens += r.cache_write_tokens;
+        s.output_tokens += r.output_tokens;
+        s.reasoning_tokens += r.reasoning_tokens;
+        s.cost_nanos += r.cost;
+        if r.end_reason == END_ESTIMATED {
+            s.estimated_requests += 1;
+            s.estimated_cost_nanos += r.cost;
+        }
+        if r.end_reason != "completed" {
+            self.incomplete_streams += 1;
+        }
+    }
+}
+
+/// The UTC day (its first second) of a Unix time.
+fn day_of(t: i64) -> i64 {
+    t - t.rem_euclid(86_400)
+}
+
+/// What newly inserted spend rows add to `spend_daily`, by `(day, principal)` (in key order: replicas
+/// upsert the rows in the same order, so they cannot deadlock on them).
+#[derive(Default)]
+struct Daily<'a>(std::collections::BTreeMap<(i64, &'a str), UsageTotals>);
+
+impl<'a> Daily<'a> {
+    /// Count a spend row inserted with `settled_at`.
+    fn count(&mut self, r: &'a SpendRecord, settled_at: i64) {
+        self.0
+            .entry((day_of(settled_at), r.principal.as_str()))
+            .or_default()
+            .count(r);
+    }
+}
+
 /// A revocation: of one token (`jti`) or of every token of a principal issued before it.
 /// What a spend report groups by besides the UTC day: a column of `spend`.
 #[derive(
@@ -655,7 +696,8 @@ pub trait Store: Send + Sync + 'static {
     /// Drop claims that expired before `now`. Returns how many.
     async fn prune_claims(&self, now: i64) -> Result<u64, StoreError>;
 
-    /// A principal's settled requests since `since` (unix seconds), summed.
+    /// A principal's settled requests from the UTC day holding `since` (unix seconds) on, summed (from
+    /// `spend_daily`, which the settlement keeps by day).
     async fn usage_since(&self, principal: &str, since: i64) -> Result<UsageTotals, StoreError>;
     /// Settled spend summed by day and/or one dimension (see [`ReportQuery`]), ordered by its groups.
     async fn report(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, StoreError>;
@@ -851,6 +893,51 @@ macro_rules! impl_store {
                     " ON CONFLICT DO NOTHING"
                 });
                 qb
+            }
+
+            /// Add `daily` to `spend_daily`, one upsert per (power-of-two) chunk of rows.
+            async fn add_daily(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                daily: &Daily<'_>,
+            ) -> Result<(), StoreError> {
+                let rows: Vec<(&(i64, &str), &UsageTotals)> = daily.0.iter().collect();
+                for chunk in crate::sqlbatch::pow2_chunks(&rows, 64) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO spend_daily (day, principal, requests, input_tokens, cached_input_tokens, \
+                         cache_write_tokens, output_tokens, reasoning_tokens, cost, estimated_requests, \
+                         estimated_cost, incomplete) ",
+                    );
+                    qb.push_values(chunk, |mut b, ((day, principal), t)| {
+                        let s = &t.sums;
+                        b.push_bind(*day)
+                            .push_bind(*principal)
+                            .push_bind(s.requests)
+                            .push_bind(s.input_tokens)
+                            .push_bind(s.cached_input_tokens)
+                            .push_bind(s.cache_write_tokens)
+                            .push_bind(s.output_tokens)
+                            .push_bind(s.reasoning_tokens)
+                            .push_bind(s.cost_nanos)
+                            .push_bind(s.estimated_requests)
+                            .push_bind(s.estimated_cost_nanos)
+                            .push_bind(t.incomplete_streams);
+                    });
+                    qb.push(
+                        " ON CONFLICT (day, principal) DO UPDATE SET \
+                         requests = spend_daily.requests + excluded.requests, \
+                         input_tokens = spend_daily.input_tokens + excluded.input_tokens, \
+                         cached_input_tokens = spend_daily.cached_input_tokens + excluded.cached_input_tokens, \
+                         cache_write_tokens = spend_daily.cache_write_tokens + excluded.cache_write_tokens, \
+                         output_tokens = spend_daily.output_tokens + excluded.output_tokens, \
+                         reasoning_tokens = spend_daily.reasoning_tokens + excluded.reasoning_tokens, \
+                         cost = spend_daily.cost + excluded.cost, \
+                         estimated_requests = spend_daily.estimated_requests + excluded.estimated_requests, \
+                         estimated_cost = spend_daily.estimated_cost + excluded.estimated_cost, \
+                         incomplete = spend_daily.incomplete + excluded.incomplete",
+                    );
+                    qb.build().execute(&mut *conn).await?;
+                }
+                Ok(())
             }
 
             /// The one conditional write every admission goes through: make sure the counter row exists,
@@ -1234,12 +1321,14 @@ macro_rules! impl_store {
                 }
                 let mut items: BTreeMap<(&str, &CounterKey), i64> = BTreeMap::new();
                 let mut spent: BTreeMap<&CounterKey, i64> = BTreeMap::new();
+                let mut daily = Daily::default();
                 for a in batch {
                     match a {
                         Apply::Spend { pool, keys, releases, record } => {
                             if new_ids.as_ref().is_some_and(|ids| !ids.contains(&record.id)) {
                                 continue;
                             }
+                            daily.count(record, record.settled_at);
                             for (k, release) in keys.iter().zip(releases) {
                                 *spent.entry(k).or_default() += record.cost;
                                 if let Some(p) = pool
@@ -1311,6 +1400,7 @@ macro_rules! impl_store {
                         }
                     }
                 }
+                Self::add_daily(&mut tx, &daily).await?;
                 tx.commit().await?;
                 Ok(moved)
             }
@@ -1506,6 +1596,11 @@ macro_rules! impl_store {
                         moved.push((k.clone(), after));
                     }
                 }
+                let mut daily = Daily::default();
+                for r in &charged {
+                    daily.count(r, r.settled_at);
+                }
+                Self::add_daily(&mut tx, &daily).await?;
                 tx.commit().await?;
                 Ok((charged, moved))
             }
@@ -1765,16 +1860,23 @@ macro_rules! impl_store {
 
             async fn usage_since(&self, principal: &str, since: i64) -> Result<UsageTotals, StoreError> {
                 use sqlx::Row as _;
-                let r = sqlx::query::<$db>(concat!(
-                    "SELECT ",
-                    sums_sql!(),
-                    ", CAST(COALESCE(SUM(CASE WHEN end_reason = 'completed' THEN 0 ELSE 1 END), 0) AS BIGINT) \
-                     FROM spend WHERE principal = $1 AND settled_at >= $2"
-                ))
-                    .bind(principal)
-                    .bind(since)
-                    .fetch_one(&self.pool)
-                    .await?;
+                let r = sqlx::query::<$db>(
+                    "SELECT CAST(COALESCE(SUM(requests), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(cached_input_tokens), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(cost), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(estimated_requests), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(estimated_cost), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(incomplete), 0) AS BIGINT) \
+                     FROM spend_daily WHERE day >= $2 AND principal = $1",
+                )
+                .bind(principal)
+                .bind(day_of(since))
+                .fetch_one(&self.pool)
+                .await?;
                 Ok(UsageTotals {
                     sums: Sums::read(&r, 0)?,
                     incomplete_streams: r.try_get(Sums::COLUMNS)?,
