@@ -10,7 +10,9 @@
 # Brokers run one at a time, in turn, ROUNDS rounds (on a VM whose speed drifts, compare within a round).
 # For each: req/s and p50/p99 (wrk -t1), and the CPU per request of the broker's threads by name — the
 # runtime's workers and SQLite's connection threads — with their voluntary context switches per request
-# (/proc/PID/task/*/stat and status, before and after the run). NO_BUILD=1: use target/release as built.
+# (/proc/PID/task/*/stat and status, before and after the run), and the bytes the broker wrote and its write
+# calls per request (/proc/PID/io wchar and syscw: the responses, the audit and the store's WAL; unlike the
+# CPU figures, these barely move with the VM's speed). NO_BUILD=1: use target/release as built.
 # Results: $BENCH_OUT (default target/bench/principals-<timestamp>)/principals.jsonl and a table on stdout.
 set -euo pipefail
 
@@ -89,9 +91,9 @@ for round in $(seq 1 "$ROUNDS"); do
         principals_lua "$dir" >"$dir/r.lua"
         # Warm-up: every principal's pool and counters exist before the measured run.
         wrk -t1 -c"$CONNS" -d2 -s "$dir/r.lua" "$ADDR" >/dev/null
-        threads "$PID" >"$dir/t0"
+        threads "$PID" >"$dir/t0"; grep -E '^(wchar|syscw)' /proc/"$PID"/io >"$dir/io0"
         wrk -t1 -c"$CONNS" -d"$SECS" -s "$dir/r.lua" "$ADDR" | grep '^JSON' | cut -c6- >"$dir/wrk.json"
-        threads "$PID" >"$dir/t1"
+        threads "$PID" >"$dir/t1"; grep -E '^(wchar|syscw)' /proc/"$PID"/io >"$dir/io1"
         kill "$PID"; wait "$PID" 2>/dev/null || true
         python3 - "$n" "$round" "$dir" >>"$OUT/principals.jsonl" <<'EOF'
 import collections, json, sys
@@ -111,6 +113,9 @@ tick_us = 1e6 / 100  # USER_HZ
 out = {"name": name, "round": rnd, **w,
        "threads": {k: {"cpu_us_per_request": round(t * tick_us / n, 1), "vcs_per_request": round(v / n, 3)}
                    for k, (t, v) in per.items() if t or v}}
+io = [dict(l.split(": ") for l in open(f"{d}/{p}").read().splitlines()) for p in ("io0", "io1")]
+out["written_bytes_per_request"] = round((int(io[1]["wchar"]) - int(io[0]["wchar"])) / n)
+out["write_calls_per_request"] = round((int(io[1]["syscw"]) - int(io[0]["syscw"])) / n, 2)
 out["cpu_us_per_request"] = round(sum(t for t, _ in per.values()) * tick_us / n, 1)
 print(json.dumps(out))
 EOF
@@ -122,13 +127,14 @@ python3 - "$OUT/principals.jsonl" "$PRINCIPALS" "$CONNS" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 print(f"\n{sys.argv[2]} principals, {sys.argv[3]} connections\n")
-print("| round | broker | req/s | p50 / p99 µs | CPU µs/req | runtime workers µs/req | SQLite threads µs/req (switches/req) |")
-print("|---|---|---|---|---|---|---|")
+print("| round | broker | req/s | p50 / p99 µs | CPU µs/req | runtime workers µs/req | SQLite threads µs/req (switches/req) | bytes written/req (write calls) |")
+print("|---|---|---|---|---|---|---|---|")
 for r in rows:
     t = r["threads"]
     rt = t.get("tokio-rt-worker", {})
     sq = t.get("sqlx-sqlite-worker", t.get("sqlx-sqlite-wor", {}))
     print(f"| {r['round']} | {r['name']} | {r['rps']:,.0f} | {r['p50_us']} / {r['p99_us']} | {r['cpu_us_per_request']} | "
-          f"{rt.get('cpu_us_per_request', '–')} | {sq.get('cpu_us_per_request', '–')} ({sq.get('vcs_per_request', '–')}) |")
+          f"{rt.get('cpu_us_per_request', '–')} | {sq.get('cpu_us_per_request', '–')} ({sq.get('vcs_per_request', '–')}) | "
+          f"{r['written_bytes_per_request']:,} ({r['write_calls_per_request']}) |")
 EOF
 log "results in $OUT"
