@@ -1,7 +1,8 @@
 //! Token usage as upstreams report it, and a side decoder that reads it from SSE without touching the bytes.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// Usage of one upstream request, normalised across APIs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -174,6 +175,55 @@ pub struct SseUsageDecoder {
     pub events: u64,
 }
 
+/// A Responses event read only for its type and text (`response.output_text.delta`), borrowed from the
+/// bytes: unknown fields are skipped, nothing is allocated unless the text has escapes. Anything that does
+/// not fit (a `delta` that is not a string, a duplicate field) goes the way of every other event, a full
+/// parse.
+#[derive(Deserialize)]
+struct ResponsesText<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    delta: Option<Cow<'a, str>>,
+}
+
+/// A Messages event read only for its type and text (`content_block_delta` with a `text_delta`).
+#[derive(Deserialize)]
+struct MessagesText<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    delta: Option<TextOf<'a>>,
+}
+
+#[derive(Deserialize)]
+struct TextOf<'a> {
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+/// A Chat Completions chunk read for its choices' text; `usage` only for whether it is there (not null):
+/// a chunk with usage gets the full parse.
+#[derive(Deserialize)]
+struct ChatText<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<ChatChoice<'a>>,
+    #[serde(default)]
+    usage: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct ChatChoice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<ChatDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ChatDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+}
+
 /// Cap on one buffered SSE event; a larger one is skipped (it cannot be a usage event we need).
 const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 
@@ -200,24 +250,35 @@ impl SseUsageDecoder {
 
     fn on_event(&mut self, event: &[u8]) {
         self.events += 1;
-        // Concatenate data: lines.
-        let mut data = Vec::new();
-        for line in event.split(|&b| b == b'\n') {
+        // The data: lines, joined by newlines; one line (the usual event) is used where it lies.
+        let mut lines = event.split(|&b| b == b'\n').filter_map(|line| {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if let Some(d) = line.strip_prefix(b"data:") {
-                if !data.is_empty() {
-                    data.push(b'\n');
+            let d = line.strip_prefix(b"data:")?;
+            Some(d.strip_prefix(b" ").unwrap_or(d))
+        });
+        let Some(first) = lines.next() else {
+            return;
+        };
+        let joined;
+        let data = match lines.next() {
+            None => first,
+            Some(second) => {
+                let mut v = first.to_vec();
+                for l in std::iter::once(second).chain(lines) {
+                    v.push(b'\n');
+                    v.extend_from_slice(l);
                 }
-                data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
+                joined = v;
+                &joined[..]
             }
-        }
+        };
         if data.is_empty() {
             return;
         }
         match self.wire {
-            Wire::Responses => self.on_responses(&data),
-            Wire::Chat => self.on_chat(&data),
-            Wire::Messages => self.on_messages(&data),
+            Wire::Responses => self.on_responses(data),
+            Wire::Chat => self.on_chat(data),
+            Wire::Messages => self.on_messages(data),
         }
     }
 
@@ -232,6 +293,13 @@ impl SseUsageDecoder {
             b"\"error\"",
         ];
         if !NEEDLES.iter().any(|n| contains(data, n)) {
+            return;
+        }
+        // A text delta, the most frequent event, without a parse tree.
+        if let Ok(e) = serde_json::from_slice::<MessagesText>(data)
+            && e.kind == "content_block_delta"
+        {
+            self.output_text_bytes += e.delta.and_then(|d| d.text).map_or(0, |t| t.len() as u64);
             return;
         }
         let Ok(v) = serde_json::from_slice::<Value>(data) else {
@@ -282,6 +350,13 @@ impl SseUsageDecoder {
         if !NEEDLES.iter().any(|n| contains(data, n)) {
             return;
         }
+        // A text delta, the most frequent event, without a parse tree.
+        if let Ok(e) = serde_json::from_slice::<ResponsesText>(data)
+            && e.kind == "response.output_text.delta"
+        {
+            self.output_text_bytes += e.delta.map_or(0, |d| d.len() as u64);
+            return;
+        }
         let Ok(v) = serde_json::from_slice::<Value>(data) else {
             // An unparseable error event still ends the stream as failed.
             if contains(data, b"\"type\":\"error\"") || contains(data, b"\"type\": \"error\"") {
@@ -320,6 +395,19 @@ impl SseUsageDecoder {
         // One parse serves both: servers asked for `include_usage` send `"usage":null` on every content
         // chunk, and some send the usage together with the last content.
         if !contains(data, b"\"usage\"") && !contains(data, b"\"content\"") {
+            return;
+        }
+        // A content chunk (`"usage":null` or none), the most frequent event, without a parse tree.
+        if let Ok(c) = serde_json::from_slice::<ChatText>(data)
+            && c.usage.is_none()
+        {
+            let n: usize = c
+                .choices
+                .iter()
+                .filter_map(|c| c.delta.as_ref()?.content.as_deref())
+                .map(str::len)
+                .sum();
+            self.output_text_bytes += n as u64;
             return;
         }
         let Ok(v) = serde_json::from_slice::<Value>(data) else {
@@ -473,6 +561,150 @@ mod tests {
         assert_eq!(d.finish(), StreamEnd::Truncated);
         assert_eq!(d.output_text_bytes, 3);
         assert_eq!(d.usage, None);
+    }
+
+    /// The text count as a full parse reads it (what the decoder did for every event before the borrowed
+    /// reading of text deltas): the same substring tests, then a `Value`.
+    fn text_bytes_by_full_parse(wire: Wire, data: &str) -> u64 {
+        let d = data.as_bytes();
+        let has = |n: &[u8]| contains(d, n);
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            return 0;
+        };
+        let len = |x: Option<&Value>| x.and_then(Value::as_str).map_or(0, |s| s.len() as u64);
+        match wire {
+            Wire::Responses => {
+                let picked = [
+                    &b"\"response.output_text.delta\""[..],
+                    b"\"response.completed\"",
+                    b"\"response.incomplete\"",
+                    b"\"response.failed\"",
+                    b"\"error\"",
+                ]
+                .iter()
+                .any(|n| has(n));
+                if picked
+                    && v.get("type").and_then(Value::as_str) == Some("response.output_text.delta")
+                {
+                    len(v.get("delta"))
+                } else {
+                    0
+                }
+            }
+            Wire::Messages => {
+                let picked = [
+                    &b"\"message_start\""[..],
+                    b"\"message_delta\"",
+                    b"\"message_stop\"",
+                    b"\"text_delta\"",
+                    b"\"error\"",
+                ]
+                .iter()
+                .any(|n| has(n));
+                if picked && v.get("type").and_then(Value::as_str) == Some("content_block_delta") {
+                    len(v.pointer("/delta/text"))
+                } else {
+                    0
+                }
+            }
+            Wire::Chat => {
+                if !has(b"\"usage\"") && !has(b"\"content\"") {
+                    return 0;
+                }
+                v.get("choices").and_then(Value::as_array).map_or(0, |cs| {
+                    cs.iter().map(|c| len(c.pointer("/delta/content"))).sum()
+                })
+            }
+        }
+    }
+
+    /// Text: plain, with escapes, quotes, backslashes, non-ASCII, or one of the event names.
+    fn text() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            "[a-z ]{0,12}".prop_map(Value::from),
+            "[\"\\\\\n\t/é😀a]{0,6}".prop_map(Value::from),
+            Just(Value::from("response.output_text.delta")),
+            Just(Value::from("text_delta")),
+            Just(Value::Null),
+            Just(serde_json::json!(7)),
+            Just(serde_json::json!({"text": "nested"})),
+        ]
+    }
+
+    /// One event's data of each wire's shapes, text deltas most of all, with fields that may be missing,
+    /// null, of another type, or given twice.
+    fn event(wire: Wire) -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let kinds: Vec<&'static str> = match wire {
+            Wire::Responses => vec![
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.function_call_arguments.delta",
+                "response.completed",
+                "error",
+            ],
+            Wire::Messages => vec![
+                "content_block_delta",
+                "content_block_delta",
+                "message_delta",
+                "message_start",
+                "error",
+            ],
+            Wire::Chat => vec!["chat.completion.chunk"],
+        };
+        (
+            proptest::sample::select(kinds),
+            text(),
+            text(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(move |(kind, t, t2, twice, with_usage)| {
+                let mut s = match wire {
+                    Wire::Responses => serde_json::json!({
+                        "type": kind, "sequence_number": 3, "item_id": "msg_1", "output_index": 0,
+                        "content_index": 0, "delta": t, "logprobs": []
+                    })
+                    .to_string(),
+                    Wire::Messages => serde_json::json!({
+                        "type": kind, "index": 0, "delta": {"type": "text_delta", "text": t}
+                    })
+                    .to_string(),
+                    Wire::Chat => serde_json::json!({
+                        "id": "chatcmpl-1", "object": kind, "created": 1, "model": "m",
+                        "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": null},
+                                    {"index": 1, "delta": {"role": "assistant", "content": t2}}],
+                        "usage": if with_usage { serde_json::json!({"prompt_tokens": 3, "completion_tokens": 4}) } else { Value::Null }
+                    })
+                    .to_string(),
+                };
+                if twice {
+                    // A field given twice: the full parse keeps the last one.
+                    s.pop();
+                    s.push_str(&format!(",\"delta\":{t2}}}"));
+                }
+                s
+            })
+    }
+
+    proptest::proptest! {
+        /// The borrowed reading of text deltas counts what the full parse counts, whatever the event.
+        #[test]
+        fn text_deltas_count_as_a_full_parse_counts(
+            (wire, events) in proptest::strategy::Strategy::prop_flat_map(
+                proptest::sample::select(vec![Wire::Responses, Wire::Messages, Wire::Chat]),
+                |w| (proptest::strategy::Just(w), proptest::collection::vec(event(w), 1..12)),
+            ),
+        ) {
+            let mut want = 0;
+            let mut d = SseUsageDecoder::new(wire);
+            for data in &events {
+                want += text_bytes_by_full_parse(wire, data);
+                d.feed(format!("data: {data}\n\n").as_bytes());
+            }
+            proptest::prop_assert_eq!(d.output_text_bytes, want);
+        }
     }
 
     #[test]
