@@ -69,6 +69,45 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     memchr::memmem::find(hay, needle).is_some()
 }
 
+/// Fixed needles with their searchers built once (`memmem::find` builds one per call, which costs more
+/// than the search in a short event).
+pub struct Needles(Vec<memchr::memmem::Finder<'static>>);
+
+impl Needles {
+    pub fn new(needles: &[&'static [u8]]) -> Self {
+        Needles(
+            needles
+                .iter()
+                .map(|n| memchr::memmem::Finder::new(*n))
+                .collect(),
+        )
+    }
+
+    /// Any of the needles occurs in `hay`.
+    pub fn any_in(&self, hay: &[u8]) -> bool {
+        self.0.iter().any(|f| f.find(hay).is_some())
+    }
+}
+
+/// The `data:` lines of one event (without the field name and its one optional space), in order.
+pub fn data_lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(event);
+    std::iter::from_fn(move || {
+        loop {
+            let r = rest?;
+            let (line, next) = match memchr::memchr(b'\n', r) {
+                Some(i) => (&r[..i], Some(&r[i + 1..])),
+                None => (r, None),
+            };
+            rest = next;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(d) = line.strip_prefix(b"data:") {
+                return Some(d.strip_prefix(b" ").unwrap_or(d));
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +145,38 @@ mod tests {
             events(&[whole]).0,
             ["event: x\ndata: 1", "\ndata: 2\r", "", "data: 3\ndata: 4"]
         );
+    }
+
+    #[test]
+    fn data_lines_of_an_event() {
+        let lines = |e: &[u8]| data_lines(e).map(<[u8]>::to_vec).collect::<Vec<_>>();
+        assert_eq!(
+            lines(
+                b"event: x\r\ndata: {\"a\":1}\r\nid: 3\ndata:two\ndata:  three\ndata:\n: comment"
+            ),
+            [&b"{\"a\":1}"[..], b"two", b" three", b""]
+        );
+        assert!(lines(b"event: x\nretry: 5").is_empty());
+        assert_eq!(lines(b"data: last"), [&b"last"[..]]);
+    }
+
+    #[test]
+    fn needles_find_what_contains_finds() {
+        let n = Needles::new(&[b"\"usage\"", b"\"content\""]);
+        for hay in [
+            &b"{\"usage\":null}"[..],
+            b"{\"content\":1}",
+            b"{\"use\":2}",
+            b"",
+            b"\"usage",
+        ] {
+            assert_eq!(
+                n.any_in(hay),
+                contains(hay, b"\"usage\"") || contains(hay, b"\"content\""),
+                "{}",
+                String::from_utf8_lossy(hay)
+            );
+        }
     }
 
     #[test]

@@ -251,11 +251,7 @@ impl SseUsageDecoder {
     fn on_event(&mut self, event: &[u8]) {
         self.events += 1;
         // The data: lines, joined by newlines; one line (the usual event) is used where it lies.
-        let mut lines = event.split(|&b| b == b'\n').filter_map(|line| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let d = line.strip_prefix(b"data:")?;
-            Some(d.strip_prefix(b" ").unwrap_or(d))
-        });
+        let mut lines = crate::sse::data_lines(event);
         let Some(first) = lines.next() else {
             return;
         };
@@ -285,14 +281,16 @@ impl SseUsageDecoder {
     fn on_messages(&mut self, data: &[u8]) {
         // Text deltas are counted without a parse tree beyond the event; only the few event kinds that
         // carry usage or end the stream matter otherwise.
-        const NEEDLES: [&[u8]; 5] = [
-            b"\"message_start\"",
-            b"\"message_delta\"",
-            b"\"message_stop\"",
-            b"\"text_delta\"",
-            b"\"error\"",
-        ];
-        if !NEEDLES.iter().any(|n| contains(data, n)) {
+        static NEEDLES: LazyLock<Needles> = LazyLock::new(|| {
+            Needles::new(&[
+                b"\"text_delta\"",
+                b"\"message_start\"",
+                b"\"message_delta\"",
+                b"\"message_stop\"",
+                b"\"error\"",
+            ])
+        });
+        if !NEEDLES.any_in(data) {
             return;
         }
         // A text delta, the most frequent event, without a parse tree.
@@ -340,14 +338,16 @@ impl SseUsageDecoder {
         // Cheap substring tests pick the events worth parsing; the parsed `type` decides what an event is.
         // (Deciding by substring alone misread a `response.completed` whose output text or tool name
         // happened to be "response.output_text.delta" as a delta, and lost the terminal event and usage.)
-        const NEEDLES: [&[u8]; 5] = [
-            b"\"response.output_text.delta\"",
-            b"\"response.completed\"",
-            b"\"response.incomplete\"",
-            b"\"response.failed\"",
-            b"\"error\"",
-        ];
-        if !NEEDLES.iter().any(|n| contains(data, n)) {
+        static NEEDLES: LazyLock<Needles> = LazyLock::new(|| {
+            Needles::new(&[
+                b"\"response.output_text.delta\"",
+                b"\"response.completed\"",
+                b"\"response.incomplete\"",
+                b"\"response.failed\"",
+                b"\"error\"",
+            ])
+        });
+        if !NEEDLES.any_in(data) {
             return;
         }
         // A text delta, the most frequent event, without a parse tree.
@@ -394,7 +394,9 @@ impl SseUsageDecoder {
         }
         // One parse serves both: servers asked for `include_usage` send `"usage":null` on every content
         // chunk, and some send the usage together with the last content.
-        if !contains(data, b"\"usage\"") && !contains(data, b"\"content\"") {
+        static NEEDLES: LazyLock<Needles> =
+            LazyLock::new(|| Needles::new(&[b"\"usage\"", b"\"content\""]));
+        if !NEEDLES.any_in(data) {
             return;
         }
         // A content chunk (`"usage":null` or none), the most frequent event, without a parse tree.
@@ -435,7 +437,8 @@ impl SseUsageDecoder {
     }
 }
 
-use crate::sse::contains;
+use crate::sse::{Needles, contains};
+use std::sync::LazyLock;
 
 #[cfg(test)]
 mod tests {
