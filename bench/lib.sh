@@ -24,7 +24,7 @@ bench_cleanup() {
     wait 2>/dev/null || true
     # The PostgreSQL schemas broker_config made for this run.
     for p in "${BENCH_SCHEMAS[@]}"; do
-        psql -q "$TOLLGATE_DATABASE_URL" -c "DROP SCHEMA IF EXISTS \"$p\" CASCADE" >/dev/null 2>&1 || true
+        psql -q "${TOLLGATE_DATABASE_URL:-}" -c "DROP SCHEMA IF EXISTS \"$p\" CASCADE" >/dev/null 2>&1 || true
     done
     if declare -F on_exit >/dev/null; then on_exit; fi
     rm -rf "$WORK"
@@ -80,6 +80,7 @@ BENCH_SCHEMAS=()
 broker_config() {
     local dir="$1" up="$2" schema_line=""
     if [[ "${BENCH_STORE:-sqlite}" == postgres ]]; then
+        : "${TOLLGATE_DATABASE_URL:?BENCH_STORE=postgres needs TOLLGATE_DATABASE_URL, e.g. postgres://postgres@127.0.0.1:5432/postgres}"
         local schema
         schema="bench_$(basename "$dir" | tr -c 'a-z0-9_\n' '_' | cut -c1-20)_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
         BENCH_SCHEMAS+=("$schema")
