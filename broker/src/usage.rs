@@ -261,7 +261,10 @@ impl SseUsageDecoder {
             Some(second) => {
                 let mut v = first.to_vec();
                 for l in std::iter::once(second).chain(lines) {
-                    v.push(b'\n');
+                    // As before: an empty first line adds no newline.
+                    if !v.is_empty() {
+                        v.push(b'\n');
+                    }
                     v.extend_from_slice(l);
                 }
                 joined = v;
@@ -708,6 +711,17 @@ mod tests {
             }
             proptest::prop_assert_eq!(d.output_text_bytes, want);
         }
+    }
+
+    #[test]
+    fn data_lines_join_as_before() {
+        // Leading empty data lines add no newline; later ones join with one.
+        let mut d = SseUsageDecoder::new(Wire::Chat);
+        d.feed(b"data:\ndata: [DONE]\n\n");
+        assert_eq!(d.finish(), StreamEnd::Completed);
+        let mut d = SseUsageDecoder::new(Wire::Responses);
+        d.feed(b"event: x\ndata: {\"type\":\"response.output_text.delta\",\ndata: \"delta\":\"abc\"}\n\n");
+        assert_eq!(d.output_text_bytes, 3);
     }
 
     #[test]
