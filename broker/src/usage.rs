@@ -281,6 +281,18 @@ impl SseUsageDecoder {
         }
     }
 
+    /// The whole event parsed; `None` when it is not JSON, and then an error event that cannot be
+    /// parsed still ends the stream as failed.
+    fn parse_or_fail(&mut self, data: &[u8]) -> Option<Value> {
+        let v = serde_json::from_slice::<Value>(data).ok();
+        if v.is_none()
+            && (contains(data, b"\"type\":\"error\"") || contains(data, b"\"type\": \"error\""))
+        {
+            self.end = Some(StreamEnd::Failed);
+        }
+        v
+    }
+
     fn on_messages(&mut self, data: &[u8]) {
         // Text deltas are counted without a parse tree beyond the event; only the few event kinds that
         // carry usage or end the stream matter otherwise.
@@ -303,10 +315,7 @@ impl SseUsageDecoder {
             self.output_text_bytes += e.delta.and_then(|d| d.text).map_or(0, |t| t.len() as u64);
             return;
         }
-        let Ok(v) = serde_json::from_slice::<Value>(data) else {
-            if contains(data, b"\"type\":\"error\"") || contains(data, b"\"type\": \"error\"") {
-                self.end = Some(StreamEnd::Failed);
-            }
+        let Some(v) = self.parse_or_fail(data) else {
             return;
         };
         match v.get("type").and_then(Value::as_str) {
@@ -360,11 +369,7 @@ impl SseUsageDecoder {
             self.output_text_bytes += e.delta.map_or(0, |d| d.len() as u64);
             return;
         }
-        let Ok(v) = serde_json::from_slice::<Value>(data) else {
-            // An unparseable error event still ends the stream as failed.
-            if contains(data, b"\"type\":\"error\"") || contains(data, b"\"type\": \"error\"") {
-                self.end = Some(StreamEnd::Failed);
-            }
+        let Some(v) = self.parse_or_fail(data) else {
             return;
         };
         let end = match v.get("type").and_then(Value::as_str) {

@@ -658,6 +658,14 @@ struct Writer {
     overflow_maybe: Vec<journal::MaybeStored>,
 }
 
+/// Count a failed store call and wait before the next try (50 ms doubling), unless it was the last.
+async fn back_off(failures: &mut u32, attempts: u32) {
+    *failures += 1;
+    if *failures < attempts {
+        tokio::time::sleep(std::time::Duration::from_millis(50 << *failures)).await;
+    }
+}
+
 /// A stored record: `(seq, hash, is a checkpoint)`.
 type Stored = (i64, String, bool);
 
@@ -1089,11 +1097,7 @@ impl Writer {
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "audit: cannot look up an unanswered append");
-                        failures += 1;
-                        if failures < attempts {
-                            tokio::time::sleep(std::time::Duration::from_millis(50 << failures))
-                                .await;
-                        }
+                        back_off(&mut failures, attempts).await;
                         continue;
                     }
                 }
@@ -1103,11 +1107,7 @@ impl Writer {
                     Ok(h) => self.head = Some(h.unwrap_or((0, GENESIS.to_string()))),
                     Err(e) => {
                         tracing::debug!(error = %e, "audit: cannot read the chain head");
-                        failures += 1;
-                        if failures < attempts {
-                            tokio::time::sleep(std::time::Duration::from_millis(50 << failures))
-                                .await;
-                        }
+                        back_off(&mut failures, attempts).await;
                         continue;
                     }
                 }
@@ -1164,10 +1164,7 @@ impl Writer {
                     give_back(events, records);
                     tracing::debug!(error = %e, "audit: append failed");
                     self.head = None;
-                    failures += 1;
-                    if failures < attempts {
-                        tokio::time::sleep(std::time::Duration::from_millis(50 << failures)).await;
-                    }
+                    back_off(&mut failures, attempts).await;
                 }
             }
         }

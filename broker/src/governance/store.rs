@@ -241,21 +241,19 @@ pub struct UsageTotals {
 impl UsageTotals {
     /// Count one settled spend row.
     fn count(&mut self, r: &SpendRecord) {
-        let s = &mut self.sums;
-        s.requests += 1;
-        s.input_tokens += r.input_tokens;
-        s.cached_input_tokens += r.cached_input_tokens;
-        s.cache_write_tokens += r.cache_write_tokens;
-        s.output_tokens += r.output_tokens;
-        s.reasoning_tokens += r.reasoning_tokens;
-        s.cost_nanos += r.cost;
-        if r.end_reason == END_ESTIMATED {
-            s.estimated_requests += 1;
-            s.estimated_cost_nanos += r.cost;
-        }
-        if r.end_reason != "completed" {
-            self.incomplete_streams += 1;
-        }
+        let estimated = r.end_reason == END_ESTIMATED;
+        self.sums.add(&Sums {
+            requests: 1,
+            input_tokens: r.input_tokens,
+            cached_input_tokens: r.cached_input_tokens,
+            cache_write_tokens: r.cache_write_tokens,
+            output_tokens: r.output_tokens,
+            reasoning_tokens: r.reasoning_tokens,
+            cost_nanos: r.cost,
+            estimated_requests: i64::from(estimated),
+            estimated_cost_nanos: if estimated { r.cost } else { 0 },
+        });
+        self.incomplete_streams += i64::from(r.end_reason != "completed");
     }
 }
 
