@@ -12,6 +12,7 @@ pub mod error;
 pub mod governance;
 pub mod identity;
 pub mod keys;
+pub mod log_fields;
 
 pub mod metrics;
 pub mod oauth;

@@ -100,6 +100,9 @@ pub fn init(cfg: &TelemetryConfig, format: LogFormat) -> Result<(), TelemetryErr
         .with_ansi(ansi);
     let fmt = match format {
         LogFormat::Json => fmt.json().boxed(),
+        // Without colours the fields are written by `TextFields`: the same text for a fraction of the
+        // cost (log_fields.rs).
+        LogFormat::Text if !ansi => fmt.fmt_fields(crate::log_fields::TextFields).boxed(),
         LogFormat::Text => fmt.boxed(),
     };
     let otel = match &cfg.otlp_traces_url {

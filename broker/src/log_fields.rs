@@ -1,0 +1,297 @@
+//! The text log's fields, written without `core::fmt` where the value allows it.
+//!
+//! The settler logs one "request finished" line with ~20 fields per request. `tracing-subscriber`'s
+//! [`DefaultFields`](tracing_subscriber::fmt::format::DefaultFields) writes every field through
+//! `write!` with two styled pieces (the name and `=`), styled even when colours are off: ~510
+//! instructions a field, ~15 k a request, 4 % of the broker's instructions (issue #19,
+//! docs/benchmarks.md). [`TextFields`] writes the same text: plain strings, integers and booleans
+//! directly, `%`/`?` values through their own formatting only, everything else (the message, errors,
+//! floats, strings that need escapes) through the default visitor. The test
+//! `text_fields_write_what_the_default_writes` holds the two equal over generated values. Used only
+//! when the log has no colours (not a terminal); a terminal keeps the default.
+
+use std::fmt;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
+use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
+
+/// [`FormatFields`](tracing_subscriber::fmt::FormatFields) for the text log without colours.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TextFields;
+
+impl<'a> MakeVisitor<Writer<'a>> for TextFields {
+    type Visitor = TextVisitor<'a>;
+
+    fn make_visitor(&self, target: Writer<'a>) -> TextVisitor<'a> {
+        TextVisitor {
+            writer: target,
+            is_empty: true,
+            result: Ok(()),
+        }
+    }
+}
+
+/// The visitor of [`TextFields`]: one event's (or span's) fields.
+pub struct TextVisitor<'a> {
+    writer: Writer<'a>,
+    is_empty: bool,
+    result: fmt::Result,
+}
+
+/// Whether `str`'s `Debug` is the string itself in quotes: printable ASCII but `"` and `\`.
+fn plain(s: &str) -> bool {
+    s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
+impl TextVisitor<'_> {
+    /// The field's name as the default writes it, or None for a field the default skips (`log.*`, the
+    /// metadata of a `log` record, already in the line's prefix) or writes in its own way (`message`).
+    fn name(field: &Field) -> Option<&'static str> {
+        let name = field.name();
+        if name == "message" || name.starts_with("log.") {
+            return None;
+        }
+        Some(name.strip_prefix("r#").unwrap_or(name))
+    }
+
+    /// `name=` after a space unless it is the first field.
+    fn start(&mut self, name: &str) -> fmt::Result {
+        if self.is_empty {
+            self.is_empty = false;
+        } else {
+            self.writer.write_char(' ')?;
+        }
+        self.writer.write_str(name)?;
+        self.writer.write_char('=')
+    }
+
+    /// The default visitor's way, for everything without a fast path.
+    fn default_way(&mut self, field: &Field, f: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        if self.result.is_err() {
+            return;
+        }
+        let mut d = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
+        f(&mut d);
+        self.result = d.finish();
+        // The default writes every field but `log.*` (the space before the next one depends on it).
+        if !field.name().starts_with("log.") {
+            self.is_empty = false;
+        }
+    }
+
+    /// A number or boolean as its text (its `Debug` is its `Display`).
+    fn text(&mut self, name: &str, text: &str) {
+        if self.result.is_ok() {
+            self.result = self.start(name).and_then(|()| self.writer.write_str(text));
+        }
+    }
+}
+
+impl Visit for TextVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match Self::name(field) {
+            Some(name) if plain(value) => {
+                if self.result.is_ok() {
+                    self.result = self.start(name).and_then(|()| {
+                        self.writer.write_char('"')?;
+                        self.writer.write_str(value)?;
+                        self.writer.write_char('"')
+                    });
+                }
+            }
+            _ => self.default_way(field, |d| d.record_str(field, value)),
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        match Self::name(field) {
+            Some(name) => self.text(name, itoa::Buffer::new().format(value)),
+            None => self.default_way(field, |d| d.record_i64(field, value)),
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match Self::name(field) {
+            Some(name) => self.text(name, itoa::Buffer::new().format(value)),
+            None => self.default_way(field, |d| d.record_u64(field, value)),
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        match Self::name(field) {
+            Some(name) => self.text(name, if value { "true" } else { "false" }),
+            None => self.default_way(field, |d| d.record_bool(field, value)),
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.default_way(field, |d| d.record_f64(field, value));
+    }
+
+    fn record_i128(&mut self, field: &Field, value: i128) {
+        self.default_way(field, |d| d.record_i128(field, value));
+    }
+
+    fn record_u128(&mut self, field: &Field, value: u128) {
+        self.default_way(field, |d| d.record_u128(field, value));
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.default_way(field, |d| d.record_error(field, value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        match Self::name(field) {
+            // `%` and `?` values: their own formatting, without the default's styled name and `=`.
+            Some(name) => {
+                if self.result.is_ok() {
+                    self.result = self
+                        .start(name)
+                        .and_then(|()| fmt::write(&mut self.writer, format_args!("{value:?}")));
+                }
+            }
+            None => self.default_way(field, |d| d.record_debug(field, value)),
+        }
+    }
+}
+
+impl VisitOutput<fmt::Result> for TextVisitor<'_> {
+    fn finish(self) -> fmt::Result {
+        self.result
+    }
+}
+
+impl VisitFmt for TextVisitor<'_> {
+    fn writer(&mut self) -> &mut dyn fmt::Write {
+        &mut self.writer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::fmt::MakeWriter;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("buffer").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
+    impl Buf {
+        fn take(&self) -> String {
+            String::from_utf8(std::mem::take(&mut *self.0.lock().expect("buffer"))).expect("utf8")
+        }
+    }
+
+    #[derive(Debug)]
+    struct Failed(String, Option<Box<Failed>>);
+    impl fmt::Display for Failed {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+    impl std::error::Error for Failed {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    /// What one line of each formatter writes for the same event, in a span with fields.
+    #[allow(clippy::too_many_arguments)]
+    fn both(
+        s: &str,
+        t: Option<&str>,
+        i: i64,
+        u: u64,
+        b: bool,
+        f: f64,
+        msg: &str,
+    ) -> (String, String) {
+        let lines = |fast: bool| {
+            let buf = Buf::default();
+            let layer = tracing_subscriber::fmt::layer()
+                .with_writer(buf.clone())
+                .with_ansi(false)
+                .without_time();
+            let subscriber: Box<dyn tracing::Subscriber + Send + Sync> = if fast {
+                Box::new(tracing_subscriber::layer::SubscriberExt::with(
+                    tracing_subscriber::registry(),
+                    layer.fmt_fields(TextFields),
+                ))
+            } else {
+                Box::new(tracing_subscriber::layer::SubscriberExt::with(
+                    tracing_subscriber::registry(),
+                    layer,
+                ))
+            };
+            tracing::subscriber::with_default(subscriber, || {
+                let err = Failed(s.to_string(), Some(Box::new(Failed("inner".into(), None))));
+                let span = tracing::info_span!("settle", batch = u, who = s);
+                let _g = span.enter();
+                tracing::info!(
+                    request_id = %s,
+                    principal = s,
+                    absent = t,
+                    n = i,
+                    tokens = u,
+                    flag = b,
+                    share = f,
+                    r#type = s,
+                    shown = ?t,
+                    error = &err as &(dyn std::error::Error + 'static),
+                    "{msg} done"
+                );
+                tracing::warn!(first = i, s);
+                tracing::info!(message = s, after = u);
+                tracing::error!(only = t);
+            });
+            buf.take()
+        };
+        (lines(false), lines(true))
+    }
+
+    proptest::proptest! {
+        /// For any values — control characters, quotes, backslashes, non-ASCII, absent options — the
+        /// fast fields write byte for byte what the default writes.
+        #[test]
+        fn text_fields_write_what_the_default_writes(
+            s in "[a-z0-9 \"\\\\'=\u{0}-\u{1f}\u{7f}\u{85}\u{9b}\u{e9}\u{200b}\u{1f600}]{0,16}",
+            t in proptest::option::of("[a-zA-Z0-9_.\"\\\\ \u{1b}]{0,10}"),
+            i in proptest::prelude::any::<i64>(),
+            u in proptest::prelude::any::<u64>(),
+            b in proptest::prelude::any::<bool>(),
+            f in proptest::prelude::any::<f64>(),
+            msg in "[a-z \u{1b}\u{7}\"]{0,8}",
+        ) {
+            let (default, fast) = both(&s, t.as_deref(), i, u, b, f, &msg);
+            proptest::prop_assert_eq!(default, fast);
+        }
+    }
+
+    #[test]
+    fn a_request_line_reads_as_before() {
+        let (default, fast) = both("req-1", Some("codex_exec"), -3, 42, true, 0.5, "request");
+        assert_eq!(default, fast);
+        assert!(
+            fast.contains(r#"request_id=req-1 principal="req-1" absent="codex_exec" n=-3 tokens=42 flag=true share=0.5 type="req-1""#),
+            "{fast}"
+        );
+    }
+}
