@@ -75,6 +75,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # With BENCH_STORE=postgres ($TOLLGATE_DATABASE_URL), each broker gets a schema of its own, new for this
 # run and dropped at exit: brokers sharing one would share signing keys and an issuer (a replica set,
 # not a side-by-side) and start on another run's rows.
+# BENCH_LOG_FORMAT=json: the brokers log JSON lines (`server.log_format`), as examples/production does.
 # Sets CRED, the static credential to mint with. Needs $BIN/tollgate-broker.
 BENCH_SCHEMAS=()
 broker_config() {
@@ -105,6 +106,7 @@ policy_file = "policy.toml"
 [server]
 listen = "127.0.0.1:0"
 state_dir = "state"
+log_format = "${BENCH_LOG_FORMAT:-text}"
 [tokens]
 audience = "tollgate"
 default_ttl_secs = 3600

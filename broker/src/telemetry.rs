@@ -99,7 +99,11 @@ pub fn init(cfg: &TelemetryConfig, format: LogFormat) -> Result<(), TelemetryErr
         .with_writer(LogWriter)
         .with_ansi(ansi);
     let fmt = match format {
-        LogFormat::Json => fmt.json().boxed(),
+        // The same lines as `json()` writes, most of them written directly (log_fields.rs).
+        LogFormat::Json => fmt
+            .json()
+            .event_format(crate::log_fields::JsonLines::new(true))
+            .boxed(),
         // Without colours the fields are written by `TextFields`: the same text for a fraction of the
         // cost (log_fields.rs).
         LogFormat::Text if !ansi => fmt.fmt_fields(crate::log_fields::TextFields).boxed(),

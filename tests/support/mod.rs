@@ -133,9 +133,14 @@ pub struct Broker {
 
 impl Broker {
     pub async fn start(spec: BrokerSpec) -> Broker {
+        Self::start_with_server(spec, "").await
+    }
+
+    /// As [`Broker::start`], with `server` (TOML lines) added to the `[server]` table.
+    pub async fn start_with_server(spec: BrokerSpec, server: &str) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = format!(
-            "policy_file = \"policy.toml\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state\"\n\n\
+            "policy_file = \"policy.toml\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state\"\n{server}\n\
              [tokens]\naudience = \"tollgate\"\nmax_ttl_secs = 3600\n\n[[credentials]]\nsubject = \"dev\"\nsha256 = \"{}\"\n\n{}",
             sha256_hex(CREDENTIAL),
             spec.extra_config

@@ -332,15 +332,14 @@ impl Connection {
             return Ok(After::Continue);
         }
         let mut stream = resp.into_body().into_data_stream();
-        let mut buf: Vec<u8> = Vec::new();
+        let mut events = crate::sse::EventBuffer::default();
+        let mut ready: Vec<String> = Vec::new();
         let mut output: Vec<Value> = Vec::new();
         let mut finished: Option<String> = None;
         while let Some(chunk) = stream.next().await {
             let Ok(chunk) = chunk else { break };
-            buf.extend_from_slice(&chunk);
-            while let Some((event, rest)) = next_event(&buf) {
-                buf = rest;
-                let Some(data) = event else { continue };
+            events.feed(&chunk, |event| ready.extend(event_data(event)));
+            for data in ready.drain(..) {
                 if let Ok(v) = serde_json::from_str::<Value>(&data) {
                     match v.get("type").and_then(Value::as_str) {
                         Some("response.output_item.done") => {
@@ -406,21 +405,17 @@ fn turn_headers(handshake: &HeaderMap, frame: &serde_json::Map<String, Value>) -
     headers
 }
 
-/// The first complete SSE event in `buf`: its `data` (joined lines; `None` for an event without data or
-/// `[DONE]`) and what follows it; `None` while no event is complete.
-fn next_event(buf: &[u8]) -> Option<(Option<String>, Vec<u8>)> {
-    let (end, sep) = [&b"\n\n"[..], &b"\r\n\r\n"[..]]
-        .iter()
-        .filter_map(|sep| memchr::memmem::find(buf, sep).map(|i| (i, sep.len())))
-        .min()?;
-    let text = String::from_utf8_lossy(&buf[..end]);
-    let data: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect();
-    let data = (!data.is_empty() && data != ["[DONE]"]).then(|| data.join("\n"));
-    Some((data, buf[end + sep..].to_vec()))
+/// An SSE event's `data` (its `data:` lines joined), or `None` for an event without data or `[DONE]`.
+/// The events are cut by [`crate::sse::EventBuffer`], which keeps the part of a chunk after the last
+/// complete event and scans each byte once.
+fn event_data(event: &[u8]) -> Option<String> {
+    let mut lines = crate::sse::data_lines(event);
+    let mut data = lines.next()?.to_vec();
+    for line in lines {
+        data.push(b'\n');
+        data.extend_from_slice(line);
+    }
+    (data != b"[DONE]").then(|| String::from_utf8_lossy(&data).into_owned())
 }
 
 fn error_frame(status: u16, kind: &str, code: &str, message: &str) -> Value {
@@ -482,16 +477,23 @@ value"})),
 
     #[test]
     fn sse_events_are_cut_at_blank_lines_with_their_data_joined() {
-        let buf = b"event: response.created\ndata: {\"a\":1}\n\ndata: x\ndata: y\r\n\r\ndata: [DONE]\n\n: comment\n\npartial";
-        let (e, rest) = next_event(buf).expect("first");
-        assert_eq!(e.as_deref(), Some("{\"a\":1}"));
-        let (e, rest) = next_event(&rest).expect("second");
-        assert_eq!(e.as_deref(), Some("x\ny"));
-        let (e, rest) = next_event(&rest).expect("done");
-        assert_eq!(e, None);
-        let (e, rest) = next_event(&rest).expect("comment");
-        assert_eq!(e, None);
-        assert!(next_event(&rest).is_none());
-        assert_eq!(rest, b"partial");
+        let stream: &[u8] = b"event: response.created\ndata: {\"a\":1}\n\ndata: x\ndata: y\r\n\r\ndata: [DONE]\n\n: comment\n\ndata: \xff\n\npartial";
+        let want = [
+            Some("{\"a\":1}".to_string()),
+            Some("x\ny".to_string()),
+            None,
+            None,
+            Some("\u{fffd}".to_string()),
+        ];
+        // Whole, and cut at every byte: the same events.
+        for cut in 0..=stream.len() {
+            let mut buf = crate::sse::EventBuffer::default();
+            let mut got = Vec::new();
+            for part in [&stream[..cut], &stream[cut..]] {
+                buf.feed(part, |e| got.push(event_data(e)));
+            }
+            assert_eq!(got, want, "cut at {cut}");
+            assert_eq!(buf.pending(), b"partial".len());
+        }
     }
 }
