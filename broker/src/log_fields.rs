@@ -363,159 +363,140 @@ mod tests {
         }
     }
 
-    /// What one line of each formatter writes for the same event, in a span with fields.
-    #[allow(clippy::too_many_arguments)]
-    fn both(
-        s: &str,
-        t: Option<&str>,
+    /// The values one run of the comparison logs.
+    #[derive(Debug)]
+    struct Values {
+        s: String,
+        t: Option<String>,
         i: i64,
         u: u64,
         b: bool,
         f: f64,
-        msg: &str,
-    ) -> (String, String) {
-        let lines = |fast: bool| {
-            let buf = Buf::default();
-            let layer = tracing_subscriber::fmt::layer()
-                .with_writer(buf.clone())
-                .with_ansi(false)
-                .without_time();
-            let subscriber: Box<dyn tracing::Subscriber + Send + Sync> = if fast {
-                Box::new(tracing_subscriber::layer::SubscriberExt::with(
-                    tracing_subscriber::registry(),
-                    layer.fmt_fields(TextFields),
-                ))
-            } else {
-                Box::new(tracing_subscriber::layer::SubscriberExt::with(
-                    tracing_subscriber::registry(),
-                    layer,
-                ))
-            };
-            tracing::subscriber::with_default(subscriber, || {
-                let err = Failed(s.to_string(), Some(Box::new(Failed("inner".into(), None))));
-                let span = tracing::info_span!("settle", batch = u, who = s);
-                let _g = span.enter();
-                tracing::info!(
-                    request_id = %s,
-                    principal = s,
-                    absent = t,
-                    n = i,
-                    tokens = u,
-                    flag = b,
-                    share = f,
-                    r#type = s,
-                    shown = ?t,
-                    error = &err as &(dyn std::error::Error + 'static),
-                    "{msg} done"
-                );
-                tracing::warn!(first = i, s);
-                tracing::info!(message = s, after = u);
-                tracing::error!(only = t);
-            });
-            buf.take()
-        };
-        (lines(false), lines(true))
+        msg: String,
     }
 
-    proptest::proptest! {
-        /// For any values — control characters, quotes, backslashes, non-ASCII, absent options — the
-        /// fast fields write byte for byte what the default writes.
-        #[test]
-        fn text_fields_write_what_the_default_writes(
-            s in "[a-z0-9 \"\\\\'=\u{0}-\u{1f}\u{7f}\u{85}\u{9b}\u{e9}\u{200b}\u{1f600}]{0,16}",
-            t in proptest::option::of("[a-zA-Z0-9_.\"\\\\ \u{1b}]{0,10}"),
-            i in proptest::prelude::any::<i64>(),
-            u in proptest::prelude::any::<u64>(),
-            b in proptest::prelude::any::<bool>(),
-            f in proptest::prelude::any::<f64>(),
-            msg in "[a-z \u{1b}\u{7}\"]{0,8}",
-        ) {
-            let (default, fast) = both(&s, t.as_deref(), i, u, b, f, &msg);
-            proptest::prop_assert_eq!(default, fast);
+    /// Any values: quotes, backslashes, control and C1 characters, U+2028, non-ASCII, absent options,
+    /// any float.
+    fn values() -> impl proptest::strategy::Strategy<Value = Values> {
+        use proptest::prelude::*;
+        (
+            "[a-z0-9 \"\\\\'=\u{0}-\u{1f}\u{7f}\u{85}\u{9b}\u{e9}\u{200b}\u{2028}\u{1f600}]{0,16}",
+            proptest::option::of("[a-zA-Z0-9_.\"\\\\ \u{1b}]{0,10}"),
+            any::<i64>(),
+            any::<u64>(),
+            any::<bool>(),
+            any::<f64>(),
+            "[a-z \u{1b}\u{7}\"]{0,8}",
+        )
+            .prop_map(|(s, t, i, u, b, f, msg)| Values {
+                s,
+                t,
+                i,
+                u,
+                b,
+                f,
+                msg,
+            })
+    }
+
+    /// Every kind of field, in events outside any span and the same events inside one with fields: ten
+    /// lines.
+    fn emit(v: &Values) {
+        let (s, t) = (v.s.as_str(), v.t.as_deref());
+        let err = Failed(s.to_string(), Some(Box::new(Failed("inner".into(), None))));
+        let events = || {
+            tracing::info!(
+                request_id = %s,
+                principal = s,
+                absent = t,
+                n = v.i,
+                tokens = v.u,
+                flag = v.b,
+                share = v.f,
+                r#type = s,
+                shown = ?t,
+                error = &err as &(dyn std::error::Error + 'static),
+                big = u128::from(v.u) * 3,
+                "{} done", v.msg
+            );
+            tracing::warn!(target: "weird\"target", first = v.i, s);
+            tracing::info!(message = s, after = v.u);
+            tracing::error!(only = t);
+            tracing::debug!("{}", v.msg);
+        };
+        events();
+        tracing::info_span!("settle", batch = v.u, who = s).in_scope(events);
+    }
+
+    /// What [`emit`] writes through the subscriber `make` builds around a buffer.
+    fn capture<S>(v: &Values, make: impl FnOnce(Buf) -> S) -> String
+    where
+        S: tracing::Subscriber + Send + Sync + 'static,
+    {
+        let buf = Buf::default();
+        tracing::subscriber::with_default(make(buf.clone()), || emit(v));
+        buf.take()
+    }
+
+    /// The text log without colours: the default fields, then [`TextFields`].
+    fn text_both(v: &Values) -> (String, String) {
+        use tracing_subscriber::layer::SubscriberExt;
+        let layer = |buf: Buf| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(buf)
+                .with_ansi(false)
+                .without_time()
+        };
+        (
+            capture(v, |buf| tracing_subscriber::registry().with(layer(buf))),
+            capture(v, |buf| {
+                tracing_subscriber::registry().with(layer(buf).fmt_fields(TextFields))
+            }),
+        )
+    }
+
+    /// The JSON log: the default format, then [`JsonLines`].
+    fn json_both(v: &Values) -> (String, String) {
+        use tracing_subscriber::layer::SubscriberExt;
+        let layer = |buf: Buf| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(buf)
+                .json()
+                .without_time()
+        };
+        (
+            capture(v, |buf| tracing_subscriber::registry().with(layer(buf))),
+            capture(v, |buf| {
+                tracing_subscriber::registry().with(layer(buf).event_format(JsonLines::new(false)))
+            }),
+        )
+    }
+
+    fn request() -> Values {
+        Values {
+            s: "req-1".into(),
+            t: Some("codex_exec".into()),
+            i: -3,
+            u: 42,
+            b: true,
+            f: 0.5,
+            msg: "request".into(),
         }
     }
 
-    #[test]
-    fn a_request_line_reads_as_before() {
-        let (default, fast) = both("req-1", Some("codex_exec"), -3, 42, true, 0.5, "request");
-        assert_eq!(default, fast);
-        assert!(
-            fast.contains(r#"request_id=req-1 principal="req-1" absent="codex_exec" n=-3 tokens=42 flag=true share=0.5 type="req-1""#),
-            "{fast}"
-        );
-    }
-
-    /// What each JSON format writes for the same events: outside any span (the fast path), in a span
-    /// (handed to the default), with every kind of value.
-    #[allow(clippy::too_many_arguments)]
-    fn json_both(
-        s: &str,
-        t: Option<&str>,
-        i: i64,
-        u: u64,
-        b: bool,
-        f: f64,
-        msg: &str,
-    ) -> (String, String) {
-        let lines = |fast: bool| {
-            let buf = Buf::default();
-            let layer = tracing_subscriber::fmt::layer()
-                .with_writer(buf.clone())
-                .json()
-                .without_time();
-            let subscriber: Box<dyn tracing::Subscriber + Send + Sync> = if fast {
-                Box::new(tracing_subscriber::layer::SubscriberExt::with(
-                    tracing_subscriber::registry(),
-                    layer.event_format(JsonLines::new(false)),
-                ))
-            } else {
-                Box::new(tracing_subscriber::layer::SubscriberExt::with(
-                    tracing_subscriber::registry(),
-                    layer,
-                ))
-            };
-            tracing::subscriber::with_default(subscriber, || {
-                let err = Failed(s.to_string(), None);
-                tracing::info!(
-                    request_id = %s,
-                    principal = s,
-                    absent = t,
-                    n = i,
-                    tokens = u,
-                    flag = b,
-                    share = f,
-                    r#type = s,
-                    shown = ?t,
-                    error = &err as &(dyn std::error::Error + 'static),
-                    big = u128::from(u) * 3,
-                    "{msg} done"
-                );
-                tracing::warn!(target: "weird\"target", first = i, s);
-                tracing::info!(message = s, after = u);
-                tracing::error!(only = t);
-                tracing::debug!("{msg}");
-                let span = tracing::info_span!("settle", batch = u, who = s);
-                span.in_scope(|| tracing::info!(inside = s, "in a span"));
-            });
-            buf.take()
-        };
-        (lines(false), lines(true))
-    }
-
     proptest::proptest! {
+        /// For any values, the fast text fields write byte for byte what the default writes.
+        #[test]
+        fn text_fields_write_what_the_default_writes(v in values()) {
+            let (default, fast) = text_both(&v);
+            proptest::prop_assert_eq!(default, fast);
+        }
+
         /// For any values, the fast JSON lines are byte for byte the default's, and each is one JSON
         /// object.
         #[test]
-        fn json_lines_write_what_the_default_writes(
-            s in "[a-z0-9 \"\\\\'=\u{0}-\u{1f}\u{7f}\u{85}\u{e9}\u{2028}\u{1f600}]{0,16}",
-            t in proptest::option::of("[a-zA-Z0-9_.\"\\\\ \u{1b}]{0,10}"),
-            i in proptest::prelude::any::<i64>(),
-            u in proptest::prelude::any::<u64>(),
-            b in proptest::prelude::any::<bool>(),
-            f in proptest::prelude::any::<f64>(),
-            msg in "[a-z \u{1b}\u{7}\"]{0,8}",
-        ) {
-            let (default, fast) = json_both(&s, t.as_deref(), i, u, b, f, &msg);
+        fn json_lines_write_what_the_default_writes(v in values()) {
+            let (default, fast) = json_both(&v);
             proptest::prop_assert_eq!(&default, &fast);
             for line in fast.lines() {
                 proptest::prop_assert!(serde_json::from_str::<serde_json::Value>(line).is_ok(), "{}", line);
@@ -524,8 +505,19 @@ mod tests {
     }
 
     #[test]
+    fn a_request_line_reads_as_before() {
+        let (default, fast) = text_both(&request());
+        assert_eq!(default, fast);
+        assert!(
+            fast.contains(r#"request_id=req-1 principal="req-1" absent="codex_exec" n=-3 tokens=42 flag=true share=0.5 type="req-1""#),
+            "{fast}"
+        );
+        assert_eq!(fast.lines().count(), 10, "{fast}");
+    }
+
+    #[test]
     fn a_json_request_line_reads_as_before() {
-        let (default, fast) = json_both("req-1", Some("codex_exec"), -3, 42, true, 0.5, "request");
+        let (default, fast) = json_both(&request());
         assert_eq!(default, fast);
         assert!(
             fast.starts_with(
@@ -533,7 +525,7 @@ mod tests {
             ),
             "{fast}"
         );
-        assert_eq!(fast.lines().count(), 6, "{fast}");
+        assert_eq!(fast.lines().count(), 10, "{fast}");
     }
 
     #[test]
